@@ -1,0 +1,97 @@
+"""The controller API (design.md §3).
+
+A controller owns everything entropy-specific in an RLVR step: the per-prompt entropy
+coefficients ``α_i`` and the surrogate's clip bounds. It has two verbs, like an optax
+transformation: :meth:`EntropyController.plan` (pure: reads state, returns a :class:`Plan`)
+and :meth:`EntropyController.observe` (the only state change, after the optimizer step).
+State is plain numbers so that checkpoints, resumes and property tests stay simple.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+__all__ = ["GroupOutcome", "Plan", "EntropyReading", "EntropyController"]
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """What the rollouts of one step say about each prompt's difficulty.
+
+    accuracy: ``[P]`` group accuracy ``acc_i = mean_j r_ij`` in ``[0, 1]``.
+    group_size: ``G``, rollouts per prompt.
+    step: the optimizer step this outcome belongs to.
+    """
+
+    accuracy: Tensor
+    group_size: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the loss uses this step: ``coef[i] = α_i ≥ 0`` and the clip bounds ``(ε_low, ε_high)``."""
+
+    coef: Tensor
+    clip_low: float
+    clip_high: float
+
+
+@dataclass(frozen=True)
+class EntropyReading:
+    """Global token-weighted mean entropy ``H_t`` of the step's response tokens (summed over all ranks)."""
+
+    mean_entropy: float
+    tokens: int
+    step: int
+
+
+class EntropyController(ABC):
+    """Base class of every entropy controller.
+
+    Contract (checked by the property tests for every registered controller):
+    coefficients are finite and within the configured bounds for any sequence of readings;
+    a non-finite or empty reading is ignored (state unchanged, counted in ``metrics``);
+    ``plan`` never mutates state; state round-trips exactly through ``state_dict``.
+    """
+
+    #: the registered name; set by ``@register_controller``.
+    name: ClassVar[str] = ""
+    #: the pydantic config class; set by ``@register_controller``.
+    config_class: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    @abstractmethod
+    def plan(self, outcome: GroupOutcome) -> Plan:
+        """Coefficients and clip bounds for this step. Must not change any state."""
+
+    @abstractmethod
+    def observe(self, reading: EntropyReading) -> None:
+        """Update state from the step's global entropy reading (after the optimizer step)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: plain Python floats, ints, bools and None."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    @abstractmethod
+    def metrics(self) -> dict[str, float]:
+        """What to log: at least ``alpha``, ``target_entropy``, ``h0`` (NaN where it does not apply),
+        ``last_entropy`` and ``readings_ignored``."""
+
+    # A helper every controller shares: a plan with one coefficient for every prompt.
+    @staticmethod
+    def uniform_plan(outcome: GroupOutcome, alpha: float, clip_low: float, clip_high: float) -> Plan:
+        coef = torch.full_like(outcome.accuracy, float(alpha), dtype=torch.float32)
+        return Plan(coef=coef, clip_low=float(clip_low), clip_high=float(clip_high))

@@ -1,0 +1,73 @@
+"""The rollout-engine protocol shared by the Hugging Face and vLLM engines (design.md §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = ["SamplingSettings", "Completions", "RolloutEngine"]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling for rollouts. ``temperature`` is also the temperature of the training log-probs and
+    entropy (logits are divided by it on both sides)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    max_new_tokens: int = 64
+    seed: int | None = None
+    return_logprobs: bool = False
+
+
+@dataclass
+class Completions:
+    """``n`` completions for each of ``P`` prompts, in prompt-major order (row ``i*n + j``).
+
+    prompt_ids: ``[P*n, Lp]`` left-padded prompt token ids; prompt_mask: ``[P*n, Lp]`` 1 on real tokens.
+    response_ids: ``[P*n, Lr]`` right-padded sampled token ids; response_mask: ``[P*n, Lr]`` 1 on
+    sampled tokens up to and including EOS.
+    truncated: ``[P*n]`` bool, True where the response hit ``max_new_tokens`` without EOS.
+    logprobs: ``[P*n, Lr]`` the engine's own sampled-token log-probs when asked, else None.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    truncated: Tensor
+    logprobs: Tensor | None = None
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.response_ids.shape[0])
+
+    def response_lengths(self) -> Tensor:
+        return self.response_mask.sum(dim=1)
+
+    def to(self, device: torch.device | str) -> Completions:
+        return Completions(
+            prompt_ids=self.prompt_ids.to(device),
+            prompt_mask=self.prompt_mask.to(device),
+            response_ids=self.response_ids.to(device),
+            response_mask=self.response_mask.to(device),
+            truncated=self.truncated.to(device),
+            logprobs=None if self.logprobs is None else self.logprobs.to(device),
+        )
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Anything that can sample completions from the current policy."""
+
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingSettings) -> Completions:
+        """Sample ``n`` completions for each prompt (token-id lists, no padding)."""
+        ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the engine sample from ``model``'s current weights (a no-op for the HF engine)."""
+        ...

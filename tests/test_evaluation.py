@@ -1,0 +1,99 @@
+"""pass@k estimator (Chen et al. 2021) against hand-computed values, and the EVAL summary layout."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from entropyctl.evaluation import (
+    ProblemOutcome,
+    evaluate_problems,
+    format_eval_table,
+    parse_ks,
+    pass_at_k,
+    summarize_pass_at_k,
+)
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [
+        (5, 2, 1, 2 / 5),  # pass@1 = c/n
+        (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
+        (4, 0, 2, 0.0),  # no correct sample
+        (4, 3, 2, 1.0),  # n - c = 1 < k: every pair holds a correct one
+        (8, 8, 8, 1.0),
+        (8, 1, 8, 1.0),
+        (8, 1, 4, 1 - 35 / 70),  # 1 - C(7,4)/C(8,4)
+    ],
+)
+def test_pass_at_k_hand_computed(n: int, c: int, k: int, expected: float) -> None:
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+@given(st.integers(1, 60).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(1, n))))
+def test_pass_at_k_matches_binomials(nck: tuple[int, int, int]) -> None:
+    n, c, k = nck
+    exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+    assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-9)
+
+
+def test_pass_at_k_large_n_is_stable() -> None:
+    # the binomials here overflow a float; the product form does not
+    value = pass_at_k(5000, 3, 1000)
+    exact = 1 - math.comb(4997, 1000) / math.comb(5000, 1000)  # Python ints: exact
+    assert math.isfinite(value) and value == pytest.approx(exact, rel=1e-9)
+
+
+def test_pass_at_k_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="k=4"):
+        pass_at_k(2, 1, 4)
+    with pytest.raises(ValueError, match="c=3"):
+        pass_at_k(2, 3, 1)
+
+
+def test_summary_per_level_and_skips_unestimable_k() -> None:
+    outcomes = [ProblemOutcome(4, 4, 1), ProblemOutcome(4, 2, 1), ProblemOutcome(4, 0, 2)]
+    result = summarize_pass_at_k(outcomes, [1, 2, 8])
+    assert "pass@8" not in result  # k > n is not estimable
+    assert result["pass@1"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert result["by_level"]["1"]["pass@1"] == pytest.approx(0.75)
+    assert result["by_level"]["1"]["pass@2"] == pytest.approx((1 + (1 - 1 / 6)) / 2)
+    assert result["by_level"]["2"]["pass@2"] == 0.0
+    assert result["n_samples"] == 4 and result["n_problems"] == 3
+    table = format_eval_table(result, "test")
+    assert "all" in table and "pass@2" in table
+
+
+def test_parse_ks() -> None:
+    assert parse_ks("8,1,4,4") == [1, 4, 8]
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_ks("1,x")
+
+
+@dataclass
+class _Problem:
+    answer: str
+    level: int
+
+
+def test_evaluate_problems_counts_correct_samples() -> None:
+    problems = [_Problem("1", 1), _Problem("2", 1), _Problem("3", 2)]
+
+    def sample(batch: list[_Problem], n: int) -> list[list[str]]:
+        # problem "1": all right; "2": one right; "3": none right
+        table = {"1": ["1"] * n, "2": ["2"] + ["x"] * (n - 1), "3": ["x"] * n}
+        return [table[p.answer] for p in batch]
+
+    def reward(completions: list[str], answers: list[str]) -> list[float]:
+        return [float(c == a) for c, a in zip(completions, answers, strict=True)]
+
+    result = evaluate_problems(problems, sample, reward, n=4, ks=[1, 4], batch_size=2)
+    assert result["pass@1"] == pytest.approx((1 + 0.25 + 0) / 3)
+    assert result["pass@4"] == pytest.approx((1 + 1 + 0) / 3)
+    assert result["by_level"]["2"]["pass@4"] == 0.0

@@ -1,0 +1,172 @@
+"""`entropyctl report` on synthetic run directories written to the run-dir contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from entropyctl.report import find_runs, load_run, write_report
+
+LEVELS = (1, 2, 3)
+
+
+def write_fake_run(
+    run_dir: Path,
+    *,
+    controller: str,
+    seed: int,
+    entropy_curve: np.ndarray,
+    alpha: np.ndarray | None,
+    pass1: float,
+    pass8: float,
+    h0: float | None,
+    finished: bool = True,
+) -> None:
+    """A run directory as `entropyctl train` writes it (config.yaml, metrics.csv, summary.json)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "controller": {"name": controller}}))
+    columns = [
+        "step", "reward", "entropy", "target_entropy", "h0", "alpha", "response_length",
+        "clip_frac_low", "clip_frac_high",
+        *[f"acc_level_{k}" for k in LEVELS], *[f"coef_level_{k}" for k in LEVELS],
+        "time_rollout", "time_reward", "time_update",
+    ]  # fmt: skip
+    with (run_dir / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for i, entropy in enumerate(entropy_curve):
+            row = {c: 0.1 for c in columns}
+            row.update(
+                step=i + 1,
+                reward=0.5,
+                entropy=float(entropy),
+                h0="" if h0 is None else h0,
+                alpha="" if alpha is None else float(alpha[i]),
+                target_entropy="",
+            )
+            for k in LEVELS:
+                row[f"acc_level_{k}"] = 1.0 - 0.2 * k
+            writer.writerow(row)
+    evaluation = {
+        "pass@1": pass1,
+        "pass@4": (pass1 + pass8) / 2,
+        "pass@8": pass8,
+        "by_level": {str(k): {"pass@1": pass1 / k, "pass@4": pass1, "pass@8": pass8} for k in LEVELS},
+        "n_samples": 8,
+    }
+    summary = {
+        "status": "finished" if finished else "running",
+        "steps": len(entropy_curve),
+        "wall_time_s": 12.0,
+        "final_entropy": float(entropy_curve[-1]),
+        "h0": h0,
+        "alpha": None if alpha is None else float(alpha[-1]),
+        "before": {**evaluation, "pass@1": 0.3, "pass@4": 0.5, "pass@8": 0.6},
+        "after": evaluation,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def ablation_dir(tmp_path: Path) -> Path:
+    """Three arms × 2 seeds: one collapsing (no α), one exploding (big α), one held near 0.4·H0."""
+    steps = 40
+    t = np.arange(steps)
+    root = tmp_path / "abl"
+    arms = []
+    for slug, label, make in [
+        ("fixed_alpha=0", "fixed:alpha=0", lambda s: (0.6 * np.exp(-t / 6) + 0.01 * s, np.zeros(steps), None)),
+        ("fixed_alpha=0.1", "fixed:alpha=0.1", lambda s: (0.6 * (1 + t / 20) + 0.01 * s, np.full(steps, 0.1), None)),
+        ("aer", "aer", lambda s: (0.6 * (0.4 + 0.6 * np.exp(-t / 5)) + 0.01 * s, np.linspace(0.0, 0.02, steps), 0.6)),
+    ]:
+        arms.append({"label": label, "slug": slug})
+        for seed in (0, 1):
+            entropy, alpha, h0 = make(seed)
+            write_fake_run(
+                root / slug / f"seed{seed}",
+                controller=label.split(":")[0],
+                seed=seed,
+                entropy_curve=entropy,
+                alpha=alpha,
+                pass1=0.4 + 0.1 * seed,
+                pass8=0.8,
+                h0=h0,
+            )
+    (root / "ablation.json").write_text(json.dumps({"arms": arms, "seeds": [0, 1], "base_config": "x.yaml"}))
+    return root
+
+
+def test_report_tables_flags_and_plots(ablation_dir: Path) -> None:
+    doc = write_report(ablation_dir)
+    for name in ("report.md", "report.json", "entropy.png", "alpha.png", "accuracy_by_level.png", "pass_at_k.png"):
+        path = ablation_dir / name
+        assert path.exists() and path.stat().st_size > 500, name
+    arms = doc["arms"]
+    assert list(arms) == ["fixed:alpha=0", "fixed:alpha=0.1", "aer"]
+    # pass@1 mean ± sample std over seeds 0.4 and 0.5.
+    p1 = arms["aer"]["after"]["pass@1"]
+    assert p1["mean"] == pytest.approx(0.45)
+    assert p1["std"] == pytest.approx(np.std([0.4, 0.5], ddof=1))
+    assert arms["aer"]["after_by_level"]["2"]["pass@1"]["mean"] == pytest.approx(0.225)
+    # Flags: exp(-t/6) ends far below 0.1·H0; growing entropy ends above 1.2·H0; AER in between.
+    assert arms["fixed:alpha=0"]["collapsed_runs"] == 2 and arms["fixed:alpha=0"]["exploded_runs"] == 0
+    assert arms["fixed:alpha=0.1"]["exploded_runs"] == 2 and arms["fixed:alpha=0.1"]["collapsed_runs"] == 0
+    aer_ratio = arms["aer"]["entropy_ratio_last_quarter"]["mean"]
+    assert 0.35 < aer_ratio < 0.5 and arms["aer"]["collapsed_runs"] == arms["aer"]["exploded_runs"] == 0
+    assert arms["aer"]["alpha_range"] == pytest.approx([0.0, 0.02])
+    # H0 falls back to the first step's entropy when the controller has no anchor (fixed).
+    assert arms["fixed:alpha=0"]["runs"][1]["h0"] == pytest.approx(0.61)
+
+    md = (ablation_dir / "report.md").read_text()
+    for column in ("pass@1", "pass@4", "pass@8", "H/H0 (last ¼)", "collapse", "explosion", "α range"):
+        assert column in md
+    assert "level 3" in md and "0.450 ± 0.071" in md
+    for png in ("entropy.png", "alpha.png", "accuracy_by_level.png", "pass_at_k.png"):
+        assert f"]({png})" in md
+    assert json.loads((ablation_dir / "report.json").read_text())["arms"]["aer"]["h0"]["mean"] == pytest.approx(0.6)
+
+
+def test_unfinished_runs_are_listed_not_averaged(ablation_dir: Path) -> None:
+    write_fake_run(
+        ablation_dir / "aer" / "seed2",
+        controller="aer", seed=2, entropy_curve=np.full(10, 9.0), alpha=np.zeros(10),
+        pass1=1.0, pass8=1.0, h0=0.6, finished=False,
+    )  # fmt: skip
+    doc = write_report(ablation_dir)
+    aer = doc["arms"]["aer"]
+    assert aer["n_runs"] == 3 and aer["n_finished"] == 2
+    assert aer["after"]["pass@1"]["mean"] == pytest.approx(0.45)
+    assert "unfinished" in (ablation_dir / "report.md").read_text()
+
+
+def test_without_manifest_arms_come_from_directories(tmp_path: Path) -> None:
+    for arm in ("a", "b"):
+        write_fake_run(
+            tmp_path / arm / "seed0", controller="fixed", seed=0, entropy_curve=np.linspace(1, 0.5, 8),
+            alpha=None, pass1=0.5, pass8=0.9, h0=None,
+        )  # fmt: skip
+    grouped = find_runs(tmp_path)
+    assert sorted(grouped) == ["a", "b"]
+    assert grouped["a"][0].seed == 0 and math.isnan(grouped["a"][0].metrics["alpha"][0])
+    doc = write_report(tmp_path, tmp_path / "out")
+    assert doc["arms"]["a"]["alpha_range"] is None
+    assert (tmp_path / "out" / "report.md").exists()
+
+
+def test_bad_summary_names_the_file(tmp_path: Path) -> None:
+    run = tmp_path / "a" / "seed0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text('{"status": "finished",\n oops}')
+    with pytest.raises(ValueError, match=r"summary\.json:2"):
+        load_run(run)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no run directories"):
+        find_runs(tmp_path / "empty")
+    with pytest.raises(ValueError, match="not a directory"):
+        find_runs(tmp_path / "missing")

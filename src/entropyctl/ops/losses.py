@@ -1,0 +1,356 @@
+"""The RLVR policy loss of design.md §2, per token, and its fused form.
+
+Symbols as in design.md §2 (one response token per entry; all tensors ``[N]``):
+
+    ρ      = exp(logp − logp_old)                                        importance ratio
+    L_pg   = −(1/N) Σ m · min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A)     clipped surrogate
+    L_H    = −(1/N) Σ m · α · H                                          entropy term (α per prompt,
+                                                                         broadcast to its tokens)
+    L_KL   =  (1/N) Σ m · k3,   k3 = exp(ref − logp) − (ref − logp) − 1  (optional, β = kl_coef)
+    L      = L_pg + L_H + β·L_KL
+
+N is the number of response tokens in the *global* batch (token-mean, as DAPO): pass it as
+``num_tokens`` when a batch is split over micro-batches or ranks, so that summing the per-micro-batch
+losses gives the global token-mean. Without it, N = Σ m of this call.
+
+:func:`policy_loss` is the reference, on per-token log-probs and entropies (e.g. from
+:func:`entropyctl.ops.entropy.token_logprob_entropy` or the fused path). :func:`fused_policy_loss`
+goes straight from hidden states: the loss's gradient w.r.t. each token's log-prob and entropy is
+known as soon as that token's log-prob and entropy are (it depends only on ρ, A, the clip state,
+α, m, N and the KL term), so the gradient w.r.t. hidden/weight/bias is computed chunk by chunk in
+forward, with no logits recomputed in backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from entropyctl.ops.entropy import (
+    DEFAULT_CHUNK_SIZE,
+    _check_temperature,
+    _compute_dtype,
+    _validate,
+    accumulate_param_grads,
+    chunk_dlogits,
+    chunk_logits,
+    chunk_stats,
+)
+
+__all__ = ["PolicyLossOutput", "policy_loss", "fused_policy_loss"]
+
+
+@dataclass(frozen=True)
+class PolicyLossOutput:
+    """The loss and its parts.
+
+    ``loss`` is the differentiable scalar L. ``pg_loss``, ``entropy_loss`` (= L_H, so it is
+    −(1/N)Σ m·α·H), ``kl_loss`` (= L_KL before β), ``clip_frac_low`` and ``clip_frac_high`` are
+    detached scalars. Like the loss, the clip fractions are normalised by N: with ``num_tokens``
+    the global count, sum them over micro-batches to get the global fraction. ``logprob`` and
+    ``entropy`` are the detached per-token values ``[N]`` (fp32).
+    """
+
+    loss: Tensor
+    pg_loss: Tensor
+    entropy_loss: Tensor
+    kl_loss: Tensor
+    clip_frac_low: Tensor
+    clip_frac_high: Tensor
+    logprob: Tensor
+    entropy: Tensor
+
+
+def _token_count(mask: Tensor, num_tokens: int | float | Tensor | None) -> Tensor:
+    """N of the token-mean; 0 tokens gives N = 1 (the loss is then 0, not NaN)."""
+    if num_tokens is None:
+        n = mask.detach().to(torch.float64).sum()
+    else:
+        n = torch.as_tensor(num_tokens, dtype=torch.float64, device=mask.device)
+        if n.numel() != 1 or not bool(torch.isfinite(n)) or float(n) < 0:
+            raise ValueError(f"num_tokens must be a finite count >= 0, got {num_tokens!r}")
+    return n.clamp_min(1.0)
+
+
+def _check_token_tensors(n: int, **tensors: Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != n):
+            raise ValueError(f"{name} must be a per-token tensor [N] = [{n}] (or a scalar), got {tuple(t.shape)}")
+
+
+def _check_clip(clip_low: float, clip_high: float) -> None:
+    if not (0.0 <= clip_low < 1.0) or not (clip_high >= 0.0):
+        raise ValueError(f"clip bounds must satisfy 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+
+
+def _masked_sum(mask: Tensor, values: Tensor) -> Tensor:
+    # Σ m·x over the masked tokens only: padding may hold inf/NaN (e.g. ρ of a padded token),
+    # and 0·inf would be NaN.
+    return torch.where(mask != 0, mask * values, torch.zeros_like(values)).sum()
+
+
+def policy_loss(
+    logprob: Tensor,
+    entropy: Tensor,
+    old_logprob: Tensor,
+    advantages: Tensor,
+    coef: Tensor | float,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    *,
+    num_tokens: int | float | Tensor | None = None,
+    ref_logprob: Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> PolicyLossOutput:
+    """Reference loss L = L_pg + L_H (+ β·L_KL) of design.md §2 on per-token tensors ``[N]``.
+
+    ``coef`` is α per token (α_i of the token's prompt) or one scalar; ``mask`` is m (0/1).
+    Differentiable w.r.t. ``logprob`` and ``entropy`` by plain autograd.
+    """
+    _check_clip(clip_low, clip_high)
+    n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
+    if logprob.dim() != 1:
+        raise ValueError(f"logprob must be [N], got {tuple(logprob.shape)}")
+    coef_t = torch.as_tensor(coef, dtype=logprob.dtype, device=logprob.device)
+    _check_token_tensors(
+        n_tok, entropy=entropy, old_logprob=old_logprob, advantages=advantages, coef=coef_t, mask=mask,
+        ref_logprob=ref_logprob,
+    )
+    m = mask.to(logprob.dtype)
+    A = advantages.to(logprob.dtype)
+    N = _token_count(mask, num_tokens).to(logprob.dtype)
+
+    # ρ = exp(logp − logp_old)
+    ratio = torch.exp(logprob - old_logprob.to(logprob.dtype))
+    # L_pg = −(1/N) Σ m · min(ρA, clip(ρ, 1−ε_low, 1+ε_high)·A)
+    surrogate = torch.minimum(ratio * A, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * A)
+    pg_loss = -_masked_sum(m, surrogate) / N
+    # L_H = −(1/N) Σ m · α · H
+    entropy_loss = -_masked_sum(m, coef_t * entropy.to(logprob.dtype)) / N
+    loss = pg_loss + entropy_loss
+    # β·L_KL, k3 estimator: exp(ref − logp) − (ref − logp) − 1 ≥ 0
+    if ref_logprob is not None:
+        log_r = ref_logprob.to(logprob.dtype) - logprob
+        kl_loss = _masked_sum(m, torch.exp(log_r) - log_r - 1.0) / N
+        if kl_coef != 0.0:
+            loss = loss + kl_coef * kl_loss
+    else:
+        kl_loss = torch.zeros((), dtype=logprob.dtype, device=logprob.device)
+
+    with torch.no_grad():
+        r = ratio.detach()
+        # The low bound binds when A < 0 and ρ < 1−ε_low; the high bound when A > 0 and ρ > 1+ε_high.
+        low_active = ((A < 0) & (r < 1.0 - clip_low)).to(logprob.dtype)
+        high_active = ((A > 0) & (r > 1.0 + clip_high)).to(logprob.dtype)
+        clip_frac_low = _masked_sum(m, low_active) / N
+        clip_frac_high = _masked_sum(m, high_active) / N
+    return PolicyLossOutput(
+        loss=loss,
+        pg_loss=pg_loss.detach(),
+        entropy_loss=entropy_loss.detach(),
+        kl_loss=kl_loss.detach(),
+        clip_frac_low=clip_frac_low,
+        clip_frac_high=clip_frac_high,
+        logprob=logprob.detach(),
+        entropy=entropy.detach(),
+    )
+
+
+def _token_loss_grads(
+    logprob: Tensor,
+    old_logprob: Tensor,
+    advantages: Tensor,
+    coef: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    N: Tensor,
+    ref_logprob: Tensor | None,
+    kl_coef: float,
+) -> tuple[Tensor, Tensor]:
+    """(∂L/∂logp, ∂L/∂H) per token, in closed form.
+
+    ∂L_pg/∂logp = −(m/N)·ρ·A where the unclipped branch ρA is the min, else 0
+                  (the clipped branch is constant in logp: low bound binds for A<0, ρ<1−ε_low;
+                  high bound binds for A>0, ρ>1+ε_high)
+    ∂L_H/∂H     = −(m/N)·α
+    ∂(β·L_KL)/∂logp = β·(m/N)·(1 − exp(ref − logp))
+    """
+    ratio = torch.exp(logprob - old_logprob)
+    clipped = ((advantages < 0) & (ratio < 1.0 - clip_low)) | ((advantages > 0) & (ratio > 1.0 + clip_high))
+    w = torch.where(mask != 0, mask / N, torch.zeros_like(mask))
+    g_lp = torch.where(clipped | (w == 0), torch.zeros_like(ratio), -w * ratio * advantages)
+    if ref_logprob is not None and kl_coef != 0.0:
+        g_kl = torch.where(w == 0, torch.zeros_like(ratio), kl_coef * w * (1.0 - torch.exp(ref_logprob - logprob)))
+        g_lp = g_lp + g_kl
+    g_H = -w * coef
+    return g_lp, g_H
+
+
+class _FusedPolicyLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        targets: Tensor,
+        token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
+        N: Tensor,
+        clip_low: float,
+        clip_high: float,
+        temperature: float,
+        chunk_size: int,
+        kl_coef: float,
+        need_grad: tuple[bool, bool, bool],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        old_logprob, advantages, coef, mask, ref_logprob = token_inputs
+        n = hidden.shape[0]
+        cdtype = _compute_dtype(hidden.dtype)
+        logprob = torch.empty(n, dtype=cdtype, device=hidden.device)
+        entropy = torch.empty(n, dtype=cdtype, device=hidden.device)
+        need_h, need_w, need_b = need_grad
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=cdtype, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=cdtype, device=weight.device) if need_b else None
+        any_grad = need_h or need_w or need_b
+        for start in range(0, n, chunk_size):
+            end = min(start + chunk_size, n)
+            h = hidden[start:end]
+            tgt = targets[start:end]
+            z = chunk_logits(h, weight, bias, temperature, cdtype)
+            log_p, p, lp, ent = chunk_stats(z, tgt)
+            logprob[start:end] = lp
+            entropy[start:end] = ent
+            if any_grad:
+                g_lp, g_H = _token_loss_grads(
+                    lp,
+                    old_logprob[start:end],
+                    advantages[start:end],
+                    coef[start:end],
+                    mask[start:end],
+                    clip_low,
+                    clip_high,
+                    N,
+                    None if ref_logprob is None else ref_logprob[start:end],
+                    kl_coef,
+                )
+                skip_H = not bool(torch.any(g_H != 0))
+                dz = chunk_dlogits(log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
+                accumulate_param_grads(dz, h, weight, grad_h, grad_w, grad_b, start, end)
+                del dz
+            del z, log_p, p
+        # Saved like activations, so autograd frees them after backward (unless retain_graph).
+        ctx.save_for_backward(
+            grad_h,
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None or bias is None else grad_b.to(bias.dtype),
+        )
+        ctx.mark_non_differentiable(logprob, entropy)
+        # The loss value itself comes from the reference formula on the per-token values (cheap,
+        # [N] tensors), so both paths share one definition of the number.
+        loss_proxy = torch.zeros((), dtype=cdtype, device=hidden.device)
+        return loss_proxy, logprob, entropy
+
+    @staticmethod
+    def backward(ctx: Any, g_loss: Tensor, _g_lp: Tensor | None, _g_H: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        scale = g_loss.reshape(())
+        out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
+        return (*out, None, None, None, None, None, None, None, None, None)
+
+
+def fused_policy_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    old_logprob: Tensor,
+    advantages: Tensor,
+    coef: Tensor | float,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    temperature: float = 1.0,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    num_tokens: int | float | Tensor | None = None,
+    ref_logprob: Tensor | None = None,
+    kl_coef: float = 0.0,
+    bias: Tensor | None = None,
+) -> PolicyLossOutput:
+    """The loss of :func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head.
+
+    Equal in value and gradient to
+    ``policy_loss(*token_logprob_entropy((hidden @ weight.T + bias), targets, temperature), ...)``,
+    but never holds ``[N, V]`` logits, and computes the gradient w.r.t. hidden/weight/bias during
+    forward (stored until backward, which only scales it by the incoming gradient of ``loss``).
+    Call ``backward`` on ``loss`` once; the stored gradients are released then.
+    """
+    t = _check_temperature(temperature)
+    _check_clip(clip_low, clip_high)
+    _validate(hidden, weight, targets, bias, chunk_size)
+    n = hidden.shape[0]
+    cdtype = _compute_dtype(hidden.dtype)
+    dev = hidden.device
+    coef_t = torch.as_tensor(coef, dtype=cdtype, device=dev)
+    _check_token_tensors(
+        n, old_logprob=old_logprob, advantages=advantages, coef=coef_t, mask=mask, ref_logprob=ref_logprob
+    )
+
+    def per_token(x: Tensor) -> Tensor:
+        return x.detach().to(device=dev, dtype=cdtype).expand(n).contiguous()
+
+    old_t, adv_t, coef_tok, mask_t = (per_token(x) for x in (old_logprob, advantages, coef_t, mask))
+    ref_t = None if ref_logprob is None else per_token(ref_logprob)
+    N = _token_count(mask_t, num_tokens).to(cdtype)
+
+    grad_on = torch.is_grad_enabled()
+    need_grad = (
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
+    proxy, logprob, entropy = _FusedPolicyLoss.apply(
+        hidden.contiguous(),
+        weight.contiguous(),
+        None if bias is None else bias.contiguous(),
+        targets.long().contiguous(),
+        (old_t, adv_t, coef_tok, mask_t, ref_t),
+        N,
+        clip_low,
+        clip_high,
+        t,
+        chunk_size,
+        float(kl_coef),
+        need_grad,
+    )
+    parts = policy_loss(
+        logprob,
+        entropy,
+        old_t,
+        adv_t,
+        coef_tok,
+        mask_t,
+        clip_low,
+        clip_high,
+        num_tokens=N,
+        ref_logprob=ref_t,
+        kl_coef=kl_coef,
+    )
+    # loss = value of the reference formula + proxy (0 in value, carries the precomputed gradient).
+    return PolicyLossOutput(
+        loss=parts.loss.detach() + proxy,
+        pg_loss=parts.pg_loss,
+        entropy_loss=parts.entropy_loss,
+        kl_loss=parts.kl_loss,
+        clip_frac_low=parts.clip_frac_low,
+        clip_frac_high=parts.clip_frac_high,
+        logprob=logprob,
+        entropy=entropy,
+    )

@@ -9,6 +9,7 @@ State is plain numbers so that checkpoints, resumes and property tests stay simp
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
-__all__ = ["GroupOutcome", "Plan", "EntropyReading", "EntropyController"]
+__all__ = ["GroupOutcome", "Plan", "EntropyReading", "EntropyController", "is_usable_reading"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +96,14 @@ class EntropyController(ABC):
     def uniform_plan(outcome: GroupOutcome, alpha: float, clip_low: float, clip_high: float) -> Plan:
         coef = torch.full_like(outcome.accuracy, float(alpha), dtype=torch.float32)
         return Plan(coef=coef, clip_low=float(clip_low), clip_high=float(clip_high))
+
+
+def is_usable_reading(reading: EntropyReading) -> bool:
+    """The robustness contract's filter: a reading is used only if its entropy is a finite,
+    non-negative number measured over at least one token. Anything else is ignored (and counted)."""
+    try:
+        value = float(reading.mean_entropy)
+        tokens = int(reading.tokens)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return math.isfinite(value) and value >= 0.0 and tokens > 0

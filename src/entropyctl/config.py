@@ -1,0 +1,598 @@
+"""Configuration: pydantic v2 schemas, YAML loading, ``key=value`` overrides and readable errors.
+
+The controller part (this section) holds one config class per built-in controller, each with a
+``name`` literal and ``extra="forbid"``; :data:`ControllerField` is the annotated type a run config
+uses for its ``controller`` field: a discriminated union over every *registered* controller config,
+plugins included, resolved through the registry when validated.
+
+Every error is reported as one line per problem, ``<field path>: <what is expected> (got <value>)``,
+e.g. ``controller.alpha_0: must be ≤ alpha_max = 0.05 (got 0.5)``, wrapped in :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, model_validator
+from pydantic_core import core_schema
+
+__all__ = [
+    "ConfigError",
+    "ControllerConfig",
+    "FixedConfig",
+    "ClipHigherConfig",
+    "TargetConfig",
+    "AERConfig",
+    "ControllerField",
+    "parse_controller_config",
+    "format_validation_error",
+    "load_yaml",
+    "apply_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem. ``errors`` holds one ``"<path>: <message>"`` line per problem."""
+
+    def __init__(self, errors: str | Sequence[str], *, source: str | None = None) -> None:
+        self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
+        self.source = source
+        head = f"invalid configuration in {source}:" if source else "invalid configuration:"
+        if len(self.errors) == 1 and not source:
+            super().__init__(self.errors[0])
+        else:
+            super().__init__("\n  ".join([head, *self.errors]))
+
+
+# --------------------------------------------------------------------------------------------
+# Error formatting
+# --------------------------------------------------------------------------------------------
+
+_FIELD_PREFIXED = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.DOTALL)
+
+
+def _loc_to_path(prefix: str, loc: Iterable[Any]) -> str:
+    parts = [prefix] if prefix else []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        else:
+            parts.append(str(item))
+    return ".".join(parts) if parts else "<root>"
+
+
+def _describe(error: Mapping[str, Any], model: type[BaseModel] | None) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "greater_than_equal":
+        return f"must be ≥ {ctx['ge']}"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"must be ≤ {ctx['le']}"
+    if kind == "less_than":
+        return f"must be < {ctx['lt']}"
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '?')}"
+    if kind == "extra_forbidden":
+        if model is not None:
+            valid = ", ".join(model.model_fields)
+            return f"unknown field (valid fields: {valid})"
+        return "unknown field"
+    msg = str(error["msg"])
+    for noise in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(noise):
+            msg = msg[len(noise) :]
+    return msg
+
+
+def format_validation_error(
+    error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[str]:
+    """One ``"<path>: <message> (got <value>)"`` line per pydantic error.
+
+    ``prefix`` is the path of the validated object inside the whole config (``"controller"``).
+    Model-level validators in this module raise ``ValueError("<field>: <message>")``; their field
+    name is moved into the path.
+    """
+    lines = []
+    for err in error.errors(include_url=False):
+        loc = list(err["loc"])
+        message = _describe(err, model if len(loc) == 1 else None)
+        match = _FIELD_PREFIXED.match(message)
+        if match and err["type"] == "value_error":
+            loc.append(match.group(1))
+            message = match.group(2)
+            path = _loc_to_path(prefix, loc)
+            lines.append(f"{path}: {message}")
+            continue
+        path = _loc_to_path(prefix, loc)
+        got = err.get("input")
+        if err["type"] in ("missing",) or isinstance(got, Mapping):
+            lines.append(f"{path}: {message}")
+        else:
+            lines.append(f"{path}: {message} (got {got!r})")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Controller configs
+# --------------------------------------------------------------------------------------------
+
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ControllerConfig(BaseModel):
+    """Base of every controller config (built-in and plugin): a ``name`` literal, no extra keys,
+    finite numbers only."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+    name: str
+
+
+class FixedConfig(ControllerConfig):
+    """``fixed``: one constant coefficient for every prompt, symmetric or explicit clip bounds."""
+
+    name: Literal["fixed"] = "fixed"
+    alpha: NonNegativeFloat = Field(0.005, description="Entropy coefficient α for every prompt.")
+    clip_low: PositiveFloat = Field(0.2, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(0.2, description="ε_high of the clipped surrogate.")
+
+
+class ClipHigherConfig(ControllerConfig):
+    """``clip_higher`` (DAPO): no entropy bonus; a wider upper clip bound keeps exploration."""
+
+    name: Literal["clip_higher"] = "clip_higher"
+    clip_low: PositiveFloat = Field(0.2, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(0.28, description="ε_high of the clipped surrogate (DAPO: 0.28).")
+
+
+UpdateRule = Literal["additive", "sign", "log"]
+AnchorMode = Literal["initial", "absolute"]
+
+
+class _AdaptiveConfig(ControllerConfig):
+    """Fields shared by ``target`` and ``aer``: the dynamic global coefficient α_t and its target."""
+
+    alpha_0: NonNegativeFloat = Field(0.005, description="α before anchoring and the start of α_t.")
+    alpha_min: NonNegativeFloat = Field(0.0, description="Lower bound of α_t.")
+    alpha_max: NonNegativeFloat = Field(0.05, description="Upper bound of α_t.")
+    eta: NonNegativeFloat = Field(
+        0.01,
+        description="Step size η: α per nat of error (additive) or log α per nat of error (log).",
+    )
+    update: UpdateRule = Field(
+        "additive",
+        description="additive: α+η(H*−H); sign: α+δ·sign(H*−H); log: log α + η(H*−H).",
+    )
+    delta: NonNegativeFloat = Field(0.0005, description="Step δ of the sign rule.")
+    anchor: AnchorMode = Field(
+        "initial", description="initial: H* = τ·H0 (AER); absolute: H* = target_entropy."
+    )
+    tau: float = Field(0.4, gt=0, le=1, description="Target fraction τ of the initial entropy H0.")
+    anchor_steps: int = Field(1, ge=1, description="H0 = mean of the first anchor_steps readings.")
+    target_entropy: NonNegativeFloat | None = Field(
+        None, description="Absolute target H* in nats (used when anchor is 'absolute')."
+    )
+    clip_low: PositiveFloat = Field(0.2, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(0.2, description="ε_high of the clipped surrogate.")
+
+    @model_validator(mode="after")
+    def _check_alpha_bounds(self) -> _AdaptiveConfig:
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(
+                f"alpha_min: must be ≤ alpha_max = {self.alpha_max} (got {self.alpha_min})"
+            )
+        if self.alpha_0 < self.alpha_min:
+            raise ValueError(f"alpha_0: must be ≥ alpha_min = {self.alpha_min} (got {self.alpha_0})")
+        if self.alpha_0 > self.alpha_max:
+            raise ValueError(f"alpha_0: must be ≤ alpha_max = {self.alpha_max} (got {self.alpha_0})")
+        if self.anchor == "absolute" and self.target_entropy is None:
+            raise ValueError("target_entropy: required when anchor is 'absolute' (got None)")
+        return self
+
+
+class TargetConfig(_AdaptiveConfig):
+    """``target``: AER's target-only arm, one dynamic α_t for every prompt."""
+
+    name: Literal["target"] = "target"  # type: ignore[assignment]
+
+
+class AERConfig(_AdaptiveConfig):
+    """``aer``: Adaptive Entropy Regularization, α_i = α_t · w(acc_i)."""
+
+    name: Literal["aer"] = "aer"  # type: ignore[assignment]
+    rho: float = Field(0.5, ge=0, le=1, description="Accuracy threshold ρ of the threshold rule.")
+    allocation: Literal["threshold", "linear"] = Field(
+        "threshold", description="threshold: w = 1[acc ≤ ρ]; linear: w = 1 − acc."
+    )
+    difficulty_aware: bool = Field(True, description="false: w ≡ 1 (ablation).")
+    dynamic: bool = Field(True, description="false: α_t ≡ α_0 (ablation).")
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing through the registry
+# --------------------------------------------------------------------------------------------
+
+
+def parse_controller_config(obj: Any, *, prefix: str = "controller") -> ControllerConfig:
+    """Validate a controller config given as a mapping (``{"name": "aer", ...}``), a bare name, or
+    an already-built config. Raises :class:`ConfigError` with lines naming the field path."""
+    from entropyctl.controllers.registry import available_controllers, get_config_class
+
+    if isinstance(obj, ControllerConfig):
+        return obj
+    if isinstance(obj, str):
+        obj = {"name": obj}
+    if not isinstance(obj, Mapping):
+        raise ConfigError(
+            f"{prefix}: must be a mapping with a 'name' key or a controller name (got {obj!r})"
+        )
+    names = ", ".join(sorted(available_controllers()))
+    name_path = f"{prefix}.name" if prefix else "name"
+    if "name" not in obj:
+        raise ConfigError(f"{name_path}: required field is missing (available: {names})")
+    name = obj["name"]
+    if not isinstance(name, str):
+        raise ConfigError(f"{name_path}: must be a string (got {name!r}); available: {names}")
+    try:
+        cls = get_config_class(name)
+    except KeyError:
+        raise ConfigError(f"{name_path}: unknown controller {name!r} (available: {names})") from None
+    try:
+        return cls.model_validate(dict(obj))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, prefix, cls)) from None
+
+
+def _validate_controller_field(value: Any) -> ControllerConfig:
+    # Inside a larger pydantic model: re-raise as a ValidationError so pydantic prefixes the
+    # location with the field name (``controller.alpha_0``).
+    from entropyctl.controllers.registry import available_controllers, get_config_class
+
+    if isinstance(value, ControllerConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if isinstance(value, Mapping):
+        name = value.get("name")
+        try:
+            cls = get_config_class(name) if isinstance(name, str) else None
+        except KeyError:
+            cls = None
+        if cls is not None:
+            return cls.model_validate(dict(value))
+        names = ", ".join(sorted(available_controllers()))
+        raise ValueError(f"name: unknown controller {name!r} (available: {names})")
+    raise ValueError(f"must be a mapping with a 'name' key or a controller name (got {value!r})")
+
+
+class _ControllerFieldSchema:
+    """Pydantic hook: validation dispatches on ``name`` through the registry (plugins included);
+    the JSON schema is the discriminated union of every registered config."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        from entropyctl.controllers.registry import controller_config_union
+
+        union = handler.generate_schema(controller_config_union())
+        return core_schema.no_info_plain_validator_function(
+            _validate_controller_field,
+            json_schema_input_schema=union,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda config: config.model_dump(mode="json"), when_used="always"
+            ),
+        )
+
+
+#: The type of a run config's ``controller`` field, e.g.
+#: ``controller: ControllerField = Field(default_factory=AERConfig)``.
+ControllerField = Annotated[ControllerConfig, _ControllerFieldSchema()]
+
+
+# --------------------------------------------------------------------------------------------
+# YAML and overrides
+# --------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping (an empty file gives ``{}``).
+
+    Errors name the file and line: ``run.yaml:3: mapping values are not allowed here``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping (got {type(data).__name__})")
+    return data
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML 1.1 reads "1e-3" as a string; users mean a number.
+    if _NUMBER.match(text.strip()):
+        value = float(text)
+        return int(value) if re.match(r"^[+-]?\d+$", text.strip()) else value
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a deep copy of ``data`` with ``"a.b.c=value"`` overrides applied.
+
+    Values are parsed as YAML scalars (``true``, ``0.3``, ``1e-3``, ``[1, 2]``, ``null``);
+    missing intermediate mappings are created.
+    """
+    result: dict[str, Any] = copy.deepcopy(dict(data))
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {override!r}: expected KEY=VALUE with a dotted KEY, e.g. controller.tau=0.5")
+        node: dict[str, Any] = result
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {override!r}: {where} is not a mapping (it is {child!r})")
+            node = child
+        node[parts[-1]] = _parse_scalar(raw)
+    return result
+
+
+# --- run configuration ---
+# (RunConfig section: owned by the trainer; everything below configures `entropyctl train`.)
+
+# Pure pydantic (no torch/transformers import): the model section of a run config.
+from entropyctl.integrations.model_config import ModelConfig  # noqa: E402
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class DataConfig(_Section):
+    """Training prompts and the held-out split used by validation."""
+
+    source: Literal["synthetic", "file"] = Field(
+        "synthetic", description="synthetic: graded arithmetic built in code; file: a JSONL/Parquet math dataset."
+    )
+    levels: list[int] | None = Field(None, description="synthetic: difficulty levels to draw (None: all).")
+    weights: list[float] | None = Field(None, description="synthetic: mixture weight per level (None: uniform).")
+    seed: int = Field(0, description="Seed of the problem streams (training prompts and the held-out split).")
+    path: str | None = Field(None, description="file: the training set (.jsonl / .parquet).")
+    eval_path: str | None = Field(
+        None, description="file: the held-out set; None: hold out eval.n_prompts rows of `path`."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="file: keyword arguments of entropyctl.data.loaders.load_math_dataset "
+        "(field names, templates).",
+    )
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("path: required when data.source is 'file' (a .jsonl or .parquet file)")
+        if self.weights is not None and self.levels is not None and len(self.weights) != len(self.levels):
+            raise ValueError(
+                f"weights: one weight per level expected ({len(self.levels)} levels, got {len(self.weights)})"
+            )
+        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise ValueError(f"weights: must be ≥ 0 with a positive sum (got {self.weights})")
+        return self
+
+
+class RewardConfig(_Section):
+    """The verifier: a registered reward name (``math``, ``exact``) or ``package.module:function``."""
+
+    name: str = Field("math", description="math | exact | package.module:function.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the reward factory (e.g. timeout for math)."
+    )
+
+
+class RolloutConfig(_Section):
+    """Sampling of the G completions per prompt (the temperature is also the training temperature)."""
+
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: generate on the policy itself; vllm: vLLM.")
+    prompts_per_step: int = Field(32, ge=1, description="P: prompts per step on EACH process.")
+    group_size: int = Field(8, ge=2, description="G: completions per prompt.")
+    temperature: float = Field(
+        1.0, gt=0, description="Sampling temperature T; training log-probs and entropy use softmax(z/T) too."
+    )
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: off.")
+    max_new_tokens: int = Field(8, ge=1, description="Maximum response length L_max in tokens.")
+    overlong: Literal["truncate", "mask", "penalty"] = Field(
+        "truncate",
+        description="Responses hitting max_new_tokens without EOS: truncate = train on them as they are; "
+        "mask = exclude them from the loss; penalty = DAPO soft overlong penalty on the reward.",
+    )
+    overlong_buffer: int = Field(
+        4, ge=1, description="penalty: L_cache, the last tokens before L_max over which the penalty ramps to -1."
+    )
+    dynamic_sampling: bool = Field(
+        False, description="DAPO: drop groups whose rewards are all equal and refill with new prompts."
+    )
+    max_refills: int = Field(2, ge=0, description="dynamic_sampling: extra prompt batches drawn at most per step.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (vllm).")
+
+    @model_validator(mode="after")
+    def _check_buffer(self) -> RolloutConfig:
+        if self.overlong == "penalty" and self.overlong_buffer >= self.max_new_tokens:
+            raise ValueError(
+                f"overlong_buffer: must be < rollout.max_new_tokens = {self.max_new_tokens} "
+                f"(got {self.overlong_buffer})"
+            )
+        return self
+
+
+class AlgorithmConfig(_Section):
+    """GRPO/DAPO loss settings the trainer owns (the controller owns α_i and the clip bounds)."""
+
+    advantage_scale: Literal["group", "none"] = Field(
+        "group", description="group: (r − mean)/(std + ε) (GRPO); none: r − mean (Dr.GRPO)."
+    )
+    ppo_epochs: int = Field(1, ge=1, description="Passes over the step's rollouts.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch (rollouts split evenly).")
+    kl_coef: float = Field(0.0, ge=0, description="β of the KL to a frozen copy of the initial policy (0: off).")
+    chunk_size: int = Field(1024, ge=1, description="Tokens per chunk of the fused log-prob/entropy path.")
+    fused: Literal["auto", "off"] = Field(
+        "auto", description="auto: fused path when the LM head is linear; off: full logits (reference path)."
+    )
+
+
+class OptimConfig(_Section):
+    """AdamW on every policy parameter."""
+
+    lr: float = Field(1e-4, gt=0, description="Learning rate (constant after warm-up).")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.999))
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimizer steps.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm (None: off).")
+
+
+class TrainerConfig(_Section):
+    """Lightning Trainer settings."""
+
+    steps: int = Field(100, ge=0, description="RLVR steps (each: rollouts → rewards → updates).")
+    accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto.")
+    devices: int = Field(1, ge=1, description="Processes (one per device); > 1 runs DDP.")
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = Field(
+        "auto", description="auto: single process for devices=1, ddp otherwise."
+    )
+    precision: str = Field("32-true", description="Lightning precision (32-true, bf16-mixed, ...).")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per process (None: cores / devices)."
+    )
+    checkpoint_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
+    progress_bar: bool = Field(True, description="Lightning's progress bar.")
+    tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
+
+
+class EvalConfig(_Section):
+    """pass@k validation with sampling on the held-out split (before and after training)."""
+
+    n_prompts: int = Field(64, ge=0, description="Held-out problems (synthetic: split evenly over levels).")
+    n_samples: int = Field(8, ge=1, description="n: samples per problem.")
+    ks: list[int] = Field(default_factory=lambda: [1, 4, 8], description="pass@k for these k (each ≤ n).")
+    temperature: float | None = Field(None, ge=0, description="None: the rollout temperature; 0: greedy.")
+    max_new_tokens: int | None = Field(None, ge=1, description="None: rollout.max_new_tokens.")
+    batch_size: int = Field(32, ge=1, description="Problems per generate call.")
+    before: bool = Field(True, description="Evaluate before the first step.")
+    after: bool = Field(True, description="Evaluate after the last step.")
+    every: int = Field(0, ge=0, description="Also evaluate every N steps (0: off).")
+
+    @model_validator(mode="after")
+    def _check_ks(self) -> EvalConfig:
+        bad = [k for k in self.ks if k < 1 or k > self.n_samples]
+        if bad or not self.ks:
+            raise ValueError(f"ks: each k must be in [1, eval.n_samples = {self.n_samples}] (got {self.ks})")
+        return self
+
+
+def _default_controller() -> ControllerConfig:
+    return AERConfig()
+
+
+class RunConfig(BaseModel):
+    """Everything one `entropyctl train` run does; written resolved to ``<run_dir>/config.yaml``."""
+
+    # defer_build: the controller union is resolved through the registry, whose controllers import
+    # this module; building the schema at class creation would be a circular import.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, defer_build=True)
+
+    seed: int = Field(0, description="Seeds initialisation, prompt sampling and rollouts (per step and rank).")
+    output_dir: str = Field("runs", description="Parent of auto-named run directories.")
+    run_name: str | None = Field(None, description="Run directory name under output_dir (None: time + controller).")
+    controller: ControllerField = Field(default_factory=_default_controller)
+    model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    reward: RewardConfig = Field(default_factory=RewardConfig)  # type: ignore[arg-type]
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)  # type: ignore[arg-type]
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)  # type: ignore[arg-type]
+    optim: OptimConfig = Field(default_factory=OptimConfig)  # type: ignore[arg-type]
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)  # type: ignore[arg-type]
+    eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> RunConfig:
+        sequences = self.rollout.prompts_per_step * self.rollout.group_size
+        if self.algorithm.mini_batches > sequences:
+            raise ValueError(
+                f"algorithm.mini_batches: must be ≤ rollout.prompts_per_step × rollout.group_size = {sequences} "
+                f"(got {self.algorithm.mini_batches})"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def default_config_path() -> Path:
+    """The embedded default run config shipped inside the package (identical to configs/default.yaml)."""
+    return Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+
+def parse_run_config(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
+    """Validate a run config mapping; errors name each field path (``rollout.group_size: ...``)."""
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "", RunConfig), source=source) from None
+
+
+def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a run config (``None``: the embedded default), apply ``key=value`` overrides, validate."""
+    source = Path(path) if path is not None else default_config_path()
+    data = load_yaml(source)
+    data = apply_overrides(data, list(overrides))
+    return parse_run_config(data, source=str(source))
+
+
+__all__ += [
+    "DataConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "AlgorithmConfig",
+    "OptimConfig",
+    "TrainerConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "RunConfig",
+    "default_config_path",
+    "parse_run_config",
+    "load_run_config",
+]

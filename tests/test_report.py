@@ -81,9 +81,21 @@ def ablation_dir(tmp_path: Path) -> Path:
     root = tmp_path / "abl"
     arms = []
     for slug, label, make in [
-        ("fixed_alpha=0", "fixed:alpha=0", lambda s: (0.6 * np.exp(-t / 6) + 0.01 * s, np.zeros(steps), None)),
-        ("fixed_alpha=0.1", "fixed:alpha=0.1", lambda s: (0.6 * (1 + t / 20) + 0.01 * s, np.full(steps, 0.1), None)),
-        ("aer", "aer", lambda s: (0.6 * (0.4 + 0.6 * np.exp(-t / 5)) + 0.01 * s, np.linspace(0.0, 0.02, steps), 0.6)),
+        (
+            "fixed_alpha=0",
+            "fixed:alpha=0",
+            lambda s: (0.6 * np.exp(-t / 6) + 0.01 * s, np.zeros(steps), None),
+        ),
+        (
+            "fixed_alpha=0.1",
+            "fixed:alpha=0.1",
+            lambda s: (0.6 * (1 + t / 20) + 0.01 * s, np.full(steps, 0.1), None),
+        ),
+        (
+            "aer",
+            "aer",
+            lambda s: (0.6 * (0.4 + 0.6 * np.exp(-t / 5)) + 0.01 * s, np.linspace(0.0, 0.02, steps), 0.6),
+        ),
     ]:
         arms.append({"label": label, "slug": slug})
         for seed in (0, 1):
@@ -104,7 +116,14 @@ def ablation_dir(tmp_path: Path) -> Path:
 
 def test_report_tables_flags_and_plots(ablation_dir: Path) -> None:
     doc = write_report(ablation_dir)
-    for name in ("report.md", "report.json", "entropy.png", "alpha.png", "accuracy_by_level.png", "pass_at_k.png"):
+    for name in (
+        "report.md",
+        "report.json",
+        "entropy.png",
+        "alpha.png",
+        "accuracy_by_level.png",
+        "pass_at_k.png",
+    ):
         path = ablation_dir / name
         assert path.exists() and path.stat().st_size > 500, name
     arms = doc["arms"]
@@ -129,7 +148,9 @@ def test_report_tables_flags_and_plots(ablation_dir: Path) -> None:
     assert "level 3" in md and "0.450 ± 0.071" in md
     for png in ("entropy.png", "alpha.png", "accuracy_by_level.png", "pass_at_k.png"):
         assert f"]({png})" in md
-    assert json.loads((ablation_dir / "report.json").read_text())["arms"]["aer"]["h0"]["mean"] == pytest.approx(0.6)
+    assert json.loads((ablation_dir / "report.json").read_text())["arms"]["aer"]["h0"][
+        "mean"
+    ] == pytest.approx(0.6)
 
 
 def test_unfinished_runs_are_listed_not_averaged(ablation_dir: Path) -> None:

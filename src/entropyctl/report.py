@@ -241,7 +241,9 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
     before_by_level: dict[str, dict[str, Any]] = {}
     for level in _levels(before):
         level_evals = [(e.get("by_level") or {}).get(level, {}) for e in before]
-        before_by_level[level] = {key: _mean_std([_as_float(e.get(key)) for e in level_evals]) for key in keys}
+        before_by_level[level] = {
+            key: _mean_std([_as_float(e.get(key)) for e in level_evals]) for key in keys
+        }
     numbers["before_by_level"] = before_by_level
 
     ratios, h0s, alphas_min, alphas_max, rewards, finals = [], [], [], [], [], []
@@ -265,7 +267,11 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
             {
                 "seed": run.seed,
                 "path": str(run.path),
-                "steps": int(_as_float(run.summary.get("steps")) if run.summary.get("steps") is not None else len(run.steps)),
+                "steps": int(
+                    _as_float(run.summary.get("steps"))
+                    if run.summary.get("steps") is not None
+                    else len(run.steps)
+                ),
                 "wall_time_s": _as_float(run.summary.get("wall_time_s")),
                 "h0": h0,
                 "entropy_ratio_last_quarter": ratio,
@@ -330,7 +336,9 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
         return np.where(count > 0, (csum - lagged_sum) / np.maximum(count, 1), np.nan)
 
 
-def _stack(runs: list[RunRecord], column: str, transform: Any = None, window: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+def _stack(
+    runs: list[RunRecord], column: str, transform: Any = None, window: int = 1
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Align the runs of one arm on step and return (steps, [runs, steps]) smoothed per run."""
     series = []
     for run in runs:
@@ -429,7 +437,14 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
 
     # 3. accuracy per difficulty level over steps (training rollouts).
     levels = sorted(
-        {int(m.group(1)) for _, _, runs in finished for r in runs for c in r.metrics for m in [_ACC_LEVEL.match(c)] if m}
+        {
+            int(m.group(1))
+            for _, _, runs in finished
+            for r in runs
+            for c in r.metrics
+            for m in [_ACC_LEVEL.match(c)]
+            if m
+        }
     )
     if levels:
         ncols = min(3, len(levels))
@@ -441,14 +456,22 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
                 stacked = _stack(runs, f"acc_level_{level}", None, window)
                 if stacked is not None:
                     with _quiet_nan_warnings():
-                        ax.plot(stacked[0], np.nanmean(stacked[1], axis=0), color=colors(i % 10), label=arm.arm, linewidth=1.2)
+                        ax.plot(
+                            stacked[0],
+                            np.nanmean(stacked[1], axis=0),
+                            color=colors(i % 10),
+                            label=arm.arm,
+                            linewidth=1.2,
+                        )
             ax.set_title(f"level {level}", fontsize=8)
             ax.set_ylim(-0.02, 1.02)
             ax.tick_params(labelsize=7)
         for k in range(len(levels), nrows * ncols):
             axes[k // ncols][k % ncols].axis("off")
         _legend(axes[0][0], fontsize=6)
-        fig.suptitle(f"Training accuracy per difficulty level (moving average {window}, mean over seeds)", fontsize=9)
+        fig.suptitle(
+            f"Training accuracy per difficulty level (moving average {window}, mean over seeds)", fontsize=9
+        )
         fig.tight_layout()
         files["accuracy_by_level"] = "accuracy_by_level.png"
         fig.savefig(out / files["accuracy_by_level"])
@@ -458,16 +481,30 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=80)
     plotted_before = False
     for i, arm in enumerate(arms):
-        ks = sorted(int(key.split("@")[1]) for key, s in arm.numbers["after"].items() if s["mean"] is not None)
+        ks = sorted(
+            int(key.split("@")[1]) for key, s in arm.numbers["after"].items() if s["mean"] is not None
+        )
         if not ks:
             continue
         means = [arm.numbers["after"][f"pass@{k}"]["mean"] for k in ks]
         stds = [arm.numbers["after"][f"pass@{k}"]["std"] for k in ks]
-        ax.errorbar(ks, means, yerr=stds, label=arm.arm, color=colors(i % 10), marker="o", markersize=3, capsize=2, linewidth=1.2)
+        ax.errorbar(
+            ks,
+            means,
+            yerr=stds,
+            label=arm.arm,
+            color=colors(i % 10),
+            marker="o",
+            markersize=3,
+            capsize=2,
+            linewidth=1.2,
+        )
         if not plotted_before:
             before = [arm.numbers["before"].get(f"pass@{k}", {}).get("mean") for k in ks]
             if all(b is not None for b in before):
-                ax.plot(ks, before, color="black", linestyle="--", label="before RL (warm start)", linewidth=1)
+                ax.plot(
+                    ks, before, color="black", linestyle="--", label="before RL (warm start)", linewidth=1
+                )
                 plotted_before = True
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k")
@@ -494,7 +531,9 @@ def _default_window(arms: list[ArmSummary]) -> int:
     return int(max(1, min(25, max(lengths) // 15)))
 
 
-def write_report(root: str | Path, out: str | Path | None = None, *, window: int | None = None) -> dict[str, Any]:
+def write_report(
+    root: str | Path, out: str | Path | None = None, *, window: int | None = None
+) -> dict[str, Any]:
     """Write ``report.md``, ``report.json`` and the PNG plots for the ablation under ``root``.
 
     Returns the JSON document. ``out`` defaults to ``root``; ``window`` is the moving-average length
@@ -597,7 +636,9 @@ def _markdown(arms: list[ArmSummary], files: dict[str, str], window: int, manife
             for a in arms:
                 by_level = a.numbers["after_by_level"]
                 rows.append([f"`{a.arm}`", *[_fmt(by_level.get(level, {}).get(key)) for level in levels]])
-            before_levels = next((a.numbers["before_by_level"] for a in arms if a.numbers["before_by_level"]), {})
+            before_levels = next(
+                (a.numbers["before_by_level"] for a in arms if a.numbers["before_by_level"]), {}
+            )
             if before_levels:
                 rows.append(["before RL", *[_fmt(before_levels.get(level, {}).get(key)) for level in levels]])
             lines += [_table(["arm", *[f"level {lv}" for lv in levels]], rows), ""]

@@ -1,0 +1,450 @@
+"""`entropyctl ablate`: every arm × seed as a normal ``entropyctl train`` run, side by side.
+
+An **arm** is a controller name with optional overrides: ``fixed:alpha=0.01``,
+``aer:difficulty_aware=false,tau=0.2``, ``clip_higher``. Keys without a dot are fields of the arm's
+controller; dotted keys are paths in the run config (``aer:trainer.lr=1e-4``). If the arm's controller
+is the base config's controller, the base's controller fields are kept and the overrides applied on
+top; another controller starts from its own defaults. Arms can also be given as an ``arms:`` list in
+YAML (the base config's ``ablation:`` section, or a separate file), each item a spec string or a
+mapping ``{name: aer, tau: 0.2, label: "aer τ=0.2", set: {trainer.lr: 1e-4}}``.
+
+Layout of the output directory::
+
+    OUT/ablation.json                  the arms, seeds, command (read by the report)
+    OUT/<arm-slug>/seed<N>/ablate_config.yaml   the config this run was launched with
+    OUT/<arm-slug>/seed<N>/{config.yaml, metrics.csv, summary.json, checkpoints/, train.log}
+    OUT/report.md, report.json, *.png  written by ``entropyctl report`` at the end
+
+Every run starts from the same base config, the same warm-start checkpoint (prepared once before any
+run starts, so parallel runs do not race to build it) and the same seed list: seed ``N`` of every arm
+uses the same seed. A run whose ``summary.json`` says ``"status": "finished"`` is skipped (resume);
+an unfinished one is run again. Runs go in ``jobs`` parallel ``entropyctl train`` processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from entropyctl.config import ConfigError, apply_overrides, load_yaml, parse_controller_config
+
+__all__ = [
+    "Arm",
+    "RunSpec",
+    "parse_arm",
+    "parse_arms",
+    "resolve_arm_config",
+    "plan_runs",
+    "run_ablation",
+    "is_finished",
+]
+
+ABLATION_SECTION = "ablation"
+SEED_KEY = "seed"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One ablation arm: a controller name, controller-field overrides and run-config overrides."""
+
+    controller: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", _default_label(self.controller, self.overrides))
+
+    @property
+    def slug(self) -> str:
+        """A directory name: ``fixed:alpha=0.01`` → ``fixed_alpha=0.01``."""
+        text = self.label.replace(":", "_").replace(",", "_").replace(" ", "_")
+        return re.sub(r"[^A-Za-z0-9_.=+-]", "-", text)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the ablation: an arm at a seed, its directory and resolved config."""
+
+    arm: Arm
+    seed: int
+    run_dir: Path
+    config: dict[str, Any]
+
+
+def _default_label(controller: str, overrides: Mapping[str, Any]) -> str:
+    if not overrides:
+        return controller
+    return controller + ":" + ",".join(f"{k}={_yaml_scalar(v)}" for k, v in overrides.items())
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets (so ``k=[1,2]`` stays one item)."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    # The same YAML-scalar reading as --set overrides (``1e-3`` is a number, ``false`` a bool).
+    return apply_overrides({}, [f"v={raw}"])["v"]
+
+
+def parse_arm(spec: str | Mapping[str, Any], *, where: str = "arm") -> Arm:
+    """Parse ``name[:k=v,...]`` or a mapping ``{name: ..., <field>: ..., label: ..., set: {...}}``."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        name, _, rest = text.partition(":")
+        name = name.strip()
+        if not name or not re.fullmatch(r"[A-Za-z_][\w.-]*", name):
+            raise ConfigError(f"{where} {spec!r}: expected CONTROLLER[:key=value,...], e.g. fixed:alpha=0.01")
+        overrides: dict[str, Any] = {}
+        if rest.strip():
+            for item in _split_top_level(rest):
+                key, sep, raw = item.partition("=")
+                key = key.strip()
+                if not sep or not key or any(not p for p in key.split(".")):
+                    raise ConfigError(
+                        f"{where} {spec!r}: override {item.strip()!r} must be key=value, e.g. {name}:tau=0.2"
+                    )
+                if key in overrides:
+                    raise ConfigError(f"{where} {spec!r}: {key!r} is given twice")
+                overrides[key] = _parse_value(key, raw.strip())
+        return Arm(controller=name, overrides=overrides, label=text if overrides else name)
+    if isinstance(spec, Mapping):
+        body = dict(spec)
+        name = body.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(
+                f"{where}.name: required controller name (got {name!r}); e.g. {{name: aer, tau: 0.2}}"
+            )
+        label = body.pop("label", None)
+        extra = body.pop("set", None) or {}
+        if isinstance(extra, Sequence) and not isinstance(extra, str):
+            extra = _pairs_to_dict(extra, where)
+        if not isinstance(extra, Mapping):
+            raise ConfigError(f"{where}.set: must be a mapping of dotted paths to values (got {extra!r})")
+        overrides = {**body, **extra}
+        return Arm(controller=name, overrides=overrides, label=str(label) if label else "")
+    raise ConfigError(f"{where}: must be a string like 'fixed:alpha=0.01' or a mapping (got {spec!r})")
+
+
+def _pairs_to_dict(items: Sequence[Any], where: str) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        if not sep:
+            raise ConfigError(f"{where}.set: {item!r} must be key=value")
+        result[key.strip()] = _parse_value(key, raw.strip())
+    return result
+
+
+def parse_arms(specs: Sequence[str | Mapping[str, Any]], *, where: str = "arms") -> list[Arm]:
+    """Parse arm specs; a spec ending in ``.yaml``/``.yml`` is a file holding an ``arms:`` list."""
+    arms: list[Arm] = []
+    for index, spec in enumerate(specs):
+        if isinstance(spec, str) and spec.endswith((".yaml", ".yml")):
+            data = load_yaml(spec)
+            listed = data.get("arms", (data.get(ABLATION_SECTION) or {}).get("arms"))
+            if not isinstance(listed, list) or not listed:
+                raise ConfigError(
+                    f"{spec}: expected a non-empty 'arms:' list (or 'ablation: {{arms: [...]}}')"
+                )
+            arms += parse_arms(listed, where=f"{spec}: arms")
+        else:
+            arms.append(parse_arm(spec, where=f"{where}[{index}]"))
+    _check_unique(arms, where)
+    return arms
+
+
+def _check_unique(arms: Sequence[Arm], where: str) -> None:
+    if not arms:
+        raise ConfigError(f"{where}: no arms given; e.g. --arms fixed:alpha=0.001 clip_higher aer")
+    slugs: dict[str, str] = {}
+    for arm in arms:
+        if arm.slug in slugs:
+            raise ConfigError(
+                f"{where}: arms {slugs[arm.slug]!r} and {arm.label!r} map to the same directory {arm.slug!r}"
+            )
+        slugs[arm.slug] = arm.label
+
+
+def _set_dotted(data: dict[str, Any], path: str, value: Any, where: str) -> None:
+    node = data
+    parts = path.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {'.'.join(parts[: depth + 1])} is not a mapping (it is {child!r})")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def resolve_arm_config(base: Mapping[str, Any], arm: Arm, seed: int) -> dict[str, Any]:
+    """The run config of ``arm`` at ``seed``: the base config, the arm's controller, its overrides."""
+    config = copy.deepcopy(dict(base))
+    config.pop(ABLATION_SECTION, None)
+    base_controller = config.get("controller")
+    base_name = base_controller if isinstance(base_controller, str) else (base_controller or {}).get("name")
+    if isinstance(base_controller, Mapping) and base_name == arm.controller:
+        controller: dict[str, Any] = copy.deepcopy(dict(base_controller))
+    else:
+        controller = {"name": arm.controller}
+    config["controller"] = controller
+    for key, value in arm.overrides.items():
+        target = key if "." in key else f"controller.{key}"
+        _set_dotted(config, target, value, f"arm {arm.label!r}")
+    config[SEED_KEY] = seed
+    try:
+        config["controller"] = parse_controller_config(config["controller"]).model_dump(mode="json")
+    except ConfigError as err:
+        raise ConfigError([f"arm {arm.label!r}: {line}" for line in err.errors]) from None
+    _validate_run_config(config, arm)
+    return config
+
+
+def _validate_run_config(config: Mapping[str, Any], arm: Arm) -> None:
+    """Validate the whole run config when the trainer's schema is available (it names bad fields)."""
+    try:
+        from entropyctl.config import RunConfig  # type: ignore[attr-defined]
+    except ImportError:  # the controller core alone (no trainer installed): controller checked above
+        return
+    from pydantic import ValidationError
+
+    from entropyctl.config import format_validation_error
+
+    try:
+        RunConfig.model_validate(dict(config))
+    except ValidationError as err:
+        raise ConfigError([f"arm {arm.label!r}: {line}" for line in format_validation_error(err)]) from None
+    except ConfigError as err:
+        raise ConfigError([f"arm {arm.label!r}: {line}" for line in err.errors]) from None
+
+
+def plan_runs(
+    base: Mapping[str, Any], arms: Sequence[Arm], seeds: Sequence[int], out: str | Path
+) -> list[RunSpec]:
+    """Arms × seeds, in launch order (seed-major, so a partial ablation has every arm at seed 0)."""
+    out = Path(out)
+    return [
+        RunSpec(
+            arm=arm,
+            seed=seed,
+            run_dir=out / arm.slug / f"seed{seed}",
+            config=resolve_arm_config(base, arm, seed),
+        )
+        for seed in seeds
+        for arm in arms
+    ]
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """True when ``run_dir/summary.json`` says ``"status": "finished"``."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        return json.loads(path.read_text()).get("status") == "finished"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def _check_same_config(spec: RunSpec) -> None:
+    """Refuse to reuse a run directory that was launched with a different config (stale results)."""
+    path = spec.run_dir / "ablate_config.yaml"
+    if not path.exists():
+        return
+    previous = yaml.safe_load(path.read_text())
+    if previous != spec.config:
+        raise ConfigError(
+            f"{spec.run_dir}: holds a run of a different config than arm {spec.arm.label!r} at seed {spec.seed} "
+            f"now resolves to; use another --out directory or delete it"
+        )
+
+
+def _train_command(config_path: Path, run_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "entropyctl.cli",
+        "train",
+        "--config",
+        str(config_path),
+        "--out",
+        str(run_dir),
+    ]
+
+
+def _warm_start(config: Mapping[str, Any], log: Callable[[str], None]) -> None:
+    """Build the shared warm-start checkpoint once, before parallel runs could race to build it."""
+    model = config.get("model") or {}
+    if isinstance(model, Mapping) and model.get("kind", "tiny") != "tiny":
+        return
+    try:
+        from entropyctl.integrations.model_config import ModelConfig
+        from entropyctl.integrations.transformers import pretrain
+    except ImportError:
+        return
+    started = time.perf_counter()
+    path = pretrain(ModelConfig.model_validate(dict(model)))
+    log(f"warm start: {path} ({time.perf_counter() - started:.0f} s)")
+
+
+def run_ablation(
+    base_config: str | Path | Mapping[str, Any],
+    arms: Sequence[str | Mapping[str, Any] | Arm] | None = None,
+    seeds: int | Sequence[int] | None = None,
+    *,
+    out: str | Path = "ablation",
+    jobs: int = 1,
+    overrides: Sequence[str] = (),
+    threads_per_job: int | None = None,
+    report: bool = True,
+    warm_start: bool = True,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run every arm × seed (skipping finished runs), then write the report. Returns a summary dict.
+
+    ``base_config``: a YAML path or a dict (a run config, optionally with an ``ablation:`` section
+    holding ``arms``, ``seeds`` and ``jobs`` defaults). ``seeds``: a count ``N`` (seeds ``0..N-1``) or
+    an explicit list. ``overrides``: ``--set`` style ``a.b=v`` applied to the base for every arm.
+    ``threads_per_job``: torch threads per run (default: CPU cores // jobs, at least 1).
+    """
+    base_path = str(base_config) if not isinstance(base_config, Mapping) else "<dict>"
+    base = (
+        load_yaml(base_config) if not isinstance(base_config, Mapping) else copy.deepcopy(dict(base_config))
+    )
+    section = base.get(ABLATION_SECTION) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{base_path}: {ABLATION_SECTION}: must be a mapping with arms/seeds/jobs")
+    base = apply_overrides(base, overrides)
+    if arms is None or len(arms) == 0:
+        arms = section.get("arms")
+        if not arms:
+            raise ConfigError(
+                f"{base_path}: no arms: pass --arms or give {ABLATION_SECTION}.arms in the config"
+            )
+    arm_list: list[Arm] = []
+    for index, item in enumerate(arms):
+        arm_list += [item] if isinstance(item, Arm) else parse_arms([item], where=f"arms[{index}]")
+    _check_unique(arm_list, "arms")
+    if seeds is None:
+        seeds = section.get("seeds", 1)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ConfigError("seeds: need at least one seed")
+    jobs = max(1, int(jobs))
+    out = Path(out)
+    specs = plan_runs(base, arm_list, seed_list, out)
+    for spec in specs:
+        _check_same_config(spec)
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "command": command,
+        "base_config": base_path,
+        "set": list(overrides),
+        "seeds": seed_list,
+        "jobs": jobs,
+        "arms": [
+            {"label": a.label, "slug": a.slug, "controller": a.controller, "overrides": dict(a.overrides)}
+            for a in arm_list
+        ],
+    }
+    (out / "ablation.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+    todo = [s for s in specs if not is_finished(s.run_dir)]
+    skipped = [s for s in specs if is_finished(s.run_dir)]
+    log(
+        f"ablation: {len(arm_list)} arms × {len(seed_list)} seeds = {len(specs)} runs; "
+        f"{len(skipped)} finished (skipped), {len(todo)} to run with {jobs} job(s) → {out}"
+    )
+    if todo and warm_start:
+        _warm_start(todo[0].config, log)
+
+    threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+
+    def launch(spec: RunSpec) -> tuple[RunSpec, int, float]:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = spec.run_dir / "ablate_config.yaml"
+        config_path.write_text(yaml.safe_dump(spec.config, sort_keys=False))
+        cmd = _train_command(config_path, spec.run_dir)
+        t0 = time.perf_counter()
+        with (spec.run_dir / "train.log").open("w") as handle:
+            handle.write("$ " + shlex.join(cmd) + "\n")
+            handle.flush()
+            code = subprocess.run(
+                cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False
+            ).returncode
+        return spec, code, time.perf_counter() - t0
+
+    failed: list[str] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for spec, code, seconds in pool.map(launch, todo):
+            name = f"{spec.arm.label} seed {spec.seed}"
+            ok = code == 0 and is_finished(spec.run_dir)
+            results[str(spec.run_dir)] = {"returncode": code, "seconds": seconds, "finished": ok}
+            if ok:
+                log(f"  done   {name} ({seconds:.0f} s)")
+            else:
+                failed.append(str(spec.run_dir))
+                log(f"  FAILED {name} (exit {code}, {seconds:.0f} s): see {spec.run_dir / 'train.log'}")
+    wall = time.perf_counter() - started
+    log(f"ablation: {len(todo)} runs in {wall:.0f} s wall; {len(failed)} failed")
+    summary: dict[str, Any] = {
+        "command": command,
+        "out": str(out),
+        "runs": len(specs),
+        "skipped": [str(s.run_dir) for s in skipped],
+        "ran": results,
+        "failed": failed,
+        "wall_time_s": wall,
+    }
+    # One entry per invocation, so a resumed ablation keeps the wall time of every part.
+    history_path = out / "ablation_runs.json"
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    history.append({**summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    history_path.write_text(json.dumps(history, indent=2) + "\n")
+    if report:
+        from entropyctl.report import write_report
+
+        write_report(out)
+        log(f"report: {out / 'report.md'}")
+    return summary

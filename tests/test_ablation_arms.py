@@ -1,0 +1,104 @@
+"""Arm parsing, config resolution and run planning of `entropyctl ablate` (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from entropyctl.ablation import Arm, is_finished, parse_arm, parse_arms, plan_runs, resolve_arm_config
+from entropyctl.config import ConfigError
+
+BASE = {
+    "seed": 123,
+    "controller": {"name": "aer", "tau": 0.5, "eta": 0.02},
+    "trainer": {"steps": 10},
+}
+
+
+def test_parse_arm_strings() -> None:
+    arm = parse_arm("fixed:alpha=0.01")
+    assert arm.controller == "fixed" and arm.overrides == {"alpha": 0.01} and arm.label == "fixed:alpha=0.01"
+    assert arm.slug == "fixed_alpha=0.01"
+    arm = parse_arm("aer:difficulty_aware=false,tau=2e-1,trainer.steps=7")
+    assert arm.overrides == {"difficulty_aware": False, "tau": 0.2, "trainer.steps": 7}
+    assert parse_arm("clip_higher") == Arm("clip_higher", {}, "clip_higher")
+    assert parse_arm("aer:target_entropy=[1, 2]").overrides == {"target_entropy": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "expected CONTROLLER"),
+        ("fixed:alpha", "must be key=value"),
+        ("aer:tau=0.1,tau=0.2", "given twice"),
+    ],
+)
+def test_parse_arm_errors_name_the_arm(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_arm(spec)
+
+
+def test_arms_from_yaml_file_and_mappings(tmp_path: Path) -> None:
+    path = tmp_path / "arms.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "arms": [
+                    "clip_higher",
+                    {"name": "aer", "tau": 0.2, "label": "aer tau 0.2", "set": ["trainer.steps=3"]},
+                ]
+            }
+        )
+    )
+    arms = parse_arms([str(path), "fixed:alpha=0"])
+    assert [a.label for a in arms] == ["clip_higher", "aer tau 0.2", "fixed:alpha=0"]
+    assert arms[1].overrides == {"tau": 0.2, "trainer.steps": 3} and arms[1].slug == "aer_tau_0.2"
+    with pytest.raises(ConfigError, match="same directory"):
+        parse_arms(["aer", "aer"])
+
+
+def test_same_controller_keeps_base_fields_other_controller_starts_from_defaults() -> None:
+    aer = resolve_arm_config(BASE, parse_arm("aer:tau=0.2"), seed=1)
+    assert aer["controller"]["tau"] == 0.2 and aer["controller"]["eta"] == 0.02  # base eta kept
+    assert aer["seed"] == 1 and aer["trainer"] == {"steps": 10}
+    target = resolve_arm_config(BASE, parse_arm("target"), seed=1)
+    assert target["controller"]["name"] == "target"
+    assert target["controller"]["tau"] == 0.4 and target["controller"]["eta"] == 0.01  # target's defaults
+    fixed = resolve_arm_config(BASE, parse_arm("fixed:alpha=0.05,trainer.steps=3"), seed=2)
+    assert fixed["controller"]["alpha"] == 0.05 and fixed["trainer"]["steps"] == 3
+    assert BASE["controller"] == {"name": "aer", "tau": 0.5, "eta": 0.02}  # base untouched
+
+
+def test_bad_arm_field_is_reported_with_the_arm() -> None:
+    with pytest.raises(ConfigError, match=r"arm 'fixed:alpah=0.1': controller.alpah: unknown field"):
+        resolve_arm_config(BASE, parse_arm("fixed:alpah=0.1"), seed=0)
+    with pytest.raises(ConfigError, match=r"unknown controller 'nope'"):
+        resolve_arm_config(BASE, parse_arm("nope"), seed=0)
+
+
+def test_plan_runs_same_seeds_across_arms(tmp_path: Path) -> None:
+    arms = parse_arms(["fixed:alpha=0", "aer"])
+    specs = plan_runs(BASE, arms, [0, 1, 2], tmp_path)
+    assert len(specs) == 6
+    for seed in (0, 1, 2):
+        runs = [s for s in specs if s.seed == seed]
+        assert {s.arm.label for s in runs} == {"fixed:alpha=0", "aer"}
+        assert all(s.config["seed"] == seed for s in runs)
+    assert specs[0].run_dir == tmp_path / "fixed_alpha=0" / "seed0"
+    # Everything but the controller is identical across arms at one seed.
+    a, b = (dict(s.config) for s in specs[:2])
+    a.pop("controller"), b.pop("controller")
+    assert a == b
+
+
+def test_is_finished(tmp_path: Path) -> None:
+    assert not is_finished(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "running"}))
+    assert not is_finished(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "finished"}))
+    assert is_finished(tmp_path)
+    (tmp_path / "summary.json").write_text("{broken")
+    assert not is_finished(tmp_path)

@@ -1,0 +1,564 @@
+"""Math answer extraction and verification with a hard per-answer timeout.
+
+Extraction (:func:`extract_answer`) tries, in this order, and returns the first hit:
+
+1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced, nested braces; the outermost of nested boxes);
+2. the last final-answer line: ``#### X`` (GSM8K), ``final answer: X`` / ``final answer is X``,
+   ``the answer is X``, ``Answer: X`` (case-insensitive; X runs to the end of its line, a trailing
+   period and surrounding ``$`` are dropped);
+3. the whole text, when it is a short bare answer such as ``19``, ``-3.5``, ``\\frac{1}{2}`` (the tiny
+   char-model task: its completion IS the answer);
+4. the last inline math ``$...$``, ``\\(...\\)`` or ``\\[...\\]``;
+5. the last number in the text (only when ``last_number=True``, the default).
+
+Verification (:func:`check_answer`, :func:`verify_answer`):
+
+* Fast path, in-process, microseconds: when both the extracted answer and the gold answer are plain
+  numbers (integer, decimal with optional thousands commas, ``a/b``, ``\\frac{a}{b}``) they are compared
+  exactly as rationals. The synthetic arithmetic task never leaves this path. When the gold answer
+  is a plain number and the prediction is unevaluated arithmetic (only digits and ``+-*/^().=``,
+  e.g. ``12+7``) it is ``wrong`` without SymPy: otherwise echoing the prompt would be rewarded.
+* Otherwise math-verify's parser and SymPy comparison run in a persistent worker PROCESS
+  (:mod:`entropyctl.rewards._worker`, started with :class:`subprocess.Popen`, so it works from any
+  thread, from spawned/forked processes and from daemonic processes, which may not have
+  ``multiprocessing`` children). If the worker does not reply within ``timeout`` seconds it is
+  killed, a replacement is started at once, the answer scores 0 with status ``timeout``.
+  math-verify's own timeout uses ``signal.alarm``: it raises off the main thread (the bug that
+  silently zeroed another framework's rewards), so it is disabled inside the worker.
+* Cheap guards before SymPy: NUL bytes are removed; an extracted answer longer than
+  ``MAX_ANSWER_CHARS`` is a ``parse_error`` without touching SymPy. The hard timeout remains the
+  real guarantee.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "MAX_ANSWER_CHARS",
+    "MAX_TEXT_CHARS",
+    "Status",
+    "VerifyResult",
+    "MathVerifier",
+    "extract_answer",
+    "check_answer",
+    "verify_answer",
+    "parse_number",
+    "default_verifier",
+]
+
+Status = Literal["correct", "wrong", "no_answer", "parse_error", "timeout"]
+STATUSES: tuple[Status, ...] = ("correct", "wrong", "no_answer", "parse_error", "timeout")
+
+#: Completions longer than this are cut (from the front: answers come last) before extraction.
+MAX_TEXT_CHARS = 200_000
+#: Extracted answers longer than this never reach SymPy: they score 0 as ``parse_error``.
+MAX_ANSWER_CHARS = 1_000
+#: Whole-text answers (extraction rule 3) must be at most this long.
+_MAX_BARE_CHARS = 64
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_STARTUP_TIMEOUT_S = 120.0
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+# ---------------------------------------------------------------------------------------------
+
+_BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
+_FINAL_LINE = re.compile(
+    r"(?:^|\n)[ \t]*####[ \t]*(?P<hash>[^\n]*)"
+    r"|final[ \t]+answer(?:[ \t]+is)?[ \t]*[:：]?[ \t]*(?P<final>[^\n]*)"
+    r"|the[ \t]+answer[ \t]+is[ \t]*[:：]?[ \t]*(?P<is>[^\n]*)"
+    r"|(?:^|\n)[ \t]*\**answer\**[ \t]*[:：][ \t]*(?P<colon>[^\n]*)",
+    re.IGNORECASE,
+)
+_INLINE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_BARE_NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
+_BARE = re.compile(r"[\s\d.,+\-*/^()=\\{}a-z]*", re.IGNORECASE)
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last closed ``\\boxed{}``/``\\fbox{}``; one linear pass over brace tokens."""
+    depth = 0
+    open_boxes: list[tuple[int, int]] = []  # (depth before the box's brace, content start)
+    best: tuple[int, int] | None = None
+    for match in _BOX_TOKEN.finditer(text):
+        token = match.group()
+        if token == "}":
+            if depth == 0:
+                continue  # stray closing brace
+            depth -= 1
+            if open_boxes and open_boxes[-1][0] == depth:
+                _, start = open_boxes.pop()
+                # A later close position means a later (or enclosing) box: it wins.
+                best = (start, match.start())
+        else:
+            if token != "{":
+                open_boxes.append((depth, match.end()))
+            depth += 1
+    if best is None:
+        return None
+    return text[best[0] : best[1]]
+
+
+def _clean(answer: str) -> str:
+    answer = answer.strip()
+    for _ in range(2):
+        answer = answer.strip().rstrip(".").strip()
+        if answer.startswith("$") and answer.endswith("$") and len(answer) >= 2:
+            answer = answer.strip("$")
+        answer = answer.strip("*").strip()  # markdown bold around "**Answer:** 18**"
+    boxed = _last_boxed(answer)
+    return boxed.strip() if boxed is not None else answer
+
+
+def extract_answer(text: str, *, last_number: bool = True) -> str | None:
+    """The final answer in ``text`` (see the module docstring for the order of rules), or None."""
+    if not text:
+        return None
+    text = text.replace("\x00", "")
+    if len(text) <= _MAX_BARE_CHARS and _BARE_NUMBER.fullmatch(text):
+        return text.strip()  # the char-model task: the completion is just the number
+    if len(text) > MAX_TEXT_CHARS:
+        text = text[-MAX_TEXT_CHARS:]
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        boxed = boxed.strip()
+        return boxed or None
+    last_line = None
+    for match in _FINAL_LINE.finditer(text):
+        last_line = match
+    if last_line is not None:
+        value = next(g for g in last_line.groups() if g is not None)
+        value = _clean(value)
+        if value:
+            return value
+    stripped = text.strip()
+    if stripped and len(stripped) <= _MAX_BARE_CHARS and "\n" not in stripped:
+        candidate = _clean(stripped)
+        if candidate and _BARE.fullmatch(candidate) and any(c.isdigit() for c in candidate):
+            # No words: letters only as LaTeX commands/variables (\frac, x), never "so the sum is".
+            if not re.search(r"(?<!\\)\b[a-z]{3,}\b", candidate, re.IGNORECASE):
+                return candidate
+    last_math = None
+    for match in _INLINE_MATH.finditer(text):
+        last_math = match
+    if last_math is not None:
+        value = _clean(next(g for g in last_math.groups() if g is not None))
+        if value:
+            return value
+    if last_number:
+        number = None
+        for match in _NUMBER.finditer(text):
+            number = match
+        if number is not None:
+            return number.group().rstrip(",")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast numeric path
+# ---------------------------------------------------------------------------------------------
+
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[+-]?\.\d+")
+_PLAIN_FRACTION = re.compile(r"([+-]?\d+)\s*/\s*(\d+)")
+_LATEX_FRACTION = re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+_MAX_FAST_DIGITS = 200
+_ARITHMETIC = re.compile(r"[\d\s.,+\-*/^()=]+")
+
+
+def parse_number(text: str) -> Fraction | None:
+    """A plain number (``18``, ``-3.50``, ``1,000``, ``1/2``, ``\\frac{1}{2}``) as an exact Fraction, else None."""
+    text = text.strip()
+    if text.startswith("\\$"):
+        text = text[2:]
+    text = text.strip("$ ").rstrip(".").strip()
+    if not text or len(text) > _MAX_FAST_DIGITS:
+        return None
+    if _PLAIN_NUMBER.fullmatch(text):
+        return Fraction(text.replace(",", ""))
+    match = _PLAIN_FRACTION.fullmatch(text)
+    if match:
+        den = int(match.group(2))
+        return Fraction(int(match.group(1)), den) if den else None
+    match = _LATEX_FRACTION.fullmatch(text)
+    if match:
+        den = int(match.group(3))
+        if not den:
+            return None
+        value = Fraction(int(match.group(2)), den)
+        return -value if match.group(1) == "-" else value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker processes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of one check: ``score`` is 1.0 only for ``correct``."""
+
+    status: Status
+    score: float
+    extracted: str | None
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class _WorkerTimeout(Exception):
+    pass
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+def _worker_command() -> list[str]:
+    # Run the worker from its source with -c: the child then never imports entropyctl (fast start,
+    # and no package on sys.path is needed), and the rewards/ directory (which holds math.py) is not
+    # put on sys.path, where it would shadow the standard library's math.
+    source = (Path(__file__).with_name("_worker.py")).read_text()
+    return [sys.executable, "-c", source]
+
+
+class _Worker:
+    """One verification process and its reply pipe. Not thread-safe: the pool hands it to one caller."""
+
+    def __init__(self, startup_timeout: float) -> None:
+        self.startup_timeout = startup_timeout
+        self.proc = subprocess.Popen(
+            _worker_command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        self._buffer = b""
+        self.ready = False
+
+    def _read_line(self, deadline: float | None) -> dict:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            readable, _, _ = select.select([fd], [], [], wait)
+            if not readable:
+                raise _WorkerTimeout()
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise _WorkerDied()
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def wait_ready(self) -> None:
+        if self.ready:
+            return
+        try:
+            reply = self._read_line(time.monotonic() + self.startup_timeout)
+        except _WorkerTimeout as exc:
+            self.kill()
+            raise RuntimeError(
+                f"math-verify worker did not start within {self.startup_timeout:.0f} s"
+            ) from exc
+        except _WorkerDied as exc:
+            raise RuntimeError(
+                "math-verify worker exited during start-up; run "
+                f"`{sys.executable} -m entropyctl.rewards._worker` to see why (is math-verify installed?)"
+            ) from exc
+        if not reply.get("ready"):
+            raise RuntimeError(f"math-verify worker sent an unexpected greeting: {reply!r}")
+        self.ready = True
+
+    def request(self, pred: str, gold: str, timeout: float) -> dict:
+        self.wait_ready()  # start-up time is not charged to the answer's timeout
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps({"pred": pred, "gold": gold}) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise _WorkerDied() from exc
+        return self._read_line(time.monotonic() + timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        # Closing stdin ends the worker's read loop; kill if it is busy.
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+
+_LIVE_VERIFIERS: weakref.WeakSet[MathVerifier] = weakref.WeakSet()
+
+
+class MathVerifier:
+    """A pool of verification worker processes with a hard per-answer timeout.
+
+    Thread-safe: concurrent callers each take an idle worker (at most ``num_workers`` run at once).
+    Fork-safe: a copy inherited by a forked child drops the parent's workers and starts its own.
+    Workers start lazily on the first answer that needs SymPy; :meth:`warmup` starts them eagerly.
+    """
+
+    def __init__(
+        self,
+        num_workers: int = 1,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_S,
+    ) -> None:
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.num_workers = num_workers
+        self.timeout = float(timeout)
+        self.startup_timeout = float(startup_timeout)
+        self.timeouts = 0  # workers killed for a late reply, over this verifier's life
+        self._reset_for_pid()
+        _LIVE_VERIFIERS.add(self)
+
+    def _reset_for_pid(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._idle: list[_Worker] = []
+        self._started = 0
+        self._closed = False
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            # Inherited through fork: those processes belong to the parent; never signal them.
+            self._reset_for_pid()
+
+    def _acquire(self) -> _Worker:
+        self._check_pid()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("MathVerifier is closed")
+            while not self._idle and self._started >= self.num_workers:
+                self._cond.wait()
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.alive():
+                    return worker
+                worker.kill()  # died while idle (e.g. killed from outside): start a fresh one
+                self._started -= 1
+            self._started += 1
+        try:
+            return _Worker(self.startup_timeout)
+        except BaseException:
+            with self._cond:
+                self._started -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, worker: _Worker | None) -> None:
+        with self._cond:
+            if worker is not None and not self._closed:
+                self._idle.append(worker)
+            else:
+                self._started -= 1
+                if worker is not None:
+                    worker.kill()
+            self._cond.notify()
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        with self._cond:
+            self._started -= 1
+        # Start the replacement now so its import overlaps with the caller's next work.
+        try:
+            fresh = self._spawn_slot()
+        except Exception:
+            fresh = None
+        if fresh is not None:
+            self._release(fresh)
+        else:
+            with self._cond:
+                self._cond.notify()
+
+    def _spawn_slot(self) -> _Worker | None:
+        with self._cond:
+            if self._closed or self._started >= self.num_workers:
+                return None
+            self._started += 1
+        try:
+            return _Worker(self.startup_timeout)
+        except BaseException:
+            with self._cond:
+                self._started -= 1
+            raise
+
+    def warmup(self) -> None:
+        """Start every worker and wait until each has imported math-verify."""
+        self._check_pid()
+        workers = []
+        while True:
+            fresh = self._spawn_slot()
+            if fresh is None:
+                break
+            workers.append(fresh)
+        with self._cond:
+            workers.extend(self._idle)
+            self._idle.clear()
+        for worker in workers:
+            try:
+                worker.wait_ready()
+            finally:
+                self._release(worker)
+
+    def compare(self, pred: str, gold: str, timeout: float | None = None) -> tuple[Status, str]:
+        """SymPy comparison of two answer strings in a worker; (status, detail)."""
+        limit = self.timeout if timeout is None else float(timeout)
+        worker = self._acquire()
+        try:
+            reply = worker.request(pred, gold, limit)
+        except _WorkerTimeout:
+            with self._cond:
+                self.timeouts += 1
+            self._replace(worker)
+            return "timeout", f"no reply within {limit:g} s; worker killed and replaced"
+        except _WorkerDied:
+            self._replace(worker)
+            return "parse_error", "worker process died (likely out of memory); replaced"
+        except BaseException:
+            self._replace(worker)
+            raise
+        self._release(worker)
+        return reply["status"], reply.get("detail", "")
+
+    def close(self) -> None:
+        """Stop all workers (idempotent). Busy workers are killed when their caller returns them."""
+        if self._pid != os.getpid():
+            self._reset_for_pid()
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.close()
+            with self._cond:
+                self._started -= 1
+
+    def __enter__(self) -> MathVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@atexit.register
+def _close_all() -> None:
+    for verifier in list(_LIVE_VERIFIERS):
+        if verifier._pid == os.getpid():
+            verifier.close()
+
+
+_DEFAULT: MathVerifier | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_verifier() -> MathVerifier:
+    """The process-wide verifier used by :func:`check_answer` when none is given (one worker)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None or _DEFAULT._pid != os.getpid() or _DEFAULT._closed:
+            _DEFAULT = MathVerifier()
+        return _DEFAULT
+
+
+# ---------------------------------------------------------------------------------------------
+# Public checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _gold_answer(gold: str) -> str:
+    gold = gold.replace("\x00", "").strip()
+    boxed = _last_boxed(gold)
+    if boxed is not None:
+        return boxed.strip()
+    if "####" in gold:
+        return _clean(gold.rsplit("####", 1)[1])
+    return _clean(gold)
+
+
+def check_answer(
+    text: str,
+    gold: str,
+    timeout: float | None = None,
+    *,
+    verifier: MathVerifier | None = None,
+    last_number: bool = True,
+) -> VerifyResult:
+    """Extract the answer from ``text`` and compare it with ``gold``; never raises on bad input.
+
+    ``gold`` may be a bare answer, a ``\\boxed{}`` solution or a GSM8K ``#### n`` solution.
+    ``timeout`` (seconds) bounds the SymPy comparison; None uses the verifier's default.
+    """
+    start = time.perf_counter()
+    extracted = extract_answer(text, last_number=last_number)
+    if extracted is None:
+        return VerifyResult("no_answer", 0.0, None, "no final answer found", time.perf_counter() - start)
+    if len(extracted) > MAX_ANSWER_CHARS:
+        return VerifyResult(
+            "parse_error", 0.0, extracted[:80],
+            f"answer longer than {MAX_ANSWER_CHARS} characters", time.perf_counter() - start,
+        )
+    gold_answer = _gold_answer(gold)
+    pred_number = parse_number(extracted)
+    gold_number = parse_number(gold_answer)
+    if pred_number is not None and gold_number is not None:
+        status: Status = "correct" if pred_number == gold_number else "wrong"
+        return VerifyResult(status, float(status == "correct"), extracted, "", time.perf_counter() - start)
+    if gold_number is not None and pred_number is None and _ARITHMETIC.fullmatch(extracted):
+        # An unevaluated expression such as "12+7" is not a final answer; SymPy would evaluate it and
+        # pay a policy that echoes the synthetic prompt.
+        return VerifyResult(
+            "wrong", 0.0, extracted, "unevaluated arithmetic", time.perf_counter() - start
+        )
+    if pred_number is None and gold_number is None and extracted == gold_answer:
+        return VerifyResult("correct", 1.0, extracted, "identical strings", time.perf_counter() - start)
+    verifier = verifier if verifier is not None else default_verifier()
+    status, detail = verifier.compare(extracted, gold_answer, timeout)
+    return VerifyResult(status, float(status == "correct"), extracted, detail, time.perf_counter() - start)
+
+
+def verify_answer(text: str, gold: str, timeout: float | None = None, **kwargs: object) -> float:
+    """1.0 when the final answer in ``text`` equals ``gold`` (exactly or symbolically), else 0.0."""
+    return check_answer(text, gold, timeout, **kwargs).score  # type: ignore[arg-type]

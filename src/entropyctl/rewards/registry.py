@@ -1,0 +1,217 @@
+"""Reward functions picked by name: ``math``, ``exact``, or a ``module:function`` path.
+
+Every reward is an object with ``__call__(completions, answers) -> list[float]``, ``metrics()``
+(counts per status since the last ``reset_metrics()``) and ``close()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from entropyctl.rewards.math import (
+    DEFAULT_TIMEOUT_S,
+    STATUSES,
+    MathVerifier,
+    Status,
+    check_answer,
+    extract_answer,
+)
+
+__all__ = [
+    "RewardFunction",
+    "MathReward",
+    "ExactReward",
+    "FunctionReward",
+    "register_reward",
+    "available_rewards",
+    "get_reward",
+]
+
+
+class RewardFunction:
+    """Base class: status counters and the batch call. Subclasses implement :meth:`score_one`."""
+
+    name: str = "reward"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset_metrics()
+
+    def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
+        raise NotImplementedError
+
+    def __call__(self, completions: Sequence[str], answers: Sequence[str]) -> list[float]:
+        if len(completions) != len(answers):
+            raise ValueError(
+                f"reward '{self.name}': got {len(completions)} completions but {len(answers)} answers "
+                "(expected one answer per completion)"
+            )
+        start = time.perf_counter()
+        scored = [self.score_one(c, a) for c, a in zip(completions, answers, strict=True)]
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            for _, status in scored:
+                self._counts[status] += 1
+            self._seconds += elapsed
+        return [score for score, _ in scored]
+
+    def metrics(self) -> dict[str, float]:
+        """Counts per status (correct, wrong, no_answer, parse_error, timeout), total and seconds."""
+        with self._lock:
+            out: dict[str, float] = dict(self._counts)
+            out["total"] = sum(self._counts.values())
+            out["seconds"] = self._seconds
+        return out
+
+    def reset_metrics(self) -> None:
+        with self._lock:
+            self._counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+            self._seconds = 0.0
+
+    def close(self) -> None:
+        """Release resources (worker processes); the reward must not be called afterwards."""
+
+    def __enter__(self) -> RewardFunction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MathReward(RewardFunction):
+    """1.0 when the completion's final answer equals the gold answer (integer fast path, else SymPy).
+
+    ``timeout`` is the hard per-answer limit in seconds (worker killed and replaced when exceeded);
+    ``num_workers`` verification processes serve concurrent callers.
+    """
+
+    name = "math"
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        num_workers: int = 1,
+        *,
+        last_number: bool = True,
+        verifier: MathVerifier | None = None,
+    ) -> None:
+        super().__init__()
+        self.timeout = float(timeout)
+        self.last_number = last_number
+        self._owns_verifier = verifier is None
+        self.verifier = verifier if verifier is not None else MathVerifier(num_workers, timeout=timeout)
+
+    def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
+        result = check_answer(
+            completion, answer, self.timeout, verifier=self.verifier, last_number=self.last_number
+        )
+        return result.score, result.status
+
+    def warmup(self) -> None:
+        """Start the worker processes now (they otherwise start on the first non-numeric answer)."""
+        self.verifier.warmup()
+
+    def close(self) -> None:
+        if self._owns_verifier:
+            self.verifier.close()
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, NUL-free, whitespace-collapsed text without surrounding ``$`` or a final period."""
+    text = text.replace("\x00", "").strip().strip("$").strip().rstrip(".").strip()
+    return re.sub(r"\s+", " ", text).lower()
+
+
+class ExactReward(RewardFunction):
+    """1.0 when the normalized final answer equals the normalized gold answer (no SymPy).
+
+    The final answer is :func:`extract_answer`'s result when it finds one, else the whole completion.
+    """
+
+    name = "exact"
+
+    def __init__(self, *, extract: bool = True) -> None:
+        super().__init__()
+        self.extract = extract
+
+    def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
+        candidate = extract_answer(completion, last_number=False) if self.extract else None
+        if candidate is None:
+            candidate = completion
+        predicted = normalize_answer(candidate)
+        if not predicted:
+            return 0.0, "no_answer"
+        ok = predicted == normalize_answer(answer)
+        return float(ok), "correct" if ok else "wrong"
+
+
+class FunctionReward(RewardFunction):
+    """Wraps a plain ``fn(completion, answer) -> float``; a score > 0 counts as ``correct``."""
+
+    def __init__(self, fn: Callable[[str, str], float], name: str | None = None) -> None:
+        super().__init__()
+        self.fn = fn
+        self.name = name or getattr(fn, "__qualname__", repr(fn))
+
+    def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
+        score = float(self.fn(completion, answer))
+        return score, "correct" if score > 0 else "wrong"
+
+
+_REGISTRY: dict[str, Callable[..., RewardFunction]] = {}
+
+
+def register_reward(name: str) -> Callable[[Callable[..., RewardFunction]], Callable[..., RewardFunction]]:
+    """Decorator: make a reward class or factory available to :func:`get_reward` under ``name``."""
+
+    def decorate(factory: Callable[..., RewardFunction]) -> Callable[..., RewardFunction]:
+        if ":" in name:
+            raise ValueError(f"reward name {name!r} may not contain ':' (reserved for module:function paths)")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+register_reward("math")(MathReward)
+register_reward("exact")(ExactReward)
+
+
+def available_rewards() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_reward(name_or_path: str, **kwargs: Any) -> RewardFunction:
+    """A reward by registered name (``math``, ``exact``) or ``package.module:function`` path.
+
+    ``kwargs`` go to the registered factory (e.g. ``get_reward("math", timeout=2.0)``).
+    """
+    if name_or_path in _REGISTRY:
+        return _REGISTRY[name_or_path](**kwargs)
+    valid = f"one of {available_rewards()} or 'package.module:function'"
+    if ":" not in name_or_path:
+        raise ValueError(f"unknown reward {name_or_path!r}; expected {valid}")
+    module_name, _, attr = name_or_path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"reward path {name_or_path!r} is malformed; expected {valid}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"reward {name_or_path!r}: cannot import module {module_name!r} ({exc})") from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"reward {name_or_path!r}: module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(
+            f"reward {name_or_path!r} is not callable; expected a function (completion, answer) -> float"
+        )
+    if kwargs:
+        raise ValueError(f"reward {name_or_path!r}: a function reward takes no options, got {sorted(kwargs)}")
+    return FunctionReward(target, name=name_or_path)

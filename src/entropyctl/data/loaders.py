@@ -1,0 +1,225 @@
+"""Math datasets from JSONL or Parquet files: GSM8K, MATH and DAPO-Math-17k styles.
+
+Field detection (first present wins, unless a field name is given):
+
+* prompt: ``prompt``, ``problem``, ``question``. A prompt may be a list of chat messages
+  (``[{"role": "user", "content": ...}, ...]``, DAPO style): the last user message's content is used.
+* answer: ``answer``, ``final_answer``, ``solution``, ``reward_model.ground_truth``. A dotted name
+  reads a nested field. Answers are normalized: GSM8K ``... #### 18`` → ``18``; a solution with a
+  ``\\boxed{}`` → the boxed content (MATH); numbers → their text. A ``solution`` field with neither a
+  ``\\boxed{}`` nor a ``####`` answer is malformed.
+* level (only when ``level_field`` is given): an int, or text such as ``"Level 3"`` → 3; MATH's
+  ``"Level ?"`` → 0 (unknown).
+
+Every malformed row raises :class:`DatasetError` naming the file, the line (JSONL, 1-based) or row
+(Parquet, 0-based) and the field, e.g. ``data.jsonl:7: field 'answer' missing (expected one of: ...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from entropyctl.data.synthetic import Problem
+from entropyctl.data.templates import format_prompt, validate_template
+
+__all__ = ["DatasetError", "PROMPT_FIELDS", "ANSWER_FIELDS", "load_math_dataset", "normalize_answer_field"]
+
+PROMPT_FIELDS: tuple[str, ...] = ("prompt", "problem", "question")
+ANSWER_FIELDS: tuple[str, ...] = ("answer", "final_answer", "solution", "reward_model.ground_truth")
+
+
+class DatasetError(ValueError):
+    """A malformed dataset file or row; ``str()`` reads ``file:line: field 'x' ...``."""
+
+    def __init__(self, path: str | Path, location: str | None, message: str, field: str | None = None) -> None:
+        self.path = str(path)
+        self.location = location
+        self.field = field
+        where = Path(path).name if location is None else f"{Path(path).name}:{location}"
+        super().__init__(f"{where}: {message}")
+
+
+_MISSING = object()
+
+
+def _get(row: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = row
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _pick(row: Mapping[str, Any], name: str | None, candidates: Sequence[str]) -> tuple[str | None, Any]:
+    for candidate in (name,) if name is not None else candidates:
+        value = _get(row, candidate)  # type: ignore[arg-type]
+        if value is not _MISSING and value is not None:
+            return candidate, value
+    return None, _MISSING
+
+
+def _prompt_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Sequence) and value and all(isinstance(m, Mapping) for m in value):
+        users = [m.get("content") for m in value if m.get("role") == "user"]
+        if users and isinstance(users[-1], str):
+            return users[-1]
+    return None
+
+
+def normalize_answer_field(value: Any, field: str) -> str | None:
+    """The final answer held by an answer field's value, or None when it holds none."""
+    from entropyctl.rewards.math import _last_boxed  # balanced-brace \boxed{} extraction
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 1:
+        return normalize_answer_field(value[0], field)
+    if not isinstance(value, str):
+        return None
+    if "####" in value:
+        return value.rsplit("####", 1)[1].strip().replace(",", "") or None
+    boxed = _last_boxed(value)
+    if boxed is not None:
+        return boxed.strip() or None
+    if field.rsplit(".", 1)[-1] == "solution":
+        return None  # a worked solution without a marked final answer
+    return value.strip() or None
+
+
+_LEVEL_NUMBER = re.compile(r"-?\d+")
+
+
+def _level(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        match = _LEVEL_NUMBER.search(value)
+        if match:
+            return int(match.group())
+        if "?" in value:
+            return 0
+    return None
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield str(number), json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(path, str(number), f"invalid JSON ({exc.msg} at column {exc.colno})") from exc
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise DatasetError(path, None, f"cannot read Parquet file ({exc})") from exc
+    for index, row in enumerate(table.to_pylist()):
+        yield f"row {index}", row
+
+
+def load_math_dataset(
+    path: str | Path,
+    *,
+    prompt_field: str | None = None,
+    answer_field: str | None = None,
+    template: str | None = None,
+    level_field: str | None = None,
+    limit: int | None = None,
+) -> list[Problem]:
+    """Load a ``.jsonl`` or ``.parquet`` math dataset as :class:`Problem` objects.
+
+    ``template`` is a string with ``{prompt}`` wrapped around each prompt (see
+    :func:`entropyctl.data.templates.format_prompt`); ``limit`` keeps the first rows only.
+    ``Problem.meta`` holds ``source`` (file name) and ``location`` (line / row).
+    """
+    path = Path(path)
+    if template is not None:
+        validate_template(template)
+    if not path.is_file():
+        raise DatasetError(path, None, "file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = _iter_jsonl(path)
+    elif suffix == ".parquet":
+        rows = _iter_parquet(path)
+    else:
+        raise DatasetError(path, None, f"unsupported file type {suffix!r}; expected .jsonl or .parquet")
+
+    prompt_names = (prompt_field,) if prompt_field else PROMPT_FIELDS
+    answer_names = (answer_field,) if answer_field else ANSWER_FIELDS
+    problems: list[Problem] = []
+    for location, row in rows:
+        if limit is not None and len(problems) >= limit:
+            break
+        if not isinstance(row, Mapping):
+            raise DatasetError(path, location, f"row is a {type(row).__name__}, expected a JSON object")
+        name, value = _pick(row, prompt_field, PROMPT_FIELDS)
+        if name is None:
+            field = prompt_field or PROMPT_FIELDS[0]
+            raise DatasetError(
+                path, location, f"field '{field}' missing (expected one of: {', '.join(prompt_names)})", field
+            )
+        prompt = _prompt_text(value)
+        if prompt is None:
+            raise DatasetError(
+                path, location,
+                f"field '{name}' is {type(value).__name__} {str(value)[:60]!r}; expected a string or a list "
+                "of chat messages with a user message",
+                name,
+            )
+        name_a, value_a = _pick(row, answer_field, ANSWER_FIELDS)
+        if name_a is None:
+            field = answer_field or ANSWER_FIELDS[0]
+            raise DatasetError(
+                path, location, f"field '{field}' missing (expected one of: {', '.join(answer_names)})", field
+            )
+        answer = normalize_answer_field(value_a, name_a)
+        if answer is None:
+            raise DatasetError(
+                path, location,
+                f"field '{name_a}' has no final answer ({type(value_a).__name__} {str(value_a)[:60]!r}); "
+                "expected a string or number, a '#### n' answer or a \\boxed{} solution",
+                name_a,
+            )
+        level = 0
+        if level_field is not None:
+            raw_level = _get(row, level_field)
+            if raw_level is _MISSING:
+                raise DatasetError(path, location, f"field '{level_field}' missing (the level field)", level_field)
+            parsed_level = _level(raw_level)
+            if parsed_level is None:
+                raise DatasetError(
+                    path, location,
+                    f"field '{level_field}' is {raw_level!r}; expected an integer or text like 'Level 3'",
+                    level_field,
+                )
+            level = parsed_level
+        problems.append(
+            Problem(
+                prompt=format_prompt(template, prompt),
+                answer=answer,
+                level=level,
+                id=f"{path.name}:{location}",
+                meta={"source": path.name, "location": location},
+            )
+        )
+    return problems

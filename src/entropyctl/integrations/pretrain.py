@@ -1,0 +1,346 @@
+"""Warm start of the embedded tiny model: supervised training on the synthetic arithmetic task, cached.
+
+The cache directory is ``<cache>/tiny/<key>``, where ``key`` hashes everything that changes the weights
+(model shape and seed, data levels/weights/seed, steps, batch size, learning-rate schedule, the alphabet
+and the cache format). A run writes into a temporary sibling directory and renames it into place, so a
+killed run never leaves a half-written cache; concurrent runs (e.g. two DDP ranks) serialise on a lock
+file and the second one reuses the first one's result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from entropyctl.integrations.model_config import ModelConfig
+from entropyctl.integrations.rollout import SamplingSettings
+from entropyctl.integrations.tiny_model import build_char_tokenizer, build_tiny_model
+
+__all__ = [
+    "CACHE_FORMAT",
+    "default_cache_dir",
+    "cache_key",
+    "cached_checkpoint",
+    "pretrain",
+    "greedy_accuracy",
+    "add_pretrain_arguments",
+    "run_pretrain_cli",
+]
+
+# Bump when the training recipe changes in a way the config does not capture: old caches become misses.
+CACHE_FORMAT = 1
+METADATA_FILE = "pretrain.json"
+
+
+def default_cache_dir() -> Path:
+    """``$ENTROPYCTL_CACHE`` or ``~/.cache/entropyctl``."""
+    return Path(os.environ.get("ENTROPYCTL_CACHE") or Path.home() / ".cache" / "entropyctl").expanduser()
+
+
+def _synthetic() -> Any:
+    from entropyctl.data import synthetic
+
+    return synthetic
+
+
+def cache_key(cfg: ModelConfig) -> str:
+    """Hash of everything that affects the warm-started weights."""
+    synthetic = _synthetic()
+    payload = {
+        "format": CACHE_FORMAT,
+        "alphabet": synthetic.ALPHABET,
+        "data_version": getattr(synthetic, "VERSION", None),
+        "tiny": cfg.tiny.model_dump(mode="json"),
+        "pretrain": cfg.pretrain.model_dump(mode="json"),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_checkpoint(cfg: ModelConfig) -> Path:
+    """Where ``pretrain(cfg)`` puts (or finds) its checkpoint."""
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    return root / "tiny" / cache_key(cfg)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _make_task(cfg: ModelConfig, seed: int) -> Any:
+    synthetic = _synthetic()
+    kwargs: dict[str, Any] = {"seed": seed}
+    if cfg.pretrain.levels is not None:
+        kwargs["levels"] = cfg.pretrain.levels
+    if cfg.pretrain.weights is not None:
+        kwargs["weights"] = cfg.pretrain.weights
+    return synthetic.SyntheticArithmetic(**kwargs)
+
+
+def _draw(task: Any, count: int) -> list[Any]:
+    stream = iter(task)
+    return [next(stream) for _ in range(count)]
+
+
+def _supervised_batch(
+    tokenizer: PreTrainedTokenizerBase, problems: list[Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``<bos> prompt answer <eos>`` with labels only on ``answer <eos>`` (-100 elsewhere)."""
+    rows: list[list[int]] = []
+    labels: list[list[int]] = []
+    for problem in problems:
+        prompt = tokenizer(problem.prompt)["input_ids"]
+        answer = tokenizer(problem.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(prompt + answer)
+        labels.append([-100] * len(prompt) + answer)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (row, lab) in enumerate(zip(rows, labels, strict=True)):
+        ids[i, : len(row)] = torch.as_tensor(row)
+        mask[i, : len(row)] = 1
+        target[i, : len(lab)] = torch.as_tensor(lab)
+    return ids, mask, target
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0.1."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def greedy_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Any],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Greedy exact-match accuracy, overall (``"all"``) and per level (``"<level>"``)."""
+    from entropyctl.integrations.transformers import HFRolloutEngine
+
+    engine = HFRolloutEngine(model, tokenizer)
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=max_new_tokens)
+    correct: dict[str, list[float]] = {}
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        completions = engine.generate([tokenizer(p.prompt)["input_ids"] for p in chunk], 1, greedy)
+        for problem, text in zip(chunk, engine.decode(completions), strict=True):
+            hit = float(text.strip() == problem.answer.strip())
+            correct.setdefault("all", []).append(hit)
+            correct.setdefault(str(problem.level), []).append(hit)
+    return {k: sum(v) / len(v) for k, v in sorted(correct.items())}
+
+
+def _train(
+    cfg: ModelConfig, log: Callable[[str], None] | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    synthetic = _synthetic()
+    tokenizer = build_char_tokenizer(synthetic.ALPHABET)
+    t = cfg.tiny
+    model = build_tiny_model(
+        tokenizer,
+        hidden_size=t.hidden_size,
+        layers=t.layers,
+        heads=t.heads,
+        seed=t.seed,
+        intermediate_size=t.intermediate_size,
+        max_position_embeddings=t.max_position_embeddings,
+        tie_word_embeddings=t.tie_word_embeddings,
+    )
+    p = cfg.pretrain
+    started = time.perf_counter()
+    losses: list[float] = []
+    if p.steps > 0:
+        stream = iter(_make_task(cfg, p.seed))
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=p.lr, weight_decay=p.weight_decay, betas=(0.9, 0.98)
+        )
+        model.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(p.seed)
+            for step in range(p.steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = p.lr * _lr_factor(step, p.warmup_steps, p.steps)
+                ids, mask, labels = _supervised_batch(tokenizer, [next(stream) for _ in range(p.batch_size)])
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+                optimizer.step()
+                losses.append(float(loss))
+                if log is not None and (step + 1) % max(1, p.steps // 10) == 0:
+                    recent = losses[-max(1, p.steps // 10) :]
+                    log(
+                        f"pretrain step {step + 1}/{p.steps}  loss {sum(recent) / len(recent):.4f}  "
+                        f"{time.perf_counter() - started:.1f}s"
+                    )
+    model.eval()
+    train_seconds = time.perf_counter() - started
+    metadata = {
+        "cache_format": CACHE_FORMAT,
+        "key": cache_key(cfg),
+        "tiny": t.model_dump(mode="json"),
+        "pretrain": p.model_dump(mode="json"),
+        "parameters": sum(param.numel() for param in model.parameters()),
+        "train_seconds": round(train_seconds, 2),
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]) if losses else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+    return model, tokenizer, metadata
+
+
+def _write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
+    """Write into a temporary sibling, then rename it onto ``directory`` (one atomic step on POSIX)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        write(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def pretrain(
+    cfg: ModelConfig | dict[str, Any] | None = None,
+    *,
+    force: bool = False,
+    evaluate: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Return the directory of the warm-started tiny model for ``cfg``, training it first on a cache miss.
+
+    ``force`` retrains even on a hit; ``evaluate=n`` also measures greedy accuracy per level on ``n``
+    held-out problems (seed ``pretrain.seed + 1_000_003``) and stores it in ``pretrain.json``.
+    The directory loads with ``from_pretrained`` (model and tokenizer).
+    """
+    if cfg is None:
+        cfg = ModelConfig()
+    elif not isinstance(cfg, ModelConfig):
+        cfg = ModelConfig.model_validate(cfg)
+    if cfg.kind != "tiny":
+        raise ValueError(f"pretrain: model.kind is '{cfg.kind}'; only the 'tiny' model is warm-started here")
+    directory = cached_checkpoint(cfg)
+    if (directory / METADATA_FILE).is_file() and not force:
+        return directory
+    with _exclusive(directory.parent / f"{directory.name}.lock"):
+        if (directory / METADATA_FILE).is_file() and not force:
+            return directory  # another process finished it while we waited
+        model, tokenizer, metadata = _train(cfg, log)
+        if evaluate > 0:
+            problems = _draw(_make_task(cfg, cfg.pretrain.seed + 1_000_003), evaluate)
+            eval_start = time.perf_counter()
+            metadata["greedy_accuracy"] = greedy_accuracy(model, tokenizer, problems)
+            metadata["eval_problems"] = evaluate
+            metadata["eval_seconds"] = round(time.perf_counter() - eval_start, 2)
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+        _write_atomically(directory, write)
+        if log is not None:
+            log(f"pretrain: wrote {directory}")
+    return directory
+
+
+def load_pretrained(directory: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a ``pretrain`` checkpoint (offline; left-padded tokenizer)."""
+    model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``entropyctl pretrain``."""
+    parser.add_argument(
+        "--config", type=Path, default=None, help="run config YAML; its `model:` section is used"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a run-config field, e.g. model.pretrain.lr=0.002 (repeatable)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (model.pretrain.steps)")
+    parser.add_argument("--out", type=Path, default=None, help="also copy the checkpoint to this directory")
+    parser.add_argument("--force", action="store_true", help="retrain even when a cached checkpoint exists")
+    parser.add_argument(
+        "--eval", dest="eval_problems", type=int, default=500, help="held-out problems to score"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+
+def _model_section(args: argparse.Namespace) -> ModelConfig:
+    document: dict[str, Any] = {}
+    if args.config is not None:
+        from entropyctl.config import load_yaml
+
+        document = load_yaml(args.config)
+    if args.overrides:
+        from entropyctl.config import apply_overrides
+
+        document = apply_overrides(document, list(args.overrides))
+    section = dict(document.get("model") or {})
+    if args.steps is not None:
+        section.setdefault("pretrain", {})
+        section["pretrain"] = {**section["pretrain"], "steps": args.steps}
+    return ModelConfig.model_validate(section)
+
+
+def run_pretrain_cli(args: argparse.Namespace) -> int:
+    """``entropyctl pretrain``: warm-start (or find in the cache) the tiny model; print where and how good."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cfg = _model_section(args)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    directory = pretrain(cfg, force=args.force, evaluate=args.eval_problems, log=log)
+    if args.out is not None:
+        out = args.out.expanduser()
+        _write_atomically(out, lambda tmp: shutil.copytree(directory, tmp, dirs_exist_ok=True))
+        directory = out
+    metadata = json.loads((directory / METADATA_FILE).read_text())
+    metadata["path"] = str(directory)
+    metadata["wall_seconds"] = round(time.perf_counter() - started, 2)
+    print(json.dumps(metadata, indent=2))
+    return 0

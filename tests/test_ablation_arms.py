@@ -75,6 +75,8 @@ def test_same_controller_keeps_base_fields_other_controller_starts_from_defaults
 def test_bad_arm_field_is_reported_with_the_arm() -> None:
     with pytest.raises(ConfigError, match=r"arm 'fixed:alpah=0.1': controller.alpah: unknown field"):
         resolve_arm_config(BASE, parse_arm("fixed:alpah=0.1"), seed=0)
+    with pytest.raises(ConfigError, match=r"arm 'aer:trainer.stepz=3': trainer.stepz: unknown field"):
+        resolve_arm_config(BASE, parse_arm("aer:trainer.stepz=3"), seed=0)
     with pytest.raises(ConfigError, match=r"unknown controller 'nope'"):
         resolve_arm_config(BASE, parse_arm("nope"), seed=0)
 

@@ -237,19 +237,11 @@ def resolve_arm_config(base: Mapping[str, Any], arm: Arm, seed: int) -> dict[str
 
 
 def _validate_run_config(config: Mapping[str, Any], arm: Arm) -> None:
-    """Validate the whole run config when the trainer's schema is available (it names bad fields)."""
-    try:
-        from entropyctl.config import RunConfig  # type: ignore[attr-defined]
-    except ImportError:  # the controller core alone (no trainer installed): controller checked above
-        return
-    from pydantic import ValidationError
-
-    from entropyctl.config import format_validation_error
+    """Validate the whole run config before any run starts (errors name the arm and the field)."""
+    from entropyctl.config import parse_run_config
 
     try:
-        RunConfig.model_validate(dict(config))
-    except ValidationError as err:
-        raise ConfigError([f"arm {arm.label!r}: {line}" for line in format_validation_error(err)]) from None
+        parse_run_config(config)
     except ConfigError as err:
         raise ConfigError([f"arm {arm.label!r}: {line}" for line in err.errors]) from None
 
@@ -405,7 +397,7 @@ def run_ablation(
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = spec.run_dir / "ablate_config.yaml"
         config_path.write_text(yaml.safe_dump(spec.config, sort_keys=False))
-        cmd = _train_command(config_path, spec.run_dir)
+        cmd = _train_command(config_path, spec.run_dir, threads)
         t0 = time.perf_counter()
         with (spec.run_dir / "train.log").open("w") as handle:
             handle.write("$ " + shlex.join(cmd) + "\n")

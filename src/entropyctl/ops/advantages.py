@@ -33,7 +33,9 @@ def group_advantages(
 ) -> Tensor:
     """Advantages ``[P, G]`` from rewards ``[P, G]`` (P prompts, G rollouts each); see module doc."""
     if rewards.dim() != 2:
-        raise ValueError(f"rewards must be [P, G] (prompts × rollouts per prompt), got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be [P, G] (prompts × rollouts per prompt), got shape {tuple(rewards.shape)}"
+        )
     if scale not in ("group", "none"):
         raise ValueError(f"scale must be 'group' or 'none', got {scale!r}")
     if not eps >= 0:
@@ -45,7 +47,7 @@ def group_advantages(
         return r.clone()
     centered = r - r.mean(dim=1, keepdim=True)
     # All-equal groups → exactly 0 (the mean of equal floats may differ from them by one ulp).
-    constant = (r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True))
+    constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
     centered = torch.where(constant, torch.zeros_like(centered), centered)
     if scale == "none":
         return centered

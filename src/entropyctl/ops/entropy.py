@@ -56,9 +56,7 @@ def _check_temperature(temperature: float) -> float:
     return t
 
 
-def token_logprob_entropy(
-    logits: Tensor, targets: Tensor, temperature: float = 1.0
-) -> tuple[Tensor, Tensor]:
+def token_logprob_entropy(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """Reference path: log-prob of ``targets`` and entropy from full ``logits`` ``[..., V]``.
 
     Returns ``(logprob, entropy)`` shaped like ``targets``, in fp32 (fp64 for fp64 logits).

@@ -80,12 +80,16 @@ def _check_token_tensors(n: int, **tensors: Tensor | None) -> None:
         if t is None:
             continue
         if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != n):
-            raise ValueError(f"{name} must be a per-token tensor [N] = [{n}] (or a scalar), got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must be a per-token tensor [N] = [{n}] (or a scalar), got {tuple(t.shape)}"
+            )
 
 
 def _check_clip(clip_low: float, clip_high: float) -> None:
     if not (0.0 <= clip_low < 1.0) or not (clip_high >= 0.0):
-        raise ValueError(f"clip bounds must satisfy 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+        raise ValueError(
+            f"clip bounds must satisfy 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}"
+        )
 
 
 def _masked_sum(mask: Tensor, values: Tensor) -> Tensor:
@@ -119,7 +123,12 @@ def policy_loss(
         raise ValueError(f"logprob must be [N], got {tuple(logprob.shape)}")
     coef_t = torch.as_tensor(coef, dtype=logprob.dtype, device=logprob.device)
     _check_token_tensors(
-        n_tok, entropy=entropy, old_logprob=old_logprob, advantages=advantages, coef=coef_t, mask=mask,
+        n_tok,
+        entropy=entropy,
+        old_logprob=old_logprob,
+        advantages=advantages,
+        coef=coef_t,
+        mask=mask,
         ref_logprob=ref_logprob,
     )
     m = mask.to(logprob.dtype)
@@ -187,7 +196,9 @@ def _token_loss_grads(
     w = torch.where(mask != 0, mask / N, torch.zeros_like(mask))
     g_lp = torch.where(clipped | (w == 0), torch.zeros_like(ratio), -w * ratio * advantages)
     if ref_logprob is not None and kl_coef != 0.0:
-        g_kl = torch.where(w == 0, torch.zeros_like(ratio), kl_coef * w * (1.0 - torch.exp(ref_logprob - logprob)))
+        g_kl = torch.where(
+            w == 0, torch.zeros_like(ratio), kl_coef * w * (1.0 - torch.exp(ref_logprob - logprob))
+        )
         g_lp = g_lp + g_kl
     g_H = -w * coef
     return g_lp, g_H
@@ -259,7 +270,9 @@ class _FusedPolicyLoss(torch.autograd.Function):
         return loss_proxy, logprob, entropy
 
     @staticmethod
-    def backward(ctx: Any, g_loss: Tensor, _g_lp: Tensor | None, _g_H: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(
+        ctx: Any, g_loss: Tensor, _g_lp: Tensor | None, _g_H: Tensor | None
+    ) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = g_loss.reshape(())
         out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]

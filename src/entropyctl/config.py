@@ -399,6 +399,13 @@ class DataConfig(_Section):
         description="file: keyword arguments of entropyctl.data.loaders.load_math_dataset "
         "(field names, templates).",
     )
+    template: str | None = Field(
+        None, description="Prompt template containing '{prompt}' (None: the problem text as is)."
+    )
+    chat_template: bool = Field(
+        False, description="Wrap the (templated) prompt in the tokenizer's chat template as a user turn."
+    )
+    system: str | None = Field(None, description="chat_template: an optional system message.")
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
@@ -487,7 +494,7 @@ class OptimConfig(_Section):
 class TrainerConfig(_Section):
     """Lightning Trainer settings."""
 
-    steps: int = Field(100, ge=0, description="RLVR steps (each: rollouts → rewards → updates).")
+    steps: int = Field(100, ge=1, description="RLVR steps (each: rollouts → rewards → updates).")
     accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto.")
     devices: int = Field(1, ge=1, description="Processes (one per device); > 1 runs DDP.")
     strategy: Literal["auto", "ddp", "ddp_spawn"] = Field(
@@ -546,6 +553,9 @@ class RunConfig(BaseModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)  # type: ignore[arg-type]
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)  # type: ignore[arg-type]
     eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
+    ablation: dict[str, Any] | None = Field(
+        None, description="Read by `entropyctl ablate` (arms, seeds); ignored by `entropyctl train`."
+    )
 
     @model_validator(mode="after")
     def _check_batching(self) -> RunConfig:

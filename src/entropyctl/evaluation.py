@@ -21,6 +21,7 @@ __all__ = [
     "pass_at_k",
     "ProblemOutcome",
     "summarize_pass_at_k",
+    "count_correct",
     "evaluate_problems",
     "format_eval_table",
     "parse_ks",
@@ -100,6 +101,37 @@ def summarize_pass_at_k(outcomes: Sequence[ProblemOutcome], ks: Sequence[int]) -
     return result
 
 
+def count_correct(
+    problems: Sequence[Any],
+    sample_fn: Callable[[Sequence[Any], int], list[list[str]]],
+    reward_fn: Callable[[list[str], list[str]], list[float]],
+    *,
+    n: int,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[int]:
+    """Sample ``n`` completions per problem and count the correct ones (reward ≥ 0.5: rewards are 0/1).
+
+    problems: objects with ``.answer``.
+    sample_fn(batch, n) -> for each problem of the batch, its ``n`` decoded completions.
+    """
+    if n < 1:
+        raise ValueError(f"eval n_samples must be ≥ 1, got {n}")
+    counts: list[int] = []
+    for start in range(0, len(problems), batch_size):
+        batch = list(problems[start : start + batch_size])
+        texts = sample_fn(batch, n)
+        if len(texts) != len(batch) or any(len(t) != n for t in texts):
+            raise RuntimeError(f"sample_fn returned {[len(t) for t in texts]} completions, expected {n} each")
+        flat = [t for group in texts for t in group]
+        answers = [p.answer for p in batch for _ in range(n)]
+        rewards = reward_fn(flat, answers)
+        counts.extend(sum(1 for r in rewards[i * n : (i + 1) * n] if r >= 0.5) for i in range(len(batch)))
+        if progress is not None:
+            progress(min(start + batch_size, len(problems)), len(problems))
+    return counts
+
+
 def evaluate_problems(
     problems: Sequence[Any],
     sample_fn: Callable[[Sequence[Any], int], list[list[str]]],
@@ -111,29 +143,11 @@ def evaluate_problems(
     group_of: Callable[[Any], Hashable] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Sample ``n`` completions per problem, score them, and summarize pass@k overall and per group.
-
-    problems: objects with ``.answer`` (and ``.level`` when ``group_of`` is not given).
-    sample_fn(batch, n) -> for each problem of the batch, its ``n`` decoded completions.
-    reward_fn(completions, answers) -> rewards; a reward ≥ 0.5 counts as correct (verifiable rewards are 0/1).
-    """
-    if n < 1:
-        raise ValueError(f"eval n_samples must be ≥ 1, got {n}")
+    """Sample ``n`` completions per problem, score them, and summarize pass@k overall and per group
+    (``group_of(problem)``, default its ``.level``). See :func:`count_correct`."""
     group_of = group_of or (lambda p: getattr(p, "level", None))
-    outcomes: list[ProblemOutcome] = []
-    for start in range(0, len(problems), batch_size):
-        batch = list(problems[start : start + batch_size])
-        texts = sample_fn(batch, n)
-        if len(texts) != len(batch) or any(len(t) != n for t in texts):
-            raise RuntimeError(f"sample_fn returned {[len(t) for t in texts]} completions, expected {n} each")
-        flat = [t for group in texts for t in group]
-        answers = [p.answer for p in batch for _ in range(n)]
-        rewards = reward_fn(flat, answers)
-        for i, problem in enumerate(batch):
-            correct = sum(1 for r in rewards[i * n : (i + 1) * n] if r >= 0.5)
-            outcomes.append(ProblemOutcome(n=n, correct=correct, group=group_of(problem)))
-        if progress is not None:
-            progress(min(start + batch_size, len(problems)), len(problems))
+    counts = count_correct(problems, sample_fn, reward_fn, n=n, batch_size=batch_size, progress=progress)
+    outcomes = [ProblemOutcome(n, c, group_of(p)) for p, c in zip(problems, counts, strict=True)]
     return summarize_pass_at_k(outcomes, ks)
 
 

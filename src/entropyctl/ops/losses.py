@@ -135,8 +135,15 @@ def policy_loss(
     A = advantages.to(logprob.dtype)
     N = _token_count(mask, num_tokens).to(logprob.dtype)
 
+    # Padded tokens (m = 0) may carry any old/ref log-prob (even −inf): give them ρ = 1 and KL = 0
+    # so that no inf reaches the graph (0·inf would be a NaN gradient).
+    pad = m == 0
+    old_logprob = torch.where(pad, logprob.detach(), old_logprob.to(logprob.dtype))
+    if ref_logprob is not None:
+        ref_logprob = torch.where(pad, logprob.detach(), ref_logprob.to(logprob.dtype))
+
     # ρ = exp(logp − logp_old)
-    ratio = torch.exp(logprob - old_logprob.to(logprob.dtype))
+    ratio = torch.exp(logprob - old_logprob)
     # L_pg = −(1/N) Σ m · min(ρA, clip(ρ, 1−ε_low, 1+ε_high)·A)
     surrogate = torch.minimum(ratio * A, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * A)
     pg_loss = -_masked_sum(m, surrogate) / N

@@ -1,0 +1,310 @@
+"""The policy loss (design.md §2): hand-computed examples, and the fused loss against the oracle."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from entropyctl.ops.advantages import group_advantages
+from entropyctl.ops.entropy import token_logprob_entropy
+from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
+
+torch.set_num_threads(1)
+
+
+def _t(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- hand-computed examples
+
+
+def test_clip_low_active_hand_computed() -> None:
+    # One token, A = −1, ρ = exp(ln 0.5 − 0) = 0.5 < 1 − ε_low = 0.8.
+    # min(ρA, clip(ρ)A) = min(−0.5, −0.8) = −0.8 → L_pg = −(−0.8)/1 = 0.8; the clipped branch is a
+    # constant, so ∂L/∂logp = 0; the low bound is active on 1 of 1 tokens.
+    logprob = _t(math.log(0.5)).requires_grad_()
+    out = policy_loss(logprob, _t(0.0), _t(0.0), _t(-1.0), 0.0, _t(1.0), 0.2, 0.28)
+    assert out.pg_loss.item() == pytest.approx(0.8)
+    assert out.clip_frac_low.item() == 1.0 and out.clip_frac_high.item() == 0.0
+    out.loss.backward()
+    assert logprob.grad.item() == 0.0
+
+
+def test_clip_high_active_hand_computed() -> None:
+    # Token 1: A = +2, ρ = 1.5 > 1 + ε_high = 1.28 → min(3.0, 2.56) = 2.56, no gradient.
+    # Token 2: A = +2, ρ = 1.1 inside the bounds → min(2.2, 2.2) = 2.2, ∂/∂logp of ρA = ρA = 2.2.
+    # L_pg = −(2.56 + 2.2)/2 = −2.38; ∂L/∂logp = [0, −2.2/2] = [0, −1.1]; high bound on 1 of 2.
+    logprob = _t(math.log(1.5), math.log(1.1)).requires_grad_()
+    out = policy_loss(logprob, _t(0.0, 0.0), _t(0.0, 0.0), _t(2.0, 2.0), 0.0, _t(1.0, 1.0), 0.2, 0.28)
+    assert out.pg_loss.item() == pytest.approx(-2.38)
+    assert out.clip_frac_high.item() == pytest.approx(0.5) and out.clip_frac_low.item() == 0.0
+    out.loss.backward()
+    torch.testing.assert_close(logprob.grad, _t(0.0, -1.1))
+
+
+def test_negative_advantage_above_high_bound_is_not_clipped() -> None:
+    # A = −1, ρ = 2 > 1.28: min(−2, −1.28) = −2 (the unclipped branch) → L_pg = 2, ∂L/∂logp = −ρA = 2.
+    logprob = _t(math.log(2.0)).requires_grad_()
+    out = policy_loss(logprob, _t(0.0), _t(0.0), _t(-1.0), 0.0, _t(1.0), 0.2, 0.28)
+    assert out.pg_loss.item() == pytest.approx(2.0)
+    assert out.clip_frac_low.item() == 0.0 and out.clip_frac_high.item() == 0.0
+    out.loss.backward()
+    assert logprob.grad.item() == pytest.approx(2.0)
+
+
+def test_per_prompt_coefficients_and_token_mean_over_uneven_lengths() -> None:
+    # Prompt 0's response has 3 tokens (α = 0.1), prompt 1's has 1 token + 2 padding (α = 0.5).
+    # ρ = 1 everywhere (logp = logp_old), A = [1, 1, 1, −2 | pads]. N = 4 real tokens.
+    # L_pg = −(1 + 1 + 1 − 2)/4 = −0.25  (a mean of per-sequence means would give −(1 − 2)/2 = 0.5)
+    # L_H  = −(0.1·(1 + 2 + 3) + 0.5·4)/4 = −(0.6 + 2.0)/4 = −0.65   (the pads' H = 9 must not count)
+    # ∂L/∂H = −m·α/N = [−0.025, −0.025, −0.025, −0.125, 0, 0]
+    logprob = _t(-1.0, -2.0, -0.5, -1.5, -3.0, -3.0).requires_grad_()
+    entropy = _t(1.0, 2.0, 3.0, 4.0, 9.0, 9.0).requires_grad_()
+    old = logprob.detach().clone()
+    adv = _t(1.0, 1.0, 1.0, -2.0, -2.0, -2.0)
+    coef = _t(0.1, 0.1, 0.1, 0.5, 0.5, 0.5)
+    mask = _t(1, 1, 1, 1, 0, 0)
+    out = policy_loss(logprob, entropy, old, adv, coef, mask, 0.2, 0.2)
+    assert out.pg_loss.item() == pytest.approx(-0.25)
+    assert out.entropy_loss.item() == pytest.approx(-0.65)
+    assert out.loss.item() == pytest.approx(-0.9)
+    out.loss.backward()
+    torch.testing.assert_close(entropy.grad, _t(-0.025, -0.025, -0.025, -0.125, 0.0, 0.0))
+    # ∂L_pg/∂logp = −m·ρ·A/N = [−0.25, −0.25, −0.25, 0.5, 0, 0]
+    torch.testing.assert_close(logprob.grad, _t(-0.25, -0.25, -0.25, 0.5, 0.0, 0.0))
+
+
+def test_num_tokens_makes_micro_batch_losses_sum_to_the_global_token_mean() -> None:
+    # Same data as above, split into micro-batches [0:3] and [3:6], each normalised by the global
+    # N = 4: the sum of their losses is the global loss −0.9.
+    logprob = _t(-1.0, -2.0, -0.5, -1.5, -3.0, -3.0)
+    entropy = _t(1.0, 2.0, 3.0, 4.0, 9.0, 9.0)
+    adv = _t(1.0, 1.0, 1.0, -2.0, -2.0, -2.0)
+    coef = _t(0.1, 0.1, 0.1, 0.5, 0.5, 0.5)
+    mask = _t(1, 1, 1, 1, 0, 0)
+    parts = [
+        policy_loss(logprob[s], entropy[s], logprob[s], adv[s], coef[s], mask[s], 0.2, 0.2, num_tokens=4)
+        for s in (slice(0, 3), slice(3, 6))
+    ]
+    assert parts[0].loss.item() + parts[1].loss.item() == pytest.approx(-0.9)
+    # Without num_tokens each micro-batch would be its own token-mean: −(3/3 + 0.6/3) + −(−2 + 2)/1 = −1.2
+    local = [
+        policy_loss(logprob[s], entropy[s], logprob[s], adv[s], coef[s], mask[s], 0.2, 0.2)
+        for s in (slice(0, 3), slice(3, 6))
+    ]
+    assert local[0].loss.item() + local[1].loss.item() == pytest.approx(-1.2)
+
+
+def test_kl_k3_hand_computed() -> None:
+    # ref − logp = ln 2 → k3 = e^{ln 2} − ln 2 − 1 = 1 − ln 2 = 0.30685...; β = 0.5 adds 0.1534...
+    # ∂(β·k3)/∂logp = β·(1 − e^{ref−logp}) = 0.5·(1 − 2) = −0.5
+    logprob = _t(-1.0).requires_grad_()
+    out = policy_loss(
+        logprob,
+        _t(0.0),
+        _t(-1.0),
+        _t(0.0),
+        0.0,
+        _t(1.0),
+        0.2,
+        0.2,
+        ref_logprob=_t(-1.0 + math.log(2.0)),
+        kl_coef=0.5,
+    )
+    assert out.kl_loss.item() == pytest.approx(1.0 - math.log(2.0))
+    assert out.loss.item() == pytest.approx(0.5 * (1.0 - math.log(2.0)))
+    out.loss.backward()
+    assert logprob.grad.item() == pytest.approx(-0.5)
+
+
+def test_zero_variance_groups_give_zero_policy_gradient() -> None:
+    # Every rollout of each prompt got the same reward → A = 0 → no policy-gradient signal at all,
+    # neither through the reference nor through the fused loss (entropy coefficient 0 here).
+    rewards = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    adv = group_advantages(rewards).reshape(-1).double()
+    assert torch.equal(adv, torch.zeros(6, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 7, (6,), generator=g)
+    old = torch.randn(6, generator=g, dtype=torch.float64)
+    out = fused_policy_loss(hidden, weight, targets, old, adv, 0.0, torch.ones(6), 0.2, 0.28)
+    out.loss.backward()
+    assert out.loss.item() == 0.0
+    assert torch.equal(hidden.grad, torch.zeros_like(hidden)) and torch.equal(
+        weight.grad, torch.zeros_like(weight)
+    )
+
+
+def test_padding_with_non_finite_old_logprob_is_ignored() -> None:
+    # A padded token's old log-prob of −inf gives ρ = inf there; m = 0 must keep it out (no 0·inf = NaN).
+    logprob = _t(-1.0, -1.0).requires_grad_()
+    out = policy_loss(logprob, _t(1.0, 1.0), _t(-1.0, -float("inf")), _t(1.0, 1.0), 0.1, _t(1, 0), 0.2, 0.2)
+    # Only token 0 counts: L_pg = −1·1/1, L_H = −0.1·1/1
+    assert out.loss.item() == pytest.approx(-1.1)
+    out.loss.backward()
+    assert torch.isfinite(logprob.grad).all()
+
+
+def test_empty_mask_gives_zero_loss_not_nan() -> None:
+    out = policy_loss(_t(-1.0), _t(1.0), _t(-1.0), _t(1.0), 0.1, _t(0.0), 0.2, 0.2)
+    assert out.loss.item() == 0.0
+
+
+def test_bad_shapes_are_named() -> None:
+    with pytest.raises(ValueError, match=r"advantages must be a per-token tensor \[N\] = \[2\]"):
+        policy_loss(_t(0.0, 0.0), _t(0.0, 0.0), _t(0.0, 0.0), _t(1.0), 0.0, _t(1, 1), 0.2, 0.2)
+    with pytest.raises(ValueError, match="clip bounds"):
+        policy_loss(_t(0.0), _t(0.0), _t(0.0), _t(1.0), 0.0, _t(1), 1.5, 0.2)
+
+
+# ---------------------------------------------------------------- fused loss vs the oracle
+
+
+def _oracle(hidden, weight, targets, old, adv, coef, mask, cl, ch, T, bias=None, **kw) -> PolicyLossOutput:
+    logits = hidden @ weight.T + (0 if bias is None else bias)
+    lp, ent = token_logprob_entropy(logits, targets, T)
+    return policy_loss(lp, ent, old, adv, coef, mask, cl, ch, **kw)
+
+
+def _loss_inputs(n, v, dtype, g, lp_ref):
+    old = (lp_ref + 0.4 * torch.randn(n, generator=g, dtype=dtype)).detach()
+    adv = torch.randn(n, generator=g, dtype=dtype)
+    coef = torch.rand(n, generator=g, dtype=dtype) * 0.1
+    mask = (torch.rand(n, generator=g) > 0.25).to(dtype)
+    ref = (lp_ref + 0.2 * torch.randn(n, generator=g, dtype=dtype)).detach()
+    return old, adv, coef, mask, ref
+
+
+def test_fused_policy_loss_gradcheck_fp64() -> None:
+    g = torch.Generator().manual_seed(1)
+    n, d, v = 10, 4, 11
+    hidden = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, d, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(v, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, v, (n,), generator=g)
+    lp, _ = token_logprob_entropy(hidden @ weight.T + bias, targets, 0.8)
+    old, adv, coef, mask, ref = _loss_inputs(n, v, torch.float64, g, lp)
+
+    def f(h, w, b):
+        return fused_policy_loss(
+            h,
+            w,
+            targets,
+            old,
+            adv,
+            coef,
+            mask,
+            0.2,
+            0.28,
+            0.8,
+            chunk_size=3,
+            bias=b,
+            ref_logprob=ref,
+            kl_coef=0.3,
+        ).loss
+
+    assert torch.autograd.gradcheck(f, (hidden, weight, bias))
+
+
+@st.composite
+def _loss_cases(draw):
+    return dict(
+        n=draw(st.integers(0, 36)),
+        d=draw(st.integers(1, 8)),
+        v=draw(st.integers(2, 48)),
+        chunk=draw(st.integers(1, 40)),
+        T=draw(st.sampled_from([1.0, 0.6, 1.4])),
+        clip=draw(st.sampled_from([(0.2, 0.2), (0.2, 0.28), (0.1, 0.5)])),
+        logit_scale=draw(st.sampled_from([1.0, 30.0])),
+        strided=draw(st.booleans()),
+        use_bias=draw(st.booleans()),
+        kl=draw(st.sampled_from([0.0, 0.1])),
+        num_tokens=draw(st.sampled_from([None, 50])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_loss_cases())
+def test_fused_policy_loss_matches_oracle_fp32(c) -> None:
+    g = torch.Generator().manual_seed(c["seed"])
+    n, d, v = c["n"], c["d"], c["v"]
+    hidden = torch.randn(n, d, generator=g)
+    weight = torch.randn(v, d, generator=g) * (c["logit_scale"] / math.sqrt(d))
+    if c["strided"]:
+        hidden = torch.cat([hidden, hidden], dim=1)[:, ::2]  # non-contiguous columns
+        weight = weight.T.contiguous().T
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    bias = torch.randn(v, generator=g).requires_grad_() if c["use_bias"] else None
+    targets = torch.randint(0, v, (n,), generator=g)
+    with torch.no_grad():
+        lp0, _ = token_logprob_entropy(hidden @ weight.T + (0 if bias is None else bias), targets, c["T"])
+    old, adv, coef, mask, ref = _loss_inputs(n, v, torch.float32, g, lp0)
+    cl, ch = c["clip"]
+    kw = dict(num_tokens=c["num_tokens"], ref_logprob=ref, kl_coef=c["kl"])
+    fused = fused_policy_loss(
+        hidden, weight, targets, old, adv, coef, mask, cl, ch, c["T"], chunk_size=c["chunk"], bias=bias, **kw
+    )
+    oracle = _oracle(hidden, weight, targets, old, adv, coef, mask, cl, ch, c["T"], bias=bias, **kw)
+    for name in ("loss", "pg_loss", "entropy_loss", "kl_loss", "clip_frac_low", "clip_frac_high"):
+        torch.testing.assert_close(
+            getattr(fused, name).detach(), getattr(oracle, name).detach(), atol=2e-5, rtol=1e-4
+        )
+    torch.testing.assert_close(fused.logprob, oracle.logprob, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.entropy, oracle.entropy, atol=2e-5, rtol=1e-4)
+    assert not fused.logprob.requires_grad and not fused.entropy.requires_grad
+    inputs = [hidden, weight] + ([bias] if bias is not None else [])
+    if n == 0:
+        return
+    gf = torch.autograd.grad(fused.loss, inputs)
+    go = torch.autograd.grad(oracle.loss, inputs)
+    for a, b in zip(gf, go, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6 + 1e-4 * float(b.abs().max()), rtol=1e-4)
+
+
+def test_fused_policy_loss_bf16_against_fp32_oracle() -> None:
+    # Stated tolerance as for the entropy path: bf16 logits (fp32 accumulate) → ≲ 0.02 on per-token
+    # values; the loss is a token-mean, gradients agree to 3% of their largest entry.
+    g = torch.Generator().manual_seed(3)
+    n, d, v = 40, 16, 50
+    h32 = torch.randn(n, d, generator=g) * 0.5
+    w32 = torch.randn(v, d, generator=g) * 0.25
+    targets = torch.randint(0, v, (n,), generator=g)
+    hidden, weight = h32.bfloat16().requires_grad_(), w32.bfloat16().requires_grad_()
+    h_ref, w_ref = hidden.detach().float().requires_grad_(), weight.detach().float().requires_grad_()
+    with torch.no_grad():
+        lp0, _ = token_logprob_entropy(h_ref @ w_ref.T, targets)
+    old, adv, coef, mask, _ = _loss_inputs(n, v, torch.float32, g, lp0)
+    fused = fused_policy_loss(hidden, weight, targets, old, adv, coef, mask, 0.2, 0.28, chunk_size=16)
+    oracle = _oracle(h_ref, w_ref, targets, old, adv, coef, mask, 0.2, 0.28, 1.0)
+    assert abs(fused.loss.item() - oracle.loss.item()) < 0.02
+    fused.loss.backward()
+    oracle.loss.backward()
+    assert hidden.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.bfloat16
+    for a, b in ((hidden.grad, h_ref.grad), (weight.grad, w_ref.grad)):
+        torch.testing.assert_close(a.float(), b, atol=0.03 * float(b.abs().max()), rtol=0)
+
+
+def test_fused_policy_loss_under_no_grad_and_retain_graph() -> None:
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(9, 3, generator=g, requires_grad=True)
+    weight = torch.randn(6, 3, generator=g, requires_grad=True)
+    targets = torch.randint(0, 6, (9,), generator=g)
+    args = (targets, torch.zeros(9) - 2.0, torch.randn(9, generator=g), 0.05, torch.ones(9), 0.2, 0.2)
+    with torch.no_grad():
+        out = fused_policy_loss(hidden, weight, *args, chunk_size=4)
+    assert not out.loss.requires_grad and torch.isfinite(out.loss)
+    out = fused_policy_loss(hidden, weight, *args, chunk_size=4)
+    # backward with an upstream scale: the stored gradient is multiplied by it.
+    (3.0 * out.loss).backward()
+    g3 = hidden.grad.clone()
+    hidden.grad = None
+    fused_policy_loss(hidden, weight, *args, chunk_size=4).loss.backward()
+    torch.testing.assert_close(g3, 3.0 * hidden.grad)

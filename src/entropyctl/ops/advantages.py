@@ -4,11 +4,12 @@
     A_ij =  r_ij − mean_j r_ij                          scale="none"   (Dr.GRPO: no std division)
 
 Which std: the *unbiased* sample std (Bessel, divide by G − 1), i.e. ``torch.std``'s default. That
-is what the common GRPO implementations use: TRL's ``GRPOTrainer`` (``rewards.view(-1, G).std(dim=1)``),
-verl's ``compute_grpo_outcome_advantage`` (``torch.std`` over a group's scores) and OpenRLHF's
-group-norm estimator (``rewards.std(-1)``), all with torch's default ``unbiased=True``. Pass
-``unbiased=False`` for the population std (divide by G), as some re-implementations do; with G = 8
-the two differ by a factor √(8/7) ≈ 1.07 in |A|.
+is what the common GRPO implementations use: TRL's ``GRPOTrainer``
+(``rewards.view(-1, num_generations).std(dim=1)``) and verl's ``compute_grpo_outcome_advantage``
+(``torch.std`` over a group's scores), both with torch's default ``unbiased=True``. Pass
+``unbiased=False`` for the population std (divide by G), as some re-implementations (NumPy's
+``np.std`` default) do; with G = 8 the two differ by a factor √(8/7) ≈ 1.07 in |A|.
+(verl gives a 1-rollout group mean 0 and std 1, i.e. A = r; here such a group gets A = 0.)
 
 A group whose rewards are all equal (all correct or all wrong) carries no signal: its advantages
 are exactly 0 (never NaN, never ±ε-noise), so its policy-gradient term vanishes.

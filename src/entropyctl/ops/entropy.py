@@ -68,12 +68,15 @@ def token_logprob_entropy(logits: Tensor, targets: Tensor, temperature: float = 
             f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree: "
             "expected logits [..., V] with targets [...]"
         )
-    z = logits.to(_compute_dtype(logits.dtype)) / t
+    z = logits.to(_compute_dtype(logits.dtype))
+    if t != 1.0:
+        z = z / t
     log_p = torch.log_softmax(z, dim=-1)
     logprob = log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
     p = log_p.exp()
-    # p·log p with p = 0 must be 0 (a −inf logit gives log p = −inf).
-    entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+    # p·log p with p = 0 must be 0: a −inf logit gives log p = −inf, and 0·(−inf) = NaN; the
+    # clamp leaves every log p with p > 0 unchanged.
+    entropy = -(p * log_p.clamp(min=torch.finfo(log_p.dtype).min)).sum(-1)
     return logprob, entropy
 
 

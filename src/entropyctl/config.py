@@ -159,6 +159,11 @@ class ClipHigherConfig(ControllerConfig):
 
 
 UpdateRule = Literal["additive", "sign", "log"]
+
+#: η used when ``eta`` is None: α per nat (additive) and log α per nat (log). Chosen on the
+#: entropy plant (entropyctl.testing) so the loop settles in < 150 steps without ringing; at
+#: α ≈ 0.005 the log rule's 0.5 is the same local step as the additive rule's 0.002.
+DEFAULT_ETA: dict[str, float] = {"additive": 0.002, "sign": 0.0, "log": 0.5}
 AnchorMode = Literal["initial", "absolute"]
 
 
@@ -168,15 +173,18 @@ class _AdaptiveConfig(ControllerConfig):
     alpha_0: NonNegativeFloat = Field(0.005, description="α before anchoring and the start of α_t.")
     alpha_min: NonNegativeFloat = Field(0.0, description="Lower bound of α_t.")
     alpha_max: NonNegativeFloat = Field(0.05, description="Upper bound of α_t.")
-    eta: NonNegativeFloat = Field(
-        0.01,
-        description="Step size η: α per nat of error (additive) or log α per nat of error (log).",
+    eta: NonNegativeFloat | None = Field(
+        None,
+        description=(
+            "Step size η: α per nat of error (additive) or log α per nat of error (log); "
+            "None = the rule's default (additive 0.002, log 0.5)."
+        ),
     )
     update: UpdateRule = Field(
         "additive",
         description="additive: α+η(H*−H); sign: α+δ·sign(H*−H); log: log α + η(H*−H).",
     )
-    delta: NonNegativeFloat = Field(0.0005, description="Step δ of the sign rule.")
+    delta: NonNegativeFloat = Field(0.0001, description="Step δ of the sign rule (α per step).")
     anchor: AnchorMode = Field(
         "initial", description="initial: H* = τ·H0 (AER); absolute: H* = target_entropy."
     )
@@ -187,6 +195,13 @@ class _AdaptiveConfig(ControllerConfig):
     )
     clip_low: PositiveFloat = Field(0.2, description="ε_low of the clipped surrogate.")
     clip_high: PositiveFloat = Field(0.2, description="ε_high of the clipped surrogate.")
+
+    @property
+    def step_size(self) -> float:
+        """η in effect: ``eta``, or the update rule's default when ``eta`` is None."""
+        if self.eta is not None:
+            return float(self.eta)
+        return DEFAULT_ETA[self.update]
 
     @model_validator(mode="after")
     def _check_alpha_bounds(self) -> _AdaptiveConfig:

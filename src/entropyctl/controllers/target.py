@@ -136,7 +136,7 @@ class TargetController(EntropyController):
             self.alpha,
             target - entropy,
             rule=self.config.update,
-            eta=self.config.eta,
+            eta=self.config.step_size,
             delta=self.config.delta,
             alpha_min=self.config.alpha_min,
             alpha_max=self.config.alpha_max,

@@ -1,0 +1,158 @@
+"""A seeded stochastic model of token entropy under an entropy bonus — the "entropy plant".
+
+It drives the controllers' closed-loop tests, the docs and ``entropyctl simulate``. It is a model,
+not a measurement: a first-order system with the shape practitioners report for RLVR:
+
+* without a bonus, entropy decays toward collapse (``h_floor``);
+* a bonus raises it, with diminishing returns, and it saturates below ``h_max``;
+* it responds with a lag: the coefficient applied at step t shows in the reading of step t+1;
+* readings are noisy.
+
+One step, with ``c`` the coefficient the loss actually applied (the token-weighted mean of
+``plan.coef`` over prompts; harder prompts have longer responses)::
+
+    H_eq(c)  = h_floor + (h_max − h_floor) · g·c / (1 + g·c)          g = gain (per unit coefficient)
+    H_{t+1}  = clip(H_t + decay·(H_eq(c) − H_t) + noise·H_t·ξ_t, 0, h_max),   ξ_t ~ N(0, 1)
+
+and the step's reading is the entropy of the step's own tokens, ``H_t`` (before the update).
+With the defaults (``h_init = 1``, ``h_max = 3``, ``decay = 0.1``, ``gain = 50``) a fixed
+α = 1e-4 collapses to ≈ 0.035 nats, α = 0.1 explodes to ≈ 2.5 nats, and the AER target
+0.4·H0 = 0.4 needs a token-weighted coefficient of ≈ 0.0027 (dH_eq/dc ≈ 110 nats per unit there).
+The controllers' closed-loop tests cover ``gain`` in [25, 100] and ``decay`` in [0.05, 0.2] with
+the default step size η = 0.002: a larger loop gain η·dH_eq/dc (for instance η = 0.01 at
+gain 100) makes the pure-integral update ring or oscillate — the lag the real loop has too.
+
+Prompt difficulty: each prompt draws a level from ``difficulty_mix`` (pairs of
+``(weight, p_correct)``) and its group accuracy is Binomial(group_size, p_correct) / group_size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from entropyctl.controllers.base import EntropyController, EntropyReading, GroupOutcome, Plan
+
+__all__ = ["EntropyPlant", "Trajectory", "random_outcome", "simulate", "DEFAULT_DIFFICULTY_MIX"]
+
+#: (weight, probability that one rollout is correct): easy, medium and hard prompts.
+DEFAULT_DIFFICULTY_MIX: tuple[tuple[float, float], ...] = ((0.3, 0.9), (0.4, 0.5), (0.3, 0.1))
+
+
+def random_outcome(
+    generator: torch.Generator,
+    *,
+    prompts: int = 32,
+    group_size: int = 8,
+    step: int = 0,
+    difficulty_mix: Sequence[tuple[float, float]] = DEFAULT_DIFFICULTY_MIX,
+) -> GroupOutcome:
+    """Group accuracies of ``prompts`` prompts whose levels are drawn from ``difficulty_mix``:
+    acc_i = Binomial(group_size, p_correct[level_i]) / group_size."""
+    weights = torch.tensor([w for w, _ in difficulty_mix], dtype=torch.float64)
+    p_correct = torch.tensor([p for _, p in difficulty_mix], dtype=torch.float64)
+    levels = torch.multinomial(weights, prompts, replacement=True, generator=generator)
+    trials = torch.full((prompts,), float(group_size), dtype=torch.float64)
+    correct = torch.binomial(trials, p_correct[levels], generator=generator)
+    return GroupOutcome(accuracy=(correct / group_size).to(torch.float32), group_size=group_size, step=step)
+
+
+@dataclass
+class EntropyPlant:
+    """The entropy plant (see the module docstring for the equations). Seeded: the same seed and
+    the same plans give the same readings."""
+
+    h_init: float = 1.0
+    h_max: float = 3.0
+    h_floor: float = 0.02
+    decay: float = 0.1
+    gain: float = 50.0
+    noise: float = 0.005
+    difficulty_mix: Sequence[tuple[float, float]] = DEFAULT_DIFFICULTY_MIX
+    prompts: int = 128
+    group_size: int = 8
+    #: mean response length (tokens) of a prompt solved every time; unsolved ones are 2× longer.
+    response_tokens: int = 100
+    seed: int = 0
+    entropy: float = field(init=False)
+    step_index: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.decay <= 1):
+            raise ValueError(f"decay: must be in (0, 1] (got {self.decay})")
+        if not (0 <= self.h_floor < self.h_max) or not (0 <= self.h_init <= self.h_max):
+            raise ValueError(
+                f"need 0 ≤ h_floor < h_max and 0 ≤ h_init ≤ h_max (got h_floor={self.h_floor}, "
+                f"h_init={self.h_init}, h_max={self.h_max})"
+            )
+        self.generator = torch.Generator().manual_seed(int(self.seed))
+        self.entropy = float(self.h_init)
+
+    def outcome(self, step: int | None = None) -> GroupOutcome:
+        """The next step's group accuracies (drawn from the plant's own random stream)."""
+        return random_outcome(
+            self.generator,
+            prompts=self.prompts,
+            group_size=self.group_size,
+            step=self.step_index if step is None else step,
+            difficulty_mix=self.difficulty_mix,
+        )
+
+    def equilibrium(self, coef: float) -> float:
+        """H_eq(c): where the entropy settles under a constant token-weighted coefficient c."""
+        drive = self.gain * max(coef, 0.0)
+        return self.h_floor + (self.h_max - self.h_floor) * drive / (1.0 + drive)
+
+    def applied_coefficient(self, plan: Plan, outcome: GroupOutcome) -> float:
+        """c = Σ_i coef_i·tokens_i / Σ_i tokens_i, tokens_i = G·L·(2 − acc_i) (hard prompts ramble)."""
+        accuracy = outcome.accuracy.float().clamp(0.0, 1.0)
+        tokens = outcome.group_size * self.response_tokens * (2.0 - accuracy)
+        return float((plan.coef.float() * tokens).sum() / tokens.sum())
+
+    def step(self, plan: Plan, outcome: GroupOutcome) -> EntropyReading:
+        """Apply one RLVR step with ``plan``; return the step's entropy reading."""
+        accuracy = outcome.accuracy.float().clamp(0.0, 1.0)
+        tokens = int(round(float((outcome.group_size * self.response_tokens * (2.0 - accuracy)).sum())))
+        reading = EntropyReading(mean_entropy=self.entropy, tokens=tokens, step=self.step_index)
+        coef = self.applied_coefficient(plan, outcome)
+        target = self.equilibrium(coef)
+        shock = self.noise * self.entropy * float(torch.randn((), generator=self.generator))
+        self.entropy = min(max(self.entropy + self.decay * (target - self.entropy) + shock, 0.0), self.h_max)
+        self.step_index += 1
+        return reading
+
+
+@dataclass
+class Trajectory:
+    """Per-step record of a simulation: the reading ``entropy``, the controller's ``alpha`` and
+    ``target_entropy`` after observing it, and ``coef`` the token-weighted coefficient applied."""
+
+    step: list[int] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    target_entropy: list[float] = field(default_factory=list)
+    alpha: list[float] = field(default_factory=list)
+    coef: list[float] = field(default_factory=list)
+
+    def final_target(self) -> float:
+        return self.target_entropy[-1] if self.target_entropy else math.nan
+
+
+def simulate(controller: EntropyController, plant: EntropyPlant, steps: int) -> Trajectory:
+    """Run ``steps`` closed-loop steps: outcome → plan → plant step → observe."""
+    trajectory = Trajectory()
+    for _ in range(steps):
+        outcome = plant.outcome()
+        plan = controller.plan(outcome)
+        coef = plant.applied_coefficient(plan, outcome)
+        reading = plant.step(plan, outcome)
+        controller.observe(reading)
+        metrics = controller.metrics()
+        trajectory.step.append(reading.step)
+        trajectory.entropy.append(reading.mean_entropy)
+        trajectory.target_entropy.append(metrics.get("target_entropy", math.nan))
+        trajectory.alpha.append(metrics.get("alpha", math.nan))
+        trajectory.coef.append(coef)
+    return trajectory

@@ -1,0 +1,679 @@
+"""The RLVR trainer as a LightningModule (design.md §5): one GRPO/DAPO step per ``training_step``.
+
+A step on every rank::
+
+    prompts (seeded by seed, rank, step) ──► G rollouts (engine) ──► rewards (verifier)
+        ──► group accuracy acc_i, advantages A_ij ──► plan = controller.plan(GroupOutcome)
+        ──► old log-probs (no grad, before the first update)
+        ──► for each PPO epoch and mini-batch: fused loss (token-mean over the GLOBAL token count)
+            ──► manual_backward(W · L_r) ──► clip ──► optimizer step
+        ──► EntropyStats.reduce (ONE collective) ──► controller.observe(reading)   (same on every rank)
+        ──► metrics (ONE collective) ──► metrics.csv / loggers
+
+Why ``W · L_r``: DDP averages gradients over the W ranks while the loss is normalised by the global
+token count N, so each rank back-propagates W times its share (see ``integrations/fabric.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from entropyctl.config import RunConfig
+from entropyctl.controllers.base import EntropyController, GroupOutcome, Plan
+from entropyctl.evaluation import ProblemOutcome, count_correct, summarize_pass_at_k
+from entropyctl.integrations.fabric import EntropyStats, all_reduce_sum
+from entropyctl.integrations.rollout import Completions, RolloutEngine, SamplingSettings
+from entropyctl.ops.advantages import group_advantages
+from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
+from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
+
+__all__ = [
+    "RLVRModule",
+    "RLVRCheckpoint",
+    "PromptSampler",
+    "MetricsWriter",
+    "derive_seed",
+    "merge_completions",
+    "overlong_penalty",
+    "metric_columns",
+]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of ints/strings (stable across processes and Python runs)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+# --------------------------------------------------------------------------------------------- prompts
+
+
+class PromptSampler:
+    """Draws each step's prompts reproducibly from ``(seed, rank, step, attempt)`` — no hidden stream
+    state, so a resumed run draws exactly what the uninterrupted run drew.
+
+    ``draw(count, seed)`` is the problem source: e.g. ``SyntheticArithmetic.sample`` (training split only),
+    or a uniform choice from a dataset's rows.
+    """
+
+    def __init__(self, draw: Callable[[int, int], list[Any]], levels: Sequence[int], seed: int) -> None:
+        self._draw = draw
+        self.levels = sorted({int(level) for level in levels}) or [0]
+        self.seed = int(seed)
+        self.draws = 0  # prompt batches drawn so far (for the checkpoint; not needed to reproduce)
+
+    def sample(self, count: int, *, step: int, rank: int, attempt: int = 0) -> list[Any]:
+        self.draws += 1
+        problems = self._draw(count, derive_seed("prompts", self.seed, rank, step, attempt))
+        for problem in problems:
+            if int(getattr(problem, "level", 0)) not in self.levels:
+                raise ValueError(f"problem {problem!r} has level {problem.level}, not one of {self.levels}")
+        return problems
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "draws": self.draws}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"checkpoint's prompt seed {state['seed']} differs from this run's seed {self.seed}")
+        self.draws = int(state["draws"])
+
+    @staticmethod
+    def from_list(problems: Sequence[Any], seed: int) -> PromptSampler:
+        """Uniform draws (without replacement within a batch when possible) from a list of problems."""
+        pool = list(problems)
+        if not pool:
+            raise ValueError("the training set is empty")
+
+        def draw(count: int, draw_seed: int) -> list[Any]:
+            rng = random.Random(draw_seed)
+            if count <= len(pool):
+                return rng.sample(pool, count)
+            return [rng.choice(pool) for _ in range(count)]
+
+        return PromptSampler(draw, [int(getattr(p, "level", 0)) for p in pool], seed)
+
+
+# --------------------------------------------------------------------------------------------- rollouts
+
+
+def merge_completions(parts: Sequence[tuple[Completions, Sequence[int]]], pad_id: int) -> Completions:
+    """Rows ``rows`` of each ``Completions``, in order, re-padded to common widths (prompts stay left-padded,
+    responses right-padded)."""
+    prompt_w = max(int(c.prompt_ids.shape[1]) for c, _ in parts)
+    resp_w = max(int(c.response_ids.shape[1]) for c, _ in parts)
+    out: dict[str, list[Tensor]] = {k: [] for k in ("pi", "pm", "ri", "rm", "tr", "lp")}
+    for comp, rows in parts:
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        pi, pm = comp.prompt_ids[index], comp.prompt_mask[index]
+        ri, rm = comp.response_ids[index], comp.response_mask[index]
+        lp_pad = prompt_w - pi.shape[1]
+        rp_pad = resp_w - ri.shape[1]
+        out["pi"].append(torch.nn.functional.pad(pi, (lp_pad, 0), value=pad_id))
+        out["pm"].append(torch.nn.functional.pad(pm, (lp_pad, 0), value=0))
+        out["ri"].append(torch.nn.functional.pad(ri, (0, rp_pad), value=pad_id))
+        out["rm"].append(torch.nn.functional.pad(rm, (0, rp_pad), value=0))
+        out["tr"].append(comp.truncated[index])
+        if comp.logprobs is not None:
+            out["lp"].append(torch.nn.functional.pad(comp.logprobs[index], (0, rp_pad), value=0.0))
+    return Completions(
+        prompt_ids=torch.cat(out["pi"]),
+        prompt_mask=torch.cat(out["pm"]),
+        response_ids=torch.cat(out["ri"]),
+        response_mask=torch.cat(out["rm"]),
+        truncated=torch.cat(out["tr"]),
+        logprobs=torch.cat(out["lp"]) if len(out["lp"]) == len(parts) else None,
+    )
+
+
+def _select_rows(comp: Completions, rows: Tensor, pad_id: int) -> Completions:
+    """A mini-batch of rows with all-padding columns trimmed (so a short mini-batch costs less)."""
+    sub = merge_completions([(comp, rows.tolist())], pad_id)
+    keep_p = sub.prompt_mask.sum(0) > 0
+    first = int(keep_p.nonzero()[0]) if bool(keep_p.any()) else sub.prompt_mask.shape[1] - 1
+    resp_len = int(sub.response_mask.sum(1).max())
+    return Completions(
+        prompt_ids=sub.prompt_ids[:, first:],
+        prompt_mask=sub.prompt_mask[:, first:],
+        response_ids=sub.response_ids[:, :resp_len],
+        response_mask=sub.response_mask[:, :resp_len],
+        truncated=sub.truncated,
+        logprobs=None if sub.logprobs is None else sub.logprobs[:, :resp_len],
+    )
+
+
+def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment, added to the reward::
+
+        R_len(y) = 0                                  if |y| ≤ L_max − L_cache
+                 = (L_max − L_cache − |y|) / L_cache   if L_max − L_cache < |y| ≤ L_max   (down to −1)
+    """
+    start = max_new_tokens - buffer
+    over = (lengths.to(torch.float32) - start).clamp_min(0.0)
+    return -(over / buffer).clamp(max=1.0)
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def metric_columns(levels: Sequence[int]) -> list[str]:
+    """The columns of ``metrics.csv``, in order (fixed for a run: every row has every column)."""
+    cols = [
+        "step", "reward", "accuracy", "entropy", "target_entropy", "h0", "alpha", "coef_mean",
+        "clip_frac_low", "clip_frac_high", "response_length", "truncated_frac", "loss", "pg_loss",
+        "entropy_loss", "kl_loss", "grad_norm", "lr", "tokens", "dropped_groups", "filler_groups",
+        "reward_no_answer", "reward_parse_error", "reward_timeout", "readings_ignored",
+        "time_rollout", "time_reward", "time_update", "time_step",
+    ]
+    for level in levels:
+        cols += [f"acc_level_{level}", f"coef_level_{level}", f"entropy_level_{level}"]
+    return cols
+
+
+class MetricsWriter:
+    """Appends one row per step to ``metrics.csv`` (fixed columns; rank 0 only). On resume, rows past the
+    checkpoint's step are dropped first so the file has each step once."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.columns = list(columns)
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(float(row["step"])) <= step]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k, math.nan)) for k in self.columns})
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return value
+
+
+class _Ticks(IterableDataset):
+    """An endless stream of dummy batches: each ``training_step`` draws its own prompts."""
+
+    def __iter__(self) -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+
+class RLVRCheckpoint(pl.Callback):
+    """Saves ``step-NNNNNN.ckpt`` every ``every`` RLVR steps (0: never) and ``last.ckpt`` at those steps and
+    at the final step. Checkpoints carry the controller state and the RLVR step (``RLVRModule``)."""
+
+    def __init__(self, dirpath: str | Path, every: int, total_steps: int) -> None:
+        self.dirpath = Path(dirpath)
+        self.every = int(every)
+        self.total_steps = int(total_steps)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = int(getattr(pl_module, "rlvr_step", 0))
+        periodic = self.every > 0 and step % self.every == 0
+        if periodic:
+            trainer.save_checkpoint(str(self.dirpath / f"step-{step:06d}.ckpt"))
+        if periodic or step >= self.total_steps:
+            trainer.save_checkpoint(str(self.dirpath / "last.ckpt"))
+
+
+class _Frozen:
+    """Holds a frozen reference policy without registering it as a submodule (no DDP, no checkpoint)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+
+# --------------------------------------------------------------------------------------------- the module
+
+
+class RLVRModule(pl.LightningModule):
+    """GRPO/DAPO with an entropy controller; manual optimization, one RLVR step per ``training_step``.
+
+    policy: a ``transformers`` causal LM; tokenizer: its tokenizer (pad token set); engine: a
+    :class:`RolloutEngine` sampling from ``policy``; reward: ``(completions, answers) -> rewards`` with
+    ``metrics()``/``reset_metrics()``; sampler: the training prompts; controller: any registered controller;
+    eval_problems: the held-out split for pass@k; run_dir: where ``metrics.csv`` is written (None: nowhere).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        policy: torch.nn.Module,
+        tokenizer: Any,
+        engine: RolloutEngine,
+        reward: Any,
+        sampler: PromptSampler,
+        controller: EntropyController,
+        eval_problems: Sequence[Any] = (),
+        run_dir: str | Path | None = None,
+        encode_prompt: Callable[[str], list[int]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.config = config
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.reward = reward
+        self.sampler = sampler
+        self.controller = controller
+        self.eval_problems = list(eval_problems)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.encode_prompt = encode_prompt or (lambda text: list(tokenizer(text)["input_ids"]))
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        self.levels = list(sampler.levels)
+        self.rlvr_step = 0  # completed RLVR steps (global_step counts optimizer steps)
+        self.eval_results: dict[str, Any] = {}
+        self.eval_seconds = 0.0
+        self.last_metrics: dict[str, float] = {}
+        self._reference: _Frozen | None = None
+        if config.algorithm.kl_coef > 0:
+            import copy
+
+            reference = copy.deepcopy(policy).eval()
+            for p in reference.parameters():
+                p.requires_grad_(False)
+            self._reference = _Frozen(reference)
+        from entropyctl.integrations.transformers import supports_fused_head
+
+        self.use_fused = config.algorithm.fused == "auto" and supports_fused_head(policy)
+        columns = metric_columns(self.levels)
+        self.metrics_writer = MetricsWriter(self.run_dir / "metrics.csv", columns) if self.run_dir else None
+
+    # ----------------------------------------------------------------------------- Lightning plumbing
+    def configure_optimizers(self) -> Any:
+        o = self.config.optim
+        opt = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+        )
+        warmup = o.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+
+    @property
+    def optimizer_steps_per_rlvr_step(self) -> int:
+        return self.config.algorithm.ppo_epochs * self.config.algorithm.mini_batches
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def _reducer(self) -> Any:
+        trainer = self._trainer
+        return None if trainer is None or trainer.world_size == 1 else trainer.strategy
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["entropy_controller"] = self.controller.state_dict()
+        checkpoint["rlvr"] = {
+            "step": self.rlvr_step,
+            "sampler": self.sampler.state_dict(),
+            "eval_results": self.eval_results,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "entropy_controller" not in checkpoint:
+            raise KeyError("checkpoint has no 'entropy_controller' entry: it was not written by RLVRModule")
+        self.controller.load_state_dict(checkpoint["entropy_controller"])
+        state = checkpoint.get("rlvr", {})
+        self.rlvr_step = int(state.get("step", 0))
+        if "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])
+        self.eval_results = dict(state.get("eval_results", {}))
+
+    def on_train_start(self) -> None:
+        rank, _ = self._world()
+        if rank == 0 and self.metrics_writer is not None:
+            self.metrics_writer.truncate_after(self.rlvr_step)
+        if self.config.eval.before and "before" not in self.eval_results and self.rlvr_step == 0:
+            self.eval_results["before"] = self.evaluate_heldout("before")
+
+    def on_train_end(self) -> None:
+        if self.config.eval.after:
+            self.eval_results["after"] = self.evaluate_heldout("after")
+
+    # ----------------------------------------------------------------------------- one RLVR step
+    def _sampling(self, seed: int, *, eval_mode: bool = False) -> SamplingSettings:
+        r, e = self.config.rollout, self.config.eval
+        temperature = r.temperature if not eval_mode or e.temperature is None else e.temperature
+        max_new = r.max_new_tokens if not eval_mode or e.max_new_tokens is None else e.max_new_tokens
+        return SamplingSettings(
+            temperature=temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=max_new, seed=seed
+        )
+
+    def _decode(self, comp: Completions) -> list[str]:
+        decode = getattr(self.engine, "decode", None)
+        if decode is not None:
+            return list(decode(comp))
+        return [
+            self.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True)
+            for row, m in zip(comp.response_ids, comp.response_mask, strict=True)
+        ]
+
+    def _rollout(self, problems: Sequence[Any], seed: int, timers: dict[str, float]) -> tuple[Completions, Tensor]:
+        """G completions per problem and their rewards ``[P, G]`` (the verifier's, unshaped)."""
+        G = self.config.rollout.group_size
+        t0 = time.perf_counter()
+        comp = self.engine.generate([self.encode_prompt(p.prompt) for p in problems], G, self._sampling(seed))
+        texts = self._decode(comp)
+        t1 = time.perf_counter()
+        answers = [p.answer for p in problems for _ in range(G)]
+        rewards = torch.tensor(self.reward(texts, answers), dtype=torch.float32).reshape(len(problems), G)
+        timers["rollout"] += t1 - t0
+        timers["reward"] += time.perf_counter() - t1
+        return comp, rewards
+
+    def _collect(self, step: int, rank: int, timers: dict[str, float]) -> dict[str, Any]:
+        """This rank's P groups: rollouts, rewards, and (dynamic sampling) refills of all-equal groups."""
+        cfg = self.config.rollout
+        P, G = cfg.prompts_per_step, cfg.group_size
+        kept: list[tuple[Any, Completions, int, Tensor]] = []  # (problem, completions, row of group, rewards[G])
+        spare: list[tuple[Any, Completions, int, Tensor]] = []
+        dropped = 0
+        attempts = 1 + (cfg.max_refills if cfg.dynamic_sampling else 0)
+        for attempt in range(attempts):
+            need = P - len(kept)
+            problems = self.sampler.sample(P if attempt == 0 else need, step=step, rank=rank, attempt=attempt)
+            comp, rewards = self._rollout(problems, derive_seed("rollout", self.config.seed, rank, step, attempt),
+                                          timers)
+            for i, problem in enumerate(problems):
+                group = (problem, comp, i, rewards[i])
+                if cfg.dynamic_sampling and bool(rewards[i].max() == rewards[i].min()):
+                    dropped += 1
+                    spare.append(group)
+                else:
+                    kept.append(group)
+            if len(kept) >= P:
+                break
+        kept = kept[:P]
+        fillers = 0
+        while len(kept) < P:  # not enough informative groups: pad with dropped ones, masked out of the loss
+            kept.append(spare.pop(0))
+            fillers += 1
+        parts = [(comp, range(i * G, (i + 1) * G)) for _, comp, i, _ in kept]
+        merged = merge_completions(parts, self.pad_id)
+        return {
+            "problems": [k[0] for k in kept],
+            "completions": merged,
+            "rewards": torch.stack([k[3] for k in kept]),
+            "filler": torch.tensor([j >= P - fillers for j in range(P)]),
+            "dropped": dropped,
+            "fillers": fillers,
+        }
+
+    def _forward_tokens(self, model: torch.nn.Module, comp: Completions, grad: bool) -> dict[str, Any]:
+        """Hidden states (fused path) or logits (reference path) of the response tokens of ``comp``."""
+        from entropyctl.integrations.transformers import response_hidden_states, response_logits
+
+        with torch.set_grad_enabled(grad):
+            if self.use_fused:
+                h = response_hidden_states(model, comp)
+                return {"hidden": h.hidden, "weight": h.lm_head_weight, "bias": h.lm_head_bias,
+                        "targets": h.targets, "seq_index": h.seq_index}
+            lg = response_logits(model, comp)
+            return {"logits": lg.logits, "targets": lg.targets, "seq_index": lg.seq_index}
+
+    def _logprob_no_grad(self, fwd: dict[str, Any]) -> Tensor:
+        T = self.config.rollout.temperature
+        with torch.no_grad():
+            if "hidden" in fwd:
+                lp, _ = fused_logprob_entropy(
+                    fwd["hidden"].detach(), fwd["weight"].detach(), fwd["targets"], temperature=T,
+                    chunk_size=self.config.algorithm.chunk_size,
+                    bias=None if fwd["bias"] is None else fwd["bias"].detach(),
+                )
+            else:
+                lp, _ = token_logprob_entropy(fwd["logits"].detach(), fwd["targets"], temperature=T)
+        return lp
+
+    def _loss(self, fwd: dict[str, Any], old: Tensor, adv: Tensor, coef: Tensor, mask: Tensor, plan: Plan,
+              num_tokens: int, ref: Tensor | None) -> PolicyLossOutput:
+        a = self.config.algorithm
+        T = self.config.rollout.temperature
+        kl = a.kl_coef if ref is not None else 0.0
+        if "hidden" in fwd:
+            return fused_policy_loss(
+                fwd["hidden"], fwd["weight"], fwd["targets"], old, adv, coef, mask, plan.clip_low, plan.clip_high,
+                T, chunk_size=a.chunk_size, num_tokens=num_tokens, ref_logprob=ref, kl_coef=kl, bias=fwd["bias"],
+            )
+        logprob, entropy = token_logprob_entropy(fwd["logits"], fwd["targets"], temperature=T)
+        return policy_loss(logprob, entropy, old, adv, coef, mask, plan.clip_low, plan.clip_high,
+                           num_tokens=num_tokens, ref_logprob=ref, kl_coef=kl)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        cfg = self.config
+        rank, world = self._world()
+        reducer = self._reducer()
+        step = self.rlvr_step + 1  # 1-based number of the step being made
+        step_start = time.perf_counter()
+        timers = {"rollout": 0.0, "reward": 0.0, "update": 0.0}
+        if hasattr(self.reward, "reset_metrics"):
+            self.reward.reset_metrics()
+        P, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+        device = self.device
+
+        # -- rollouts and rewards ------------------------------------------------------------
+        self.engine.sync_weights(self.policy)
+        batch_data = self._collect(step, rank, timers)
+        comp: Completions = batch_data["completions"]
+        correct = batch_data["rewards"]  # [P, G] verifier rewards in [0, 1]
+        lengths = comp.response_mask.sum(1)  # [P*G], EOS included
+        truncated = comp.truncated.bool()
+        shaped = correct.clone()
+        if cfg.rollout.overlong == "penalty":
+            shaped = shaped + overlong_penalty(lengths, cfg.rollout.max_new_tokens,
+                                               cfg.rollout.overlong_buffer).reshape(P, G)
+        accuracy = correct.mean(dim=1)  # acc_i
+        advantages = group_advantages(shaped, scale=cfg.algorithm.advantage_scale)  # [P, G]
+        plan = self.controller.plan(GroupOutcome(accuracy=accuracy, group_size=G, step=step))
+        if plan.coef.shape != (P,):
+            raise RuntimeError(f"controller {self.controller.name!r} returned coef of shape "
+                               f"{tuple(plan.coef.shape)}, expected [{P}]")
+
+        # Per-sequence quantities, prompt-major rows (row i*G + j).
+        seq_adv = advantages.reshape(-1).to(torch.float32)
+        seq_coef = plan.coef.to(torch.float32).repeat_interleave(G)
+        levels = torch.tensor([int(getattr(p, "level", 0)) for p in batch_data["problems"]], dtype=torch.long)
+        seq_level = levels.repeat_interleave(G)
+        seq_mask = (~batch_data["filler"]).repeat_interleave(G).to(torch.float32)
+        if cfg.rollout.overlong == "mask":
+            seq_mask = seq_mask * (~truncated).to(torch.float32)
+
+        # -- mini-batches, their GLOBAL token counts (one collective) ------------------------
+        t_update = time.perf_counter()
+        M, E = cfg.algorithm.mini_batches, cfg.algorithm.ppo_epochs
+        order = torch.randperm(P * G, generator=torch.Generator().manual_seed(
+            derive_seed("minibatch", cfg.seed, rank, step) % 2**62)) if M > 1 else torch.arange(P * G)
+        minibatches = [rows for rows in torch.tensor_split(order, M)]
+        local_tokens = torch.stack([(comp.response_mask[rows].sum(1).float() * seq_mask[rows]).sum()
+                                    for rows in minibatches]).to(torch.float64)
+        global_tokens = all_reduce_sum(local_tokens, reducer).cpu()
+        mb_comps = [_select_rows(comp, rows, self.pad_id).to(device) for rows in minibatches]
+
+        # -- old (and reference) log-probs before the first update ---------------------------
+        need_old = E > 1 or M > 1
+        old_logprobs: list[Tensor | None] = [None] * M
+        ref_logprobs: list[Tensor | None] = [None] * M
+        if need_old or self._reference is not None:
+            for m, sub in enumerate(mb_comps):
+                if need_old:
+                    old_logprobs[m] = self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
+                if self._reference is not None:
+                    ref_logprobs[m] = self._logprob_no_grad(
+                        self._forward_tokens(self._reference.module, sub, grad=False))
+
+        # -- PPO epochs × mini-batches ------------------------------------------------------
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        stats = EntropyStats(self.levels)
+        sums = {"clip_low": 0.0, "clip_high": 0.0, "loss": 0.0, "pg": 0.0, "ent": 0.0, "kl": 0.0}
+        grad_norm = 0.0
+        for epoch in range(E):
+            for m, rows in enumerate(minibatches):
+                fwd = self._forward_tokens(self.policy, mb_comps[m], grad=True)
+                tok_seq = fwd["seq_index"].to("cpu")
+                tok_rows = rows[tok_seq]
+                adv_t = seq_adv[tok_rows].to(device)
+                coef_t = seq_coef[tok_rows].to(device)
+                mask_t = seq_mask[tok_rows].to(device)
+                old = old_logprobs[m]
+                if old is None:  # one epoch, one mini-batch: old = current (ρ = 1), same numerics
+                    old = self._logprob_no_grad(fwd)
+                out = self._loss(fwd, old, adv_t, coef_t, mask_t, plan, int(round(float(global_tokens[m]))),
+                                 ref_logprobs[m])
+                opt.zero_grad(set_to_none=True)
+                self.manual_backward(out.loss * world)  # DDP averages over W ranks (module docstring)
+                if cfg.optim.grad_clip is not None:
+                    grad_norm = float(torch.nn.utils.get_total_norm(
+                        [p.grad for p in self.policy.parameters() if p.grad is not None]))
+                    self.clip_gradients(opt, gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm")
+                opt.step()
+                sched.step()
+                if epoch == 0:  # every response token exactly once
+                    stats.add(out.entropy, mask_t, bucket=seq_level[tok_rows].to(device), coef=coef_t)
+                sums["clip_low"] += float(out.clip_frac_low) / E
+                sums["clip_high"] += float(out.clip_frac_high) / E
+                sums["loss"] += float(out.loss) / E
+                sums["pg"] += float(out.pg_loss) / E
+                sums["ent"] += float(out.entropy_loss) / E
+                sums["kl"] += float(out.kl_loss) / E
+        timers["update"] = time.perf_counter() - t_update
+
+        # -- the global entropy reading (ONE collective) → controller ------------------------
+        stats.reduce(reducer if reducer is not None else None)
+        reading = stats.reading(step)
+        self.controller.observe(reading)
+        self.rlvr_step = step
+
+        # -- metrics: local sums packed into ONE collective ---------------------------------
+        rmetrics = self.reward.metrics() if hasattr(self.reward, "metrics") else {}
+        local = [
+            float(correct.sum()), float(correct.numel()), float((lengths.float()).sum()), float(truncated.sum()),
+            float(batch_data["dropped"]), float(batch_data["fillers"]),
+            sums["clip_low"], sums["clip_high"], sums["loss"], sums["pg"], sums["ent"], sums["kl"],
+            float(rmetrics.get("no_answer", 0)), float(rmetrics.get("parse_error", 0)),
+            float(rmetrics.get("timeout", 0)),
+        ]
+        for level in self.levels:
+            sel = levels == level
+            local += [float(accuracy[sel].sum()), float(sel.sum())]
+        packed = all_reduce_sum(torch.tensor(local, dtype=torch.float64), reducer).cpu().tolist()
+        (r_sum, r_n, len_sum, trunc_n, dropped, fillers, clip_low, clip_high, loss, pg, ent, kl,
+         no_answer, parse_error, timeout) = packed[:15]
+        cm = self.controller.metrics()
+        row: dict[str, Any] = {
+            "step": step,
+            "reward": r_sum / r_n,
+            "accuracy": r_sum / r_n,
+            "entropy": reading.mean_entropy,
+            "target_entropy": float(cm.get("target_entropy", math.nan)),
+            "h0": float(cm.get("h0", math.nan)),
+            "alpha": float(cm.get("alpha", math.nan)),
+            "coef_mean": stats.mean_coef(),
+            "clip_frac_low": clip_low,
+            "clip_frac_high": clip_high,
+            "response_length": len_sum / r_n,
+            "truncated_frac": trunc_n / r_n,
+            # loss parts are normalised by the global token count: their sum over ranks is the global value
+            "loss": loss, "pg_loss": pg, "entropy_loss": ent, "kl_loss": kl,
+            "grad_norm": grad_norm,
+            "lr": float(sched.get_last_lr()[0]),
+            "tokens": reading.tokens,
+            "dropped_groups": dropped,
+            "filler_groups": fillers,
+            "reward_no_answer": no_answer, "reward_parse_error": parse_error, "reward_timeout": timeout,
+            "readings_ignored": float(cm.get("readings_ignored", math.nan)),
+            "time_rollout": timers["rollout"], "time_reward": timers["reward"], "time_update": timers["update"],
+            "time_step": time.perf_counter() - step_start,
+        }
+        coef_by_level = stats.bucket_coef_means()
+        entropy_by_level = stats.bucket_means()
+        for i, level in enumerate(self.levels):
+            acc_sum, count = packed[15 + 2 * i], packed[16 + 2 * i]
+            row[f"acc_level_{level}"] = acc_sum / count if count > 0 else math.nan
+            row[f"coef_level_{level}"] = coef_by_level[level]
+            row[f"entropy_level_{level}"] = entropy_by_level[level]
+        self.last_metrics = row
+        if rank == 0 and self.metrics_writer is not None:
+            self.metrics_writer.write(row)
+        shown = {"reward", "entropy", "alpha"}
+        self.log_dict({k: float(v) for k, v in row.items() if k != "step" and k not in shown},
+                      on_step=True, prog_bar=False, logger=True, rank_zero_only=True)
+        self.log_dict({k: float(row[k]) for k in shown}, on_step=True, prog_bar=True, logger=True,
+                      rank_zero_only=True)
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
+            self.eval_results[f"step_{step}"] = self.evaluate_heldout(f"step_{step}")
+
+    # ----------------------------------------------------------------------------- validation
+    def sample_texts(self, problems: Sequence[Any], n: int, seed: int) -> list[list[str]]:
+        """``n`` decoded completions per problem with the eval sampling settings."""
+        comp = self.engine.generate([self.encode_prompt(p.prompt) for p in problems], n,
+                                    self._sampling(seed, eval_mode=True))
+        texts = self._decode(comp)
+        return [texts[i * n : (i + 1) * n] for i in range(len(problems))]
+
+    def evaluate_heldout(self, tag: str) -> dict[str, Any]:
+        """pass@k on the held-out problems, split across ranks; the counts are summed (one collective)."""
+        e = self.config.eval
+        rank, world = self._world()
+        problems = self.eval_problems
+        if not problems:
+            return {}
+        started = time.perf_counter()
+        mine = list(range(rank, len(problems), world))
+        calls = [0]
+
+        def sample_fn(batch: Sequence[Any], n: int) -> list[list[str]]:
+            calls[0] += 1
+            return self.sample_texts(batch, n, derive_seed("eval", self.config.seed, tag, rank, calls[0]))
+
+        self.engine.sync_weights(self.policy)
+        counts = count_correct([problems[i] for i in mine], sample_fn, self.reward, n=e.n_samples,
+                               batch_size=e.batch_size)
+        full = torch.zeros(len(problems), dtype=torch.float64)
+        full[mine] = torch.tensor(counts, dtype=torch.float64)
+        full = all_reduce_sum(full, self._reducer()).cpu()
+        outcomes = [ProblemOutcome(e.n_samples, int(round(float(c))), int(getattr(p, "level", 0)))
+                    for p, c in zip(problems, full, strict=True)]
+        result = summarize_pass_at_k(outcomes, e.ks)
+        self.eval_seconds += time.perf_counter() - started
+        if rank == 0:
+            keys = [k for k in result if k.startswith("pass@")]
+            print(f"[entropyctl] eval {tag}: " + ", ".join(f"{k}={result[k]:.3f}" for k in keys), flush=True)
+        return result

@@ -1,0 +1,265 @@
+"""The ``entropyctl`` command line: one argparse program with subcommands.
+
+Adding a subcommand: append a :class:`Subcommand` to :data:`SUBCOMMANDS` with a cheap
+``add_arguments(parser)`` function (defined here, importing nothing heavy) and ``run`` given as a
+``"module:function"`` string; the module is imported only when that subcommand runs, and
+``function(args: argparse.Namespace) -> int | None`` returns the exit status (None = 0).
+A :class:`~entropyctl.config.ConfigError`, a registry error or a ``FileNotFoundError`` raised by
+``run`` is printed as one ``entropyctl <cmd>: error: ...`` message with exit status 2.
+Keep ``controllers``, ``schema`` and ``simulate`` free of Lightning/transformers imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Subcommand", "SUBCOMMANDS", "build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: str  # "module:function", imported lazily
+
+
+# --------------------------------------------------------------------------------------------
+# controllers / schema / simulate
+# --------------------------------------------------------------------------------------------
+
+
+def _add_controllers_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options
+
+
+def run_controllers(args: argparse.Namespace) -> int:
+    """Print a table: registered controller name → one-line description."""
+    from entropyctl.controllers.registry import available_controllers
+
+    table = available_controllers()
+    width = max((len(name) for name in table), default=4)
+    print(f"{'name':<{width}}  description")
+    for name, description in table.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _add_schema_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="one controller's config schema (default: the union of all)")
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    """Print the JSON schema of one controller config, or of the union over every registered one."""
+    from pydantic import TypeAdapter
+
+    from entropyctl.config import ConfigError
+    from entropyctl.controllers.registry import (
+        available_controllers,
+        controller_config_union,
+        get_config_class,
+    )
+
+    if args.name:
+        try:
+            schema = get_config_class(args.name).model_json_schema()
+        except KeyError:
+            names = ", ".join(available_controllers())
+            raise ConfigError(f"schema: unknown controller {args.name!r} (available: {names})") from None
+    else:
+        schema = TypeAdapter(controller_config_union()).json_schema()
+        schema.setdefault("title", "ControllerConfig")
+    print(json.dumps(schema, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="YAML: a controller mapping, or a run config with `controller:`")
+    source.add_argument("--controller", metavar="NAME", help="a registered controller name, with its defaults")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a controller field, e.g. --set tau=0.5 (or controller.tau=0.5); repeatable",
+    )
+    parser.add_argument("--steps", type=int, default=200, help="number of steps (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="plant seed (default 0)")
+    parser.add_argument("--gain", type=float, default=None, help="plant gain: nats response per unit coefficient")
+    parser.add_argument("--decay", type=float, default=None, help="plant relaxation rate per step, in (0, 1]")
+    parser.add_argument("--noise", type=float, default=None, help="plant relative noise per step")
+    parser.add_argument("--h-init", type=float, default=None, help="initial entropy (nats)")
+    parser.add_argument("--plot", metavar="PNG", help="write a PNG of entropy and alpha over steps")
+
+
+def _controller_mapping(args: argparse.Namespace) -> dict[str, Any]:
+    from entropyctl.config import ConfigError, apply_overrides, load_yaml
+
+    if args.config:
+        data = load_yaml(args.config)
+        if "controller" in data:
+            data = apply_overrides(data, args.overrides)
+            controller = data["controller"]
+            if isinstance(controller, str):
+                controller = {"name": controller}
+            if not isinstance(controller, dict):
+                raise ConfigError(f"{args.config}: controller: must be a mapping (got {controller!r})")
+            return controller
+        return apply_overrides(data, [o.removeprefix("controller.") for o in args.overrides])
+    return apply_overrides({"name": args.controller}, [o.removeprefix("controller.") for o in args.overrides])
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Run a controller against the entropy plant and print step, H, H*, α (and write a plot)."""
+    from entropyctl.config import ConfigError, parse_controller_config
+    from entropyctl.controllers.registry import create_controller
+    from entropyctl.testing import EntropyPlant, simulate
+
+    if args.steps < 1:
+        raise ConfigError(f"--steps: must be ≥ 1 (got {args.steps})")
+    config = parse_controller_config(_controller_mapping(args))
+    controller = create_controller(config)
+    plant_kwargs = {
+        key: value
+        for key, value in {"gain": args.gain, "decay": args.decay, "noise": args.noise, "h_init": args.h_init}.items()
+        if value is not None
+    }
+    plant = EntropyPlant(seed=args.seed, **plant_kwargs)
+    trajectory = simulate(controller, plant, args.steps)
+
+    fields = ", ".join(f"{k}={v}" for k, v in config.model_dump().items() if k != "name")
+    print(f"controller {config.name}: {fields}")
+    print(f"plant: h_init={plant.h_init} h_max={plant.h_max} decay={plant.decay} gain={plant.gain} "
+          f"noise={plant.noise} seed={plant.seed}")
+    print(f"{'step':>6} {'H':>8} {'H*':>8} {'alpha':>10} {'coef':>10}")
+    every = max(1, args.steps // 20)
+    for i, step in enumerate(trajectory.step):
+        if i % every == 0 or i == len(trajectory.step) - 1:
+            target = trajectory.target_entropy[i]
+            target_text = f"{target:8.4f}" if math.isfinite(target) else f"{'-':>8}"
+            print(f"{step:>6} {trajectory.entropy[i]:8.4f} {target_text} {trajectory.alpha[i]:10.6f} "
+                  f"{trajectory.coef[i]:10.6f}")
+    if args.plot:
+        _plot(trajectory, args.plot, title=f"{config.name} on the entropy plant (seed {args.seed})")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot(trajectory: Any, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 5))
+    top.plot(trajectory.step, trajectory.entropy, label="H (entropy)")
+    top.plot(trajectory.step, trajectory.target_entropy, "--", label="H* (target)")
+    top.set_ylabel("nats / token")
+    top.legend(loc="best")
+    top.set_title(title)
+    bottom.plot(trajectory.step, trajectory.alpha, label="α_t")
+    bottom.plot(trajectory.step, trajectory.coef, alpha=0.6, label="applied coef (token mean)")
+    bottom.set_ylabel("coefficient")
+    bottom.set_xlabel("step")
+    bottom.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# The subcommand table (other subcommands are appended below, one entry each)
+# --------------------------------------------------------------------------------------------
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("controllers", "list the registered controllers", _add_controllers_arguments,
+               "entropyctl.cli:run_controllers"),
+    Subcommand("schema", "print a controller config's JSON schema", _add_schema_arguments,
+               "entropyctl.cli:run_schema"),
+    Subcommand("simulate", "run a controller against the entropy plant", _add_simulate_arguments,
+               "entropyctl.cli:run_simulate"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# train / evaluate (logic in entropyctl.train and entropyctl.evaluation)
+# --------------------------------------------------------------------------------------------
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="run config YAML (default: the embedded default: tiny model, graded arithmetic, aer)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a config field, e.g. --set controller.tau=0.3 --set trainer.devices=2")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="run directory (default: <output_dir>/<time>-<controller>)")
+    parser.add_argument("--resume", metavar="CKPT", default=None,
+                        help="continue from a checkpoint; 'auto': <run dir>/checkpoints/last.ckpt if present")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None,
+                        help="hide Lightning's progress bar")
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_OR_MODEL",
+                        help="a run directory (its last checkpoint), a .ckpt file, a model directory, "
+                        "a .gguf file, or 'smollm2'")
+    parser.add_argument("--data", default="synthetic", metavar="FILE|synthetic",
+                        help="held-out problems: 'synthetic' or a JSONL/Parquet file")
+    parser.add_argument("--k", default="1,4,8", help="comma-separated k of pass@k (default 1,4,8)")
+    parser.add_argument("--n", type=int, default=None, help="samples per problem (default: the largest k)")
+    parser.add_argument("--problems", type=int, default=200, help="number of problems (default 200)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature (default: the run's, else 1.0)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="response length limit")
+    parser.add_argument("--by", default="level", help="group results by this problem field (default level)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a field of the run config used for evaluation")
+    parser.add_argument("--json", metavar="FILE", default=None, help="also write the result as JSON")
+
+
+SUBCOMMANDS += [
+    Subcommand("train", "run RLVR training (GRPO/DAPO with an entropy controller)", _add_train_arguments,
+               "entropyctl.train:run_train_cli"),
+    Subcommand("evaluate", "pass@1 / pass@k of a run or model on held-out problems", _add_evaluate_arguments,
+               "entropyctl.evaluation:run_evaluate_cli"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="entropyctl", description="Entropy controllers (AER and friends) for RLVR training."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in SUBCOMMANDS:
+        child = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(child)
+        child.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module_name, _, function_name = args._run.partition(":")
+    from entropyctl.config import ConfigError
+    from entropyctl.controllers.registry import RegistryError
+
+    try:
+        run = getattr(importlib.import_module(module_name), function_name)
+        status = run(args)
+    except (ConfigError, RegistryError, FileNotFoundError) as err:
+        print(f"entropyctl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `entropyctl schema | head`
+        return 0
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

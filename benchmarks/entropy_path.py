@@ -1,0 +1,373 @@
+"""Benchmark: memory and time of the entropy/log-prob path, forward + backward (issue 3, design.md §4).
+
+Modes (each (mode, N, V, dtype) runs in its own subprocess, so peak memory is that mode's alone):
+
+  reference             full logits h·Wᵀ, log_softmax in fp32 (entropyctl.ops.token_logprob_entropy),
+                        then the policy loss on the per-token values
+  chunked_after_logits  TRL/verl style: the full logits [N, V] exist (one matmul, kept for backward),
+                        log-softmax / entropy computed over token chunks with activation
+                        checkpointing per chunk (so only the logits and their gradient are [N, V])
+  fused                 entropyctl.ops.fused_logprob_entropy (recomputes chunk logits in backward)
+                        + the policy loss on its outputs
+  fused_loss            entropyctl.ops.fused_policy_loss (gradient computed in forward, no recompute)
+
+Memory: on CPU the rise of the process's peak RSS (VmHWM, reset through /proc/self/clear_refs)
+over the RSS after allocating the inputs, with MALLOC_MMAP_THRESHOLD_=1048576 so that large
+buffers go back to the OS when freed; on CUDA torch.cuda.max_memory_allocated minus the inputs.
+Time: median over repeats of one forward+backward (the first, unmeasured run is the warm-up and
+the memory measurement). "×mm" is time ÷ the time of the three bare matmuls h·Wᵀ, dz·W, dzᵀ·h
+(in the input dtype, over the same token chunks) measured in the same subprocess: the distance to
+the compute limit of this machine (a fused path that recomputes logits does 4 such matmuls).
+
+Usage:
+  python benchmarks/entropy_path.py [--quick] [--repeats 3] [--out benchmarks/results/entropy_path_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODES = ("reference", "chunked_after_logits", "fused", "fused_loss")
+HIDDEN = 896
+GIB = 1024**3
+
+
+# ---------------------------------------------------------------- memory estimates (parent side)
+
+
+def estimate_peak_bytes(mode: str, n: int, v: int, d: int, dtype: str, chunk: int) -> float:
+    """Rough peak-memory estimate used only to skip what cannot fit (measured numbers are reported)."""
+    s = 2 if dtype == "bf16" else 4
+    nv = n * v
+    cv = min(chunk, n) * v
+    if mode == "reference":
+        # logits (input dtype) + fp32 copy, log_softmax, p, clamped log p, p·log p, and in backward
+        # about two more fp32 [N, V] gradients alive at once.
+        return nv * (s + (4 if s == 2 else 0) + 6 * 4)
+    if mode == "chunked_after_logits":
+        # logits + their gradient [N, V] in the input dtype, plus one chunk's fp32 work (×8 buffers).
+        return 2 * nv * s + 8 * cv * 4
+    # fused paths: ~3 fp32 [chunk, V] buffers + an fp32 dW accumulator + dh.
+    return 3 * cv * 4 + v * d * 4 + n * d * s
+
+
+# ---------------------------------------------------------------- child: one measurement
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
+    from entropyctl.ops.losses import fused_policy_loss, policy_loss
+
+    torch.set_num_threads(cfg["threads"])
+    device = torch.device(cfg["device"])
+    cuda = device.type == "cuda"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg["dtype"]]
+    n, v, d, chunk, mode = cfg["n"], cfg["v"], cfg["d"], cfg["chunk"], cfg["mode"]
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def make(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    hidden = make(n, d).requires_grad_()
+    weight = make(v, d, scale=d**-0.5).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g).to(device)
+    old = (-torch.rand(n, generator=g) * 5).to(device)
+    adv = torch.randn(n, generator=g).to(device)
+    coef = torch.full((n,), 0.01, device=device)
+    mask = (torch.rand(n, generator=g) > 0.1).float().to(device)
+    loss_args = (old, adv, coef, mask, 0.2, 0.28)
+
+    def step() -> None:
+        if mode == "reference":
+            lp, ent = token_logprob_entropy(hidden @ weight.t(), targets)
+            loss = policy_loss(lp, ent, *loss_args).loss
+        elif mode == "chunked_after_logits":
+            from torch.utils.checkpoint import checkpoint
+
+            logits = hidden @ weight.t()
+            parts = [
+                checkpoint(
+                    token_logprob_entropy, logits[s : s + chunk], targets[s : s + chunk], use_reentrant=False
+                )
+                for s in range(0, n, chunk)
+            ]
+            lp = torch.cat([p[0] for p in parts])
+            ent = torch.cat([p[1] for p in parts])
+            loss = policy_loss(lp, ent, *loss_args).loss
+        elif mode == "fused":
+            lp, ent = fused_logprob_entropy(hidden, weight, targets, chunk_size=chunk)
+            loss = policy_loss(lp, ent, *loss_args).loss
+        elif mode == "fused_loss":
+            loss = fused_policy_loss(hidden, weight, targets, *loss_args, chunk_size=chunk).loss
+        else:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        loss.backward()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    # Peak memory: one forward+backward (also the warm-up).
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_kib("VmRSS") * 1024
+        reset_ok = _reset_peak_rss()
+    t0 = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - t0
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _rss_kib("VmHWM") * 1024 - base
+        if not reset_ok:
+            peak = float("nan")
+    hidden.grad = None
+    weight.grad = None
+
+    times = []
+    for _ in range(cfg["repeats"]):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        hidden.grad = None
+        weight.grad = None
+
+    # Compute floor: the three bare matmuls of forward + backward, over the same token chunks.
+    with torch.no_grad():
+        mm_times = []
+        for _ in range(max(1, min(cfg["repeats"], 2))):
+            total = 0.0
+            for s in range(0, n, chunk):
+                h = hidden[s : s + chunk].detach()
+                sync()
+                t0 = time.perf_counter()
+                z = h @ weight.t()
+                dz = z  # stands in for dlogits: same shape and dtype
+                dh = dz @ weight
+                dw = dz.t() @ h
+                sync()
+                total += time.perf_counter() - t0
+                del z, dz, dh, dw
+            mm_times.append(total)
+    t_mm = min(mm_times)
+    t_med = statistics.median(times)
+    return {
+        **cfg,
+        "status": "ok",
+        "peak_bytes": peak,
+        "time_s": t_med,
+        "times_s": times,
+        "first_run_s": first,
+        "matmul_s": t_mm,
+        "ratio_to_matmul": t_med / t_mm,
+        "torch": torch.__version__,
+    }
+
+
+# ---------------------------------------------------------------- parent: grid, table, JSON
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def grid(quick: bool) -> list[tuple[int, int, str]]:
+    if quick:
+        return [(512, 8000, "fp32"), (512, 8000, "bf16")]
+    return [(n, v, dt) for v in (32000, 151936) for n in (2048, 8192) for dt in ("bf16", "fp32")]
+
+
+def fmt_gb(b: float) -> str:
+    return f"{b / GIB:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a small subset (N=512, V=8000) to check the script")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per config (after one warm-up)")
+    ap.add_argument(
+        "--big-repeats",
+        type=int,
+        default=2,
+        help="repeats for configs with N·V > 5e8 (they take ~minutes each)",
+    )
+    ap.add_argument("--chunk-size", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument(
+        "--budget-gb", type=float, default=12.0, help="skip configs whose estimated peak exceeds this"
+    )
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget: configs not started by then are recorded as 'not run' (shared machines)",
+    )
+    ap.add_argument(
+        "--out", default=None, help="JSON path (default benchmarks/results/entropy_path_<device>.json)"
+    )
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child is not None:
+        print("RESULT " + json.dumps(run_child(json.loads(args.child))), flush=True)
+        return 0
+
+    import torch
+
+    threads = args.threads or os.cpu_count() or 1
+    out = Path(args.out or f"benchmarks/results/entropy_path_{args.device}.json")
+    modes = [m for m in args.modes.split(",") if m]
+    conditions = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
+        "hidden_size": HIDDEN,
+        "chunk_size": args.chunk_size,
+        "budget_gb": args.budget_gb,
+        "repeats": args.repeats,
+        "big_repeats": args.big_repeats,
+        "memory": "RSS rise (VmHWM - RSS after inputs), MALLOC_MMAP_THRESHOLD_=1048576"
+        if args.device == "cpu"
+        else "torch.cuda.max_memory_allocated - allocated after inputs",
+        "loss": "policy_loss (clipped surrogate + entropy term, token-mean), eps 0.2/0.28",
+    }
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576", OMP_NUM_THREADS=str(threads))
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for n, v, dt in grid(args.quick):
+        for mode in modes:
+            cfg = {
+                "mode": mode,
+                "n": n,
+                "v": v,
+                "d": HIDDEN,
+                "dtype": dt,
+                "chunk": args.chunk_size,
+                "threads": threads,
+                "device": args.device,
+                "repeats": args.big_repeats if n * v > 5e8 else args.repeats,
+            }
+            est = estimate_peak_bytes(mode, n, v, HIDDEN, dt, args.chunk_size)
+            cfg["estimated_peak_bytes"] = est
+            if args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
+                res = {**cfg, "status": f"not run: wall-clock budget of {args.max_minutes:g} min used up"}
+            elif est > args.budget_gb * GIB:
+                res = {
+                    **cfg,
+                    "status": f"skipped: estimated peak {fmt_gb(est)} GB > budget {args.budget_gb:g} GB",
+                }
+            else:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(cfg)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                if proc.returncode == 0 and lines:
+                    res = json.loads(lines[-1][len("RESULT ") :])
+                else:
+                    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                    res = {**cfg, "status": f"failed (rc {proc.returncode}): {' | '.join(tail)}"}
+            results.append(res)
+            print(_row(res), flush=True)
+            # Written after every config, so an interrupted grid still leaves its numbers.
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"conditions": conditions, "results": results}, indent=2) + "\n")
+    print()
+    print(render_markdown(conditions, results))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _row(r: dict[str, Any]) -> str:
+    head = f"{r['mode']:<21} N={r['n']:<5} V={r['v']:<6} {r['dtype']:<4}"
+    if r.get("status") != "ok":
+        return f"{head} {r['status']}"
+    return (
+        f"{head} peak {fmt_gb(r['peak_bytes'])} GB  time {r['time_s']:.2f} s  "
+        f"matmuls {r['matmul_s']:.2f} s  x{r['ratio_to_matmul']:.2f}"
+    )
+
+
+def render_markdown(conditions: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    """Markdown table; ratios are relative to `reference` of the same (N, V, dtype) when it ran."""
+    lines = [
+        f"Conditions: torch {conditions['torch']}, Python {conditions['python']}, {conditions['device']} "
+        f"({conditions['cpu']}, {conditions['cpu_count']} CPUs, {conditions['threads']} threads), d = "
+        f"{conditions['hidden_size']}, chunk {conditions['chunk_size']}, memory = {conditions['memory']}, "
+        f"skip budget {conditions['budget_gb']:g} GB (estimated), repeats {conditions['repeats']} "
+        f"({conditions['big_repeats']} for N·V > 5e8), median time of forward+backward.",
+        "",
+        "| N | V | dtype | mode | peak GB | time s | ×mm | peak ÷ ref peak | time ÷ ref time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ref = {
+        (r["n"], r["v"], r["dtype"]): r
+        for r in results
+        if r["mode"] == "reference" and r.get("status") == "ok"
+    }
+    for r in results:
+        key = (r["n"], r["v"], r["dtype"])
+        if r.get("status") != "ok":
+            lines.append(
+                f"| {r['n']} | {r['v']} | {r['dtype']} | {r['mode']} | — | — | — | — | {r['status']} |"
+            )
+            continue
+        base = ref.get(key)
+        mem_ratio = f"{r['peak_bytes'] / base['peak_bytes']:.3f}" if base and base["peak_bytes"] > 0 else "—"
+        time_ratio = f"{r['time_s'] / base['time_s']:.2f}" if base else "—"
+        lines.append(
+            f"| {r['n']} | {r['v']} | {r['dtype']} | {r['mode']} | {fmt_gb(r['peak_bytes'])} | "
+            f"{r['time_s']:.2f} | {r['ratio_to_matmul']:.2f} | {mem_ratio} | {time_ratio} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -166,3 +166,120 @@ def format_eval_table(result: dict[str, Any], title: str = "") -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, Any, Any]:
+    """(run config, policy, tokenizer) for a run directory, a Lightning checkpoint, a model directory, a
+    .gguf file or 'smollm2'."""
+    from pathlib import Path
+
+    import torch
+
+    from entropyctl.config import RunConfig, load_run_config, parse_run_config
+    from entropyctl.integrations.transformers import load_policy
+
+    path = Path(target).expanduser()
+    ckpt: Path | None = None
+    if path.is_file() and path.suffix == ".ckpt":
+        ckpt, run_dir = path, path.parent.parent
+    elif path.is_dir() and (path / "config.yaml").exists():
+        run_dir = path
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.exists():
+            raise FileNotFoundError(f"{path}: run directory without checkpoints/last.ckpt")
+    else:
+        run_dir = None
+    if run_dir is not None:
+        config_path = run_dir / "config.yaml"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{ckpt}: no config.yaml in {run_dir} to rebuild the model from")
+        config: RunConfig = load_run_config(config_path, overrides)
+        policy, tokenizer = load_policy(config.model)
+        assert ckpt is not None
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        weights = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+        policy.load_state_dict(weights, strict=False)
+        return config, policy, tokenizer
+    if target == "smollm2" or path.suffix == ".gguf":
+        model = {"kind": "gguf", "path": target}
+    elif path.is_dir():
+        model = {"kind": "hf", "path": str(path)}
+    else:
+        raise FileNotFoundError(f"--checkpoint {target!r}: not a run directory, .ckpt, model directory, "
+                                ".gguf file or 'smollm2'")
+    from entropyctl.config import apply_overrides
+
+    config = parse_run_config(apply_overrides({"model": model}, overrides), source="--checkpoint")
+    policy, tokenizer = load_policy(config.model)
+    return config, policy, tokenizer
+
+
+def run_evaluate_cli(args: Any) -> int:
+    """`entropyctl evaluate`: pass@1 / pass@k of a run or model, overall and per level, as a table + JSON."""
+    import json
+
+    import torch
+
+    from entropyctl.integrations.lightning import derive_seed
+    from entropyctl.integrations.rollout import SamplingSettings
+    from entropyctl.integrations.transformers import HFRolloutEngine
+    from entropyctl.rewards import get_reward
+    from entropyctl.train import build_data, build_prompt_encoder
+
+    ks = parse_ks(args.k)
+    n = args.n or max(ks)
+    config, policy, tokenizer = _load_for_evaluation(args.checkpoint, args.overrides)
+    config = config.model_copy(update={"eval": config.eval.model_copy(update={"n_prompts": args.problems})})
+    if args.data == "synthetic":
+        if config.data.source != "synthetic":
+            config = config.model_copy(update={"data": config.data.model_copy(update={"source": "synthetic"})})
+        _, problems = build_data(config)
+    else:
+        from entropyctl.data.loaders import load_math_dataset
+
+        problems = list(load_math_dataset(args.data, **config.data.options))[: args.problems]
+    if not problems:
+        raise ValueError(f"--data {args.data}: no problems to evaluate")
+    torch.manual_seed(config.seed)
+    engine = HFRolloutEngine(policy, tokenizer)
+    encode = build_prompt_encoder(config, tokenizer)
+    temperature = args.temperature if args.temperature is not None else (
+        config.eval.temperature if config.eval.temperature is not None else config.rollout.temperature)
+    sampling = SamplingSettings(temperature=temperature, top_p=config.rollout.top_p, top_k=config.rollout.top_k,
+                                max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens
+                                or config.rollout.max_new_tokens)
+    calls = [0]
+
+    def sample_fn(batch: Sequence[Any], n_samples: int) -> list[list[str]]:
+        calls[0] += 1
+        from dataclasses import replace
+
+        comp = engine.generate([encode(p.prompt) for p in batch], n_samples,
+                               replace(sampling, seed=derive_seed("evaluate", config.seed, calls[0])))
+        texts = engine.decode(comp)
+        return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(batch))]
+
+    def group_of(problem: Any) -> Hashable:
+        value = getattr(problem, args.by, None)
+        if value is None:
+            value = (getattr(problem, "meta", None) or {}).get(args.by)
+        return value
+
+    reward = get_reward(config.reward.name, **config.reward.options)
+    try:
+        result = evaluate_problems(problems, sample_fn, reward, n=n, ks=ks, batch_size=config.eval.batch_size,
+                                   group_of=group_of)
+    finally:
+        reward.close()
+    result["checkpoint"] = str(args.checkpoint)
+    result["data"] = args.data
+    result["temperature"] = temperature
+    print(format_eval_table(result, f"{args.checkpoint} on {args.data}"))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

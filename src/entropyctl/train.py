@@ -297,3 +297,10 @@ def train_from_cli(
     config = load_run_config(config_path, extra)
     run_dir = resolve_run_dir(config, out)
     return run_training(config, run_dir, resume=resume, progress_bar=progress_bar)
+
+
+def run_train_cli(args: Any) -> int:
+    """`entropyctl train` (arguments parsed by cli.py)."""
+    summary = train_from_cli(args.config, args.overrides, args.out, resume=args.resume, threads=args.threads,
+                             progress_bar=args.progress_bar)
+    return 0 if summary.get("status") == "finished" else 1

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["token_logprob_entropy", "fused_logprob_entropy", "DEFAULT_CHUNK_SIZE"]
 
@@ -195,6 +196,7 @@ class _FusedLogprobEntropy(torch.autograd.Function):
         return logprob, entropy
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g_lp: Tensor | None, g_H: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         hidden, weight, bias, targets, entropy = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from entropyctl.ops.entropy import (
     DEFAULT_CHUNK_SIZE,
@@ -277,6 +278,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         return loss_proxy, logprob, entropy
 
     @staticmethod
+    @once_differentiable
     def backward(
         ctx: Any, g_loss: Tensor, _g_lp: Tensor | None, _g_H: Tensor | None
     ) -> tuple[Tensor | None, ...]:  # type: ignore[override]

@@ -59,6 +59,8 @@ def updated_alpha(
         low = alpha_min
     elif rule == "log":
         low = min(max(alpha_min, LOG_ALPHA_FLOOR), alpha_max)
+        if low <= 0.0:  # alpha_max = 0: nothing to move
+            return float(min(max(alpha, alpha_min), alpha_max))
         exponent = math.log(max(alpha, low)) + eta * error
         # exp overflows above ~709; anything that large is clipped to alpha_max anyway.
         proposal = math.exp(min(exponent, 700.0)) if not math.isnan(exponent) else alpha

@@ -1,0 +1,130 @@
+"""Behaviour of the four built-in controllers, example by example (design.md §2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from entropyctl import EntropyReading, GroupOutcome, create_controller
+from entropyctl.controllers.target import LOG_ALPHA_FLOOR, updated_alpha
+
+
+def outcome(*accuracy: float, step: int = 0) -> GroupOutcome:
+    return GroupOutcome(accuracy=torch.tensor(accuracy), group_size=8, step=step)
+
+
+def reading(entropy: float, tokens: int = 100, step: int = 0) -> EntropyReading:
+    return EntropyReading(mean_entropy=entropy, tokens=tokens, step=step)
+
+
+def test_fixed_gives_alpha_to_every_prompt_and_its_clip_bounds() -> None:
+    controller = create_controller({"name": "fixed", "alpha": 0.01, "clip_low": 0.1, "clip_high": 0.3})
+    plan = controller.plan(outcome(0.0, 0.5, 1.0))
+    assert plan.coef.dtype == torch.float32
+    assert torch.equal(plan.coef, torch.full((3,), 0.01, dtype=torch.float32))
+    assert (plan.clip_low, plan.clip_high) == (0.1, 0.3)
+    controller.observe(reading(0.7))
+    metrics = controller.metrics()
+    assert metrics["alpha"] == 0.01 and metrics["last_entropy"] == 0.7
+    assert math.isnan(metrics["h0"]) and math.isnan(metrics["target_entropy"])
+
+
+def test_clip_higher_is_dapo_defaults_with_no_bonus() -> None:
+    plan = create_controller("clip_higher").plan(outcome(0.2, 0.9))
+    assert torch.equal(plan.coef, torch.zeros(2))
+    assert (plan.clip_low, plan.clip_high) == (0.2, 0.28)
+
+
+def test_target_anchors_h0_then_follows_the_additive_rule() -> None:
+    controller = create_controller(
+        {"name": "target", "alpha_0": 0.01, "eta": 0.1, "tau": 0.5, "anchor_steps": 2, "alpha_max": 0.5}
+    )
+    controller.observe(reading(1.0))
+    assert controller.metrics()["alpha"] == 0.01 and math.isnan(controller.metrics()["h0"])
+    controller.observe(reading(2.0))  # H0 = mean(1, 2) = 1.5; the anchoring readings do not update α
+    metrics = controller.metrics()
+    assert metrics["h0"] == 1.5 and metrics["target_entropy"] == 0.75 and metrics["alpha"] == 0.01
+    assert metrics["anchored"] == 1.0
+    controller.observe(reading(0.25))  # α ← 0.01 + 0.1·(0.75 − 0.25) = 0.06
+    assert controller.metrics()["alpha"] == pytest.approx(0.06)
+    controller.observe(reading(1.75))  # α ← clip(0.06 + 0.1·(0.75 − 1.75)) = 0 (alpha_min)
+    assert controller.metrics()["alpha"] == 0.0
+    controller.observe(reading(0.55))  # from 0 the additive rule keeps working: 0.1·0.2 = 0.02
+    assert controller.metrics()["alpha"] == pytest.approx(0.02)
+    assert torch.allclose(controller.plan(outcome(0.0, 1.0)).coef, torch.tensor([0.02, 0.02]))
+
+
+def test_absolute_anchor_updates_from_the_first_reading() -> None:
+    controller = create_controller(
+        {"name": "target", "anchor": "absolute", "target_entropy": 0.5, "eta": 0.01, "alpha_0": 0.01}
+    )
+    controller.observe(reading(0.3))
+    metrics = controller.metrics()
+    assert metrics["target_entropy"] == 0.5 and metrics["h0"] == 0.3  # H0 still measured, for logs
+    assert metrics["alpha"] == pytest.approx(0.01 + 0.01 * 0.2)
+
+
+def test_aer_threshold_and_linear_allocation() -> None:
+    threshold = create_controller({"name": "aer", "alpha_0": 0.01, "rho": 0.5})
+    coef = threshold.plan(outcome(0.0, 0.5, 0.625, 1.0)).coef
+    assert torch.equal(coef, torch.tensor([0.01, 0.01, 0.0, 0.0]))
+    linear = create_controller({"name": "aer", "alpha_0": 0.01, "allocation": "linear"})
+    coef = linear.plan(outcome(0.0, 0.25, 1.0)).coef
+    assert torch.allclose(coef, torch.tensor([0.01, 0.0075, 0.0]))
+
+
+def test_aer_treats_non_finite_accuracy_as_hard_and_stays_finite() -> None:
+    controller = create_controller({"name": "aer", "alpha_0": 0.01, "allocation": "linear"})
+    coef = controller.plan(outcome(float("nan"), float("inf"), -3.0)).coef
+    assert torch.isfinite(coef).all()
+    assert coef.tolist() == pytest.approx([0.01, 0.0, 0.01])
+
+
+def test_sign_rule_steps_by_delta() -> None:
+    step = dict(rule="sign", eta=0.0, delta=0.001, alpha_min=0.0, alpha_max=0.1)
+    assert updated_alpha(0.005, 0.3, **step) == pytest.approx(0.006)
+    assert updated_alpha(0.005, -1e9, **step) == pytest.approx(0.004)
+    assert updated_alpha(0.0005, -0.1, **step) == 0.0
+    assert updated_alpha(0.005, 0.0, **step) == 0.005
+
+
+def test_log_rule_is_multiplicative_and_never_sticks_at_zero() -> None:
+    step = dict(rule="log", eta=1.0, delta=0.0, alpha_min=0.0, alpha_max=1.0)
+    assert updated_alpha(0.01, 0.5, **step) == pytest.approx(0.01 * math.exp(0.5))
+    # α = 0 is below the log rule's floor: an entropy deficit lifts it to at least the floor ...
+    assert updated_alpha(0.0, 0.5, **step) == pytest.approx(LOG_ALPHA_FLOOR * math.exp(0.5))
+    # ... and a surplus never raises it.
+    assert updated_alpha(0.0, -0.5, **step) == 0.0
+    assert updated_alpha(1e-3, -1e30, **step) == LOG_ALPHA_FLOOR
+    assert updated_alpha(1e-3, 1e30, **step) == 1.0
+
+
+def test_controller_with_log_rule_recovers_from_its_floor() -> None:
+    controller = create_controller(
+        {"name": "aer", "update": "log", "anchor": "absolute", "target_entropy": 0.5, "alpha_0": 0.0,
+         "difficulty_aware": False}
+    )
+    for _ in range(50):
+        controller.observe(reading(0.1))
+    assert controller.metrics()["alpha"] > 1e-3  # grew multiplicatively from the floor
+
+
+def test_ignored_readings_leave_state_unchanged_and_are_counted() -> None:
+    controller = create_controller({"name": "aer", "anchor": "absolute", "target_entropy": 0.5})
+    before = controller.state_dict()
+    for bad in (reading(float("nan")), reading(float("inf")), reading(-1.0), reading(0.3, tokens=0)):
+        controller.observe(bad)
+    after = controller.state_dict()
+    assert after.pop("readings_ignored") == 4
+    before.pop("readings_ignored")
+    assert after == before
+
+
+def test_dynamic_off_keeps_alpha_0() -> None:
+    controller = create_controller({"name": "aer", "dynamic": False, "alpha_0": 0.02})
+    for value in (1.0, 0.1, 0.1, 3.0):
+        controller.observe(reading(value))
+    assert controller.metrics()["alpha"] == 0.02
+    assert controller.metrics()["target_entropy"] == pytest.approx(0.4)

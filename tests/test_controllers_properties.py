@@ -1,0 +1,255 @@
+"""Property-based tests of the robustness contract (design.md §3) for every registered controller,
+plus the monotonicity, allocation and ablation properties of ``target`` and ``aer``."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entropyctl import EntropyReading, GroupOutcome, available_controllers, create_controller
+from entropyctl.config import ControllerConfig
+
+PROPERTY_SETTINGS = settings(max_examples=60, deadline=None)
+
+hostile_entropy = st.one_of(
+    st.floats(min_value=0.0, max_value=5.0),
+    st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1e30, 1e-30, -1.0, 1e300]),
+)
+readings = st.lists(
+    st.builds(
+        lambda h, tokens, step: EntropyReading(mean_entropy=h, tokens=tokens, step=step),
+        hostile_entropy,
+        st.sampled_from([0, 1, 1000, 10**9, -5]),
+        st.integers(0, 10_000),
+    ),
+    max_size=25,
+)
+accuracies = st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=12)
+
+
+@st.composite
+def adaptive_configs(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    alpha_min, alpha_0, alpha_max = sorted(draw(st.lists(st.floats(0.0, 0.2), min_size=3, max_size=3)))
+    config: dict[str, Any] = {
+        "name": name,
+        "alpha_min": alpha_min,
+        "alpha_0": alpha_0,
+        "alpha_max": alpha_max,
+        "eta": draw(st.one_of(st.none(), st.floats(0.0, 5.0))),
+        "delta": draw(st.floats(0.0, 0.05)),
+        "update": draw(st.sampled_from(["additive", "sign", "log"])),
+        "anchor": draw(st.sampled_from(["initial", "absolute"])),
+        "target_entropy": draw(st.floats(0.0, 3.0)),
+        "tau": draw(st.floats(0.01, 1.0)),
+        "anchor_steps": draw(st.integers(1, 3)),
+    }
+    if name == "aer":
+        config.update(
+            rho=draw(st.floats(0.0, 1.0)),
+            allocation=draw(st.sampled_from(["threshold", "linear"])),
+            difficulty_aware=draw(st.booleans()),
+            dynamic=draw(st.booleans()),
+        )
+    return config
+
+
+def configs_for(name: str) -> st.SearchStrategy[dict[str, Any]]:
+    if name in ("target", "aer"):
+        return adaptive_configs(name)
+    if name == "fixed":
+        return st.builds(lambda a: {"name": "fixed", "alpha": a}, st.floats(0.0, 1.0))
+    return st.just({"name": name})  # clip_higher and plugins: their defaults
+
+
+def coefficient_bounds(config: ControllerConfig) -> tuple[float, float]:
+    if config.name == "fixed":
+        return config.alpha, config.alpha  # type: ignore[attr-defined]
+    if config.name == "clip_higher":
+        return 0.0, 0.0
+    if hasattr(config, "alpha_min") and hasattr(config, "alpha_max"):
+        return 0.0, config.alpha_max  # type: ignore[attr-defined]
+    return 0.0, math.inf
+
+
+def outcome_of(accuracy: list[float], step: int = 0) -> GroupOutcome:
+    return GroupOutcome(accuracy=torch.tensor(accuracy, dtype=torch.float32), group_size=8, step=step)
+
+
+def same_metrics(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a.keys() == b.keys() and all(
+        (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a
+    )
+
+
+ALL_CONTROLLERS = sorted(available_controllers())
+
+
+def test_the_builtins_are_registered() -> None:
+    assert {"fixed", "clip_higher", "target", "aer"} <= set(ALL_CONTROLLERS)
+
+
+@pytest.mark.parametrize("name", ALL_CONTROLLERS)
+def test_coefficients_finite_and_in_bounds_for_any_readings(name: str) -> None:
+    @PROPERTY_SETTINGS
+    @given(config=configs_for(name), sequence=readings, accuracy=accuracies)
+    def check(config: dict[str, Any], sequence: list[EntropyReading], accuracy: list[float]) -> None:
+        controller = create_controller(config)
+        low, high = coefficient_bounds(controller.config)
+        ignored = 0
+        for item in sequence:
+            controller.observe(item)
+            usable = math.isfinite(item.mean_entropy) and item.mean_entropy >= 0 and item.tokens > 0
+            ignored += not usable
+            plan = controller.plan(outcome_of(accuracy))
+            assert plan.coef.shape == (len(accuracy),)
+            assert torch.isfinite(plan.coef).all()
+            assert (plan.coef >= 0).all() and (plan.coef <= high).all()
+            if name == "fixed":
+                assert (plan.coef == torch.tensor(low, dtype=torch.float32)).all()
+            assert math.isfinite(plan.clip_low) and math.isfinite(plan.clip_high)
+            metrics = controller.metrics()
+            for key in ("alpha", "target_entropy", "h0", "last_entropy", "readings_ignored"):
+                assert key in metrics
+            assert math.isfinite(metrics["alpha"])
+            if hasattr(controller.config, "alpha_min"):
+                assert controller.config.alpha_min <= metrics["alpha"] <= controller.config.alpha_max
+        if name in ("fixed", "clip_higher", "target", "aer"):
+            assert controller.metrics()["readings_ignored"] == ignored
+
+    check()
+
+
+@pytest.mark.parametrize("name", ALL_CONTROLLERS)
+def test_plan_does_not_change_state(name: str) -> None:
+    @PROPERTY_SETTINGS
+    @given(config=configs_for(name), sequence=readings, accuracy=accuracies)
+    def check(config: dict[str, Any], sequence: list[EntropyReading], accuracy: list[float]) -> None:
+        controller = create_controller(config)
+        for item in sequence:
+            controller.observe(item)
+        state, metrics = controller.state_dict(), controller.metrics()
+        first = controller.plan(outcome_of(accuracy))
+        second = controller.plan(outcome_of(accuracy))
+        assert controller.state_dict() == state
+        assert same_metrics(controller.metrics(), metrics)
+        assert torch.equal(first.coef, second.coef)
+
+    check()
+
+
+@pytest.mark.parametrize("name", ALL_CONTROLLERS)
+def test_state_dict_round_trip_gives_identical_future(name: str) -> None:
+    @PROPERTY_SETTINGS
+    @given(config=configs_for(name), past=readings, future=readings, accuracy=accuracies)
+    def check(
+        config: dict[str, Any], past: list[EntropyReading], future: list[EntropyReading], accuracy: list[float]
+    ) -> None:
+        original = create_controller(config)
+        for item in past:
+            original.observe(item)
+        saved = json.loads(json.dumps(original.state_dict(), allow_nan=False))
+        restored = create_controller(config)
+        restored.load_state_dict(saved)
+        assert same_metrics(restored.metrics(), original.metrics())
+        for item in future:
+            a, b = original.plan(outcome_of(accuracy)), restored.plan(outcome_of(accuracy))
+            assert torch.equal(a.coef, b.coef) and (a.clip_low, a.clip_high) == (b.clip_low, b.clip_high)
+            original.observe(item)
+            restored.observe(item)
+            assert same_metrics(restored.metrics(), original.metrics())
+        assert restored.state_dict() == original.state_dict()
+
+    check()
+
+
+@pytest.mark.parametrize("name", ["target", "aer"])
+@pytest.mark.parametrize("update", ["additive", "sign", "log"])
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_alpha_moves_toward_more_entropy_below_target_and_less_above(name: str, update: str, side: str) -> None:
+    @PROPERTY_SETTINGS
+    @given(
+        config=adaptive_configs(name),
+        h0=st.floats(0.05, 4.0),
+        fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=30),
+    )
+    def check(config: dict[str, Any], h0: float, fractions: list[float]) -> None:
+        config = {**config, "update": update, "dynamic": True} if name == "aer" else {**config, "update": update}
+        controller = create_controller(config)
+        for _ in range(controller.config.anchor_steps):
+            controller.observe(EntropyReading(mean_entropy=h0, tokens=10, step=0))
+        target = controller.metrics()["target_entropy"]
+        assert math.isfinite(target)
+        previous = controller.metrics()["alpha"]
+        for fraction in fractions:
+            # strictly below target: [0, target); strictly above: (target, 2·target + 1]
+            value = fraction * target * 0.999 if side == "below" else target + 1e-6 + fraction * (target + 1.0)
+            controller.observe(EntropyReading(mean_entropy=value, tokens=10, step=1))
+            alpha = controller.metrics()["alpha"]
+            assert alpha >= previous if side == "below" else alpha <= previous
+            previous = alpha
+
+    check()
+
+
+@PROPERTY_SETTINGS
+@given(
+    config=adaptive_configs("aer"),
+    accuracy=accuracies,
+    sequence=readings,
+)
+def test_allocation_non_increasing_in_accuracy_and_zero_for_easy_prompts(
+    config: dict[str, Any], accuracy: list[float], sequence: list[EntropyReading]
+) -> None:
+    config = {**config, "difficulty_aware": True}
+    controller = create_controller(config)
+    for item in sequence:
+        controller.observe(item)
+    ordered = sorted(accuracy)
+    coef = controller.plan(outcome_of(ordered)).coef
+    accuracy_f32 = torch.tensor(ordered, dtype=torch.float32)
+    assert (coef[1:] <= coef[:-1]).all()
+    if config["allocation"] == "threshold":
+        assert (coef[accuracy_f32 > config["rho"]] == 0).all()
+        assert torch.allclose(coef[accuracy_f32 <= config["rho"]], torch.tensor(controller.metrics()["alpha"]))
+
+
+@PROPERTY_SETTINGS
+@given(config=adaptive_configs("aer"), sequence=readings, accuracy=accuracies)
+def test_aer_with_all_switches_off_is_exactly_fixed(
+    config: dict[str, Any], sequence: list[EntropyReading], accuracy: list[float]
+) -> None:
+    config = {**config, "difficulty_aware": False, "anchor": "absolute", "dynamic": False,
+              "clip_low": 0.15, "clip_high": 0.3}
+    aer = create_controller(config)
+    fixed = create_controller({"name": "fixed", "alpha": config["alpha_0"], "clip_low": 0.15, "clip_high": 0.3})
+    for item in [*sequence, None]:
+        a, f = aer.plan(outcome_of(accuracy)), fixed.plan(outcome_of(accuracy))
+        assert torch.equal(a.coef, f.coef) and a.coef.dtype == f.coef.dtype
+        assert (a.clip_low, a.clip_high) == (f.clip_low, f.clip_high)
+        if item is not None:
+            aer.observe(item)
+            fixed.observe(item)
+
+
+@PROPERTY_SETTINGS
+@given(config=adaptive_configs("aer"), sequence=readings, accuracy=accuracies)
+def test_aer_without_difficulty_is_exactly_target(
+    config: dict[str, Any], sequence: list[EntropyReading], accuracy: list[float]
+) -> None:
+    aer = create_controller({**config, "difficulty_aware": False, "dynamic": True})
+    target_config = {k: v for k, v in config.items() if k not in ("rho", "allocation", "difficulty_aware", "dynamic")}
+    target = create_controller({**target_config, "name": "target"})
+    for item in [*sequence, None]:
+        a, t = aer.plan(outcome_of(accuracy)), target.plan(outcome_of(accuracy))
+        assert torch.equal(a.coef, t.coef)
+        assert (a.clip_low, a.clip_high) == (t.clip_low, t.clip_high)
+        assert same_metrics(aer.metrics(), target.metrics())
+        if item is not None:
+            aer.observe(item)
+            target.observe(item)

@@ -231,6 +231,42 @@ SUBCOMMANDS += [
 ]
 
 
+# --------------------------------------------------------------------------------------------
+# ablate / report (logic in entropyctl.ablation and entropyctl.report)
+# --------------------------------------------------------------------------------------------
+
+
+def _add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", required=True,
+                        help="base run config YAML (may hold an `ablation:` section with arms/seeds/jobs)")
+    parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                        help="CONTROLLER[:key=value,...] each (e.g. fixed:alpha=0.01 clip_higher aer:tau=0.2), "
+                        "or a YAML file with an `arms:` list (default: the config's ablation.arms)")
+    parser.add_argument("--seeds", default=None, metavar="N|S,S,...",
+                        help="N seeds 0..N-1, or a comma-separated list (default: ablation.seeds, else 1)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs in parallel processes (default: ablation.jobs, else 1)")
+    parser.add_argument("--out", metavar="DIR", default="runs/ablation", help="output directory (default runs/ablation)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a base-config field for every arm, e.g. --set trainer.steps=50")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    parser.add_argument("--no-report", dest="report", action="store_false", help="skip `entropyctl report` at the end")
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="an ablation output directory (OUT/<arm>/seed<N>/...)")
+    parser.add_argument("--out", metavar="DIR", default=None, help="where to write report.md/json and plots (default DIR)")
+    parser.add_argument("--window", type=int, default=None, help="moving-average window of the plots, in steps")
+
+
+SUBCOMMANDS += [
+    Subcommand("ablate", "run arms x seeds of training side by side, then report", _add_ablate_arguments,
+               "entropyctl.ablation:run_ablate_cli"),
+    Subcommand("report", "tables and plots comparing the runs of an ablation", _add_report_arguments,
+               "entropyctl.report:run_report_cli"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="entropyctl", description="Entropy controllers (AER and friends) for RLVR training."

@@ -16,7 +16,13 @@ from entropyctl.config import (
     load_yaml,
     parse_controller_config,
 )
-from entropyctl.controllers.base import EntropyController, EntropyReading, GroupOutcome, Plan
+from entropyctl.controllers.base import (
+    EntropyController,
+    EntropyReading,
+    GroupOutcome,
+    Plan,
+    is_usable_reading,
+)
 from entropyctl.controllers.registry import (
     available_controllers,
     create_controller,
@@ -45,6 +51,7 @@ __all__ = [
     "create_controller",
     "get_config_class",
     "get_controller_class",
+    "is_usable_reading",
     "load_yaml",
     "parse_controller_config",
     "register_controller",

@@ -313,7 +313,10 @@ class _Worker:
                 pass
 
     def close(self) -> None:
-        # Closing stdin ends the worker's read loop; kill if it is busy.
+        # Closing stdin ends a ready worker's read loop; one still importing is simply killed.
+        if not self.ready:
+            self.kill()
+            return
         try:
             if self.proc.stdin is not None:
                 self.proc.stdin.close()

@@ -156,7 +156,7 @@ class FunctionReward(RewardFunction):
     def __init__(self, fn: Callable[[str, str], float], name: str | None = None) -> None:
         super().__init__()
         self.fn = fn
-        self.name = name or getattr(fn, "__qualname__", repr(fn))
+        self.name = name if name is not None else str(getattr(fn, "__qualname__", repr(fn)))
 
     def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
         score = float(self.fn(completion, answer))

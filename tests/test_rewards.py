@@ -1,0 +1,359 @@
+"""Math rewards: extraction, equivalence, fast path, and the hard timeout from threads and processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from entropyctl.rewards import (
+    ExactReward,
+    MathReward,
+    available_rewards,
+    extract_answer,
+    get_reward,
+    verify_answer,
+)
+from entropyctl.rewards.math import MAX_ANSWER_CHARS, MathVerifier, check_answer, parse_number
+
+TIMEOUT = 1.0
+# A timed-out call also kills the worker and starts (not waits for) its replacement.
+MARGIN = 2.0
+
+POWER_TOWER = "\\boxed{9^{9^{9^9}}}"  # SymPy tries to evaluate 9^(9^387420489): never finishes
+HUGE_FACTORIAL = "\\boxed{(10^{10^{10}})!}"
+NESTED_BRACES = "\\boxed{" + "{" * 50_000 + "}" * 50_000 + "}"  # 100 kB
+ADVERSARIAL = {  # name: (completion, gold); the ones that hang SymPy last (fewer worker restarts to wait for)
+    "flat_tower": ("9^9^9^9", "\\sqrt{2}"),
+    "nested_braces": (NESTED_BRACES, "5"),
+    "nul_bytes": ("\x00" * 10_000 + "\\boxed{\\sqrt{\x003}}" + "\x00" * 10_000, "\\sqrt{2}"),
+    "factorial": (HUGE_FACTORIAL, "5"),
+    "power_tower": (POWER_TOWER, "5"),
+}
+
+
+# Correctness checks get a generous limit (SymPy simplification can take a second on a loaded
+# machine); the adversarial checks use TIMEOUT through a second reward sharing the same workers.
+GENEROUS = 20.0
+
+
+@pytest.fixture(scope="module")
+def verifier() -> Iterator[MathVerifier]:
+    v = MathVerifier(timeout=GENEROUS)
+    v.warmup()
+    yield v
+    v.close()
+
+
+@pytest.fixture(scope="module")
+def reward(verifier: MathVerifier) -> MathReward:
+    return MathReward(timeout=GENEROUS, verifier=verifier)
+
+
+@pytest.fixture(scope="module")
+def strict_reward(verifier: MathVerifier) -> MathReward:
+    return MathReward(timeout=TIMEOUT, verifier=verifier)
+
+
+# --------------------------------------------------------------------------------- extraction
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("19", "19"),
+        (" 19\n", "19"),
+        ("so the result is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+        ("\\boxed{1} then \\boxed{\\frac{a}{\\sqrt{b}}}", "\\frac{a}{\\sqrt{b}}"),
+        ("\\boxed{\\boxed{7}}", "\\boxed{7}"),
+        ("\\fbox{42} done", "42"),
+        ("Natalia sold 48 clips.\n#### 72", "72"),
+        ("So the answer is $18$.", "18"),
+        ("Final answer: 3/4", "3/4"),
+        ("Reasoning 12 and 5\nAnswer: 17", "17"),
+        ("The final answer is \\boxed{5}", "5"),
+        ("we get $x = 4$ and then 9 apples", "x = 4"),
+        ("we counted 3 apples and 11 pears", "11"),
+        ("no digits at all", None),
+        ("", None),
+        ("\\boxed{unclosed", None),
+    ],
+)
+def test_extract_answer_order(text: str, expected: str | None) -> None:
+    got = extract_answer(text)
+    if expected == "\\boxed{7}":
+        assert got in ("\\boxed{7}", "7")  # outermost box content (which holds the inner box)
+    else:
+        assert got == expected
+
+
+def test_extract_answer_last_number_is_optional() -> None:
+    assert extract_answer("we counted 3 apples and 11 pears", last_number=False) is None
+
+
+def test_extract_is_linear_on_huge_brace_input() -> None:
+    text = "\\boxed{" * 20_000 + "x"  # many unclosed boxes: a quadratic scan would take minutes
+    start = time.perf_counter()
+    extract_answer(text)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_parse_number_forms() -> None:
+    assert parse_number("1,000") == 1000
+    assert parse_number("-3.50") == parse_number("-7/2")
+    assert parse_number("\\dfrac{1}{2}") == parse_number("0.5")
+    assert parse_number("\\$18.") == 18
+    assert parse_number("x") is None
+    assert parse_number("1/0") is None
+
+
+# --------------------------------------------------------------------------------- correctness
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [
+        ("19", "19"),
+        ("\\boxed{0.5}", "\\frac{1}{2}"),
+        ("The answer is 1/2.", "0.5"),
+        ("\\boxed{\\dfrac{1}{2}}", "1/2"),
+        ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"),
+        ("#### 18", "Janet has 16 - 3 - 4 = 9 eggs... #### 18"),
+        ("so \\boxed{\\pi/2}", "\\frac{\\pi}{2}"),
+        ("\\boxed{(x+1)^2}", "x^2+2x+1"),
+        ("\\boxed{\\{1,2\\}}", "\\{2,1\\}"),
+        ("\\boxed{[1,2)}", "[1,2)"),
+        ("\\boxed{1,000}", "1000"),
+        ("\\boxed{18.0}", "18"),
+    ],
+)
+def test_equivalent_forms_score_one(reward: MathReward, completion: str, gold: str) -> None:
+    assert reward([completion], [gold]) == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "status"),
+    [
+        ("18", "19", "wrong"),
+        ("\\boxed{\\frac{1}{3}}", "0.5", "wrong"),
+        ("\\boxed{(1,2]}", "[1,2)", "wrong"),
+        ("\\boxed{x+2}", "x+1", "wrong"),
+        ("12+7", "19", "wrong"),  # echoing the prompt is not an answer
+        ("I do not know", "19", "no_answer"),
+    ],
+)
+def test_wrong_answers_score_zero(verifier: MathVerifier, completion: str, gold: str, status: str) -> None:
+    result = check_answer(completion, gold, GENEROUS, verifier=verifier)
+    assert result.score == 0.0
+    assert result.status == status
+
+
+def test_integer_fast_path_never_starts_a_worker() -> None:
+    verifier = MathVerifier(timeout=TIMEOUT)
+    try:
+        start = time.perf_counter()
+        results = [check_answer(str(i % 50), str(i % 37), verifier=verifier) for i in range(2_000)]
+        elapsed = time.perf_counter() - start
+        assert verifier._started == 0
+        assert sum(r.score for r in results) == sum(1 for i in range(2_000) if i % 50 == i % 37)
+        assert elapsed / 2_000 < 200e-6  # microseconds per answer (loose: shared CPU)
+    finally:
+        verifier.close()
+
+
+def test_overlong_answer_is_parse_error_without_sympy() -> None:
+    verifier = MathVerifier(timeout=TIMEOUT)
+    try:
+        result = check_answer("\\boxed{" + "x+" * MAX_ANSWER_CHARS + "1}", "x", verifier=verifier)
+        assert result.status == "parse_error"
+        assert verifier._started == 0
+    finally:
+        verifier.close()
+
+
+# --------------------------------------------------------------------------------- hard timeout
+
+
+def _timed_adversarial(r: MathReward, names: tuple[str, ...] = tuple(ADVERSARIAL)) -> dict[str, tuple[float, float]]:
+    out = {}
+    for name in names:
+        text, gold = ADVERSARIAL[name]
+        r.warmup()  # a replacement worker's start-up is not part of the answer's time budget
+        start = time.perf_counter()
+        score = r([text], [gold])[0]
+        out[name] = (score, time.perf_counter() - start)
+    return out
+
+
+def _check_adversarial(results: dict[str, tuple[float, float]], names: tuple[str, ...] = tuple(ADVERSARIAL)) -> None:
+    assert set(results) == set(names)
+    for name, (score, seconds) in results.items():
+        assert score == 0.0, name
+        assert seconds < TIMEOUT + MARGIN, (name, seconds)
+
+
+def test_adversarial_inputs_from_main_thread(strict_reward: MathReward, reward: MathReward) -> None:
+    strict_reward.reset_metrics()
+    timeouts_before = strict_reward.verifier.timeouts
+    _check_adversarial(_timed_adversarial(strict_reward))
+    metrics = strict_reward.metrics()
+    assert metrics["timeout"] >= 2  # the power tower and the factorial hang SymPy
+    assert strict_reward.verifier.timeouts - timeouts_before == metrics["timeout"]
+    assert metrics["total"] == len(ADVERSARIAL)
+    # The pool recovered: a normal symbolic check still works after the kills.
+    assert reward(["\\boxed{\\sqrt{8}}"], ["2\\sqrt{2}"]) == [1.0]
+
+
+THREAD_CASES = ("flat_tower", "nested_braces", "nul_bytes", "power_tower")
+
+
+def test_adversarial_inputs_from_worker_thread(strict_reward: MathReward) -> None:
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["results"] = _timed_adversarial(strict_reward, THREAD_CASES)
+        except BaseException as exc:  # surface the thread's failure in the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert "error" not in box, box.get("error")
+    _check_adversarial(box["results"], THREAD_CASES)  # type: ignore[arg-type]
+
+
+def test_concurrent_threads_share_the_pool() -> None:
+    r = MathReward(timeout=2 * TIMEOUT, num_workers=2)
+    try:
+        scores: list[list[float]] = []
+        threads = [
+            threading.Thread(target=lambda: scores.append(r(["\\boxed{\\sqrt{8}}", POWER_TOWER], ["2\\sqrt{2}", "1"])))
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert scores == [[1.0, 0.0]] * 2
+        assert r.metrics()["timeout"] == 2
+    finally:
+        r.close()
+
+
+# In a child process: one input that hangs SymPy, one that is huge, one with NUL bytes.
+PROCESS_CASES = ("nested_braces", "nul_bytes", "power_tower")
+
+
+def _process_target(queue: mp.Queue, inherited: MathReward | None) -> None:
+    try:
+        r = inherited if inherited is not None else MathReward(timeout=TIMEOUT)
+        r.reset_metrics()
+        results = _timed_adversarial(r, PROCESS_CASES)
+        queue.put(("ok", results, r.metrics()["timeout"], mp.current_process().daemon))
+        r.close()
+    except BaseException as exc:
+        queue.put(("error", repr(exc), 0, None))
+
+
+@pytest.mark.parametrize(
+    ("method", "daemon", "inherit"),
+    [("spawn", True, False), ("fork", True, True)],
+    ids=["daemonic-spawn", "daemonic-fork-inherited-pool"],
+)
+def test_adversarial_inputs_from_worker_process(
+    strict_reward: MathReward, reward: MathReward, method: str, daemon: bool, inherit: bool
+) -> None:
+    ctx = mp.get_context(method)
+    queue = ctx.Queue()
+    parent_workers = [w.proc.pid for w in reward.verifier._idle]
+    proc = ctx.Process(target=_process_target, args=(queue, strict_reward if inherit else None), daemon=daemon)
+    proc.start()
+    kind, results, timeouts, was_daemon = queue.get(timeout=90)
+    proc.join(10)
+    assert kind == "ok", results
+    assert was_daemon is daemon
+    _check_adversarial(results, PROCESS_CASES)
+    assert timeouts >= 1  # the power tower
+    # The child never touched the parent's workers: they are alive and still answer.
+    for pid in parent_workers:
+        os.kill(pid, 0)
+    assert reward(["\\boxed{\\sqrt{8}}"], ["2\\sqrt{2}"]) == [1.0]
+
+
+def test_dead_worker_is_replaced_and_close_stops_workers() -> None:
+    r = MathReward(timeout=GENEROUS)
+    r.warmup()
+    victim = r.verifier._idle[0].proc
+    victim.kill()  # e.g. the OOM killer
+    victim.wait()
+    assert r(["\\boxed{\\sqrt{8}}"], ["2\\sqrt{2}"]) == [1.0]
+    replacement = r.verifier._idle[0].proc
+    assert replacement.pid != victim.pid
+    r.close()
+    assert replacement.poll() is not None
+    with pytest.raises(RuntimeError, match="closed"):
+        r(["\\boxed{\\sqrt{8}}"], ["2\\sqrt{2}"])
+    assert r(["19"], ["19"]) == [1.0]  # the in-process fast path needs no worker
+
+
+def test_nul_bytes_are_stripped(reward: MathReward) -> None:
+    assert reward(["\x00\\boxed{\\sqrt{\x008}}\x00"], ["2\\sqrt{2}"]) == [1.0]
+    assert reward(["1\x009"], ["19"]) == [1.0]
+
+
+def test_verify_answer_module_function() -> None:
+    assert verify_answer("\\boxed{\\frac{2}{4}}", "0.5") == 1.0
+    assert verify_answer("7", "8") == 0.0
+
+
+# --------------------------------------------------------------------------------- registry
+
+
+def test_registry_names_and_metrics() -> None:
+    assert {"math", "exact"} <= set(available_rewards())
+    exact = get_reward("exact")
+    assert isinstance(exact, ExactReward)
+    assert exact(["The answer is 19.", "19", "  ", "20"], ["19", "19", "19", "19"]) == [1.0, 1.0, 0.0, 0.0]
+    m = exact.metrics()
+    assert (m["correct"], m["wrong"], m["no_answer"], m["total"]) == (2, 1, 1, 4)
+    exact.reset_metrics()
+    assert exact.metrics()["total"] == 0
+    math_reward = get_reward("math", timeout=2.0)
+    try:
+        assert isinstance(math_reward, MathReward) and math_reward.timeout == 2.0
+        assert math_reward(["19", "x"], ["19", "19"]) == [1.0, 0.0]
+        assert math_reward.metrics()["no_answer"] == 1
+    finally:
+        math_reward.close()
+
+
+def test_registry_function_path() -> None:
+    fn = get_reward("operator:eq")  # any (completion, answer) -> float-like callable
+    assert fn(["a", "b"], ["a", "a"]) == [1.0, 0.0]
+    assert fn.metrics()["correct"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("nope", r"unknown reward 'nope'; expected one of \['exact', 'math'"),
+        ("no_such_module_xyz:f", "cannot import module"),
+        ("operator:no_such_fn", "has no attribute"),
+        ("math:pi", "not callable"),
+        (":f", "malformed"),
+    ],
+)
+def test_registry_errors(name: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        get_reward(name)
+
+
+def test_batch_length_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="2 completions but 1 answers"):
+        get_reward("exact")(["1", "2"], ["1"])

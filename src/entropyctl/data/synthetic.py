@@ -98,7 +98,7 @@ _GENERATORS: dict[int, Callable[[random.Random], tuple[str, int]]] = {
 }
 
 # Give up looking for an unseen held-out prompt after this many draws (small levels run out).
-_MAX_DISTINCT_TRIES = 2_000
+_MAX_DISTINCT_TRIES = 500
 
 
 class SyntheticArithmetic:
@@ -186,11 +186,15 @@ class SyntheticArithmetic:
             raise ValueError(f"n must be >= 0, got {n}")
         rng = random.Random(f"held-out:{seed}")
         seen: set[str] = set()
+        exhausted: set[int] = set()  # levels whose held-out prompts all appeared: repeats allowed
         problems = []
         for level in self._levels_for(n, rng):
             problem = self._draw(rng, level, held_out=True)
             tries = 1
-            while problem.prompt in seen and tries < _MAX_DISTINCT_TRIES:
+            while level not in exhausted and problem.prompt in seen:
+                if tries >= _MAX_DISTINCT_TRIES:
+                    exhausted.add(level)
+                    break
                 problem = self._draw(rng, level, held_out=True)
                 tries += 1
             seen.add(problem.prompt)

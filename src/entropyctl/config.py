@@ -490,8 +490,9 @@ class AlgorithmConfig(_Section):
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch (rollouts split evenly).")
     kl_coef: float = Field(0.0, ge=0, description="β of the KL to a frozen copy of the initial policy (0: off).")
     chunk_size: int = Field(1024, ge=1, description="Tokens per chunk of the fused log-prob/entropy path.")
-    fused: Literal["auto", "off"] = Field(
-        "auto", description="auto: fused path when the LM head is linear; off: full logits (reference path)."
+    fused: bool = Field(
+        True, description="true: the fused path when the LM head is a plain linear map (else full logits); "
+        "false: always full logits (the reference path)."
     )
 
 
@@ -520,6 +521,7 @@ class TrainerConfig(_Section):
         None, ge=1, description="torch threads per process (None: cores / devices)."
     )
     checkpoint_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
+    save_last: bool = Field(True, description="Save checkpoints/last.ckpt at the end (model + optimizer).")
     progress_bar: bool = Field(True, description="Lightning's progress bar.")
     tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
 
@@ -600,10 +602,22 @@ def parse_run_config(data: Mapping[str, Any], *, source: str | None = None) -> R
 
 
 def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read a run config (``None``: the embedded default), apply ``key=value`` overrides, validate."""
+    """Read a run config (``None``: the embedded default), apply ``key=value`` overrides, validate.
+
+    An override of ``controller.name`` to another controller replaces the file's controller section.
+    """
     source = Path(path) if path is not None else default_config_path()
     data = load_yaml(source)
-    data = apply_overrides(data, list(overrides))
+    overrides = list(overrides)
+    # `--set controller.name=fixed` switches controller: the file's fields of the previous controller
+    # (tau, rho, ...) would be unknown to the new one, so it starts from its own defaults; other
+    # `controller.*` overrides still apply on top.
+    for override in overrides:
+        key, _, value = override.partition("=")
+        current = data.get("controller")
+        if key.strip() == "controller.name" and isinstance(current, Mapping) and current.get("name") != value.strip():
+            data["controller"] = {"name": value.strip()}
+    data = apply_overrides(data, overrides)
     return parse_run_config(data, source=str(source))
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from entropyctl.config import RunConfig, load_run_config
 
-__all__ = ["run_training", "resolve_run_dir", "build_data", "build_prompt_encoder", "RUN_DIR_ENV"]
+__all__ = ["run_training", "parameter_checksum", "resolve_run_dir", "build_data", "build_prompt_encoder", "RUN_DIR_ENV"]
 
 RUN_DIR_ENV = "ENTROPYCTL_RUN_DIR"
 
@@ -141,6 +141,17 @@ def _finite_or_none(value: Any) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
+def parameter_checksum(model: Any) -> str:
+    """SHA-256 over every parameter's name and bytes (identical parameters ⇔ identical digest)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _strategy(config: RunConfig) -> Any:
     t = config.trainer
     if t.devices == 1 and t.strategy == "auto":
@@ -158,12 +169,15 @@ def run_training(
     *,
     resume: str | Path | None = None,
     progress_bar: bool | None = None,
+    callbacks: Sequence[Any] = (),
     log: Any = print,
 ) -> dict[str, Any]:
     """Train with ``config``, writing the run directory; returns the summary (also ``summary.json``).
 
     ``resume``: a checkpoint path, or ``"auto"`` to continue from ``run_dir/checkpoints/last.ckpt`` when it
-    exists. ``progress_bar``: overrides ``trainer.progress_bar``.
+    exists. ``progress_bar``: overrides ``trainer.progress_bar``. ``callbacks``: extra Lightning callbacks.
+    With several processes, every rank also writes ``ranks/rank<r>.json`` (its controller state, a checksum
+    of its parameters, and its local per-step statistics) so that their agreement can be checked.
     """
     import lightning.pytorch as pl
     import torch
@@ -215,7 +229,7 @@ def run_training(
         precision=t.precision,  # type: ignore[arg-type]
         max_steps=t.steps * module.optimizer_steps_per_rlvr_step,
         logger=loggers,
-        callbacks=[RLVRCheckpoint(ckpt_dir, t.checkpoint_every, t.steps)],
+        callbacks=[RLVRCheckpoint(ckpt_dir, t.checkpoint_every, t.steps, save_last=t.save_last), *callbacks],
         enable_checkpointing=False,
         enable_progress_bar=show_bar,
         enable_model_summary=False,
@@ -235,6 +249,8 @@ def run_training(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+        # The policy stays in eval mode on purpose: no dropout, so training log-probs match the sampler's.
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         try:
             trainer.fit(module, ckpt_path=ckpt_path)
         except BaseException as err:
@@ -274,6 +290,14 @@ def run_training(
         "evals": module.eval_results,
         "threads": threads,
     }
+    if trainer.world_size > 1:
+        (run_dir / "ranks").mkdir(exist_ok=True)
+        _write_json(run_dir / "ranks" / f"rank{trainer.global_rank}.json", {
+            "rank": trainer.global_rank,
+            "controller_state": controller.state_dict(),
+            "parameter_sha256": parameter_checksum(policy),
+            "local_steps": module.local_history,
+        })
     if trainer.global_rank == 0:
         _write_json(summary_path, summary)
         log(f"[entropyctl] {summary['status']}: {module.rlvr_step} steps in {summary['wall_time_s']:.0f} s "

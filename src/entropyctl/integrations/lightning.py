@@ -232,10 +232,11 @@ class RLVRCheckpoint(pl.Callback):
     """Saves ``step-NNNNNN.ckpt`` every ``every`` RLVR steps (0: never) and ``last.ckpt`` at those steps and
     at the final step. Checkpoints carry the controller state and the RLVR step (``RLVRModule``)."""
 
-    def __init__(self, dirpath: str | Path, every: int, total_steps: int) -> None:
+    def __init__(self, dirpath: str | Path, every: int, total_steps: int, *, save_last: bool = True) -> None:
         self.dirpath = Path(dirpath)
         self.every = int(every)
         self.total_steps = int(total_steps)
+        self.save_last = save_last
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -243,7 +244,7 @@ class RLVRCheckpoint(pl.Callback):
         periodic = self.every > 0 and step % self.every == 0
         if periodic:
             trainer.save_checkpoint(str(self.dirpath / f"step-{step:06d}.ckpt"))
-        if periodic or step >= self.total_steps:
+        if periodic or (self.save_last and step >= self.total_steps):
             trainer.save_checkpoint(str(self.dirpath / "last.ckpt"))
 
 
@@ -297,6 +298,8 @@ class RLVRModule(pl.LightningModule):
         self.eval_results: dict[str, Any] = {}
         self.eval_seconds = 0.0
         self.last_metrics: dict[str, float] = {}
+        #: this rank's own per-step numbers before any collective (checks of the multi-process path)
+        self.local_history: list[dict[str, Any]] = []
         self._reference: _Frozen | None = None
         if config.algorithm.kl_coef > 0:
             import copy
@@ -307,7 +310,7 @@ class RLVRModule(pl.LightningModule):
             self._reference = _Frozen(reference)
         from entropyctl.integrations.transformers import supports_fused_head
 
-        self.use_fused = config.algorithm.fused == "auto" and supports_fused_head(policy)
+        self.use_fused = config.algorithm.fused and supports_fused_head(policy)
         columns = metric_columns(self.levels)
         self.metrics_writer = MetricsWriter(self.run_dir / "metrics.csv", columns) if self.run_dir else None
 
@@ -423,7 +426,7 @@ class RLVRModule(pl.LightningModule):
                 break
         kept = kept[:P]
         fillers = 0
-        while len(kept) < P:  # not enough informative groups: pad with dropped ones, masked out of the loss
+        while len(kept) < P:  # not enough informative groups: top up with dropped ones (plain GRPO for them)
             kept.append(spare.pop(0))
             fillers += 1
         parts = [(comp, range(i * G, (i + 1) * G)) for _, comp, i, _ in kept]
@@ -432,7 +435,6 @@ class RLVRModule(pl.LightningModule):
             "problems": [k[0] for k in kept],
             "completions": merged,
             "rewards": torch.stack([k[3] for k in kept]),
-            "filler": torch.tensor([j >= P - fillers for j in range(P)]),
             "dropped": dropped,
             "fillers": fillers,
         }
@@ -511,7 +513,9 @@ class RLVRModule(pl.LightningModule):
         seq_coef = plan.coef.to(torch.float32).repeat_interleave(G)
         levels = torch.tensor([int(getattr(p, "level", 0)) for p in batch_data["problems"]], dtype=torch.long)
         seq_level = levels.repeat_interleave(G)
-        seq_mask = (~batch_data["filler"]).repeat_interleave(G).to(torch.float32)
+        # Filler groups (dynamic sampling ran out of refills) train as in plain GRPO: zero advantage, the
+        # entropy term only — so a step never ends with no tokens and the entropy reading stays defined.
+        seq_mask = torch.ones(P * G, dtype=torch.float32)
         if cfg.rollout.overlong == "mask":
             seq_mask = seq_mask * (~truncated).to(torch.float32)
 
@@ -544,6 +548,7 @@ class RLVRModule(pl.LightningModule):
         stats = EntropyStats(self.levels)
         sums = {"clip_low": 0.0, "clip_high": 0.0, "loss": 0.0, "pg": 0.0, "ent": 0.0, "kl": 0.0}
         grad_norm = 0.0
+        local_entropy_sum, local_token_sum = 0.0, 0.0
         for epoch in range(E):
             for m, rows in enumerate(minibatches):
                 fwd = self._forward_tokens(self.policy, mb_comps[m], grad=True)
@@ -567,9 +572,11 @@ class RLVRModule(pl.LightningModule):
                 sched.step()
                 if epoch == 0:  # every response token exactly once
                     stats.add(out.entropy, mask_t, bucket=seq_level[tok_rows].to(device), coef=coef_t)
+                    local_entropy_sum += float((out.entropy.double() * mask_t.double()).sum())
+                    local_token_sum += float(mask_t.sum())
                 sums["clip_low"] += float(out.clip_frac_low) / E
                 sums["clip_high"] += float(out.clip_frac_high) / E
-                sums["loss"] += float(out.loss) / E
+                sums["loss"] += float(out.loss.detach()) / E
                 sums["pg"] += float(out.pg_loss) / E
                 sums["ent"] += float(out.entropy_loss) / E
                 sums["kl"] += float(out.kl_loss) / E
@@ -630,12 +637,22 @@ class RLVRModule(pl.LightningModule):
             row[f"coef_level_{level}"] = coef_by_level[level]
             row[f"entropy_level_{level}"] = entropy_by_level[level]
         self.last_metrics = row
+        self.local_history.append({
+            "step": step,
+            "prompts": [p.prompt for p in batch_data["problems"]],
+            "entropy_sum": local_entropy_sum,
+            "tokens": local_token_sum,
+            "global_entropy": reading.mean_entropy,
+            "global_tokens": reading.tokens,
+        })
         if rank == 0 and self.metrics_writer is not None:
             self.metrics_writer.write(row)
         shown = {"reward", "entropy", "alpha"}
-        self.log_dict({k: float(v) for k, v in row.items() if k != "step" and k not in shown},
-                      on_step=True, prog_bar=False, logger=True, rank_zero_only=True)
-        self.log_dict({k: float(row[k]) for k in shown}, on_step=True, prog_bar=True, logger=True,
+        has_logger = self._trainer is not None and self.trainer.logger is not None
+        if has_logger:
+            self.log_dict({k: float(v) for k, v in row.items() if k != "step" and k not in shown},
+                          on_step=True, prog_bar=False, logger=True, rank_zero_only=True)
+        self.log_dict({k: float(row[k]) for k in shown}, on_step=True, prog_bar=True, logger=has_logger,
                       rank_zero_only=True)
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
             self.eval_results[f"step_{step}"] = self.evaluate_heldout(f"step_{step}")

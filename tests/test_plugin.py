@@ -94,3 +94,16 @@ def test_plugin_is_absent_without_its_install(capsys: pytest.CaptureFixture[str]
 
     assert main(["simulate", "--controller", "linear_decay", "--steps", "5"]) == 2
     assert "controller.name: unknown controller 'linear_decay' (available: aer" in capsys.readouterr().err
+
+
+def test_docs_show_the_example_plugin_verbatim_and_within_40_lines_of_controller_code() -> None:
+    import re
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text(encoding="utf-8")
+    module = (PLUGIN_SOURCE / "entropyctl_linear_decay.py").read_text(encoding="utf-8")
+    assert re.findall(r"```python\n(.*?)```", docs, re.S)[0] == module
+    controller_code = module[module.index("class LinearDecayController"):]
+    assert len(controller_code.strip().splitlines()) <= 40
+    assert 'linear_decay = "entropyctl_linear_decay:LinearDecayController"' in docs
+    assert 'linear_decay = "entropyctl_linear_decay:LinearDecayController"' in (
+        PLUGIN_SOURCE / "pyproject.toml").read_text(encoding="utf-8")

@@ -150,17 +150,17 @@ class FixedConfig(ControllerConfig):
     """``fixed``: one constant coefficient for every prompt, symmetric or explicit clip bounds."""
 
     name: Literal["fixed"] = "fixed"
-    alpha: NonNegativeFloat = Field(0.005, description="Entropy coefficient α for every prompt.")
-    clip_low: PositiveFloat = Field(0.2, description="ε_low of the clipped surrogate.")
-    clip_high: PositiveFloat = Field(0.2, description="ε_high of the clipped surrogate.")
+    alpha: NonNegativeFloat = Field(default=0.005, description="Entropy coefficient α for every prompt.")
+    clip_low: PositiveFloat = Field(default=0.2, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(default=0.2, description="ε_high of the clipped surrogate.")
 
 
 class ClipHigherConfig(ControllerConfig):
     """``clip_higher`` (DAPO): no entropy bonus; a wider upper clip bound keeps exploration."""
 
     name: Literal["clip_higher"] = "clip_higher"
-    clip_low: PositiveFloat = Field(0.2, description="ε_low of the clipped surrogate.")
-    clip_high: PositiveFloat = Field(0.28, description="ε_high of the clipped surrogate (DAPO: 0.28).")
+    clip_low: PositiveFloat = Field(default=0.2, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(default=0.28, description="ε_high of the clipped surrogate (DAPO: 0.28).")
 
 
 UpdateRule = Literal["additive", "sign", "log"]
@@ -175,31 +175,31 @@ AnchorMode = Literal["initial", "absolute"]
 class _AdaptiveConfig(ControllerConfig):
     """Fields shared by ``target`` and ``aer``: the dynamic global coefficient α_t and its target."""
 
-    alpha_0: NonNegativeFloat = Field(0.005, description="α before anchoring and the start of α_t.")
-    alpha_min: NonNegativeFloat = Field(0.0, description="Lower bound of α_t.")
-    alpha_max: NonNegativeFloat = Field(0.05, description="Upper bound of α_t.")
+    alpha_0: NonNegativeFloat = Field(default=0.005, description="α before anchoring and the start of α_t.")
+    alpha_min: NonNegativeFloat = Field(default=0.0, description="Lower bound of α_t.")
+    alpha_max: NonNegativeFloat = Field(default=0.05, description="Upper bound of α_t.")
     eta: NonNegativeFloat | None = Field(
-        None,
+        default=None,
         description=(
             "Step size η: α per nat of error (additive) or log α per nat of error (log); "
             "None = the rule's default (additive 0.002, log 0.5)."
         ),
     )
     update: UpdateRule = Field(
-        "additive",
+        default="additive",
         description="additive: α+η(H*−H); sign: α+δ·sign(H*−H); log: log α + η(H*−H).",
     )
-    delta: NonNegativeFloat = Field(0.0001, description="Step δ of the sign rule (α per step).")
+    delta: NonNegativeFloat = Field(default=0.0001, description="Step δ of the sign rule (α per step).")
     anchor: AnchorMode = Field(
-        "initial", description="initial: H* = τ·H0 (AER); absolute: H* = target_entropy."
+        default="initial", description="initial: H* = τ·H0 (AER); absolute: H* = target_entropy."
     )
-    tau: float = Field(0.4, gt=0, le=1, description="Target fraction τ of the initial entropy H0.")
-    anchor_steps: int = Field(1, ge=1, description="H0 = mean of the first anchor_steps readings.")
+    tau: float = Field(default=0.4, gt=0, le=1, description="Target fraction τ of the initial entropy H0.")
+    anchor_steps: int = Field(default=1, ge=1, description="H0 = mean of the first anchor_steps readings.")
     target_entropy: NonNegativeFloat | None = Field(
-        None, description="Absolute target H* in nats (used when anchor is 'absolute')."
+        default=None, description="Absolute target H* in nats (used when anchor is 'absolute')."
     )
-    clip_low: PositiveFloat = Field(0.2, description="ε_low of the clipped surrogate.")
-    clip_high: PositiveFloat = Field(0.2, description="ε_high of the clipped surrogate.")
+    clip_low: PositiveFloat = Field(default=0.2, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(default=0.2, description="ε_high of the clipped surrogate.")
 
     @property
     def step_size(self) -> float:
@@ -233,12 +233,12 @@ class AERConfig(_AdaptiveConfig):
     """``aer``: Adaptive Entropy Regularization, α_i = α_t · w(acc_i)."""
 
     name: Literal["aer"] = "aer"  # type: ignore[assignment]
-    rho: float = Field(0.5, ge=0, le=1, description="Accuracy threshold ρ of the threshold rule.")
+    rho: float = Field(default=0.5, ge=0, le=1, description="Accuracy threshold ρ of the threshold rule.")
     allocation: Literal["threshold", "linear"] = Field(
-        "threshold", description="threshold: w = 1[acc ≤ ρ]; linear: w = 1 − acc."
+        default="threshold", description="threshold: w = 1[acc ≤ ρ]; linear: w = 1 − acc."
     )
-    difficulty_aware: bool = Field(True, description="false: w ≡ 1 (ablation).")
-    dynamic: bool = Field(True, description="false: α_t ≡ α_0 (ablation).")
+    difficulty_aware: bool = Field(default=True, description="false: w ≡ 1 (ablation).")
+    dynamic: bool = Field(default=True, description="false: α_t ≡ α_0 (ablation).")
 
 
 # --------------------------------------------------------------------------------------------

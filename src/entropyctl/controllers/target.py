@@ -15,11 +15,11 @@ Until H0 is anchored (``anchor: initial``) α stays α_0 and the anchoring readi
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from entropyctl.config import TargetConfig
+from entropyctl.config import ControllerConfig, TargetConfig
 from entropyctl.controllers.base import (
     EntropyController,
     EntropyReading,
@@ -83,7 +83,7 @@ class TargetController(EntropyController):
     """One dynamic α_t for every prompt, driven toward H* = τ·H0 (or an absolute target)."""
 
     config: TargetConfig
-    config_class = TargetConfig
+    config_class: ClassVar[type[ControllerConfig]] = TargetConfig
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -106,8 +106,8 @@ class TargetController(EntropyController):
     # -- the API ------------------------------------------------------------------------------
     def target_entropy(self) -> float | None:
         """H*, or None while H0 is not anchored yet (anchor: initial)."""
-        if self.config.anchor == "absolute":
-            return float(self.config.target_entropy)
+        if self.config.anchor == "absolute" and self.config.target_entropy is not None:
+            return float(self.config.target_entropy)  # the config requires it with anchor: absolute
         return None if self.h0 is None else self.config.tau * self.h0
 
     def plan(self, outcome: GroupOutcome) -> Plan:

@@ -110,3 +110,17 @@ def test_entropyctl_simulate_aer_200_steps_is_fast() -> None:
     # also counts other processes, so it gets a looser bound.
     assert cpu < 10.0, f"entropyctl simulate took {cpu:.1f} s of CPU"
     assert wall < 30.0, f"entropyctl simulate took {wall:.1f} s wall"
+
+
+def test_import_and_simulate_stay_light() -> None:
+    # `import entropyctl` and `entropyctl simulate` must not pull in Lightning, transformers or vLLM.
+    script = (
+        "import contextlib, io, sys, entropyctl\n"
+        "from entropyctl.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['simulate', '--controller', 'aer', '--steps', '3'])\n"
+        "print(sorted(m for m in ('lightning', 'transformers', 'vllm', 'matplotlib') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

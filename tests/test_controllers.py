@@ -128,3 +128,17 @@ def test_dynamic_off_keeps_alpha_0() -> None:
         controller.observe(reading(value))
     assert controller.metrics()["alpha"] == 0.02
     assert controller.metrics()["target_entropy"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("name", ["fixed", "clip_higher", "target", "aer"])
+def test_load_state_dict_names_missing_keys(name: str) -> None:
+    controller = create_controller(name)
+    with pytest.raises(ValueError, match="load_state_dict: state is missing .*steps_observed"):
+        controller.load_state_dict({"last_entropy": None})
+
+
+def test_resume_with_narrower_bounds_clamps_alpha() -> None:
+    wide = create_controller({"name": "aer", "alpha_max": 0.5, "alpha_0": 0.4})
+    narrow = create_controller({"name": "aer", "alpha_max": 0.1, "alpha_0": 0.05})
+    narrow.load_state_dict(wide.state_dict())
+    assert narrow.metrics()["alpha"] == 0.1

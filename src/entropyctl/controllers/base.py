@@ -18,7 +18,14 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
-__all__ = ["GroupOutcome", "Plan", "EntropyReading", "EntropyController", "is_usable_reading"]
+__all__ = [
+    "GroupOutcome",
+    "Plan",
+    "EntropyReading",
+    "EntropyController",
+    "is_usable_reading",
+    "check_state_keys",
+]
 
 
 @dataclass(frozen=True)
@@ -107,3 +114,15 @@ def is_usable_reading(reading: EntropyReading) -> bool:
     except (TypeError, ValueError, OverflowError):
         return False
     return math.isfinite(value) and value >= 0.0 and tokens > 0
+
+
+def check_state_keys(controller: EntropyController, state: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Raise one clear error if a state dict (e.g. from a checkpoint) lacks keys this controller needs."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{type(controller).__name__}.load_state_dict: expected a dict (got {type(state).__name__})")
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(
+            f"{type(controller).__name__}.load_state_dict: state is missing {', '.join(missing)} "
+            f"(got keys: {', '.join(sorted(state)) or 'none'}); was it saved by another controller?"
+        )

@@ -11,6 +11,7 @@ from entropyctl.controllers.base import (
     EntropyReading,
     GroupOutcome,
     Plan,
+    check_state_keys,
     is_usable_reading,
 )
 from entropyctl.controllers.registry import register_controller
@@ -43,6 +44,7 @@ class StatelessController(EntropyController):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_state_keys(self, state, ("last_entropy", "steps_observed", "readings_ignored"))
         last = state["last_entropy"]
         self.last_entropy = None if last is None else float(last)
         self.steps_observed = int(state["steps_observed"])

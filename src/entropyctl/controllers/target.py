@@ -25,6 +25,7 @@ from entropyctl.controllers.base import (
     EntropyReading,
     GroupOutcome,
     Plan,
+    check_state_keys,
     is_usable_reading,
 )
 from entropyctl.controllers.registry import register_controller
@@ -159,7 +160,10 @@ class TargetController(EntropyController):
         def optional(value: Any) -> float | None:
             return None if value is None else float(value)
 
-        self.alpha = float(state["alpha"])
+        check_state_keys(self, state, tuple(self.state_dict()))
+        # Clamped into this config's bounds, so a resume with changed bounds keeps the contract
+        # (with the same config this is exact).
+        self.alpha = min(max(float(state["alpha"]), self.config.alpha_min), self.config.alpha_max)
         self.h0 = optional(state["h0"])
         self.anchor_sum = float(state["anchor_sum"])
         self.anchor_count = int(state["anchor_count"])

@@ -239,6 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument(
+        "--configs",
+        default=None,
+        help="explicit N:V:dtype list, e.g. 2048:151936:bf16,8192:151936:bf16 (default: the full grid)",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished results already in --out and run only the missing (mode, N, V, dtype)",
+    )
+    ap.add_argument(
         "--max-minutes",
         type=float,
         default=None,
@@ -247,9 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/entropy_path_<device>.json)"
     )
+    ap.add_argument("--render", default=None, help="print the markdown table of an existing JSON and exit")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    if args.render is not None:
+        data = json.loads(Path(args.render).read_text())
+        print(render_markdown(data["conditions"], data["results"]))
+        return 0
     if args.child is not None:
         print("RESULT " + json.dumps(run_child(json.loads(args.child))), flush=True)
         return 0
@@ -278,9 +293,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576", OMP_NUM_THREADS=str(threads))
     results: list[dict[str, Any]] = []
+    if args.resume and out.exists():
+        results = [r for r in json.loads(out.read_text())["results"] if r.get("status") == "ok"]
+    done = {(r["mode"], r["n"], r["v"], r["dtype"]) for r in results}
+    if args.configs:
+        configs = [(int(n), int(v), dt) for n, v, dt in (c.split(":") for c in args.configs.split(","))]
+    else:
+        configs = grid(args.quick)
     started = time.monotonic()
-    for n, v, dt in grid(args.quick):
+    for n, v, dt in configs:
         for mode in modes:
+            if (mode, n, v, dt) in done:
+                continue
             cfg = {
                 "mode": mode,
                 "n": n,
@@ -352,7 +376,11 @@ def render_markdown(conditions: dict[str, Any], results: list[dict[str, Any]]) -
         for r in results
         if r["mode"] == "reference" and r.get("status") == "ok"
     }
-    for r in results:
+
+    def order(r: dict[str, Any]) -> tuple[int, int, str, int]:
+        return (r["v"], r["n"], r["dtype"], MODES.index(r["mode"]) if r["mode"] in MODES else 99)
+
+    for r in sorted(results, key=order):
         key = (r["n"], r["v"], r["dtype"])
         if r.get("status") != "ok":
             lines.append(

@@ -99,11 +99,6 @@ def _make_task(cfg: ModelConfig, seed: int) -> Any:
     return synthetic.SyntheticArithmetic(**kwargs)
 
 
-def _draw(task: Any, count: int) -> list[Any]:
-    stream = iter(task)
-    return [next(stream) for _ in range(count)]
-
-
 def _supervised_batch(
     tokenizer: PreTrainedTokenizerBase, problems: list[Any]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,7 +134,7 @@ def greedy_accuracy(
     tokenizer: PreTrainedTokenizerBase,
     problems: list[Any],
     *,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = 8,
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Greedy exact-match accuracy, overall (``"all"``) and per level (``"<level>"``)."""
@@ -178,7 +173,7 @@ def _train(
     started = time.perf_counter()
     losses: list[float] = []
     if p.steps > 0:
-        stream = iter(_make_task(cfg, p.seed))
+        task = _make_task(cfg, p.seed)  # its sample() never returns held-out prompts
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=p.lr, weight_decay=p.weight_decay, betas=(0.9, 0.98)
         )
@@ -188,13 +183,13 @@ def _train(
             for step in range(p.steps):
                 for group in optimizer.param_groups:
                     group["lr"] = p.lr * _lr_factor(step, p.warmup_steps, p.steps)
-                ids, mask, labels = _supervised_batch(tokenizer, [next(stream) for _ in range(p.batch_size)])
+                ids, mask, labels = _supervised_batch(tokenizer, task.sample(p.batch_size))
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 if log is not None and (step + 1) % max(1, p.steps // 10) == 0:
                     recent = losses[-max(1, p.steps // 10) :]
                     log(
@@ -240,7 +235,7 @@ def pretrain(
     """Return the directory of the warm-started tiny model for ``cfg``, training it first on a cache miss.
 
     ``force`` retrains even on a hit; ``evaluate=n`` also measures greedy accuracy per level on ``n``
-    held-out problems (seed ``pretrain.seed + 1_000_003``) and stores it in ``pretrain.json``.
+    problems of the task's held-out split and stores it in ``pretrain.json``.
     The directory loads with ``from_pretrained`` (model and tokenizer).
     """
     if cfg is None:
@@ -257,7 +252,7 @@ def pretrain(
             return directory  # another process finished it while we waited
         model, tokenizer, metadata = _train(cfg, log)
         if evaluate > 0:
-            problems = _draw(_make_task(cfg, cfg.pretrain.seed + 1_000_003), evaluate)
+            problems = _make_task(cfg, cfg.pretrain.seed).held_out(evaluate, seed=0)
             eval_start = time.perf_counter()
             metadata["greedy_accuracy"] = greedy_accuracy(model, tokenizer, problems)
             metadata["eval_problems"] = evaluate

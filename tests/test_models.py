@@ -1,0 +1,242 @@
+"""Models: the char tokenizer, the tiny Llama, the warm-start cache, and policy loading (tiny / hf / gguf)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import pytest
+import torch
+from pydantic import ValidationError
+from transformers import AutoTokenizer
+
+from entropyctl.data.synthetic import ALPHABET, SyntheticArithmetic
+from entropyctl.integrations import pretrain as pretrain_module
+from entropyctl.integrations.rollout import SamplingSettings
+from entropyctl.integrations.transformers import (
+    HFRolloutEngine,
+    ModelConfig,
+    build_char_tokenizer,
+    build_tiny_model,
+    load_policy,
+    pretrain,
+    resolve_gguf,
+    response_hidden_states,
+    supports_fused_head,
+)
+from entropyctl.ops.entropy import token_logprob_entropy
+
+# Small enough that 40 steps take ~1 s of CPU.
+SMALL = {"hidden_size": 32, "layers": 2, "heads": 2}
+
+
+def _small_cfg(tmp_path, steps=40, **pretrain_fields) -> ModelConfig:
+    return ModelConfig(
+        kind="tiny",
+        tiny=SMALL,
+        pretrain={"steps": steps, "batch_size": 16, "warmup_steps": 5, **pretrain_fields},
+        cache_dir=str(tmp_path / "cache"),
+    )
+
+
+# ----------------------------------------------------------------------------------- tokenizer
+
+
+def test_char_tokenizer_round_trips_exact_text(tmp_path):
+    tokenizer = build_char_tokenizer(ALPHABET)
+    problems = SyntheticArithmetic(seed=1).sample(50)
+    for problem in problems:
+        text = problem.prompt + problem.answer
+        ids = tokenizer(text)["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id
+        assert len(ids) == len(text) + 1  # one token per character
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text  # no spaces inserted
+    ids = tokenizer("(12+3)*4=")["input_ids"]
+    assert tokenizer.decode(ids + [tokenizer.eos_token_id]) == "<bos>(12+3)*4=<eos>"
+    assert tokenizer("1a2")["input_ids"][2] == tokenizer.unk_token_id
+    assert len(tokenizer) == len(ALPHABET) + 4
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok", local_files_only=True)
+    assert reloaded.padding_side == "left"
+    for problem in problems[:10]:
+        assert reloaded(problem.prompt)["input_ids"] == tokenizer(problem.prompt)["input_ids"]
+        assert (
+            reloaded.decode(tokenizer(problem.prompt)["input_ids"], skip_special_tokens=True)
+            == problem.prompt
+        )
+    batch = reloaded(["1+2=", "12+3="], padding=True)
+    assert batch["attention_mask"][0][0] == 0  # left padding
+
+
+def test_char_tokenizer_rejects_bad_alphabets():
+    with pytest.raises(ValueError, match="empty"):
+        build_char_tokenizer("")
+    with pytest.raises(ValueError, match="repeats"):
+        build_char_tokenizer("0123+1")
+
+
+# ----------------------------------------------------------------------------------- tiny model
+
+
+def test_tiny_model_builds_deterministically():
+    tokenizer = build_char_tokenizer(ALPHABET)
+    model = build_tiny_model(tokenizer, seed=5)
+    params = sum(p.numel() for p in model.parameters())
+    assert 0.5e6 < params < 2e6, params
+    assert model.config.vocab_size == len(tokenizer)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    same = build_tiny_model(tokenizer, seed=5)
+    other = build_tiny_model(tokenizer, seed=6)
+    first = next(iter(model.state_dict().values()))
+    assert torch.equal(first, next(iter(same.state_dict().values())))
+    assert not torch.equal(first, next(iter(other.state_dict().values())))
+    with pytest.raises(ValueError, match="divisible"):
+        build_tiny_model(tokenizer, hidden_size=30, heads=4)
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+def test_model_config_validation_names_fields():
+    with pytest.raises(ValidationError, match="extra"):
+        ModelConfig.model_validate({"kind": "tiny", "hiden_size": 3})
+    with pytest.raises(ValidationError, match="model.path is required"):
+        ModelConfig.model_validate({"kind": "hf"})
+    with pytest.raises(ValidationError, match="divisible"):
+        ModelConfig.model_validate({"tiny": {"hidden_size": 30, "heads": 4}})
+    with pytest.raises(ValidationError, match="one weight per level"):
+        ModelConfig.model_validate({"pretrain": {"levels": [1, 2], "weights": [1.0]}})
+    with pytest.raises(ValidationError, match="kind"):
+        ModelConfig.model_validate({"kind": "onnx"})
+
+
+# ----------------------------------------------------------------------------------- warm start cache
+
+
+def test_pretrain_caches_and_reloads_fast(tmp_path, monkeypatch):
+    cfg = _small_cfg(tmp_path)
+    directory = pretrain(cfg)
+    metadata = json.loads((directory / "pretrain.json").read_text())
+    assert metadata["pretrain"]["steps"] == 40 and metadata["final_loss"] < 2.5
+    assert not any(p.name.startswith(".") and "tmp" in p.name for p in directory.parent.iterdir())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cache hit must not retrain")
+
+    monkeypatch.setattr(pretrain_module, "_train", no_training)
+    started = time.perf_counter()
+    assert pretrain(cfg) == directory
+    model, tokenizer = load_policy(cfg)
+    assert time.perf_counter() - started < 1.0  # cache hit + from_pretrained
+    again, _ = load_policy(cfg)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert tokenizer.padding_side == "left"
+    assert tokenizer.decode(tokenizer("12+7=")["input_ids"], skip_special_tokens=True) == "12+7="
+
+    # Everything that changes the weights changes the key; the load dtype does not.
+    assert pretrain_module.cached_checkpoint(_small_cfg(tmp_path, lr=1e-3)) != directory
+    assert pretrain_module.cached_checkpoint(_small_cfg(tmp_path, steps=41)) != directory
+    assert pretrain_module.cached_checkpoint(_small_cfg(tmp_path, levels=[1, 2])) != directory
+    assert pretrain_module.cached_checkpoint(cfg.model_copy(update={"dtype": "bfloat16"})) == directory
+    half, _ = load_policy(cfg.model_copy(update={"dtype": "bfloat16"}))
+    assert next(half.parameters()).dtype == torch.bfloat16
+
+
+def test_pretrain_actually_learns(tmp_path):
+    """Same seed and init, 0 vs 40 steps: the supervised loss on fresh problems falls a lot."""
+    tokenizer = build_char_tokenizer(ALPHABET)
+    problems = SyntheticArithmetic(seed=9).sample(64)
+    ids, mask, labels = pretrain_module._supervised_batch(tokenizer, problems)
+    losses = []
+    for steps in (0, 40):
+        model, _ = load_policy(_small_cfg(tmp_path, steps=steps, lr=1e-2))
+        with torch.no_grad():
+            losses.append(float(model(input_ids=ids, attention_mask=mask, labels=labels).loss))
+    assert losses[0] > 2.5 and losses[1] < 0.75 * losses[0], losses
+
+
+def test_killed_pretrain_leaves_no_cache(tmp_path, monkeypatch):
+    cfg = _small_cfg(tmp_path, steps=2)
+
+    def crash(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(type(build_tiny_model(build_char_tokenizer(ALPHABET))), "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg)
+    target = pretrain_module.cached_checkpoint(cfg)
+    assert not target.exists()
+    assert [p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_pretrain_cli_writes_out_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ENTROPYCTL_CACHE", str(tmp_path / "env-cache"))
+    parser = argparse.ArgumentParser()
+    pretrain_module.add_pretrain_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--steps",
+            "3",
+            "--eval",
+            "20",
+            "--out",
+            str(tmp_path / "out"),
+            "--set",
+            "model.tiny.hidden_size=32",
+            "--set",
+            "model.tiny.layers=1",
+        ]
+    )
+    assert pretrain_module.run_pretrain_cli(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pretrain"]["steps"] == 3 and report["tiny"]["hidden_size"] == 32
+    assert set(report["greedy_accuracy"]) >= {"all", "1", "5"}
+    assert (tmp_path / "out" / "config.json").is_file()
+    assert len(list((tmp_path / "env-cache" / "tiny").iterdir())) >= 1  # $ENTROPYCTL_CACHE honoured
+    model, _ = load_policy({"kind": "hf", "path": str(tmp_path / "out")})
+    assert model.config.hidden_size == 32
+
+
+# ----------------------------------------------------------------------------------- hf / gguf
+
+
+def test_load_policy_refuses_hub_ids_and_missing_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a local directory"):
+        load_policy({"kind": "hf", "path": "HuggingFaceTB/SmolLM2-135M"})
+    with pytest.raises(FileNotFoundError, match="no such .gguf"):
+        load_policy({"kind": "gguf", "path": str(tmp_path / "missing.gguf")})
+    (tmp_path / "a.gguf").write_bytes(b"")
+    (tmp_path / "b.gguf").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="2 .gguf files"):
+        resolve_gguf(str(tmp_path))
+    assert resolve_gguf(str(tmp_path), "b.gguf") == (tmp_path, "b.gguf")
+    assert resolve_gguf(str(tmp_path / "a.gguf")) == (tmp_path, "a.gguf")
+
+
+def test_smollm2_gguf_is_found_without_importing_the_package():
+    directory, name = resolve_gguf("smollm2")
+    assert name.endswith(".gguf") and (directory / name).is_file()
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_offline_and_generates(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tokenizer = load_policy({"kind": "gguf", "path": "smollm2"})
+    assert model.config.vocab_size == 49152 and tokenizer.padding_side == "left"
+    assert supports_fused_head(model)
+    engine = HFRolloutEngine(model, tokenizer)
+    prompts = [tokenizer("What is 2+3?")["input_ids"], tokenizer("Hi")["input_ids"]]
+    sampling = SamplingSettings(temperature=0.7, max_new_tokens=8, seed=0, return_logprobs=True)
+    out = engine.generate(prompts, 2, sampling)
+    assert out.response_ids.shape[0] == 4 and int(out.response_mask.sum()) > 0
+    texts = engine.decode(out)
+    assert all(isinstance(t, str) for t in texts) and any(t.strip() for t in texts)
+    with torch.no_grad():
+        fwd = response_hidden_states(model, out)
+        logprob, _ = token_logprob_entropy(fwd.hidden @ fwd.lm_head_weight.T, fwd.targets, temperature=0.7)
+    assert out.logprobs is not None
+    torch.testing.assert_close(logprob, out.logprobs[out.response_mask.bool()], atol=1e-4, rtol=0)

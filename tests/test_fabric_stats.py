@@ -164,3 +164,42 @@ def test_reduce_through_a_single_device_fabric() -> None:
     assert stats.reading(2).mean_entropy == pytest.approx(1.0) and stats.collectives == 1
     assert global_token_count(torch.tensor(3.0), fabric) == 3
     assert ddp_loss_scale(fabric) == 1
+
+
+def test_reduce_from_inside_a_lightning_module_under_a_trainer(tmp_path: pytest.TempPathFactory) -> None:
+    """The trainer's call pattern: ``stats.reduce(self)`` (or ``self.trainer.strategy``) in a step."""
+    import lightning.pytorch as pl
+
+    seen: dict[str, object] = {}
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: object, batch_idx: int) -> None:
+            stats = EntropyStats(buckets=2)
+            stats.add(torch.tensor([1.0, 2.0, 6.0]), torch.tensor([1, 1, 1]), bucket=torch.tensor([1, 1, 2]))
+            stats.reduce(self)
+            stats.reduce(self.trainer.strategy)
+            seen["reading"] = stats.reading(self.global_step)
+            seen["levels"] = stats.bucket_means()
+            seen["collectives"] = stats.collectives
+            seen["tokens"] = global_token_count(torch.tensor(3), self)
+            seen["scale"] = ddp_loss_scale(self)
+
+        def train_dataloader(self) -> torch.utils.data.DataLoader:
+            return torch.utils.data.DataLoader(torch.zeros(1, 2), batch_size=1)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(Module())
+    assert seen["reading"] == EntropyReading(mean_entropy=3.0, tokens=3, step=0)
+    assert seen["levels"] == {1: 1.5, 2: 6.0}
+    assert seen["collectives"] == 2 and seen["tokens"] == 3 and seen["scale"] == 1
+    with pytest.raises(ValueError, match="not attached to a Trainer"):
+        EntropyStats().reduce(Module())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -11,6 +10,7 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
+from entropyctl.cli import main
 from entropyctl.data.synthetic import ALPHABET, SyntheticArithmetic
 from entropyctl.integrations import pretrain as pretrain_module
 from entropyctl.integrations.rollout import SamplingSettings
@@ -175,23 +175,9 @@ def test_killed_pretrain_leaves_no_cache(tmp_path, monkeypatch):
 
 def test_pretrain_cli_writes_out_dir(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ENTROPYCTL_CACHE", str(tmp_path / "env-cache"))
-    parser = argparse.ArgumentParser()
-    pretrain_module.add_pretrain_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--steps",
-            "3",
-            "--eval",
-            "20",
-            "--out",
-            str(tmp_path / "out"),
-            "--set",
-            "model.tiny.hidden_size=32",
-            "--set",
-            "model.tiny.layers=1",
-        ]
-    )
-    assert pretrain_module.run_pretrain_cli(args) == 0
+    argv = ["pretrain", "--steps", "3", "--eval", "20", "--out", str(tmp_path / "out")]
+    argv += ["--set", "model.tiny.hidden_size=32", "--set", "model.tiny.layers=1"]
+    assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["pretrain"]["steps"] == 3 and report["tiny"]["hidden_size"] == 32
     assert set(report["greedy_accuracy"]) >= {"all", "1", "5"}

@@ -267,6 +267,30 @@ SUBCOMMANDS += [
 ]
 
 
+# --------------------------------------------------------------------------------------------
+# pretrain (logic in entropyctl.integrations.pretrain)
+# --------------------------------------------------------------------------------------------
+
+
+def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="run config YAML; its `model:` section is used (default: the embedded tiny model)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a run-config field, e.g. --set model.pretrain.lr=0.002 (repeatable)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (model.pretrain.steps)")
+    parser.add_argument("--out", metavar="DIR", default=None, help="also copy the checkpoint to this directory")
+    parser.add_argument("--force", action="store_true", help="retrain even when a cached checkpoint exists")
+    parser.add_argument("--eval", dest="eval_problems", type=int, default=500,
+                        help="held-out problems to score greedily (default 500; 0: skip)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+
+SUBCOMMANDS += [
+    Subcommand("pretrain", "warm-start (or find cached) the embedded tiny model", _add_pretrain_arguments,
+               "entropyctl.integrations.pretrain:run_pretrain_cli"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="entropyctl", description="Entropy controllers (AER and friends) for RLVR training."

@@ -38,7 +38,6 @@ __all__ = [
     "cached_checkpoint",
     "pretrain",
     "greedy_accuracy",
-    "add_pretrain_arguments",
     "run_pretrain_cli",
 ]
 
@@ -280,34 +279,12 @@ def load_pretrained(directory: Path | str) -> tuple[PreTrainedModel, PreTrainedT
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``entropyctl pretrain``."""
-    parser.add_argument(
-        "--config", type=Path, default=None, help="run config YAML; its `model:` section is used"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a run-config field, e.g. model.pretrain.lr=0.002 (repeatable)",
-    )
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (model.pretrain.steps)")
-    parser.add_argument("--out", type=Path, default=None, help="also copy the checkpoint to this directory")
-    parser.add_argument("--force", action="store_true", help="retrain even when a cached checkpoint exists")
-    parser.add_argument(
-        "--eval", dest="eval_problems", type=int, default=500, help="held-out problems to score"
-    )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-
-
 def _model_section(args: argparse.Namespace) -> ModelConfig:
     document: dict[str, Any] = {}
     if args.config is not None:
         from entropyctl.config import load_yaml
 
-        document = load_yaml(args.config)
+        document = load_yaml(str(args.config))
     if args.overrides:
         from entropyctl.config import apply_overrides
 
@@ -320,7 +297,8 @@ def _model_section(args: argparse.Namespace) -> ModelConfig:
 
 
 def run_pretrain_cli(args: argparse.Namespace) -> int:
-    """``entropyctl pretrain``: warm-start (or find in the cache) the tiny model; print where and how good."""
+    """``entropyctl pretrain`` (arguments in ``entropyctl.cli``): warm-start (or find in the cache) the tiny
+    model; print where it is and its held-out greedy accuracy per level as JSON."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cfg = _model_section(args)
@@ -331,7 +309,7 @@ def run_pretrain_cli(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     directory = pretrain(cfg, force=args.force, evaluate=args.eval_problems, log=log)
     if args.out is not None:
-        out = args.out.expanduser()
+        out = Path(args.out).expanduser()
         _write_atomically(out, lambda tmp: shutil.copytree(directory, tmp, dirs_exist_ok=True))
         directory = out
     metadata = json.loads((directory / METADATA_FILE).read_text())

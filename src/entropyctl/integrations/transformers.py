@@ -261,9 +261,10 @@ class HFRolloutEngine:
         temperature = 1.0 if greedy else float(sampling.temperature)
         generation_config = GenerationConfig(
             do_sample=not greedy,
-            temperature=temperature,
-            top_k=int(sampling.top_k),  # 0 disables the top-k filter (transformers' default would be 50)
-            top_p=float(sampling.top_p),
+            # Sampling knobs only when sampling (greedy ignores them, and generate warns about them).
+            temperature=None if greedy else temperature,
+            top_k=None if greedy else int(sampling.top_k),  # 0: off (transformers' default would be 50)
+            top_p=None if greedy else float(sampling.top_p),
             max_new_tokens=int(sampling.max_new_tokens),
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,

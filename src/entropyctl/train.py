@@ -29,7 +29,7 @@ from typing import Any
 
 from entropyctl.config import RunConfig, load_run_config
 
-__all__ = ["run_training", "parameter_checksum", "resolve_run_dir", "build_data", "build_prompt_encoder", "RUN_DIR_ENV"]
+__all__ = ["run_training", "build_module", "parameter_checksum", "resolve_run_dir", "build_data", "build_prompt_encoder", "RUN_DIR_ENV"]
 
 RUN_DIR_ENV = "ENTROPYCTL_RUN_DIR"
 
@@ -163,6 +163,23 @@ def _strategy(config: RunConfig) -> Any:
     return DDPStrategy(process_group_backend=backend, start_method=start_method)
 
 
+def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
+    """The policy (warm-started / loaded), rollout engine, reward, data and controller of ``config``,
+    assembled into an :class:`~entropyctl.integrations.lightning.RLVRModule` (no Trainer yet)."""
+    from entropyctl.controllers.registry import create_controller
+    from entropyctl.integrations.lightning import RLVRModule
+    from entropyctl.integrations.transformers import load_policy
+    from entropyctl.rewards import get_reward
+
+    policy, tokenizer = load_policy(config.model)
+    engine = build_engine(config, policy, tokenizer)
+    reward = get_reward(config.reward.name, **config.reward.options)
+    sampler, heldout = build_data(config)
+    controller = create_controller(config.controller)
+    return RLVRModule(config, policy, tokenizer, engine, reward, sampler, controller, heldout, run_dir,
+                      encode_prompt=build_prompt_encoder(config, tokenizer))
+
+
 def run_training(
     config: RunConfig,
     run_dir: str | Path,
@@ -182,12 +199,10 @@ def run_training(
     import lightning.pytorch as pl
     import torch
 
-    from entropyctl.controllers.registry import create_controller
-    from entropyctl.integrations.lightning import RLVRCheckpoint, RLVRModule
-    from entropyctl.integrations.transformers import load_policy
-    from entropyctl.rewards import get_reward
+    from entropyctl.integrations.lightning import RLVRCheckpoint
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     run_dir = Path(run_dir)
     rank0 = _local_rank() == 0
     t = config.trainer
@@ -203,17 +218,12 @@ def run_training(
     pl.seed_everything(config.seed, workers=False, verbose=False)
 
     t_warm = time.perf_counter()
-    policy, tokenizer = load_policy(config.model)
+    module = build_module(config, run_dir)
+    policy, controller, reward = module.policy, module.controller, module.reward
     warm_start_s = time.perf_counter() - t_warm
     if rank0:
         log(f"[entropyctl] policy ready in {warm_start_s:.1f} s ({sum(p.numel() for p in policy.parameters()):,} "
             f"parameters); run dir {run_dir}")
-    engine = build_engine(config, policy, tokenizer)
-    reward = get_reward(config.reward.name, **config.reward.options)
-    sampler, heldout = build_data(config)
-    controller = create_controller(config.controller)
-    module = RLVRModule(config, policy, tokenizer, engine, reward, sampler, controller, heldout, run_dir,
-                        encode_prompt=build_prompt_encoder(config, tokenizer))
 
     loggers: Any = False
     if t.tensorboard and importlib.util.find_spec("tensorboard") is not None:
@@ -274,6 +284,9 @@ def run_training(
         "seed": config.seed,
         "world_size": trainer.world_size,
         "wall_time_s": time.perf_counter() - started,
+        # CPU seconds of this process (all its threads): with 1 thread, ≈ the wall time on an idle core
+        "cpu_time_s": time.process_time() - cpu_started,
+        "loadavg": list(os.getloadavg()),
         "time_warm_start_s": warm_start_s,
         "time_fit_s": fit_s,
         "time_eval_s": module.eval_seconds,

@@ -298,6 +298,7 @@ class RLVRModule(pl.LightningModule):
         self.eval_results: dict[str, Any] = {}
         self.eval_seconds = 0.0
         self.last_metrics: dict[str, float] = {}
+        self.last_batch: dict[str, Any] = {}  # the last step's problems and completions (benchmarks, debugging)
         #: this rank's own per-step numbers before any collective (checks of the multi-process path)
         self.local_history: list[dict[str, Any]] = []
         self._reference: _Frozen | None = None
@@ -637,6 +638,7 @@ class RLVRModule(pl.LightningModule):
             row[f"coef_level_{level}"] = coef_by_level[level]
             row[f"entropy_level_{level}"] = entropy_by_level[level]
         self.last_metrics = row
+        self.last_batch = {"problems": batch_data["problems"], "completions": comp}
         self.local_history.append({
             "step": step,
             "prompts": [p.prompt for p in batch_data["problems"]],

@@ -285,17 +285,13 @@ def _check_same_config(spec: RunSpec) -> None:
         )
 
 
-def _train_command(config_path: Path, run_dir: Path) -> list[str]:
+def _train_command(config_path: Path, run_dir: Path, threads: int) -> list[str]:
+    # Threads and the progress bar change no result, so they go on the command line, not in the
+    # config that decides whether a finished run can be reused.
     return [
-        sys.executable,
-        "-m",
-        "entropyctl.cli",
-        "train",
-        "--config",
-        str(config_path),
-        "--out",
-        str(run_dir),
-    ]
+        sys.executable, "-m", "entropyctl.cli", "train", "--config", str(config_path), "--out", str(run_dir),
+        "--set", f"trainer.threads={threads}", "--set", "trainer.progress_bar=false",
+    ]  # fmt: skip
 
 
 def _warm_start(config: Mapping[str, Any], log: Callable[[str], None]) -> None:

@@ -473,7 +473,9 @@ class RolloutConfig(_Section):
         False, description="DAPO: drop groups whose rewards are all equal and refill with new prompts."
     )
     max_refills: int = Field(2, ge=0, description="dynamic_sampling: extra prompt batches drawn at most per step.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (vllm).")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Engine options; engine=vllm: entropyctl.integrations.vllm.VLLMConfig."
+    )
 
     @model_validator(mode="after")
     def _check_buffer(self) -> RolloutConfig:

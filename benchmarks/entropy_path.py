@@ -183,13 +183,15 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
                 del z, dz, dh, dw
             mm_times.append(total)
     t_mm = min(mm_times)
-    t_med = statistics.median(times)
+    # repeats = 0 (huge configs on a shared machine): the one measured run is also the timing.
+    t_med = statistics.median(times) if times else first
     return {
         **cfg,
         "status": "ok",
         "peak_bytes": peak,
         "time_s": t_med,
         "times_s": times,
+        "time_includes_warmup": not times,
         "first_run_s": first,
         "matmul_s": t_mm,
         "ratio_to_matmul": t_med / t_mm,
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "--big-repeats",
         type=int,
         default=2,
-        help="repeats for configs with N·V > 5e8 (they take ~minutes each)",
+        help="repeats for configs with N·V > 5e8 (minutes each); 0 = time the single warm-up/memory run",
     )
     ap.add_argument("--chunk-size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
@@ -392,8 +394,11 @@ def render_markdown(conditions: dict[str, Any], results: list[dict[str, Any]]) -
         time_ratio = f"{r['time_s'] / base['time_s']:.2f}" if base else "—"
         lines.append(
             f"| {r['n']} | {r['v']} | {r['dtype']} | {r['mode']} | {fmt_gb(r['peak_bytes'])} | "
-            f"{r['time_s']:.2f} | {r['ratio_to_matmul']:.2f} | {mem_ratio} | {time_ratio} |"
+            f"{r['time_s']:.2f}{'*' if r.get('time_includes_warmup') else ''} | {r['ratio_to_matmul']:.2f} | "
+            f"{mem_ratio} | {time_ratio} |"
         )
+    if any(r.get("time_includes_warmup") for r in results):
+        lines += ["", "\\* one run only (the warm-up/memory run), not a median: `--big-repeats 0`."]
     return "\n".join(lines)
 
 

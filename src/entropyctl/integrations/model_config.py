@@ -45,7 +45,7 @@ class PretrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(1200, ge=0, description="Optimizer steps; 0 keeps the random initialisation.")
+    steps: int = Field(1600, ge=0, description="Optimizer steps; 0 keeps the random initialisation.")
     batch_size: int = Field(64, ge=1, description="Problems per step.")
     lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay).")
     warmup_steps: int = Field(50, ge=0)

@@ -210,7 +210,7 @@ def _train(
     return model, tokenizer, metadata
 
 
-def _write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
+def _write_atomically(directory: Path, write: Callable[[Path], object]) -> None:
     """Write into a temporary sibling, then rename it onto ``directory`` (one atomic step on POSIX)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -238,7 +238,7 @@ def pretrain(
     The directory loads with ``from_pretrained`` (model and tokenizer).
     """
     if cfg is None:
-        cfg = ModelConfig()
+        cfg = ModelConfig.model_validate({})
     elif not isinstance(cfg, ModelConfig):
         cfg = ModelConfig.model_validate(cfg)
     if cfg.kind != "tiny":

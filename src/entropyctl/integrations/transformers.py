@@ -282,7 +282,7 @@ class HFRolloutEngine:
                 # Seed a forked RNG so a seeded rollout neither depends on nor disturbs the global stream.
                 stack.enter_context(torch.random.fork_rng(devices=rng_devices))
                 torch.manual_seed(sampling.seed)
-            output = self.model.generate(
+            output = self.model.generate(  # type: ignore[operator]
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=position_ids_from_mask(mask).to(device),
@@ -312,7 +312,7 @@ class HFRolloutEngine:
         """The response texts (special tokens, including EOS, removed)."""
         texts = []
         for row, row_mask in zip(completions.response_ids, completions.response_mask, strict=True):
-            texts.append(self.tokenizer.decode(row[row_mask.bool()].tolist(), skip_special_tokens=True))
+            texts.append(str(self.tokenizer.decode(row[row_mask.bool()].tolist(), skip_special_tokens=True)))
         return texts
 
 

@@ -320,13 +320,13 @@ def main(argv: list[str] | None = None) -> int:
             }
             est = estimate_peak_bytes(mode, n, v, HIDDEN, dt, args.chunk_size)
             cfg["estimated_peak_bytes"] = est
-            if args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
-                res = {**cfg, "status": f"not run: wall-clock budget of {args.max_minutes:g} min used up"}
-            elif est > args.budget_gb * GIB:
+            if est > args.budget_gb * GIB:
                 res = {
                     **cfg,
                     "status": f"skipped: estimated peak {fmt_gb(est)} GB > budget {args.budget_gb:g} GB",
                 }
+            elif args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
+                res = {**cfg, "status": f"not run: wall-clock budget of {args.max_minutes:g} min used up"}
             else:
                 proc = subprocess.run(
                     [sys.executable, __file__, "--child", json.dumps(cfg)],

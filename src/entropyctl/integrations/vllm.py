@@ -16,8 +16,9 @@ trainer calls ``sync_weights(policy)``; the engine then samples from exactly the
   ``model.embed_tokens.weight``; it is sent once (as the embedding) and vLLM's tied head follows it.
 
 By default vLLM's engine core runs in its own process (spawned: scripts need an ``if __name__ == "__main__":``
-guard) and the weights travel as tensors over vLLM's local IPC socket; the sync function itself is pickled,
-which vLLM only allows with ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (set by the engine; the socket is local).
+guard) and the weights travel as one ``torch.save`` buffer over vLLM's local IPC socket; the sync function
+itself is pickled, which vLLM only allows with ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (set by the engine;
+the socket is local).
 ``in_process: true`` keeps the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the
 weights are then copied straight from the policy's tensors; the engine's start-up side effects on the process
 (torch RNG reseed, thread settings) are undone. Same call, same result; measured slower on 2 busy CPU cores.
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -223,7 +225,7 @@ def export_policy(
 # --------------------------------------------------------------------------------------------- worker side
 
 
-def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> int:
+def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]] | bytes) -> int:
     """Runs inside vLLM's worker (``collective_rpc``): in-place reload, then refresh a tied LM head.
 
     ``reload_weights(is_checkpoint_format=True)`` is vLLM's in-place reload: layer by layer it restores the
@@ -234,6 +236,8 @@ def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> i
     does, for the sampler's logits GEMM). Re-running the head's own post-load step rebuilds that copy.
     Returns the number of tensors sent.
     """
+    if isinstance(weights, bytes):  # from another process: a torch.save'd list (see VLLMEngine.sync_weights)
+        weights = torch.load(io.BytesIO(weights), weights_only=True)
     inner = getattr(worker, "worker", worker)  # WorkerWrapperBase -> the platform worker
     inner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
     model = inner.get_model()
@@ -400,10 +404,13 @@ class VLLMEngine:
         if not force and state == self._synced_state:
             return False
         started = time.perf_counter()
-        weights = policy_weights(model)
+        weights: list[tuple[str, torch.Tensor]] | bytes = policy_weights(model)
         if not self.config.in_process:
-            # Sent over vLLM's IPC channel: plain contiguous CPU tensors.
-            weights = [(name, t.to("cpu").contiguous()) for name, t in weights]
+            # vLLM's IPC decodes tensors only where a message type declares them, not inside free-form RPC
+            # arguments: send one torch.save'd buffer (one copy of the weights) and load it in the worker.
+            buffer = io.BytesIO()
+            torch.save([(name, t.to("cpu").contiguous()) for name, t in weights], buffer)
+            weights = buffer.getvalue()
         with torch.no_grad():
             self.llm.collective_rpc(_reload_in_worker, args=(weights,))
         # KV blocks cached under the old weights would be reused for repeated prompt prefixes.

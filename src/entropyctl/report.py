@@ -407,12 +407,27 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
         stacked = _stack(runs, "entropy", lambda r, v: v / r.h0(), window)
         if stacked is not None:
             _band_plot(ax, stacked[0], stacked[1], arm.arm, colors(i % 10))
+        # The adaptive controllers' target H*/H0 (τ once anchored), thin and dashed in the arm's colour.
+        target = _stack(runs, "target_entropy", lambda r, v: v / r.h0(), 1)
+        if target is not None and np.isfinite(target[1]).any():
+            with _quiet_nan_warnings():
+                ax.plot(
+                    target[0],
+                    np.nanmean(target[1], axis=0),
+                    color=colors(i % 10),
+                    linestyle="--",
+                    linewidth=0.8,
+                    alpha=0.8,
+                )
     ax.axhline(COLLAPSE_RATIO, color="grey", linestyle=":", linewidth=1)
     ax.axhline(EXPLOSION_RATIO, color="grey", linestyle=":", linewidth=1)
     ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("entropy / H0")
-    ax.set_title(f"Entropy relative to initial (moving average {window}, band = seed min..max)", fontsize=9)
+    ax.set_title(
+        f"Entropy relative to initial (moving average {window}, band = seed min..max; dashed: target H*/H0)",
+        fontsize=9,
+    )
     _legend(ax, fontsize=7, ncol=2)
     fig.tight_layout()
     files["entropy"] = "entropy.png"

@@ -158,8 +158,9 @@ def _strategy(config: RunConfig) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
     backend = "gloo" if t.accelerator == "cpu" else None
-    start_method = "spawn" if t.strategy == "ddp_spawn" else "popen"
-    return DDPStrategy(process_group_backend=backend, start_method=start_method)
+    if t.strategy == "ddp_spawn":
+        return DDPStrategy(process_group_backend=backend, start_method="spawn")
+    return DDPStrategy(process_group_backend=backend, start_method="popen")
 
 
 def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:

@@ -311,7 +311,7 @@ class RLVRModule(pl.LightningModule):
             self._reference = _Frozen(reference)
         from entropyctl.integrations.transformers import supports_fused_head
 
-        self.use_fused = config.algorithm.fused and supports_fused_head(policy)
+        self.use_fused = config.algorithm.fused and supports_fused_head(policy)  # type: ignore[arg-type]
         columns = metric_columns(self.levels)
         self.metrics_writer = MetricsWriter(self.run_dir / "metrics.csv", columns) if self.run_dir else None
 
@@ -446,10 +446,10 @@ class RLVRModule(pl.LightningModule):
 
         with torch.set_grad_enabled(grad):
             if self.use_fused:
-                h = response_hidden_states(model, comp)
+                h = response_hidden_states(model, comp)  # type: ignore[arg-type]
                 return {"hidden": h.hidden, "weight": h.lm_head_weight, "bias": h.lm_head_bias,
                         "targets": h.targets, "seq_index": h.seq_index}
-            lg = response_logits(model, comp)
+            lg = response_logits(model, comp)  # type: ignore[arg-type]
             return {"logits": lg.logits, "targets": lg.targets, "seq_index": lg.seq_index}
 
     def _logprob_no_grad(self, fwd: dict[str, Any]) -> Tensor:
@@ -544,8 +544,8 @@ class RLVRModule(pl.LightningModule):
                         self._forward_tokens(self._reference.module, sub, grad=False))
 
         # -- PPO epochs × mini-batches ------------------------------------------------------
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
+        opt: Any = self.optimizers()  # one LightningOptimizer (configure_optimizers returns one)
+        sched: Any = self.lr_schedulers()
         stats = EntropyStats(self.levels)
         sums = {"clip_low": 0.0, "clip_high": 0.0, "loss": 0.0, "pg": 0.0, "ent": 0.0, "kl": 0.0}
         grad_norm = 0.0

@@ -294,3 +294,23 @@ def test_bad_input_names_the_problem(kwargs: dict, match: str) -> None:
     extra = {k: v for k, v in kwargs.items() if k not in args}
     with pytest.raises(ValueError, match=match):
         fused_logprob_entropy(args["hidden"], args["weight"], args["targets"], **extra)
+
+
+def test_default_chunk_size_follows_vocabulary_and_matches_reference() -> None:
+    from entropyctl.ops.entropy import default_chunk_size
+
+    # One chunk's fp32 logits stay within 256 MiB: a power of two, smaller for larger vocabularies.
+    assert [default_chunk_size(v) for v in (20, 32000, 49152, 151936)] == [4096, 2048, 1024, 256]
+    for v in (20, 32000, 151936, 10**7):
+        c = default_chunk_size(v)
+        assert c & (c - 1) == 0 and 64 <= c <= 4096
+        assert c == 64 or c * v * 4 <= 256 * 2**20
+    # chunk_size=None (the default) picks it and still agrees with the full-logits path.
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(300, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7000, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 7000, (300,), generator=g)
+    lp, h = fused_logprob_entropy(hidden, weight, targets, temperature=0.8)
+    ref_lp, ref_h = token_logprob_entropy(hidden @ weight.T, targets, temperature=0.8)
+    torch.testing.assert_close(lp, ref_lp)
+    torch.testing.assert_close(h, ref_h)

@@ -29,15 +29,30 @@ to the weight's dtype at the end.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["token_logprob_entropy", "fused_logprob_entropy", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["token_logprob_entropy", "fused_logprob_entropy", "DEFAULT_CHUNK_SIZE", "default_chunk_size"]
 
 DEFAULT_CHUNK_SIZE = 1024
+#: bytes of fp32 logits one chunk may hold when the chunk size is chosen from the vocabulary.
+CHUNK_LOGITS_BUDGET = 256 * 2**20
+
+
+def default_chunk_size(vocab_size: int, budget_bytes: int = CHUNK_LOGITS_BUDGET) -> int:
+    """Tokens per chunk so that one chunk's fp32 logits ``[chunk, V]`` fit ``budget_bytes``: a power of
+    two in [64, 4096]. V = 151936 → 256, V = 49152 → 1024, V = 32000 → 2048.
+
+    Why tie it to V: peak memory of the fused paths is ≈ 2–3 chunk logits plus the weight and its
+    gradient, so a fixed chunk of 1024 tokens costs 0.6 GB per logits buffer at Qwen's vocabulary, while
+    at 256 tokens the time per token is unchanged (measured, docs/performance.md).
+    """
+    tokens = max(1, budget_bytes // (4 * max(1, int(vocab_size))))
+    return int(min(4096, max(64, 2 ** int(math.floor(math.log2(tokens))))))
 
 # log p is floored here once p = exp(log p) has been taken: p = 0 exactly for every log p below
 # about −745 (fp64) / −104 (fp32), so the floor changes no term with p > 0, and it turns the
@@ -265,7 +280,7 @@ def fused_logprob_entropy(
     targets: Tensor,
     *,
     temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Log-prob of ``targets`` and entropy from hidden states, never holding ``[N, V]`` logits.
@@ -277,7 +292,8 @@ def fused_logprob_entropy(
             embedding: its gradient simply accumulates with the embedding's).
         targets: sampled token ids ``[N]`` (or ``[...]``), integer.
         temperature: sampling temperature T; logits are divided by T before log-prob and entropy.
-        chunk_size: tokens per chunk; peak extra memory ≈ 2–3 · chunk_size · V · 4 bytes.
+        chunk_size: tokens per chunk; peak extra memory ≈ 2–3 · chunk_size · V · 4 bytes. ``None``:
+            :func:`default_chunk_size` of the vocabulary.
         bias: optional LM-head bias ``[V]``.
 
     Returns:
@@ -288,6 +304,8 @@ def fused_logprob_entropy(
     lead = targets.shape
     hidden2 = hidden.reshape(-1, hidden.shape[-1]) if hidden.dim() != 2 else hidden
     targets1 = targets.reshape(-1)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(weight.shape[0])
     _validate(hidden2, weight, targets1, bias, chunk_size)
     # Contiguous copies where needed: a strided view must not reach the GEMMs and the in-place
     # chunk slicing with the wrong layout (a known source of wrong gradients in fused kernels).

@@ -31,7 +31,6 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from entropyctl.ops.entropy import (
-    DEFAULT_CHUNK_SIZE,
     _check_temperature,
     _compute_dtype,
     _validate,
@@ -39,6 +38,7 @@ from entropyctl.ops.entropy import (
     chunk_dlogits,
     chunk_logits,
     chunk_stats,
+    default_chunk_size,
 )
 
 __all__ = ["PolicyLossOutput", "policy_loss", "fused_policy_loss"]
@@ -300,7 +300,7 @@ def fused_policy_loss(
     clip_high: float,
     temperature: float = 1.0,
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     num_tokens: int | float | Tensor | None = None,
     ref_logprob: Tensor | None = None,
     kl_coef: float = 0.0,
@@ -316,6 +316,8 @@ def fused_policy_loss(
     """
     t = _check_temperature(temperature)
     _check_clip(clip_low, clip_high)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(weight.shape[0])
     _validate(hidden, weight, targets, bias, chunk_size)
     n = hidden.shape[0]
     cdtype = _compute_dtype(hidden.dtype)

@@ -122,8 +122,10 @@ def policy_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     of the live parameters (no copy).
     """
     state = model.state_dict(keep_vars=False)
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    embedding_ptr = embedding.weight.data_ptr() if embedding is not None else None
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embedding = get_embeddings() if callable(get_embeddings) else None
+    embedding_weight = getattr(embedding, "weight", None)
+    embedding_ptr = embedding_weight.data_ptr() if isinstance(embedding_weight, torch.Tensor) else None
     weights: list[tuple[str, torch.Tensor]] = []
     for name, tensor in state.items():
         for prefix in _WRAPPER_PREFIXES:
@@ -404,12 +406,13 @@ class VLLMEngine:
         if not force and state == self._synced_state:
             return False
         started = time.perf_counter()
-        weights: list[tuple[str, torch.Tensor]] | bytes = policy_weights(model)
+        tensors = policy_weights(model)
+        weights: list[tuple[str, torch.Tensor]] | bytes = tensors
         if not self.config.in_process:
             # vLLM's IPC decodes tensors only where a message type declares them, not inside free-form RPC
             # arguments: send one torch.save'd buffer (one copy of the weights) and load it in the worker.
             buffer = io.BytesIO()
-            torch.save([(name, t.to("cpu").contiguous()) for name, t in weights], buffer)
+            torch.save([(name, t.to("cpu").contiguous()) for name, t in tensors], buffer)
             weights = buffer.getvalue()
         with torch.no_grad():
             self.llm.collective_rpc(_reload_in_worker, args=(weights,))

@@ -115,3 +115,16 @@ def test_one_step_on_smollm2_gguf(tmp_path: Path) -> None:
     assert summary["status"] == "finished"
     assert row["tokens"] > 0 and is_finite(row["entropy"]) and is_finite(row["loss"])
     assert row["response_length"] <= 12
+
+
+def test_file_dataset_with_held_out_rows(tmp_path: Path) -> None:
+    rows = [{"problem": f"{a}+{b}=", "answer": str(a + b), "level": 1 + (a + b) // 5} for a in range(6)
+            for b in range(6)]
+    data = tmp_path / "sums.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = tiny_config("trainer.steps=1", "data.source=file", f"data.path={data}",
+                         "data.options={level_field: level}", "eval.n_prompts=6")
+    summary = run_training(config, tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")[0]
+    assert {"acc_level_1", "acc_level_2"} <= metrics.keys()  # levels from the file's level field
+    assert summary["before"]["n_problems"] == 6  # the last 6 rows are held out

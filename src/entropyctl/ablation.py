@@ -101,7 +101,9 @@ def _yaml_scalar(value: Any) -> str:
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas that are not inside brackets (so ``k=[1,2]`` stays one item)."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char in "[{(":
             depth += 1

@@ -651,7 +651,7 @@ def _markdown(arms: list[ArmSummary], files: dict[str, str], window: int, manife
             for a in arms:
                 by_level = a.numbers["after_by_level"]
                 rows.append([f"`{a.arm}`", *[_fmt(by_level.get(level, {}).get(key)) for level in levels]])
-            before_levels = next(
+            before_levels: dict[str, Any] = next(
                 (a.numbers["before_by_level"] for a in arms if a.numbers["before_by_level"]), {}
             )
             if before_levels:

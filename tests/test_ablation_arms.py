@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from entropyctl.ablation import Arm, is_finished, parse_arm, parse_arms, plan_runs, resolve_arm_config
-from entropyctl.config import ConfigError
+from entropyctl.config import ConfigError, TargetConfig
 
 BASE = {
     "seed": 123,
@@ -66,7 +66,8 @@ def test_same_controller_keeps_base_fields_other_controller_starts_from_defaults
     assert aer["seed"] == 1 and aer["trainer"] == {"steps": 10}
     target = resolve_arm_config(BASE, parse_arm("target"), seed=1)
     assert target["controller"]["name"] == "target"
-    assert target["controller"]["tau"] == 0.4 and target["controller"]["eta"] == 0.01  # target's defaults
+    defaults = TargetConfig().model_dump(mode="json")
+    assert target["controller"] == defaults  # target's own defaults, not the base aer's eta/tau
     fixed = resolve_arm_config(BASE, parse_arm("fixed:alpha=0.05,trainer.steps=3"), seed=2)
     assert fixed["controller"]["alpha"] == 0.05 and fixed["trainer"]["steps"] == 3
     assert BASE["controller"] == {"name": "aer", "tau": 0.5, "eta": 0.02}  # base untouched

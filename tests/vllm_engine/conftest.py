@@ -1,4 +1,4 @@
-"""vLLM tests run only in the vLLM venv (.ci/vllm.sh: ``pytest -m vllm tests/vllm``).
+"""vLLM tests run only in the vLLM venv (.ci/vllm.sh: ``pytest -m vllm tests/vllm_engine``).
 
 Every test here is marked ``vllm`` and ``slow``. Where vLLM is not installed (the main venv) the directory is
 not collected at all, so the main suite neither imports vLLM nor reports skips for it.
@@ -16,6 +16,6 @@ if importlib.util.find_spec("vllm") is None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/vllm/" in str(item.path).replace("\\", "/"):
+        if "tests/vllm_engine/" in str(item.path).replace("\\", "/"):
             item.add_marker(pytest.mark.vllm)
             item.add_marker(pytest.mark.slow)

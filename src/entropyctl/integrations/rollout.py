@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingSettings", "Completions", "RolloutEngine"]
+__all__ = ["SamplingSettings", "Completions", "RolloutEngine", "check_generate_args"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,16 @@ class SamplingSettings:
     max_new_tokens: int = 64
     seed: int | None = None
     return_logprobs: bool = False
+
+
+def check_generate_args(engine: str, n: int, sampling: SamplingSettings) -> None:
+    """The argument checks every engine's ``generate`` shares: one message per mistake."""
+    if n < 1:
+        raise ValueError(f"{engine}.generate: n={n}, expected n >= 1")
+    if sampling.max_new_tokens < 1:
+        raise ValueError(f"sampling.max_new_tokens={sampling.max_new_tokens}, expected >= 1")
+    if sampling.temperature < 0:
+        raise ValueError(f"sampling.temperature={sampling.temperature}, expected >= 0 (0 = greedy)")
 
 
 @dataclass

@@ -37,7 +37,7 @@ from transformers import (
 
 from entropyctl.integrations.model_config import ModelConfig, PretrainConfig, TinyModelConfig
 from entropyctl.integrations.pretrain import default_cache_dir, greedy_accuracy, load_pretrained, pretrain
-from entropyctl.integrations.rollout import Completions, SamplingSettings
+from entropyctl.integrations.rollout import Completions, SamplingSettings, check_generate_args
 from entropyctl.integrations.tiny_model import build_char_tokenizer, build_tiny_model
 
 __all__ = [
@@ -247,12 +247,7 @@ class HFRolloutEngine:
         """No-op: the engine samples from the live policy module."""
 
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingSettings) -> Completions:
-        if n < 1:
-            raise ValueError(f"HFRolloutEngine.generate: n={n}, expected n >= 1")
-        if sampling.max_new_tokens < 1:
-            raise ValueError(f"sampling.max_new_tokens={sampling.max_new_tokens}, expected >= 1")
-        if sampling.temperature < 0:
-            raise ValueError(f"sampling.temperature={sampling.temperature}, expected >= 0 (0 = greedy)")
+        check_generate_args("HFRolloutEngine", n, sampling)
         ids, mask = left_pad([list(p) for p in prompt_ids], self.pad_token_id)
         ids = ids.repeat_interleave(n, dim=0)
         mask = mask.repeat_interleave(n, dim=0)

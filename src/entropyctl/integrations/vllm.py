@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from entropyctl.integrations.rollout import Completions, SamplingSettings
+from entropyctl.integrations.rollout import Completions, SamplingSettings, check_generate_args
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -446,12 +446,7 @@ class VLLMEngine:
         """Sample ``n`` completions per prompt (token-id lists, no padding); see the class docstring."""
         from vllm.inputs import TokensPrompt
 
-        if n < 1:
-            raise ValueError(f"VLLMEngine.generate: n={n}, expected n >= 1")
-        if sampling.max_new_tokens < 1:
-            raise ValueError(f"sampling.max_new_tokens={sampling.max_new_tokens}, expected >= 1")
-        if sampling.temperature < 0:
-            raise ValueError(f"sampling.temperature={sampling.temperature}, expected >= 0 (0 = greedy)")
+        check_generate_args("VLLMEngine", n, sampling)
         prompts = [list(map(int, p)) for p in prompt_ids]
         for index, prompt in enumerate(prompts):
             if not prompt:

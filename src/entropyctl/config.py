@@ -496,7 +496,9 @@ class AlgorithmConfig(_Section):
     ppo_epochs: int = Field(1, ge=1, description="Passes over the step's rollouts.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch (rollouts split evenly).")
     kl_coef: float = Field(0.0, ge=0, description="β of the KL to a frozen copy of the initial policy (0: off).")
-    chunk_size: int = Field(1024, ge=1, description="Tokens per chunk of the fused log-prob/entropy path.")
+    chunk_size: int | None = Field(
+        None, ge=1, description="Tokens per chunk of the fused path; null: chosen from the vocabulary size."
+    )
     fused: bool = Field(
         True, description="true: the fused path when the LM head is a plain linear map (else full logits); "
         "false: always full logits (the reference path)."

@@ -384,6 +384,10 @@ class MathVerifier:
                 worker.kill()  # died while idle (e.g. killed from outside): start a fresh one
                 self._started -= 1
             self._started += 1
+        return self._start_reserved()
+
+    def _start_reserved(self) -> _Worker:
+        """Start a worker for a slot already counted in ``_started``; give the slot back if it fails."""
         try:
             return _Worker(self.startup_timeout)
         except BaseException:
@@ -422,12 +426,7 @@ class MathVerifier:
             if self._closed or self._started >= self.num_workers:
                 return None
             self._started += 1
-        try:
-            return _Worker(self.startup_timeout)
-        except BaseException:
-            with self._cond:
-                self._started -= 1
-            raise
+        return self._start_reserved()
 
     def warmup(self) -> None:
         """Start every worker and wait until each has imported math-verify."""

@@ -296,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576", OMP_NUM_THREADS=str(threads))
     results: list[dict[str, Any]] = []
     if args.resume and out.exists():
-        results = [r for r in json.loads(out.read_text())["results"] if r.get("status") == "ok"]
-    done = {(r["mode"], r["n"], r["v"], r["dtype"]) for r in results}
+        # Every earlier record is kept (also those of configs outside --configs); a skipped or
+        # failed one is replaced below when its config runs again.
+        results = json.loads(out.read_text())["results"]
+    done = {_key(r) for r in results if r.get("status") == "ok"}
     if args.configs:
         configs = [(int(n), int(v), dt) for n, v, dt in (c.split(":") for c in args.configs.split(","))]
     else:
@@ -340,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
                     res = {**cfg, "status": f"failed (rc {proc.returncode}): {' | '.join(tail)}"}
-            results.append(res)
+            results = [r for r in results if _key(r) != _key(res)] + [res]
             print(_row(res), flush=True)
             # Written after every config, so an interrupted grid still leaves its numbers.
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -349,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     print(render_markdown(conditions, results))
     print(f"\nwrote {out}")
     return 0
+
+
+def _key(r: dict[str, Any]) -> tuple[str, int, int, str]:
+    return (r["mode"], r["n"], r["v"], r["dtype"])
 
 
 def _row(r: dict[str, Any]) -> str:

@@ -105,3 +105,21 @@ def test_is_finished(tmp_path: Path) -> None:
     assert is_finished(tmp_path)
     (tmp_path / "summary.json").write_text("{broken")
     assert not is_finished(tmp_path)
+
+
+def test_shipped_ablation_config_plans_every_arm(tmp_path: Path) -> None:
+    """configs/ablation.yaml (the committed study) resolves and validates every arm × seed."""
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "configs" / "ablation.yaml").read_text())
+    section = base["ablation"]
+    arms = parse_arms(section["arms"], where="ablation.arms")
+    specs = plan_runs(base, arms, list(range(section["seeds"])), tmp_path)
+    assert len(specs) == len(arms) * section["seeds"] and section["seeds"] >= 3
+    by_label = {s.arm.label: s.config for s in specs if s.seed == 0}
+    assert by_label["fixed:alpha=0"]["controller"]["alpha"] == 0.0
+    absolute = by_label["aer:anchor=absolute,target_entropy=0.3"]["controller"]
+    assert absolute["anchor"] == "absolute" and absolute["target_entropy"] == 0.3
+    # Every arm shares everything but the controller: same data, optimiser and trainer sections.
+    shared = {k: v for k, v in by_label["aer"].items() if k != "controller"}
+    for config in by_label.values():
+        assert {k: v for k, v in config.items() if k != "controller"} == shared

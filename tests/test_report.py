@@ -35,6 +35,7 @@ def write_fake_run(
         "step", "reward", "entropy", "target_entropy", "h0", "alpha", "response_length",
         "clip_frac_low", "clip_frac_high",
         *[f"acc_level_{k}" for k in LEVELS], *[f"coef_level_{k}" for k in LEVELS],
+        *[f"entropy_level_{k}" for k in LEVELS],
         "time_rollout", "time_reward", "time_update",
     ]  # fmt: skip
     with (run_dir / "metrics.csv").open("w", newline="") as handle:
@@ -52,6 +53,7 @@ def write_fake_run(
             )
             for k in LEVELS:
                 row[f"acc_level_{k}"] = 1.0 - 0.2 * k
+                row[f"entropy_level_{k}"] = float(entropy) * k
             writer.writerow(row)
     evaluation = {
         "pass@1": pass1,
@@ -142,7 +144,16 @@ def test_report_tables_flags_and_plots(ablation_dir: Path) -> None:
     # H0 falls back to the first step's entropy when the controller has no anchor (fixed).
     assert arms["fixed:alpha=0"]["runs"][1]["h0"] == pytest.approx(0.61)
 
+    # Per-level training entropy: first 10 steps → last quarter, mean over seeds 0 and 1 (+0.01·seed).
+    t = np.arange(40)
+    level2 = arms["fixed:alpha=0"]["training_by_level"]["2"]
+    curve = 2 * (0.6 * np.exp(-t / 6) + 0.005)
+    assert level2["entropy_start"]["mean"] == pytest.approx(curve[:10].mean())
+    assert level2["entropy_last_quarter"]["mean"] == pytest.approx(curve[30:].mean())
+    assert level2["accuracy_last_quarter"]["mean"] == pytest.approx(0.6)
+
     md = (ablation_dir / "report.md").read_text()
+    assert "## Training entropy and accuracy per difficulty level" in md and "level 3 entropy" in md
     for column in ("pass@1", "pass@4", "pass@8", "H/H0 (last ¼)", "collapse", "explosion", "α range"):
         assert column in md
     assert "level 3" in md and "0.450 ± 0.071" in md

@@ -219,6 +219,42 @@ def _levels(evals: list[dict[str, Any]]) -> list[str]:
     return sorted(levels, key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s))
 
 
+#: Steps averaged for a level's starting entropy (one step holds only a few prompts of each level).
+START_STEPS = 10
+
+
+def _training_by_level(runs: list[RunRecord]) -> dict[str, dict[str, Any]]:
+    """Per difficulty level, from the training metrics (``entropy_level_L``, ``acc_level_L``).
+
+    ``entropy_start``: mean level entropy (nats) over the first :data:`START_STEPS` steps;
+    ``entropy_last_quarter`` / ``accuracy_last_quarter``: means over the last quarter of steps.
+    Each is mean ± std over seeds. Shows which level carries a fall or rise of the overall entropy.
+    """
+    levels = sorted(
+        {c[len("entropy_level_") :] for r in runs for c in r.metrics if c.startswith("entropy_level_")},
+        key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s),
+    )
+
+    def mean(values: np.ndarray) -> float:
+        finite = values[np.isfinite(values)]
+        return float(finite.mean()) if finite.size else math.nan
+
+    out: dict[str, dict[str, Any]] = {}
+    for level in levels:
+        starts, lasts, accs = [], [], []
+        for run in runs:
+            entropy = run.metrics.get(f"entropy_level_{level}", np.array([]))
+            starts.append(mean(entropy[:START_STEPS]))
+            lasts.append(mean(run.last_quarter(f"entropy_level_{level}")))
+            accs.append(mean(run.last_quarter(f"acc_level_{level}")))
+        out[level] = {
+            "entropy_start": _mean_std(starts),
+            "entropy_last_quarter": _mean_std(lasts),
+            "accuracy_last_quarter": _mean_std(accs),
+        }
+    return out
+
+
 def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
     """Mean ± std over seeds of every reported number for one arm (finished runs only)."""
     finished = [r for r in runs if r.finished]
@@ -285,6 +321,7 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
                 "before": {k: _as_float((run.summary.get("before") or {}).get(k)) for k in keys},
             }
         )
+    numbers["training_by_level"] = _training_by_level(finished)
     numbers["h0"] = _mean_std(h0s)
     numbers["entropy_ratio_last_quarter"] = _mean_std(ratios)
     numbers["reward_last_quarter"] = _mean_std(rewards)
@@ -657,6 +694,36 @@ def _markdown(arms: list[ArmSummary], files: dict[str, str], window: int, manife
             if before_levels:
                 rows.append(["before RL", *[_fmt(before_levels.get(level, {}).get(key)) for level in levels]])
             lines += [_table(["arm", *[f"level {lv}" for lv in levels]], rows), ""]
+    train_levels = sorted(
+        {level for a in arms for level in a.numbers.get("training_by_level", {})},
+        key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s),
+    )
+    if train_levels:
+        lines += [
+            "## Training entropy and accuracy per difficulty level",
+            "",
+            f"Entropy in nats over the first {START_STEPS} steps → over the last quarter, and training "
+            "accuracy over the last quarter (sampled rollouts, not the held-out split).",
+            "",
+        ]
+        rows = []
+        for a in arms:
+            by_level = a.numbers.get("training_by_level", {})
+            row = [f"`{a.arm}`"]
+            for level in train_levels:
+                t = by_level.get(level)
+                if not t:
+                    row += ["–", "–"]
+                    continue
+                row += [
+                    f"{_fmt(t['entropy_start'], 2)} → {_fmt(t['entropy_last_quarter'], 2)}",
+                    _fmt(t["accuracy_last_quarter"], 2),
+                ]
+            rows.append(row)
+        header = ["arm"]
+        for level in train_levels:
+            header += [f"level {level} entropy", f"level {level} acc"]
+        lines += [_table(header, rows), ""]
     lines += ["## Plots", ""]
     captions = {
         "entropy": f"Entropy / H0 over steps (moving average {window}; band = min..max over seeds)",

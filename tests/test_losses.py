@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from entropyctl.ops.advantages import group_advantages
@@ -232,6 +232,12 @@ def _loss_cases(draw):
 
 @settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_loss_cases())
+# Found by hypothesis: two near-tied logits of ~104. Subtracting a rounded lse directly (instead of the
+# row maximum first) put the fused gradient 1.4e-5 (7e-4 relative) off the fp64 value.
+@example(
+    c=dict(n=3, d=1, v=4, chunk=1, T=1.0, clip=(0.2, 0.2), logit_scale=30.0, strided=False,
+           use_bias=False, kl=0.0, num_tokens=None, seed=232)
+)  # fmt: skip
 def test_fused_policy_loss_matches_oracle_fp32(c) -> None:
     g = torch.Generator().manual_seed(c["seed"])
     n, d, v = c["n"], c["d"], c["v"]

@@ -399,6 +399,12 @@ def _stack(
 # ----------------------------------------------------------------------------------------------
 
 
+def _arm_colors(plt: Any, n_arms: int) -> Any:
+    """One distinct colour per arm: tab10 up to 10 arms, tab20 up to 20, then repeating."""
+    cmap = plt.get_cmap("tab10" if n_arms <= 10 else "tab20")
+    return lambda i: cmap(i % cmap.N)
+
+
 def _band_plot(ax: Any, steps: np.ndarray, stacked: np.ndarray, label: str, color: Any) -> None:
     with np.errstate(invalid="ignore"), _quiet_nan_warnings():
         mean = np.nanmean(stacked, axis=0)
@@ -434,7 +440,7 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = plt.get_cmap("tab10")
+    colors = _arm_colors(plt, len(arms))
     files: dict[str, str] = {}
     finished = [(i, a, [r for r in a.runs if r.finished and r.metrics]) for i, a in enumerate(arms)]
 
@@ -443,7 +449,7 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
     for i, arm, runs in finished:
         stacked = _stack(runs, "entropy", lambda r, v: v / r.h0(), window)
         if stacked is not None:
-            _band_plot(ax, stacked[0], stacked[1], arm.arm, colors(i % 10))
+            _band_plot(ax, stacked[0], stacked[1], arm.arm, colors(i))
         # The adaptive controllers' target H*/H0 (τ once anchored), thin and dashed in the arm's colour.
         target = _stack(runs, "target_entropy", lambda r, v: v / r.h0(), 1)
         if target is not None and np.isfinite(target[1]).any():
@@ -451,7 +457,7 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
                 ax.plot(
                     target[0],
                     np.nanmean(target[1], axis=0),
-                    color=colors(i % 10),
+                    color=colors(i),
                     linestyle="--",
                     linewidth=0.8,
                     alpha=0.8,
@@ -476,7 +482,7 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
     for i, arm, runs in finished:
         stacked = _stack(runs, "alpha", None, 1)
         if stacked is not None and np.isfinite(stacked[1]).any():
-            _band_plot(ax, stacked[0], stacked[1], arm.arm, colors(i % 10))
+            _band_plot(ax, stacked[0], stacked[1], arm.arm, colors(i))
     ax.set_yscale("symlog", linthresh=1e-4)
     ax.set_xlabel("step")
     ax.set_ylabel("α (global coefficient)")
@@ -511,7 +517,7 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
                         ax.plot(
                             stacked[0],
                             np.nanmean(stacked[1], axis=0),
-                            color=colors(i % 10),
+                            color=colors(i),
                             label=arm.arm,
                             linewidth=1.2,
                         )
@@ -545,7 +551,7 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
             means,
             yerr=stds,
             label=arm.arm,
-            color=colors(i % 10),
+            color=colors(i),
             marker="o",
             markersize=3,
             capsize=2,

@@ -27,7 +27,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,9 +214,13 @@ def _pass_keys(evals: list[dict[str, Any]]) -> list[str]:
     return [f"pass@{k}" for k in ks]
 
 
+def _sorted_levels(levels: Iterable[str]) -> list[str]:
+    """Difficulty-level names in numeric order (``"2"`` before ``"10"``); non-numeric names last."""
+    return sorted(set(levels), key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s))
+
+
 def _levels(evals: list[dict[str, Any]]) -> list[str]:
-    levels = {str(level) for e in evals for level in (e.get("by_level") or {})}
-    return sorted(levels, key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s))
+    return _sorted_levels(str(level) for e in evals for level in (e.get("by_level") or {}))
 
 
 #: Steps averaged for a level's starting entropy (one step holds only a few prompts of each level).
@@ -230,9 +234,8 @@ def _training_by_level(runs: list[RunRecord]) -> dict[str, dict[str, Any]]:
     ``entropy_last_quarter`` / ``accuracy_last_quarter``: means over the last quarter of steps.
     Each is mean ± std over seeds. Shows which level carries a fall or rise of the overall entropy.
     """
-    levels = sorted(
-        {c[len("entropy_level_") :] for r in runs for c in r.metrics if c.startswith("entropy_level_")},
-        key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s),
+    levels = _sorted_levels(
+        c[len("entropy_level_") :] for r in runs for c in r.metrics if c.startswith("entropy_level_")
     )
 
     def mean(values: np.ndarray) -> float:
@@ -683,10 +686,7 @@ def _markdown(arms: list[ArmSummary], files: dict[str, str], window: int, manife
             + ", ".join(f"{k} = {_fmt(before.get(k))}" for k in keys if k in before),
             "",
         ]
-    levels = sorted(
-        {level for a in arms for level in a.numbers["after_by_level"]},
-        key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s),
-    )
+    levels = _sorted_levels(level for a in arms for level in a.numbers["after_by_level"])
     if levels:
         for key in keys:
             lines += [f"## {key} per difficulty level (held-out, after training)", ""]
@@ -700,10 +700,7 @@ def _markdown(arms: list[ArmSummary], files: dict[str, str], window: int, manife
             if before_levels:
                 rows.append(["before RL", *[_fmt(before_levels.get(level, {}).get(key)) for level in levels]])
             lines += [_table(["arm", *[f"level {lv}" for lv in levels]], rows), ""]
-    train_levels = sorted(
-        {level for a in arms for level in a.numbers.get("training_by_level", {})},
-        key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s),
-    )
+    train_levels = _sorted_levels(level for a in arms for level in a.numbers.get("training_by_level", {}))
     if train_levels:
         lines += [
             "## Training entropy and accuracy per difficulty level",

@@ -27,6 +27,7 @@ def write_fake_run(
     pass8: float,
     h0: float | None,
     finished: bool = True,
+    evals: dict[str, dict[str, float]] | None = None,
 ) -> None:
     """A run directory as `entropyctl train` writes it (config.yaml, metrics.csv, summary.json)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,8 @@ def write_fake_run(
         "before": {**evaluation, "pass@1": 0.3, "pass@4": 0.5, "pass@8": 0.6},
         "after": evaluation,
     }
+    if evals is not None:
+        summary["evals"] = evals
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -202,3 +205,32 @@ def test_bad_summary_names_the_file(tmp_path: Path) -> None:
         find_runs(tmp_path / "empty")
     with pytest.raises(ValueError, match="not a directory"):
         find_runs(tmp_path / "missing")
+
+
+def test_held_out_pass_at_k_during_training(ablation_dir: Path) -> None:
+    """Runs that evaluated every N steps get a table per pass@k over steps and a plot; others none."""
+    doc = write_report(ablation_dir)
+    assert "during" not in doc["arms"]["aer"] and not (ablation_dir / "during.png").exists()
+    assert "during training" not in (ablation_dir / "report.md").read_text()
+    for seed in (0, 1):
+        write_fake_run(
+            ablation_dir / "aer" / f"seed{seed}", controller="aer", seed=seed,
+            entropy_curve=np.full(40, 0.3), alpha=np.zeros(40), pass1=0.5, pass8=0.9, h0=0.6,
+            evals={
+                "step_20": {"pass@1": 0.35 + 0.1 * seed, "pass@4": 0.6, "pass@8": 0.7},
+                "step_40": {"pass@1": 0.5, "pass@4": 0.7, "pass@8": 0.9},
+            },
+        )  # fmt: skip
+    doc = write_report(ablation_dir)
+    during = doc["arms"]["aer"]["during"]
+    assert list(during) == ["0", "20", "40"]
+    assert during["0"]["pass@1"]["mean"] == pytest.approx(0.3)  # the evaluation before training
+    assert during["20"]["pass@1"]["mean"] == pytest.approx(0.4)
+    assert during["20"]["pass@1"]["std"] == pytest.approx(np.std([0.35, 0.45], ddof=1))
+    assert during["40"]["pass@8"]["values"] == [0.9, 0.9]
+    assert "during" not in doc["arms"]["fixed:alpha=0"]
+    md = (ablation_dir / "report.md").read_text()
+    assert "## Held-out pass@1 during training" in md and "## Held-out pass@8 during training" in md
+    assert "| `aer` | 0.300 ± 0.000 | 0.400 ± 0.071 | 0.500 ± 0.000 |" in md
+    assert "| `fixed:alpha=0` | – | – | – |" in md
+    assert (ablation_dir / "during.png").stat().st_size > 500 and "](during.png)" in md

@@ -258,6 +258,33 @@ def _training_by_level(runs: list[RunRecord]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _during(runs: list[RunRecord], keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Held-out pass@k at the intermediate evaluations (``eval.every``): {step: {key: mean ± std}}.
+
+    Step "0" is the evaluation before training; a run that lacks a step counts as missing there.
+    """
+    steps = sorted(
+        {
+            int(m.group(1))
+            for run in runs
+            for name in (run.summary.get("evals") or {})
+            for m in [re.fullmatch(r"step_(\d+)", str(name))]
+            if m
+        }
+    )
+    if not steps:
+        return {}
+    during: dict[str, dict[str, Any]] = {}
+    for step in [0, *steps]:
+        evals = [
+            (run.summary.get("before") if step == 0 else (run.summary.get("evals") or {}).get(f"step_{step}"))
+            or {}
+            for run in runs
+        ]
+        during[str(step)] = {key: _mean_std([_as_float(e.get(key)) for e in evals]) for key in keys}
+    return during
+
+
 def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
     """Mean ± std over seeds of every reported number for one arm (finished runs only)."""
     finished = [r for r in runs if r.finished]
@@ -325,6 +352,9 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
             }
         )
     numbers["training_by_level"] = _training_by_level(finished)
+    during = _during(finished, keys)
+    if during:
+        numbers["during"] = during
     numbers["h0"] = _mean_std(h0s)
     numbers["entropy_ratio_last_quarter"] = _mean_std(ratios)
     numbers["reward_last_quarter"] = _mean_std(rewards)
@@ -576,6 +606,53 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
     files["pass_at_k"] = "pass_at_k.png"
     fig.savefig(out / files["pass_at_k"])
     plt.close(fig)
+
+    # 5. Held-out pass@1 and pass@k_max over steps, when the runs evaluated during training.
+    if any(arm.numbers.get("during") for arm in arms):
+        ks = sorted(
+            {
+                int(key.split("@")[1])
+                for arm in arms
+                for step in arm.numbers.get("during", {}).values()
+                for key in step
+            }
+        )
+        shown = [ks[0], ks[-1]] if len(ks) > 1 else ks
+        fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.6), dpi=80, squeeze=False)
+        for ax, k in zip(axes[0], shown, strict=True):
+            for i, arm in enumerate(arms):
+                during = arm.numbers.get("during", {})
+                steps = sorted(int(step) for step in during)
+                stats = [during[str(step)].get(f"pass@{k}") or {} for step in steps]
+                points = [(st, s) for st, s in zip(steps, stats, strict=True) if s.get("mean") is not None]
+                if not points:
+                    continue
+                xs = np.array([st for st, _ in points], dtype=float)
+                values = [np.array([v for v in s["values"] if math.isfinite(v)]) for _, s in points]
+                ax.plot(
+                    xs,
+                    [s["mean"] for _, s in points],
+                    marker="o",
+                    markersize=3,
+                    color=colors(i),
+                    label=arm.arm,
+                )
+                ax.fill_between(
+                    xs,
+                    [v.min() for v in values],
+                    [v.max() for v in values],
+                    color=colors(i),
+                    alpha=0.15,
+                    linewidth=0,
+                )
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"pass@{k} (held-out)")
+            ax.set_title(f"held-out pass@{k} during training", fontsize=9)
+            _legend(ax, fontsize=7)
+        fig.tight_layout()
+        files["during"] = "during.png"
+        fig.savefig(out / files["during"])
+        plt.close(fig)
     return files
 
 
@@ -727,12 +804,29 @@ def _markdown(arms: list[ArmSummary], files: dict[str, str], window: int, manife
         for level in train_levels:
             header += [f"level {level} entropy", f"level {level} acc"]
         lines += [_table(header, rows), ""]
+    during_steps = sorted({int(step) for a in arms for step in a.numbers.get("during", {})})
+    if during_steps:
+        for key in [keys[0], keys[-1]] if len(keys) > 1 else keys:
+            lines += [
+                f"## Held-out {key} during training",
+                "",
+                "At the intermediate evaluations (`eval.every`); step 0 is the warm start.",
+                "",
+            ]
+            rows = []
+            for a in arms:
+                during = a.numbers.get("during", {})
+                rows.append(
+                    [f"`{a.arm}`", *[_fmt(during.get(str(step), {}).get(key)) for step in during_steps]]
+                )
+            lines += [_table(["arm", *[f"step {step}" for step in during_steps]], rows), ""]
     lines += ["## Plots", ""]
     captions = {
         "entropy": f"Entropy / H0 over steps (moving average {window}; band = min..max over seeds)",
         "alpha": "Global entropy coefficient α over steps",
         "accuracy_by_level": f"Training accuracy per difficulty level (moving average {window})",
         "pass_at_k": "Held-out pass@k after training",
+        "during": "Held-out pass@k during training (band = min..max over seeds)",
     }
     for key, name in files.items():
         lines += [f"![{captions.get(key, key)}]({name})", ""]

@@ -123,3 +123,26 @@ def test_shipped_ablation_config_plans_every_arm(tmp_path: Path) -> None:
     shared = {k: v for k, v in by_label["aer"].items() if k != "controller"}
     for config in by_label.values():
         assert {k: v for k, v in config.items() if k != "controller"} == shared
+
+
+def test_shipped_collapse_config_is_the_study_config_on_level_2_for_longer(tmp_path: Path) -> None:
+    """configs/ablation_collapse.yaml differs from configs/ablation.yaml only where its header says:
+    level 2 only, 3000 steps, pass@k every 500 steps, checkpoints every 500 steps, two arms."""
+    root = Path(__file__).resolve().parents[1]
+    study = yaml.safe_load((root / "configs" / "ablation.yaml").read_text())
+    collapse = yaml.safe_load((root / "configs" / "ablation_collapse.yaml").read_text())
+    section = collapse.pop("ablation")
+    study.pop("ablation")
+    assert collapse["data"]["levels"] == [2] and collapse["trainer"]["steps"] == 3000
+    changed = {
+        "data": {"levels": [2]},
+        "trainer": {"steps": 3000, "checkpoint_every": 500},
+        "eval": {"every": 500},
+    }
+    for name, fields in changed.items():
+        study[name].update(fields)
+    assert collapse == study
+    arms = parse_arms(section["arms"], where="ablation.arms")
+    assert [a.label for a in arms] == ["fixed:alpha=0", "aer"] and section["seeds"] >= 3
+    specs = plan_runs(collapse, arms, list(range(section["seeds"])), tmp_path)
+    assert len(specs) == 2 * section["seeds"]

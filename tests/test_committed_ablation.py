@@ -26,7 +26,7 @@ def _same(a: Any, b: Any, where: str) -> None:
             _same(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, list) and isinstance(b, list):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
         x, y = float(a), float(b)

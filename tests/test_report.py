@@ -218,16 +218,15 @@ def test_held_out_pass_at_k_during_training(ablation_dir: Path) -> None:
             entropy_curve=np.full(40, 0.3), alpha=np.zeros(40), pass1=0.5, pass8=0.9, h0=0.6,
             evals={
                 "step_20": {"pass@1": 0.35 + 0.1 * seed, "pass@4": 0.6, "pass@8": 0.7},
-                "step_40": {"pass@1": 0.5, "pass@4": 0.7, "pass@8": 0.9},
             },
         )  # fmt: skip
     doc = write_report(ablation_dir)
     during = doc["arms"]["aer"]["during"]
-    assert list(during) == ["0", "20", "40"]
+    assert list(during) == ["0", "20", "40"]  # 40 = the last step: `after` (pass1 0.5) is not repeated
     assert during["0"]["pass@1"]["mean"] == pytest.approx(0.3)  # the evaluation before training
     assert during["20"]["pass@1"]["mean"] == pytest.approx(0.4)
     assert during["20"]["pass@1"]["std"] == pytest.approx(np.std([0.35, 0.45], ddof=1))
-    assert during["40"]["pass@8"]["values"] == [0.9, 0.9]
+    assert during["40"]["pass@8"]["values"] == [0.9, 0.9]  # the evaluation after training
     assert "during" not in doc["arms"]["fixed:alpha=0"]
     md = (ablation_dir / "report.md").read_text()
     assert "## Held-out pass@1 during training" in md and "## Held-out pass@8 during training" in md

@@ -261,28 +261,32 @@ def _training_by_level(runs: list[RunRecord]) -> dict[str, dict[str, Any]]:
 def _during(runs: list[RunRecord], keys: list[str]) -> dict[str, dict[str, Any]]:
     """Held-out pass@k at the intermediate evaluations (``eval.every``): {step: {key: mean ± std}}.
 
-    Step "0" is the evaluation before training; a run that lacks a step counts as missing there.
+    Step "0" is the evaluation before training and the last step the one after it, so the table
+    runs from the warm start to the end; a run that lacks a step counts as missing there.
     """
-    steps = sorted(
-        {
-            int(m.group(1))
-            for run in runs
-            for name in (run.summary.get("evals") or {})
+    per_run: list[dict[int, dict[str, Any]]] = []
+    for run in runs:
+        evals = {
+            int(m.group(1)): value or {}
+            for name, value in (run.summary.get("evals") or {}).items()
             for m in [re.fullmatch(r"step_(\d+)", str(name))]
             if m
         }
-    )
-    if not steps:
+        per_run.append(evals)
+    if not any(per_run):
         return {}
-    during: dict[str, dict[str, Any]] = {}
-    for step in [0, *steps]:
-        evals = [
-            (run.summary.get("before") if step == 0 else (run.summary.get("evals") or {}).get(f"step_{step}"))
-            or {}
-            for run in runs
-        ]
-        during[str(step)] = {key: _mean_std([_as_float(e.get(key)) for e in evals]) for key in keys}
-    return during
+    for run, evals in zip(runs, per_run, strict=True):
+        evals[0] = run.summary.get("before") or {}
+        steps = run.summary.get("steps")
+        if steps is not None and run.summary.get("after"):
+            evals.setdefault(int(steps), run.summary["after"])
+    steps = sorted({step for evals in per_run for step in evals})
+    return {
+        str(step): {
+            key: _mean_std([_as_float(evals.get(step, {}).get(key)) for evals in per_run]) for key in keys
+        }
+        for step in steps
+    }
 
 
 def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
@@ -764,7 +768,7 @@ def _markdown(arms: list[ArmSummary], files: dict[str, str], window: int, manife
             "",
         ]
     levels = _sorted_levels(level for a in arms for level in a.numbers["after_by_level"])
-    if levels:
+    if len(levels) > 1:  # with one level these tables repeat the summary
         for key in keys:
             lines += [f"## {key} per difficulty level (held-out, after training)", ""]
             rows = []

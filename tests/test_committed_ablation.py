@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from entropyctl.ablation import parse_arms, plan_runs
+from entropyctl.config import parse_run_config
 from entropyctl.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "ablation_run"
 COLLAPSE = ROOT / "benchmarks" / "ablation_collapse_run"
+#: (committed ablation directory, the shipped config it was run from)
+CONFIGS = [(RUN, "configs/ablation.yaml"), (COLLAPSE, "configs/ablation_collapse.yaml")]
 #: (committed ablation directory, the marker pair around the docs' tables quoting its report)
 STUDIES = [(RUN, "ablation-table"), (COLLAPSE, "collapse-table")]
 DOCS = ["docs/ablations.md", "benchmarks/ablation_results.md"]
@@ -63,3 +68,27 @@ def test_docs_quote_the_committed_report(run: Path, marker: str, doc: str) -> No
     assert len(rows) >= (11 if run == RUN else 3)
     missing = [row for row in rows if row not in report_lines]
     assert not missing, f"{doc} rows not in the committed report.md: {missing[:3]}"
+
+
+def _without_command_line_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Drop what ablate passes on the command line (threads, progress bar) and the informational
+    `ablation` section a directly run `entropyctl train --config configs/...` keeps."""
+    config = {k: v for k, v in config.items() if k != "ablation"}
+    config["trainer"] = {k: v for k, v in config["trainer"].items() if k not in ("threads", "progress_bar")}
+    return config
+
+
+@pytest.mark.parametrize(("run", "config_path"), CONFIGS, ids=lambda x: Path(str(x)).name)
+def test_committed_runs_used_the_shipped_config(run: Path, config_path: str) -> None:
+    """Every committed run is the shipped config's arm × seed: its ablate_config.yaml is what ablate
+    resolves today, and the config.yaml that `entropyctl train` wrote is that config parsed."""
+    base = yaml.safe_load((ROOT / config_path).read_text())
+    arms = parse_arms(base["ablation"]["arms"], where="ablation.arms")
+    specs = plan_runs(base, arms, list(range(base["ablation"]["seeds"])), run)
+    for spec in specs:
+        assert yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text()) == spec.config, spec.run_dir
+        written = yaml.safe_load((spec.run_dir / "config.yaml").read_text())
+        expected = parse_run_config(spec.config).model_dump(mode="json")
+        assert _without_command_line_settings(written) == _without_command_line_settings(expected), (
+            spec.run_dir
+        )

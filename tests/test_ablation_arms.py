@@ -127,7 +127,7 @@ def test_shipped_ablation_config_plans_every_arm(tmp_path: Path) -> None:
 
 def test_shipped_collapse_config_is_the_study_config_on_level_2_for_longer(tmp_path: Path) -> None:
     """configs/ablation_collapse.yaml differs from configs/ablation.yaml only where its header says:
-    level 2 only, 3000 steps, pass@k every 500 steps, checkpoints every 500 steps, two arms."""
+    level 2 only, 3000 steps, pass@k every 500 steps, checkpoints every 500 steps, three arms."""
     root = Path(__file__).resolve().parents[1]
     study = yaml.safe_load((root / "configs" / "ablation.yaml").read_text())
     collapse = yaml.safe_load((root / "configs" / "ablation_collapse.yaml").read_text())
@@ -143,6 +143,8 @@ def test_shipped_collapse_config_is_the_study_config_on_level_2_for_longer(tmp_p
         study[name].update(fields)
     assert collapse == study
     arms = parse_arms(section["arms"], where="ablation.arms")
-    assert [a.label for a in arms] == ["fixed:alpha=0", "aer"] and section["seeds"] >= 3
+    assert [a.label for a in arms] == ["fixed:alpha=0", "aer", "aer:alpha_max=0.2"] and section["seeds"] >= 3
     specs = plan_runs(collapse, arms, list(range(section["seeds"])), tmp_path)
-    assert len(specs) == 2 * section["seeds"]
+    assert len(specs) == 3 * section["seeds"]
+    capped = [s.config["controller"] for s in specs if s.arm.label == "aer:alpha_max=0.2"][0]
+    assert capped["alpha_max"] == 0.2 and capped["tau"] == 0.4 and capped["eta"] == 0.05

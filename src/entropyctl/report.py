@@ -214,6 +214,11 @@ def _pass_keys(evals: list[dict[str, Any]]) -> list[str]:
     return [f"pass@{k}" for k in ks]
 
 
+def _first_and_last(keys: list[str]) -> list[str]:
+    """pass@1 and pass@k_max of sorted pass keys (the during-training table and plot show both)."""
+    return [keys[0], keys[-1]] if len(keys) > 1 else list(keys)
+
+
 def _sorted_levels(levels: Iterable[str]) -> list[str]:
     """Difficulty-level names in numeric order (``"2"`` before ``"10"``); non-numeric names last."""
     return sorted(set(levels), key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s))
@@ -613,21 +618,15 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
 
     # 5. Held-out pass@1 and pass@k_max over steps, when the runs evaluated during training.
     if any(arm.numbers.get("during") for arm in arms):
-        ks = sorted(
-            {
-                int(key.split("@")[1])
-                for arm in arms
-                for step in arm.numbers.get("during", {}).values()
-                for key in step
-            }
+        shown = _first_and_last(
+            _pass_keys([step for arm in arms for step in arm.numbers.get("during", {}).values()])
         )
-        shown = [ks[0], ks[-1]] if len(ks) > 1 else ks
         fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.6), dpi=80, squeeze=False)
-        for ax, k in zip(axes[0], shown, strict=True):
+        for ax, key in zip(axes[0], shown, strict=True):
             for i, arm in enumerate(arms):
                 during = arm.numbers.get("during", {})
                 steps = sorted(int(step) for step in during)
-                stats = [during[str(step)].get(f"pass@{k}") or {} for step in steps]
+                stats = [during[str(step)].get(key) or {} for step in steps]
                 points = [(st, s) for st, s in zip(steps, stats, strict=True) if s.get("mean") is not None]
                 if not points:
                     continue
@@ -650,8 +649,8 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
                     linewidth=0,
                 )
             ax.set_xlabel("step")
-            ax.set_ylabel(f"pass@{k} (held-out)")
-            ax.set_title(f"held-out pass@{k} during training", fontsize=9)
+            ax.set_ylabel(f"{key} (held-out)")
+            ax.set_title(f"held-out {key} during training", fontsize=9)
             _legend(ax, fontsize=7)
         fig.tight_layout()
         files["during"] = "during.png"
@@ -810,7 +809,7 @@ def _markdown(arms: list[ArmSummary], files: dict[str, str], window: int, manife
         lines += [_table(header, rows), ""]
     during_steps = sorted({int(step) for a in arms for step in a.numbers.get("during", {})})
     if during_steps:
-        for key in [keys[0], keys[-1]] if len(keys) > 1 else keys:
+        for key in _first_and_last(keys):
             lines += [
                 f"## Held-out {key} during training",
                 "",

@@ -26,7 +26,20 @@ import torch
 QUESTIONS = [
     f"Sam counts his marbles and finds that he has {expr} of them. How many marbles does Sam have? "
     "Put the final answer in \\boxed{}."
-    for expr in ["3+4", "12+7", "45-19", "8+9", "23+5", "61-27", "2+6", "38+4", "74-33", "9+9", "15+6", "50-25"]
+    for expr in [
+        "3+4",
+        "12+7",
+        "45-19",
+        "8+9",
+        "23+5",
+        "61-27",
+        "2+6",
+        "38+4",
+        "74-33",
+        "9+9",
+        "15+6",
+        "50-25",
+    ]
 ]
 
 
@@ -45,12 +58,18 @@ def _measure(engine: Any, prompts: list[list[int]], n: int, sampling: Any, repea
         comp = engine.generate(prompts, n, sampling)
         seconds += time.perf_counter() - started
         tokens += int(comp.response_mask.sum())
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "mean_response_len": tokens / (repeats * len(prompts) * n)}
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "mean_response_len": tokens / (repeats * len(prompts) * n),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -90,28 +109,41 @@ def main() -> None:
     conditions = {
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32)",
         "dtype": "float32",
-        "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature, "repeats": args.repeats, "threads": args.threads,
+        "prompts": args.prompts,
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "repeats": args.repeats,
+        "threads": args.threads,
         "vllm_in_process": args.in_process,
         "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts),
-        "torch": torch.__version__, "vllm": vllm.__version__,
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "vllm": vllm.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0],
     }
     ratio = results["vllm"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
-    print(f"rollout throughput — {conditions['model']}, {args.prompts} prompts x {args.n} samples, "
-          f"<= {args.max_new_tokens} new tokens, T={args.temperature}, {args.threads} threads, "
-          f"torch {torch.__version__}, vllm {vllm.__version__}, load avg {conditions['load_average_1m']:.1f}")
+    print(
+        f"rollout throughput — {conditions['model']}, {args.prompts} prompts x {args.n} samples, "
+        f"<= {args.max_new_tokens} new tokens, T={args.temperature}, {args.threads} threads, "
+        f"torch {torch.__version__}, vllm {vllm.__version__}, load avg {conditions['load_average_1m']:.1f}"
+    )
     print("| engine | tokens | seconds | tokens/s | mean response len |")
     print("|---|---|---|---|---|")
     for name in ("hf", "vllm"):
         r = results[name]
-        print(f"| {name} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} | "
-              f"{r['mean_response_len']:.1f} |")
-    print(f"vllm / hf tokens/s: {ratio:.2f}; vllm start-up {start_seconds:.1f} s, "
-          f"one weight sync {results['vllm']['sync_seconds']:.1f} s")
-    Path(args.output).write_text(json.dumps(
-        {"conditions": conditions, "results": results, "vllm_over_hf": ratio}, indent=2) + "\n")
+        print(
+            f"| {name} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} | "
+            f"{r['mean_response_len']:.1f} |"
+        )
+    print(
+        f"vllm / hf tokens/s: {ratio:.2f}; vllm start-up {start_seconds:.1f} s, "
+        f"one weight sync {results['vllm']['sync_seconds']:.1f} s"
+    )
+    Path(args.output).write_text(
+        json.dumps({"conditions": conditions, "results": results, "vllm_over_hf": ratio}, indent=2) + "\n"
+    )
     print(f"wrote {args.output}")
 
 

@@ -41,7 +41,9 @@ class _Bare(pl.Callback):
         self.copy: torch.nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, idx: int
+    ) -> None:
         cfg = module.config
         problems = module.last_batch["problems"]
         comp = module.last_batch["completions"]
@@ -54,17 +56,26 @@ class _Bare(pl.Callback):
         # bare generate: same prompts, same settings, same seed stream
         prompts = [module.encode_prompt(p.prompt) for p in problems]
         width = max(len(p) for p in prompts)
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts]).repeat_interleave(G, 0)
-        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None])
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts]).repeat_interleave(
+            G, 0
+        )
+        mask = torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]
         mask = mask.long().repeat_interleave(G, 0)
         policy.eval()
         torch.manual_seed(module.rlvr_step)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = policy.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                  temperature=cfg.rollout.temperature, top_k=0, top_p=1.0,
-                                  max_new_tokens=cfg.rollout.max_new_tokens, pad_token_id=tok.pad_token_id,
-                                  eos_token_id=tok.eos_token_id)
+            out = policy.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=cfg.rollout.temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
         bare_generate = time.perf_counter() - t0
         generated = int((out[:, width:] != tok.pad_token_id).sum())
 
@@ -87,16 +98,25 @@ class _Bare(pl.Callback):
 
         row = dict(module.last_metrics)
         if module.rlvr_step > self.warmup:
-            self.rows.append({
-                "step": module.rlvr_step,
-                "rollout": row["time_rollout"], "reward": row["time_reward"], "update": row["time_update"],
-                "step_total": row["time_step"], "bare_generate": bare_generate, "bare_update": bare_update,
-                "response_tokens": float(comp.response_mask.sum()), "bare_generated_tokens": float(generated),
-            })
+            self.rows.append(
+                {
+                    "step": module.rlvr_step,
+                    "rollout": row["time_rollout"],
+                    "reward": row["time_reward"],
+                    "update": row["time_update"],
+                    "step_total": row["time_step"],
+                    "bare_generate": bare_generate,
+                    "bare_update": bare_update,
+                    "response_tokens": float(comp.response_mask.sum()),
+                    "bare_generated_tokens": float(generated),
+                }
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=8, help="measured steps (after the warm-up steps)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -104,17 +124,34 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = load_run_config(None, [f"trainer.steps={args.steps + args.warmup}", "eval.before=false",
-                                    "eval.after=false", "trainer.save_last=false", "trainer.progress_bar=false",
-                                    *args.overrides])
+    config = load_run_config(
+        None,
+        [
+            f"trainer.steps={args.steps + args.warmup}",
+            "eval.before=false",
+            "eval.after=false",
+            "trainer.save_last=false",
+            "trainer.progress_bar=false",
+            *args.overrides,
+        ],
+    )
     load_before = os.getloadavg()
     module = build_module(config, None)
     bare = _Bare(args.warmup)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=config.trainer.steps
-                             * module.optimizer_steps_per_rlvr_step, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, callbacks=[bare],
-                             default_root_dir=tmp, num_sanity_val_steps=0, limit_val_batches=0)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=config.trainer.steps * module.optimizer_steps_per_rlvr_step,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[bare],
+            default_root_dir=tmp,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
         cpu0 = time.process_time()
         trainer.fit(module)
         cpu_s = time.process_time() - cpu0
@@ -122,29 +159,48 @@ def main() -> None:
     rows = bare.rows
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "step"}
     result = {
-        "config": {"prompts_per_step": config.rollout.prompts_per_step, "group_size": config.rollout.group_size,
-                   "max_new_tokens": config.rollout.max_new_tokens, "model": config.model.model_dump(mode="json"),
-                   "parameters": sum(p.numel() for p in module.policy.parameters()), "fused": module.use_fused},
-        "conditions": {"threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
-                       "cpu_count": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                       "process_cpu_seconds": cpu_s},
+        "config": {
+            "prompts_per_step": config.rollout.prompts_per_step,
+            "group_size": config.rollout.group_size,
+            "max_new_tokens": config.rollout.max_new_tokens,
+            "model": config.model.model_dump(mode="json"),
+            "parameters": sum(p.numel() for p in module.policy.parameters()),
+            "fused": module.use_fused,
+        },
+        "conditions": {
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "process_cpu_seconds": cpu_s,
+        },
         "median_seconds": med,
         "ratios": {
             "rollout_over_bare_generate": med["rollout"] / med["bare_generate"],
             "update_over_bare_update": med["update"] / med["bare_update"],
             "reward_share_of_step": med["reward"] / med["step_total"],
         },
-        "targets": {"rollout_over_bare_generate": 1.2, "update_over_bare_update": 1.3, "reward_share_of_step": 0.05},
+        "targets": {
+            "rollout_over_bare_generate": 1.2,
+            "update_over_bare_update": 1.3,
+            "reward_share_of_step": 0.05,
+        },
         "steps": rows,
     }
-    print(f"RLVR step on the embedded default: {config.rollout.prompts_per_step} prompts × "
-          f"{config.rollout.group_size}, {result['config']['parameters']:,} params, {args.threads} threads, "
-          f"torch {torch.__version__}, load avg {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}")
+    print(
+        f"RLVR step on the embedded default: {config.rollout.prompts_per_step} prompts × "
+        f"{config.rollout.group_size}, {result['config']['parameters']:,} params, {args.threads} threads, "
+        f"torch {torch.__version__}, load avg {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'part':<28}{'median s':>10}")
     for key in ("rollout", "reward", "update", "step_total", "bare_generate", "bare_update"):
         print(f"{key:<28}{med[key]:>10.3f}")
-    print(f"{'response tokens / step':<28}{med['response_tokens']:>10.0f}  (bare generate: "
-          f"{med['bare_generated_tokens']:.0f})")
+    print(
+        f"{'response tokens / step':<28}{med['response_tokens']:>10.0f}  (bare generate: "
+        f"{med['bare_generated_tokens']:.0f})"
+    )
     for key, value in result["ratios"].items():
         print(f"{key:<28}{value:>10.2f}  (target {'≤'} {result['targets'][key]})")
     out = Path(args.out)

@@ -56,7 +56,16 @@ def test_ablate_two_arms_report_and_resume(tmp_path: Path) -> None:
     assert [c.pop("controller") and c for c in configs][0] == configs[1]
 
     md = (out / "report.md").read_text()
-    for column in ("pass@1", "pass@2", "pass@4", "H/H0 (last ¼)", "collapse", "explosion", "α range", "level 2"):
+    for column in (
+        "pass@1",
+        "pass@2",
+        "pass@4",
+        "H/H0 (last ¼)",
+        "collapse",
+        "explosion",
+        "α range",
+        "level 2",
+    ):
         assert column in md, column
     for plot in PLOTS:
         assert (out / plot).stat().st_size > 1000 and f"]({plot})" in md

@@ -36,8 +36,14 @@ def error_of(config: object) -> str:
         ({"name": "target", "eta": -0.5}, "controller.eta: must be ≥ 0"),
         ({"name": "aer", "delta": -1.0}, "controller.delta: must be ≥ 0"),
         # alpha_min ≤ alpha_0 ≤ alpha_max
-        ({"name": "aer", "alpha_0": 0.5, "alpha_max": 0.1}, "controller.alpha_0: must be ≤ alpha_max = 0.1 (got 0.5)"),
-        ({"name": "aer", "alpha_0": 0.01, "alpha_min": 0.02}, "controller.alpha_0: must be ≥ alpha_min = 0.02"),
+        (
+            {"name": "aer", "alpha_0": 0.5, "alpha_max": 0.1},
+            "controller.alpha_0: must be ≤ alpha_max = 0.1 (got 0.5)",
+        ),
+        (
+            {"name": "aer", "alpha_0": 0.01, "alpha_min": 0.02},
+            "controller.alpha_0: must be ≥ alpha_min = 0.02",
+        ),
         ({"name": "target", "alpha_min": 0.2, "alpha_max": 0.1}, "controller.alpha_min: must be ≤ alpha_max"),
         # 0 < tau ≤ 1
         ({"name": "aer", "tau": 0.0}, "controller.tau: must be > 0"),
@@ -53,9 +59,15 @@ def error_of(config: object) -> str:
         ({"name": "fixed", "alpha": float("inf")}, "controller.alpha: must be a finite number"),
         # anchor_steps ≥ 1, absolute anchor needs a target
         ({"name": "aer", "anchor_steps": 0}, "controller.anchor_steps: must be ≥ 1"),
-        ({"name": "target", "anchor": "absolute"}, "controller.target_entropy: required when anchor is 'absolute'"),
+        (
+            {"name": "target", "anchor": "absolute"},
+            "controller.target_entropy: required when anchor is 'absolute'",
+        ),
         # choices and unknown fields
-        ({"name": "aer", "update": "momentum"}, "controller.update: must be one of 'additive', 'sign' or 'log'"),
+        (
+            {"name": "aer", "update": "momentum"},
+            "controller.update: must be one of 'additive', 'sign' or 'log'",
+        ),
         ({"name": "aer", "allocation": "soft"}, "controller.allocation: must be one of"),
         ({"name": "aer", "tau ": 0.4}, "controller.tau : unknown field (valid fields: name, alpha_0"),
     ],
@@ -80,14 +92,26 @@ def test_several_errors_are_reported_together_one_line_each() -> None:
     message = error_of({"name": "aer", "tau": 2.0, "rho": -1.0, "eta": float("inf")})
     lines = [line.strip() for line in message.splitlines()]
     assert lines[0] == "invalid configuration:"
-    assert {line.split(":")[0] for line in lines[1:]} == {"controller.tau", "controller.rho", "controller.eta"}
+    assert {line.split(":")[0] for line in lines[1:]} == {
+        "controller.tau",
+        "controller.rho",
+        "controller.eta",
+    }
 
 
 def test_defaults_and_round_trip() -> None:
     aer = parse_controller_config({"name": "aer"})
     assert isinstance(aer, AERConfig)
-    assert (aer.tau, aer.rho, aer.allocation, aer.update, aer.anchor) == (0.4, 0.5, "threshold", "additive", "initial")
-    assert aer.step_size == 0.002 and parse_controller_config({"name": "aer", "update": "log"}).step_size == 0.5
+    assert (aer.tau, aer.rho, aer.allocation, aer.update, aer.anchor) == (
+        0.4,
+        0.5,
+        "threshold",
+        "additive",
+        "initial",
+    )
+    assert (
+        aer.step_size == 0.002 and parse_controller_config({"name": "aer", "update": "log"}).step_size == 0.5
+    )
     assert parse_controller_config(aer.model_dump()) == aer
     assert parse_controller_config("target") == TargetConfig()
 
@@ -113,10 +137,23 @@ def test_apply_overrides_parses_yaml_scalars_and_dotted_paths() -> None:
     base = {"controller": {"name": "aer", "tau": 0.4}, "trainer": {"steps": 10}}
     result = apply_overrides(
         base,
-        ["controller.tau=0.5", "controller.eta=1e-3", "controller.dynamic=false", "trainer.steps=20",
-         "new.deep.key=abc", "controller.target_entropy=null", "trainer.levels=[1, 2]"],
+        [
+            "controller.tau=0.5",
+            "controller.eta=1e-3",
+            "controller.dynamic=false",
+            "trainer.steps=20",
+            "new.deep.key=abc",
+            "controller.target_entropy=null",
+            "trainer.levels=[1, 2]",
+        ],
     )
-    assert result["controller"] == {"name": "aer", "tau": 0.5, "eta": 0.001, "dynamic": False, "target_entropy": None}
+    assert result["controller"] == {
+        "name": "aer",
+        "tau": 0.5,
+        "eta": 0.001,
+        "dynamic": False,
+        "target_entropy": None,
+    }
     assert result["trainer"] == {"steps": 20, "levels": [1, 2]}
     assert result["new"] == {"deep": {"key": "abc"}}
     assert base["controller"]["tau"] == 0.4  # the input is not modified
@@ -139,7 +176,9 @@ def test_controller_field_in_a_run_config() -> None:
     assert _Run.model_validate(run.model_dump()).controller == run.controller  # dump → load
     with pytest.raises(ValidationError) as info:
         _Run.model_validate({"controller": {"name": "aer", "alpha_0": 0.5}})
-    assert format_validation_error(info.value, model=_Run) == ["controller.alpha_0: must be ≤ alpha_max = 0.05 (got 0.5)"]
+    assert format_validation_error(info.value, model=_Run) == [
+        "controller.alpha_0: must be ≤ alpha_max = 0.05 (got 0.5)"
+    ]
     with pytest.raises(ValidationError) as info:
         _Run.model_validate({"controller": {"name": "nope"}})
     (line,) = format_validation_error(info.value)

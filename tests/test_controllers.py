@@ -103,8 +103,14 @@ def test_log_rule_is_multiplicative_and_never_sticks_at_zero() -> None:
 
 def test_controller_with_log_rule_recovers_from_its_floor() -> None:
     controller = create_controller(
-        {"name": "aer", "update": "log", "anchor": "absolute", "target_entropy": 0.5, "alpha_0": 0.0,
-         "difficulty_aware": False}
+        {
+            "name": "aer",
+            "update": "log",
+            "anchor": "absolute",
+            "target_entropy": 0.5,
+            "alpha_0": 0.0,
+            "difficulty_aware": False,
+        }
     )
     for _ in range(50):
         controller.observe(reading(0.1))

@@ -62,8 +62,12 @@ def test_sign_rule_settles_at_moderate_gain(name: str) -> None:
 
 def test_fixed_alpha_too_small_collapses_and_too_large_explodes() -> None:
     h_init = 1.0
-    small = simulate(create_controller({"name": "fixed", "alpha": 1e-4}), EntropyPlant(h_init=h_init, seed=1), STEPS)
-    large = simulate(create_controller({"name": "fixed", "alpha": 0.1}), EntropyPlant(h_init=h_init, seed=1), STEPS)
+    small = simulate(
+        create_controller({"name": "fixed", "alpha": 1e-4}), EntropyPlant(h_init=h_init, seed=1), STEPS
+    )
+    large = simulate(
+        create_controller({"name": "fixed", "alpha": 0.1}), EntropyPlant(h_init=h_init, seed=1), STEPS
+    )
     assert max(small.entropy[-50:]) < 0.1 * h_init  # collapse: below 10% of H0
     assert min(large.entropy[-50:]) > 2.0 * h_init  # explosion: more than twice H0, near h_max = 3
     # ... while aer on the very same plant holds 0.4·H0.

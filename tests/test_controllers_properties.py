@@ -82,9 +82,7 @@ def outcome_of(accuracy: list[float], step: int = 0) -> GroupOutcome:
 
 
 def same_metrics(a: dict[str, float], b: dict[str, float]) -> bool:
-    return a.keys() == b.keys() and all(
-        (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a
-    )
+    return a.keys() == b.keys() and all((math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a)
 
 
 ALL_CONTROLLERS = sorted(available_controllers())
@@ -148,7 +146,10 @@ def test_state_dict_round_trip_gives_identical_future(name: str) -> None:
     @PROPERTY_SETTINGS
     @given(config=configs_for(name), past=readings, future=readings, accuracy=accuracies)
     def check(
-        config: dict[str, Any], past: list[EntropyReading], future: list[EntropyReading], accuracy: list[float]
+        config: dict[str, Any],
+        past: list[EntropyReading],
+        future: list[EntropyReading],
+        accuracy: list[float],
     ) -> None:
         original = create_controller(config)
         for item in past:
@@ -171,7 +172,9 @@ def test_state_dict_round_trip_gives_identical_future(name: str) -> None:
 @pytest.mark.parametrize("name", ["target", "aer"])
 @pytest.mark.parametrize("update", ["additive", "sign", "log"])
 @pytest.mark.parametrize("side", ["below", "above"])
-def test_alpha_moves_toward_more_entropy_below_target_and_less_above(name: str, update: str, side: str) -> None:
+def test_alpha_moves_toward_more_entropy_below_target_and_less_above(
+    name: str, update: str, side: str
+) -> None:
     @PROPERTY_SETTINGS
     @given(
         config=adaptive_configs(name),
@@ -179,7 +182,9 @@ def test_alpha_moves_toward_more_entropy_below_target_and_less_above(name: str, 
         fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=30),
     )
     def check(config: dict[str, Any], h0: float, fractions: list[float]) -> None:
-        config = {**config, "update": update, "dynamic": True} if name == "aer" else {**config, "update": update}
+        config = (
+            {**config, "update": update, "dynamic": True} if name == "aer" else {**config, "update": update}
+        )
         controller = create_controller(config)
         for _ in range(controller.config.anchor_steps):
             controller.observe(EntropyReading(mean_entropy=h0, tokens=10, step=0))
@@ -188,7 +193,9 @@ def test_alpha_moves_toward_more_entropy_below_target_and_less_above(name: str, 
         previous = controller.metrics()["alpha"]
         for fraction in fractions:
             # strictly below target: [0, target); strictly above: (target, 2·target + 1]
-            value = fraction * target * 0.999 if side == "below" else target + 1e-6 + fraction * (target + 1.0)
+            value = (
+                fraction * target * 0.999 if side == "below" else target + 1e-6 + fraction * (target + 1.0)
+            )
             controller.observe(EntropyReading(mean_entropy=value, tokens=10, step=1))
             alpha = controller.metrics()["alpha"]
             assert alpha >= previous if side == "below" else alpha <= previous
@@ -216,7 +223,9 @@ def test_allocation_non_increasing_in_accuracy_and_zero_for_easy_prompts(
     assert (coef[1:] <= coef[:-1]).all()
     if config["allocation"] == "threshold":
         assert (coef[accuracy_f32 > config["rho"]] == 0).all()
-        assert torch.allclose(coef[accuracy_f32 <= config["rho"]], torch.tensor(controller.metrics()["alpha"]))
+        assert torch.allclose(
+            coef[accuracy_f32 <= config["rho"]], torch.tensor(controller.metrics()["alpha"])
+        )
 
 
 @PROPERTY_SETTINGS
@@ -224,10 +233,18 @@ def test_allocation_non_increasing_in_accuracy_and_zero_for_easy_prompts(
 def test_aer_with_all_switches_off_is_exactly_fixed(
     config: dict[str, Any], sequence: list[EntropyReading], accuracy: list[float]
 ) -> None:
-    config = {**config, "difficulty_aware": False, "anchor": "absolute", "dynamic": False,
-              "clip_low": 0.15, "clip_high": 0.3}
+    config = {
+        **config,
+        "difficulty_aware": False,
+        "anchor": "absolute",
+        "dynamic": False,
+        "clip_low": 0.15,
+        "clip_high": 0.3,
+    }
     aer = create_controller(config)
-    fixed = create_controller({"name": "fixed", "alpha": config["alpha_0"], "clip_low": 0.15, "clip_high": 0.3})
+    fixed = create_controller(
+        {"name": "fixed", "alpha": config["alpha_0"], "clip_low": 0.15, "clip_high": 0.3}
+    )
     for item in [*sequence, None]:
         a, f = aer.plan(outcome_of(accuracy)), fixed.plan(outcome_of(accuracy))
         assert torch.equal(a.coef, f.coef) and a.coef.dtype == f.coef.dtype
@@ -243,7 +260,9 @@ def test_aer_without_difficulty_is_exactly_target(
     config: dict[str, Any], sequence: list[EntropyReading], accuracy: list[float]
 ) -> None:
     aer = create_controller({**config, "difficulty_aware": False, "dynamic": True})
-    target_config = {k: v for k, v in config.items() if k not in ("rho", "allocation", "difficulty_aware", "dynamic")}
+    target_config = {
+        k: v for k, v in config.items() if k not in ("rho", "allocation", "difficulty_aware", "dynamic")
+    }
     target = create_controller({**target_config, "name": "target"})
     for item in [*sequence, None]:
         a, t = aer.plan(outcome_of(accuracy)), target.plan(outcome_of(accuracy))

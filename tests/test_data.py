@@ -113,7 +113,9 @@ def test_held_out_disjoint_from_training_and_deterministic() -> None:
 
 def test_mixture_weights_respected() -> None:
     n = 4_000
-    counts = Counter(p.level for p in SyntheticArithmetic(levels=[1, 3, 5], weights=[1, 2, 5], seed=0).sample(n))
+    counts = Counter(
+        p.level for p in SyntheticArithmetic(levels=[1, 3, 5], weights=[1, 2, 5], seed=0).sample(n)
+    )
     for level, share in {1: 1 / 8, 3: 2 / 8, 5: 5 / 8}.items():
         assert abs(counts[level] / n - share) < 0.03, counts
     zero = Counter(p.level for p in SyntheticArithmetic(levels=[1, 2], weights=[0, 1]).sample(500))
@@ -171,7 +173,9 @@ def test_gsm8k_loads_final_numbers() -> None:
 
 def test_math_solutions_give_boxed_answers_and_levels() -> None:
     problems = load_math_dataset(
-        DATA / "math_sample.jsonl", level_field="level", template="Problem: {prompt}\nPut the answer in \\boxed{}."
+        DATA / "math_sample.jsonl",
+        level_field="level",
+        template="Problem: {prompt}\nPut the answer in \\boxed{}.",
     )
     assert [p.answer for p in problems] == ["\\frac{5}{6}", "2\\sqrt{2}", "\\{-1, 1\\}"]
     assert [p.level for p in problems] == [2, 1, 0]
@@ -198,7 +202,9 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
         (p.prompt, p.answer, p.level) for p in from_jsonl
     ]
     bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.Table.from_pylist([{"problem": "1+1", "answer": "2"}, {"problem": None, "answer": "3"}]), bad)
+    pq.write_table(
+        pa.Table.from_pylist([{"problem": "1+1", "answer": "2"}, {"problem": None, "answer": "3"}]), bad
+    )
     with pytest.raises(DatasetError, match=r"^bad\.parquet:row 1: field 'prompt' missing"):
         load_math_dataset(bad)
 
@@ -223,16 +229,32 @@ GOOD = json.dumps({"problem": "1+1?", "answer": "2", "level": "Level 1"})
         ),
         ('{"problem": "1+1?", "answer": ', {}, "data.jsonl:3: invalid JSON"),
         (json.dumps({"problem": 5, "answer": "2"}), {}, "data.jsonl:3: field 'problem' is int"),
-        (json.dumps({"problem": "x", "answer": {"a": 1}}), {}, "data.jsonl:3: field 'answer' has no final answer"),
-        (json.dumps({"problem": "x", "solution": "no box here"}), {}, "data.jsonl:3: field 'solution' has no final answer"),
-        (json.dumps({"question": "x", "answer": "1"}), {"prompt_field": "problem"},
-         "data.jsonl:3: field 'problem' missing (expected one of: problem)"),
-        (json.dumps({"problem": "x", "answer": "1", "level": "hard"}), {"level_field": "level"},
-         "data.jsonl:3: field 'level' is 'hard'"),
+        (
+            json.dumps({"problem": "x", "answer": {"a": 1}}),
+            {},
+            "data.jsonl:3: field 'answer' has no final answer",
+        ),
+        (
+            json.dumps({"problem": "x", "solution": "no box here"}),
+            {},
+            "data.jsonl:3: field 'solution' has no final answer",
+        ),
+        (
+            json.dumps({"question": "x", "answer": "1"}),
+            {"prompt_field": "problem"},
+            "data.jsonl:3: field 'problem' missing (expected one of: problem)",
+        ),
+        (
+            json.dumps({"problem": "x", "answer": "1", "level": "hard"}),
+            {"level_field": "level"},
+            "data.jsonl:3: field 'level' is 'hard'",
+        ),
         (json.dumps([1, 2]), {}, "data.jsonl:3: row is a list"),
     ],
 )
-def test_malformed_rows_name_file_line_and_field(tmp_path: Path, bad_line: str, kwargs: dict, message: str) -> None:
+def test_malformed_rows_name_file_line_and_field(
+    tmp_path: Path, bad_line: str, kwargs: dict, message: str
+) -> None:
     path = _write(tmp_path, [GOOD, GOOD, bad_line, GOOD])
     with pytest.raises(DatasetError) as info:
         load_math_dataset(path, **kwargs)

@@ -51,14 +51,25 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("fabric_mp")
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
     for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):  # never inherit a launcher's rank
         env.pop(var, None)
     # Own session: on timeout the whole group (rank 0 and the rank 1 it launched) is killed.
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out)], env=env, cwd=out,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(out)],
+        env=env,
+        cwd=out,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         log, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -84,8 +95,10 @@ def _oracle_step(step: int) -> dict[str, Any]:
     return {
         "mean": h[m].mean().item(),
         "tokens": int(m.sum()),
-        "levels": {k: (h[m & (lvl == k)].mean().item() if (m & (lvl == k)).any() else math.nan)
-                   for k in worker.LEVELS},
+        "levels": {
+            k: (h[m & (lvl == k)].mean().item() if (m & (lvl == k)).any() else math.nan)
+            for k in worker.LEVELS
+        },
         "mean_of_rank_means": sum(rank_means) / len(rank_means),
         "local_tokens": [int(p["mask"].sum()) for p in parts],
     }
@@ -136,7 +149,9 @@ def test_controller_states_identical_on_every_rank_and_match_one_process(
         parts = [worker.stats_rank_data(step, r) for r in range(worker.WORLD_SIZE)]
         coef_tok, level_tok, mask_tok = [], [], []
         for p in parts:
-            plan = single["aer"].plan(GroupOutcome(accuracy=p["accuracy"], group_size=worker.GROUP_SIZE, step=step))
+            plan = single["aer"].plan(
+                GroupOutcome(accuracy=p["accuracy"], group_size=worker.GROUP_SIZE, step=step)
+            )
             coef_tok.append(plan.coef.double()[:, None].expand_as(p["mask"]).reshape(-1))
             level_tok.append(p["level"][:, None].expand_as(p["mask"]).reshape(-1))
             mask_tok.append(p["mask"].reshape(-1))
@@ -170,7 +185,9 @@ def test_controller_states_identical_on_every_rank_and_match_one_process(
     assert ranks[0]["steps"][worker.EMPTY_STEP]["tokens"] == _oracle_step(worker.EMPTY_STEP)["tokens"] > 0
 
 
-def _single_process_step(batch: dict[str, torch.Tensor], *, per_rank_mean: bool = False) -> dict[str, torch.Tensor]:
+def _single_process_step(
+    batch: dict[str, torch.Tensor], *, per_rank_mean: bool = False
+) -> dict[str, torch.Tensor]:
     """One SGD step on the full batch in one process, reference (full-logits) path."""
     model = worker.TinyPolicy(batch)
     optimizer = torch.optim.SGD(model.parameters(), lr=worker.LR)
@@ -180,8 +197,15 @@ def _single_process_step(batch: dict[str, torch.Tensor], *, per_rank_mean: bool 
 
     def loss_on(rows: slice, n: float | None) -> torch.Tensor:
         return policy_loss(
-            logprob[rows], entropy[rows], batch["old_logprob"][rows], batch["advantages"][rows],
-            batch["coef"][rows], batch["mask"][rows], worker.CLIP_LOW, worker.CLIP_HIGH, num_tokens=n,
+            logprob[rows],
+            entropy[rows],
+            batch["old_logprob"][rows],
+            batch["advantages"][rows],
+            batch["coef"][rows],
+            batch["mask"][rows],
+            worker.CLIP_LOW,
+            worker.CLIP_HIGH,
+            num_tokens=n,
         ).loss
 
     if per_rank_mean:  # the wrong rule: each rank normalises by its own tokens, DDP averages
@@ -220,8 +244,9 @@ def test_fused_loss_entropies_reduce_to_the_global_reading(ranks: list[dict[str,
     batch = worker.ddp_batch()
     model = worker.TinyPolicy(batch)
     with torch.no_grad():
-        _, entropy = token_logprob_entropy(model(batch["x"]) @ model.head.weight.T, batch["targets"],
-                                           worker.TEMPERATURE)
+        _, entropy = token_logprob_entropy(
+            model(batch["x"]) @ model.head.weight.T, batch["targets"], worker.TEMPERATURE
+        )
     m = batch["mask"]
     want = entropy[m].double().mean().item()
     for r in ranks:
@@ -229,4 +254,6 @@ def test_fused_loss_entropies_reduce_to_the_global_reading(ranks: list[dict[str,
         assert r["ddp"]["reading"] == pytest.approx(want, rel=1e-6)  # fused fp32 vs reference fp32
         for k in worker.LEVELS:
             sel = m & (batch["level"] == k)
-            assert r["ddp"]["bucket_means"][str(k)] == pytest.approx(entropy[sel].double().mean().item(), rel=1e-6)
+            assert r["ddp"]["bucket_means"][str(k)] == pytest.approx(
+                entropy[sel].double().mean().item(), rel=1e-6
+            )

@@ -70,7 +70,9 @@ def test_bucket_means_and_coef_means_per_level() -> None:
     stats = EntropyStats(buckets=list(LEVELS))
     for b in batches:
         per_token_level = b["level"][:, None].expand_as(b["mask"])  # same-shape form also accepted
-        stats.add(b["entropy"], b["mask"], bucket=per_token_level, coef=b["coef"][:, None].expand_as(b["mask"]))
+        stats.add(
+            b["entropy"], b["mask"], bucket=per_token_level, coef=b["coef"][:, None].expand_as(b["mask"])
+        )
     stats.reduce()
     want = _direct(batches)
     got = stats.bucket_means()
@@ -195,8 +197,16 @@ def test_reduce_from_inside_a_lightning_module_under_a_trainer(tmp_path: pytest.
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(Module())
     assert seen["reading"] == EntropyReading(mean_entropy=3.0, tokens=3, step=0)
     assert seen["levels"] == {1: 1.5, 2: 6.0}

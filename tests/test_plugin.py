@@ -19,12 +19,29 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``pip install --target`` of a copy of the example plugin (offline: no build isolation, no deps)."""
     root = tmp_path_factory.mktemp("plugin")
     source = root / "src"
-    shutil.copytree(PLUGIN_SOURCE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copytree(
+        PLUGIN_SOURCE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
     target = root / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--disable-pip-version-check", "--target", str(target), str(source)],
-        check=True, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert list(target.glob("entropyctl_linear_decay-*.dist-info/entry_points.txt"))
     return target
@@ -66,7 +83,9 @@ print(json.dumps({"names": list(available_controllers()), "alphas": alphas, "cli
 @pytest.fixture(scope="module")
 def plugin_report(plugin_site: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -82,7 +101,9 @@ def test_plugin_is_found_by_create_controller(plugin_report: dict) -> None:
 def test_plugin_is_listed_schemed_and_simulated_by_the_cli(plugin_report: dict) -> None:
     status, listed = plugin_report["cli"]["controllers"]
     assert status == 0
-    assert any(line.split()[0] == "linear_decay" and "decaying linearly" in line for line in listed.splitlines())
+    assert any(
+        line.split()[0] == "linear_decay" and "decaying linearly" in line for line in listed.splitlines()
+    )
     status, schema = plugin_report["cli"]["schema"]
     assert status == 0 and "linear_decay" in json.loads(schema)["discriminator"]["mapping"]
     status, simulated = plugin_report["cli"]["simulate"]
@@ -102,8 +123,9 @@ def test_docs_show_the_example_plugin_verbatim_and_within_40_lines_of_controller
     docs = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text(encoding="utf-8")
     module = (PLUGIN_SOURCE / "entropyctl_linear_decay.py").read_text(encoding="utf-8")
     assert re.findall(r"```python\n(.*?)```", docs, re.S)[0] == module
-    controller_code = module[module.index("class LinearDecayController"):]
+    controller_code = module[module.index("class LinearDecayController") :]
     assert len(controller_code.strip().splitlines()) <= 40
     assert 'linear_decay = "entropyctl_linear_decay:LinearDecayController"' in docs
     assert 'linear_decay = "entropyctl_linear_decay:LinearDecayController"' in (
-        PLUGIN_SOURCE / "pyproject.toml").read_text(encoding="utf-8")
+        PLUGIN_SOURCE / "pyproject.toml"
+    ).read_text(encoding="utf-8")

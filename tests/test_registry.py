@@ -95,7 +95,8 @@ def test_config_name_literal_must_match(isolated_registry: None) -> None:
 @pytest.fixture
 def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A real importable module defining a controller, for entry points to point at."""
-    (tmp_path / "fake_entropy_plugin.py").write_text(textwrap.dedent('''
+    (tmp_path / "fake_entropy_plugin.py").write_text(
+        textwrap.dedent('''
         from typing import Literal
         from entropyctl.config import ControllerConfig
         from entropyctl.controllers.fixed import StatelessController
@@ -115,14 +116,16 @@ def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         class AerImpostor(MineController):
             """Claims the built-in name."""
             config_class = AerConfig
-    '''))
+    ''')
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "fake_entropy_plugin"
     sys.modules.pop("fake_entropy_plugin", None)
 
 
-def test_entry_point_is_discovered_lazily(isolated_registry: None, monkeypatch: pytest.MonkeyPatch,
-                                          plugin_module: str) -> None:
+def test_entry_point_is_discovered_lazily(
+    isolated_registry: None, monkeypatch: pytest.MonkeyPatch, plugin_module: str
+) -> None:
     point = metadata.EntryPoint("mine", f"{plugin_module}:MineController", registry.ENTRY_POINT_GROUP)
     fake_entry_points(monkeypatch, point)
     assert plugin_module not in sys.modules  # nothing loaded before the first lookup
@@ -144,19 +147,24 @@ def test_entry_point_claiming_a_builtin_name_names_both_owners(
     assert f"{plugin_module}:AerImpostor" in message
 
 
-def test_two_plugins_with_one_name_name_both(isolated_registry: None, monkeypatch: pytest.MonkeyPatch,
-                                             plugin_module: str) -> None:
+def test_two_plugins_with_one_name_name_both(
+    isolated_registry: None, monkeypatch: pytest.MonkeyPatch, plugin_module: str
+) -> None:
     first = metadata.EntryPoint("mine", f"{plugin_module}:MineController", registry.ENTRY_POINT_GROUP)
     second = metadata.EntryPoint("mine", "other_package.module:Mine", registry.ENTRY_POINT_GROUP)
     fake_entry_points(monkeypatch, first, second)
-    with pytest.raises(registry.RegistryError, match=f"by {plugin_module}:MineController .* and by other_package"):
+    with pytest.raises(
+        registry.RegistryError, match=f"by {plugin_module}:MineController .* and by other_package"
+    ):
         registry.available_controllers()
 
 
 def test_broken_plugin_is_named(isolated_registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
     point = metadata.EntryPoint("broken", "no_such_module_xyz:Thing", registry.ENTRY_POINT_GROUP)
     fake_entry_points(monkeypatch, point)
-    with pytest.raises(registry.RegistryError, match="cannot load controller plugin 'broken'.*no_such_module_xyz"):
+    with pytest.raises(
+        registry.RegistryError, match="cannot load controller plugin 'broken'.*no_such_module_xyz"
+    ):
         registry.available_controllers()
 
 

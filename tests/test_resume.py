@@ -27,7 +27,9 @@ class _KillAfter(pl.Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
+    ) -> None:
         if pl_module.rlvr_step == self.step:
             raise _Killed(f"killed after step {self.step}")
 
@@ -41,8 +43,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     # aer with a fast η so that the controller state changes every step; PPO mini-batches so that the
     # optimizer state and the old-log-prob path matter too.
     config = tiny_config(
-        "trainer.steps=4", "trainer.checkpoint_every=2", "controller.eta=0.5", "controller.tau=0.9",
-        "algorithm.mini_batches=2", "eval.before=false", "eval.after=false",
+        "trainer.steps=4",
+        "trainer.checkpoint_every=2",
+        "controller.eta=0.5",
+        "controller.tau=0.9",
+        "algorithm.mini_batches=2",
+        "eval.before=false",
+        "eval.after=false",
     )
     full = run_training(config, tmp_path / "full")
 
@@ -66,14 +73,18 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
 def test_resumed_parameters_equal_uninterrupted(tmp_path: Path) -> None:
     import torch
 
-    config = tiny_config("trainer.steps=3", "trainer.checkpoint_every=1", "eval.before=false", "eval.after=false")
+    config = tiny_config(
+        "trainer.steps=3", "trainer.checkpoint_every=1", "eval.before=false", "eval.after=false"
+    )
     run_training(config, tmp_path / "full")
     with pytest.raises(_Killed):
         run_training(config, tmp_path / "cut", callbacks=[_KillAfter(2)])
     run_training(config, tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoints" / "step-000001.ckpt"))
 
     def params(run: str) -> dict[str, torch.Tensor]:
-        state = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        state = torch.load(
+            tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        )
         assert "entropy_controller" in state and state["rlvr"]["step"] == 3
         return {k: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
 

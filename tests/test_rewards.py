@@ -178,7 +178,9 @@ def test_overlong_answer_is_parse_error_without_sympy() -> None:
 # --------------------------------------------------------------------------------- hard timeout
 
 
-def _timed_adversarial(r: MathReward, names: tuple[str, ...] = tuple(ADVERSARIAL)) -> dict[str, tuple[float, float]]:
+def _timed_adversarial(
+    r: MathReward, names: tuple[str, ...] = tuple(ADVERSARIAL)
+) -> dict[str, tuple[float, float]]:
     out = {}
     for name in names:
         text, gold = ADVERSARIAL[name]
@@ -189,7 +191,9 @@ def _timed_adversarial(r: MathReward, names: tuple[str, ...] = tuple(ADVERSARIAL
     return out
 
 
-def _check_adversarial(results: dict[str, tuple[float, float]], names: tuple[str, ...] = tuple(ADVERSARIAL)) -> None:
+def _check_adversarial(
+    results: dict[str, tuple[float, float]], names: tuple[str, ...] = tuple(ADVERSARIAL)
+) -> None:
     assert set(results) == set(names)
     for name, (score, seconds) in results.items():
         assert score == 0.0, name
@@ -233,7 +237,9 @@ def test_concurrent_threads_share_the_pool() -> None:
     try:
         scores: list[list[float]] = []
         threads = [
-            threading.Thread(target=lambda: scores.append(r(["\\boxed{\\sqrt{8}}", POWER_TOWER], ["2\\sqrt{2}", "1"])))
+            threading.Thread(
+                target=lambda: scores.append(r(["\\boxed{\\sqrt{8}}", POWER_TOWER], ["2\\sqrt{2}", "1"]))
+            )
             for _ in range(2)
         ]
         for t in threads:
@@ -272,7 +278,9 @@ def test_adversarial_inputs_from_worker_process(
     ctx = mp.get_context(method)
     queue = ctx.Queue()
     parent_workers = [w.proc.pid for w in reward.verifier._idle]
-    proc = ctx.Process(target=_process_target, args=(queue, strict_reward if inherit else None), daemon=daemon)
+    proc = ctx.Process(
+        target=_process_target, args=(queue, strict_reward if inherit else None), daemon=daemon
+    )
     proc.start()
     kind, results, timeouts, was_daemon = queue.get(timeout=90)
     proc.join(10)

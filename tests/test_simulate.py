@@ -56,10 +56,30 @@ def test_random_outcome_matches_the_difficulty_mix() -> None:
     assert abs(outcome.accuracy.mean().item() - 0.5) < 0.05
 
 
-def test_simulate_command_prints_a_compact_table_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_command_prints_a_compact_table_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     png = tmp_path / "sim.png"
-    assert main(["simulate", "--controller", "target", "--set", "tau=0.5", "--set", "controller.eta=0.003",
-                 "--steps", "60", "--seed", "3", "--plot", str(png)]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--controller",
+                "target",
+                "--set",
+                "tau=0.5",
+                "--set",
+                "controller.eta=0.003",
+                "--steps",
+                "60",
+                "--seed",
+                "3",
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "controller target:" in out and "tau=0.5" in out and "eta=0.003" in out
     rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
@@ -98,8 +118,12 @@ def test_controllers_and_schema_commands(capsys: pytest.CaptureFixture[str]) -> 
 def test_entropyctl_simulate_aer_200_steps_is_fast() -> None:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    result = subprocess.run([*entropyctl_command(), "simulate", "--controller", "aer", "--steps", "200"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*entropyctl_command(), "simulate", "--controller", "aer", "--steps", "200"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

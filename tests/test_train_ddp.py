@@ -20,8 +20,16 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     script = Path(sys.executable).parent / "entropyctl"  # the console script: ddp re-launches it per rank
     command = [str(script)] if script.exists() else [sys.executable, "-m", "entropyctl.cli"]
-    overrides = [*TINY, *SMALL, "trainer.devices=2", "trainer.steps=3", "controller.eta=0.5",
-                 "controller.tau=0.9", "algorithm.mini_batches=2", "eval.n_prompts=6"]
+    overrides = [
+        *TINY,
+        *SMALL,
+        "trainer.devices=2",
+        "trainer.steps=3",
+        "controller.eta=0.5",
+        "controller.tau=0.9",
+        "algorithm.mini_batches=2",
+        "eval.n_prompts=6",
+    ]
     args = [*command, "train", "--out", str(run_dir), "--threads", "1"]
     for override in overrides:
         args += ["--set", override]

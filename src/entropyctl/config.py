@@ -160,7 +160,9 @@ class ClipHigherConfig(ControllerConfig):
 
     name: Literal["clip_higher"] = "clip_higher"
     clip_low: PositiveFloat = Field(default=0.2, description="ε_low of the clipped surrogate.")
-    clip_high: PositiveFloat = Field(default=0.28, description="ε_high of the clipped surrogate (DAPO: 0.28).")
+    clip_high: PositiveFloat = Field(
+        default=0.28, description="ε_high of the clipped surrogate (DAPO: 0.28)."
+    )
 
 
 UpdateRule = Literal["additive", "sign", "log"]
@@ -211,9 +213,7 @@ class _AdaptiveConfig(ControllerConfig):
     @model_validator(mode="after")
     def _check_alpha_bounds(self) -> _AdaptiveConfig:
         if self.alpha_min > self.alpha_max:
-            raise ValueError(
-                f"alpha_min: must be ≤ alpha_max = {self.alpha_max} (got {self.alpha_min})"
-            )
+            raise ValueError(f"alpha_min: must be ≤ alpha_max = {self.alpha_max} (got {self.alpha_min})")
         if self.alpha_0 < self.alpha_min:
             raise ValueError(f"alpha_0: must be ≥ alpha_min = {self.alpha_min} (got {self.alpha_0})")
         if self.alpha_0 > self.alpha_max:
@@ -256,9 +256,7 @@ def parse_controller_config(obj: Any, *, prefix: str = "controller") -> Controll
     if isinstance(obj, str):
         obj = {"name": obj}
     if not isinstance(obj, Mapping):
-        raise ConfigError(
-            f"{prefix}: must be a mapping with a 'name' key or a controller name (got {obj!r})"
-        )
+        raise ConfigError(f"{prefix}: must be a mapping with a 'name' key or a controller name (got {obj!r})")
     names = ", ".join(sorted(available_controllers()))
     name_path = f"{prefix}.name" if prefix else "name"
     if "name" not in obj:
@@ -375,7 +373,9 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
         key, sep, raw = override.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override {override!r}: expected KEY=VALUE with a dotted KEY, e.g. controller.tau=0.5")
+            raise ConfigError(
+                f"override {override!r}: expected KEY=VALUE with a dotted KEY, e.g. controller.tau=0.5"
+            )
         node: dict[str, Any] = result
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -405,10 +405,13 @@ class DataConfig(_Section):
     """Training prompts and the held-out split used by validation."""
 
     source: Literal["synthetic", "file"] = Field(
-        "synthetic", description="synthetic: graded arithmetic built in code; file: a JSONL/Parquet math dataset."
+        "synthetic",
+        description="synthetic: graded arithmetic built in code; file: a JSONL/Parquet math dataset.",
     )
     levels: list[int] | None = Field(None, description="synthetic: difficulty levels to draw (None: all).")
-    weights: list[float] | None = Field(None, description="synthetic: mixture weight per level (None: uniform).")
+    weights: list[float] | None = Field(
+        None, description="synthetic: mixture weight per level (None: uniform)."
+    )
     seed: int = Field(0, description="Seed of the problem streams (training prompts and the held-out split).")
     path: str | None = Field(None, description="file: the training set (.jsonl / .parquet).")
     eval_path: str | None = Field(
@@ -467,14 +470,19 @@ class RolloutConfig(_Section):
         "mask = exclude them from the loss; penalty = DAPO soft overlong penalty on the reward.",
     )
     overlong_buffer: int = Field(
-        4, ge=1, description="penalty: L_cache, the last tokens before L_max over which the penalty ramps to -1."
+        4,
+        ge=1,
+        description="penalty: L_cache, the last tokens before L_max over which the penalty ramps to -1.",
     )
     dynamic_sampling: bool = Field(
         False, description="DAPO: drop groups whose rewards are all equal and refill with new prompts."
     )
-    max_refills: int = Field(2, ge=0, description="dynamic_sampling: extra prompt batches drawn at most per step.")
+    max_refills: int = Field(
+        2, ge=0, description="dynamic_sampling: extra prompt batches drawn at most per step."
+    )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="Engine options; engine=vllm: entropyctl.integrations.vllm.VLLMConfig."
+        default_factory=dict,
+        description="Engine options; engine=vllm: entropyctl.integrations.vllm.VLLMConfig.",
     )
 
     @model_validator(mode="after")
@@ -495,13 +503,16 @@ class AlgorithmConfig(_Section):
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over the step's rollouts.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch (rollouts split evenly).")
-    kl_coef: float = Field(0.0, ge=0, description="β of the KL to a frozen copy of the initial policy (0: off).")
+    kl_coef: float = Field(
+        0.0, ge=0, description="β of the KL to a frozen copy of the initial policy (0: off)."
+    )
     chunk_size: int | None = Field(
         None, ge=1, description="Tokens per chunk of the fused path; null: chosen from the vocabulary size."
     )
     fused: bool = Field(
-        True, description="true: the fused path when the LM head is a plain linear map (else full logits); "
-        "false: always full logits (the reference path)."
+        True,
+        description="true: the fused path when the LM head is a plain linear map (else full logits); "
+        "false: always full logits (the reference path).",
     )
 
 
@@ -526,10 +537,10 @@ class TrainerConfig(_Section):
         "auto", description="auto: single process for devices=1, ddp otherwise."
     )
     precision: str = Field("32-true", description="Lightning precision (32-true, bf16-mixed, ...).")
-    threads: int | None = Field(
-        None, ge=1, description="torch threads per process (None: cores / devices)."
+    threads: int | None = Field(None, ge=1, description="torch threads per process (None: cores / devices).")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a checkpoint every N steps (0: only at the end)."
     )
-    checkpoint_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
     save_last: bool = Field(True, description="Save checkpoints/last.ckpt at the end (model + optimizer).")
     progress_bar: bool = Field(True, description="Lightning's progress bar.")
     tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
@@ -567,9 +578,13 @@ class RunConfig(BaseModel):
     # this module; building the schema at class creation would be a circular import.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, defer_build=True)
 
-    seed: int = Field(0, description="Seeds initialisation, prompt sampling and rollouts (per step and rank).")
+    seed: int = Field(
+        0, description="Seeds initialisation, prompt sampling and rollouts (per step and rank)."
+    )
     output_dir: str = Field("runs", description="Parent of auto-named run directories.")
-    run_name: str | None = Field(None, description="Run directory name under output_dir (None: time + controller).")
+    run_name: str | None = Field(
+        None, description="Run directory name under output_dir (None: time + controller)."
+    )
     controller: ControllerField = Field(default_factory=_default_controller)
     model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
@@ -624,7 +639,11 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
     for override in overrides:
         key, _, value = override.partition("=")
         current = data.get("controller")
-        if key.strip() == "controller.name" and isinstance(current, Mapping) and current.get("name") != value.strip():
+        if (
+            key.strip() == "controller.name"
+            and isinstance(current, Mapping)
+            and current.get("name") != value.strip()
+        ):
             data["controller"] = {"name": value.strip()}
     data = apply_overrides(data, overrides)
     return parse_run_config(data, source=str(source))

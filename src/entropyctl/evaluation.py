@@ -155,8 +155,10 @@ def format_eval_table(result: dict[str, Any], title: str = "") -> str:
     """A plain-text table: one row per group plus an ``all`` row, one column per pass@k."""
     keys = [key for key in result if key.startswith("pass@")]
     header = ["level", "problems", *keys]
-    rows = [[str(level), str(int(entry["n_problems"])), *(f"{entry[k]:.3f}" for k in keys)]
-            for level, entry in result.get("by_level", {}).items()]
+    rows = [
+        [str(level), str(int(entry["n_problems"])), *(f"{entry[k]:.3f}" for k in keys)]
+        for level, entry in result.get("by_level", {}).items()
+    ]
     rows.append(["all", str(result.get("n_problems", "")), *(f"{result[k]:.3f}" for k in keys)])
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     lines = []
@@ -200,7 +202,7 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
         policy, tokenizer = load_policy(config.model)
         assert ckpt is not None
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-        weights = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+        weights = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
         policy.load_state_dict(weights, strict=False)
         return config, policy, tokenizer
     if target == "smollm2" or path.suffix == ".gguf":
@@ -208,8 +210,9 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
     elif path.is_dir():
         model = {"kind": "hf", "path": str(path)}
     else:
-        raise FileNotFoundError(f"--checkpoint {target!r}: not a run directory, .ckpt, model directory, "
-                                ".gguf file or 'smollm2'")
+        raise FileNotFoundError(
+            f"--checkpoint {target!r}: not a run directory, .ckpt, model directory, .gguf file or 'smollm2'"
+        )
     from entropyctl.config import apply_overrides
 
     config = parse_run_config(apply_overrides({"model": model}, overrides), source="--checkpoint")
@@ -235,7 +238,9 @@ def run_evaluate_cli(args: Any) -> int:
     config = config.model_copy(update={"eval": config.eval.model_copy(update={"n_prompts": args.problems})})
     if args.data == "synthetic":
         if config.data.source != "synthetic":
-            config = config.model_copy(update={"data": config.data.model_copy(update={"source": "synthetic"})})
+            config = config.model_copy(
+                update={"data": config.data.model_copy(update={"source": "synthetic"})}
+            )
         _, problems = build_data(config)
     else:
         from entropyctl.data.loaders import load_math_dataset
@@ -246,19 +251,28 @@ def run_evaluate_cli(args: Any) -> int:
     torch.manual_seed(config.seed)
     engine = HFRolloutEngine(policy, tokenizer)
     encode = build_prompt_encoder(config, tokenizer)
-    temperature = args.temperature if args.temperature is not None else (
-        config.eval.temperature if config.eval.temperature is not None else config.rollout.temperature)
-    sampling = SamplingSettings(temperature=temperature, top_p=config.rollout.top_p, top_k=config.rollout.top_k,
-                                max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens
-                                or config.rollout.max_new_tokens)
+    temperature = (
+        args.temperature
+        if args.temperature is not None
+        else (config.eval.temperature if config.eval.temperature is not None else config.rollout.temperature)
+    )
+    sampling = SamplingSettings(
+        temperature=temperature,
+        top_p=config.rollout.top_p,
+        top_k=config.rollout.top_k,
+        max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens or config.rollout.max_new_tokens,
+    )
     calls = [0]
 
     def sample_fn(batch: Sequence[Any], n_samples: int) -> list[list[str]]:
         calls[0] += 1
         from dataclasses import replace
 
-        comp = engine.generate([encode(p.prompt) for p in batch], n_samples,
-                               replace(sampling, seed=derive_seed("evaluate", config.seed, calls[0])))
+        comp = engine.generate(
+            [encode(p.prompt) for p in batch],
+            n_samples,
+            replace(sampling, seed=derive_seed("evaluate", config.seed, calls[0])),
+        )
         texts = engine.decode(comp)
         return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(batch))]
 
@@ -270,8 +284,9 @@ def run_evaluate_cli(args: Any) -> int:
 
     reward = get_reward(config.reward.name, **config.reward.options)
     try:
-        result = evaluate_problems(problems, sample_fn, reward, n=n, ks=ks, batch_size=config.eval.batch_size,
-                                   group_of=group_of)
+        result = evaluate_problems(
+            problems, sample_fn, reward, n=n, ks=ks, batch_size=config.eval.batch_size, group_of=group_of
+        )
     finally:
         reward.close()
     result["checkpoint"] = str(args.checkpoint)

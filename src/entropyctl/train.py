@@ -29,7 +29,15 @@ from typing import Any
 
 from entropyctl.config import RunConfig, load_run_config
 
-__all__ = ["run_training", "build_module", "parameter_checksum", "resolve_run_dir", "build_data", "build_prompt_encoder", "RUN_DIR_ENV"]
+__all__ = [
+    "run_training",
+    "build_module",
+    "parameter_checksum",
+    "resolve_run_dir",
+    "build_data",
+    "build_prompt_encoder",
+    "RUN_DIR_ENV",
+]
 
 RUN_DIR_ENV = "ENTROPYCTL_RUN_DIR"
 
@@ -66,7 +74,9 @@ def build_data(config: RunConfig) -> tuple[Any, list[Any]]:
         for i, level in enumerate(task.levels):
             count = per_level + (1 if i < extra else 0)
             if count:
-                heldout += SyntheticArithmetic(levels=[level], seed=d.seed).held_out(count, seed=d.seed + level)
+                heldout += SyntheticArithmetic(levels=[level], seed=d.seed).held_out(
+                    count, seed=d.seed + level
+                )
         return sampler, heldout
     from entropyctl.data.loaders import load_math_dataset
 
@@ -77,9 +87,13 @@ def build_data(config: RunConfig) -> tuple[Any, list[Any]]:
         train = rows
     else:
         if e.n_prompts >= len(rows):
-            raise ValueError(f"data.path={d.path!r} has {len(rows)} rows; eval.n_prompts={e.n_prompts} "
-                             "leaves none for training (set data.eval_path or lower eval.n_prompts)")
-        train, heldout = (rows[: len(rows) - e.n_prompts], rows[len(rows) - e.n_prompts :]) if e.n_prompts else (rows, [])
+            raise ValueError(
+                f"data.path={d.path!r} has {len(rows)} rows; eval.n_prompts={e.n_prompts} "
+                "leaves none for training (set data.eval_path or lower eval.n_prompts)"
+            )
+        train, heldout = (
+            (rows[: len(rows) - e.n_prompts], rows[len(rows) - e.n_prompts :]) if e.n_prompts else (rows, [])
+        )
     return PromptSampler.from_list(train, config.seed), heldout
 
 
@@ -176,8 +190,18 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     reward = get_reward(config.reward.name, **config.reward.options)
     sampler, heldout = build_data(config)
     controller = create_controller(config.controller)
-    return RLVRModule(config, policy, tokenizer, engine, reward, sampler, controller, heldout, run_dir,
-                      encode_prompt=build_prompt_encoder(config, tokenizer))
+    return RLVRModule(
+        config,
+        policy,
+        tokenizer,
+        engine,
+        reward,
+        sampler,
+        controller,
+        heldout,
+        run_dir,
+        encode_prompt=build_prompt_encoder(config, tokenizer),
+    )
 
 
 def run_training(
@@ -222,8 +246,10 @@ def run_training(
     policy, controller, reward = module.policy, module.controller, module.reward
     warm_start_s = time.perf_counter() - t_warm
     if rank0:
-        log(f"[entropyctl] policy ready in {warm_start_s:.1f} s ({sum(p.numel() for p in policy.parameters()):,} "
-            f"parameters); run dir {run_dir}")
+        log(
+            f"[entropyctl] policy ready in {warm_start_s:.1f} s ({sum(p.numel() for p in policy.parameters()):,} "
+            f"parameters); run dir {run_dir}"
+        )
 
     loggers: Any = False
     if t.tensorboard and importlib.util.find_spec("tensorboard") is not None:
@@ -265,8 +291,10 @@ def run_training(
             trainer.fit(module, ckpt_path=ckpt_path)
         except BaseException as err:
             if trainer.global_rank == 0:
-                _write_json(summary_path, {"status": "failed", "steps": module.rlvr_step,
-                                           "error": f"{type(err).__name__}: {err}"})
+                _write_json(
+                    summary_path,
+                    {"status": "failed", "steps": module.rlvr_step, "error": f"{type(err).__name__}: {err}"},
+                )
             raise
         finally:
             with contextlib.suppress(Exception):
@@ -309,16 +337,21 @@ def run_training(
     }
     if trainer.world_size > 1:
         (run_dir / "ranks").mkdir(exist_ok=True)
-        _write_json(run_dir / "ranks" / f"rank{trainer.global_rank}.json", {
-            "rank": trainer.global_rank,
-            "controller_state": controller.state_dict(),
-            "parameter_sha256": parameter_checksum(policy),
-            "local_steps": module.local_history,
-        })
+        _write_json(
+            run_dir / "ranks" / f"rank{trainer.global_rank}.json",
+            {
+                "rank": trainer.global_rank,
+                "controller_state": controller.state_dict(),
+                "parameter_sha256": parameter_checksum(policy),
+                "local_steps": module.local_history,
+            },
+        )
     if trainer.global_rank == 0:
         _write_json(summary_path, summary)
-        log(f"[entropyctl] {summary['status']}: {module.rlvr_step} steps in {summary['wall_time_s']:.0f} s "
-            f"(warm start {warm_start_s:.0f} s); summary in {summary_path}")
+        log(
+            f"[entropyctl] {summary['status']}: {module.rlvr_step} steps in {summary['wall_time_s']:.0f} s "
+            f"(warm start {warm_start_s:.0f} s); summary in {summary_path}"
+        )
     return summary
 
 
@@ -342,6 +375,12 @@ def train_from_cli(
 
 def run_train_cli(args: Any) -> int:
     """`entropyctl train` (arguments parsed by cli.py)."""
-    summary = train_from_cli(args.config, args.overrides, args.out, resume=args.resume, threads=args.threads,
-                             progress_bar=args.progress_bar)
+    summary = train_from_cli(
+        args.config,
+        args.overrides,
+        args.out,
+        resume=args.resume,
+        threads=args.threads,
+        progress_bar=args.progress_bar,
+    )
     return 0 if summary.get("status") == "finished" else 1

@@ -151,34 +151,38 @@ def main(out_dir: Path) -> None:
         half = data["mask"].shape[0] // 2
         for rows in (slice(0, half), slice(half, None)):
             stats.add(
-                data["entropy"][rows], data["mask"][rows],
-                bucket=data["level"][rows], coef=plans["aer"].coef[rows],
+                data["entropy"][rows],
+                data["mask"][rows],
+                bucket=data["level"][rows],
+                coef=plans["aer"].coef[rows],
             )
         # Alternate the two Fabric-side reducers: the Fabric itself and its (DDP) strategy.
         stats.reduce(fabric if step % 2 == 0 else fabric.strategy)
         reading = stats.reading(step)
         for c in controllers.values():
             c.observe(reading)
-        result["steps"].append({
-            "mean_entropy": reading.mean_entropy,
-            "tokens": reading.tokens,
-            "local_tokens": int(data["mask"].sum()),
-            "bucket_means": {str(k): v for k, v in stats.bucket_means().items()},
-            "bucket_tokens": {str(k): v for k, v in stats.bucket_tokens().items()},
-            "mean_coef": stats.mean_coef(),
-            "bucket_coef_means": {str(k): v for k, v in stats.bucket_coef_means().items()},
-            "all_reduce_calls": counts["all_reduce"] - before["all_reduce"],
-            "barrier_calls": counts["barrier"] - before["barrier"],
-            "stats_collectives": stats.collectives - collectives_before,
-            "controller_state": {n: c.state_dict() for n, c in controllers.items()},
-            "controller_metrics": {n: c.metrics() for n, c in controllers.items()},
-        })
+        result["steps"].append(
+            {
+                "mean_entropy": reading.mean_entropy,
+                "tokens": reading.tokens,
+                "local_tokens": int(data["mask"].sum()),
+                "bucket_means": {str(k): v for k, v in stats.bucket_means().items()},
+                "bucket_tokens": {str(k): v for k, v in stats.bucket_tokens().items()},
+                "mean_coef": stats.mean_coef(),
+                "bucket_coef_means": {str(k): v for k, v in stats.bucket_coef_means().items()},
+                "all_reduce_calls": counts["all_reduce"] - before["all_reduce"],
+                "barrier_calls": counts["barrier"] - before["barrier"],
+                "stats_collectives": stats.collectives - collectives_before,
+                "controller_state": {n: c.state_dict() for n, c in controllers.items()},
+                "controller_metrics": {n: c.metrics() for n, c in controllers.items()},
+            }
+        )
         stats.reset()
 
     # ---------------------------------------------------------------- Part B: DDP step
     batch = ddp_batch()
     start = sum(DDP_SPLIT[:rank])
-    mine = {k: v[start:start + DDP_SPLIT[rank]] for k, v in batch.items() if v.shape[0] == sum(DDP_SPLIT)}
+    mine = {k: v[start : start + DDP_SPLIT[rank]] for k, v in batch.items() if v.shape[0] == sum(DDP_SPLIT)}
     torch.manual_seed(0)
     model = TinyPolicy(batch)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
@@ -190,8 +194,18 @@ def main(out_dir: Path) -> None:
     scale = ddp_loss_scale(fabric)
     hidden = model(mine["x"])
     out = fused_policy_loss(
-        hidden, model.head.weight, mine["targets"], mine["old_logprob"], mine["advantages"],
-        mine["coef"], mine["mask"], CLIP_LOW, CLIP_HIGH, TEMPERATURE, chunk_size=8, num_tokens=n_global,
+        hidden,
+        model.head.weight,
+        mine["targets"],
+        mine["old_logprob"],
+        mine["advantages"],
+        mine["coef"],
+        mine["mask"],
+        CLIP_LOW,
+        CLIP_HIGH,
+        TEMPERATURE,
+        chunk_size=8,
+        num_tokens=n_global,
     )
     fabric.backward(out.loss * scale)
     optimizer.step()

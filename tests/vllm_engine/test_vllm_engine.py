@@ -17,12 +17,16 @@ from entropyctl.integrations.vllm import VLLMConfig, VLLMEngine, export_policy, 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 ATOL = 2e-3  # nats per token, fp32 on both sides (measured ~5e-5)
-QUESTIONS = ["What is 2+3? Put the final answer in \\boxed{}.", "Sam has 4+5 marbles. How many? Use \\boxed{}."]
+QUESTIONS = [
+    "What is 2+3? Put the final answer in \\boxed{}.",
+    "Sam has 4+5 marbles. How many? Use \\boxed{}.",
+]
 
 
 def _prompt_ids(tokenizer, question: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -73,7 +77,7 @@ def test_generates_in_protocol_form(setup):
     for row in range(rows):  # prompt-major, left-padded prompts
         prompt = prompts[row // n]
         assert comp.prompt_ids[row, comp.prompt_mask[row].bool()].tolist() == prompt
-        assert comp.prompt_mask[row, -len(prompt):].all() and comp.prompt_mask[row].sum() == len(prompt)
+        assert comp.prompt_mask[row, -len(prompt) :].all() and comp.prompt_mask[row].sum() == len(prompt)
     eos = tokenizer.eos_token_id
     lengths = comp.response_mask.sum(1)
     for row in range(rows):  # right-padded responses; mask covers tokens up to and including EOS
@@ -108,7 +112,9 @@ def test_weight_sync_after_optimizer_steps(setup):
 
     before_policy = _training_logprobs(model, comp)
     before_engine = engine.prompt_logprobs([sequence])[0][k:]
-    assert torch.allclose(before_engine, before_policy, atol=ATOL), (before_engine - before_policy).abs().max()
+    assert torch.allclose(before_engine, before_policy, atol=ATOL), (
+        (before_engine - before_policy).abs().max()
+    )
 
     # Two plain SGD steps (lr 0.05) on the completion's negative log-likelihood: log-probs move by O(1).
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -133,7 +139,9 @@ def test_weight_sync_after_optimizer_steps(setup):
     synced = engine.prompt_logprobs([sequence])[0][k:]
     assert torch.allclose(synced, after_policy, atol=ATOL), (synced - after_policy).abs().max()
     assert (synced - before_policy).abs().max() > 0.25
-    print(f"weight sync {engine.last_sync_seconds:.1f}s; |vLLM - policy| after sync "
-          f"{(synced - after_policy).abs().max().item():.2e}, moved {moved:.2f}")
+    print(
+        f"weight sync {engine.last_sync_seconds:.1f}s; |vLLM - policy| after sync "
+        f"{(synced - after_policy).abs().max().item():.2e}, moved {moved:.2f}"
+    )
     # Nothing changed since: the next sync is skipped.
     assert engine.sync_weights(model) is False

@@ -18,13 +18,41 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT_COLUMNS = [
-    "step", "reward", "entropy", "target_entropy", "h0", "alpha", "response_length", "clip_frac_low",
-    "clip_frac_high", "time_rollout", "time_reward", "time_update",
+    "step",
+    "reward",
+    "entropy",
+    "target_entropy",
+    "h0",
+    "alpha",
+    "response_length",
+    "clip_frac_low",
+    "clip_frac_high",
+    "time_rollout",
+    "time_reward",
+    "time_update",
 ]
 ALWAYS_FINITE = [
-    "step", "reward", "accuracy", "entropy", "h0", "target_entropy", "alpha", "coef_mean", "clip_frac_low",
-    "clip_frac_high", "response_length", "loss", "pg_loss", "entropy_loss", "grad_norm", "lr", "tokens",
-    "time_rollout", "time_reward", "time_update", "time_step",
+    "step",
+    "reward",
+    "accuracy",
+    "entropy",
+    "h0",
+    "target_entropy",
+    "alpha",
+    "coef_mean",
+    "clip_frac_low",
+    "clip_frac_high",
+    "response_length",
+    "loss",
+    "pg_loss",
+    "entropy_loss",
+    "grad_norm",
+    "lr",
+    "tokens",
+    "time_rollout",
+    "time_reward",
+    "time_update",
+    "time_step",
 ]
 
 
@@ -32,17 +60,40 @@ def test_two_step_train_with_vllm_rollouts(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     entropyctl = shutil.which("entropyctl", path=str(Path(sys.executable).parent)) or "entropyctl"
     overrides = [
-        "rollout.engine=vllm", "trainer.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=2",
-        "rollout.max_new_tokens=16", "rollout.overlong=truncate", "eval.n_prompts=3", "eval.n_samples=2", "eval.ks=[1,2]",
-        "trainer.tensorboard=false", "trainer.progress_bar=false", "trainer.save_last=false",
+        "rollout.engine=vllm",
+        "trainer.steps=2",
+        "rollout.prompts_per_step=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=16",
+        "rollout.overlong=truncate",
+        "eval.n_prompts=3",
+        "eval.n_samples=2",
+        "eval.ks=[1,2]",
+        "trainer.tensorboard=false",
+        "trainer.progress_bar=false",
+        "trainer.save_last=false",
         f"rollout.options.export_dir={tmp_path / 'export'}",
     ]
-    command = [entropyctl, "train", "--config", str(REPO / "configs" / "smollm2_cpu.yaml"), "--out", str(run_dir),
-               "--threads", "2"]
+    command = [
+        entropyctl,
+        "train",
+        "--config",
+        str(REPO / "configs" / "smollm2_cpu.yaml"),
+        "--out",
+        str(run_dir),
+        "--threads",
+        "2",
+    ]
     for item in overrides:
         command += ["--set", item]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1500,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
     config_text = (run_dir / "config.yaml").read_text()

@@ -119,7 +119,9 @@ def is_usable_reading(reading: EntropyReading) -> bool:
 def check_state_keys(controller: EntropyController, state: dict[str, Any], keys: tuple[str, ...]) -> None:
     """Raise one clear error if a state dict (e.g. from a checkpoint) lacks keys this controller needs."""
     if not isinstance(state, dict):
-        raise ValueError(f"{type(controller).__name__}.load_state_dict: expected a dict (got {type(state).__name__})")
+        raise ValueError(
+            f"{type(controller).__name__}.load_state_dict: expected a dict (got {type(state).__name__})"
+        )
     missing = [key for key in keys if key not in state]
     if missing:
         raise ValueError(

@@ -73,7 +73,9 @@ def _description(cls: type) -> str:
     return text.splitlines()[0].strip() if text else ""
 
 
-def _add(name: str, cls: type[EntropyController], config_class: type[ControllerConfig] | None, owner: str) -> None:
+def _add(
+    name: str, cls: type[EntropyController], config_class: type[ControllerConfig] | None, owner: str
+) -> None:
     if not isinstance(cls, type) or not issubclass(cls, EntropyController):
         raise RegistryError(f"controller {name!r} ({owner}) must subclass entropyctl.EntropyController")
     config_class = config_class or getattr(cls, "config_class", None)
@@ -102,9 +104,7 @@ def _add(name: str, cls: type[EntropyController], config_class: type[ControllerC
         _registry[name] = _Entry(cls, config_class, owner, _description(cls))
 
 
-def register_controller(
-    name: str, *, config: type[ControllerConfig] | None = None
-) -> Callable[[C], C]:
+def register_controller(name: str, *, config: type[ControllerConfig] | None = None) -> Callable[[C], C]:
     """Class decorator: ``@register_controller("mine")`` registers a controller under ``name``.
 
     The config class is ``config`` or the class attribute ``config_class``; it must derive from
@@ -208,7 +208,9 @@ def controller_config_union() -> Any:
     return Annotated[Union[classes], Field(discriminator="name")]  # noqa: UP007 (runtime union)
 
 
-def create_controller(config: ControllerConfig | Mapping[str, Any] | str, **overrides: Any) -> EntropyController:
+def create_controller(
+    config: ControllerConfig | Mapping[str, Any] | str, **overrides: Any
+) -> EntropyController:
     """Build a controller from a config object, a mapping (``{"name": "aer", "tau": 0.5}``) or a name.
 
     Keyword arguments override fields: ``create_controller("aer", tau=0.5)``. Invalid input raises

@@ -35,7 +35,9 @@ ANSWER_FIELDS: tuple[str, ...] = ("answer", "final_answer", "solution", "reward_
 class DatasetError(ValueError):
     """A malformed dataset file or row; ``str()`` reads ``file:line: field 'x' ...``."""
 
-    def __init__(self, path: str | Path, location: str | None, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, location: str | None, message: str, field: str | None = None
+    ) -> None:
         self.path = str(path)
         self.location = location
         self.field = field
@@ -122,7 +124,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 yield str(number), json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(path, str(number), f"invalid JSON ({exc.msg} at column {exc.colno})") from exc
+                raise DatasetError(
+                    path, str(number), f"invalid JSON ({exc.msg} at column {exc.colno})"
+                ) from exc
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
@@ -181,7 +185,8 @@ def load_math_dataset(
         prompt = _prompt_text(value)
         if prompt is None:
             raise DatasetError(
-                path, location,
+                path,
+                location,
                 f"field '{name}' is {type(value).__name__} {str(value)[:60]!r}; expected a string or a list "
                 "of chat messages with a user message",
                 name,
@@ -195,7 +200,8 @@ def load_math_dataset(
         answer = normalize_answer_field(value_a, name_a)
         if answer is None:
             raise DatasetError(
-                path, location,
+                path,
+                location,
                 f"field '{name_a}' has no final answer ({type(value_a).__name__} {str(value_a)[:60]!r}); "
                 "expected a string or number, a '#### n' answer or a \\boxed{} solution",
                 name_a,
@@ -204,11 +210,14 @@ def load_math_dataset(
         if level_field is not None:
             raw_level = _get(row, level_field)
             if raw_level is _MISSING:
-                raise DatasetError(path, location, f"field '{level_field}' missing (the level field)", level_field)
+                raise DatasetError(
+                    path, location, f"field '{level_field}' missing (the level field)", level_field
+                )
             parsed_level = _level(raw_level)
             if parsed_level is None:
                 raise DatasetError(
-                    path, location,
+                    path,
+                    location,
                     f"field '{level_field}' is {raw_level!r}; expected an integer or text like 'Level 3'",
                     level_field,
                 )

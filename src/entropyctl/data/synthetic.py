@@ -174,7 +174,9 @@ class SyntheticArithmetic:
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        generator = self._rng if rng is None else rng if isinstance(rng, random.Random) else random.Random(rng)
+        generator = (
+            self._rng if rng is None else rng if isinstance(rng, random.Random) else random.Random(rng)
+        )
         return [self._draw(generator, level, held_out=False) for level in self._levels_for(n, generator)]
 
     def held_out(self, n: int, seed: int = 0) -> list[Problem]:

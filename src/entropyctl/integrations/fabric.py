@@ -56,8 +56,12 @@ _NF = len(_FIELDS)
 
 def _resolve(reducer: Reducer) -> tuple[Callable[[Tensor], Tensor], torch.device | None]:
     """Map a reducer to ``(sum_over_ranks(t) -> t, device the tensor must live on)``."""
-    if not isinstance(reducer, torch.nn.Module) and callable(reducer) and not hasattr(reducer, "all_reduce") \
-            and not hasattr(reducer, "reduce"):
+    if (
+        not isinstance(reducer, torch.nn.Module)
+        and callable(reducer)
+        and not hasattr(reducer, "all_reduce")
+        and not hasattr(reducer, "reduce")
+    ):
         return reducer, None
 
     from lightning.fabric import Fabric
@@ -76,6 +80,7 @@ def _resolve(reducer: Reducer) -> tuple[Callable[[Tensor], Tensor], torch.device
         reducer = trainer.strategy
     if isinstance(reducer, Fabric):
         fabric = reducer
+
         # Fabric.all_reduce moves the tensor to fabric.device itself; reduce_op defaults to "mean".
         def fabric_sum(t: Tensor) -> Tensor:
             out = fabric.all_reduce(t, reduce_op="sum")
@@ -105,8 +110,10 @@ def all_reduce_sum(tensor: Tensor, reducer: Reducer) -> Tensor:
         tensor = tensor.to(device)
     out = fn(tensor)
     if not isinstance(out, Tensor) or out.shape != tensor.shape:
-        raise RuntimeError(f"reducer returned {type(out).__name__} {getattr(out, 'shape', '')}, "
-                           f"expected a tensor of shape {tuple(tensor.shape)}")
+        raise RuntimeError(
+            f"reducer returned {type(out).__name__} {getattr(out, 'shape', '')}, "
+            f"expected a tensor of shape {tuple(tensor.shape)}"
+        )
     return out
 
 
@@ -119,7 +126,9 @@ def global_token_count(local_mask_sum: Tensor | float | int, reducer: Reducer) -
     """
     value = local_mask_sum.detach() if isinstance(local_mask_sum, Tensor) else torch.tensor(local_mask_sum)
     if value.numel() != 1:
-        raise ValueError(f"global_token_count: local_mask_sum must be a scalar, got shape {tuple(value.shape)}")
+        raise ValueError(
+            f"global_token_count: local_mask_sum must be a scalar, got shape {tuple(value.shape)}"
+        )
     # float64 is exact for integer counts below 2**53 and gloo/nccl both sum it.
     packed = value.reshape(1).to(torch.float64)
     total = all_reduce_sum(packed, reducer)
@@ -166,7 +175,9 @@ class EntropyStats:
     then ``reading(step)`` (identical on every rank), then ``reset()``.
     """
 
-    def __init__(self, buckets: int | Iterable[int] | None = None, *, device: torch.device | str | None = None):
+    def __init__(
+        self, buckets: int | Iterable[int] | None = None, *, device: torch.device | str | None = None
+    ):
         self.levels: tuple[int, ...] = _levels_from(buckets)
         self._device = torch.device(device) if device is not None else None
         #: number of collectives issued by :meth:`reduce` over this object's life (not reset).
@@ -206,8 +217,9 @@ class EntropyStats:
         coef: entropy coefficient α per token (same shape rules as ``bucket``, or a float).
         """
         if entropy.shape != mask.shape:
-            raise ValueError(f"EntropyStats.add: entropy shape {tuple(entropy.shape)} != mask shape "
-                             f"{tuple(mask.shape)}")
+            raise ValueError(
+                f"EntropyStats.add: entropy shape {tuple(entropy.shape)} != mask shape {tuple(mask.shape)}"
+            )
         device = entropy.device if self._device is None else self._device
         buf = self._buffer(device)
         m = mask.detach().to(device=buf.device, dtype=torch.float64).reshape(-1)
@@ -230,8 +242,10 @@ class EntropyStats:
 
         if bucket is not None:
             if not self.levels:
-                raise ValueError("EntropyStats.add: bucket given but no levels were declared "
-                                 "(construct with EntropyStats(buckets=n or [levels]))")
+                raise ValueError(
+                    "EntropyStats.add: bucket given but no levels were declared "
+                    "(construct with EntropyStats(buckets=n or [levels]))"
+                )
             b = self._per_token(bucket, entropy.shape, "bucket", buf.device)
             if b.is_floating_point():
                 raise ValueError(f"EntropyStats.add: bucket must hold integer levels, got dtype {b.dtype}")
@@ -241,8 +255,10 @@ class EntropyStats:
             bad = (levels[idx] != b) & on
             if bool(bad.any()):
                 unknown = sorted({int(v) for v in b[bad].unique().tolist()})
-                raise ValueError(f"EntropyStats.add: bucket levels {unknown} were not declared; "
-                                 f"declared levels: {list(self.levels)}")
+                raise ValueError(
+                    f"EntropyStats.add: bucket levels {unknown} were not declared; "
+                    f"declared levels: {list(self.levels)}"
+                )
             per = torch.zeros(len(self.levels), _NF, dtype=torch.float64, device=buf.device)
             per[:, 0].index_add_(0, idx, hm)
             per[:, 1].index_add_(0, idx, m)
@@ -262,8 +278,10 @@ class EntropyStats:
         if t.dim() == 0:
             return t.expand(shape).reshape(-1).contiguous()
         if tuple(t.shape) != tuple(shape[: t.dim()]):
-            raise ValueError(f"EntropyStats.add: {name} shape {tuple(t.shape)} must equal the entropy shape "
-                             f"{tuple(shape)} or a leading prefix of it")
+            raise ValueError(
+                f"EntropyStats.add: {name} shape {tuple(t.shape)} must equal the entropy shape "
+                f"{tuple(shape)} or a leading prefix of it"
+            )
         t = t.reshape(*t.shape, *([1] * (len(shape) - t.dim())))
         return t.expand(shape).reshape(-1).contiguous()
 
@@ -277,8 +295,11 @@ class EntropyStats:
         device = self._device
         if device is None and self._local is not None:
             device = self._local.device
-        packed = (self._local if self._local is not None
-                  else torch.zeros(1 + len(self.levels), _NF, dtype=torch.float64, device=device))
+        packed = (
+            self._local
+            if self._local is not None
+            else torch.zeros(1 + len(self.levels), _NF, dtype=torch.float64, device=device)
+        )
         packed = packed.reshape(-1).clone()  # the collective works in place: keep the local sums
         if reducer is not None:
             packed = all_reduce_sum(packed, reducer)
@@ -290,8 +311,10 @@ class EntropyStats:
         if self._dirty or self._global is None:
             if self._global is None and self._local is None:
                 return torch.zeros(1 + len(self.levels), _NF, dtype=torch.float64)
-            raise RuntimeError("EntropyStats: call reduce(reducer) (on every rank) after the last add() "
-                               "and before reading the statistics")
+            raise RuntimeError(
+                "EntropyStats: call reduce(reducer) (on every rank) after the last add() "
+                "and before reading the statistics"
+            )
         return self._global
 
     # ---------------------------------------------------------------------------- readings
@@ -304,8 +327,9 @@ class EntropyStats:
         ``mean_entropy = NaN, tokens = 0`` (controllers ignore such readings)."""
         g = self._totals()
         tokens = float(g[0, 1])
-        return EntropyReading(mean_entropy=self._ratio(float(g[0, 0]), tokens),
-                              tokens=int(round(tokens)), step=int(step))
+        return EntropyReading(
+            mean_entropy=self._ratio(float(g[0, 0]), tokens), tokens=int(round(tokens)), step=int(step)
+        )
 
     def bucket_means(self) -> dict[int, float]:
         """Token-weighted mean entropy per declared level (NaN for a level with no tokens)."""

@@ -87,7 +87,9 @@ class PromptSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["seed"]) != self.seed:
-            raise ValueError(f"checkpoint's prompt seed {state['seed']} differs from this run's seed {self.seed}")
+            raise ValueError(
+                f"checkpoint's prompt seed {state['seed']} differs from this run's seed {self.seed}"
+            )
         self.draws = int(state["draws"])
 
     @staticmethod
@@ -157,8 +159,8 @@ def _select_rows(comp: Completions, rows: Tensor, pad_id: int) -> Completions:
 def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int) -> Tensor:
     """DAPO's soft overlong punishment, added to the reward::
 
-        R_len(y) = 0                                  if |y| ≤ L_max − L_cache
-                 = (L_max − L_cache − |y|) / L_cache   if L_max − L_cache < |y| ≤ L_max   (down to −1)
+    R_len(y) = 0                                  if |y| ≤ L_max − L_cache
+             = (L_max − L_cache − |y|) / L_cache   if L_max − L_cache < |y| ≤ L_max   (down to −1)
     """
     start = max_new_tokens - buffer
     over = (lengths.to(torch.float32) - start).clamp_min(0.0)
@@ -171,11 +173,35 @@ def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int) -> Tenso
 def metric_columns(levels: Sequence[int]) -> list[str]:
     """The columns of ``metrics.csv``, in order (fixed for a run: every row has every column)."""
     cols = [
-        "step", "reward", "accuracy", "entropy", "target_entropy", "h0", "alpha", "coef_mean",
-        "clip_frac_low", "clip_frac_high", "response_length", "truncated_frac", "loss", "pg_loss",
-        "entropy_loss", "kl_loss", "grad_norm", "lr", "tokens", "dropped_groups", "filler_groups",
-        "reward_no_answer", "reward_parse_error", "reward_timeout", "readings_ignored",
-        "time_rollout", "time_reward", "time_update", "time_step",
+        "step",
+        "reward",
+        "accuracy",
+        "entropy",
+        "target_entropy",
+        "h0",
+        "alpha",
+        "coef_mean",
+        "clip_frac_low",
+        "clip_frac_high",
+        "response_length",
+        "truncated_frac",
+        "loss",
+        "pg_loss",
+        "entropy_loss",
+        "kl_loss",
+        "grad_norm",
+        "lr",
+        "tokens",
+        "dropped_groups",
+        "filler_groups",
+        "reward_no_answer",
+        "reward_parse_error",
+        "reward_timeout",
+        "readings_ignored",
+        "time_rollout",
+        "time_reward",
+        "time_update",
+        "time_step",
     ]
     for level in levels:
         cols += [f"acc_level_{level}", f"coef_level_{level}", f"entropy_level_{level}"]
@@ -238,8 +264,9 @@ class RLVRCheckpoint(pl.Callback):
         self.total_steps = int(total_steps)
         self.save_last = save_last
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = int(getattr(pl_module, "rlvr_step", 0))
         periodic = self.every > 0 and step % self.every == 0
         if periodic:
@@ -292,13 +319,17 @@ class RLVRModule(pl.LightningModule):
         self.eval_problems = list(eval_problems)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.encode_prompt = encode_prompt or (lambda text: list(tokenizer(text)["input_ids"]))
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        self.pad_id = int(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         self.levels = list(sampler.levels)
         self.rlvr_step = 0  # completed RLVR steps (global_step counts optimizer steps)
         self.eval_results: dict[str, Any] = {}
         self.eval_seconds = 0.0
         self.last_metrics: dict[str, float] = {}
-        self.last_batch: dict[str, Any] = {}  # the last step's problems and completions (benchmarks, debugging)
+        self.last_batch: dict[
+            str, Any
+        ] = {}  # the last step's problems and completions (benchmarks, debugging)
         #: this rank's own per-step numbers before any collective (checks of the multi-process path)
         self.local_history: list[dict[str, Any]] = []
         self._reference: _Frozen | None = None
@@ -320,10 +351,15 @@ class RLVRModule(pl.LightningModule):
         o = self.config.optim
         opt = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
-            lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
         )
         warmup = o.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self) -> DataLoader:
@@ -390,7 +426,9 @@ class RLVRModule(pl.LightningModule):
             for row, m in zip(comp.response_ids, comp.response_mask, strict=True)
         ]
 
-    def _rollout(self, problems: Sequence[Any], seed: int, timers: dict[str, float]) -> tuple[Completions, Tensor]:
+    def _rollout(
+        self, problems: Sequence[Any], seed: int, timers: dict[str, float]
+    ) -> tuple[Completions, Tensor]:
         """G completions per problem and their rewards ``[P, G]`` (the verifier's, unshaped)."""
         G = self.config.rollout.group_size
         t0 = time.perf_counter()
@@ -407,15 +445,18 @@ class RLVRModule(pl.LightningModule):
         """This rank's P groups: rollouts, rewards, and (dynamic sampling) refills of all-equal groups."""
         cfg = self.config.rollout
         P, G = cfg.prompts_per_step, cfg.group_size
-        kept: list[tuple[Any, Completions, int, Tensor]] = []  # (problem, completions, row of group, rewards[G])
+        kept: list[
+            tuple[Any, Completions, int, Tensor]
+        ] = []  # (problem, completions, row of group, rewards[G])
         spare: list[tuple[Any, Completions, int, Tensor]] = []
         dropped = 0
         attempts = 1 + (cfg.max_refills if cfg.dynamic_sampling else 0)
         for attempt in range(attempts):
             need = P - len(kept)
             problems = self.sampler.sample(P if attempt == 0 else need, step=step, rank=rank, attempt=attempt)
-            comp, rewards = self._rollout(problems, derive_seed("rollout", self.config.seed, rank, step, attempt),
-                                          timers)
+            comp, rewards = self._rollout(
+                problems, derive_seed("rollout", self.config.seed, rank, step, attempt), timers
+            )
             for i, problem in enumerate(problems):
                 group = (problem, comp, i, rewards[i])
                 if cfg.dynamic_sampling and bool(rewards[i].max() == rewards[i].min()):
@@ -447,8 +488,13 @@ class RLVRModule(pl.LightningModule):
         with torch.set_grad_enabled(grad):
             if self.use_fused:
                 h = response_hidden_states(model, comp)  # type: ignore[arg-type]
-                return {"hidden": h.hidden, "weight": h.lm_head_weight, "bias": h.lm_head_bias,
-                        "targets": h.targets, "seq_index": h.seq_index}
+                return {
+                    "hidden": h.hidden,
+                    "weight": h.lm_head_weight,
+                    "bias": h.lm_head_bias,
+                    "targets": h.targets,
+                    "seq_index": h.seq_index,
+                }
             lg = response_logits(model, comp)  # type: ignore[arg-type]
             return {"logits": lg.logits, "targets": lg.targets, "seq_index": lg.seq_index}
 
@@ -457,7 +503,10 @@ class RLVRModule(pl.LightningModule):
         with torch.no_grad():
             if "hidden" in fwd:
                 lp, _ = fused_logprob_entropy(
-                    fwd["hidden"].detach(), fwd["weight"].detach(), fwd["targets"], temperature=T,
+                    fwd["hidden"].detach(),
+                    fwd["weight"].detach(),
+                    fwd["targets"],
+                    temperature=T,
                     chunk_size=self.config.algorithm.chunk_size,
                     bias=None if fwd["bias"] is None else fwd["bias"].detach(),
                 )
@@ -465,19 +514,52 @@ class RLVRModule(pl.LightningModule):
                 lp, _ = token_logprob_entropy(fwd["logits"].detach(), fwd["targets"], temperature=T)
         return lp
 
-    def _loss(self, fwd: dict[str, Any], old: Tensor, adv: Tensor, coef: Tensor, mask: Tensor, plan: Plan,
-              num_tokens: int, ref: Tensor | None) -> PolicyLossOutput:
+    def _loss(
+        self,
+        fwd: dict[str, Any],
+        old: Tensor,
+        adv: Tensor,
+        coef: Tensor,
+        mask: Tensor,
+        plan: Plan,
+        num_tokens: int,
+        ref: Tensor | None,
+    ) -> PolicyLossOutput:
         a = self.config.algorithm
         T = self.config.rollout.temperature
         kl = a.kl_coef if ref is not None else 0.0
         if "hidden" in fwd:
             return fused_policy_loss(
-                fwd["hidden"], fwd["weight"], fwd["targets"], old, adv, coef, mask, plan.clip_low, plan.clip_high,
-                T, chunk_size=a.chunk_size, num_tokens=num_tokens, ref_logprob=ref, kl_coef=kl, bias=fwd["bias"],
+                fwd["hidden"],
+                fwd["weight"],
+                fwd["targets"],
+                old,
+                adv,
+                coef,
+                mask,
+                plan.clip_low,
+                plan.clip_high,
+                T,
+                chunk_size=a.chunk_size,
+                num_tokens=num_tokens,
+                ref_logprob=ref,
+                kl_coef=kl,
+                bias=fwd["bias"],
             )
         logprob, entropy = token_logprob_entropy(fwd["logits"], fwd["targets"], temperature=T)
-        return policy_loss(logprob, entropy, old, adv, coef, mask, plan.clip_low, plan.clip_high,
-                           num_tokens=num_tokens, ref_logprob=ref, kl_coef=kl)
+        return policy_loss(
+            logprob,
+            entropy,
+            old,
+            adv,
+            coef,
+            mask,
+            plan.clip_low,
+            plan.clip_high,
+            num_tokens=num_tokens,
+            ref_logprob=ref,
+            kl_coef=kl,
+        )
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         cfg = self.config
@@ -500,14 +582,17 @@ class RLVRModule(pl.LightningModule):
         truncated = comp.truncated.bool()
         shaped = correct.clone()
         if cfg.rollout.overlong == "penalty":
-            shaped = shaped + overlong_penalty(lengths, cfg.rollout.max_new_tokens,
-                                               cfg.rollout.overlong_buffer).reshape(P, G)
+            shaped = shaped + overlong_penalty(
+                lengths, cfg.rollout.max_new_tokens, cfg.rollout.overlong_buffer
+            ).reshape(P, G)
         accuracy = correct.mean(dim=1)  # acc_i
         advantages = group_advantages(shaped, scale=cfg.algorithm.advantage_scale)  # [P, G]
         plan = self.controller.plan(GroupOutcome(accuracy=accuracy, group_size=G, step=step))
         if plan.coef.shape != (P,):
-            raise RuntimeError(f"controller {self.controller.name!r} returned coef of shape "
-                               f"{tuple(plan.coef.shape)}, expected [{P}]")
+            raise RuntimeError(
+                f"controller {self.controller.name!r} returned coef of shape "
+                f"{tuple(plan.coef.shape)}, expected [{P}]"
+            )
 
         # Per-sequence quantities, prompt-major rows (row i*G + j).
         seq_adv = advantages.reshape(-1).to(torch.float32)
@@ -523,11 +608,20 @@ class RLVRModule(pl.LightningModule):
         # -- mini-batches, their GLOBAL token counts (one collective) ------------------------
         t_update = time.perf_counter()
         M, E = cfg.algorithm.mini_batches, cfg.algorithm.ppo_epochs
-        order = torch.randperm(P * G, generator=torch.Generator().manual_seed(
-            derive_seed("minibatch", cfg.seed, rank, step) % 2**62)) if M > 1 else torch.arange(P * G)
+        order = (
+            torch.randperm(
+                P * G,
+                generator=torch.Generator().manual_seed(
+                    derive_seed("minibatch", cfg.seed, rank, step) % 2**62
+                ),
+            )
+            if M > 1
+            else torch.arange(P * G)
+        )
         minibatches = [rows for rows in torch.tensor_split(order, M)]
-        local_tokens = torch.stack([(comp.response_mask[rows].sum(1).float() * seq_mask[rows]).sum()
-                                    for rows in minibatches]).to(torch.float64)
+        local_tokens = torch.stack(
+            [(comp.response_mask[rows].sum(1).float() * seq_mask[rows]).sum() for rows in minibatches]
+        ).to(torch.float64)
         global_tokens = all_reduce_sum(local_tokens, reducer).cpu()
         mb_comps = [_select_rows(comp, rows, self.pad_id).to(device) for rows in minibatches]
 
@@ -538,10 +632,13 @@ class RLVRModule(pl.LightningModule):
         if need_old or self._reference is not None:
             for m, sub in enumerate(mb_comps):
                 if need_old:
-                    old_logprobs[m] = self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
+                    old_logprobs[m] = self._logprob_no_grad(
+                        self._forward_tokens(self.policy, sub, grad=False)
+                    )
                 if self._reference is not None:
                     ref_logprobs[m] = self._logprob_no_grad(
-                        self._forward_tokens(self._reference.module, sub, grad=False))
+                        self._forward_tokens(self._reference.module, sub, grad=False)
+                    )
 
         # -- PPO epochs × mini-batches ------------------------------------------------------
         opt: Any = self.optimizers()  # one LightningOptimizer (configure_optimizers returns one)
@@ -561,14 +658,27 @@ class RLVRModule(pl.LightningModule):
                 old = old_logprobs[m]
                 if old is None:  # one epoch, one mini-batch: old = current (ρ = 1), same numerics
                     old = self._logprob_no_grad(fwd)
-                out = self._loss(fwd, old, adv_t, coef_t, mask_t, plan, int(round(float(global_tokens[m]))),
-                                 ref_logprobs[m])
+                out = self._loss(
+                    fwd,
+                    old,
+                    adv_t,
+                    coef_t,
+                    mask_t,
+                    plan,
+                    int(round(float(global_tokens[m]))),
+                    ref_logprobs[m],
+                )
                 opt.zero_grad(set_to_none=True)
                 self.manual_backward(out.loss * world)  # DDP averages over W ranks (module docstring)
                 if cfg.optim.grad_clip is not None:
-                    grad_norm = float(torch.nn.utils.get_total_norm(
-                        [p.grad for p in self.policy.parameters() if p.grad is not None]))
-                    self.clip_gradients(opt, gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm")
+                    grad_norm = float(
+                        torch.nn.utils.get_total_norm(
+                            [p.grad for p in self.policy.parameters() if p.grad is not None]
+                        )
+                    )
+                    self.clip_gradients(
+                        opt, gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm"
+                    )
                 opt.step()
                 sched.step()
                 if epoch == 0:  # every response token exactly once
@@ -592,18 +702,43 @@ class RLVRModule(pl.LightningModule):
         # -- metrics: local sums packed into ONE collective ---------------------------------
         rmetrics = self.reward.metrics() if hasattr(self.reward, "metrics") else {}
         local = [
-            float(correct.sum()), float(correct.numel()), float((lengths.float()).sum()), float(truncated.sum()),
-            float(batch_data["dropped"]), float(batch_data["fillers"]),
-            sums["clip_low"], sums["clip_high"], sums["loss"], sums["pg"], sums["ent"], sums["kl"],
-            float(rmetrics.get("no_answer", 0)), float(rmetrics.get("parse_error", 0)),
+            float(correct.sum()),
+            float(correct.numel()),
+            float((lengths.float()).sum()),
+            float(truncated.sum()),
+            float(batch_data["dropped"]),
+            float(batch_data["fillers"]),
+            sums["clip_low"],
+            sums["clip_high"],
+            sums["loss"],
+            sums["pg"],
+            sums["ent"],
+            sums["kl"],
+            float(rmetrics.get("no_answer", 0)),
+            float(rmetrics.get("parse_error", 0)),
             float(rmetrics.get("timeout", 0)),
         ]
         for level in self.levels:
             sel = levels == level
             local += [float(accuracy[sel].sum()), float(sel.sum())]
         packed = all_reduce_sum(torch.tensor(local, dtype=torch.float64), reducer).cpu().tolist()
-        (r_sum, r_n, len_sum, trunc_n, dropped, fillers, clip_low, clip_high, loss, pg, ent, kl,
-         no_answer, parse_error, timeout) = packed[:15]
+        (
+            r_sum,
+            r_n,
+            len_sum,
+            trunc_n,
+            dropped,
+            fillers,
+            clip_low,
+            clip_high,
+            loss,
+            pg,
+            ent,
+            kl,
+            no_answer,
+            parse_error,
+            timeout,
+        ) = packed[:15]
         cm = self.controller.metrics()
         row: dict[str, Any] = {
             "step": step,
@@ -619,15 +754,22 @@ class RLVRModule(pl.LightningModule):
             "response_length": len_sum / r_n,
             "truncated_frac": trunc_n / r_n,
             # loss parts are normalised by the global token count: their sum over ranks is the global value
-            "loss": loss, "pg_loss": pg, "entropy_loss": ent, "kl_loss": kl,
+            "loss": loss,
+            "pg_loss": pg,
+            "entropy_loss": ent,
+            "kl_loss": kl,
             "grad_norm": grad_norm,
             "lr": float(sched.get_last_lr()[0]),
             "tokens": reading.tokens,
             "dropped_groups": dropped,
             "filler_groups": fillers,
-            "reward_no_answer": no_answer, "reward_parse_error": parse_error, "reward_timeout": timeout,
+            "reward_no_answer": no_answer,
+            "reward_parse_error": parse_error,
+            "reward_timeout": timeout,
             "readings_ignored": float(cm.get("readings_ignored", math.nan)),
-            "time_rollout": timers["rollout"], "time_reward": timers["reward"], "time_update": timers["update"],
+            "time_rollout": timers["rollout"],
+            "time_reward": timers["reward"],
+            "time_update": timers["update"],
             "time_step": time.perf_counter() - step_start,
         }
         coef_by_level = stats.bucket_coef_means()
@@ -639,31 +781,44 @@ class RLVRModule(pl.LightningModule):
             row[f"entropy_level_{level}"] = entropy_by_level[level]
         self.last_metrics = row
         self.last_batch = {"problems": batch_data["problems"], "completions": comp}
-        self.local_history.append({
-            "step": step,
-            "prompts": [p.prompt for p in batch_data["problems"]],
-            "entropy_sum": local_entropy_sum,
-            "tokens": local_token_sum,
-            "global_entropy": reading.mean_entropy,
-            "global_tokens": reading.tokens,
-        })
+        self.local_history.append(
+            {
+                "step": step,
+                "prompts": [p.prompt for p in batch_data["problems"]],
+                "entropy_sum": local_entropy_sum,
+                "tokens": local_token_sum,
+                "global_entropy": reading.mean_entropy,
+                "global_tokens": reading.tokens,
+            }
+        )
         if rank == 0 and self.metrics_writer is not None:
             self.metrics_writer.write(row)
         shown = {"reward", "entropy", "alpha"}
         has_logger = self._trainer is not None and self.trainer.logger is not None
         if has_logger:
-            self.log_dict({k: float(v) for k, v in row.items() if k != "step" and k not in shown},
-                          on_step=True, prog_bar=False, logger=True, rank_zero_only=True)
-        self.log_dict({k: float(row[k]) for k in shown}, on_step=True, prog_bar=True, logger=has_logger,
-                      rank_zero_only=True)
+            self.log_dict(
+                {k: float(v) for k, v in row.items() if k != "step" and k not in shown},
+                on_step=True,
+                prog_bar=False,
+                logger=True,
+                rank_zero_only=True,
+            )
+        self.log_dict(
+            {k: float(row[k]) for k in shown},
+            on_step=True,
+            prog_bar=True,
+            logger=has_logger,
+            rank_zero_only=True,
+        )
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
             self.eval_results[f"step_{step}"] = self.evaluate_heldout(f"step_{step}")
 
     # ----------------------------------------------------------------------------- validation
     def sample_texts(self, problems: Sequence[Any], n: int, seed: int) -> list[list[str]]:
         """``n`` decoded completions per problem with the eval sampling settings."""
-        comp = self.engine.generate([self.encode_prompt(p.prompt) for p in problems], n,
-                                    self._sampling(seed, eval_mode=True))
+        comp = self.engine.generate(
+            [self.encode_prompt(p.prompt) for p in problems], n, self._sampling(seed, eval_mode=True)
+        )
         texts = self._decode(comp)
         return [texts[i * n : (i + 1) * n] for i in range(len(problems))]
 
@@ -683,13 +838,16 @@ class RLVRModule(pl.LightningModule):
             return self.sample_texts(batch, n, derive_seed("eval", self.config.seed, tag, rank, calls[0]))
 
         self.engine.sync_weights(self.policy)
-        counts = count_correct([problems[i] for i in mine], sample_fn, self.reward, n=e.n_samples,
-                               batch_size=e.batch_size)
+        counts = count_correct(
+            [problems[i] for i in mine], sample_fn, self.reward, n=e.n_samples, batch_size=e.batch_size
+        )
         full = torch.zeros(len(problems), dtype=torch.float64)
         full[mine] = torch.tensor(counts, dtype=torch.float64)
         full = all_reduce_sum(full, self._reducer()).cpu()
-        outcomes = [ProblemOutcome(e.n_samples, int(round(float(c))), int(getattr(p, "level", 0)))
-                    for p, c in zip(problems, full, strict=True)]
+        outcomes = [
+            ProblemOutcome(e.n_samples, int(round(float(c))), int(getattr(p, "level", 0)))
+            for p, c in zip(problems, full, strict=True)
+        ]
         result = summarize_pass_at_k(outcomes, e.ks)
         self.eval_seconds += time.perf_counter() - started
         if rank == 0:

@@ -165,7 +165,9 @@ def _fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
     with torch.no_grad():
         for name, tensor in policy_weights(model):
             t = tensor.to(torch.float64)
-            digest.update(f"{name}:{tuple(tensor.shape)}:{t.sum().item():.17g}:{t.abs().sum().item():.17g}".encode())
+            digest.update(
+                f"{name}:{tuple(tensor.shape)}:{t.sum().item():.17g}:{t.abs().sum().item():.17g}".encode()
+            )
     return digest.hexdigest()[:16]
 
 
@@ -471,7 +473,9 @@ class VLLMEngine:
         for prompt_index, output in enumerate(outputs):
             samples = sorted(output.outputs, key=lambda s: s.index)
             if len(samples) != n:
-                raise RuntimeError(f"vLLM returned {len(samples)} samples for prompt {prompt_index}, asked {n}")
+                raise RuntimeError(
+                    f"vLLM returned {len(samples)} samples for prompt {prompt_index}, asked {n}"
+                )
             for sample in samples:
                 tokens = list(sample.token_ids)
                 if self.eos_token_id in tokens:  # stop token included; cut anything after it defensively
@@ -483,7 +487,9 @@ class VLLMEngine:
                         raise RuntimeError("vLLM returned no log-probs although they were requested")
                     steps = sample.logprobs[: len(tokens)]
                     logprobs.append([step[token].logprob for step, token in zip(steps, tokens, strict=True)])
-        return self._assemble(prompts, n, responses, truncated, logprobs if sampling.return_logprobs else None)
+        return self._assemble(
+            prompts, n, responses, truncated, logprobs if sampling.return_logprobs else None
+        )
 
     def _assemble(
         self,
@@ -526,8 +532,9 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, temperature=1.0)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(t)) for t in token_ids], params,
-                                    use_tqdm=False)
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(t)) for t in token_ids], params, use_tqdm=False
+        )
         result = []
         for sequence, output in zip(token_ids, outputs, strict=True):
             entries = output.prompt_logprobs  # [None, {token: Logprob}, ...]

@@ -54,6 +54,7 @@ def default_chunk_size(vocab_size: int, budget_bytes: int = CHUNK_LOGITS_BUDGET)
     tokens = max(1, budget_bytes // (4 * max(1, int(vocab_size))))
     return int(min(4096, max(64, 2 ** int(math.floor(math.log2(tokens))))))
 
+
 # log p is floored here once p = exp(log p) has been taken: p = 0 exactly for every log p below
 # about −745 (fp64) / −104 (fp32), so the floor changes no term with p > 0, and it turns the
 # p·log p = 0·(−inf) = NaN of a −inf logit (a masked vocabulary entry) into 0·(−1e6) = 0.

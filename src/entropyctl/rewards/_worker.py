@@ -64,8 +64,11 @@ def main() -> None:
 
     # The first comparison fills parser caches (~0.3 s): pay it before reporting ready, not on an
     # answer's timeout.
-    verify(parse("\\boxed{\\frac{1}{2}}", parsing_timeout=None), parse("\\boxed{0.5}", parsing_timeout=None),
-           timeout_seconds=None)
+    verify(
+        parse("\\boxed{\\frac{1}{2}}", parsing_timeout=None),
+        parse("\\boxed{0.5}", parsing_timeout=None),
+        timeout_seconds=None,
+    )
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     for line in sys.stdin:
         try:

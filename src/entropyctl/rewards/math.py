@@ -539,8 +539,11 @@ def check_answer(
         return VerifyResult("no_answer", 0.0, None, "no final answer found", time.perf_counter() - start)
     if len(extracted) > MAX_ANSWER_CHARS:
         return VerifyResult(
-            "parse_error", 0.0, extracted[:80],
-            f"answer longer than {MAX_ANSWER_CHARS} characters", time.perf_counter() - start,
+            "parse_error",
+            0.0,
+            extracted[:80],
+            f"answer longer than {MAX_ANSWER_CHARS} characters",
+            time.perf_counter() - start,
         )
     gold_answer = _gold_answer(gold)
     pred_number = parse_number(extracted)
@@ -551,9 +554,7 @@ def check_answer(
     if gold_number is not None and pred_number is None and _ARITHMETIC.fullmatch(extracted):
         # An unevaluated expression such as "12+7" is not a final answer; SymPy would evaluate it and
         # pay a policy that echoes the synthetic prompt.
-        return VerifyResult(
-            "wrong", 0.0, extracted, "unevaluated arithmetic", time.perf_counter() - start
-        )
+        return VerifyResult("wrong", 0.0, extracted, "unevaluated arithmetic", time.perf_counter() - start)
     if pred_number is None and gold_number is None and extracted == gold_answer:
         return VerifyResult("correct", 1.0, extracted, "identical strings", time.perf_counter() - start)
     verifier = verifier if verifier is not None else default_verifier()

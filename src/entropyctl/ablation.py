@@ -293,6 +293,7 @@ def _train_command(config_path: Path, run_dir: Path, threads: int) -> list[str]:
     return [
         sys.executable, "-m", "entropyctl.cli", "train", "--config", str(config_path), "--out", str(run_dir),
         "--set", f"trainer.threads={threads}", "--set", "trainer.progress_bar=false",
+        "--overwrite",  # an unfinished run (finished ones are skipped) is run again from the start
     ]  # fmt: skip
 
 

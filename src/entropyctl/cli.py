@@ -246,6 +246,17 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="continue from a checkpoint; 'auto': <run dir>/checkpoints/last.ckpt if present",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (removes only its config.yaml, metrics.csv, summary.json, "
+        "checkpoints/, tensorboard/, ranks/)",
+    )
+    parser.add_argument(
+        "--allow-resume-changes",
+        action="store_true",
+        help="--resume even when the config or data differ from the checkpoint's (recorded in summary.json)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument(
         "--no-progress-bar",

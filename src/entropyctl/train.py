@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import time
 import warnings
@@ -28,6 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from entropyctl.config import RunConfig, load_run_config
+from entropyctl.run_directory import (
+    ResumeMismatchError,
+    RunDirError,
+    RunLock,
+    RunStatus,
+    RunStopped,
+    StopSignals,
+    fingerprint_changes,
+    prepare_run_dir,
+    run_fingerprint,
+    write_json_atomic,
+)
 
 __all__ = [
     "run_training",
@@ -37,6 +48,7 @@ __all__ = [
     "build_data",
     "build_prompt_encoder",
     "RUN_DIR_ENV",
+    "check_resume",
 ]
 
 RUN_DIR_ENV = "ENTROPYCTL_RUN_DIR"
@@ -135,15 +147,7 @@ def build_engine(config: RunConfig, model: Any, tokenizer: Any) -> Any:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+    write_json_atomic(path, data)
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -204,11 +208,52 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     )
 
 
+def _checkpoint_to_resume(resume: str | Path | None, ckpt_dir: Path) -> str | None:
+    if resume == "auto":
+        last = ckpt_dir / "last.ckpt"
+        return str(last) if last.exists() else None
+    if resume is not None and not Path(resume).is_file():
+        raise RunDirError(f"--resume {resume}: no such checkpoint file")
+    return None if resume is None else str(resume)
+
+
+def check_resume(
+    ckpt_path: str, fingerprint: dict[str, Any], *, allow_changes: bool, log: Any = print
+) -> dict[str, Any]:
+    """Compare the checkpoint's run fingerprint with this run's; raise :class:`ResumeMismatchError`
+    listing every difference unless ``allow_changes``. Returns the record kept in the summary."""
+    import torch
+
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("run_fingerprint")
+    except Exception as err:  # unreadable: let the resume itself report it with the loader's message
+        raise RunDirError(
+            f"--resume {ckpt_path}: cannot read the checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if saved is None:
+        changes = ["the checkpoint carries no run fingerprint (written by an older entropyctl); cannot check"]
+    else:
+        changes = fingerprint_changes(saved, fingerprint)
+    record = {"checkpoint": ckpt_path, "changes": changes, "changes_allowed": bool(changes and allow_changes)}
+    if changes and not allow_changes:
+        raise ResumeMismatchError(
+            f"--resume {ckpt_path}: this run differs from the checkpoint's:\n  "
+            + "\n  ".join(changes)
+            + "\nresume with the checkpoint's config (its run dir's config.yaml), or pass "
+            "--allow-resume-changes to continue anyway (recorded in summary.json)"
+        )
+    if changes:
+        log("[entropyctl] resuming despite changes (--allow-resume-changes): " + "; ".join(changes))
+    return record
+
+
 def run_training(
     config: RunConfig,
     run_dir: str | Path,
     *,
     resume: str | Path | None = None,
+    overwrite: bool = False,
+    allow_resume_changes: bool = False,
     progress_bar: bool | None = None,
     callbacks: Sequence[Any] = (),
     log: Any = print,
@@ -216,143 +261,247 @@ def run_training(
     """Train with ``config``, writing the run directory; returns the summary (also ``summary.json``).
 
     ``resume``: a checkpoint path, or ``"auto"`` to continue from ``run_dir/checkpoints/last.ckpt`` when it
-    exists. ``progress_bar``: overrides ``trainer.progress_bar``. ``callbacks``: extra Lightning callbacks.
-    With several processes, every rank also writes ``ranks/rank<r>.json`` (its controller state, a checksum
-    of its parameters, and its local per-step statistics) so that their agreement can be checked.
+    exists; the checkpoint's config and data fingerprint must match (else :class:`ResumeMismatchError`,
+    unless ``allow_resume_changes``). A directory that already holds a run is refused
+    (:class:`RunDirError`) unless resuming or ``overwrite`` (which removes only the run's own files,
+    :data:`~entropyctl.run_directory.RUN_FILES`). The directory is locked for the run's lifetime
+    (:class:`RunLockedError` for a second run). SIGTERM/SIGINT: the step in progress finishes,
+    ``last.ckpt`` is written, the summary says ``"stopped"`` and :class:`RunStopped` is raised (its
+    ``exit_code`` is 143 / 130). ``progress_bar``: overrides ``trainer.progress_bar``. ``callbacks``: extra
+    Lightning callbacks. With several processes, every rank also writes ``ranks/rank<r>.json`` (its
+    controller state, a checksum of its parameters, and its local per-step statistics).
     """
-    import lightning.pytorch as pl
-    import torch
-
-    from entropyctl.integrations.lightning import RLVRCheckpoint
-
-    started = time.perf_counter()
-    cpu_started = time.process_time()
     run_dir = Path(run_dir)
     rank0 = _local_rank() == 0
-    t = config.trainer
-    if t.devices > 1:  # DDP children re-run the command line: they re-resolve the same directory
+    if config.trainer.devices > 1:  # DDP children re-run the command line: they re-resolve the same directory
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = run_dir / "summary.json"
-    if rank0:
-        (run_dir / "config.yaml").write_text(config.to_yaml())
-        _write_json(summary_path, {"status": "running", "steps": 0})
-    threads = t.threads or max(1, (os.cpu_count() or 1) // t.devices)
-    torch.set_num_threads(threads)
-    pl.seed_everything(config.seed, workers=False, verbose=False)
-
-    t_warm = time.perf_counter()
-    module = build_module(config, run_dir)
-    policy, controller, reward = module.policy, module.controller, module.reward
-    warm_start_s = time.perf_counter() - t_warm
-    if rank0:
-        log(
-            f"[entropyctl] policy ready in {warm_start_s:.1f} s ({sum(p.numel() for p in policy.parameters()):,} "
-            f"parameters); run dir {run_dir}"
-        )
-
-    loggers: Any = False
-    if t.tensorboard and importlib.util.find_spec("tensorboard") is not None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers = TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-    ckpt_dir = run_dir / "checkpoints"
-    show_bar = t.progress_bar if progress_bar is None else progress_bar
-    trainer = pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=_strategy(config),
-        precision=t.precision,  # type: ignore[arg-type]
-        max_steps=t.steps * module.optimizer_steps_per_rlvr_step,
-        logger=loggers,
-        callbacks=[RLVRCheckpoint(ckpt_dir, t.checkpoint_every, t.steps, save_last=t.save_last), *callbacks],
-        enable_checkpointing=False,
-        enable_progress_bar=show_bar,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        default_root_dir=str(run_dir),
-    )
-    ckpt_path: str | None = None
-    if resume == "auto":
-        last = ckpt_dir / "last.ckpt"
-        ckpt_path = str(last) if last.exists() else None
-    elif resume is not None:
-        ckpt_path = str(resume)
-    t_fit = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
-        # The policy stays in eval mode on purpose: no dropout, so training log-probs match the sampler's.
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        try:
-            trainer.fit(module, ckpt_path=ckpt_path)
-        except BaseException as err:
-            if trainer.global_rank == 0:
-                _write_json(
-                    summary_path,
-                    {"status": "failed", "steps": module.rlvr_step, "error": f"{type(err).__name__}: {err}"},
+    lock = RunLock(run_dir).acquire() if rank0 else None  # DDP children run under rank 0's lock
+    stop = StopSignals()
+    try:
+        if lock is not None and lock.stale:
+            log(f"[entropyctl] {lock.path}: took over a stale lock (pid {lock.stale.get('pid')} is gone)")
+        ckpt_path = _checkpoint_to_resume(resume, run_dir / "checkpoints")
+        fingerprint = run_fingerprint(config)
+        status: RunStatus | None = None
+        resume_record = None
+        if rank0:
+            prepare_run_dir(run_dir, resume=resume is not None, overwrite=overwrite, log=log)
+            if ckpt_path is not None:
+                resume_record = check_resume(
+                    ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log
                 )
+            (run_dir / "config.yaml").write_text(config.to_yaml())
+            status = RunStatus(run_dir / "summary.json").start()
+        stop.install()
+        run = _Run(config, run_dir, status, stop, fingerprint, resume_record, log)
+        return run.train(ckpt_path, progress_bar, callbacks)
+    finally:
+        stop.restore()
+        if lock is not None:
+            lock.release()
+        if rank0:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+class _Run:
+    """One training run after the directory checks: build, fit, and write the summary whatever happens."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        status: RunStatus | None,
+        stop: StopSignals,
+        fingerprint: dict[str, Any],
+        resume_record: dict[str, Any] | None,
+        log: Any,
+    ) -> None:
+        self.config, self.run_dir, self.status, self.stop = config, run_dir, status, stop
+        self.fingerprint, self.resume_record, self.log = fingerprint, resume_record, log
+        self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
+        self.module: Any = None
+        self.trainer: Any = None
+        self.warm_start_s = 0.0
+        self.fit_s = 0.0
+        self.threads = 1
+
+    def _end(self, state: str, error: BaseException | None = None) -> dict[str, Any]:
+        summary = self.summary(state)
+        if error is not None:
+            summary["error"] = f"{type(error).__name__}: {error}"
+        if self.status is not None and (self.trainer is None or self.trainer.global_rank == 0):
+            self.status.finish(summary)
+        return summary
+
+    def train(
+        self, ckpt_path: str | None, progress_bar: bool | None, callbacks: Sequence[Any]
+    ) -> dict[str, Any]:
+        try:
+            self._build()
+            self._fit(ckpt_path, progress_bar, callbacks)
+        except RunStopped as stopped:
+            self._end("stopped", stopped)
+            self.log(
+                f"[entropyctl] stopped by signal {stopped.signum} after step {self.steps}; resume with --resume auto"
+            )
+            raise
+        except BaseException as err:
+            self._end("failed", err)
             raise
         finally:
+            self._close()
+        summary = self._end("finished" if self.steps >= self.config.trainer.steps else "stopped")
+        self._write_rank_file()
+        if self.status is not None:
+            self.log(
+                f"[entropyctl] {summary['status']}: {self.steps} steps in {summary['wall_time_s']:.0f} s "
+                f"(warm start {self.warm_start_s:.0f} s); summary in {self.run_dir / 'summary.json'}"
+            )
+        return summary
+
+    @property
+    def steps(self) -> int:
+        return int(self.module.rlvr_step) if self.module is not None else 0
+
+    def _build(self) -> None:
+        import lightning.pytorch as pl
+        import torch
+
+        t = self.config.trainer
+        self.threads = t.threads or max(1, (os.cpu_count() or 1) // t.devices)
+        torch.set_num_threads(self.threads)
+        pl.seed_everything(self.config.seed, workers=False, verbose=False)
+        t_warm = time.perf_counter()
+        self.module = build_module(self.config, self.run_dir)
+        self.module.run_fingerprint = self.fingerprint
+        self.warm_start_s = time.perf_counter() - t_warm
+        if self.status is not None:
+            n_params = sum(p.numel() for p in self.module.policy.parameters())
+            self.log(
+                f"[entropyctl] policy ready in {self.warm_start_s:.1f} s ({n_params:,} parameters); "
+                f"run dir {self.run_dir}"
+            )
+
+    def _fit(self, ckpt_path: str | None, progress_bar: bool | None, callbacks: Sequence[Any]) -> None:
+        import lightning.pytorch as pl
+
+        from entropyctl.integrations.lightning import RLVRCheckpoint
+
+        t, run_dir, module = self.config.trainer, self.run_dir, self.module
+        loggers: Any = False
+        if t.tensorboard and importlib.util.find_spec("tensorboard") is not None:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers = TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+        checkpoint = RLVRCheckpoint(
+            run_dir / "checkpoints", t.checkpoint_every, t.steps, save_last=t.save_last, stop=self.stop
+        )
+        self.trainer = pl.Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            strategy=_strategy(self.config),
+            precision=t.precision,  # type: ignore[arg-type]
+            max_steps=t.steps * module.optimizer_steps_per_rlvr_step,
+            logger=loggers,
+            callbacks=[checkpoint, _heartbeat_callback(self.status), *callbacks],
+            enable_checkpointing=False,
+            enable_progress_bar=t.progress_bar if progress_bar is None else progress_bar,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            use_distributed_sampler=False,
+            default_root_dir=str(run_dir),
+        )
+        t_fit = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+                # The policy stays in eval mode on purpose: no dropout, so training log-probs match the sampler's.
+                warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+                self.trainer.fit(module, ckpt_path=ckpt_path)
+        finally:
+            self.fit_s = time.perf_counter() - t_fit
+
+    def _close(self) -> None:
+        if self.module is None:
+            return
+        with contextlib.suppress(Exception):
+            self.module.reward.close()
+        close_engine = getattr(self.module.engine, "close", None)
+        if close_engine is not None:
             with contextlib.suppress(Exception):
-                reward.close()
-            close_engine = getattr(module.engine, "close", None)
-            if close_engine is not None:
-                with contextlib.suppress(Exception):
-                    close_engine()
-            if rank0:
-                os.environ.pop(RUN_DIR_ENV, None)
-    fit_s = time.perf_counter() - t_fit
-    cm = controller.metrics()
-    last = module.last_metrics
-    finished = module.rlvr_step >= t.steps
-    summary: dict[str, Any] = {
-        "status": "finished" if finished else "stopped",
-        "steps": module.rlvr_step,
-        "controller": config.controller.name,
-        "seed": config.seed,
-        "world_size": trainer.world_size,
-        "wall_time_s": time.perf_counter() - started,
-        # CPU seconds of this process (all its threads): with 1 thread, ≈ the wall time on an idle core
-        "cpu_time_s": time.process_time() - cpu_started,
-        "loadavg": list(os.getloadavg()),
-        "time_warm_start_s": warm_start_s,
-        "time_fit_s": fit_s,
-        "time_eval_s": module.eval_seconds,
-        "time_rl_s": fit_s - module.eval_seconds,
-        "final_entropy": _finite_or_none(last.get("entropy")),
-        "h0": _finite_or_none(cm.get("h0")),
-        "alpha": _finite_or_none(cm.get("alpha")),
-        "target_entropy": _finite_or_none(cm.get("target_entropy")),
-        "final_reward": _finite_or_none(last.get("reward")),
-        "controller_metrics": {k: _finite_or_none(v) for k, v in cm.items()},
-        "controller_state": controller.state_dict(),
-        "before": module.eval_results.get("before"),
-        "after": module.eval_results.get("after"),
-        "evals": module.eval_results,
-        "threads": threads,
-    }
-    if trainer.world_size > 1:
-        (run_dir / "ranks").mkdir(exist_ok=True)
+                close_engine()
+
+    def summary(self, state: str) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "status": state,
+            "steps": self.steps,
+            "controller": self.config.controller.name,
+            "seed": self.config.seed,
+            "wall_time_s": time.perf_counter() - self.started,
+            # CPU seconds of this process (all its threads): with 1 thread, ≈ the wall time on an idle core
+            "cpu_time_s": time.process_time() - self.cpu_started,
+            "loadavg": list(os.getloadavg()),
+            "time_warm_start_s": self.warm_start_s,
+            "threads": self.threads,
+        }
+        if self.resume_record is not None:
+            summary["resume"] = self.resume_record
+        module = self.module
+        if module is None:
+            return summary
+        cm = module.controller.metrics()
+        last = module.last_metrics
+        summary.update(
+            {
+                "world_size": self.trainer.world_size if self.trainer is not None else 1,
+                "time_fit_s": self.fit_s,
+                "time_eval_s": module.eval_seconds,
+                "time_rl_s": self.fit_s - module.eval_seconds,
+                "final_entropy": _finite_or_none(last.get("entropy")),
+                "h0": _finite_or_none(cm.get("h0")),
+                "alpha": _finite_or_none(cm.get("alpha")),
+                "target_entropy": _finite_or_none(cm.get("target_entropy")),
+                "final_reward": _finite_or_none(last.get("reward")),
+                "controller_metrics": {k: _finite_or_none(v) for k, v in cm.items()},
+                "controller_state": module.controller.state_dict(),
+                "before": module.eval_results.get("before"),
+                "after": module.eval_results.get("after"),
+                "evals": module.eval_results,
+            }
+        )
+        return summary
+
+    def _write_rank_file(self) -> None:
+        trainer, module = self.trainer, self.module
+        if trainer is None or trainer.world_size <= 1:
+            return
+        (self.run_dir / "ranks").mkdir(exist_ok=True)
         _write_json(
-            run_dir / "ranks" / f"rank{trainer.global_rank}.json",
+            self.run_dir / "ranks" / f"rank{trainer.global_rank}.json",
             {
                 "rank": trainer.global_rank,
-                "controller_state": controller.state_dict(),
-                "parameter_sha256": parameter_checksum(policy),
+                "controller_state": module.controller.state_dict(),
+                "parameter_sha256": parameter_checksum(module.policy),
                 "local_steps": module.local_history,
             },
         )
-    if trainer.global_rank == 0:
-        _write_json(summary_path, summary)
-        log(
-            f"[entropyctl] {summary['status']}: {module.rlvr_step} steps in {summary['wall_time_s']:.0f} s "
-            f"(warm start {warm_start_s:.0f} s); summary in {summary_path}"
-        )
-    return summary
+
+
+def _heartbeat_callback(status: RunStatus | None) -> Any:
+    """A Lightning callback writing the step count into the running ``summary.json`` after every step."""
+    import lightning.pytorch as pl
+
+    class _Heartbeat(pl.Callback):
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            if status is not None and trainer.global_rank == 0:
+                status.update(steps=int(pl_module.rlvr_step))
+
+    return _Heartbeat()
 
 
 def train_from_cli(
@@ -361,6 +510,8 @@ def train_from_cli(
     out: str | None,
     *,
     resume: str | None = None,
+    overwrite: bool = False,
+    allow_resume_changes: bool = False,
     threads: int | None = None,
     progress_bar: bool | None = None,
 ) -> dict[str, Any]:
@@ -370,17 +521,30 @@ def train_from_cli(
         extra.append(f"trainer.threads={threads}")
     config = load_run_config(config_path, extra)
     run_dir = resolve_run_dir(config, out)
-    return run_training(config, run_dir, resume=resume, progress_bar=progress_bar)
+    return run_training(
+        config,
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        allow_resume_changes=allow_resume_changes,
+        progress_bar=progress_bar,
+    )
 
 
 def run_train_cli(args: Any) -> int:
-    """`entropyctl train` (arguments parsed by cli.py)."""
-    summary = train_from_cli(
-        args.config,
-        args.overrides,
-        args.out,
-        resume=args.resume,
-        threads=args.threads,
-        progress_bar=args.progress_bar,
-    )
+    """`entropyctl train` (arguments parsed by cli.py). Exit status: 0 finished, 1 failed or refused,
+    128 + the signal number when stopped by SIGTERM (143) or SIGINT (130)."""
+    try:
+        summary = train_from_cli(
+            args.config,
+            args.overrides,
+            args.out,
+            resume=args.resume,
+            overwrite=getattr(args, "overwrite", False),
+            allow_resume_changes=getattr(args, "allow_resume_changes", False),
+            threads=args.threads,
+            progress_bar=args.progress_bar,
+        )
+    except RunStopped as stopped:
+        return stopped.exit_code
     return 0 if summary.get("status") == "finished" else 1

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +40,7 @@ from entropyctl.integrations.rollout import Completions, RolloutEngine, Sampling
 from entropyctl.ops.advantages import group_advantages
 from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
+from entropyctl.run_directory import RunStopped, StopSignals
 
 __all__ = [
     "RLVRModule",
@@ -224,18 +227,24 @@ class MetricsWriter:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        with self.path.open("w", newline="") as f:
+        # temp file + rename: a reader (or a kill) never sees a truncated file
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(tmp, self.path)
 
     def write(self, row: dict[str, Any]) -> None:
-        new = not self.path.exists()
+        if not self.path.exists():
+            self._rewrite([])  # the header, atomically
+        # one row = one write() of a complete line: appended, never truncating earlier rows
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore").writerow(
+            {k: _fmt(row.get(k, math.nan)) for k in self.columns}
+        )
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _fmt(row.get(k, math.nan)) for k in self.columns})
+            f.write(buffer.getvalue())
 
 
 def _fmt(value: Any) -> Any:
@@ -256,13 +265,52 @@ class _Ticks(IterableDataset):
 
 class RLVRCheckpoint(pl.Callback):
     """Saves ``step-NNNNNN.ckpt`` every ``every`` RLVR steps (0: never) and ``last.ckpt`` at those steps and
-    at the final step. Checkpoints carry the controller state and the RLVR step (``RLVRModule``)."""
+    at the final step. Checkpoints carry the controller state and the RLVR step (``RLVRModule``).
 
-    def __init__(self, dirpath: str | Path, every: int, total_steps: int, *, save_last: bool = True) -> None:
+    ``stop`` (a :class:`~entropyctl.run_directory.StopSignals`): SIGTERM/SIGINT during training let the
+    step in progress finish; then ``last.ckpt`` is written (every rank agrees on the step: one small
+    collective when several processes run) and :class:`~entropyctl.run_directory.RunStopped` is raised.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path,
+        every: int,
+        total_steps: int,
+        *,
+        save_last: bool = True,
+        stop: StopSignals | None = None,
+    ) -> None:
         self.dirpath = Path(dirpath)
         self.every = int(every)
         self.total_steps = int(total_steps)
         self.save_last = save_last
+        self.stop = stop
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stop is not None:
+            # Lightning registered its own SIGTERM handler when fit began; ours decides (and tells
+            # the other processes: Lightning's launcher forwards the signal to them).
+            launcher = trainer.strategy.launcher
+            if trainer.global_rank == 0 and launcher is not None and hasattr(launcher, "kill"):
+                self.stop.forward = launcher.kill
+            self.stop.install()
+            self.stop.graceful = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stop is not None:
+            self.stop.graceful = False  # the evaluation after the last step: a signal stops it at once
+            if self.stop.requested is not None:  # asked during the last step: every step is saved
+                raise RunStopped(self.stop.requested)
+
+    def _stop_signal(self, trainer: pl.Trainer) -> int | None:
+        signum = self.stop.requested if self.stop is not None else None
+        if trainer.world_size > 1:  # every rank must stop after the same step
+            flag = torch.tensor([float(signum or 0)], device=trainer.strategy.root_device)
+            total = trainer.strategy.reduce(flag, reduce_op="sum")
+            if float(total.max()) > 0 and signum is None:
+                signum = 15
+        return signum
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -271,8 +319,14 @@ class RLVRCheckpoint(pl.Callback):
         periodic = self.every > 0 and step % self.every == 0
         if periodic:
             trainer.save_checkpoint(str(self.dirpath / f"step-{step:06d}.ckpt"))
-        if periodic or (self.save_last and step >= self.total_steps):
+        final = self.save_last and step >= self.total_steps
+        if periodic or final:
             trainer.save_checkpoint(str(self.dirpath / "last.ckpt"))
+        signum = self._stop_signal(trainer) if self.stop is not None else None
+        if signum is not None and step < self.total_steps:
+            if not (periodic or final):
+                trainer.save_checkpoint(str(self.dirpath / "last.ckpt"))
+            raise RunStopped(signum)
 
 
 class _Frozen:
@@ -324,6 +378,8 @@ class RLVRModule(pl.LightningModule):
         )
         self.levels = list(sampler.levels)
         self.rlvr_step = 0  # completed RLVR steps (global_step counts optimizer steps)
+        #: the config + data fingerprint saved in checkpoints (set by run_training; plain dicts)
+        self.run_fingerprint: dict[str, Any] | None = None
         self.eval_results: dict[str, Any] = {}
         self.eval_seconds = 0.0
         self.last_metrics: dict[str, float] = {}
@@ -381,6 +437,8 @@ class RLVRModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["entropy_controller"] = self.controller.state_dict()
+        if self.run_fingerprint is not None:  # compared on resume (entropyctl.run_directory)
+            checkpoint["run_fingerprint"] = self.run_fingerprint
         checkpoint["rlvr"] = {
             "step": self.rlvr_step,
             "sampler": self.sampler.state_dict(),

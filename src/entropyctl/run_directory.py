@@ -1,0 +1,436 @@
+"""The safety contract of a run directory: one run at a time, no silent overwrite, resume only into
+the same run, honest status.
+
+* :func:`prepare_run_dir` refuses a directory that already holds a run (:data:`RUN_FILES`) unless the
+  caller resumes or overwrites; overwriting removes only :data:`RUN_FILES`, never other files.
+* :class:`RunLock`: an exclusive ``fcntl.flock`` on ``<run dir>/run.lock`` for the run's lifetime. The
+  file names the holder (pid, host, start time) so a second run fails at once saying who holds it. The
+  kernel releases a flock when its process dies (kill -9 included), so a leftover file nobody holds is a
+  stale lock: it is taken over and reported.
+* :func:`run_fingerprint` / :func:`fingerprint_changes`: the resolved config (minus settings that change
+  no result) and a hash of the data files, stored in every checkpoint, compared on resume.
+* :class:`RunStatus`: ``summary.json`` written atomically (temp file + rename) with a heartbeat
+  (pid, host, ``updated_at``) refreshed from a background thread while the run lives;
+  :func:`read_run_state` tells a live run from a dead one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RUN_FILES",
+    "LOCK_FILE",
+    "IGNORED_FOR_RESUME",
+    "RunDirError",
+    "RunLockedError",
+    "ResumeMismatchError",
+    "RunStopped",
+    "RunLock",
+    "RunStatus",
+    "prepare_run_dir",
+    "run_fingerprint",
+    "fingerprint_changes",
+    "read_run_state",
+    "write_json_atomic",
+    "HEARTBEAT_S",
+    "StopSignals",
+    "existing_run_files",
+]
+
+#: What a run writes in its directory; ``--overwrite`` removes exactly these (and nothing else).
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoints", "tensorboard", "ranks")
+LOCK_FILE = "run.lock"
+#: Seconds between heartbeats in ``summary.json`` while a run lives.
+HEARTBEAT_S = 30.0
+#: Config fields that change no result: a resume may change them freely (more steps, other threads...).
+IGNORED_FOR_RESUME = (
+    "output_dir",
+    "run_name",
+    "trainer.steps",
+    "trainer.threads",
+    "trainer.progress_bar",
+    "trainer.tensorboard",
+    "trainer.checkpoint_every",
+    "trainer.save_last",
+    "ablation",
+)
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (it holds a run, or is locked)."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process holds the run directory's lock."""
+
+
+class ResumeMismatchError(RunDirError):
+    """``--resume`` with a config or data set different from the checkpoint's."""
+
+
+class RunStopped(BaseException):
+    """Raised when a run stops on SIGTERM/SIGINT; ``exit_code`` is 128 + the signal number.
+
+    A BaseException (like KeyboardInterrupt) so that no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, signum: int, *, abandoned: bool = False) -> None:
+        self.signum = int(signum)
+        self.abandoned = abandoned
+        self.exit_code = 128 + self.signum
+        how = "abandoned the step in progress" if abandoned else "stopped after the step in progress"
+        super().__init__(f"received signal {self.signum}: {how}")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON to ``path`` through a temp file + rename: a reader sees the old or the new file, never
+    a truncated one."""
+
+    def default(value: Any) -> Any:
+        return value.item() if hasattr(value, "item") else str(value)
+
+    text = json.dumps(dict(data), indent=2, default=default) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ the lock
+
+
+def _holder_text(info: Mapping[str, Any]) -> str:
+    return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, started {info.get('started', '?')}"
+
+
+class RunLock:
+    """Exclusive lock on ``<run_dir>/run.lock``, held until :meth:`release` (or the process dies).
+
+    ``acquire`` fails at once (no waiting) with :class:`RunLockedError` naming the holder. ``stale``
+    holds the previous holder's record when a lock left by a dead process was taken over.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.stale: dict[str, Any] | None = None
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            info = self._read()
+            raise RunLockedError(
+                f"{self.path.parent}: another run is using this directory ({_holder_text(info)}); "
+                "wait for it to end or use another --out"
+            ) from None
+        previous = self._read_fd(fd)
+        if previous:
+            self.stale = previous  # a file left behind with nobody holding the lock: its process is gone
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.path.read_text() or "{}"))
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    @staticmethod
+    def _read_fd(fd: int) -> dict[str, Any]:
+        try:
+            text = os.pread(fd, 4096, 0).decode()
+            return dict(json.loads(text)) if text.strip() else {}
+        except (OSError, ValueError, TypeError):
+            return {"pid": "?", "host": "?", "started": "?"}
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Release the lock. The file stays (never unlinked: removing a lock file races with a process
+        that opened it a moment before); its content is only informative."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)  # a clean exit leaves an empty file: content means a dead holder
+        with contextlib.suppress(OSError):
+            os.close(self._fd)  # closing the descriptor releases the flock
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ------------------------------------------------------------------------------- directory contract
+
+
+def existing_run_files(run_dir: Path) -> list[str]:
+    """The names of :data:`RUN_FILES` present in ``run_dir``."""
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> None:
+    """Refuse a directory that holds a run unless resuming or overwriting; with ``overwrite`` remove
+    exactly :data:`RUN_FILES`. The caller holds the directory's :class:`RunLock`."""
+    present = existing_run_files(run_dir)
+    if not present or resume:
+        return
+    if not overwrite:
+        raise RunDirError(
+            f"{run_dir}: already holds a run ({', '.join(present)}); pass --resume auto to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    for name in present:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    log(f"[entropyctl] --overwrite: removed {', '.join(present)} from {run_dir}")
+
+
+# ------------------------------------------------------------------------------------ fingerprints
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_fingerprint(config: Any) -> dict[str, Any]:
+    """What a resume must agree on: ``{"config": {dotted key: value}, "data": {path: sha256}}``.
+
+    Plain strings, numbers, lists and dicts only (checkpoints load with ``weights_only=True``).
+    Fields in :data:`IGNORED_FOR_RESUME` are left out; the synthetic data set is fully described by
+    the config, a file data set by the SHA-256 of its bytes.
+    """
+    flat = _flatten(config.model_dump(mode="json"))
+    kept = {
+        key: value
+        for key, value in flat.items()
+        if not any(key == skip or key.startswith(skip + ".") for skip in IGNORED_FOR_RESUME)
+    }
+    data: dict[str, str] = {}
+    for path in (config.data.path, config.data.eval_path):
+        if config.data.source == "file" and path:
+            data[str(path)] = _file_sha256(path)
+    return {"config": json.loads(json.dumps(kept)), "data": data}
+
+
+def fingerprint_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """One line per difference, ``"controller.tau: 0.4 -> 0.5"``; empty when they agree."""
+    lines: list[str] = []
+    for part in ("config", "data"):
+        old, new = dict(saved.get(part, {})), dict(current.get(part, {}))
+        for key in sorted(set(old) | set(new)):
+            missing = "<absent>"
+            before, after = old.get(key, missing), new.get(key, missing)
+            if before != after:
+                label = key if part == "config" else f"data file {key}"
+                if part == "data" and before != missing and after != missing:
+                    lines.append(
+                        f"{label}: contents changed (sha256 {str(before)[:12]} -> {str(after)[:12]})"
+                    )
+                else:
+                    lines.append(f"{label}: {before!r} -> {after!r}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------- status
+
+
+class RunStatus:
+    """``summary.json`` while the run lives: ``{"status": "running", "pid", "host", "started_at",
+    "updated_at", "steps", ...}`` rewritten atomically, with a heartbeat thread refreshing
+    ``updated_at`` every ``interval`` seconds; :meth:`finish` stops the heartbeat and writes the final
+    summary (no heartbeat can overwrite it afterwards)."""
+
+    def __init__(self, path: Path, *, interval: float = HEARTBEAT_S) -> None:
+        self.path = Path(path)
+        self.interval = float(interval)
+        self.fields: dict[str, Any] = {
+            "status": "running",
+            "steps": 0,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": _now(),
+            "heartbeat_s": self.interval,
+        }
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> RunStatus:
+        self._write()
+        self._thread = threading.Thread(target=self._beat, name="entropyctl-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.interval):
+            self._write()
+
+    def _write(self) -> None:
+        with self._lock:
+            if self._done.is_set() and self.fields.get("status") == "running":
+                return
+            self.fields["updated_at"] = _now()
+            with contextlib.suppress(OSError):
+                write_json_atomic(self.path, self.fields)
+
+    def update(self, **fields: Any) -> None:
+        """Merge ``fields`` into the running record and write it now."""
+        with self._lock:
+            self.fields.update(fields)
+        self._write()
+
+    def finish(self, summary: Mapping[str, Any]) -> None:
+        """Stop the heartbeat and write the final record (``summary`` plus pid/host/times)."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            record = {k: self.fields[k] for k in ("pid", "host", "started_at")}
+            record.update(summary)
+            record["updated_at"] = _now()
+            self.fields = record
+            write_json_atomic(self.path, record)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_run_state(run_dir: str | Path, *, now: float | None = None) -> str:
+    """``summary.json``'s status, except that a ``"running"`` run whose process is gone reads
+    ``"dead"``: on this host, its pid no longer exists; elsewhere, its heartbeat is older than three
+    intervals. ``"missing"`` when there is no readable summary."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "missing"
+    status = str(summary.get("status", "missing"))
+    if status != "running":
+        return status
+    if summary.get("host") == socket.gethostname() and isinstance(summary.get("pid"), int):
+        return "running" if _pid_alive(summary["pid"]) else "dead"
+    try:
+        updated = _dt.datetime.fromisoformat(str(summary["updated_at"])).timestamp()
+    except (KeyError, ValueError):
+        return "dead"
+    age = (time.time() if now is None else now) - updated
+    return "running" if age <= 3 * float(summary.get("heartbeat_s", HEARTBEAT_S)) else "dead"
+
+
+# ---------------------------------------------------------------------------------------- signals
+
+
+class StopSignals:
+    """SIGTERM/SIGINT handling for a run (main thread only).
+
+    While ``graceful`` is False (set-up, evaluation after the last step, writing the summary) a signal
+    raises :class:`RunStopped` at once. While it is True (between training steps, set by the trainer's
+    callback) the first signal only records itself in ``requested``: the step in progress finishes,
+    ``last.ckpt`` is written, then the callback raises :class:`RunStopped`. A second signal abandons the
+    step at once. ``forward`` (optional) is called with the signal number on the first signal, e.g. to
+    pass it on to other processes of the run.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self.graceful = False
+        self.forward: Callable[[int], None] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> StopSignals:
+        """Install (or re-install, over a framework's own handler) the handlers; no-op off the main thread."""
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in self.SIGNALS:
+            signum = int(getattr(signal, name))
+            previous = signal.signal(signum, self._handle)
+            self._previous.setdefault(signum, previous)
+        return self
+
+    def restore(self) -> None:
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.requested is None
+        if first:
+            self.requested = int(signum)
+            if self.forward is not None:
+                with contextlib.suppress(Exception):
+                    self.forward(int(signum))
+        if not self.graceful or not first:
+            raise RunStopped(signum, abandoned=True)
+
+    def __enter__(self) -> StopSignals:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()

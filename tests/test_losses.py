@@ -230,15 +230,65 @@ def _loss_cases(draw):
     )
 
 
-@settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_loss_cases())
-# Found by hypothesis: two near-tied logits of ~104. Subtracting a rounded lse directly (instead of the
-# row maximum first) put the fused gradient 1.4e-5 (7e-4 relative) off the fp64 value.
-@example(
-    c=dict(n=3, d=1, v=4, chunk=1, T=1.0, clip=(0.2, 0.2), logit_scale=30.0, strided=False,
-           use_bias=False, kl=0.0, num_tokens=None, seed=232)
-)  # fmt: skip
-def test_fused_policy_loss_matches_oracle_fp32(c) -> None:
+#: Safety factor over the first-order error model of :func:`_fp32_gradient_error_bound`, which counts
+#: one rounding per quantity (the kernels round a few times more, and accumulate sums of up to V or N
+#: terms). Measured over 4000 random cases of this test's distribution: the largest error was 0.45 of
+#: the model's bound with factor 1, i.e. 0.11 of the asserted bound.
+_ROUNDING_FACTOR = 4.0
+
+
+def _fp32_gradient_error_bound(hidden, weight, bias, targets, T, old, adv, coef, mask, cl, ch, **kw):
+    """What fp32 arithmetic can promise for ∂L/∂(hidden, weight, bias), from the inputs' conditioning.
+
+    Everything is evaluated in fp64 at the exact point. The gradient is ∂L/∂h_t = Σ_v dz_tv·W_v (and
+    ∂L/∂W_v = Σ_t dz_tv·h_t, ∂L/∂b_v = Σ_t dz_tv) with
+    dz_tv = [g_lp·(1[v=y] − p_v) − g_H·p_v·(log p_v + H)] / T. Two fp32 effects bound its error:
+
+    * rounding of each dz term: ε·(|g_lp|·(1[v=y] + p_v) + |g_H|·p_v·(|log p_v| + H)) (plus fp32's
+      underflow for p_v below ~1e-38) — for a near
+      one-hot row (logit gaps of ~10, i.e. logit_scale 30) the target's 1 − p_y cancels, so the error is
+      ε·|g_lp| while dz itself is ~|g_lp|·p_other ≈ 1e-4·|g_lp|; Σ_v dz_v·W_v then cancels again
+      (dz_y ≈ −Σ dz_other). This is what puts a 1e-3 gradient 7e-6 off in fp32 on either path;
+    * rounding of the logits, |δz_v| ≤ (d + 2)·ε·(Σ_i |h_i W_vi| + |b_v|) / T = δ, which moves dz_v by at
+      most 2δ·p_v·(|g_lp| + |g_H|·(|log p_v| + 2H + 1)) (Σ_u |∂dz_v/∂z_u|) and the per-token loss
+      gradient g_lp by |∂g_lp/∂logp|·2δ.
+    """
+    eps = torch.finfo(torch.float32).eps
+    h, w = hidden.detach().double(), weight.detach().double()
+    b = None if bias is None else bias.detach().double()
+    n, d = h.shape
+    v = w.shape[0]
+    raw = h @ w.T + (0.0 if b is None else b)
+    log_p = torch.log_softmax(raw / T, dim=-1)
+    p = log_p.exp()
+    lp = log_p.gather(-1, targets[:, None]).squeeze(-1).clone().requires_grad_()
+    ent = (-(p * log_p).sum(-1)).clone().requires_grad_()
+    kw64 = dict(kw, ref_logprob=None if kw.get("ref_logprob") is None else kw["ref_logprob"].double())
+    out = policy_loss(lp, ent, old.double(), adv.double(), coef.double(), mask.double(), cl, ch, **kw64)
+    g_lp, g_H = torch.autograd.grad(out.loss, (lp, ent), create_graph=True)
+    (dg_lp,) = torch.autograd.grad(g_lp.sum(), lp, allow_unused=True)
+    dg_lp = torch.zeros_like(lp) if dg_lp is None else dg_lp
+    g_lp, g_H, dg_lp, H = g_lp.detach(), g_H.detach(), dg_lp.detach(), ent.detach()
+    magnitude = h.abs() @ w.abs().T + (0.0 if b is None else b.abs())
+    delta = ((d + 2) * eps * magnitude.amax(-1) / T)[:, None]
+    onehot = torch.nn.functional.one_hot(targets, v).double()
+    a_lp, a_H, Hc = g_lp.abs()[:, None], g_H.abs()[:, None], H[:, None]
+    log_abs = log_p.abs()
+    # ε relative per term, and fp32's underflow: a p below its smallest normal number is kept to an
+    # absolute ~1e-38 (0 below ~1e-45).
+    tiny = torch.finfo(torch.float32).tiny
+    rounding = eps * (a_lp * (onehot + p) + a_H * p * (log_abs + Hc)) + tiny * (a_lp + a_H * (log_abs + Hc))
+    logit_error = (
+        2 * delta * (p * (a_lp + a_H * (log_abs + 2 * Hc + 1)) + dg_lp.abs()[:, None] * (onehot + p))
+    )
+    e = _ROUNDING_FACTOR * (rounding + logit_error) / T  # [n, V] bound on |error of dz|
+    bounds = [e @ w.abs(), e.T @ h.abs()]
+    if b is not None:
+        bounds.append(e.sum(0))
+    return bounds
+
+
+def _loss_case_tensors(c):
     g = torch.Generator().manual_seed(c["seed"])
     n, d, v = c["n"], c["d"], c["v"]
     hidden = torch.randn(n, d, generator=g)
@@ -253,6 +303,26 @@ def test_fused_policy_loss_matches_oracle_fp32(c) -> None:
     with torch.no_grad():
         lp0, _ = token_logprob_entropy(hidden @ weight.T + (0 if bias is None else bias), targets, c["T"])
     old, adv, coef, mask, ref = _loss_inputs(n, v, torch.float32, g, lp0)
+    return hidden, weight, bias, targets, old, adv, coef, mask, ref
+
+
+@settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_loss_cases())
+# Found by hypothesis: two near-tied logits of ~104. Subtracting a rounded lse directly (instead of the
+# row maximum first) put the fused gradient 1.4e-5 (7e-4 relative) off the fp64 value.
+@example(
+    c=dict(n=3, d=1, v=4, chunk=1, T=1.0, clip=(0.2, 0.2), logit_scale=30.0, strided=False,
+           use_bias=False, kl=0.0, num_tokens=None, seed=232)
+)  # fmt: skip
+# A near one-hot row (logits 64.2 vs 55.3, p = 1.3e-4): fp32 puts the ~1e-3 gradient ~7e-6 off on both
+# the fused and the reference path; a tolerance relative to |gradient| alone failed here.
+@example(
+    c=dict(n=1, d=1, v=2, chunk=1, T=1.0, clip=(0.2, 0.2), logit_scale=30.0, strided=False,
+           use_bias=False, kl=0.0, num_tokens=None, seed=279)
+)  # fmt: skip
+def test_fused_policy_loss_matches_oracle_fp32(c) -> None:
+    hidden, weight, bias, targets, old, adv, coef, mask, ref = _loss_case_tensors(c)
+    n = c["n"]
     cl, ch = c["clip"]
     kw = dict(num_tokens=c["num_tokens"], ref_logprob=ref, kl_coef=c["kl"])
     fused = fused_policy_loss(
@@ -269,10 +339,24 @@ def test_fused_policy_loss_matches_oracle_fp32(c) -> None:
     inputs = [hidden, weight] + ([bias] if bias is not None else [])
     if n == 0:
         return
+    # The fp32 fused gradient against the exact (fp64) gradient at the same inputs, within what fp32
+    # can promise for this case's conditioning.
+    inputs64 = [x.detach().double().requires_grad_() for x in inputs]
+    bias64 = inputs64[2] if bias is not None else None
+    kw64 = dict(kw, ref_logprob=ref.double())
+    d64 = [x.double() for x in (old, adv, coef, mask)]
+    oracle64 = _oracle(inputs64[0], inputs64[1], targets, *d64, cl, ch, c["T"], bias=bias64, **kw64)
     gf = torch.autograd.grad(fused.loss, inputs)
-    go = torch.autograd.grad(oracle.loss, inputs)
-    for a, b in zip(gf, go, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6 + 1e-4 * float(b.abs().max()), rtol=1e-4)
+    g64 = torch.autograd.grad(oracle64.loss, inputs64)
+    bounds = _fp32_gradient_error_bound(
+        hidden, weight, bias, targets, c["T"], old, adv, coef, mask, cl, ch, **kw
+    )
+    for name, a, b, bound in zip(("hidden", "weight", "bias"), gf, g64, bounds, strict=False):
+        err = (a.double() - b).abs()
+        worst = int(torch.argmax(err - bound))
+        assert bool((err <= bound).all()), (
+            f"d/d{name}: error {float(err.flatten()[worst]):.3g} > bound {float(bound.flatten()[worst]):.3g}"
+        )
 
 
 def test_fused_policy_loss_bf16_against_fp32_oracle() -> None:

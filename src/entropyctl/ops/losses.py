@@ -244,7 +244,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
             h = hidden[start:end]
             tgt = targets[start:end]
             z = chunk_logits(h, weight, bias, temperature, cdtype)
-            log_p, p, lp, ent = chunk_stats(z, tgt)
+            p_log_p, p, lp, ent = chunk_stats(z, tgt)
             logprob[start:end] = lp
             entropy[start:end] = ent
             if any_grad:
@@ -261,10 +261,10 @@ class _FusedPolicyLoss(torch.autograd.Function):
                     kl_coef,
                 )
                 skip_H = not bool(torch.any(g_H != 0))
-                dz = chunk_dlogits(log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
+                dz = chunk_dlogits(p_log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
                 accumulate_param_grads(dz, h, weight, grad_h, grad_w, grad_b, start, end)
                 del dz
-            del z, log_p, p
+            del z, p_log_p, p
         # Saved like activations, so autograd frees them after backward (unless retain_graph).
         ctx.save_for_backward(
             grad_h,

@@ -422,7 +422,8 @@ class _Run:
                 warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
                 # The policy stays in eval mode on purpose: no dropout, so training log-probs match the sampler's.
                 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-                self.trainer.fit(module, ckpt_path=ckpt_path)
+                # weights_only: the resume never unpickles code (entropyctl.checkpoints).
+                self.trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
         finally:
             self.fit_s = time.perf_counter() - t_fit
 

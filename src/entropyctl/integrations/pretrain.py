@@ -270,7 +270,8 @@ def pretrain(
 
 def load_pretrained(directory: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a ``pretrain`` checkpoint (offline; left-padded tokenizer)."""
-    model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+    # Written by save_pretrained as safetensors: never unpickle a .bin planted in the cache.
+    model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     tokenizer.padding_side = "left"
     return model, tokenizer

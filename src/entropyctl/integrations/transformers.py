@@ -117,7 +117,10 @@ def load_policy(model_cfg: ModelConfig | dict[str, Any]) -> tuple[PreTrainedMode
     dtype = _DTYPES[cfg.dtype]
     if cfg.kind == "tiny":
         directory = pretrain(cfg)
-        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+        # The cache holds safetensors only (save_pretrained's default): never unpickle a planted .bin.
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, local_files_only=True, dtype=dtype, use_safetensors=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     elif cfg.kind == "hf":
         assert cfg.path is not None  # the config validator guarantees it

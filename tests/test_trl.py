@@ -1,0 +1,270 @@
+"""entropyctl controllers inside TRL's GRPOTrainer (one process, tiny Llama built in code, CPU).
+
+- the entropy term: each loss type's aggregation against an explicit loop; a fixed α reproduces TRL's own
+  entropy bonus exactly (loss and weights), and the plan's clip bounds reach TRL's clipped loss;
+- per-prompt coefficients follow TRL's rewards through TRL's shuffle and micro-batch split;
+- the reading is the exact token-weighted mean over every micro-batch of the accumulation window, and the
+  controller observes once per optimizer step;
+- a run resumed from a checkpoint ends with the same controller state and logs the same metrics;
+- unsupported TRL options and bad arguments fail before the model is touched, naming the option.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import trl
+
+from entropyctl import ConfigError
+from entropyctl.integrations.trl import CONTROLLER_STATE_FILE, SUPPORTED_LOSS_TYPES, GRPOTrainer, entropy_term
+
+SCRIPT = Path(__file__).parent / "mp_scripts" / "trl_worker.py"
+_spec = importlib.util.spec_from_file_location("trl_worker", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny)
+
+
+def _train(trainer_class: type, out: Path, controller: Any = None, reward=None, **config: Any):  # type: ignore[no-untyped-def]
+    kwargs: dict[str, Any] = {} if controller is None else {"controller": controller}
+    trainer = trainer_class(
+        model=tiny.build_model(),
+        reward_funcs=[reward or tiny.digit_reward],
+        args=tiny.tiny_config(str(out), **config),
+        train_dataset=tiny.build_dataset(),
+        processing_class=tiny.build_tokenizer(),
+        **kwargs,
+    )
+    trainer.train()
+    return trainer
+
+
+def _step_logs(trainer: Any) -> list[dict[str, float]]:
+    return [row for row in trainer.state.log_history if "loss" in row]
+
+
+# ---- the entropy term's token weighting ------------------------------------------------------------------
+
+
+def _loop_term(weighted: torch.Tensor, mask: torch.Tensor, loss_type: str, max_len: int) -> float:
+    """The same normalisations written as plain loops over completions (accumulation 1)."""
+    rows = [(float((weighted[b] * mask[b]).sum()), float(mask[b].sum())) for b in range(weighted.size(0))]
+    if loss_type == "grpo":
+        return sum(s / max(n, 1.0) for s, n in rows) / len(rows)
+    if loss_type == "bnpo":
+        return sum(s for s, _ in rows) / max(sum(n for _, n in rows), 1.0)
+    if loss_type == "dr_grpo":
+        return sum(s for s, _ in rows) / (len(rows) * max_len)
+    if loss_type == "luspo":
+        return sum(s for s, _ in rows) / len(rows)
+    raise AssertionError(loss_type)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "luspo"])
+def test_entropy_term_weights_tokens_like_the_loss_type(loss_type: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    weighted = torch.rand(5, 7, generator=gen, dtype=torch.float64)
+    mask = (torch.rand(5, 7, generator=gen) > 0.3).double()
+    mask[2] = 0.0  # a completion with no tokens
+    got = entropy_term(weighted, mask, loss_type, accumulation_steps=3, max_completion_length=7)
+    assert float(got) == pytest.approx(_loop_term(weighted, mask, loss_type, 7) / 3, rel=1e-12)
+
+
+def test_dapo_entropy_term_is_the_window_token_mean() -> None:
+    # dapo divides every micro-batch by the window's token count: the window's sum is Σ α·H·m / Σ m.
+    gen = torch.Generator().manual_seed(2)
+    micro = [
+        (
+            torch.rand(4, 6, generator=gen, dtype=torch.float64),
+            (torch.rand(4, 6, generator=gen) > 0.4).double(),
+        )
+    ]
+    micro.append(
+        (
+            torch.rand(4, 6, generator=gen, dtype=torch.float64),
+            (torch.rand(4, 6, generator=gen) > 0.4).double(),
+        )
+    )
+    window_tokens = sum(float(m.sum()) for _, m in micro)
+    total = sum(
+        float(entropy_term(w, m, "dapo", accumulation_steps=2, tokens_per_window=window_tokens))
+        for w, m in micro
+    )
+    expected = sum(float((w * m).sum()) for w, m in micro) / window_tokens
+    assert total == pytest.approx(expected, rel=1e-12)
+
+
+def test_entropy_term_rejects_an_unknown_loss_type() -> None:
+    with pytest.raises(ValueError, match="sapo.*expected one of"):
+        entropy_term(torch.ones(1, 1), torch.ones(1, 1), "sapo", accumulation_steps=1)
+    assert "sapo" not in SUPPORTED_LOSS_TYPES
+
+
+# ---- end to end against TRL itself -----------------------------------------------------------------------
+
+
+def test_fixed_alpha_reproduces_trl_entropy_bonus(tmp_path: Path) -> None:
+    # bnpo normalises the policy term by the micro-batch's tokens, exactly as TRL normalises its own bonus:
+    # `fixed` α = 0.1 must then give TRL's `entropy_coef=0.1` run, bit for bit up to float reassociation.
+    config = {"loss_type": "bnpo", "gradient_accumulation_steps": 2, "max_steps": 2}
+    ours = _train(GRPOTrainer, tmp_path / "ours", {"name": "fixed", "alpha": 0.1}, **config)
+    theirs = _train(trl.GRPOTrainer, tmp_path / "trl", entropy_coef=0.1, **config)
+    plain = _train(trl.GRPOTrainer, tmp_path / "plain", **config)
+    for a, b in zip(_step_logs(ours), _step_logs(theirs), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+        assert a["entropyctl/entropy"] == pytest.approx(b["entropy"], rel=1e-5)
+    # Adam turns fp32 reassociation in the loss (α·(ΣHm/Σm) vs (α·ΣHm)/Σm) into weight differences of ~1e-7
+    # (measured 2.4e-7); the bonus itself moves weights by ~lr = 3e-3. 1e-5 separates the two by 30x both ways.
+    moved = 0.0
+    for (name, p), q, r in zip(
+        ours.model.named_parameters(), theirs.model.parameters(), plain.model.parameters(), strict=True
+    ):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
+        moved = max(moved, float((q - r).detach().abs().max()))
+    assert moved > 1e-3  # the bonus changed the weights, so the comparison above had something to see
+
+
+def test_plan_clip_bounds_reach_trl_loss(tmp_path: Path) -> None:
+    # clip_higher: α = 0, (ε_low, ε_high) = (0.2, 0.28): TRL's own run with epsilon_high=0.28, no bonus.
+    # num_iterations=2 reuses each generation for a second update, so the ratio leaves 1 and clipping acts.
+    config = {"gradient_accumulation_steps": 1, "max_steps": 4, "num_iterations": 2, "learning_rate": 3e-2}
+    ours = _train(GRPOTrainer, tmp_path / "ours", "clip_higher", **config)
+    theirs = _train(trl.GRPOTrainer, tmp_path / "trl", epsilon_high=0.28, **config)
+    symmetric = _train(trl.GRPOTrainer, tmp_path / "sym", **config)
+    assert any(row["clip_ratio/high_mean"] > 0 for row in _step_logs(theirs))
+    for p, q in zip(ours.model.parameters(), theirs.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    assert any(
+        not torch.allclose(q, r)
+        for q, r in zip(theirs.model.parameters(), symmetric.model.parameters(), strict=True)
+    )
+
+
+def test_per_prompt_coefficients_and_exact_window_reading(tmp_path: Path) -> None:
+    # prompt_reward: level 1 prompts always score 1, level 2 always 0, so acc_i ∈ {1, 0} and AER's threshold
+    # rule (ρ = 0.5) gives level 1 no bonus and level 2 the full α_t, whatever TRL's shuffle and split do.
+    trainer = _train(
+        tiny.RecordingTrainer,
+        tmp_path,
+        {"name": "aer", "alpha_0": 0.05},
+        reward=tiny.prompt_reward,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+    )
+    logs = _step_logs(trainer)
+    assert (
+        len(logs) == 3 and trainer.controller.state_dict()["steps_observed"] == 3
+    )  # once per optimizer step
+    alpha_used = 0.05
+    for row in logs:
+        assert row["entropyctl/acc_level_1"] == 1.0 and row["entropyctl/acc_level_2"] == 0.0
+        assert row["entropyctl/coef_level_1"] == 0.0
+        assert row["entropyctl/coef_level_2"] == pytest.approx(alpha_used, rel=1e-6)
+        alpha_used = row["entropyctl/alpha"]  # the controller's α after this step's update
+        for key in ("entropy", "target_entropy", "h0", "coef_mean"):
+            assert math.isfinite(row[f"entropyctl/{key}"])
+    assert logs[-1]["entropyctl/alpha"] != 0.05  # the update moved α: the per-step check above saw new values
+    # the reading of each step: Σ H·m / Σ m over both micro-batches of its window (recorded from TRL's entropies)
+    for step, record in enumerate(trainer.steps):
+        window = trainer.micro_batches[2 * step : 2 * step + 2]
+        assert record["tokens"] == sum(n for _, n in window)
+        # fp32 entropies (≤ log 16 nats) summed over ≤ 6 tokens per row: relative error well under 1e-6
+        assert record["mean_entropy"] == pytest.approx(sum(s for s, _ in window) / record["tokens"], rel=1e-6)
+
+
+def test_resume_restores_controller_state_and_metrics(tmp_path: Path) -> None:
+    config = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "gradient_accumulation_steps": 1}
+    controller = {"name": "aer", "alpha_0": 0.05}
+    full = _train(GRPOTrainer, tmp_path / "full", controller, **config)
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert (checkpoint / CONTROLLER_STATE_FILE).exists()
+
+    resumed = GRPOTrainer(
+        model=tiny.build_model(),
+        reward_funcs=[tiny.digit_reward],
+        args=tiny.tiny_config(str(tmp_path / "resumed"), **config),
+        train_dataset=tiny.build_dataset(),
+        processing_class=tiny.build_tokenizer(),
+        controller=controller,
+    )
+    fresh_state = resumed.controller.state_dict()
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.controller.state_dict() == full.controller.state_dict() != fresh_state
+    full_logs = {row["step"]: row for row in _step_logs(full)}
+    resumed_logs = [
+        row for row in _step_logs(resumed) if row["step"] > 2
+    ]  # steps 1-2 come from the checkpoint
+    assert [row["step"] for row in resumed_logs] == [3, 4]
+    for row in resumed_logs:
+        ours = {k: v for k, v in row.items() if k.startswith("entropyctl/")}
+        assert ours == {k: v for k, v in full_logs[row["step"]].items() if k.startswith("entropyctl/")}
+
+    # a checkpoint without the controller's state is refused, not silently restarted
+    bare = tmp_path / "bare"
+    shutil.copytree(checkpoint, bare)
+    (bare / CONTROLLER_STATE_FILE).unlink()
+    again = GRPOTrainer(
+        model=tiny.build_model(),
+        reward_funcs=[tiny.digit_reward],
+        args=tiny.tiny_config(str(tmp_path / "again"), **config),
+        train_dataset=tiny.build_dataset(),
+        processing_class=tiny.build_tokenizer(),
+        controller=controller,
+    )
+    with pytest.raises(FileNotFoundError, match=CONTROLLER_STATE_FILE):
+        again.train(resume_from_checkpoint=str(bare))
+
+
+# ---- what is refused -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"use_adaptive_entropy": True}, "use_adaptive_entropy=True"),
+        ({"entropy_coef": 0.01}, "entropy_coef=0.01.*'name': 'fixed', 'alpha': 0.01"),
+        ({"loss_type": "sapo"}, "loss_type='sapo'"),
+        ({"top_entropy_quantile": 0.2}, "top_entropy_quantile=0.2"),
+    ],
+)
+def test_unsupported_trl_options_fail_before_the_model_loads(
+    tmp_path: Path, option: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        GRPOTrainer(
+            model="no/such-model-is-ever-loaded",
+            reward_funcs=[tiny.digit_reward],
+            args=tiny.tiny_config(str(tmp_path), **option),
+        )
+
+
+def test_bad_controller_and_reward_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope"):
+        GRPOTrainer(
+            model="unused",
+            reward_funcs=[tiny.digit_reward],
+            args=tiny.tiny_config(str(tmp_path)),
+            controller="nope",
+        )
+    with pytest.raises(TypeError, match="controller=.*got int"):
+        GRPOTrainer(
+            model="unused",
+            reward_funcs=[tiny.digit_reward],
+            args=tiny.tiny_config(str(tmp_path)),
+            controller=3,
+        )
+    with pytest.raises(ValueError, match="accuracy_reward='missing'.*digit_reward"):
+        GRPOTrainer(
+            model=tiny.build_model(),
+            reward_funcs=[tiny.digit_reward],
+            args=tiny.tiny_config(str(tmp_path)),
+            train_dataset=tiny.build_dataset(),
+            processing_class=tiny.build_tokenizer(),
+            accuracy_reward="missing",
+        )

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from entropyctl.rewards import (
     ExactReward,
@@ -18,7 +22,13 @@ from entropyctl.rewards import (
     get_reward,
     verify_answer,
 )
-from entropyctl.rewards.math import MAX_ANSWER_CHARS, MathVerifier, check_answer, parse_number
+from entropyctl.rewards.math import (
+    MAX_ANSWER_CHARS,
+    MathVerifier,
+    _last_inline_math,
+    check_answer,
+    parse_number,
+)
 
 TIMEOUT = 1.0
 # A timed-out call also kills the worker and starts (not waits for) its replacement.
@@ -343,8 +353,11 @@ def test_registry_names_and_metrics() -> None:
 
 def test_registry_function_path() -> None:
     fn = get_reward("operator:eq")  # any (completion, answer) -> float-like callable
-    assert fn(["a", "b"], ["a", "a"]) == [1.0, 0.0]
-    assert fn.metrics()["correct"] == 1
+    try:
+        assert fn(["a", "b"], ["a", "a"]) == [1.0, 0.0]
+        assert fn.metrics()["correct"] == 1
+    finally:
+        fn.close()
 
 
 @pytest.mark.parametrize(
@@ -365,3 +378,123 @@ def test_registry_errors(name: str, match: str) -> None:
 def test_batch_length_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="2 completions but 1 answers"):
         get_reward("exact")(["1", "2"], ["1"])
+
+
+# ------------------------------------------------------------------ custom rewards and timeouts
+
+CUSTOM = """
+import time
+
+def hang(completion, answer):
+    while True:
+        time.sleep(0.1)
+
+def equal(completion, answer):
+    return float(completion.strip() == answer.strip())
+
+def boom(completion, answer):
+    raise KeyError("no such thing")
+"""
+
+
+@pytest.fixture()
+def custom_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "my_rewards_mod.py").write_text(CUSTOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_rewards_mod"
+
+
+def test_custom_reward_that_never_returns_times_out_and_is_counted(custom_module: str) -> None:
+    hang = get_reward(f"{custom_module}:hang", timeout=0.5)
+    try:
+        hang.warmup()  # the worker's start-up is not charged to an answer
+        start = time.perf_counter()
+        assert hang(["1", "2"], ["1", "2"]) == [0.0, 0.0]
+        elapsed = time.perf_counter() - start
+        assert 2 * 0.5 <= elapsed < 2 * 0.5 + 2 * MARGIN
+        assert hang.metrics()["timeout"] == 2
+    finally:
+        hang.close()
+    equal = get_reward(f"{custom_module}:equal", timeout=5, num_workers=2)
+    try:
+        assert equal(["1", "2", " 3 "], ["1", "1", "3"]) == [1.0, 0.0, 1.0]
+        assert equal.metrics()["correct"] == 2
+    finally:
+        equal.close()
+
+
+def test_custom_reward_error_is_raised_with_its_traceback(custom_module: str) -> None:
+    boom = get_reward(f"{custom_module}:boom")
+    try:
+        with pytest.raises(RuntimeError, match="(?s)raised in its worker process.*KeyError.*no such thing"):
+            boom(["1"], ["1"])
+    finally:
+        boom.close()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, -1.0, "soon"])
+def test_reward_timeout_must_be_finite_and_positive(bad: object, custom_module: str) -> None:
+    with pytest.raises(ValueError, match="timeout: must be a"):
+        get_reward("math", timeout=bad)
+    with pytest.raises(ValueError, match="timeout: must be a"):
+        get_reward(f"{custom_module}:equal", timeout=bad)
+
+
+# --------------------------------------------------------------- extraction in linear time
+
+_OLD_INLINE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+
+
+def _regex_last_inline(text: str) -> str | None:
+    last = None
+    for match in _OLD_INLINE.finditer(text):
+        last = match
+    return None if last is None else next(g for g in last.groups() if g is not None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="$\\()[]a1 \n", max_size=40))
+def test_linear_inline_math_scan_equals_the_regex(text: str) -> None:
+    # the regex is the oracle (quadratic on unclosed openers, exact on short strings)
+    assert _last_inline_math(text) == _regex_last_inline(text)
+
+
+ADVERSARIAL_PIECES = [
+    "\\(", "\\[", "$", "$$", "{", "}", "\\boxed{", "\\fbox{", "final answer", "the answer is ",
+    "answer:", "####", "\n", " ", "\t", "1", "1,", ".5", "x", "\\frac{1}{2}", "**",
+]  # fmt: skip
+
+
+def _seconds(text: str) -> float:
+    best = float("inf")
+    for _ in range(3):  # the minimum of three: load on a shared machine only ever adds time
+        start = time.perf_counter()
+        extract_answer(text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(ADVERSARIAL_PIECES), min_size=1, max_size=6))
+def test_extraction_time_grows_linearly_on_adversarial_text(pieces: list[str]) -> None:
+    # The same pattern at n and 8n characters: linear work takes ~8x, quadratic ~64x. The bound 24
+    # (about the geometric middle) plus 5 ms of absolute slack for timer and cache noise at small n
+    # cannot be met by a quadratic scan, and is met with room by a linear one.
+    unit = "".join(pieces)
+    small = unit * max(1, 20_000 // len(unit))
+    large = unit * (8 * max(1, 20_000 // len(unit)))
+    t_small, t_large = _seconds(small), _seconds(large)
+    assert t_large <= 24 * t_small + 0.005, (unit, t_small, t_large)
+
+
+def test_unclosed_inline_math_at_the_length_cap_is_fast() -> None:
+    # 200k characters of unclosed \( took ~150 s with the regex scan
+    start = time.perf_counter()
+    assert extract_answer("\\(" * 100_000, last_number=False) is None
+    assert time.perf_counter() - start < 5.0
+
+
+def test_extraction_time_counts_inside_the_timeout() -> None:
+    text = "\\(" * 100_000 + " 7"
+    result = check_answer(text, "7", timeout=1e-6)
+    assert result.status == "timeout" and result.score == 0.0

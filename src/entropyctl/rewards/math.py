@@ -58,6 +58,7 @@ __all__ = [
     "verify_answer",
     "parse_number",
     "default_verifier",
+    "check_timeout",
 ]
 
 Status = Literal["correct", "wrong", "no_answer", "parse_error", "timeout"]
@@ -84,7 +85,11 @@ _FINAL_LINE = re.compile(
     r"|(?:^|\n)[ \t]*\**answer\**[ \t]*[:：][ \t]*(?P<colon>[^\n]*)",
     re.IGNORECASE,
 )
-_INLINE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+#: The inline-math spans, as the regex ``\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]`` (DOTALL) would
+#: find them with ``finditer``; :func:`_last_inline_math` computes its last match in linear time (the
+#: regex itself is quadratic on unclosed openers: each one scans to the end of the text).
+_INLINE_MATH_OPEN = re.compile(r"\$|\\\(|\\\[")
+_INLINE_MATH_CLOSE = {"$$": "$$", "$": "$", "\\(": "\\)", "\\[": "\\]"}
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _BARE_NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
 _BARE = re.compile(r"[\s\d.,+\-*/^()=\\{}a-z]*", re.IGNORECASE)
@@ -112,6 +117,40 @@ def _last_boxed(text: str) -> str | None:
     if best is None:
         return None
     return text[best[0] : best[1]]
+
+
+def _last_inline_math(text: str) -> str | None:
+    """Content of the last inline-math span (``$$..$$``, ``$..$``, ``\\(..\\)``, ``\\[..\\]``, non-empty,
+    leftmost-first and non-overlapping as a regex scan would take them), in O(len(text)).
+
+    Linear because every closer search either succeeds (the scan resumes after that closer) or fails
+    once per closer kind (a closer absent after one position is absent after every later one)."""
+    last: tuple[int, int] | None = None
+    absent: set[str] = set()
+    pos = 0
+    while True:
+        match = _INLINE_MATH_OPEN.search(text, pos)
+        if match is None:
+            break
+        start = match.start()
+        openers = ("$$", "$") if text.startswith("$$", start) else (match.group(),)
+        span = None
+        for opener in openers:
+            closer = _INLINE_MATH_CLOSE[opener]
+            if closer in absent:
+                continue
+            content = start + len(opener)
+            end = text.find(closer, content + 1)  # at least one character of content
+            if end < 0:
+                absent.add(closer)
+                continue
+            span = (content, end, end + len(closer))
+            break
+        if span is None:
+            pos = start + 1
+        else:
+            last, pos = (span[0], span[1]), span[2]
+    return None if last is None else text[last[0] : last[1]]
 
 
 def _clean(answer: str) -> str:
@@ -153,11 +192,9 @@ def extract_answer(text: str, *, last_number: bool = True) -> str | None:
             # No words: letters only as LaTeX commands/variables (\frac, x), never "so the sum is".
             if not re.search(r"(?<!\\)\b[a-z]{3,}\b", candidate, re.IGNORECASE):
                 return candidate
-    last_math = None
-    for match in _INLINE_MATH.finditer(text):
-        last_math = match
+    last_math = _last_inline_math(text)
     if last_math is not None:
-        value = _clean(next(g for g in last_math.groups() if g is not None))
+        value = _clean(last_math)
         if value:
             return value
     if last_number:
@@ -209,6 +246,18 @@ def parse_number(text: str) -> Fraction | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_timeout(timeout: float, name: str = "timeout") -> float:
+    """``timeout`` as a float, or ValueError unless it is a finite number of seconds > 0
+    (NaN would time every answer out at once; inf overflows the wait)."""
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: must be a number of seconds > 0 (got {timeout!r})") from None
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"{name}: must be a finite number of seconds > 0 (got {timeout!r})")
+    return value
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     """Outcome of one check: ``score`` is 1.0 only for ``correct``."""
@@ -239,10 +288,10 @@ def _worker_command() -> list[str]:
 class _Worker:
     """One verification process and its reply pipe. Not thread-safe: the pool hands it to one caller."""
 
-    def __init__(self, startup_timeout: float) -> None:
+    def __init__(self, startup_timeout: float, command: list[str] | None = None) -> None:
         self.startup_timeout = startup_timeout
         self.proc = subprocess.Popen(
-            _worker_command(),
+            command if command is not None else _worker_command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -273,16 +322,14 @@ class _Worker:
             reply = self._read_line(time.monotonic() + self.startup_timeout)
         except _WorkerTimeout as exc:
             self.kill()
-            raise RuntimeError(
-                f"math-verify worker did not start within {self.startup_timeout:.0f} s"
-            ) from exc
+            raise RuntimeError(f"reward worker did not start within {self.startup_timeout:.0f} s") from exc
         except _WorkerDied as exc:
             raise RuntimeError(
-                "math-verify worker exited during start-up; run "
+                "reward worker exited during start-up; for math, run "
                 f"`{sys.executable} -m entropyctl.rewards._worker` to see why (is math-verify installed?)"
             ) from exc
         if not reply.get("ready"):
-            raise RuntimeError(f"math-verify worker sent an unexpected greeting: {reply!r}")
+            raise RuntimeError(reply.get("error") or f"reward worker sent an unexpected greeting: {reply!r}")
         self.ready = True
 
     def request(self, pred: str, gold: str, timeout: float) -> dict:
@@ -346,12 +393,13 @@ class MathVerifier:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_S,
+        worker_command: list[str] | None = None,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        check_timeout(timeout)
         self.num_workers = num_workers
+        self.worker_command = worker_command  # None: the math-verify worker
         self.timeout = float(timeout)
         self.startup_timeout = float(startup_timeout)
         self.timeouts = 0  # workers killed for a late reply, over this verifier's life
@@ -389,7 +437,7 @@ class MathVerifier:
     def _start_reserved(self) -> _Worker:
         """Start a worker for a slot already counted in ``_started``; give the slot back if it fails."""
         try:
-            return _Worker(self.startup_timeout)
+            return _Worker(self.startup_timeout, self.worker_command)
         except BaseException:
             with self._cond:
                 self._started -= 1
@@ -446,8 +494,9 @@ class MathVerifier:
             finally:
                 self._release(worker)
 
-    def compare(self, pred: str, gold: str, timeout: float | None = None) -> tuple[Status, str]:
-        """SymPy comparison of two answer strings in a worker; (status, detail)."""
+    def request(self, pred: str, gold: str, timeout: float | None = None) -> dict:
+        """One request to a worker: its reply, or ``{"status": "timeout" | "parse_error", "detail"}``
+        when it is late (killed and replaced) or died."""
         limit = self.timeout if timeout is None else float(timeout)
         worker = self._acquire()
         try:
@@ -456,14 +505,19 @@ class MathVerifier:
             with self._cond:
                 self.timeouts += 1
             self._replace(worker)
-            return "timeout", f"no reply within {limit:g} s; worker killed and replaced"
+            return {"status": "timeout", "detail": f"no reply within {limit:g} s; worker killed and replaced"}
         except _WorkerDied:
             self._replace(worker)
-            return "parse_error", "worker process died (likely out of memory); replaced"
+            return {"status": "parse_error", "detail": "worker process died (likely out of memory); replaced"}
         except BaseException:
             self._replace(worker)
             raise
         self._release(worker)
+        return reply
+
+    def compare(self, pred: str, gold: str, timeout: float | None = None) -> tuple[Status, str]:
+        """SymPy comparison of two answer strings in a worker; (status, detail)."""
+        reply = self.request(pred, gold, timeout)
         return reply["status"], reply.get("detail", "")
 
     def close(self) -> None:
@@ -535,6 +589,10 @@ def check_answer(
     """
     start = time.perf_counter()
     extracted = extract_answer(text, last_number=last_number)
+    # Extraction (linear, at most MAX_TEXT_CHARS) is charged to the answer's time budget.
+    extract_s = time.perf_counter() - start
+    if timeout is not None and extract_s >= timeout:
+        return VerifyResult("timeout", 0.0, None, f"extraction took {extract_s:.3g} s", extract_s)
     if extracted is None:
         return VerifyResult("no_answer", 0.0, None, "no final answer found", time.perf_counter() - start)
     if len(extracted) > MAX_ANSWER_CHARS:
@@ -558,7 +616,12 @@ def check_answer(
     if pred_number is None and gold_number is None and extracted == gold_answer:
         return VerifyResult("correct", 1.0, extracted, "identical strings", time.perf_counter() - start)
     verifier = verifier if verifier is not None else default_verifier()
-    status, detail = verifier.compare(extracted, gold_answer, timeout)
+    budget = (verifier.timeout if timeout is None else float(timeout)) - (time.perf_counter() - start)
+    if budget <= 0:
+        return VerifyResult(
+            "timeout", 0.0, extracted, "time budget spent before SymPy", time.perf_counter() - start
+        )
+    status, detail = verifier.compare(extracted, gold_answer, budget)
     return VerifyResult(status, float(status == "correct"), extracted, detail, time.perf_counter() - start)
 
 

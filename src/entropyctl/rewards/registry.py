@@ -7,10 +7,13 @@ Every reward is an object with ``__call__(completions, answers) -> list[float]``
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from entropyctl.rewards.math import (
@@ -19,6 +22,7 @@ from entropyctl.rewards.math import (
     MathVerifier,
     Status,
     check_answer,
+    check_timeout,
     extract_answer,
 )
 
@@ -27,6 +31,7 @@ __all__ = [
     "MathReward",
     "ExactReward",
     "FunctionReward",
+    "ProcessFunctionReward",
     "register_reward",
     "available_rewards",
     "get_reward",
@@ -101,7 +106,7 @@ class MathReward(RewardFunction):
         verifier: MathVerifier | None = None,
     ) -> None:
         super().__init__()
-        self.timeout = float(timeout)
+        self.timeout = check_timeout(timeout)
         self.last_number = last_number
         self._owns_verifier = verifier is None
         self.verifier = verifier if verifier is not None else MathVerifier(num_workers, timeout=timeout)
@@ -163,6 +168,47 @@ class FunctionReward(RewardFunction):
         return score, "correct" if score > 0 else "wrong"
 
 
+class ProcessFunctionReward(RewardFunction):
+    """A ``package.module:function`` reward run in worker processes under a hard per-answer timeout.
+
+    The function, ``fn(completion, answer) -> float``, is imported and called in ``num_workers`` separate
+    processes; an answer not scored within ``timeout`` seconds scores 0 with status ``timeout`` (counted
+    per step as ``reward_timeout``) and its worker is killed and replaced, so a function that never
+    returns cannot hang training. An exception in the function is raised here with its traceback.
+    """
+
+    def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT_S, num_workers: int = 1) -> None:
+        super().__init__()
+        self.name = path
+        self.timeout = check_timeout(timeout, f"reward {path!r}: timeout")
+        source = (Path(__file__).with_name("_function_worker.py")).read_text()
+        # the worker imports the function with this process's sys.path ('' = the current directory)
+        search_path = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        self.pool = MathVerifier(
+            num_workers,
+            timeout=self.timeout,
+            worker_command=[sys.executable, "-c", source, path, search_path],
+        )
+
+    def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
+        reply = self.pool.request(completion, answer)
+        status = reply["status"]
+        if status == "error":
+            raise RuntimeError(
+                f"reward {self.name!r} raised in its worker process:\n{reply.get('detail', '')}"
+            )
+        if status in ("timeout", "parse_error"):
+            return 0.0, status
+        return float(reply["score"]), status
+
+    def warmup(self) -> None:
+        """Start the workers now (import the function) instead of on the first answer."""
+        self.pool.warmup()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 _REGISTRY: dict[str, Callable[..., RewardFunction]] = {}
 
 
@@ -212,6 +258,9 @@ def get_reward(name_or_path: str, **kwargs: Any) -> RewardFunction:
         raise ValueError(
             f"reward {name_or_path!r} is not callable; expected a function (completion, answer) -> float"
         )
-    if kwargs:
-        raise ValueError(f"reward {name_or_path!r}: a function reward takes no options, got {sorted(kwargs)}")
-    return FunctionReward(target, name=name_or_path)
+    unknown = sorted(set(kwargs) - {"timeout", "num_workers"})
+    if unknown:
+        raise ValueError(
+            f"reward {name_or_path!r}: unknown options {unknown}; a function reward takes timeout, num_workers"
+        )
+    return ProcessFunctionReward(name_or_path, **kwargs)

@@ -404,13 +404,21 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Training prompts and the held-out split used by validation."""
 
-    source: Literal["synthetic", "file"] = Field(
+    source: Literal["synthetic", "file", "reasoning_gym"] = Field(
         "synthetic",
-        description="synthetic: graded arithmetic built in code; file: a JSONL/Parquet math dataset.",
+        description="synthetic: graded arithmetic built in code; file: a JSONL/Parquet math dataset; "
+        "reasoning_gym: a reasoning-gym dataset named by `name` (the `tasks` extra).",
     )
-    levels: list[int] | None = Field(None, description="synthetic: difficulty levels to draw (None: all).")
+    name: str | None = Field(
+        None, description="reasoning_gym: the dataset's registered name (chain_sum, ...)."
+    )
+    levels: list[int] | dict[int, dict[str, Any]] | None = Field(
+        None,
+        description="synthetic: difficulty levels to draw (None: all); reasoning_gym: level → the dataset "
+        "parameters that define it, on top of `options` (None: one level with `options` only).",
+    )
     weights: list[float] | None = Field(
-        None, description="synthetic: mixture weight per level (None: uniform)."
+        None, description="synthetic, reasoning_gym: mixture weight per level (None: uniform)."
     )
     seed: int = Field(0, description="Seed of the problem streams (training prompts and the held-out split).")
     path: str | None = Field(None, description="file: the training set (.jsonl / .parquet).")
@@ -420,7 +428,8 @@ class DataConfig(_Section):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="file: keyword arguments of entropyctl.data.loaders.load_math_dataset "
-        "(field names, templates).",
+        "(field names, templates); reasoning_gym: parameters of the dataset's config for every level, "
+        "and `size` (items per level, default 10000, the last tenth held out).",
     )
     template: str | None = Field(
         None, description="Prompt template containing '{prompt}' (None: the problem text as is)."
@@ -429,11 +438,35 @@ class DataConfig(_Section):
         False, description="Wrap the (templated) prompt in the tokenizer's chat template as a user turn."
     )
     system: str | None = Field(None, description="chat_template: an optional system message.")
+    strip_prefix: str | None = Field(
+        None,
+        description="reasoning_gym: text removed from the start of every question that begins with it "
+        "(a dataset's fixed instruction; the verifier still sees the whole entry).",
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
         if self.source == "file" and not self.path:
             raise ValueError("path: required when data.source is 'file' (a .jsonl or .parquet file)")
+        if self.source == "reasoning_gym" and not self.name:
+            raise ValueError(
+                "name: required when data.source is 'reasoning_gym' (a dataset name, e.g. chain_sum)"
+            )
+        for field in ("name", "strip_prefix"):
+            if getattr(self, field) is not None and self.source != "reasoning_gym":
+                raise ValueError(
+                    f"{field}: only read when data.source is 'reasoning_gym' (got '{self.source}')"
+                )
+        if isinstance(self.levels, dict) and self.source != "reasoning_gym":
+            raise ValueError(
+                f"levels: a mapping of level → parameters is for data.source 'reasoning_gym'; "
+                f"data.source '{self.source}' takes a list of levels (got {self.levels})"
+            )
+        if isinstance(self.levels, list) and self.source == "reasoning_gym":
+            raise ValueError(
+                "levels: map each level to the dataset parameters that define it, "
+                f"e.g. {{1: {{min_terms: 2}}, 2: {{min_terms: 4}}}} (got {self.levels})"
+            )
         if self.weights is not None and self.levels is not None and len(self.weights) != len(self.levels):
             raise ValueError(
                 f"weights: one weight per level expected ({len(self.levels)} levels, got {len(self.weights)})"
@@ -446,7 +479,7 @@ class DataConfig(_Section):
 class RewardConfig(_Section):
     """The verifier: a registered reward name (``math``, ``exact``) or ``package.module:function``."""
 
-    name: str = Field("math", description="math | exact | package.module:function.")
+    name: str = Field("math", description="math | exact | reasoning_gym | package.module:function.")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the reward factory (e.g. timeout for math)."
     )
@@ -605,6 +638,17 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"algorithm.mini_batches: must be ≤ rollout.prompts_per_step × rollout.group_size = {sequences} "
                 f"(got {self.algorithm.mini_batches})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_task_reward(self) -> RunConfig:
+        # reasoning-gym problems are scored by their dataset's own verifier, and only it reads their entries
+        if (self.data.source == "reasoning_gym") != (self.reward.name == "reasoning_gym"):
+            raise ValueError(
+                "reward.name: data.source 'reasoning_gym' is scored by reward 'reasoning_gym' (the dataset's "
+                f"own score_answer) and that reward by nothing else (got data.source '{self.data.source}', "
+                f"reward.name '{self.reward.name}')"
             )
         return self
 

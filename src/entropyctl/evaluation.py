@@ -110,7 +110,8 @@ def count_correct(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[int]:
-    """Sample ``n`` completions per problem and count the correct ones (reward ≥ 0.5: rewards are 0/1).
+    """Sample ``n`` completions per problem and count the correct ones (reward == 1; a
+    partial-credit score below 1 is not a solve).
 
     problems: objects with ``.answer``.
     sample_fn(batch, n) -> for each problem of the batch, its ``n`` decoded completions.
@@ -126,7 +127,7 @@ def count_correct(
         flat = [t for group in texts for t in group]
         answers = [p.answer for p in batch for _ in range(n)]
         rewards = reward_fn(flat, answers)
-        counts.extend(sum(1 for r in rewards[i * n : (i + 1) * n] if r >= 0.5) for i in range(len(batch)))
+        counts.extend(sum(1 for r in rewards[i * n : (i + 1) * n] if r >= 1.0) for i in range(len(batch)))
         if progress is not None:
             progress(min(start + batch_size, len(problems)), len(problems))
     return counts

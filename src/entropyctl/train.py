@@ -22,7 +22,7 @@ import importlib.util
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,9 @@ def build_data(config: RunConfig) -> tuple[Any, list[Any]]:
     from entropyctl.integrations.lightning import PromptSampler
 
     d, e = config.data, config.eval
+    if d.source == "reasoning_gym":
+        task = reasoning_gym_task(config)
+        return PromptSampler(task.sample, task.levels, config.seed), task.held_out()
     if d.source == "synthetic":
         from entropyctl.data.synthetic import SyntheticArithmetic
 
@@ -109,7 +112,25 @@ def build_data(config: RunConfig) -> tuple[Any, list[Any]]:
     return PromptSampler.from_list(train, config.seed), heldout
 
 
-def _level_kwargs(levels: Sequence[int] | None, weights: Sequence[float] | None) -> dict[str, Any]:
+def reasoning_gym_task(config: RunConfig) -> Any:
+    """The :class:`~entropyctl.data.reasoning_gym.ReasoningGymTask` of ``config.data`` (its held-out split
+    holds ``eval.n_prompts`` problems)."""
+    from entropyctl.data.reasoning_gym import ReasoningGymTask
+
+    d = config.data
+    assert d.name is not None and not isinstance(d.levels, list)  # the config validator guarantees it
+    return ReasoningGymTask(
+        d.name,
+        d.options,
+        d.levels,
+        d.weights,
+        d.seed,
+        held_out_size=config.eval.n_prompts,
+        strip_prefix=d.strip_prefix,
+    )
+
+
+def _level_kwargs(levels: Iterable[int] | None, weights: Sequence[float] | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if levels is not None:
         kwargs["levels"] = list(levels)
@@ -189,7 +210,9 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     from entropyctl.integrations.transformers import load_policy
     from entropyctl.rewards import get_reward
 
-    policy, tokenizer = load_policy(config.model)
+    # the tiny model warm-starts on the task it will train on (an external task: its own characters)
+    task = reasoning_gym_task(config) if config.data.source == "reasoning_gym" else None
+    policy, tokenizer = load_policy(config.model, task=task)
     engine = build_engine(config, policy, tokenizer)
     reward = get_reward(config.reward.name, **config.reward.options)
     sampler, heldout = build_data(config)

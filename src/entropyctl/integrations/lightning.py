@@ -643,7 +643,8 @@ class RLVRModule(pl.LightningModule):
             shaped = shaped + overlong_penalty(
                 lengths, cfg.rollout.max_new_tokens, cfg.rollout.overlong_buffer
             ).reshape(P, G)
-        accuracy = correct.mean(dim=1)  # acc_i
+        # acc_i: the group's share of answers scoring 1; partial credit (0 < r < 1) counts in the reward only
+        accuracy = (correct >= 1.0).to(correct.dtype).mean(dim=1)
         advantages = group_advantages(shaped, scale=cfg.algorithm.advantage_scale)  # [P, G]
         plan = self.controller.plan(GroupOutcome(accuracy=accuracy, group_size=G, step=step))
         if plan.coef.shape != (P,):
@@ -801,7 +802,8 @@ class RLVRModule(pl.LightningModule):
         row: dict[str, Any] = {
             "step": step,
             "reward": r_sum / r_n,
-            "accuracy": r_sum / r_n,
+            # mean acc_i, from the per-level sums packed after the first 15 entries
+            "accuracy": sum(packed[15::2]) / max(sum(packed[16::2]), 1.0),
             "entropy": reading.mean_entropy,
             "target_entropy": float(cm.get("target_entropy", math.nan)),
             "h0": float(cm.get("h0", math.nan)),

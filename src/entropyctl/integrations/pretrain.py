@@ -57,24 +57,27 @@ def _synthetic() -> Any:
     return synthetic
 
 
-def cache_key(cfg: ModelConfig) -> str:
-    """Hash of everything that affects the warm-started weights."""
+def cache_key(cfg: ModelConfig, task: Any = None) -> str:
+    """Hash of everything that affects the warm-started weights (``task``: an external task's
+    ``identity()`` and alphabet instead of the synthetic task's)."""
     synthetic = _synthetic()
     payload = {
         "format": CACHE_FORMAT,
-        "alphabet": synthetic.ALPHABET,
+        "alphabet": synthetic.ALPHABET if task is None else task.alphabet,
         "data_version": getattr(synthetic, "VERSION", None),
         "tiny": cfg.tiny.model_dump(mode="json"),
         "pretrain": cfg.pretrain.model_dump(mode="json"),
     }
+    if task is not None:
+        payload["task"] = task.identity()
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached_checkpoint(cfg: ModelConfig) -> Path:
-    """Where ``pretrain(cfg)`` puts (or finds) its checkpoint."""
+def cached_checkpoint(cfg: ModelConfig, task: Any = None) -> Path:
+    """Where ``pretrain(cfg, task=task)`` puts (or finds) its checkpoint."""
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-    return root / "tiny" / cache_key(cfg)
+    return root / "tiny" / cache_key(cfg, task)
 
 
 @contextlib.contextmanager
@@ -88,7 +91,14 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _make_task(cfg: ModelConfig, seed: int) -> Any:
+def _make_task(cfg: ModelConfig, seed: int, task: Any = None) -> Any:
+    if task is not None:  # an external task: its own levels; its training stream seeded by `seed`
+        if cfg.pretrain.levels is not None or cfg.pretrain.weights is not None:
+            raise ValueError(
+                "model.pretrain.levels/weights choose synthetic levels; with an external task the warm start "
+                "draws from data.levels and data.weights (remove model.pretrain.levels and weights)"
+            )
+        return task.stream(seed)
     synthetic = _synthetic()
     kwargs: dict[str, Any] = {"seed": seed}
     if cfg.pretrain.levels is not None:
@@ -153,10 +163,12 @@ def greedy_accuracy(
 
 
 def _train(
-    cfg: ModelConfig, log: Callable[[str], None] | None
+    cfg: ModelConfig, log: Callable[[str], None] | None, task: Any = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     synthetic = _synthetic()
-    tokenizer = build_char_tokenizer(synthetic.ALPHABET)
+    if task is not None:
+        task.check_gold_answers()
+    tokenizer = build_char_tokenizer(synthetic.ALPHABET if task is None else task.alphabet)
     t = cfg.tiny
     model = build_tiny_model(
         tokenizer,
@@ -172,7 +184,7 @@ def _train(
     started = time.perf_counter()
     losses: list[float] = []
     if p.steps > 0:
-        task = _make_task(cfg, p.seed)  # its sample() never returns held-out prompts
+        stream = _make_task(cfg, p.seed, task)  # its sample() never returns held-out prompts
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=p.lr, weight_decay=p.weight_decay, betas=(0.9, 0.98)
         )
@@ -182,7 +194,7 @@ def _train(
             for step in range(p.steps):
                 for group in optimizer.param_groups:
                     group["lr"] = p.lr * _lr_factor(step, p.warmup_steps, p.steps)
-                ids, mask, labels = _supervised_batch(tokenizer, task.sample(p.batch_size))
+                ids, mask, labels = _supervised_batch(tokenizer, stream.sample(p.batch_size))
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -199,7 +211,8 @@ def _train(
     train_seconds = time.perf_counter() - started
     metadata = {
         "cache_format": CACHE_FORMAT,
-        "key": cache_key(cfg),
+        "key": cache_key(cfg, task),
+        "task": None if task is None else task.identity(),
         "tiny": t.model_dump(mode="json"),
         "pretrain": p.model_dump(mode="json"),
         "parameters": sum(param.numel() for param in model.parameters()),
@@ -230,8 +243,13 @@ def pretrain(
     force: bool = False,
     evaluate: int = 0,
     log: Callable[[str], None] | None = None,
+    task: Any = None,
 ) -> Path:
     """Return the directory of the warm-started tiny model for ``cfg``, training it first on a cache miss.
+
+    ``task``: the task to warm-start on (an object with ``sample``, ``held_out``, ``stream``, ``alphabet``
+    and ``identity()``, e.g. :class:`~entropyctl.data.reasoning_gym.ReasoningGymTask`); None: the
+    synthetic arithmetic task.
 
     ``force`` retrains even on a hit; ``evaluate=n`` also measures greedy accuracy per level on ``n``
     problems of the task's held-out split and stores it in ``pretrain.json``.
@@ -243,17 +261,23 @@ def pretrain(
         cfg = ModelConfig.model_validate(cfg)
     if cfg.kind != "tiny":
         raise ValueError(f"pretrain: model.kind is '{cfg.kind}'; only the 'tiny' model is warm-started here")
-    directory = cached_checkpoint(cfg)
+    directory = cached_checkpoint(cfg, task)
     if (directory / METADATA_FILE).is_file() and not force:
         return directory
     with _exclusive(directory.parent / f"{directory.name}.lock"):
         if (directory / METADATA_FILE).is_file() and not force:
             return directory  # another process finished it while we waited
-        model, tokenizer, metadata = _train(cfg, log)
+        model, tokenizer, metadata = _train(cfg, log, task)
         if evaluate > 0:
-            problems = _make_task(cfg, cfg.pretrain.seed).held_out(evaluate, seed=0)
+            if task is None:
+                problems = _make_task(cfg, cfg.pretrain.seed).held_out(evaluate, seed=0)
+            else:
+                problems = task.held_out(evaluate)
             eval_start = time.perf_counter()
-            metadata["greedy_accuracy"] = greedy_accuracy(model, tokenizer, problems)
+            longest = max((len(p.answer) for p in problems), default=0)
+            metadata["greedy_accuracy"] = greedy_accuracy(
+                model, tokenizer, problems, max_new_tokens=max(8, longest + 1)
+            )
             metadata["eval_problems"] = evaluate
             metadata["eval_seconds"] = round(time.perf_counter() - eval_start, 2)
 

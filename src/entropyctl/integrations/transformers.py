@@ -111,12 +111,17 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     return tokenizer
 
 
-def load_policy(model_cfg: ModelConfig | dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the policy and its tokenizer (left padding, a pad token set). Offline only."""
+def load_policy(
+    model_cfg: ModelConfig | dict[str, Any], *, task: Any = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the policy and its tokenizer (left padding, a pad token set). Offline only.
+
+    ``task``: what the tiny model warm-starts on (see :func:`~entropyctl.integrations.pretrain.pretrain`;
+    None: the synthetic task); the other kinds ignore it."""
     cfg = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.model_validate(model_cfg)
     dtype = _DTYPES[cfg.dtype]
     if cfg.kind == "tiny":
-        directory = pretrain(cfg)
+        directory = pretrain(cfg, task=task)
         # The cache holds safetensors only (save_pretrained's default): never unpickle a planted .bin.
         model = AutoModelForCausalLM.from_pretrained(
             directory, local_files_only=True, dtype=dtype, use_safetensors=True

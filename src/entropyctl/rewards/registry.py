@@ -1,4 +1,4 @@
-"""Reward functions picked by name: ``math``, ``exact``, or a ``module:function`` path.
+"""Reward functions picked by name: ``math``, ``exact``, ``reasoning_gym``, or a ``module:function`` path.
 
 Every reward is an object with ``__call__(completions, answers) -> list[float]``, ``metrics()``
 (counts per status since the last ``reset_metrics()``) and ``close()``.
@@ -226,6 +226,14 @@ def register_reward(name: str) -> Callable[[Callable[..., RewardFunction]], Call
 
 register_reward("math")(MathReward)
 register_reward("exact")(ExactReward)
+
+
+@register_reward("reasoning_gym")
+def _reasoning_gym_reward(**kwargs: Any) -> RewardFunction:
+    # imported on use: reasoning-gym is an optional extra
+    from entropyctl.rewards.reasoning_gym import ReasoningGymReward
+
+    return ReasoningGymReward(**kwargs)
 
 
 def available_rewards() -> list[str]:

@@ -1,0 +1,209 @@
+"""The ``reasoning_gym`` reward: reasoning-gym's own ``score_answer``, under a hard per-answer timeout.
+
+For each completion:
+
+1. our extraction picks the final answer: the last ``\\boxed{...}``, else the last
+   ``<answer>...</answer>`` (reasoning-gym's own format), else the last answer line (``Answer: X``,
+   ``final answer: X``, ``the answer is X``, ``#### X``), else the whole completion, stripped (the tiny
+   character model's completion is the answer itself);
+2. the dataset's ``score_answer(answer, entry)`` scores it, in a worker process that is killed and
+   replaced when it does not reply within ``timeout`` seconds (the answer then scores 0, status
+   ``timeout``), the same process-safe mechanism as the ``math`` reward.
+
+The score is the reward, partial credit included (some datasets give scores between 0 and 1);
+status ``correct`` means score == 1, anything less is ``wrong``, an empty completion ``no_answer``
+(score 0, the verifier is not asked), a verifier that raises ``parse_error`` (score 0).
+The gold answers must be :class:`~entropyctl.data.reasoning_gym.GoldAnswer` objects, i.e. problems
+from ``data.source: reasoning_gym``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from entropyctl.rewards.math import (
+    DEFAULT_STARTUP_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    MathVerifier,
+    Status,
+    _last_boxed,
+    _Worker,
+    _WorkerDied,
+    _WorkerTimeout,
+)
+from entropyctl.rewards.registry import RewardFunction
+
+__all__ = ["ReasoningGymReward", "ReasoningGymVerifier", "extract_final_answer"]
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_ANSWER_LINE = re.compile(
+    r"(?:^|\n)[ \t]*####[ \t]*(?P<hash>[^\n]*)"
+    r"|final[ \t]+answer(?:[ \t]+is)?[ \t]*[:：]?[ \t]*(?P<final>[^\n]*)"
+    r"|the[ \t]+answer[ \t]+is[ \t]*[:：]?[ \t]*(?P<is>[^\n]*)"
+    r"|(?:^|\n)[ \t]*\**answer\**[ \t]*[:：][ \t]*(?P<colon>[^\n]*)",
+    re.IGNORECASE,
+)
+
+
+def extract_final_answer(text: str) -> str | None:
+    """The final answer in a completion (see the module docstring for the order), or None when empty."""
+    text = text.replace("\x00", "")
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        return str(tags[-1]).strip()
+    lines = list(_ANSWER_LINE.finditer(text))
+    if lines:
+        line = lines[-1]
+        value = next(g for g in line.groups() if g is not None).strip().strip("*").strip()
+        if value.startswith("$") and value.endswith("$") and len(value) >= 2:
+            value = value.strip("$").strip()
+        if value:
+            return value
+    return text.strip() or None
+
+
+def _worker_command() -> list[str]:
+    # From source with -c: the child never imports entropyctl, and rewards/ is not put on sys.path.
+    return [sys.executable, "-c", (Path(__file__).with_name("_rg_worker.py")).read_text()]
+
+
+class _ScoreWorker(_Worker):
+    """One reasoning-gym scoring process (the math worker's pipe and kill logic, another program)."""
+
+    def __init__(self, startup_timeout: float) -> None:
+        self.startup_timeout = startup_timeout
+        self.proc = subprocess.Popen(
+            _worker_command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        self._buffer = b""
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        if self.ready:
+            return
+        try:
+            reply = self._read_line(time.monotonic() + self.startup_timeout)
+        except _WorkerTimeout as exc:
+            self.kill()
+            raise RuntimeError(
+                f"reasoning-gym worker did not start within {self.startup_timeout:.0f} s"
+            ) from exc
+        except _WorkerDied as exc:
+            raise RuntimeError(
+                "reasoning-gym worker exited during start-up; is reasoning-gym installed? "
+                f"(pip install 'entropyctl[tasks]'; `{sys.executable} -c 'import reasoning_gym'` shows why)"
+            ) from exc
+        if not reply.get("ready"):
+            raise RuntimeError(f"reasoning-gym worker sent an unexpected greeting: {reply!r}")
+        self.ready = True
+
+    def score(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.wait_ready()  # start-up time is not charged to the answer's timeout
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(payload) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise _WorkerDied() from exc
+        return self._read_line(time.monotonic() + timeout)
+
+
+class ReasoningGymVerifier(MathVerifier):
+    """A pool of reasoning-gym scoring processes with a hard per-answer timeout (thread- and fork-safe,
+    started lazily; see :class:`~entropyctl.rewards.math.MathVerifier`)."""
+
+    def _start_reserved(self) -> _Worker:
+        try:
+            return _ScoreWorker(self.startup_timeout)
+        except BaseException:
+            with self._cond:
+                self._started -= 1
+                self._cond.notify()
+            raise
+
+    def score(self, answer: str, gold: Any, timeout: float | None = None) -> tuple[float, Status, str]:
+        """``score_answer(answer, gold.entry)`` of ``gold``'s dataset: (score, status, detail)."""
+        limit = self.timeout if timeout is None else float(timeout)
+        spec = gold.spec
+        payload = {
+            "spec": {"name": spec.name, "config": spec.config_json, "seed": spec.seed, "size": spec.size},
+            "answer": answer,
+            "entry": base64.b64encode(pickle.dumps(gold.entry)).decode(),
+        }
+        worker = self._acquire()
+        try:
+            assert isinstance(worker, _ScoreWorker)
+            reply = worker.score(payload, limit)
+        except _WorkerTimeout:
+            with self._cond:
+                self.timeouts += 1
+            self._replace(worker)
+            return 0.0, "timeout", f"no reply within {limit:g} s; worker killed and replaced"
+        except _WorkerDied:
+            self._replace(worker)
+            return 0.0, "parse_error", "worker process died (likely out of memory); replaced"
+        except BaseException:
+            self._replace(worker)
+            raise
+        self._release(worker)
+        if "error" in reply:
+            return 0.0, "parse_error", str(reply["error"])
+        score = float(reply["score"])
+        return score, "correct" if score >= 1.0 else "wrong", ""
+
+
+class ReasoningGymReward(RewardFunction):
+    """reasoning-gym's ``score_answer`` as the reward (partial credit kept), our extraction in front.
+
+    ``timeout``: hard per-answer limit in seconds; ``num_workers``: scoring processes;
+    ``extract``: False scores the whole completion as the answer.
+    """
+
+    name = "reasoning_gym"
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        num_workers: int = 1,
+        *,
+        extract: bool = True,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_S,
+    ) -> None:
+        super().__init__()
+        self.timeout = float(timeout)
+        self.extract = extract
+        self.verifier = ReasoningGymVerifier(num_workers, timeout=timeout, startup_timeout=startup_timeout)
+
+    def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
+        if not hasattr(answer, "entry") or not hasattr(answer, "spec"):
+            raise ValueError(
+                "reward 'reasoning_gym' scores problems of data.source 'reasoning_gym' (their gold answers "
+                f"carry the dataset entry); got a plain gold answer {str(answer)[:40]!r}"
+            )
+        predicted = extract_final_answer(completion) if self.extract else completion.strip() or None
+        if predicted is None:
+            return 0.0, "no_answer"
+        score, status, _ = self.verifier.score(predicted, answer, self.timeout)
+        return score, status
+
+    def warmup(self) -> None:
+        """Start the scoring processes now (they otherwise start on the first answer)."""
+        self.verifier.warmup()
+
+    def close(self) -> None:
+        self.verifier.close()

@@ -4,8 +4,10 @@ Adding a subcommand: append a :class:`Subcommand` to :data:`SUBCOMMANDS` with a 
 ``add_arguments(parser)`` function (defined here, importing nothing heavy) and ``run`` given as a
 ``"module:function"`` string; the module is imported only when that subcommand runs, and
 ``function(args: argparse.Namespace) -> int | None`` returns the exit status (None = 0).
-A :class:`~entropyctl.config.ConfigError`, a registry error or a ``FileNotFoundError`` raised by
-``run`` is printed as one ``entropyctl <cmd>: error: ...`` message with exit status 2.
+An error meant for the user (:data:`_USER_ERRORS`: a bad config, dataset, checkpoint or run
+directory, an unknown controller, a missing file) raised by ``run`` is printed as one
+``entropyctl <cmd>: error: ...`` message with exit status 2; ``--debug`` or ``ENTROPYCTL_DEBUG=1``
+re-raises it with its traceback.
 Keep ``controllers``, ``schema`` and ``simulate`` free of Lightning/transformers imports.
 """
 
@@ -15,6 +17,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,7 +150,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     plant = EntropyPlant(seed=args.seed, **plant_kwargs)
     trajectory = simulate(controller, plant, args.steps)
 
-    fields = ", ".join(f"{k}={v}" for k, v in config.model_dump().items() if k != "name")
+    def flat(prefix: str, value: object) -> list[str]:  # nested parts as dotted keys: update.step=0.1
+        if isinstance(value, dict):
+            return [item for k, v in value.items() for item in flat(f"{prefix}{k}.", v)]
+        return [f"{prefix[:-1]}={value}"]
+
+    fields = ", ".join(flat("", {k: v for k, v in config.model_dump().items() if k != "name"}))
     print(f"controller {config.name}: {fields}")
     print(
         f"plant: h_init={plant.h_init} h_max={plant.h_max} decay={plant.decay} gain={plant.gain} "
@@ -435,33 +443,101 @@ SUBCOMMANDS += [
 ]
 
 
+def _add_common_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show the full traceback of an error (also: ENTROPYCTL_DEBUG=1)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="also show library notices a user cannot act on (Lightning's hardware lines, progress bars "
+        "of weight loading, deprecation warnings)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="entropyctl", description="Entropy controllers (AER and friends) for RLVR training."
     )
+    _add_common_arguments(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in SUBCOMMANDS:
         child = sub.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(child)
+        # SUPPRESS: `entropyctl --debug train` and `entropyctl train --debug` both work.
+        _add_common_arguments(child, argparse.SUPPRESS)
         child.set_defaults(_run=command.run)
     return parser
+
+
+#: errors whose message is the whole story for the user: printed alone, exit status 2
+_USER_ERRORS = {
+    "entropyctl.config": "ConfigError",
+    "entropyctl.controllers.registry": "RegistryError",
+    "entropyctl.checkpoints": "CheckpointError",
+    "entropyctl.data.loaders": "DatasetError",
+    "entropyctl.run_directory": "RunDirError",
+    "entropyctl.report": "ReportError",
+}
+
+
+def _is_user_error(err: BaseException) -> bool:
+    # Only modules already imported can have raised their error: no import here.
+    types: list[type] = [FileNotFoundError]
+    for module_name, class_name in _USER_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            types.append(getattr(module, class_name))
+    return isinstance(err, tuple(types))
+
+
+def _debug_requested(args: argparse.Namespace) -> bool:
+    env = os.environ.get("ENTROPYCTL_DEBUG", "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no")
+
+
+def _quiet_libraries() -> None:
+    """Silence what a user cannot act on (kept with ``--verbose``); set before the libraries load."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # already imported (e.g. in-process use): the env is read at import
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+        sys.modules["transformers"].utils.logging.set_verbosity_error()
+    # Lightning's "GPU available: False, used: False" / TPU lines and its litlogger tip (INFO level).
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (
+        r".*weights_only.*",
+        r".*LeafSpec.*",
+        r".*litlogger.*",
+        r".*Detected pickle protocol.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     module_name, _, function_name = args._run.partition(":")
-    from entropyctl.config import ConfigError
-    from entropyctl.controllers.registry import RegistryError
-
+    if not getattr(args, "verbose", False):
+        _quiet_libraries()
     try:
         run = getattr(importlib.import_module(module_name), function_name)
         status = run(args)
-    except (ConfigError, RegistryError, FileNotFoundError) as err:
-        print(f"entropyctl {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `entropyctl schema | head`
         return 0
+    except Exception as err:
+        if not _is_user_error(err) or _debug_requested(args):
+            raise
+        print(f"entropyctl {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return int(status or 0)
 
 

@@ -179,8 +179,7 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
     .gguf file or 'smollm2'."""
     from pathlib import Path
 
-    import torch
-
+    from entropyctl.checkpoints import CheckpointError, load_checkpoint
     from entropyctl.config import RunConfig, load_run_config, parse_run_config
     from entropyctl.integrations.transformers import load_policy
 
@@ -200,11 +199,21 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
         if not config_path.exists():
             raise FileNotFoundError(f"{ckpt}: no config.yaml in {run_dir} to rebuild the model from")
         config: RunConfig = load_run_config(config_path, overrides)
-        policy, tokenizer = load_policy(config.model)
         assert ckpt is not None
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        # The checkpoint first: a bad file is reported before the (possibly minutes-long) model build.
+        state = load_checkpoint(ckpt)["state_dict"]
         weights = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
-        policy.load_state_dict(weights, strict=False)
+        if not weights:
+            raise CheckpointError(
+                f"{ckpt}: its state_dict holds no policy weights ('policy.*'); nothing to evaluate"
+            )
+        policy, tokenizer = load_policy(config.model)
+        missing, unexpected = policy.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+            raise CheckpointError(
+                f"{ckpt}: its policy weights do not fit the model of {config_path} "
+                f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); evaluate it with its own run dir"
+            )
         return config, policy, tokenizer
     if target == "smollm2" or path.suffix == ".gguf":
         model = {"kind": "gguf", "path": target}

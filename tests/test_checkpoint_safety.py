@@ -1,0 +1,205 @@
+"""No code runs from a checkpoint; a bad checkpoint or data file is one line at the command line.
+
+Each load path gets a crafted file whose pickle, when unpickled unsafely, runs a shell command that creates
+a marker file. The test first shows the file really does that (``torch.load(weights_only=False)``), then
+that the path refuses it and the marker never appears.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from trainer_helpers import TINY, tiny_config
+
+from entropyctl import cli
+from entropyctl.checkpoints import CheckpointError, load_checkpoint
+
+
+class _RunsCode:
+    """Unpickles into ``os.system("touch <marker>")``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _malicious_checkpoint(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": {"policy.x": torch.zeros(1)},
+        "entropy_controller": {},
+        "extra": _RunsCode(marker),
+    }
+    torch.save(payload, path)
+    # The file is really malicious: an unsafe load runs its command.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    return path
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    return tmp_path / "code-ran"
+
+
+def _run_dir_with(tmp_path: Path, ckpt_name: str = "last.ckpt") -> tuple[Path, Path]:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(tiny_config().to_yaml())
+    return run_dir, run_dir / "checkpoints" / ckpt_name
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    status = cli.main(argv)
+    return status, capsys.readouterr().err
+
+
+def test_loader_refuses_code_and_names_the_global(tmp_path: Path, marker: Path) -> None:
+    ckpt = _malicious_checkpoint(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt: refused: .*`posix\.system`.*could run code"):
+        load_checkpoint(ckpt)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("target", ["file", "run_dir"])
+def test_evaluate_refuses_a_malicious_checkpoint(
+    tmp_path: Path, marker: Path, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, ckpt = _run_dir_with(tmp_path)
+    _malicious_checkpoint(ckpt, marker)
+    status, err = _cli(["evaluate", "--checkpoint", str(ckpt if target == "file" else run_dir)], capsys)
+    assert status == 2
+    assert err.count("\n") == 1 and "refused" in err and str(ckpt) in err
+    assert not marker.exists()
+
+
+def test_train_resume_refuses_a_malicious_checkpoint(tmp_path: Path, marker: Path) -> None:
+    from entropyctl.run_directory import RunDirError
+    from entropyctl.train import run_training
+
+    ckpt = _malicious_checkpoint(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(RunDirError, match="cannot read the checkpoint"):
+        run_training(tiny_config("trainer.steps=1"), tmp_path / "run", resume=str(ckpt))
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_lightning_resume_itself_loads_weights_only(
+    tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the fingerprint check (skipped here), Lightning's own restore in Trainer.fit must refuse it too.
+    import entropyctl.train as train
+
+    monkeypatch.setattr(train, "check_resume", lambda *a, **k: {"checkpoint": "x", "changes": []})
+    ckpt = _malicious_checkpoint(tmp_path / "evil.ckpt", marker)
+    config = tiny_config("trainer.steps=1", "eval.before=false", "eval.after=false")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train.run_training(config, tmp_path / "run", resume=str(ckpt))
+    assert not marker.exists()
+
+
+def test_warm_start_cache_never_unpickles(tmp_path: Path, marker: Path) -> None:
+    from entropyctl.integrations.model_config import ModelConfig
+    from entropyctl.integrations.pretrain import load_pretrained, pretrain
+    from entropyctl.integrations.transformers import load_policy
+
+    cfg = ModelConfig.model_validate(tiny_config().model.model_dump())
+    directory = pretrain(cfg)
+    # A planted cache: the safetensors replaced by a malicious pytorch_model.bin.
+    planted = tmp_path / "planted"
+    shutil.copytree(directory, planted)
+    (planted / "model.safetensors").unlink()
+    _malicious_checkpoint(planted / "pytorch_model.bin", marker)
+    with pytest.raises(OSError):
+        load_pretrained(planted)
+    assert not marker.exists()
+    backup = tmp_path / "backup"
+    shutil.move(directory, backup)
+    shutil.copytree(planted, directory)
+    try:
+        with pytest.raises(OSError):
+            load_policy(cfg)
+        assert not marker.exists()
+    finally:
+        shutil.rmtree(directory)
+        shutil.move(backup, directory)
+
+
+def test_vllm_weight_transfer_refuses_code(marker: Path) -> None:
+    from entropyctl.integrations.vllm import _reload_in_worker
+
+    buffer = io.BytesIO()
+    torch.save([("w", torch.zeros(1)), ("x", _RunsCode(marker))], buffer)
+    with pytest.raises(pickle.UnpicklingError):
+        _reload_in_worker(object(), buffer.getvalue())
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------ bad files: one line, exit 2
+
+
+def _truncated(path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"policy.x": torch.zeros(1000)}, "entropy_controller": {}}, buffer)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_truncated, "truncated or corrupt checkpoint"),
+        (lambda p: p.write_bytes(b"not a checkpoint at all"), "truncated or corrupt checkpoint"),
+        (lambda p: torch.save({"weights": torch.zeros(2)}, p), "no 'state_dict', 'entropy_controller' entry"),
+        (lambda p: torch.save([1, 2], p), "holds a list"),
+        (lambda p: torch.save({"state_dict": {}, "entropy_controller": {}}, p), "no policy weights"),
+    ],
+    ids=["truncated", "garbage", "foreign", "not_a_dict", "no_policy"],
+)
+def test_bad_checkpoint_is_one_line(
+    tmp_path: Path, make: Any, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, ckpt = _run_dir_with(tmp_path, "step-000002.ckpt")
+    make(ckpt)
+    status, err = _cli(["evaluate", "--checkpoint", str(ckpt)], capsys)
+    assert status == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"entropyctl evaluate: error: {ckpt}: ") and expected in err
+
+
+def test_debug_keeps_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, ckpt = _run_dir_with(tmp_path)
+    ckpt.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError):
+        cli.main(["evaluate", "--checkpoint", str(ckpt), "--debug"])
+    with pytest.raises(CheckpointError):
+        cli.main(["--debug", "evaluate", "--checkpoint", str(ckpt)])
+    monkeypatch.setenv("ENTROPYCTL_DEBUG", "1")
+    with pytest.raises(CheckpointError):
+        cli.main(["evaluate", "--checkpoint", str(ckpt)])
+
+
+def test_dataset_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from entropyctl.integrations.model_config import ModelConfig
+    from entropyctl.integrations.pretrain import pretrain
+
+    model_dir = pretrain(ModelConfig.model_validate(tiny_config().model.model_dump()))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": oops\n')
+    status, err = _cli(["evaluate", "--checkpoint", str(model_dir), "--data", str(bad), *_set(TINY)], capsys)
+    assert status == 2
+    assert err.count("\n") == 1 and "bad.jsonl:2: invalid JSON" in err, err
+
+
+def _set(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides if not o.startswith("model.") for arg in ("--set", o)]

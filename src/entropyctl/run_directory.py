@@ -237,9 +237,12 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with Path(path).open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:  # the data loader reports it, with the run marked failed
+        return f"unreadable ({err.strerror or err})"
     return digest.hexdigest()
 
 

@@ -1,0 +1,240 @@
+"""Runs never lose or mix results: overwrite refusal, one run per directory (lock), resume only into
+the same run (fingerprint), SIGTERM/SIGINT stop cleanly and resume exactly, honest statuses."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trainer_helpers import SMALL, TINY, read_metrics, tiny_config
+
+from entropyctl.run_directory import (
+    LOCK_FILE,
+    ResumeMismatchError,
+    RunDirError,
+    RunLock,
+    RunLockedError,
+    read_run_state,
+)
+from entropyctl.train import run_training
+
+TIMING = ("time_rollout", "time_reward", "time_update", "time_step")
+QUICK = ["trainer.steps=2", "eval.before=false", "eval.after=false"]
+
+
+def _comparable(rows: list[dict[str, float]]) -> list[dict[str, Any]]:
+    return [{k: ("nan" if math.isnan(v) else v) for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_reusing_a_run_dir_is_refused_and_overwrite_removes_only_run_files(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_training(tiny_config(*QUICK, "trainer.checkpoint_every=1"), run_dir)
+    (run_dir / "notes.txt").write_text("mine")
+    before = (run_dir / "metrics.csv").read_text()
+    with pytest.raises(RunDirError, match="already holds a run .*--resume auto.*--overwrite"):
+        run_training(tiny_config(*QUICK, "trainer.steps=1"), run_dir)
+    assert (run_dir / "metrics.csv").read_text() == before  # refused before touching anything
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+    summary = run_training(tiny_config(*QUICK, "trainer.steps=1"), run_dir, overwrite=True)
+    assert summary["steps"] == 1
+    assert [r["step"] for r in read_metrics(run_dir)] == [1]
+    # the old run's step-*.ckpt are gone with it; a file that is not the run's stays
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_resume_with_changed_config_is_refused_listing_changes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_training(tiny_config(*QUICK, "controller.tau=0.9"), run_dir)
+    config_before = (run_dir / "config.yaml").read_text()
+    changed = tiny_config(*QUICK, "controller.tau=0.5", "rollout.temperature=0.8", "trainer.steps=3")
+    with pytest.raises(ResumeMismatchError) as err:
+        run_training(changed, run_dir, resume="auto")
+    message = str(err.value)
+    assert re.search(r"controller\.(\w+\.)?tau: 0\.9 -> 0\.5", message), message
+    assert "rollout.temperature: 1.0 -> 0.8" in message
+    assert "trainer.steps" not in message  # more steps is a legitimate resume
+    assert (run_dir / "config.yaml").read_text() == config_before
+
+    summary = run_training(changed, run_dir, resume="auto", allow_resume_changes=True)
+    assert summary["status"] == "finished" and summary["steps"] == 3
+    assert summary["resume"]["changes_allowed"] is True
+    assert any("tau: 0.9 -> 0.5" in line for line in summary["resume"]["changes"])
+
+
+def test_changed_data_file_is_a_resume_mismatch(tmp_path: Path) -> None:
+    data = Path(__file__).parent / "data" / "gsm8k_sample.jsonl"
+    copy = tmp_path / "train.jsonl"
+    copy.write_bytes(data.read_bytes())
+    config = tiny_config(
+        *QUICK, "data.source=file", f"data.path={copy}", "eval.n_prompts=2", "reward.name=exact"
+    )
+    run_dir = tmp_path / "run"
+    run_training(config, run_dir)
+    with copy.open("a") as f:
+        f.write('{"question": "1+1?", "answer": "#### 2"}\n')
+    with pytest.raises(ResumeMismatchError, match=r"data file .*train\.jsonl: contents changed"):
+        run_training(tiny_config(*QUICK, "data.source=file", f"data.path={copy}", "eval.n_prompts=2",
+                                 "reward.name=exact", "trainer.steps=3"), run_dir, resume="auto")  # fmt: skip
+
+
+def test_error_before_fit_marks_failed(tmp_path: Path) -> None:
+    config = tiny_config(*QUICK, "data.source=file", f"data.path={tmp_path / 'absent.jsonl'}")
+    with pytest.raises(Exception):  # noqa: B017 - any error; the point is the status it leaves
+        run_training(config, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "absent.jsonl" in summary["error"]
+    assert read_run_state(tmp_path / "run") == "failed"
+
+
+_HOLD = """
+import sys, time
+from entropyctl.run_directory import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_lock_names_the_holder_and_a_dead_holder_is_stale(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"pid {holder.pid} on host .*started"):
+            RunLock(tmp_path).acquire()
+        with pytest.raises(RunLockedError):  # the trainer refuses too, before writing anything
+            run_training(tiny_config(*QUICK), tmp_path)
+        assert not (tmp_path / "summary.json").exists()
+    finally:
+        holder.kill()  # kill -9: no clean release, the file still names the dead holder
+        holder.wait()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == holder.pid
+    lock = RunLock(tmp_path).acquire()
+    assert lock.stale is not None and lock.stale["pid"] == holder.pid
+    lock.release()
+    lock = RunLock(tmp_path).acquire()
+    assert lock.stale is None  # a clean release leaves nothing stale
+    lock.release()
+
+
+def test_dead_running_summary_reads_dead(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    import socket
+
+    record = {"status": "running", "pid": proc.pid, "host": socket.gethostname(), "updated_at": "x"}
+    (tmp_path / "summary.json").write_text(json.dumps(record))
+    assert read_run_state(tmp_path) == "dead"
+    record.update(pid=os.getpid())
+    (tmp_path / "summary.json").write_text(json.dumps(record))
+    assert read_run_state(tmp_path) == "running"
+    # another host: the heartbeat's age decides
+    record.update(host="elsewhere", updated_at="2020-01-01T00:00:00+00:00", heartbeat_s=30)
+    (tmp_path / "summary.json").write_text(json.dumps(record))
+    assert read_run_state(tmp_path) == "dead"
+
+
+# ------------------------------------------------------------------------ processes and signals
+
+STEPS = 7
+SIGNAL_RUN = [
+    *TINY,
+    *SMALL,
+    f"trainer.steps={STEPS}",
+    "controller.eta=0.5",
+    "controller.tau=0.9",
+    "eval.before=false",
+    "eval.after=false",
+    "trainer.threads=1",
+]
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "entropyctl.cli", "train", "--out", str(out)]
+    for item in SIGNAL_RUN:
+        cmd += ["--set", item]
+    return cmd + list(extra)
+
+
+def _wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen[str], limit: float = 240.0) -> None:
+    deadline = time.monotonic() + limit
+    path = run_dir / "metrics.csv"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the run ended early (rc {proc.returncode}): {proc.communicate()[1][-2000:]}"
+            )
+        if path.exists() and len(path.read_text().splitlines()) - 1 >= rows:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {rows} metrics rows within {limit} s")
+
+
+@pytest.mark.slow
+def test_sigterm_at_a_random_step_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    seed = int.from_bytes(os.urandom(4), "little")
+    cut = random.Random(seed).randint(1, STEPS - 2)  # signal once this many steps are logged
+    full = run_training(tiny_config(*SIGNAL_RUN[len(TINY) + len(SMALL) :]), tmp_path / "full")
+
+    run_dir = tmp_path / "cut"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _train_cmd(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    _wait_rows(run_dir, cut, proc)
+    with pytest.raises(RunLockedError, match=f"pid {proc.pid} on host"):
+        RunLock(run_dir).acquire()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, f"seed {seed}: rc {proc.returncode}\n{err[-3000:]}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stopped_at = summary["steps"]
+    assert summary["status"] == "stopped" and cut <= stopped_at < STEPS, (seed, summary)
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, stopped_at + 1))
+    import torch
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["rlvr"]["step"] == stopped_at  # the last finished step was checkpointed
+
+    resumed = subprocess.run(
+        _train_cmd(run_dir, "--resume", "auto"), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads((run_dir / "summary.json").read_text())
+    assert final["status"] == "finished" and final["steps"] == STEPS
+    assert final["controller_state"] == full["controller_state"], seed
+    assert _comparable(read_metrics(run_dir)) == _comparable(read_metrics(tmp_path / "full")), seed
+    assert len({r["alpha"] for r in read_metrics(run_dir)}) > 1  # the controller state moved
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_dir_then_sigint_stops_with_130(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    long_run = ["--set", "trainer.steps=100000"]
+    proc = subprocess.Popen(
+        _train_cmd(run_dir, *long_run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_rows(run_dir, 1, proc)
+    # a second run on the same --out (even with --resume auto) fails at once, naming the holder
+    second = subprocess.run(
+        _train_cmd(run_dir, *long_run, "--resume", "auto"), capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode != 0 and f"pid {proc.pid} on host" in second.stderr + second.stdout
+    assert proc.poll() is None and read_run_state(run_dir) == "running"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert read_run_state(run_dir) == "stopped"

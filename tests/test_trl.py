@@ -31,7 +31,7 @@ tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 
 
-def _train(trainer_class: type, out: Path, controller: Any = None, reward=None, **config: Any):  # type: ignore[no-untyped-def]
+def _train(trainer_class: type, out: Path, controller: Any = None, reward=None, before=None, **config: Any):  # type: ignore[no-untyped-def]
     kwargs: dict[str, Any] = {} if controller is None else {"controller": controller}
     trainer = trainer_class(
         model=tiny.build_model(),
@@ -41,6 +41,8 @@ def _train(trainer_class: type, out: Path, controller: Any = None, reward=None, 
         processing_class=tiny.build_tokenizer(),
         **kwargs,
     )
+    if before is not None:
+        before(trainer)
     trainer.train()
     return trainer
 
@@ -134,7 +136,20 @@ def test_plan_clip_bounds_reach_trl_loss(tmp_path: Path) -> None:
     # clip_higher: α = 0, (ε_low, ε_high) = (0.2, 0.28): TRL's own run with epsilon_high=0.28, no bonus.
     # num_iterations=2 reuses each generation for a second update, so the ratio leaves 1 and clipping acts.
     config = {"gradient_accumulation_steps": 1, "max_steps": 4, "num_iterations": 2, "learning_rate": 3e-2}
-    ours = _train(GRPOTrainer, tmp_path / "ours", "clip_higher", **config)
+
+    # TRL reads its clip bounds from trainer.epsilon_low/high: set them to the symmetric 0.2 after construction,
+    # so only the plan, applied at every loss, can bring ε_high = 0.28 back.
+    def symmetric_attributes(trainer: Any) -> None:
+        trainer.epsilon_low = trainer.epsilon_high = 0.2
+
+    ours = _train(
+        GRPOTrainer,
+        tmp_path / "ours",
+        "clip_higher",
+        before=symmetric_attributes,
+        epsilon_high=0.28,
+        **config,
+    )
     theirs = _train(trl.GRPOTrainer, tmp_path / "trl", epsilon_high=0.28, **config)
     symmetric = _train(trl.GRPOTrainer, tmp_path / "sym", **config)
     assert any(row["clip_ratio/high_mean"] > 0 for row in _step_logs(theirs))
@@ -231,6 +246,7 @@ def test_resume_restores_controller_state_and_metrics(tmp_path: Path) -> None:
         ({"entropy_coef": 0.01}, "entropy_coef=0.01.*'name': 'fixed', 'alpha': 0.01"),
         ({"loss_type": "sapo"}, "loss_type='sapo'"),
         ({"top_entropy_quantile": 0.2}, "top_entropy_quantile=0.2"),
+        ({"epsilon_high": 0.28}, r"epsilon_high=0.28 differ.*clip_high=0.2.*'clip_high': 0.28"),
     ],
 )
 def test_unsupported_trl_options_fail_before_the_model_loads(

@@ -82,6 +82,7 @@ def tiny_config(output_dir: str, **overrides: Any) -> GRPOConfig:
         "output_dir": output_dir,
         "use_cpu": True,
         "bf16": False,
+        "gradient_checkpointing": False,
         "report_to": [],
         "per_device_train_batch_size": 8,
         "num_generations": 4,

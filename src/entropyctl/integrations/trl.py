@@ -98,9 +98,23 @@ def _resolve_controller(controller: Any) -> EntropyController:
     )
 
 
-def _check_trl_args(args: Any) -> None:
-    """Refuse TRL options that would apply a second entropy term or leave the controller's clip bounds unused."""
+def _check_trl_args(args: Any, controller: EntropyController) -> None:
+    """Refuse TRL options that would apply a second entropy term or leave the controller's clip bounds unused,
+    and TRL clip bounds that disagree with the controller's (which are the ones used)."""
     problems = []
+    first = controller.plan(
+        GroupOutcome(accuracy=torch.zeros(1), group_size=1, step=0)
+    )  # pure: no state change
+    epsilon_low = getattr(args, "epsilon", first.clip_low)
+    epsilon_high = getattr(args, "epsilon_high", None)
+    epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
+    if (epsilon_low, epsilon_high) != (first.clip_low, first.clip_high):
+        problems.append(
+            f"epsilon={epsilon_low}, epsilon_high={epsilon_high} differ from the controller's clip bounds "
+            f"clip_low={first.clip_low}, clip_high={first.clip_high}, which are the ones used; set clip_low/clip_high "
+            f"in the controller (e.g. {{'name': '{controller.name}', 'clip_high': {epsilon_high}}}) or make "
+            "epsilon/epsilon_high match"
+        )
     if getattr(args, "use_adaptive_entropy", False):
         problems.append(
             "use_adaptive_entropy=True adds TRL's own adaptive entropy bonus on top of the controller's; set it to "
@@ -159,16 +173,16 @@ class GRPOTrainer(trl.GRPOTrainer):
         **kwargs: Any,
     ) -> None:
         bound = inspect.signature(trl.GRPOTrainer.__init__).bind_partial(None, *args, **kwargs)
-        if bound.arguments.get("args") is not None:
-            _check_trl_args(bound.arguments["args"])  # fail before the model is loaded
         self.controller = _resolve_controller(controller)
+        if bound.arguments.get("args") is not None:
+            _check_trl_args(bound.arguments["args"], self.controller)  # fail before the model is loaded
         if not math.isfinite(success_threshold):
             raise ValueError(
                 f"GRPOTrainer: success_threshold must be a finite number, got {success_threshold}"
             )
         self.success_threshold = float(success_threshold)
         super().__init__(*args, **kwargs)
-        _check_trl_args(self.args)
+        _check_trl_args(self.args, self.controller)
         self._accuracy_column = self._resolve_accuracy_reward(accuracy_reward)
         self.levels: list[Any] = _dataset_levels(self.train_dataset)
         self._level_index = {level: i for i, level in enumerate(self.levels)}

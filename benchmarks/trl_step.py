@@ -1,0 +1,229 @@
+"""Seconds per optimizer step of TRL's GRPOTrainer: entropyctl's `aer` vs TRL's own adaptive entropy vs no
+entropy term, side by side in one run, on the same tiny Llama (built from a config in code, no downloads),
+the same prompts, batch and seed.
+
+Arms (each a fresh trainer on an identical model copy):
+- ``trl_none``: ``trl.GRPOTrainer``, no entropy term (``entropy_coef=0``) — the baseline;
+- ``trl_adaptive``: ``trl.GRPOTrainer(use_adaptive_entropy=True)`` with ``entropy_target`` above the policy's
+  entropy so its bonus is applied every step (TRL's ±δ rule on one global coefficient);
+- ``entropyctl_aer``: ``entropyctl.integrations.trl.GRPOTrainer(controller="aer")``, per-prompt α_i,
+  window-global reading, per-level logging (the dataset has a ``level`` column).
+
+A step is timed from ``on_step_begin`` to ``on_step_end`` (generation, reward, loss, backward, optimizer
+step). The arms run in rounds, in rotated order, so a slow spell of the shared machine hits all of them;
+the table gives each arm's median and minimum over all timed steps and their ratios to ``trl_none`` (on a
+shared machine the minimum is the better estimate of the uncontended cost; both are printed).
+Target (measured, not asserted): ``entropyctl_aer`` ≤ 1.05 × ``trl_none``.
+
+    python benchmarks/trl_step.py [--rounds 4] [--steps 5] [--warmup 1] [--threads 2] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+import trl
+from datasets import Dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+
+from entropyctl.integrations.trl import GRPOTrainer
+
+ALPHABET = "0123456789+-*="
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {token: i for i, token in enumerate(SPECIALS)}
+    for char in ALPHABET:
+        vocab[char] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+
+
+def build_model(hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(SPECIALS) + len(ALPHABET),
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def build_dataset() -> Dataset:
+    rows = [
+        {"prompt": f"{a}+{b}=", "answer": str(a + b), "level": 1 if a < 10 else 2}
+        for a in range(20)
+        for b in range(50)
+    ]
+    return Dataset.from_list(rows)
+
+
+def exact_answer(prompts: list[str], completions: list[str], answer: list[str], **_: Any) -> list[float]:
+    return [1.0 if c.strip() == a else 0.0 for c, a in zip(completions, answer, strict=True)]
+
+
+def first_digit_matches(
+    prompts: list[str], completions: list[str], answer: list[str], **_: Any
+) -> list[float]:
+    """A reward a random policy sometimes earns, so group accuracies are mixed (as in real training)."""
+    return [1.0 if c[:1] == a[:1] else 0.0 for c, a in zip(completions, answer, strict=True)]
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+ARMS: dict[str, dict[str, Any]] = {
+    "trl_none": {"trainer": trl.GRPOTrainer, "config": {}, "extra": {}},
+    "trl_adaptive": {
+        "trainer": trl.GRPOTrainer,
+        "config": {"use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_target": 100.0},
+        "extra": {},
+    },
+    "entropyctl_aer": {
+        "trainer": GRPOTrainer,
+        "config": {},
+        "extra": {"controller": {"name": "aer", "alpha_0": 0.01}},
+    },
+}
+
+
+def run_arm(name: str, cli: argparse.Namespace, out_dir: str) -> list[float]:
+    arm = ARMS[name]
+    args = trl.GRPOConfig(
+        output_dir=out_dir,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        logging_steps=1,
+        seed=cli.seed,
+        learning_rate=1e-4,
+        per_device_train_batch_size=cli.prompts * cli.group,
+        num_generations=cli.group,
+        max_completion_length=cli.completion_tokens,
+        max_steps=cli.warmup + cli.steps,
+        **arm["config"],
+    )
+    timer = StepTimer()
+    trainer = arm["trainer"](
+        model=build_model(cli.hidden, cli.layers, cli.seed),
+        reward_funcs=[exact_answer, first_digit_matches],
+        args=args,
+        train_dataset=build_dataset(),
+        processing_class=build_tokenizer(),
+        callbacks=[timer],
+        **arm["extra"],
+    )
+    trainer.train()
+    return timer.seconds[cli.warmup :]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps per arm per round")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--completion-tokens", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "trl_step.json")
+    cli = parser.parse_args()
+    torch.set_num_threads(cli.threads)
+    transformers.logging.set_verbosity_error()
+
+    names = list(ARMS)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_index in range(cli.rounds):
+            order = names[round_index % len(names) :] + names[: round_index % len(names)]
+            for name in order:
+                seconds[name] += run_arm(name, cli, str(Path(tmp) / f"{name}-{round_index}"))
+
+    base = statistics.median(seconds["trl_none"])
+    base_min = min(seconds["trl_none"])
+    params = sum(p.numel() for p in build_model(cli.hidden, cli.layers, cli.seed).parameters())
+    conditions = {
+        "model": f"Llama d={cli.hidden}, {cli.layers} layers, vocab {len(SPECIALS) + len(ALPHABET)}, {params} params, fp32",
+        "batch": f"{cli.prompts} prompts x {cli.group} completions, <= {cli.completion_tokens} new tokens",
+        "steps": f"{cli.rounds} rounds x ({cli.warmup} warm-up + {cli.steps} timed) optimizer steps per arm",
+        "threads": cli.threads,
+        "device": "cpu",
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "seed": cli.seed,
+    }
+    rows = []
+    for name in names:
+        values = seconds[name]
+        median = statistics.median(values)
+        rows.append(
+            {
+                "arm": name,
+                "median_s": median,
+                "min_s": min(values),
+                "max_s": max(values),
+                "steps": len(values),
+                "ratio_to_trl_none": median / base,
+                "min_ratio_to_trl_none": min(values) / base_min,
+            }
+        )
+    print("\n".join(f"{k}: {v}" for k, v in conditions.items()))
+    print("\n| arm | median s/step | min | max | steps | median / trl_none | min / trl_none |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['arm']} | {row['median_s']:.3f} | {row['min_s']:.3f} | {row['max_s']:.3f} | "
+            f"{row['steps']} | {row['ratio_to_trl_none']:.3f} | {row['min_ratio_to_trl_none']:.3f} |"
+        )
+    cli.out.parent.mkdir(parents=True, exist_ok=True)
+    cli.out.write_text(json.dumps({"conditions": conditions, "rows": rows, "seconds": seconds}, indent=1))
+    print(f"\nwrote {cli.out}")
+
+
+if __name__ == "__main__":
+    main()

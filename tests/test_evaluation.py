@@ -97,3 +97,41 @@ def test_evaluate_problems_counts_correct_samples() -> None:
     assert result["pass@1"] == pytest.approx((1 + 0.25 + 0) / 3)
     assert result["pass@4"] == pytest.approx((1 + 1 + 0) / 3)
     assert result["by_level"]["2"]["pass@4"] == 0.0
+
+
+# ------------------------------------------------------------- evaluate == the run's own evaluation
+
+
+@pytest.mark.slow
+def test_evaluate_equals_the_summary_after_evaluation(tmp_path, capsys) -> None:
+    # The same checkpoint, seed, problems and samples per problem: `entropyctl evaluate` on the run dir
+    # reproduces summary.json's "after" pass@k exactly, and both say which seed and sample count they used.
+    import json
+
+    from trainer_helpers import tiny_config
+
+    from entropyctl import cli
+    from entropyctl.train import run_training
+
+    config = tiny_config(
+        "trainer.steps=2", "eval.before=false", "eval.n_prompts=12", "eval.n_samples=4", "eval.ks=[1,2,4]"
+    )
+    run_dir = tmp_path / "run"
+    summary = run_training(config, run_dir)
+    after = summary["after"]
+    assert after["seed"] == config.seed and after["n_samples"] == 4
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(run_dir), "--json", str(tmp_path / "eval.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"seed {config.seed}, 4 samples per problem, 12 problems" in out
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("pass@1", "pass@2", "pass@4", "n_samples", "n_problems", "seed"):
+        assert evaluated[key] == after[key], key
+    assert 0.0 < after["pass@4"]  # a non-trivial comparison: some samples are right
+    # A different seed draws a different stream (so the equality above is not vacuous).
+    capsys.readouterr()
+    cli.main(
+        ["evaluate", "--checkpoint", str(run_dir), "--seed", "12345", "--json", str(tmp_path / "e2.json")]
+    )
+    other = json.loads((tmp_path / "e2.json").read_text())
+    assert other["seed"] == 12345

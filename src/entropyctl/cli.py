@@ -289,9 +289,25 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE|synthetic",
         help="held-out problems: 'synthetic' or a JSONL/Parquet file",
     )
-    parser.add_argument("--k", default="1,4,8", help="comma-separated k of pass@k (default 1,4,8)")
-    parser.add_argument("--n", type=int, default=None, help="samples per problem (default: the largest k)")
-    parser.add_argument("--problems", type=int, default=200, help="number of problems (default 200)")
+    parser.add_argument(
+        "--k", default=None, help="comma-separated k of pass@k (default: the run's eval.ks, else 1,4,8)"
+    )
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="samples per problem (default: the run's eval.n_samples, at least max k)",
+    )
+    parser.add_argument(
+        "--problems", type=int, default=None, help="number of problems (default: the run's eval.n_prompts)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the sampling stream (default: the run's seed; with the run's defaults the numbers "
+        "equal its summary.json 'after' evaluation)",
+    )
     parser.add_argument(
         "--temperature", type=float, default=None, help="sampling temperature (default: the run's, else 1.0)"
     )

@@ -242,10 +242,16 @@ def run_evaluate_cli(args: Any) -> int:
     from entropyctl.rewards import get_reward
     from entropyctl.train import build_data, build_prompt_encoder
 
-    ks = parse_ks(args.k)
-    n = args.n or max(ks)
     config, policy, tokenizer = _load_for_evaluation(args.checkpoint, args.overrides)
-    config = config.model_copy(update={"eval": config.eval.model_copy(update={"n_prompts": args.problems})})
+    # Defaults are the run's own evaluation settings, so that with them the result equals summary.json's
+    # "after" evaluation: same problems, same samples per problem, same seeded sampling stream.
+    ks = parse_ks(args.k) if args.k else list(config.eval.ks)
+    n = args.n or max(config.eval.n_samples, max(ks))
+    seed = config.seed if args.seed is None else int(args.seed)
+    if args.problems is not None:
+        config = config.model_copy(
+            update={"eval": config.eval.model_copy(update={"n_prompts": args.problems})}
+        )
     if args.data == "synthetic":
         if config.data.source != "synthetic":
             config = config.model_copy(
@@ -281,7 +287,8 @@ def run_evaluate_cli(args: Any) -> int:
         comp = engine.generate(
             [encode(p.prompt) for p in batch],
             n_samples,
-            replace(sampling, seed=derive_seed("evaluate", config.seed, calls[0])),
+            # the stream of RLVRModule.evaluate_heldout("after") on one process
+            replace(sampling, seed=derive_seed("eval", seed, "after", 0, calls[0])),
         )
         texts = engine.decode(comp)
         return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(batch))]
@@ -299,9 +306,12 @@ def run_evaluate_cli(args: Any) -> int:
         )
     finally:
         reward.close()
+    result["seed"] = seed
+    result["n_samples"] = n
     result["checkpoint"] = str(args.checkpoint)
     result["data"] = args.data
     result["temperature"] = temperature
+    print(f"seed {seed}, {n} samples per problem, {len(problems)} problems, temperature {temperature}")
     print(format_eval_table(result, f"{args.checkpoint} on {args.data}"))
     print(json.dumps(result, indent=2))
     if args.json:

@@ -909,8 +909,14 @@ class RLVRModule(pl.LightningModule):
             for p, c in zip(problems, full, strict=True)
         ]
         result = summarize_pass_at_k(outcomes, e.ks)
+        result["seed"] = int(self.config.seed)
         self.eval_seconds += time.perf_counter() - started
         if rank == 0:
             keys = [k for k in result if k.startswith("pass@")]
-            print(f"[entropyctl] eval {tag}: " + ", ".join(f"{k}={result[k]:.3f}" for k in keys), flush=True)
+            print(
+                f"[entropyctl] eval {tag}: "
+                + ", ".join(f"{k}={result[k]:.3f}" for k in keys)
+                + f" (seed {self.config.seed}, {e.n_samples} samples x {len(problems)} problems)",
+                flush=True,
+            )
         return result

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -223,6 +224,67 @@ def fmt_gb(b: float) -> str:
     return f"{b / GIB:.2f}"
 
 
+ACCURACY_SHAPES = [(81, 72, 4826, 1.31), (256, 64, 32000, 0.5), (256, 64, 32000, 0.8), (256, 64, 32000, 1.0),
+                   (256, 64, 32000, 1.5), (128, 128, 65536, 1.2), (512, 256, 8192, 0.7)]  # fmt: skip
+
+
+def run_accuracy(args: argparse.Namespace) -> int:
+    """Max |error| against fp64 of fp32 entropy and log-probs, per path, on the same inputs.
+
+    Inputs are fp32 hidden [N, d] ~ N(0, 1) and weight [V, d] ~ N(0, 4/d) (logit std ≈ 2); the fp64
+    reference runs the full-logits formula on the same fp32 values upcast. ``eps·|z|max`` is the scale of
+    the unavoidable error (rounding of the fp32 logits themselves).
+    """
+    import torch
+
+    from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
+    from entropyctl.ops.losses import fused_policy_loss
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    rows = []
+    for seed, (n, d, v, t) in enumerate(ACCURACY_SHAPES):
+        g = torch.Generator().manual_seed(seed)
+        hidden = torch.randn(n, d, generator=g)
+        weight = torch.randn(v, d, generator=g) * (2.0 / math.sqrt(d))
+        targets = torch.randint(0, v, (n,), generator=g)
+        lp64, h64 = token_logprob_entropy(hidden.double() @ weight.double().T, targets, t)
+        with torch.no_grad():
+            lp_f, h_f = fused_logprob_entropy(hidden, weight, targets, temperature=t)
+            lp_r, h_r = token_logprob_entropy(hidden @ weight.T, targets, t)
+            zeros = torch.zeros(n)
+            loss = fused_policy_loss(hidden, weight, targets, lp_r, zeros, 0.01, torch.ones(n), 0.2, 0.28, t)
+
+        def err(x: torch.Tensor, ref: torch.Tensor) -> float:
+            return float((x.double() - ref).abs().max())
+
+        zmax = float((hidden @ weight.T).abs().max()) / t
+        rows.append(
+            {
+                "N": n, "d": d, "V": v, "T": t, "mean_entropy": float(h64.mean()),
+                "eps_zmax": torch.finfo(torch.float32).eps * zmax,
+                "entropy_fused": err(h_f, h64), "entropy_reference": err(h_r, h64),
+                "entropy_policy_loss": err(loss.entropy, h64),
+                "logprob_fused": err(lp_f, lp64), "logprob_reference": err(lp_r, lp64),
+            }
+        )  # fmt: skip
+    head = "| N | d | V | T | H (mean) | ε·max(abs z) | entropy: fused | reference (full logits) | fused_policy_loss | fused / reference | log-prob: fused | reference |"
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['N']} | {r['d']} | {r['V']} | {r['T']} | {r['mean_entropy']:.2f} | {r['eps_zmax']:.1e} | "
+            f"{r['entropy_fused']:.1e} | {r['entropy_reference']:.1e} | {r['entropy_policy_loss']:.1e} | "
+            f"{r['entropy_fused'] / r['entropy_reference']:.2f} | {r['logprob_fused']:.1e} | {r['logprob_reference']:.1e} |"
+        )
+    print("\n".join(lines))
+    out = Path(args.out or "benchmarks/results/entropy_accuracy.json")
+    conditions = {"torch": torch.__version__, "cpu": cpu_name(), "threads": torch.get_num_threads(), "dtype": "fp32",
+                  "reference": "fp64 full logits on the same fp32 inputs", "metric": "max |error| over tokens"}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"conditions": conditions, "results": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a small subset (N=512, V=8000) to check the script")
@@ -260,8 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="JSON path (default benchmarks/results/entropy_path_<device>.json)"
     )
     ap.add_argument("--render", default=None, help="print the markdown table of an existing JSON and exit")
+    ap.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="instead of timing: fp32 entropy / log-prob error against fp64 on random shapes and temperatures "
+        "(fused, full-logits reference and fused_policy_loss paths); table + JSON (entropy_accuracy.json)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.accuracy:
+        return run_accuracy(args)
 
     if args.render is not None:
         data = json.loads(Path(args.render).read_text())

@@ -182,6 +182,7 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
     from entropyctl.checkpoints import CheckpointError, load_checkpoint
     from entropyctl.config import RunConfig, load_run_config, parse_run_config
     from entropyctl.integrations.transformers import load_policy
+    from entropyctl.train import reasoning_gym_task
 
     path = Path(target).expanduser()
     ckpt: Path | None = None
@@ -207,7 +208,9 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
             raise CheckpointError(
                 f"{ckpt}: its state_dict holds no policy weights ('policy.*'); nothing to evaluate"
             )
-        policy, tokenizer = load_policy(config.model)
+        # a tiny model trained on a reasoning-gym task has that task's alphabet
+        task = reasoning_gym_task(config) if config.data.source == "reasoning_gym" else None
+        policy, tokenizer = load_policy(config.model, task=task)
         missing, unexpected = policy.load_state_dict(weights, strict=False)
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
             raise CheckpointError(
@@ -253,7 +256,7 @@ def run_evaluate_cli(args: Any) -> int:
             update={"eval": config.eval.model_copy(update={"n_prompts": args.problems})}
         )
     if args.data == "synthetic":
-        if config.data.source != "synthetic":
+        if config.data.source not in ("synthetic", "reasoning_gym"):  # a reasoning-gym run: its own split
             config = config.model_copy(
                 update={"data": config.data.model_copy(update={"source": "synthetic"})}
             )

@@ -11,8 +11,12 @@ For each completion:
    ``timeout``), the same process-safe mechanism as the ``math`` reward.
 
 The score is the reward, partial credit included (some datasets give scores between 0 and 1);
-status ``correct`` means score == 1, anything less is ``wrong``, an empty completion ``no_answer``
-(score 0, the verifier is not asked), a verifier that raises ``parse_error`` (score 0).
+status ``correct`` means score == 1 exactly, anything else is ``wrong``, an empty completion
+``no_answer`` (score 0, the verifier is not asked), a verifier that raises ``parse_error`` (score 0).
+A score that is not exactly 1 is clipped to ``[0, BELOW_ONE]``, ``BELOW_ONE`` = 1 − 2⁻²⁴ the largest
+float32 below 1: the trainer holds rewards in float32 and counts a solve as reward == 1, and a
+verifier's float error must not turn into a solve there (reasoning-gym 0.1.25's ``spell_backward``
+scores a wrong answer 0.9999999999999999 or 1.0000000000000002, which float32 rounds to 1).
 The gold answers must be :class:`~entropyctl.data.reasoning_gym.GoldAnswer` objects, i.e. problems
 from ``data.source: reasoning_gym``.
 """
@@ -41,7 +45,10 @@ from entropyctl.rewards.math import (
 )
 from entropyctl.rewards.registry import RewardFunction
 
-__all__ = ["ReasoningGymReward", "ReasoningGymVerifier", "extract_final_answer"]
+__all__ = ["BELOW_ONE", "ReasoningGymReward", "ReasoningGymVerifier", "extract_final_answer"]
+
+#: The largest float32 below 1: the most a score that is not exactly 1 may give.
+BELOW_ONE = 1.0 - 2.0**-24
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _ANSWER_LINE = re.compile(
@@ -164,7 +171,9 @@ class ReasoningGymVerifier(MathVerifier):
         if "error" in reply:
             return 0.0, "parse_error", str(reply["error"])
         score = float(reply["score"])
-        return score, "correct" if score >= 1.0 else "wrong", ""
+        if score == 1.0:
+            return 1.0, "correct", ""
+        return min(max(score, 0.0), BELOW_ONE), "wrong", ""
 
 
 class ReasoningGymReward(RewardFunction):

@@ -354,8 +354,8 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 def _parse_scalar(text: str) -> Any:
     # YAML 1.1 reads "1e-3" as a string; users mean a number.
     if _NUMBER.match(text.strip()):
-        value = float(text)
-        return int(value) if re.match(r"^[+-]?\d+$", text.strip()) else value
+        # int(text), not int(float(text)): 12345678901234567 stays exact.
+        return int(text.strip()) if re.match(r"^[+-]?\d+$", text.strip()) else float(text)
     try:
         return yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -690,7 +690,86 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
         ):
             data["controller"] = {"name": value.strip()}
     data = apply_overrides(data, overrides)
-    return parse_run_config(data, source=str(source))
+    try:
+        return parse_run_config(data, source=str(source))
+    except ConfigError as err:
+        raise _name_the_overrides(err, overrides, str(source)) from None
+
+
+#: fields users reach for under another name (other tools' spelling, or an older entropyctl's)
+KNOWN_RENAMES = {
+    "trainer.max_steps": "trainer.steps",
+    "trainer.max_epochs": "trainer.steps",
+    "trainer.num_steps": "trainer.steps",
+    "optim.learning_rate": "optim.lr",
+    "rollout.num_generations": "rollout.group_size",
+    "rollout.n": "rollout.group_size",
+    "algorithm.beta": "algorithm.kl_coef",
+}
+
+
+def _fields_at(path: str) -> list[str] | None:
+    """The field names of the config section holding ``path`` (``trainer.devcies`` → TrainerConfig's)."""
+    model: Any = RunConfig
+    for part in path.split(".")[:-1]:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        model = fields[part].annotation
+        if not isinstance(model, type) or not issubclass(model, BaseModel):
+            return None
+    fields = getattr(model, "model_fields", None)
+    return list(fields) if fields else None
+
+
+def suggest_field(path: str) -> str | None:
+    """``trainer.devcies`` → ``trainer.devices``; ``trainer.max_steps`` → ``trainer.steps``; else None."""
+    import difflib
+
+    if path in KNOWN_RENAMES:
+        return KNOWN_RENAMES[path]
+    fields = _fields_at(path)
+    if not fields:
+        return None
+    head, _, last = path.rpartition(".")
+    close = difflib.get_close_matches(last, fields, n=1, cutoff=0.6)
+    return f"{head}.{close[0]}" if close and head else (close[0] if close else None)
+
+
+def _same_field(error_path: str, key: str) -> bool:
+    # A controller's flat field may be reported inside its part: controller.tau -> controller.anchor.tau.
+    if error_path == key:
+        return True
+    error_parts, key_parts = error_path.split("."), key.split(".")
+    return (
+        len(error_parts) > len(key_parts) >= 2
+        and error_parts[0] == key_parts[0]
+        and error_parts[-1] == key_parts[-1]
+    )
+
+
+def _name_the_overrides(err: ConfigError, overrides: Sequence[str], source: str) -> ConfigError:
+    """Errors caused by a ``--set`` are reported against it (``--set controller.tau=-1: must be > 0``),
+    not against the file the other values came from; an unknown field gets the closest valid one."""
+    keys = [(override, override.partition("=")[0].strip()) for override in overrides]
+    from_set, from_file = [], []
+    for line in err.errors:
+        path, sep, message = line.partition(": ")
+        hint = ""
+        if sep and message.startswith("unknown field"):
+            suggestion = suggest_field(path)
+            if suggestion is not None:
+                hint = f"; did you mean {suggestion}?"
+                message = "unknown field"
+        override = next((o for o, key in reversed(keys) if sep and _same_field(path, key)), None)
+        if override is not None:
+            message = re.sub(r" \(got .*\)$", "", message, flags=re.DOTALL)
+            from_set.append(f"--set {override}: {message}{hint}")
+        else:
+            from_file.append(f"{line}{hint}" if hint and sep else line)
+    if not from_file:
+        return ConfigError(from_set)
+    return ConfigError([*from_set, *from_file], source=source)
 
 
 __all__ += [

@@ -224,8 +224,9 @@ class GRPOTrainer(trl.GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        assert self._rewards_per_func is not None
+        assert self._rewards_per_func is not None, "TRL scored no rewards for this batch"
         correct = self._completion_correct(self._rewards_per_func).cpu()
+        self._rewards_per_func = None  # never reused by a later batch
         self._outcome[mode] = GroupOutcome(
             accuracy=correct.view(-1, group_size).mean(dim=1),
             group_size=group_size,

@@ -62,7 +62,8 @@ def test_arms_from_yaml_file_and_mappings(tmp_path: Path) -> None:
 
 def test_same_controller_keeps_base_fields_other_controller_starts_from_defaults() -> None:
     aer = resolve_arm_config(BASE, parse_arm("aer:tau=0.2"), seed=1)
-    assert aer["controller"]["tau"] == 0.2 and aer["controller"]["eta"] == 0.02  # base eta kept
+    # base eta kept (the flat form: the additive rule)
+    assert aer["controller"]["anchor"]["tau"] == 0.2 and aer["controller"]["update"]["eta"] == 0.02
     assert aer["seed"] == 1 and aer["trainer"] == {"steps": 10}
     target = resolve_arm_config(BASE, parse_arm("target"), seed=1)
     assert target["controller"]["name"] == "target"
@@ -118,7 +119,7 @@ def test_shipped_ablation_config_plans_every_arm(tmp_path: Path) -> None:
     by_label = {s.arm.label: s.config for s in specs if s.seed == 0}
     assert by_label["fixed:alpha=0"]["controller"]["alpha"] == 0.0
     absolute = by_label["aer:anchor=absolute,target_entropy=0.3"]["controller"]
-    assert absolute["anchor"] == "absolute" and absolute["target_entropy"] == 0.3
+    assert absolute["anchor"] == {"mode": "absolute", "target_entropy": 0.3}
     # Every arm shares everything but the controller: same data, optimiser and trainer sections.
     shared = {k: v for k, v in by_label["aer"].items() if k != "controller"}
     for config in by_label.values():
@@ -147,4 +148,5 @@ def test_shipped_collapse_config_is_the_study_config_on_level_2_for_longer(tmp_p
     specs = plan_runs(collapse, arms, list(range(section["seeds"])), tmp_path)
     assert len(specs) == 3 * section["seeds"]
     capped = [s.config["controller"] for s in specs if s.arm.label == "aer:alpha_max=0.2"][0]
-    assert capped["alpha_max"] == 0.2 and capped["tau"] == 0.4 and capped["eta"] == 0.05
+    assert capped["update"] == {"rule": "additive", "alpha_min": 0.0, "alpha_max": 0.2, "eta": 0.05}
+    assert capped["anchor"]["tau"] == 0.4

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from entropyctl.ablation import parse_arms, plan_runs
+from entropyctl.ablation import canonical_config, parse_arms, plan_runs
 from entropyctl.config import parse_run_config
 from entropyctl.report import write_report
 
@@ -86,9 +86,12 @@ def test_committed_runs_used_the_shipped_config(run: Path, config_path: str) -> 
     arms = parse_arms(base["ablation"]["arms"], where="ablation.arms")
     specs = plan_runs(base, arms, list(range(base["ablation"]["seeds"])), run)
     for spec in specs:
-        assert yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text()) == spec.config, spec.run_dir
-        written = yaml.safe_load((spec.run_dir / "config.yaml").read_text())
-        expected = parse_run_config(spec.config).model_dump(mode="json")
-        assert _without_command_line_settings(written) == _without_command_line_settings(expected), (
-            spec.run_dir
-        )
+        # The runs were launched with the first release's flat controller form: it must still read
+        # as exactly the controller they ran (canonical_config parses both sides the same way).
+        launched = yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text())
+        assert canonical_config(launched) == canonical_config(spec.config), spec.run_dir
+        written = parse_run_config(yaml.safe_load((spec.run_dir / "config.yaml").read_text()))
+        expected = parse_run_config(spec.config)
+        assert _without_command_line_settings(
+            written.model_dump(mode="json")
+        ) == _without_command_line_settings(expected.model_dump(mode="json")), spec.run_dir

@@ -9,11 +9,19 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 
 from entropyctl.config import (
+    AbsoluteAnchor,
+    AdditiveUpdate,
     AERConfig,
     ConfigError,
     ControllerField,
     FixedConfig,
+    InitialAnchor,
+    LogUpdate,
+    NoUpdate,
+    RelativeUpdate,
     TargetConfig,
+    ThresholdAllocation,
+    UniformAllocation,
     apply_overrides,
     format_validation_error,
     load_yaml,
@@ -30,46 +38,108 @@ def error_of(config: object) -> str:
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        # coefficients ≥ 0
+        # coefficients ≥ 0; the relative rule's floor > 0 (log α must exist)
         ({"name": "fixed", "alpha": -0.1}, "controller.alpha: must be ≥ 0"),
-        ({"name": "aer", "alpha_min": -1e-3}, "controller.alpha_min: must be ≥ 0"),
-        ({"name": "target", "eta": -0.5}, "controller.eta: must be ≥ 0"),
-        ({"name": "aer", "delta": -1.0}, "controller.delta: must be ≥ 0"),
+        (
+            {"name": "aer", "update": {"rule": "additive", "alpha_min": -1e-3}},
+            "controller.update.alpha_min: must be ≥ 0",
+        ),
+        ({"name": "aer", "alpha_min": 0.0}, "controller.update.alpha_min: must be > 0 (got 0.0)"),
+        (
+            {"name": "target", "update": {"rule": "additive", "eta": -0.5}},
+            "controller.update.eta: must be ≥ 0",
+        ),
+        ({"name": "aer", "update": {"rule": "sign", "delta": -1.0}}, "controller.update.delta: must be ≥ 0"),
+        ({"name": "aer", "update": {"step": 0.0}}, "controller.update.step: must be > 0"),
+        ({"name": "aer", "update": {"step": 1.5}}, "controller.update.step: must be ≤ 1"),
+        ({"name": "aer", "update": {"smoothing": 1.0}}, "controller.update.smoothing: must be < 1"),
         # alpha_min ≤ alpha_0 ≤ alpha_max
         (
-            {"name": "aer", "alpha_0": 0.5, "alpha_max": 0.1},
-            "controller.alpha_0: must be ≤ alpha_max = 0.1 (got 0.5)",
+            {"name": "aer", "alpha_0": 0.5, "update": {"alpha_max": 0.1}},
+            "controller.alpha_0: must be ≤ update.alpha_max = 0.1 (got 0.5)",
         ),
         (
-            {"name": "aer", "alpha_0": 0.01, "alpha_min": 0.02},
-            "controller.alpha_0: must be ≥ alpha_min = 0.02",
+            {"name": "aer", "alpha_0": 0.01, "update": {"alpha_min": 0.02}},
+            "controller.alpha_0: must be ≥ update.alpha_min = 0.02",
         ),
-        ({"name": "target", "alpha_min": 0.2, "alpha_max": 0.1}, "controller.alpha_min: must be ≤ alpha_max"),
+        (
+            {"name": "target", "update": {"rule": "sign", "alpha_min": 0.2, "alpha_max": 0.1}},
+            "controller.update.alpha_min: must be ≤ alpha_max",
+        ),
         # 0 < tau ≤ 1
-        ({"name": "aer", "tau": 0.0}, "controller.tau: must be > 0"),
-        ({"name": "aer", "tau": 1.5}, "controller.tau: must be ≤ 1"),
-        # 0 ≤ rho ≤ 1
-        ({"name": "aer", "rho": -0.1}, "controller.rho: must be ≥ 0"),
-        ({"name": "aer", "rho": 1.1}, "controller.rho: must be ≤ 1"),
+        ({"name": "aer", "anchor": {"tau": 0.0}}, "controller.anchor.tau: must be > 0"),
+        ({"name": "aer", "tau": 1.5}, "controller.anchor.tau: must be ≤ 1"),
+        # 0 ≤ accuracy_threshold ≤ 1 (the first release's rho)
+        ({"name": "aer", "rho": -0.1}, "controller.allocation.accuracy_threshold: must be ≥ 0"),
+        (
+            {"name": "aer", "allocation": {"accuracy_threshold": 1.1}},
+            "controller.allocation.accuracy_threshold: must be ≤ 1",
+        ),
         # clip bounds > 0
         ({"name": "clip_higher", "clip_high": 0.0}, "controller.clip_high: must be > 0"),
         ({"name": "fixed", "clip_low": -0.2}, "controller.clip_low: must be > 0"),
         # finite numbers only
-        ({"name": "aer", "eta": float("nan")}, "controller.eta: must be a finite number"),
-        ({"name": "fixed", "alpha": float("inf")}, "controller.alpha: must be a finite number"),
-        # anchor_steps ≥ 1, absolute anchor needs a target
-        ({"name": "aer", "anchor_steps": 0}, "controller.anchor_steps: must be ≥ 1"),
         (
-            {"name": "target", "anchor": "absolute"},
-            "controller.target_entropy: required when anchor is 'absolute'",
+            {"name": "aer", "update": {"step": float("nan")}},
+            "controller.update.step: must be a finite number",
+        ),
+        ({"name": "fixed", "alpha": float("inf")}, "controller.alpha: must be a finite number"),
+        # anchor steps ≥ 1, absolute anchor needs a target
+        ({"name": "aer", "anchor_steps": 0}, "controller.anchor.steps: must be ≥ 1"),
+        (
+            {"name": "target", "anchor": {"mode": "absolute"}},
+            "controller.anchor.target_entropy: required field is missing",
         ),
         # choices and unknown fields
         (
             {"name": "aer", "update": "momentum"},
-            "controller.update: must be one of 'additive', 'sign' or 'log'",
+            "controller.update: must be one of 'relative', 'additive', 'sign', 'log', 'none' (got 'momentum')",
         ),
-        ({"name": "aer", "allocation": "soft"}, "controller.allocation: must be one of"),
+        ({"name": "aer", "update": {"rule": "momentum"}}, "controller.update: must be one of 'relative'"),
+        ({"name": "aer", "allocation": "soft"}, "controller.allocation: must be one of 'threshold'"),
         ({"name": "aer", "tau ": 0.4}, "controller.tau : unknown field (valid fields: name, alpha_0"),
+        # an option the chosen variant does not use is an error, in the nested and the flat form
+        (
+            {"name": "aer", "update": {"rule": "sign", "eta": 0.1}},
+            "controller.update.eta: unknown field (valid fields: rule, alpha_min, alpha_max, delta)",
+        ),
+        (
+            {"name": "aer", "update": "sign", "eta": 0.1},
+            "controller.eta: the update rule 'sign' does not use eta",
+        ),
+        (
+            {"name": "aer", "update": {"rule": "additive", "delta": 0.1}},
+            "controller.update.delta: unknown field",
+        ),
+        (
+            {"name": "aer", "anchor": {"mode": "absolute", "target_entropy": 0.3, "tau": 0.3}},
+            "controller.anchor.tau: unknown field",
+        ),
+        (
+            {"name": "aer", "anchor": "absolute", "target_entropy": 0.3, "tau": 0.3},
+            "controller.tau: the anchor mode 'absolute' does not use tau",
+        ),
+        (
+            {"name": "aer", "target_entropy": 0.3},
+            "controller.target_entropy: the anchor mode 'initial' does not use target_entropy",
+        ),
+        (
+            {"name": "aer", "allocation": {"rule": "linear", "accuracy_threshold": 0.7}},
+            "controller.allocation.accuracy_threshold: unknown field",
+        ),
+        (
+            {"name": "aer", "allocation": "linear", "rho": 0.7},
+            "controller.rho: the allocation rule 'linear' does not use rho",
+        ),
+        (
+            {"name": "aer", "update": {"rule": "none", "alpha_max": 0.1}},
+            "controller.update.alpha_max: unknown field",
+        ),
+        (
+            {"name": "target", "update": {"rule": "none"}},
+            "controller.update: must be one of 'relative', 'additive', 'sign', 'log'",
+        ),
+        ({"name": "aer", "dynamic": "maybe"}, "controller.dynamic: must be true or false"),
     ],
 )
 def test_each_validation_rule_names_its_field(config: dict, expected: str) -> None:
@@ -89,31 +159,73 @@ def test_missing_name_and_non_mapping() -> None:
 
 
 def test_several_errors_are_reported_together_one_line_each() -> None:
-    message = error_of({"name": "aer", "tau": 2.0, "rho": -1.0, "eta": float("inf")})
+    message = error_of(
+        {
+            "name": "aer",
+            "anchor": {"tau": 2.0},
+            "allocation": {"accuracy_threshold": -1.0},
+            "update": {"step": float("inf")},
+        }
+    )
     lines = [line.strip() for line in message.splitlines()]
     assert lines[0] == "invalid configuration:"
     assert {line.split(":")[0] for line in lines[1:]} == {
-        "controller.tau",
-        "controller.rho",
-        "controller.eta",
+        "controller.anchor.tau",
+        "controller.allocation.accuracy_threshold",
+        "controller.update.step",
     }
 
 
 def test_defaults_and_round_trip() -> None:
     aer = parse_controller_config({"name": "aer"})
     assert isinstance(aer, AERConfig)
-    assert (aer.tau, aer.rho, aer.allocation, aer.update, aer.anchor) == (
-        0.4,
-        0.5,
-        "threshold",
-        "additive",
-        "initial",
+    assert aer.update == RelativeUpdate(
+        step=0.1, proportional=1.0, smoothing=0.5, alpha_min=1e-5, alpha_max=1.0
     )
-    assert (
-        aer.step_size == 0.002 and parse_controller_config({"name": "aer", "update": "log"}).step_size == 0.5
-    )
+    assert aer.anchor == InitialAnchor(tau=0.4, steps=1)
+    assert aer.allocation == ThresholdAllocation(accuracy_threshold=0.5)
+    assert parse_controller_config({"name": "aer", "update": "log"}).update == LogUpdate(eta=0.5)
+    assert parse_controller_config({"name": "aer", "update": "additive"}).update == AdditiveUpdate(eta=0.002)
     assert parse_controller_config(aer.model_dump()) == aer
     assert parse_controller_config("target") == TargetConfig()
+    # a nested part without its rule/mode is the default variant
+    assert parse_controller_config({"name": "aer", "update": {"step": 0.3}}).update == RelativeUpdate(
+        step=0.3
+    )
+
+
+def test_the_first_release_flat_form_reads_as_it_did() -> None:
+    """Flat keys of the first release move into their part with their old meaning: with eta/delta or
+    `update: <name>` the rule is the old default additive; `dynamic: false` and
+    `difficulty_aware: false` drop the options they switched off (the first release ignored them)."""
+    old = {
+        "name": "aer",
+        "alpha_0": 0.005,
+        "alpha_min": 0.0,
+        "alpha_max": 0.05,
+        "eta": 0.05,
+        "tau": 0.4,
+        "rho": 0.5,
+    }
+    assert parse_controller_config(old) == AERConfig(
+        alpha_0=0.005,
+        update=AdditiveUpdate(eta=0.05, alpha_min=0.0, alpha_max=0.05),
+        anchor=InitialAnchor(tau=0.4),
+        allocation=ThresholdAllocation(accuracy_threshold=0.5),
+    )
+    switched = parse_controller_config({**old, "dynamic": False, "difficulty_aware": False, "rho": 0.3})
+    assert switched.update == NoUpdate() and switched.allocation == UniformAllocation()
+    absolute = parse_controller_config({**old, "anchor": "absolute", "target_entropy": 0.3})
+    assert absolute.anchor == AbsoluteAnchor(target_entropy=0.3)  # tau 0.4 was the default: dropped
+    # everything the first release wrote into a run directory's config.yaml (all fields, defaults
+    # included, e.g. delta with the additive rule and target_entropy: null)
+    full = {**old, "update": "additive", "delta": 0.0001, "anchor": "initial", "anchor_steps": 1,
+            "target_entropy": None, "allocation": "threshold", "difficulty_aware": True, "dynamic": True,
+            "clip_low": 0.2, "clip_high": 0.2}  # fmt: skip
+    assert parse_controller_config(full) == parse_controller_config(old)
+    # a flat key merges into a nested part (overrides on a nested config: --set controller.tau=0.3)
+    merged = parse_controller_config({"name": "aer", "update": {"step": 0.2}, "tau": 0.3, "alpha_max": 0.5})
+    assert merged.anchor.tau == 0.3 and merged.update == RelativeUpdate(step=0.2, alpha_max=0.5)
 
 
 def test_load_yaml_and_its_errors(tmp_path: Path) -> None:
@@ -175,9 +287,9 @@ def test_controller_field_in_a_run_config() -> None:
     assert _Run.model_validate({"controller": "target"}).controller == TargetConfig()
     assert _Run.model_validate(run.model_dump()).controller == run.controller  # dump → load
     with pytest.raises(ValidationError) as info:
-        _Run.model_validate({"controller": {"name": "aer", "alpha_0": 0.5}})
+        _Run.model_validate({"controller": {"name": "aer", "alpha_0": 1.5}})
     assert format_validation_error(info.value, model=_Run) == [
-        "controller.alpha_0: must be ≤ alpha_max = 0.05 (got 0.5)"
+        "controller.alpha_0: must be ≤ update.alpha_max = 1.0 (got 1.5)"
     ]
     with pytest.raises(ValidationError) as info:
         _Run.model_validate({"controller": {"name": "nope"}})

@@ -33,28 +33,57 @@ readings = st.lists(
 accuracies = st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=12)
 
 
+UPDATE_RULES = ["relative", "additive", "sign", "log"]
+
+
 @st.composite
-def adaptive_configs(draw: st.DrawFn, name: str) -> dict[str, Any]:
-    alpha_min, alpha_0, alpha_max = sorted(draw(st.lists(st.floats(0.0, 0.2), min_size=3, max_size=3)))
+def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
+    rule = rule or draw(st.sampled_from(UPDATE_RULES))
+    low = 1e-6 if rule == "relative" else 0.0
+    alpha_min, alpha_max = sorted(draw(st.lists(st.floats(low, 0.2), min_size=2, max_size=2)))
+    update: dict[str, Any] = {"rule": rule, "alpha_min": alpha_min, "alpha_max": alpha_max}
+    if rule == "relative":
+        update.update(
+            step=draw(st.floats(1e-3, 1.0)),
+            proportional=draw(st.floats(0.0, 5.0)),
+            smoothing=draw(st.floats(0.0, 0.99)),
+        )
+    elif rule in ("additive", "log"):
+        update["eta"] = draw(st.floats(0.0, 5.0))
+    else:
+        update["delta"] = draw(st.floats(0.0, 0.05))
+    return update
+
+
+@st.composite
+def adaptive_configs(draw: st.DrawFn, name: str, rule: str | None = None) -> dict[str, Any]:
+    update = draw(update_configs(rule))
+    if name == "aer" and rule is None and draw(st.integers(0, 4)) == 0:
+        update = {"rule": "none"}
+    low, high = (update["alpha_min"], update["alpha_max"]) if "alpha_min" in update else (0.0, 0.2)
+    anchor = draw(
+        st.one_of(
+            st.builds(
+                lambda t, n: {"mode": "initial", "tau": t, "steps": n},
+                st.floats(0.01, 1.0),
+                st.integers(1, 3),
+            ),
+            st.builds(lambda h: {"mode": "absolute", "target_entropy": h}, st.floats(0.0, 3.0)),
+        )
+    )
     config: dict[str, Any] = {
         "name": name,
-        "alpha_min": alpha_min,
-        "alpha_0": alpha_0,
-        "alpha_max": alpha_max,
-        "eta": draw(st.one_of(st.none(), st.floats(0.0, 5.0))),
-        "delta": draw(st.floats(0.0, 0.05)),
-        "update": draw(st.sampled_from(["additive", "sign", "log"])),
-        "anchor": draw(st.sampled_from(["initial", "absolute"])),
-        "target_entropy": draw(st.floats(0.0, 3.0)),
-        "tau": draw(st.floats(0.01, 1.0)),
-        "anchor_steps": draw(st.integers(1, 3)),
+        "alpha_0": draw(st.floats(low, high)),
+        "update": update,
+        "anchor": anchor,
     }
     if name == "aer":
-        config.update(
-            rho=draw(st.floats(0.0, 1.0)),
-            allocation=draw(st.sampled_from(["threshold", "linear"])),
-            difficulty_aware=draw(st.booleans()),
-            dynamic=draw(st.booleans()),
+        config["allocation"] = draw(
+            st.one_of(
+                st.builds(lambda a: {"rule": "threshold", "accuracy_threshold": a}, st.floats(0.0, 1.0)),
+                st.just({"rule": "linear"}),
+                st.just({"rule": "uniform"}),
+            )
         )
     return config
 
@@ -72,8 +101,8 @@ def coefficient_bounds(config: ControllerConfig) -> tuple[float, float]:
         return config.alpha, config.alpha  # type: ignore[attr-defined]
     if config.name == "clip_higher":
         return 0.0, 0.0
-    if hasattr(config, "alpha_min") and hasattr(config, "alpha_max"):
-        return 0.0, config.alpha_max  # type: ignore[attr-defined]
+    if hasattr(config, "alpha_bounds"):
+        return 0.0, config.alpha_bounds[1]
     return 0.0, math.inf
 
 
@@ -115,8 +144,9 @@ def test_coefficients_finite_and_in_bounds_for_any_readings(name: str) -> None:
             for key in ("alpha", "target_entropy", "h0", "last_entropy", "readings_ignored"):
                 assert key in metrics
             assert math.isfinite(metrics["alpha"])
-            if hasattr(controller.config, "alpha_min"):
-                assert controller.config.alpha_min <= metrics["alpha"] <= controller.config.alpha_max
+            if hasattr(controller.config, "alpha_bounds"):
+                alpha_min, alpha_max = controller.config.alpha_bounds
+                assert alpha_min <= metrics["alpha"] <= alpha_max
         if name in ("fixed", "clip_higher", "target", "aer"):
             assert controller.metrics()["readings_ignored"] == ignored
 
@@ -170,34 +200,59 @@ def test_state_dict_round_trip_gives_identical_future(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["target", "aer"])
-@pytest.mark.parametrize("update", ["additive", "sign", "log"])
+@pytest.mark.parametrize("update", UPDATE_RULES)
 @pytest.mark.parametrize("side", ["below", "above"])
 def test_alpha_moves_toward_more_entropy_below_target_and_less_above(
     name: str, update: str, side: str
 ) -> None:
     @PROPERTY_SETTINGS
     @given(
-        config=adaptive_configs(name),
+        config=st.data(),
         h0=st.floats(0.05, 4.0),
         fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=30),
     )
-    def check(config: dict[str, Any], h0: float, fractions: list[float]) -> None:
-        config = (
-            {**config, "update": update, "dynamic": True} if name == "aer" else {**config, "update": update}
-        )
-        controller = create_controller(config)
-        for _ in range(controller.config.anchor_steps):
+    def check(config: st.DataObject, h0: float, fractions: list[float]) -> None:
+        drawn = config.draw(adaptive_configs(name, update))
+        controller = create_controller(drawn)
+        if (
+            drawn["anchor"]["mode"] == "absolute"
+            and drawn["anchor"]["target_entropy"] == 0.0
+            and side == "below"
+        ):
+            return  # nothing is below a zero target
+        # the anchoring readings (and, for the smoothed relative rule, enough of them to forget H0)
+        for _ in range(drawn["anchor"].get("steps", 1)):
             controller.observe(EntropyReading(mean_entropy=h0, tokens=10, step=0))
         target = controller.metrics()["target_entropy"]
         assert math.isfinite(target)
+        # strictly below target: [0, target); strictly above: (target, 2·target + 1]
+        values = [
+            fraction * target * 0.999 if side == "below" else target + 1e-6 + fraction * (target + 1.0)
+            for fraction in fractions
+        ]
+        smoothed = h0 if update == "relative" else None
         previous = controller.metrics()["alpha"]
-        for fraction in fractions:
-            # strictly below target: [0, target); strictly above: (target, 2·target + 1]
-            value = (
-                fraction * target * 0.999 if side == "below" else target + 1e-6 + fraction * (target + 1.0)
-            )
+        if smoothed is not None and controller.state_dict()["integral"] is not None:
+            previous = controller.state_dict()["integral"]  # an absolute target moved it already
+        for value in values:
             controller.observe(EntropyReading(mean_entropy=value, tokens=10, step=1))
             alpha = controller.metrics()["alpha"]
+            if smoothed is not None:
+                # The relative rule acts on the smoothed reading; its integral part moves with the
+                # error's sign and the proportional part puts α on the error's side of it.
+                beta = drawn["update"]["smoothing"]
+                smoothed = beta * smoothed + (1 - beta) * value
+                integral = controller.state_dict()["integral"]
+                if (smoothed < target) == (side == "below") and smoothed != target:
+                    assert integral >= previous if side == "below" else integral <= previous
+                    # (exp/log round-off: 1e-12 relative)
+                    assert (
+                        alpha >= integral * (1 - 1e-12)
+                        if side == "below"
+                        else alpha <= integral * (1 + 1e-12)
+                    )
+                previous = integral
+                continue
             assert alpha >= previous if side == "below" else alpha <= previous
             previous = alpha
 
@@ -213,7 +268,6 @@ def test_alpha_moves_toward_more_entropy_below_target_and_less_above(
 def test_allocation_non_increasing_in_accuracy_and_zero_for_easy_prompts(
     config: dict[str, Any], accuracy: list[float], sequence: list[EntropyReading]
 ) -> None:
-    config = {**config, "difficulty_aware": True}
     controller = create_controller(config)
     for item in sequence:
         controller.observe(item)
@@ -221,11 +275,10 @@ def test_allocation_non_increasing_in_accuracy_and_zero_for_easy_prompts(
     coef = controller.plan(outcome_of(ordered)).coef
     accuracy_f32 = torch.tensor(ordered, dtype=torch.float32)
     assert (coef[1:] <= coef[:-1]).all()
-    if config["allocation"] == "threshold":
-        assert (coef[accuracy_f32 > config["rho"]] == 0).all()
-        assert torch.allclose(
-            coef[accuracy_f32 <= config["rho"]], torch.tensor(controller.metrics()["alpha"])
-        )
+    if config["allocation"]["rule"] == "threshold":
+        threshold = config["allocation"]["accuracy_threshold"]
+        assert (coef[accuracy_f32 > threshold] == 0).all()
+        assert torch.allclose(coef[accuracy_f32 <= threshold], torch.tensor(controller.metrics()["alpha"]))
 
 
 @PROPERTY_SETTINGS
@@ -235,9 +288,9 @@ def test_aer_with_all_switches_off_is_exactly_fixed(
 ) -> None:
     config = {
         **config,
-        "difficulty_aware": False,
-        "anchor": "absolute",
-        "dynamic": False,
+        "allocation": {"rule": "uniform"},
+        "anchor": {"mode": "absolute", "target_entropy": 0.3},
+        "update": {"rule": "none"},
         "clip_low": 0.15,
         "clip_high": 0.3,
     }
@@ -259,10 +312,10 @@ def test_aer_with_all_switches_off_is_exactly_fixed(
 def test_aer_without_difficulty_is_exactly_target(
     config: dict[str, Any], sequence: list[EntropyReading], accuracy: list[float]
 ) -> None:
-    aer = create_controller({**config, "difficulty_aware": False, "dynamic": True})
-    target_config = {
-        k: v for k, v in config.items() if k not in ("rho", "allocation", "difficulty_aware", "dynamic")
-    }
+    if config["update"]["rule"] == "none":
+        return  # target always moves α_t
+    aer = create_controller({**config, "allocation": {"rule": "uniform"}})
+    target_config = {k: v for k, v in config.items() if k != "allocation"}
     target = create_controller({**target_config, "name": "target"})
     for item in [*sequence, None]:
         a, t = aer.plan(outcome_of(accuracy)), target.plan(outcome_of(accuracy))

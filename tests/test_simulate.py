@@ -81,7 +81,7 @@ def test_simulate_command_prints_a_compact_table_and_plots(
         == 0
     )
     out = capsys.readouterr().out
-    assert "controller target:" in out and "tau=0.5" in out and "eta=0.003" in out
+    assert "controller target:" in out and "anchor.tau=0.5" in out and "update.eta=0.003" in out
     rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
     assert [int(row[0]) for row in rows] == [*range(0, 60, 3), 59]  # every N/20 steps plus the last
     assert float(rows[-1][2]) == pytest.approx(0.5, abs=1e-4)  # H* = 0.5·H0 = 0.5
@@ -93,11 +93,13 @@ def test_simulate_from_a_run_config_file(tmp_path: Path, capsys: pytest.CaptureF
     config.write_text("controller:\n  name: aer\n  tau: 0.3\ntrainer:\n  steps: 5\n")
     assert main(["simulate", "--config", str(config), "--set", "controller.rho=0.75", "--steps", "20"]) == 0
     out = capsys.readouterr().out
-    assert "controller aer:" in out and "tau=0.3" in out and "rho=0.75" in out
+    assert (
+        "controller aer:" in out and "anchor.tau=0.3" in out and "allocation.accuracy_threshold=0.75" in out
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: aer\ntau: 7\n")
     assert main(["simulate", "--config", str(bad)]) == 2
-    assert "controller.tau: must be ≤ 1 (got 7)" in capsys.readouterr().err
+    assert "controller.anchor.tau: must be ≤ 1 (got 7)" in capsys.readouterr().err
 
 
 def test_controllers_and_schema_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,7 +109,8 @@ def test_controllers_and_schema_commands(capsys: pytest.CaptureFixture[str]) -> 
     assert {line.split()[0] for line in lines[1:]} >= {"aer", "clip_higher", "fixed", "target"}
     assert main(["schema", "aer"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    assert schema["properties"]["tau"]["default"] == 0.4 and schema["additionalProperties"] is False
+    assert schema["properties"]["alpha_0"]["default"] == 0.005 and schema["additionalProperties"] is False
+    assert {"RelativeUpdate", "InitialAnchor", "ThresholdAllocation"} <= set(schema["$defs"])
     assert main(["schema"]) == 0
     union = json.loads(capsys.readouterr().out)
     assert set(union["discriminator"]["mapping"]) >= {"aer", "clip_higher", "fixed", "target"}

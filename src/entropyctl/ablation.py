@@ -274,13 +274,25 @@ def is_finished(run_dir: str | Path) -> bool:
         return False
 
 
+def canonical_config(config: Any) -> Any:
+    """``config`` with its controller section in today's parsed form, so that a run launched with the
+    first release's flat controller form (``eta: 0.05``) matches the same config written nested."""
+    if not isinstance(config, Mapping) or not isinstance(config.get("controller"), (Mapping, str)):
+        return config
+    try:
+        controller = parse_controller_config(config["controller"]).model_dump(mode="json")
+    except ConfigError:
+        return config
+    return {**config, "controller": controller}
+
+
 def _check_same_config(spec: RunSpec) -> None:
     """Refuse to reuse a run directory that was launched with a different config (stale results)."""
     path = spec.run_dir / "ablate_config.yaml"
     if not path.exists():
         return
     previous = yaml.safe_load(path.read_text())
-    if previous != spec.config:
+    if canonical_config(previous) != canonical_config(spec.config):
         raise ConfigError(
             f"{spec.run_dir}: holds a run of a different config than arm {spec.arm.label!r} at seed {spec.seed} "
             f"now resolves to; use another --out directory or delete it"

@@ -28,6 +28,16 @@ __all__ = [
     "ClipHigherConfig",
     "TargetConfig",
     "AERConfig",
+    "RelativeUpdate",
+    "AdditiveUpdate",
+    "SignUpdate",
+    "LogUpdate",
+    "NoUpdate",
+    "InitialAnchor",
+    "AbsoluteAnchor",
+    "ThresholdAllocation",
+    "LinearAllocation",
+    "UniformAllocation",
     "ControllerField",
     "parse_controller_config",
     "format_validation_error",
@@ -88,6 +98,8 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel] | None) -> str:
         return "required field is missing"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '?')}"
+    if kind == "union_tag_invalid":
+        return f"must be one of {ctx.get('expected_tags', '?')}"
     if kind == "extra_forbidden":
         if model is not None:
             valid = ", ".join(model.model_fields)
@@ -112,7 +124,19 @@ def format_validation_error(
     lines = []
     for err in error.errors(include_url=False):
         loc = list(err["loc"])
-        message = _describe(err, model if len(loc) == 1 else None)
+        part_model: type[BaseModel] | None = None
+        # A nested controller part (update / anchor / allocation): pydantic puts the variant's tag
+        # in the path (``update.relative.step``); the user wrote ``update.step``.
+        for i in range(len(loc) - 1):
+            variants = _PART_VARIANTS.get(str(loc[i]), {})
+            if isinstance(loc[i + 1], str) and loc[i + 1] in variants:
+                part_model = variants[str(loc[i + 1])]
+                del loc[i + 1]
+                break
+        if part_model is not None and len(loc) >= 2 and str(loc[-2]) in _PART_VARIANTS:
+            message = _describe(err, part_model)
+        else:
+            message = _describe(err, model if len(loc) == 1 else None)
         match = _FIELD_PREFIXED.match(message)
         if match and err["type"] == "value_error":
             loc.append(match.group(1))
@@ -165,61 +189,295 @@ class ClipHigherConfig(ControllerConfig):
     )
 
 
-UpdateRule = Literal["additive", "sign", "log"]
+class _Part(BaseModel):
+    """A nested part of a controller config (an update rule, an anchor, an allocation rule): one
+    variant per ``rule``/``mode``, each holding only the options that variant uses."""
 
-#: η used when ``eta`` is None: α per nat (additive) and log α per nat (log). Chosen on the
-#: entropy plant (entropyctl.testing) so the loop settles in < 150 steps without ringing; at
-#: α ≈ 0.005 the log rule's 0.5 is the same local step as the additive rule's 0.002.
-DEFAULT_ETA: dict[str, float] = {"additive": 0.002, "sign": 0.0, "log": 0.5}
-AnchorMode = Literal["initial", "absolute"]
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class _Bounds(_Part):
+    """α_t's bounds, part of every rule that moves α_t."""
+
+    rule: str
+    alpha_min: NonNegativeFloat = Field(default=0.0, description="Lower bound of α_t.")
+    alpha_max: NonNegativeFloat = Field(default=0.05, description="Upper bound of α_t.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> _Bounds:
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(f"alpha_min: must be ≤ alpha_max = {self.alpha_max} (got {self.alpha_min})")
+        return self
+
+
+class RelativeUpdate(_Bounds):
+    """``relative`` (the default): a multiplicative step on the relative error of a smoothed reading,
+
+    H̃_t = β·H̃_{t−1} + (1 − β)·H_t,   e_t = (H* − H̃_t)/H*,   log α_{t+1} = clip(log α_t + κ·e_t).
+
+    Its loop gain κ·(d log H / d log α) does not depend on the units of entropy or of α
+    (docs/controllers.md derives it and why κ < 1 keeps the loop stable)."""
+
+    rule: Literal["relative"] = "relative"  # type: ignore[assignment]
+    step: float = Field(default=0.1, gt=0, le=1, description="κ: log α per unit of relative error.")
+    proportional: float = Field(
+        default=1.0,
+        ge=0,
+        le=5,
+        description="κ_p: the proportional term, log α = I + κ_p·e (0: pure integral).",
+    )
+    smoothing: float = Field(
+        default=0.5, ge=0, lt=1, description="β of the EMA of the readings (0: use each reading as is)."
+    )
+    alpha_min: float = Field(default=1e-5, gt=0, description="Lower bound of α_t (> 0: log α must exist).")
+    alpha_max: NonNegativeFloat = Field(default=1.0, description="Upper bound of α_t.")
+
+
+class AdditiveUpdate(_Bounds):
+    """``additive``: α_{t+1} = clip(α_t + η·(H* − H_t)) (the paper's form, as we read it)."""
+
+    rule: Literal["additive"] = "additive"  # type: ignore[assignment]
+    eta: NonNegativeFloat = Field(default=0.002, description="η: α per nat of entropy error.")
+
+
+class SignUpdate(_Bounds):
+    """``sign``: α_{t+1} = clip(α_t + δ·sign(H* − H_t))."""
+
+    rule: Literal["sign"] = "sign"  # type: ignore[assignment]
+    delta: NonNegativeFloat = Field(default=0.0001, description="δ: α per step.")
+
+
+class LogUpdate(_Bounds):
+    """``log``: log α_{t+1} = log α_t + η·(H* − H_t), error in nats, α ≥ max(alpha_min, 1e-6)."""
+
+    rule: Literal["log"] = "log"  # type: ignore[assignment]
+    eta: NonNegativeFloat = Field(default=0.5, description="η: log α per nat of entropy error.")
+
+
+class NoUpdate(_Part):
+    """``none``: α_t ≡ α_0 (the ablation without dynamic adjustment)."""
+
+    rule: Literal["none"] = "none"
+
+
+DynamicUpdate = Annotated[
+    RelativeUpdate | AdditiveUpdate | SignUpdate | LogUpdate, Field(discriminator="rule")
+]
+AnyUpdate = Annotated[
+    RelativeUpdate | AdditiveUpdate | SignUpdate | LogUpdate | NoUpdate, Field(discriminator="rule")
+]
+
+
+class InitialAnchor(_Part):
+    """``initial``: H* = τ·H0, H0 the mean of the first ``steps`` usable readings (AER)."""
+
+    mode: Literal["initial"] = "initial"
+    tau: float = Field(default=0.4, gt=0, le=1, description="Target fraction τ of the initial entropy H0.")
+    steps: int = Field(default=1, ge=1, description="H0 = mean of the first `steps` readings.")
+
+
+class AbsoluteAnchor(_Part):
+    """``absolute``: H* = target_entropy nats."""
+
+    mode: Literal["absolute"] = "absolute"
+    target_entropy: NonNegativeFloat = Field(description="The target H* in nats.")
+
+
+Anchor = Annotated[InitialAnchor | AbsoluteAnchor, Field(discriminator="mode")]
+
+
+class ThresholdAllocation(_Part):
+    """``threshold``: w(acc) = 1[acc ≤ accuracy_threshold] (AER)."""
+
+    rule: Literal["threshold"] = "threshold"
+    accuracy_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Prompts with group accuracy ≤ this get the bonus."
+    )
+
+
+class LinearAllocation(_Part):
+    """``linear``: w(acc) = 1 − acc."""
+
+    rule: Literal["linear"] = "linear"
+
+
+class UniformAllocation(_Part):
+    """``uniform``: w ≡ 1 (the ablation without difficulty-aware allocation)."""
+
+    rule: Literal["uniform"] = "uniform"
+
+
+Allocation = Annotated[
+    ThresholdAllocation | LinearAllocation | UniformAllocation, Field(discriminator="rule")
+]
+
+#: The nested parts and the key naming each one's variant.
+_PART_TAGS = {"update": "rule", "anchor": "mode", "allocation": "rule"}
+_PART_DEFAULTS = {"update": "relative", "anchor": "initial", "allocation": "threshold"}
+_PART_VARIANTS: dict[str, dict[str, type[_Part]]] = {
+    "update": {
+        "relative": RelativeUpdate,
+        "additive": AdditiveUpdate,
+        "sign": SignUpdate,
+        "log": LogUpdate,
+        "none": NoUpdate,
+    },
+    "anchor": {"initial": InitialAnchor, "absolute": AbsoluteAnchor},
+    "allocation": {
+        "threshold": ThresholdAllocation,
+        "linear": LinearAllocation,
+        "uniform": UniformAllocation,
+    },
+}
+#: The flat (first-release) keys, the part each one moves into and its name there.
+_FLAT_KEYS = {
+    "eta": ("update", "eta"),
+    "delta": ("update", "delta"),
+    "alpha_min": ("update", "alpha_min"),
+    "alpha_max": ("update", "alpha_max"),
+    "tau": ("anchor", "tau"),
+    "anchor_steps": ("anchor", "steps"),
+    "target_entropy": ("anchor", "target_entropy"),
+    "rho": ("allocation", "accuracy_threshold"),
+}
+#: What the first release wrote for each flat key by default: a config that wrote every field
+#: (a run directory's config.yaml) holds these for options its rule ignores.
+_FLAT_DEFAULTS: dict[str, Any] = {
+    "eta": None,
+    "delta": 0.0001,
+    "alpha_min": 0.0,
+    "alpha_max": 0.05,
+    "tau": 0.4,
+    "anchor_steps": 1,
+    "target_entropy": None,
+    "rho": 0.5,
+}
+
+
+def _fields_of(part: str, variant: str) -> tuple[str, ...]:
+    cls = _PART_VARIANTS[part].get(variant)
+    return tuple(cls.model_fields) if cls is not None else ()
+
+
+def _migrate_flat(data: dict[str, Any], *, aer: bool) -> dict[str, Any]:
+    """Read the flat form of the first release (``eta: 0.05``, ``update: sign``, ``tau: 0.4``,
+    ``rho: 0.5``, ``dynamic: false``...) into the nested one, with exactly its old meaning:
+
+    - ``update``/``anchor``/``allocation`` given as a name, or ``eta``/``delta`` without ``update``,
+      is the old flat form; there ``update`` defaulted to ``additive``.
+    - a flat key moves into its part (``rho`` becomes ``allocation.accuracy_threshold``,
+      ``anchor_steps`` ``anchor.steps``); into a nested part too (``--set controller.tau=0.3``).
+    - ``dynamic: false`` is ``update: {rule: none}``; ``difficulty_aware: false`` is
+      ``allocation: {rule: uniform}``; the options those switches turned off are dropped, as the
+      first release ignored them.
+    - any other option the chosen variant would ignore is an error naming the nested form, unless it
+      holds the first release's default (what it wrote for every field).
+    """
+    data = dict(data)
+    errors: list[str] = []
+    switches = {"update": ("dynamic", "none"), "allocation": ("difficulty_aware", "uniform")} if aer else {}
+    flat_by_part: dict[str, dict[str, tuple[str, Any]]] = {part: {} for part in _PART_TAGS}
+    for key, (part, inner) in _FLAT_KEYS.items():
+        if key in data and (aer or part != "allocation"):
+            flat_by_part[part][inner] = (key, data.pop(key))
+    for part, tag in _PART_TAGS.items():
+        if part == "allocation" and not aer:
+            continue
+        flat = flat_by_part[part]
+        current = data.get(part)
+        switch = switches.get(part)
+        switched_off = False
+        if switch is not None and switch[0] in data:
+            value = data.pop(switch[0])
+            if not isinstance(value, bool):
+                errors.append(f"{switch[0]}: must be true or false (got {value!r})")
+                continue
+            switched_off = value is False
+        if switched_off:
+            data[part] = {tag: switch[1]}  # type: ignore[index]
+            continue
+        legacy_name = part == "update" and current is None and ("eta" in flat or "delta" in flat)
+        if isinstance(current, str) or legacy_name:
+            variant = current if isinstance(current, str) else "additive"
+            if variant not in _PART_VARIANTS[part]:
+                names = ", ".join(repr(v) for v in _PART_VARIANTS[part] if aer or v not in ("none",))
+                errors.append(f"{part}: must be one of {names} (got {variant!r})")
+                continue
+            fields = _fields_of(part, variant)
+            merged: dict[str, Any] = {tag: variant}
+            for inner, (key, value) in flat.items():
+                if inner in fields and value is not None:
+                    merged[inner] = value
+                elif inner not in fields and value is not None and value != _FLAT_DEFAULTS[key]:
+                    options = ", ".join(f for f in fields if f != tag) or "no options"
+                    errors.append(
+                        f"{key}: the {part} {tag} {variant!r} does not use {key} (its options: {options}); "
+                        f"write {part}: {{{tag}: <one that does>, {inner}: {value!r}}}"
+                    )
+            data[part] = merged
+        elif flat:
+            merged = dict(current) if isinstance(current, Mapping) else {}
+            variant = merged.get(tag, _PART_DEFAULTS[part])
+            fields = _fields_of(part, variant) if isinstance(variant, str) else ()
+            for inner, (key, value) in flat.items():
+                if value is None and inner not in fields:
+                    continue
+                if inner not in fields and fields:
+                    options = ", ".join(f for f in fields if f != tag) or "no options"
+                    errors.append(
+                        f"{key}: the {part} {tag} {variant!r} does not use {key} (its options: {options}); "
+                        f"set {part}.{tag} to one that does, e.g. {part}: {{{tag}: ..., {inner}: {value!r}}}"
+                    )
+                    continue
+                merged[inner] = value
+            data[part] = merged
+    if errors:
+        raise ValueError("\n".join(errors))
+    for part, tag in _PART_TAGS.items():
+        current = data.get(part)
+        if isinstance(current, Mapping) and tag not in current:
+            data[part] = {tag: _PART_DEFAULTS[part], **current}
+    return data
 
 
 class _AdaptiveConfig(ControllerConfig):
     """Fields shared by ``target`` and ``aer``: the dynamic global coefficient α_t and its target."""
 
-    alpha_0: NonNegativeFloat = Field(default=0.005, description="α before anchoring and the start of α_t.")
-    alpha_min: NonNegativeFloat = Field(default=0.0, description="Lower bound of α_t.")
-    alpha_max: NonNegativeFloat = Field(default=0.05, description="Upper bound of α_t.")
-    eta: NonNegativeFloat | None = Field(
-        default=None,
-        description=(
-            "Step size η: α per nat of error (additive) or log α per nat of error (log); "
-            "None = the rule's default (additive 0.002, log 0.5)."
-        ),
+    alpha_0: NonNegativeFloat = Field(
+        default=0.005, description="α before anchoring and the start of α_t (within the rule's bounds)."
     )
-    update: UpdateRule = Field(
-        default="additive",
-        description="additive: α+η(H*−H); sign: α+δ·sign(H*−H); log: log α + η(H*−H).",
+    update: DynamicUpdate = Field(
+        default_factory=RelativeUpdate,
+        description="How α_t moves: relative (default) | additive | sign | log, each with its options.",
     )
-    delta: NonNegativeFloat = Field(default=0.0001, description="Step δ of the sign rule (α per step).")
-    anchor: AnchorMode = Field(
-        default="initial", description="initial: H* = τ·H0 (AER); absolute: H* = target_entropy."
-    )
-    tau: float = Field(default=0.4, gt=0, le=1, description="Target fraction τ of the initial entropy H0.")
-    anchor_steps: int = Field(default=1, ge=1, description="H0 = mean of the first anchor_steps readings.")
-    target_entropy: NonNegativeFloat | None = Field(
-        default=None, description="Absolute target H* in nats (used when anchor is 'absolute')."
+    anchor: Anchor = Field(
+        default_factory=InitialAnchor, description="initial: H* = τ·H0 (AER); absolute: H* = target_entropy."
     )
     clip_low: PositiveFloat = Field(default=0.2, description="ε_low of the clipped surrogate.")
     clip_high: PositiveFloat = Field(default=0.2, description="ε_high of the clipped surrogate.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_flat_form(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return _migrate_flat(dict(data), aer="allocation" in cls.model_fields)
+        return data
+
     @property
-    def step_size(self) -> float:
-        """η in effect: ``eta``, or the update rule's default when ``eta`` is None."""
-        if self.eta is not None:
-            return float(self.eta)
-        return DEFAULT_ETA[self.update]
+    def alpha_bounds(self) -> tuple[float, float]:
+        """(α_min, α_max) of the update rule; (α_0, α_0) when α_t does not move."""
+        update = self.update
+        if isinstance(update, _Bounds):
+            return float(update.alpha_min), float(update.alpha_max)
+        return float(self.alpha_0), float(self.alpha_0)
 
     @model_validator(mode="after")
-    def _check_alpha_bounds(self) -> _AdaptiveConfig:
-        if self.alpha_min > self.alpha_max:
-            raise ValueError(f"alpha_min: must be ≤ alpha_max = {self.alpha_max} (got {self.alpha_min})")
-        if self.alpha_0 < self.alpha_min:
-            raise ValueError(f"alpha_0: must be ≥ alpha_min = {self.alpha_min} (got {self.alpha_0})")
-        if self.alpha_0 > self.alpha_max:
-            raise ValueError(f"alpha_0: must be ≤ alpha_max = {self.alpha_max} (got {self.alpha_0})")
-        if self.anchor == "absolute" and self.target_entropy is None:
-            raise ValueError("target_entropy: required when anchor is 'absolute' (got None)")
+    def _check_alpha_0(self) -> _AdaptiveConfig:
+        low, high = self.alpha_bounds
+        if self.alpha_0 < low:
+            raise ValueError(f"alpha_0: must be ≥ update.alpha_min = {low} (got {self.alpha_0})")
+        if self.alpha_0 > high:
+            raise ValueError(f"alpha_0: must be ≤ update.alpha_max = {high} (got {self.alpha_0})")
         return self
 
 
@@ -233,12 +491,14 @@ class AERConfig(_AdaptiveConfig):
     """``aer``: Adaptive Entropy Regularization, α_i = α_t · w(acc_i)."""
 
     name: Literal["aer"] = "aer"  # type: ignore[assignment]
-    rho: float = Field(default=0.5, ge=0, le=1, description="Accuracy threshold ρ of the threshold rule.")
-    allocation: Literal["threshold", "linear"] = Field(
-        default="threshold", description="threshold: w = 1[acc ≤ ρ]; linear: w = 1 − acc."
+    update: AnyUpdate = Field(  # type: ignore[assignment]
+        default_factory=RelativeUpdate,
+        description="How α_t moves: relative (default) | additive | sign | log | none (α_t ≡ α_0).",
     )
-    difficulty_aware: bool = Field(default=True, description="false: w ≡ 1 (ablation).")
-    dynamic: bool = Field(default=True, description="false: α_t ≡ α_0 (ablation).")
+    allocation: Allocation = Field(
+        default_factory=ThresholdAllocation,
+        description="w(acc): threshold (default) | linear | uniform (w ≡ 1, the ablation).",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,6 +583,54 @@ ControllerField = Annotated[ControllerConfig, _ControllerFieldSchema()]
 # --------------------------------------------------------------------------------------------
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader where a key repeated in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKeyError(key, line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+#: At most this many values once every alias is expanded. A config has hundreds; the 547-byte
+#: "billion laughs" file expands to 10^9 (aliases share one object in memory, but writing or
+#: validating the config walks every expansion).
+MAX_YAML_VALUES = 100_000
+
+
+def _check_expanded_size(data: Any, path: Path) -> None:
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{path}: the YAML expands to more than {MAX_YAML_VALUES:,} values "
+                "(aliases of aliases, e.g. a 'billion laughs' file); write the values out instead"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping (an empty file gives ``{}``).
 
@@ -334,7 +642,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.strerror or err})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        _check_expanded_size(data, path)
+    except _DuplicateKeyError as err:
+        raise ConfigError(
+            f"{path}:{err.line}: duplicate key {err.key!r} (first at line {err.first_line})"
+        ) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -395,6 +708,23 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
 
 # Pure pydantic (no torch/transformers import): the model section of a run config.
 from entropyctl.integrations.model_config import ModelConfig  # noqa: E402
+
+#: Lightning 2.x's accepted precision strings (lightning.fabric.connector._PRECISION_INPUT_STR and its
+#: legacy short forms); a test keeps this list equal to Lightning's.
+LIGHTNING_PRECISIONS = (
+    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+    "32-true", "64-true", "64", "32", "16", "bf16",
+)  # fmt: skip
+#: Lightning's accelerator names (its AcceleratorRegistry, plus "gpu" and "auto").
+LIGHTNING_ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+#: Seeds go to numpy/torch generators, which take 32-bit unsigned seeds.
+MAX_SEED = 2**32 - 1
+#: Below this sampling temperature nothing trains: log-prob gradients scale with 1/T and a logit gap
+#: of 1 nat becomes >= 10 nats, so the runner-up token gets < 5e-5 of the mass, a group's G samples
+#: agree, every advantage is 0 (and the entropy bonus is ~0). 0.1 is 6x below the lowest rollout
+#: temperature in common RLVR recipes (0.6).
+MIN_TRAIN_TEMPERATURE = 0.1
+UnitInterval = Annotated[float, Field(ge=0, lt=1)]
 
 
 class _Section(BaseModel):
@@ -492,7 +822,9 @@ class RolloutConfig(_Section):
     prompts_per_step: int = Field(32, ge=1, description="P: prompts per step on EACH process.")
     group_size: int = Field(8, ge=2, description="G: completions per prompt.")
     temperature: float = Field(
-        1.0, gt=0, description="Sampling temperature T; training log-probs and entropy use softmax(z/T) too."
+        1.0,
+        ge=MIN_TRAIN_TEMPERATURE,
+        description="Sampling temperature T; training log-probs and entropy use softmax(z/T) too.",
     )
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0: off.")
@@ -554,7 +886,9 @@ class OptimConfig(_Section):
 
     lr: float = Field(1e-4, gt=0, description="Learning rate (constant after warm-up).")
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = Field((0.9, 0.999))
+    betas: tuple[UnitInterval, UnitInterval] = Field(
+        (0.9, 0.999), description="AdamW (β1, β2), each in [0, 1)."
+    )
     eps: float = Field(1e-8, gt=0)
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimizer steps.")
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm (None: off).")
@@ -600,6 +934,96 @@ class EvalConfig(_Section):
         return self
 
 
+# --- run-config value checks: values that would pass a type check and crash (or do nothing) at run time
+
+
+def _check_section_values(config: RunConfig) -> list[str]:
+    """One ``"<field>: <problem> (got <value>)"`` line per value a run would trip over later."""
+    problems: list[str] = []
+    t, d, r = config.trainer, config.data, config.reward
+    if t.precision not in LIGHTNING_PRECISIONS:
+        problems.append(
+            f"trainer.precision: must be one of {list(LIGHTNING_PRECISIONS)} (got {t.precision!r})"
+        )
+    if t.accelerator not in LIGHTNING_ACCELERATORS:
+        problems.append(
+            f"trainer.accelerator: must be one of {list(LIGHTNING_ACCELERATORS)} (got {t.accelerator!r})"
+        )
+    if d.template is not None and "{prompt}" not in d.template:
+        problems.append(
+            f"data.template: must contain '{{prompt}}' where the problem goes (got {d.template!r})"
+        )
+    if d.source == "synthetic" and isinstance(d.levels, list):
+        from entropyctl.data.synthetic import _GENERATORS
+
+        known = sorted(_GENERATORS)
+        unknown = [level for level in d.levels if level not in _GENERATORS]
+        if not d.levels:
+            problems.append(f"data.levels: must name at least one level of {known} (got [])")
+        elif unknown:
+            problems.append(f"data.levels: unknown level(s) {unknown}; available levels: {known}")
+        elif len(set(d.levels)) != len(d.levels):
+            problems.append(f"data.levels: each level at most once (got {d.levels})")
+    problems += _check_reward(r)
+    return problems
+
+
+def _check_reward(reward: RewardConfig) -> list[str]:
+    from entropyctl.rewards.math import check_timeout
+    from entropyctl.rewards.registry import available_rewards
+
+    problems = []
+    names = available_rewards()
+    module, sep, function = reward.name.partition(":")
+    if reward.name not in names and not (sep and _DOTTED.fullmatch(module) and _DOTTED.fullmatch(function)):
+        problems.append(
+            f"reward.name: must be one of {names} or 'package.module:function' (got {reward.name!r})"
+        )
+    if "timeout" in reward.options:
+        try:
+            check_timeout(reward.options["timeout"])
+        except ValueError as err:
+            problems.append(f"reward.options.{err}")
+    return problems
+
+
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _reject_bools(data: Any) -> Any:
+    """``trainer.steps: true`` is not 1: a YAML boolean where a number is expected is an error
+    (pydantic's lax mode would read it as 1)."""
+    if not isinstance(data, Mapping):
+        return data
+    sections: list[tuple[str | None, Any]] = [(None, RunConfig)]
+    for name in data:
+        field = RunConfig.model_fields.get(str(name))
+        if (
+            field is not None
+            and isinstance(field.annotation, type)
+            and issubclass(field.annotation, BaseModel)
+        ):
+            sections.append((str(name), field.annotation))
+    for section, model in sections:
+        values = data if section is None else data.get(section)
+        if not isinstance(values, Mapping):
+            continue
+        for key, value in values.items():
+            field = model.model_fields.get(str(key))
+            if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+                where = f"{section}.{key}" if section else str(key)
+                raise ValueError(f"{where}: must be a number, not a boolean (got {value!r})")
+    return data
+
+
+def _is_number(annotation: Any) -> bool:
+    import typing
+
+    args = typing.get_args(annotation)
+    kinds = args if args else (annotation,)
+    return any(kind in (int, float) for kind in kinds) and bool not in kinds
+
+
 def _default_controller() -> ControllerConfig:
     return AERConfig()
 
@@ -612,7 +1036,10 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, defer_build=True)
 
     seed: int = Field(
-        0, description="Seeds initialisation, prompt sampling and rollouts (per step and rank)."
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seeds initialisation, prompt sampling and rollouts (per step and rank).",
     )
     output_dir: str = Field("runs", description="Parent of auto-named run directories.")
     run_name: str | None = Field(
@@ -630,6 +1057,18 @@ class RunConfig(BaseModel):
     ablation: dict[str, Any] | None = Field(
         None, description="Read by `entropyctl ablate` (arms, seeds); ignored by `entropyctl train`."
     )
+
+    @model_validator(mode="after")
+    def _check_values(self) -> RunConfig:
+        problems = _check_section_values(self)
+        if problems:
+            raise ValueError(problems[0])
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, data: Any) -> Any:
+        return _reject_bools(data)
 
     @model_validator(mode="after")
     def _check_batching(self) -> RunConfig:

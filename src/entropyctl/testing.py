@@ -15,6 +15,9 @@ One step, with ``c`` the coefficient the loss actually applied (the token-weight
     H_{t+1}  = clip(H_t + decay·(H_eq(c) − H_t) + noise·H_t·ξ_t, 0, h_max),   ξ_t ~ N(0, 1)
 
 and the step's reading is the entropy of the step's own tokens, ``H_t`` (before the update).
+Options for harder plants (all off by default): ``reading_noise`` (a measurement error on the
+reading alone), ``lag`` (the reading reports H_{t−lag}) and ``drift`` (the gain falls as
+g_t = gain·exp(−drift·t): the same coefficient buys less entropy as training goes on).
 With the defaults (``h_init = 1``, ``h_max = 3``, ``decay = 0.1``, ``gain = 50``) a fixed
 α = 1e-4 collapses to ≈ 0.035 nats, α = 0.1 explodes to ≈ 2.5 nats, and the AER target
 0.4·H0 = 0.4 needs a token-weighted coefficient of ≈ 0.0027 (dH_eq/dc ≈ 110 nats per unit there).
@@ -76,6 +79,14 @@ class EntropyPlant:
     group_size: int = 8
     #: mean response length (tokens) of a prompt solved every time; unsolved ones are 2× longer.
     response_tokens: int = 100
+    #: relative noise of the reading alone (a measurement error that does not move the entropy):
+    #: the reading is H_t·(1 + reading_noise·ζ_t), ζ_t ~ N(0, 1), clipped at 0.
+    reading_noise: float = 0.0
+    #: extra steps of delay in the reading: step t reports H_{t−lag} (the first steps report H_0).
+    lag: int = 0
+    #: drift toward collapse: the bonus buys less entropy as training goes on,
+    #: g_t = gain·exp(−drift·t) (drift per step; 0.002 → g falls 7.4× over 1000 steps).
+    drift: float = 0.0
     seed: int = 0
     entropy: float = field(init=False)
     step_index: int = field(init=False, default=0)
@@ -88,8 +99,13 @@ class EntropyPlant:
                 f"need 0 ≤ h_floor < h_max and 0 ≤ h_init ≤ h_max (got h_floor={self.h_floor}, "
                 f"h_init={self.h_init}, h_max={self.h_max})"
             )
+        if self.reading_noise < 0 or self.lag < 0 or self.drift < 0:
+            raise ValueError(
+                f"reading_noise, lag and drift must be ≥ 0 (got {self.reading_noise}, {self.lag}, {self.drift})"
+            )
         self.generator = torch.Generator().manual_seed(int(self.seed))
         self.entropy = float(self.h_init)
+        self.history: list[float] = [self.entropy] * (int(self.lag) + 1)
 
     def outcome(self, step: int | None = None) -> GroupOutcome:
         """The next step's group accuracies (drawn from the plant's own random stream)."""
@@ -101,9 +117,14 @@ class EntropyPlant:
             difficulty_mix=self.difficulty_mix,
         )
 
-    def equilibrium(self, coef: float) -> float:
-        """H_eq(c): where the entropy settles under a constant token-weighted coefficient c."""
-        drive = self.gain * max(coef, 0.0)
+    def gain_at(self, step: int) -> float:
+        """g_t = gain·exp(−drift·t)."""
+        return self.gain * math.exp(-self.drift * step) if self.drift else self.gain
+
+    def equilibrium(self, coef: float, step: int | None = None) -> float:
+        """H_eq(c): where the entropy settles under a constant token-weighted coefficient c
+        (at ``step``, default the current one: the gain drifts when ``drift`` > 0)."""
+        drive = self.gain_at(self.step_index if step is None else step) * max(coef, 0.0)
         return self.h_floor + (self.h_max - self.h_floor) * drive / (1.0 + drive)
 
     def applied_coefficient(self, plan: Plan, outcome: GroupOutcome) -> float:
@@ -116,11 +137,17 @@ class EntropyPlant:
         """Apply one RLVR step with ``plan``; return the step's entropy reading."""
         accuracy = outcome.accuracy.float().clamp(0.0, 1.0)
         tokens = int(round(float((outcome.group_size * self.response_tokens * (2.0 - accuracy)).sum())))
-        reading = EntropyReading(mean_entropy=self.entropy, tokens=tokens, step=self.step_index)
+        observed = self.history[0]  # H_{t−lag}
+        if self.reading_noise:
+            observed = max(
+                observed * (1.0 + self.reading_noise * float(torch.randn((), generator=self.generator))), 0.0
+            )
+        reading = EntropyReading(mean_entropy=observed, tokens=tokens, step=self.step_index)
         coef = self.applied_coefficient(plan, outcome)
         target = self.equilibrium(coef)
         shock = self.noise * self.entropy * float(torch.randn((), generator=self.generator))
         self.entropy = min(max(self.entropy + self.decay * (target - self.entropy) + shock, 0.0), self.h_max)
+        self.history = [*self.history[1:], self.entropy]
         self.step_index += 1
         return reading
 

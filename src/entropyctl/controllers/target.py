@@ -1,15 +1,23 @@
 """``target``: one dynamic coefficient α_t for every prompt, driven toward a target entropy H*.
 
 This is AER without difficulty-aware allocation (the paper's target-only arm); with
-``anchor: absolute`` it is the Skywork-OR1/TRL-style adaptive entropy coefficient.
+``anchor: {mode: absolute, ...}`` it is the Skywork-OR1/TRL-style adaptive entropy coefficient.
 
-    H0      = mean of the first ``anchor_steps`` usable readings H_t
-    H*      = τ·H0                     (anchor: initial)   or   target_entropy   (anchor: absolute)
-    α_{t+1} = clip(α_t + η·(H* − H_t), α_min, α_max)                 (update: additive)
-    α_{t+1} = clip(α_t + δ·sign(H* − H_t), α_min, α_max)             (update: sign)
-    α_{t+1} = clip(exp(log α_t + η·(H* − H_t)), α_lo, α_max)         (update: log, α_lo = max(α_min, 1e-6))
+    H0      = mean of the first ``anchor.steps`` usable readings H_t
+    H*      = τ·H0                     (anchor.mode: initial)   or   target_entropy   (anchor.mode: absolute)
 
-Until H0 is anchored (``anchor: initial``) α stays α_0 and the anchoring readings do not update it.
+    update.rule: relative (the default)
+    H̃_t     = β·H̃_{t−1} + (1 − β)·H_t                          (β = smoothing; H̃_0 = H_0)
+    e_t     = (H* − H̃_t)/H*                                     (the relative error, ≤ 1)
+    α_{t+1} = clip(α_t·exp(κ·e_t), α_min, α_max)                 (κ = step, α_min > 0)
+
+    the first release's rules, kept for ablations and to reproduce its runs:
+    α_{t+1} = clip(α_t + η·(H* − H_t), α_min, α_max)                 (additive)
+    α_{t+1} = clip(α_t + δ·sign(H* − H_t), α_min, α_max)             (sign)
+    α_{t+1} = clip(exp(log α_t + η·(H* − H_t)), α_lo, α_max)         (log, α_lo = max(α_min, 1e-6))
+
+Until H0 is anchored (``anchor.mode: initial``) α stays α_0 and the anchoring readings do not
+update it (they do seed the smoothed reading H̃).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from entropyctl.config import ControllerConfig, TargetConfig
+from entropyctl.config import ControllerConfig, NoUpdate, RelativeUpdate, TargetConfig
 from entropyctl.controllers.base import (
     EntropyController,
     EntropyReading,
@@ -30,11 +38,13 @@ from entropyctl.controllers.base import (
 )
 from entropyctl.controllers.registry import register_controller
 
-__all__ = ["TargetController", "LOG_ALPHA_FLOOR"]
+__all__ = ["TargetController", "LOG_ALPHA_FLOOR", "updated_alpha", "relative_error", "relative_step"]
 
 #: The ``log`` rule works on log α, so α must stay > 0 for it to keep moving: its lower bound is
 #: max(alpha_min, LOG_ALPHA_FLOOR). (The additive and sign rules keep updating from α = 0.)
 LOG_ALPHA_FLOOR = 1e-6
+#: State keys the first release's checkpoints do not hold (restored as None).
+_OPTIONAL_STATE = ("smoothed_entropy", "integral")
 
 
 def updated_alpha(
@@ -79,6 +89,28 @@ def updated_alpha(
     return float(new)
 
 
+def relative_error(target: float, entropy: float) -> float:
+    """e = (H* − H)/H*: +1 at zero entropy, 0 on target, negative above it. A zero target (an
+    absolute target of 0 nats) asks for no entropy at all: e = −1 for any H > 0."""
+    if target > 0.0:
+        return (target - entropy) / target
+    return -1.0 if entropy > 0.0 else 0.0
+
+
+def relative_step(alpha: float, error: float, *, step: float, alpha_min: float, alpha_max: float) -> float:
+    """The ``relative`` rule's step: α·exp(κ·e) clipped to [α_min, α_max] (α_min > 0).
+
+    The clip is the anti-windup: log α cannot run past its bounds while the error persists."""
+    low = min(alpha_min, alpha_max)
+    if not math.isfinite(error):
+        return float(min(max(alpha, low), alpha_max))
+    if step * error == 0.0:  # no move (and no exp/log round-off)
+        return float(min(max(alpha, low), alpha_max))
+    exponent = math.log(max(alpha, low)) + step * error
+    # exp overflows above ~709; anything that large is clipped to alpha_max anyway.
+    return float(min(max(math.exp(min(exponent, 700.0)), low), alpha_max))
+
+
 @register_controller("target")
 class TargetController(EntropyController):
     """One dynamic α_t for every prompt, driven toward H* = τ·H0 (or an absolute target)."""
@@ -93,12 +125,16 @@ class TargetController(EntropyController):
         self.anchor_sum = 0.0
         self.anchor_count = 0
         self.last_entropy: float | None = None
+        #: H̃, the smoothed reading the relative rule acts on (None before the first reading).
+        self.smoothed_entropy: float | None = None
+        #: exp(I_t), the integral part of the relative rule's α (α itself when κ_p = 0).
+        self.integral: float | None = None
         self.steps_observed = 0
         self.readings_ignored = 0
 
     # -- what the ablation switches of ``aer`` override -------------------------------------
     def is_dynamic(self) -> bool:
-        return True
+        return not isinstance(self.config.update, NoUpdate)
 
     def prompt_weights(self, accuracy: torch.Tensor) -> torch.Tensor:
         """w(acc_i); the target-only arm gives every prompt weight 1."""
@@ -107,9 +143,15 @@ class TargetController(EntropyController):
     # -- the API ------------------------------------------------------------------------------
     def target_entropy(self) -> float | None:
         """H*, or None while H0 is not anchored yet (anchor: initial)."""
-        if self.config.anchor == "absolute" and self.config.target_entropy is not None:
-            return float(self.config.target_entropy)  # the config requires it with anchor: absolute
-        return None if self.h0 is None else self.config.tau * self.h0
+        anchor = self.config.anchor
+        if anchor.mode == "absolute":
+            return float(anchor.target_entropy)
+        return None if self.h0 is None else anchor.tau * self.h0
+
+    def anchor_steps(self) -> int:
+        """Readings averaged into H0 (an absolute target still records H0, from the first reading)."""
+        anchor = self.config.anchor
+        return int(anchor.steps) if anchor.mode == "initial" else 1
 
     def plan(self, outcome: GroupOutcome) -> Plan:
         # α_i = α_t · w(acc_i); non-finite accuracies count as 0 (hard).
@@ -125,24 +167,41 @@ class TargetController(EntropyController):
         entropy = float(reading.mean_entropy)
         self.steps_observed += 1
         self.last_entropy = entropy
+        update = self.config.update
+        if isinstance(update, RelativeUpdate):
+            beta = float(update.smoothing)
+            previous = self.smoothed_entropy
+            self.smoothed_entropy = entropy if previous is None else beta * previous + (1.0 - beta) * entropy
         if self.h0 is None:
             self.anchor_sum += entropy
             self.anchor_count += 1
-            if self.anchor_count >= self.config.anchor_steps:
+            if self.anchor_count >= self.anchor_steps():
                 self.h0 = self.anchor_sum / self.anchor_count
-            if self.config.anchor == "initial":
+            if self.config.anchor.mode == "initial":
                 return  # the anchoring readings define H0; α stays α_0 until then
         target = self.target_entropy()
         if target is None or not self.is_dynamic():
             return
+        if isinstance(update, RelativeUpdate):
+            smoothed = entropy if self.smoothed_entropy is None else self.smoothed_entropy
+            error = relative_error(target, smoothed)
+            low, high = float(update.alpha_min), float(update.alpha_max)
+            integral = self.alpha if self.integral is None else self.integral
+            self.integral = relative_step(
+                integral, error, step=float(update.step), alpha_min=low, alpha_max=high
+            )
+            self.alpha = relative_step(
+                self.integral, error, step=float(update.proportional), alpha_min=low, alpha_max=high
+            )
+            return
         self.alpha = updated_alpha(
             self.alpha,
             target - entropy,
-            rule=self.config.update,
-            eta=self.config.step_size,
-            delta=self.config.delta,
-            alpha_min=self.config.alpha_min,
-            alpha_max=self.config.alpha_max,
+            rule=update.rule,
+            eta=float(getattr(update, "eta", 0.0)),
+            delta=float(getattr(update, "delta", 0.0)),
+            alpha_min=float(getattr(update, "alpha_min", 0.0)),
+            alpha_max=float(getattr(update, "alpha_max", 0.0)),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -152,6 +211,8 @@ class TargetController(EntropyController):
             "anchor_sum": self.anchor_sum,
             "anchor_count": self.anchor_count,
             "last_entropy": self.last_entropy,
+            "smoothed_entropy": self.smoothed_entropy,
+            "integral": self.integral,
             "steps_observed": self.steps_observed,
             "readings_ignored": self.readings_ignored,
         }
@@ -160,10 +221,15 @@ class TargetController(EntropyController):
         def optional(value: Any) -> float | None:
             return None if value is None else float(value)
 
-        check_state_keys(self, state, tuple(self.state_dict()))
+        # ``smoothed_entropy`` is optional: checkpoints of the first release do not hold it.
+        check_state_keys(self, state, tuple(k for k in self.state_dict() if k not in _OPTIONAL_STATE))
         # Clamped into this config's bounds, so a resume with changed bounds keeps the contract
         # (with the same config this is exact).
-        self.alpha = min(max(float(state["alpha"]), self.config.alpha_min), self.config.alpha_max)
+        low, high = self.config.alpha_bounds
+        self.alpha = min(max(float(state["alpha"]), low), high)
+        self.smoothed_entropy = optional(state.get("smoothed_entropy"))
+        integral = optional(state.get("integral"))
+        self.integral = None if integral is None else min(max(integral, low), high)
         self.h0 = optional(state["h0"])
         self.anchor_sum = float(state["anchor_sum"])
         self.anchor_count = int(state["anchor_count"])

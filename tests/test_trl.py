@@ -236,6 +236,22 @@ def test_resume_restores_controller_state_and_metrics(tmp_path: Path) -> None:
         again.train(resume_from_checkpoint=str(bare))
 
 
+def test_evaluation_uses_the_plan_but_never_updates_the_controller(tmp_path: Path) -> None:
+    trainer = GRPOTrainer(
+        model=tiny.build_model(),
+        reward_funcs=[tiny.digit_reward],
+        args=tiny.tiny_config(str(tmp_path), max_steps=2, eval_strategy="steps", eval_steps=1),
+        train_dataset=tiny.build_dataset(),
+        eval_dataset=tiny.build_dataset().select(range(8)),
+        processing_class=tiny.build_tokenizer(),
+        controller={"name": "aer", "alpha_0": 0.05},
+    )
+    trainer.train()
+    evaluations = [row for row in trainer.state.log_history if "eval_loss" in row]
+    assert len(evaluations) == 2 and all(math.isfinite(row["eval_loss"]) for row in evaluations)
+    assert trainer.controller.state_dict()["steps_observed"] == 2  # the two training steps only
+
+
 # ---- what is refused -------------------------------------------------------------------------------------
 
 

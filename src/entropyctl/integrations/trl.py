@@ -29,8 +29,7 @@ import torch
 import trl
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from entropyctl.controllers.base import EntropyController, EntropyReading, GroupOutcome, Plan
-from entropyctl.controllers.registry import create_controller
+from entropyctl import EntropyController, EntropyReading, GroupOutcome, Plan, create_controller
 
 __all__ = ["CONTROLLER_STATE_FILE", "SUPPORTED_LOSS_TYPES", "GRPOTrainer", "entropy_term"]
 

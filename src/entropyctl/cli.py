@@ -527,7 +527,12 @@ def _quiet_libraries() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
         sys.modules["transformers"].utils.logging.set_verbosity_error()
     # Lightning's "GPU available: False, used: False" / TPU lines and its litlogger tip (INFO level).
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    # (weights_only=False on save means "full checkpoint", not an unsafe load; loads are weights_only.)
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (
         r".*weights_only.*",

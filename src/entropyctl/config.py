@@ -909,7 +909,15 @@ class TrainerConfig(_Section):
         0, ge=0, description="Save a checkpoint every N steps (0: only at the end)."
     )
     save_last: bool = Field(True, description="Save checkpoints/last.ckpt at the end (model + optimizer).")
-    progress_bar: bool = Field(True, description="Lightning's progress bar.")
+    progress_bar: bool = Field(
+        True, description="On a terminal, one progress line redrawn in place (step k/N, entropy, α, H*, ...)."
+    )
+    log_every: int | None = Field(
+        None,
+        ge=1,
+        description="When the output is not a terminal (or progress_bar is off): one progress line every N "
+        "steps (None: about 10 lines per run).",
+    )
     tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
 
 

@@ -62,6 +62,7 @@ IGNORED_FOR_RESUME = (
     "trainer.steps",
     "trainer.threads",
     "trainer.progress_bar",
+    "trainer.log_every",
     "trainer.tensorboard",
     "trainer.checkpoint_every",
     "trainer.save_last",

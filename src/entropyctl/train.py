@@ -410,7 +410,7 @@ class _Run:
     def _fit(self, ckpt_path: str | None, progress_bar: bool | None, callbacks: Sequence[Any]) -> None:
         import lightning.pytorch as pl
 
-        from entropyctl.integrations.lightning import RLVRCheckpoint
+        from entropyctl.integrations.lightning import RLVRCheckpoint, RLVRProgress
 
         t, run_dir, module = self.config.trainer, self.run_dir, self.module
         loggers: Any = False
@@ -421,6 +421,9 @@ class _Run:
         checkpoint = RLVRCheckpoint(
             run_dir / "checkpoints", t.checkpoint_every, t.steps, save_last=t.save_last, stop=self.stop
         )
+        bar = t.progress_bar if progress_bar is None else progress_bar
+        # A redrawn line on a terminal (unless the bar is off); a line every log_every steps otherwise.
+        progress = RLVRProgress(t.steps, every=t.log_every, tty=None if bar else False)
         self.trainer = pl.Trainer(
             accelerator=t.accelerator,
             devices=t.devices,
@@ -428,9 +431,9 @@ class _Run:
             precision=t.precision,  # type: ignore[arg-type]
             max_steps=t.steps * module.optimizer_steps_per_rlvr_step,
             logger=loggers,
-            callbacks=[checkpoint, _heartbeat_callback(self.status), *callbacks],
+            callbacks=[checkpoint, _heartbeat_callback(self.status), progress, *callbacks],
             enable_checkpointing=False,
-            enable_progress_bar=t.progress_bar if progress_bar is None else progress_bar,
+            enable_progress_bar=False,  # RLVRProgress: step k/N with the controller's numbers
             enable_model_summary=False,
             log_every_n_steps=1,
             num_sanity_val_steps=0,

@@ -318,15 +318,124 @@ class RLVRCheckpoint(pl.Callback):
         step = int(getattr(pl_module, "rlvr_step", 0))
         periodic = self.every > 0 and step % self.every == 0
         if periodic:
-            trainer.save_checkpoint(str(self.dirpath / f"step-{step:06d}.ckpt"))
+            trainer.save_checkpoint(str(self.dirpath / f"step-{step:06d}.ckpt"), weights_only=False)
         final = self.save_last and step >= self.total_steps
         if periodic or final:
-            trainer.save_checkpoint(str(self.dirpath / "last.ckpt"))
+            trainer.save_checkpoint(str(self.dirpath / "last.ckpt"), weights_only=False)
         signum = self._stop_signal(trainer) if self.stop is not None else None
         if signum is not None and step < self.total_steps:
             if not (periodic or final):
-                trainer.save_checkpoint(str(self.dirpath / "last.ckpt"))
+                trainer.save_checkpoint(str(self.dirpath / "last.ckpt"), weights_only=False)
             raise RunStopped(signum)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class RLVRProgress(pl.Callback):
+    """What the user sees while training: ``step k/N`` with entropy, α, H*, reward and accuracy.
+
+    On a terminal one line is redrawn in place (at most 100 columns); when the output is a file, one line
+    every ``every`` steps (default: ~10 lines per run) and at the last step. At the end, one line on what
+    the controller did (:func:`controller_story`). Rank 0 only; replaces Lightning's epoch-based bar.
+    """
+
+    WIDTH = 100
+
+    def __init__(
+        self, total_steps: int, every: int | None = None, stream: Any = None, tty: bool | None = None
+    ):
+        import sys
+
+        self.total = int(total_steps)
+        self.every = int(every) if every else max(1, self.total // 10)
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
+        self.rows: list[dict[str, float]] = []
+        self.started = time.perf_counter()
+        self._drawn = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+        self.first_step = int(getattr(pl_module, "rlvr_step", 0))
+
+    def line(self, row: dict[str, float]) -> str:
+        step = int(row["step"])
+        done = step - self.first_step
+        per_step = (time.perf_counter() - self.started) / max(1, done)
+        parts = [
+            f"step {step}/{self.total}",
+            f"H {row.get('entropy', math.nan):.3f}",
+            f"H* {row.get('target_entropy', math.nan):.3f}",
+            f"α {row.get('alpha', math.nan):.3g}",
+            f"reward {row.get('reward', math.nan):.3f}",
+            f"acc {row.get('accuracy', math.nan):.3f}",
+            f"{per_step:.2f}s/step",
+            f"ETA {_fmt_seconds(per_step * (self.total - step))}",
+        ]
+        return "  ".join(parts)[: self.WIDTH - 1]
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_rank != 0:
+            return
+        row = dict(getattr(pl_module, "last_metrics", {}) or {})
+        if not row or (self.rows and self.rows[-1]["step"] == row["step"]):
+            return  # several optimizer steps per RLVR step: report each RLVR step once
+        self.rows.append({k: float(v) for k, v in row.items() if isinstance(v, (int, float))})
+        step = int(row["step"])
+        if self.tty:
+            self.stream.write("\r" + self.line(self.rows[-1]).ljust(self.WIDTH - 1))
+            self._drawn = True
+        elif step % self.every == 0 or step >= self.total:
+            self.stream.write("[entropyctl] " + self.line(self.rows[-1]) + "\n")
+        self.stream.flush()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        if self._drawn:
+            self.stream.write("\n")
+        story = controller_story(self.rows)
+        if story:
+            self.stream.write(f"[entropyctl] {story}\n")
+        self.stream.flush()
+
+
+def controller_story(rows: Sequence[dict[str, float]]) -> str:
+    """One sentence on what the controller did over ``rows`` (metrics.csv rows of this run)."""
+    if not rows:
+        return ""
+    n = len(rows)
+    alphas = [r.get("alpha", math.nan) for r in rows]
+    targets = [r.get("target_entropy", math.nan) for r in rows]
+    entropies = [r.get("entropy", math.nan) for r in rows]
+    first_h, last_h = entropies[0], entropies[-1]
+    finite_targets = [t for t in targets if math.isfinite(t)]
+    zero = sum(1 for a in alphas if a == 0)
+    if not finite_targets:  # fixed / clip_higher: no target
+        values = sorted({round(a, 6) for a in alphas if math.isfinite(a)})
+        alpha_text = (
+            f"α = {values[0]:g} throughout" if len(values) == 1 else f"α in [{values[0]:g}, {values[-1]:g}]"
+        )
+        return f"{alpha_text} (no entropy target); entropy {first_h:.3f} -> {last_h:.3f} over {n} steps"
+    target = finite_targets[-1]
+    above = sum(1 for h, t in zip(entropies, targets, strict=True) if math.isfinite(t) and h > t)
+    if zero == n:
+        return (
+            f"α was 0 on {zero}/{n} steps: entropy stayed above H* = {target:.3g} "
+            f"({first_h:.3f} -> {last_h:.3f}), the bonus never engaged"
+            if above == sum(1 for t in targets if math.isfinite(t))
+            else f"α was 0 on {zero}/{n} steps (H* = {target:.3g}; entropy {first_h:.3f} -> {last_h:.3f})"
+        )
+    finite_alphas = [a for a in alphas if math.isfinite(a)]
+    return (
+        f"α was 0 on {zero}/{n} steps, up to {max(finite_alphas):.3g} (last {alphas[-1]:.3g}); entropy "
+        f"{first_h:.3f} -> {last_h:.3f}, above H* = {target:.3g} on {above}/{n} steps"
+    )
 
 
 class _Frozen:

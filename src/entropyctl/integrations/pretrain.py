@@ -162,8 +162,75 @@ def greedy_accuracy(
     return {k: sum(v) / len(v) for k, v in sorted(correct.items())}
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class WarmStartProgress:
+    """The warm start's progress on stderr: a bar (steps, loss, ETA) on a terminal, a line every ~10 %
+    when the output is a file. Says that the model is built once and where it is cached."""
+
+    WIDTH = 100
+
+    def __init__(self, steps: int, directory: Path, stream: Any = None) -> None:
+        self.steps = steps
+        self.directory = directory
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = max(1, steps // 10)
+        self.started = time.perf_counter()
+        self.last_draw = 0.0
+        self.recent: list[float] = []
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self._write(
+            f"[entropyctl] warm start: training the tiny model ({self.steps} steps); this happens once, "
+            f"the result is cached in {self.directory}\n"
+        )
+
+    def __call__(self, step: int, loss: float) -> None:
+        self.recent = [*self.recent[-49:], loss]
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / step * (self.steps - step)
+        mean = sum(self.recent) / len(self.recent)
+        if self.tty:
+            now = time.perf_counter()
+            if now - self.last_draw < 0.2 and step < self.steps:
+                return
+            self.last_draw = now
+            width = 30
+            filled = int(width * step / self.steps)
+            line = (
+                f"  warm start [{'#' * filled}{'.' * (width - filled)}] {step}/{self.steps} "
+                f"loss {mean:.3f} ETA {_duration(eta)}"
+            )
+            self._write("\r" + line[: self.WIDTH - 1].ljust(self.WIDTH - 1))
+        elif step % self.every == 0 or step == self.steps:
+            self._write(
+                f"[entropyctl] warm start {100 * step // self.steps:3d}%: step {step}/{self.steps}, "
+                f"loss {mean:.3f}, {_duration(elapsed)} elapsed, ETA {_duration(eta)}\n"
+            )
+
+    def finish(self) -> None:
+        if self.tty:
+            self._write("\n")
+        self._write(
+            f"[entropyctl] warm start done in {_duration(time.perf_counter() - self.started)}; "
+            f"later runs load it from {self.directory}\n"
+        )
+
+
 def _train(
-    cfg: ModelConfig, log: Callable[[str], None] | None, task: Any = None
+    cfg: ModelConfig,
+    log: Callable[[str], None] | None,
+    task: Any = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     synthetic = _synthetic()
     if task is not None:
@@ -201,6 +268,8 @@ def _train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
                 optimizer.step()
                 losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress(step + 1, losses[-1])
                 if log is not None and (step + 1) % max(1, p.steps // 10) == 0:
                     recent = losses[-max(1, p.steps // 10) :]
                     log(
@@ -244,6 +313,7 @@ def pretrain(
     evaluate: int = 0,
     log: Callable[[str], None] | None = None,
     task: Any = None,
+    progress: bool = True,
 ) -> Path:
     """Return the directory of the warm-started tiny model for ``cfg``, training it first on a cache miss.
 
@@ -267,7 +337,14 @@ def pretrain(
     with _exclusive(directory.parent / f"{directory.name}.lock"):
         if (directory / METADATA_FILE).is_file() and not force:
             return directory  # another process finished it while we waited
-        model, tokenizer, metadata = _train(cfg, log, task)
+        # Library and `entropyctl train` use: report progress (rank 0 only); `entropyctl pretrain` logs.
+        reporter = None
+        if log is None and progress and os.environ.get("LOCAL_RANK", "0") == "0" and cfg.pretrain.steps > 0:
+            reporter = WarmStartProgress(cfg.pretrain.steps, directory)
+            reporter.start()
+        model, tokenizer, metadata = _train(cfg, log, task, reporter)
+        if reporter is not None:
+            reporter.finish()
         if evaluate > 0:
             if task is None:
                 problems = _make_task(cfg, cfg.pretrain.seed).held_out(evaluate, seed=0)

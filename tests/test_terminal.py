@@ -1,0 +1,75 @@
+"""What `entropyctl train` prints: warm-start progress, step k/N lines, the controller's story at the end."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+from entropyctl.integrations.lightning import RLVRProgress, controller_story
+from entropyctl.integrations.pretrain import WarmStartProgress
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_warm_start_logs_every_tenth_to_a_file_and_says_where_it_is_cached() -> None:
+    out = io.StringIO()
+    progress = WarmStartProgress(50, Path("/cache/tiny/abc"), stream=out)
+    progress.start()
+    for step in range(1, 51):
+        progress(step, 2.0 - step / 50)
+    progress.finish()
+    lines = out.getvalue().splitlines()
+    assert "once" in lines[0] and "/cache/tiny/abc" in lines[0]
+    assert [line for line in lines if "%: step" in line][0].startswith(
+        "[entropyctl] warm start  10%: step 5/50"
+    )
+    assert len([line for line in lines if "%: step" in line]) == 10
+    assert "/cache/tiny/abc" in lines[-1]
+
+
+def test_warm_start_bar_on_a_terminal_fits_100_columns() -> None:
+    out = _Terminal()
+    progress = WarmStartProgress(20, Path("/c"), stream=out)
+    progress.start()
+    for step in range(1, 21):
+        progress(step, 1.0)
+    drawn = [part for part in out.getvalue().split("\r") if "warm start [" in part]
+    assert drawn and all(len(part.split("\n")[0]) < 100 for part in drawn)
+    assert "20/20" in drawn[-1]
+
+
+def _rows(alphas, entropies, target=0.29):
+    return [
+        {"step": i + 1, "alpha": a, "entropy": h, "target_entropy": target, "reward": 0.5, "accuracy": 0.5}
+        for i, (a, h) in enumerate(zip(alphas, entropies, strict=True))
+    ]
+
+
+def test_controller_story() -> None:
+    never = controller_story(_rows([0.0] * 120, [0.5] * 120))
+    assert (
+        never.startswith("α was 0 on 120/120 steps: entropy stayed above H* = 0.29")
+        and "never engaged" in never
+    )
+    some = controller_story(_rows([0.0] * 117 + [0.01, 0.02, 0.0], [0.5] * 117 + [0.2, 0.25, 0.3]))
+    assert "α was 0 on 118/120 steps, up to 0.02" in some and "above H* = 0.29 on 118/120 steps" in some
+    fixed = controller_story(_rows([0.001] * 5, [0.5, 0.4, 0.3, 0.2, 0.1], target=math.nan))
+    assert fixed.startswith("α = 0.001 throughout (no entropy target)")
+
+
+def test_progress_lines_in_a_log_file() -> None:
+    out = io.StringIO()
+    progress = RLVRProgress(20, every=5, stream=out)
+    progress.first_step = 0
+    for row in _rows([0.0] * 20, [0.5] * 20):
+        progress.rows.append(row)
+        if row["step"] % progress.every == 0:
+            out.write(progress.line(row) + "\n")
+    lines = out.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["5/20", "10/20", "15/20", "20/20"]
+    assert all(len(line) < 100 for line in lines)
+    assert all(key in lines[0] for key in ("H ", "H* ", "α ", "reward ", "acc "))

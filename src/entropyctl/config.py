@@ -768,6 +768,11 @@ class DataConfig(_Section):
         False, description="Wrap the (templated) prompt in the tokenizer's chat template as a user turn."
     )
     system: str | None = Field(None, description="chat_template: an optional system message.")
+    overlong_prompts: Literal["error", "drop"] = Field(
+        "error",
+        description="file: a prompt that does not fit the model's context with the longest response: "
+        "error (names file:line and the limit) or drop (leave such rows out, with a warning).",
+    )
     strip_prefix: str | None = Field(
         None,
         description="reasoning_gym: text removed from the start of every question that begins with it "

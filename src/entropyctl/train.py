@@ -22,7 +22,7 @@ import importlib.util
 import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ __all__ = [
     "build_prompt_encoder",
     "RUN_DIR_ENV",
     "check_resume",
+    "fit_prompts_to_context",
 ]
 
 RUN_DIR_ENV = "ENTROPYCTL_RUN_DIR"
@@ -70,8 +71,14 @@ def resolve_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
     return Path(config.output_dir) / name
 
 
-def build_data(config: RunConfig) -> tuple[Any, list[Any]]:
-    """(training PromptSampler, held-out problems) for ``config.data`` and ``config.eval``."""
+def build_data(
+    config: RunConfig, fit: Callable[[list[Any]], list[Any]] | None = None
+) -> tuple[Any, list[Any]]:
+    """(training PromptSampler, held-out problems) for ``config.data`` and ``config.eval``.
+
+    File data sets: ``fit`` (e.g. :func:`fit_prompts_to_context`) checks or filters the rows of each
+    file before use; prompts repeated in training, or shared by training and held-out rows, are warned
+    about."""
     from entropyctl.integrations.lightning import PromptSampler
 
     d, e = config.data, config.eval
@@ -93,12 +100,13 @@ def build_data(config: RunConfig) -> tuple[Any, list[Any]]:
                     count, seed=d.seed + level
                 )
         return sampler, heldout
-    from entropyctl.data.loaders import load_math_dataset
+    from entropyctl.data.loaders import check_overlap, load_math_dataset
 
     assert d.path is not None
-    rows = list(load_math_dataset(d.path, **d.options))
+    fit = fit or (lambda problems: problems)
+    rows = fit(list(load_math_dataset(d.path, **d.options)))
     if d.eval_path:
-        heldout = list(load_math_dataset(d.eval_path, **d.options))[: e.n_prompts]
+        heldout = fit(list(load_math_dataset(d.eval_path, **d.options)))[: e.n_prompts]
         train = rows
     else:
         if e.n_prompts >= len(rows):
@@ -109,7 +117,52 @@ def build_data(config: RunConfig) -> tuple[Any, list[Any]]:
         train, heldout = (
             (rows[: len(rows) - e.n_prompts], rows[len(rows) - e.n_prompts :]) if e.n_prompts else (rows, [])
         )
+    for line in check_overlap(train, heldout):
+        warnings.warn(f"data: {line}", UserWarning, stacklevel=2)
     return PromptSampler.from_list(train, config.seed), heldout
+
+
+def fit_prompts_to_context(
+    config: RunConfig, encode: Callable[[str], list[int]], context: int | None
+) -> Callable[[list[Any]], list[Any]]:
+    """A ``fit`` for :func:`build_data`: every prompt (templated, as the model sees it) plus the longest
+    response (``rollout.max_new_tokens``, ``eval.max_new_tokens``) must fit the model's ``context``.
+    ``data.overlong_prompts``: ``error`` (a :class:`DatasetError` naming ``file:line``, the prompt's
+    tokens and the limit) or ``drop`` (such rows are left out, with a warning counting them)."""
+    from entropyctl.data.loaders import DatasetError
+
+    r, e = config.rollout, config.eval
+    response = max(r.max_new_tokens, e.max_new_tokens or 0)
+
+    def fit(problems: list[Any]) -> list[Any]:
+        if context is None:
+            return problems
+        budget = context - response
+        kept = []
+        for problem in problems:
+            tokens = len(encode(problem.prompt))
+            if tokens <= budget:
+                kept.append(problem)
+                continue
+            meta = getattr(problem, "meta", None) or {}
+            if config.data.overlong_prompts == "error":
+                raise DatasetError(
+                    meta.get("source", "data"),
+                    meta.get("location"),
+                    f"prompt is {tokens} tokens; with responses of up to {response} tokens the model's context "
+                    f"of {context} leaves {budget} (shorten it, or set data.overlong_prompts=drop)",
+                )
+        if len(kept) < len(problems):
+            source = (getattr(problems[0], "meta", None) or {}).get("source", "data")
+            warnings.warn(
+                f"data: dropped {len(problems) - len(kept)} of {len(problems)} rows of {source} whose prompt "
+                f"does not fit the context ({context} tokens, {response} kept for the response)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return kept
+
+    return fit
 
 
 def reasoning_gym_task(config: RunConfig) -> Any:
@@ -215,7 +268,9 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     policy, tokenizer = load_policy(config.model, task=task)
     engine = build_engine(config, policy, tokenizer)
     reward = get_reward(config.reward.name, **config.reward.options)
-    sampler, heldout = build_data(config)
+    encode = build_prompt_encoder(config, tokenizer)
+    context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+    sampler, heldout = build_data(config, fit_prompts_to_context(config, encode, context))
     controller = create_controller(config.controller)
     return RLVRModule(
         config,
@@ -227,7 +282,7 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
         controller,
         heldout,
         run_dir,
-        encode_prompt=build_prompt_encoder(config, tokenizer),
+        encode_prompt=encode,
     )
 
 

@@ -26,7 +26,15 @@ from typing import Any
 from entropyctl.data.synthetic import Problem
 from entropyctl.data.templates import format_prompt, validate_template
 
-__all__ = ["DatasetError", "PROMPT_FIELDS", "ANSWER_FIELDS", "load_math_dataset", "normalize_answer_field"]
+__all__ = [
+    "DatasetError",
+    "PROMPT_FIELDS",
+    "ANSWER_FIELDS",
+    "MAX_LINE_BYTES",
+    "load_math_dataset",
+    "normalize_answer_field",
+    "check_overlap",
+]
 
 PROMPT_FIELDS: tuple[str, ...] = ("prompt", "problem", "question")
 ANSWER_FIELDS: tuple[str, ...] = ("answer", "final_answer", "solution", "reward_model.ground_truth")
@@ -116,9 +124,41 @@ def _level(value: Any) -> int | None:
     return None
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+#: Default cap on one JSONL line (bytes): a math prompt is a few kB; a 50 MB line is a broken file
+#: (and tokenizing it aborted the tokenizer). ``max_line_bytes`` changes it.
+MAX_LINE_BYTES = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+
+
+def _iter_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[str, Any]]:
+    """(line number, parsed JSON) per non-blank line; a UTF-8 BOM at the start is accepted. Undecodable
+    bytes, invalid JSON and lines over ``max_line_bytes`` are errors naming ``file:line``; a long line
+    is never read whole into memory."""
+    with path.open("rb") as handle:
+        number = 0
+        while True:
+            raw = handle.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                raise DatasetError(
+                    path,
+                    str(number),
+                    f"line longer than {max_line_bytes:,} bytes (data.options.max_line_bytes); "
+                    "is this a JSONL file with one problem per line?",
+                )
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    path,
+                    str(number),
+                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "save the file as UTF-8",
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -148,11 +188,13 @@ def load_math_dataset(
     template: str | None = None,
     level_field: str | None = None,
     limit: int | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> list[Problem]:
     """Load a ``.jsonl`` or ``.parquet`` math dataset as :class:`Problem` objects.
 
     ``template`` is a string with ``{prompt}`` wrapped around each prompt (see
-    :func:`entropyctl.data.templates.format_prompt`); ``limit`` keeps the first rows only.
+    :func:`entropyctl.data.templates.format_prompt`); ``limit`` keeps the first rows only;
+    ``max_line_bytes`` caps one JSONL line (and one Parquet prompt, in characters).
     ``Problem.meta`` holds ``source`` (file name) and ``location`` (line / row).
     """
     path = Path(path)
@@ -162,7 +204,7 @@ def load_math_dataset(
         raise DatasetError(path, None, "file not found")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = _iter_jsonl(path)
+        rows = _iter_jsonl(path, max_line_bytes)
     elif suffix == ".parquet":
         rows = _iter_parquet(path)
     else:
@@ -183,6 +225,12 @@ def load_math_dataset(
                 path, location, f"field '{field}' missing (expected one of: {', '.join(prompt_names)})", field
             )
         prompt = _prompt_text(value)
+        if prompt is not None and len(prompt) > max_line_bytes:
+            raise DatasetError(
+                path,
+                location,
+                f"prompt longer than {max_line_bytes:,} characters (data.options.max_line_bytes)",
+            )
         if prompt is None:
             raise DatasetError(
                 path,
@@ -232,3 +280,26 @@ def load_math_dataset(
             )
         )
     return problems
+
+
+def check_overlap(train: Sequence[Problem], heldout: Sequence[Problem]) -> list[str]:
+    """Warnings (one line each) for prompts repeated within the training rows and for held-out prompts
+    that also appear in training (pass@k on them measures memory, not generalisation)."""
+    first: dict[str, str] = {}
+    repeats: list[str] = []
+    for problem in train:
+        key = " ".join(problem.prompt.split())
+        if key in first:
+            repeats.append(f"{problem.id} repeats {first[key]}")
+        else:
+            first[key] = str(problem.id)
+    shared = [f"{p.id} = {first[k]}" for p in heldout if (k := " ".join(p.prompt.split())) in first]
+    lines = []
+    if repeats:
+        lines.append(f"{len(repeats)} training prompt(s) are duplicates, e.g. {'; '.join(repeats[:3])}")
+    if shared:
+        lines.append(
+            f"{len(shared)} of {len(heldout)} held-out prompt(s) also appear in training, e.g. "
+            f"{'; '.join(shared[:3])}: pass@k on them is not a held-out measure"
+        )
+    return lines

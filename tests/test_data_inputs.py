@@ -1,0 +1,102 @@
+"""Inputs checked before the first step: line size cap, decode errors as file:line, a UTF-8 BOM,
+prompts against the model's context, overlapping training / held-out rows."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from trainer_helpers import tiny_config
+
+from entropyctl.data.loaders import DatasetError, check_overlap, load_math_dataset
+from entropyctl.train import build_data, build_module, fit_prompts_to_context
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"question": "1+1?", "answer": "2"}).encode() + b"\n")
+    assert [p.answer for p in load_math_dataset(path)] == ["2"]
+
+
+def test_undecodable_bytes_name_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps({"question": "1+1?", "answer": "2"}).encode()
+    path.write_bytes(good + b"\n" + '{"question": "caf\xe9?", "answer": "1"}'.encode("latin-1") + b"\n")
+    with pytest.raises(DatasetError, match=r"latin1\.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 18\)"):
+        load_math_dataset(path)
+
+
+def test_a_huge_line_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    path = tmp_path / "huge.jsonl"
+    with path.open("w") as f:
+        f.write(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+        f.write('{"question": "' + "x" * 50_000_000 + '", "answer": "1"}\n')  # 50 MB, as in the report
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match=r"huge\.jsonl:2: line longer than 1,048,576 bytes"):
+        load_math_dataset(path)
+    assert time.perf_counter() - start < 5.0
+    # the cap is an option
+    with pytest.raises(DatasetError, match=r"huge\.jsonl:1: line longer than 10 bytes"):
+        load_math_dataset(path, max_line_bytes=10)
+
+
+def test_overlap_and_duplicates_are_reported() -> None:
+    from entropyctl.data.synthetic import Problem
+
+    train = [
+        Problem("2+2=", "4", 1, id="f:1"),
+        Problem("3+3=", "6", 1, id="f:2"),
+        Problem("2+2=", "4", 1, id="f:3"),
+    ]
+    heldout = [Problem("3+3=", "6", 1, id="g:1"), Problem("5+5=", "10", 1, id="g:2")]
+    lines = check_overlap(train, heldout)
+    assert lines[0].startswith("1 training prompt(s) are duplicates, e.g. f:3 repeats f:1")
+    assert lines[1].startswith("1 of 2 held-out prompt(s) also appear in training, e.g. g:1 = f:2")
+    assert check_overlap(train[:2], heldout[1:]) == []
+
+
+def test_build_data_warns_about_overlap(tmp_path: Path) -> None:
+    rows = [{"question": f"{a}+1=", "answer": str(a + 1)} for a in range(5)]
+    train = _write(tmp_path / "train.jsonl", rows)
+    held = _write(tmp_path / "held.jsonl", rows[3:])
+    config = tiny_config(
+        "data.source=file", f"data.path={train}", f"data.eval_path={held}", "eval.n_prompts=2"
+    )
+    with pytest.warns(UserWarning, match="2 of 2 held-out prompt"):
+        build_data(config)
+
+
+def test_prompt_longer_than_the_context_fails_at_load_naming_file_line(tmp_path: Path) -> None:
+    rows = (
+        [{"question": "1+2=", "answer": "3"}] * 3
+        + [{"question": "1+" * 200 + "1=", "answer": "201"}]
+        + [{"question": "2+2=", "answer": "4"}] * 3
+    )
+    data = _write(tmp_path / "long.jsonl", rows)
+    config = tiny_config(
+        "data.source=file", f"data.path={data}", "eval.n_prompts=2", "rollout.max_new_tokens=6"
+    )
+    # the tiny model's context is model.tiny.max_position_embeddings = 256 (characters = tokens)
+    with pytest.raises(
+        DatasetError, match=r"long\.jsonl:4: prompt is \d+ tokens; .* context of 256 leaves 250"
+    ):
+        build_module(config)
+    config = tiny_config(
+        "data.source=file", f"data.path={data}", "eval.n_prompts=2", "data.overlong_prompts=drop"
+    )
+    with pytest.warns(UserWarning, match="dropped 1 of 7 rows of long.jsonl"):
+        module = build_module(config)
+    assert all(len(p.prompt) < 100 for p in module.eval_problems)
+
+
+def test_fit_is_a_no_op_without_a_known_context() -> None:
+    config = tiny_config()
+    rows = [object()]
+    assert fit_prompts_to_context(config, lambda text: [0] * 10**6, None)(rows) == rows  # type: ignore[list-item]

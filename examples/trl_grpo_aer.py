@@ -1,9 +1,10 @@
 """A TRL GRPO script switched to AER: one import and one argument differ from plain TRL.
 
-Runs on a CPU with no downloads (about 35 s of CPU time; longer on a busy machine): a tiny Llama and a character tokenizer are built in
-code, the prompts are `a+b=` sums in two difficulty levels, and the reward is a toy check (the first
-character of the completion is the answer's first digit) that a random policy sometimes passes, so
-group accuracies are mixed and AER's difficulty-aware coefficients have something to act on.
+Runs on a CPU with no downloads (about 35 s of CPU time; longer on a busy machine): a tiny Llama and a
+character tokenizer are built in code, the prompts are `a+b=` sums in two difficulty levels (a `level`
+column, so the per-level metrics are logged), and the reward is a toy check (the first character of the
+completion is the answer's first digit) that a random policy sometimes passes, so group accuracies are
+mixed and AER's difficulty-aware coefficients have something to act on.
 
     python examples/trl_grpo_aer.py
 """

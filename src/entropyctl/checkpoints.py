@@ -50,7 +50,9 @@ def _corrupt(file: Path, err: BaseException) -> str:
     )
 
 
-def load_checkpoint(path: str | Path, *, required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, *, required: tuple[str, ...] = REQUIRED_KEYS, mmap: bool = False
+) -> dict[str, Any]:
     """Load ``path`` on the CPU with ``torch.load(weights_only=True)`` and check it is one of ours.
 
     Raises :class:`CheckpointError` (never runs code from the file) when the file is missing, truncated
@@ -65,7 +67,7 @@ def load_checkpoint(path: str | Path, *, required: tuple[str, ...] = REQUIRED_KE
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
-            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         name = _refused_global(str(err))
         if name is None:

@@ -300,14 +300,12 @@ def check_resume(
 ) -> dict[str, Any]:
     """Compare the checkpoint's run fingerprint with this run's; raise :class:`ResumeMismatchError`
     listing every difference unless ``allow_changes``. Returns the record kept in the summary."""
-    import torch
+    from entropyctl.checkpoints import CheckpointError, load_checkpoint
 
     try:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("run_fingerprint")
-    except Exception as err:  # unreadable: let the resume itself report it with the loader's message
-        raise RunDirError(
-            f"--resume {ckpt_path}: cannot read the checkpoint ({type(err).__name__}: {err})"
-        ) from None
+        saved = load_checkpoint(ckpt_path, mmap=True).get("run_fingerprint")
+    except CheckpointError as err:  # one line: which file, what is wrong, what to do
+        raise RunDirError(f"--resume {err}") from None
     if saved is None:
         changes = ["the checkpoint carries no run fingerprint (written by an older entropyctl); cannot check"]
     else:

@@ -45,6 +45,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     config = tiny_config(
         "trainer.steps=4",
         "trainer.checkpoint_every=2",
+        "controller.update=additive",  # the first release's rule: alpha moves fast
         "controller.eta=0.5",
         "controller.tau=0.9",
         "algorithm.mini_batches=2",

@@ -152,6 +152,7 @@ SIGNAL_RUN = [
     *TINY,
     *SMALL,
     f"trainer.steps={STEPS}",
+    "controller.update=additive",  # the first release's rule: alpha moves fast
     "controller.eta=0.5",
     "controller.tau=0.9",
     "eval.before=false",

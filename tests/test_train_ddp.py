@@ -25,6 +25,7 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         *SMALL,
         "trainer.devices=2",
         "trainer.steps=3",
+        "controller.update=additive",  # the first release's rule: alpha moves fast
         "controller.eta=0.5",
         "controller.tau=0.9",
         "algorithm.mini_batches=2",

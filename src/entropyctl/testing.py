@@ -21,9 +21,10 @@ g_t = gain·exp(−drift·t): the same coefficient buys less entropy as training
 With the defaults (``h_init = 1``, ``h_max = 3``, ``decay = 0.1``, ``gain = 50``) a fixed
 α = 1e-4 collapses to ≈ 0.035 nats, α = 0.1 explodes to ≈ 2.5 nats, and the AER target
 0.4·H0 = 0.4 needs a token-weighted coefficient of ≈ 0.0027 (dH_eq/dc ≈ 110 nats per unit there).
-The controllers' closed-loop tests cover ``gain`` in [25, 100] and ``decay`` in [0.05, 0.2] with
-the default step size η = 0.002: a larger loop gain η·dH_eq/dc (for instance η = 0.01 at
-gain 100) makes the pure-integral update ring or oscillate — the lag the real loop has too.
+The controllers' closed-loop tests cover ``gain`` in [25, 100] and ``decay`` in [0.05, 0.2] for
+every update rule (the additive rule at its η = 0.002: a larger loop gain η·dH_eq/dc, for instance
+η = 0.01 at gain 100, makes it ring or oscillate — the lag the real loop has too), and the default
+relative rule on a wider family: gain over 100×, 10–20 % reading noise, one step of lag, drift.
 
 Prompt difficulty: each prompt draws a level from ``difficulty_mix`` (pairs of
 ``(weight, p_correct)``) and its group accuracy is Binomial(group_size, p_correct) / group_size.

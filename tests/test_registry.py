@@ -99,12 +99,12 @@ def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         textwrap.dedent('''
         from typing import Literal
         from entropyctl.config import ControllerConfig
-        from entropyctl.controllers.fixed import StatelessController
+        from entropyctl.controllers.fixed import OpenLoopController
 
         class MineConfig(ControllerConfig):
             name: Literal["mine"] = "mine"
 
-        class MineController(StatelessController):
+        class MineController(OpenLoopController):
             """Mine: a plugin."""
             config_class = MineConfig
             def plan(self, outcome):

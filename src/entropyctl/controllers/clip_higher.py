@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from entropyctl.config import ClipHigherConfig
 from entropyctl.controllers.base import GroupOutcome, Plan
-from entropyctl.controllers.fixed import StatelessController
+from entropyctl.controllers.fixed import OpenLoopController
 from entropyctl.controllers.registry import register_controller
 
 __all__ = ["ClipHigherController"]
 
 
 @register_controller("clip_higher")
-class ClipHigherController(StatelessController):
+class ClipHigherController(OpenLoopController):
     """No entropy bonus (α_i = 0); decoupled clip bounds ε_low = 0.2, ε_high = 0.28 (DAPO)."""
 
     config: ClipHigherConfig

@@ -16,12 +16,13 @@ from entropyctl.controllers.base import (
 )
 from entropyctl.controllers.registry import register_controller
 
-__all__ = ["FixedController", "StatelessController"]
+__all__ = ["FixedController", "OpenLoopController"]
 
 
-class StatelessController(EntropyController):
-    """Shared bookkeeping of controllers whose plan never depends on readings: the last usable
-    reading, how many were used and how many were ignored (for logging only)."""
+class OpenLoopController(EntropyController):
+    """Base of controllers whose plan never depends on the entropy readings (open loop). It still
+    holds state, for logging only: the last usable reading, how many were used and how many were
+    ignored (and round-trips it through ``state_dict``)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -65,7 +66,7 @@ class StatelessController(EntropyController):
 
 
 @register_controller("fixed")
-class FixedController(StatelessController):
+class FixedController(OpenLoopController):
     """Constant coefficient α for every prompt; clip bounds (clip_low, clip_high)."""
 
     config: FixedConfig

@@ -60,6 +60,16 @@ def test_arms_from_yaml_file_and_mappings(tmp_path: Path) -> None:
         parse_arms(["aer", "aer"])
 
 
+def test_arm_keys_reach_the_controller_parts_and_run_config_sections() -> None:
+    nested = {**BASE, "controller": {"name": "aer"}}
+    arm = resolve_arm_config(nested, parse_arm("aer:update.step=0.3,anchor.tau=0.2,optim.lr=0.001"), seed=0)
+    assert arm["controller"]["update"]["rule"] == "relative" and arm["controller"]["update"]["step"] == 0.3
+    assert arm["controller"]["anchor"]["tau"] == 0.2 and arm["optim"] == {"lr": 0.001}
+    # the base's flat eta is the additive rule: a relative-rule option on top of it is a conflict
+    with pytest.raises(ConfigError, match="the update rule 'relative' does not use eta"):
+        resolve_arm_config(BASE, parse_arm("aer:update.step=0.3"), seed=0)
+
+
 def test_same_controller_keeps_base_fields_other_controller_starts_from_defaults() -> None:
     aer = resolve_arm_config(BASE, parse_arm("aer:tau=0.2"), seed=1)
     # base eta kept (the flat form: the additive rule)

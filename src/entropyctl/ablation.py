@@ -1,8 +1,9 @@
 """`entropyctl ablate`: every arm × seed as a normal ``entropyctl train`` run, side by side.
 
 An **arm** is a controller name with optional overrides: ``fixed:alpha=0.01``,
-``aer:difficulty_aware=false,tau=0.2``, ``clip_higher``. Keys without a dot are fields of the arm's
-controller; dotted keys are paths in the run config (``aer:trainer.lr=1e-4``). If the arm's controller
+``aer:update.step=0.3,tau=0.2``, ``clip_higher``. Keys are fields of the arm's controller (dotted into
+its nested parts: ``update.step``), unless they start with a section of the run config
+(``aer:trainer.lr=1e-4``, ``aer:optim.lr=1e-3``). If the arm's controller
 is the base config's controller, the base's controller fields are kept and the overrides applied on
 top; another controller starts from its own defaults. Arms can also be given as an ``arms:`` list in
 YAML (the base config's ``ablation:`` section, or a separate file), each item a spec string or a
@@ -215,6 +216,12 @@ def _set_dotted(data: dict[str, Any], path: str, value: Any, where: str) -> None
     node[parts[-1]] = copy.deepcopy(value)
 
 
+def _run_config_sections() -> frozenset[str]:
+    from entropyctl.config import RunConfig
+
+    return frozenset(RunConfig.model_fields)
+
+
 def resolve_arm_config(base: Mapping[str, Any], arm: Arm, seed: int) -> dict[str, Any]:
     """The run config of ``arm`` at ``seed``: the base config, the arm's controller, its overrides."""
     config = copy.deepcopy(dict(base))
@@ -227,7 +234,7 @@ def resolve_arm_config(base: Mapping[str, Any], arm: Arm, seed: int) -> dict[str
         controller = {"name": arm.controller}
     config["controller"] = controller
     for key, value in arm.overrides.items():
-        target = key if "." in key else f"controller.{key}"
+        target = key if key.split(".")[0] in _run_config_sections() else f"controller.{key}"
         _set_dotted(config, target, value, f"arm {arm.label!r}")
     config[SEED_KEY] = seed
     try:

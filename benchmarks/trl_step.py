@@ -11,12 +11,15 @@ Arms (each a fresh trainer on an identical model copy):
 
 A step is timed from ``on_step_begin`` to ``on_step_end`` (generation, reward, loss, backward, optimizer
 step), in wall-clock seconds and in CPU seconds of this process. On a shared machine the wall clock mostly
-measures the neighbours; the CPU time of a single-threaded run (the default ``--threads 1``) is the cost
-this process paid, and its ratio is the headline. The arms run in rounds, in rotated order, so a slow spell
-hits all of them; the table gives medians over all timed steps and ratios to ``trl_none``.
+measures the neighbours; the CPU time of a single-threaded run (the default ``--threads 1``) is the cost this
+process paid. The arms run in rounds, in rotated order, so a slow spell hits all of them; the table gives
+medians over all timed steps, ratios to ``trl_none``, and the spread of that ratio between rounds (the
+machine's noise on a whole-step ratio, often larger than 5 % on a busy 2-core machine). So the entropyctl arm
+also counts the CPU time spent in its own code (group accuracies, plan, entropy term forward, window
+statistics, collective, observe, logging) as a share of its steps' CPU time: a direct reading of the overhead.
 Target (measured, not asserted): ``entropyctl_aer`` ≤ 1.05 × ``trl_none``.
 
-    python benchmarks/trl_step.py [--rounds 4] [--steps 8] [--warmup 1] [--threads 1] [--out PATH]
+    python benchmarks/trl_step.py [--rounds 6] [--steps 8] [--warmup 1] [--threads 1] [--out PATH]
 """
 
 from __future__ import annotations
@@ -100,19 +103,50 @@ def first_digit_matches(
 
 
 class StepTimer(TrainerCallback):
-    """Wall-clock and CPU seconds (this process, all its threads) of each optimizer step."""
+    """Wall-clock and CPU seconds (this process, all its threads) of each optimizer step, and the CPU seconds
+    spent in entropyctl's own code during it (when the trainer counts them)."""
 
     def __init__(self) -> None:
         self.wall: list[float] = []
         self.cpu: list[float] = []
-        self._start = (0.0, 0.0)
+        self.own_cpu: list[float] = []
+        self.trainer: Any = None
+        self._start = (0.0, 0.0, 0.0)
+
+    def _own(self) -> float:
+        return float(getattr(self.trainer, "own_cpu_s", 0.0))
 
     def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-        self._start = (time.perf_counter(), time.process_time())
+        self._start = (time.perf_counter(), time.process_time(), self._own())
 
     def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
         self.wall.append(time.perf_counter() - self._start[0])
         self.cpu.append(time.process_time() - self._start[1])
+        self.own_cpu.append(self._own() - self._start[2])
+
+
+class TimedGRPOTrainer(GRPOTrainer):
+    """entropyctl's trainer with its own per-step work timed (CPU seconds): group accuracies, the plan, the
+    entropy term's forward, the window statistics, the collective + observe + logging. Not timed: the entropy
+    term's backward (elementwise over [completions, tokens]) and a few tensor copies."""
+
+    OWN = ("_completion_correct", "current_plan", "_entropy_term", "_accumulate", "_observe_window")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.own_cpu_s = 0.0
+        for name in self.OWN:
+            setattr(self, name, self._timed(getattr(self, name)))
+
+    def _timed(self, method: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.own_cpu_s += time.process_time() - start
+
+        return timed
 
 
 ARMS: dict[str, dict[str, Any]] = {
@@ -123,14 +157,14 @@ ARMS: dict[str, dict[str, Any]] = {
         "extra": {},
     },
     "entropyctl_aer": {
-        "trainer": GRPOTrainer,
+        "trainer": TimedGRPOTrainer,
         "config": {},
         "extra": {"controller": {"name": "aer", "alpha_0": 0.01}},
     },
 }
 
 
-def run_arm(name: str, cli: argparse.Namespace, out_dir: str) -> tuple[list[float], list[float]]:
+def run_arm(name: str, cli: argparse.Namespace, out_dir: str) -> tuple[list[float], list[float], list[float]]:
     arm = ARMS[name]
     args = trl.GRPOConfig(
         output_dir=out_dir,
@@ -161,13 +195,14 @@ def run_arm(name: str, cli: argparse.Namespace, out_dir: str) -> tuple[list[floa
         callbacks=[timer],
         **arm["extra"],
     )
+    timer.trainer = trainer
     trainer.train()
-    return timer.wall[cli.warmup :], timer.cpu[cli.warmup :]
+    return timer.wall[cli.warmup :], timer.cpu[cli.warmup :], timer.own_cpu[cli.warmup :]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per arm per round")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
@@ -185,18 +220,20 @@ def main() -> None:
     names = list(ARMS)
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
+    own: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(cli.rounds):
             order = names[round_index % len(names) :] + names[: round_index % len(names)]
             for name in order:
-                arm_wall, arm_cpu = run_arm(name, cli, str(Path(tmp) / f"{name}-{round_index}"))
+                arm_wall, arm_cpu, arm_own = run_arm(name, cli, str(Path(tmp) / f"{name}-{round_index}"))
                 wall[name] += arm_wall
                 cpu[name] += arm_cpu
+                own[name] += arm_own
 
     params = sum(p.numel() for p in build_model(cli.hidden, cli.layers, cli.seed).parameters())
     conditions = {
         "model": f"Llama d={cli.hidden}, {cli.layers} layers, vocab {len(SPECIALS) + len(ALPHABET)}, {params} params, fp32",
-        "batch": f"{cli.prompts} prompts x {cli.group} completions, <= {cli.completion_tokens} new tokens",
+        "batch": f"{cli.prompts} prompts x {cli.group} completions, exactly {cli.completion_tokens} new tokens each",
         "steps": f"{cli.rounds} rounds x ({cli.warmup} warm-up + {cli.steps} timed) optimizer steps per arm",
         "threads": cli.threads,
         "device": "cpu",
@@ -218,21 +255,34 @@ def main() -> None:
                 "wall_min_s": min(wall[name]),
                 "wall_ratio_to_trl_none": statistics.median(wall[name]) / statistics.median(wall["trl_none"]),
                 "steps": len(cpu[name]),
+                # the spread of the ratio between rounds: how much of a whole-step ratio is the machine's noise
+                "cpu_ratio_by_round": [
+                    statistics.median(cpu[name][r * cli.steps : (r + 1) * cli.steps])
+                    / statistics.median(cpu["trl_none"][r * cli.steps : (r + 1) * cli.steps])
+                    for r in range(cli.rounds)
+                ],
+                # entropyctl's own code as a share of the same steps' CPU time (0 for the TRL arms)
+                "own_cpu_fraction": sum(own[name]) / sum(cpu[name]),
             }
         )
     print("\n".join(f"{k}: {v}" for k, v in conditions.items()))
     print(
-        "\n| arm | CPU s/step (median) | CPU / trl_none | wall s/step (median) | wall min | wall / trl_none | steps |"
+        "\n| arm | CPU s/step (median) | CPU / trl_none | entropyctl's own code, share of CPU | "
+        "CPU / trl_none per round (min-max) | wall s/step (median) | wall min | wall / trl_none | steps |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['arm']} | {row['cpu_median_s']:.3f} | {row['cpu_ratio_to_trl_none']:.3f} | "
+            f"{100 * row['own_cpu_fraction']:.2f} % | "
+            f"{min(row['cpu_ratio_by_round']):.2f}-{max(row['cpu_ratio_by_round']):.2f} | "
             f"{row['wall_median_s']:.3f} | {row['wall_min_s']:.3f} | {row['wall_ratio_to_trl_none']:.3f} | {row['steps']} |"
         )
     cli.out.parent.mkdir(parents=True, exist_ok=True)
     cli.out.write_text(
-        json.dumps({"conditions": conditions, "rows": rows, "wall_s": wall, "cpu_s": cpu}, indent=1)
+        json.dumps(
+            {"conditions": conditions, "rows": rows, "wall_s": wall, "cpu_s": cpu, "own_cpu_s": own}, indent=1
+        )
     )
     print(f"\nwrote {cli.out}")
 

@@ -31,11 +31,12 @@ tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 
 
-def _train(trainer_class: type, out: Path, controller: Any = None, reward=None, before=None, **config: Any):  # type: ignore[no-untyped-def]
+def _train(trainer_class: type, out: Path, controller: Any = None, rewards=None, before=None, **config: Any):  # type: ignore[no-untyped-def]
     kwargs: dict[str, Any] = {} if controller is None else {"controller": controller}
+    kwargs.update(config.pop("trainer_kwargs", {}))
     trainer = trainer_class(
         model=tiny.build_model(),
-        reward_funcs=[reward or tiny.digit_reward],
+        reward_funcs=rewards or [tiny.digit_reward],
         args=tiny.tiny_config(str(out), **config),
         train_dataset=tiny.build_dataset(),
         processing_class=tiny.build_tokenizer(),
@@ -164,11 +165,14 @@ def test_plan_clip_bounds_reach_trl_loss(tmp_path: Path) -> None:
 def test_per_prompt_coefficients_and_exact_window_reading(tmp_path: Path) -> None:
     # prompt_reward: level 1 prompts always score 1, level 2 always 0, so acc_i ∈ {1, 0} and AER's threshold
     # rule (ρ = 0.5) gives level 1 no bonus and level 2 the full α_t, whatever TRL's shuffle and split do.
+    # digit_reward rides along in the advantages; accuracy_reward picks prompt_reward alone for correctness
+    # (the summed reward, 0-2, would make some level 2 completions "correct" at the 1.0 threshold).
     trainer = _train(
         tiny.RecordingTrainer,
         tmp_path,
         {"name": "aer", "alpha_0": 0.05},
-        reward=tiny.prompt_reward,
+        rewards=[tiny.prompt_reward, tiny.digit_reward],
+        trainer_kwargs={"accuracy_reward": "prompt_reward"},
         gradient_accumulation_steps=2,
         max_steps=3,
     )

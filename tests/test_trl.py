@@ -256,6 +256,21 @@ def test_evaluation_uses_the_plan_but_never_updates_the_controller(tmp_path: Pat
     assert trainer.controller.state_dict()["steps_observed"] == 2  # the two training steps only
 
 
+def test_metrics_reach_the_report_to_backend(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = _train(GRPOTrainer, tmp_path, "aer", max_steps=2, report_to=["tensorboard"])
+    (events,) = tmp_path.glob("runs/*/events.out.tfevents*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    for key in ("entropy", "alpha", "target_entropy", "h0", "coef_mean", "acc_level_1", "coef_level_2"):
+        assert f"train/entropyctl/{key}" in tags
+    logged = [row["entropyctl/alpha"] for row in _step_logs(trainer)]
+    written = [event.value for event in accumulator.Scalars("train/entropyctl/alpha")]
+    assert written == pytest.approx(logged, rel=1e-6)  # tensorboard stores float32
+
+
 # ---- what is refused -------------------------------------------------------------------------------------
 
 

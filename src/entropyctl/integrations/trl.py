@@ -344,26 +344,29 @@ class GRPOTrainer(trl.GRPOTrainer):
         self._log_step(reading, plan, totals[2:].view(-1, _PER_LEVEL) if self.levels else None)
 
     def _log_step(self, reading: EntropyReading, plan: Plan, per_level: torch.Tensor | None) -> None:
+        """Into TRL's metric buffers (averaged and reported by ``trainer.log``). Undefined values (H0 before
+        anchoring, a level with no completions this step) are left out rather than logged as NaN/None."""
         metrics = self.controller.metrics()
-        logged = self._metrics["train"]
-        logged["entropyctl/entropy"].append(reading.mean_entropy)
+        values = {
+            "entropyctl/entropy": reading.mean_entropy,
+            "entropyctl/coef_mean": float(plan.coef.float().mean()) if plan.coef.numel() else math.nan,
+            "entropyctl/clip_low": plan.clip_low,
+            "entropyctl/clip_high": plan.clip_high,
+        }
         for key in ("alpha", "target_entropy", "h0", "readings_ignored"):
-            logged[f"entropyctl/{key}"].append(float(metrics.get(key, math.nan)))
-        logged["entropyctl/coef_mean"].append(
-            float(plan.coef.float().mean()) if plan.coef.numel() else math.nan
-        )
-        logged["entropyctl/clip_low"].append(plan.clip_low)
-        logged["entropyctl/clip_high"].append(plan.clip_high)
-        if per_level is None:
-            return
-        for level, (h_sum, tokens, coef_tokens, correct, completions) in zip(
-            self.levels, per_level.tolist(), strict=True
-        ):
-            logged[f"entropyctl/entropy_level_{level}"].append(h_sum / tokens if tokens > 0 else math.nan)
-            logged[f"entropyctl/coef_level_{level}"].append(coef_tokens / tokens if tokens > 0 else math.nan)
-            logged[f"entropyctl/acc_level_{level}"].append(
-                correct / completions if completions > 0 else math.nan
-            )
+            values[f"entropyctl/{key}"] = float(metrics.get(key, math.nan))
+        if per_level is not None:
+            for level, (h_sum, tokens, coef_tokens, correct, completions) in zip(
+                self.levels, per_level.tolist(), strict=True
+            ):
+                if completions > 0:
+                    values[f"entropyctl/acc_level_{level}"] = correct / completions
+                if tokens > 0:
+                    values[f"entropyctl/entropy_level_{level}"] = h_sum / tokens
+                    values[f"entropyctl/coef_level_{level}"] = coef_tokens / tokens
+        for key, value in values.items():
+            if math.isfinite(value):
+                self._metrics["train"][key].append(value)
 
     # ---- checkpoints --------------------------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ def _check_trl_args(args: Any, controller: EntropyController) -> None:
     if getattr(args, "use_adaptive_entropy", False):
         problems.append(
             "use_adaptive_entropy=True adds TRL's own adaptive entropy bonus on top of the controller's; set it to "
-            "False (the `target` controller with `anchor: absolute` and `update: sign` is TRL's rule)"
+            "False (TRL's rule is the `target` controller with anchor {mode: absolute} and update {rule: sign})"
         )
     if getattr(args, "entropy_coef", 0.0) != 0.0:
         problems.append(

@@ -146,7 +146,7 @@ def main(out_dir: str) -> None:
         args=tiny_config(str(Path(out_dir) / "run"), gradient_accumulation_steps=2, max_steps=3),
         train_dataset=build_dataset(),
         processing_class=build_tokenizer(),
-        controller={"name": "aer", "alpha_0": 0.05, "anchor_steps": 1},
+        controller={"name": "aer", "alpha_0": 0.05},
     )
     trainer.train()
     rank = trainer.accelerator.process_index

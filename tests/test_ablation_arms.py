@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from entropyctl.ablation import Arm, is_finished, parse_arm, parse_arms, plan_runs, resolve_arm_config
-from entropyctl.config import ConfigError, TargetConfig
+from entropyctl.config import AERConfig, ConfigError, TargetConfig
 
 BASE = {
     "seed": 123,
@@ -160,3 +160,38 @@ def test_shipped_collapse_config_is_the_study_config_on_level_2_for_longer(tmp_p
     capped = [s.config["controller"] for s in specs if s.arm.label == "aer:alpha_max=0.2"][0]
     assert capped["update"] == {"rule": "additive", "alpha_min": 0.0, "alpha_max": 0.2, "eta": 0.05}
     assert capped["anchor"]["tau"] == 0.4
+
+
+def test_shipped_collapse_v2_config_is_the_collapse_config_with_aer_at_its_defaults(tmp_path: Path) -> None:
+    """configs/ablation_collapse_v2.yaml = configs/ablation_collapse.yaml with `controller: {name: aer}`
+    (every setting at its default) and two arms: no bonus and aer."""
+    root = Path(__file__).resolve().parents[1]
+    old = yaml.safe_load((root / "configs" / "ablation_collapse.yaml").read_text())
+    new = yaml.safe_load((root / "configs" / "ablation_collapse_v2.yaml").read_text())
+    section = new.pop("ablation")
+    old.pop("ablation")
+    assert new.pop("controller") == {"name": "aer"}
+    old.pop("controller")
+    assert new == old
+    arms = parse_arms(section["arms"], where="ablation.arms")
+    assert [a.label for a in arms] == ["fixed:alpha=0", "aer"] and section["seeds"] >= 3
+    specs = plan_runs({**new, "controller": {"name": "aer"}}, arms, [0], tmp_path)
+    assert specs[1].config["controller"] == AERConfig().model_dump(mode="json")
+
+
+def test_shipped_robustness_config_sweeps_fixed_alpha_and_aer_knobs(tmp_path: Path) -> None:
+    """configs/robustness.yaml: fixed α over ≥ 5 values and AER's step over ≥ 10×, 3 seeds, on the
+    12-arm study's task (configs/ablation.yaml but for the controller and the arms)."""
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "configs" / "robustness.yaml").read_text())
+    study = yaml.safe_load((root / "configs" / "ablation.yaml").read_text())
+    section = base.pop("ablation")
+    study.pop("ablation")
+    assert base.pop("controller") == {"name": "aer"}
+    study.pop("controller")
+    assert base == study
+    specs = plan_runs({**base, "controller": {"name": "aer"}}, parse_arms(section["arms"]), [0], tmp_path)
+    controllers = [s.config["controller"] for s in specs]
+    alphas = {c["alpha"] for c in controllers if c["name"] == "fixed"}
+    steps = {c["update"]["step"] for c in controllers if c["name"] == "aer"}
+    assert len(alphas) >= 5 and max(steps) / min(steps) >= 10 and section["seeds"] >= 3

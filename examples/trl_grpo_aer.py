@@ -85,7 +85,9 @@ def main() -> None:
             print(
                 f"{row['step']:>4} {row['reward']:>7.3f} {row['entropyctl/entropy']:>8.4f} "
                 f"{row['entropyctl/target_entropy']:>7.4f} {row['entropyctl/alpha']:>8.5f} "
-                f"{row['entropyctl/coef_level_1']:>8.5f} {row['entropyctl/coef_level_2']:>8.5f}"
+                # a level with no prompts in a step has no entry in that step
+                f"{row.get('entropyctl/coef_level_1', float('nan')):>8.5f} "
+                f"{row.get('entropyctl/coef_level_2', float('nan')):>8.5f}"
             )
 
 

@@ -156,7 +156,10 @@ class ExactReward(RewardFunction):
 
 
 class FunctionReward(RewardFunction):
-    """Wraps a plain ``fn(completion, answer) -> float``; a score > 0 counts as ``correct``."""
+    """Wraps a plain ``fn(completion, answer) -> float``; a score > 0 counts as ``correct``.
+
+    Runs ``fn`` in this process with no timeout (for trusted in-memory callables);
+    ``get_reward("package.module:function")`` gives a :class:`ProcessFunctionReward` instead."""
 
     def __init__(self, fn: Callable[[str, str], float], name: str | None = None) -> None:
         super().__init__()

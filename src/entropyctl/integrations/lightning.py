@@ -51,6 +51,7 @@ __all__ = [
     "merge_completions",
     "overlong_penalty",
     "metric_columns",
+    "CONTROLLER_PREFIX",
 ]
 
 
@@ -173,8 +174,16 @@ def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int) -> Tenso
 # --------------------------------------------------------------------------------------------- metrics
 
 
-def metric_columns(levels: Sequence[int]) -> list[str]:
-    """The columns of ``metrics.csv``, in order (fixed for a run: every row has every column)."""
+#: The prefix of the controller's own metrics in ``metrics.csv`` and the loggers (``controller/alpha``...).
+CONTROLLER_PREFIX = "controller/"
+
+
+def metric_columns(levels: Sequence[int], controller_metrics: Sequence[str] = ()) -> list[str]:
+    """The columns of ``metrics.csv``, in order (fixed for a run: every row has every column).
+
+    ``controller_metrics``: the keys of the run's ``controller.metrics()`` (a plugin's included), each
+    logged as ``controller/<key>`` after the fixed columns and the per-level ones.
+    """
     cols = [
         "step",
         "reward",
@@ -208,6 +217,7 @@ def metric_columns(levels: Sequence[int]) -> list[str]:
     ]
     for level in levels:
         cols += [f"acc_level_{level}", f"coef_level_{level}", f"entropy_level_{level}"]
+    cols += [CONTROLLER_PREFIX + str(key) for key in controller_metrics]
     return cols
 
 
@@ -245,6 +255,14 @@ class MetricsWriter:
         )
         with self.path.open("a", newline="") as f:
             f.write(buffer.getvalue())
+
+
+def _as_float(value: Any) -> float:
+    """A controller metric as a number for the CSV and the loggers (None or a non-number: NaN)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _fmt(value: Any) -> Any:
@@ -323,6 +341,8 @@ class RLVRCheckpoint(pl.Callback):
         if periodic or final:
             trainer.save_checkpoint(str(self.dirpath / "last.ckpt"), weights_only=False)
         signum = self._stop_signal(trainer) if self.stop is not None else None
+        if signum is not None and self.stop is not None:
+            self.stop.cancel_grace()  # the step ended in time: save without a deadline
         if signum is not None and step < self.total_steps:
             if not (periodic or final):
                 trainer.save_checkpoint(str(self.dirpath / "last.ckpt"), weights_only=False)
@@ -508,7 +528,9 @@ class RLVRModule(pl.LightningModule):
         from entropyctl.integrations.transformers import supports_fused_head
 
         self.use_fused = config.algorithm.fused and supports_fused_head(policy)  # type: ignore[arg-type]
-        columns = metric_columns(self.levels)
+        #: the controller's metric keys before the first step fix its ``controller/<key>`` columns
+        self.controller_metric_keys = [str(k) for k in controller.metrics()]
+        columns = metric_columns(self.levels, self.controller_metric_keys)
         self.metrics_writer = MetricsWriter(self.run_dir / "metrics.csv", columns) if self.run_dir else None
 
     # ----------------------------------------------------------------------------- Lightning plumbing
@@ -791,6 +813,10 @@ class RLVRModule(pl.LightningModule):
             [(comp.response_mask[rows].sum(1).float() * seq_mask[rows]).sum() for rows in minibatches]
         ).to(torch.float64)
         global_tokens = all_reduce_sum(local_tokens, reducer).cpu()
+        # Each mini-batch's loss parts and clip fractions are normalised by ITS global token count N_m;
+        # weighting them by N_m / Σ N_m (and 1/E) gives the token-weighted value over the step's global
+        # batch, averaged over epochs (a plain sum over mini-batches would be ~M times too large).
+        mb_weight = (global_tokens / global_tokens.sum().clamp_min(1.0)).tolist()
         mb_comps = [_select_rows(comp, rows, self.pad_id).to(device) for rows in minibatches]
 
         # -- old (and reference) log-probs before the first update ---------------------------
@@ -813,7 +839,7 @@ class RLVRModule(pl.LightningModule):
         sched: Any = self.lr_schedulers()
         stats = EntropyStats(self.levels)
         sums = {"clip_low": 0.0, "clip_high": 0.0, "loss": 0.0, "pg": 0.0, "ent": 0.0, "kl": 0.0}
-        grad_norm = 0.0
+        grad_norm = math.nan
         local_entropy_sum, local_token_sum = 0.0, 0.0
         for epoch in range(E):
             for m, rows in enumerate(minibatches):
@@ -838,12 +864,13 @@ class RLVRModule(pl.LightningModule):
                 )
                 opt.zero_grad(set_to_none=True)
                 self.manual_backward(out.loss * world)  # DDP averages over W ranks (module docstring)
-                if cfg.optim.grad_clip is not None:
-                    grad_norm = float(
-                        torch.nn.utils.get_total_norm(
-                            [p.grad for p in self.policy.parameters() if p.grad is not None]
-                        )
+                # the global gradient norm before clipping, whether or not it is clipped
+                grad_norm = float(
+                    torch.nn.utils.get_total_norm(
+                        [p.grad for p in self.policy.parameters() if p.grad is not None]
                     )
+                )
+                if cfg.optim.grad_clip is not None:
                     self.clip_gradients(
                         opt, gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm"
                     )
@@ -853,12 +880,13 @@ class RLVRModule(pl.LightningModule):
                     stats.add(out.entropy, mask_t, bucket=seq_level[tok_rows].to(device), coef=coef_t)
                     local_entropy_sum += float((out.entropy.double() * mask_t.double()).sum())
                     local_token_sum += float(mask_t.sum())
-                sums["clip_low"] += float(out.clip_frac_low) / E
-                sums["clip_high"] += float(out.clip_frac_high) / E
-                sums["loss"] += float(out.loss.detach()) / E
-                sums["pg"] += float(out.pg_loss) / E
-                sums["ent"] += float(out.entropy_loss) / E
-                sums["kl"] += float(out.kl_loss) / E
+                weight = mb_weight[m] / E
+                sums["clip_low"] += float(out.clip_frac_low) * weight
+                sums["clip_high"] += float(out.clip_frac_high) * weight
+                sums["loss"] += float(out.loss.detach()) * weight
+                sums["pg"] += float(out.pg_loss) * weight
+                sums["ent"] += float(out.entropy_loss) * weight
+                sums["kl"] += float(out.kl_loss) * weight
         timers["update"] = time.perf_counter() - t_update
 
         # -- the global entropy reading (ONE collective) → controller ------------------------
@@ -870,7 +898,7 @@ class RLVRModule(pl.LightningModule):
         # -- metrics: local sums packed into ONE collective ---------------------------------
         rmetrics = self.reward.metrics() if hasattr(self.reward, "metrics") else {}
         local = [
-            float(correct.sum()),
+            float(shaped.sum()),
             float(correct.numel()),
             float((lengths.float()).sum()),
             float(truncated.sum()),
@@ -910,8 +938,10 @@ class RLVRModule(pl.LightningModule):
         cm = self.controller.metrics()
         row: dict[str, Any] = {
             "step": step,
+            # the shaped reward the advantages are computed from (verifier + overlong penalty)
             "reward": r_sum / r_n,
-            # mean acc_i, from the per-level sums packed after the first 15 entries
+            # the share of rollouts the verifier scored 1 = mean acc_i (every group has G rollouts),
+            # from the per-level sums packed after the first 15 entries
             "accuracy": sum(packed[15::2]) / max(sum(packed[16::2]), 1.0),
             "entropy": reading.mean_entropy,
             "target_entropy": float(cm.get("target_entropy", math.nan)),
@@ -948,6 +978,8 @@ class RLVRModule(pl.LightningModule):
             row[f"acc_level_{level}"] = acc_sum / count if count > 0 else math.nan
             row[f"coef_level_{level}"] = coef_by_level[level]
             row[f"entropy_level_{level}"] = entropy_by_level[level]
+        for key, value in cm.items():  # every controller metric, a plugin's included
+            row[CONTROLLER_PREFIX + str(key)] = _as_float(value)
         self.last_metrics = row
         self.last_batch = {"problems": batch_data["problems"], "completions": comp}
         self.local_history.append(

@@ -239,3 +239,43 @@ def test_two_runs_on_one_dir_then_sigint_stops_with_130(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped" and (run_dir / "checkpoints" / "last.ckpt").exists()
     assert read_run_state(run_dir) == "stopped"
+
+
+HANGING_REWARD = """
+import os, time
+from pathlib import Path
+
+def hang(completion, answer):
+    Path(os.environ["ENTROPYCTL_TEST_MARK"]).touch()
+    while True:
+        time.sleep(0.1)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_custom_reward_hangs_stops_within_the_grace(tmp_path: Path) -> None:
+    # 24 answers x 5 s timeout = 120 s of reward time in the step; the grace (2 s) bounds the stop.
+    (tmp_path / "hanging_reward_mod.py").write_text(HANGING_REWARD)
+    mark = tmp_path / "reward-called"
+    env = {**os.environ, "ENTROPYCTL_TEST_MARK": str(mark), "PYTHONPATH": str(tmp_path)}
+    run_dir = tmp_path / "run"
+    cmd = _train_cmd(
+        run_dir,
+        *["--set", "reward.name=hanging_reward_mod:hang", "--set", "reward.options={timeout: 5}"],
+        *["--set", "trainer.stop_grace_s=2"],
+    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not mark.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the reward was never called"
+        time.sleep(0.05)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 143, err[-3000:]
+    assert elapsed < 2 + 15, elapsed  # grace + killing the reward worker and writing the summary
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] == 0
+    assert "abandoned" in summary["error"]

@@ -914,6 +914,12 @@ class TrainerConfig(_Section):
         0, ge=0, description="Save a checkpoint every N steps (0: only at the end)."
     )
     save_last: bool = Field(True, description="Save checkpoints/last.ckpt at the end (model + optimizer).")
+    stop_grace_s: float | None = Field(
+        25.0,
+        gt=0,
+        description="SIGTERM/SIGINT: seconds the step in progress may still take before it is abandoned "
+        "(then no checkpoint of it); within them it finishes and last.ckpt is written. None: no limit.",
+    )
     progress_bar: bool = Field(
         True, description="On a terminal, one progress line redrawn in place (step k/N, entropy, α, H*, ...)."
     )

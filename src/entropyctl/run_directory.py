@@ -66,6 +66,7 @@ IGNORED_FOR_RESUME = (
     "trainer.tensorboard",
     "trainer.checkpoint_every",
     "trainer.save_last",
+    "trainer.stop_grace_s",
     "ablation",
 )
 
@@ -388,18 +389,21 @@ class StopSignals:
     While ``graceful`` is False (set-up, evaluation after the last step, writing the summary) a signal
     raises :class:`RunStopped` at once. While it is True (between training steps, set by the trainer's
     callback) the first signal only records itself in ``requested``: the step in progress finishes,
-    ``last.ckpt`` is written, then the callback raises :class:`RunStopped`. A second signal abandons the
-    step at once. ``forward`` (optional) is called with the signal number on the first signal, e.g. to
+    ``last.ckpt`` is written, then the callback raises :class:`RunStopped`. A second signal, or the step
+    still running ``grace_s`` seconds after the first (SIGALRM timer), abandons the step. ``forward`` (optional) is called with the signal number on the first signal, e.g. to
     pass it on to other processes of the run.
     """
 
     SIGNALS = ("SIGTERM", "SIGINT")
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: float | None = None) -> None:
         self.requested: int | None = None
         self.graceful = False
         self.forward: Callable[[int], None] | None = None
+        #: a step still running this long after the first signal is abandoned (None: wait for it)
+        self.grace_s = grace_s
         self._previous: dict[int, Any] = {}
+        self._alarm_previous: Any = None
 
     def install(self) -> StopSignals:
         """Install (or re-install, over a framework's own handler) the handlers; no-op off the main thread."""
@@ -413,11 +417,34 @@ class StopSignals:
             self._previous.setdefault(signum, previous)
         return self
 
+    def cancel_grace(self) -> None:
+        """Stop the grace timer (the step ended in time: the checkpoint is written without a deadline)."""
+        import signal
+
+        if self._alarm_previous is None or threading.current_thread() is not threading.main_thread():
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self._alarm_previous)
+        self._alarm_previous = None
+
+    def _start_grace(self) -> None:
+        import signal
+
+        if not self.grace_s or threading.current_thread() is not threading.main_thread():
+            return
+        self._alarm_previous = signal.signal(signal.SIGALRM, self._expire)
+        signal.setitimer(signal.ITIMER_REAL, float(self.grace_s))
+
+    def _expire(self, signum: int, frame: Any) -> None:
+        self.cancel_grace()
+        raise RunStopped(self.requested or signum, abandoned=True)
+
     def restore(self) -> None:
         import signal
 
         if threading.current_thread() is not threading.main_thread():
             return
+        self.cancel_grace()
         for signum, previous in self._previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
@@ -432,6 +459,7 @@ class StopSignals:
                     self.forward(int(signum))
         if not self.graceful or not first:
             raise RunStopped(signum, abandoned=True)
+        self._start_grace()
 
     def __enter__(self) -> StopSignals:
         return self.install()

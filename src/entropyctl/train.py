@@ -353,7 +353,7 @@ def run_training(
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir).acquire() if rank0 else None  # DDP children run under rank 0's lock
-    stop = StopSignals()
+    stop = StopSignals(grace_s=config.trainer.stop_grace_s)
     try:
         if lock is not None and lock.stale:
             log(f"[entropyctl] {lock.path}: took over a stale lock (pid {lock.stale.get('pid')} is gone)")

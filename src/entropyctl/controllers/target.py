@@ -1,7 +1,9 @@
 """``target``: one dynamic coefficient α_t for every prompt, driven toward a target entropy H*.
 
-This is AER without difficulty-aware allocation (the paper's target-only arm); with
-``anchor: {mode: absolute, ...}`` it is the Skywork-OR1/TRL-style adaptive entropy coefficient.
+This is AER without difficulty-aware allocation (the paper's target-only arm). With
+``anchor: {mode: absolute, ...}`` and the sign rule its α_t follows TRL's adaptive ``entropy_coef``,
+but TRL applies it only after a step at or below the target (and raises it at a tie); ``target``
+applies α_t in every step.
 
     H0      = mean of the first ``anchor.steps`` usable readings H_t
     H*      = τ·H0                     (anchor.mode: initial)   or   target_entropy   (anchor.mode: absolute)

@@ -13,13 +13,30 @@ H* = target_entropy; ``update: {rule: none}`` → α_t ≡ α_0. With all three 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
-from entropyctl.config import AERConfig
+from entropyctl.controllers.parts import Allocation, AnyUpdate, RelativeUpdate, ThresholdAllocation
 from entropyctl.controllers.registry import register_controller
-from entropyctl.controllers.target import TargetController
+from entropyctl.controllers.target import TargetController, _AdaptiveConfig
 
-__all__ = ["AERController", "allocation_weights"]
+__all__ = ["AERConfig", "AERController", "allocation_weights"]
+
+
+class AERConfig(_AdaptiveConfig):
+    """``aer``: Adaptive Entropy Regularization, α_i = α_t · w(acc_i)."""
+
+    name: Literal["aer"] = "aer"  # type: ignore[assignment]
+    update: AnyUpdate = Field(  # type: ignore[assignment]
+        default_factory=RelativeUpdate,
+        description="How α_t moves: relative (default) | additive | sign | log | none (α_t ≡ α_0).",
+    )
+    allocation: Allocation = Field(
+        default_factory=ThresholdAllocation,
+        description="w(acc): threshold (default) | linear | uniform (w ≡ 1, the ablation).",
+    )
 
 
 def allocation_weights(accuracy: torch.Tensor, rule: str, accuracy_threshold: float = 0.5) -> torch.Tensor:

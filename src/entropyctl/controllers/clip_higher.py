@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from entropyctl.config import ClipHigherConfig
+from typing import Literal
+
+from pydantic import Field
+
+from entropyctl.config import ControllerConfig, PositiveFloat
 from entropyctl.controllers.base import GroupOutcome, Plan
 from entropyctl.controllers.fixed import OpenLoopController
 from entropyctl.controllers.registry import register_controller
 
-__all__ = ["ClipHigherController"]
+__all__ = ["ClipHigherConfig", "ClipHigherController"]
+
+
+class ClipHigherConfig(ControllerConfig):
+    """``clip_higher`` (DAPO): no entropy bonus; a wider upper clip bound keeps exploration."""
+
+    name: Literal["clip_higher"] = "clip_higher"
+    clip_low: PositiveFloat = Field(default=0.2, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(
+        default=0.28, description="ε_high of the clipped surrogate (DAPO: 0.28)."
+    )
 
 
 @register_controller("clip_higher")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
-from entropyctl.config import FixedConfig
+from pydantic import Field
+
+from entropyctl.config import ControllerConfig, NonNegativeFloat, PositiveFloat
 from entropyctl.controllers.base import (
     EntropyController,
     EntropyReading,
@@ -16,7 +18,16 @@ from entropyctl.controllers.base import (
 )
 from entropyctl.controllers.registry import register_controller
 
-__all__ = ["FixedController", "OpenLoopController"]
+__all__ = ["FixedConfig", "FixedController", "OpenLoopController"]
+
+
+class FixedConfig(ControllerConfig):
+    """``fixed``: one constant coefficient for every prompt, symmetric or explicit clip bounds."""
+
+    name: Literal["fixed"] = "fixed"
+    alpha: NonNegativeFloat = Field(default=0.005, description="Entropy coefficient α for every prompt.")
+    clip_low: PositiveFloat = Field(default=0.2, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(default=0.2, description="ε_high of the clipped surrogate.")
 
 
 class OpenLoopController(EntropyController):

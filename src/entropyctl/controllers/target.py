@@ -25,11 +25,13 @@ update it (they do seed the smoothed reading H̃).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 
-from entropyctl.config import ControllerConfig, NoUpdate, RelativeUpdate, TargetConfig
+from entropyctl.config import ControllerConfig, NonNegativeFloat, PositiveFloat
 from entropyctl.controllers.base import (
     EntropyController,
     EntropyReading,
@@ -38,15 +40,78 @@ from entropyctl.controllers.base import (
     check_state_keys,
     is_usable_reading,
 )
+from entropyctl.controllers.parts import (
+    Anchor,
+    DynamicUpdate,
+    InitialAnchor,
+    NoUpdate,
+    RelativeUpdate,
+    _Bounds,
+    migrate_flat,
+)
 from entropyctl.controllers.registry import register_controller
 
-__all__ = ["TargetController", "LOG_ALPHA_FLOOR", "updated_alpha", "relative_error", "relative_step"]
+__all__ = [
+    "TargetConfig",
+    "TargetController",
+    "LOG_ALPHA_FLOOR",
+    "updated_alpha",
+    "relative_error",
+    "relative_step",
+]
 
 #: The ``log`` rule works on log α, so α must stay > 0 for it to keep moving: its lower bound is
 #: max(alpha_min, LOG_ALPHA_FLOOR). (The additive and sign rules keep updating from α = 0.)
 LOG_ALPHA_FLOOR = 1e-6
 #: State keys the first release's checkpoints do not hold (restored as None).
 _OPTIONAL_STATE = ("smoothed_entropy", "integral")
+
+
+class _AdaptiveConfig(ControllerConfig):
+    """Fields shared by ``target`` and ``aer``: the dynamic global coefficient α_t and its target."""
+
+    alpha_0: NonNegativeFloat = Field(
+        default=0.005, description="α before anchoring and the start of α_t (within the rule's bounds)."
+    )
+    update: DynamicUpdate = Field(
+        default_factory=RelativeUpdate,
+        description="How α_t moves: relative (default) | additive | sign | log, each with its options.",
+    )
+    anchor: Anchor = Field(
+        default_factory=InitialAnchor, description="initial: H* = τ·H0 (AER); absolute: H* = target_entropy."
+    )
+    clip_low: PositiveFloat = Field(default=0.2, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(default=0.2, description="ε_high of the clipped surrogate.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_flat_form(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return migrate_flat(dict(data), aer="allocation" in cls.model_fields)
+        return data
+
+    @property
+    def alpha_bounds(self) -> tuple[float, float]:
+        """(α_min, α_max) of the update rule; (α_0, α_0) when α_t does not move."""
+        update = self.update
+        if isinstance(update, _Bounds):
+            return float(update.alpha_min), float(update.alpha_max)
+        return float(self.alpha_0), float(self.alpha_0)
+
+    @model_validator(mode="after")
+    def _check_alpha_0(self) -> _AdaptiveConfig:
+        low, high = self.alpha_bounds
+        if self.alpha_0 < low:
+            raise ValueError(f"alpha_0: must be ≥ update.alpha_min = {low} (got {self.alpha_0})")
+        if self.alpha_0 > high:
+            raise ValueError(f"alpha_0: must be ≤ update.alpha_max = {high} (got {self.alpha_0})")
+        return self
+
+
+class TargetConfig(_AdaptiveConfig):
+    """``target``: AER's target-only arm, one dynamic α_t for every prompt."""
+
+    name: Literal["target"] = "target"  # type: ignore[assignment]
 
 
 def updated_alpha(

@@ -1,0 +1,282 @@
+"""The nested parts of the ``target`` and ``aer`` configs: the update rule, the anchor of the target
+entropy and the allocation over prompts, one variant per ``rule``/``mode``, each holding only the
+options that variant uses; and the reading of the first release's flat form into them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from entropyctl.config import NonNegativeFloat
+
+__all__ = [
+    "RelativeUpdate",
+    "AdditiveUpdate",
+    "SignUpdate",
+    "LogUpdate",
+    "NoUpdate",
+    "DynamicUpdate",
+    "AnyUpdate",
+    "InitialAnchor",
+    "AbsoluteAnchor",
+    "Anchor",
+    "ThresholdAllocation",
+    "LinearAllocation",
+    "UniformAllocation",
+    "Allocation",
+    "PART_VARIANTS",
+    "migrate_flat",
+]
+
+
+class _Part(BaseModel):
+    """A nested part of a controller config (an update rule, an anchor, an allocation rule): one
+    variant per ``rule``/``mode``, each holding only the options that variant uses."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class _Bounds(_Part):
+    """α_t's bounds, part of every rule that moves α_t."""
+
+    rule: str
+    alpha_min: NonNegativeFloat = Field(default=0.0, description="Lower bound of α_t.")
+    alpha_max: NonNegativeFloat = Field(default=0.05, description="Upper bound of α_t.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> _Bounds:
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(f"alpha_min: must be ≤ alpha_max = {self.alpha_max} (got {self.alpha_min})")
+        return self
+
+
+class RelativeUpdate(_Bounds):
+    """``relative`` (the default): a multiplicative step on the relative error of a smoothed reading,
+
+    H̃_t = β·H̃_{t−1} + (1 − β)·H_t,   e_t = (H* − H̃_t)/H*,   log α_{t+1} = clip(log α_t + κ·e_t).
+
+    Its loop gain κ·(d log H / d log α) does not depend on the units of entropy or of α
+    (docs/controllers.md derives it and why κ < 1 keeps the loop stable)."""
+
+    rule: Literal["relative"] = "relative"  # type: ignore[assignment]
+    step: float = Field(default=0.1, gt=0, le=1, description="κ: log α per unit of relative error.")
+    proportional: float = Field(
+        default=1.0,
+        ge=0,
+        le=5,
+        description="κ_p: the proportional term, log α = I + κ_p·e (0: pure integral).",
+    )
+    smoothing: float = Field(
+        default=0.5, ge=0, lt=1, description="β of the EMA of the readings (0: use each reading as is)."
+    )
+    alpha_min: float = Field(default=1e-5, gt=0, description="Lower bound of α_t (> 0: log α must exist).")
+    alpha_max: NonNegativeFloat = Field(default=1.0, description="Upper bound of α_t.")
+
+
+class AdditiveUpdate(_Bounds):
+    """``additive``: α_{t+1} = clip(α_t + η·(H* − H_t)) (the paper's form, as we read it)."""
+
+    rule: Literal["additive"] = "additive"  # type: ignore[assignment]
+    eta: NonNegativeFloat = Field(default=0.002, description="η: α per nat of entropy error.")
+
+
+class SignUpdate(_Bounds):
+    """``sign``: α_{t+1} = clip(α_t + δ·sign(H* − H_t))."""
+
+    rule: Literal["sign"] = "sign"  # type: ignore[assignment]
+    delta: NonNegativeFloat = Field(default=0.0001, description="δ: α per step.")
+
+
+class LogUpdate(_Bounds):
+    """``log``: log α_{t+1} = log α_t + η·(H* − H_t), error in nats, α ≥ max(alpha_min, 1e-6)."""
+
+    rule: Literal["log"] = "log"  # type: ignore[assignment]
+    eta: NonNegativeFloat = Field(default=0.5, description="η: log α per nat of entropy error.")
+
+
+class NoUpdate(_Part):
+    """``none``: α_t ≡ α_0 (the ablation without dynamic adjustment)."""
+
+    rule: Literal["none"] = "none"
+
+
+DynamicUpdate = Annotated[
+    RelativeUpdate | AdditiveUpdate | SignUpdate | LogUpdate, Field(discriminator="rule")
+]
+AnyUpdate = Annotated[
+    RelativeUpdate | AdditiveUpdate | SignUpdate | LogUpdate | NoUpdate, Field(discriminator="rule")
+]
+
+
+class InitialAnchor(_Part):
+    """``initial``: H* = τ·H0, H0 the mean of the first ``steps`` usable readings (AER)."""
+
+    mode: Literal["initial"] = "initial"
+    tau: float = Field(default=0.4, gt=0, le=1, description="Target fraction τ of the initial entropy H0.")
+    steps: int = Field(default=1, ge=1, description="H0 = mean of the first `steps` readings.")
+
+
+class AbsoluteAnchor(_Part):
+    """``absolute``: H* = target_entropy nats."""
+
+    mode: Literal["absolute"] = "absolute"
+    target_entropy: NonNegativeFloat = Field(description="The target H* in nats.")
+
+
+Anchor = Annotated[InitialAnchor | AbsoluteAnchor, Field(discriminator="mode")]
+
+
+class ThresholdAllocation(_Part):
+    """``threshold``: w(acc) = 1[acc ≤ accuracy_threshold] (AER)."""
+
+    rule: Literal["threshold"] = "threshold"
+    accuracy_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Prompts with group accuracy ≤ this get the bonus."
+    )
+
+
+class LinearAllocation(_Part):
+    """``linear``: w(acc) = 1 − acc."""
+
+    rule: Literal["linear"] = "linear"
+
+
+class UniformAllocation(_Part):
+    """``uniform``: w ≡ 1 (the ablation without difficulty-aware allocation)."""
+
+    rule: Literal["uniform"] = "uniform"
+
+
+Allocation = Annotated[
+    ThresholdAllocation | LinearAllocation | UniformAllocation, Field(discriminator="rule")
+]
+
+#: The nested parts and the key naming each one's variant.
+PART_TAGS = {"update": "rule", "anchor": "mode", "allocation": "rule"}
+PART_DEFAULTS = {"update": "relative", "anchor": "initial", "allocation": "threshold"}
+PART_VARIANTS: dict[str, dict[str, type[_Part]]] = {
+    "update": {
+        "relative": RelativeUpdate,
+        "additive": AdditiveUpdate,
+        "sign": SignUpdate,
+        "log": LogUpdate,
+        "none": NoUpdate,
+    },
+    "anchor": {"initial": InitialAnchor, "absolute": AbsoluteAnchor},
+    "allocation": {
+        "threshold": ThresholdAllocation,
+        "linear": LinearAllocation,
+        "uniform": UniformAllocation,
+    },
+}
+#: The flat (first-release) keys, the part each one moves into and its name there.
+_FLAT_KEYS = {
+    "eta": ("update", "eta"),
+    "delta": ("update", "delta"),
+    "alpha_min": ("update", "alpha_min"),
+    "alpha_max": ("update", "alpha_max"),
+    "tau": ("anchor", "tau"),
+    "anchor_steps": ("anchor", "steps"),
+    "target_entropy": ("anchor", "target_entropy"),
+    "rho": ("allocation", "accuracy_threshold"),
+}
+#: What the first release wrote for each flat key by default: a config that wrote every field
+#: (a run directory's config.yaml) holds these for options its rule ignores.
+_FLAT_DEFAULTS: dict[str, Any] = {
+    "eta": None,
+    "delta": 0.0001,
+    "alpha_min": 0.0,
+    "alpha_max": 0.05,
+    "tau": 0.4,
+    "anchor_steps": 1,
+    "target_entropy": None,
+    "rho": 0.5,
+}
+
+
+def _fields_of(part: str, variant: str) -> tuple[str, ...]:
+    cls = PART_VARIANTS[part].get(variant)
+    return tuple(cls.model_fields) if cls is not None else ()
+
+
+def migrate_flat(data: dict[str, Any], *, aer: bool) -> dict[str, Any]:
+    """Read the flat form of the first release (``eta: 0.05``, ``update: sign``, ``tau: 0.4``,
+    ``rho: 0.5``, ``dynamic: false``...) into the nested one, with exactly its old meaning:
+
+    - ``update``/``anchor``/``allocation`` given as a name, or ``eta``/``delta`` without ``update``,
+      is the old flat form; there ``update`` defaulted to ``additive``.
+    - a flat key moves into its part (``rho`` becomes ``allocation.accuracy_threshold``,
+      ``anchor_steps`` ``anchor.steps``); into a nested part too (``--set controller.tau=0.3``).
+    - ``dynamic: false`` is ``update: {rule: none}``; ``difficulty_aware: false`` is
+      ``allocation: {rule: uniform}``; the options those switches turned off are dropped, as the
+      first release ignored them.
+    - any other option the chosen variant would ignore is an error naming the nested form, unless it
+      holds the first release's default (what it wrote for every field).
+    """
+    data = dict(data)
+    errors: list[str] = []
+    switches = {"update": ("dynamic", "none"), "allocation": ("difficulty_aware", "uniform")} if aer else {}
+    flat_by_part: dict[str, dict[str, tuple[str, Any]]] = {part: {} for part in PART_TAGS}
+    for key, (part, inner) in _FLAT_KEYS.items():
+        if key in data and (aer or part != "allocation"):
+            flat_by_part[part][inner] = (key, data.pop(key))
+    for part, tag in PART_TAGS.items():
+        if part == "allocation" and not aer:
+            continue
+        flat = flat_by_part[part]
+        current = data.get(part)
+        switch = switches.get(part)
+        switched_off = False
+        if switch is not None and switch[0] in data:
+            value = data.pop(switch[0])
+            if not isinstance(value, bool):
+                errors.append(f"{switch[0]}: must be true or false (got {value!r})")
+                continue
+            switched_off = value is False
+        if switched_off:
+            data[part] = {tag: switch[1]}  # type: ignore[index]
+            continue
+        legacy_name = part == "update" and current is None and ("eta" in flat or "delta" in flat)
+        if isinstance(current, str) or legacy_name:
+            variant = current if isinstance(current, str) else "additive"
+            if variant not in PART_VARIANTS[part]:
+                names = ", ".join(repr(v) for v in PART_VARIANTS[part] if aer or v not in ("none",))
+                errors.append(f"{part}: must be one of {names} (got {variant!r})")
+                continue
+            fields = _fields_of(part, variant)
+            merged: dict[str, Any] = {tag: variant}
+            for inner, (key, value) in flat.items():
+                if inner in fields and value is not None:
+                    merged[inner] = value
+                elif inner not in fields and value is not None and value != _FLAT_DEFAULTS[key]:
+                    options = ", ".join(f for f in fields if f != tag) or "no options"
+                    errors.append(
+                        f"{key}: the {part} {tag} {variant!r} does not use {key} (its options: {options}); "
+                        f"write {part}: {{{tag}: <one that does>, {inner}: {value!r}}}"
+                    )
+            data[part] = merged
+        elif flat:
+            merged = dict(current) if isinstance(current, Mapping) else {}
+            variant = merged.get(tag, PART_DEFAULTS[part])
+            fields = _fields_of(part, variant) if isinstance(variant, str) else ()
+            for inner, (key, value) in flat.items():
+                if value is None and inner not in fields:
+                    continue
+                if inner not in fields and fields:
+                    options = ", ".join(f for f in fields if f != tag) or "no options"
+                    errors.append(
+                        f"{key}: the {part} {tag} {variant!r} does not use {key} (its options: {options}); "
+                        f"set {part}.{tag} to one that does, e.g. {part}: {{{tag}: ..., {inner}: {value!r}}}"
+                    )
+                    continue
+                merged[inner] = value
+            data[part] = merged
+    if errors:
+        raise ValueError("\n".join(errors))
+    for part, tag in PART_TAGS.items():
+        current = data.get(part)
+        if isinstance(current, Mapping) and tag not in current:
+            data[part] = {tag: PART_DEFAULTS[part], **current}
+    return data

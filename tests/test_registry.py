@@ -59,7 +59,7 @@ def test_available_controllers_are_sorted_with_descriptions() -> None:
 
 def test_lookup_of_classes() -> None:
     assert registry.get_controller_class("aer") is AERController
-    with pytest.raises(KeyError, match="unknown controller 'x' \\(available: aer, clip_higher"):
+    with pytest.raises(KeyError, match="unknown controller 'x' \\(available: aer, clip_cov, clip_higher"):
         registry.get_config_class("x")
 
 

@@ -5,6 +5,12 @@ coefficients ``α_i`` and the surrogate's clip bounds. It has two verbs, like an
 transformation: :meth:`EntropyController.plan` (pure: reads state, returns a :class:`Plan`)
 and :meth:`EntropyController.observe` (the only state change, after the optimizer step).
 State is plain numbers so that checkpoints, resumes and property tests stay simple.
+
+A controller may also act per token (Clip-Cov, KL-Cov, high-entropy tokens): it says so with
+:meth:`EntropyController.acts_per_token` and returns a :class:`TokenAction` from
+:meth:`EntropyController.token_action`, given the step's :class:`TokenStatistics` (per-token
+log-probs, old log-probs, entropies, advantages, mask: never an ``[N, V]`` tensor) and the
+:class:`TokenCollective` that makes its selection global. The default is no token action.
 """
 
 from __future__ import annotations
@@ -18,10 +24,15 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
+from entropyctl.ops.token_selection import TokenAction, TokenCollective, TokenStatistics
+
 __all__ = [
     "GroupOutcome",
     "Plan",
     "EntropyReading",
+    "TokenStatistics",
+    "TokenAction",
+    "TokenCollective",
     "EntropyController",
     "is_usable_reading",
     "check_state_keys",
@@ -97,6 +108,21 @@ class EntropyController(ABC):
     def metrics(self) -> dict[str, float]:
         """What to log: at least ``alpha``, ``target_entropy``, ``h0`` (NaN where it does not apply),
         ``last_entropy`` and ``readings_ignored``."""
+
+    # -- per-token action (optional; the default is none) ----------------------------------------
+    def acts_per_token(self) -> bool:
+        """True if :meth:`token_action` may return an action. The trainer builds the token statistics
+        (and runs the selection's collectives, on every rank) only then."""
+        return False
+
+    def token_action(self, stats: TokenStatistics, collective: TokenCollective) -> TokenAction | None:
+        """How the loss treats each of this rank's tokens of the step (see :class:`TokenAction`).
+
+        ``stats`` holds this rank's tokens only; a selection over the global batch goes through
+        ``collective`` (e.g. :func:`entropyctl.ops.token_selection.select_globally`), called the same
+        number of times on every rank. Like :meth:`plan`, it must not change the controller's state.
+        """
+        return None
 
     # A helper every controller shares: a plan with one coefficient for every prompt.
     @staticmethod

@@ -41,6 +41,7 @@ _BUILTIN_MODULES = (
     "entropyctl.controllers.clip_higher",
     "entropyctl.controllers.target",
     "entropyctl.controllers.aer",
+    "entropyctl.controllers.token_level",
 )
 
 

@@ -9,6 +9,15 @@ Symbols as in design.md §2 (one response token per entry; all tensors ``[N]``):
     L_KL   =  (1/N) Σ m · k3,   k3 = exp(ref − logp) − (ref − logp) − 1  (optional, β = kl_coef)
     L      = L_pg + L_H + β·L_KL
 
+With a per-token action (:class:`~entropyctl.ops.token_selection.TokenAction`: weight w, detach
+mask d, KL coefficient c per token; each optional), the policy-gradient term becomes
+
+    ρ̂      = sg(ρ) where d, else ρ                                       (value kept, no gradient)
+    L_pg   = −(1/N) Σ m · w · min(ρ̂·A, clip(ρ̂, 1 − ε_low, 1 + ε_high)·A)
+             + (1/N) Σ m · c · |logp − logp_old|                         (KL-Cov's penalty)
+
+and the entropy and reference-KL terms are unchanged.
+
 N is the number of response tokens in the *global* batch (token-mean, as DAPO): pass it as
 ``num_tokens`` when a batch is split over micro-batches or ranks, so that summing the per-micro-batch
 losses gives the global token-mean. Without it, N = Σ m of this call.
@@ -40,6 +49,7 @@ from entropyctl.ops.entropy import (
     chunk_stats,
     default_chunk_size,
 )
+from entropyctl.ops.token_selection import TokenAction
 
 __all__ = ["PolicyLossOutput", "policy_loss", "fused_policy_loss"]
 
@@ -87,10 +97,38 @@ def _check_token_tensors(n: int, **tensors: Tensor | None) -> None:
 
 
 def _check_clip(clip_low: float, clip_high: float) -> None:
-    if not (0.0 <= clip_low < 1.0) or not (clip_high >= 0.0):
+    # clip_low = 1 puts the lower bound at ρ = 0, which never binds: no lower clipping (KL-Cov).
+    if not (0.0 <= clip_low <= 1.0) or not (clip_high >= 0.0):
         raise ValueError(
-            f"clip bounds must satisfy 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}"
+            f"clip bounds must satisfy 0 <= clip_low <= 1 and clip_high >= 0, got {clip_low}, {clip_high}"
         )
+
+
+def _action_tensors(
+    action: TokenAction | None, n: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(w, d, c) of a token action as per-token tensors ``[n]`` (w, c in ``dtype``, d bool), None where unset."""
+    if action is None:
+        return None, None, None
+    out: list[Tensor | None] = []
+    for name in ("weight", "detach", "kl_coef"):
+        t = getattr(action, name)
+        if t is None:
+            out.append(None)
+            continue
+        if t.shape != (n,):
+            raise ValueError(
+                f"token_action.{name} must be a per-token tensor [N] = [{n}], got {tuple(t.shape)}"
+            )
+        t = t.detach().to(device)
+        if name == "detach":
+            out.append(t.bool())
+            continue
+        t = t.to(dtype)
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+            raise ValueError(f"token_action.{name} must be finite and >= 0")
+        out.append(t)
+    return out[0], out[1], out[2]
 
 
 def _masked_sum(mask: Tensor, values: Tensor) -> Tensor:
@@ -112,11 +150,13 @@ def policy_loss(
     num_tokens: int | float | Tensor | None = None,
     ref_logprob: Tensor | None = None,
     kl_coef: float = 0.0,
+    token_action: TokenAction | None = None,
 ) -> PolicyLossOutput:
     """Reference loss L = L_pg + L_H (+ β·L_KL) of design.md §2 on per-token tensors ``[N]``.
 
-    ``coef`` is α per token (α_i of the token's prompt) or one scalar; ``mask`` is m (0/1).
-    Differentiable w.r.t. ``logprob`` and ``entropy`` by plain autograd.
+    ``coef`` is α per token (α_i of the token's prompt) or one scalar; ``mask`` is m (0/1);
+    ``token_action`` (optional) the per-token weight / detach mask / KL coefficient of the module
+    docstring. Differentiable w.r.t. ``logprob`` and ``entropy`` by plain autograd.
     """
     _check_clip(clip_low, clip_high)
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
@@ -143,11 +183,17 @@ def policy_loss(
     if ref_logprob is not None:
         ref_logprob = torch.where(pad, logprob.detach(), ref_logprob.to(logprob.dtype))
 
-    # ρ = exp(logp − logp_old)
+    w, d, c = _action_tensors(token_action, n_tok, logprob.dtype, logprob.device)
+    # ρ = exp(logp − logp_old); ρ̂ = sg(ρ) on the detached tokens
     ratio = torch.exp(logprob - old_logprob)
-    # L_pg = −(1/N) Σ m · min(ρA, clip(ρ, 1−ε_low, 1+ε_high)·A)
-    surrogate = torch.minimum(ratio * A, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * A)
+    ratio_hat = ratio if d is None else torch.where(d, ratio.detach(), ratio)
+    # L_pg = −(1/N) Σ m · w · min(ρ̂A, clip(ρ̂, 1−ε_low, 1+ε_high)·A)
+    surrogate = torch.minimum(ratio_hat * A, torch.clamp(ratio_hat, 1.0 - clip_low, 1.0 + clip_high) * A)
+    if w is not None:
+        surrogate = surrogate * w
     pg_loss = -_masked_sum(m, surrogate) / N
+    if c is not None:  # + (1/N) Σ m · c · |logp − logp_old|
+        pg_loss = pg_loss + _masked_sum(m, c * (logprob - old_logprob).abs()) / N
     # L_H = −(1/N) Σ m · α · H
     entropy_loss = -_masked_sum(m, coef_t * entropy.to(logprob.dtype)) / N
     loss = pg_loss + entropy_loss
@@ -190,19 +236,29 @@ def _token_loss_grads(
     N: Tensor,
     ref_logprob: Tensor | None,
     kl_coef: float,
+    action: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None),
 ) -> tuple[Tensor, Tensor]:
     """(∂L/∂logp, ∂L/∂H) per token, in closed form.
 
-    ∂L_pg/∂logp = −(m/N)·ρ·A where the unclipped branch ρA is the min, else 0
+    ∂L_pg/∂logp = −(m/N)·w·(1−d)·ρ·A where the unclipped branch ρA is the min, else 0
                   (the clipped branch is constant in logp: low bound binds for A<0, ρ<1−ε_low;
-                  high bound binds for A>0, ρ>1+ε_high)
+                  high bound binds for A>0, ρ>1+ε_high), + (m/N)·c·sign(logp − logp_old)
     ∂L_H/∂H     = −(m/N)·α
     ∂(β·L_KL)/∂logp = β·(m/N)·(1 − exp(ref − logp))
     """
+    tok_weight, detach, tok_kl = action
     ratio = torch.exp(logprob - old_logprob)
     clipped = ((advantages < 0) & (ratio < 1.0 - clip_low)) | ((advantages > 0) & (ratio > 1.0 + clip_high))
+    if detach is not None:
+        clipped = clipped | detach
     w = torch.where(mask != 0, mask / N, torch.zeros_like(mask))
     g_lp = torch.where(clipped | (w == 0), torch.zeros_like(ratio), -w * ratio * advantages)
+    if tok_weight is not None:
+        g_lp = g_lp * tok_weight
+    if tok_kl is not None:
+        g_lp = g_lp + torch.where(
+            w == 0, torch.zeros_like(ratio), w * tok_kl * torch.sign(logprob - old_logprob)
+        )
     if ref_logprob is not None and kl_coef != 0.0:
         g_kl = torch.where(
             w == 0, torch.zeros_like(ratio), kl_coef * w * (1.0 - torch.exp(ref_logprob - logprob))
@@ -221,6 +277,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         bias: Tensor | None,
         targets: Tensor,
         token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
+        action: tuple[Tensor | None, Tensor | None, Tensor | None],
         N: Tensor,
         clip_low: float,
         clip_high: float,
@@ -259,6 +316,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
                     N,
                     None if ref_logprob is None else ref_logprob[start:end],
                     kl_coef,
+                    tuple(None if a is None else a[start:end] for a in action),  # type: ignore[arg-type]
                 )
                 skip_H = not bool(torch.any(g_H != 0))
                 dz = chunk_dlogits(p_log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
@@ -285,7 +343,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = g_loss.reshape(())
         out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*out, None, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
 def fused_policy_loss(
@@ -305,6 +363,7 @@ def fused_policy_loss(
     ref_logprob: Tensor | None = None,
     kl_coef: float = 0.0,
     bias: Tensor | None = None,
+    token_action: TokenAction | None = None,
 ) -> PolicyLossOutput:
     """The loss of :func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head.
 
@@ -312,7 +371,8 @@ def fused_policy_loss(
     ``policy_loss(*token_logprob_entropy((hidden @ weight.T + bias), targets, temperature), ...)``,
     but never holds ``[N, V]`` logits, and computes the gradient w.r.t. hidden/weight/bias during
     forward (stored until backward, which only scales it by the incoming gradient of ``loss``).
-    Call ``backward`` on ``loss`` once; the stored gradients are released then.
+    Call ``backward`` on ``loss`` once; the stored gradients are released then. ``token_action``
+    as in :func:`policy_loss` (its tensors are ``[N]``: no vocabulary dimension is added).
     """
     t = _check_temperature(temperature)
     _check_clip(clip_low, clip_high)
@@ -333,6 +393,7 @@ def fused_policy_loss(
     old_t, adv_t, coef_tok, mask_t = (per_token(x) for x in (old_logprob, advantages, coef_t, mask))
     ref_t = None if ref_logprob is None else per_token(ref_logprob)
     N = _token_count(mask_t, num_tokens).to(cdtype)
+    action = _action_tensors(token_action, n, cdtype, dev)
 
     grad_on = torch.is_grad_enabled()
     need_grad = (
@@ -346,6 +407,7 @@ def fused_policy_loss(
         None if bias is None else bias.contiguous(),
         targets.long().contiguous(),
         (old_t, adv_t, coef_tok, mask_t, ref_t),
+        action,
         N,
         clip_low,
         clip_high,
@@ -366,6 +428,7 @@ def fused_policy_loss(
         num_tokens=N,
         ref_logprob=ref_t,
         kl_coef=kl_coef,
+        token_action=token_action,
     )
     # loss = value of the reference formula + proxy (0 in value, carries the precomputed gradient).
     return PolicyLossOutput(

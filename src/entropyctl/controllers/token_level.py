@@ -1,0 +1,317 @@
+"""Token-level entropy controllers: ``clip_cov``, ``kl_cov``, ``high_entropy_tokens``, and ``combined``.
+
+They act through the per-token API (:meth:`EntropyController.token_action`); their per-prompt
+coefficient is 0 (no entropy bonus). Symbols as in :mod:`entropyctl.ops.token_selection`:
+Cov_t = (A_t − Ā)(logp_t − l̄) over the global batch of the optimizer step.
+
+``clip_cov`` (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs"; verl's
+``compute_policy_loss_clip_cov``): of the tokens the PPO clip does not already bind with
+ω_low < Cov_t < ω_high, a random ⌊r·N⌋ (at least 1) get no policy gradient (d_t = 1).
+Defaults r = 2e-4, ω_low = 1, ω_high = 5, clip 0.2/0.2. verl multiplies those tokens' loss by 0;
+here their value is kept and only the gradient stopped (the paper's "detach"): same gradient.
+
+``kl_cov`` (same paper; verl's ``compute_policy_loss_kl_cov``): the unclipped surrogate −ρA plus
+β·|logp − logp_old| on the top ⌊k·N⌋ (at least 1) tokens by Cov_t (c_t = β there). Defaults
+k = 2e-3 (the paper's 7B setting; verl's code default is 2e-4), β = 1. The penalty's gradient is
+β·sign(logp − logp_old): zero while the policy has not moved (the first update of a step).
+
+``high_entropy_tokens`` (Wang et al. 2025, "Beyond the 80/20 Rule"): the policy gradient only on
+the top ρ = 20 % of tokens by entropy H_t (w_t = 1[t in top ρ], the token-mean still over all N
+tokens), DAPO's clip 0.2/0.28.
+
+``combined``: one controller's per-prompt plan (e.g. ``aer``'s α_i) with another's token action
+(e.g. ``clip_cov``), as one arm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, SerializeAsAny, field_validator
+
+from entropyctl.config import ControllerConfig, NonNegativeFloat, PositiveFloat, parse_controller_config
+from entropyctl.controllers.base import (
+    EntropyController,
+    EntropyReading,
+    GroupOutcome,
+    Plan,
+    TokenAction,
+    TokenCollective,
+    TokenStatistics,
+    check_state_keys,
+)
+from entropyctl.controllers.fixed import OpenLoopController
+from entropyctl.controllers.registry import create_controller, register_controller
+from entropyctl.ops.token_selection import (
+    covariance_scores,
+    random_band_subset,
+    select_globally,
+    top_fraction,
+)
+
+__all__ = [
+    "ClipCovConfig",
+    "ClipCovController",
+    "KLCovConfig",
+    "KLCovController",
+    "HighEntropyTokensConfig",
+    "HighEntropyTokensController",
+    "CombinedConfig",
+    "CombinedController",
+    "clip_cov_selection",
+    "kl_cov_selection",
+    "high_entropy_selection",
+    "UNCLIPPED",
+]
+
+#: An upper clip bound that never binds for a finite ratio (KL-Cov's surrogate is unclipped);
+#: finite, so that plans stay finite numbers.
+UNCLIPPED = float(torch.finfo(torch.float64).max)
+
+Fraction = float
+
+
+def _fraction_field(default: float, text: str) -> Any:
+    return Field(default=default, gt=0.0, le=1.0, description=text)
+
+
+class ClipCovConfig(ControllerConfig):
+    """``clip_cov``: detach the gradient of a random few tokens whose Cov(logp, A) lies in a band."""
+
+    name: Literal["clip_cov"] = "clip_cov"
+    ratio: Fraction = _fraction_field(2e-4, "r: share of the batch's tokens detached (verl clip_cov_ratio).")
+    cov_lower: float = Field(
+        default=1.0, description="ω_low: band's lower bound on Cov_t (verl clip_cov_lb)."
+    )
+    cov_upper: float = Field(
+        default=5.0, description="ω_high: band's upper bound on Cov_t (verl clip_cov_ub)."
+    )
+    clip_low: PositiveFloat = Field(default=0.2, lt=1.0, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(default=0.2, description="ε_high of the clipped surrogate.")
+    seed: int = Field(default=0, description="Seeds the random subset (with the step): same on every rank.")
+
+
+class KLCovConfig(ControllerConfig):
+    """``kl_cov``: a KL penalty |logp − logp_old| on the top tokens by Cov(logp, A); no clipping."""
+
+    name: Literal["kl_cov"] = "kl_cov"
+    ratio: Fraction = _fraction_field(2e-3, "k: share of the batch's tokens penalised (verl kl_cov_ratio).")
+    kl_coef: NonNegativeFloat = Field(default=1.0, description="β of the penalty (verl ppo_kl_coef).")
+
+
+class HighEntropyTokensConfig(ControllerConfig):
+    """``high_entropy_tokens``: the policy gradient only on the top fraction of tokens by entropy."""
+
+    name: Literal["high_entropy_tokens"] = "high_entropy_tokens"
+    fraction: Fraction = _fraction_field(0.2, "ρ: share of the batch's tokens trained (highest entropy).")
+    clip_low: PositiveFloat = Field(default=0.2, lt=1.0, description="ε_low of the clipped surrogate.")
+    clip_high: PositiveFloat = Field(default=0.28, description="ε_high of the clipped surrogate (DAPO).")
+
+
+# -- the selections, on the GLOBAL statistics (rows of the gathered columns) -------------------------
+
+
+def clip_cov_selection(
+    columns: torch.Tensor,
+    *,
+    ratio: float,
+    cov_lower: float,
+    cov_upper: float,
+    clip_low: float,
+    clip_high: float,
+    seed: int,
+) -> torch.Tensor:
+    """Clip-Cov's detached set from global columns (logp, logp_old, A, m)."""
+    logprob, old_logprob, advantages, mask = columns
+    valid = mask != 0
+    ratio_t = torch.exp(logprob - torch.where(valid, old_logprob, logprob))
+    clipped = torch.clamp(ratio_t, 1.0 - clip_low, 1.0 + clip_high) * advantages < ratio_t * advantages
+    scores = covariance_scores(advantages, logprob, mask)
+    return random_band_subset(
+        scores, valid & ~clipped, cov_lower, cov_upper, ratio, int(valid.sum()), seed=seed
+    )
+
+
+def kl_cov_selection(columns: torch.Tensor, *, ratio: float) -> torch.Tensor:
+    """KL-Cov's penalised set from global columns (logp, A, m): the top ⌊k·N⌋ by Cov_t."""
+    logprob, advantages, mask = columns
+    return top_fraction(covariance_scores(advantages, logprob, mask), mask, ratio)
+
+
+def high_entropy_selection(columns: torch.Tensor, *, fraction: float) -> torch.Tensor:
+    """The trained set from global columns (H, m): the top ⌊ρ·N⌋ tokens by entropy."""
+    entropy, mask = columns
+    return top_fraction(entropy, mask, fraction)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    # A fixed mix of (seed, step): the same on every rank and every run.
+    return (int(seed) * 1_000_003 + int(step) * 7_919 + 12_345) % 2**62
+
+
+class _TokenLevelController(OpenLoopController):
+    """No entropy bonus (α_i = 0); the entropy control is the token action."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        #: share of this rank's valid tokens the last action touched (logging only, not state).
+        self.last_selected_share = math.nan
+
+    def acts_per_token(self) -> bool:
+        return True
+
+    def clip_bounds(self) -> tuple[float, float]:
+        config: Any = self.config
+        return float(config.clip_low), float(config.clip_high)
+
+    def plan(self, outcome: GroupOutcome) -> Plan:
+        return self.uniform_plan(outcome, 0.0, *self.clip_bounds())
+
+    def _record(self, stats: TokenStatistics, chosen: torch.Tensor) -> None:
+        valid = stats.mask != 0
+        self.last_selected_share = float((chosen & valid).sum()) / max(1, int(valid.sum()))
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "token_selected_share": self.last_selected_share}
+
+
+@register_controller("clip_cov")
+class ClipCovController(_TokenLevelController):
+    """Clip-Cov: no gradient for a random 0.02 % of tokens with Cov(logp, A) in (1, 5) (Cui et al. 2025)."""
+
+    config: ClipCovConfig
+    config_class = ClipCovConfig
+
+    def token_action(self, stats: TokenStatistics, collective: TokenCollective) -> TokenAction:
+        c = self.config
+        columns = torch.stack([stats.logprob, stats.old_logprob, stats.advantages, stats.mask]).double()
+        chosen = select_globally(
+            columns,
+            collective,
+            lambda g: clip_cov_selection(
+                g,
+                ratio=c.ratio,
+                cov_lower=c.cov_lower,
+                cov_upper=c.cov_upper,
+                clip_low=c.clip_low,
+                clip_high=c.clip_high,
+                seed=_step_seed(c.seed, stats.step),
+            ),
+        )
+        self._record(stats, chosen)
+        return TokenAction(detach=chosen)
+
+
+@register_controller("kl_cov")
+class KLCovController(_TokenLevelController):
+    """KL-Cov: unclipped surrogate, |logp − logp_old| penalty on the top 0.2 % tokens by Cov(logp, A)."""
+
+    config: KLCovConfig
+    config_class = KLCovConfig
+
+    def clip_bounds(self) -> tuple[float, float]:
+        # clip(ρ, 0, max float) = ρ: the surrogate is −ρA, as verl's kl_cov.
+        return 1.0, UNCLIPPED
+
+    def token_action(self, stats: TokenStatistics, collective: TokenCollective) -> TokenAction:
+        columns = torch.stack([stats.logprob, stats.advantages, stats.mask]).double()
+        chosen = select_globally(columns, collective, lambda g: kl_cov_selection(g, ratio=self.config.ratio))
+        self._record(stats, chosen)
+        coef = chosen.to(torch.float32) * float(self.config.kl_coef)
+        return TokenAction(kl_coef=coef)
+
+
+@register_controller("high_entropy_tokens")
+class HighEntropyTokensController(_TokenLevelController):
+    """Forking tokens: the policy gradient only on the top 20 % of tokens by entropy (Wang et al. 2025)."""
+
+    config: HighEntropyTokensConfig
+    config_class = HighEntropyTokensConfig
+
+    def token_action(self, stats: TokenStatistics, collective: TokenCollective) -> TokenAction:
+        columns = torch.stack([stats.entropy, stats.mask]).double()
+        chosen = select_globally(
+            columns, collective, lambda g: high_entropy_selection(g, fraction=self.config.fraction)
+        )
+        self._record(stats, chosen)
+        return TokenAction(weight=chosen.to(torch.float32))
+
+
+# -- composition ------------------------------------------------------------------------------------
+
+
+class CombinedConfig(ControllerConfig):
+    """``combined``: the per-prompt plan of ``prompt`` with the token action of ``token``."""
+
+    name: Literal["combined"] = "combined"
+    prompt: SerializeAsAny[ControllerConfig] = Field(
+        default_factory=lambda: parse_controller_config({"name": "aer"}, prefix="prompt"),
+        description="The controller whose α_i (and state) drive the entropy bonus (default: aer).",
+    )
+    token: SerializeAsAny[ControllerConfig] = Field(
+        default_factory=lambda: parse_controller_config({"name": "clip_cov"}, prefix="token"),
+        description="The controller whose token action applies (default: clip_cov).",
+    )
+    clip_from: Literal["token", "prompt"] = Field(
+        default="token", description="Whose clip bounds the surrogate uses (token: e.g. KL-Cov's none)."
+    )
+
+    @field_validator("prompt", "token", mode="before")
+    @classmethod
+    def _parse_part(cls, value: Any, info: Any) -> ControllerConfig:
+        part = parse_controller_config(value, prefix="")
+        if part.name == "combined":
+            raise ValueError("a combined controller cannot nest another 'combined'")
+        if info.field_name == "token" and not create_controller(part).acts_per_token():
+            raise ValueError(
+                f"controller {part.name!r} has no token action; use one of clip_cov, kl_cov, "
+                "high_entropy_tokens (or a plugin whose acts_per_token() is True)"
+            )
+        return part
+
+
+@register_controller("combined")
+class CombinedController(EntropyController):
+    """One arm from two controllers: `prompt`'s α_i and state, `token`'s per-token action."""
+
+    config: CombinedConfig
+    config_class: ClassVar[type[ControllerConfig]] = CombinedConfig
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.prompt = create_controller(config.prompt)
+        self.token = create_controller(config.token)
+
+    def acts_per_token(self) -> bool:
+        return True
+
+    def plan(self, outcome: GroupOutcome) -> Plan:
+        plan = self.prompt.plan(outcome)
+        if self.config.clip_from == "prompt":
+            return plan
+        bounds = self.token.plan(outcome)
+        return Plan(coef=plan.coef, clip_low=bounds.clip_low, clip_high=bounds.clip_high)
+
+    def token_action(self, stats: TokenStatistics, collective: TokenCollective) -> TokenAction | None:
+        return self.token.token_action(stats, collective)
+
+    def observe(self, reading: EntropyReading) -> None:
+        self.prompt.observe(reading)
+        self.token.observe(reading)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt.state_dict(), "token": self.token.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_state_keys(self, state, ("prompt", "token"))
+        self.prompt.load_state_dict(state["prompt"])
+        self.token.load_state_dict(state["token"])
+
+    def metrics(self) -> dict[str, float]:
+        out = dict(self.prompt.metrics())
+        for key, value in self.token.metrics().items():
+            if key not in out:
+                out[key] = value
+        return out

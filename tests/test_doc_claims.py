@@ -1,14 +1,17 @@
 """Claims the docs make about the controllers, checked against the code: how a non-finite group accuracy
-is read, and how ``target`` with an absolute target and the sign rule relates to TRL's adaptive entropy."""
+is read, how ``target`` with an absolute target and the sign rule relates to TRL's adaptive entropy, and clip
+bounds outside the surrogate's domain rejected when the config is loaded."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from entropyctl import EntropyReading, GroupOutcome, create_controller
+from entropyctl.config import ConfigError, load_run_config
 
 
 def test_non_finite_accuracy_reads_as_the_docs_say() -> None:
@@ -86,3 +89,14 @@ def test_at_a_tie_trl_raises_the_coefficient_and_target_holds_it() -> None:
     held, _ = trl_adaptive_entropy([0.3, 0.3], **knobs)
     ours = target_controller_trajectory([0.3, 0.3], **knobs)
     assert held == pytest.approx([0.02, 0.025]) and ours == pytest.approx([0.02, 0.02])
+
+
+@pytest.mark.parametrize("name", ["aer", "target", "fixed", "clip_higher"])
+def test_clip_low_of_one_or_more_fails_when_the_config_is_loaded(name: str, tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(f"controller:\n  name: {name}\n  clip_low: 1.5\n")
+    with pytest.raises(ConfigError, match=r"clip_low.*must be in \[0, 1\)"):
+        load_run_config(path)
+    with pytest.raises(ConfigError, match=r"clip_low.*must be in \[0, 1\)"):
+        create_controller({"name": name, "clip_low": 1.0})
+    assert create_controller({"name": name, "clip_low": 0.999}).config.clip_low == 0.999  # type: ignore[attr-defined]

@@ -1,0 +1,127 @@
+"""Read an ablation directory's runs step by step, finished or not: does the entropy stay in the band
+around H* = τ·H0, and where is α? Writes <dir>/reading.{json,md} (tables; `entropyctl report` covers
+finished runs only).
+
+Per run: steps done; H0; the 50-step moving average of the entropy over H0 every 250 steps; the first
+step at which that average is within ±20 % of τ·H0 ("in band") and the share of later steps in band;
+the share of steps with α at a bound (≤ alpha_min or ≥ alpha_max of the run's config, after the
+first in-band step and over all steps); α's range; held-out pass@1 / pass@8 at every evaluation.
+
+    python benchmarks/collapse_reading.py benchmarks/ablation_collapse_v2 [--tau 0.4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+WINDOW = 50
+
+
+def alpha_bounds(config: dict[str, Any]) -> tuple[float, float]:
+    controller = config.get("controller") or {}
+    update = controller.get("update")
+    if isinstance(update, dict) and "alpha_min" in update:
+        return float(update["alpha_min"]), float(update["alpha_max"])
+    if controller.get("name") == "fixed":
+        alpha = float(controller.get("alpha", 0.0))
+        return alpha, alpha
+    return float(controller.get("alpha_min", 0.0)), float(controller.get("alpha_max", math.inf))
+
+
+EVAL_LINE = re.compile(r"eval (\S+): (.*?) \(seed")
+
+
+def evals_from_log(path: Path) -> dict[str, dict[str, float]]:
+    """A running run's held-out evaluations, from its train.log (summary.json gets them at the end)."""
+    if not path.exists():
+        return {}
+    evals: dict[str, dict[str, float]] = {}
+    for match in EVAL_LINE.finditer(path.read_text(errors="replace")):
+        evals[match.group(1)] = {
+            k: float(v) for k, v in (item.split("=") for item in match.group(2).split(", "))
+        }
+    return evals
+
+
+def read_run(run: Path, tau: float) -> dict[str, Any]:
+    with (run / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    entropy = [float(r["entropy"]) for r in rows]
+    alpha = [float(r["alpha"]) for r in rows]
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    h0 = entropy[0]  # the first reading (the controller's H0 with anchor.steps = 1)
+    target = tau * h0
+    average = [statistics.fmean(entropy[i - WINDOW + 1 : i + 1]) for i in range(WINDOW - 1, len(entropy))]
+    in_band = [abs(m - target) <= 0.2 * target for m in average]
+    first = next((i + WINDOW - 1 for i, ok in enumerate(in_band) if ok), None)
+    later = in_band[first - WINDOW + 1 :] if first is not None else []
+    low, high = alpha_bounds(config)
+    at_bound = [a <= low * (1 + 1e-9) or a >= high * (1 - 1e-9) for a in alpha]
+    after = at_bound[first:] if first is not None else []
+    evals = summary.get("evals") or evals_from_log(run / "train.log")
+    return {
+        "run": f"{run.parent.name}/{run.name}",
+        "status": summary.get("status"),
+        "steps": len(entropy),
+        "h0": h0,
+        "average_over_h0": {str(i + 1): average[i - WINDOW + 1] / h0 for i in range(249, len(entropy), 250)},
+        "first_in_band": first,
+        "in_band_share_after": sum(later) / len(later) if later else math.nan,
+        "alpha_at_bound_after": sum(after) / len(after) if after else math.nan,
+        "alpha_at_bound_all": sum(at_bound) / len(at_bound) if at_bound else math.nan,
+        "alpha_range": [min(alpha), max(alpha)] if alpha else None,
+        "evals": {name: {k: e[k] for k in ("pass@1", "pass@8") if k in e} for name, e in evals.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--tau", type=float, default=0.4)
+    args = parser.parse_args()
+    runs = sorted(p.parent for p in args.dir.glob("*/seed*/metrics.csv"))
+    readings = [read_run(run, args.tau) for run in runs]
+    (args.dir / "reading.json").write_text(
+        json.dumps({"tau": args.tau, "window": WINDOW, "runs": readings}, indent=1)
+    )
+    marks = sorted({int(k) for r in readings for k in r["average_over_h0"]})
+    lines = [
+        f"Moving average ({WINDOW} steps) of the entropy over H0 at each step; band = ±20 % of {args.tau}·H0.",
+        "",
+        "| run | status | steps | H0 | "
+        + " | ".join(f"{m}" for m in marks)
+        + " | first in band | in band after | α at bound (after / all) | α range |",
+        "|---|---|---|---|" + "---|" * len(marks) + "---|---|---|---|",
+    ]
+    for r in readings:
+        cells = [f"{r['average_over_h0'].get(str(m), math.nan):.2f}" for m in marks]
+        low, high = r["alpha_range"] or (math.nan, math.nan)
+        lines.append(
+            f"| `{r['run']}` | {r['status']} | {r['steps']} | {r['h0']:.3f} | "
+            + " | ".join(cells)
+            + f" | {r['first_in_band']} | {r['in_band_share_after']:.2f} | "
+            f"{r['alpha_at_bound_after']:.2f} / {r['alpha_at_bound_all']:.2f} | {low:.1e} … {high:.1e} |"
+        )
+    lines += ["", "Held-out pass@1 / pass@8 at each evaluation:", ""]
+    for r in readings:
+        evals = ", ".join(
+            f"{name} {e.get('pass@1', math.nan):.3f} / {e.get('pass@8', math.nan):.3f}"
+            for name, e in r["evals"].items()
+        )
+        lines.append(f"- `{r['run']}`: {evals or 'none yet'}")
+    (args.dir / "reading.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

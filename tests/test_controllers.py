@@ -148,3 +148,40 @@ def test_resume_with_narrower_bounds_clamps_alpha() -> None:
     narrow = create_controller({"name": "aer", "alpha_max": 0.1, "alpha_0": 0.05})
     narrow.load_state_dict(wide.state_dict())
     assert narrow.metrics()["alpha"] == 0.1
+
+
+def test_relative_rule_one_step_by_hand() -> None:
+    from entropyctl.controllers.target import relative_error, relative_step
+
+    assert relative_error(0.4, 0.0) == 1.0 and relative_error(0.4, 0.4) == 0.0
+    assert relative_error(0.4, 1.2) == pytest.approx(-2.0)
+    assert relative_error(0.0, 0.3) == -1.0 and relative_error(0.0, 0.0) == 0.0
+    assert relative_step(0.01, 0.5, step=0.1, alpha_min=1e-5, alpha_max=1.0) == pytest.approx(
+        0.01 * math.exp(0.05)
+    )
+    assert relative_step(0.01, -1e9, step=0.1, alpha_min=1e-5, alpha_max=1.0) == 1e-5  # clipped: anti-windup
+    assert relative_step(0.5, 1e9, step=0.1, alpha_min=1e-5, alpha_max=1.0) == 1.0
+    assert relative_step(0.01, math.nan, step=0.1, alpha_min=1e-5, alpha_max=1.0) == 0.01
+    # the controller: H0 = 1 anchors H* = 0.4; then H = 0.2 twice with smoothing 0.5, κ = 0.1, κ_p = 1
+    controller = create_controller(
+        {"name": "target", "update": {"step": 0.1, "proportional": 1.0, "smoothing": 0.5}}
+    )
+    controller.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))
+    assert controller.metrics()["alpha"] == 0.005  # anchoring: α stays α_0
+    controller.observe(EntropyReading(mean_entropy=0.2, tokens=10, step=1))
+    smoothed = 0.5 * 1.0 + 0.5 * 0.2  # 0.6 > H*: e = -0.5
+    integral = 0.005 * math.exp(0.1 * (0.4 - smoothed) / 0.4)
+    assert controller.state_dict()["integral"] == pytest.approx(integral)
+    assert controller.metrics()["alpha"] == pytest.approx(integral * math.exp(1.0 * (0.4 - smoothed) / 0.4))
+    controller.observe(EntropyReading(mean_entropy=0.2, tokens=10, step=2))
+    smoothed = 0.5 * smoothed + 0.5 * 0.2  # 0.4: on target, e = 0
+    assert controller.state_dict()["integral"] == pytest.approx(integral)
+    assert controller.metrics()["alpha"] == pytest.approx(integral)
+
+
+def test_a_first_release_state_dict_loads() -> None:
+    """Checkpoints of the first release hold no smoothed reading or integral: they load, as None."""
+    controller = create_controller("aer")
+    state = {k: v for k, v in controller.state_dict().items() if k not in ("smoothed_entropy", "integral")}
+    controller.load_state_dict({**state, "alpha": 0.02, "h0": 0.5})
+    assert controller.metrics()["alpha"] == 0.02 and controller.state_dict()["integral"] is None

@@ -63,6 +63,7 @@ __all__ = [
     "clip_cov_selection",
     "kl_cov_selection",
     "high_entropy_selection",
+    "selection_seed",
     "UNCLIPPED",
 ]
 
@@ -146,8 +147,8 @@ def high_entropy_selection(columns: torch.Tensor, *, fraction: float) -> torch.T
     return top_fraction(entropy, mask, fraction)
 
 
-def _step_seed(seed: int, step: int) -> int:
-    # A fixed mix of (seed, step): the same on every rank and every run.
+def selection_seed(seed: int, step: int) -> int:
+    """Clip-Cov's random draw of step ``step``: a fixed mix of (seed, step), the same on every rank."""
     return (int(seed) * 1_000_003 + int(step) * 7_919 + 12_345) % 2**62
 
 
@@ -197,7 +198,7 @@ class ClipCovController(_TokenLevelController):
                 cov_upper=c.cov_upper,
                 clip_low=c.clip_low,
                 clip_high=c.clip_high,
-                seed=_step_seed(c.seed, stats.step),
+                seed=selection_seed(c.seed, stats.step),
             ),
         )
         self._record(stats, chosen)
@@ -219,7 +220,7 @@ class KLCovController(_TokenLevelController):
         columns = torch.stack([stats.logprob, stats.advantages, stats.mask]).double()
         chosen = select_globally(columns, collective, lambda g: kl_cov_selection(g, ratio=self.config.ratio))
         self._record(stats, chosen)
-        coef = chosen.to(torch.float32) * float(self.config.kl_coef)
+        coef = chosen.to(torch.float64) * float(self.config.kl_coef)
         return TokenAction(kl_coef=coef)
 
 

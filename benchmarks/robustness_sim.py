@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from entropyctl import create_controller
-from entropyctl.testing import EntropyPlant, simulate
+from entropyctl.controllers.plant import EntropyPlant, simulate
 
 STEPS = 1500
 SEEDS = (0, 1, 2)

@@ -83,9 +83,10 @@ def main() -> None:
 
     import vllm
 
-    from entropyctl.integrations.rollout import SamplingSettings
-    from entropyctl.integrations.transformers import HFRolloutEngine, load_policy
-    from entropyctl.integrations.vllm import VLLMConfig, VLLMEngine
+    from entropyctl.models.loading import load_policy
+    from entropyctl.rollout.hf import HFRolloutEngine
+    from entropyctl.rollout.protocol import SamplingSettings
+    from entropyctl.rollout.vllm import VLLMConfig, VLLMEngine
 
     model, tokenizer = load_policy({"kind": "gguf", "path": "smollm2", "dtype": "float32"})
     prompts = [_prompt_ids(tokenizer, QUESTIONS[i % len(QUESTIONS)]) for i in range(args.prompts)]

@@ -29,7 +29,7 @@ import lightning.pytorch as pl
 import torch
 
 from entropyctl.config import load_run_config
-from entropyctl.train import build_module
+from entropyctl.trainer.run import build_module
 
 
 class _Bare(pl.Callback):

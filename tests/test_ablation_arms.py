@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from entropyctl.ablation import Arm, is_finished, parse_arm, parse_arms, plan_runs, resolve_arm_config
 from entropyctl.config import AERConfig, ConfigError, TargetConfig
+from entropyctl.experiments.ablate import (
+    Arm,
+    is_finished,
+    parse_arm,
+    parse_arms,
+    plan_runs,
+    resolve_arm_config,
+)
 
 BASE = {
     "seed": 123,

@@ -19,7 +19,7 @@ import torch
 from trainer_helpers import TINY, tiny_config
 
 from entropyctl import cli
-from entropyctl.checkpoints import CheckpointError, load_checkpoint
+from entropyctl.trainer.checkpoints import CheckpointError, load_checkpoint
 
 
 class _RunsCode:
@@ -85,8 +85,8 @@ def test_evaluate_refuses_a_malicious_checkpoint(
 
 
 def test_train_resume_refuses_a_malicious_checkpoint(tmp_path: Path, marker: Path) -> None:
-    from entropyctl.run_directory import RunDirError
-    from entropyctl.train import run_training
+    from entropyctl.trainer.run import run_training
+    from entropyctl.trainer.run_dir import RunDirError
 
     ckpt = _malicious_checkpoint(tmp_path / "evil.ckpt", marker)
     with pytest.raises(RunDirError, match=r"--resume .*evil\.ckpt: refused: .*`posix\.system`") as info:
@@ -100,7 +100,7 @@ def test_lightning_resume_itself_loads_weights_only(
     tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Past the fingerprint check (skipped here), Lightning's own restore in Trainer.fit must refuse it too.
-    import entropyctl.train as train
+    import entropyctl.trainer.run as train
 
     monkeypatch.setattr(train, "check_resume", lambda *a, **k: {"checkpoint": "x", "changes": []})
     ckpt = _malicious_checkpoint(tmp_path / "evil.ckpt", marker)
@@ -111,9 +111,9 @@ def test_lightning_resume_itself_loads_weights_only(
 
 
 def test_warm_start_cache_never_unpickles(tmp_path: Path, marker: Path) -> None:
-    from entropyctl.integrations.model_config import ModelConfig
-    from entropyctl.integrations.pretrain import load_pretrained, pretrain
-    from entropyctl.integrations.transformers import load_policy
+    from entropyctl.models.config import ModelConfig
+    from entropyctl.models.loading import load_policy
+    from entropyctl.models.warm_start import load_pretrained, pretrain
 
     cfg = ModelConfig.model_validate(tiny_config().model.model_dump())
     directory = pretrain(cfg)
@@ -138,7 +138,7 @@ def test_warm_start_cache_never_unpickles(tmp_path: Path, marker: Path) -> None:
 
 
 def test_vllm_weight_transfer_refuses_code(marker: Path) -> None:
-    from entropyctl.integrations.vllm import _reload_in_worker
+    from entropyctl.rollout.vllm import _reload_in_worker
 
     buffer = io.BytesIO()
     torch.save([("w", torch.zeros(1)), ("x", _RunsCode(marker))], buffer)
@@ -191,8 +191,8 @@ def test_debug_keeps_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_dataset_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from entropyctl.integrations.model_config import ModelConfig
-    from entropyctl.integrations.pretrain import pretrain
+    from entropyctl.models.config import ModelConfig
+    from entropyctl.models.warm_start import pretrain
 
     model_dir = pretrain(ModelConfig.model_validate(tiny_config().model.model_dump()))
     bad = tmp_path / "bad.jsonl"

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from entropyctl.ablation import canonical_config, parse_arms, plan_runs
 from entropyctl.config import parse_run_config
-from entropyctl.report import write_report
+from entropyctl.experiments.ablate import canonical_config, parse_arms, plan_runs
+from entropyctl.experiments.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "ablation_run"

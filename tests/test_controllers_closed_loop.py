@@ -1,4 +1,4 @@
-"""Closed-loop stability on the entropy plant (entropyctl.testing): adaptive controllers hold
+"""Closed-loop stability on the entropy plant (entropyctl.controllers.plant): adaptive controllers hold
 entropy within ±10% of H*, fixed coefficients collapse or explode (the failure AER addresses).
 
 The first release's rules (additive, log, sign) are checked on the plant family their step sizes
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entropyctl import create_controller
-from entropyctl.testing import EntropyPlant, Trajectory, simulate
+from entropyctl.controllers.plant import EntropyPlant, Trajectory, simulate
 
 STEPS = 300
 SETTLE_BY = 200  # steps
@@ -28,7 +28,7 @@ def settling_step(trajectory: Trajectory, tolerance: float = 0.1) -> int:
     return last_outside + 1
 
 
-# The documented range (entropyctl.testing): gain ∈ [25, 100] nats per unit coefficient,
+# The documented range (entropyctl.controllers.plant): gain ∈ [25, 100] nats per unit coefficient,
 # decay ∈ [0.05, 0.2] per step, any seed.
 gains = st.floats(25.0, 100.0)
 decays = st.floats(0.05, 0.2)

@@ -11,7 +11,7 @@ import pytest
 from trainer_helpers import tiny_config
 
 from entropyctl.data.loaders import DatasetError, check_overlap, load_math_dataset
-from entropyctl.train import build_data, build_module, fit_prompts_to_context
+from entropyctl.trainer.run import build_data, build_module, fit_prompts_to_context
 
 
 def _write(path: Path, rows: list[dict[str, str]]) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from entropyctl.evaluation import (
+from entropyctl.trainer.evaluation import (
     ProblemOutcome,
     evaluate_problems,
     format_eval_table,
@@ -111,7 +111,7 @@ def test_evaluate_equals_the_summary_after_evaluation(tmp_path, capsys) -> None:
     from trainer_helpers import tiny_config
 
     from entropyctl import cli
-    from entropyctl.train import run_training
+    from entropyctl.trainer.run import run_training
 
     config = tiny_config(
         "trainer.steps=2", "eval.before=false", "eval.n_prompts=12", "eval.n_samples=4", "eval.ks=[1,2,4]"

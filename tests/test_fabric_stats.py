@@ -1,4 +1,4 @@
-"""Single-process tests of EntropyStats and the token-count helper (entropyctl.integrations.fabric)."""
+"""Single-process tests of EntropyStats and the token-count helper (entropyctl.trainer.stats)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from entropyctl.controllers.base import EntropyReading
-from entropyctl.integrations.fabric import EntropyStats, ddp_loss_scale, global_token_count
+from entropyctl.trainer.stats import EntropyStats, ddp_loss_scale, global_token_count
 
 LEVELS = (1, 2, 3, 4)
 

@@ -8,19 +8,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from entropyctl.integrations.pretrain import _supervised_batch
-from entropyctl.integrations.rollout import Completions, RolloutEngine, SamplingSettings
-from entropyctl.integrations.transformers import (
-    HFRolloutEngine,
-    build_char_tokenizer,
-    build_tiny_model,
+from entropyctl.models.forward import (
     lm_head_weight,
-    position_ids_from_mask,
     response_hidden_states,
     response_logits,
     supports_fused_head,
 )
+from entropyctl.models.tiny import build_char_tokenizer, build_tiny_model
+from entropyctl.models.warm_start import _supervised_batch
 from entropyctl.ops.entropy import token_logprob_entropy
+from entropyctl.rollout.hf import HFRolloutEngine, position_ids_from_mask
+from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings
 
 ALPHABET = "0123456789+-*/=() "
 PROMPTS = ["1+2=", "123+45=", "(12+3)*4=", "7="]  # different lengths -> different left padding

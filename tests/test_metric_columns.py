@@ -16,8 +16,8 @@ from entropyctl import register_controller
 from entropyctl.config import ControllerConfig
 from entropyctl.controllers import registry
 from entropyctl.controllers.fixed import FixedController
-from entropyctl.integrations.lightning import CONTROLLER_PREFIX, RLVRModule, metric_columns
-from entropyctl.train import run_training
+from entropyctl.trainer.module import CONTROLLER_PREFIX, RLVRModule, metric_columns
+from entropyctl.trainer.run import run_training
 
 #: one step, no held-out evaluation, no checkpoint: only metrics.csv matters here
 ONE_STEP = ["trainer.steps=1", "eval.before=false", "eval.after=false", "trainer.save_last=false"]

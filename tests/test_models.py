@@ -12,20 +12,15 @@ from transformers import AutoTokenizer
 
 from entropyctl.cli import main
 from entropyctl.data.synthetic import ALPHABET, SyntheticArithmetic
-from entropyctl.integrations import pretrain as pretrain_module
-from entropyctl.integrations.rollout import SamplingSettings
-from entropyctl.integrations.transformers import (
-    HFRolloutEngine,
-    ModelConfig,
-    build_char_tokenizer,
-    build_tiny_model,
-    load_policy,
-    pretrain,
-    resolve_gguf,
-    response_hidden_states,
-    supports_fused_head,
-)
+from entropyctl.models import warm_start as pretrain_module
+from entropyctl.models.config import ModelConfig
+from entropyctl.models.forward import response_hidden_states, supports_fused_head
+from entropyctl.models.loading import load_policy, resolve_gguf
+from entropyctl.models.tiny import build_char_tokenizer, build_tiny_model
+from entropyctl.models.warm_start import pretrain
 from entropyctl.ops.entropy import token_logprob_entropy
+from entropyctl.rollout.hf import HFRolloutEngine
+from entropyctl.rollout.protocol import SamplingSettings
 
 # Small enough that 40 steps take ~1 s of CPU.
 SMALL = {"hidden_size": 32, "layers": 2, "heads": 2}

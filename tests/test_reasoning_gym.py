@@ -25,7 +25,7 @@ from entropyctl.rewards.reasoning_gym import (  # noqa: E402
     ReasoningGymVerifier,
     extract_final_answer,
 )
-from entropyctl.train import build_data, run_training  # noqa: E402
+from entropyctl.trainer.run import build_data, run_training  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN_SUM_LEVELS = {
@@ -189,8 +189,8 @@ def test_alphabet_covers_the_task() -> None:
 
 
 def test_warm_start_cache_key_depends_on_dataset_and_levels() -> None:
-    from entropyctl.integrations.model_config import ModelConfig
-    from entropyctl.integrations.pretrain import cache_key
+    from entropyctl.models.config import ModelConfig
+    from entropyctl.models.warm_start import cache_key
 
     cfg = ModelConfig()
     base = cache_key(cfg, chain_sum())
@@ -341,8 +341,8 @@ def test_tiny_model_trains_on_the_task_with_its_own_alphabet(tmp_path: Path) -> 
     assert {f"acc_level_{level}" for level in (1, 2, 3)} <= set(rows[0])
     for row in rows:  # accuracy counts full scores only: never above the mean reward
         assert 0.0 <= float(row["accuracy"]) <= float(row["reward"]) + 1e-9
-    from entropyctl.integrations.pretrain import cached_checkpoint
-    from entropyctl.train import reasoning_gym_task
+    from entropyctl.models.warm_start import cached_checkpoint
+    from entropyctl.trainer.run import reasoning_gym_task
 
     task = reasoning_gym_task(config)
     directory = cached_checkpoint(config.model, task)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from entropyctl.report import find_runs, load_run, write_report
+from entropyctl.experiments.report import find_runs, load_run, write_report
 
 LEVELS = (1, 2, 3)
 

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import pytest
 from trainer_helpers import read_metrics, tiny_config
 
-from entropyctl.train import parameter_checksum, run_training
+from entropyctl.trainer.run import parameter_checksum, run_training
 
 TIMING = ("time_rollout", "time_reward", "time_update", "time_step")
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from trainer_helpers import SMALL, TINY, read_metrics, tiny_config
 
-from entropyctl.run_directory import (
+from entropyctl.trainer.run import run_training
+from entropyctl.trainer.run_dir import (
     LOCK_FILE,
     ResumeMismatchError,
     RunDirError,
@@ -26,7 +27,6 @@ from entropyctl.run_directory import (
     RunLockedError,
     read_run_state,
 )
-from entropyctl.train import run_training
 
 TIMING = ("time_rollout", "time_reward", "time_update", "time_step")
 QUICK = ["trainer.steps=2", "eval.before=false", "eval.after=false"]
@@ -100,7 +100,7 @@ def test_error_before_fit_marks_failed(tmp_path: Path) -> None:
 
 _HOLD = """
 import sys, time
-from entropyctl.run_directory import RunLock
+from entropyctl.trainer.run_dir import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(60)

@@ -1,4 +1,4 @@
-"""The entropy plant (entropyctl.testing) and `entropyctl simulate` / `controllers` / `schema`."""
+"""The entropy plant (entropyctl.controllers.plant) and `entropyctl simulate` / `controllers` / `schema`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 from entropyctl import GroupOutcome, Plan, create_controller
 from entropyctl.cli import main
-from entropyctl.testing import EntropyPlant, random_outcome, simulate
+from entropyctl.controllers.plant import EntropyPlant, random_outcome, simulate
 
 
 def entropyctl_command() -> list[str]:

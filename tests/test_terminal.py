@@ -6,8 +6,8 @@ import io
 import math
 from pathlib import Path
 
-from entropyctl.integrations.lightning import RLVRProgress, controller_story
-from entropyctl.integrations.pretrain import WarmStartProgress
+from entropyctl.models.warm_start import WarmStartProgress
+from entropyctl.trainer.module import RLVRProgress, controller_story
 
 
 class _Terminal(io.StringIO):

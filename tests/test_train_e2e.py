@@ -13,7 +13,7 @@ import yaml
 from trainer_helpers import is_finite, read_metrics, tiny_config
 
 from entropyctl.config import RunConfig, default_config_path, load_run_config
-from entropyctl.train import run_training
+from entropyctl.trainer.run import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 

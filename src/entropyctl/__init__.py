@@ -33,7 +33,7 @@ from entropyctl.controllers.registry import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from entropyctl.config import RunConfig  # type: ignore[attr-defined]
-    from entropyctl.integrations.lightning import RLVRModule
+    from entropyctl.trainer.module import RLVRModule
 
 __version__ = "0.1.0"
 
@@ -59,7 +59,7 @@ __all__ = [
 
 # name → module that defines it; imported on first access (PEP 562).
 _LAZY = {
-    "RLVRModule": "entropyctl.integrations.lightning",
+    "RLVRModule": "entropyctl.trainer.module",
     "RunConfig": "entropyctl.config",
 }
 

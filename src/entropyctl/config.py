@@ -385,7 +385,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
 # (RunConfig section: owned by the trainer; everything below configures `entropyctl train`.)
 
 # Pure pydantic (no torch/transformers import): the model section of a run config.
-from entropyctl.integrations.model_config import ModelConfig  # noqa: E402
+from entropyctl.models.config import ModelConfig  # noqa: E402
 
 #: Lightning 2.x's accepted precision strings (lightning.fabric.connector._PRECISION_INPUT_STR and its
 #: legacy short forms); a test keeps this list equal to Lightning's.
@@ -530,7 +530,7 @@ class RolloutConfig(_Section):
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Engine options; engine=vllm: entropyctl.integrations.vllm.VLLMConfig.",
+        description="Engine options; engine=vllm: entropyctl.rollout.vllm.VLLMConfig.",
     )
 
     @model_validator(mode="after")

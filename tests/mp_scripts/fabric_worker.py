@@ -110,12 +110,12 @@ def main(out_dir: Path) -> None:
     from lightning.fabric import Fabric
 
     from entropyctl.controllers import GroupOutcome, create_controller
-    from entropyctl.integrations.fabric import (
+    from entropyctl.ops.losses import fused_policy_loss
+    from entropyctl.trainer.stats import (
         EntropyStats,
         ddp_loss_scale,
         global_token_count,
     )
-    from entropyctl.ops.losses import fused_policy_loss
 
     fabric = Fabric(accelerator="cpu", devices=WORLD_SIZE, strategy="ddp")
     fabric.launch()

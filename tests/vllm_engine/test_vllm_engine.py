@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entropyctl.integrations.rollout import Completions, RolloutEngine, SamplingSettings
-from entropyctl.integrations.transformers import load_policy, response_logits
-from entropyctl.integrations.vllm import VLLMConfig, VLLMEngine, export_policy, policy_weights
+from entropyctl.models.forward import response_logits
+from entropyctl.models.loading import load_policy
+from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings
+from entropyctl.rollout.vllm import VLLMConfig, VLLMEngine, export_policy, policy_weights
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -1,6 +1,6 @@
 """The vLLM rollout engine: a vLLM ``LLM`` colocated with the policy, kept on-policy by in-place weight sync.
 
-``VLLMEngine`` implements ``RolloutEngine`` (``integrations/rollout.py``). After every optimizer step the
+``VLLMEngine`` implements ``RolloutEngine`` (``rollout/protocol.py``). After every optimizer step the
 trainer calls ``sync_weights(policy)``; the engine then samples from exactly the policy's current weights:
 
 - The policy's ``state_dict`` (Hugging Face parameter names, i.e. checkpoint format) goes to the running
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from entropyctl.integrations.rollout import Completions, SamplingSettings, check_generate_args
+from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -144,7 +144,7 @@ def policy_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _default_export_root() -> Path:
-    from entropyctl.integrations.pretrain import default_cache_dir
+    from entropyctl.cache import default_cache_dir
 
     return default_cache_dir() / "vllm-export"
 

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from entropyctl.integrations.model_config import ModelConfig
-from entropyctl.integrations.rollout import SamplingSettings
-from entropyctl.integrations.tiny_model import build_char_tokenizer, build_tiny_model
+from entropyctl.cache import default_cache_dir
+from entropyctl.models.config import ModelConfig
+from entropyctl.models.tiny import build_char_tokenizer, build_tiny_model
+from entropyctl.rollout.protocol import SamplingSettings
 
 __all__ = [
     "CACHE_FORMAT",
@@ -44,11 +45,6 @@ __all__ = [
 # Bump when the training recipe changes in a way the config does not capture: old caches become misses.
 CACHE_FORMAT = 1
 METADATA_FILE = "pretrain.json"
-
-
-def default_cache_dir() -> Path:
-    """``$ENTROPYCTL_CACHE`` or ``~/.cache/entropyctl``."""
-    return Path(os.environ.get("ENTROPYCTL_CACHE") or Path.home() / ".cache" / "entropyctl").expanduser()
 
 
 def _synthetic() -> Any:
@@ -147,7 +143,7 @@ def greedy_accuracy(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Greedy exact-match accuracy, overall (``"all"``) and per level (``"<level>"``)."""
-    from entropyctl.integrations.transformers import HFRolloutEngine
+    from entropyctl.rollout.hf import HFRolloutEngine
 
     engine = HFRolloutEngine(model, tokenizer)
     greedy = SamplingSettings(temperature=0.0, max_new_tokens=max_new_tokens)

@@ -3,7 +3,7 @@
 Run directory (read by `entropyctl ablate` / `report`)::
 
     config.yaml      the resolved RunConfig
-    metrics.csv      one row per RLVR step (columns: integrations.lightning.metric_columns)
+    metrics.csv      one row per RLVR step (columns: trainer.module.metric_columns)
     summary.json     {"status", "steps", "wall_time_s", "final_entropy", "h0", "alpha",
                       "before": EVAL, "after": EVAL, ...}; "status" is "running" until the end
     checkpoints/     step-NNNNNN.ckpt every trainer.checkpoint_every steps, and last.ckpt
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from entropyctl.config import RunConfig, load_run_config
-from entropyctl.run_directory import (
+from entropyctl.trainer.run_dir import (
     ResumeMismatchError,
     RunDirError,
     RunLock,
@@ -79,7 +79,7 @@ def build_data(
     File data sets: ``fit`` (e.g. :func:`fit_prompts_to_context`) checks or filters the rows of each
     file before use; prompts repeated in training, or shared by training and held-out rows, are warned
     about."""
-    from entropyctl.integrations.lightning import PromptSampler
+    from entropyctl.trainer.module import PromptSampler
 
     d, e = config.data, config.eval
     if d.source == "reasoning_gym":
@@ -211,11 +211,11 @@ def build_prompt_encoder(config: RunConfig, tokenizer: Any) -> Any:
 
 def build_engine(config: RunConfig, model: Any, tokenizer: Any) -> Any:
     if config.rollout.engine == "hf":
-        from entropyctl.integrations.transformers import HFRolloutEngine
+        from entropyctl.rollout.hf import HFRolloutEngine
 
         return HFRolloutEngine(model, tokenizer)
     # rollout.options is the engine's VLLMConfig; vllm itself is imported (with a clear error) by the engine
-    from entropyctl.integrations.vllm import VLLMEngine
+    from entropyctl.rollout.vllm import VLLMEngine
 
     return VLLMEngine.from_policy(model, tokenizer, dict(config.rollout.options))
 
@@ -257,11 +257,11 @@ def _strategy(config: RunConfig) -> Any:
 
 def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     """The policy (warm-started / loaded), rollout engine, reward, data and controller of ``config``,
-    assembled into an :class:`~entropyctl.integrations.lightning.RLVRModule` (no Trainer yet)."""
+    assembled into an :class:`~entropyctl.trainer.module.RLVRModule` (no Trainer yet)."""
     from entropyctl.controllers.registry import create_controller
-    from entropyctl.integrations.lightning import RLVRModule
-    from entropyctl.integrations.transformers import load_policy
+    from entropyctl.models.loading import load_policy
     from entropyctl.rewards import get_reward
+    from entropyctl.trainer.module import RLVRModule
 
     # the tiny model warm-starts on the task it will train on (an external task: its own characters)
     task = reasoning_gym_task(config) if config.data.source == "reasoning_gym" else None
@@ -300,7 +300,7 @@ def check_resume(
 ) -> dict[str, Any]:
     """Compare the checkpoint's run fingerprint with this run's; raise :class:`ResumeMismatchError`
     listing every difference unless ``allow_changes``. Returns the record kept in the summary."""
-    from entropyctl.checkpoints import CheckpointError, load_checkpoint
+    from entropyctl.trainer.checkpoints import CheckpointError, load_checkpoint
 
     try:
         saved = load_checkpoint(ckpt_path, mmap=True).get("run_fingerprint")
@@ -340,7 +340,7 @@ def run_training(
     exists; the checkpoint's config and data fingerprint must match (else :class:`ResumeMismatchError`,
     unless ``allow_resume_changes``). A directory that already holds a run is refused
     (:class:`RunDirError`) unless resuming or ``overwrite`` (which removes only the run's own files,
-    :data:`~entropyctl.run_directory.RUN_FILES`). The directory is locked for the run's lifetime
+    :data:`~entropyctl.trainer.run_dir.RUN_FILES`). The directory is locked for the run's lifetime
     (:class:`RunLockedError` for a second run). SIGTERM/SIGINT: the step in progress finishes,
     ``last.ckpt`` is written, the summary says ``"stopped"`` and :class:`RunStopped` is raised (its
     ``exit_code`` is 143 / 130). ``progress_bar``: overrides ``trainer.progress_bar``. ``callbacks``: extra
@@ -463,7 +463,7 @@ class _Run:
     def _fit(self, ckpt_path: str | None, progress_bar: bool | None, callbacks: Sequence[Any]) -> None:
         import lightning.pytorch as pl
 
-        from entropyctl.integrations.lightning import RLVRCheckpoint, RLVRProgress
+        from entropyctl.trainer.module import RLVRCheckpoint, RLVRProgress
 
         t, run_dir, module = self.config.trainer, self.run_dir, self.module
         loggers: Any = False
@@ -501,7 +501,7 @@ class _Run:
                 warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
                 # The policy stays in eval mode on purpose: no dropout, so training log-probs match the sampler's.
                 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-                # weights_only: the resume never unpickles code (entropyctl.checkpoints).
+                # weights_only: the resume never unpickles code (entropyctl.trainer.checkpoints).
                 self.trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
         finally:
             self.fit_s = time.perf_counter() - t_fit
@@ -595,7 +595,7 @@ def train_from_cli(
     threads: int | None = None,
     progress_bar: bool | None = None,
 ) -> dict[str, Any]:
-    """What `entropyctl train` does (cli.py parses the arguments)."""
+    """What `entropyctl train` does (the cli package parses the arguments)."""
     extra = list(overrides)
     if threads is not None:
         extra.append(f"trainer.threads={threads}")
@@ -612,7 +612,7 @@ def train_from_cli(
 
 
 def run_train_cli(args: Any) -> int:
-    """`entropyctl train` (arguments parsed by cli.py). Exit status: 0 finished, 1 failed or refused,
+    """`entropyctl train` (arguments parsed by the cli package). Exit status: 0 finished, 1 failed or refused,
     128 + the signal number when stopped by SIGTERM (143) or SIGINT (130)."""
     try:
         summary = train_from_cli(

@@ -11,7 +11,7 @@ A step on every rank::
         ──► metrics (ONE collective) ──► metrics.csv / loggers
 
 Why ``W · L_r``: DDP averages gradients over the W ranks while the loss is normalised by the global
-token count N, so each rank back-propagates W times its share (see ``integrations/fabric.py``).
+token count N, so each rank back-propagates W times its share (see ``trainer/stats.py``).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from entropyctl.config import RunConfig
 from entropyctl.controllers.base import EntropyController, GroupOutcome, Plan
-from entropyctl.evaluation import ProblemOutcome, count_correct, summarize_pass_at_k
-from entropyctl.integrations.fabric import EntropyStats, all_reduce_sum
-from entropyctl.integrations.rollout import Completions, RolloutEngine, SamplingSettings
 from entropyctl.ops.advantages import group_advantages
 from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
-from entropyctl.run_directory import RunStopped, StopSignals
+from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings
+from entropyctl.trainer.evaluation import ProblemOutcome, count_correct, summarize_pass_at_k
+from entropyctl.trainer.run_dir import RunStopped, StopSignals
+from entropyctl.trainer.stats import EntropyStats, all_reduce_sum
 
 __all__ = [
     "RLVRModule",
@@ -285,9 +285,9 @@ class RLVRCheckpoint(pl.Callback):
     """Saves ``step-NNNNNN.ckpt`` every ``every`` RLVR steps (0: never) and ``last.ckpt`` at those steps and
     at the final step. Checkpoints carry the controller state and the RLVR step (``RLVRModule``).
 
-    ``stop`` (a :class:`~entropyctl.run_directory.StopSignals`): SIGTERM/SIGINT during training let the
+    ``stop`` (a :class:`~entropyctl.trainer.run_dir.StopSignals`): SIGTERM/SIGINT during training let the
     step in progress finish; then ``last.ckpt`` is written (every rank agrees on the step: one small
-    collective when several processes run) and :class:`~entropyctl.run_directory.RunStopped` is raised.
+    collective when several processes run) and :class:`~entropyctl.trainer.run_dir.RunStopped` is raised.
     """
 
     def __init__(
@@ -525,7 +525,7 @@ class RLVRModule(pl.LightningModule):
             for p in reference.parameters():
                 p.requires_grad_(False)
             self._reference = _Frozen(reference)
-        from entropyctl.integrations.transformers import supports_fused_head
+        from entropyctl.models.forward import supports_fused_head
 
         self.use_fused = config.algorithm.fused and supports_fused_head(policy)  # type: ignore[arg-type]
         #: the controller's metric keys before the first step fix its ``controller/<key>`` columns
@@ -568,7 +568,7 @@ class RLVRModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["entropy_controller"] = self.controller.state_dict()
-        if self.run_fingerprint is not None:  # compared on resume (entropyctl.run_directory)
+        if self.run_fingerprint is not None:  # compared on resume (entropyctl.trainer.run_dir)
             checkpoint["run_fingerprint"] = self.run_fingerprint
         checkpoint["rlvr"] = {
             "step": self.rlvr_step,
@@ -672,7 +672,7 @@ class RLVRModule(pl.LightningModule):
 
     def _forward_tokens(self, model: torch.nn.Module, comp: Completions, grad: bool) -> dict[str, Any]:
         """Hidden states (fused path) or logits (reference path) of the response tokens of ``comp``."""
-        from entropyctl.integrations.transformers import response_hidden_states, response_logits
+        from entropyctl.models.forward import response_hidden_states, response_logits
 
         with torch.set_grad_enabled(grad):
             if self.use_fused:

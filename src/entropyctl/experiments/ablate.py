@@ -322,8 +322,8 @@ def _warm_start(config: Mapping[str, Any], log: Callable[[str], None]) -> None:
     if isinstance(model, Mapping) and model.get("kind", "tiny") != "tiny":
         return
     try:
-        from entropyctl.integrations.model_config import ModelConfig
-        from entropyctl.integrations.transformers import pretrain
+        from entropyctl.models.config import ModelConfig
+        from entropyctl.models.warm_start import pretrain
     except ImportError:
         return
     started = time.perf_counter()
@@ -453,7 +453,7 @@ def run_ablation(
     history.append({**summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     history_path.write_text(json.dumps(history, indent=2) + "\n")
     if report:
-        from entropyctl.report import write_report
+        from entropyctl.experiments.report import write_report
 
         write_report(out)
         log(f"report: {out / 'report.md'}")
@@ -461,7 +461,7 @@ def run_ablation(
 
 
 def run_ablate_cli(args: Any) -> int:
-    """`entropyctl ablate` (cli.py parses the arguments). Exit status 1 when a run failed."""
+    """`entropyctl ablate` (the cli package parses the arguments). Exit status 1 when a run failed."""
     seeds: int | list[int] | None = None
     if args.seeds is not None:
         text = str(args.seeds).strip()

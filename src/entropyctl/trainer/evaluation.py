@@ -179,10 +179,10 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
     .gguf file or 'smollm2'."""
     from pathlib import Path
 
-    from entropyctl.checkpoints import CheckpointError, load_checkpoint
     from entropyctl.config import RunConfig, load_run_config, parse_run_config
-    from entropyctl.integrations.transformers import load_policy
-    from entropyctl.train import reasoning_gym_task
+    from entropyctl.models.loading import load_policy
+    from entropyctl.trainer.checkpoints import CheckpointError, load_checkpoint
+    from entropyctl.trainer.run import reasoning_gym_task
 
     path = Path(target).expanduser()
     ckpt: Path | None = None
@@ -239,11 +239,11 @@ def run_evaluate_cli(args: Any) -> int:
 
     import torch
 
-    from entropyctl.integrations.lightning import derive_seed
-    from entropyctl.integrations.rollout import SamplingSettings
-    from entropyctl.integrations.transformers import HFRolloutEngine
     from entropyctl.rewards import get_reward
-    from entropyctl.train import build_data, build_prompt_encoder
+    from entropyctl.rollout.hf import HFRolloutEngine
+    from entropyctl.rollout.protocol import SamplingSettings
+    from entropyctl.trainer.module import derive_seed
+    from entropyctl.trainer.run import build_data, build_prompt_encoder
 
     config, policy, tokenizer = _load_for_evaluation(args.checkpoint, args.overrides)
     # Defaults are the run's own evaluation settings, so that with them the result equals summary.json's

@@ -130,8 +130,8 @@ def _controller_mapping(args: argparse.Namespace) -> dict[str, Any]:
 def run_simulate(args: argparse.Namespace) -> int:
     """Run a controller against the entropy plant and print step, H, H*, α (and write a plot)."""
     from entropyctl.config import ConfigError, parse_controller_config
+    from entropyctl.controllers.plant import EntropyPlant, simulate
     from entropyctl.controllers.registry import create_controller
-    from entropyctl.testing import EntropyPlant, simulate
 
     if args.steps < 1:
         raise ConfigError(f"--steps: must be ≥ 1 (got {args.steps})")
@@ -226,7 +226,7 @@ SUBCOMMANDS: list[Subcommand] = [
 
 
 # --------------------------------------------------------------------------------------------
-# train / evaluate (logic in entropyctl.train and entropyctl.evaluation)
+# train / evaluate (logic in entropyctl.trainer.run and entropyctl.trainer.evaluation)
 # --------------------------------------------------------------------------------------------
 
 
@@ -329,19 +329,19 @@ SUBCOMMANDS += [
         "train",
         "run RLVR training (GRPO/DAPO with an entropy controller)",
         _add_train_arguments,
-        "entropyctl.train:run_train_cli",
+        "entropyctl.trainer.run:run_train_cli",
     ),
     Subcommand(
         "evaluate",
         "pass@1 / pass@k of a run or model on held-out problems",
         _add_evaluate_arguments,
-        "entropyctl.evaluation:run_evaluate_cli",
+        "entropyctl.trainer.evaluation:run_evaluate_cli",
     ),
 ]
 
 
 # --------------------------------------------------------------------------------------------
-# ablate / report (logic in entropyctl.ablation and entropyctl.report)
+# ablate / report (logic in entropyctl.experiments.ablate and entropyctl.experiments.report)
 # --------------------------------------------------------------------------------------------
 
 
@@ -403,19 +403,19 @@ SUBCOMMANDS += [
         "ablate",
         "run arms x seeds of training side by side, then report",
         _add_ablate_arguments,
-        "entropyctl.ablation:run_ablate_cli",
+        "entropyctl.experiments.ablate:run_ablate_cli",
     ),
     Subcommand(
         "report",
         "tables and plots comparing the runs of an ablation",
         _add_report_arguments,
-        "entropyctl.report:run_report_cli",
+        "entropyctl.experiments.report:run_report_cli",
     ),
 ]
 
 
 # --------------------------------------------------------------------------------------------
-# pretrain (logic in entropyctl.integrations.pretrain)
+# pretrain (logic in entropyctl.models.warm_start)
 # --------------------------------------------------------------------------------------------
 
 
@@ -454,7 +454,7 @@ SUBCOMMANDS += [
         "pretrain",
         "warm-start (or find cached) the embedded tiny model",
         _add_pretrain_arguments,
-        "entropyctl.integrations.pretrain:run_pretrain_cli",
+        "entropyctl.models.warm_start:run_pretrain_cli",
     ),
 ]
 
@@ -494,10 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
 _USER_ERRORS = {
     "entropyctl.config": "ConfigError",
     "entropyctl.controllers.registry": "RegistryError",
-    "entropyctl.checkpoints": "CheckpointError",
+    "entropyctl.trainer.checkpoints": "CheckpointError",
     "entropyctl.data.loaders": "DatasetError",
-    "entropyctl.run_directory": "RunDirError",
-    "entropyctl.report": "ReportError",
+    "entropyctl.trainer.run_dir": "RunDirError",
+    "entropyctl.experiments.report": "ReportError",
 }
 
 

@@ -1,0 +1,1 @@
+"""Experiments over many runs: ablations (arms x seeds) and their reports."""

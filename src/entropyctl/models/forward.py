@@ -1,0 +1,140 @@
+"""The training forward: the policy over prompt + response, keeping only real response tokens.
+
+``response_hidden_states`` feeds the fused log-prob/entropy path (same padding and positions as generation);
+``response_logits`` is the full-logits fallback (and the test oracle).
+
+Fused-path support (``supports_fused_head``): the LM head must be a plain linear map ``z = h Wᵀ (+ b)``,
+optionally times a constant (Cohere's ``logit_scale``, Granite's ``1/logits_scaling``: folded into ``h``).
+Llama, Qwen2/3, Mistral, SmolLM2, GPT-2 style heads qualify; heads with a final-logit soft-cap (Gemma 2/3:
+``z = c·tanh(z/c)``) do not, and the trainer must use ``response_logits`` + the reference path for them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from entropyctl.rollout.hf import position_ids_from_mask
+from entropyctl.rollout.protocol import Completions
+
+__all__ = [
+    "ResponseHiddenStates",
+    "ResponseLogits",
+    "lm_head_weight",
+    "response_hidden_states",
+    "response_logits",
+    "supports_fused_head",
+]
+
+
+class ResponseHiddenStates(NamedTuple):
+    """Final (post-norm) hidden states at the positions that predict each real response token."""
+
+    hidden: Tensor  # [N_tok, d]; already multiplied by the head's constant logit scale, if any
+    targets: Tensor  # [N_tok] the response token ids
+    seq_index: Tensor  # [N_tok] the completion row each token belongs to
+    lm_head_weight: Tensor  # [V, d]
+    lm_head_bias: Tensor | None  # [V] or None
+
+
+class ResponseLogits(NamedTuple):
+    logits: Tensor  # [N_tok, V] raw logits (not divided by the temperature)
+    targets: Tensor
+    seq_index: Tensor
+
+
+def _logit_scale(model: PreTrainedModel) -> float:
+    """The constant factor between ``h Wᵀ`` and the logits, for heads we know (1 for plain heads)."""
+    config = model.config
+    scale = 1.0
+    if getattr(config, "logit_scale", None) is not None:  # Cohere: logits = (h Wᵀ) * logit_scale
+        scale *= float(config.logit_scale)
+    if getattr(config, "logits_scaling", None) is not None:  # Granite: logits = (h Wᵀ) / logits_scaling
+        scale /= float(config.logits_scaling)
+    return scale
+
+
+def supports_fused_head(model: PreTrainedModel) -> bool:
+    """True when the logits are a (constant-scaled) linear map of the final hidden states, so the fused
+    log-prob/entropy path is exact; False for soft-capped heads (Gemma 2/3) or non-linear heads."""
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in {id(config): config, id(text_config): text_config}.values():
+        if getattr(cfg, "final_logit_softcapping", None) is not None:
+            return False
+    head = model.get_output_embeddings()
+    return isinstance(head, torch.nn.Linear)
+
+
+def lm_head_weight(model: PreTrainedModel) -> tuple[Tensor, Tensor | None]:
+    """``(W [V, d], b [V] | None)`` of the LM head: the input embedding when tied (same parameter, so the
+    gradient reaches it). Raises for heads the fused path cannot represent (see ``supports_fused_head``)."""
+    if not supports_fused_head(model):
+        raise ValueError(
+            f"{type(model).__name__}: its LM head is not a plain linear map (soft-capped or custom); "
+            "use response_logits() and the reference log-prob/entropy path"
+        )
+    head = model.get_output_embeddings()
+    assert isinstance(head, torch.nn.Linear)
+    return head.weight, head.bias
+
+
+def _backbone_hidden(model: PreTrainedModel, completions: Completions) -> tuple[Tensor, Tensor]:
+    """Run the decoder over prompt + response; return (hidden predicting each response slot [B, Lr, d],
+    response mask as bool [B, Lr])."""
+    device = model.device
+    input_ids = torch.cat([completions.prompt_ids, completions.response_ids], dim=1).to(device)
+    attention_mask = torch.cat([completions.prompt_mask, completions.response_mask], dim=1).to(device)
+    position_ids = position_ids_from_mask(attention_mask)
+    # Positions after EOS are masked out; causal attention keeps them from touching real tokens, and the
+    # real tokens' positions equal generate's (which continues counting from the last prompt position).
+    backbone = getattr(model, model.base_model_prefix, None)
+    if backbone is None or backbone is model:
+        raise ValueError(f"{type(model).__name__}: no decoder backbone under '{model.base_model_prefix}'")
+    out = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )
+    hidden = out.last_hidden_state  # post final norm for Llama-family decoders
+    prompt_len = completions.prompt_ids.shape[1]
+    resp_len = completions.response_ids.shape[1]
+    # The hidden state at position t predicts token t+1: response slot k is predicted from prompt_len+k-1.
+    predicting = hidden[:, prompt_len - 1 : prompt_len + resp_len - 1]
+    return predicting, completions.response_mask.to(device).bool()
+
+
+def response_hidden_states(model: PreTrainedModel, completions: Completions) -> ResponseHiddenStates:
+    """Hidden states, targets and row index of every real response token (mask == 1), plus the LM head.
+
+    Feed ``hidden``, ``lm_head_weight``, ``targets`` (and ``bias``) to ``fused_logprob_entropy`` /
+    ``fused_policy_loss``; N is the number of real tokens, so pads cost nothing there.
+    """
+    weight, bias = lm_head_weight(model)
+    predicting, keep = _backbone_hidden(model, completions)
+    hidden = predicting[keep]
+    scale = _logit_scale(model)
+    if scale != 1.0:
+        hidden = hidden * scale
+    targets = completions.response_ids.to(keep.device)[keep]
+    seq_index = torch.arange(keep.shape[0], device=keep.device).unsqueeze(1).expand_as(keep)[keep]
+    return ResponseHiddenStates(hidden, targets, seq_index, weight, bias)
+
+
+def response_logits(model: PreTrainedModel, completions: Completions) -> ResponseLogits:
+    """Full raw logits ``[N_tok, V]`` at the real response tokens, through the model's own LM head (so
+    soft-caps and scales are applied): the fallback for heads ``supports_fused_head`` rejects."""
+    predicting, keep = _backbone_hidden(model, completions)
+    hidden = predicting[keep]
+    logits = model.get_output_embeddings()(hidden)
+    config = model.config
+    scale = _logit_scale(model)
+    if scale != 1.0:
+        logits = logits * scale
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    targets = completions.response_ids.to(keep.device)[keep]
+    seq_index = torch.arange(keep.shape[0], device=keep.device).unsqueeze(1).expand_as(keep)[keep]
+    return ResponseLogits(logits, targets, seq_index)

@@ -1,0 +1,1 @@
+"""The RLVR trainer: the Lightning module, distributed statistics, the prompt sampler, the run directory and run_training."""

@@ -1,12 +1,18 @@
-"""Benchmark: memory and time of the entropy/log-prob path, forward + backward (issue 3, design.md §4).
+"""Benchmark: memory and time of the entropy/log-prob path, forward + backward.
 
-Modes (each (mode, N, V, dtype) runs in its own subprocess, so peak memory is that mode's alone):
+Modes (each (mode, N, V, dtype) runs in its own subprocess, so peak memory is that mode's alone; every
+mode gets the same inputs and the same policy loss on its per-token values):
 
   reference             full logits h·Wᵀ, log_softmax in fp32 (entropyctl.ops.token_logprob_entropy),
                         then the policy loss on the per-token values
-  chunked_after_logits  TRL/verl style: the full logits [N, V] exist (one matmul, kept for backward),
-                        log-softmax / entropy computed over token chunks with activation
-                        checkpointing per chunk (so only the logits and their gradient are [N, V])
+  chunked_after_logits  logits first, then chunks: the full logits [N, V] exist (one matmul, kept for
+                        backward), log-softmax / entropy computed over token chunks with activation
+                        checkpointing per chunk (so only the logits and their gradient are [N, V]) — the
+                        path of a trainer that materialises the logits (TRL without its fused LM head)
+  trl_fused             TRL's fused LM head kernel (``trl.kernels.ChunkedLogProbFunction``, what
+                        ``add_fused_lm_head`` runs in GRPO): [4096-token × vocab-tile] tiles folded into
+                        online log-sum-exp statistics, recomputed in backward; vocab tile
+                        ``--trl-vocab-tile`` (default 32768, TRL's own); needs ``trl`` installed
   fused                 entropyctl.ops.fused_logprob_entropy (recomputes chunk logits in backward)
                         + the policy loss on its outputs
   fused_loss            entropyctl.ops.fused_policy_loss (gradient computed in forward, no recompute)
@@ -21,6 +27,8 @@ the compute limit of this machine (a fused path that recomputes logits does 4 su
 
 Usage:
   python benchmarks/entropy_path.py [--quick] [--repeats 3] [--out benchmarks/results/entropy_path_cpu.json]
+  python benchmarks/entropy_path.py --hidden 256 --configs 1024:16384:fp32 \
+      --out benchmarks/results/entropy_path_trl_cpu.json        (TRL's fused head beside ours)
 """
 
 from __future__ import annotations
@@ -37,7 +45,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("reference", "chunked_after_logits", "fused", "fused_loss")
+MODES = ("reference", "chunked_after_logits", "trl_fused", "fused", "fused_loss")
+#: TRL's vocabulary tile in ``add_fused_lm_head`` (trl/trainer/utils.py, _CHUNKED_LOGPROB_CHUNK_SIZE)
+TRL_VOCAB_TILE = 32768
+#: TRL's token tile (trl/kernels/chunked_logprob.py, TOKEN_CHUNK_SIZE)
+TRL_TOKEN_TILE = 4096
 HIDDEN = 896
 GIB = 1024**3
 
@@ -45,7 +57,9 @@ GIB = 1024**3
 # ---------------------------------------------------------------- memory estimates (parent side)
 
 
-def estimate_peak_bytes(mode: str, n: int, v: int, d: int, dtype: str, chunk: int) -> float:
+def estimate_peak_bytes(
+    mode: str, n: int, v: int, d: int, dtype: str, chunk: int, trl_tile: int = TRL_VOCAB_TILE
+) -> float:
     """Rough peak-memory estimate used only to skip what cannot fit (measured numbers are reported)."""
     s = 2 if dtype == "bf16" else 4
     nv = n * v
@@ -57,6 +71,11 @@ def estimate_peak_bytes(mode: str, n: int, v: int, d: int, dtype: str, chunk: in
     if mode == "chunked_after_logits":
         # logits + their gradient [N, V] in the input dtype, plus one chunk's fp32 work (×8 buffers).
         return 2 * nv * s + 8 * cv * 4
+    if mode == "trl_fused":
+        # one [token tile, vocab tile] buffer in the input dtype and its fp32 work, in forward and backward,
+        # plus fp32 gradient accumulators for W and h.
+        tile = min(n, TRL_TOKEN_TILE) * min(trl_tile, v)
+        return tile * (s + 3 * 4) + v * d * 4 + n * d * 4
     # fused paths: ~3 fp32 [chunk, V] buffers + an fp32 dW accumulator + dh.
     return 3 * cv * 4 + v * d * 4 + n * d * s
 
@@ -122,6 +141,14 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
             ]
             lp = torch.cat([p[0] for p in parts])
             ent = torch.cat([p[1] for p in parts])
+            loss = policy_loss(lp, ent, *loss_args).loss
+        elif mode == "trl_fused":
+            from trl.kernels import ChunkedLogProbFunction
+
+            # (hidden, weight, bias, targets, temperature, vocab tile, softcapping, logit scale, outputs)
+            lp, ent, *_ = ChunkedLogProbFunction.apply(
+                hidden, weight, None, targets, 1.0, cfg["trl_tile"], None, 1.0, ("entropy",)
+            )
             loss = policy_loss(lp, ent, *loss_args).loss
         elif mode == "fused":
             lp, ent = fused_logprob_entropy(hidden, weight, targets, chunk_size=chunk)
@@ -197,7 +224,17 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
         "matmul_s": t_mm,
         "ratio_to_matmul": t_med / t_mm,
         "torch": torch.__version__,
+        "trl": _trl_version() if mode == "trl_fused" else None,
     }
+
+
+def _trl_version() -> str | None:
+    try:
+        import trl
+
+        return str(trl.__version__)
+    except ImportError:
+        return None
 
 
 # ---------------------------------------------------------------- parent: grid, table, JSON
@@ -296,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         help="repeats for configs with N·V > 5e8 (minutes each); 0 = time the single warm-up/memory run",
     )
     ap.add_argument("--chunk-size", type=int, default=1024)
+    ap.add_argument("--hidden", type=int, default=HIDDEN, help=f"hidden size d (default {HIDDEN})")
+    ap.add_argument(
+        "--trl-vocab-tile",
+        type=int,
+        default=TRL_VOCAB_TILE,
+        help=f"vocabulary tile of the trl_fused mode (default {TRL_VOCAB_TILE}, TRL's add_fused_lm_head)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument(
@@ -353,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
-        "hidden_size": HIDDEN,
+        "hidden_size": args.hidden,
         "chunk_size": args.chunk_size,
+        "trl_vocab_tile": args.trl_vocab_tile,
+        "trl_token_tile": TRL_TOKEN_TILE,
+        "trl": _trl_version(),
         "budget_gb": args.budget_gb,
         "repeats": args.repeats,
         "big_repeats": args.big_repeats,
@@ -383,14 +430,15 @@ def main(argv: list[str] | None = None) -> int:
                 "mode": mode,
                 "n": n,
                 "v": v,
-                "d": HIDDEN,
+                "d": args.hidden,
                 "dtype": dt,
                 "chunk": args.chunk_size,
+                "trl_tile": args.trl_vocab_tile,
                 "threads": threads,
                 "device": args.device,
                 "repeats": args.big_repeats if n * v > 5e8 else args.repeats,
             }
-            est = estimate_peak_bytes(mode, n, v, HIDDEN, dt, args.chunk_size)
+            est = estimate_peak_bytes(mode, n, v, args.hidden, dt, args.chunk_size, args.trl_vocab_tile)
             cfg["estimated_peak_bytes"] = est
             if est > args.budget_gb * GIB:
                 res = {
@@ -442,7 +490,14 @@ def render_markdown(conditions: dict[str, Any], results: list[dict[str, Any]]) -
     lines = [
         f"Conditions: torch {conditions['torch']}, Python {conditions['python']}, {conditions['device']} "
         f"({conditions['cpu']}, {conditions['cpu_count']} CPUs, {conditions['threads']} threads), d = "
-        f"{conditions['hidden_size']}, chunk {conditions['chunk_size']}, memory = {conditions['memory']}, "
+        f"{conditions['hidden_size']}, chunk {conditions['chunk_size']}"
+        + (
+            f" (trl_fused: TRL {conditions['trl']}, tiles {conditions['trl_token_tile']} tokens × "
+            f"{conditions['trl_vocab_tile']} vocab)"
+            if conditions.get("trl_vocab_tile")
+            else ""
+        )
+        + f", memory = {conditions['memory']}, "
         f"skip budget {conditions['budget_gb']:g} GB (estimated), repeats {conditions['repeats']} "
         f"({conditions['big_repeats']} for N·V > 5e8), median time of forward+backward.",
         "",

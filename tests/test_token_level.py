@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entropyctl import create_controller
+from entropyctl import GroupOutcome, create_controller
 from entropyctl.controllers.base import TokenAction, TokenStatistics
 from entropyctl.controllers.token_level import UNCLIPPED, selection_seed
 from entropyctl.ops.entropy import token_logprob_entropy
@@ -315,7 +315,7 @@ def test_fused_loss_with_a_token_action_equals_the_reference_path(seed: int, n: 
 
 
 def test_combined_plans_like_its_prompt_controller_and_acts_like_its_token_controller() -> None:
-    from entropyctl import EntropyReading, GroupOutcome
+    from entropyctl import EntropyReading
 
     combined = create_controller({"name": "combined", "prompt": {"name": "aer"}, "token": {"name": "kl_cov"}})
     aer, kl = create_controller("aer"), create_controller("kl_cov")
@@ -337,3 +337,48 @@ def test_combined_plans_like_its_prompt_controller_and_acts_like_its_token_contr
     prompt_clip = create_controller({"name": "combined", "token": "clip_cov", "clip_from": "prompt"})
     outcome = GroupOutcome(accuracy=torch.tensor([0.5]), group_size=4, step=1)
     assert (prompt_clip.plan(outcome).clip_low, prompt_clip.plan(outcome).clip_high) == (0.2, 0.2)
+
+
+def test_shipped_token_level_study_is_the_collapse_study_with_five_arms(tmp_path) -> None:
+    """configs/ablation_token_level.yaml = configs/ablation_collapse_v2.yaml with the arms no bonus,
+    aer, clip_cov, kl_cov, high_entropy_tokens (each at its defaults), 3 seeds."""
+    from pathlib import Path
+
+    import yaml
+
+    from entropyctl.experiments.ablate import parse_arms, plan_runs
+
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "configs" / "ablation_collapse_v2.yaml").read_text())
+    study = yaml.safe_load((root / "configs" / "ablation_token_level.yaml").read_text())
+    section = study.pop("ablation")
+    base.pop("ablation")
+    assert study == base
+    arms = parse_arms(section["arms"], where="ablation.arms")
+    names = ["fixed:alpha=0", "aer", "clip_cov", "kl_cov", "high_entropy_tokens"]
+    assert [a.label for a in arms] == names and section["seeds"] >= 3
+    specs = plan_runs(study, arms, [0], tmp_path)
+    controllers = {s.arm.label: s.config["controller"] for s in specs}
+    assert controllers["clip_cov"]["ratio"] == 2e-4 and controllers["kl_cov"]["ratio"] == 2e-3
+    assert controllers["high_entropy_tokens"]["fraction"] == 0.2
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_kl_cov_plan_is_unclipped_in_fp32(fused: bool) -> None:
+    # The upper bound UNCLIPPED exceeds fp32's range: the loss must neither overflow nor clip ρ = e^1.
+    controller = create_controller("kl_cov")
+    plan = controller.plan(GroupOutcome(torch.zeros(1), 1, 1))
+    g = torch.Generator().manual_seed(0)
+    n, V, D = 16, 11, 4
+    hidden, weight = torch.randn(n, D, generator=g), torch.randn(V, D, generator=g)
+    targets = torch.randint(0, V, (n,), generator=g)
+    current, entropy = token_logprob_entropy(hidden @ weight.T, targets)
+    old = current - 1.0  # ρ = e for every token: far outside any usual clip range
+    adv, mask = torch.ones(n), torch.ones(n)
+    if fused:
+        out = fused_policy_loss(hidden, weight, targets, old, adv, 0.0, mask, plan.clip_low, plan.clip_high)
+    else:
+        out = policy_loss(current, entropy, old, adv, 0.0, mask, plan.clip_low, plan.clip_high)
+    # −(1/N) Σ ρ·A = −e (fp32: |error| ≲ 16 terms · 2 ulp(e))
+    assert float(out.loss.detach()) == pytest.approx(-math.e, rel=1e-6)
+    assert float(out.clip_frac_high) == 0.0 and float(out.clip_frac_low) == 0.0

@@ -104,6 +104,12 @@ def _check_clip(clip_low: float, clip_high: float) -> None:
         )
 
 
+def _upper_bound(clip_high: float, dtype: torch.dtype) -> float:
+    """1 + ε_high, capped at the dtype's largest number: an ε_high beyond it (an unclipped surrogate)
+    must not overflow the conversion to the tensor's dtype, and binds for no finite ratio either way."""
+    return min(1.0 + float(clip_high), float(torch.finfo(dtype).max))
+
+
 def _action_tensors(
     action: TokenAction | None, n: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -188,7 +194,8 @@ def policy_loss(
     ratio = torch.exp(logprob - old_logprob)
     ratio_hat = ratio if d is None else torch.where(d, ratio.detach(), ratio)
     # L_pg = −(1/N) Σ m · w · min(ρ̂A, clip(ρ̂, 1−ε_low, 1+ε_high)·A)
-    surrogate = torch.minimum(ratio_hat * A, torch.clamp(ratio_hat, 1.0 - clip_low, 1.0 + clip_high) * A)
+    upper = _upper_bound(clip_high, logprob.dtype)
+    surrogate = torch.minimum(ratio_hat * A, torch.clamp(ratio_hat, 1.0 - clip_low, upper) * A)
     if w is not None:
         surrogate = surrogate * w
     pg_loss = -_masked_sum(m, surrogate) / N
@@ -210,7 +217,7 @@ def policy_loss(
         r = ratio.detach()
         # The low bound binds when A < 0 and ρ < 1−ε_low; the high bound when A > 0 and ρ > 1+ε_high.
         low_active = ((A < 0) & (r < 1.0 - clip_low)).to(logprob.dtype)
-        high_active = ((A > 0) & (r > 1.0 + clip_high)).to(logprob.dtype)
+        high_active = ((A > 0) & (r > upper)).to(logprob.dtype)
         clip_frac_low = _masked_sum(m, low_active) / N
         clip_frac_high = _masked_sum(m, high_active) / N
     return PolicyLossOutput(
@@ -248,7 +255,8 @@ def _token_loss_grads(
     """
     tok_weight, detach, tok_kl = action
     ratio = torch.exp(logprob - old_logprob)
-    clipped = ((advantages < 0) & (ratio < 1.0 - clip_low)) | ((advantages > 0) & (ratio > 1.0 + clip_high))
+    upper = _upper_bound(clip_high, ratio.dtype)
+    clipped = ((advantages < 0) & (ratio < 1.0 - clip_low)) | ((advantages > 0) & (ratio > upper))
     if detach is not None:
         clipped = clipped | detach
     w = torch.where(mask != 0, mask / N, torch.zeros_like(mask))

@@ -382,3 +382,20 @@ def test_kl_cov_plan_is_unclipped_in_fp32(fused: bool) -> None:
     # −(1/N) Σ ρ·A = −e (fp32: |error| ≲ 16 terms · 2 ulp(e))
     assert float(out.loss.detach()) == pytest.approx(-math.e, rel=1e-6)
     assert float(out.clip_frac_high) == 0.0 and float(out.clip_frac_low) == 0.0
+
+
+def test_step_token_action_is_none_per_prompt_and_checks_a_plugins_shapes() -> None:
+    from entropyctl.controllers.token_level import HighEntropyTokensController, step_token_action
+
+    stats = stats_of([-1.0, -2.0], [-1.0, -2.0], [0.5, 1.5], [1.0, -1.0], [1.0, 1.0])
+    assert step_token_action(create_controller("aer"), stats, LOCAL) is None
+    action = step_token_action(create_controller("high_entropy_tokens"), stats, LOCAL)
+    assert action is not None and action.weight.tolist() == [0.0, 1.0]
+
+    class Broken(HighEntropyTokensController):
+        def token_action(self, stats, collective):  # one value too many
+            return TokenAction(weight=torch.ones(stats.logprob.shape[0] + 1))
+
+    broken = Broken(create_controller("high_entropy_tokens").config)
+    with pytest.raises(ValueError, match=r"token_action\(\)\.weight has shape \(3,\); expected .* \[2\]"):
+        step_token_action(broken, stats, LOCAL)

@@ -64,6 +64,7 @@ __all__ = [
     "kl_cov_selection",
     "high_entropy_selection",
     "selection_seed",
+    "step_token_action",
     "UNCLIPPED",
 ]
 
@@ -238,6 +239,31 @@ class HighEntropyTokensController(_TokenLevelController):
         )
         self._record(stats, chosen)
         return TokenAction(weight=chosen.to(torch.float32))
+
+
+def step_token_action(
+    controller: EntropyController, stats: TokenStatistics, collective: TokenCollective
+) -> TokenAction | None:
+    """The trainer's one call per optimizer step: the controller's token action for this rank's
+    tokens (None when it acts per prompt only), checked before it reaches the loss.
+
+    Call it on every rank (the selection's collectives run inside), after building ``stats`` from the
+    no-grad log-prob/entropy pass of the step's tokens.
+    """
+    if not controller.acts_per_token():
+        return None
+    action = controller.token_action(stats, collective)
+    if action is None:
+        return None
+    n = stats.logprob.shape[0]
+    for field in ("weight", "detach", "kl_coef"):
+        t = getattr(action, field)
+        if t is not None and tuple(t.shape) != (n,):
+            raise ValueError(
+                f"controller {controller.name!r}: token_action().{field} has shape {tuple(t.shape)}; "
+                f"expected one value per token of this rank's step, [{n}]"
+            )
+    return action
 
 
 # -- composition ------------------------------------------------------------------------------------

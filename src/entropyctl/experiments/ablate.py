@@ -458,30 +458,3 @@ def run_ablation(
         write_report(out)
         log(f"report: {out / 'report.md'}")
     return summary
-
-
-def run_ablate_cli(args: Any) -> int:
-    """`entropyctl ablate` (the cli package parses the arguments). Exit status 1 when a run failed."""
-    seeds: int | list[int] | None = None
-    if args.seeds is not None:
-        text = str(args.seeds).strip()
-        try:
-            seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else int(text)
-        except ValueError:
-            raise ConfigError(
-                f"--seeds: expected a count N or a list like 0,1,2 (got {args.seeds!r})"
-            ) from None
-    base = load_yaml(args.config)
-    jobs = args.jobs if args.jobs is not None else int((base.get(ABLATION_SECTION) or {}).get("jobs", 1))
-    summary = run_ablation(
-        args.config,
-        args.arms,
-        seeds,
-        out=args.out,
-        jobs=jobs,
-        overrides=args.overrides,
-        threads_per_job=args.threads,
-        report=args.report,
-        command="entropyctl " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["ablate"] else None,
-    )
-    return 1 if summary["failed"] else 0

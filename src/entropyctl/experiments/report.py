@@ -855,16 +855,3 @@ def _markdown(arms: list[ArmSummary], files: dict[str, str], window: int, manife
             rows.append([f"`{a.arm}`", Path(path).name, "unfinished", *["–"] * (len(header) - 3)])
     lines += [_table(header, rows), ""]
     return "\n".join(lines)
-
-
-def run_report_cli(args: Any) -> int:
-    """`entropyctl report DIR [--out DIR] [--window N]`."""
-    try:
-        doc = write_report(args.dir, args.out, window=args.window)
-    except ReportError as err:
-        from entropyctl.config import ConfigError
-
-        raise ConfigError(str(err)) from None
-    out = Path(args.out or args.dir)
-    print(f"report: {out / 'report.md'} ({len(doc['arms'])} arms; plots: {', '.join(doc['plots'].values())})")
-    return 0

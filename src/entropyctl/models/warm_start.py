@@ -9,7 +9,6 @@ file and the second one reuses the first one's result.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -39,7 +38,7 @@ __all__ = [
     "cached_checkpoint",
     "pretrain",
     "greedy_accuracy",
-    "run_pretrain_cli",
+    "write_atomically",
 ]
 
 # Bump when the training recipe changes in a way the config does not capture: old caches become misses.
@@ -288,7 +287,7 @@ def _train(
     return model, tokenizer, metadata
 
 
-def _write_atomically(directory: Path, write: Callable[[Path], object]) -> None:
+def write_atomically(directory: Path, write: Callable[[Path], object]) -> None:
     """Write into a temporary sibling, then rename it onto ``directory`` (one atomic step on POSIX)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -359,7 +358,7 @@ def pretrain(
             tokenizer.save_pretrained(tmp)
             (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
-        _write_atomically(directory, write)
+        write_atomically(directory, write)
         if log is not None:
             log(f"pretrain: wrote {directory}")
     return directory
@@ -375,43 +374,3 @@ def load_pretrained(directory: Path | str) -> tuple[PreTrainedModel, PreTrainedT
 
 
 # --------------------------------------------------------------------------------------------- CLI
-
-
-def _model_section(args: argparse.Namespace) -> ModelConfig:
-    document: dict[str, Any] = {}
-    if args.config is not None:
-        from entropyctl.config import load_yaml
-
-        document = load_yaml(str(args.config))
-    if args.overrides:
-        from entropyctl.config import apply_overrides
-
-        document = apply_overrides(document, list(args.overrides))
-    section = dict(document.get("model") or {})
-    if args.steps is not None:
-        section.setdefault("pretrain", {})
-        section["pretrain"] = {**section["pretrain"], "steps": args.steps}
-    return ModelConfig.model_validate(section)
-
-
-def run_pretrain_cli(args: argparse.Namespace) -> int:
-    """``entropyctl pretrain`` (arguments in ``entropyctl.cli``): warm-start (or find in the cache) the tiny
-    model; print where it is and its held-out greedy accuracy per level as JSON."""
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    cfg = _model_section(args)
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    started = time.perf_counter()
-    directory = pretrain(cfg, force=args.force, evaluate=args.eval_problems, log=log)
-    if args.out is not None:
-        out = Path(args.out).expanduser()
-        _write_atomically(out, lambda tmp: shutil.copytree(directory, tmp, dirs_exist_ok=True))
-        directory = out
-    metadata = json.loads((directory / METADATA_FILE).read_text())
-    metadata["path"] = str(directory)
-    metadata["wall_seconds"] = round(time.perf_counter() - started, 2)
-    print(json.dumps(metadata, indent=2))
-    return 0

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from entropyctl.config import RunConfig, load_run_config
+from entropyctl.config import RunConfig
 from entropyctl.trainer.run_dir import (
     ResumeMismatchError,
     RunDirError,
@@ -100,7 +100,7 @@ def build_data(
                     count, seed=d.seed + level
                 )
         return sampler, heldout
-    from entropyctl.data.loaders import check_overlap, load_math_dataset
+    from entropyctl.data.loaders import check_overlap, load_math_dataset, split_held_out
 
     assert d.path is not None
     fit = fit or (lambda problems: problems)
@@ -114,9 +114,8 @@ def build_data(
                 f"data.path={d.path!r} has {len(rows)} rows; eval.n_prompts={e.n_prompts} "
                 "leaves none for training (set data.eval_path or lower eval.n_prompts)"
             )
-        train, heldout = (
-            (rows[: len(rows) - e.n_prompts], rows[len(rows) - e.n_prompts :]) if e.n_prompts else (rows, [])
-        )
+        # a seeded random draw of eval.n_prompts rows (data.seed), not the file's last rows
+        train, heldout = split_held_out(rows, e.n_prompts, d.seed)
     for line in check_overlap(train, heldout):
         warnings.warn(f"data: {line}", UserWarning, stacklevel=2)
     return PromptSampler.from_list(train, config.seed), heldout
@@ -582,49 +581,3 @@ def _heartbeat_callback(status: RunStatus | None) -> Any:
                 status.update(steps=int(pl_module.rlvr_step))
 
     return _Heartbeat()
-
-
-def train_from_cli(
-    config_path: str | None,
-    overrides: Sequence[str],
-    out: str | None,
-    *,
-    resume: str | None = None,
-    overwrite: bool = False,
-    allow_resume_changes: bool = False,
-    threads: int | None = None,
-    progress_bar: bool | None = None,
-) -> dict[str, Any]:
-    """What `entropyctl train` does (the cli package parses the arguments)."""
-    extra = list(overrides)
-    if threads is not None:
-        extra.append(f"trainer.threads={threads}")
-    config = load_run_config(config_path, extra)
-    run_dir = resolve_run_dir(config, out)
-    return run_training(
-        config,
-        run_dir,
-        resume=resume,
-        overwrite=overwrite,
-        allow_resume_changes=allow_resume_changes,
-        progress_bar=progress_bar,
-    )
-
-
-def run_train_cli(args: Any) -> int:
-    """`entropyctl train` (arguments parsed by the cli package). Exit status: 0 finished, 1 failed or refused,
-    128 + the signal number when stopped by SIGTERM (143) or SIGINT (130)."""
-    try:
-        summary = train_from_cli(
-            args.config,
-            args.overrides,
-            args.out,
-            resume=args.resume,
-            overwrite=getattr(args, "overwrite", False),
-            allow_resume_changes=getattr(args, "allow_resume_changes", False),
-            threads=args.threads,
-            progress_bar=args.progress_bar,
-        )
-    except RunStopped as stopped:
-        return stopped.exit_code
-    return 0 if summary.get("status") == "finished" else 1

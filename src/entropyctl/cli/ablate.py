@@ -1,0 +1,82 @@
+"""``entropyctl ablate``: arms x seeds, in :mod:`entropyctl.experiments.ablate`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        required=True,
+        help="base run config YAML (may hold an `ablation:` section with arms/seeds/jobs)",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=None,
+        metavar="ARM",
+        help="CONTROLLER[:key=value,...] each (e.g. fixed:alpha=0.01 clip_higher aer:tau=0.2), "
+        "or a YAML file with an `arms:` list (default: the config's ablation.arms)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        metavar="N|S,S,...",
+        help="N seeds 0..N-1, or a comma-separated list (default: ablation.seeds, else 1)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="runs in parallel processes (default: ablation.jobs, else 1)"
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default="runs/ablation", help="output directory (default runs/ablation)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a base-config field for every arm, e.g. --set trainer.steps=50",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)"
+    )
+    parser.add_argument(
+        "--no-report", dest="report", action="store_false", help="skip `entropyctl report` at the end"
+    )
+
+
+def run(args: Any) -> int:
+    """`entropyctl ablate` (the cli package parses the arguments). Exit status 1 when a run failed."""
+    import shlex
+    import sys
+
+    from entropyctl.config import ConfigError, load_yaml
+    from entropyctl.experiments.ablate import ABLATION_SECTION, run_ablation
+
+    seeds: int | list[int] | None = None
+    if args.seeds is not None:
+        text = str(args.seeds).strip()
+        try:
+            seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else int(text)
+        except ValueError:
+            raise ConfigError(
+                f"--seeds: expected a count N or a list like 0,1,2 (got {args.seeds!r})"
+            ) from None
+    base = load_yaml(args.config)
+    jobs = args.jobs if args.jobs is not None else int((base.get(ABLATION_SECTION) or {}).get("jobs", 1))
+    summary = run_ablation(
+        args.config,
+        args.arms,
+        seeds,
+        out=args.out,
+        jobs=jobs,
+        overrides=args.overrides,
+        threads_per_job=args.threads,
+        report=args.report,
+        command="entropyctl " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["ablate"] else None,
+    )
+    return 1 if summary["failed"] else 0

@@ -1,0 +1,88 @@
+"""``entropyctl pretrain``: warm-start (or find cached) the embedded tiny model."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="run config YAML; its `model:` section is used (default: the embedded tiny model)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a run-config field, e.g. --set model.pretrain.lr=0.002 (repeatable)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (model.pretrain.steps)")
+    parser.add_argument(
+        "--out", metavar="DIR", default=None, help="also copy the checkpoint to this directory"
+    )
+    parser.add_argument("--force", action="store_true", help="retrain even when a cached checkpoint exists")
+    parser.add_argument(
+        "--eval",
+        dest="eval_problems",
+        type=int,
+        default=500,
+        help="held-out problems to score greedily (default 500; 0: skip)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+
+def _model_section(args: argparse.Namespace) -> Any:
+    from entropyctl.models.config import ModelConfig
+
+    document: dict[str, Any] = {}
+    if args.config is not None:
+        from entropyctl.config import load_yaml
+
+        document = load_yaml(str(args.config))
+    if args.overrides:
+        from entropyctl.config import apply_overrides
+
+        document = apply_overrides(document, list(args.overrides))
+    section = dict(document.get("model") or {})
+    if args.steps is not None:
+        section.setdefault("pretrain", {})
+        section["pretrain"] = {**section["pretrain"], "steps": args.steps}
+    return ModelConfig.model_validate(section)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``entropyctl pretrain`` (arguments in ``entropyctl.cli``): warm-start (or find in the cache) the tiny
+    model; print where it is and its held-out greedy accuracy per level as JSON."""
+    import json
+    import shutil
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from entropyctl.models.warm_start import METADATA_FILE, pretrain, write_atomically
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cfg = _model_section(args)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    directory = pretrain(cfg, force=args.force, evaluate=args.eval_problems, log=log)
+    if args.out is not None:
+        out = Path(args.out).expanduser()
+        write_atomically(out, lambda tmp: shutil.copytree(directory, tmp, dirs_exist_ok=True))
+        directory = out
+    metadata = json.loads((directory / METADATA_FILE).read_text())
+    metadata["path"] = str(directory)
+    metadata["wall_seconds"] = round(time.perf_counter() - started, 2)
+    print(json.dumps(metadata, indent=2))
+    return 0

@@ -1,0 +1,34 @@
+"""``entropyctl schema``: the JSON schema of one controller config or of the union of all."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="one controller's config schema (default: the union of all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the JSON schema of one controller config, or of the union over every registered one."""
+    from pydantic import TypeAdapter
+
+    from entropyctl.config import ConfigError
+    from entropyctl.controllers.registry import (
+        available_controllers,
+        controller_config_union,
+        get_config_class,
+    )
+
+    if args.name:
+        try:
+            schema = get_config_class(args.name).model_json_schema()
+        except KeyError:
+            names = ", ".join(available_controllers())
+            raise ConfigError(f"schema: unknown controller {args.name!r} (available: {names})") from None
+    else:
+        schema = TypeAdapter(controller_config_union()).json_schema()
+        schema.setdefault("title", "ControllerConfig")
+    print(json.dumps(schema, indent=2, ensure_ascii=False))
+    return 0

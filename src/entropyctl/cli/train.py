@@ -1,0 +1,103 @@
+"""``entropyctl train``: arguments here, the run in :mod:`entropyctl.trainer.run`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="run config YAML (default: the embedded default: tiny model, graded arithmetic, aer)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a config field, e.g. --set controller.tau=0.3 --set trainer.devices=2",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default=None, help="run directory (default: <output_dir>/<time>-<controller>)"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="CKPT",
+        default=None,
+        help="continue from a checkpoint; 'auto': <run dir>/checkpoints/last.ckpt if present",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (removes only its config.yaml, metrics.csv, summary.json, "
+        "checkpoints/, tensorboard/, ranks/)",
+    )
+    parser.add_argument(
+        "--allow-resume-changes",
+        action="store_true",
+        help="--resume even when the config or data differ from the checkpoint's (recorded in summary.json)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument(
+        "--no-progress-bar",
+        dest="progress_bar",
+        action="store_false",
+        default=None,
+        help="hide Lightning's progress bar",
+    )
+
+
+def train_from_cli(
+    config_path: str | None,
+    overrides: Sequence[str],
+    out: str | None,
+    *,
+    resume: str | None = None,
+    overwrite: bool = False,
+    allow_resume_changes: bool = False,
+    threads: int | None = None,
+    progress_bar: bool | None = None,
+) -> dict[str, Any]:
+    """What `entropyctl train` does (the cli package parses the arguments)."""
+    from entropyctl.config import load_run_config
+    from entropyctl.trainer.run import resolve_run_dir, run_training
+
+    extra = list(overrides)
+    if threads is not None:
+        extra.append(f"trainer.threads={threads}")
+    config = load_run_config(config_path, extra)
+    run_dir = resolve_run_dir(config, out)
+    return run_training(
+        config,
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        allow_resume_changes=allow_resume_changes,
+        progress_bar=progress_bar,
+    )
+
+
+def run(args: Any) -> int:
+    """`entropyctl train` (arguments parsed by the cli package). Exit status: 0 finished, 1 failed or refused,
+    128 + the signal number when stopped by SIGTERM (143) or SIGINT (130)."""
+    from entropyctl.trainer.run_dir import RunStopped
+
+    try:
+        summary = train_from_cli(
+            args.config,
+            args.overrides,
+            args.out,
+            resume=args.resume,
+            overwrite=getattr(args, "overwrite", False),
+            allow_resume_changes=getattr(args, "allow_resume_changes", False),
+            threads=args.threads,
+            progress_bar=args.progress_bar,
+        )
+    except RunStopped as stopped:
+        return stopped.exit_code
+    return 0 if summary.get("status") == "finished" else 1

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from entropyctl.config import ControllerConfig, PositiveFloat
 from entropyctl.controllers.base import GroupOutcome, Plan
+from entropyctl.controllers.config import ControllerConfig, PositiveFloat
 from entropyctl.controllers.fixed import OpenLoopController
 from entropyctl.controllers.registry import register_controller
 

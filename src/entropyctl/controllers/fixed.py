@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from entropyctl.config import ControllerConfig, NonNegativeFloat, PositiveFloat
 from entropyctl.controllers.base import (
     EntropyController,
     EntropyReading,
@@ -16,6 +15,7 @@ from entropyctl.controllers.base import (
     check_state_keys,
     is_usable_reading,
 )
+from entropyctl.controllers.config import ControllerConfig, NonNegativeFloat, PositiveFloat
 from entropyctl.controllers.registry import register_controller
 
 __all__ = ["FixedConfig", "FixedController", "OpenLoopController"]

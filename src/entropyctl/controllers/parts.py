@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from entropyctl.config import NonNegativeFloat
+from entropyctl.validation import NonNegativeFloat
 
 __all__ = [
     "RelativeUpdate",

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Annotated, Any, TypeVar, Union, get_args
 
-from pydantic import Field
+from pydantic import Field, GetCoreSchemaHandler, ValidationError
+from pydantic_core import core_schema
 
-from entropyctl.config import ControllerConfig, parse_controller_config
 from entropyctl.controllers.base import EntropyController
+from entropyctl.controllers.config import ControllerConfig
+from entropyctl.controllers.parts import PART_VARIANTS
+from entropyctl.validation import ConfigError, format_validation_error
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -32,6 +35,8 @@ __all__ = [
     "get_controller_class",
     "get_config_class",
     "controller_config_union",
+    "parse_controller_config",
+    "ControllerField",
 ]
 
 ENTRY_POINT_GROUP = "entropyctl.controllers"
@@ -227,3 +232,74 @@ def create_controller(
         config = {**base, **overrides}
     parsed = parse_controller_config(config)
     return get_controller_class(parsed.name)(parsed)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing through the registry
+# --------------------------------------------------------------------------------------------
+
+
+def parse_controller_config(obj: Any, *, prefix: str = "controller") -> ControllerConfig:
+    """Validate a controller config given as a mapping (``{"name": "aer", ...}``), a bare name, or
+    an already-built config. Raises :class:`ConfigError` with lines naming the field path."""
+    if isinstance(obj, ControllerConfig):
+        return obj
+    if isinstance(obj, str):
+        obj = {"name": obj}
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{prefix}: must be a mapping with a 'name' key or a controller name (got {obj!r})")
+    names = ", ".join(sorted(available_controllers()))
+    name_path = f"{prefix}.name" if prefix else "name"
+    if "name" not in obj:
+        raise ConfigError(f"{name_path}: required field is missing (available: {names})")
+    name = obj["name"]
+    if not isinstance(name, str):
+        raise ConfigError(f"{name_path}: must be a string (got {name!r}); available: {names}")
+    try:
+        cls = get_config_class(name)
+    except KeyError:
+        raise ConfigError(f"{name_path}: unknown controller {name!r} (available: {names})") from None
+    try:
+        return cls.model_validate(dict(obj))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, prefix, cls, PART_VARIANTS)) from None
+
+
+def _validate_controller_field(value: Any) -> ControllerConfig:
+    # Inside a larger pydantic model: re-raise as a ValidationError so pydantic prefixes the
+    # location with the field name (``controller.alpha_0``).
+    if isinstance(value, ControllerConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if isinstance(value, Mapping):
+        name = value.get("name")
+        try:
+            cls = get_config_class(name) if isinstance(name, str) else None
+        except KeyError:
+            cls = None
+        if cls is not None:
+            return cls.model_validate(dict(value))
+        names = ", ".join(sorted(available_controllers()))
+        raise ValueError(f"name: unknown controller {name!r} (available: {names})")
+    raise ValueError(f"must be a mapping with a 'name' key or a controller name (got {value!r})")
+
+
+class _ControllerFieldSchema:
+    """Pydantic hook: validation dispatches on ``name`` through the registry (plugins included);
+    the JSON schema is the discriminated union of every registered config."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        union = handler.generate_schema(controller_config_union())
+        return core_schema.no_info_plain_validator_function(
+            _validate_controller_field,
+            json_schema_input_schema=union,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda config: config.model_dump(mode="json"), when_used="always"
+            ),
+        )
+
+
+#: The type of a run config's ``controller`` field, e.g.
+#: ``controller: ControllerField = Field(default_factory=AERConfig)``.
+ControllerField = Annotated[ControllerConfig, _ControllerFieldSchema()]

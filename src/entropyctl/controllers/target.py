@@ -31,7 +31,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from entropyctl.config import ControllerConfig, NonNegativeFloat, PositiveFloat
 from entropyctl.controllers.base import (
     EntropyController,
     EntropyReading,
@@ -40,6 +39,7 @@ from entropyctl.controllers.base import (
     check_state_keys,
     is_usable_reading,
 )
+from entropyctl.controllers.config import ControllerConfig, NonNegativeFloat, PositiveFloat
 from entropyctl.controllers.parts import (
     Anchor,
     DynamicUpdate,

@@ -31,7 +31,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, SerializeAsAny, field_validator
 
-from entropyctl.config import ControllerConfig, NonNegativeFloat, PositiveFloat, parse_controller_config
 from entropyctl.controllers.base import (
     EntropyController,
     EntropyReading,
@@ -42,8 +41,9 @@ from entropyctl.controllers.base import (
     TokenStatistics,
     check_state_keys,
 )
+from entropyctl.controllers.config import ControllerConfig, NonNegativeFloat, PositiveFloat
 from entropyctl.controllers.fixed import OpenLoopController
-from entropyctl.controllers.registry import create_controller, register_controller
+from entropyctl.controllers.registry import create_controller, parse_controller_config, register_controller
 from entropyctl.ops.token_selection import (
     covariance_scores,
     random_band_subset,

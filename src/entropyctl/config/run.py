@@ -1,0 +1,564 @@
+"""The run config of ``entropyctl train``: one pydantic section per part of the run, validated as a whole.
+
+The ``controller`` field is a discriminated union over every *registered* controller config, plugins
+included (:data:`~entropyctl.controllers.registry.ControllerField`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from entropyctl.config.overrides import apply_overrides, load_yaml
+from entropyctl.controllers.config import ControllerConfig
+from entropyctl.controllers.parts import PART_VARIANTS
+from entropyctl.controllers.registry import ControllerField
+from entropyctl.models.config import ModelConfig
+from entropyctl.validation import ConfigError, format_validation_error
+
+__all__ = [
+    "DataConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "AlgorithmConfig",
+    "OptimConfig",
+    "TrainerConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "RunConfig",
+    "default_config_path",
+    "parse_run_config",
+    "load_run_config",
+]
+
+
+# --- run configuration ---
+# (RunConfig section: owned by the trainer; everything below configures `entropyctl train`.)
+
+
+#: Lightning 2.x's accepted precision strings (lightning.fabric.connector._PRECISION_INPUT_STR and its
+#: legacy short forms); a test keeps this list equal to Lightning's.
+LIGHTNING_PRECISIONS = (
+    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+    "32-true", "64-true", "64", "32", "16", "bf16",
+)  # fmt: skip
+#: Lightning's accelerator names (its AcceleratorRegistry, plus "gpu" and "auto").
+LIGHTNING_ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+#: Seeds go to numpy/torch generators, which take 32-bit unsigned seeds.
+MAX_SEED = 2**32 - 1
+#: Below this sampling temperature nothing trains: log-prob gradients scale with 1/T and a logit gap
+#: of 1 nat becomes >= 10 nats, so the runner-up token gets < 5e-5 of the mass, a group's G samples
+#: agree, every advantage is 0 (and the entropy bonus is ~0). 0.1 is 6x below the lowest rollout
+#: temperature in common RLVR recipes (0.6).
+MIN_TRAIN_TEMPERATURE = 0.1
+UnitInterval = Annotated[float, Field(ge=0, lt=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class DataConfig(_Section):
+    """Training prompts and the held-out split used by validation."""
+
+    source: Literal["synthetic", "file", "reasoning_gym"] = Field(
+        "synthetic",
+        description="synthetic: graded arithmetic built in code; file: a JSONL/Parquet math dataset; "
+        "reasoning_gym: a reasoning-gym dataset named by `name` (the `tasks` extra).",
+    )
+    name: str | None = Field(
+        None, description="reasoning_gym: the dataset's registered name (chain_sum, ...)."
+    )
+    levels: list[int] | dict[int, dict[str, Any]] | None = Field(
+        None,
+        description="synthetic: difficulty levels to draw (None: all); reasoning_gym: level → the dataset "
+        "parameters that define it, on top of `options` (None: one level with `options` only).",
+    )
+    weights: list[float] | None = Field(
+        None, description="synthetic, reasoning_gym: mixture weight per level (None: uniform)."
+    )
+    seed: int = Field(0, description="Seed of the problem streams (training prompts and the held-out split).")
+    path: str | None = Field(None, description="file: the training set (.jsonl / .parquet).")
+    eval_path: str | None = Field(
+        None, description="file: the held-out set; None: hold out eval.n_prompts rows of `path`."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="file: keyword arguments of entropyctl.data.loaders.load_math_dataset "
+        "(field names, templates); reasoning_gym: parameters of the dataset's config for every level, "
+        "and `size` (items per level, default 10000, the last tenth held out).",
+    )
+    template: str | None = Field(
+        None, description="Prompt template containing '{prompt}' (None: the problem text as is)."
+    )
+    chat_template: bool = Field(
+        False, description="Wrap the (templated) prompt in the tokenizer's chat template as a user turn."
+    )
+    system: str | None = Field(None, description="chat_template: an optional system message.")
+    overlong_prompts: Literal["error", "drop"] = Field(
+        "error",
+        description="file: a prompt that does not fit the model's context with the longest response: "
+        "error (names file:line and the limit) or drop (leave such rows out, with a warning).",
+    )
+    strip_prefix: str | None = Field(
+        None,
+        description="reasoning_gym: text removed from the start of every question that begins with it "
+        "(a dataset's fixed instruction; the verifier still sees the whole entry).",
+    )
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("path: required when data.source is 'file' (a .jsonl or .parquet file)")
+        if self.source == "reasoning_gym" and not self.name:
+            raise ValueError(
+                "name: required when data.source is 'reasoning_gym' (a dataset name, e.g. chain_sum)"
+            )
+        for field in ("name", "strip_prefix"):
+            if getattr(self, field) is not None and self.source != "reasoning_gym":
+                raise ValueError(
+                    f"{field}: only read when data.source is 'reasoning_gym' (got '{self.source}')"
+                )
+        if isinstance(self.levels, dict) and self.source != "reasoning_gym":
+            raise ValueError(
+                f"levels: a mapping of level → parameters is for data.source 'reasoning_gym'; "
+                f"data.source '{self.source}' takes a list of levels (got {self.levels})"
+            )
+        if isinstance(self.levels, list) and self.source == "reasoning_gym":
+            raise ValueError(
+                "levels: map each level to the dataset parameters that define it, "
+                f"e.g. {{1: {{min_terms: 2}}, 2: {{min_terms: 4}}}} (got {self.levels})"
+            )
+        if self.weights is not None and self.levels is not None and len(self.weights) != len(self.levels):
+            raise ValueError(
+                f"weights: one weight per level expected ({len(self.levels)} levels, got {len(self.weights)})"
+            )
+        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise ValueError(f"weights: must be ≥ 0 with a positive sum (got {self.weights})")
+        return self
+
+
+class RewardConfig(_Section):
+    """The verifier: a registered reward name (``math``, ``exact``) or ``package.module:function``."""
+
+    name: str = Field("math", description="math | exact | reasoning_gym | package.module:function.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the reward factory (e.g. timeout for math)."
+    )
+
+
+class RolloutConfig(_Section):
+    """Sampling of the G completions per prompt (the temperature is also the training temperature)."""
+
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: generate on the policy itself; vllm: vLLM.")
+    prompts_per_step: int = Field(32, ge=1, description="P: prompts per step on EACH process.")
+    group_size: int = Field(8, ge=2, description="G: completions per prompt.")
+    temperature: float = Field(
+        1.0,
+        ge=MIN_TRAIN_TEMPERATURE,
+        description="Sampling temperature T; training log-probs and entropy use softmax(z/T) too.",
+    )
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: off.")
+    max_new_tokens: int = Field(8, ge=1, description="Maximum response length L_max in tokens.")
+    overlong: Literal["truncate", "mask", "penalty"] = Field(
+        "truncate",
+        description="Responses hitting max_new_tokens without EOS: truncate = train on them as they are; "
+        "mask = exclude them from the loss; penalty = DAPO soft overlong penalty on the reward.",
+    )
+    overlong_buffer: int = Field(
+        4,
+        ge=1,
+        description="penalty: L_cache, the last tokens before L_max over which the penalty ramps to -1.",
+    )
+    dynamic_sampling: bool = Field(
+        False, description="DAPO: drop groups whose rewards are all equal and refill with new prompts."
+    )
+    max_refills: int = Field(
+        2, ge=0, description="dynamic_sampling: extra prompt batches drawn at most per step."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Engine options; engine=vllm: entropyctl.rollout.vllm.VLLMConfig.",
+    )
+
+    @model_validator(mode="after")
+    def _check_buffer(self) -> RolloutConfig:
+        if self.overlong == "penalty" and self.overlong_buffer >= self.max_new_tokens:
+            raise ValueError(
+                f"overlong_buffer: must be < rollout.max_new_tokens = {self.max_new_tokens} "
+                f"(got {self.overlong_buffer})"
+            )
+        return self
+
+
+class AlgorithmConfig(_Section):
+    """GRPO/DAPO loss settings the trainer owns (the controller owns α_i and the clip bounds)."""
+
+    advantage_scale: Literal["group", "none"] = Field(
+        "group", description="group: (r − mean)/(std + ε) (GRPO); none: r − mean (Dr.GRPO)."
+    )
+    ppo_epochs: int = Field(1, ge=1, description="Passes over the step's rollouts.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch (rollouts split evenly).")
+    kl_coef: float = Field(
+        0.0, ge=0, description="β of the KL to a frozen copy of the initial policy (0: off)."
+    )
+    chunk_size: int | None = Field(
+        None, ge=1, description="Tokens per chunk of the fused path; null: chosen from the vocabulary size."
+    )
+    fused: bool = Field(
+        True,
+        description="true: the fused path when the LM head is a plain linear map (else full logits); "
+        "false: always full logits (the reference path).",
+    )
+
+
+class OptimConfig(_Section):
+    """AdamW on every policy parameter."""
+
+    lr: float = Field(1e-4, gt=0, description="Learning rate (constant after warm-up).")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[UnitInterval, UnitInterval] = Field(
+        (0.9, 0.999), description="AdamW (β1, β2), each in [0, 1)."
+    )
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimizer steps.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm (None: off).")
+
+
+class TrainerConfig(_Section):
+    """Lightning Trainer settings."""
+
+    steps: int = Field(100, ge=1, description="RLVR steps (each: rollouts → rewards → updates).")
+    accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto.")
+    devices: int = Field(1, ge=1, description="Processes (one per device); > 1 runs DDP.")
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = Field(
+        "auto", description="auto: single process for devices=1, ddp otherwise."
+    )
+    precision: str = Field("32-true", description="Lightning precision (32-true, bf16-mixed, ...).")
+    threads: int | None = Field(None, ge=1, description="torch threads per process (None: cores / devices).")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a checkpoint every N steps (0: only at the end)."
+    )
+    save_last: bool = Field(True, description="Save checkpoints/last.ckpt at the end (model + optimizer).")
+    stop_grace_s: float | None = Field(
+        25.0,
+        gt=0,
+        description="SIGTERM/SIGINT: seconds the step in progress may still take before it is abandoned "
+        "(then no checkpoint of it); within them it finishes and last.ckpt is written. None: no limit.",
+    )
+    progress_bar: bool = Field(
+        True, description="On a terminal, one progress line redrawn in place (step k/N, entropy, α, H*, ...)."
+    )
+    log_every: int | None = Field(
+        None,
+        ge=1,
+        description="When the output is not a terminal (or progress_bar is off): one progress line every N "
+        "steps (None: about 10 lines per run).",
+    )
+    tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
+
+
+class EvalConfig(_Section):
+    """pass@k validation with sampling on the held-out split (before and after training)."""
+
+    n_prompts: int = Field(64, ge=0, description="Held-out problems (synthetic: split evenly over levels).")
+    n_samples: int = Field(8, ge=1, description="n: samples per problem.")
+    ks: list[int] = Field(default_factory=lambda: [1, 4, 8], description="pass@k for these k (each ≤ n).")
+    temperature: float | None = Field(None, ge=0, description="None: the rollout temperature; 0: greedy.")
+    max_new_tokens: int | None = Field(None, ge=1, description="None: rollout.max_new_tokens.")
+    batch_size: int = Field(32, ge=1, description="Problems per generate call.")
+    before: bool = Field(True, description="Evaluate before the first step.")
+    after: bool = Field(True, description="Evaluate after the last step.")
+    every: int = Field(0, ge=0, description="Also evaluate every N steps (0: off).")
+
+    @model_validator(mode="after")
+    def _check_ks(self) -> EvalConfig:
+        bad = [k for k in self.ks if k < 1 or k > self.n_samples]
+        if bad or not self.ks:
+            raise ValueError(f"ks: each k must be in [1, eval.n_samples = {self.n_samples}] (got {self.ks})")
+        return self
+
+
+# --- run-config value checks: values that would pass a type check and crash (or do nothing) at run time
+
+
+def _check_section_values(config: RunConfig) -> list[str]:
+    """One ``"<field>: <problem> (got <value>)"`` line per value a run would trip over later."""
+    problems: list[str] = []
+    t, d, r = config.trainer, config.data, config.reward
+    if t.precision not in LIGHTNING_PRECISIONS:
+        problems.append(
+            f"trainer.precision: must be one of {list(LIGHTNING_PRECISIONS)} (got {t.precision!r})"
+        )
+    if t.accelerator not in LIGHTNING_ACCELERATORS:
+        problems.append(
+            f"trainer.accelerator: must be one of {list(LIGHTNING_ACCELERATORS)} (got {t.accelerator!r})"
+        )
+    if d.template is not None and "{prompt}" not in d.template:
+        problems.append(
+            f"data.template: must contain '{{prompt}}' where the problem goes (got {d.template!r})"
+        )
+    if d.source == "synthetic" and isinstance(d.levels, list):
+        from entropyctl.data.synthetic import _GENERATORS
+
+        known = sorted(_GENERATORS)
+        unknown = [level for level in d.levels if level not in _GENERATORS]
+        if not d.levels:
+            problems.append(f"data.levels: must name at least one level of {known} (got [])")
+        elif unknown:
+            problems.append(f"data.levels: unknown level(s) {unknown}; available levels: {known}")
+        elif len(set(d.levels)) != len(d.levels):
+            problems.append(f"data.levels: each level at most once (got {d.levels})")
+    problems += _check_reward(r)
+    return problems
+
+
+def _check_reward(reward: RewardConfig) -> list[str]:
+    from entropyctl.rewards.math import check_timeout
+    from entropyctl.rewards.registry import available_rewards
+
+    problems = []
+    names = available_rewards()
+    module, sep, function = reward.name.partition(":")
+    if reward.name not in names and not (sep and _DOTTED.fullmatch(module) and _DOTTED.fullmatch(function)):
+        problems.append(
+            f"reward.name: must be one of {names} or 'package.module:function' (got {reward.name!r})"
+        )
+    if "timeout" in reward.options:
+        try:
+            check_timeout(reward.options["timeout"])
+        except ValueError as err:
+            problems.append(f"reward.options.{err}")
+    return problems
+
+
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _reject_bools(data: Any) -> Any:
+    """``trainer.steps: true`` is not 1: a YAML boolean where a number is expected is an error
+    (pydantic's lax mode would read it as 1)."""
+    if not isinstance(data, Mapping):
+        return data
+    sections: list[tuple[str | None, Any]] = [(None, RunConfig)]
+    for name in data:
+        field = RunConfig.model_fields.get(str(name))
+        if (
+            field is not None
+            and isinstance(field.annotation, type)
+            and issubclass(field.annotation, BaseModel)
+        ):
+            sections.append((str(name), field.annotation))
+    for section, model in sections:
+        values = data if section is None else data.get(section)
+        if not isinstance(values, Mapping):
+            continue
+        for key, value in values.items():
+            field = model.model_fields.get(str(key))
+            if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+                where = f"{section}.{key}" if section else str(key)
+                raise ValueError(f"{where}: must be a number, not a boolean (got {value!r})")
+    return data
+
+
+def _is_number(annotation: Any) -> bool:
+    import typing
+
+    args = typing.get_args(annotation)
+    kinds = args if args else (annotation,)
+    return any(kind in (int, float) for kind in kinds) and bool not in kinds
+
+
+def _default_controller() -> ControllerConfig:
+    from entropyctl.controllers.aer import AERConfig
+
+    return AERConfig()
+
+
+class RunConfig(BaseModel):
+    """Everything one `entropyctl train` run does; written resolved to ``<run_dir>/config.yaml``."""
+
+    # defer_build: the controller union is resolved through the registry, whose controllers import
+    # this module; building the schema at class creation would be a circular import.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, defer_build=True)
+
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seeds initialisation, prompt sampling and rollouts (per step and rank).",
+    )
+    output_dir: str = Field("runs", description="Parent of auto-named run directories.")
+    run_name: str | None = Field(
+        None, description="Run directory name under output_dir (None: time + controller)."
+    )
+    controller: ControllerField = Field(default_factory=_default_controller)
+    model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    reward: RewardConfig = Field(default_factory=RewardConfig)  # type: ignore[arg-type]
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)  # type: ignore[arg-type]
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)  # type: ignore[arg-type]
+    optim: OptimConfig = Field(default_factory=OptimConfig)  # type: ignore[arg-type]
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)  # type: ignore[arg-type]
+    eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
+    ablation: dict[str, Any] | None = Field(
+        None, description="Read by `entropyctl ablate` (arms, seeds); ignored by `entropyctl train`."
+    )
+
+    @model_validator(mode="after")
+    def _check_values(self) -> RunConfig:
+        problems = _check_section_values(self)
+        if problems:
+            raise ValueError(problems[0])
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, data: Any) -> Any:
+        return _reject_bools(data)
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> RunConfig:
+        sequences = self.rollout.prompts_per_step * self.rollout.group_size
+        if self.algorithm.mini_batches > sequences:
+            raise ValueError(
+                f"algorithm.mini_batches: must be ≤ rollout.prompts_per_step × rollout.group_size = {sequences} "
+                f"(got {self.algorithm.mini_batches})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_task_reward(self) -> RunConfig:
+        # reasoning-gym problems are scored by their dataset's own verifier, and only it reads their entries
+        if (self.data.source == "reasoning_gym") != (self.reward.name == "reasoning_gym"):
+            raise ValueError(
+                "reward.name: data.source 'reasoning_gym' is scored by reward 'reasoning_gym' (the dataset's "
+                f"own score_answer) and that reward by nothing else (got data.source '{self.data.source}', "
+                f"reward.name '{self.reward.name}')"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def default_config_path() -> Path:
+    """The embedded default run config shipped inside the package (identical to configs/default.yaml)."""
+    return Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def parse_run_config(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
+    """Validate a run config mapping; errors name each field path (``rollout.group_size: ...``)."""
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "", RunConfig, PART_VARIANTS), source=source) from None
+
+
+def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a run config (``None``: the embedded default), apply ``key=value`` overrides, validate.
+
+    An override of ``controller.name`` to another controller replaces the file's controller section.
+    """
+    source = Path(path) if path is not None else default_config_path()
+    data = load_yaml(source)
+    overrides = list(overrides)
+    # `--set controller.name=fixed` switches controller: the file's fields of the previous controller
+    # (tau, rho, ...) would be unknown to the new one, so it starts from its own defaults; other
+    # `controller.*` overrides still apply on top.
+    for override in overrides:
+        key, _, value = override.partition("=")
+        current = data.get("controller")
+        if (
+            key.strip() == "controller.name"
+            and isinstance(current, Mapping)
+            and current.get("name") != value.strip()
+        ):
+            data["controller"] = {"name": value.strip()}
+    data = apply_overrides(data, overrides)
+    try:
+        return parse_run_config(data, source=str(source))
+    except ConfigError as err:
+        raise _name_the_overrides(err, overrides, str(source)) from None
+
+
+#: fields users reach for under another name (other tools' spelling, or an older entropyctl's)
+KNOWN_RENAMES = {
+    "trainer.max_steps": "trainer.steps",
+    "trainer.max_epochs": "trainer.steps",
+    "trainer.num_steps": "trainer.steps",
+    "optim.learning_rate": "optim.lr",
+    "rollout.num_generations": "rollout.group_size",
+    "rollout.n": "rollout.group_size",
+    "algorithm.beta": "algorithm.kl_coef",
+}
+
+
+def _fields_at(path: str) -> list[str] | None:
+    """The field names of the config section holding ``path`` (``trainer.devcies`` → TrainerConfig's)."""
+    model: Any = RunConfig
+    for part in path.split(".")[:-1]:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        model = fields[part].annotation
+        if not isinstance(model, type) or not issubclass(model, BaseModel):
+            return None
+    fields = getattr(model, "model_fields", None)
+    return list(fields) if fields else None
+
+
+def suggest_field(path: str) -> str | None:
+    """``trainer.devcies`` → ``trainer.devices``; ``trainer.max_steps`` → ``trainer.steps``; else None."""
+    import difflib
+
+    if path in KNOWN_RENAMES:
+        return KNOWN_RENAMES[path]
+    fields = _fields_at(path)
+    if not fields:
+        return None
+    head, _, last = path.rpartition(".")
+    close = difflib.get_close_matches(last, fields, n=1, cutoff=0.6)
+    return f"{head}.{close[0]}" if close and head else (close[0] if close else None)
+
+
+def _same_field(error_path: str, key: str) -> bool:
+    # A controller's flat field may be reported inside its part: controller.tau -> controller.anchor.tau.
+    if error_path == key:
+        return True
+    error_parts, key_parts = error_path.split("."), key.split(".")
+    return (
+        len(error_parts) > len(key_parts) >= 2
+        and error_parts[0] == key_parts[0]
+        and error_parts[-1] == key_parts[-1]
+    )
+
+
+def _name_the_overrides(err: ConfigError, overrides: Sequence[str], source: str) -> ConfigError:
+    """Errors caused by a ``--set`` are reported against it (``--set controller.tau=-1: must be > 0``),
+    not against the file the other values came from; an unknown field gets the closest valid one."""
+    keys = [(override, override.partition("=")[0].strip()) for override in overrides]
+    from_set, from_file = [], []
+    for line in err.errors:
+        path, sep, message = line.partition(": ")
+        hint = ""
+        if sep and message.startswith("unknown field"):
+            suggestion = suggest_field(path)
+            if suggestion is not None:
+                hint = f"; did you mean {suggestion}?"
+                message = "unknown field"
+        override = next((o for o, key in reversed(keys) if sep and _same_field(path, key)), None)
+        if override is not None:
+            message = re.sub(r" \(got .*\)$", "", message, flags=re.DOTALL)
+            from_set.append(f"--set {override}: {message}{hint}")
+        else:
+            from_file.append(f"{line}{hint}" if hint and sep else line)
+    if not from_file:
+        return ConfigError(from_set)
+    return ConfigError([*from_set, *from_file], source=source)

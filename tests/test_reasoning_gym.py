@@ -61,29 +61,32 @@ def test_shipped_config_parses_with_levels_as_parameter_sets() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "expected"),
+    ("overrides", "field", "expected"),
     [
-        (["data.name=null"], "data.name: required when data.source is 'reasoning_gym'"),
-        (["data.levels=[1, 2]"], "data.levels: map each level to the dataset parameters"),
+        (["data.name=null"], "data.name", "required when data.source is 'reasoning_gym'"),
+        (["data.levels=[1, 2]"], "data.levels", "map each level to the dataset parameters"),
         (
             ["reward.name=math"],
-            "reward.name: data.source 'reasoning_gym' is scored by reward 'reasoning_gym'",
+            "reward.name",
+            "data.source 'reasoning_gym' is scored by reward 'reasoning_gym'",
         ),
         (
             ["data.source=synthetic", "data.levels=null", "data.strip_prefix=null"],
-            "data.name: only read when",
+            "data.name",
+            "only read when data.source is 'reasoning_gym'",
         ),
     ],
 )
-def test_bad_config_names_the_field(overrides: list[str], expected: str) -> None:
+def test_bad_config_names_the_field(overrides: list[str], field: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         _rg(*overrides)
-    assert expected in str(info.value)
+    assert field in str(info.value) and expected in str(info.value)
 
 
 def test_synthetic_source_rejects_a_level_mapping() -> None:
-    with pytest.raises(ConfigError, match=r"data.levels: a mapping of level → parameters is for"):
+    with pytest.raises(ConfigError) as info:
         load_run_config(None, ["data.levels={1: {min_terms: 2}}"])
+    assert "data.levels" in str(info.value) and "a mapping of level → parameters is for" in str(info.value)
 
 
 def test_wrong_name_lists_the_close_ones() -> None:

@@ -18,6 +18,7 @@ Every malformed row raises :class:`DatasetError` naming the file, the line (JSON
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "load_math_dataset",
     "normalize_answer_field",
     "check_overlap",
+    "split_held_out",
 ]
 
 PROMPT_FIELDS: tuple[str, ...] = ("prompt", "problem", "question")
@@ -303,3 +305,19 @@ def check_overlap(train: Sequence[Problem], heldout: Sequence[Problem]) -> list[
             f"{'; '.join(shared[:3])}: pass@k on them is not a held-out measure"
         )
     return lines
+
+
+def split_held_out(
+    rows: Sequence[Problem], n_held_out: int, seed: int
+) -> tuple[list[Problem], list[Problem]]:
+    """``(training, held-out)``: ``n_held_out`` rows drawn at random (seeded by ``seed``), the rest for
+    training, each part in file order. The same rows and seed always give the same split; a file
+    sorted by difficulty or source still gets a held-out set drawn from all of it."""
+    if not 0 <= n_held_out < len(rows):
+        raise ValueError(
+            f"cannot hold out {n_held_out} of {len(rows)} rows: at least one must be left for training"
+        )
+    chosen = set(random.Random(f"held-out:{seed}").sample(range(len(rows)), n_held_out))
+    train = [row for i, row in enumerate(rows) if i not in chosen]
+    held_out = [row for i, row in enumerate(rows) if i in chosen]
+    return train, held_out

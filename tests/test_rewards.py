@@ -22,11 +22,10 @@ from entropyctl.rewards import (
     get_reward,
     verify_answer,
 )
+from entropyctl.rewards.answers import MAX_TEXT_CHARS, _last_inline_math
 from entropyctl.rewards.math import (
     MAX_ANSWER_CHARS,
-    MAX_TEXT_CHARS,
     MathVerifier,
-    _last_inline_math,
     check_answer,
     parse_number,
 )

@@ -26,6 +26,7 @@ from typing import Any
 
 from entropyctl.data.synthetic import Problem
 from entropyctl.data.templates import format_prompt, validate_template
+from entropyctl.rewards.answers import gold_answer, last_boxed
 
 __all__ = [
     "DatasetError",
@@ -87,8 +88,6 @@ def _prompt_text(value: Any) -> str | None:
 
 def normalize_answer_field(value: Any, field: str) -> str | None:
     """The final answer held by an answer field's value, or None when it holds none."""
-    from entropyctl.rewards.math import _last_boxed  # balanced-brace \boxed{} extraction
-
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -97,14 +96,9 @@ def normalize_answer_field(value: Any, field: str) -> str | None:
         return normalize_answer_field(value[0], field)
     if not isinstance(value, str):
         return None
-    if "####" in value:
-        return value.rsplit("####", 1)[1].strip().replace(",", "") or None
-    boxed = _last_boxed(value)
-    if boxed is not None:
-        return boxed.strip() or None
-    if field.rsplit(".", 1)[-1] == "solution":
+    if field.rsplit(".", 1)[-1] == "solution" and "####" not in value and last_boxed(value) is None:
         return None  # a worked solution without a marked final answer
-    return value.strip() or None
+    return gold_answer(value) or None
 
 
 _LEVEL_NUMBER = re.compile(r"-?\d+")

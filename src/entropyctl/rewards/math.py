@@ -1,15 +1,6 @@
 """Math answer extraction and verification with a hard per-answer timeout.
 
-Extraction (:func:`extract_answer`) tries, in this order, and returns the first hit:
-
-1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced, nested braces; the outermost of nested boxes);
-2. the last final-answer line: ``#### X`` (GSM8K), ``final answer: X`` / ``final answer is X``,
-   ``the answer is X``, ``Answer: X`` (case-insensitive; X runs to the end of its line, a trailing
-   period and surrounding ``$`` are dropped);
-3. the whole text, when it is a short bare answer such as ``19``, ``-3.5``, ``\\frac{1}{2}`` (the tiny
-   char-model task: its completion IS the answer);
-4. the last inline math ``$...$``, ``\\(...\\)`` or ``\\[...\\]``;
-5. the last number in the text (only when ``last_number=True``, the default).
+Extraction: :func:`~entropyctl.rewards.answers.extract_answer` (the rules are listed there).
 
 Verification (:func:`check_answer`, :func:`verify_answer`):
 
@@ -47,6 +38,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
+from entropyctl.rewards.answers import MAX_TEXT_CHARS, extract_answer, gold_answer
+
 __all__ = [
     "MAX_ANSWER_CHARS",
     "MAX_TEXT_CHARS",
@@ -64,147 +57,10 @@ __all__ = [
 Status = Literal["correct", "wrong", "no_answer", "parse_error", "timeout"]
 STATUSES: tuple[Status, ...] = ("correct", "wrong", "no_answer", "parse_error", "timeout")
 
-#: Completions longer than this are cut (from the front: answers come last) before extraction.
-MAX_TEXT_CHARS = 200_000
 #: Extracted answers longer than this never reach SymPy: they score 0 as ``parse_error``.
 MAX_ANSWER_CHARS = 1_000
-#: Whole-text answers (extraction rule 3) must be at most this long.
-_MAX_BARE_CHARS = 64
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
-
-# ---------------------------------------------------------------------------------------------
-# Extraction
-# ---------------------------------------------------------------------------------------------
-
-_BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
-_FINAL_LINE = re.compile(
-    r"(?:^|\n)[ \t]*####[ \t]*(?P<hash>[^\n]*)"
-    r"|final[ \t]+answer(?:[ \t]+is)?[ \t]*[:：]?[ \t]*(?P<final>[^\n]*)"
-    r"|the[ \t]+answer[ \t]+is[ \t]*[:：]?[ \t]*(?P<is>[^\n]*)"
-    r"|(?:^|\n)[ \t]*\**answer\**[ \t]*[:：][ \t]*(?P<colon>[^\n]*)",
-    re.IGNORECASE,
-)
-#: The inline-math spans, as the regex ``\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]`` (DOTALL) would
-#: find them with ``finditer``; :func:`_last_inline_math` computes its last match in linear time (the
-#: regex itself is quadratic on unclosed openers: each one scans to the end of the text).
-_INLINE_MATH_OPEN = re.compile(r"\$|\\\(|\\\[")
-_INLINE_MATH_CLOSE = {"$$": "$$", "$": "$", "\\(": "\\)", "\\[": "\\]"}
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_BARE_NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
-_BARE = re.compile(r"[\s\d.,+\-*/^()=\\{}a-z]*", re.IGNORECASE)
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last closed ``\\boxed{}``/``\\fbox{}``; one linear pass over brace tokens."""
-    depth = 0
-    open_boxes: list[tuple[int, int]] = []  # (depth before the box's brace, content start)
-    best: tuple[int, int] | None = None
-    for match in _BOX_TOKEN.finditer(text):
-        token = match.group()
-        if token == "}":
-            if depth == 0:
-                continue  # stray closing brace
-            depth -= 1
-            if open_boxes and open_boxes[-1][0] == depth:
-                _, start = open_boxes.pop()
-                # A later close position means a later (or enclosing) box: it wins.
-                best = (start, match.start())
-        else:
-            if token != "{":
-                open_boxes.append((depth, match.end()))
-            depth += 1
-    if best is None:
-        return None
-    return text[best[0] : best[1]]
-
-
-def _last_inline_math(text: str) -> str | None:
-    """Content of the last inline-math span (``$$..$$``, ``$..$``, ``\\(..\\)``, ``\\[..\\]``, non-empty,
-    leftmost-first and non-overlapping as a regex scan would take them), in O(len(text)).
-
-    Linear because every closer search either succeeds (the scan resumes after that closer) or fails
-    once per closer kind (a closer absent after one position is absent after every later one)."""
-    last: tuple[int, int] | None = None
-    absent: set[str] = set()
-    pos = 0
-    while True:
-        match = _INLINE_MATH_OPEN.search(text, pos)
-        if match is None:
-            break
-        start = match.start()
-        openers = ("$$", "$") if text.startswith("$$", start) else (match.group(),)
-        span = None
-        for opener in openers:
-            closer = _INLINE_MATH_CLOSE[opener]
-            if closer in absent:
-                continue
-            content = start + len(opener)
-            end = text.find(closer, content + 1)  # at least one character of content
-            if end < 0:
-                absent.add(closer)
-                continue
-            span = (content, end, end + len(closer))
-            break
-        if span is None:
-            pos = start + 1
-        else:
-            last, pos = (span[0], span[1]), span[2]
-    return None if last is None else text[last[0] : last[1]]
-
-
-def _clean(answer: str) -> str:
-    answer = answer.strip()
-    for _ in range(2):
-        answer = answer.strip().rstrip(".").strip()
-        if answer.startswith("$") and answer.endswith("$") and len(answer) >= 2:
-            answer = answer.strip("$")
-        answer = answer.strip("*").strip()  # markdown bold around "**Answer:** 18**"
-    boxed = _last_boxed(answer)
-    return boxed.strip() if boxed is not None else answer
-
-
-def extract_answer(text: str, *, last_number: bool = True) -> str | None:
-    """The final answer in ``text`` (see the module docstring for the order of rules), or None."""
-    if not text:
-        return None
-    text = text.replace("\x00", "")
-    if len(text) <= _MAX_BARE_CHARS and _BARE_NUMBER.fullmatch(text):
-        return text.strip()  # the char-model task: the completion is just the number
-    if len(text) > MAX_TEXT_CHARS:
-        text = text[-MAX_TEXT_CHARS:]
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        boxed = boxed.strip()
-        return boxed or None
-    last_line = None
-    for match in _FINAL_LINE.finditer(text):
-        last_line = match
-    if last_line is not None:
-        value = next(g for g in last_line.groups() if g is not None)
-        value = _clean(value)
-        if value:
-            return value
-    stripped = text.strip()
-    if stripped and len(stripped) <= _MAX_BARE_CHARS and "\n" not in stripped:
-        candidate = _clean(stripped)
-        if candidate and _BARE.fullmatch(candidate) and any(c.isdigit() for c in candidate):
-            # No words: letters only as LaTeX commands/variables (\frac, x), never "so the sum is".
-            if not re.search(r"(?<!\\)\b[a-z]{3,}\b", candidate, re.IGNORECASE):
-                return candidate
-    last_math = _last_inline_math(text)
-    if last_math is not None:
-        value = _clean(last_math)
-        if value:
-            return value
-    if last_number:
-        number = None
-        for match in _NUMBER.finditer(text):
-            number = match
-        if number is not None:
-            return number.group().rstrip(",")
-    return None
-
 
 # ---------------------------------------------------------------------------------------------
 # Fast numeric path
@@ -564,16 +420,6 @@ def default_verifier() -> MathVerifier:
 # ---------------------------------------------------------------------------------------------
 
 
-def _gold_answer(gold: str) -> str:
-    gold = gold.replace("\x00", "").strip()
-    boxed = _last_boxed(gold)
-    if boxed is not None:
-        return boxed.strip()
-    if "####" in gold:
-        return _clean(gold.rsplit("####", 1)[1])
-    return _clean(gold)
-
-
 def check_answer(
     text: str,
     gold: str,
@@ -603,9 +449,9 @@ def check_answer(
             f"answer longer than {MAX_ANSWER_CHARS} characters",
             time.perf_counter() - start,
         )
-    gold_answer = _gold_answer(gold)
+    reference = gold_answer(gold)
     pred_number = parse_number(extracted)
-    gold_number = parse_number(gold_answer)
+    gold_number = parse_number(reference)
     if pred_number is not None and gold_number is not None:
         status: Status = "correct" if pred_number == gold_number else "wrong"
         return VerifyResult(status, float(status == "correct"), extracted, "", time.perf_counter() - start)
@@ -613,7 +459,7 @@ def check_answer(
         # An unevaluated expression such as "12+7" is not a final answer; SymPy would evaluate it and
         # pay a policy that echoes the synthetic prompt.
         return VerifyResult("wrong", 0.0, extracted, "unevaluated arithmetic", time.perf_counter() - start)
-    if pred_number is None and gold_number is None and extracted == gold_answer:
+    if pred_number is None and gold_number is None and extracted == reference:
         return VerifyResult("correct", 1.0, extracted, "identical strings", time.perf_counter() - start)
     verifier = verifier if verifier is not None else default_verifier()
     budget = (verifier.timeout if timeout is None else float(timeout)) - (time.perf_counter() - start)
@@ -621,7 +467,7 @@ def check_answer(
         return VerifyResult(
             "timeout", 0.0, extracted, "time budget spent before SymPy", time.perf_counter() - start
         )
-    status, detail = verifier.compare(extracted, gold_answer, budget)
+    status, detail = verifier.compare(extracted, reference, budget)
     return VerifyResult(status, float(status == "correct"), extracted, detail, time.perf_counter() - start)
 
 

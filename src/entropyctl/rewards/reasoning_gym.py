@@ -33,12 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from entropyctl.rewards.answers import last_boxed
 from entropyctl.rewards.math import (
     DEFAULT_STARTUP_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     MathVerifier,
     Status,
-    _last_boxed,
     _Worker,
     _WorkerDied,
     _WorkerTimeout,
@@ -63,7 +63,7 @@ _ANSWER_LINE = re.compile(
 def extract_final_answer(text: str) -> str | None:
     """The final answer in a completion (see the module docstring for the order), or None when empty."""
     text = text.replace("\x00", "")
-    boxed = _last_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip()
     tags = _ANSWER_TAG.findall(text)

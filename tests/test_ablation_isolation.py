@@ -1,0 +1,85 @@
+"""Every arm of the committed AER study differs from the `aer` arm only in the component it ablates: the
+same run config outside the controller, and inside it the same update rule, step size, bounds, anchor,
+allocation and clip bounds except the part the arm names. (An arm that silently ran another step size
+or target than `aer` would confound "AER without X" with a retuning.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from entropyctl.config import RunConfig
+from entropyctl.experiments.ablate import parse_arms, resolve_arm_config
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "configs" / "ablation.yaml"
+
+#: which part of the controller config an arm's override key ablates (first-release flat keys included)
+PART_OF_KEY = {
+    "tau": "anchor", "anchor": "anchor", "target_entropy": "anchor", "anchor_steps": "anchor",
+    "eta": "update", "delta": "update", "alpha_min": "update", "alpha_max": "update", "update": "update",
+    "dynamic": "update", "alpha_0": "alpha_0",
+    "rho": "allocation", "difficulty_aware": "allocation", "allocation": "allocation",
+    "clip_low": "clip_low", "clip_high": "clip_high",
+}  # fmt: skip
+#: what a different controller takes away from aer by construction
+PARTS_OF_CONTROLLER = {
+    "aer": set(),
+    "target": {"allocation"},
+    "fixed": {"alpha_0", "update", "anchor", "allocation"},
+    "clip_higher": {"alpha_0", "update", "anchor", "allocation", "clip_high"},
+}
+
+
+def ablated_parts(controller: str, overrides: dict[str, Any]) -> set[str]:
+    """The one component an arm takes away or changes: a controller other than aer ablates what it lacks
+    (its overrides may only restate aer's values); an aer arm ablates the one part its keys name."""
+    if controller != "aer":
+        return PARTS_OF_CONTROLLER[controller]
+    named = {PART_OF_KEY[key.split(".")[0]] for key in overrides if key.split(".")[0] in PART_OF_KEY}
+    assert len(named) <= 1, f"aer arm with {overrides} changes several components: {sorted(named)}"
+    return named
+
+
+def study_arms(path: Path) -> tuple[dict[str, Any], list[Any]]:
+    base = yaml.safe_load(path.read_text())
+    return base, parse_arms(base["ablation"]["arms"])
+
+
+def test_the_study_has_an_aer_arm_and_known_controllers() -> None:
+    base, arms = study_arms(STUDY)
+    assert base["controller"]["name"] == "aer"
+    assert any(a.controller == "aer" and not a.overrides for a in arms)
+    assert {a.controller for a in arms} <= set(PARTS_OF_CONTROLLER)
+
+
+@pytest.mark.parametrize("label", [a.label for a in study_arms(STUDY)[1]])
+def test_each_arm_differs_from_aer_only_in_what_it_ablates(label: str) -> None:
+    base, arms = study_arms(STUDY)
+    arm = next(a for a in arms if a.label == label)
+    aer = next(a for a in arms if a.controller == "aer" and not a.overrides)
+    reference = resolve_arm_config(base, aer, seed=0)
+    resolved = resolve_arm_config(base, arm, seed=0)
+
+    # outside the controller: the same run config, except fields the arm sets by name
+    run_keys = {k.split(".")[0] for k in arm.overrides if k.split(".")[0] in RunConfig.model_fields}
+    assert not run_keys, f"{label}: sets run-config fields {run_keys}; the study compares controllers"
+    assert {k: v for k, v in resolved.items() if k != "controller"} == {
+        k: v for k, v in reference.items() if k != "controller"
+    }
+
+    # inside: every part the arm does not ablate is aer's, value for value
+    ablated = ablated_parts(arm.controller, arm.overrides)
+    ours, theirs = resolved["controller"], reference["controller"]
+    for part in ("alpha_0", "update", "anchor", "allocation", "clip_low", "clip_high"):
+        if part in ablated:
+            continue
+        assert ours.get(part) == theirs.get(part), (
+            f"{label}: {part} {ours.get(part)} != aer's {theirs.get(part)}"
+        )
+    # and an ablated part really differs (the arm is not a duplicate of aer)
+    if arm.controller == "aer" and arm.overrides:
+        assert any(ours.get(p) != theirs.get(p) for p in ablated), f"{label}: identical to aer"

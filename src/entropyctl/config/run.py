@@ -305,10 +305,10 @@ def _check_section_values(config: RunConfig) -> list[str]:
             f"data.template: must contain '{{prompt}}' where the problem goes (got {d.template!r})"
         )
     if d.source == "synthetic" and isinstance(d.levels, list):
-        from entropyctl.data.synthetic import _GENERATORS
+        from entropyctl.data.synthetic import GENERATORS
 
-        known = sorted(_GENERATORS)
-        unknown = [level for level in d.levels if level not in _GENERATORS]
+        known = sorted(GENERATORS)
+        unknown = [level for level in d.levels if level not in GENERATORS]
         if not d.levels:
             problems.append(f"data.levels: must name at least one level of {known} (got [])")
         elif unknown:

@@ -89,7 +89,7 @@ def _level5(rng: random.Random) -> tuple[str, int]:
     return f"({a}+{b})*{c}", (a + b) * c
 
 
-_GENERATORS: dict[int, Callable[[random.Random], tuple[str, int]]] = {
+GENERATORS: dict[int, Callable[[random.Random], tuple[str, int]]] = {
     1: _level1,
     2: _level2,
     3: _level3,
@@ -120,9 +120,9 @@ class SyntheticArithmetic:
         levels = tuple(int(level) for level in levels)
         if not levels:
             raise ValueError("levels must name at least one level, got none")
-        unknown = [level for level in levels if level not in _GENERATORS]
+        unknown = [level for level in levels if level not in GENERATORS]
         if unknown:
-            raise ValueError(f"unknown level(s) {unknown}; available levels: {sorted(_GENERATORS)}")
+            raise ValueError(f"unknown level(s) {unknown}; available levels: {sorted(GENERATORS)}")
         if len(set(levels)) != len(levels):
             raise ValueError(f"levels must not repeat, got {list(levels)}")
         if weights is None:
@@ -156,7 +156,7 @@ class SyntheticArithmetic:
         return int.from_bytes(digest, "big") < self.held_out_fraction * 2**64
 
     def _draw(self, rng: random.Random, level: int, held_out: bool) -> Problem:
-        generate = _GENERATORS[level]
+        generate = GENERATORS[level]
         while True:
             expression, value = generate(rng)
             prompt = expression + "="

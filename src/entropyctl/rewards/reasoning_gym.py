@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from entropyctl.rewards.answers import last_boxed
+from entropyctl.rewards.base import RewardFunction
 from entropyctl.rewards.math import (
     DEFAULT_STARTUP_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -43,7 +44,6 @@ from entropyctl.rewards.math import (
     _WorkerDied,
     _WorkerTimeout,
 )
-from entropyctl.rewards.registry import RewardFunction
 
 __all__ = ["BELOW_ONE", "ReasoningGymReward", "ReasoningGymVerifier", "extract_final_answer"]
 

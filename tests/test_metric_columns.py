@@ -16,8 +16,9 @@ from entropyctl import register_controller
 from entropyctl.config import ControllerConfig
 from entropyctl.controllers import registry
 from entropyctl.controllers.fixed import FixedController
-from entropyctl.trainer.module import CONTROLLER_PREFIX, RLVRModule, metric_columns
+from entropyctl.trainer.module import RLVRModule
 from entropyctl.trainer.run import run_training
+from entropyctl.trainer.run_dir import CONTROLLER_PREFIX, metric_columns
 
 #: one step, no held-out evaluation, no checkpoint: only metrics.csv matters here
 ONE_STEP = ["trainer.steps=1", "eval.before=false", "eval.after=false", "trainer.save_last=false"]

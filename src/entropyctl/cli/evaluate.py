@@ -125,8 +125,8 @@ def run(args: Any) -> int:
     from entropyctl.rollout.hf import HFRolloutEngine
     from entropyctl.rollout.protocol import SamplingSettings
     from entropyctl.trainer.evaluation import evaluate_problems, format_eval_table, parse_ks
-    from entropyctl.trainer.module import derive_seed
     from entropyctl.trainer.run import build_data, build_prompt_encoder
+    from entropyctl.trainer.sampler import derive_seed
 
     config, policy, tokenizer = _load_for_evaluation(args.checkpoint, args.overrides)
     # Defaults are the run's own evaluation settings, so that with them the result equals summary.json's

@@ -16,12 +16,7 @@ token count N, so each rank back-propagates W times its share (see ``trainer/sta
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -39,77 +34,25 @@ from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
 from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings
 from entropyctl.trainer.evaluation import ProblemOutcome, count_correct, summarize_pass_at_k
-from entropyctl.trainer.run_dir import RunStopped, StopSignals
+from entropyctl.trainer.run_dir import (
+    CONTROLLER_PREFIX,
+    MetricsWriter,
+    RunStopped,
+    StopSignals,
+    metric_columns,
+)
+from entropyctl.trainer.sampler import PromptSampler, derive_seed
 from entropyctl.trainer.stats import EntropyStats, all_reduce_sum
 
 __all__ = [
     "RLVRModule",
     "RLVRCheckpoint",
-    "PromptSampler",
-    "MetricsWriter",
-    "derive_seed",
     "merge_completions",
     "overlong_penalty",
-    "metric_columns",
-    "CONTROLLER_PREFIX",
 ]
 
 
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any tuple of ints/strings (stable across processes and Python runs)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & (2**63 - 1)
-
-
 # --------------------------------------------------------------------------------------------- prompts
-
-
-class PromptSampler:
-    """Draws each step's prompts reproducibly from ``(seed, rank, step, attempt)`` — no hidden stream
-    state, so a resumed run draws exactly what the uninterrupted run drew.
-
-    ``draw(count, seed)`` is the problem source: e.g. ``SyntheticArithmetic.sample`` (training split only),
-    or a uniform choice from a dataset's rows.
-    """
-
-    def __init__(self, draw: Callable[[int, int], list[Any]], levels: Sequence[int], seed: int) -> None:
-        self._draw = draw
-        self.levels = sorted({int(level) for level in levels}) or [0]
-        self.seed = int(seed)
-        self.draws = 0  # prompt batches drawn so far (for the checkpoint; not needed to reproduce)
-
-    def sample(self, count: int, *, step: int, rank: int, attempt: int = 0) -> list[Any]:
-        self.draws += 1
-        problems = self._draw(count, derive_seed("prompts", self.seed, rank, step, attempt))
-        for problem in problems:
-            if int(getattr(problem, "level", 0)) not in self.levels:
-                raise ValueError(f"problem {problem!r} has level {problem.level}, not one of {self.levels}")
-        return problems
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "draws": self.draws}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise ValueError(
-                f"checkpoint's prompt seed {state['seed']} differs from this run's seed {self.seed}"
-            )
-        self.draws = int(state["draws"])
-
-    @staticmethod
-    def from_list(problems: Sequence[Any], seed: int) -> PromptSampler:
-        """Uniform draws (without replacement within a batch when possible) from a list of problems."""
-        pool = list(problems)
-        if not pool:
-            raise ValueError("the training set is empty")
-
-        def draw(count: int, draw_seed: int) -> list[Any]:
-            rng = random.Random(draw_seed)
-            if count <= len(pool):
-                return rng.sample(pool, count)
-            return [rng.choice(pool) for _ in range(count)]
-
-        return PromptSampler(draw, [int(getattr(p, "level", 0)) for p in pool], seed)
 
 
 # --------------------------------------------------------------------------------------------- rollouts
@@ -175,86 +118,6 @@ def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int) -> Tenso
 
 
 #: The prefix of the controller's own metrics in ``metrics.csv`` and the loggers (``controller/alpha``...).
-CONTROLLER_PREFIX = "controller/"
-
-
-def metric_columns(levels: Sequence[int], controller_metrics: Sequence[str] = ()) -> list[str]:
-    """The columns of ``metrics.csv``, in order (fixed for a run: every row has every column).
-
-    ``controller_metrics``: the keys of the run's ``controller.metrics()`` (a plugin's included), each
-    logged as ``controller/<key>`` after the fixed columns and the per-level ones.
-    """
-    cols = [
-        "step",
-        "reward",
-        "accuracy",
-        "entropy",
-        "target_entropy",
-        "h0",
-        "alpha",
-        "coef_mean",
-        "clip_frac_low",
-        "clip_frac_high",
-        "response_length",
-        "truncated_frac",
-        "loss",
-        "pg_loss",
-        "entropy_loss",
-        "kl_loss",
-        "grad_norm",
-        "lr",
-        "tokens",
-        "dropped_groups",
-        "filler_groups",
-        "reward_no_answer",
-        "reward_parse_error",
-        "reward_timeout",
-        "readings_ignored",
-        "time_rollout",
-        "time_reward",
-        "time_update",
-        "time_step",
-    ]
-    for level in levels:
-        cols += [f"acc_level_{level}", f"coef_level_{level}", f"entropy_level_{level}"]
-    cols += [CONTROLLER_PREFIX + str(key) for key in controller_metrics]
-    return cols
-
-
-class MetricsWriter:
-    """Appends one row per step to ``metrics.csv`` (fixed columns; rank 0 only). On resume, rows past the
-    checkpoint's step are dropped first so the file has each step once."""
-
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        self.path = Path(path)
-        self.columns = list(columns)
-
-    def truncate_after(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        with self.path.open(newline="") as f:
-            rows = [row for row in csv.DictReader(f) if int(float(row["step"])) <= step]
-        self._rewrite(rows)
-
-    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        # temp file + rename: a reader (or a kill) never sees a truncated file
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.path.exists():
-            self._rewrite([])  # the header, atomically
-        # one row = one write() of a complete line: appended, never truncating earlier rows
-        buffer = io.StringIO()
-        csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore").writerow(
-            {k: _fmt(row.get(k, math.nan)) for k in self.columns}
-        )
-        with self.path.open("a", newline="") as f:
-            f.write(buffer.getvalue())
 
 
 def _as_float(value: Any) -> float:
@@ -263,12 +126,6 @@ def _as_float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _fmt(value: Any) -> Any:
-    if isinstance(value, float):
-        return repr(value)  # round-trips exactly
-    return value
 
 
 class _Ticks(IterableDataset):

@@ -3,7 +3,7 @@
 Run directory (read by `entropyctl ablate` / `report`)::
 
     config.yaml      the resolved RunConfig
-    metrics.csv      one row per RLVR step (columns: trainer.module.metric_columns)
+    metrics.csv      one row per RLVR step (columns: trainer.run_dir.metric_columns)
     summary.json     {"status", "steps", "wall_time_s", "final_entropy", "h0", "alpha",
                       "before": EVAL, "after": EVAL, ...}; "status" is "running" until the end
     checkpoints/     step-NNNNNN.ckpt every trainer.checkpoint_every steps, and last.ckpt
@@ -79,7 +79,7 @@ def build_data(
     File data sets: ``fit`` (e.g. :func:`fit_prompts_to_context`) checks or filters the rows of each
     file before use; prompts repeated in training, or shared by training and held-out rows, are warned
     about."""
-    from entropyctl.trainer.module import PromptSampler
+    from entropyctl.trainer.sampler import PromptSampler
 
     d, e = config.data, config.eval
     if d.source == "reasoning_gym":

@@ -17,20 +17,26 @@ the same run, honest status.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as _dt
 import errno
 import hashlib
+import io
 import json
+import math
 import os
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CONTROLLER_PREFIX",
+    "MetricsWriter",
+    "metric_columns",
     "RUN_FILES",
     "LOCK_FILE",
     "IGNORED_FOR_RESUME",
@@ -466,3 +472,96 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
+
+
+# --------------------------------------------------------------------------------------------- the contract
+# What a run directory holds, declared once: the trainer writes it, the report, `entropyctl evaluate` and
+# the tests read it through these names.
+
+
+CONTROLLER_PREFIX = "controller/"
+
+
+def metric_columns(levels: Sequence[int], controller_metrics: Sequence[str] = ()) -> list[str]:
+    """The columns of ``metrics.csv``, in order (fixed for a run: every row has every column).
+
+    ``controller_metrics``: the keys of the run's ``controller.metrics()`` (a plugin's included), each
+    logged as ``controller/<key>`` after the fixed columns and the per-level ones.
+    """
+    cols = [
+        "step",
+        "reward",
+        "accuracy",
+        "entropy",
+        "target_entropy",
+        "h0",
+        "alpha",
+        "coef_mean",
+        "clip_frac_low",
+        "clip_frac_high",
+        "response_length",
+        "truncated_frac",
+        "loss",
+        "pg_loss",
+        "entropy_loss",
+        "kl_loss",
+        "grad_norm",
+        "lr",
+        "tokens",
+        "dropped_groups",
+        "filler_groups",
+        "reward_no_answer",
+        "reward_parse_error",
+        "reward_timeout",
+        "readings_ignored",
+        "time_rollout",
+        "time_reward",
+        "time_update",
+        "time_step",
+    ]
+    for level in levels:
+        cols += [f"acc_level_{level}", f"coef_level_{level}", f"entropy_level_{level}"]
+    cols += [CONTROLLER_PREFIX + str(key) for key in controller_metrics]
+    return cols
+
+
+class MetricsWriter:
+    """Appends one row per step to ``metrics.csv`` (fixed columns; rank 0 only). On resume, rows past the
+    checkpoint's step are dropped first so the file has each step once."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.columns = list(columns)
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(float(row["step"])) <= step]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        # temp file + rename: a reader (or a kill) never sees a truncated file
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.path.exists():
+            self._rewrite([])  # the header, atomically
+        # one row = one write() of a complete line: appended, never truncating earlier rows
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore").writerow(
+            {k: _fmt(row.get(k, math.nan)) for k in self.columns}
+        )
+        with self.path.open("a", newline="") as f:
+            f.write(buffer.getvalue())
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return value

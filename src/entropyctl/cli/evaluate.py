@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 
@@ -115,25 +115,10 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
     return config, policy, tokenizer
 
 
-def run(args: Any) -> int:
-    """`entropyctl evaluate`: pass@1 / pass@k of a run or model, overall and per level, as a table + JSON."""
-    import json
+def _problems(args: Any, config: Any) -> tuple[Any, list[Any]]:
+    """(config, problems): the run's own held-out split (``--data synthetic``) or a dataset file's rows."""
+    from entropyctl.trainer.run import build_data
 
-    import torch
-
-    from entropyctl.rewards import get_reward
-    from entropyctl.rollout.hf import HFRolloutEngine
-    from entropyctl.rollout.protocol import SamplingSettings
-    from entropyctl.trainer.evaluation import evaluate_problems, format_eval_table, parse_ks
-    from entropyctl.trainer.run import build_data, build_prompt_encoder
-    from entropyctl.trainer.sampler import derive_seed
-
-    config, policy, tokenizer = _load_for_evaluation(args.checkpoint, args.overrides)
-    # Defaults are the run's own evaluation settings, so that with them the result equals summary.json's
-    # "after" evaluation: same problems, same samples per problem, same seeded sampling stream.
-    ks = parse_ks(args.k) if args.k else list(config.eval.ks)
-    n = args.n or max(config.eval.n_samples, max(ks))
-    seed = config.seed if args.seed is None else int(args.seed)
     if args.problems is not None:
         config = config.model_copy(
             update={"eval": config.eval.model_copy(update={"n_prompts": args.problems})}
@@ -150,7 +135,21 @@ def run(args: Any) -> int:
         problems = list(load_math_dataset(args.data, **config.data.options))[: args.problems]
     if not problems:
         raise ValueError(f"--data {args.data}: no problems to evaluate")
-    torch.manual_seed(config.seed)
+    return config, list(problems)
+
+
+def _sampler(
+    args: Any, config: Any, policy: Any, tokenizer: Any, seed: int
+) -> tuple[Callable[[Sequence[Any], int], list[list[str]]], float]:
+    """(sample_fn, temperature): ``sample_fn(batch, n)`` draws n completions per problem, on the seeded
+    stream of ``RLVRModule.evaluate_heldout("after")`` on one process."""
+    from dataclasses import replace
+
+    from entropyctl.rollout.hf import HFRolloutEngine
+    from entropyctl.rollout.protocol import SamplingSettings
+    from entropyctl.trainer.run import build_prompt_encoder
+    from entropyctl.trainer.sampler import derive_seed
+
     engine = HFRolloutEngine(policy, tokenizer)
     encode = build_prompt_encoder(config, tokenizer)
     temperature = (
@@ -168,16 +167,35 @@ def run(args: Any) -> int:
 
     def sample_fn(batch: Sequence[Any], n_samples: int) -> list[list[str]]:
         calls[0] += 1
-        from dataclasses import replace
-
         comp = engine.generate(
             [encode(p.prompt) for p in batch],
             n_samples,
-            # the stream of RLVRModule.evaluate_heldout("after") on one process
             replace(sampling, seed=derive_seed("eval", seed, "after", 0, calls[0])),
         )
         texts = engine.decode(comp)
         return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(batch))]
+
+    return sample_fn, temperature
+
+
+def run(args: Any) -> int:
+    """`entropyctl evaluate`: pass@1 / pass@k of a run or model, overall and per level, as a table + JSON."""
+    import json
+
+    import torch
+
+    from entropyctl.rewards import get_reward
+    from entropyctl.trainer.evaluation import evaluate_problems, format_eval_table, parse_ks
+
+    config, policy, tokenizer = _load_for_evaluation(args.checkpoint, args.overrides)
+    # Defaults are the run's own evaluation settings, so that with them the result equals summary.json's
+    # "after" evaluation: same problems, same samples per problem, same seeded sampling stream.
+    ks = parse_ks(args.k) if args.k else list(config.eval.ks)
+    n = args.n or max(config.eval.n_samples, max(ks))
+    seed = config.seed if args.seed is None else int(args.seed)
+    config, problems = _problems(args, config)
+    torch.manual_seed(config.seed)
+    sample_fn, temperature = _sampler(args, config, policy, tokenizer, seed)
 
     def group_of(problem: Any) -> Hashable:
         value = getattr(problem, args.by, None)
@@ -192,10 +210,7 @@ def run(args: Any) -> int:
         )
     finally:
         reward.close()
-    result["seed"] = seed
-    result["n_samples"] = n
-    result["checkpoint"] = str(args.checkpoint)
-    result["data"] = args.data
+    result.update(seed=seed, n_samples=n, checkpoint=str(args.checkpoint), data=args.data)
     result["temperature"] = temperature
     print(f"seed {seed}, {n} samples per problem, {len(problems)} problems, temperature {temperature}")
     print(format_eval_table(result, f"{args.checkpoint} on {args.data}"))

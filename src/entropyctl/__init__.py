@@ -1,5 +1,21 @@
 """entropyctl: entropy controllers (AER and friends) for RLVR training of language models.
 
+Layout, by role; a package imports only the ones below it (docs/architecture.md; a test checks it)::
+
+    cli/            one module per subcommand
+    integrations/   adapters to other frameworks (TRL), over this public API
+    experiments/    ablations and their reports
+    trainer/        the Lightning module and its step, distributed statistics, prompt sampler,
+                    run directory (lifecycle and contract), checkpoints, pass@k, run_training
+    config/         the run config, YAML and overrides
+    models/         the tiny model, loading, the training forward, warm start
+    rollout/        the engine protocol, the Hugging Face and vLLM engines
+    data/           synthetic task, dataset files, reasoning-gym, templates
+    rewards/        answer extraction, the math verifier, the reward registry
+    controllers/    the controller API, registry, controllers and their configs, the entropy plant
+    ops/            entropy, losses, advantages (plain torch)
+    validation, cache
+
 The controller API is imported eagerly (it needs only torch and pydantic); the trainer
 (:class:`RLVRModule`, which pulls in Lightning and transformers) and :class:`RunConfig` are
 resolved lazily on first attribute access, so ``import entropyctl`` stays light.

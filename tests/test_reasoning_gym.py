@@ -318,6 +318,21 @@ def test_extraction_order() -> None:
 # ----------------------------------------------------------------------------------------- training
 
 
+def test_ablate_warm_starts_the_tiny_model_on_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    import entropyctl.models.warm_start as warm_start
+    from entropyctl.experiments import ablate
+
+    seen = {}
+
+    def fake_pretrain(cfg, task=None, **kwargs):
+        seen["task"] = task
+        return Path("unused")
+
+    monkeypatch.setattr(warm_start, "pretrain", fake_pretrain)
+    ablate._warm_start(_rg().model_dump(mode="json"), log=lambda *_: None)
+    assert seen["task"].name == "chain_sum" and seen["task"].levels == (1, 2, 3)
+
+
 @pytest.mark.slow
 def test_tiny_model_trains_on_the_task_with_its_own_alphabet(tmp_path: Path) -> None:
     config = _rg(

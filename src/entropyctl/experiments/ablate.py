@@ -326,8 +326,15 @@ def _warm_start(config: Mapping[str, Any], log: Callable[[str], None]) -> None:
         from entropyctl.models.warm_start import pretrain
     except ImportError:
         return
+    task = None  # a reasoning-gym task: the tiny model warm-starts on it (its own alphabet and cache key)
+    data = config.get("data") or {}
+    if isinstance(data, Mapping) and data.get("source") == "reasoning_gym":
+        from entropyctl.config import parse_run_config
+        from entropyctl.trainer.run import reasoning_gym_task
+
+        task = reasoning_gym_task(parse_run_config(config))
     started = time.perf_counter()
-    path = pretrain(ModelConfig.model_validate(dict(model)))
+    path = pretrain(ModelConfig.model_validate(dict(model)), task=task)
     log(f"warm start: {path} ({time.perf_counter() - started:.0f} s)")
 
 

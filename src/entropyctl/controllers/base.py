@@ -43,7 +43,7 @@ __all__ = [
 class GroupOutcome:
     """What the rollouts of one step say about each prompt's difficulty.
 
-    accuracy: ``[P]`` group accuracy ``acc_i = mean_j r_ij`` in ``[0, 1]``.
+    accuracy: ``[P]`` group accuracy ``acc_i`` in ``[0, 1]``: the share of group i's responses scored 1.
     group_size: ``G``, rollouts per prompt.
     step: the optimizer step this outcome belongs to.
     """

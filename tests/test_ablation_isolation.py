@@ -1,6 +1,7 @@
-"""Every arm of the committed AER study differs from the `aer` arm only in the component it ablates: the
-same run config outside the controller, and inside it the same update rule, step size, bounds, anchor,
-allocation and clip bounds except the part the arm names. (An arm that silently ran another step size
+"""Every arm of the committed AER studies (configs/ablation.yaml, the collapse runs, the robustness
+study) differs from the `aer` arm only in the component it ablates: the same run config outside the
+controller, and inside it the same update rule, step size, bounds, anchor, allocation and clip bounds
+except the part the arm names. (An arm that silently ran another step size
 or target than `aer` would confound "AER without X" with a retuning.)"""
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from entropyctl.experiments.ablate import parse_arms, resolve_arm_config
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "configs" / "ablation.yaml"
+#: the committed studies whose arms are aer variants and baselines (token-level controllers have their own)
+STUDIES = [
+    STUDY,
+    *(
+        REPO / "configs" / f"{name}.yaml"
+        for name in ("ablation_collapse", "ablation_collapse_v2", "robustness")
+    ),
+]
 
 #: which part of the controller config an arm's override key ablates (first-release flat keys included)
 PART_OF_KEY = {
@@ -49,16 +58,19 @@ def study_arms(path: Path) -> tuple[dict[str, Any], list[Any]]:
     return base, parse_arms(base["ablation"]["arms"])
 
 
-def test_the_study_has_an_aer_arm_and_known_controllers() -> None:
-    base, arms = study_arms(STUDY)
+@pytest.mark.parametrize("study", [path.name for path in STUDIES])
+def test_the_study_has_an_aer_arm_and_known_controllers(study: str) -> None:
+    base, arms = study_arms(REPO / "configs" / study)
     assert base["controller"]["name"] == "aer"
     assert any(a.controller == "aer" and not a.overrides for a in arms)
     assert {a.controller for a in arms} <= set(PARTS_OF_CONTROLLER)
 
 
-@pytest.mark.parametrize("label", [a.label for a in study_arms(STUDY)[1]])
-def test_each_arm_differs_from_aer_only_in_what_it_ablates(label: str) -> None:
-    base, arms = study_arms(STUDY)
+@pytest.mark.parametrize(
+    ("study", "label"), [(path.name, a.label) for path in STUDIES for a in study_arms(path)[1]]
+)
+def test_each_arm_differs_from_aer_only_in_what_it_ablates(study: str, label: str) -> None:
+    base, arms = study_arms(REPO / "configs" / study)
     arm = next(a for a in arms if a.label == label)
     aer = next(a for a in arms if a.controller == "aer" and not a.overrides)
     reference = resolve_arm_config(base, aer, seed=0)

@@ -45,12 +45,12 @@ def recorded_losses(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, float]]:
     calls: list[dict[str, float]] = []
     original = RLVRModule._loss
 
-    def recording(self: RLVRModule, fwd: Any, old: Any, adv: Any, coef: Any, mask: Any, plan: Any,
-                  num_tokens: int, ref: Any) -> Any:  # fmt: skip
-        out = original(self, fwd, old, adv, coef, mask, plan, num_tokens, ref)
+    def recording(self: RLVRModule, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        # N_m, the mini-batch's global token count: the loss call's one integer argument
+        num_tokens = next(a for a in (*args, *kwargs.values()) if type(a) is int)
         calls.append(
             {
-                "tokens": float(mask.sum()),
                 "num_tokens": float(num_tokens),
                 "clip_low_count": float(out.clip_frac_low) * num_tokens,
                 "clip_high_count": float(out.clip_frac_high) * num_tokens,
@@ -85,11 +85,9 @@ def test_clip_fractions_and_losses_are_token_weighted_over_epochs_and_mini_batch
     run_training(config, tmp_path)
     (row,) = read_metrics(tmp_path)
     assert len(recorded_losses) == 6
-    first_epoch = recorded_losses[:3]
-    total = sum(c["tokens"] for c in first_epoch)
-    assert total == row["tokens"] and [c["num_tokens"] for c in first_epoch] == [
-        c["tokens"] for c in first_epoch
-    ]
+    total = sum(c["num_tokens"] for c in recorded_losses[:3])  # the first epoch's mini-batches
+    assert total == row["tokens"]  # every response token once
+    assert [c["num_tokens"] for c in recorded_losses[3:]] == [c["num_tokens"] for c in recorded_losses[:3]]
     clipped_low = sum(c["clip_low_count"] for c in recorded_losses)
     clipped_high = sum(c["clip_high_count"] for c in recorded_losses)
     assert clipped_low + clipped_high > 0  # the bounds bind: a mis-weighting would show

@@ -45,8 +45,9 @@ class _Bare(pl.Callback):
         self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, idx: int
     ) -> None:
         cfg = module.config
-        problems = module.last_batch["problems"]
-        comp = module.last_batch["completions"]
+        result = outputs["step"]  # the step's StepResult (entropyctl.trainer.phases)
+        problems = result.collected.problems
+        comp = result.collected.completions
         G = cfg.rollout.group_size
         policy, tok = module.policy, module.tokenizer
         if self.copy is None:
@@ -96,7 +97,7 @@ class _Bare(pl.Callback):
         self.opt.step()
         bare_update = time.perf_counter() - t0
 
-        row = dict(module.last_metrics)
+        row = dict(result.row)
         if module.rlvr_step > self.warmup:
             self.rows.append(
                 {

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,26 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from entropyctl.config import RunConfig
-from entropyctl.controllers.base import EntropyController, GroupOutcome, Plan
-from entropyctl.ops.advantages import group_advantages
+from entropyctl.controllers.base import EntropyController, EntropyReading, Plan
 from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
 from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings
 from entropyctl.trainer.evaluation import ProblemOutcome, count_correct, summarize_pass_at_k
+from entropyctl.trainer.phases import (
+    LOSS_PARTS,
+    Collected,
+    Planned,
+    Scored,
+    StepResult,
+    TokenForward,
+    Updated,
+    local_sums,
+    metrics_row,
+    observe,
+    plan_groups,
+    score,
+)
 from entropyctl.trainer.run_dir import (
-    CONTROLLER_PREFIX,
     MetricsWriter,
     RunStopped,
     StopSignals,
@@ -48,7 +61,6 @@ __all__ = [
     "RLVRModule",
     "RLVRCheckpoint",
     "merge_completions",
-    "overlong_penalty",
 ]
 
 
@@ -103,29 +115,10 @@ def _select_rows(comp: Completions, rows: Tensor, pad_id: int) -> Completions:
     )
 
 
-def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int) -> Tensor:
-    """DAPO's soft overlong punishment, added to the reward::
-
-    R_len(y) = 0                                  if |y| ≤ L_max − L_cache
-             = (L_max − L_cache − |y|) / L_cache   if L_max − L_cache < |y| ≤ L_max   (down to −1)
-    """
-    start = max_new_tokens - buffer
-    over = (lengths.to(torch.float32) - start).clamp_min(0.0)
-    return -(over / buffer).clamp(max=1.0)
-
-
 # --------------------------------------------------------------------------------------------- metrics
 
 
 #: The prefix of the controller's own metrics in ``metrics.csv`` and the loggers (``controller/alpha``...).
-
-
-def _as_float(value: Any) -> float:
-    """A controller metric as a number for the CSV and the loggers (None or a non-number: NaN)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 class _Ticks(IterableDataset):
@@ -325,6 +318,26 @@ class _Frozen:
 # --------------------------------------------------------------------------------------------- the module
 
 
+@dataclass
+class _MiniBatches:
+    rows: list[Tensor]  # each mini-batch's rows of the step's completions
+    comps: list[Completions]  # those rows, re-padded, on the device
+    global_tokens: Tensor  # [M] each mini-batch's token count summed over ranks
+    old: list[Tensor | None]  # log-probs before the first update (None: the current ones, ρ = 1)
+    ref: list[Tensor | None]  # the reference policy's log-probs (KL penalty), or None
+
+
+@dataclass
+class _TokenBatch:
+    """Per-token inputs of the loss for one mini-batch."""
+
+    adv: Tensor
+    coef: Tensor
+    mask: Tensor
+    old: Tensor
+    ref: Tensor | None
+
+
 class RLVRModule(pl.LightningModule):
     """GRPO/DAPO with an entropy controller; manual optimization, one RLVR step per ``training_step``.
 
@@ -369,9 +382,6 @@ class RLVRModule(pl.LightningModule):
         self.eval_results: dict[str, Any] = {}
         self.eval_seconds = 0.0
         self.last_metrics: dict[str, float] = {}
-        self.last_batch: dict[
-            str, Any
-        ] = {}  # the last step's problems and completions (benchmarks, debugging)
         #: this rank's own per-step numbers before any collective (checks of the multi-process path)
         self.local_history: list[dict[str, Any]] = []
         self._reference: _Frozen | None = None
@@ -487,8 +497,9 @@ class RLVRModule(pl.LightningModule):
         timers["reward"] += time.perf_counter() - t1
         return comp, rewards
 
-    def _collect(self, step: int, rank: int, timers: dict[str, float]) -> dict[str, Any]:
-        """This rank's P groups: rollouts, rewards, and (dynamic sampling) refills of all-equal groups."""
+    def collect(self, step: int, rank: int, timers: dict[str, float]) -> Collected:
+        """collect: this rank's P groups: rollouts, rewards, and (dynamic sampling) refills of all-equal
+        groups."""
         cfg = self.config.rollout
         P, G = cfg.prompts_per_step, cfg.group_size
         kept: list[
@@ -518,71 +529,64 @@ class RLVRModule(pl.LightningModule):
             kept.append(spare.pop(0))
             fillers += 1
         parts = [(comp, range(i * G, (i + 1) * G)) for _, comp, i, _ in kept]
-        merged = merge_completions(parts, self.pad_id)
-        return {
-            "problems": [k[0] for k in kept],
-            "completions": merged,
-            "rewards": torch.stack([k[3] for k in kept]),
-            "dropped": dropped,
-            "fillers": fillers,
-        }
+        return Collected(
+            problems=[k[0] for k in kept],
+            completions=merge_completions(parts, self.pad_id),
+            rewards=torch.stack([k[3] for k in kept]),
+            dropped=dropped,
+            fillers=fillers,
+        )
 
-    def _forward_tokens(self, model: torch.nn.Module, comp: Completions, grad: bool) -> dict[str, Any]:
+    def _forward_tokens(self, model: torch.nn.Module, comp: Completions, grad: bool) -> TokenForward:
         """Hidden states (fused path) or logits (reference path) of the response tokens of ``comp``."""
         from entropyctl.models.forward import response_hidden_states, response_logits
 
         with torch.set_grad_enabled(grad):
             if self.use_fused:
                 h = response_hidden_states(model, comp)  # type: ignore[arg-type]
-                return {
-                    "hidden": h.hidden,
-                    "weight": h.lm_head_weight,
-                    "bias": h.lm_head_bias,
-                    "targets": h.targets,
-                    "seq_index": h.seq_index,
-                }
+                return TokenForward(
+                    targets=h.targets,
+                    seq_index=h.seq_index,
+                    hidden=h.hidden,
+                    weight=h.lm_head_weight,
+                    bias=h.lm_head_bias,
+                )
             lg = response_logits(model, comp)  # type: ignore[arg-type]
-            return {"logits": lg.logits, "targets": lg.targets, "seq_index": lg.seq_index}
+            return TokenForward(targets=lg.targets, seq_index=lg.seq_index, logits=lg.logits)
 
-    def _logprob_no_grad(self, fwd: dict[str, Any]) -> Tensor:
+    def _logprob_no_grad(self, fwd: TokenForward) -> Tensor:
         T = self.config.rollout.temperature
         with torch.no_grad():
-            if "hidden" in fwd:
+            if fwd.hidden is not None:
+                assert fwd.weight is not None
                 lp, _ = fused_logprob_entropy(
-                    fwd["hidden"].detach(),
-                    fwd["weight"].detach(),
-                    fwd["targets"],
+                    fwd.hidden.detach(),
+                    fwd.weight.detach(),
+                    fwd.targets,
                     temperature=T,
                     chunk_size=self.config.algorithm.chunk_size,
-                    bias=None if fwd["bias"] is None else fwd["bias"].detach(),
+                    bias=None if fwd.bias is None else fwd.bias.detach(),
                 )
             else:
-                lp, _ = token_logprob_entropy(fwd["logits"].detach(), fwd["targets"], temperature=T)
+                assert fwd.logits is not None
+                lp, _ = token_logprob_entropy(fwd.logits.detach(), fwd.targets, temperature=T)
         return lp
 
-    def _loss(
-        self,
-        fwd: dict[str, Any],
-        old: Tensor,
-        adv: Tensor,
-        coef: Tensor,
-        mask: Tensor,
-        plan: Plan,
-        num_tokens: int,
-        ref: Tensor | None,
-    ) -> PolicyLossOutput:
+    def _loss(self, fwd: TokenForward, tokens: _TokenBatch, plan: Plan, num_tokens: int) -> PolicyLossOutput:
         a = self.config.algorithm
         T = self.config.rollout.temperature
+        ref = tokens.ref
         kl = a.kl_coef if ref is not None else 0.0
-        if "hidden" in fwd:
+        if fwd.hidden is not None:
+            assert fwd.weight is not None
             return fused_policy_loss(
-                fwd["hidden"],
-                fwd["weight"],
-                fwd["targets"],
-                old,
-                adv,
-                coef,
-                mask,
+                fwd.hidden,
+                fwd.weight,
+                fwd.targets,
+                tokens.old,
+                tokens.adv,
+                tokens.coef,
+                tokens.mask,
                 plan.clip_low,
                 plan.clip_high,
                 T,
@@ -590,16 +594,17 @@ class RLVRModule(pl.LightningModule):
                 num_tokens=num_tokens,
                 ref_logprob=ref,
                 kl_coef=kl,
-                bias=fwd["bias"],
+                bias=fwd.bias,
             )
-        logprob, entropy = token_logprob_entropy(fwd["logits"], fwd["targets"], temperature=T)
+        assert fwd.logits is not None
+        logprob, entropy = token_logprob_entropy(fwd.logits, fwd.targets, temperature=T)
         return policy_loss(
             logprob,
             entropy,
-            old,
-            adv,
-            coef,
-            mask,
+            tokens.old,
+            tokens.adv,
+            tokens.coef,
+            tokens.mask,
             plan.clip_low,
             plan.clip_high,
             num_tokens=num_tokens,
@@ -607,244 +612,117 @@ class RLVRModule(pl.LightningModule):
             kl_coef=kl,
         )
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
+    def _minibatches(self, comp: Completions, planned: Planned, step: int, rank: int) -> _MiniBatches:
+        """The step's mini-batches (a seeded shuffle), their GLOBAL token counts (one collective), and the
+        old / reference log-probs before the first update (when needed)."""
         cfg = self.config
-        rank, world = self._world()
-        reducer = self._reducer()
-        step = self.rlvr_step + 1  # 1-based number of the step being made
-        step_start = time.perf_counter()
-        timers = {"rollout": 0.0, "reward": 0.0, "update": 0.0}
-        if hasattr(self.reward, "reset_metrics"):
-            self.reward.reset_metrics()
-        P, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
-        device = self.device
-
-        # -- rollouts and rewards ------------------------------------------------------------
-        self.engine.sync_weights(self.policy)
-        batch_data = self._collect(step, rank, timers)
-        comp: Completions = batch_data["completions"]
-        correct = batch_data["rewards"]  # [P, G] verifier rewards in [0, 1]
-        lengths = comp.response_mask.sum(1)  # [P*G], EOS included
-        truncated = comp.truncated.bool()
-        shaped = correct.clone()
-        if cfg.rollout.overlong == "penalty":
-            shaped = shaped + overlong_penalty(
-                lengths, cfg.rollout.max_new_tokens, cfg.rollout.overlong_buffer
-            ).reshape(P, G)
-        # acc_i: the group's share of answers scoring 1; partial credit (0 < r < 1) counts in the reward only
-        accuracy = (correct >= 1.0).to(correct.dtype).mean(dim=1)
-        advantages = group_advantages(shaped, scale=cfg.algorithm.advantage_scale)  # [P, G]
-        plan = self.controller.plan(GroupOutcome(accuracy=accuracy, group_size=G, step=step))
-        if plan.coef.shape != (P,):
-            raise RuntimeError(
-                f"controller {self.controller.name!r} returned coef of shape "
-                f"{tuple(plan.coef.shape)}, expected [{P}]"
-            )
-
-        # Per-sequence quantities, prompt-major rows (row i*G + j).
-        seq_adv = advantages.reshape(-1).to(torch.float32)
-        seq_coef = plan.coef.to(torch.float32).repeat_interleave(G)
-        levels = torch.tensor([int(getattr(p, "level", 0)) for p in batch_data["problems"]], dtype=torch.long)
-        seq_level = levels.repeat_interleave(G)
-        # Filler groups (dynamic sampling ran out of refills) train as in plain GRPO: zero advantage, the
-        # entropy term only — so a step never ends with no tokens and the entropy reading stays defined.
-        seq_mask = torch.ones(P * G, dtype=torch.float32)
-        if cfg.rollout.overlong == "mask":
-            seq_mask = seq_mask * (~truncated).to(torch.float32)
-
-        # -- mini-batches, their GLOBAL token counts (one collective) ------------------------
-        t_update = time.perf_counter()
         M, E = cfg.algorithm.mini_batches, cfg.algorithm.ppo_epochs
-        order = (
-            torch.randperm(
-                P * G,
-                generator=torch.Generator().manual_seed(
-                    derive_seed("minibatch", cfg.seed, rank, step) % 2**62
-                ),
-            )
-            if M > 1
-            else torch.arange(P * G)
-        )
-        minibatches = [rows for rows in torch.tensor_split(order, M)]
+        n = comp.response_ids.shape[0]
+        generator = torch.Generator().manual_seed(derive_seed("minibatch", cfg.seed, rank, step) % 2**62)
+        order = torch.randperm(n, generator=generator) if M > 1 else torch.arange(n)
+        rows = list(torch.tensor_split(order, M))
         local_tokens = torch.stack(
-            [(comp.response_mask[rows].sum(1).float() * seq_mask[rows]).sum() for rows in minibatches]
+            [(comp.response_mask[r].sum(1).float() * planned.seq_mask[r]).sum() for r in rows]
         ).to(torch.float64)
-        global_tokens = all_reduce_sum(local_tokens, reducer).cpu()
+        global_tokens = all_reduce_sum(local_tokens, self._reducer()).cpu()
+        comps = [_select_rows(comp, r, self.pad_id).to(self.device) for r in rows]
+        need_old = E > 1 or M > 1
+        old: list[Tensor | None] = [None] * M
+        ref: list[Tensor | None] = [None] * M
+        if need_old or self._reference is not None:
+            for m, sub in enumerate(comps):
+                if need_old:
+                    old[m] = self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
+                if self._reference is not None:
+                    ref[m] = self._logprob_no_grad(
+                        self._forward_tokens(self._reference.module, sub, grad=False)
+                    )
+        return _MiniBatches(rows, comps, global_tokens, old, ref)
+
+    def _optimizer_step(self, loss: Tensor, opt: Any, sched: Any) -> float:
+        """One optimizer step on ``loss``; the global gradient norm before clipping, clipped or not."""
+        _, world = self._world()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss * world)  # DDP averages over W ranks (module docstring)
+        grad_norm = float(
+            torch.nn.utils.get_total_norm([p.grad for p in self.policy.parameters() if p.grad is not None])
+        )
+        if self.config.optim.grad_clip is not None:
+            self.clip_gradients(
+                opt, gradient_clip_val=self.config.optim.grad_clip, gradient_clip_algorithm="norm"
+            )
+        opt.step()
+        sched.step()
+        return grad_norm
+
+    def update(self, comp: Completions, planned: Planned, step: int, rank: int) -> Updated:
+        """update: PPO epochs x mini-batches of the clipped surrogate with the planned entropy term."""
+        E = self.config.algorithm.ppo_epochs
+        mb = self._minibatches(comp, planned, step, rank)
         # Each mini-batch's loss parts and clip fractions are normalised by ITS global token count N_m;
         # weighting them by N_m / Σ N_m (and 1/E) gives the token-weighted value over the step's global
         # batch, averaged over epochs (a plain sum over mini-batches would be ~M times too large).
-        mb_weight = (global_tokens / global_tokens.sum().clamp_min(1.0)).tolist()
-        mb_comps = [_select_rows(comp, rows, self.pad_id).to(device) for rows in minibatches]
-
-        # -- old (and reference) log-probs before the first update ---------------------------
-        need_old = E > 1 or M > 1
-        old_logprobs: list[Tensor | None] = [None] * M
-        ref_logprobs: list[Tensor | None] = [None] * M
-        if need_old or self._reference is not None:
-            for m, sub in enumerate(mb_comps):
-                if need_old:
-                    old_logprobs[m] = self._logprob_no_grad(
-                        self._forward_tokens(self.policy, sub, grad=False)
-                    )
-                if self._reference is not None:
-                    ref_logprobs[m] = self._logprob_no_grad(
-                        self._forward_tokens(self._reference.module, sub, grad=False)
-                    )
-
-        # -- PPO epochs × mini-batches ------------------------------------------------------
+        weights = (mb.global_tokens / mb.global_tokens.sum().clamp_min(1.0)).tolist()
         opt: Any = self.optimizers()  # one LightningOptimizer (configure_optimizers returns one)
         sched: Any = self.lr_schedulers()
-        stats = EntropyStats(self.levels)
-        sums = {"clip_low": 0.0, "clip_high": 0.0, "loss": 0.0, "pg": 0.0, "ent": 0.0, "kl": 0.0}
-        grad_norm = math.nan
-        local_entropy_sum, local_token_sum = 0.0, 0.0
+        updated = Updated(stats=EntropyStats(self.levels))
         for epoch in range(E):
-            for m, rows in enumerate(minibatches):
-                fwd = self._forward_tokens(self.policy, mb_comps[m], grad=True)
-                tok_seq = fwd["seq_index"].to("cpu")
-                tok_rows = rows[tok_seq]
-                adv_t = seq_adv[tok_rows].to(device)
-                coef_t = seq_coef[tok_rows].to(device)
-                mask_t = seq_mask[tok_rows].to(device)
-                old = old_logprobs[m]
+            for m, rows in enumerate(mb.rows):
+                fwd = self._forward_tokens(self.policy, mb.comps[m], grad=True)
+                tok_rows = rows[fwd.seq_index.to("cpu")]
+                old = mb.old[m]
                 if old is None:  # one epoch, one mini-batch: old = current (ρ = 1), same numerics
                     old = self._logprob_no_grad(fwd)
-                out = self._loss(
-                    fwd,
-                    old,
-                    adv_t,
-                    coef_t,
-                    mask_t,
-                    plan,
-                    int(round(float(global_tokens[m]))),
-                    ref_logprobs[m],
+                tokens = _TokenBatch(
+                    adv=planned.seq_adv[tok_rows].to(self.device),
+                    coef=planned.seq_coef[tok_rows].to(self.device),
+                    mask=planned.seq_mask[tok_rows].to(self.device),
+                    old=old,
+                    ref=mb.ref[m],
                 )
-                opt.zero_grad(set_to_none=True)
-                self.manual_backward(out.loss * world)  # DDP averages over W ranks (module docstring)
-                # the global gradient norm before clipping, whether or not it is clipped
-                grad_norm = float(
-                    torch.nn.utils.get_total_norm(
-                        [p.grad for p in self.policy.parameters() if p.grad is not None]
-                    )
-                )
-                if cfg.optim.grad_clip is not None:
-                    self.clip_gradients(
-                        opt, gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm"
-                    )
-                opt.step()
-                sched.step()
+                out = self._loss(fwd, tokens, planned.plan, int(round(float(mb.global_tokens[m]))))
+                updated.grad_norm = self._optimizer_step(out.loss, opt, sched)
                 if epoch == 0:  # every response token exactly once
-                    stats.add(out.entropy, mask_t, bucket=seq_level[tok_rows].to(device), coef=coef_t)
-                    local_entropy_sum += float((out.entropy.double() * mask_t.double()).sum())
-                    local_token_sum += float(mask_t.sum())
-                weight = mb_weight[m] / E
-                sums["clip_low"] += float(out.clip_frac_low) * weight
-                sums["clip_high"] += float(out.clip_frac_high) * weight
-                sums["loss"] += float(out.loss.detach()) * weight
-                sums["pg"] += float(out.pg_loss) * weight
-                sums["ent"] += float(out.entropy_loss) * weight
-                sums["kl"] += float(out.kl_loss) * weight
-        timers["update"] = time.perf_counter() - t_update
+                    level = planned.seq_level[tok_rows].to(self.device)
+                    updated.stats.add(out.entropy, tokens.mask, bucket=level, coef=tokens.coef)
+                    updated.entropy_sum += float((out.entropy.double() * tokens.mask.double()).sum())
+                    updated.token_sum += float(tokens.mask.sum())
+                weight = weights[m] / E
+                parts = (
+                    out.clip_frac_low,
+                    out.clip_frac_high,
+                    out.loss.detach(),
+                    out.pg_loss,
+                    out.entropy_loss,
+                )
+                for key, value in zip(LOSS_PARTS, (*parts, out.kl_loss), strict=True):
+                    updated.sums[key] += float(value) * weight
+        updated.lr = float(sched.get_last_lr()[0])
+        return updated
 
-        # -- the global entropy reading (ONE collective) → controller ------------------------
-        stats.reduce(reducer if reducer is not None else None)
-        reading = stats.reading(step)
-        self.controller.observe(reading)
-        self.rlvr_step = step
-
-        # -- metrics: local sums packed into ONE collective ---------------------------------
-        rmetrics = self.reward.metrics() if hasattr(self.reward, "metrics") else {}
-        local = [
-            float(shaped.sum()),
-            float(correct.numel()),
-            float((lengths.float()).sum()),
-            float(truncated.sum()),
-            float(batch_data["dropped"]),
-            float(batch_data["fillers"]),
-            sums["clip_low"],
-            sums["clip_high"],
-            sums["loss"],
-            sums["pg"],
-            sums["ent"],
-            sums["kl"],
-            float(rmetrics.get("no_answer", 0)),
-            float(rmetrics.get("parse_error", 0)),
-            float(rmetrics.get("timeout", 0)),
-        ]
-        for level in self.levels:
-            sel = levels == level
-            local += [float(accuracy[sel].sum()), float(sel.sum())]
-        packed = all_reduce_sum(torch.tensor(local, dtype=torch.float64), reducer).cpu().tolist()
-        (
-            r_sum,
-            r_n,
-            len_sum,
-            trunc_n,
-            dropped,
-            fillers,
-            clip_low,
-            clip_high,
-            loss,
-            pg,
-            ent,
-            kl,
-            no_answer,
-            parse_error,
-            timeout,
-        ) = packed[:15]
-        cm = self.controller.metrics()
-        row: dict[str, Any] = {
-            "step": step,
-            # the shaped reward the advantages are computed from (verifier + overlong penalty)
-            "reward": r_sum / r_n,
-            # the share of rollouts the verifier scored 1 = mean acc_i (every group has G rollouts),
-            # from the per-level sums packed after the first 15 entries
-            "accuracy": sum(packed[15::2]) / max(sum(packed[16::2]), 1.0),
-            "entropy": reading.mean_entropy,
-            "target_entropy": float(cm.get("target_entropy", math.nan)),
-            "h0": float(cm.get("h0", math.nan)),
-            "alpha": float(cm.get("alpha", math.nan)),
-            "coef_mean": stats.mean_coef(),
-            "clip_frac_low": clip_low,
-            "clip_frac_high": clip_high,
-            "response_length": len_sum / r_n,
-            "truncated_frac": trunc_n / r_n,
-            # loss parts are normalised by the global token count: their sum over ranks is the global value
-            "loss": loss,
-            "pg_loss": pg,
-            "entropy_loss": ent,
-            "kl_loss": kl,
-            "grad_norm": grad_norm,
-            "lr": float(sched.get_last_lr()[0]),
-            "tokens": reading.tokens,
-            "dropped_groups": dropped,
-            "filler_groups": fillers,
-            "reward_no_answer": no_answer,
-            "reward_parse_error": parse_error,
-            "reward_timeout": timeout,
-            "readings_ignored": float(cm.get("readings_ignored", math.nan)),
-            "time_rollout": timers["rollout"],
-            "time_reward": timers["reward"],
-            "time_update": timers["update"],
-            "time_step": time.perf_counter() - step_start,
-        }
-        coef_by_level = stats.bucket_coef_means()
-        entropy_by_level = stats.bucket_means()
-        for i, level in enumerate(self.levels):
-            acc_sum, count = packed[15 + 2 * i], packed[16 + 2 * i]
-            row[f"acc_level_{level}"] = acc_sum / count if count > 0 else math.nan
-            row[f"coef_level_{level}"] = coef_by_level[level]
-            row[f"entropy_level_{level}"] = entropy_by_level[level]
-        for key, value in cm.items():  # every controller metric, a plugin's included
-            row[CONTROLLER_PREFIX + str(key)] = _as_float(value)
+    def log_step(
+        self,
+        step: int,
+        collected: Collected,
+        scored: Scored,
+        updated: Updated,
+        reading: EntropyReading,
+        timers: dict[str, float],
+    ) -> dict[str, Any]:
+        """log: the metrics row (local sums packed into ONE collective), written and logged (rank 0)."""
+        rank, _ = self._world()
+        reward_metrics = self.reward.metrics() if hasattr(self.reward, "metrics") else {}
+        local = local_sums(collected, scored, updated, reward_metrics, self.levels)
+        packed = all_reduce_sum(torch.tensor(local, dtype=torch.float64), self._reducer()).cpu().tolist()
+        timers["step"] = time.perf_counter() - timers["start"]
+        row = metrics_row(step, packed, reading, updated, self.controller.metrics(), self.levels, timers)
         self.last_metrics = row
-        self.last_batch = {"problems": batch_data["problems"], "completions": comp}
         self.local_history.append(
             {
                 "step": step,
-                "prompts": [p.prompt for p in batch_data["problems"]],
-                "entropy_sum": local_entropy_sum,
-                "tokens": local_token_sum,
+                "prompts": [p.prompt for p in collected.problems],
+                "entropy_sum": updated.entropy_sum,
+                "tokens": updated.token_sum,
                 "global_entropy": reading.mean_entropy,
                 "global_tokens": reading.tokens,
             }
@@ -868,8 +746,30 @@ class RLVRModule(pl.LightningModule):
             logger=has_logger,
             rank_zero_only=True,
         )
+        return row
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, StepResult]:
+        """One RLVR step: collect → score → plan → update → observe → log. Callbacks receive the
+        :class:`~entropyctl.trainer.phases.StepResult` as ``outputs["step"]``."""
+        cfg = self.config
+        rank, _ = self._world()
+        step = self.rlvr_step + 1  # 1-based number of the step being made
+        timers = {"start": time.perf_counter(), "rollout": 0.0, "reward": 0.0, "update": 0.0}
+        if hasattr(self.reward, "reset_metrics"):
+            self.reward.reset_metrics()
+        self.engine.sync_weights(self.policy)
+        collected = self.collect(step, rank, timers)
+        scored = score(collected, cfg.rollout, cfg.algorithm.advantage_scale)
+        planned = plan_groups(self.controller, scored, step, mask_overlong=cfg.rollout.overlong == "mask")
+        t_update = time.perf_counter()
+        updated = self.update(collected.completions, planned, step, rank)
+        timers["update"] = time.perf_counter() - t_update
+        reading = observe(self.controller, updated.stats, self._reducer(), step)
+        self.rlvr_step = step
+        row = self.log_step(step, collected, scored, updated, reading, timers)
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
             self.eval_results[f"step_{step}"] = self.evaluate_heldout(f"step_{step}")
+        return {"step": StepResult(step, collected, scored, planned, reading, row)}
 
     # ----------------------------------------------------------------------------- validation
     def sample_texts(self, problems: Sequence[Any], n: int, seed: int) -> list[list[str]]:

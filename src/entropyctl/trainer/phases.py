@@ -1,0 +1,289 @@
+"""The RLVR step as typed phases: collect → score → plan → update → observe → log.
+
+Each phase takes and returns the dataclasses below. The ones that need no model or optimizer are plain
+functions here (:func:`score`, :func:`plan_groups`, :func:`observe`, :func:`metrics_row`); collecting
+rollouts and the optimizer updates are :class:`~entropyctl.trainer.module.RLVRModule` methods that
+return :class:`Collected` and :class:`Updated`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from entropyctl.controllers.base import EntropyController, EntropyReading, GroupOutcome, Plan
+from entropyctl.ops.advantages import group_advantages
+from entropyctl.rollout.protocol import Completions
+from entropyctl.trainer.run_dir import CONTROLLER_PREFIX
+from entropyctl.trainer.stats import EntropyStats
+
+__all__ = [
+    "Collected",
+    "Scored",
+    "Planned",
+    "TokenForward",
+    "Updated",
+    "StepResult",
+    "overlong_penalty",
+    "score",
+    "plan_groups",
+    "observe",
+    "metrics_row",
+    "LOCAL_SUMS",
+    "LOSS_PARTS",
+    "local_sums",
+]
+
+
+def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment, added to the reward::
+
+    R_len(y) = 0                                  if |y| ≤ L_max − L_cache
+             = (L_max − L_cache − |y|) / L_cache   if L_max − L_cache < |y| ≤ L_max   (down to −1)
+    """
+    start = max_new_tokens - buffer
+    over = (lengths.to(torch.float32) - start).clamp_min(0.0)
+    return -(over / buffer).clamp(max=1.0)
+
+
+@dataclass
+class Collected:
+    """collect: this rank's P groups of G rollouts (prompt-major rows ``i*G + j``) and their rewards."""
+
+    problems: list[Any]
+    completions: Completions
+    rewards: Tensor  # [P, G] the verifier's rewards in [0, 1]
+    dropped: int  # all-equal groups dropped by dynamic sampling
+    fillers: int  # dropped groups used anyway to fill the batch (plain GRPO for them)
+
+
+@dataclass
+class Scored:
+    """score: shaped rewards, group accuracies and advantages."""
+
+    shaped: Tensor  # [P, G] verifier reward + overlong penalty
+    accuracy: Tensor  # [P] the share of a group's answers scoring 1
+    advantages: Tensor  # [P, G]
+    lengths: Tensor  # [P*G] response lengths, EOS included
+    truncated: Tensor  # [P*G] bool
+    levels: Tensor  # [P] each group's difficulty level
+
+
+@dataclass
+class Planned:
+    """plan: the controller's plan and the per-sequence quantities the loss reads (rows ``i*G + j``)."""
+
+    plan: Plan
+    seq_adv: Tensor  # [P*G]
+    seq_coef: Tensor  # [P*G]
+    seq_level: Tensor  # [P*G]
+    seq_mask: Tensor  # [P*G] 0 for sequences left out of the loss (overlong: mask)
+
+
+@dataclass
+class TokenForward:
+    """The training forward over the response tokens: hidden states and the LM head (fused path) or
+    full logits (reference path)."""
+
+    targets: Tensor
+    seq_index: Tensor
+    hidden: Tensor | None = None
+    weight: Tensor | None = None
+    bias: Tensor | None = None
+    logits: Tensor | None = None
+
+    @property
+    def fused(self) -> bool:
+        return self.hidden is not None
+
+
+#: The loss parts and clip fractions summed over mini-batches (token-weighted) in :class:`Updated`.
+LOSS_PARTS = ("clip_low", "clip_high", "loss", "pg", "ent", "kl")
+
+
+@dataclass
+class Updated:
+    """update: what the optimizer steps measured (this rank's share; summed over ranks by log)."""
+
+    stats: EntropyStats  # entropy and coefficient sums per level, first epoch: every token once
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_PARTS, 0.0))
+    grad_norm: float = math.nan
+    entropy_sum: float = 0.0  # this rank's Σ entropy x mask (the DDP audit in ranks/rank<r>.json)
+    token_sum: float = 0.0
+    lr: float = math.nan
+
+
+@dataclass
+class StepResult:
+    """One RLVR step, handed to callbacks as ``outputs["step"]`` in ``on_train_batch_end``."""
+
+    step: int
+    collected: Collected
+    scored: Scored
+    planned: Planned
+    reading: EntropyReading
+    row: dict[str, Any]
+
+
+def score(collected: Collected, rollout: Any, advantage_scale: Literal["group", "none"]) -> Scored:
+    """Shaped rewards (verifier + DAPO overlong penalty when ``rollout.overlong == "penalty"``), each
+    group's accuracy (partial credit 0 < r < 1 counts in the reward only) and group advantages."""
+    correct = collected.rewards
+    P, G = correct.shape
+    comp = collected.completions
+    lengths = comp.response_mask.sum(1)
+    shaped = correct.clone()
+    if rollout.overlong == "penalty":
+        shaped = shaped + overlong_penalty(lengths, rollout.max_new_tokens, rollout.overlong_buffer).reshape(
+            P, G
+        )
+    accuracy = (correct >= 1.0).to(correct.dtype).mean(dim=1)
+    levels = torch.tensor([int(getattr(p, "level", 0)) for p in collected.problems], dtype=torch.long)
+    return Scored(
+        shaped=shaped,
+        accuracy=accuracy,
+        advantages=group_advantages(shaped, scale=advantage_scale),
+        lengths=lengths,
+        truncated=comp.truncated.bool(),
+        levels=levels,
+    )
+
+
+def plan_groups(controller: EntropyController, scored: Scored, step: int, mask_overlong: bool) -> Planned:
+    """Ask the controller for this step's plan and spread it over the sequences (prompt-major rows)."""
+    P, G = scored.advantages.shape
+    plan = controller.plan(GroupOutcome(accuracy=scored.accuracy, group_size=G, step=step))
+    if plan.coef.shape != (P,):
+        raise RuntimeError(
+            f"controller {controller.name!r} returned coef of shape {tuple(plan.coef.shape)}, expected [{P}]"
+        )
+    # Filler groups (dynamic sampling ran out of refills) train as in plain GRPO: zero advantage, the
+    # entropy term only — so a step never ends with no tokens and the entropy reading stays defined.
+    seq_mask = torch.ones(P * G, dtype=torch.float32)
+    if mask_overlong:
+        seq_mask = seq_mask * (~scored.truncated).to(torch.float32)
+    return Planned(
+        plan=plan,
+        seq_adv=scored.advantages.reshape(-1).to(torch.float32),
+        seq_coef=plan.coef.to(torch.float32).repeat_interleave(G),
+        seq_level=scored.levels.repeat_interleave(G),
+        seq_mask=seq_mask,
+    )
+
+
+def observe(controller: EntropyController, stats: EntropyStats, reducer: Any, step: int) -> EntropyReading:
+    """The global entropy reading (one collective over ranks), fed back to the controller."""
+    stats.reduce(reducer)
+    reading = stats.reading(step)
+    controller.observe(reading)
+    return reading
+
+
+#: The local sums :func:`local_sums` packs (in this order) for the one metrics collective; the
+#: per-level (accuracy sum, group count) pairs follow them.
+LOCAL_SUMS = (
+    "reward",
+    "rollouts",
+    "length",
+    "truncated",
+    "dropped",
+    "fillers",
+    *LOSS_PARTS,
+    "no_answer",
+    "parse_error",
+    "timeout",
+)
+
+
+def local_sums(
+    collected: Collected,
+    scored: Scored,
+    updated: Updated,
+    reward_metrics: Mapping[str, float],
+    levels: Sequence[int],
+) -> list[float]:
+    """This rank's sums for the metrics row, in :data:`LOCAL_SUMS` order, then per level."""
+    local = [
+        float(scored.shaped.sum()),
+        float(collected.rewards.numel()),
+        float(scored.lengths.float().sum()),
+        float(scored.truncated.sum()),
+        float(collected.dropped),
+        float(collected.fillers),
+        *(updated.sums[k] for k in LOSS_PARTS),
+        float(reward_metrics.get("no_answer", 0)),
+        float(reward_metrics.get("parse_error", 0)),
+        float(reward_metrics.get("timeout", 0)),
+    ]
+    for level in levels:
+        sel = scored.levels == level
+        local += [float(scored.accuracy[sel].sum()), float(sel.sum())]
+    return local
+
+
+def _as_float(value: Any) -> float:
+    """A controller metric as a number for the CSV and the loggers (None or a non-number: NaN)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def metrics_row(
+    step: int,
+    packed: Sequence[float],
+    reading: EntropyReading,
+    updated: Updated,
+    controller_metrics: Mapping[str, Any],
+    levels: Sequence[int],
+    timers: Mapping[str, float],
+) -> dict[str, Any]:
+    """The ``metrics.csv`` row (columns: :func:`~entropyctl.trainer.run_dir.metric_columns`) from the
+    globally summed :func:`local_sums` (``packed``)."""
+    g = dict(zip(LOCAL_SUMS, packed, strict=False))
+    per_level = packed[len(LOCAL_SUMS) :]
+    cm, n = controller_metrics, g["rollouts"]
+    row: dict[str, Any] = {
+        "step": step,
+        "reward": g["reward"] / n,  # the shaped reward the advantages come from
+        # the share of rollouts the verifier scored 1 = mean acc_i (every group has G rollouts)
+        "accuracy": sum(per_level[0::2]) / max(sum(per_level[1::2]), 1.0),
+        "entropy": reading.mean_entropy,
+        "target_entropy": float(cm.get("target_entropy", math.nan)),
+        "h0": float(cm.get("h0", math.nan)),
+        "alpha": float(cm.get("alpha", math.nan)),
+        "coef_mean": updated.stats.mean_coef(),
+        "clip_frac_low": g["clip_low"],
+        "clip_frac_high": g["clip_high"],
+        "response_length": g["length"] / n,
+        "truncated_frac": g["truncated"] / n,
+        # loss parts are normalised by the global token count: their sum over ranks is the global value
+        "loss": g["loss"],
+        "pg_loss": g["pg"],
+        "entropy_loss": g["ent"],
+        "kl_loss": g["kl"],
+        "grad_norm": updated.grad_norm,
+        "lr": updated.lr,
+        "tokens": reading.tokens,
+        "dropped_groups": g["dropped"],
+        "filler_groups": g["fillers"],
+        "reward_no_answer": g["no_answer"],
+        "reward_parse_error": g["parse_error"],
+        "reward_timeout": g["timeout"],
+        "readings_ignored": float(cm.get("readings_ignored", math.nan)),
+        **{f"time_{k}": timers[k] for k in ("rollout", "reward", "update", "step")},
+    }
+    coef_by_level, entropy_by_level = updated.stats.bucket_coef_means(), updated.stats.bucket_means()
+    for i, level in enumerate(levels):
+        acc_sum, count = per_level[2 * i], per_level[2 * i + 1]
+        row[f"acc_level_{level}"] = acc_sum / count if count > 0 else math.nan
+        row[f"coef_level_{level}"] = coef_by_level[level]
+        row[f"entropy_level_{level}"] = entropy_by_level[level]
+    for key, value in cm.items():  # every controller metric, a plugin's included
+        row[CONTROLLER_PREFIX + str(key)] = _as_float(value)
+    return row

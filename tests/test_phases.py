@@ -1,0 +1,163 @@
+"""One test per phase of the RLVR step (entropyctl.trainer.phases): score, plan, observe and log on
+hand-built inputs; collect and update through a one-step run, read by a callback from ``outputs["step"]``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from trainer_helpers import read_metrics, tiny_config
+
+from entropyctl import create_controller
+from entropyctl.controllers.base import EntropyReading, GroupOutcome, Plan
+from entropyctl.data.synthetic import Problem
+from entropyctl.ops.advantages import group_advantages
+from entropyctl.rollout.protocol import Completions
+from entropyctl.trainer.phases import (
+    LOCAL_SUMS,
+    LOSS_PARTS,
+    Collected,
+    StepResult,
+    Updated,
+    local_sums,
+    metrics_row,
+    observe,
+    plan_groups,
+    score,
+)
+from entropyctl.trainer.stats import EntropyStats
+
+
+def _collected(
+    rewards: list[list[float]], lengths: list[int], levels: list[int], width: int = 6
+) -> Collected:
+    P, G = len(rewards), len(rewards[0])
+    mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+    return Collected(
+        problems=[Problem(f"q{i}", "1", level) for i, level in enumerate(levels)],
+        completions=Completions(
+            prompt_ids=torch.ones(P * G, 2, dtype=torch.long),
+            prompt_mask=torch.ones(P * G, 2, dtype=torch.long),
+            response_ids=torch.ones(P * G, width, dtype=torch.long),
+            response_mask=mask,
+            truncated=torch.tensor([n == width for n in lengths]),
+        ),
+        rewards=torch.tensor(rewards),
+        dropped=1,
+        fillers=0,
+    )
+
+
+class _Rollout:
+    overlong = "penalty"
+    max_new_tokens = 6
+    overlong_buffer = 2
+
+
+def test_score_shapes_rewards_counts_accuracy_and_normalises_in_groups() -> None:
+    collected = _collected([[1.0, 0.5], [0.0, 1.0]], lengths=[2, 5, 6, 3], levels=[3, 1])
+    scored = score(collected, _Rollout(), "group")
+    # overlong penalty: 0 up to 6 - 2 = 4 tokens, -(len - 4) / 2 after: 5 -> -0.5, 6 -> -1
+    assert scored.shaped.tolist() == [[1.0, 0.0], [-1.0, 1.0]]
+    assert scored.accuracy.tolist() == [0.5, 0.5]  # 0.5 is partial credit, not a correct answer
+    assert torch.equal(scored.advantages, group_advantages(scored.shaped, scale="group"))
+    assert scored.lengths.tolist() == [2, 5, 6, 3] and scored.truncated.tolist() == [
+        False,
+        False,
+        True,
+        False,
+    ]
+    assert scored.levels.tolist() == [3, 1]
+
+
+def test_plan_spreads_the_controllers_plan_over_sequences_and_masks_overlong() -> None:
+    collected = _collected([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]], lengths=[2, 6, 3, 3, 6, 1], levels=[0, 1, 2])
+    scored = score(collected, _Rollout(), "group")
+    controller = create_controller({"name": "fixed", "alpha": 0.02})
+    planned = plan_groups(controller, scored, step=1, mask_overlong=True)
+    expected = controller.plan(GroupOutcome(accuracy=scored.accuracy, group_size=2, step=1))
+    assert torch.equal(planned.seq_coef, expected.coef.float().repeat_interleave(2))
+    assert planned.plan.clip_low == expected.clip_low
+    assert planned.seq_adv.tolist() == scored.advantages.reshape(-1).tolist()
+    assert planned.seq_level.tolist() == [0, 0, 1, 1, 2, 2]
+    assert planned.seq_mask.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    assert plan_groups(controller, scored, step=1, mask_overlong=False).seq_mask.tolist() == [1.0] * 6
+
+
+def test_plan_refuses_a_coefficient_per_group_of_the_wrong_shape() -> None:
+    class Broken:
+        name = "broken"
+
+        def plan(self, outcome: GroupOutcome) -> Plan:
+            return Plan(coef=torch.zeros(outcome.accuracy.numel() + 1), clip_low=0.2, clip_high=0.2)
+
+    scored = score(_collected([[1.0, 0.0]], lengths=[1, 1], levels=[0]), _Rollout(), "group")
+    with pytest.raises(RuntimeError, match=r"coef of shape \(2,\), expected \[1\]"):
+        plan_groups(Broken(), scored, step=1, mask_overlong=False)  # type: ignore[arg-type]
+
+
+def test_observe_feeds_the_token_weighted_reading_to_the_controller() -> None:
+    stats = EntropyStats([0, 1])
+    entropy = torch.tensor([1.0, 2.0, 4.0])
+    stats.add(entropy, torch.tensor([1.0, 1.0, 0.0]), bucket=torch.tensor([0, 1, 1]), coef=torch.zeros(3))
+    seen: list[EntropyReading] = []
+
+    class Recorder:
+        def observe(self, reading: EntropyReading) -> None:
+            seen.append(reading)
+
+    reading = observe(Recorder(), stats, None, step=7)  # type: ignore[arg-type]
+    assert seen == [reading]
+    assert (reading.mean_entropy, reading.tokens, reading.step) == (1.5, 2, 7)
+
+
+def test_log_row_divides_the_global_sums() -> None:
+    collected = _collected([[1.0, 0.0], [1.0, 1.0]], lengths=[2, 4, 6, 1], levels=[0, 1])
+    scored = score(collected, _Rollout(), "none")
+    stats = EntropyStats([0, 1])
+    stats.add(torch.ones(4), torch.ones(4), bucket=torch.tensor([0, 0, 1, 1]), coef=torch.full((4,), 0.1))
+    stats.reduce(None)
+    updated = Updated(stats=stats, grad_norm=2.0, lr=1e-3)
+    updated.sums = dict.fromkeys(LOSS_PARTS, 0.25)
+    local = local_sums(collected, scored, updated, {"timeout": 1}, [0, 1])
+    assert len(local) == len(LOCAL_SUMS) + 4
+    packed = [2 * v for v in local]  # two ranks with the same numbers
+    reading = EntropyReading(mean_entropy=1.0, tokens=8, step=3)
+    timers = {"rollout": 1.0, "reward": 2.0, "update": 3.0, "step": 7.0}
+    row = metrics_row(3, packed, reading, updated, {"alpha": 0.5, "note": "x"}, [0, 1], timers)
+    assert row["reward"] == pytest.approx(float(scored.shaped.sum()) / 4)
+    assert row["accuracy"] == 0.75 and row["acc_level_0"] == 0.5 and row["acc_level_1"] == 1.0
+    assert row["response_length"] == pytest.approx(13 / 4) and row["truncated_frac"] == 0.25
+    assert row["dropped_groups"] == 2 and row["reward_timeout"] == 2 and row["loss"] == 0.5
+    assert row["alpha"] == 0.5 and row["controller/alpha"] == 0.5 and math.isnan(row["controller/note"])
+    assert row["time_step"] == 7.0 and row["grad_norm"] == 2.0 and row["coef_mean"] == pytest.approx(0.1)
+
+
+class _Capture(pl.Callback):
+    def __init__(self) -> None:
+        self.results: list[StepResult] = []
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        self.results.append(outputs["step"])
+
+
+def test_collect_and_update_in_a_run_reach_callbacks(tmp_path: Path) -> None:
+    from entropyctl.trainer.run import run_training
+
+    capture = _Capture()
+    config = tiny_config("trainer.steps=2", "algorithm.mini_batches=2")
+    run_training(config, tmp_path, callbacks=[capture])
+    rows = read_metrics(tmp_path)
+    assert [r.step for r in capture.results] == [1, 2]
+    P, G = config.rollout.prompts_per_step, config.rollout.group_size
+    for result, row in zip(capture.results, rows, strict=True):
+        assert result.collected.rewards.shape == (P, G) and len(result.collected.problems) == P
+        assert result.collected.completions.num_sequences == P * G
+        tokens = float(result.collected.completions.response_mask.sum())
+        assert result.reading.tokens == row["tokens"] == tokens
+        assert result.row["entropy"] == row["entropy"] == result.reading.mean_entropy
+        assert result.planned.seq_coef.shape == (P * G,)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from entropyctl.experiments.report import find_runs, load_run, write_report
+from entropyctl.trainer.run_dir import Summary, level_column, metric_columns, pass_key
 
 LEVELS = (1, 2, 3)
 
@@ -32,13 +33,7 @@ def write_fake_run(
     """A run directory as `entropyctl train` writes it (config.yaml, metrics.csv, summary.json)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "controller": {"name": controller}}))
-    columns = [
-        "step", "reward", "entropy", "target_entropy", "h0", "alpha", "response_length",
-        "clip_frac_low", "clip_frac_high",
-        *[f"acc_level_{k}" for k in LEVELS], *[f"coef_level_{k}" for k in LEVELS],
-        *[f"entropy_level_{k}" for k in LEVELS],
-        "time_rollout", "time_reward", "time_update",
-    ]  # fmt: skip
+    columns = metric_columns(LEVELS)  # the trainer's own columns
     with (run_dir / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -53,13 +48,13 @@ def write_fake_run(
                 target_entropy="",
             )
             for k in LEVELS:
-                row[f"acc_level_{k}"] = 1.0 - 0.2 * k
-                row[f"entropy_level_{k}"] = float(entropy) * k
+                row[level_column("acc", k)] = 1.0 - 0.2 * k
+                row[level_column("entropy", k)] = float(entropy) * k
             writer.writerow(row)
     evaluation = {
-        "pass@1": pass1,
-        "pass@4": (pass1 + pass8) / 2,
-        "pass@8": pass8,
+        pass_key(1): pass1,
+        pass_key(4): (pass1 + pass8) / 2,
+        pass_key(8): pass8,
         "by_level": {str(k): {"pass@1": pass1 / k, "pass@4": pass1, "pass@8": pass8} for k in LEVELS},
         "n_samples": 8,
     }
@@ -75,6 +70,7 @@ def write_fake_run(
     }
     if evals is not None:
         summary["evals"] = evals
+    Summary.model_validate(summary)  # what the trainer writes
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -233,3 +229,11 @@ def test_held_out_pass_at_k_during_training(ablation_dir: Path) -> None:
     assert "| `aer` | 0.300 ± 0.000 | 0.400 ± 0.071 | 0.500 ± 0.000 |" in md
     assert "| `fixed:alpha=0` | – | – | – |" in md
     assert (ablation_dir / "during.png").stat().st_size > 500 and "](during.png)" in md
+
+
+def test_summary_off_the_contract_names_the_file_and_field(tmp_path: Path) -> None:
+    run = tmp_path / "arm" / "seed0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "steps": "many"}))
+    with pytest.raises(ValueError, match=r"seed0/summary\.json: not a run summary: steps: .*\(got 'many'\)"):
+        load_run(run)

@@ -34,6 +34,16 @@ from typing import Any
 
 import numpy as np
 
+from entropyctl.trainer.run_dir import (
+    RunDirError,
+    Summary,
+    column_level,
+    level_column,
+    pass_k,
+    pass_key,
+    read_summary,
+)
+
 __all__ = [
     "RunRecord",
     "ArmSummary",
@@ -47,8 +57,6 @@ __all__ = [
 
 COLLAPSE_RATIO = 0.1
 EXPLOSION_RATIO = 1.2
-_PASS_KEY = re.compile(r"^pass@(\d+)$")
-_ACC_LEVEL = re.compile(r"^acc_level_(\d+)$")
 
 
 class ReportError(ValueError):
@@ -64,11 +72,11 @@ class RunRecord:
     seed: int | None
     config: dict[str, Any]
     metrics: dict[str, np.ndarray]
-    summary: dict[str, Any]
+    summary: Summary
 
     @property
     def finished(self) -> bool:
-        return self.summary.get("status") == "finished"
+        return self.summary.finished
 
     @property
     def steps(self) -> np.ndarray:
@@ -79,7 +87,7 @@ class RunRecord:
 
     def h0(self) -> float:
         """Initial entropy: the controller's anchor when finite, else the first step's entropy."""
-        value = _as_float(self.summary.get("h0"))
+        value = _as_float(self.summary.h0)
         if math.isfinite(value) and value > 0:
             return value
         entropy = self.metrics.get("entropy")
@@ -139,12 +147,10 @@ def load_run(run_dir: str | Path, arm: str | None = None) -> RunRecord:
     summary_path = run_dir / "summary.json"
     metrics_path = run_dir / "metrics.csv"
     config_path = run_dir / "config.yaml"
-    summary: dict[str, Any] = {}
-    if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ReportError(f"{summary_path}:{err.lineno}: not valid JSON ({err.msg})") from err
+    try:
+        summary = read_summary(summary_path)
+    except RunDirError as err:
+        raise ReportError(str(err)) from None
     metrics = _read_metrics(metrics_path) if metrics_path.exists() else {}
     config: dict[str, Any] = {}
     if config_path.exists():
@@ -210,8 +216,8 @@ def _mean_std(values: Sequence[float]) -> dict[str, Any]:
 
 
 def _pass_keys(evals: list[dict[str, Any]]) -> list[str]:
-    ks = sorted({int(m.group(1)) for e in evals for key in e for m in [_PASS_KEY.match(key)] if m})
-    return [f"pass@{k}" for k in ks]
+    ks = sorted({k for e in evals for key in e if (k := pass_k(key)) is not None})
+    return [pass_key(k) for k in ks]
 
 
 def _first_and_last(keys: list[str]) -> list[str]:
@@ -240,7 +246,7 @@ def _training_by_level(runs: list[RunRecord]) -> dict[str, dict[str, Any]]:
     Each is mean ± std over seeds. Shows which level carries a fall or rise of the overall entropy.
     """
     levels = _sorted_levels(
-        c[len("entropy_level_") :] for r in runs for c in r.metrics if c.startswith("entropy_level_")
+        str(found) for r in runs for c in r.metrics if (found := column_level(c, "entropy")) is not None
     )
 
     def mean(values: np.ndarray) -> float:
@@ -251,10 +257,10 @@ def _training_by_level(runs: list[RunRecord]) -> dict[str, dict[str, Any]]:
     for level in levels:
         starts, lasts, accs = [], [], []
         for run in runs:
-            entropy = run.metrics.get(f"entropy_level_{level}", np.array([]))
+            entropy = run.metrics.get(level_column("entropy", level), np.array([]))
             starts.append(mean(entropy[:START_STEPS]))
-            lasts.append(mean(run.last_quarter(f"entropy_level_{level}")))
-            accs.append(mean(run.last_quarter(f"acc_level_{level}")))
+            lasts.append(mean(run.last_quarter(level_column("entropy", level))))
+            accs.append(mean(run.last_quarter(level_column("acc", level))))
         out[level] = {
             "entropy_start": _mean_std(starts),
             "entropy_last_quarter": _mean_std(lasts),
@@ -273,7 +279,7 @@ def _during(runs: list[RunRecord], keys: list[str]) -> dict[str, dict[str, Any]]
     for run in runs:
         evals = {
             int(m.group(1)): value or {}
-            for name, value in (run.summary.get("evals") or {}).items()
+            for name, value in (run.summary.evals or {}).items()
             for m in [re.fullmatch(r"step_(\d+)", str(name))]
             if m
         }
@@ -281,10 +287,10 @@ def _during(runs: list[RunRecord], keys: list[str]) -> dict[str, dict[str, Any]]
     if not any(per_run):
         return {}
     for run, evals in zip(runs, per_run, strict=True):
-        evals[0] = run.summary.get("before") or {}
-        steps = run.summary.get("steps")
-        if steps is not None and run.summary.get("after"):
-            evals.setdefault(int(steps), run.summary["after"])
+        evals[0] = run.summary.before or {}
+        last_step = run.summary.steps
+        if last_step is not None and run.summary.after:
+            evals.setdefault(int(last_step), run.summary.after)
     steps = sorted({step for evals in per_run for step in evals})
     return {
         str(step): {
@@ -297,8 +303,8 @@ def _during(runs: list[RunRecord], keys: list[str]) -> dict[str, dict[str, Any]]
 def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
     """Mean ± std over seeds of every reported number for one arm (finished runs only)."""
     finished = [r for r in runs if r.finished]
-    after = [r.summary.get("after") or {} for r in finished]
-    before = [r.summary.get("before") or {} for r in finished]
+    after = [r.summary.after or {} for r in finished]
+    before = [r.summary.before or {} for r in finished]
     numbers: dict[str, Any] = {
         "seeds": [r.seed for r in finished],
         "n_runs": len(runs),
@@ -334,7 +340,7 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
         ratios.append(ratio)
         h0s.append(h0)
         rewards.append(reward)
-        finals.append(_as_float(run.summary.get("final_entropy")))
+        finals.append(_as_float(run.summary.final_entropy))
         if alpha.size:
             alphas_min.append(float(alpha.min()))
             alphas_max.append(float(alpha.max()))
@@ -343,21 +349,19 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
                 "seed": run.seed,
                 "path": str(run.path),
                 "steps": int(
-                    _as_float(run.summary.get("steps"))
-                    if run.summary.get("steps") is not None
-                    else len(run.steps)
+                    _as_float(run.summary.steps) if run.summary.steps is not None else len(run.steps)
                 ),
-                "wall_time_s": _as_float(run.summary.get("wall_time_s")),
+                "wall_time_s": _as_float(run.summary.wall_time_s),
                 "h0": h0,
                 "entropy_ratio_last_quarter": ratio,
                 "reward_last_quarter": reward,
-                "final_entropy": _as_float(run.summary.get("final_entropy")),
+                "final_entropy": _as_float(run.summary.final_entropy),
                 "alpha_min": float(alpha.min()) if alpha.size else None,
                 "alpha_max": float(alpha.max()) if alpha.size else None,
                 "collapse": bool(ratio < COLLAPSE_RATIO),
                 "explosion": bool(ratio > EXPLOSION_RATIO),
-                "after": {k: _as_float((run.summary.get("after") or {}).get(k)) for k in keys},
-                "before": {k: _as_float((run.summary.get("before") or {}).get(k)) for k in keys},
+                "after": {k: _as_float((run.summary.after or {}).get(k)) for k in keys},
+                "before": {k: _as_float((run.summary.before or {}).get(k)) for k in keys},
             }
         )
     numbers["training_by_level"] = _training_by_level(finished)
@@ -538,12 +542,11 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
     # 3. accuracy per difficulty level over steps (training rollouts).
     levels = sorted(
         {
-            int(m.group(1))
+            found
             for _, _, runs in finished
             for r in runs
             for c in r.metrics
-            for m in [_ACC_LEVEL.match(c)]
-            if m
+            if (found := column_level(c, "acc")) is not None
         }
     )
     if levels:
@@ -553,7 +556,7 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
         for k, level in enumerate(levels):
             ax = axes[k // ncols][k % ncols]
             for i, arm, runs in finished:
-                stacked = _stack(runs, f"acc_level_{level}", None, window)
+                stacked = _stack(runs, level_column("acc", level), None, window)
                 if stacked is not None:
                     with _quiet_nan_warnings():
                         ax.plot(
@@ -586,7 +589,7 @@ def _plots(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
         )
         if not ks:
             continue
-        means = [arm.numbers["after"][f"pass@{k}"]["mean"] for k in ks]
+        means = [arm.numbers["after"][pass_key(k)]["mean"] for k in ks]
         stds = [arm.numbers["after"][f"pass@{k}"]["std"] for k in ks]
         ax.errorbar(
             ks,

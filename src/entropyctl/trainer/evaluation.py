@@ -17,6 +17,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from entropyctl.trainer.run_dir import pass_k, pass_key
+
 __all__ = [
     "pass_at_k",
     "ProblemOutcome",
@@ -84,7 +86,7 @@ def summarize_pass_at_k(outcomes: Sequence[ProblemOutcome], ks: Sequence[int]) -
         raise ValueError("pass@k needs at least one evaluated problem")
     n_min = min(o.n for o in outcomes)
     usable = [k for k in parse_ks(ks) if k <= n_min]
-    result: dict[str, Any] = {f"pass@{k}": _mean_pass(outcomes, k) for k in usable}
+    result: dict[str, Any] = {pass_key(k): _mean_pass(outcomes, k) for k in usable}
     groups: dict[Hashable, list[ProblemOutcome]] = defaultdict(list)
     for o in outcomes:
         if o.group is not None:
@@ -92,7 +94,7 @@ def summarize_pass_at_k(outcomes: Sequence[ProblemOutcome], ks: Sequence[int]) -
     by_level: dict[str, dict[str, float]] = {}
     for key in sorted(groups, key=lambda g: (str(type(g)), g)):
         members = groups[key]
-        entry: dict[str, float] = {f"pass@{k}": _mean_pass(members, k) for k in usable}
+        entry: dict[str, float] = {pass_key(k): _mean_pass(members, k) for k in usable}
         entry["n_problems"] = len(members)
         by_level[str(key)] = entry
     result["by_level"] = by_level
@@ -154,7 +156,7 @@ def evaluate_problems(
 
 def format_eval_table(result: dict[str, Any], title: str = "") -> str:
     """A plain-text table: one row per group plus an ``all`` row, one column per pass@k."""
-    keys = [key for key in result if key.startswith("pass@")]
+    keys = [key for key in result if pass_k(key) is not None]
     header = ["level", "problems", *keys]
     rows = [
         [str(level), str(int(entry["n_problems"])), *(f"{entry[k]:.3f}" for k in keys)]

@@ -4,8 +4,8 @@ Run directory (read by `entropyctl ablate` / `report`)::
 
     config.yaml      the resolved RunConfig
     metrics.csv      one row per RLVR step (columns: trainer.run_dir.metric_columns)
-    summary.json     {"status", "steps", "wall_time_s", "final_entropy", "h0", "alpha",
-                      "before": EVAL, "after": EVAL, ...}; "status" is "running" until the end
+    summary.json     trainer.run_dir.Summary: {"status", "steps", "wall_time_s", "final_entropy", "h0",
+                      "alpha", "before": EVAL, "after": EVAL, ...}; "status" is "running" until the end
     checkpoints/     step-NNNNNN.ckpt every trainer.checkpoint_every steps, and last.ckpt
     tensorboard/     when tensorboard is installed
 
@@ -34,6 +34,7 @@ from entropyctl.trainer.run_dir import (
     RunStatus,
     RunStopped,
     StopSignals,
+    Summary,
     fingerprint_changes,
     prepare_run_dir,
     run_fingerprint,
@@ -553,6 +554,7 @@ class _Run:
                 "evals": module.eval_results,
             }
         )
+        Summary.model_validate(summary)  # the run-directory contract (trainer/run_dir.py)
         return summary
 
     def _write_rank_file(self) -> None:

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import threading
@@ -33,7 +34,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from entropyctl.validation import format_validation_error
+
 __all__ = [
+    "LEVEL_KINDS",
+    "Summary",
+    "column_level",
+    "level_column",
+    "pass_k",
+    "pass_key",
+    "read_summary",
     "CONTROLLER_PREFIX",
     "MetricsWriter",
     "metric_columns",
@@ -520,7 +532,7 @@ def metric_columns(levels: Sequence[int], controller_metrics: Sequence[str] = ()
         "time_step",
     ]
     for level in levels:
-        cols += [f"acc_level_{level}", f"coef_level_{level}", f"entropy_level_{level}"]
+        cols += [level_column(kind, level) for kind in LEVEL_KINDS]
     cols += [CONTROLLER_PREFIX + str(key) for key in controller_metrics]
     return cols
 
@@ -565,3 +577,78 @@ def _fmt(value: Any) -> Any:
     if isinstance(value, float):
         return repr(value)  # round-trips exactly
     return value
+
+
+#: Per-level columns: ``<kind>_level_<level>`` for each training level.
+LEVEL_KINDS = ("acc", "coef", "entropy")
+_LEVEL_COLUMN = re.compile(r"^(acc|coef|entropy)_level_(-?\d+)$")
+_PASS_KEY = re.compile(r"^pass@(\d+)$")
+
+
+def level_column(kind: str, level: int | str) -> str:
+    """``level_column("acc", 2)`` → ``acc_level_2``."""
+    if kind not in LEVEL_KINDS:
+        raise ValueError(f"unknown per-level column kind {kind!r} (one of {', '.join(LEVEL_KINDS)})")
+    return f"{kind}_level_{level}"
+
+
+def column_level(column: str, kind: str) -> int | None:
+    """The level of a ``<kind>_level_<level>`` column, None for any other column."""
+    match = _LEVEL_COLUMN.match(column)
+    return int(match.group(2)) if match and match.group(1) == kind else None
+
+
+def pass_key(k: int) -> str:
+    """The key of pass@k in an evaluation record (``pass@4``)."""
+    return f"pass@{k}"
+
+
+def pass_k(key: str) -> int | None:
+    """k of a ``pass@k`` key, None for any other key."""
+    match = _PASS_KEY.match(key)
+    return int(match.group(1)) if match else None
+
+
+class Summary(BaseModel):
+    """``summary.json``: what a run reports about itself. Written by the trainer (while it runs: status
+    ``running`` and a heartbeat), read by ``entropyctl report`` and the tests. Evaluations (``before``,
+    ``after``, ``evals[tag]``) are pass@k records: ``{"pass@1": ..., "by_level": {...}, ...}``. Keys not
+    declared here are kept (a newer trainer's fields stay readable)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str = "missing"
+    steps: int | None = None
+    controller: str | None = None
+    seed: int | None = None
+    wall_time_s: float | None = None
+    final_entropy: float | None = None
+    h0: float | None = None
+    alpha: float | None = None
+    target_entropy: float | None = None
+    final_reward: float | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    evals: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+def read_summary(path: str | Path) -> Summary:
+    """``summary.json`` as a :class:`Summary`; a missing file reads as status ``missing``. A file that is
+    not JSON or does not fit the contract raises :class:`RunDirError` naming the file (and line/field)."""
+    path = Path(path)
+    if not path.exists():
+        return Summary()
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDirError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+    try:
+        return Summary.model_validate(data)
+    except ValidationError as err:
+        lines = format_validation_error(err)
+        raise RunDirError(f"{path}: not a run summary: {'; '.join(lines)}") from None

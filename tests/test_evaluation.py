@@ -135,3 +135,21 @@ def test_evaluate_equals_the_summary_after_evaluation(tmp_path, capsys) -> None:
     )
     other = json.loads((tmp_path / "e2.json").read_text())
     assert other["seed"] == 12345
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_weights_that_do_not_fit_the_model(tmp_path, capsys) -> None:
+    # The checkpoint is loaded strictly: a model built differently (here --set model.tiny.layers=2 on a
+    # 1-layer run) is an error naming the missing weights, never a partly loaded policy.
+    from trainer_helpers import tiny_config
+
+    from entropyctl import cli
+    from entropyctl.trainer.run import run_training
+
+    run_dir = tmp_path / "run"
+    run_training(tiny_config("trainer.steps=1", "eval.before=false", "eval.n_prompts=2"), run_dir)
+    capsys.readouterr()
+    status = cli.main(["evaluate", "--checkpoint", str(run_dir), "--set", "model.tiny.layers=2"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "do not fit the model" in err and "missing ['model.layers.1." in err

@@ -54,8 +54,8 @@ def run(args: Any) -> int:
     import shlex
     import sys
 
-    from entropyctl.config import ConfigError, load_yaml
-    from entropyctl.experiments.ablate import ABLATION_SECTION, run_ablation
+    from entropyctl.config import ConfigError
+    from entropyctl.experiments.ablate import run_ablation
 
     seeds: int | list[int] | None = None
     if args.seeds is not None:
@@ -66,14 +66,12 @@ def run(args: Any) -> int:
             raise ConfigError(
                 f"--seeds: expected a count N or a list like 0,1,2 (got {args.seeds!r})"
             ) from None
-    base = load_yaml(args.config)
-    jobs = args.jobs if args.jobs is not None else int((base.get(ABLATION_SECTION) or {}).get("jobs", 1))
     summary = run_ablation(
         args.config,
         args.arms,
         seeds,
         out=args.out,
-        jobs=jobs,
+        jobs=args.jobs,  # None: the config's ablation.jobs
         overrides=args.overrides,
         threads_per_job=args.threads,
         report=args.report,

@@ -93,12 +93,15 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
         # a tiny model trained on a reasoning-gym task has that task's alphabet
         task = reasoning_gym_task(config) if config.data.source == "reasoning_gym" else None
         policy, tokenizer = load_policy(config.model, task=task)
-        missing, unexpected = policy.load_state_dict(weights, strict=False)
-        if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+        expected = policy.state_dict()
+        missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+        shapes = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+        if missing or unexpected or shapes:
             raise CheckpointError(
-                f"{ckpt}: its policy weights do not fit the model of {config_path} "
-                f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); evaluate it with its own run dir"
+                f"{ckpt}: its policy weights do not fit the model of {config_path} (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, other shapes {shapes[:3]}); evaluate it with its own run dir"
             )
+        policy.load_state_dict(weights, strict=True)
         return config, policy, tokenizer
     if target == "smollm2" or path.suffix == ".gguf":
         model = {"kind": "gguf", "path": target}

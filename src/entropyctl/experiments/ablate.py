@@ -344,7 +344,7 @@ def run_ablation(
     seeds: int | Sequence[int] | None = None,
     *,
     out: str | Path = "ablation",
-    jobs: int = 1,
+    jobs: int | None = None,
     overrides: Sequence[str] = (),
     threads_per_job: int | None = None,
     report: bool = True,
@@ -357,7 +357,8 @@ def run_ablation(
     ``base_config``: a YAML path or a dict (a run config, optionally with an ``ablation:`` section
     holding ``arms``, ``seeds`` and ``jobs`` defaults). ``seeds``: a count ``N`` (seeds ``0..N-1``) or
     an explicit list. ``overrides``: ``--set`` style ``a.b=v`` applied to the base for every arm.
-    ``threads_per_job``: torch threads per run (default: CPU cores // jobs, at least 1).
+    ``jobs``: parallel runs (None: the ``ablation:`` section's ``jobs``, else 1). ``threads_per_job``: torch
+    threads per run (default: CPU cores // jobs, at least 1).
     """
     base_path = str(base_config) if not isinstance(base_config, Mapping) else "<dict>"
     base = (
@@ -382,7 +383,7 @@ def run_ablation(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ConfigError("seeds: need at least one seed")
-    jobs = max(1, int(jobs))
+    jobs = max(1, int(jobs if jobs is not None else section.get("jobs", 1)))
     out = Path(out)
     specs = plan_runs(base, arm_list, seed_list, out)
     for spec in specs:

@@ -59,14 +59,15 @@ from entropyctl.rollout.protocol import Completions, SamplingSettings, check_gen
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["VLLMConfig", "VLLMEngine", "VLLMRolloutEngine", "export_policy", "policy_weights"]
+__all__ = ["VLLMConfig", "VLLMEngine", "export_policy", "policy_weights"]
 
 # Wrapper prefixes that are not part of the checkpoint names (DDP, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class VLLMConfig(BaseModel):
-    """The ``rollout.vllm`` section of a run config: how the colocated vLLM engine is built."""
+    """``rollout.options`` of a run config with ``rollout.engine: vllm``: how the colocated vLLM engine is
+    built."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -375,23 +376,6 @@ class VLLMEngine:
         engine.sync_weights(model)
         return engine
 
-    @classmethod
-    def from_run_config(
-        cls, run_config: Any, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
-    ) -> VLLMEngine:
-        """The engine of a ``RunConfig`` with ``rollout.engine: vllm``: settings from ``rollout.vllm`` (or the
-        engine-specific ``rollout.options``), seeded by the run's seed unless the section sets one."""
-        rollout = run_config.rollout
-        section = getattr(rollout, "vllm", None)
-        if section is None:
-            options = dict(getattr(rollout, "options", None) or {})
-            options.setdefault("seed", int(run_config.seed))
-            try:
-                section = VLLMConfig.model_validate(options)
-            except ValueError as err:
-                raise ValueError(f"rollout.options (the vLLM engine's settings): {err}") from None
-        return cls.from_policy(model, tokenizer, section)
-
     # ----------------------------------------------------------------------------------------- weight sync
 
     @staticmethod
@@ -456,7 +440,7 @@ class VLLMEngine:
             if len(prompt) + sampling.max_new_tokens > self.config.max_model_len:
                 raise ValueError(
                     f"VLLMEngine.generate: prompt {index} has {len(prompt)} tokens + max_new_tokens "
-                    f"{sampling.max_new_tokens} > rollout.vllm.max_model_len={self.config.max_model_len}"
+                    f"{sampling.max_new_tokens} > rollout.options.max_model_len={self.config.max_model_len}"
                 )
         # One seed per (prompt, sample): vLLM gives sample j of a request seed + j, so prompts are spaced
         # n apart; otherwise every prompt would reuse the same random stream.
@@ -553,6 +537,3 @@ class VLLMEngine:
                 engine_core.shutdown()
         self.llm = None
         gc.collect()
-
-
-VLLMRolloutEngine = VLLMEngine  # the name the trainer's engine factory uses

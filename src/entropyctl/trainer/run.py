@@ -56,8 +56,13 @@ __all__ = [
 RUN_DIR_ENV = "ENTROPYCTL_RUN_DIR"
 
 
-def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+def global_rank(devices: int) -> int:
+    """This process's global rank before the Trainer exists (the Trainer's ``global_rank`` after):
+    ``RANK`` when a launcher set it, else ``NODE_RANK x devices + LOCAL_RANK`` as Lightning's launcher
+    sets them (0 in a single process)."""
+    if os.environ.get("RANK"):
+        return int(os.environ["RANK"])
+    return int(os.environ.get("NODE_RANK") or 0) * devices + int(os.environ.get("LOCAL_RANK") or 0)
 
 
 def resolve_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
@@ -348,7 +353,7 @@ def run_training(
     controller state, a checksum of its parameters, and its local per-step statistics).
     """
     run_dir = Path(run_dir)
-    rank0 = _local_rank() == 0
+    rank0 = global_rank(config.trainer.devices) == 0
     if config.trainer.devices > 1:  # DDP children re-run the command line: they re-resolve the same directory
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     run_dir.mkdir(parents=True, exist_ok=True)

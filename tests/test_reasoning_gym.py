@@ -384,3 +384,38 @@ def csv_rows(path: Path):
 def test_seeded_generator_draws_like_an_int_seed() -> None:
     task = chain_sum()
     assert task.sample(10, random.Random(5)) == task.sample(10, 5)
+
+
+# ----------------------------------------------------------------------------------------- the study
+
+STUDY = REPO / "benchmarks" / "rg_ablation"
+
+
+def test_committed_study_runs_are_the_shipped_configs_arms() -> None:
+    """Every committed run of the reasoning-gym study is an arm × seed of configs/rg_ablation.yaml as
+    ablate resolves it today, and finished."""
+    import yaml
+
+    from entropyctl.experiments.ablate import canonical_config, is_finished, parse_arms, plan_runs
+
+    base = yaml.safe_load((REPO / "configs" / "rg_ablation.yaml").read_text())
+    arms = parse_arms(base["ablation"]["arms"], where="ablation.arms")
+    finished = [p for p in STUDY.glob("*/seed*") if is_finished(p)]
+    seeds = sorted({int(p.name[len("seed") :]) for p in finished})
+    specs = [s for s in plan_runs(base, arms, seeds, STUDY) if s.run_dir in finished]
+    assert len(specs) >= 2 and {s.arm.label for s in specs} == {"fixed:alpha=0", "aer"}
+    for spec in specs:
+        launched = yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text())
+        assert canonical_config(launched) == canonical_config(spec.config), spec.run_dir
+        summary = json.loads((spec.run_dir / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["steps"] == base["trainer"]["steps"], spec.run_dir
+
+
+def test_docs_quote_the_committed_study_report() -> None:
+    report_lines = set((STUDY / "report.md").read_text().splitlines())
+    text = (REPO / "docs" / "ablations.md").read_text()
+    table = text.split("<!-- rg-table:start -->")[1].split("<!-- rg-table:end -->")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `") or line.startswith("Before RL")]
+    assert len(rows) >= 3
+    missing = [row for row in rows if row not in report_lines]
+    assert not missing, f"docs/ablations.md rows not in the committed report.md: {missing[:3]}"

@@ -294,7 +294,9 @@ def test_controller_field_in_a_run_config() -> None:
     with pytest.raises(ValidationError) as info:
         _Run.model_validate({"controller": {"name": "nope"}})
     (line,) = format_validation_error(info.value)
-    assert line.startswith("controller.name: unknown controller 'nope' (available: aer, clip_cov, clip_higher")
+    assert line.startswith(
+        "controller.name: unknown controller 'nope' (available: aer, clip_cov, clip_higher"
+    )
 
 
 def test_run_config_json_schema_is_the_discriminated_union() -> None:

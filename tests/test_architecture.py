@@ -56,7 +56,6 @@ MAX_FUNCTION_LINES = 80
 LONG_FUNCTIONS: dict[str, int] = {
     "entropyctl.experiments.report:_plots": 181,
     "entropyctl.experiments.report:_markdown": 137,
-    "entropyctl.experiments.ablate:run_ablation": 127,
     "entropyctl.data.loaders:load_math_dataset": 100,
     "entropyctl.ops.losses:fused_policy_loss": 95,
     "entropyctl.ops.losses:policy_loss": 87,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from entropyctl.cli.options import add_config_option, add_set_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
+    add_config_option(
+        parser,
+        "base run config YAML (may hold an `ablation:` section with arms/seeds/jobs)",
         required=True,
-        help="base run config YAML (may hold an `ablation:` section with arms/seeds/jobs)",
     )
     parser.add_argument(
         "--arms",
@@ -33,13 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", metavar="DIR", default="runs/ablation", help="output directory (default runs/ablation)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a base-config field for every arm, e.g. --set trainer.steps=50",
+    add_set_option(
+        parser,
+        "override a base-config field for every arm, e.g. --set trainer.steps=50",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)"

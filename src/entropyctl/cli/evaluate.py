@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from entropyctl.cli.options import add_set_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -45,13 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="response length limit")
     parser.add_argument("--by", default="level", help="group results by this problem field (default level)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a field of the run config used for evaluation",
+    add_set_option(
+        parser,
+        "override a field of the run config used for evaluation",
     )
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the result as JSON")
 

@@ -5,21 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from entropyctl.cli.options import add_config_option, add_set_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="run config YAML; its `model:` section is used (default: the embedded tiny model)",
+    add_config_option(
+        parser,
+        "run config YAML; its `model:` section is used (default: the embedded tiny model)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a run-config field, e.g. --set model.pretrain.lr=0.002 (repeatable)",
+    add_set_option(
+        parser,
+        "override a run-config field, e.g. --set model.pretrain.lr=0.002 (repeatable)",
     )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (model.pretrain.steps)")
     parser.add_argument(

@@ -6,21 +6,17 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from entropyctl.cli.options import add_config_option, add_set_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="run config YAML (default: the embedded default: tiny model, graded arithmetic, aer)",
+    add_config_option(
+        parser,
+        "run config YAML (default: the embedded default: tiny model, graded arithmetic, aer)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a config field, e.g. --set controller.tau=0.3 --set trainer.devices=2",
+    add_set_option(
+        parser,
+        "override a config field, e.g. --set controller.tau=0.3 --set trainer.devices=2",
     )
     parser.add_argument(
         "--out", metavar="DIR", default=None, help="run directory (default: <output_dir>/<time>-<controller>)"

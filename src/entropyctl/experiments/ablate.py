@@ -338,6 +338,77 @@ def _warm_start(config: Mapping[str, Any], log: Callable[[str], None]) -> None:
     log(f"warm start: {path} ({time.perf_counter() - started:.0f} s)")
 
 
+def _run_all(
+    todo: Sequence[RunSpec], jobs: int, threads_per_job: int | None, log: Callable[[str], None]
+) -> tuple[dict[str, Any], list[str]]:
+    """Run each spec as an ``entropyctl train`` subprocess, ``jobs`` at a time: (results by run dir,
+    the run dirs that failed)."""
+    results: dict[str, Any] = {}
+    threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+
+    def launch(spec: RunSpec) -> tuple[RunSpec, int, float]:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = spec.run_dir / "ablate_config.yaml"
+        config_path.write_text(yaml.safe_dump(spec.config, sort_keys=False))
+        cmd = _train_command(config_path, spec.run_dir, threads)
+        t0 = time.perf_counter()
+        with (spec.run_dir / "train.log").open("w") as handle:
+            handle.write("$ " + shlex.join(cmd) + "\n")
+            handle.flush()
+            code = subprocess.run(
+                cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False
+            ).returncode
+        return spec, code, time.perf_counter() - t0
+
+    failed: list[str] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for spec, code, seconds in pool.map(launch, todo):
+            name = f"{spec.arm.label} seed {spec.seed}"
+            ok = code == 0 and is_finished(spec.run_dir)
+            results[str(spec.run_dir)] = {"returncode": code, "seconds": seconds, "finished": ok}
+            if ok:
+                log(f"  done   {name} ({seconds:.0f} s)")
+            else:
+                failed.append(str(spec.run_dir))
+                log(f"  FAILED {name} (exit {code}, {seconds:.0f} s): see {spec.run_dir / 'train.log'}")
+    return results, failed
+
+
+def _append_history(path: Path, summary: dict[str, Any]) -> None:
+    # One entry per invocation, so a resumed ablation keeps the wall time of every part.
+    history = json.loads(path.read_text()) if path.exists() else []
+    history.append({**summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    path.write_text(json.dumps(history, indent=2) + "\n")
+
+
+def _arms_and_seeds(
+    arms: Sequence[str | Mapping[str, Any] | Arm] | None,
+    seeds: int | Sequence[int] | None,
+    section: Mapping[str, Any],
+    base_path: str,
+) -> tuple[list[Arm], list[int]]:
+    """The arms and seeds given, else the ``ablation:`` section's (arms are required somewhere)."""
+    if arms is None or len(arms) == 0:
+        arms = section.get("arms")
+        if not arms:
+            raise ConfigError(
+                f"{base_path}: no arms: pass --arms or give {ABLATION_SECTION}.arms in the config"
+            )
+    arm_list: list[Arm] = []
+    for index, item in enumerate(arms):
+        arm_list += [item] if isinstance(item, Arm) else parse_arms([item], where=f"arms[{index}]")
+    _check_unique(arm_list, "arms")
+    if seeds is None:
+        seeds = section.get("seeds", 1)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ConfigError("seeds: need at least one seed")
+    return arm_list, seed_list
+
+
 def run_ablation(
     base_config: str | Path | Mapping[str, Any],
     arms: Sequence[str | Mapping[str, Any] | Arm] | None = None,
@@ -368,21 +439,7 @@ def run_ablation(
     if not isinstance(section, Mapping):
         raise ConfigError(f"{base_path}: {ABLATION_SECTION}: must be a mapping with arms/seeds/jobs")
     base = apply_overrides(base, overrides)
-    if arms is None or len(arms) == 0:
-        arms = section.get("arms")
-        if not arms:
-            raise ConfigError(
-                f"{base_path}: no arms: pass --arms or give {ABLATION_SECTION}.arms in the config"
-            )
-    arm_list: list[Arm] = []
-    for index, item in enumerate(arms):
-        arm_list += [item] if isinstance(item, Arm) else parse_arms([item], where=f"arms[{index}]")
-    _check_unique(arm_list, "arms")
-    if seeds is None:
-        seeds = section.get("seeds", 1)
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ConfigError("seeds: need at least one seed")
+    arm_list, seed_list = _arms_and_seeds(arms, seeds, section, base_path)
     jobs = max(1, int(jobs if jobs is not None else section.get("jobs", 1)))
     out = Path(out)
     specs = plan_runs(base, arm_list, seed_list, out)
@@ -390,17 +447,13 @@ def run_ablation(
         _check_same_config(spec)
 
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "command": command,
-        "base_config": base_path,
-        "set": list(overrides),
-        "seeds": seed_list,
-        "jobs": jobs,
-        "arms": [
-            {"label": a.label, "slug": a.slug, "controller": a.controller, "overrides": dict(a.overrides)}
-            for a in arm_list
-        ],
-    }
+    manifest: dict[str, Any] = {"command": command, "base_config": base_path, "set": list(overrides)}
+    manifest["seeds"] = seed_list
+    manifest["jobs"] = jobs
+    manifest["arms"] = [
+        {"label": a.label, "slug": a.slug, "controller": a.controller, "overrides": dict(a.overrides)}
+        for a in arm_list
+    ]
     (out / "ablation.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
     todo = [s for s in specs if not is_finished(s.run_dir)]
@@ -412,38 +465,8 @@ def run_ablation(
     if todo and warm_start:
         _warm_start(todo[0].config, log)
 
-    threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
     started = time.perf_counter()
-    results: dict[str, Any] = {}
-
-    def launch(spec: RunSpec) -> tuple[RunSpec, int, float]:
-        spec.run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = spec.run_dir / "ablate_config.yaml"
-        config_path.write_text(yaml.safe_dump(spec.config, sort_keys=False))
-        cmd = _train_command(config_path, spec.run_dir, threads)
-        t0 = time.perf_counter()
-        with (spec.run_dir / "train.log").open("w") as handle:
-            handle.write("$ " + shlex.join(cmd) + "\n")
-            handle.flush()
-            code = subprocess.run(
-                cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False
-            ).returncode
-        return spec, code, time.perf_counter() - t0
-
-    failed: list[str] = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for spec, code, seconds in pool.map(launch, todo):
-            name = f"{spec.arm.label} seed {spec.seed}"
-            ok = code == 0 and is_finished(spec.run_dir)
-            results[str(spec.run_dir)] = {"returncode": code, "seconds": seconds, "finished": ok}
-            if ok:
-                log(f"  done   {name} ({seconds:.0f} s)")
-            else:
-                failed.append(str(spec.run_dir))
-                log(f"  FAILED {name} (exit {code}, {seconds:.0f} s): see {spec.run_dir / 'train.log'}")
+    results, failed = _run_all(todo, jobs, threads_per_job, log)
     wall = time.perf_counter() - started
     log(f"ablation: {len(todo)} runs in {wall:.0f} s wall; {len(failed)} failed")
     summary: dict[str, Any] = {
@@ -455,11 +478,7 @@ def run_ablation(
         "failed": failed,
         "wall_time_s": wall,
     }
-    # One entry per invocation, so a resumed ablation keeps the wall time of every part.
-    history_path = out / "ablation_runs.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else []
-    history.append({**summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    history_path.write_text(json.dumps(history, indent=2) + "\n")
+    _append_history(out / "ablation_runs.json", summary)
     if report:
         from entropyctl.experiments.report import write_report
 

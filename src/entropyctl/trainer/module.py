@@ -29,7 +29,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from entropyctl.config import RunConfig
-from entropyctl.controllers.base import EntropyController, EntropyReading, Plan
+from entropyctl.controllers.base import (
+    EntropyController,
+    EntropyReading,
+    Plan,
+    TokenAction,
+    TokenCollective,
+    TokenStatistics,
+)
+from entropyctl.controllers.token_level import step_token_action
 from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
 from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings
@@ -336,6 +344,7 @@ class _TokenBatch:
     mask: Tensor
     old: Tensor
     ref: Tensor | None
+    action: TokenAction | None = None  # the controller's per-token action (token-level controllers)
 
 
 class RLVRModule(pl.LightningModule):
@@ -555,11 +564,15 @@ class RLVRModule(pl.LightningModule):
             return TokenForward(targets=lg.targets, seq_index=lg.seq_index, logits=lg.logits)
 
     def _logprob_no_grad(self, fwd: TokenForward) -> Tensor:
+        return self._logprob_entropy_no_grad(fwd)[0]
+
+    def _logprob_entropy_no_grad(self, fwd: TokenForward) -> tuple[Tensor, Tensor]:
+        """Per-token (log-prob, entropy) of the current policy, no grad (fused: no [N, V] tensor)."""
         T = self.config.rollout.temperature
         with torch.no_grad():
             if fwd.hidden is not None:
                 assert fwd.weight is not None
-                lp, _ = fused_logprob_entropy(
+                lp, ent = fused_logprob_entropy(
                     fwd.hidden.detach(),
                     fwd.weight.detach(),
                     fwd.targets,
@@ -569,8 +582,18 @@ class RLVRModule(pl.LightningModule):
                 )
             else:
                 assert fwd.logits is not None
-                lp, _ = token_logprob_entropy(fwd.logits.detach(), fwd.targets, temperature=T)
-        return lp
+                lp, ent = token_logprob_entropy(fwd.logits.detach(), fwd.targets, temperature=T)
+        return lp, ent
+
+    def _token_action(
+        self, current: tuple[Tensor, Tensor], tokens: _TokenBatch, step: int
+    ) -> TokenAction | None:
+        """The controller's token action for this optimizer step (its selection is over all ranks)."""
+        rank, world = self._world()
+        gather = (lambda t: self.all_gather(t)) if world > 1 else None  # [W, *t.shape], rank order
+        collective = TokenCollective(rank, world, gather)  # type: ignore[arg-type]
+        stats = TokenStatistics(current[0], tokens.old, current[1], tokens.adv, tokens.mask, step)
+        return step_token_action(self.controller, stats, collective)
 
     def _loss(self, fwd: TokenForward, tokens: _TokenBatch, plan: Plan, num_tokens: int) -> PolicyLossOutput:
         a = self.config.algorithm
@@ -595,6 +618,7 @@ class RLVRModule(pl.LightningModule):
                 ref_logprob=ref,
                 kl_coef=kl,
                 bias=fwd.bias,
+                token_action=tokens.action,
             )
         assert fwd.logits is not None
         logprob, entropy = token_logprob_entropy(fwd.logits, fwd.targets, temperature=T)
@@ -610,6 +634,7 @@ class RLVRModule(pl.LightningModule):
             num_tokens=num_tokens,
             ref_logprob=ref,
             kl_coef=kl,
+            token_action=tokens.action,
         )
 
     def _minibatches(self, comp: Completions, planned: Planned, step: int, rank: int) -> _MiniBatches:
@@ -670,9 +695,11 @@ class RLVRModule(pl.LightningModule):
             for m, rows in enumerate(mb.rows):
                 fwd = self._forward_tokens(self.policy, mb.comps[m], grad=True)
                 tok_rows = rows[fwd.seq_index.to("cpu")]
-                old = mb.old[m]
+                old, current = mb.old[m], None
+                if self.controller.acts_per_token():  # the token statistics: (log-prob, entropy) now
+                    current = self._logprob_entropy_no_grad(fwd)
                 if old is None:  # one epoch, one mini-batch: old = current (ρ = 1), same numerics
-                    old = self._logprob_no_grad(fwd)
+                    old = self._logprob_no_grad(fwd) if current is None else current[0]
                 tokens = _TokenBatch(
                     adv=planned.seq_adv[tok_rows].to(self.device),
                     coef=planned.seq_coef[tok_rows].to(self.device),
@@ -680,6 +707,8 @@ class RLVRModule(pl.LightningModule):
                     old=old,
                     ref=mb.ref[m],
                 )
+                if current is not None:
+                    tokens.action = self._token_action(current, tokens, step)
                 out = self._loss(fwd, tokens, planned.plan, int(round(float(mb.global_tokens[m]))))
                 updated.grad_norm = self._optimizer_step(out.loss, opt, sched)
                 if epoch == 0:  # every response token exactly once

@@ -5,6 +5,7 @@ missing-extra message, and one short end-to-end run on the tiny model."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import subprocess
@@ -109,16 +110,23 @@ def test_unknown_or_invalid_parameters_name_the_level_and_the_valid_ones() -> No
         ReasoningGymTask("chain_sum", options={"seed": 3})
 
 
-def test_missing_install_is_one_line_naming_the_extra() -> None:
-    code = (
-        "import sys; sys.modules['reasoning_gym'] = None\n"
-        "from entropyctl.data.reasoning_gym import ReasoningGymTask\n"
-        "try:\n    ReasoningGymTask('chain_sum')\n"
-        "except ImportError as err:\n    print(str(err))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines() == [
-        "data.source 'reasoning_gym' needs the reasoning-gym package: pip install 'entropyctl[tasks]'"
+def test_missing_install_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    # A reasoning_gym that fails to import, first on the path: what a machine without the extra sees.
+    (tmp_path / "reasoning_gym.py").write_text("raise ImportError('No module named reasoning_gym')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable,
+        "-m",
+        "entropyctl.cli",
+        "train",
+        "--config",
+        str(REPO / "configs" / "rg_chain_sum.yaml"),
+    ]
+    done = subprocess.run([*command, "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert (done.stdout + done.stderr).strip().splitlines() == [
+        "entropyctl train: error: data.source 'reasoning_gym' needs the reasoning-gym package: "
+        "pip install 'entropyctl[tasks]'"
     ]
 
 

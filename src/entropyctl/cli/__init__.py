@@ -86,6 +86,7 @@ _USER_ERRORS = {
     "entropyctl.controllers.registry": "RegistryError",
     "entropyctl.trainer.checkpoints": "CheckpointError",
     "entropyctl.data.loaders": "DatasetError",
+    "entropyctl.data.reasoning_gym": "TaskError",
     "entropyctl.trainer.run_dir": "RunDirError",
     "entropyctl.experiments.report": "ReportError",
 }

@@ -46,6 +46,7 @@ __all__ = [
     "DatasetSpec",
     "GoldAnswer",
     "ReasoningGymTask",
+    "TaskError",
     "available_datasets",
     "import_reasoning_gym",
 ]
@@ -60,12 +61,17 @@ _MAX_REDRAWS = 1000
 _ALPHABET_SAMPLE = 2000
 
 
+class TaskError(ValueError):
+    """A reasoning-gym task that cannot be built: the extra is not installed, no such dataset, a
+    parameter its config rejects, too few distinct questions. The message names the field."""
+
+
 def import_reasoning_gym() -> Any:
-    """The ``reasoning_gym`` module, or an ImportError naming the extra that installs it."""
+    """The ``reasoning_gym`` module, or a :class:`TaskError` naming the extra that installs it."""
     try:
         import reasoning_gym
     except ImportError:
-        raise ImportError(
+        raise TaskError(
             f"data.source 'reasoning_gym' needs the reasoning-gym package: pip install 'entropyctl[{EXTRA}]'"
         ) from None
     return reasoning_gym
@@ -85,7 +91,7 @@ def _check_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else f"{len(names)} datasets: {', '.join(names)}"
-    raise ValueError(f"data.name: reasoning-gym has no dataset {name!r}; {hint}")
+    raise TaskError(f"data.name: reasoning-gym has no dataset {name!r}; {hint}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,10 +161,10 @@ class ReasoningGymTask:
         options = dict(options or {})
         for reserved in ("seed",):
             if reserved in options:
-                raise ValueError(f"data.options.{reserved}: set data.seed instead (the task owns the seed)")
+                raise TaskError(f"data.options.{reserved}: set data.seed instead (the task owns the seed)")
         size = int(options.pop("size", DEFAULT_SIZE))
         if size < 20:
-            raise ValueError(f"data.options.size: must be ≥ 20 items per level (got {size})")
+            raise TaskError(f"data.options.size: must be ≥ 20 items per level (got {size})")
         level_params = {0: {}} if not levels else {int(k): dict(v or {}) for k, v in levels.items()}
         self.name = name
         self.options = options
@@ -185,7 +191,7 @@ class ReasoningGymTask:
         if weights is None:
             return (1.0,) * len(self.levels)
         if len(weights) != len(self.levels):
-            raise ValueError(
+            raise TaskError(
                 f"data.weights: one weight per level expected ({len(self.levels)} levels, got {len(weights)})"
             )
         # weights follow data.levels as written; re-order them with the sorted levels
@@ -201,14 +207,14 @@ class ReasoningGymTask:
         valid = [f.name for f in dataclasses.fields(config_cls) if f.name not in ("seed", "size")]
         unknown = sorted(set(params) - set(valid))
         if unknown:
-            raise ValueError(
+            raise TaskError(
                 f"{where}: {self.name} has no parameter {', '.join(map(repr, unknown))} "
                 f"(valid: {', '.join(valid)})"
             )
         try:
             return spec.create()
         except (AssertionError, ValueError, TypeError) as err:
-            raise ValueError(
+            raise TaskError(
                 f"{where}: {self.name} rejects {_level_label(params)}: {err or type(err).__name__}"
             ) from None
 
@@ -264,7 +270,7 @@ class ReasoningGymTask:
                     seen.add(problem.prompt)
                     problems.append(problem)
             if len(seen) < count:
-                raise ValueError(
+                raise TaskError(
                     f"data.levels.{level}: its held-out range (items {self.train_end}..{self.size - 1}) holds "
                     f"{len(seen)} distinct questions, the held-out split needs {count}; "
                     "raise data.options.size or lower eval.n_prompts"
@@ -286,7 +292,7 @@ class ReasoningGymTask:
         ``rng``: a generator or a seed (None: the task's own seeded generator, which advances).
         """
         if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
+            raise TaskError(f"n must be >= 0, got {n}")
         generator = (
             self._rng if rng is None else rng if isinstance(rng, random.Random) else random.Random(rng)
         )
@@ -298,7 +304,7 @@ class ReasoningGymTask:
                 if problem.prompt not in held_out:
                     break
             else:
-                raise ValueError(
+                raise TaskError(
                     f"data.levels.{level}: {_MAX_REDRAWS} training draws in a row were held-out questions; "
                     "the level has too few distinct questions for its held-out split (lower eval.n_prompts)"
                 )
@@ -323,7 +329,7 @@ class ReasoningGymTask:
         """Raise when the dataset has no single gold answer (a supervised warm start needs one)."""
         for problem in self.sample(n, random.Random(0)):
             if not problem.answer:
-                raise ValueError(
+                raise TaskError(
                     f"data.name: {self.name} has no single gold answer per question (its verifier checks a "
                     "solution instead), so the tiny model cannot be warm-started on it; use a model that "
                     "needs no warm start (model.kind: hf or gguf)"

@@ -399,3 +399,11 @@ def test_step_token_action_is_none_per_prompt_and_checks_a_plugins_shapes() -> N
     broken = Broken(create_controller("high_entropy_tokens").config)
     with pytest.raises(ValueError, match=r"token_action\(\)\.weight has shape \(3,\); expected .* \[2\]"):
         step_token_action(broken, stats, LOCAL)
+
+
+def test_combined_parts_without_a_name_are_options_of_the_default_parts() -> None:
+    combined = create_controller({"name": "combined", "prompt": {"alpha_0": 0.01}, "token": {"ratio": 0.1}})
+    assert combined.config.prompt.name == "aer" and combined.config.prompt.alpha_0 == 0.01
+    assert combined.config.token.name == "clip_cov" and combined.config.token.ratio == 0.1
+    with pytest.raises(Exception, match=r"controller\.token\.ratio: must be ≤ 1"):
+        create_controller({"name": "combined", "token": {"ratio": 2.0}})

@@ -26,6 +26,7 @@ tokens), DAPO's clip 0.2/0.28.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -269,16 +270,24 @@ def step_token_action(
 # -- composition ------------------------------------------------------------------------------------
 
 
+#: The parts of ``combined`` when none is named: AER with Clip-Cov.
+_COMBINED_DEFAULTS = {"prompt": "aer", "token": "clip_cov"}
+
+
 class CombinedConfig(ControllerConfig):
     """``combined``: the per-prompt plan of ``prompt`` with the token action of ``token``."""
 
     name: Literal["combined"] = "combined"
     prompt: SerializeAsAny[ControllerConfig] = Field(
-        default_factory=lambda: parse_controller_config({"name": "aer"}, prefix="prompt"),
+        default_factory=lambda: parse_controller_config(
+            {"name": _COMBINED_DEFAULTS["prompt"]}, prefix="prompt"
+        ),
         description="The controller whose α_i (and state) drive the entropy bonus (default: aer).",
     )
     token: SerializeAsAny[ControllerConfig] = Field(
-        default_factory=lambda: parse_controller_config({"name": "clip_cov"}, prefix="token"),
+        default_factory=lambda: parse_controller_config(
+            {"name": _COMBINED_DEFAULTS["token"]}, prefix="token"
+        ),
         description="The controller whose token action applies (default: clip_cov).",
     )
     clip_from: Literal["token", "prompt"] = Field(
@@ -288,6 +297,8 @@ class CombinedConfig(ControllerConfig):
     @field_validator("prompt", "token", mode="before")
     @classmethod
     def _parse_part(cls, value: Any, info: Any) -> ControllerConfig:
+        if isinstance(value, Mapping) and "name" not in value:  # options for the default part
+            value = {"name": _COMBINED_DEFAULTS[info.field_name], **value}
         part = parse_controller_config(value, prefix="")
         if part.name == "combined":
             raise ValueError("a combined controller cannot nest another 'combined'")

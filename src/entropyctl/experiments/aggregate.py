@@ -1,0 +1,394 @@
+"""Reading an ablation's run directories and aggregating them per arm (mean ± std over seeds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from entropyctl.trainer.run_dir import (
+    RunDirError,
+    Summary,
+    column_level,
+    level_column,
+    pass_k,
+    pass_key,
+    read_summary,
+)
+
+__all__ = [
+    "COLLAPSE_RATIO",
+    "EXPLOSION_RATIO",
+    "ArmSummary",
+    "ReportError",
+    "RunRecord",
+    "find_runs",
+    "load_run",
+    "summarize_arm",
+]
+
+COLLAPSE_RATIO = 0.1
+EXPLOSION_RATIO = 1.2
+
+
+class ReportError(ValueError):
+    """A run directory does not follow the run-dir contract."""
+
+
+@dataclass
+class RunRecord:
+    """One finished (or unfinished) training run as read from its directory."""
+
+    path: Path
+    arm: str
+    seed: int | None
+    config: dict[str, Any]
+    metrics: dict[str, np.ndarray]
+    summary: Summary
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.finished
+
+    @property
+    def steps(self) -> np.ndarray:
+        if "step" in self.metrics:
+            return self.metrics["step"]
+        n = len(next(iter(self.metrics.values()))) if self.metrics else 0
+        return np.arange(1, n + 1, dtype=float)
+
+    def h0(self) -> float:
+        """Initial entropy: the controller's anchor when finite, else the first step's entropy."""
+        value = _as_float(self.summary.h0)
+        if math.isfinite(value) and value > 0:
+            return value
+        entropy = self.metrics.get("entropy")
+        if entropy is not None:
+            finite = entropy[np.isfinite(entropy)]
+            if finite.size:
+                return float(finite[0])
+        return math.nan
+
+    def entropy_ratio(self) -> np.ndarray:
+        entropy = self.metrics.get("entropy", np.array([]))
+        return entropy / self.h0()
+
+    def last_quarter(self, column: str) -> np.ndarray:
+        values = self.metrics.get(column, np.array([]))
+        n = len(values)
+        if n == 0:
+            return values
+        start = n - max(1, n // 4)
+        return values[start:]
+
+
+@dataclass
+class ArmSummary:
+    """Aggregates over the seeds of one arm (what one row of the report table holds)."""
+
+    arm: str
+    runs: list[RunRecord]
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _read_metrics(path: Path) -> dict[str, np.ndarray]:
+    """metrics.csv → {column: float array}; empty cells and non-numbers become NaN."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:
+            raise ReportError(f"{path}: empty file, expected a CSV header with at least 'step,entropy'")
+        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames}
+        for row in reader:
+            for name in reader.fieldnames:
+                columns[name].append(_as_float(row.get(name)))
+    return {name: np.asarray(values, dtype=float) for name, values in columns.items()}
+
+
+def load_run(run_dir: str | Path, arm: str | None = None) -> RunRecord:
+    """Read one run directory (``config.yaml``, ``metrics.csv``, ``summary.json``)."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    metrics_path = run_dir / "metrics.csv"
+    config_path = run_dir / "config.yaml"
+    try:
+        summary = read_summary(summary_path)
+    except RunDirError as err:
+        raise ReportError(str(err)) from None
+    metrics = _read_metrics(metrics_path) if metrics_path.exists() else {}
+    config: dict[str, Any] = {}
+    if config_path.exists():
+        config = yaml.safe_load(config_path.read_text()) or {}
+    match = re.fullmatch(r"seed(\d+)", run_dir.name)
+    seed = int(match.group(1)) if match else None
+    return RunRecord(
+        path=run_dir,
+        arm=arm if arm is not None else run_dir.parent.name,
+        seed=seed,
+        config=config,
+        metrics=metrics,
+        summary=summary,
+    )
+
+
+def find_runs(root: str | Path) -> dict[str, list[RunRecord]]:
+    """All runs under an ablation directory, grouped by arm, in the ablation's arm order.
+
+    The arm order and labels come from ``ablation.json`` (written by ``entropyctl ablate``) when
+    present; otherwise every directory holding ``summary.json`` or ``metrics.csv`` is a run and its
+    parent directory names the arm.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ReportError(f"{root}: not a directory; expected an ablation output directory")
+    manifest_path = root / "ablation.json"
+    arms: dict[str, list[RunRecord]] = {}
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        for arm in manifest.get("arms", []):
+            label, slug = arm["label"], arm["slug"]
+            arm_dir = root / slug
+            runs = []
+            for seed_dir in sorted(arm_dir.glob("seed*"), key=_seed_key):
+                if (seed_dir / "summary.json").exists() or (seed_dir / "metrics.csv").exists():
+                    runs.append(load_run(seed_dir, arm=label))
+            arms[label] = runs
+        return arms
+    run_dirs = sorted(
+        {p.parent for pattern in ("summary.json", "metrics.csv") for p in root.rglob(pattern)},
+        key=lambda p: (str(p.parent), _seed_key(p)),
+    )
+    if not run_dirs:
+        raise ReportError(f"{root}: no run directories (none holds summary.json or metrics.csv)")
+    for run_dir in run_dirs:
+        arm = run_dir.parent.name if run_dir != root else root.name
+        arms.setdefault(arm, []).append(load_run(run_dir, arm=arm))
+    return arms
+
+
+def _seed_key(path: Path) -> tuple[int, str]:
+    match = re.fullmatch(r"seed(\d+)", path.name)
+    return (int(match.group(1)) if match else 1 << 30, path.name)
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+    arr = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "n": 0, "values": list(values)}
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "n": int(arr.size), "values": [float(v) for v in values]}
+
+
+def _pass_keys(evals: list[dict[str, Any]]) -> list[str]:
+    ks = sorted({k for e in evals for key in e if (k := pass_k(key)) is not None})
+    return [pass_key(k) for k in ks]
+
+
+def _first_and_last(keys: list[str]) -> list[str]:
+    """pass@1 and pass@k_max of sorted pass keys (the during-training table and plot show both)."""
+    return [keys[0], keys[-1]] if len(keys) > 1 else list(keys)
+
+
+def _sorted_levels(levels: Iterable[str]) -> list[str]:
+    """Difficulty-level names in numeric order (``"2"`` before ``"10"``); non-numeric names last."""
+    return sorted(set(levels), key=lambda s: (int(s) if s.lstrip("-").isdigit() else 1 << 30, s))
+
+
+def _levels(evals: list[dict[str, Any]]) -> list[str]:
+    return _sorted_levels(str(level) for e in evals for level in (e.get("by_level") or {}))
+
+
+#: Steps averaged for a level's starting entropy (one step holds only a few prompts of each level).
+START_STEPS = 10
+
+
+def _training_by_level(runs: list[RunRecord]) -> dict[str, dict[str, Any]]:
+    """Per difficulty level, from the training metrics (``entropy_level_L``, ``acc_level_L``).
+
+    ``entropy_start``: mean level entropy (nats) over the first :data:`START_STEPS` steps;
+    ``entropy_last_quarter`` / ``accuracy_last_quarter``: means over the last quarter of steps.
+    Each is mean ± std over seeds. Shows which level carries a fall or rise of the overall entropy.
+    """
+    levels = _sorted_levels(
+        str(found) for r in runs for c in r.metrics if (found := column_level(c, "entropy")) is not None
+    )
+
+    def mean(values: np.ndarray) -> float:
+        finite = values[np.isfinite(values)]
+        return float(finite.mean()) if finite.size else math.nan
+
+    out: dict[str, dict[str, Any]] = {}
+    for level in levels:
+        starts, lasts, accs = [], [], []
+        for run in runs:
+            entropy = run.metrics.get(level_column("entropy", level), np.array([]))
+            starts.append(mean(entropy[:START_STEPS]))
+            lasts.append(mean(run.last_quarter(level_column("entropy", level))))
+            accs.append(mean(run.last_quarter(level_column("acc", level))))
+        out[level] = {
+            "entropy_start": _mean_std(starts),
+            "entropy_last_quarter": _mean_std(lasts),
+            "accuracy_last_quarter": _mean_std(accs),
+        }
+    return out
+
+
+def _during(runs: list[RunRecord], keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Held-out pass@k at the intermediate evaluations (``eval.every``): {step: {key: mean ± std}}.
+
+    Step "0" is the evaluation before training and the last step the one after it, so the table
+    runs from the warm start to the end; a run that lacks a step counts as missing there.
+    """
+    per_run: list[dict[int, dict[str, Any]]] = []
+    for run in runs:
+        evals = {
+            int(m.group(1)): value or {}
+            for name, value in (run.summary.evals or {}).items()
+            for m in [re.fullmatch(r"step_(\d+)", str(name))]
+            if m
+        }
+        per_run.append(evals)
+    if not any(per_run):
+        return {}
+    for run, evals in zip(runs, per_run, strict=True):
+        evals[0] = run.summary.before or {}
+        last_step = run.summary.steps
+        if last_step is not None and run.summary.after:
+            evals.setdefault(int(last_step), run.summary.after)
+    steps = sorted({step for evals in per_run for step in evals})
+    return {
+        str(step): {
+            key: _mean_std([_as_float(evals.get(step, {}).get(key)) for evals in per_run]) for key in keys
+        }
+        for step in steps
+    }
+
+
+def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
+    """Mean ± std over seeds of every reported number for one arm (finished runs only)."""
+    finished = [r for r in runs if r.finished]
+    after = [r.summary.after or {} for r in finished]
+    before = [r.summary.before or {} for r in finished]
+    numbers: dict[str, Any] = {
+        "seeds": [r.seed for r in finished],
+        "n_runs": len(runs),
+        "n_finished": len(finished),
+        "unfinished": [str(r.path) for r in runs if not r.finished],
+    }
+    keys = _pass_keys(after + before)
+    numbers["after"] = {key: _mean_std([_as_float(e.get(key)) for e in after]) for key in keys}
+    numbers["before"] = {key: _mean_std([_as_float(e.get(key)) for e in before]) for key in keys}
+    by_level: dict[str, dict[str, Any]] = {}
+    for level in _levels(after):
+        level_evals = [(e.get("by_level") or {}).get(level, {}) for e in after]
+        by_level[level] = {key: _mean_std([_as_float(e.get(key)) for e in level_evals]) for key in keys}
+    numbers["after_by_level"] = by_level
+    before_by_level: dict[str, dict[str, Any]] = {}
+    for level in _levels(before):
+        level_evals = [(e.get("by_level") or {}).get(level, {}) for e in before]
+        before_by_level[level] = {
+            key: _mean_std([_as_float(e.get(key)) for e in level_evals]) for key in keys
+        }
+    numbers["before_by_level"] = before_by_level
+
+    ratios, h0s, alphas_min, alphas_max, rewards, finals = [], [], [], [], [], []
+    per_run = []
+    for run in finished:
+        h0 = run.h0()
+        quarter = run.last_quarter("entropy")
+        ratio = float(np.nanmean(quarter) / h0) if quarter.size and np.isfinite(quarter).any() else math.nan
+        alpha = run.metrics.get("alpha", np.array([]))
+        alpha = alpha[np.isfinite(alpha)]
+        reward_q = run.last_quarter("reward")
+        reward = float(np.nanmean(reward_q)) if reward_q.size and np.isfinite(reward_q).any() else math.nan
+        ratios.append(ratio)
+        h0s.append(h0)
+        rewards.append(reward)
+        finals.append(_as_float(run.summary.final_entropy))
+        if alpha.size:
+            alphas_min.append(float(alpha.min()))
+            alphas_max.append(float(alpha.max()))
+        per_run.append(
+            {
+                "seed": run.seed,
+                "path": str(run.path),
+                "steps": int(
+                    _as_float(run.summary.steps) if run.summary.steps is not None else len(run.steps)
+                ),
+                "wall_time_s": _as_float(run.summary.wall_time_s),
+                "h0": h0,
+                "entropy_ratio_last_quarter": ratio,
+                "reward_last_quarter": reward,
+                "final_entropy": _as_float(run.summary.final_entropy),
+                "alpha_min": float(alpha.min()) if alpha.size else None,
+                "alpha_max": float(alpha.max()) if alpha.size else None,
+                "collapse": bool(ratio < COLLAPSE_RATIO),
+                "explosion": bool(ratio > EXPLOSION_RATIO),
+                "after": {k: _as_float((run.summary.after or {}).get(k)) for k in keys},
+                "before": {k: _as_float((run.summary.before or {}).get(k)) for k in keys},
+            }
+        )
+    numbers["training_by_level"] = _training_by_level(finished)
+    during = _during(finished, keys)
+    if during:
+        numbers["during"] = during
+    numbers["h0"] = _mean_std(h0s)
+    numbers["entropy_ratio_last_quarter"] = _mean_std(ratios)
+    numbers["reward_last_quarter"] = _mean_std(rewards)
+    numbers["final_entropy"] = _mean_std(finals)
+    numbers["collapsed_runs"] = sum(1 for r in ratios if r < COLLAPSE_RATIO)
+    numbers["exploded_runs"] = sum(1 for r in ratios if r > EXPLOSION_RATIO)
+    numbers["alpha_range"] = [min(alphas_min), max(alphas_max)] if alphas_min else None
+    numbers["runs"] = per_run
+    return ArmSummary(arm=arm, runs=runs, numbers=numbers)
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average that ignores NaNs (the first points average what exists so far)."""
+    if window <= 1 or values.size == 0:
+        return values
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, 0.0)
+    csum = np.cumsum(filled)
+    ccount = np.cumsum(finite.astype(float))
+    lagged_sum = np.concatenate([np.zeros(window), csum[:-window]])[: values.size]
+    lagged_count = np.concatenate([np.zeros(window), ccount[:-window]])[: values.size]
+    count = ccount - lagged_count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (csum - lagged_sum) / np.maximum(count, 1), np.nan)
+
+
+def _stack(
+    runs: list[RunRecord], column: str, transform: Any = None, window: int = 1
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Align the runs of one arm on step and return (steps, [runs, steps]) smoothed per run."""
+    series = []
+    for run in runs:
+        if column not in run.metrics:
+            continue
+        values = run.metrics[column]
+        if transform is not None:
+            values = transform(run, values)
+        series.append((run.steps, _smooth(values, window)))
+    if not series:
+        return None
+    length = min(len(s) for s, _ in series)
+    if length == 0:
+        return None
+    steps = series[0][0][:length]
+    return steps, np.vstack([v[:length] for _, v in series])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,29 @@ from entropyctl.experiments.aggregate import (
 from entropyctl.trainer.run_dir import column_level, level_column, pass_key
 
 __all__ = ["plot_all"]
+
+
+@dataclass
+class _Canvas:
+    """What every figure function draws with and where it saves (``files``: figure key -> PNG name)."""
+
+    plt: Any
+    arms: list[ArmSummary]
+    finished: list[Any]
+    colors: Any
+    out: Path
+    window: int
+    files: dict[str, str]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.plt, self.arms, self.finished, self.colors, self.out, self.window, self.files))
+
+
+def _save(canvas: _Canvas, fig: Any, key: str) -> None:
+    fig.tight_layout()
+    canvas.files[key] = f"{key}.png"
+    fig.savefig(canvas.out / canvas.files[key])
+    canvas.plt.close(fig)
 
 
 def _arm_colors(plt: Any, n_arms: int) -> Any:
@@ -56,15 +81,8 @@ def _legend(ax: Any, **kwargs: Any) -> None:
         ax.legend(**kwargs)
 
 
-def _plot_entropy(
-    plt: Any,
-    arms: list[ArmSummary],
-    finished: list[Any],
-    colors: Any,
-    out: Path,
-    window: int,
-    files: dict[str, str],
-) -> None:
+def _plot_entropy(canvas: _Canvas) -> None:
+    plt, arms, finished, colors, out, window, files = canvas
     # 1. entropy / H0 over steps.
     fig, ax = plt.subplots(figsize=(7, 4), dpi=80)
     for i, arm, runs in finished:
@@ -93,21 +111,11 @@ def _plot_entropy(
         fontsize=9,
     )
     _legend(ax, fontsize=7, ncol=2)
-    fig.tight_layout()
-    files["entropy"] = "entropy.png"
-    fig.savefig(out / files["entropy"])
-    plt.close(fig)
+    _save(canvas, fig, "entropy")
 
 
-def _plot_alpha(
-    plt: Any,
-    arms: list[ArmSummary],
-    finished: list[Any],
-    colors: Any,
-    out: Path,
-    window: int,
-    files: dict[str, str],
-) -> None:
+def _plot_alpha(canvas: _Canvas) -> None:
+    plt, arms, finished, colors, out, window, files = canvas
     # 2. α over steps (global coefficient; 0 for clip_higher).
     fig, ax = plt.subplots(figsize=(7, 4), dpi=80)
     for i, arm, runs in finished:
@@ -119,21 +127,11 @@ def _plot_alpha(
     ax.set_ylabel("α (global coefficient)")
     ax.set_title("Entropy coefficient α over steps (band = seed min..max)", fontsize=9)
     _legend(ax, fontsize=7, ncol=2)
-    fig.tight_layout()
-    files["alpha"] = "alpha.png"
-    fig.savefig(out / files["alpha"])
-    plt.close(fig)
+    _save(canvas, fig, "alpha")
 
 
-def _plot_accuracy_by_level(
-    plt: Any,
-    arms: list[ArmSummary],
-    finished: list[Any],
-    colors: Any,
-    out: Path,
-    window: int,
-    files: dict[str, str],
-) -> None:
+def _plot_accuracy_by_level(canvas: _Canvas) -> None:
+    plt, arms, finished, colors, out, window, files = canvas
     # 3. accuracy per difficulty level over steps (training rollouts).
     levels = sorted(
         {
@@ -170,21 +168,11 @@ def _plot_accuracy_by_level(
         fig.suptitle(
             f"Training accuracy per difficulty level (moving average {window}, mean over seeds)", fontsize=9
         )
-        fig.tight_layout()
-        files["accuracy_by_level"] = "accuracy_by_level.png"
-        fig.savefig(out / files["accuracy_by_level"])
-        plt.close(fig)
+        _save(canvas, fig, "accuracy_by_level")
 
 
-def _plot_pass_at_k(
-    plt: Any,
-    arms: list[ArmSummary],
-    finished: list[Any],
-    colors: Any,
-    out: Path,
-    window: int,
-    files: dict[str, str],
-) -> None:
+def _plot_pass_at_k(canvas: _Canvas) -> None:
+    plt, arms, finished, colors, out, window, files = canvas
     # 4. pass@k curves on the held-out split after training (and the shared warm start before).
     fig, ax = plt.subplots(figsize=(6, 4), dpi=80)
     plotted_before = False
@@ -219,21 +207,11 @@ def _plot_pass_at_k(
     ax.set_ylabel("pass@k (held-out)")
     ax.set_title("pass@k after training (error bars = std over seeds)", fontsize=9)
     _legend(ax, fontsize=7)
-    fig.tight_layout()
-    files["pass_at_k"] = "pass_at_k.png"
-    fig.savefig(out / files["pass_at_k"])
-    plt.close(fig)
+    _save(canvas, fig, "pass_at_k")
 
 
-def _plot_during(
-    plt: Any,
-    arms: list[ArmSummary],
-    finished: list[Any],
-    colors: Any,
-    out: Path,
-    window: int,
-    files: dict[str, str],
-) -> None:
+def _plot_during(canvas: _Canvas) -> None:
+    plt, arms, finished, colors, out, window, files = canvas
     # 5. Held-out pass@1 and pass@k_max over steps, when the runs evaluated during training.
     if any(arm.numbers.get("during") for arm in arms):
         shown = _first_and_last(
@@ -270,10 +248,7 @@ def _plot_during(
             ax.set_ylabel(f"{key} (held-out)")
             ax.set_title(f"held-out {key} during training", fontsize=9)
             _legend(ax, fontsize=7)
-        fig.tight_layout()
-        files["during"] = "during.png"
-        fig.savefig(out / files["during"])
-        plt.close(fig)
+        _save(canvas, fig, "during")
 
 
 def plot_all(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
@@ -286,6 +261,7 @@ def plot_all(arms: list[ArmSummary], out: Path, window: int) -> dict[str, str]:
     files: dict[str, str] = {}
     finished = [(i, a, [r for r in a.runs if r.finished and r.metrics]) for i, a in enumerate(arms)]
 
+    canvas = _Canvas(plt, arms, finished, colors, out, window, files)
     for plot in (_plot_entropy, _plot_alpha, _plot_accuracy_by_level, _plot_pass_at_k, _plot_during):
-        plot(plt, arms, finished, colors, out, window, files)
+        plot(canvas)
     return files

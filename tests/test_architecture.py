@@ -54,7 +54,6 @@ MAX_FUNCTION_LINES = 80
 #: Functions still over MAX_FUNCTION_LINES: "module:qualified name" -> its length today. A function may
 #: only get shorter; a new long function fails the test (split it instead of adding it here).
 LONG_FUNCTIONS: dict[str, int] = {
-    "entropyctl.data.loaders:load_math_dataset": 100,
     "entropyctl.ops.losses:fused_policy_loss": 95,
     "entropyctl.ops.losses:policy_loss": 87,
 }

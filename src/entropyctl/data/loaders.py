@@ -196,86 +196,102 @@ def load_math_dataset(
     path = Path(path)
     if template is not None:
         validate_template(template)
-    if not path.is_file():
-        raise DatasetError(path, None, "file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = _iter_jsonl(path, max_line_bytes)
-    elif suffix == ".parquet":
-        rows = _iter_parquet(path)
-    else:
-        raise DatasetError(path, None, f"unsupported file type {suffix!r}; expected .jsonl or .parquet")
-
-    prompt_names = (prompt_field,) if prompt_field else PROMPT_FIELDS
-    answer_names = (answer_field,) if answer_field else ANSWER_FIELDS
     problems: list[Problem] = []
-    for location, row in rows:
+    for location, row in _rows(path, max_line_bytes):
         if limit is not None and len(problems) >= limit:
             break
         if not isinstance(row, Mapping):
             raise DatasetError(path, location, f"row is a {type(row).__name__}, expected a JSON object")
-        name, value = _pick(row, prompt_field, PROMPT_FIELDS)
-        if name is None:
-            field = prompt_field or PROMPT_FIELDS[0]
-            raise DatasetError(
-                path, location, f"field '{field}' missing (expected one of: {', '.join(prompt_names)})", field
-            )
-        prompt = _prompt_text(value)
-        if prompt is not None and len(prompt) > max_line_bytes:
-            raise DatasetError(
-                path,
-                location,
-                f"prompt longer than {max_line_bytes:,} characters (data.options.max_line_bytes)",
-            )
-        if prompt is None:
-            raise DatasetError(
-                path,
-                location,
-                f"field '{name}' is {type(value).__name__} {str(value)[:60]!r}; expected a string or a list "
-                "of chat messages with a user message",
-                name,
-            )
-        name_a, value_a = _pick(row, answer_field, ANSWER_FIELDS)
-        if name_a is None:
-            field = answer_field or ANSWER_FIELDS[0]
-            raise DatasetError(
-                path, location, f"field '{field}' missing (expected one of: {', '.join(answer_names)})", field
-            )
-        answer = normalize_answer_field(value_a, name_a)
-        if answer is None:
-            raise DatasetError(
-                path,
-                location,
-                f"field '{name_a}' has no final answer ({type(value_a).__name__} {str(value_a)[:60]!r}); "
-                "expected a string or number, a '#### n' answer or a \\boxed{} solution",
-                name_a,
-            )
-        level = 0
-        if level_field is not None:
-            raw_level = _get(row, level_field)
-            if raw_level is _MISSING:
-                raise DatasetError(
-                    path, location, f"field '{level_field}' missing (the level field)", level_field
-                )
-            parsed_level = _level(raw_level)
-            if parsed_level is None:
-                raise DatasetError(
-                    path,
-                    location,
-                    f"field '{level_field}' is {raw_level!r}; expected an integer or text like 'Level 3'",
-                    level_field,
-                )
-            level = parsed_level
+        where = (path, location)
         problems.append(
             Problem(
-                prompt=format_prompt(template, prompt),
-                answer=answer,
-                level=level,
+                prompt=format_prompt(template, _row_prompt(row, where, prompt_field, max_line_bytes)),
+                answer=_row_answer(row, where, answer_field),
+                level=_row_level(row, where, level_field),
                 id=f"{path.name}:{location}",
                 meta={"source": path.name, "location": location},
             )
         )
     return problems
+
+
+def _rows(path: Path, max_line_bytes: int) -> Iterator[tuple[str, Any]]:
+    if not path.is_file():
+        raise DatasetError(path, None, "file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _iter_jsonl(path, max_line_bytes)
+    if suffix == ".parquet":
+        return _iter_parquet(path)
+    raise DatasetError(path, None, f"unsupported file type {suffix!r}; expected .jsonl or .parquet")
+
+
+def _row_prompt(
+    row: Mapping[str, Any], where: tuple[Path, str], prompt_field: str | None, max_line_bytes: int
+) -> str:
+    path, location = where
+    name, value = _pick(row, prompt_field, PROMPT_FIELDS)
+    if name is None:
+        field = prompt_field or PROMPT_FIELDS[0]
+        names = (prompt_field,) if prompt_field else PROMPT_FIELDS
+        raise DatasetError(
+            path, location, f"field '{field}' missing (expected one of: {', '.join(names)})", field
+        )
+    prompt = _prompt_text(value)
+    if prompt is not None and len(prompt) > max_line_bytes:
+        raise DatasetError(
+            path,
+            location,
+            f"prompt longer than {max_line_bytes:,} characters (data.options.max_line_bytes)",
+        )
+    if prompt is None:
+        raise DatasetError(
+            path,
+            location,
+            f"field '{name}' is {type(value).__name__} {str(value)[:60]!r}; expected a string or a list "
+            "of chat messages with a user message",
+            name,
+        )
+    return prompt
+
+
+def _row_answer(row: Mapping[str, Any], where: tuple[Path, str], answer_field: str | None) -> str:
+    path, location = where
+    name, value = _pick(row, answer_field, ANSWER_FIELDS)
+    if name is None:
+        field = answer_field or ANSWER_FIELDS[0]
+        names = (answer_field,) if answer_field else ANSWER_FIELDS
+        raise DatasetError(
+            path, location, f"field '{field}' missing (expected one of: {', '.join(names)})", field
+        )
+    answer = normalize_answer_field(value, name)
+    if answer is None:
+        raise DatasetError(
+            path,
+            location,
+            f"field '{name}' has no final answer ({type(value).__name__} {str(value)[:60]!r}); "
+            "expected a string or number, a '#### n' answer or a \\boxed{} solution",
+            name,
+        )
+    return answer
+
+
+def _row_level(row: Mapping[str, Any], where: tuple[Path, str], level_field: str | None) -> int:
+    if level_field is None:
+        return 0
+    path, location = where
+    raw_level = _get(row, level_field)
+    if raw_level is _MISSING:
+        raise DatasetError(path, location, f"field '{level_field}' missing (the level field)", level_field)
+    level = _level(raw_level)
+    if level is None:
+        raise DatasetError(
+            path,
+            location,
+            f"field '{level_field}' is {raw_level!r}; expected an integer or text like 'Level 3'",
+            level_field,
+        )
+    return level
 
 
 def check_overlap(train: Sequence[Problem], heldout: Sequence[Problem]) -> list[str]:

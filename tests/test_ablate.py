@@ -52,7 +52,8 @@ def test_ablate_two_arms_report_and_resume(tmp_path: Path) -> None:
         assert (run / "metrics.csv").exists() and (run / "config.yaml").exists()
     # Same seed and everything but the controller identical across arms.
     configs = [yaml.safe_load((run / "ablate_config.yaml").read_text()) for run in runs.values()]
-    assert configs[0]["controller"]["name"] == "fixed" and configs[1]["controller"]["tau"] == 0.5
+    # The arm's flat key lands in its nested place (anchor.tau) of the resolved controller config.
+    assert configs[0]["controller"]["name"] == "fixed" and configs[1]["controller"]["anchor"]["tau"] == 0.5
     assert [c.pop("controller") and c for c in configs][0] == configs[1]
 
     md = (out / "report.md").read_text()

@@ -143,6 +143,25 @@ def _masked_sum(mask: Tensor, values: Tensor) -> Tensor:
     return torch.where(mask != 0, mask * values, torch.zeros_like(values)).sum()
 
 
+def _kl_loss(logprob: Tensor, ref_logprob: Tensor | None, m: Tensor, N: Tensor) -> Tensor:
+    """L_KL = (1/N) Σ m · (exp(ref − logp) − (ref − logp) − 1), the k3 estimator (≥ 0); 0 without a reference."""
+    if ref_logprob is None:
+        return torch.zeros((), dtype=logprob.dtype, device=logprob.device)
+    log_r = ref_logprob.to(logprob.dtype) - logprob
+    return _masked_sum(m, torch.exp(log_r) - log_r - 1.0) / N
+
+
+@torch.no_grad()
+def _clip_fractions(
+    ratio: Tensor, A: Tensor, m: Tensor, N: Tensor, clip_low: float, upper: float
+) -> tuple[Tensor, Tensor]:
+    """Token shares where the low bound binds (A < 0, ρ < 1−ε_low) and the high one (A > 0, ρ > 1+ε_high)."""
+    r = ratio.detach()
+    low_active = ((A < 0) & (r < 1.0 - clip_low)).to(r.dtype)
+    high_active = ((A > 0) & (r > upper)).to(r.dtype)
+    return _masked_sum(m, low_active) / N, _masked_sum(m, high_active) / N
+
+
 def policy_loss(
     logprob: Tensor,
     entropy: Tensor,
@@ -203,23 +222,11 @@ def policy_loss(
         pg_loss = pg_loss + _masked_sum(m, c * (logprob - old_logprob).abs()) / N
     # L_H = −(1/N) Σ m · α · H
     entropy_loss = -_masked_sum(m, coef_t * entropy.to(logprob.dtype)) / N
+    kl_loss = _kl_loss(logprob, ref_logprob, m, N)
     loss = pg_loss + entropy_loss
-    # β·L_KL, k3 estimator: exp(ref − logp) − (ref − logp) − 1 ≥ 0
-    if ref_logprob is not None:
-        log_r = ref_logprob.to(logprob.dtype) - logprob
-        kl_loss = _masked_sum(m, torch.exp(log_r) - log_r - 1.0) / N
-        if kl_coef != 0.0:
-            loss = loss + kl_coef * kl_loss
-    else:
-        kl_loss = torch.zeros((), dtype=logprob.dtype, device=logprob.device)
-
-    with torch.no_grad():
-        r = ratio.detach()
-        # The low bound binds when A < 0 and ρ < 1−ε_low; the high bound when A > 0 and ρ > 1+ε_high.
-        low_active = ((A < 0) & (r < 1.0 - clip_low)).to(logprob.dtype)
-        high_active = ((A > 0) & (r > upper)).to(logprob.dtype)
-        clip_frac_low = _masked_sum(m, low_active) / N
-        clip_frac_high = _masked_sum(m, high_active) / N
+    if ref_logprob is not None and kl_coef != 0.0:
+        loss = loss + kl_coef * kl_loss
+    clip_frac_low, clip_frac_high = _clip_fractions(ratio, A, m, N, clip_low, upper)
     return PolicyLossOutput(
         loss=loss,
         pg_loss=pg_loss.detach(),
@@ -354,6 +361,29 @@ class _FusedPolicyLoss(torch.autograd.Function):
         return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
+def _per_token_inputs(
+    n: int,
+    cdtype: torch.dtype,
+    dev: torch.device,
+    old_logprob: Tensor,
+    advantages: Tensor,
+    coef: Tensor | float,
+    mask: Tensor,
+    ref_logprob: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """The per-token inputs of the fused loss, checked, detached and expanded to ``[N]`` in ``cdtype``."""
+    coef_t = torch.as_tensor(coef, dtype=cdtype, device=dev)
+    _check_token_tensors(
+        n, old_logprob=old_logprob, advantages=advantages, coef=coef_t, mask=mask, ref_logprob=ref_logprob
+    )
+
+    def per_token(x: Tensor) -> Tensor:
+        return x.detach().to(device=dev, dtype=cdtype).expand(n).contiguous()
+
+    ref_t = None if ref_logprob is None else per_token(ref_logprob)
+    return per_token(old_logprob), per_token(advantages), per_token(coef_t), per_token(mask), ref_t
+
+
 def fused_policy_loss(
     hidden: Tensor,
     weight: Tensor,
@@ -373,15 +403,11 @@ def fused_policy_loss(
     bias: Tensor | None = None,
     token_action: TokenAction | None = None,
 ) -> PolicyLossOutput:
-    """The loss of :func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head.
-
-    Equal in value and gradient to
-    ``policy_loss(*token_logprob_entropy((hidden @ weight.T + bias), targets, temperature), ...)``,
-    but never holds ``[N, V]`` logits, and computes the gradient w.r.t. hidden/weight/bias during
-    forward (stored until backward, which only scales it by the incoming gradient of ``loss``).
-    Call ``backward`` on ``loss`` once; the stored gradients are released then. ``token_action``
-    as in :func:`policy_loss` (its tensors are ``[N]``: no vocabulary dimension is added).
-    """
+    """:func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head, equal in value and
+    gradient to ``policy_loss(*token_logprob_entropy(hidden @ weight.T + bias, targets, T), ...)`` but
+    never holding ``[N, V]`` logits: the gradient w.r.t. hidden/weight/bias is computed in forward and
+    stored until ``loss.backward()`` (call it once) scales it. ``token_action`` as in :func:`policy_loss`
+    (its tensors are ``[N]``: no vocabulary dimension is added)."""
     t = _check_temperature(temperature)
     _check_clip(clip_low, clip_high)
     if chunk_size is None:
@@ -389,25 +415,13 @@ def fused_policy_loss(
     _validate(hidden, weight, targets, bias, chunk_size)
     n = hidden.shape[0]
     cdtype = _compute_dtype(hidden.dtype)
-    dev = hidden.device
-    coef_t = torch.as_tensor(coef, dtype=cdtype, device=dev)
-    _check_token_tensors(
-        n, old_logprob=old_logprob, advantages=advantages, coef=coef_t, mask=mask, ref_logprob=ref_logprob
+    old_t, adv_t, coef_tok, mask_t, ref_t = _per_token_inputs(
+        n, cdtype, hidden.device, old_logprob, advantages, coef, mask, ref_logprob
     )
-
-    def per_token(x: Tensor) -> Tensor:
-        return x.detach().to(device=dev, dtype=cdtype).expand(n).contiguous()
-
-    old_t, adv_t, coef_tok, mask_t = (per_token(x) for x in (old_logprob, advantages, coef_t, mask))
-    ref_t = None if ref_logprob is None else per_token(ref_logprob)
     N = _token_count(mask_t, num_tokens).to(cdtype)
-    action = _action_tensors(token_action, n, cdtype, dev)
-
-    grad_on = torch.is_grad_enabled()
-    need_grad = (
-        grad_on and hidden.requires_grad,
-        grad_on and weight.requires_grad,
-        grad_on and bias is not None and bias.requires_grad,
+    action = _action_tensors(token_action, n, cdtype, hidden.device)
+    need_grad = tuple(
+        torch.is_grad_enabled() and x is not None and x.requires_grad for x in (hidden, weight, bias)
     )
     proxy, logprob, entropy = _FusedPolicyLoss.apply(
         hidden.contiguous(),

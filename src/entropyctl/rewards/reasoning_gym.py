@@ -27,7 +27,6 @@ import base64
 import json
 import pickle
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,16 +88,7 @@ class _ScoreWorker(_Worker):
     """One reasoning-gym scoring process (the math worker's pipe and kill logic, another program)."""
 
     def __init__(self, startup_timeout: float) -> None:
-        self.startup_timeout = startup_timeout
-        self.proc = subprocess.Popen(
-            _worker_command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            close_fds=True,
-        )
-        self._buffer = b""
-        self.ready = False
+        super().__init__(startup_timeout, _worker_command())
 
     def wait_ready(self) -> None:
         if self.ready:

@@ -211,10 +211,12 @@ def run(args: Any) -> int:
         )
     finally:
         reward.close()
-    result.update(seed=seed, n_samples=n, checkpoint=str(args.checkpoint), data=args.data)
+    # `--data synthetic` means "the run's own held-out split", whatever its source.
+    data = f"held-out split ({config.data.source})" if args.data == "synthetic" else args.data
+    result.update(seed=seed, n_samples=n, checkpoint=str(args.checkpoint), data=data)
     result["temperature"] = temperature
     print(f"seed {seed}, {n} samples per problem, {len(problems)} problems, temperature {temperature}")
-    print(format_eval_table(result, f"{args.checkpoint} on {args.data}"))
+    print(format_eval_table(result, f"{args.checkpoint} on {data}"))
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:

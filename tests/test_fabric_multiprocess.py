@@ -15,16 +15,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from multiprocess_launch import run_two_rank_script
 
 from entropyctl.controllers import GroupOutcome, create_controller
 from entropyctl.controllers.base import EntropyReading
@@ -42,41 +38,10 @@ TIMEOUT_S = 240
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("fabric_mp")
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
-    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):  # never inherit a launcher's rank
-        env.pop(var, None)
-    # Own session: on timeout the whole group (rank 0 and the rank 1 it launched) is killed.
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out)],
-        env=env,
-        cwd=out,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        log, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"2-process Fabric run timed out after {TIMEOUT_S} s:\n{log[-4000:]}")
-    assert proc.returncode == 0, f"2-process Fabric run failed (rc={proc.returncode}):\n{log[-4000:]}"
+    log = run_two_rank_script(SCRIPT, out, TIMEOUT_S, "2-process Fabric run")
     results = []
     for r in range(worker.WORLD_SIZE):
         path = out / f"rank{r}.json"

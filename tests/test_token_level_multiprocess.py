@@ -7,10 +7,6 @@ the per-rank losses equals the single-process loss. One launch of tests/mp_scrip
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,40 +21,17 @@ from entropyctl.ops.token_selection import LOCAL
 
 sys.path.insert(0, str(Path(__file__).parent / "mp_scripts"))
 import token_selection_worker as worker  # noqa: E402
+from multiprocess_launch import run_two_rank_script  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "mp_scripts" / "token_selection_worker.py"
 TIMEOUT_S = 240
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("token_mp")
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
-    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(var, None)
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out)],
-        env=env,
-        cwd=out,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        log, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"2-process run timed out after {TIMEOUT_S} s:\n{log[-4000:]}")
-    assert proc.returncode == 0, f"2-process run failed (rc={proc.returncode}):\n{log[-4000:]}"
+    run_two_rank_script(SCRIPT, out, TIMEOUT_S)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(worker.WORLD_SIZE)]
 
 

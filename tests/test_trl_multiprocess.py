@@ -13,24 +13,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from multiprocess_launch import free_port
 
 SCRIPT = Path(__file__).parent / "mp_scripts" / "trl_worker.py"
 TIMEOUT_S = 300
 # ~20 s alone on 2 cores (two processes import TRL), more on a loaded machine.
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         str(SCRIPT),
         str(out),
     ]

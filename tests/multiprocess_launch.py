@@ -1,0 +1,52 @@
+"""Launching the 2-process test scripts in tests/mp_scripts/ (gloo on CPU): a free port, and one run
+of a script that starts its own second rank, killed as a whole group if it outlives its timeout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_two_rank_script(script: Path, out: Path, timeout_s: float, what: str = "2-process run") -> str:
+    """Run ``python script out`` (rank 0, which launches rank 1) in ``out``; return its log.
+
+    Fails the test on a non-zero exit or after ``timeout_s`` (then rank 0 and the rank it launched are
+    both killed: the run has its own session)."""
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):  # never inherit a launcher's rank
+        env.pop(var, None)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out)],
+        env=env,
+        cwd=out,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        log, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"{what} timed out after {timeout_s} s:\n{log[-4000:]}")
+    assert proc.returncode == 0, f"{what} failed (rc={proc.returncode}):\n{log[-4000:]}"
+    return log

@@ -61,18 +61,38 @@ class RelativeUpdate(_Bounds):
     (docs/controllers.md derives it and why κ < 1 keeps the loop stable)."""
 
     rule: Literal["relative"] = "relative"  # type: ignore[assignment]
-    step: float = Field(default=0.1, gt=0, le=1, description="κ: log α per unit of relative error.")
+    step: float = Field(default=0.05, gt=0, le=1, description="κ: log α per unit of relative error.")
     proportional: float = Field(
-        default=1.0,
+        default=2.0,
         ge=0,
         le=5,
         description="κ_p: the proportional term, log α = I + κ_p·e (0: pure integral).",
     )
     smoothing: float = Field(
-        default=0.5, ge=0, lt=1, description="β of the EMA of the readings (0: use each reading as is)."
+        default=0.8, ge=0, lt=1, description="β of the EMA of the readings (0: use each reading as is)."
+    )
+    hold: bool = Field(
+        default=True,
+        description="Conditional integration: the integral holds while the smoothed entropy already "
+        "moves toward H* (its trend H̃ − H̄ has the sign of the error).",
+    )
+    trend_smoothing: float = Field(
+        default=0.97,
+        ge=0,
+        lt=1,
+        description="β̄ of the slower EMA H̄ whose gap to H̃ is the trend (> smoothing).",
     )
     alpha_min: float = Field(default=1e-5, gt=0, description="Lower bound of α_t (> 0: log α must exist).")
     alpha_max: NonNegativeFloat = Field(default=1.0, description="Upper bound of α_t.")
+
+    @model_validator(mode="after")
+    def _check_trend(self) -> RelativeUpdate:
+        if self.hold and self.trend_smoothing <= self.smoothing:
+            raise ValueError(
+                f"trend_smoothing: must be > smoothing = {self.smoothing} when hold is on "
+                f"(got {self.trend_smoothing}): the trend is the fast EMA minus the slow one"
+            )
+        return self
 
 
 class AdditiveUpdate(_Bounds):

@@ -64,7 +64,7 @@ __all__ = [
 #: max(alpha_min, LOG_ALPHA_FLOOR). (The additive and sign rules keep updating from α = 0.)
 LOG_ALPHA_FLOOR = 1e-6
 #: State keys the first release's checkpoints do not hold (restored as None).
-_OPTIONAL_STATE = ("smoothed_entropy", "integral")
+_OPTIONAL_STATE = ("smoothed_entropy", "trend_entropy", "integral")
 
 
 class _AdaptiveConfig(ControllerConfig):
@@ -194,6 +194,8 @@ class TargetController(EntropyController):
         self.last_entropy: float | None = None
         #: H̃, the smoothed reading the relative rule acts on (None before the first reading).
         self.smoothed_entropy: float | None = None
+        #: H̄, the slower EMA of the readings; H̃ − H̄ is the trend the ``hold`` option reads.
+        self.trend_entropy: float | None = None
         #: exp(I_t), the integral part of the relative rule's α (α itself when κ_p = 0).
         self.integral: float | None = None
         self.steps_observed = 0
@@ -239,6 +241,8 @@ class TargetController(EntropyController):
             beta = float(update.smoothing)
             previous = self.smoothed_entropy
             self.smoothed_entropy = entropy if previous is None else beta * previous + (1.0 - beta) * entropy
+            slow, trend_beta = self.trend_entropy, float(update.trend_smoothing)
+            self.trend_entropy = entropy if slow is None else trend_beta * slow + (1.0 - trend_beta) * entropy
         if self.h0 is None:
             self.anchor_sum += entropy
             self.anchor_count += 1
@@ -254,9 +258,9 @@ class TargetController(EntropyController):
             error = relative_error(target, smoothed)
             low, high = float(update.alpha_min), float(update.alpha_max)
             integral = self.alpha if self.integral is None else self.integral
-            self.integral = relative_step(
-                integral, error, step=float(update.step), alpha_min=low, alpha_max=high
-            )
+            if not (update.hold and self.approaching(error)):
+                integral = relative_step(integral, error, step=float(update.step), alpha_min=low, alpha_max=high)
+            self.integral = integral
             self.alpha = relative_step(
                 self.integral, error, step=float(update.proportional), alpha_min=low, alpha_max=high
             )
@@ -271,6 +275,14 @@ class TargetController(EntropyController):
             alpha_max=float(getattr(update, "alpha_max", 0.0)),
         )
 
+    def approaching(self, error: float) -> bool:
+        """Whether the smoothed entropy already moves toward H*: its trend H̃ − H̄ (fast EMA minus
+        slow EMA) has the sign of the error (rising while below H*, falling while above)."""
+        if self.smoothed_entropy is None or self.trend_entropy is None:
+            return False
+        trend = self.smoothed_entropy - self.trend_entropy
+        return error < 0.0 and trend < 0.0
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,
@@ -279,6 +291,7 @@ class TargetController(EntropyController):
             "anchor_count": self.anchor_count,
             "last_entropy": self.last_entropy,
             "smoothed_entropy": self.smoothed_entropy,
+            "trend_entropy": self.trend_entropy,
             "integral": self.integral,
             "steps_observed": self.steps_observed,
             "readings_ignored": self.readings_ignored,
@@ -295,6 +308,7 @@ class TargetController(EntropyController):
         low, high = self.config.alpha_bounds
         self.alpha = min(max(float(state["alpha"]), low), high)
         self.smoothed_entropy = optional(state.get("smoothed_entropy"))
+        self.trend_entropy = optional(state.get("trend_entropy"))
         integral = optional(state.get("integral"))
         self.integral = None if integral is None else min(max(integral, low), high)
         self.h0 = optional(state["h0"])

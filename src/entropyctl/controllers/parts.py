@@ -73,8 +73,12 @@ class RelativeUpdate(_Bounds):
     )
     hold: bool = Field(
         default=True,
-        description="Conditional integration: the integral holds while the smoothed entropy already "
-        "moves toward H* (its trend H̃ − H̄ has the sign of the error).",
+        description="Conditional integration: the integral does not wind α down while the smoothed "
+        "entropy is above H* and already falling fast enough to reach it within hold_horizon "
+        "time constants of the trend EMA.",
+    )
+    hold_horizon: float = Field(
+        default=10.0, gt=0, description="The hold's horizon, in time constants 1/(1 − trend_smoothing)."
     )
     trend_smoothing: float = Field(
         default=0.97,

@@ -255,7 +255,7 @@ class TargetController(EntropyController):
             return
         if isinstance(update, RelativeUpdate):
             smoothed = entropy if self.smoothed_entropy is None else self.smoothed_entropy
-            error = relative_error(target, smoothed)
+            error = max(relative_error(target, smoothed), -1.0)  # |e| ≤ 1 on both sides
             low, high = float(update.alpha_min), float(update.alpha_max)
             integral = self.alpha if self.integral is None else self.integral
             if not (update.hold and self.approaching(error)):
@@ -276,12 +276,22 @@ class TargetController(EntropyController):
         )
 
     def approaching(self, error: float) -> bool:
-        """Whether the smoothed entropy already moves toward H*: its trend H̃ − H̄ (fast EMA minus
-        slow EMA) has the sign of the error (rising while below H*, falling while above)."""
-        if self.smoothed_entropy is None or self.trend_entropy is None:
+        """Whether the smoothed entropy is above H* and falling fast enough to reach it on its own
+        within ``hold_horizon/(1 − β̄)`` steps (``hold_horizon`` time constants of the slow EMA). The trend is the gap
+        between the fast and the slow EMA: on a steady slope r per step the gap is
+        r·(β̄/(1 − β̄) − β/(1 − β)), so r = gap / that lag difference."""
+        if error >= 0.0 or self.smoothed_entropy is None or self.trend_entropy is None:
             return False
-        trend = self.smoothed_entropy - self.trend_entropy
-        return error < 0.0 and trend < 0.0
+        update = self.config.update
+        assert isinstance(update, RelativeUpdate)
+        beta, slow = float(update.smoothing), float(update.trend_smoothing)
+        lag = slow / (1.0 - slow) - beta / (1.0 - beta)
+        slope = (self.smoothed_entropy - self.trend_entropy) / lag
+        if slope >= 0.0:
+            return False
+        target = self.smoothed_entropy / (1.0 - error)  # H̃ = H*·(1 − e)
+        steps_to_target = (self.smoothed_entropy - target) / -slope
+        return steps_to_target <= float(update.hold_horizon) / (1.0 - slow)
 
     def state_dict(self) -> dict[str, Any]:
         return {

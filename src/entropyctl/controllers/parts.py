@@ -55,7 +55,8 @@ class _Bounds(_Part):
 class RelativeUpdate(_Bounds):
     """``relative`` (the default): a multiplicative step on the relative error of a smoothed reading,
 
-    H̃_t = β·H̃_{t−1} + (1 − β)·H_t,   e_t = (H* − H̃_t)/H*,   log α_{t+1} = clip(log α_t + κ·e_t).
+    H̃_t = β·H̃_{t−1} + (1 − β)·H_t,   e_t = max((H* − H̃_t)/H*, −1),
+    I_{t+1} = clip(I_t + κ·e_t),   log α_{t+1} = clip(I_{t+1} + κ_p·e_t).
 
     Its loop gain κ·(d log H / d log α) does not depend on the units of entropy or of α
     (docs/controllers.md derives it and why κ < 1 keeps the loop stable)."""
@@ -71,32 +72,8 @@ class RelativeUpdate(_Bounds):
     smoothing: float = Field(
         default=0.8, ge=0, lt=1, description="β of the EMA of the readings (0: use each reading as is)."
     )
-    hold: bool = Field(
-        default=True,
-        description="Conditional integration: the integral does not wind α down while the smoothed "
-        "entropy is above H* and already falling fast enough to reach it within hold_horizon "
-        "time constants of the trend EMA.",
-    )
-    hold_horizon: float = Field(
-        default=10.0, gt=0, description="The hold's horizon, in time constants 1/(1 − trend_smoothing)."
-    )
-    trend_smoothing: float = Field(
-        default=0.97,
-        ge=0,
-        lt=1,
-        description="β̄ of the slower EMA H̄ whose gap to H̃ is the trend (> smoothing).",
-    )
     alpha_min: float = Field(default=1e-5, gt=0, description="Lower bound of α_t (> 0: log α must exist).")
     alpha_max: NonNegativeFloat = Field(default=1.0, description="Upper bound of α_t.")
-
-    @model_validator(mode="after")
-    def _check_trend(self) -> RelativeUpdate:
-        if self.hold and self.trend_smoothing <= self.smoothing:
-            raise ValueError(
-                f"trend_smoothing: must be > smoothing = {self.smoothing} when hold is on "
-                f"(got {self.trend_smoothing}): the trend is the fast EMA minus the slow one"
-            )
-        return self
 
 
 class AdditiveUpdate(_Bounds):

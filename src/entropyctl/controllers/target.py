@@ -10,8 +10,9 @@ applies α_t in every step.
 
     update.rule: relative (the default)
     H̃_t     = β·H̃_{t−1} + (1 − β)·H_t                          (β = smoothing; H̃_0 = H_0)
-    e_t     = (H* − H̃_t)/H*                                     (the relative error, ≤ 1)
-    α_{t+1} = clip(α_t·exp(κ·e_t), α_min, α_max)                 (κ = step, α_min > 0)
+    e_t     = max((H* − H̃_t)/H*, −1)                            (the relative error, |e_t| ≤ 1)
+    I_{t+1} = clip(I_t·exp(κ·e_t), α_min, α_max)                 (κ = step, α_min > 0, I_0 = α_0)
+    α_{t+1} = clip(I_{t+1}·exp(κ_p·e_t), α_min, α_max)           (κ_p = proportional)
 
     the first release's rules, kept for ablations and to reproduce its runs:
     α_{t+1} = clip(α_t + η·(H* − H_t), α_min, α_max)                 (additive)
@@ -64,7 +65,7 @@ __all__ = [
 #: max(alpha_min, LOG_ALPHA_FLOOR). (The additive and sign rules keep updating from α = 0.)
 LOG_ALPHA_FLOOR = 1e-6
 #: State keys the first release's checkpoints do not hold (restored as None).
-_OPTIONAL_STATE = ("smoothed_entropy", "trend_entropy", "integral")
+_OPTIONAL_STATE = ("smoothed_entropy", "integral")
 
 
 class _AdaptiveConfig(ControllerConfig):
@@ -194,8 +195,6 @@ class TargetController(EntropyController):
         self.last_entropy: float | None = None
         #: H̃, the smoothed reading the relative rule acts on (None before the first reading).
         self.smoothed_entropy: float | None = None
-        #: H̄, the slower EMA of the readings; H̃ − H̄ is the trend the ``hold`` option reads.
-        self.trend_entropy: float | None = None
         #: exp(I_t), the integral part of the relative rule's α (α itself when κ_p = 0).
         self.integral: float | None = None
         self.steps_observed = 0
@@ -241,8 +240,6 @@ class TargetController(EntropyController):
             beta = float(update.smoothing)
             previous = self.smoothed_entropy
             self.smoothed_entropy = entropy if previous is None else beta * previous + (1.0 - beta) * entropy
-            slow, trend_beta = self.trend_entropy, float(update.trend_smoothing)
-            self.trend_entropy = entropy if slow is None else trend_beta * slow + (1.0 - trend_beta) * entropy
         if self.h0 is None:
             self.anchor_sum += entropy
             self.anchor_count += 1
@@ -258,9 +255,9 @@ class TargetController(EntropyController):
             error = max(relative_error(target, smoothed), -1.0)  # |e| ≤ 1 on both sides
             low, high = float(update.alpha_min), float(update.alpha_max)
             integral = self.alpha if self.integral is None else self.integral
-            if not (update.hold and self.approaching(error)):
-                integral = relative_step(integral, error, step=float(update.step), alpha_min=low, alpha_max=high)
-            self.integral = integral
+            self.integral = relative_step(
+                integral, error, step=float(update.step), alpha_min=low, alpha_max=high
+            )
             self.alpha = relative_step(
                 self.integral, error, step=float(update.proportional), alpha_min=low, alpha_max=high
             )
@@ -275,24 +272,6 @@ class TargetController(EntropyController):
             alpha_max=float(getattr(update, "alpha_max", 0.0)),
         )
 
-    def approaching(self, error: float) -> bool:
-        """Whether the smoothed entropy is above H* and falling fast enough to reach it on its own
-        within ``hold_horizon/(1 − β̄)`` steps (``hold_horizon`` time constants of the slow EMA). The trend is the gap
-        between the fast and the slow EMA: on a steady slope r per step the gap is
-        r·(β̄/(1 − β̄) − β/(1 − β)), so r = gap / that lag difference."""
-        if error >= 0.0 or self.smoothed_entropy is None or self.trend_entropy is None:
-            return False
-        update = self.config.update
-        assert isinstance(update, RelativeUpdate)
-        beta, slow = float(update.smoothing), float(update.trend_smoothing)
-        lag = slow / (1.0 - slow) - beta / (1.0 - beta)
-        slope = (self.smoothed_entropy - self.trend_entropy) / lag
-        if slope >= 0.0:
-            return False
-        target = self.smoothed_entropy / (1.0 - error)  # H̃ = H*·(1 − e)
-        steps_to_target = (self.smoothed_entropy - target) / -slope
-        return steps_to_target <= float(update.hold_horizon) / (1.0 - slow)
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,
@@ -301,7 +280,6 @@ class TargetController(EntropyController):
             "anchor_count": self.anchor_count,
             "last_entropy": self.last_entropy,
             "smoothed_entropy": self.smoothed_entropy,
-            "trend_entropy": self.trend_entropy,
             "integral": self.integral,
             "steps_observed": self.steps_observed,
             "readings_ignored": self.readings_ignored,
@@ -318,7 +296,6 @@ class TargetController(EntropyController):
         low, high = self.config.alpha_bounds
         self.alpha = min(max(float(state["alpha"]), low), high)
         self.smoothed_entropy = optional(state.get("smoothed_entropy"))
-        self.trend_entropy = optional(state.get("trend_entropy"))
         integral = optional(state.get("integral"))
         self.integral = None if integral is None else min(max(integral, low), high)
         self.h0 = optional(state["h0"])

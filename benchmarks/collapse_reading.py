@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import math
+import random
 import re
 import statistics
 from pathlib import Path
@@ -52,6 +53,26 @@ def evals_from_log(path: Path) -> dict[str, dict[str, float]]:
     return evals
 
 
+def noise_ceiling(entropy: list[float], start: int, half: int = 10, draws: int = 4000) -> tuple[float, float]:
+    """(reading noise, ceiling) from step ``start`` on. The reading noise is the std of
+    r_t = H_t / (mean of H over t ± ``half``) − 1, the step-to-step scatter around the local level
+    (scaled by √(n/(n − 1)), n = 2·half + 1, for the local mean's own share of it). The ceiling is
+    the share in band a controller holding the true entropy exactly on H* would show with this
+    noise: WINDOW residuals drawn at random (independent readings; a fixed seed) average within
+    ±20 % in that share of ``draws`` windows. The band cannot be met more often than that."""
+    n = 2 * half + 1
+    residual = []
+    for t in range(max(start, half), len(entropy) - half):
+        level = statistics.fmean(entropy[t - half : t + half + 1])
+        if level > 0:
+            residual.append((entropy[t] / level - 1.0) * math.sqrt(n / (n - 1)))
+    if len(residual) < WINDOW:
+        return math.nan, math.nan
+    rng = random.Random(0)
+    inside = sum(abs(statistics.fmean(rng.choices(residual, k=WINDOW))) <= 0.2 for _ in range(draws))
+    return statistics.pstdev(residual), inside / draws
+
+
 def read_run(run: Path, tau: float) -> dict[str, Any]:
     with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -69,6 +90,7 @@ def read_run(run: Path, tau: float) -> dict[str, Any]:
     at_bound = [a <= low * (1 + 1e-9) or a >= high * (1 - 1e-9) for a in alpha]
     after = at_bound[first:] if first is not None else []
     evals = summary.get("evals") or evals_from_log(run / "train.log")
+    noise, ceiling = noise_ceiling(entropy, first if first is not None else len(entropy))
     return {
         "run": f"{run.parent.name}/{run.name}",
         "status": summary.get("status"),
@@ -77,6 +99,8 @@ def read_run(run: Path, tau: float) -> dict[str, Any]:
         "average_over_h0": {str(i + 1): average[i - WINDOW + 1] / h0 for i in range(249, len(entropy), 250)},
         "first_in_band": first,
         "in_band_share_after": sum(later) / len(later) if later else math.nan,
+        "reading_noise_after": noise,
+        "in_band_ceiling_after": ceiling,
         "alpha_at_bound_after": sum(after) / len(after) if after else math.nan,
         "alpha_at_bound_all": sum(at_bound) / len(at_bound) if at_bound else math.nan,
         "alpha_range": [min(alpha), max(alpha)] if alpha else None,
@@ -97,11 +121,13 @@ def main() -> None:
     marks = sorted({int(k) for r in readings for k in r["average_over_h0"]})
     lines = [
         f"Moving average ({WINDOW} steps) of the entropy over H0 at each step; band = ±20 % of {args.tau}·H0.",
+        "Noise ceiling: the share in band a controller holding the true entropy exactly on H* would show",
+        "with the run's own reading noise (std of each reading around its 21-step local mean).",
         "",
         "| run | status | steps | H0 | "
         + " | ".join(f"{m}" for m in marks)
-        + " | first in band | in band after | α at bound (after / all) | α range |",
-        "|---|---|---|---|" + "---|" * len(marks) + "---|---|---|---|",
+        + " | first in band | in band after | noise ceiling | reading noise | α at bound (after / all) | α range |",
+        "|---|---|---|---|" + "---|" * len(marks) + "---|---|---|---|---|---|",
     ]
     for r in readings:
         cells = [f"{r['average_over_h0'].get(str(m), math.nan):.2f}" for m in marks]
@@ -109,8 +135,8 @@ def main() -> None:
         lines.append(
             f"| `{r['run']}` | {r['status']} | {r['steps']} | {r['h0']:.3f} | "
             + " | ".join(cells)
-            + f" | {r['first_in_band']} | {r['in_band_share_after']:.2f} | "
-            f"{r['alpha_at_bound_after']:.2f} / {r['alpha_at_bound_all']:.2f} | {low:.1e} … {high:.1e} |"
+            + f" | {r['first_in_band']} | {r['in_band_share_after']:.2f} | {r['in_band_ceiling_after']:.2f} | "
+            f"{r['reading_noise_after']:.2f} | {r['alpha_at_bound_after']:.2f} / {r['alpha_at_bound_all']:.2f} | {low:.1e} … {high:.1e} |"
         )
     lines += ["", "Held-out pass@1 / pass@8 at each evaluation:", ""]
     for r in readings:

@@ -180,7 +180,7 @@ def test_defaults_and_round_trip() -> None:
     aer = parse_controller_config({"name": "aer"})
     assert isinstance(aer, AERConfig)
     assert aer.update == RelativeUpdate(
-        step=0.1, proportional=1.0, smoothing=0.5, alpha_min=1e-5, alpha_max=1.0
+        step=0.05, proportional=2.0, smoothing=0.8, alpha_min=1e-5, alpha_max=1.0
     )
     assert aer.anchor == InitialAnchor(tau=0.4, steps=1)
     assert aer.allocation == ThresholdAllocation(accuracy_threshold=0.5)

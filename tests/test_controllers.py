@@ -179,6 +179,20 @@ def test_relative_rule_one_step_by_hand() -> None:
     assert controller.metrics()["alpha"] == pytest.approx(integral)
 
 
+def test_relative_error_is_clipped_at_minus_one() -> None:
+    """An entropy far above H* moves log α by at most κ (+ κ_p) per step, as far below does."""
+    controller = create_controller(
+        {"name": "target", "update": {"step": 0.1, "proportional": 1.0, "smoothing": 0.0}}
+    )
+    controller.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H* = 0.4
+    controller.observe(EntropyReading(mean_entropy=2.0, tokens=10, step=1))  # e = -4 unclipped
+    integral = 0.005 * math.exp(-0.1)
+    assert controller.state_dict()["integral"] == pytest.approx(integral)
+    assert controller.metrics()["alpha"] == pytest.approx(integral * math.exp(-1.0))
+    controller.observe(EntropyReading(mean_entropy=0.0, tokens=10, step=2))  # e = +1, the other side
+    assert controller.state_dict()["integral"] == pytest.approx(integral * math.exp(0.1))
+
+
 def test_a_first_release_state_dict_loads() -> None:
     """Checkpoints of the first release hold no smoothed reading or integral: they load, as None."""
     controller = create_controller("aer")

@@ -133,10 +133,11 @@ def test_entropyctl_simulate_aer_200_steps_is_fast() -> None:
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1].split()
     assert last[0] == "199" and abs(float(last[1]) - 0.4) <= 0.04  # settled at H* = 0.4·H0
-    # The budget is 10 s. CPU time is what the command costs; wall time on a shared CI machine
-    # also counts other processes, so it gets a looser bound.
+    # The budget is 10 s of CPU: what the command costs (it does not import Lightning or
+    # transformers). Wall time is not asserted: on a loaded machine it measures the other processes
+    # (40 s here once, with two training runs on both cores); it is printed for the log.
     assert cpu < 10.0, f"entropyctl simulate took {cpu:.1f} s of CPU"
-    assert wall < 30.0, f"entropyctl simulate took {wall:.1f} s wall"
+    print(f"entropyctl simulate: {cpu:.1f} s CPU, {wall:.1f} s wall")
 
 
 def test_import_and_simulate_stay_light() -> None:

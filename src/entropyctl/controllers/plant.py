@@ -26,6 +26,19 @@ every update rule (the additive rule at its η = 0.002: a larger loop gain η·d
 η = 0.01 at gain 100, makes it ring or oscillate — the lag the real loop has too), and the default
 relative rule on a wider family: gain over 100×, 10–20 % reading noise, one step of lag, drift.
 
+A second response, ``response="rate"``, is an *integrating* plant: the bonus sets how fast the
+entropy moves, not where it settles. It is what the collapse runs look like (docs/controllers.md):
+without a bonus the entropy keeps falling, a small bonus only slows the fall, and a bonus above the
+one that balances the collapse makes it rise for as long as it is applied::
+
+    r(c)      = clip(rate_gain · log(c / balance_t), −collapse, rise_max)     balance_t = balance·exp(drift·t)
+    H_{t+1}   = min(H_t · exp(r(c) + noise·ξ_t), h_max)
+
+(``rate_gain``: the change of log H per step per unit of log c; ``collapse``: the fall of log H per
+step at c → 0). There is no equilibrium for a fixed c ≠ balance_t: only feedback holds the target,
+and the noise makes the entropy a random walk around it. ``drift`` here raises the coefficient that
+balances the collapse (the same direction: the bonus buys less as training goes on).
+
 Prompt difficulty: each prompt draws a level from ``difficulty_mix`` (pairs of
 ``(weight, p_correct)``) and its group accuracy is Binomial(group_size, p_correct) / group_size.
 """
@@ -88,6 +101,16 @@ class EntropyPlant:
     #: drift toward collapse: the bonus buys less entropy as training goes on,
     #: g_t = gain·exp(−drift·t) (drift per step; 0.002 → g falls 7.4× over 1000 steps).
     drift: float = 0.0
+    #: "level" (H relaxes toward H_eq(c), the equations above) or "rate" (c sets dH/dt).
+    response: str = "level"
+    #: rate response: the coefficient at which the entropy holds still (at step 0).
+    balance: float = 0.01
+    #: rate response: d log H per step per unit of log(c / balance).
+    rate_gain: float = 0.02
+    #: rate response: the fall of log H per step without a bonus.
+    collapse: float = 0.003
+    #: rate response: the largest rise of log H per step.
+    rise_max: float = 0.02
     seed: int = 0
     entropy: float = field(init=False)
     step_index: int = field(init=False, default=0)
@@ -103,6 +126,13 @@ class EntropyPlant:
         if self.reading_noise < 0 or self.lag < 0 or self.drift < 0:
             raise ValueError(
                 f"reading_noise, lag and drift must be ≥ 0 (got {self.reading_noise}, {self.lag}, {self.drift})"
+            )
+        if self.response not in ("level", "rate"):
+            raise ValueError(f"response: must be 'level' or 'rate' (got {self.response!r})")
+        if self.response == "rate" and not (self.balance > 0 and self.rate_gain > 0 and self.collapse >= 0):
+            raise ValueError(
+                f"rate response: need balance > 0, rate_gain > 0 and collapse ≥ 0 (got {self.balance}, "
+                f"{self.rate_gain}, {self.collapse})"
             )
         self.generator = torch.Generator().manual_seed(int(self.seed))
         self.entropy = float(self.h_init)
@@ -145,12 +175,28 @@ class EntropyPlant:
             )
         reading = EntropyReading(mean_entropy=observed, tokens=tokens, step=self.step_index)
         coef = self.applied_coefficient(plan, outcome)
-        target = self.equilibrium(coef)
-        shock = self.noise * self.entropy * float(torch.randn((), generator=self.generator))
-        self.entropy = min(max(self.entropy + self.decay * (target - self.entropy) + shock, 0.0), self.h_max)
+        if self.response == "rate":
+            self.entropy = self._rate_step(coef)
+        else:
+            target = self.equilibrium(coef)
+            shock = self.noise * self.entropy * float(torch.randn((), generator=self.generator))
+            self.entropy = min(
+                max(self.entropy + self.decay * (target - self.entropy) + shock, 0.0), self.h_max
+            )
         self.history = [*self.history[1:], self.entropy]
         self.step_index += 1
         return reading
+
+    def rate(self, coef: float, step: int | None = None) -> float:
+        """r(c): the change of log H per step under coefficient c (rate response)."""
+        balance = self.balance * math.exp(self.drift * (self.step_index if step is None else step))
+        if coef <= 0.0:
+            return -self.collapse
+        return min(max(self.rate_gain * math.log(coef / balance), -self.collapse), self.rise_max)
+
+    def _rate_step(self, coef: float) -> float:
+        shock = self.noise * float(torch.randn((), generator=self.generator))
+        return min(self.entropy * math.exp(self.rate(coef) + shock), self.h_max)
 
 
 @dataclass

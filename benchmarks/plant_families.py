@@ -1,0 +1,183 @@
+"""The update rules of ``aer`` side by side on three families of the entropy plant (a model, not a
+training run): does the 50-step moving average of the entropy hold ±20 % of H* once it got there?
+
+Families (each drawn at random from a fixed seed, ``--plants`` per family):
+
+* ``level``: the closed-loop tests' first family (gain 25–100, decay 0.05–0.2, plant defaults);
+* ``wide level``: gain over 100× (4–400), decay 0.03–0.3, 10–20 % reading noise, one step of lag,
+  drift toward collapse, H0 0.5–2 (the tests' wide family, other draws);
+* ``rate``: the integrating plant (``response="rate"``) — the bonus sets how fast the entropy moves,
+  as in the collapse runs — with 20–60 % reading noise, the balancing coefficient over 300× and
+  the response gain over 20×, collapse 0.001–0.006 per step, drift toward collapse.
+
+Rules: today's default; the previous default's gains (κ 0.1, κ_p 1, β 0.5, with today's clipped
+error); the first release's additive (the paper's form, our reading), log and sign rules.
+Per plant: the settling step (first step whose 50-step average is within ±20 % of H*), the share of
+later steps in band, the share with α at a bound, the largest average over H*. Writes
+benchmarks/results/plant_families.{json,md}.
+
+    python benchmarks/plant_families.py [--plants 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from entropyctl import create_controller
+from entropyctl.controllers.plant import EntropyPlant, simulate
+
+WINDOW = 50
+RULES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "previous gains": {"rule": "relative", "step": 0.1, "proportional": 1.0, "smoothing": 0.5},
+    "additive": {"rule": "additive"},
+    "log": {"rule": "log"},
+    "sign": {"rule": "sign"},
+}
+
+
+def level(rng: random.Random) -> EntropyPlant:
+    return EntropyPlant(gain=rng.uniform(25, 100), decay=rng.uniform(0.05, 0.2), seed=rng.randrange(2**31))
+
+
+def wide_level(rng: random.Random) -> EntropyPlant:
+    easy = rng.uniform(0.1, 0.5)
+    return EntropyPlant(
+        gain=10 ** rng.uniform(math.log10(4.0), math.log10(400.0)),
+        decay=rng.uniform(0.03, 0.3),
+        reading_noise=rng.uniform(0.1, 0.2),
+        lag=1,
+        drift=rng.choice([0.0, 0.001, 0.002]),
+        h_init=rng.uniform(0.5, 2.0),
+        h_max=rng.uniform(2.5, 6.0),
+        difficulty_mix=((easy, 0.9), (0.4, 0.5), (0.6 - easy, 0.1)),
+        seed=rng.randrange(2**31),
+    )
+
+
+def rate(rng: random.Random) -> EntropyPlant:
+    h_init = rng.uniform(0.5, 2.0)
+    return EntropyPlant(
+        response="rate",
+        balance=10 ** rng.uniform(-3.0, math.log10(0.3)),
+        rate_gain=10 ** rng.uniform(math.log10(0.005), -1.0),
+        collapse=rng.uniform(0.001, 0.006),
+        reading_noise=rng.uniform(0.2, 0.6),
+        noise=0.01,
+        lag=1,
+        drift=rng.choice([0.0, 0.0005]),
+        h_init=h_init,
+        h_max=3.0 * h_init,
+        seed=rng.randrange(2**31),
+    )
+
+
+FAMILIES: dict[str, tuple[Callable[[random.Random], EntropyPlant], int]] = {
+    "level": (level, 600),
+    "wide level": (wide_level, 1000),
+    "rate": (rate, 2000),
+}
+
+
+def moving_average(values: list[float]) -> list[float]:
+    """Entry i: mean of values[i − WINDOW + 1 .. i] (the first WINDOW − 1 entries: of what exists)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - WINDOW] if i >= WINDOW else 0.0)
+        out.append(total / min(i + 1, WINDOW))
+    return out
+
+
+def score(update: dict[str, Any], plant: EntropyPlant, steps: int) -> dict[str, float]:
+    controller = create_controller({"name": "aer", **({"update": update} if update else {})})
+    low, high = controller.config.alpha_bounds  # type: ignore[attr-defined]
+    trajectory = simulate(controller, plant, steps)
+    target = trajectory.target_entropy[-1]
+    average = moving_average(trajectory.entropy)
+    inside = [abs(h - target) <= 0.2 * target for h in average]
+    settled = next((i for i in range(WINDOW, steps) if inside[i]), None)
+    if settled is None:
+        return {
+            "settled": math.nan,
+            "in_band": 0.0,
+            "at_bound": math.nan,
+            "max_over_target": max(average) / target,
+        }
+    later = range(settled, steps)
+    return {
+        "settled": float(settled),
+        "in_band": sum(inside[i] for i in later) / len(later),
+        "at_bound": sum(trajectory.alpha[i] <= low or trajectory.alpha[i] >= high for i in later)
+        / len(later),
+        "max_over_target": max(average[settled:]) / target,
+    }
+
+
+def quantile(values: list[float], q: float) -> float:
+    values = sorted(v for v in values if not math.isnan(v))
+    return values[min(int(q * len(values)), len(values) - 1)] if values else math.nan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plants", type=int, default=30, help="plants per family (default 30)")
+    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    args = parser.parse_args()
+    rows = []
+    for family, (draw, steps) in FAMILIES.items():
+        for rule, update in RULES.items():
+            rng = random.Random(20261202)  # the same plants for every rule (a plant is stateful: fresh ones)
+            scores = [score(update, draw(rng), steps) for _ in range(args.plants)]
+            band = [s["in_band"] for s in scores]
+            rows.append(
+                {
+                    "family": family,
+                    "rule": rule,
+                    "plants": args.plants,
+                    "steps": steps,
+                    "settled": sum(not math.isnan(s["settled"]) for s in scores),
+                    "in_band_min": min(band),
+                    "in_band_p10": quantile(band, 0.1),
+                    "in_band_median": statistics.median(band),
+                    "at_bound_median": quantile([s["at_bound"] for s in scores], 0.5),
+                    "at_bound_max": max(
+                        (s["at_bound"] for s in scores if not math.isnan(s["at_bound"])), default=math.nan
+                    ),
+                    "settling_median": quantile([s["settled"] for s in scores], 0.5),
+                    "settling_max": max(
+                        (s["settled"] for s in scores if not math.isnan(s["settled"])), default=math.nan
+                    ),
+                    "max_over_target": max(s["max_over_target"] for s in scores),
+                }
+            )
+            print(
+                " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in rows[-1].values()),
+                flush=True,
+            )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plant_families.json").write_text(json.dumps(rows, indent=2) + "\n")
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [
+        "| " + " | ".join(f"{r[h]:.2f}" if isinstance(r[h], float) else str(r[h]) for h in header) + " |"
+        for r in rows
+    ]
+    (out / "plant_families.md").write_text(
+        "# The update rules on three plant families\n\n`python benchmarks/plant_families.py` "
+        f"({args.plants} plants per family; in band = the 50-step average within ±20 % of H*, "
+        "over the steps after it first got there; a plant that never got there counts 0).\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

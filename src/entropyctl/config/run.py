@@ -237,8 +237,10 @@ class TrainerConfig(_Section):
     steps: int = Field(100, ge=1, description="RLVR steps (each: rollouts → rewards → updates).")
     accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto.")
     devices: int = Field(1, ge=1, description="Processes (one per device); > 1 runs DDP.")
-    strategy: Literal["auto", "ddp", "ddp_spawn"] = Field(
-        "auto", description="auto: single process for devices=1, ddp otherwise."
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = Field(
+        "auto",
+        description="auto: single process for devices=1, ddp otherwise. fsdp: the policy sharded over the "
+        "devices (FSDP2 fully_shard; CPU/gloo or CUDA; rollout.engine=hf, no dynamic sampling).",
     )
     precision: str = Field("32-true", description="Lightning precision (32-true, bf16-mixed, ...).")
     threads: int | None = Field(None, ge=1, description="torch threads per process (None: cores / devices).")

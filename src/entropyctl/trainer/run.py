@@ -238,11 +238,14 @@ def _finite_or_none(value: Any) -> float | None:
 
 
 def parameter_checksum(model: Any) -> str:
-    """SHA-256 over every parameter's name and bytes (identical parameters ⇔ identical digest)."""
+    """SHA-256 over every parameter's name and bytes (identical parameters ⇔ identical digest); under
+    FSDP the full tensors, so every rank must call it."""
     import hashlib
 
+    from entropyctl.trainer.fsdp import full_state_dict
+
     digest = hashlib.sha256()
-    for name, param in sorted(model.state_dict().items()):
+    for name, param in sorted(full_state_dict(model).items()):  # FSDP shards: gathered (a collective)
         digest.update(name.encode())
         digest.update(param.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -250,6 +253,10 @@ def parameter_checksum(model: Any) -> str:
 
 def _strategy(config: RunConfig) -> Any:
     t = config.trainer
+    if t.strategy == "fsdp":
+        from entropyctl.trainer.fsdp import fsdp_strategy
+
+        return fsdp_strategy(config)
     if t.devices == 1 and t.strategy == "auto":
         return "auto"
     from lightning.pytorch.strategies import DDPStrategy

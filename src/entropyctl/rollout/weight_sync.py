@@ -1,0 +1,232 @@
+"""Weights from the trainer to a rollout engine in another process, through shared memory, bucket by bucket.
+
+The sender (the trainer's process) owns one shared-memory bucket: a file under ``/dev/shm`` mapped with
+``MAP_SHARED`` (``torch.from_file(..., shared=True)``), so both processes see the same pages and nothing is
+serialised. A sync walks the policy's tensors in checkpoint order:
+
+1. ``plan_buckets`` packs them into buckets of at most ``bucket_bytes`` (in the engine's dtype), keeping every
+   transformer layer (``model.layers.<i>.``) whole in one bucket, so the receiver never holds half a layer;
+   a layer larger than the bucket gets a bucket of its own (the region is sized to the largest bucket).
+2. For each bucket the sender copies its tensors into the region (``copy_``, casting to the engine's dtype)
+   and makes one call into the engine with the bucket's layout only: names, shapes, offsets.
+3. The receiver (``StreamingLoad``, in the engine's worker) feeds zero-copy views of the region to the
+   engine's loader, which copies them into its parameters, and returns once the loader asked for the item
+   after the bucket's last one, i.e. once it has taken every tensor of the bucket; then the region may be
+   overwritten by the next bucket.
+
+Memory: one bucket beyond the two models, never a second copy of the whole model (the serialised path held
+the ``torch.save`` buffer, its ``bytes``, the message and the unpickled list at once). Time: one ``copy_`` per
+tensor on each side plus one call per bucket.
+
+The receiver runs the engine's loader (one call that consumes an iterator) in a thread of the engine's
+process, fed one bucket per call; the loader must not keep references to the views past the bucket, which
+holds for vLLM's layer-wise reload because a bucket only ever holds whole layers.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "Slot",
+    "SharedRegion",
+    "StreamingLoad",
+    "attach_region",
+    "bucket_views",
+    "layer_key",
+    "plan_buckets",
+    "region_bytes",
+    "write_bucket",
+]
+
+#: Offsets are multiples of this many bytes (cache lines; any dtype's alignment divides it).
+ALIGNMENT = 64
+
+_LAYER = re.compile(r"^(.*?layers\.\d+\.)")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One tensor in a bucket: its checkpoint name, shape, and byte offset into the shared region."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for size in self.shape:
+            n *= size
+        return n
+
+
+def layer_key(name: str) -> str:
+    """The unit a bucket keeps whole: ``model.layers.3.`` for a layer's tensors, else the name itself."""
+    match = _LAYER.match(name)
+    return match.group(1) if match else name
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGNMENT) * ALIGNMENT
+
+
+def plan_buckets(
+    weights: Sequence[tuple[str, torch.Tensor]], *, element_size: int, bucket_bytes: int
+) -> list[list[Slot]]:
+    """Pack ``weights`` (in order) into buckets of at most ``bucket_bytes``, whole layers per bucket.
+
+    ``element_size`` is the bytes per element in the engine's dtype. A layer larger than ``bucket_bytes``
+    gets a bucket of its own. Returns the buckets' slots; ``region_bytes`` gives the region they need.
+    """
+    if bucket_bytes <= 0 or element_size <= 0:
+        raise ValueError(
+            f"plan_buckets: bucket_bytes and element_size must be > 0, got {bucket_bytes}, {element_size}"
+        )
+    groups: list[list[tuple[str, torch.Tensor]]] = []
+    for name, tensor in weights:
+        if groups and layer_key(groups[-1][-1][0]) == layer_key(name):
+            groups[-1].append((name, tensor))
+        else:
+            groups.append([(name, tensor)])
+    buckets: list[list[Slot]] = []
+    used = 0
+    for group in groups:
+        sizes = [_aligned(t.numel() * element_size) for _, t in group]
+        if buckets and used + sum(sizes) > bucket_bytes:
+            buckets.append([])
+            used = 0
+        if not buckets:
+            buckets.append([])
+        for (name, tensor), size in zip(group, sizes, strict=True):
+            buckets[-1].append(Slot(name, tuple(tensor.shape), used))
+            used += size
+    return [bucket for bucket in buckets if bucket]
+
+
+def region_bytes(buckets: Sequence[Sequence[Slot]], element_size: int) -> int:
+    """The shared region's size: the largest bucket (at least one alignment unit)."""
+    ends = [slot.offset + _aligned(slot.numel * element_size) for bucket in buckets for slot in bucket]
+    return max([ALIGNMENT, *ends])
+
+
+def _view(region: torch.Tensor, slot: Slot, dtype: torch.dtype) -> torch.Tensor:
+    nbytes = slot.numel * torch.empty((), dtype=dtype).element_size()
+    return region[slot.offset : slot.offset + nbytes].view(dtype).view(slot.shape)
+
+
+def write_bucket(
+    region: torch.Tensor, slots: Sequence[Slot], tensors: Sequence[torch.Tensor], dtype: torch.dtype
+) -> None:
+    """Copy ``tensors`` (one per slot) into the region, cast to ``dtype``."""
+    with torch.no_grad():
+        for slot, tensor in zip(slots, tensors, strict=True):
+            _view(region, slot, dtype).copy_(tensor)
+
+
+def bucket_views(
+    region: torch.Tensor, slots: Sequence[Slot], dtype: torch.dtype
+) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` views of one bucket in the region (no copy)."""
+    return [(slot.name, _view(region, slot, dtype)) for slot in slots]
+
+
+def _shm_directory() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+class SharedRegion:
+    """A shared-memory region of ``nbytes`` as a ``uint8`` tensor; other processes map it by ``path``.
+
+    The file lives under ``/dev/shm`` where it exists (memory only), else in the temp directory (page cache).
+    ``close()`` unmaps and deletes it; it is also deleted when the object is collected.
+    """
+
+    def __init__(self, nbytes: int, *, prefix: str = "entropyctl-weights-") -> None:
+        if nbytes <= 0:
+            raise ValueError(f"SharedRegion: nbytes must be > 0, got {nbytes}")
+        fd, path = tempfile.mkstemp(prefix=prefix, dir=_shm_directory())
+        try:
+            os.ftruncate(fd, nbytes)
+        finally:
+            os.close(fd)
+        self.path = Path(path)
+        self.nbytes = nbytes
+        self.tensor: torch.Tensor | None = attach_region(self.path, nbytes)
+        self._finalizer = weakref.finalize(self, self.path.unlink, missing_ok=True)
+
+    def close(self) -> None:
+        self.tensor = None
+        self._finalizer()
+
+
+def attach_region(path: str | os.PathLike[str], nbytes: int) -> torch.Tensor:
+    """Map an existing region (``SharedRegion.path``) as a ``uint8`` tensor shared with its owner."""
+    return torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8)
+
+
+class StreamingLoad:
+    """Runs ``load(iterator)`` in a thread while its items arrive one bucket per ``feed`` call.
+
+    ``feed(items)`` returns once the loader has asked for the item after the last of ``items`` (it has taken
+    them all), or raises the loader's error. ``finish()`` ends the iterator, waits for ``load`` to return and
+    returns its result (or raises its error). The loader sees one iterator over every item of every bucket.
+    """
+
+    def __init__(self, load: Callable[[Iterator[tuple[str, torch.Tensor]]], object]) -> None:
+        self._queue: queue.Queue[tuple[list[tuple[str, torch.Tensor]], threading.Event] | None] = (
+            queue.Queue()
+        )
+        self._error: BaseException | None = None
+        self._result: object = None
+        self._thread = threading.Thread(
+            target=self._run, args=(load,), name="entropyctl-weight-load", daemon=True
+        )
+        self._thread.start()
+
+    def _items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        while True:
+            entry = self._queue.get()
+            if entry is None:
+                return
+            items, taken = entry
+            yield from items
+            taken.set()  # runs when the loader asks for the next item: it holds none of these any more
+
+    def _run(self, load: Callable[[Iterator[tuple[str, torch.Tensor]]], object]) -> None:
+        try:
+            with torch.no_grad():  # grad mode is per thread
+                self._result = load(self._items())
+        except BaseException as err:  # re-raised in the caller's thread
+            self._error = err
+
+    def _wait(self, event: threading.Event) -> None:
+        while not event.wait(0.05):
+            if not self._thread.is_alive():
+                break
+        if self._error is not None:
+            raise RuntimeError(f"weight load failed in the engine: {self._error!r}") from self._error
+        if not event.is_set():
+            raise RuntimeError("weight load ended before it took every tensor sent")
+
+    def feed(self, items: list[tuple[str, torch.Tensor]]) -> None:
+        taken = threading.Event()
+        self._queue.put((items, taken))
+        self._wait(taken)
+
+    def finish(self) -> object:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"weight load failed in the engine: {self._error!r}") from self._error
+        return self._result

@@ -146,3 +146,45 @@ def test_weight_sync_after_optimizer_steps(setup):
     )
     # Nothing changed since: the next sync is skipped.
     assert engine.sync_weights(model) is False
+
+
+def _sgd_steps(model, sequence: list[int], lr: float = 0.05, steps: int = 2) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    ids = torch.tensor([sequence])
+    for _ in range(steps):
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
+        optimizer.zero_grad()
+        (-logp.mean()).backward()
+        optimizer.step()
+
+
+def test_shared_memory_sync_in_small_buckets_equals_the_serialized_sync(setup):
+    """The shared-memory transport (default) in 1-MiB buckets, i.e. one layer per bucket and the region
+    reused ~30 times, leaves the engine with exactly the weights the serialized blob gives: equal log-probs,
+    and equal to the policy's training forward within ATOL."""
+    model, tokenizer, engine = setup
+    prompt = _prompt_ids(tokenizer, QUESTIONS[1])
+    comp = engine.generate([prompt], 1, SamplingSettings(temperature=1.0, max_new_tokens=16, seed=5))
+    sequence = prompt + comp.response_ids[0, comp.response_mask[0].bool()].tolist()
+    k = len(prompt) - 1
+    config = engine.config
+    try:
+        _sgd_steps(model, sequence)
+        engine.config = config.model_copy(update={"weight_sync": "shared_memory", "sync_bucket_mib": 1.0})
+        assert engine.sync_weights(model) is True
+        layers = model.config.num_hidden_layers
+        assert engine.last_sync_buckets >= layers  # whole layers, one (or more) per bucket
+        assert engine._region is not None and engine._region.path.exists()
+        shared = engine.prompt_logprobs([sequence])[0][k:]
+        policy = _training_logprobs(model, comp)
+        assert torch.allclose(shared, policy, atol=ATOL), (shared - policy).abs().max()
+
+        engine.config = config.model_copy(update={"weight_sync": "serialized"})
+        assert engine.sync_weights(model, force=True) is True
+        serialized = engine.prompt_logprobs([sequence])[0][k:]
+        assert torch.equal(shared, serialized), (shared - serialized).abs().max()
+        print(
+            f"shared-memory sync: {engine.last_sync_buckets} buckets; |vLLM - policy| {(shared - policy).abs().max():.2e}"
+        )
+    finally:
+        engine.config = config

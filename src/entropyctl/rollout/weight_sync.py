@@ -1,26 +1,28 @@
 """Weights from the trainer to a rollout engine in another process, through shared memory, bucket by bucket.
 
-The sender (the trainer's process) owns one shared-memory bucket: a file under ``/dev/shm`` mapped with
+The sender (the trainer's process) owns shared-memory regions: files under ``/dev/shm`` mapped with
 ``MAP_SHARED`` (``torch.from_file(..., shared=True)``), so both processes see the same pages and nothing is
 serialised. A sync walks the policy's tensors in checkpoint order:
 
 1. ``plan_buckets`` packs them into buckets of at most ``bucket_bytes`` (in the engine's dtype), keeping every
    transformer layer (``model.layers.<i>.``) whole in one bucket, so the receiver never holds half a layer;
-   a layer larger than the bucket gets a bucket of its own (the region is sized to the largest bucket).
-2. For each bucket the sender copies its tensors into the region (``copy_``, casting to the engine's dtype)
-   and makes one call into the engine with the bucket's layout only: names, shapes, offsets.
+   a layer larger than the bucket gets a bucket of its own (a region is sized to the largest bucket).
+2. For each bucket the sender copies its tensors into a region (``copy_``, casting to the engine's dtype)
+   and makes one call into the engine with the bucket's layout only: names, shapes, offsets. With two
+   regions the copy of bucket k+1 overlaps the engine's load of bucket k.
 3. The receiver (``StreamingLoad``, in the engine's worker) feeds zero-copy views of the region to the
    engine's loader, which copies them into its parameters, and returns once the loader asked for the item
    after the bucket's last one, i.e. once it has taken every tensor of the bucket; then the region may be
-   overwritten by the next bucket.
+   overwritten.
 
-Memory: one bucket beyond the two models, never a second copy of the whole model (the serialised path held
+Memory: two buckets beyond the two models, never a second copy of the whole model (the serialised path held
 the ``torch.save`` buffer, its ``bytes``, the message and the unpickled list at once). Time: one ``copy_`` per
-tensor on each side plus one call per bucket.
+tensor on the sender's side (overlapped) plus one call per bucket, beside what the engine's own load costs.
 
 The receiver runs the engine's loader (one call that consumes an iterator) in a thread of the engine's
-process, fed one bucket per call; the loader must not keep references to the views past the bucket, which
-holds for vLLM's layer-wise reload because a bucket only ever holds whole layers.
+process, fed one bucket per call. The loader must not keep references to a bucket's views once it has asked
+for the next item: vLLM's layer-wise reload keeps a layer's tensors until the layer is complete, which is
+within the bucket because a bucket only ever holds whole layers.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from trainer_helpers import read_metrics, tiny_config
 
 from entropyctl.trainer.run import parameter_checksum, run_training
 
-TIMING = ("time_rollout", "time_reward", "time_update", "time_step")
+TIMING = ("time_sync", "time_rollout", "time_reward", "time_update", "time_step")
 
 
 class _Killed(RuntimeError):

@@ -28,7 +28,7 @@ from entropyctl.trainer.run_dir import (
     read_run_state,
 )
 
-TIMING = ("time_rollout", "time_reward", "time_update", "time_step")
+TIMING = ("time_sync", "time_rollout", "time_reward", "time_update", "time_step")
 QUICK = ["trainer.steps=2", "eval.before=false", "eval.after=false"]
 
 

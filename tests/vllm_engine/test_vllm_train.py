@@ -110,6 +110,10 @@ def test_two_step_train_with_vllm_rollouts(tmp_path: Path) -> None:
         assert 0 < float(row["response_length"]) <= 16 and 0.0 <= float(row["reward"]) <= 1.0
         assert float(row["time_rollout"]) > 0 and float(row["tokens"]) > 0
     assert float(rows[0]["h0"]) == pytest.approx(float(rows[0]["entropy"]))  # aer anchors on step 1
+    # time_sync: step 1 finds the engine already in sync (no tensor changed since start-up: skipped);
+    # step 2 pushes the first update's weights (shared memory, SmolLM2's ~0.5 GB: about a second here).
+    first, second = (float(r["time_sync"]) for r in rows)
+    assert 0 <= first < second and second > 0.05, (first, second)
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 2

@@ -783,10 +783,11 @@ class RLVRModule(pl.LightningModule):
         cfg = self.config
         rank, _ = self._world()
         step = self.rlvr_step + 1  # 1-based number of the step being made
-        timers = {"start": time.perf_counter(), "rollout": 0.0, "reward": 0.0, "update": 0.0}
+        timers = {"start": time.perf_counter(), "sync": 0.0, "rollout": 0.0, "reward": 0.0, "update": 0.0}
         if hasattr(self.reward, "reset_metrics"):
             self.reward.reset_metrics()
         self.engine.sync_weights(self.policy)
+        timers["sync"] = time.perf_counter() - timers["start"]
         collected = self.collect(step, rank, timers)
         scored = score(collected, cfg.rollout, cfg.algorithm.advantage_scale)
         planned = plan_groups(self.controller, scored, step, mask_overlong=cfg.rollout.overlong == "mask")

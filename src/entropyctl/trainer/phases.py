@@ -276,7 +276,8 @@ def metrics_row(
         "reward_parse_error": g["parse_error"],
         "reward_timeout": g["timeout"],
         "readings_ignored": float(cm.get("readings_ignored", math.nan)),
-        **{f"time_{k}": timers[k] for k in ("rollout", "reward", "update", "step")},
+        # time_sync: pushing the policy's weights into the rollout engine (0 for the HF engine: no copy).
+        **{f"time_{k}": timers.get(k, 0.0) for k in ("sync", "rollout", "reward", "update", "step")},
     }
     coef_by_level, entropy_by_level = updated.stats.bucket_coef_means(), updated.stats.bucket_means()
     for i, level in enumerate(levels):

@@ -526,6 +526,7 @@ def metric_columns(levels: Sequence[int], controller_metrics: Sequence[str] = ()
         "reward_parse_error",
         "reward_timeout",
         "readings_ignored",
+        "time_sync",
         "time_rollout",
         "time_reward",
         "time_update",

@@ -340,7 +340,7 @@ def rl_command(python: str, device: str, small: bool, engine: str, run_dir: Path
 
 #: metrics.csv columns reported first / last / mean.
 RL_COLUMNS = ("reward", "entropy", "target_entropy", "alpha", "response_length")
-RL_TIMES = ("time_rollout", "time_reward", "time_update", "time_step")
+RL_TIMES = ("time_sync", "time_rollout", "time_reward", "time_update", "time_step")
 
 
 def summarize_rl(run_dir: Path) -> dict[str, Any]:

@@ -272,4 +272,4 @@ def test_small_cpu_check_runs_every_stage_and_writes_the_json(tmp_path: Path) ->
     assert rl["steps_completed"] == 2 and rl["run_status"] == "finished" and rl["controller"] == "aer"
     for key in ("reward", "entropy", "alpha", "target_entropy"):
         assert _finite(rl[key]["first"]) and _finite(rl[key]["last"]), (key, rl[key])
-    assert rl["entropy"]["first"] > 0 and _finite(rl["time_step_mean_s"])
+    assert rl["entropy"]["first"] > 0 and _finite(rl["time_step_mean_s"]) and _finite(rl["time_sync_mean_s"])

@@ -10,7 +10,7 @@ samples per prompt, drawn with another sampling seed (the seed is derived from t
 Per arm, mean ± sample std over seeds: held-out pass@1 / pass@8 at the cut, H/H0 over the last quarter of
 the steps up to the cut (the report's definition), collapses (H/H0 < 0.1 there), the 50-step moving
 average of H/H0 at steps 500 / 1000 / 1500, and, for per-token controllers, the share of tokens they acted
-on. Writes <study>/reading.{md,json}.
+on. Writes <study>/reading.{md,json} and entropy_1500.png (the 50-step moving average of H/H0 per arm).
 
     python benchmarks/token_level_reading.py benchmarks/ablation_token_level \
         --reuse benchmarks/ablation_collapse_v3 --arms fixed:alpha=0 aer --at 1500
@@ -102,6 +102,29 @@ def _cell(values: list[float | None], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
 
 
+def plot(curves: dict[str, list[np.ndarray]], at: int, path: Path) -> None:
+    """The 50-step moving average of H/H0 per arm (seed mean, band = min..max over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for arm, runs in curves.items():
+        smooth = np.stack([np.convolve(r, np.ones(WINDOW) / WINDOW, mode="valid") for r in runs])
+        x = np.arange(WINDOW, WINDOW + smooth.shape[1])
+        (line,) = ax.plot(x, smooth.mean(0), label=f"{arm} ({len(runs)} seeds)")
+        ax.fill_between(x, smooth.min(0), smooth.max(0), color=line.get_color(), alpha=0.15)
+    ax.axhline(0.4, color="grey", linestyle="--", linewidth=0.8, label="aer's target 0.4·H0")
+    ax.axhline(0.1, color="black", linestyle=":", linewidth=0.8, label="collapse 0.1·H0")
+    ax.set(xlabel="step", ylabel=f"entropy / H0 ({WINDOW}-step average)", xlim=(0, at), ylim=(0, None))
+    ax.set_title("Entropy collapse task: per-token methods vs aer and no bonus")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,7 +133,11 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, required=True, help="the longer study whose arms are cut")
     parser.add_argument("--arms", nargs="+", default=["fixed:alpha=0", "aer"], help="arms taken from --reuse")
     parser.add_argument("--at", type=int, default=1500, help="the step at which every arm is read")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where reading.{md,json} go (default: the study)"
+    )
     args = parser.parse_args()
+    out = args.out or args.study
 
     study = find_runs(args.study)
     reused = {arm: runs for arm, runs in find_runs(args.reuse).items() if arm in args.arms}
@@ -131,8 +158,11 @@ def main() -> None:
                 )
 
     arms: dict[str, list[dict[str, Any]]] = {}
+    curves: dict[str, list[np.ndarray]] = {}
     for arm, runs in [*reused.items(), *study.items()]:
-        arms[arm] = [read_run(run, args.at) for run in runs if int(run.steps.max(initial=0)) >= args.at]
+        done = [run for run in runs if int(run.steps.max(initial=0)) >= args.at]
+        arms[arm] = [read_run(run, args.at) for run in done]
+        curves[arm] = [run.entropy_ratio()[run.steps <= args.at] for run in done]
 
     lines = [
         f"# Token-level study read at step {args.at}",
@@ -169,10 +199,15 @@ def main() -> None:
                 f"- `{arm}` {Path(r['path']).name}: {r['pass@1']:.3f} / {r['pass@8']:.3f}, "
                 f"{r['h_over_h0_last_quarter']:.3f}"
             )
-    (args.study / "reading.md").write_text("\n".join(lines) + "\n")
-    (args.study / "reading.json").write_text(json.dumps({"at": args.at, "arms": arms}, indent=2) + "\n")
+    for row in (r for rows in arms.values() for r in rows):  # paths relative to the study, as committed
+        row["path"] = str(Path(row["path"]).relative_to(Path(row["path"]).parents[2]))
+    out.mkdir(parents=True, exist_ok=True)
+    lines += ["", "![entropy](entropy_1500.png)"]
+    (out / "reading.md").write_text("\n".join(lines) + "\n")
+    (out / "reading.json").write_text(json.dumps({"at": args.at, "arms": arms}, indent=2) + "\n")
+    plot(curves, args.at, out / "entropy_1500.png")
     print("\n".join(lines))
-    print(f"wrote {args.study / 'reading.md'} and reading.json")
+    print(f"wrote {out / 'reading.md'}, reading.json and entropy_1500.png")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,36 @@ def test_region_is_shared_with_a_second_mapping_and_deleted_on_close():
     assert not path.exists()
 
 
+def test_region_leaves_a_full_dev_shm_for_the_temp_directory(monkeypatch):
+    """A container's /dev/shm is often 64 MiB: a region that does not fit twice goes to the temp
+    directory (a mapped file, the same semantics) instead of dying of SIGBUS at the first write."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from entropyctl.rollout import weight_sync
+
+    real = os.statvfs
+
+    def tiny_shm(path):
+        stat = real(path)
+        if str(path) == weight_sync.SHM:
+            return os.statvfs_result((*stat[:4], 1, *stat[5:]))  # 1 block available
+        return stat
+
+    monkeypatch.setattr(os, "statvfs", tiny_shm)
+    assert weight_sync.region_directory(4096) is None
+    region = SharedRegion(4096)
+    try:
+        assert region.path.parent == Path(tempfile.gettempdir())
+        other = attach_region(region.path, 4096)
+        assert region.tensor is not None
+        region.tensor[:4] = 7
+        assert other[:4].tolist() == [7, 7, 7, 7]
+    finally:
+        region.close()
+
+
 def test_streaming_load_hands_every_item_over_and_returns_the_result():
     seen: list[str] = []
 

@@ -48,6 +48,7 @@ __all__ = [
     "layer_key",
     "plan_buckets",
     "region_bytes",
+    "region_directory",
     "write_bucket",
 ]
 
@@ -143,25 +144,44 @@ def bucket_views(
     return [(slot.name, _view(region, slot, dtype)) for slot in slots]
 
 
-def _shm_directory() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+SHM = "/dev/shm"
+
+
+def region_directory(nbytes: int) -> str | None:
+    """``/dev/shm`` when it exists, is writable and has room for the region twice over; else None (the
+    temp directory). Containers often cap ``/dev/shm`` (Docker: 64 MiB unless ``--shm-size``)."""
+    if not (os.path.isdir(SHM) and os.access(SHM, os.W_OK)):
+        return None
+    stat = os.statvfs(SHM)
+    return SHM if stat.f_bavail * stat.f_frsize >= 2 * nbytes else None
 
 
 class SharedRegion:
     """A shared-memory region of ``nbytes`` as a ``uint8`` tensor; other processes map it by ``path``.
 
-    The file lives under ``/dev/shm`` where it exists (memory only), else in the temp directory (page cache).
-    ``close()`` unmaps and deletes it; it is also deleted when the object is collected.
+    The file lives under ``/dev/shm`` when it has room (memory only), else in the temp directory (a mapped
+    file: the page cache, same semantics). Its space is reserved up front (``posix_fallocate``), so a full
+    file system fails here with an error instead of a bus error at the first write. ``close()`` unmaps and
+    deletes it; it is also deleted when the object is collected.
     """
 
     def __init__(self, nbytes: int, *, prefix: str = "entropyctl-weights-") -> None:
         if nbytes <= 0:
             raise ValueError(f"SharedRegion: nbytes must be > 0, got {nbytes}")
-        fd, path = tempfile.mkstemp(prefix=prefix, dir=_shm_directory())
+        fd, path = tempfile.mkstemp(prefix=prefix, dir=region_directory(nbytes))
         try:
-            os.ftruncate(fd, nbytes)
-        finally:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, nbytes)
+            else:  # pragma: no cover - macOS: sparse, like any mmap'd file
+                os.ftruncate(fd, nbytes)
+        except OSError as err:
             os.close(fd)
+            Path(path).unlink(missing_ok=True)
+            raise OSError(
+                f"weight sync: cannot reserve {nbytes / 2**20:.0f} MiB for a shared region in "
+                f"{Path(path).parent} ({err}); lower rollout.options.sync_bucket_mib or free space there"
+            ) from err
+        os.close(fd)
         self.path = Path(path)
         self.nbytes = nbytes
         self.tensor: torch.Tensor | None = attach_region(self.path, nbytes)

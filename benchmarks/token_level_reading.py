@@ -167,7 +167,8 @@ def main() -> None:
     lines = [
         f"# Token-level study read at step {args.at}",
         "",
-        f"Study: `{args.study}`; arms {', '.join(f'`{a}`' for a in args.arms)} from `{args.reuse}` cut at step "
+        f"Study: `{args.study.name}`; arms {', '.join(f'`{a}`' for a in args.arms)} from `{args.reuse.name}` cut at "
+        f"step "
         f"{args.at} (configs equal but for the controller and the length: checked per run).",
         "Mean ± sample std over seeds. H/H0 over the last quarter of steps 1..cut; collapse = H/H0 < 0.1 there.",
         "",

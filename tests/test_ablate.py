@@ -91,3 +91,31 @@ def test_ablate_two_arms_report_and_resume(tmp_path: Path) -> None:
     assert "1 finished (skipped), 1 to run" in third.stdout
     assert json.loads(summary_path.read_text())["status"] == "finished"
     assert (runs["fixed_alpha=0.01"] / "summary.json").stat().st_mtime_ns == stamps[runs["fixed_alpha=0.01"]]
+
+
+def test_a_second_ablate_into_the_same_directory_keeps_the_first_ones_arms(tmp_path: Path) -> None:
+    """Adding arms with a second command (same --out) used to overwrite ablation.json with the new arms
+    only, hiding the first command's finished runs from the report and from find_runs."""
+    from entropyctl.experiments.ablate import merged_manifest
+
+    def manifest(command: str, slugs: list[str], seeds: list[int]) -> dict:
+        arms = [{"label": s, "slug": s, "controller": s, "overrides": {}} for s in slugs]
+        return {
+            "command": command,
+            "base_config": "b.yaml",
+            "set": [],
+            "seeds": seeds,
+            "jobs": 2,
+            "arms": arms,
+        }
+
+    path = tmp_path / "ablation.json"
+    first = merged_manifest(path, manifest("first", ["a", "b"], [0, 1, 2]))
+    assert first["commands"] == ["first"] and [a["slug"] for a in first["arms"]] == ["a", "b"]
+    path.write_text(json.dumps(first))
+    second = merged_manifest(path, manifest("second", ["c", "a"], [0]))
+    assert [a["slug"] for a in second["arms"]] == ["b", "c", "a"]
+    assert second["seeds"] == [0, 1, 2] and second["commands"] == ["first", "second"]
+    assert second["command"] == "second"
+    path.write_text("not json")  # a damaged manifest is replaced, not a crash
+    assert [a["slug"] for a in merged_manifest(path, manifest("third", ["d"], [0]))["arms"]] == ["d"]

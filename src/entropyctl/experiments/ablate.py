@@ -409,6 +409,24 @@ def _arms_and_seeds(
     return arm_list, seed_list
 
 
+def merged_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` merged into the one already at ``path`` (an earlier ``ablate`` into the same directory):
+    the earlier arms stay, in their order, followed by the new ones (an arm in both takes the new entry);
+    seeds are the union; ``commands`` lists every command in order. Without this, adding arms to a study
+    with a second command hid the first command's arms from the report."""
+    if not path.exists():
+        return {**manifest, "commands": [manifest["command"]]}
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {**manifest, "commands": [manifest["command"]]}
+    new_slugs = {arm["slug"] for arm in manifest["arms"]}
+    arms = [arm for arm in previous.get("arms", []) if arm.get("slug") not in new_slugs] + manifest["arms"]
+    seeds = sorted({*previous.get("seeds", []), *manifest["seeds"]})
+    commands = list(previous.get("commands", [previous.get("command")] if previous.get("command") else []))
+    return {**manifest, "arms": arms, "seeds": seeds, "commands": [*commands, manifest["command"]]}
+
+
 def run_ablation(
     base_config: str | Path | Mapping[str, Any],
     arms: Sequence[str | Mapping[str, Any] | Arm] | None = None,
@@ -454,6 +472,7 @@ def run_ablation(
         {"label": a.label, "slug": a.slug, "controller": a.controller, "overrides": dict(a.overrides)}
         for a in arm_list
     ]
+    manifest = merged_manifest(out / "ablation.json", manifest)
     (out / "ablation.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
     todo = [s for s in specs if not is_finished(s.run_dir)]

@@ -1,0 +1,69 @@
+"""The committed token-level study (benchmarks/ablation_token_level: clip_cov, kl_cov, high_entropy_tokens at
+their defaults, 3 seeds × 1500 steps of the collapse task) is what its run directories say: every run is the
+shipped config's arm × seed, the reading (beside the v3 collapse runs' no-bonus and aer arms cut at step
+1500) is reproduced from the committed metrics and summaries, and docs/ablations.md quotes its rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from entropyctl.config import parse_run_config
+from entropyctl.experiments.ablate import canonical_config, parse_arms, plan_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "benchmarks" / "ablation_token_level"
+V3 = ROOT / "benchmarks" / "ablation_collapse_v3"
+CONFIG = ROOT / "configs" / "ablation_token_level.yaml"
+ARMS = ["clip_cov", "kl_cov", "high_entropy_tokens"]
+
+
+def test_committed_token_level_runs_are_the_shipped_configs_arms() -> None:
+    base = yaml.safe_load(CONFIG.read_text())
+    specs = plan_runs(base, parse_arms(ARMS, where="test"), [0, 1, 2], STUDY)
+    assert len(specs) == 9
+    for spec in specs:
+        launched = yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text())
+        assert canonical_config(launched) == canonical_config(spec.config), spec.run_dir
+        written = parse_run_config(yaml.safe_load((spec.run_dir / "config.yaml").read_text()))
+        expected = parse_run_config(spec.config)
+        assert written.controller == expected.controller and written.trainer.steps == 1500, spec.run_dir
+        summary = json.loads((spec.run_dir / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["steps"] == 1500, spec.run_dir
+
+
+def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "token_level_reading.py"),
+        str(STUDY),
+        "--reuse",
+        str(V3),
+        "--at",
+        "1500",
+        "--out",
+        str(tmp_path),
+    ]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    regenerated = json.loads((tmp_path / "reading.json").read_text())
+    committed = json.loads((STUDY / "reading.json").read_text())
+    assert regenerated == committed
+    assert (tmp_path / "reading.md").read_text() == (STUDY / "reading.md").read_text()
+    arms = committed["arms"]
+    assert all(len(arms[arm]) >= 3 for arm in ["fixed:alpha=0", "aer", *ARMS]), {
+        a: len(r) for a, r in arms.items()
+    }
+
+
+def test_docs_quote_the_reading() -> None:
+    reading = set((STUDY / "reading.md").read_text().splitlines())
+    text = (ROOT / "docs" / "ablations.md").read_text()
+    table = text.split("<!-- token-level-table:start -->")[1].split("<!-- token-level-table:end -->")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 5
+    missing = [row for row in rows if row not in reading]
+    assert not missing, f"docs/ablations.md rows not in the committed reading.md: {missing[:3]}"

@@ -182,16 +182,34 @@ def _wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen[str], limit: flo
     raise AssertionError(f"no {rows} metrics rows within {limit} s")
 
 
+# The tiny run takes ~0.04 s a step: a signal sent once `cut` rows are logged could land after the
+# last step. This reward (exact match) sleeps, so a step lasts >= 24 x 0.05 s and the signal lands
+# mid-run with seconds to spare; both runs use it, so it changes no metric but the timings.
+PACED_REWARD = """
+import time
+
+def paced(completion, answer):
+    time.sleep(0.05)
+    return float(completion.strip() == str(answer).strip())
+"""
+PACED = ["reward.name=paced_reward_mod:paced"]
+
+
 @pytest.mark.slow
-def test_sigterm_at_a_random_step_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+def test_sigterm_at_a_random_step_then_resume_equals_uninterrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seed = int.from_bytes(os.urandom(4), "little")
     cut = random.Random(seed).randint(1, STEPS - 2)  # signal once this many steps are logged
-    full = run_training(tiny_config(*SIGNAL_RUN[len(TINY) + len(SMALL) :]), tmp_path / "full")
+    (tmp_path / "paced_reward_mod.py").write_text(PACED_REWARD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    full = run_training(tiny_config(*SIGNAL_RUN[len(TINY) + len(SMALL) :], *PACED), tmp_path / "full")
 
     run_dir = tmp_path / "cut"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tmp_path)}
+    paced = [arg for item in PACED for arg in ("--set", item)]
     proc = subprocess.Popen(
-        _train_cmd(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        _train_cmd(run_dir, *paced), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     _wait_rows(run_dir, cut, proc)
     with pytest.raises(RunLockedError, match=f"pid {proc.pid} on host"):
@@ -209,7 +227,7 @@ def test_sigterm_at_a_random_step_then_resume_equals_uninterrupted(tmp_path: Pat
     assert ckpt["rlvr"]["step"] == stopped_at  # the last finished step was checkpointed
 
     resumed = subprocess.run(
-        _train_cmd(run_dir, "--resume", "auto"), capture_output=True, text=True, timeout=300
+        _train_cmd(run_dir, *paced, "--resume", "auto"), capture_output=True, text=True, timeout=300, env=env
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = json.loads((run_dir / "summary.json").read_text())

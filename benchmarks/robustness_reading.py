@@ -1,0 +1,238 @@
+"""Read the robustness sweep (configs/robustness.yaml): per method, the range of its knob over which no
+seed collapses or explodes, on each task, side by side; finished runs only.
+
+A run collapses when the mean of H/H0 over its last quarter of steps is below 0.1 and explodes when it
+is above 1.2 (the definitions of ``entropyctl report``). A knob value is "ok" on a task when none of its
+seeds collapses or explodes; a method's range is the contiguous run of ok values around its default
+(for ``fixed`` the ok values themselves). Besides those, per arm: held-out pass@1 / pass@8 after
+training (mean ± sample std over seeds), the lowest H/H0 of any seed, and for ``aer`` the share of
+steps after the first in-band step whose 50-step moving average of the entropy is within ±20 % of H*,
+and the share of steps with α at a bound.
+
+    python benchmarks/robustness_reading.py benchmarks/robustness/level2 benchmarks/robustness/levels12 \
+        --out benchmarks/robustness
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COLLAPSE, EXPLOSION, WINDOW, BAND = 0.1, 1.2, 50, 0.2
+#: the knob each method is swept over, as a path into the run's resolved controller config
+KNOBS = {
+    "fixed α": ("fixed", ("alpha",)),
+    "aer step κ": ("aer", ("update", "step")),
+    "aer τ": ("aer", ("anchor", "tau")),
+}
+DEFAULTS = {"aer step κ": 0.05, "aer τ": 0.4}
+
+
+def _get(config: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        config = config[key]
+    return config
+
+
+def read_run(run: Path) -> dict[str, Any] | None:
+    summary_path = run / "summary.json"
+    if not summary_path.exists():
+        return None
+    summary = json.loads(summary_path.read_text())
+    if summary.get("status") != "finished":
+        return None
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # as `entropyctl report`: summary.json's H0 when finite, else the first logged step's entropy
+    h0 = summary.get("h0")
+    if h0 is None or not math.isfinite(float(h0)):
+        h0 = float(rows[0]["entropy"])
+    h0 = float(h0)
+    ratios = [float(r["entropy"]) / h0 for r in rows]
+    quarter = ratios[-max(1, len(ratios) // 4) :]
+    last_quarter = statistics.fmean(quarter)
+    out: dict[str, Any] = {
+        "path": str(run),
+        "steps": len(rows),
+        "controller": config["controller"],
+        "h0": h0,
+        "ratio_last_quarter": last_quarter,
+        "collapse": last_quarter < COLLAPSE,
+        "explosion": last_quarter > EXPLOSION,
+        "pass@1": summary["after"]["pass@1"],
+        "pass@8": summary["after"].get("pass@8", math.nan),
+        "before_pass@1": summary["before"]["pass@1"],
+    }
+    if config["controller"]["name"] == "aer":
+        target = [float(r["target_entropy"]) for r in rows]
+        entropy = [float(r["entropy"]) for r in rows]
+        moving = [statistics.fmean(entropy[max(0, i - WINDOW + 1) : i + 1]) for i in range(len(entropy))]
+        in_band = [abs(m - t) <= BAND * t for m, t in zip(moving, target, strict=True)]
+        first = next((i for i, b in enumerate(in_band) if b), None)
+        out["first_in_band"] = None if first is None else first + 1
+        out["in_band_share"] = 0.0 if first is None else statistics.fmean(in_band[first:])
+        update = config["controller"]["update"]
+        alphas = [float(r["alpha"]) for r in rows]
+        lo, hi = float(update["alpha_min"]), float(update["alpha_max"])
+        out["alpha_at_bound"] = statistics.fmean(a <= lo * (1 + 1e-9) or a >= hi * (1 - 1e-9) for a in alphas)
+        out["alpha_range"] = [min(alphas), max(alphas)]
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def read_task(task: Path) -> dict[str, Any]:
+    manifest = json.loads((task / "ablation.json").read_text())
+    arms: dict[str, Any] = {}
+    for arm in manifest["arms"]:
+        runs = [read_run(task / arm["slug"] / f"seed{seed}") for seed in manifest["seeds"]]
+        done = [r for r in runs if r is not None]
+        if not done:
+            continue
+        controller = done[0]["controller"]
+        entry: dict[str, Any] = {
+            "seeds_finished": len(done),
+            "seeds_planned": len(manifest["seeds"]),
+            "knobs": {
+                method: float(_get(controller, path))
+                for method, (name, path) in KNOBS.items()
+                if controller["name"] == name
+            },
+            "collapsed": sum(r["collapse"] for r in done),
+            "exploded": sum(r["explosion"] for r in done),
+            "ratio_last_quarter": _mean_std([r["ratio_last_quarter"] for r in done]),
+            "ratio_min": min(r["ratio_last_quarter"] for r in done),
+            "pass@1": _mean_std([r["pass@1"] for r in done]),
+            "pass@8": _mean_std([r["pass@8"] for r in done]),
+            "before_pass@1": _mean_std([r["before_pass@1"] for r in done]),
+            "runs": done,
+        }
+        if controller["name"] == "aer":
+            entry["in_band_share"] = _mean_std([r["in_band_share"] for r in done])
+            entry["alpha_at_bound"] = _mean_std([r["alpha_at_bound"] for r in done])
+        arms[arm["label"]] = entry
+    return {"path": str(task), "arms": arms}
+
+
+def ok_range(task: dict[str, Any], method: str) -> dict[str, Any]:
+    """The knob values of ``method`` on ``task`` (complete arms only), which are ok, and the range."""
+    points = sorted(
+        (arm["knobs"][method], arm["collapsed"] + arm["exploded"] == 0)
+        for arm in task["arms"].values()
+        if method in arm["knobs"]
+        and arm["seeds_finished"] == arm["seeds_planned"]
+        # a sweep of one knob: the method's other knobs at their defaults (the τ arms are not step values)
+        and all(arm["knobs"][other] == DEFAULTS[other] for other in arm["knobs"] if other != method)
+    )
+    values = [v for v, _ in points]
+    ok = [v for v, good in points if good]
+    if method in DEFAULTS and DEFAULTS[method] in values:
+        # the contiguous ok stretch that holds the default
+        i = values.index(DEFAULTS[method])
+        if not points[i][1]:
+            ok = []
+        else:
+            lo = hi = i
+            while lo > 0 and points[lo - 1][1]:
+                lo -= 1
+            while hi < len(points) - 1 and points[hi + 1][1]:
+                hi += 1
+            ok = values[lo : hi + 1]
+    positive = [v for v in ok if v > 0]
+    return {
+        "values": values,
+        "ok": ok,
+        "span": (max(positive) / min(positive)) if len(positive) > 1 else (1.0 if positive else 0.0),
+    }
+
+
+def _fmt(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.3f} ± {pair[1]:.3f}"
+
+
+def render(tasks: dict[str, dict[str, Any]]) -> str:
+    names = list(tasks)
+    lines = [
+        "# Robustness sweep: fixed α against AER's own knobs",
+        "",
+        f"Collapse: H/H0 over the last quarter < {COLLAPSE}; explosion: > {EXPLOSION}. A knob value is ok "
+        "when none of its seeds collapses or explodes. `min H/H0` is the lowest seed's last-quarter "
+        "H/H0; `in band` (aer) the share of steps after the first in-band one whose 50-step average "
+        "entropy is within ±20 % of H*. Mean ± sample std over seeds.",
+        "",
+        "## Range of each knob that neither collapses nor explodes",
+        "",
+        "| method | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for method in KNOBS:
+        cells = []
+        for name in names:
+            r = ok_range(tasks[name], method)
+            if not r["values"]:
+                cells.append("not run")
+            elif not r["ok"]:
+                cells.append(f"none of {_values(r['values'])}")
+            else:
+                span = f" ({r['span']:.0f}×)" if r["span"] > 1 else ""
+                cells.append(f"{_values(r['ok'])}{span} of {_values(r['values'])}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for name in names:
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            "| arm | seeds | H/H0 (last ¼) | min H/H0 | collapse | explosion | pass@1 | pass@8 | in band | α at a bound |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        before = None
+        for label, arm in tasks[name]["arms"].items():
+            before = arm["before_pass@1"]
+            band = _fmt(arm["in_band_share"]) if "in_band_share" in arm else "—"
+            bound = _fmt(arm["alpha_at_bound"]) if "alpha_at_bound" in arm else "—"
+            lines.append(
+                f"| `{label}` | {arm['seeds_finished']}/{arm['seeds_planned']} | {_fmt(arm['ratio_last_quarter'])} | "
+                f"{arm['ratio_min']:.3f} | {arm['collapsed']} | {arm['exploded']} | {_fmt(arm['pass@1'])} | "
+                f"{_fmt(arm['pass@8'])} | {band} | {bound} |"
+            )
+        if before is not None:
+            lines += ["", f"Before RL (warm start, same held-out set): pass@1 {_fmt(before)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _values(values: list[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("tasks", nargs="+", type=Path, help="ablation output directories, one per task")
+    parser.add_argument("--out", type=Path, default=None, help="write reading.md / reading.json here")
+    args = parser.parse_args(argv)
+    tasks = {path.name: read_task(path) for path in args.tasks}
+    text = render(tasks)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "reading.md").write_text(text)
+        ranges = {m: {n: ok_range(t, m) for n, t in tasks.items()} for m in KNOBS}
+        (args.out / "reading.json").write_text(
+            json.dumps({"tasks": tasks, "ranges": ranges}, indent=1) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""benchmarks/robustness_reading.py on hand-made run directories: the collapse / explosion calls, the
+knob range around the default, AER's band share and α-at-bound share, unfinished runs left out."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ["step", "entropy", "target_entropy", "alpha"]
+
+
+@pytest.fixture(scope="module")
+def reading() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "robustness_reading", ROOT / "benchmarks" / "robustness_reading.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["robustness_reading"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(
+    path: Path,
+    controller: dict[str, Any],
+    entropy: list[float],
+    *,
+    alpha: list[float] | None = None,
+    target: float = float("nan"),
+    pass1: float = 0.5,
+    status: str = "finished",
+    h0: float | None = 1.0,
+) -> None:
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"controller": controller}))
+    alphas = alpha or [float(controller.get("alpha", 0.0))] * len(entropy)
+    with (path / "metrics.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for i, (h, a) in enumerate(zip(entropy, alphas, strict=True)):
+            writer.writerow([i + 1, h, target, a])
+    summary = {
+        "status": status,
+        "h0": h0,
+        "after": {"pass@1": pass1, "pass@8": pass1 + 0.1},
+        "before": {"pass@1": 0.2, "pass@8": 0.6},
+    }
+    (path / "summary.json").write_text(json.dumps(summary))
+
+
+def _aer(step: float = 0.05, tau: float = 0.4) -> dict[str, Any]:
+    update = {"rule": "relative", "step": step, "alpha_min": 1e-5, "alpha_max": 1.0}
+    return {"name": "aer", "update": update, "anchor": {"mode": "initial", "tau": tau}}
+
+
+def _manifest(task: Path, arms: list[tuple[str, str]], seeds: list[int]) -> None:
+    task.mkdir(parents=True, exist_ok=True)
+    items = [{"label": label, "slug": slug} for label, slug in arms]
+    (task / "ablation.json").write_text(json.dumps({"arms": items, "seeds": seeds}))
+
+
+def test_ranges_calls_and_aer_shares(tmp_path: Path, reading: Any) -> None:
+    task = tmp_path / "task"
+    n = 100
+    flat = [1.0] * n
+    collapse = [1.0] * 75 + [0.05] * 25  # last quarter 0.05 < 0.1
+    explode = [1.0] * 75 + [1.5] * 25  # last quarter 1.5 > 1.2
+    arms = [
+        ("fixed:alpha=0", "f0"),
+        ("fixed:alpha=0.01", "f1"),
+        ("fixed:alpha=0.1", "f2"),
+        ("aer:update.step=0.015", "a1"),
+        ("aer", "a2"),
+        ("aer:update.step=0.15", "a3"),
+        ("aer:anchor.tau=0.3", "t1"),
+    ]
+    _manifest(task, arms, [0, 1])
+    for seed in (0, 1):
+        _run(task / "f0" / f"seed{seed}", {"name": "fixed", "alpha": 0.0}, collapse if seed else flat)
+        _run(task / "f1" / f"seed{seed}", {"name": "fixed", "alpha": 0.01}, flat)
+        _run(task / "f2" / f"seed{seed}", {"name": "fixed", "alpha": 0.1}, explode)
+        # aer: 0.4 on target (in band from step 1); α at its floor on the first 10 steps
+        alpha = [1e-5] * 10 + [0.01] * (n - 10)
+        _run(task / "a2" / f"seed{seed}", _aer(), [0.4] * n, alpha=alpha, target=0.4)
+        _run(task / "a3" / f"seed{seed}", _aer(step=0.15), [0.4] * n, alpha=[0.01] * n, target=0.4)
+        _run(task / "t1" / f"seed{seed}", _aer(tau=0.3), [0.3] * n, alpha=[0.01] * n, target=0.3)
+    # the smallest step: one seed never reaches the band and collapses; the other is unfinished
+    _run(task / "a1" / "seed0", _aer(step=0.015), collapse, alpha=[0.01] * n, target=0.4)
+    _run(task / "a1" / "seed1", _aer(step=0.015), flat, alpha=[0.01] * n, target=0.4, status="stopped")
+
+    result = reading.read_task(task)
+    arms_read = result["arms"]
+    assert arms_read["fixed:alpha=0"]["collapsed"] == 1 and arms_read["fixed:alpha=0.1"]["exploded"] == 2
+    assert arms_read["aer:update.step=0.015"]["seeds_finished"] == 1  # the stopped run is left out
+    a2 = arms_read["aer"]
+    assert a2["in_band_share"][0] == pytest.approx(1.0)
+    assert a2["alpha_at_bound"][0] == pytest.approx(0.10)
+    never = arms_read["aer:update.step=0.015"]["runs"][0]  # 50-step average 1.0 -> 0.525: never in band
+    assert never["first_in_band"] is None and never["in_band_share"] == 0.0
+
+    fixed = reading.ok_range(result, "fixed α")
+    assert fixed["values"] == [0.0, 0.01, 0.1] and fixed["ok"] == [0.01] and fixed["span"] == 1.0
+    step = reading.ok_range(result, "aer step κ")
+    # the incomplete arm (1 of 2 seeds) is not a knob value yet; 0.05 and 0.15 are ok: a 3x span
+    assert (
+        step["values"] == [0.05, 0.15] and step["ok"] == [0.05, 0.15] and step["span"] == pytest.approx(3.0)
+    )
+    tau = reading.ok_range(result, "aer τ")
+    assert tau["values"] == [0.3, 0.4] and tau["ok"] == [0.3, 0.4]
+
+    text = reading.render({"task": result})
+    assert "| fixed α | 0.01 of 0, 0.01, 0.1 |" in text
+    assert "| aer step κ | 0.05, 0.15 (3×) of 0.05, 0.15 |" in text
+
+
+def test_the_range_around_the_default_stops_at_a_failing_value(tmp_path: Path, reading: Any) -> None:
+    task = tmp_path / "task"
+    arms = [(f"aer:update.step={s}", f"s{i}") for i, s in enumerate((0.01, 0.05, 0.2, 1.0))]
+    _manifest(task, arms, [0])
+    good, bad = [0.4] * 40, [0.4] * 30 + [0.01] * 10
+    for i, s in enumerate((0.01, 0.05, 0.2, 1.0)):
+        # 0.01 collapses; the default 0.05, 0.2 and 1.0 hold: the range is 0.05 ... 1.0
+        _run(
+            task / f"s{i}" / "seed0", _aer(step=s), bad if s == 0.01 else good, alpha=[0.01] * 40, target=0.4
+        )
+    result = reading.read_task(task)
+    r = reading.ok_range(result, "aer step κ")
+    assert r["ok"] == [0.05, 0.2, 1.0] and r["span"] == pytest.approx(20.0)
+    # a failing default gives an empty range even when other values hold
+    (task / "s1" / "seed0" / "metrics.csv").unlink()
+    _run(task / "s1b" / "seed0", _aer(step=0.05), bad, alpha=[0.01] * 40, target=0.4)
+    (task / "ablation.json").write_text(
+        json.dumps({"arms": [{"label": "d", "slug": "s1b"}, {"label": "x", "slug": "s2"}], "seeds": [0]})
+    )
+    assert reading.ok_range(reading.read_task(task), "aer step κ")["ok"] == []
+
+
+def test_fixed_runs_without_h0_use_the_first_logged_entropy(tmp_path: Path, reading: Any) -> None:
+    run = tmp_path / "run"
+    _run(run, {"name": "fixed", "alpha": 0.0}, [2.0] * 30 + [0.1] * 10, h0=None)
+    read = reading.read_run(run)
+    assert read is not None and read["h0"] == 2.0 and read["collapse"]

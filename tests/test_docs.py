@@ -145,3 +145,35 @@ def test_every_repository_path_in_backticks_exists(path: Path) -> None:
             if not (ROOT / candidate).exists():
                 missing.append(candidate)
     assert not missing, f"{path.name}: names paths that do not exist: {missing}"
+
+
+_ANCHOR_LINK = re.compile(r"\]\(([^)#\s]*\.md)?#([^)\s]+)\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped (word characters, spaces and
+    hyphens kept), spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    prose, fenced = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:  # a '#' line in a code block is no heading
+            prose.append(line)
+    return {_slug(h) for h in _HEADING.findall("\n".join(prose))}
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_every_link_to_a_heading_finds_it(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    missing = []
+    for target, anchor in _ANCHOR_LINK.findall(text):
+        page = (path.parent / target) if target else path
+        if page.exists() and anchor.lower() not in _anchors(page):
+            missing.append(f"{target}#{anchor}")
+    assert not missing, f"{path.name}: links to headings that do not exist: {missing}"

@@ -91,8 +91,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def read_task(task: Path) -> dict[str, Any]:
+def read_task(task: Path, seeds: list[int] | None = None) -> dict[str, Any]:
+    """Every arm of the ablation in ``task``, over ``seeds`` (default: the manifest's)."""
     manifest = json.loads((task / "ablation.json").read_text())
+    if seeds is not None:
+        manifest["seeds"] = seeds
     arms: dict[str, Any] = {}
     for arm in manifest["arms"]:
         runs = [read_run(task / arm["slug"] / f"seed{seed}") for seed in manifest["seeds"]]
@@ -220,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("tasks", nargs="+", type=Path, help="ablation output directories, one per task")
     parser.add_argument("--out", type=Path, default=None, help="write reading.md / reading.json here")
+    parser.add_argument(
+        "--seeds", default=None, help="read only these seeds, e.g. 0,1 (default: the manifest's)"
+    )
     args = parser.parse_args(argv)
-    tasks = {path.name: read_task(path) for path in args.tasks}
+    seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+    tasks = {path.name: read_task(path, seeds) for path in args.tasks}
     text = render(tasks)
     print(text)
     if args.out is not None:

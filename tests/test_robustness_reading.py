@@ -149,3 +149,17 @@ def test_fixed_runs_without_h0_use_the_first_logged_entropy(tmp_path: Path, read
     _run(run, {"name": "fixed", "alpha": 0.0}, [2.0] * 30 + [0.1] * 10, h0=None)
     read = reading.read_run(run)
     assert read is not None and read["h0"] == 2.0 and read["collapse"]
+
+
+def test_seeds_restrict_the_reading(tmp_path: Path, reading: Any) -> None:
+    task = tmp_path / "task"
+    _manifest(task, [("fixed:alpha=0", "f0")], [0, 1, 2])
+    _run(task / "f0" / "seed0", {"name": "fixed", "alpha": 0.0}, [1.0] * 40)
+    _run(task / "f0" / "seed1", {"name": "fixed", "alpha": 0.0}, [1.0] * 30 + [0.01] * 10)
+    full = reading.read_task(task)["arms"]["fixed:alpha=0"]
+    assert (full["seeds_finished"], full["seeds_planned"]) == (2, 3)
+    assert reading.ok_range(reading.read_task(task), "fixed α")["values"] == []  # incomplete: no value
+    first = reading.read_task(task, [0])
+    assert first["arms"]["fixed:alpha=0"]["seeds_planned"] == 1
+    assert reading.ok_range(first, "fixed α")["ok"] == [0.0]
+    assert reading.ok_range(reading.read_task(task, [0, 1]), "fixed α")["ok"] == []

@@ -31,8 +31,10 @@ KNOBS = {
     "fixed α": ("fixed", ("alpha",)),
     "aer step κ": ("aer", ("update", "step")),
     "aer τ": ("aer", ("anchor", "tau")),
+    "aer α_min": ("aer", ("update", "alpha_min")),
 }
-DEFAULTS = {"aer step κ": 0.05, "aer τ": 0.4}
+#: the library defaults: an arm belongs to one knob's sweep when its other knobs are at these
+DEFAULTS = {"aer step κ": 0.05, "aer τ": 0.4, "aer α_min": 1e-5}
 
 
 def _get(config: dict[str, Any], path: tuple[str, ...]) -> Any:

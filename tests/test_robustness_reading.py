@@ -163,3 +163,15 @@ def test_seeds_restrict_the_reading(tmp_path: Path, reading: Any) -> None:
     assert first["arms"]["fixed:alpha=0"]["seeds_planned"] == 1
     assert reading.ok_range(first, "fixed α")["ok"] == [0.0]
     assert reading.ok_range(reading.read_task(task, [0, 1]), "fixed α")["ok"] == []
+
+
+def test_an_arm_off_the_defaults_in_another_knob_is_not_a_sweep_value(tmp_path: Path, reading: Any) -> None:
+    task = tmp_path / "task"
+    _manifest(task, [("aer", "a"), ("aer:update.alpha_min=5e-4", "b")], [0])
+    _run(task / "a" / "seed0", _aer(), [0.4] * 40, alpha=[0.01] * 40, target=0.4)
+    floor = _aer()
+    floor["update"]["alpha_min"] = 5e-4
+    _run(task / "b" / "seed0", floor, [0.4] * 40, alpha=[0.01] * 40, target=0.4)
+    result = reading.read_task(task)
+    assert reading.ok_range(result, "aer step κ")["values"] == [0.05]  # not [0.05, 0.05]
+    assert reading.ok_range(result, "aer α_min")["values"] == [1e-5, 5e-4]

@@ -62,7 +62,7 @@ def read_run(run: Path) -> dict[str, Any] | None:
     quarter = ratios[-max(1, len(ratios) // 4) :]
     last_quarter = statistics.fmean(quarter)
     out: dict[str, Any] = {
-        "path": str(run),
+        "run": f"{run.parent.name}/{run.name}",  # <arm slug>/seed<N>: the same wherever the runs lie
         "steps": len(rows),
         "controller": config["controller"],
         "h0": h0,
@@ -126,7 +126,7 @@ def read_task(task: Path, seeds: list[int] | None = None) -> dict[str, Any]:
             entry["in_band_share"] = _mean_std([r["in_band_share"] for r in done])
             entry["alpha_at_bound"] = _mean_std([r["alpha_at_bound"] for r in done])
         arms[arm["label"]] = entry
-    return {"path": str(task), "arms": arms}
+    return {"task": task.name, "arms": arms}
 
 
 def ok_range(task: dict[str, Any], method: str) -> dict[str, Any]:

@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from entropyctl.config import parse_run_config
-from entropyctl.experiments.ablate import canonical_config, parse_arms, plan_runs
+from committed_runs import assert_runs_are_the_configs_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "ablation_token_level"
@@ -24,16 +22,7 @@ ARMS = ["clip_cov", "kl_cov", "high_entropy_tokens"]
 
 def test_committed_token_level_runs_are_the_shipped_configs_arms() -> None:
     base = yaml.safe_load(CONFIG.read_text())
-    specs = plan_runs(base, parse_arms(ARMS, where="test"), [0, 1, 2], STUDY)
-    assert len(specs) == 9
-    for spec in specs:
-        launched = yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text())
-        assert canonical_config(launched) == canonical_config(spec.config), spec.run_dir
-        written = parse_run_config(yaml.safe_load((spec.run_dir / "config.yaml").read_text()))
-        expected = parse_run_config(spec.config)
-        assert written.controller == expected.controller and written.trainer.steps == 1500, spec.run_dir
-        summary = json.loads((spec.run_dir / "summary.json").read_text())
-        assert summary["status"] == "finished" and summary["steps"] == 1500, spec.run_dir
+    assert assert_runs_are_the_configs_arms(base, ARMS, [0, 1, 2], STUDY, 1500) == 9
 
 
 def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:

@@ -1,0 +1,29 @@
+"""Shared check of the committed studies: every run directory is its config's arm × seed, finished."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from entropyctl.config import parse_run_config
+from entropyctl.experiments.ablate import canonical_config, parse_arms, plan_runs
+
+
+def assert_runs_are_the_configs_arms(
+    base: dict[str, Any], arms: list[Any], seeds: list[int], study: Path, steps: int
+) -> int:
+    """Each arm × seed of ``base`` under ``study`` was launched with exactly the config the ablation
+    plans, trained with that controller and finished ``steps`` steps. Returns the number of runs."""
+    specs = plan_runs(base, parse_arms(arms, where="test"), seeds, study)
+    for spec in specs:
+        launched = yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text())
+        assert canonical_config(launched) == canonical_config(spec.config), spec.run_dir
+        written = parse_run_config(yaml.safe_load((spec.run_dir / "config.yaml").read_text()))
+        expected = parse_run_config(spec.config)
+        assert written.controller == expected.controller and written.trainer.steps == steps, spec.run_dir
+        summary = json.loads((spec.run_dir / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["steps"] == steps, spec.run_dir
+    return len(specs)

@@ -27,3 +27,14 @@ def assert_runs_are_the_configs_arms(
         summary = json.loads((spec.run_dir / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == steps, spec.run_dir
     return len(specs)
+
+
+def assert_docs_quote(reading_md: Path, doc: Path, marker: str, min_rows: int, prefix: str = "| ") -> None:
+    """The table between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``doc`` has at least
+    ``min_rows`` rows starting with ``prefix``, each of them a line of ``reading_md``."""
+    reading = set(reading_md.read_text().splitlines())
+    table = doc.read_text().split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
+    rows = [line for line in table.splitlines() if line.startswith(prefix)]
+    assert len(rows) >= min_rows, rows
+    missing = [row for row in rows if row not in reading]
+    assert not missing, f"{doc.name} rows not in the committed {reading_md.name}: {missing[:3]}"

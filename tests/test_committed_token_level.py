@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from committed_runs import assert_runs_are_the_configs_arms
+from committed_runs import assert_docs_quote, assert_runs_are_the_configs_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "ablation_token_level"
@@ -49,10 +49,4 @@ def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
 
 
 def test_docs_quote_the_reading() -> None:
-    reading = set((STUDY / "reading.md").read_text().splitlines())
-    text = (ROOT / "docs" / "ablations.md").read_text()
-    table = text.split("<!-- token-level-table:start -->")[1].split("<!-- token-level-table:end -->")[0]
-    rows = [line for line in table.splitlines() if line.startswith("| `")]
-    assert len(rows) >= 5
-    missing = [row for row in rows if row not in reading]
-    assert not missing, f"docs/ablations.md rows not in the committed reading.md: {missing[:3]}"
+    assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "token-level-table", 5, "| `")

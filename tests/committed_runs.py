@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +40,14 @@ def assert_docs_quote(reading_md: Path, doc: Path, marker: str, min_rows: int, p
     assert len(rows) >= min_rows, rows
     missing = [row for row in rows if row not in reading]
     assert not missing, f"{doc.name} rows not in the committed {reading_md.name}: {missing[:3]}"
+
+
+def assert_reading_reproduced(script: Path, args: list[str], committed: Path, out: Path) -> dict[str, Any]:
+    """``python script *args --out out`` writes reading.json / reading.md equal to the committed ones;
+    returns the committed reading."""
+    command = [sys.executable, str(script), *args, "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    reading: dict[str, Any] = json.loads((committed / "reading.json").read_text())
+    assert json.loads((out / "reading.json").read_text()) == reading
+    assert (out / "reading.md").read_text() == (committed / "reading.md").read_text()
+    return reading

@@ -5,13 +5,10 @@ shipped config's arm × seed, the reading (beside the v3 collapse runs' no-bonus
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-from committed_runs import assert_docs_quote, assert_runs_are_the_configs_arms
+from committed_runs import assert_docs_quote, assert_reading_reproduced, assert_runs_are_the_configs_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "ablation_token_level"
@@ -26,22 +23,10 @@ def test_committed_token_level_runs_are_the_shipped_configs_arms() -> None:
 
 
 def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "token_level_reading.py"),
-        str(STUDY),
-        "--reuse",
-        str(V3),
-        "--at",
-        "1500",
-        "--out",
-        str(tmp_path),
-    ]
-    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
-    regenerated = json.loads((tmp_path / "reading.json").read_text())
-    committed = json.loads((STUDY / "reading.json").read_text())
-    assert regenerated == committed
-    assert (tmp_path / "reading.md").read_text() == (STUDY / "reading.md").read_text()
+    script = ROOT / "benchmarks" / "token_level_reading.py"
+    committed = assert_reading_reproduced(
+        script, [str(STUDY), "--reuse", str(V3), "--at", "1500"], STUDY, tmp_path
+    )
     arms = committed["arms"]
     assert all(len(arms[arm]) >= 3 for arm in ["fixed:alpha=0", "aer", *ARMS]), {
         a: len(r) for a, r in arms.items()

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-WINDOW = 50
+from entropyctl.experiments.band import WINDOW, alpha_at_bound, read_band
 
 
 def alpha_bounds(config: dict[str, Any]) -> tuple[float, float]:
@@ -81,14 +81,10 @@ def read_run(run: Path, tau: float) -> dict[str, Any]:
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     config = yaml.safe_load((run / "config.yaml").read_text())
     h0 = entropy[0]  # the first reading (the controller's H0 with anchor.steps = 1)
-    target = tau * h0
-    average = [statistics.fmean(entropy[i - WINDOW + 1 : i + 1]) for i in range(WINDOW - 1, len(entropy))]
-    in_band = [abs(m - target) <= 0.2 * target for m in average]
-    first = next((i + WINDOW - 1 for i, ok in enumerate(in_band) if ok), None)
-    later = in_band[first - WINDOW + 1 :] if first is not None else []
+    band = read_band(entropy, tau * h0, start=WINDOW - 1)  # full windows only
+    first = band.first_in_band
     low, high = alpha_bounds(config)
-    at_bound = [a <= low * (1 + 1e-9) or a >= high * (1 - 1e-9) for a in alpha]
-    after = at_bound[first:] if first is not None else []
+    at_bound = alpha_at_bound(alpha, low, high)
     evals = summary.get("evals") or evals_from_log(run / "train.log")
     noise, ceiling = noise_ceiling(entropy, first if first is not None else len(entropy))
     return {
@@ -96,13 +92,13 @@ def read_run(run: Path, tau: float) -> dict[str, Any]:
         "status": summary.get("status"),
         "steps": len(entropy),
         "h0": h0,
-        "average_over_h0": {str(i + 1): average[i - WINDOW + 1] / h0 for i in range(249, len(entropy), 250)},
+        "average_over_h0": {str(i + 1): float(band.average[i]) / h0 for i in range(249, len(entropy), 250)},
         "first_in_band": first,
-        "in_band_share_after": sum(later) / len(later) if later else math.nan,
+        "in_band_share_after": band.in_band_share if first is not None else math.nan,
         "reading_noise_after": noise,
         "in_band_ceiling_after": ceiling,
-        "alpha_at_bound_after": sum(after) / len(after) if after else math.nan,
-        "alpha_at_bound_all": sum(at_bound) / len(at_bound) if at_bound else math.nan,
+        "alpha_at_bound_after": band.share_after_first(at_bound),
+        "alpha_at_bound_all": float(at_bound.mean()) if at_bound.size else math.nan,
         "alpha_range": [min(alpha), max(alpha)] if alpha else None,
         "evals": {name: {k: e[k] for k in ("pass@1", "pass@8") if k in e} for name, e in evals.items()},
     }

@@ -32,8 +32,8 @@ from typing import Any
 
 from entropyctl import create_controller
 from entropyctl.controllers.plant import EntropyPlant, simulate
+from entropyctl.experiments.band import WINDOW, alpha_at_bound, read_band
 
-WINDOW = 50
 RULES: dict[str, dict[str, Any]] = {
     "default": {},
     "previous gains": {"rule": "relative", "step": 0.1, "proportional": 1.0, "smoothing": 0.5},
@@ -86,37 +86,24 @@ FAMILIES: dict[str, tuple[Callable[[random.Random], EntropyPlant], int]] = {
 }
 
 
-def moving_average(values: list[float]) -> list[float]:
-    """Entry i: mean of values[i − WINDOW + 1 .. i] (the first WINDOW − 1 entries: of what exists)."""
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value - (values[i - WINDOW] if i >= WINDOW else 0.0)
-        out.append(total / min(i + 1, WINDOW))
-    return out
-
-
 def score(update: dict[str, Any], plant: EntropyPlant, steps: int) -> dict[str, float]:
     controller = create_controller({"name": "aer", **({"update": update} if update else {})})
     low, high = controller.config.alpha_bounds  # type: ignore[attr-defined]
     trajectory = simulate(controller, plant, steps)
     target = trajectory.target_entropy[-1]
-    average = moving_average(trajectory.entropy)
-    inside = [abs(h - target) <= 0.2 * target for h in average]
-    settled = next((i for i in range(WINDOW, steps) if inside[i]), None)
-    if settled is None:
+    band = read_band(trajectory.entropy, target, start=WINDOW)  # settling is looked for after one window
+    if band.first_in_band is None:
         return {
             "settled": math.nan,
             "in_band": 0.0,
             "at_bound": math.nan,
-            "max_over_target": max(average) / target,
+            "max_over_target": float(band.average.max()) / target,
         }
-    later = range(settled, steps)
     return {
-        "settled": float(settled),
-        "in_band": sum(inside[i] for i in later) / len(later),
-        "at_bound": sum(trajectory.alpha[i] <= low or trajectory.alpha[i] >= high for i in later)
-        / len(later),
-        "max_over_target": max(average[settled:]) / target,
+        "settled": float(band.first_in_band),
+        "in_band": band.in_band_share,
+        "at_bound": band.share_after_first(alpha_at_bound(trajectory.alpha, low, high)),
+        "max_over_target": float(band.average[band.first_in_band :].max()) / target,
     }
 
 

@@ -16,16 +16,17 @@ and the share of steps with α at a bound.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 
-COLLAPSE, EXPLOSION, WINDOW, BAND = 0.1, 1.2, 50, 0.2
+from entropyctl.experiments.aggregate import COLLAPSE_RATIO, EXPLOSION_RATIO, load_run
+from entropyctl.experiments.band import HALF_WIDTH, WINDOW, alpha_at_bound, read_band
+
 #: the knob each method is swept over, as a path into the run's resolved controller config
 KNOBS = {
     "fixed α": ("fixed", ("alpha",)),
@@ -44,48 +45,35 @@ def _get(config: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def read_run(run: Path) -> dict[str, Any] | None:
-    summary_path = run / "summary.json"
-    if not summary_path.exists():
+    """One finished run's numbers; None when the run is missing or unfinished."""
+    if not (run / "summary.json").exists():
         return None
-    summary = json.loads(summary_path.read_text())
-    if summary.get("status") != "finished":
+    record = load_run(run)
+    if not record.finished:
         return None
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    with (run / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    # as `entropyctl report`: summary.json's H0 when finite, else the first logged step's entropy
-    h0 = summary.get("h0")
-    if h0 is None or not math.isfinite(float(h0)):
-        h0 = float(rows[0]["entropy"])
-    h0 = float(h0)
-    ratios = [float(r["entropy"]) / h0 for r in rows]
-    quarter = ratios[-max(1, len(ratios) // 4) :]
-    last_quarter = statistics.fmean(quarter)
+    after, before = record.summary.after or {}, record.summary.before or {}
+    last_quarter = float(np.mean(record.last_quarter("entropy"))) / record.h0()
     out: dict[str, Any] = {
         "run": f"{run.parent.name}/{run.name}",  # <arm slug>/seed<N>: the same wherever the runs lie
-        "steps": len(rows),
-        "controller": config["controller"],
-        "h0": h0,
+        "steps": len(record.steps),
+        "controller": record.config["controller"],
+        "h0": record.h0(),
         "ratio_last_quarter": last_quarter,
-        "collapse": last_quarter < COLLAPSE,
-        "explosion": last_quarter > EXPLOSION,
-        "pass@1": summary["after"]["pass@1"],
-        "pass@8": summary["after"].get("pass@8", math.nan),
-        "before_pass@1": summary["before"]["pass@1"],
+        "collapse": last_quarter < COLLAPSE_RATIO,
+        "explosion": last_quarter > EXPLOSION_RATIO,
+        "pass@1": after["pass@1"],
+        "pass@8": after.get("pass@8", math.nan),
+        "before_pass@1": before["pass@1"],
     }
-    if config["controller"]["name"] == "aer":
-        target = [float(r["target_entropy"]) for r in rows]
-        entropy = [float(r["entropy"]) for r in rows]
-        moving = [statistics.fmean(entropy[max(0, i - WINDOW + 1) : i + 1]) for i in range(len(entropy))]
-        in_band = [abs(m - t) <= BAND * t for m, t in zip(moving, target, strict=True)]
-        first = next((i for i, b in enumerate(in_band) if b), None)
-        out["first_in_band"] = None if first is None else first + 1
-        out["in_band_share"] = 0.0 if first is None else statistics.fmean(in_band[first:])
-        update = config["controller"]["update"]
-        alphas = [float(r["alpha"]) for r in rows]
-        lo, hi = float(update["alpha_min"]), float(update["alpha_max"])
-        out["alpha_at_bound"] = statistics.fmean(a <= lo * (1 + 1e-9) or a >= hi * (1 - 1e-9) for a in alphas)
-        out["alpha_range"] = [min(alphas), max(alphas)]
+    if record.config["controller"]["name"] == "aer":
+        band = read_band(record.metrics["entropy"], record.metrics["target_entropy"])
+        out["first_in_band"] = None if band.first_in_band is None else band.first_in_band + 1
+        out["in_band_share"] = band.in_band_share
+        update = record.config["controller"]["update"]
+        alphas = record.metrics["alpha"]
+        at_bound = alpha_at_bound(alphas, float(update["alpha_min"]), float(update["alpha_max"]))
+        out["alpha_at_bound"] = float(at_bound.mean())
+        out["alpha_range"] = [float(alphas.min()), float(alphas.max())]
     return out
 
 
@@ -170,10 +158,10 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# Robustness sweep: fixed α against AER's own knobs",
         "",
-        f"Collapse: H/H0 over the last quarter < {COLLAPSE}; explosion: > {EXPLOSION}. A knob value is ok "
-        "when none of its seeds collapses or explodes. `min H/H0` is the lowest seed's last-quarter "
-        "H/H0; `in band` (aer) the share of steps after the first in-band one whose 50-step average "
-        "entropy is within ±20 % of H*. Mean ± sample std over seeds.",
+        f"Collapse: H/H0 over the last quarter < {COLLAPSE_RATIO}; explosion: > {EXPLOSION_RATIO}. A knob "
+        "value is ok when none of its seeds collapses or explodes. `min H/H0` is the lowest seed's "
+        f"last-quarter H/H0; `in band` (aer) the share of steps after the first in-band one whose {WINDOW}-step "
+        f"average entropy is within ±{HALF_WIDTH * 100:.0f} % of H*. Mean ± sample std over seeds.",
         "",
         "## Range of each knob that neither collapses nor explodes",
         "",

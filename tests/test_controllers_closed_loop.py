@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from entropyctl import create_controller
 from entropyctl.controllers.plant import EntropyPlant, Trajectory, simulate
+from entropyctl.experiments.band import alpha_at_bound, read_band
 
 STEPS = 300
 SETTLE_BY = 200  # steps
@@ -108,7 +109,6 @@ def test_no_bonus_collapses() -> None:
 # H0, h_max and difficulty mix.
 WIDE_STEPS = 1000
 WIDE_SETTLED = 300  # the band is checked from here on; docs/controllers.md gives the settling times
-WINDOW = 50
 
 
 @st.composite
@@ -127,16 +127,6 @@ def wide_plants(draw: st.DrawFn) -> EntropyPlant:
     )
 
 
-def moving_average(values: list[float], window: int = WINDOW) -> list[float]:
-    """mean of values[i - window + 1 .. i] for i ≥ window − 1 (index i − window + 1 of the result)."""
-    out, total = [], sum(values[:window])
-    out.append(total / window)
-    for i in range(window, len(values)):
-        total += values[i] - values[i - window]
-        out.append(total / window)
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["aer", "target"])
 def test_defaults_hold_the_band_on_a_wide_plant_family(name: str) -> None:
@@ -151,10 +141,10 @@ def test_defaults_hold_the_band_on_a_wide_plant_family(name: str) -> None:
         low, high = controller.config.alpha_bounds  # type: ignore[attr-defined]
         trajectory = simulate(controller, plant, WIDE_STEPS)
         target = trajectory.target_entropy[-1]
-        average = moving_average(trajectory.entropy)[WIDE_SETTLED - WINDOW + 1 :]
-        in_band = sum(abs(h - target) <= 0.2 * target for h in average) / len(average)
-        alpha = trajectory.alpha[WIDE_SETTLED:]
-        at_bound = sum(a <= low or a >= high for a in alpha) / len(alpha)
+        band = read_band(trajectory.entropy, target)  # full 50-step windows from WIDE_SETTLED on
+        average = band.average[WIDE_SETTLED:]
+        in_band = float(band.in_band[WIDE_SETTLED:].mean())
+        at_bound = float(alpha_at_bound(trajectory.alpha[WIDE_SETTLED:], low, high).mean())
         assert in_band >= 0.9, f"moving average in ±20 % of H* on {in_band:.0%} of settled steps"
         assert at_bound <= 0.1, f"alpha at a bound on {at_bound:.0%} of settled steps"
         assert max(average) <= 1.5 * target and max(trajectory.entropy) < plant.h_max

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from entropyctl.experiments.band import moving_average
 from entropyctl.trainer.run_dir import (
     RunDirError,
     Summary,
@@ -358,21 +359,6 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
     return ArmSummary(arm=arm, runs=runs, numbers=numbers)
 
 
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average that ignores NaNs (the first points average what exists so far)."""
-    if window <= 1 or values.size == 0:
-        return values
-    finite = np.isfinite(values)
-    filled = np.where(finite, values, 0.0)
-    csum = np.cumsum(filled)
-    ccount = np.cumsum(finite.astype(float))
-    lagged_sum = np.concatenate([np.zeros(window), csum[:-window]])[: values.size]
-    lagged_count = np.concatenate([np.zeros(window), ccount[:-window]])[: values.size]
-    count = ccount - lagged_count
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, (csum - lagged_sum) / np.maximum(count, 1), np.nan)
-
-
 def _stack(
     runs: list[RunRecord], column: str, transform: Any = None, window: int = 1
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -384,7 +370,7 @@ def _stack(
         values = run.metrics[column]
         if transform is not None:
             values = transform(run, values)
-        series.append((run.steps, _smooth(values, window)))
+        series.append((run.steps, moving_average(values, window)))
     if not series:
         return None
     length = min(len(s) for s, _ in series)

@@ -1,0 +1,99 @@
+"""The band reading every study reader shares (entropyctl.experiments.band)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entropyctl.experiments.band import WINDOW, alpha_at_bound, moving_average, read_band
+
+EPS = float(np.finfo(float).eps)
+
+values_lists = st.lists(
+    st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False), min_size=1, max_size=200
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=values_lists, window=st.integers(1, 60))
+def test_moving_average_is_the_mean_of_the_trailing_window(values: list[float], window: int) -> None:
+    """Against the direct mean of the window (math.fsum: correctly rounded). The running sums lose at
+    most a few ulps of the largest partial sum of |values| per operation: that bounds the error."""
+    average = moving_average(values, window)
+    scale = math.fsum(abs(v) for v in values)
+    for i, got in enumerate(average):
+        part = values[max(0, i - window + 1) : i + 1]
+        expected = math.fsum(part) / len(part)
+        tolerance = 4 * len(values) * EPS * scale / len(part)
+        assert abs(got - expected) <= tolerance, (i, got, expected)
+
+
+def test_moving_average_skips_nans() -> None:
+    average = moving_average([1.0, math.nan, 3.0, math.nan], window=2)
+    assert average[0] == 1.0 and average[1] == 1.0 and average[2] == 3.0 and average[3] == 3.0
+    assert math.isnan(moving_average([math.nan, math.nan], window=1)[0])
+
+
+def test_read_band_first_step_and_share() -> None:
+    """Entropy 1.0 for 60 steps, then 0.4 (the target) for 140: the 50-step average enters ±20 % of
+    0.4 once it is ≤ 0.48, i.e. when ≥ 44 of its 50 readings are 0.4 — step index 60 + 43 = 103 —
+    and stays there."""
+    entropy = [1.0] * 60 + [0.4] * 140
+    band = read_band(entropy, 0.4)
+    assert band.first_in_band == 103
+    assert band.in_band_share == 1.0
+    assert band.share_after_first([i >= 150 for i in range(200)]) == pytest.approx(50 / 97)
+    # a per-step target gives the same as a constant one
+    assert read_band(entropy, [0.4] * 200).first_in_band == 103
+    # `start` skips the search before it; partial windows count unless skipped
+    early = [0.4] * 10 + [1.0] * 190
+    assert read_band(early, 0.4).first_in_band == 0
+    assert read_band(early, 0.4, start=WINDOW - 1).first_in_band is None
+
+
+def test_read_band_never_in_band() -> None:
+    band = read_band([1.0] * 100, 0.4)
+    assert band.first_in_band is None and band.in_band_share == 0.0
+    assert math.isnan(band.share_after_first([True] * 100))
+
+
+def test_read_band_share_counts_the_steps_that_leave() -> None:
+    """In band for steps 0-99 (average 0.4), then far above: the share after the first step counts
+    every later step, in band or not."""
+    entropy = [0.4] * 100 + [2.0] * 100
+    band = read_band(entropy, 0.4)
+    inside = sum(abs(statistics.fmean(entropy[max(0, i - 49) : i + 1]) - 0.4) <= 0.08 for i in range(200))
+    assert band.first_in_band == 0
+    assert band.in_band_share == pytest.approx(inside / 200)
+    assert 0.4 < band.in_band_share < 0.6
+
+
+def test_alpha_at_bound_absorbs_rounding_only() -> None:
+    low, high = 1e-5, 1.0
+    logged = [low * (1 + 1e-12), 1.0077910068864193e-05, 0.5, high * (1 - 1e-12), 1.5, 0.0]
+    assert alpha_at_bound(logged, low, high).tolist() == [True, False, False, True, True, True]
+    assert alpha_at_bound([0.0, 0.0], 0.0, 0.0).all()  # fixed α = 0: always at its (only) value
+
+
+def test_the_tuning_page_snippet_reads_a_committed_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/tuning.md's snippet, run on a committed aer run, prints what the robustness reading says."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "tuning.md").read_text()
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "read_band" in b)
+    run = root / "benchmarks" / "robustness" / "levels12" / "aer" / "seed0"
+    exec(snippet.replace("runs/20261203-072718-aer", str(run)), {})  # noqa: S102
+    first, share, at_bound = capsys.readouterr().out.split()
+    reading = json.loads((root / "benchmarks" / "robustness" / "reading.json").read_text())
+    (committed,) = [r for r in reading["tasks"]["levels12"]["arms"]["aer"]["runs"] if r["run"] == "aer/seed0"]
+    assert int(first) + 1 == committed["first_in_band"]
+    assert float(share) == committed["in_band_share"]
+    assert 0.0 <= float(at_bound) <= 1.0

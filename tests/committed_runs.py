@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,23 @@ def assert_reading_reproduced(script: Path, args: list[str], committed: Path, ou
     assert json.loads((out / "reading.json").read_text()) == reading
     assert (out / "reading.md").read_text() == (committed / "reading.md").read_text()
     return reading
+
+
+def assert_numbers_equal(a: Any, b: Any, where: str) -> None:
+    """Equal up to float rounding; file paths are ignored (the committed report was written elsewhere)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = (set(a) | set(b)) - {"path", "unfinished"}
+        for key in keys:
+            assert key in a and key in b, f"{where}.{key} missing on one side"
+            assert_numbers_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_numbers_equal(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        x, y = float(a), float(b)
+        assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12), (
+            f"{where}: {x} != {y}"
+        )
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

@@ -6,12 +6,12 @@ report.json, and the docs' tables are the committed report.md's rows."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from committed_runs import assert_numbers_equal
 
 from entropyctl.config import parse_run_config
 from entropyctl.experiments.ablate import canonical_config, parse_arms, plan_runs
@@ -27,32 +27,12 @@ STUDIES = [(RUN, "ablation-table"), (COLLAPSE, "collapse-table")]
 DOCS = ["docs/ablations.md", "benchmarks/ablation_results.md"]
 
 
-def _same(a: Any, b: Any, where: str) -> None:
-    """Equal up to float rounding; file paths are ignored (the committed report was written elsewhere)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = (set(a) | set(b)) - {"path", "unfinished"}
-        for key in keys:
-            assert key in a and key in b, f"{where}.{key} missing on one side"
-            _same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list) and isinstance(b, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) or isinstance(b, float):
-        x, y = float(a), float(b)
-        assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12), (
-            f"{where}: {x} != {y}"
-        )
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 @pytest.mark.parametrize("run", [RUN, COLLAPSE], ids=lambda p: p.name)
 def test_committed_report_is_reproduced_from_the_committed_runs(run: Path, tmp_path: Path) -> None:
     committed = json.loads((run / "report.json").read_text())
     regenerated = json.loads(json.dumps(write_report(run, tmp_path), default=str))
     assert list(regenerated["arms"]) == list(committed["arms"])
-    _same(regenerated["arms"], committed["arms"], "arms")
+    assert_numbers_equal(regenerated["arms"], committed["arms"], "arms")
     # Every arm has >= 3 seeds and every run finished (issue 5: a real run with >= 3 seeds).
     for arm, numbers in committed["arms"].items():
         assert numbers["n_finished"] == numbers["n_runs"] >= 3, arm

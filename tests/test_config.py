@@ -26,6 +26,7 @@ from entropyctl.config import (
     format_validation_error,
     load_yaml,
     parse_controller_config,
+    parse_run_config,
 )
 
 
@@ -304,3 +305,23 @@ def test_run_config_json_schema_is_the_discriminated_union() -> None:
     controller = schema["properties"]["controller"]
     assert controller["discriminator"]["propertyName"] == "name"
     assert set(controller["discriminator"]["mapping"]) >= {"aer", "clip_higher", "fixed", "target"}
+
+
+@pytest.mark.parametrize(
+    ("config", "inert"),
+    [
+        ({"controller": {"name": "clip_higher"}}, True),  # the default one update per batch
+        ({"controller": {"name": "aer", "clip_high": 0.28}}, True),
+        ({"controller": {"name": "clip_higher"}, "algorithm": {"ppo_epochs": 2}}, False),
+        ({"controller": {"name": "clip_higher"}, "algorithm": {"mini_batches": 2}}, False),
+        ({"controller": {"name": "aer"}}, False),  # the symmetric default bounds: nothing asked of them
+        ({"controller": {"name": "fixed", "alpha": 0.0}}, False),
+    ],
+)
+def test_clip_bounds_with_one_update_per_batch_are_reported_inert(config: dict, inert: bool) -> None:
+    """With ppo_epochs 1 and mini_batches 1 the trainer takes the ratio as 1 (no old log-probs are
+    computed), so asked-for clip bounds cannot act: the config says so (the trainer prints it)."""
+    lines = parse_run_config(config).inert_settings()
+    assert bool(lines) is inert
+    if inert:
+        assert "no effect" in lines[0] and "algorithm.ppo_epochs" in lines[0]

@@ -446,6 +446,21 @@ class RunConfig(BaseModel):
             )
         return self
 
+    def inert_settings(self) -> list[str]:
+        """Settings that are valid but cannot act in this config, one line each (the trainer prints them
+        at the start of a run; nothing is changed)."""
+        lines = []
+        a = self.algorithm
+        bounds = (getattr(self.controller, "clip_low", None), getattr(self.controller, "clip_high", None))
+        if a.ppo_epochs == 1 and a.mini_batches == 1 and None not in bounds:
+            if self.controller.name == "clip_higher" or bounds != (0.2, 0.2):
+                lines.append(
+                    f"controller clip bounds (clip_low {bounds[0]}, clip_high {bounds[1]}) have no effect: with "
+                    "one update per batch (algorithm.ppo_epochs 1, algorithm.mini_batches 1) the policy ratio is "
+                    "1 at that update and no token is clipped; set algorithm.ppo_epochs or mini_batches to 2 or more"
+                )
+        return lines
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 

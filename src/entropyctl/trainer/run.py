@@ -396,6 +396,8 @@ def run_training(
                     ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log
                 )
             (run_dir / "config.yaml").write_text(config.to_yaml())
+            for line in config.inert_settings():
+                log(f"[entropyctl] note: {line}")
             status = RunStatus(run_dir / "summary.json").start()
         stop.install()
         run = _Run(config, run_dir, status, stop, fingerprint, resume_record, log)

@@ -71,8 +71,18 @@ def read_run(run: Path) -> dict[str, Any] | None:
         out["in_band_share"] = band.in_band_share
         update = record.config["controller"]["update"]
         alphas = record.metrics["alpha"]
-        at_bound = alpha_at_bound(alphas, float(update["alpha_min"]), float(update["alpha_max"]))
+        low = float(update["alpha_min"])
+        at_bound = alpha_at_bound(alphas, low, float(update["alpha_max"]))
+        # at the floor while the step's reading is above H*: no bonus is wanted there (benign); any other
+        # step at a bound is the loop saturated against its error
+        benign = (
+            at_bound
+            & (alphas <= low * (1 + 1e-9))
+            & (record.metrics["entropy"] > record.metrics["target_entropy"])
+        )
         out["alpha_at_bound"] = float(at_bound.mean())
+        out["alpha_floor_above_target"] = float(benign.mean())
+        out["alpha_bound_otherwise"] = float((at_bound & ~benign).mean())
         out["alpha_range"] = [float(alphas.min()), float(alphas.max())]
     return out
 
@@ -112,7 +122,8 @@ def read_task(task: Path, seeds: list[int] | None = None) -> dict[str, Any]:
         }
         if controller["name"] == "aer":
             entry["in_band_share"] = _mean_std([r["in_band_share"] for r in done])
-            entry["alpha_at_bound"] = _mean_std([r["alpha_at_bound"] for r in done])
+            for key in ("alpha_at_bound", "alpha_floor_above_target", "alpha_bound_otherwise"):
+                entry[key] = _mean_std([r[key] for r in done])
         arms[arm["label"]] = entry
     return {"task": task.name, "arms": arms}
 
@@ -161,7 +172,10 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
         f"Collapse: H/H0 over the last quarter < {COLLAPSE_RATIO}; explosion: > {EXPLOSION_RATIO}. A knob "
         "value is ok when none of its seeds collapses or explodes. `min H/H0` is the lowest seed's "
         f"last-quarter H/H0; `in band` (aer) the share of steps after the first in-band one whose {WINDOW}-step "
-        f"average entropy is within ±{HALF_WIDTH * 100:.0f} % of H*. Mean ± sample std over seeds.",
+        f"average entropy is within ±{HALF_WIDTH * 100:.0f} % of H*; `α at a bound` (aer) the share of steps "
+        "with α at alpha_min or alpha_max, and of those the steps at alpha_min whose entropy reading is above "
+        "H* (no bonus is wanted there; the rest is the loop saturated against its error). Mean ± sample std "
+        "over seeds.",
         "",
         "## Range of each knob that neither collapses nor explodes",
         "",
@@ -185,18 +199,20 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
             "",
             f"## {name}",
             "",
-            "| arm | seeds | H/H0 (last ¼) | min H/H0 | collapse | explosion | pass@1 | pass@8 | in band | α at a bound |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| arm | seeds | H/H0 (last ¼) | min H/H0 | collapse | explosion | pass@1 | pass@8 | in band "
+            "| α at a bound | of which at the floor, H > H* |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         before = None
         for label, arm in tasks[name]["arms"].items():
             before = arm["before_pass@1"]
             band = _fmt(arm["in_band_share"]) if "in_band_share" in arm else "—"
             bound = _fmt(arm["alpha_at_bound"]) if "alpha_at_bound" in arm else "—"
+            benign = _fmt(arm["alpha_floor_above_target"]) if "alpha_floor_above_target" in arm else "—"
             lines.append(
                 f"| `{label}` | {arm['seeds_finished']}/{arm['seeds_planned']} | {_fmt(arm['ratio_last_quarter'])} | "
                 f"{arm['ratio_min']:.3f} | {arm['collapsed']} | {arm['exploded']} | {_fmt(arm['pass@1'])} | "
-                f"{_fmt(arm['pass@8'])} | {band} | {bound} |"
+                f"{_fmt(arm['pass@8'])} | {band} | {bound} | {benign} |"
             )
         if before is not None:
             lines += ["", f"Before RL (warm start, same held-out set): pass@1 {_fmt(before)}."]

@@ -175,3 +175,16 @@ def test_an_arm_off_the_defaults_in_another_knob_is_not_a_sweep_value(tmp_path: 
     result = reading.read_task(task)
     assert reading.ok_range(result, "aer step κ")["values"] == [0.05]  # not [0.05, 0.05]
     assert reading.ok_range(result, "aer α_min")["values"] == [1e-5, 5e-4]
+
+
+def test_alpha_at_the_floor_above_target_is_told_apart(tmp_path: Path, reading: Any) -> None:
+    """α at its floor while the entropy is above H* (no bonus wanted) is counted apart from α at a bound
+    against the error (at the floor below H*, or at the cap)."""
+    run = tmp_path / "aer" / "seed0"
+    entropy = [0.6] * 40 + [0.3] * 60  # H* = 0.4: above for 40 steps, below for 60
+    alpha = [1e-5] * 40 + [1e-5] * 10 + [0.1] * 40 + [1.0] * 10
+    _run(run, _aer(), entropy, alpha=alpha, target=0.4)
+    numbers = reading.read_run(run)
+    assert numbers["alpha_at_bound"] == pytest.approx(0.6)
+    assert numbers["alpha_floor_above_target"] == pytest.approx(0.4)
+    assert numbers["alpha_bound_otherwise"] == pytest.approx(0.2)

@@ -129,3 +129,28 @@ def test_docs_show_the_example_plugin_verbatim_and_within_40_lines_of_controller
     assert 'linear_decay = "entropyctl_linear_decay:LinearDecayController"' in (
         PLUGIN_SOURCE / "pyproject.toml"
     ).read_text(encoding="utf-8")
+
+
+def test_the_docs_yaml_snippet_of_the_plugin_validates_with_it_installed(plugin_site: Path) -> None:
+    """docs/extending.md's `controller: {name: linear_decay, ...}` snippet is a valid run config once the
+    plugin is installed (and only then: the name is unknown without it)."""
+    import re
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text(encoding="utf-8")
+    (snippet,) = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "linear_decay" in b]
+    check = (
+        "import sys, yaml\n"
+        "from entropyctl.config import parse_run_config\n"
+        "config = parse_run_config(yaml.safe_load(sys.stdin.read()))\n"
+        "print(config.controller.name)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", check], input=snippet, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "linear_decay"
+    without = subprocess.run(
+        [sys.executable, "-c", check], input=snippet, capture_output=True, text=True, timeout=120
+    )
+    assert without.returncode != 0 and "linear_decay" in without.stderr

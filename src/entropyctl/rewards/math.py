@@ -36,7 +36,7 @@ import weakref
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from entropyctl.rewards.answers import MAX_TEXT_CHARS, extract_answer, gold_answer
 
@@ -171,6 +171,12 @@ class _Worker:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
 
+    #: how errors name this worker, and what to try when it dies while starting
+    label = "reward worker"
+
+    def died_hint(self) -> str:
+        return f"for math, run `{sys.executable} -m entropyctl.rewards._worker` to see why (is math-verify installed?)"
+
     def wait_ready(self) -> None:
         if self.ready:
             return
@@ -178,25 +184,26 @@ class _Worker:
             reply = self._read_line(time.monotonic() + self.startup_timeout)
         except _WorkerTimeout as exc:
             self.kill()
-            raise RuntimeError(f"reward worker did not start within {self.startup_timeout:.0f} s") from exc
+            raise RuntimeError(f"{self.label} did not start within {self.startup_timeout:.0f} s") from exc
         except _WorkerDied as exc:
-            raise RuntimeError(
-                "reward worker exited during start-up; for math, run "
-                f"`{sys.executable} -m entropyctl.rewards._worker` to see why (is math-verify installed?)"
-            ) from exc
+            raise RuntimeError(f"{self.label} exited during start-up; {self.died_hint()}") from exc
         if not reply.get("ready"):
-            raise RuntimeError(reply.get("error") or f"reward worker sent an unexpected greeting: {reply!r}")
+            raise RuntimeError(reply.get("error") or f"{self.label} sent an unexpected greeting: {reply!r}")
         self.ready = True
 
-    def request(self, pred: str, gold: str, timeout: float) -> dict:
-        self.wait_ready()  # start-up time is not charged to the answer's timeout
+    def send(self, payload: dict[str, Any], timeout: float) -> dict:
+        """One request and its reply within ``timeout`` seconds (start-up time is not charged to it)."""
+        self.wait_ready()
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write((json.dumps({"pred": pred, "gold": gold}) + "\n").encode())
+            self.proc.stdin.write((json.dumps(payload) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise _WorkerDied() from exc
         return self._read_line(time.monotonic() + timeout)
+
+    def request(self, pred: str, gold: str, timeout: float) -> dict:
+        return self.send({"pred": pred, "gold": gold}, timeout)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -24,11 +24,9 @@ from ``data.source: reasoning_gym``.
 from __future__ import annotations
 
 import base64
-import json
 import pickle
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -90,34 +88,16 @@ class _ScoreWorker(_Worker):
     def __init__(self, startup_timeout: float) -> None:
         super().__init__(startup_timeout, _worker_command())
 
-    def wait_ready(self) -> None:
-        if self.ready:
-            return
-        try:
-            reply = self._read_line(time.monotonic() + self.startup_timeout)
-        except _WorkerTimeout as exc:
-            self.kill()
-            raise RuntimeError(
-                f"reasoning-gym worker did not start within {self.startup_timeout:.0f} s"
-            ) from exc
-        except _WorkerDied as exc:
-            raise RuntimeError(
-                "reasoning-gym worker exited during start-up; is reasoning-gym installed? "
-                f"(pip install 'entropyctl[tasks]'; `{sys.executable} -c 'import reasoning_gym'` shows why)"
-            ) from exc
-        if not reply.get("ready"):
-            raise RuntimeError(f"reasoning-gym worker sent an unexpected greeting: {reply!r}")
-        self.ready = True
+    label = "reasoning-gym worker"
+
+    def died_hint(self) -> str:
+        return (
+            "is reasoning-gym installed? "
+            f"(pip install 'entropyctl[tasks]'; `{sys.executable} -c 'import reasoning_gym'` shows why)"
+        )
 
     def score(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        self.wait_ready()  # start-up time is not charged to the answer's timeout
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write((json.dumps(payload) + "\n").encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise _WorkerDied() from exc
-        return self._read_line(time.monotonic() + timeout)
+        return self.send(payload, timeout)
 
 
 class ReasoningGymVerifier(MathVerifier):

@@ -1,5 +1,6 @@
 """The committed controller study on an external task (benchmarks/rg_study: reasoning-gym chain_sum at three
-levels; no bonus, fixed α small and large, clip-higher, aer; 3 seeds × 600 steps of configs/rg_study.yaml)
+levels; no bonus, fixed α small and large, aer; 3 seeds × 600 steps of configs/rg_study.yaml; clip-higher
+against no bonus at two epochs per batch, configs/rg_study_clip.yaml)
 is what its run directories say: every run is the shipped config's arm × seed, finished; regenerating the
 report from the committed metrics and summaries reproduces the committed report.json; docs/ablations.md
 quotes the committed report.md's rows."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from committed_runs import assert_docs_quote, assert_numbers_equal, assert_runs_are_the_configs_arms
 
@@ -16,28 +18,38 @@ from entropyctl.experiments.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "rg_study"
-CONFIG = ROOT / "configs" / "rg_study.yaml"
+#: (committed study, the shipped config it ran, the docs' table marker quoting its report)
+STUDIES = [
+    (STUDY, ROOT / "configs" / "rg_study.yaml", "rg-study-table"),
+    (ROOT / "benchmarks" / "rg_study_clip", ROOT / "configs" / "rg_study_clip.yaml", "rg-clip-table"),
+]
+IDS = [study.name for study, _, _ in STUDIES]
 
 
-def test_committed_runs_are_the_shipped_configs_arms() -> None:
-    base = yaml.safe_load(CONFIG.read_text())
+@pytest.mark.parametrize(("study", "config", "marker"), STUDIES, ids=IDS)
+def test_committed_runs_are_the_shipped_configs_arms(study: Path, config: Path, marker: str) -> None:
+    base = yaml.safe_load(config.read_text())
     ablation = base.pop("ablation")
     seeds = list(range(ablation["seeds"]))
-    count = assert_runs_are_the_configs_arms(base, ablation["arms"], seeds, STUDY, base["trainer"]["steps"])
-    assert count == 3 * len(ablation["arms"]) == 15
+    count = assert_runs_are_the_configs_arms(base, ablation["arms"], seeds, study, base["trainer"]["steps"])
+    assert count == 3 * len(ablation["arms"]) >= 6
 
 
-def test_committed_report_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
-    committed = json.loads((STUDY / "report.json").read_text())
-    regenerated = json.loads(json.dumps(write_report(STUDY, tmp_path), default=str))
+@pytest.mark.parametrize(("study", "config", "marker"), STUDIES, ids=IDS)
+def test_committed_report_is_reproduced_from_the_committed_runs(
+    study: Path, config: Path, marker: str, tmp_path: Path
+) -> None:
+    committed = json.loads((study / "report.json").read_text())
+    regenerated = json.loads(json.dumps(write_report(study, tmp_path), default=str))
     assert list(regenerated["arms"]) == list(committed["arms"])
     assert_numbers_equal(regenerated["arms"], committed["arms"], "arms")
     for arm, numbers in committed["arms"].items():
         assert numbers["n_finished"] == numbers["n_runs"] == 3, arm
 
 
-def test_docs_quote_the_committed_report() -> None:
-    assert_docs_quote(STUDY / "report.md", ROOT / "docs" / "ablations.md", "rg-study-table", 5, prefix="| `")
+@pytest.mark.parametrize(("study", "config", "marker"), STUDIES, ids=IDS)
+def test_docs_quote_the_committed_report(study: Path, config: Path, marker: str) -> None:
+    assert_docs_quote(study / "report.md", ROOT / "docs" / "ablations.md", marker, 2, prefix="| `")
 
 
 def test_clip_higher_with_one_update_per_batch_is_the_no_bonus_run() -> None:

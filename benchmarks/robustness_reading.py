@@ -75,11 +75,8 @@ def read_run(run: Path) -> dict[str, Any] | None:
         at_bound = alpha_at_bound(alphas, low, float(update["alpha_max"]))
         # at the floor while the step's reading is above H*: no bonus is wanted there (benign); any other
         # step at a bound is the loop saturated against its error
-        benign = (
-            at_bound
-            & (alphas <= low * (1 + 1e-9))
-            & (record.metrics["entropy"] > record.metrics["target_entropy"])
-        )
+        at_floor = alpha_at_bound(alphas, low, math.inf)
+        benign = at_floor & (record.metrics["entropy"] > record.metrics["target_entropy"])
         out["alpha_at_bound"] = float(at_bound.mean())
         out["alpha_floor_above_target"] = float(benign.mean())
         out["alpha_bound_otherwise"] = float((at_bound & ~benign).mean())

@@ -217,6 +217,11 @@ class AlgorithmConfig(_Section):
         "false: always full logits (the reference path).",
     )
 
+    @property
+    def updates_per_batch(self) -> int:
+        """Optimizer steps on each step's rollouts; with one, the update is on-policy (ratio 1, nothing clipped)."""
+        return self.ppo_epochs * self.mini_batches
+
 
 class OptimConfig(_Section):
     """AdamW on every policy parameter."""
@@ -450,9 +455,8 @@ class RunConfig(BaseModel):
         """Settings that are valid but cannot act in this config, one line each (the trainer prints them
         at the start of a run; nothing is changed)."""
         lines = []
-        a = self.algorithm
         bounds = (getattr(self.controller, "clip_low", None), getattr(self.controller, "clip_high", None))
-        if a.ppo_epochs == 1 and a.mini_batches == 1 and None not in bounds:
+        if self.algorithm.updates_per_batch == 1 and None not in bounds:
             if self.controller.name == "clip_higher" or bounds != (0.2, 0.2):
                 lines.append(
                     f"controller clip bounds (clip_low {bounds[0]}, clip_high {bounds[1]}) have no effect: with "

@@ -430,7 +430,7 @@ class RLVRModule(pl.LightningModule):
 
     @property
     def optimizer_steps_per_rlvr_step(self) -> int:
-        return self.config.algorithm.ppo_epochs * self.config.algorithm.mini_batches
+        return self.config.algorithm.updates_per_batch
 
     def _world(self) -> tuple[int, int]:
         trainer = self._trainer
@@ -641,7 +641,7 @@ class RLVRModule(pl.LightningModule):
         """The step's mini-batches (a seeded shuffle), their GLOBAL token counts (one collective), and the
         old / reference log-probs before the first update (when needed)."""
         cfg = self.config
-        M, E = cfg.algorithm.mini_batches, cfg.algorithm.ppo_epochs
+        M = cfg.algorithm.mini_batches
         n = comp.response_ids.shape[0]
         generator = torch.Generator().manual_seed(derive_seed("minibatch", cfg.seed, rank, step) % 2**62)
         order = torch.randperm(n, generator=generator) if M > 1 else torch.arange(n)
@@ -651,7 +651,7 @@ class RLVRModule(pl.LightningModule):
         ).to(torch.float64)
         global_tokens = all_reduce_sum(local_tokens, self._reducer()).cpu()
         comps = [_select_rows(comp, r, self.pad_id).to(self.device) for r in rows]
-        need_old = E > 1 or M > 1
+        need_old = cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
         old: list[Tensor | None] = [None] * M
         ref: list[Tensor | None] = [None] * M
         if need_old or self._reference is not None:

@@ -36,10 +36,15 @@ KNOBS = {
 }
 #: the library defaults: an arm belongs to one knob's sweep when its other knobs are at these
 DEFAULTS = {"aer step κ": 0.05, "aer τ": 0.4, "aer α_min": 1e-5}
+#: settings no sweep moves: an aer arm that changes one of them (a candidate default) is in no sweep
+HELD = {("update", "proportional"): 2.0, ("anchor", "steps"): 1}
 
 
-def _get(config: dict[str, Any], path: tuple[str, ...]) -> Any:
+def _get(config: dict[str, Any], path: tuple[str, ...], default: Any = None) -> Any:
+    """The value at ``path``; ``default`` where a config written by hand leaves it out."""
     for key in path:
+        if default is not None and key not in config:
+            return default
         config = config[key]
     return config
 
@@ -108,6 +113,8 @@ def read_task(task: Path, seeds: list[int] | None = None) -> dict[str, Any]:
                 for method, (name, path) in KNOBS.items()
                 if controller["name"] == name
             },
+            "in_sweep": controller["name"] != "aer"
+            or all(_get(controller, path, value) == value for path, value in HELD.items()),
             "collapsed": sum(r["collapse"] for r in done),
             "exploded": sum(r["explosion"] for r in done),
             "ratio_last_quarter": _mean_std([r["ratio_last_quarter"] for r in done]),
@@ -132,6 +139,7 @@ def ok_range(task: dict[str, Any], method: str) -> dict[str, Any]:
         for arm in task["arms"].values()
         if method in arm["knobs"]
         and arm["seeds_finished"] == arm["seeds_planned"]
+        and arm["in_sweep"]
         # a sweep of one knob: the method's other knobs at their defaults (the τ arms are not step values)
         and all(arm["knobs"][other] == DEFAULTS[other] for other in arm["knobs"] if other != method)
     )

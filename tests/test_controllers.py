@@ -199,3 +199,63 @@ def test_a_first_release_state_dict_loads() -> None:
     state = {k: v for k, v in controller.state_dict().items() if k not in ("smoothed_entropy", "integral")}
     controller.load_state_dict({**state, "alpha": 0.02, "h0": 0.5})
     assert controller.metrics()["alpha"] == 0.02 and controller.state_dict()["integral"] is None
+
+
+def _hold_controller(hold: bool) -> object:
+    return create_controller(
+        {
+            "name": "aer",
+            "update": {"step": 0.1, "proportional": 1.0, "smoothing": 0.0, "hold_on_approach": hold},
+        }
+    )
+
+
+def test_hold_on_approach_keeps_the_integral_at_alpha_0_while_the_entropy_falls() -> None:
+    """A first approach from H0 = 1 toward H* = 0.4: falling readings (the 20-step average below the
+    100-step one) leave the integral at α_0 with the hold and wind it down without it."""
+    held, plain = _hold_controller(True), _hold_controller(False)
+    readings = [1.0 - 0.004 * t for t in range(100)]  # 1.0 → 0.604: still above 1.2·H* = 0.48
+    for t, h in enumerate(readings):
+        for controller in (held, plain):
+            controller.observe(EntropyReading(mean_entropy=h, tokens=10, step=t))  # type: ignore[attr-defined]
+    state = held.state_dict()  # type: ignore[attr-defined]
+    assert state["trend_fast"] < state["trend_slow"] and not state["approached"]
+    assert state["integral"] == 0.005
+    assert plain.state_dict()["integral"] < 0.005 * math.exp(-0.1 * 0.5 * 50)  # type: ignore[attr-defined]
+    # the proportional part still acts: α = I·exp(κ_p·e) < α_0 above the target
+    assert held.metrics()["alpha"] < 0.005  # type: ignore[attr-defined]
+
+
+def test_hold_on_approach_releases_on_a_stall_and_after_the_first_approach() -> None:
+    """The hold ends when the entropy stops falling above the target (the bonus may be what holds it
+    up) and, for good, once the 20-step average has come within 20 % above H*."""
+    stall = _hold_controller(True)
+    for t in range(400):  # H0 = 1, then a flat 0.9: both averages settle on it, F_t first
+        stall.observe(EntropyReading(mean_entropy=1.0 if t == 0 else 0.9, tokens=10, step=t))  # type: ignore[attr-defined]
+    assert stall.state_dict()["integral"] == 1e-5  # type: ignore[attr-defined]  # released: down to the floor
+
+    approach = _hold_controller(True)
+    t = 0
+    for h in [1.0] + [0.4] * 60:  # falls to H*: F_t reaches 1.2·H* within a few tens of steps
+        approach.observe(EntropyReading(mean_entropy=h, tokens=10, step=t))  # type: ignore[attr-defined]
+        t += 1
+    assert approach.state_dict()["approached"]  # type: ignore[attr-defined]
+    integral = approach.state_dict()["integral"]  # type: ignore[attr-defined]
+    for _ in range(20):  # back above the target and falling: no hold any more
+        approach.observe(EntropyReading(mean_entropy=0.8 - 0.001 * t, tokens=10, step=t))  # type: ignore[attr-defined]
+        t += 1
+    assert approach.state_dict()["integral"] < integral  # type: ignore[attr-defined]
+
+
+def test_hold_state_round_trips_and_older_checkpoints_load() -> None:
+    controller = _hold_controller(True)
+    for t in range(30):
+        controller.observe(EntropyReading(mean_entropy=1.0 - 0.01 * t, tokens=10, step=t))  # type: ignore[attr-defined]
+    state = controller.state_dict()  # type: ignore[attr-defined]
+    restored = _hold_controller(True)
+    restored.load_state_dict(state)  # type: ignore[attr-defined]
+    assert restored.state_dict() == state  # type: ignore[attr-defined]
+    older = {k: v for k, v in state.items() if k not in ("trend_fast", "trend_slow", "approached")}
+    fresh = _hold_controller(True)
+    fresh.load_state_dict(older)  # type: ignore[attr-defined]
+    assert fresh.state_dict()["trend_fast"] is None and fresh.state_dict()["approached"] is False  # type: ignore[attr-defined]

@@ -177,6 +177,20 @@ def test_an_arm_off_the_defaults_in_another_knob_is_not_a_sweep_value(tmp_path: 
     assert reading.ok_range(result, "aer α_min")["values"] == [1e-5, 5e-4]
 
 
+def test_a_candidate_that_moves_a_held_setting_is_in_no_sweep(tmp_path: Path, reading: Any) -> None:
+    """An aer arm that also changes a setting no sweep moves (κ_p, the H0 readings) is reported, but its
+    step κ is not a value of the step sweep."""
+    task = tmp_path / "task"
+    _manifest(task, [("aer", "a"), ("aer:update.step=0.15,update.proportional=3", "b")], [0])
+    _run(task / "a" / "seed0", _aer(), [0.4] * 40, alpha=[0.01] * 40, target=0.4)
+    candidate = _aer()
+    candidate["update"].update(step=0.15, proportional=3.0)
+    _run(task / "b" / "seed0", candidate, [0.4] * 40, alpha=[0.01] * 40, target=0.4)
+    result = reading.read_task(task)
+    assert set(result["arms"]) == {"aer", "aer:update.step=0.15,update.proportional=3"}
+    assert reading.ok_range(result, "aer step κ")["values"] == [0.05]
+
+
 def test_alpha_at_the_floor_above_target_is_told_apart(tmp_path: Path, reading: Any) -> None:
     """α at its floor while the entropy is above H* (no bonus wanted) is counted apart from α at a bound
     against the error (at the floor below H*, or at the cap)."""

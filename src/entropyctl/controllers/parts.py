@@ -58,6 +58,9 @@ class RelativeUpdate(_Bounds):
     H̃_t = β·H̃_{t−1} + (1 − β)·H_t,   e_t = max((H* − H̃_t)/H*, −1),
     I_{t+1} = clip(I_t + κ·e_t),   log α_{t+1} = clip(I_{t+1} + κ_p·e_t).
 
+    With ``hold_on_approach``, I is not lowered below log α_0 during the first approach from above
+    while the entropy is falling (entropyctl.controllers.target).
+
     Its loop gain κ·(d log H / d log α) does not depend on the units of entropy or of α
     (docs/controllers.md derives it and why κ < 1 keeps the loop stable)."""
 
@@ -74,6 +77,14 @@ class RelativeUpdate(_Bounds):
     )
     alpha_min: float = Field(default=1e-5, gt=0, description="Lower bound of α_t (> 0: log α must exist).")
     alpha_max: NonNegativeFloat = Field(default=1.0, description="Upper bound of α_t.")
+    hold_on_approach: bool = Field(
+        default=False,
+        description=(
+            "Until a 20-step average of the entropy first comes within 20 % above H*, do not lower the "
+            "integral below α_0 while the entropy is still falling (that average below a 100-step one): "
+            "the first approach then starts its climb from α_0 instead of the floor."
+        ),
+    )
 
 
 class AdditiveUpdate(_Bounds):

@@ -21,6 +21,17 @@ applies α_t in every step.
 
 Until H0 is anchored (``anchor.mode: initial``) α stays α_0 and the anchoring readings do not
 update it (they do seed the smoothed reading H̃).
+
+``update.hold_on_approach`` (relative rule, off by default): two slower averages of the readings,
+F_t (β_F = 0.95, ~20 steps) and S_t (β_S = 0.99, ~100 steps), both starting at H0 when it is anchored.
+Until F_t first comes within 20 % above H* (F_t ≤ 1.2·H*; F_t rather than H̃_t, whose noise would end
+the approach at the first lucky reading), the integral is not lowered below α_0 while F_t < S_t (the
+entropy is still falling toward the target on its own), so the climb that follows the first approach
+starts at α_0, not at the floor. "Falling" means at a pace that reaches 1.2·H* within 1000 steps,
+(S_t − F_t)/80 per step (80 steps: the lag between the averages) against F_t − 1.2·H*: an entropy
+that settles above the target (the bonus may be what holds it there) approaches its level ever more
+slowly, and the plain rule then lowers α as before. (For the first 100 steps after anchoring, while
+S_t still remembers H0, only the sign of S_t − F_t counts.)
 """
 
 from __future__ import annotations
@@ -64,8 +75,17 @@ __all__ = [
 #: The ``log`` rule works on log α, so α must stay > 0 for it to keep moving: its lower bound is
 #: max(alpha_min, LOG_ALPHA_FLOOR). (The additive and sign rules keep updating from α = 0.)
 LOG_ALPHA_FLOOR = 1e-6
-#: State keys the first release's checkpoints do not hold (restored as None).
-_OPTIONAL_STATE = ("smoothed_entropy", "integral")
+#: The two averages that tell whether the entropy is still falling (``hold_on_approach``).
+TREND_FAST = 0.95
+TREND_SLOW = 0.99
+#: The first approach ends when F_t is within this fraction above H*.
+APPROACH_BAND = 0.2
+#: The hold lasts while the fall, at its current pace, reaches that band within this many steps.
+HOLD_HORIZON = 1000.0
+#: The lag between the two averages, in steps: S_t − F_t ≈ TREND_LAG × the fall per step.
+TREND_LAG = TREND_SLOW / (1.0 - TREND_SLOW) - TREND_FAST / (1.0 - TREND_FAST)
+#: State keys earlier checkpoints do not hold (restored as None / False).
+_OPTIONAL_STATE = ("smoothed_entropy", "integral", "trend_fast", "trend_slow", "approached")
 
 
 class _AdaptiveConfig(ControllerConfig):
@@ -197,6 +217,11 @@ class TargetController(EntropyController):
         self.smoothed_entropy: float | None = None
         #: exp(I_t), the integral part of the relative rule's α (α itself when κ_p = 0).
         self.integral: float | None = None
+        #: F_t and S_t, the averages ``hold_on_approach`` compares (None before H0 is anchored).
+        self.trend_fast: float | None = None
+        self.trend_slow: float | None = None
+        #: whether H̃ has come within APPROACH_BAND above H* (the first approach is over).
+        self.approached = False
         self.steps_observed = 0
         self.readings_ignored = 0
 
@@ -245,8 +270,14 @@ class TargetController(EntropyController):
             self.anchor_count += 1
             if self.anchor_count >= self.anchor_steps():
                 self.h0 = self.anchor_sum / self.anchor_count
+                self.trend_fast = self.trend_slow = self.h0
             if self.config.anchor.mode == "initial":
                 return  # the anchoring readings define H0; α stays α_0 until then
+        else:
+            fast = entropy if self.trend_fast is None else self.trend_fast
+            slow = entropy if self.trend_slow is None else self.trend_slow
+            self.trend_fast = TREND_FAST * fast + (1.0 - TREND_FAST) * entropy
+            self.trend_slow = TREND_SLOW * slow + (1.0 - TREND_SLOW) * entropy
         target = self.target_entropy()
         if target is None or not self.is_dynamic():
             return
@@ -255,9 +286,12 @@ class TargetController(EntropyController):
             error = max(relative_error(target, smoothed), -1.0)  # |e| ≤ 1 on both sides
             low, high = float(update.alpha_min), float(update.alpha_max)
             integral = self.alpha if self.integral is None else self.integral
-            self.integral = relative_step(
-                integral, error, step=float(update.step), alpha_min=low, alpha_max=high
-            )
+            if self.trend_fast is not None and self.trend_fast <= (1.0 + APPROACH_BAND) * target:
+                self.approached = True
+            stepped = relative_step(integral, error, step=float(update.step), alpha_min=low, alpha_max=high)
+            if update.hold_on_approach and self._holding(error):
+                stepped = max(stepped, min(integral, float(self.config.alpha_0)))
+            self.integral = stepped
             self.alpha = relative_step(
                 self.integral, error, step=float(update.proportional), alpha_min=low, alpha_max=high
             )
@@ -272,6 +306,21 @@ class TargetController(EntropyController):
             alpha_max=float(getattr(update, "alpha_max", 0.0)),
         )
 
+    def _holding(self, error: float) -> bool:
+        """``hold_on_approach``: the first approach from above is on and the entropy is still
+        falling, so the integral is not lowered below α_0."""
+        if self.approached or error >= 0.0 or self.trend_fast is None or self.trend_slow is None:
+            return False
+        fall_per_step = (self.trend_slow - self.trend_fast) / TREND_LAG
+        if fall_per_step <= 0.0:
+            return False
+        if self.steps_observed - self.anchor_count < 1.0 / (1.0 - TREND_SLOW):
+            return True  # S_t still holds H0: the pace is not measured yet, only its sign
+        target = self.target_entropy()
+        distance = self.trend_fast - (1.0 + APPROACH_BAND) * (target or 0.0)
+        # an entropy that settles above the target looks like a fall whose pace dies away: release it
+        return distance < HOLD_HORIZON * fall_per_step
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,
@@ -281,6 +330,9 @@ class TargetController(EntropyController):
             "last_entropy": self.last_entropy,
             "smoothed_entropy": self.smoothed_entropy,
             "integral": self.integral,
+            "trend_fast": self.trend_fast,
+            "trend_slow": self.trend_slow,
+            "approached": self.approached,
             "steps_observed": self.steps_observed,
             "readings_ignored": self.readings_ignored,
         }
@@ -298,6 +350,9 @@ class TargetController(EntropyController):
         self.smoothed_entropy = optional(state.get("smoothed_entropy"))
         integral = optional(state.get("integral"))
         self.integral = None if integral is None else min(max(integral, low), high)
+        self.trend_fast = optional(state.get("trend_fast"))
+        self.trend_slow = optional(state.get("trend_slow"))
+        self.approached = bool(state.get("approached", False))
         self.h0 = optional(state["h0"])
         self.anchor_sum = float(state["anchor_sum"])
         self.anchor_count = int(state["anchor_count"])

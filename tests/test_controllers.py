@@ -259,3 +259,19 @@ def test_hold_state_round_trips_and_older_checkpoints_load() -> None:
     fresh = _hold_controller(True)
     fresh.load_state_dict(older)  # type: ignore[attr-defined]
     assert fresh.state_dict()["trend_fast"] is None and fresh.state_dict()["approached"] is False  # type: ignore[attr-defined]
+
+
+def test_release_band_keeps_the_integral_within_the_band_above_the_target() -> None:
+    """``release_band``: an entropy within that fraction above H* does not lower the integral (the
+    proportional part still acts); above the band, and below H*, the plain rule moves it."""
+    controller = create_controller(
+        {"name": "aer", "update": {"step": 0.1, "proportional": 1.0, "smoothing": 0.0, "release_band": 0.2}}
+    )
+    controller.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H* = 0.4
+    controller.observe(EntropyReading(mean_entropy=0.46, tokens=10, step=1))  # e = -0.15: in the band
+    assert controller.state_dict()["integral"] == 0.005
+    assert controller.metrics()["alpha"] == pytest.approx(0.005 * math.exp(-0.15))
+    controller.observe(EntropyReading(mean_entropy=0.6, tokens=10, step=2))  # e = -0.5: above it
+    assert controller.state_dict()["integral"] == pytest.approx(0.005 * math.exp(-0.05))
+    controller.observe(EntropyReading(mean_entropy=0.3, tokens=10, step=3))  # e = +0.25: below H*
+    assert controller.state_dict()["integral"] == pytest.approx(0.005 * math.exp(-0.05 + 0.025))

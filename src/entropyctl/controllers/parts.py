@@ -85,6 +85,15 @@ class RelativeUpdate(_Bounds):
             "the first approach then starts its climb from α_0 instead of the floor."
         ),
     )
+    release_band: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "A dead band above the target: the integral is not lowered while the smoothed entropy is "
+            "within this fraction above H* (0: lowered whenever it is above)."
+        ),
+    )
 
 
 class AdditiveUpdate(_Bounds):

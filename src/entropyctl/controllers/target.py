@@ -291,6 +291,8 @@ class TargetController(EntropyController):
             stepped = relative_step(integral, error, step=float(update.step), alpha_min=low, alpha_max=high)
             if update.hold_on_approach and self._holding(error):
                 stepped = max(stepped, min(integral, float(self.config.alpha_0)))
+            if error < 0.0 and -error <= float(update.release_band):
+                stepped = max(stepped, integral)  # within the dead band above H*: not lowered
             self.integral = stepped
             self.alpha = relative_step(
                 self.integral, error, step=float(update.proportional), alpha_min=low, alpha_max=high

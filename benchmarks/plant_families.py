@@ -11,7 +11,9 @@ Families (each drawn at random from a fixed seed, ``--plants`` per family):
   the response gain over 20×, collapse 0.001–0.006 per step, drift toward collapse.
 
 Rules: today's default; the previous default's gains (κ 0.1, κ_p 1, β 0.5, with today's clipped
-error); the first release's additive (the paper's form, our reading), log and sign rules.
+error); the first release's additive (the paper's form, our reading), log and sign rules; the
+collapse study v4's candidates (κ 0.15, κ_p 3, H0 from 10 readings; and the same with the opt-in
+holds ``hold_on_approach`` and ``release_band: 0.2``).
 Per plant: the settling step (first step whose 50-step average is within ±20 % of H*), the share of
 later steps in band, the share with α at a bound, the largest average over H*. Writes
 benchmarks/results/plant_families.{json,md}.
@@ -34,12 +36,20 @@ from entropyctl import create_controller
 from entropyctl.controllers.plant import EntropyPlant, simulate
 from entropyctl.experiments.band import WINDOW, alpha_at_bound, read_band
 
+#: each rule's controller settings (over ``aer``'s defaults)
+CANDIDATE = {"step": 0.15, "proportional": 3.0}
 RULES: dict[str, dict[str, Any]] = {
     "default": {},
-    "previous gains": {"rule": "relative", "step": 0.1, "proportional": 1.0, "smoothing": 0.5},
-    "additive": {"rule": "additive"},
-    "log": {"rule": "log"},
-    "sign": {"rule": "sign"},
+    "previous gains": {"update": {"rule": "relative", "step": 0.1, "proportional": 1.0, "smoothing": 0.5}},
+    "additive": {"update": {"rule": "additive"}},
+    "log": {"update": {"rule": "log"}},
+    "sign": {"update": {"rule": "sign"}},
+    # the candidates of the collapse study v4 (chosen on other draws of these families: seed 7)
+    "candidate": {"update": CANDIDATE, "anchor": {"steps": 10}},
+    "candidate + holds": {
+        "update": {**CANDIDATE, "hold_on_approach": True, "release_band": 0.2},
+        "anchor": {"steps": 10},
+    },
 }
 
 
@@ -86,8 +96,8 @@ FAMILIES: dict[str, tuple[Callable[[random.Random], EntropyPlant], int]] = {
 }
 
 
-def score(update: dict[str, Any], plant: EntropyPlant, steps: int) -> dict[str, float]:
-    controller = create_controller({"name": "aer", **({"update": update} if update else {})})
+def score(settings: dict[str, Any], plant: EntropyPlant, steps: int) -> dict[str, float]:
+    controller = create_controller({"name": "aer", **settings})
     low, high = controller.config.alpha_bounds  # type: ignore[attr-defined]
     trajectory = simulate(controller, plant, steps)
     target = trajectory.target_entropy[-1]
@@ -119,9 +129,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for family, (draw, steps) in FAMILIES.items():
-        for rule, update in RULES.items():
+        for rule, settings in RULES.items():
             rng = random.Random(20261202)  # the same plants for every rule (a plant is stateful: fresh ones)
-            scores = [score(update, draw(rng), steps) for _ in range(args.plants)]
+            scores = [score(settings, draw(rng), steps) for _ in range(args.plants)]
             band = [s["in_band"] for s in scores]
             rows.append(
                 {

@@ -47,6 +47,8 @@ def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
             step=draw(st.floats(1e-3, 1.0)),
             proportional=draw(st.floats(0.0, 5.0)),
             smoothing=draw(st.floats(0.0, 0.99)),
+            hold_on_approach=draw(st.booleans()),
+            release_band=draw(st.sampled_from([0.0, 0.2]) | st.floats(0.0, 1.0)),
         )
     elif rule in ("additive", "log"):
         update["eta"] = draw(st.floats(0.0, 5.0))

@@ -2,7 +2,8 @@
 around H* = τ·H0, and where is α? Writes <dir>/reading.{json,md} (tables; `entropyctl report` covers
 finished runs only).
 
-Per run: steps done; H0; the 50-step moving average of the entropy over H0 every 250 steps; the first
+Per run: steps done; H0 (the controller's, where the run logs one; else the first reading); the
+50-step moving average of the entropy over H0 every 250 steps; the first
 step at which that average is within ±20 % of τ·H0 ("in band") and the share of later steps in band;
 the share of steps with α at a bound (≤ alpha_min or ≥ alpha_max of the run's config, after the
 first in-band step and over all steps); α's range; held-out pass@1 / pass@8 at every evaluation.
@@ -80,7 +81,10 @@ def read_run(run: Path, tau: float) -> dict[str, Any]:
     alpha = [float(r["alpha"]) for r in rows]
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     config = yaml.safe_load((run / "config.yaml").read_text())
-    h0 = entropy[0]  # the first reading (the controller's H0 with anchor.steps = 1)
+    # the controller's own H0 where it logs one (the mean of its anchor.steps first readings), else
+    # the first reading (a run without a target: no bonus)
+    logged = [float(r["h0"]) for r in rows if r.get("h0") not in (None, "", "nan")]
+    h0 = logged[-1] if logged and math.isfinite(logged[-1]) else entropy[0]
     band = read_band(entropy, tau * h0, start=WINDOW - 1)  # full windows only
     first = band.first_in_band
     low, high = alpha_bounds(config)

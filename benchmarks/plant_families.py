@@ -36,8 +36,9 @@ from entropyctl import create_controller
 from entropyctl.controllers.plant import EntropyPlant, simulate
 from entropyctl.experiments.band import WINDOW, alpha_at_bound, read_band
 
-#: each rule's controller settings (over ``aer``'s defaults)
+#: the update of the collapse study v4's candidates
 CANDIDATE = {"step": 0.15, "proportional": 3.0}
+#: each rule's controller settings (over ``aer``'s defaults)
 RULES: dict[str, dict[str, Any]] = {
     "default": {},
     "previous gains": {"update": {"rule": "relative", "step": 0.1, "proportional": 1.0, "smoothing": 0.5}},

@@ -220,7 +220,7 @@ class TargetController(EntropyController):
         #: F_t and S_t, the averages ``hold_on_approach`` compares (None before H0 is anchored).
         self.trend_fast: float | None = None
         self.trend_slow: float | None = None
-        #: whether H̃ has come within APPROACH_BAND above H* (the first approach is over).
+        #: whether F_t has come within APPROACH_BAND above H* (the first approach is over).
         self.approached = False
         self.steps_observed = 0
         self.readings_ignored = 0
@@ -289,7 +289,7 @@ class TargetController(EntropyController):
             if self.trend_fast is not None and self.trend_fast <= (1.0 + APPROACH_BAND) * target:
                 self.approached = True
             stepped = relative_step(integral, error, step=float(update.step), alpha_min=low, alpha_max=high)
-            if update.hold_on_approach and self._holding(error):
+            if update.hold_on_approach and self._holding(error, target):
                 stepped = max(stepped, min(integral, float(self.config.alpha_0)))
             if error < 0.0 and -error <= float(update.release_band):
                 stepped = max(stepped, integral)  # within the dead band above H*: not lowered
@@ -308,7 +308,7 @@ class TargetController(EntropyController):
             alpha_max=float(getattr(update, "alpha_max", 0.0)),
         )
 
-    def _holding(self, error: float) -> bool:
+    def _holding(self, error: float, target: float) -> bool:
         """``hold_on_approach``: the first approach from above is on and the entropy is still
         falling, so the integral is not lowered below α_0."""
         if self.approached or error >= 0.0 or self.trend_fast is None or self.trend_slow is None:
@@ -318,8 +318,7 @@ class TargetController(EntropyController):
             return False
         if self.steps_observed - self.anchor_count < 1.0 / (1.0 - TREND_SLOW):
             return True  # S_t still holds H0: the pace is not measured yet, only its sign
-        target = self.target_entropy()
-        distance = self.trend_fast - (1.0 + APPROACH_BAND) * (target or 0.0)
+        distance = self.trend_fast - (1.0 + APPROACH_BAND) * target
         # an entropy that settles above the target looks like a fall whose pace dies away: release it
         return distance < HOLD_HORIZON * fall_per_step
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,61 @@ def test_a_second_ablate_into_the_same_directory_keeps_the_first_ones_arms(tmp_p
     assert second["command"] == "second"
     path.write_text("not json")  # a damaged manifest is replaced, not a crash
     assert [a["slug"] for a in merged_manifest(path, manifest("third", ["d"], [0]))["arms"]] == ["d"]
+
+
+# Exact match that sleeps, so a step lasts >= 16 x 0.05 s and the signal lands mid-run; it changes
+# nothing but the timings.
+PACED_REWARD = """
+import time
+
+def paced(completion, answer):
+    time.sleep(0.05)
+    return float(completion.strip() == str(answer).strip())
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_ablate_stops_its_runs_and_the_same_command_resumes_them(tmp_path: Path) -> None:
+    """A SIGTERM to `ablate` used to kill only ablate: its `train` children went on as orphans, and the
+    next `ablate` ran a stopped run again from step 0."""
+    (tmp_path / "paced_reward_mod.py").write_text(PACED_REWARD)
+    steps = 6
+    base = tmp_path / "base.yaml"
+    config = {**TINY, "reward": {"name": "paced_reward_mod:paced"}}
+    config["trainer"] = {**TINY["trainer"], "steps": steps, "checkpoint_every": 100}
+    base.write_text(yaml.safe_dump(config))
+    out = tmp_path / "abl"
+    env = {**os.environ, "ENTROPYCTL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
+    cmd = [
+        sys.executable, "-m", "entropyctl.cli", "ablate", "--config", str(base),
+        "--arms", "fixed:alpha=0.01", "--seeds", "2", "--jobs", "1", "--out", str(out),
+    ]  # fmt: skip
+    first, second = out / "fixed_alpha=0.01" / "seed0", out / "fixed_alpha=0.01" / "seed1"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not (first / "metrics.csv").exists() or len((first / "metrics.csv").read_text().splitlines()) < 3:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no two metrics rows within 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 143, stdout[-3000:]
+    summary = json.loads((first / "summary.json").read_text())
+    assert summary["status"] == "stopped" and 2 <= summary["steps"] < steps, summary
+    assert (first / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(ProcessLookupError):  # the run did not outlive ablate
+        os.kill(int(summary["pid"]), 0)
+    assert not (second / "summary.json").exists()  # not started after the signal
+    assert json.loads((out / "ablation_runs.json").read_text())[-1]["stopped"] == signal.SIGTERM
+    assert "stopped by signal 15" in stdout and "the same command continues" in stdout
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    resumed = json.loads((first / "summary.json").read_text())
+    assert resumed["status"] == "finished" and resumed["steps"] == steps
+    assert resumed["resume"]["changes"] == []  # continued from its checkpoint, same config
+    rows = (first / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == list(range(1, steps + 1))
+    log = (first / "train.log").read_text()
+    assert "--overwrite" in log and "--resume auto" in log  # one log, both parts
+    assert json.loads((second / "summary.json").read_text())["status"] == "finished"

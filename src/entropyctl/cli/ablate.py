@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: Any) -> int:
-    """`entropyctl ablate` (the cli package parses the arguments). Exit status 1 when a run failed."""
+    """`entropyctl ablate` (the cli package parses the arguments). Exit status 1 when a run failed,
+    128 + the signal number when stopped by SIGTERM/SIGINT (the same command then continues)."""
     import shlex
     import sys
 
@@ -74,4 +75,6 @@ def run(args: Any) -> int:
         report=args.report,
         command="entropyctl " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["ablate"] else None,
     )
+    if summary.get("stopped") is not None:
+        return 128 + int(summary["stopped"])  # as `entropyctl train` does (143 for SIGTERM)
     return 1 if summary["failed"] else 0

@@ -19,7 +19,12 @@ Layout of the output directory::
 Every run starts from the same base config, the same warm-start checkpoint (prepared once before any
 run starts, so parallel runs do not race to build it) and the same seed list: seed ``N`` of every arm
 uses the same seed. A run whose ``summary.json`` says ``"status": "finished"`` is skipped (resume);
-an unfinished one is run again. Runs go in ``jobs`` parallel ``entropyctl train`` processes.
+an unfinished one continues from its ``checkpoints/last.ckpt`` when it has one (``--resume auto``,
+which checks that the checkpoint's run is this config's) and is run again from the start otherwise.
+Runs go in ``jobs`` parallel ``entropyctl train`` processes, each in its own session: SIGTERM or
+SIGINT (Ctrl-C) to ``ablate`` starts no further run and passes one SIGTERM to each running one, which
+finishes its step, writes ``last.ckpt`` and exits; ``ablate`` then exits with 128 + the signal number,
+and the same command continues the study.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -309,11 +316,71 @@ def _check_same_config(spec: RunSpec) -> None:
 def _train_command(config_path: Path, run_dir: Path, threads: int) -> list[str]:
     # Threads and the progress bar change no result, so they go on the command line, not in the
     # config that decides whether a finished run can be reused.
+    # An unfinished run (finished ones are skipped) continues from its last checkpoint, which train
+    # checks against this config; without one it is run again from the start.
+    start = ["--resume", "auto"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else ["--overwrite"]
     return [
         sys.executable, "-m", "entropyctl.cli", "train", "--config", str(config_path), "--out", str(run_dir),
-        "--set", f"trainer.threads={threads}", "--set", "trainer.progress_bar=false",
-        "--overwrite",  # an unfinished run (finished ones are skipped) is run again from the start
+        "--set", f"trainer.threads={threads}", "--set", "trainer.progress_bar=false", *start,
     ]  # fmt: skip
+
+
+_STOPPED_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # train's exit after a graceful stop
+
+
+class _Children:
+    """The ``train`` processes of an ablation, and the stop request that ends it.
+
+    The children run in their own sessions, so a Ctrl-C at the terminal reaches ``ablate`` only; the
+    first SIGTERM/SIGINT to ``ablate`` stops new launches and sends each running child one SIGTERM (it
+    finishes its step, writes ``last.ckpt`` and exits 143); a second one sends another (the child
+    abandons its step). Without this a SIGTERM to ``ablate`` left its runs going as orphans.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.stopped: int | None = None
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._previous: dict[int, Any] = {}
+
+    def start(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes] | None:
+        """Launch ``cmd`` unless a stop was requested (then None)."""
+        with self._lock:
+            if self.stopped is not None:
+                return None
+            proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+            self._live.add(proc)
+            return proc
+
+    def wait(self, proc: subprocess.Popen[bytes]) -> int:
+        code = proc.wait()
+        with self._lock:
+            self._live.discard(proc)
+        return code
+
+    def stop(self, signum: int) -> None:
+        with self._lock:
+            if self.stopped is None:
+                self.stopped = int(signum)
+            for proc in self._live:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.stop(signum)
+
+    def __enter__(self) -> _Children:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
 
 
 def _warm_start(config: Mapping[str, Any], log: Callable[[str], None]) -> None:
@@ -339,38 +406,49 @@ def _warm_start(config: Mapping[str, Any], log: Callable[[str], None]) -> None:
 
 
 def _run_all(
-    todo: Sequence[RunSpec], jobs: int, threads_per_job: int | None, log: Callable[[str], None]
+    todo: Sequence[RunSpec],
+    jobs: int,
+    threads_per_job: int | None,
+    log: Callable[[str], None],
+    children: _Children,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run each spec as an ``entropyctl train`` subprocess, ``jobs`` at a time: (results by run dir,
-    the run dirs that failed)."""
+    the run dirs that failed). After a stop request the runs not yet started are left out."""
     results: dict[str, Any] = {}
     threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
 
-    def launch(spec: RunSpec) -> tuple[RunSpec, int, float]:
+    def launch(spec: RunSpec) -> tuple[RunSpec, int | None, float]:
+        if children.stopped is not None:
+            return spec, None, 0.0
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = spec.run_dir / "ablate_config.yaml"
         config_path.write_text(yaml.safe_dump(spec.config, sort_keys=False))
         cmd = _train_command(config_path, spec.run_dir, threads)
         t0 = time.perf_counter()
-        with (spec.run_dir / "train.log").open("w") as handle:
+        # Appended, so a resumed run's log keeps the part before the stop.
+        with (spec.run_dir / "train.log").open("a" if "--resume" in cmd else "w") as handle:
             handle.write("$ " + shlex.join(cmd) + "\n")
             handle.flush()
-            code = subprocess.run(
-                cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False
-            ).returncode
+            proc = children.start(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+            code = None if proc is None else children.wait(proc)
         return spec, code, time.perf_counter() - t0
 
     failed: list[str] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for spec, code, seconds in pool.map(launch, todo):
             name = f"{spec.arm.label} seed {spec.seed}"
+            if code is None:  # not started: the ablation was stopped first
+                continue
             ok = code == 0 and is_finished(spec.run_dir)
             results[str(spec.run_dir)] = {"returncode": code, "seconds": seconds, "finished": ok}
             if ok:
                 log(f"  done   {name} ({seconds:.0f} s)")
+            elif children.stopped is not None and code in _STOPPED_CODES:
+                results[str(spec.run_dir)]["stopped"] = True
+                log(f"  stopped {name} (exit {code}, {seconds:.0f} s): continues from its last checkpoint")
             else:
                 failed.append(str(spec.run_dir))
                 log(f"  FAILED {name} (exit {code}, {seconds:.0f} s): see {spec.run_dir / 'train.log'}")
@@ -485,9 +563,9 @@ def run_ablation(
         _warm_start(todo[0].config, log)
 
     started = time.perf_counter()
-    results, failed = _run_all(todo, jobs, threads_per_job, log)
+    with _Children() as children:
+        results, failed = _run_all(todo, jobs, threads_per_job, log, children)
     wall = time.perf_counter() - started
-    log(f"ablation: {len(todo)} runs in {wall:.0f} s wall; {len(failed)} failed")
     summary: dict[str, Any] = {
         "command": command,
         "out": str(out),
@@ -497,6 +575,17 @@ def run_ablation(
         "failed": failed,
         "wall_time_s": wall,
     }
+    if children.stopped is not None:
+        summary["stopped"] = children.stopped
+        _append_history(out / "ablation_runs.json", summary)
+        log(
+            f"ablation: stopped by signal {children.stopped} after {wall:.0f} s: "
+            f"{sum(r['finished'] for r in results.values())} runs finished, "
+            f"{sum(bool(r.get('stopped')) for r in results.values())} stopped, {len(failed)} failed, {len(todo) - len(results)} not started; the same command continues "
+            "(finished runs are skipped, stopped ones resume from their last checkpoint)"
+        )
+        return summary
+    log(f"ablation: {len(todo)} runs in {wall:.0f} s wall; {len(failed)} failed")
     _append_history(out / "ablation_runs.json", summary)
     if report:
         from entropyctl.experiments.report import write_report

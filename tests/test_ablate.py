@@ -101,7 +101,7 @@ def test_a_second_ablate_into_the_same_directory_keeps_the_first_ones_arms(tmp_p
     from entropyctl.experiments.ablate import merged_manifest
 
     def manifest(command: str, slugs: list[str], seeds: list[int]) -> dict:
-        arms = [{"label": s, "slug": s, "controller": s, "overrides": {}} for s in slugs]
+        arms = [{"label": s, "slug": s, "controller": s, "overrides": {}, "seeds": seeds} for s in slugs]
         return {
             "command": command,
             "base_config": "b.yaml",
@@ -118,6 +118,8 @@ def test_a_second_ablate_into_the_same_directory_keeps_the_first_ones_arms(tmp_p
     second = merged_manifest(path, manifest("second", ["c", "a"], [0]))
     assert [a["slug"] for a in second["arms"]] == ["b", "c", "a"]
     assert second["seeds"] == [0, 1, 2] and second["commands"] == ["first", "second"]
+    # each arm keeps the seeds it was run with: c only 0; a both invocations' (0, 1, 2)
+    assert {a["slug"]: a["seeds"] for a in second["arms"]} == {"b": [0, 1, 2], "c": [0], "a": [0, 1, 2]}
     assert second["command"] == "second"
     path.write_text("not json")  # a damaged manifest is replaced, not a crash
     assert [a["slug"] for a in merged_manifest(path, manifest("third", ["d"], [0]))["arms"]] == ["d"]

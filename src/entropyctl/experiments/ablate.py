@@ -489,8 +489,8 @@ def _arms_and_seeds(
 
 def merged_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """``manifest`` merged into the one already at ``path`` (an earlier ``ablate`` into the same directory):
-    the earlier arms stay, in their order, followed by the new ones (an arm in both takes the new entry);
-    seeds are the union; ``commands`` lists every command in order. Without this, adding arms to a study
+    the earlier arms stay, in their order, followed by the new ones (an arm in both takes the new entry,
+    its seeds the union of both); the top-level seeds are the union of all; ``commands`` lists every command in order. Without this, adding arms to a study
     with a second command hid the first command's arms from the report."""
     if not path.exists():
         return {**manifest, "commands": [manifest["command"]]}
@@ -499,7 +499,11 @@ def merged_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         return {**manifest, "commands": [manifest["command"]]}
     new_slugs = {arm["slug"] for arm in manifest["arms"]}
-    arms = [arm for arm in previous.get("arms", []) if arm.get("slug") not in new_slugs] + manifest["arms"]
+    earlier = {arm.get("slug"): arm for arm in previous.get("arms", [])}
+    arms = [arm for arm in previous.get("arms", []) if arm.get("slug") not in new_slugs]
+    for arm in manifest["arms"]:
+        before = earlier.get(arm["slug"], {}).get("seeds", [])
+        arms.append({**arm, "seeds": sorted({*before, *arm.get("seeds", [])})} if before else arm)
     seeds = sorted({*previous.get("seeds", []), *manifest["seeds"]})
     commands = list(previous.get("commands", [previous.get("command")] if previous.get("command") else []))
     return {**manifest, "arms": arms, "seeds": seeds, "commands": [*commands, manifest["command"]]}
@@ -546,8 +550,14 @@ def run_ablation(
     manifest: dict[str, Any] = {"command": command, "base_config": base_path, "set": list(overrides)}
     manifest["seeds"] = seed_list
     manifest["jobs"] = jobs
-    manifest["arms"] = [
-        {"label": a.label, "slug": a.slug, "controller": a.controller, "overrides": dict(a.overrides)}
+    manifest["arms"] = [  # each arm with its own seeds: a later `--arms X --seeds 2` into this dir
+        {  # leaves the union in the top-level "seeds", and X's runs are these
+            "label": a.label,
+            "slug": a.slug,
+            "controller": a.controller,
+            "overrides": dict(a.overrides),
+            "seeds": seed_list,
+        }
         for a in arm_list
     ]
     manifest = merged_manifest(out / "ablation.json", manifest)

@@ -7,7 +7,8 @@ seeds collapses or explodes; a method's range is the contiguous run of ok values
 (for ``fixed`` the ok values themselves). Besides those, per arm: held-out pass@1 / pass@8 after
 training (mean ± sample std over seeds), the lowest H/H0 of any seed, and for ``aer`` the share of
 steps after the first in-band step whose 50-step moving average of the entropy is within ±20 % of H*,
-and the share of steps with α at a bound.
+and the share of steps with α at a bound. With ``--out`` it also draws ``robustness.png``: per task,
+the last-quarter H/H0 and held-out pass@1 of every seed against each knob.
 
     python benchmarks/robustness_reading.py benchmarks/robustness/level2 benchmarks/robustness/levels12 \
         --out benchmarks/robustness
@@ -228,6 +229,71 @@ def _values(values: list[float]) -> str:
     return ", ".join(f"{v:g}" for v in values)
 
 
+#: the knobs the figure shows, one column each (α_min has two values: the table is enough)
+PLOTTED = ("fixed α", "aer step κ", "aer τ")
+
+
+def plot(tasks: dict[str, dict[str, Any]], path: Path) -> None:
+    """``robustness.png``: one row per task and quantity (last-quarter H/H0, held-out pass@1), one
+    column per knob; each seed a dot, the mean over seeds a line, the collapse and explosion lines
+    dashed. Only the arms of each knob's sweep (as in the range table)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    names = list(tasks)
+    fig, axes = plt.subplots(  # a row shares its y axis: the knobs' effects side by side on one scale
+        2 * len(names),
+        len(PLOTTED),
+        figsize=(4.2 * len(PLOTTED), 3.0 * 2 * len(names)),
+        squeeze=False,
+        sharey="row",
+    )
+    for row, name in enumerate(names):
+        for col, method in enumerate(PLOTTED):
+            arms = [
+                arm
+                for arm in tasks[name]["arms"].values()
+                if method in arm["knobs"]
+                and arm["in_sweep"]
+                and all(arm["knobs"][o] == DEFAULTS[o] for o in arm["knobs"] if o != method)
+            ]
+            arms.sort(key=lambda arm: arm["knobs"][method])
+            values = [arm["knobs"][method] for arm in arms]
+            # α = 0 has no place on a log axis: it is drawn one decade below the smallest α > 0
+            positive = [v for v in values if v > 0]
+            floor = min(positive) / 10 if positive else 1.0
+            xs = [v if v > 0 else floor for v in values]
+            for k, (key, label) in enumerate((("ratio_last_quarter", "H/H0, last quarter"), ("pass@1", "pass@1"))):
+                ax = axes[2 * row + k][col]
+                for x, arm in zip(xs, arms, strict=True):
+                    ys = [run[key] for run in arm["runs"]]
+                    ax.scatter([x] * len(ys), ys, s=14, color="tab:blue", alpha=0.6)
+                ax.plot(xs, [arm[key][0] for arm in arms], color="tab:blue")
+                if key == "ratio_last_quarter":
+                    ax.axhline(COLLAPSE_RATIO, color="tab:red", linestyle="--", linewidth=1)
+                    ax.axhline(EXPLOSION_RATIO, color="tab:orange", linestyle="--", linewidth=1)
+                    ax.set_yscale("log")
+                elif arms:
+                    ax.axhline(arms[0]["before_pass@1"][0], color="gray", linestyle=":", linewidth=1)
+                if method != "aer τ":
+                    ax.set_xscale("log")
+                ax.set_xticks(xs, [f"{v:g}" for v in values])
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.set_title(f"{name}: {method}", fontsize=9)
+                ax.set_ylabel(label, fontsize=8)
+                ax.tick_params(labelsize=7)
+    fig.suptitle(
+        "Robustness: each seed a dot, the mean a line; dashed: collapse / explosion; dotted: pass@1 before RL",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -249,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "reading.json").write_text(
             json.dumps({"tasks": tasks, "ranges": ranges}, indent=1) + "\n"
         )
+        plot(tasks, args.out / "robustness.png")
     return 0
 
 

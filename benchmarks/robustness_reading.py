@@ -266,7 +266,9 @@ def plot(tasks: dict[str, dict[str, Any]], path: Path) -> None:
             positive = [v for v in values if v > 0]
             floor = min(positive) / 10 if positive else 1.0
             xs = [v if v > 0 else floor for v in values]
-            for k, (key, label) in enumerate((("ratio_last_quarter", "H/H0, last quarter"), ("pass@1", "pass@1"))):
+            for k, (key, label) in enumerate(
+                (("ratio_last_quarter", "H/H0, last quarter"), ("pass@1", "pass@1"))
+            ):
                 ax = axes[2 * row + k][col]
                 for x, arm in zip(xs, arms, strict=True):
                     ys = [run[key] for run in arm["runs"]]

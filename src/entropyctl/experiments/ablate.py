@@ -455,6 +455,30 @@ def _run_all(
     return results, failed
 
 
+def _write_manifest(path: Path, manifest: dict[str, Any], arm_list: Sequence[Arm]) -> None:
+    """``ablation.json``: this invocation's arms (each with its own seeds: a later ``--arms X --seeds 2``
+    into this directory leaves the union in the top-level ``seeds``, and X's runs are these) merged
+    into the earlier ones'."""
+    manifest["arms"] = [
+        {"label": a.label, "slug": a.slug, "controller": a.controller, "overrides": dict(a.overrides)}
+        | {"seeds": manifest["seeds"]}
+        for a in arm_list
+    ]
+    path.write_text(json.dumps(merged_manifest(path, manifest), indent=2, default=str) + "\n")
+
+
+def _log_stop(
+    log: Callable[[str], None], signum: int, wall: float, results: dict[str, Any], failed: int, todo: int
+) -> None:
+    finished = sum(r["finished"] for r in results.values())
+    stopped = sum(bool(r.get("stopped")) for r in results.values())
+    log(
+        f"ablation: stopped by signal {signum} after {wall:.0f} s: {finished} runs finished, {stopped} "
+        f"stopped, {failed} failed, {todo - len(results)} not started; the same command continues "
+        "(finished runs are skipped, stopped ones resume from their last checkpoint)"
+    )
+
+
 def _append_history(path: Path, summary: dict[str, Any]) -> None:
     # One entry per invocation, so a resumed ablation keeps the wall time of every part.
     history = json.loads(path.read_text()) if path.exists() else []
@@ -548,20 +572,7 @@ def run_ablation(
 
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"command": command, "base_config": base_path, "set": list(overrides)}
-    manifest["seeds"] = seed_list
-    manifest["jobs"] = jobs
-    manifest["arms"] = [  # each arm with its own seeds: a later `--arms X --seeds 2` into this dir
-        {  # leaves the union in the top-level "seeds", and X's runs are these
-            "label": a.label,
-            "slug": a.slug,
-            "controller": a.controller,
-            "overrides": dict(a.overrides),
-            "seeds": seed_list,
-        }
-        for a in arm_list
-    ]
-    manifest = merged_manifest(out / "ablation.json", manifest)
-    (out / "ablation.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    _write_manifest(out / "ablation.json", {**manifest, "seeds": seed_list, "jobs": jobs}, arm_list)
 
     todo = [s for s in specs if not is_finished(s.run_dir)]
     skipped = [s for s in specs if is_finished(s.run_dir)]
@@ -588,12 +599,7 @@ def run_ablation(
     if children.stopped is not None:
         summary["stopped"] = children.stopped
         _append_history(out / "ablation_runs.json", summary)
-        log(
-            f"ablation: stopped by signal {children.stopped} after {wall:.0f} s: "
-            f"{sum(r['finished'] for r in results.values())} runs finished, "
-            f"{sum(bool(r.get('stopped')) for r in results.values())} stopped, {len(failed)} failed, {len(todo) - len(results)} not started; the same command continues "
-            "(finished runs are skipped, stopped ones resume from their last checkpoint)"
-        )
+        _log_stop(log, children.stopped, wall, results, len(failed), len(todo))
         return summary
     log(f"ablation: {len(todo)} runs in {wall:.0f} s wall; {len(failed)} failed")
     _append_history(out / "ablation_runs.json", summary)

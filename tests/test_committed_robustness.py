@@ -1,6 +1,7 @@
-"""The committed robustness sweep (benchmarks/robustness/levels12: fixed α over 0 and 0.001–0.1 against
-aer's step over 10× and τ 0.3–0.5, plus the candidate floor α_min 5e-4; 3 seeds × 600 steps of the
-12-arm study's task) is what its run directories say: every run is the shipped config's arm × seed,
+"""The committed robustness sweep (fixed α over 0 and 0.001–0.1 against aer's step over 10× and τ 0.3–0.5,
+plus two candidate defaults; 3 seeds × 600 steps on two tasks: benchmarks/robustness/levels12, the
+12-arm study's task, and benchmarks/robustness/level2, its level-2 prompts only) is what its run
+directories say: every run is the shipped config's arm × seed,
 finished; the reading is reproduced from the committed metrics and summaries; docs/ablations.md quotes
 its rows."""
 
@@ -8,23 +9,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from committed_runs import assert_docs_quote, assert_reading_reproduced, assert_runs_are_the_configs_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "benchmarks" / "robustness"
 TASK = SWEEP / "levels12"
+#: the second task: the shipped config with ``--set "data.levels=[2]"`` (its header gives the command)
+LEVEL2 = SWEEP / "level2"
 CONFIG = ROOT / "configs" / "robustness.yaml"
 
 
-def test_committed_runs_are_the_shipped_configs_arms() -> None:
+@pytest.mark.parametrize(("task", "levels"), [(TASK, [1, 2]), (LEVEL2, [2])], ids=["levels12", "level2"])
+def test_committed_runs_are_the_shipped_configs_arms(task: Path, levels: list[int]) -> None:
     base = yaml.safe_load(CONFIG.read_text())
     arms = base.pop("ablation")["arms"]
-    assert assert_runs_are_the_configs_arms(base, arms, [0, 1, 2], TASK, 600) == 3 * len(arms) >= 36
+    assert base["data"]["levels"] == [1, 2]
+    base["data"]["levels"] = levels
+    assert assert_runs_are_the_configs_arms(base, arms, [0, 1, 2], task, 600) == 3 * len(arms) >= 36
 
 
 def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
-    assert_reading_reproduced(ROOT / "benchmarks" / "robustness_reading.py", [str(TASK)], SWEEP, tmp_path)
+    script = ROOT / "benchmarks" / "robustness_reading.py"
+    reading = assert_reading_reproduced(script, [str(TASK), str(LEVEL2)], SWEEP, tmp_path)
+    assert list(reading["tasks"]) == ["levels12", "level2"]
     # the figure is drawn from the same reading (pixels are not compared: fonts differ across machines)
     assert (tmp_path / "robustness.png").stat().st_size > 20_000 and (SWEEP / "robustness.png").exists()
 

@@ -133,16 +133,25 @@ def read_task(task: Path, seeds: list[int] | None = None) -> dict[str, Any]:
     return {"task": task.name, "arms": arms}
 
 
+def sweep_arms(task: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    """The arms of ``method``'s sweep on ``task``, by knob value: a sweep of one knob, the method's
+    other knobs at their defaults (the τ arms are not step values), candidates left out."""
+    arms = [
+        arm
+        for arm in task["arms"].values()
+        if method in arm["knobs"]
+        and arm["in_sweep"]
+        and all(arm["knobs"][other] == DEFAULTS[other] for other in arm["knobs"] if other != method)
+    ]
+    return sorted(arms, key=lambda arm: arm["knobs"][method])
+
+
 def ok_range(task: dict[str, Any], method: str) -> dict[str, Any]:
     """The knob values of ``method`` on ``task`` (complete arms only), which are ok, and the range."""
     points = sorted(
         (arm["knobs"][method], arm["collapsed"] + arm["exploded"] == 0)
-        for arm in task["arms"].values()
-        if method in arm["knobs"]
-        and arm["seeds_finished"] == arm["seeds_planned"]
-        and arm["in_sweep"]
-        # a sweep of one knob: the method's other knobs at their defaults (the τ arms are not step values)
-        and all(arm["knobs"][other] == DEFAULTS[other] for other in arm["knobs"] if other != method)
+        for arm in sweep_arms(task, method)
+        if arm["seeds_finished"] == arm["seeds_planned"]
     )
     values = [v for v, _ in points]
     ok = [v for v, good in points if good]
@@ -253,14 +262,7 @@ def plot(tasks: dict[str, dict[str, Any]], path: Path) -> None:
     )
     for row, name in enumerate(names):
         for col, method in enumerate(PLOTTED):
-            arms = [
-                arm
-                for arm in tasks[name]["arms"].values()
-                if method in arm["knobs"]
-                and arm["in_sweep"]
-                and all(arm["knobs"][o] == DEFAULTS[o] for o in arm["knobs"] if o != method)
-            ]
-            arms.sort(key=lambda arm: arm["knobs"][method])
+            arms = sweep_arms(tasks[name], method)
             values = [arm["knobs"][method] for arm in arms]
             # α = 0 has no place on a log axis: it is drawn one decade below the smallest α > 0
             positive = [v for v in values if v > 0]

@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from trainer_helpers import PACED_REWARD, PACED_REWARD_NAME, wait_rows
 
 # A few steps of the embedded task on a very small model with a tiny warm start: fast, but every
 # part of a real run (warm start, rollouts, rewards, controller, evaluation, run dir) is exercised.
@@ -125,17 +125,6 @@ def test_a_second_ablate_into_the_same_directory_keeps_the_first_ones_arms(tmp_p
     assert [a["slug"] for a in merged_manifest(path, manifest("third", ["d"], [0]))["arms"]] == ["d"]
 
 
-# Exact match that sleeps, so a step lasts >= 16 x 0.05 s and the signal lands mid-run; it changes
-# nothing but the timings.
-PACED_REWARD = """
-import time
-
-def paced(completion, answer):
-    time.sleep(0.05)
-    return float(completion.strip() == str(answer).strip())
-"""
-
-
 @pytest.mark.slow
 def test_sigterm_to_ablate_stops_its_runs_and_the_same_command_resumes_them(tmp_path: Path) -> None:
     """A SIGTERM to `ablate` used to kill only ablate: its `train` children went on as orphans, and the
@@ -143,7 +132,7 @@ def test_sigterm_to_ablate_stops_its_runs_and_the_same_command_resumes_them(tmp_
     (tmp_path / "paced_reward_mod.py").write_text(PACED_REWARD)
     steps = 6
     base = tmp_path / "base.yaml"
-    config = {**TINY, "reward": {"name": "paced_reward_mod:paced"}}
+    config = {**TINY, "reward": {"name": PACED_REWARD_NAME}}
     config["trainer"] = {**TINY["trainer"], "steps": steps, "checkpoint_every": 100}
     base.write_text(yaml.safe_dump(config))
     out = tmp_path / "abl"
@@ -154,11 +143,7 @@ def test_sigterm_to_ablate_stops_its_runs_and_the_same_command_resumes_them(tmp_
     ]  # fmt: skip
     first, second = out / "fixed_alpha=0.01" / "seed0", out / "fixed_alpha=0.01" / "seed1"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 300
-    while not (first / "metrics.csv").exists() or len((first / "metrics.csv").read_text().splitlines()) < 3:
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no two metrics rows within 300 s"
-        time.sleep(0.05)
+    wait_rows(first, 2, proc, limit=300)
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=180)
     assert proc.returncode == 143, stdout[-3000:]

@@ -1,9 +1,8 @@
 """The committed robustness sweep (fixed α over 0 and 0.001–0.1 against aer's step over 10× and τ 0.3–0.5,
 plus two candidate defaults; 3 seeds × 600 steps on two tasks: benchmarks/robustness/levels12, the
 12-arm study's task, and benchmarks/robustness/level2, its level-2 prompts only) is what its run
-directories say: every run is the shipped config's arm × seed,
-finished; the reading is reproduced from the committed metrics and summaries; docs/ablations.md quotes
-its rows."""
+directories say: every run is the shipped config's arm × seed, finished; the reading is reproduced
+from the committed metrics and summaries; docs/ablations.md quotes its rows."""
 
 from __future__ import annotations
 

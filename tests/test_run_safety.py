@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_helpers import SMALL, TINY, read_metrics, tiny_config
+from trainer_helpers import PACED, PACED_REWARD, SMALL, TINY, read_metrics, tiny_config, wait_rows
 
 from entropyctl.trainer.run import run_training
 from entropyctl.trainer.run_dir import (
@@ -168,33 +168,6 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
     return cmd + list(extra)
 
 
-def _wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen[str], limit: float = 240.0) -> None:
-    deadline = time.monotonic() + limit
-    path = run_dir / "metrics.csv"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"the run ended early (rc {proc.returncode}): {proc.communicate()[1][-2000:]}"
-            )
-        if path.exists() and len(path.read_text().splitlines()) - 1 >= rows:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no {rows} metrics rows within {limit} s")
-
-
-# The tiny run takes ~0.04 s a step: a signal sent once `cut` rows are logged could land after the
-# last step. This reward (exact match) sleeps, so a step lasts >= 24 x 0.05 s and the signal lands
-# mid-run with seconds to spare; both runs use it, so it changes no metric but the timings.
-PACED_REWARD = """
-import time
-
-def paced(completion, answer):
-    time.sleep(0.05)
-    return float(completion.strip() == str(answer).strip())
-"""
-PACED = ["reward.name=paced_reward_mod:paced"]
-
-
 @pytest.mark.slow
 def test_sigterm_at_a_random_step_then_resume_equals_uninterrupted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -211,7 +184,7 @@ def test_sigterm_at_a_random_step_then_resume_equals_uninterrupted(
     proc = subprocess.Popen(
         _train_cmd(run_dir, *paced), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
-    _wait_rows(run_dir, cut, proc)
+    wait_rows(run_dir, cut, proc)
     with pytest.raises(RunLockedError, match=f"pid {proc.pid} on host"):
         RunLock(run_dir).acquire()
     proc.send_signal(signal.SIGTERM)
@@ -244,7 +217,7 @@ def test_two_runs_on_one_dir_then_sigint_stops_with_130(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         _train_cmd(run_dir, *long_run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    _wait_rows(run_dir, 1, proc)
+    wait_rows(run_dir, 1, proc)
     # a second run on the same --out (even with --resume auto) fails at once, naming the holder
     second = subprocess.run(
         _train_cmd(run_dir, *long_run, "--resume", "auto"), capture_output=True, text=True, timeout=120

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +46,36 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def is_finite(value: float) -> bool:
     return math.isfinite(value)
+
+
+def wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen[str], limit: float = 240.0) -> None:
+    """Wait until ``run_dir/metrics.csv`` holds ``rows`` rows while ``proc`` (the run, or the command
+    that launched it) is alive; fail with its output when it ends first or the wait runs past ``limit``."""
+    deadline = time.monotonic() + limit
+    path = run_dir / "metrics.csv"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(
+                f"the run ended early (rc {proc.returncode}): {((out or '') + (err or ''))[-2000:]}"
+            )
+        if path.exists() and len(path.read_text().splitlines()) - 1 >= rows:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {rows} metrics rows within {limit} s")
+
+
+# A tiny run takes ~0.04 s a step: a signal sent once some rows are logged could land after the last
+# step. This reward (exact match) sleeps, so a step lasts >= (prompts x group) x 0.05 s and the signal
+# lands mid-run with seconds to spare; it changes no metric but the timings. Write it to
+# ``paced_reward_mod.py`` on the run's PYTHONPATH and select it with PACED (``--set`` items) or
+# PACED_REWARD_NAME (``reward.name``).
+PACED_REWARD = """
+import time
+
+def paced(completion, answer):
+    time.sleep(0.05)
+    return float(completion.strip() == str(answer).strip())
+"""
+PACED_REWARD_NAME = "paced_reward_mod:paced"
+PACED = [f"reward.name={PACED_REWARD_NAME}"]

@@ -514,8 +514,9 @@ def _arms_and_seeds(
 def merged_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """``manifest`` merged into the one already at ``path`` (an earlier ``ablate`` into the same directory):
     the earlier arms stay, in their order, followed by the new ones (an arm in both takes the new entry,
-    its seeds the union of both); the top-level seeds are the union of all; ``commands`` lists every command in order. Without this, adding arms to a study
-    with a second command hid the first command's arms from the report."""
+    its seeds the union of both); the top-level seeds are the union of all; ``commands`` lists every
+    command in order. Without this, adding arms to a study with a second command hid the first
+    command's arms from the report."""
     if not path.exists():
         return {**manifest, "commands": [manifest["command"]]}
     try:

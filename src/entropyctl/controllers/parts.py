@@ -56,7 +56,8 @@ class RelativeUpdate(_Bounds):
     """``relative`` (the default): a multiplicative step on the relative error of a smoothed reading,
 
     H̃_t = β·H̃_{t−1} + (1 − β)·H_t,   e_t = max((H* − H̃_t)/H*, −1),
-    I_{t+1} = clip(I_t + κ·e_t),   log α_{t+1} = clip(I_{t+1} + κ_p·e_t).
+    I_{t+1} = clip(I_t + κ_t·e_t),   log α_{t+1} = clip(I_{t+1} + κ_p·e_t),
+    κ_t = κ where e_t ≥ 0, κ·lower_ratio where e_t < 0.
 
     With ``hold_on_approach``, I is not lowered below log α_0 during the first approach from above
     while the entropy is falling (entropyctl.controllers.target).
@@ -83,6 +84,16 @@ class RelativeUpdate(_Bounds):
             "Until a 20-step average of the entropy first comes within 20 % above H*, do not lower the "
             "integral below α_0 while the entropy is still falling (that average below a 100-step one): "
             "the first approach then starts its climb from α_0 instead of the floor."
+        ),
+    )
+    lower_ratio: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description=(
+            "κ_down/κ: the integral is lowered at this fraction of the rate at which it is raised "
+            "(1: symmetric). Below 1 it leans toward keeping the bonus: a long stay above H* winds α "
+            "down more slowly, so the climb when the entropy falls below H* starts nearer the α that holds it."
         ),
     )
     release_band: float = Field(

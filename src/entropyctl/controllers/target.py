@@ -11,7 +11,8 @@ applies α_t in every step.
     update.rule: relative (the default)
     H̃_t     = β·H̃_{t−1} + (1 − β)·H_t                          (β = smoothing; H̃_0 = H_0)
     e_t     = max((H* − H̃_t)/H*, −1)                            (the relative error, |e_t| ≤ 1)
-    I_{t+1} = clip(I_t·exp(κ·e_t), α_min, α_max)                 (κ = step, α_min > 0, I_0 = α_0)
+    I_{t+1} = clip(I_t·exp(κ_t·e_t), α_min, α_max)               (κ = step, α_min > 0, I_0 = α_0;
+                                                                 κ_t = κ·lower_ratio where e_t < 0)
     α_{t+1} = clip(I_{t+1}·exp(κ_p·e_t), α_min, α_max)           (κ_p = proportional)
 
     the first release's rules, kept for ablations and to reproduce its runs:
@@ -288,7 +289,8 @@ class TargetController(EntropyController):
             integral = self.alpha if self.integral is None else self.integral
             if self.trend_fast is not None and self.trend_fast <= (1.0 + APPROACH_BAND) * target:
                 self.approached = True
-            stepped = relative_step(integral, error, step=float(update.step), alpha_min=low, alpha_max=high)
+            step = float(update.step) * (float(update.lower_ratio) if error < 0.0 else 1.0)
+            stepped = relative_step(integral, error, step=step, alpha_min=low, alpha_max=high)
             if update.hold_on_approach and self._holding(error, target):
                 stepped = max(stepped, min(integral, float(self.config.alpha_0)))
             if error < 0.0 and -error <= float(update.release_band):

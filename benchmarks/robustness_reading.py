@@ -38,7 +38,7 @@ KNOBS = {
 #: the library defaults: an arm belongs to one knob's sweep when its other knobs are at these
 DEFAULTS = {"aer step κ": 0.05, "aer τ": 0.4, "aer α_min": 1e-5}
 #: settings no sweep moves: an aer arm that changes one of them (a candidate default) is in no sweep
-HELD = {("update", "proportional"): 2.0, ("anchor", "steps"): 1}
+HELD = {("update", "proportional"): 2.0, ("anchor", "steps"): 1, ("update", "lower_ratio"): 1.0}
 
 
 def _get(config: dict[str, Any], path: tuple[str, ...], default: Any = None) -> Any:

@@ -1,4 +1,5 @@
-"""Seconds per RLVR step on the embedded default (32 prompts × 8 completions), split into rollout,
+"""Seconds per RLVR step of the tiny model at the embedded default's shape before 2026-12-03 (32 prompts × 8
+completions, one PPO epoch; pinned here so the committed results stay comparable), split into rollout,
 reward and update, beside bare baselines measured in the same run on the same model and tokens:
 
 - bare generate: ``model.generate`` of the same prompts × G with the same sampling settings and seed
@@ -128,6 +129,14 @@ def main() -> None:
     config = load_run_config(
         None,
         [
+            # the step this benchmark has measured since the first release (the embedded default
+            # before 2026-12-03): 32 prompts x 8, up to 8 new tokens, one PPO epoch, all five levels
+            "data.levels=[1,2,3,4,5]",
+            "rollout.prompts_per_step=32",
+            "rollout.max_new_tokens=8",
+            "algorithm.ppo_epochs=1",
+            "optim.lr=1e-4",
+            "optim.warmup_steps=0",
             f"trainer.steps={args.steps + args.warmup}",
             "eval.before=false",
             "eval.after=false",

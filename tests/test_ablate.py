@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,56 @@ def test_sigterm_to_ablate_stops_its_runs_and_the_same_command_resumes_them(tmp_
     log = (first / "train.log").read_text()
     assert "--overwrite" in log and "--resume auto" in log  # one log, both parts
     assert json.loads((second / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_a_run_stops_with_a_checkpoint_when_ablate_is_killed(tmp_path: Path) -> None:
+    """SIGKILL cannot be caught: ablate could not pass it on, and its `train` went on alone. Each run
+    now watches that ablate is still its parent: it sends itself one SIGTERM and stops as on any."""
+    (tmp_path / "paced_reward_mod.py").write_text(PACED_REWARD)
+    base = tmp_path / "base.yaml"
+    config = {**TINY, "reward": {"name": PACED_REWARD_NAME}}
+    config["trainer"] = {**TINY["trainer"], "steps": 40, "checkpoint_every": 100}
+    base.write_text(yaml.safe_dump(config))
+    out = tmp_path / "abl"
+    env = {**os.environ, "ENTROPYCTL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
+    cmd = [
+        sys.executable, "-m", "entropyctl.cli", "ablate", "--config", str(base),
+        "--arms", "fixed:alpha=0.01", "--seeds", "1", "--jobs", "1", "--out", str(out),
+    ]  # fmt: skip
+    run = out / "fixed_alpha=0.01" / "seed0"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    wait_rows(run, 2, proc, limit=300)
+    pid = int(json.loads((run / "summary.json").read_text())["pid"])
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the run finishes its step, writes last.ckpt and exits
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the run outlived the ablate that was killed")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] < 40, summary
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_a_run_whose_ablate_is_gone_does_not_start(tmp_path: Path) -> None:
+    """The tie is made at the run's start: if ablate died just before, the run is not started."""
+    env = {**os.environ, "ENTROPYCTL_PARENT_PID": "1"}  # not this test's process: "gone"
+    result = subprocess.run(
+        [sys.executable, "-m", "entropyctl.cli", "train", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 143 and "is gone: not started" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -275,3 +275,20 @@ def test_release_band_keeps_the_integral_within_the_band_above_the_target() -> N
     assert controller.state_dict()["integral"] == pytest.approx(0.005 * math.exp(-0.05))
     controller.observe(EntropyReading(mean_entropy=0.3, tokens=10, step=3))  # e = +0.25: below H*
     assert controller.state_dict()["integral"] == pytest.approx(0.005 * math.exp(-0.05 + 0.025))
+
+
+def test_lower_ratio_lowers_the_integral_more_slowly_than_it_raises_it() -> None:
+    """``lower_ratio``: above H* the integral moves by κ·lower_ratio·e, below it by κ·e (the
+    proportional part is symmetric)."""
+    controller = create_controller(
+        {"name": "aer", "update": {"step": 0.1, "proportional": 1.0, "smoothing": 0.0, "lower_ratio": 0.25}}
+    )
+    controller.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H* = 0.4
+    controller.observe(EntropyReading(mean_entropy=0.6, tokens=10, step=1))  # e = -0.5
+    integral = 0.005 * math.exp(-0.1 * 0.25 * 0.5)
+    assert controller.state_dict()["integral"] == pytest.approx(integral)
+    assert controller.metrics()["alpha"] == pytest.approx(integral * math.exp(-0.5))
+    controller.observe(EntropyReading(mean_entropy=0.2, tokens=10, step=2))  # e = +0.5: full step up
+    assert controller.state_dict()["integral"] == pytest.approx(integral * math.exp(0.1 * 0.5))
+    with pytest.raises(ValueError, match="lower_ratio"):
+        create_controller({"name": "aer", "update": {"lower_ratio": 0.0}})

@@ -21,8 +21,14 @@ TINY = [
     "model.pretrain.warmup_steps=5",
 ]
 
-#: A few prompts per step, a short eval, no progress bar / TensorBoard.
+#: A few prompts per step, a short eval, no progress bar / TensorBoard; the RL shape the trainer tests
+#: were written for (all five levels, one PPO epoch, no lr warm-up: the embedded default before
+#: 2026-12-03), pinned so that they do not follow the main job's settings.
 SMALL = [
+    "data.levels=[1,2,3,4,5]",
+    "algorithm.ppo_epochs=1",
+    "optim.warmup_steps=0",
+    "trainer.checkpoint_every=40",
     "rollout.prompts_per_step=6",
     "rollout.group_size=4",
     "rollout.max_new_tokens=6",

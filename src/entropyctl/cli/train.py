@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,8 +83,11 @@ def train_from_cli(
 def run(args: Any) -> int:
     """`entropyctl train` (arguments parsed by the cli package). Exit status: 0 finished, 1 failed or refused,
     128 + the signal number when stopped by SIGTERM (143) or SIGINT (130)."""
-    from entropyctl.trainer.run_dir import RunStopped
+    from entropyctl.trainer.run_dir import RunStopped, follow_parent
 
+    if not follow_parent():
+        print("[entropyctl] the ablate that launched this run is gone: not started", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
     try:
         summary = train_from_cli(
             args.config,

@@ -48,6 +48,7 @@ from typing import Any
 import yaml
 
 from entropyctl.config import ConfigError, apply_overrides, load_yaml, parse_controller_config
+from entropyctl.trainer.run_dir import PARENT_ENV
 
 __all__ = [
     "Arm",
@@ -419,6 +420,7 @@ def _run_all(
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    env[PARENT_ENV] = str(os.getpid())  # each run stops when ablate dies, even by SIGKILL
 
     def launch(spec: RunSpec) -> tuple[RunSpec, int | None, float]:
         if children.stopped is not None:

@@ -401,6 +401,36 @@ def read_run_state(run_dir: str | Path, *, now: float | None = None) -> str:
 # ---------------------------------------------------------------------------------------- signals
 
 
+#: Set by `entropyctl ablate` for each run it launches: ablate's pid, whose death stops the run.
+PARENT_ENV = "ENTROPYCTL_PARENT_PID"
+
+
+def follow_parent(poll_s: float = 0.5) -> bool:
+    """Tie this run to the `ablate` that launched it (``ENTROPYCTL_PARENT_PID``): a daemon thread
+    checks every ``poll_s`` seconds that ablate is still this process's parent, and when it is not
+    (ablate died, even by SIGKILL) sends this process one SIGTERM: it stops as on any (its step, a
+    checkpoint, exit 143). False when ablate is already gone; without the variable nothing is tied
+    and True. The variable is removed, so processes this run starts are not tied.
+
+    (Linux's parent-death signal would be immediate, but it comes once per thread of the parent as
+    they die, so a run saw two SIGTERMs and abandoned its step; a poll sends exactly one.)"""
+    expected = os.environ.pop(PARENT_ENV, None)
+    if not expected or os.name != "posix":
+        return True
+    if str(os.getppid()) != expected:
+        return False
+
+    def watch() -> None:
+        import signal
+
+        while str(os.getppid()) == expected:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="entropyctl-parent-watch", daemon=True).start()
+    return True
+
+
 class StopSignals:
     """SIGTERM/SIGINT handling for a run (main thread only).
 

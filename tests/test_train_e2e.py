@@ -13,7 +13,7 @@ import yaml
 from trainer_helpers import is_finite, read_metrics, tiny_config
 
 from entropyctl.config import RunConfig, default_config_path, load_run_config
-from entropyctl.trainer.run import run_training
+from entropyctl.trainer.run import build_module, run_training, weights_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,6 +95,8 @@ def test_each_controller_trains_and_writes_the_run_dir(controller: str, tmp_path
     versions = on_disk["versions"]  # what a run's numbers depend on, for comparing runs across machines
     assert versions["torch"] == torch.__version__ and versions["transformers"] == transformers.__version__
     assert on_disk["final_entropy"] == pytest.approx(rows[-1]["entropy"])
+    # the warm start's weights, as loaded: every controller's run starts from the same cached one
+    assert on_disk["initial_weights_sha256"] == weights_digest(build_module(config, None).policy)
     for tag in ("before", "after"):
         assert 0.0 <= on_disk[tag]["pass@1"] <= on_disk[tag]["pass@2"] <= 1.0
         assert on_disk[tag]["n_samples"] == 2 and on_disk[tag]["by_level"]
@@ -185,3 +187,20 @@ def test_file_dataset_with_held_out_rows(tmp_path: Path) -> None:
     metrics = read_metrics(tmp_path / "run")[0]
     assert {"acc_level_1", "acc_level_2"} <= metrics.keys()  # levels from the file's level field
     assert summary["before"]["n_problems"] == 6  # 6 rows held out (a seeded draw)
+
+
+def test_the_weights_digest_sees_one_changed_value() -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50
+        )
+    )
+    first = weights_digest(model)
+    assert first is not None and len(first) == 16 and first == weights_digest(model)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[7] += 1e-6
+    assert weights_digest(model) != first

@@ -351,6 +351,31 @@ def check_resume(
     return record
 
 
+#: Policies up to this many parameters get a digest of their weights in summary.json (a few tenths of
+#: a second at SmolLM2's 135M on a CPU; larger models skip it).
+DIGEST_MAX_PARAMETERS = 200_000_000
+
+
+def weights_digest(model: Any) -> str | None:
+    """The first 16 hex digits of the SHA-256 of the model's weights (names, dtypes, shapes, bytes), as
+    loaded before RL: two runs that should start from the same warm start can be checked to (the tiny
+    model's warm start is rebuilt per machine, and two builds have differed). None above
+    DIGEST_MAX_PARAMETERS."""
+    import hashlib
+
+    import torch
+
+    state = model.state_dict()
+    if sum(t.numel() for t in state.values()) > DIGEST_MAX_PARAMETERS:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def run_training(
     config: RunConfig,
     run_dir: str | Path,
@@ -430,6 +455,7 @@ class _Run:
         self.module: Any = None
         self.trainer: Any = None
         self.warm_start_s = 0.0
+        self.initial_weights: str | None = None
         self.fit_s = 0.0
         self.threads = 1
 
@@ -483,6 +509,7 @@ class _Run:
         self.module = build_module(self.config, self.run_dir)
         self.module.run_fingerprint = self.fingerprint
         self.warm_start_s = time.perf_counter() - t_warm
+        self.initial_weights = weights_digest(self.module.policy)
         if self.status is not None:
             n_params = sum(p.numel() for p in self.module.policy.parameters())
             self.log(
@@ -557,6 +584,7 @@ class _Run:
             "cpu_time_s": time.process_time() - self.cpu_started,
             "loadavg": list(os.getloadavg()),
             "time_warm_start_s": self.warm_start_s,
+            "initial_weights_sha256": self.initial_weights,
             "threads": self.threads,
             "versions": library_versions(),
         }

@@ -214,24 +214,42 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
             "",
             f"## {name}",
             "",
-            "| arm | seeds | H/H0 (last ¼) | min H/H0 | collapse | explosion | pass@1 | pass@8 | in band "
-            "| α at a bound | of which at the floor, H > H* |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| arm | seeds | H/H0 (last ¼) | min H/H0 | collapse | explosion | pass@1 before | pass@1 | pass@8 "
+            "| in band | α at a bound | of which at the floor, H > H* |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        before = None
+        starts: dict[str, list[str]] = {}  # arms by their before-RL pass@1: one warm start, one value
         for label, arm in tasks[name]["arms"].items():
-            before = arm["before_pass@1"]
+            starts.setdefault(_fmt(arm["before_pass@1"]), []).append(label)
             band = _fmt(arm["in_band_share"]) if "in_band_share" in arm else "—"
             bound = _fmt(arm["alpha_at_bound"]) if "alpha_at_bound" in arm else "—"
             benign = _fmt(arm["alpha_floor_above_target"]) if "alpha_floor_above_target" in arm else "—"
             lines.append(
                 f"| `{label}` | {arm['seeds_finished']}/{arm['seeds_planned']} | {_fmt(arm['ratio_last_quarter'])} | "
-                f"{arm['ratio_min']:.3f} | {arm['collapsed']} | {arm['exploded']} | {_fmt(arm['pass@1'])} | "
+                f"{arm['ratio_min']:.3f} | {arm['collapsed']} | {arm['exploded']} | "
+                f"{_fmt(arm['before_pass@1'])} | {_fmt(arm['pass@1'])} | "
                 f"{_fmt(arm['pass@8'])} | {band} | {bound} | {benign} |"
             )
-        if before is not None:
-            lines += ["", f"Before RL (warm start, same held-out set): pass@1 {_fmt(before)}."]
+        lines += ["", _before_line(starts)]
     return "\n".join(lines) + "\n"
+
+
+def _before_line(starts: dict[str, list[str]]) -> str:
+    """Before-RL pass@1: one line when every arm started from the same warm start (the same value on
+    the same held-out set), else which arms started from another one and are not comparable."""
+    if not starts:
+        return ""
+    common = max(starts, key=lambda value: len(starts[value]))
+    line = f"Before RL (warm start, same held-out set): pass@1 {common}."
+    others = [f"`{label}` {value}" for value, labels in starts.items() if value != common for label in labels]
+    if others:
+        line += (
+            " Another pass@1 before RL on the same prompts, i.e. another warm start (the cached one was "
+            "rebuilt in between), so these arms' numbers are not comparable with the others': "
+            + ", ".join(others)
+            + "."
+        )
+    return line
 
 
 def _values(values: list[float]) -> str:

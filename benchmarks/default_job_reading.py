@@ -12,7 +12,9 @@ Columns:
 - α raised: the share of the steps after that on which α_t went up (the rule raises α while its
   smoothed reading is below H*);
 - α after: the range of α_t over those steps; coef: the largest token-weighted mean coefficient the
-  bonus applied (`coef_mean`, α_t·w(acc_i)).
+  bonus applied (`coef_mean`, α_t·w(acc_i));
+- in band: issue 12's measure, the share of the steps after the 50-step average of the entropy first
+  came within ±20 % of H* on which it is still there (`entropyctl.experiments.band`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ import csv
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from entropyctl.experiments.band import WINDOW as BAND_WINDOW
+from entropyctl.experiments.band import read_band
 
 #: the moving average that decides the entropy is below the target
 WINDOW = 20
@@ -45,6 +52,7 @@ def read_run(run: Path) -> dict[str, Any]:
     after = range(below, len(alpha)) if below is not None else range(0)
     raised = sum(alpha[i] > alpha[i - 1] for i in after)
     last_quarter = entropy[3 * len(entropy) // 4 :]
+    band = read_band(np.asarray(entropy), target, start=BAND_WINDOW)
     return {
         "run": str(run),
         "seed": summary["seed"],
@@ -61,14 +69,15 @@ def read_run(run: Path) -> dict[str, Any]:
         "alpha_raised_share": raised / len(after) if len(after) else 0.0,
         "alpha_after": [min(alpha[i] for i in after), max(alpha[i] for i in after)] if len(after) else None,
         "max_coef": max(coef),
+        "in_band": band.in_band_share if band.first_in_band is not None else 0.0,
     }
 
 
 def table(runs: list[dict[str, Any]]) -> str:
     lines = [
         "| seed | pass@1 before → after | pass@8 before → after | H0 → last quarter (nats; H/H0) "
-        "| below H* from step | α raised (steps after) | α after | largest coef |",
-        "|---|---|---|---|---|---|---|---|",
+        "| below H* from step | α raised (steps after) | α after | largest coef | in band |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         a = r["alpha_after"]
@@ -78,7 +87,7 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"| {r['pass@8'][0]:.3f} → {r['pass@8'][1]:.3f} "
             f"| {r['h0']:.3f} → {r['last_quarter_entropy']:.3f} ({r['last_quarter_entropy'] / r['h0']:.2f}) "
             f"| {r['below_target_from'] if r['below_target_from'] is not None else 'never'} "
-            f"| {r['alpha_raised_share']:.0%} | {alpha} | {r['max_coef']:.1e} |"
+            f"| {r['alpha_raised_share']:.0%} | {alpha} | {r['max_coef']:.1e} | {r['in_band']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -295,8 +296,11 @@ def test_late_verifier_is_killed_replaced_and_scores_zero() -> None:
     problem = chain_sum().sample(1, 0)[0]
     with ReasoningGymVerifier(1, timeout=10.0) as verifier:
         verifier.warmup()
-        # no scoring process replies within a microsecond: the worker is killed, the answer scores 0
-        assert verifier.score(str(problem.answer), problem.answer, timeout=1e-6)[:2] == (0.0, "timeout")
+        # the scoring process is stopped, so it cannot reply in time (a 1 µs limit was not enough on an
+        # idle machine: the reply was sometimes there first): it is killed, the answer scores 0
+        (worker,) = verifier._idle
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        assert verifier.score(str(problem.answer), problem.answer, timeout=0.5)[:2] == (0.0, "timeout")
         assert verifier.timeouts == 1
         assert verifier.score(str(problem.answer), problem.answer)[:2] == (1.0, "correct")
 

@@ -6,6 +6,9 @@ from the committed metrics and summaries; docs/ablations.md quotes its rows."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,32 @@ def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
 
 def test_docs_quote_the_reading() -> None:
     assert_docs_quote(SWEEP / "reading.md", ROOT / "docs" / "ablations.md", "robustness-table", 10)
+
+
+#: seeds 3-9 of two level-2 arms, run to see how far three seeds are from the answer
+SEEDS = SWEEP / "level2_seeds"
+
+
+def test_the_extra_seeds_are_the_configs_arms_and_their_spread_is_reproduced(tmp_path: Path) -> None:
+    base = yaml.safe_load(CONFIG.read_text())
+    base.pop("ablation")
+    base["data"]["levels"] = [2]
+    arms = ["aer", "aer:update.step=0.15"]
+    assert assert_runs_are_the_configs_arms(base, arms, list(range(3, 10)), SEEDS, 600) == 14
+    script = ROOT / "benchmarks" / "seed_spread.py"
+    command = [sys.executable, str(script), str(LEVEL2), str(SEEDS), "--arms", "aer", "aer_update.step=0.15"]
+    subprocess.run(
+        [*command, "--out", str(tmp_path)], check=True, capture_output=True, text=True, timeout=300
+    )
+    committed = json.loads((SEEDS / "seed_spread.json").read_text())
+    fresh = json.loads((tmp_path / "seed_spread.json").read_text())
+    assert fresh["arms"] == committed["arms"] and fresh["difference"] == committed["difference"]
+    assert [len(arm["seeds"]) for arm in committed["arms"].values()] == [10, 10]
+    assert (tmp_path / "seed_spread.md").read_text() == (SEEDS / "seed_spread.md").read_text()
+
+
+def test_docs_quote_the_seed_spread() -> None:
+    doc = (ROOT / "docs" / "ablations.md").read_text()
+    block = doc.split("<!-- seed-spread:start -->")[1].split("<!-- seed-spread:end -->")[0]
+    quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
+    assert quoted == (SEEDS / "seed_spread.md").read_text().splitlines()

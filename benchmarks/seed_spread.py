@@ -1,0 +1,84 @@
+"""How far three seeds are from the answer: per arm, the issue-12 numbers of runs pooled from several
+study folders (the same config and warm start, other seeds), with the mean, the seed spread and the
+standard error of the mean, and the difference between two arms with its standard error.
+
+    python benchmarks/seed_spread.py benchmarks/robustness/level2 benchmarks/robustness/level2_seeds \
+        --arms aer aer_update.step=0.15 --out benchmarks/robustness/level2_seeds
+
+Each folder is an ``entropyctl ablate`` output; an arm is named by its slug (its folder). A run appears
+once: the same <arm>/seed<N> in two folders is an error. Writes seed_spread.json and seed_spread.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from robustness_reading import read_run  # noqa: E402
+
+#: the numbers compared, by their key in robustness_reading.read_run
+KEYS = {"in_band_share": "in band", "ratio_last_quarter": "H/H0 (last ¼)", "pass@1": "pass@1"}
+
+
+def pooled_runs(folders: list[Path], arm: str) -> list[dict[str, Any]]:
+    runs: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        for run in sorted((folder / arm).glob("seed*")):
+            record = read_run(run)
+            if record is None:
+                continue
+            if run.name in runs:
+                raise SystemExit(f"{arm}/{run.name} is in two folders: pool distinct seeds only")
+            record["folder"] = str(folder)
+            runs[run.name] = record
+    return [runs[name] for name in sorted(runs, key=lambda n: int(n.removeprefix("seed")))]
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else math.nan
+    return {"n": n, "mean": mean, "std": std, "se": std / math.sqrt(n) if n > 1 else math.nan}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--arms", nargs=2, required=True, metavar="SLUG", help="two arm slugs to compare")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    arms = {arm: pooled_runs(args.folders, arm) for arm in args.arms}
+    result: dict[str, Any] = {"folders": [str(f) for f in args.folders], "arms": {}, "difference": {}}
+    lines = [
+        "| arm | seeds | " + " | ".join(f"{label}: mean ± std (± se)" for label in KEYS.values()) + " |",
+        "|---|---|" + "---|" * len(KEYS),
+    ]
+    for arm, runs in arms.items():
+        entry = {key: summarise([float(r[key]) for r in runs]) for key in KEYS}
+        entry["seeds"] = [int(Path(r["run"]).name.removeprefix("seed")) for r in runs]
+        result["arms"][arm] = entry
+        cells = [f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f} (± {entry[k]['se']:.3f})" for k in KEYS]
+        lines.append(f"| `{arm}` | {len(runs)} | " + " | ".join(cells) + " |")
+    first, second = (result["arms"][arm] for arm in args.arms)
+    cells = []
+    for key in KEYS:
+        delta = second[key]["mean"] - first[key]["mean"]
+        se = math.hypot(first[key]["se"], second[key]["se"])
+        result["difference"][key] = {"delta": delta, "se": se}
+        cells.append(f"{delta:+.3f} ± {se:.3f}")
+    lines.append("| difference (second − first) | | " + " | ".join(cells) + " |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "seed_spread.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = "\n".join(lines) + "\n"
+    (args.out / "seed_spread.md").write_text(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

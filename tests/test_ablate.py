@@ -14,6 +14,8 @@ import pytest
 import yaml
 from trainer_helpers import PACED_REWARD, PACED_REWARD_NAME, wait_rows
 
+from entropyctl.trainer.run_dir import PARENT_ENV
+
 # A few steps of the embedded task on a very small model with a tiny warm start: fast, but every
 # part of a real run (warm start, rollouts, rewards, controller, evaluation, run dir) is exercised.
 TINY = {
@@ -126,12 +128,10 @@ def test_a_second_ablate_into_the_same_directory_keeps_the_first_ones_arms(tmp_p
     assert [a["slug"] for a in merged_manifest(path, manifest("third", ["d"], [0]))["arms"]] == ["d"]
 
 
-@pytest.mark.slow
-def test_sigterm_to_ablate_stops_its_runs_and_the_same_command_resumes_them(tmp_path: Path) -> None:
-    """A SIGTERM to `ablate` used to kill only ablate: its `train` children went on as orphans, and the
-    next `ablate` ran a stopped run again from step 0."""
+def _paced_ablation(tmp_path: Path, steps: int, seeds: int) -> tuple[list[str], dict[str, str], Path]:
+    """An `ablate` of one arm (fixed α 0.01) whose runs take a paced reward, so a signal lands mid-run:
+    its command, its environment and its output folder."""
     (tmp_path / "paced_reward_mod.py").write_text(PACED_REWARD)
-    steps = 6
     base = tmp_path / "base.yaml"
     config = {**TINY, "reward": {"name": PACED_REWARD_NAME}}
     config["trainer"] = {**TINY["trainer"], "steps": steps, "checkpoint_every": 100}
@@ -140,8 +140,17 @@ def test_sigterm_to_ablate_stops_its_runs_and_the_same_command_resumes_them(tmp_
     env = {**os.environ, "ENTROPYCTL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
     cmd = [
         sys.executable, "-m", "entropyctl.cli", "ablate", "--config", str(base),
-        "--arms", "fixed:alpha=0.01", "--seeds", "2", "--jobs", "1", "--out", str(out),
+        "--arms", "fixed:alpha=0.01", "--seeds", str(seeds), "--jobs", "1", "--out", str(out),
     ]  # fmt: skip
+    return cmd, env, out
+
+
+@pytest.mark.slow
+def test_sigterm_to_ablate_stops_its_runs_and_the_same_command_resumes_them(tmp_path: Path) -> None:
+    """A SIGTERM to `ablate` used to kill only ablate: its `train` children went on as orphans, and the
+    next `ablate` ran a stopped run again from step 0."""
+    steps = 6
+    cmd, env, out = _paced_ablation(tmp_path, steps, seeds=2)
     first, second = out / "fixed_alpha=0.01" / "seed0", out / "fixed_alpha=0.01" / "seed1"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     wait_rows(first, 2, proc, limit=300)
@@ -174,17 +183,7 @@ def test_sigterm_to_ablate_stops_its_runs_and_the_same_command_resumes_them(tmp_
 def test_a_run_stops_with_a_checkpoint_when_ablate_is_killed(tmp_path: Path) -> None:
     """SIGKILL cannot be caught: ablate could not pass it on, and its `train` went on alone. Each run
     now watches that ablate is still its parent: it sends itself one SIGTERM and stops as on any."""
-    (tmp_path / "paced_reward_mod.py").write_text(PACED_REWARD)
-    base = tmp_path / "base.yaml"
-    config = {**TINY, "reward": {"name": PACED_REWARD_NAME}}
-    config["trainer"] = {**TINY["trainer"], "steps": 40, "checkpoint_every": 100}
-    base.write_text(yaml.safe_dump(config))
-    out = tmp_path / "abl"
-    env = {**os.environ, "ENTROPYCTL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
-    cmd = [
-        sys.executable, "-m", "entropyctl.cli", "ablate", "--config", str(base),
-        "--arms", "fixed:alpha=0.01", "--seeds", "1", "--jobs", "1", "--out", str(out),
-    ]  # fmt: skip
+    cmd, env, out = _paced_ablation(tmp_path, 40, seeds=1)
     run = out / "fixed_alpha=0.01" / "seed0"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     wait_rows(run, 2, proc, limit=300)
@@ -209,7 +208,7 @@ def test_a_run_stops_with_a_checkpoint_when_ablate_is_killed(tmp_path: Path) -> 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 def test_a_run_whose_ablate_is_gone_does_not_start(tmp_path: Path) -> None:
     """The tie is made at the run's start: if ablate died just before, the run is not started."""
-    env = {**os.environ, "ENTROPYCTL_PARENT_PID": "1"}  # not this test's process: "gone"
+    env = {**os.environ, PARENT_ENV: "1"}  # not this test's process: "gone"
     result = subprocess.run(
         [sys.executable, "-m", "entropyctl.cli", "train", "--out", str(tmp_path / "run")],
         capture_output=True,

@@ -7,6 +7,9 @@ Per run: steps done; H0 (the controller's, where the run logs one; else the firs
 step at which that average is within ±20 % of τ·H0 ("in band") and the share of later steps in band;
 the share of steps with α at a bound (≤ alpha_min or ≥ alpha_max of the run's config, after the
 first in-band step and over all steps); α's range; held-out pass@1 / pass@8 at every evaluation.
+A second table splits the in-band share at step ``--settled-from`` (1000): the approach, where the
+entropy first falls through H* and the controller has to climb from a wound-down α, and the settled
+run after it, with the spread of log10 α there (how far α swings while holding).
 
     python benchmarks/collapse_reading.py benchmarks/ablation_collapse_v2 [--tau 0.4]
 """
@@ -74,7 +77,15 @@ def noise_ceiling(entropy: list[float], start: int, half: int = 10, draws: int =
     return statistics.pstdev(residual), inside / draws
 
 
-def read_run(run: Path, tau: float) -> dict[str, Any]:
+def phase_shares(in_band: Any, first: int | None, split: int) -> tuple[float, float]:
+    """The in-band share over [first, split) and over [split, end) (NaN where a span is empty)."""
+    if first is None:
+        return math.nan, math.nan
+    early, late = in_band[first:split], in_band[max(first, split) :]
+    return (float(early.mean()) if early.size else math.nan, float(late.mean()) if late.size else math.nan)
+
+
+def read_run(run: Path, tau: float, settled_from: int = 1000) -> dict[str, Any]:
     with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     entropy = [float(r["entropy"]) for r in rows]
@@ -91,6 +102,8 @@ def read_run(run: Path, tau: float) -> dict[str, Any]:
     at_bound = alpha_at_bound(alpha, low, high)
     evals = summary.get("evals") or evals_from_log(run / "train.log")
     noise, ceiling = noise_ceiling(entropy, first if first is not None else len(entropy))
+    approach, settled = phase_shares(band.in_band, first, settled_from)
+    late_alpha = [math.log10(a) for a in alpha[settled_from:] if a > 0]
     return {
         "run": f"{run.parent.name}/{run.name}",
         "status": summary.get("status"),
@@ -104,6 +117,10 @@ def read_run(run: Path, tau: float) -> dict[str, Any]:
         "alpha_at_bound_after": band.share_after_first(at_bound),
         "alpha_at_bound_all": float(at_bound.mean()) if at_bound.size else math.nan,
         "alpha_range": [min(alpha), max(alpha)] if alpha else None,
+        "settled_from": settled_from,
+        "in_band_before_settled": approach,
+        "in_band_settled": settled,
+        "log10_alpha_std_settled": statistics.pstdev(late_alpha) if len(late_alpha) > 1 else math.nan,
         "evals": {name: {k: e[k] for k in ("pass@1", "pass@8") if k in e} for name, e in evals.items()},
     }
 
@@ -112,9 +129,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--tau", type=float, default=0.4)
+    parser.add_argument(
+        "--settled-from", type=int, default=1000, help="the step that splits the second table"
+    )
     args = parser.parse_args()
     runs = sorted(p.parent for p in args.dir.glob("*/seed*/metrics.csv"))
-    readings = [read_run(run, args.tau) for run in runs]
+    readings = [read_run(run, args.tau, args.settled_from) for run in runs]
     (args.dir / "reading.json").write_text(
         json.dumps({"tau": args.tau, "window": WINDOW, "runs": readings}, indent=1)
     )
@@ -137,6 +157,19 @@ def main() -> None:
             + " | ".join(cells)
             + f" | {r['first_in_band']} | {r['in_band_share_after']:.2f} | {r['in_band_ceiling_after']:.2f} | "
             f"{r['reading_noise_after']:.2f} | {r['alpha_at_bound_after']:.2f} / {r['alpha_at_bound_all']:.2f} | {low:.1e} … {high:.1e} |"
+        )
+    lines += [
+        "",
+        f"In band by phase: from the first in-band step to step {args.settled_from}, and from step "
+        f"{args.settled_from} on; the spread (std) of log10 α from step {args.settled_from} on.",
+        "",
+        f"| run | in band, first … {args.settled_from} | in band, {args.settled_from} … end | std of log10 α, {args.settled_from} … end |",
+        "|---|---|---|---|",
+    ]
+    for r in readings:
+        lines.append(
+            f"| `{r['run']}` | {r['in_band_before_settled']:.2f} | {r['in_band_settled']:.2f} | "
+            f"{r['log10_alpha_std_settled']:.2f} |"
         )
     lines += ["", "Held-out pass@1 / pass@8 at each evaluation:", ""]
     for r in readings:

@@ -102,10 +102,10 @@ def test_no_bonus_collapses() -> None:
 # --------------------------------------------------------------------------------------------
 # The default rule over a wide plant family
 # --------------------------------------------------------------------------------------------
-# The defaults (update: relative, step 0.1, proportional 1, smoothing 0.5, α in [1e-5, 1]) were
-# chosen on a grid: gain {25, 50, 100} × decay {0.05, 0.1, 0.2} with the plant's defaults, and
-# gain {5, 50, 500} × decay {0.003, 0.01, 0.03} × drift {0, 0.002} from h_init 0.5 with 10 %
-# reading noise and one step of lag (docs/controllers.md). This family is drawn at random over
+# The defaults (update: relative, step 0.05, proportional 2, smoothing 0.8, α in [1e-5, 1]) were
+# chosen on grids of level plants (gain {25, 50, 100} × decay {0.05, 0.1, 0.2}; gain {5, 50, 500} ×
+# decay {0.003, 0.01, 0.03} × drift {0, 0.002} from h_init 0.5 with 10 % reading noise and one step
+# of lag) and of rate plants (docs/controllers.md). This family is drawn at random over
 # wider, continuous ranges and other shapes: the gain over 100× (so α* spans two decades), every
 # plant with ≥ 10 % reading noise, one extra step of lag and a drift toward collapse, a different
 # H0, h_max and difficulty mix.

@@ -57,7 +57,8 @@ class RelativeUpdate(_Bounds):
 
     H̃_t = β·H̃_{t−1} + (1 − β)·H_t,   e_t = max((H* − H̃_t)/H*, −1),
     I_{t+1} = clip(I_t + κ_t·e_t),   log α_{t+1} = clip(I_{t+1} + κ_p·e_t),
-    κ_t = κ where e_t ≥ 0, κ·lower_ratio where e_t < 0.
+    κ_t = κ·(1 + c·max(e_t − e_c, 0)) where e_t ≥ 0, κ·lower_ratio where e_t < 0
+    (c = climb_boost, e_c = climb_from).
 
     With ``hold_on_approach``, I is not lowered below log α_0 during the first approach from above
     while the entropy is falling (entropyctl.controllers.target).
@@ -95,6 +96,21 @@ class RelativeUpdate(_Bounds):
             "(1: symmetric). Below 1 it leans toward keeping the bonus: a long stay above H* winds α "
             "down more slowly, so the climb when the entropy falls below H* starts nearer the α that holds it."
         ),
+    )
+    climb_boost: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description=(
+            "c: below the target the integral climbs at κ·(1 + c·max(e − climb_from, 0)), so an entropy "
+            "that falls well below H* is answered several times faster than a small error (0: off)."
+        ),
+    )
+    climb_from: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="The relative error below H* from which ``climb_boost`` acts (0: from the target).",
     )
     release_band: float = Field(
         default=0.0,

@@ -289,7 +289,11 @@ class TargetController(EntropyController):
             integral = self.alpha if self.integral is None else self.integral
             if self.trend_fast is not None and self.trend_fast <= (1.0 + APPROACH_BAND) * target:
                 self.approached = True
-            step = float(update.step) * (float(update.lower_ratio) if error < 0.0 else 1.0)
+            step = float(update.step) * (
+                float(update.lower_ratio)
+                if error < 0.0
+                else 1.0 + float(update.climb_boost) * max(error - float(update.climb_from), 0.0)
+            )
             stepped = relative_step(integral, error, step=step, alpha_min=low, alpha_max=high)
             if update.hold_on_approach and self._holding(error, target):
                 stepped = max(stepped, min(integral, float(self.config.alpha_0)))

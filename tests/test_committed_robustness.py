@@ -71,3 +71,30 @@ def test_docs_quote_the_seed_spread() -> None:
     block = doc.split("<!-- seed-spread:start -->")[1].split("<!-- seed-spread:end -->")[0]
     quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
     assert quoted == (SEEDS / "seed_spread.md").read_text().splitlines()
+
+
+#: the opt-in climb boost on level 2, seeds 0-9 (2026-12-04), read against the defaults' ten seeds
+BOOST = "aer:update.climb_boost=10,update.climb_from=0.2"
+BOOST_SLUG = "aer_update.climb_boost=10_update.climb_from=0.2"
+
+
+def test_the_climb_boost_seeds_are_the_configs_arm_and_their_spread_is_reproduced(tmp_path: Path) -> None:
+    base = yaml.safe_load(CONFIG.read_text())
+    base.pop("ablation")
+    base["data"]["levels"] = [2]
+    assert assert_runs_are_the_configs_arms(base, [BOOST], list(range(10)), SEEDS, 600) == 10
+    script = ROOT / "benchmarks" / "seed_spread.py"
+    command = [sys.executable, str(script), str(LEVEL2), str(SEEDS), "--arms", "aer", BOOST_SLUG]
+    subprocess.run(
+        [*command, "--out", str(tmp_path)], check=True, capture_output=True, text=True, timeout=300
+    )
+    committed = SEEDS / "climb_boost"
+    fresh = json.loads((tmp_path / "seed_spread.json").read_text())
+    kept = json.loads((committed / "seed_spread.json").read_text())
+    assert fresh["arms"] == kept["arms"] and fresh["difference"] == kept["difference"]
+    assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [10, 10]
+    assert (tmp_path / "seed_spread.md").read_text() == (committed / "seed_spread.md").read_text()
+    doc = (ROOT / "docs" / "ablations.md").read_text()
+    block = doc.split("<!-- seed-spread-boost:start -->")[1].split("<!-- seed-spread-boost:end -->")[0]
+    quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
+    assert quoted == (committed / "seed_spread.md").read_text().splitlines()

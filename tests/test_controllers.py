@@ -292,3 +292,37 @@ def test_lower_ratio_lowers_the_integral_more_slowly_than_it_raises_it() -> None
     assert controller.state_dict()["integral"] == pytest.approx(integral * math.exp(0.1 * 0.5))
     with pytest.raises(ValueError, match="lower_ratio"):
         create_controller({"name": "aer", "update": {"lower_ratio": 0.0}})
+
+
+def test_climb_boost_raises_the_integral_faster_only_below_the_band() -> None:
+    """``climb_boost: c, climb_from: e_c``: for e > e_c the integral climbs at κ·(1 + c·(e − e_c));
+    within [0, e_c] and above H* the plain step (the proportional part is unchanged)."""
+    controller = create_controller(
+        {
+            "name": "aer",
+            "update": {
+                "step": 0.1,
+                "proportional": 1.0,
+                "smoothing": 0.0,
+                "climb_boost": 10.0,
+                "climb_from": 0.2,
+            },
+        }
+    )
+    plain = create_controller({"name": "aer", "update": {"step": 0.1, "proportional": 1.0, "smoothing": 0.0}})
+    for c in (controller, plain):
+        c.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H* = 0.4
+    for h in (0.36, 0.6):  # e = +0.1 (in the band), e = -0.5 (above H*): the same as the plain rule
+        for c in (controller, plain):
+            c.observe(EntropyReading(mean_entropy=h, tokens=10, step=1))
+        assert controller.state_dict()["integral"] == pytest.approx(plain.state_dict()["integral"])  # type: ignore[attr-defined]
+        assert controller.metrics()["alpha"] == pytest.approx(plain.metrics()["alpha"])
+    integral = controller.state_dict()["integral"]  # type: ignore[attr-defined]
+    controller.observe(EntropyReading(mean_entropy=0.2, tokens=10, step=2))  # e = +0.5: boosted 1 + 10·0.3
+    boosted = integral * math.exp(0.1 * (1.0 + 10.0 * 0.3) * 0.5)
+    assert controller.state_dict()["integral"] == pytest.approx(boosted)  # type: ignore[attr-defined]
+    assert controller.metrics()["alpha"] == pytest.approx(boosted * math.exp(0.5))
+    with pytest.raises(ValueError, match="climb_from"):
+        create_controller({"name": "aer", "update": {"climb_from": 1.0}})
+    with pytest.raises(ValueError, match="climb_boost"):
+        create_controller({"name": "aer", "update": {"climb_boost": -1.0}})

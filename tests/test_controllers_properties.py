@@ -50,6 +50,8 @@ def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
             hold_on_approach=draw(st.booleans()),
             release_band=draw(st.sampled_from([0.0, 0.2]) | st.floats(0.0, 1.0)),
             lower_ratio=draw(st.sampled_from([1.0, 0.25]) | st.floats(1e-3, 1.0)),
+            climb_boost=draw(st.sampled_from([0.0, 10.0]) | st.floats(0.0, 100.0)),
+            climb_from=draw(st.sampled_from([0.0, 0.2]) | st.floats(0.0, 0.99)),
         )
     elif rule in ("additive", "log"):
         update["eta"] = draw(st.floats(0.0, 5.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -326,3 +327,31 @@ def test_climb_boost_raises_the_integral_faster_only_below_the_band() -> None:
         create_controller({"name": "aer", "update": {"climb_from": 1.0}})
     with pytest.raises(ValueError, match="climb_boost"):
         create_controller({"name": "aer", "update": {"climb_boost": -1.0}})
+
+
+def test_climb_after_boosts_only_a_long_enough_stay_below_the_band() -> None:
+    """``climb_after: M``: the boost waits until the smoothed error has been above ``climb_from`` for
+    M consecutive readings; a reading back at or below it starts the count again."""
+    update = {"step": 0.1, "proportional": 1.0, "smoothing": 0.0, "climb_boost": 10.0, "climb_from": 0.2}
+    gated = create_controller({"name": "aer", "update": {**update, "climb_after": 2}})
+    plain = create_controller({"name": "aer", "update": {"step": 0.1, "proportional": 1.0, "smoothing": 0.0}})
+    for c in (gated, plain):
+        c.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H* = 0.4
+
+    def integral(c: Any) -> float:
+        return float(c.state_dict()["integral"])
+
+    # e = +0.5 twice, back to e = +0.1, e = +0.5 twice: never M + 1 in a row, so the plain steps
+    for h in (0.2, 0.2, 0.36, 0.2, 0.2):
+        for c in (gated, plain):
+            c.observe(EntropyReading(mean_entropy=h, tokens=10, step=1))
+        assert integral(gated) == pytest.approx(integral(plain))
+    before = integral(gated)
+    gated.observe(EntropyReading(mean_entropy=0.2, tokens=10, step=2))  # the third in a row: boosted
+    assert integral(gated) == pytest.approx(before * math.exp(0.1 * (1.0 + 10.0 * 0.3) * 0.5))
+    # the count is part of the state: a restored controller continues it
+    restored = create_controller({"name": "aer", "update": {**update, "climb_after": 2}})
+    restored.load_state_dict(gated.state_dict())
+    assert restored.state_dict() == gated.state_dict()
+    with pytest.raises(ValueError, match="climb_after"):
+        create_controller({"name": "aer", "update": {"climb_after": -1}})

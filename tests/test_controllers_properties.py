@@ -52,6 +52,7 @@ def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
             lower_ratio=draw(st.sampled_from([1.0, 0.25]) | st.floats(1e-3, 1.0)),
             climb_boost=draw(st.sampled_from([0.0, 10.0]) | st.floats(0.0, 100.0)),
             climb_from=draw(st.sampled_from([0.0, 0.2]) | st.floats(0.0, 0.99)),
+            climb_after=draw(st.sampled_from([0, 25]) | st.integers(0, 1000)),
         )
     elif rule in ("additive", "log"):
         update["eta"] = draw(st.floats(0.0, 5.0))

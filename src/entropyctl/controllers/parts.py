@@ -58,7 +58,8 @@ class RelativeUpdate(_Bounds):
     H̃_t = β·H̃_{t−1} + (1 − β)·H_t,   e_t = max((H* − H̃_t)/H*, −1),
     I_{t+1} = clip(I_t + κ_t·e_t),   log α_{t+1} = clip(I_{t+1} + κ_p·e_t),
     κ_t = κ·(1 + c·max(e_t − e_c, 0)) where e_t ≥ 0, κ·lower_ratio where e_t < 0
-    (c = climb_boost, e_c = climb_from).
+    (c = climb_boost, e_c = climb_from; with climb_after = M the boost waits until e has been above
+    e_c for M consecutive readings).
 
     With ``hold_on_approach``, I is not lowered below log α_0 during the first approach from above
     while the entropy is falling (entropyctl.controllers.target).
@@ -111,6 +112,15 @@ class RelativeUpdate(_Bounds):
         ge=0,
         lt=1,
         description="The relative error below H* from which ``climb_boost`` acts (0: from the target).",
+    )
+    climb_after: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description=(
+            "``climb_boost`` acts only once the smoothed error has stayed above ``climb_from`` for this many "
+            "consecutive readings (0: at once): a noisy crossing shorter than that gets the plain step."
+        ),
     )
     release_band: float = Field(
         default=0.0,

@@ -86,7 +86,7 @@ HOLD_HORIZON = 1000.0
 #: The lag between the two averages, in steps: S_t − F_t ≈ TREND_LAG × the fall per step.
 TREND_LAG = TREND_SLOW / (1.0 - TREND_SLOW) - TREND_FAST / (1.0 - TREND_FAST)
 #: State keys earlier checkpoints do not hold (restored as None / False).
-_OPTIONAL_STATE = ("smoothed_entropy", "integral", "trend_fast", "trend_slow", "approached")
+_OPTIONAL_STATE = ("smoothed_entropy", "integral", "trend_fast", "trend_slow", "approached", "climb_run")
 
 
 class _AdaptiveConfig(ControllerConfig):
@@ -223,6 +223,8 @@ class TargetController(EntropyController):
         self.trend_slow: float | None = None
         #: whether F_t has come within APPROACH_BAND above H* (the first approach is over).
         self.approached = False
+        #: consecutive readings whose smoothed error is above ``climb_from`` (for ``climb_after``).
+        self.climb_run = 0
         self.steps_observed = 0
         self.readings_ignored = 0
 
@@ -289,10 +291,12 @@ class TargetController(EntropyController):
             integral = self.alpha if self.integral is None else self.integral
             if self.trend_fast is not None and self.trend_fast <= (1.0 + APPROACH_BAND) * target:
                 self.approached = True
+            self.climb_run = self.climb_run + 1 if error > float(update.climb_from) else 0
+            boost = float(update.climb_boost) if self.climb_run > int(update.climb_after) else 0.0
             step = float(update.step) * (
                 float(update.lower_ratio)
                 if error < 0.0
-                else 1.0 + float(update.climb_boost) * max(error - float(update.climb_from), 0.0)
+                else 1.0 + boost * max(error - float(update.climb_from), 0.0)
             )
             stepped = relative_step(integral, error, step=step, alpha_min=low, alpha_max=high)
             if update.hold_on_approach and self._holding(error, target):
@@ -340,6 +344,7 @@ class TargetController(EntropyController):
             "trend_fast": self.trend_fast,
             "trend_slow": self.trend_slow,
             "approached": self.approached,
+            "climb_run": self.climb_run,
             "steps_observed": self.steps_observed,
             "readings_ignored": self.readings_ignored,
         }
@@ -360,6 +365,7 @@ class TargetController(EntropyController):
         self.trend_fast = optional(state.get("trend_fast"))
         self.trend_slow = optional(state.get("trend_slow"))
         self.approached = bool(state.get("approached", False))
+        self.climb_run = int(state.get("climb_run", 0))
         self.h0 = optional(state["h0"])
         self.anchor_sum = float(state["anchor_sum"])
         self.anchor_count = int(state["anchor_count"])

@@ -79,7 +79,7 @@ def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, An
         config_path = run_dir / "config.yaml"
         if not config_path.exists():
             raise FileNotFoundError(f"{ckpt}: no config.yaml in {run_dir} to rebuild the model from")
-        config: RunConfig = load_run_config(config_path, overrides)
+        config: RunConfig = load_run_config(config_path, overrides, written=True)
         assert ckpt is not None
         # The checkpoint first: a bad file is reported before the (possibly minutes-long) model build.
         state = load_checkpoint(ckpt)["state_dict"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from entropyctl.config.overrides import MAX_YAML_VALUES, apply_overrides, load_yaml
 from entropyctl.config.run import (
+    ABSENT_MEANS,
     LIGHTNING_ACCELERATORS,
     LIGHTNING_PRECISIONS,
     MAX_SEED,
@@ -26,6 +27,7 @@ from entropyctl.config.run import (
     RunConfig,
     TrainerConfig,
     default_config_path,
+    fill_absent,
     load_run_config,
     parse_run_config,
     suggest_field,
@@ -35,6 +37,7 @@ from entropyctl.controllers.registry import ControllerField, parse_controller_co
 from entropyctl.validation import ConfigError, NonNegativeFloat, PositiveFloat, format_validation_error
 
 __all__ = [
+    "ABSENT_MEANS",
     "LIGHTNING_ACCELERATORS",
     "LIGHTNING_PRECISIONS",
     "MAX_SEED",
@@ -56,6 +59,7 @@ __all__ = [
     "TrainerConfig",
     "apply_overrides",
     "default_config_path",
+    "fill_absent",
     "format_validation_error",
     "load_run_config",
     "load_yaml",

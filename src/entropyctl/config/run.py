@@ -34,6 +34,8 @@ __all__ = [
     "default_config_path",
     "parse_run_config",
     "load_run_config",
+    "ABSENT_MEANS",
+    "fill_absent",
 ]
 
 
@@ -482,13 +484,64 @@ def parse_run_config(data: Mapping[str, Any], *, source: str | None = None) -> R
         raise ConfigError(format_validation_error(err, "", RunConfig, PART_VARIANTS), source=source) from None
 
 
-def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
+#: What a *written* run config — a run directory's ``config.yaml``, the run fingerprint in a
+#: checkpoint, both written with every field — means by leaving a field out. A field is missing
+#: there only when the config was written before the field existed, so the run ran as this value
+#: does; today's default may differ. Every field added since the first release is listed
+#: (tests/test_written_config.py checks every committed run config against this table). When a
+#: default changes, its entry keeps the value the older runs used, and they still read back as what
+#: they ran. ``controller.update.*`` entries apply to the ``relative`` rule, ``controller.anchor.*``
+#: to the ``initial`` anchor (the first release's flat form is read by ``migrate_flat``).
+ABSENT_MEANS: dict[str, Any] = {
+    "controller.update.hold_on_approach": False,
+    "controller.update.lower_ratio": 1.0,
+    "controller.update.release_band": 0.0,
+    "controller.update.climb_boost": 0.0,
+    "controller.update.climb_from": 0.0,
+    "controller.update.climb_after": 0,
+    "controller.anchor.steps": 1,
+    "data.name": None,
+    "data.overlong_prompts": "error",
+    "data.strip_prefix": None,
+    "trainer.log_every": None,  # operational (how often a progress line is printed)
+    "trainer.stop_grace_s": 25.0,  # operational (how long a stopped step may still take)
+}
+#: the variant a nested part must be for its ABSENT_MEANS entries to apply
+_ABSENT_VARIANTS = {"controller.update": ("rule", "relative"), "controller.anchor": ("mode", "initial")}
+
+
+def fill_absent(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A written run config with the fields it lacks filled from :data:`ABSENT_MEANS` (a copy)."""
+    import copy
+
+    filled: dict[str, Any] = copy.deepcopy(dict(data))
+    for path, value in ABSENT_MEANS.items():
+        parent_path, _, key = path.rpartition(".")
+        parent: Any = filled
+        for part in parent_path.split("."):
+            parent = parent.get(part) if isinstance(parent, Mapping) else None
+        if not isinstance(parent, dict) or key in parent:
+            continue
+        variant = _ABSENT_VARIANTS.get(parent_path)
+        if variant is not None and parent.get(variant[0]) != variant[1]:
+            continue
+        parent[key] = copy.deepcopy(value)
+    return filled
+
+
+def load_run_config(
+    path: str | Path | None = None, overrides: Iterable[str] = (), *, written: bool = False
+) -> RunConfig:
     """Read a run config (``None``: the embedded default), apply ``key=value`` overrides, validate.
 
     An override of ``controller.name`` to another controller replaces the file's controller section.
+    ``written``: the file is a run directory's ``config.yaml``; the fields it lacks read as
+    :data:`ABSENT_MEANS` says (what that run ran with), not as today's defaults.
     """
     source = Path(path) if path is not None else default_config_path()
     data = load_yaml(source)
+    if written:
+        data = fill_absent(data)
     overrides = list(overrides)
     # `--set controller.name=fixed` switches controller: the file's fields of the previous controller
     # (tau, rho, ...) would be unknown to the new one, so it starts from its own defaults; other

@@ -302,16 +302,45 @@ def canonical_config(config: Any) -> Any:
 
 
 def _check_same_config(spec: RunSpec) -> None:
-    """Refuse to reuse a run directory that was launched with a different config (stale results)."""
+    """Refuse to reuse a run directory that was launched with a different config (stale results).
+
+    Two checks: the config ablate launched it with, and the resolved config the run wrote
+    (``config.yaml``). The second catches a default that changed since: an arm written as ``aer``
+    resolves to today's defaults, the run's ``config.yaml`` holds the values it ran with (a field it
+    lacks reads as :data:`~entropyctl.config.ABSENT_MEANS` says)."""
     path = spec.run_dir / "ablate_config.yaml"
     if not path.exists():
         return
     previous = yaml.safe_load(path.read_text())
+    differences: list[str] = []
     if canonical_config(previous) != canonical_config(spec.config):
+        differences.append("the config it was launched with differs")
+    written = spec.run_dir / "config.yaml"
+    if not differences and written.exists():
+        differences = _resolved_differences(yaml.safe_load(written.read_text()), spec.config)
+    if differences:
         raise ConfigError(
             f"{spec.run_dir}: holds a run of a different config than arm {spec.arm.label!r} at seed {spec.seed} "
-            f"now resolves to; use another --out directory or delete it"
+            f"now resolves to ({'; '.join(differences[:5])}); use another --out directory or delete it"
         )
+
+
+def _resolved_differences(written: Any, config: Mapping[str, Any]) -> list[str]:
+    """What a run's written ``config.yaml`` ran with that ``config`` now resolves to otherwise: the
+    fields a resume must agree on, and the number of steps ("controller.update.step: 0.05 -> 0.1")."""
+    from entropyctl.config import fill_absent, parse_run_config
+    from entropyctl.trainer.run_dir import fingerprint_changes, run_fingerprint
+
+    if not isinstance(written, Mapping):
+        return ["its config.yaml is not a mapping"]
+    try:
+        ran, now = parse_run_config(fill_absent(written)), parse_run_config(config)
+    except ConfigError as err:
+        return [f"its config.yaml does not read: {err}"]
+    changes = fingerprint_changes(run_fingerprint(ran), run_fingerprint(now))
+    if ran.trainer.steps != now.trainer.steps:
+        changes.append(f"trainer.steps: {ran.trainer.steps} -> {now.trainer.steps}")
+    return changes
 
 
 def _train_command(config_path: Path, run_dir: Path, threads: int) -> list[str]:

@@ -287,13 +287,19 @@ def run_fingerprint(config: Any) -> dict[str, Any]:
 
 
 def fingerprint_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """One line per difference, ``"controller.tau: 0.4 -> 0.5"``; empty when they agree."""
+    """One line per difference, ``"controller.tau: 0.4 -> 0.5"``; empty when they agree. A config key
+    the saved fingerprint lacks (written before the field existed) compares as the value
+    :data:`~entropyctl.config.ABSENT_MEANS` gives it."""
+    from entropyctl.config import ABSENT_MEANS
+
     lines: list[str] = []
     for part in ("config", "data"):
         old, new = dict(saved.get(part, {})), dict(current.get(part, {}))
         for key in sorted(set(old) | set(new)):
             missing = "<absent>"
-            before, after = old.get(key, missing), new.get(key, missing)
+            # a key the saved run lacks was added since: it ran as ABSENT_MEANS says
+            default = ABSENT_MEANS.get(key, missing) if part == "config" else missing
+            before, after = old.get(key, default), new.get(key, missing)
             if before != after:
                 label = key if part == "config" else f"data file {key}"
                 if part == "data" and before != missing and after != missing:

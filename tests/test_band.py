@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import statistics
+from fractions import Fraction
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entropyctl.experiments.band import WINDOW, alpha_at_bound, moving_average, read_band
+from entropyctl.experiments.band import WINDOW, alpha_at_bound, moving_average, read_band, settling_step
 
 EPS = float(np.finfo(float).eps)
 
@@ -97,3 +98,30 @@ def test_the_tuning_page_snippet_reads_a_committed_run(capsys: pytest.CaptureFix
     assert int(first) + 1 == committed["first_in_band"]
     assert float(share) == committed["in_band_share"]
     assert 0.0 <= float(at_bound) <= 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flags=st.lists(st.booleans(), max_size=400),
+    share=st.sampled_from([Fraction(9, 10), Fraction(1, 2), Fraction(3, 4), Fraction(1)]),
+    start=st.integers(0, 50),
+)
+def test_settling_step_is_the_first_step_the_share_holds_from(
+    flags: list[bool], share: Fraction, start: int
+) -> None:
+    """Oracle: exact rational shares, step by step. (The function divides in floats with a 1e-12
+    slack; a share c/r below these targets by a nonzero amount is below it by ≥ 1/(4r) ≥ 6e-4 here.)"""
+    expected = next(
+        (i for i in range(start, len(flags)) if Fraction(sum(flags[i:]), len(flags) - i) >= share), None
+    )
+    assert settling_step(flags, share=float(share), start=start) == expected
+
+
+def test_settling_step_examples() -> None:
+    # 20 steps out, then 10 in, 1 out, 9 in: from step 19 on 19 of 21 are in band (0.905), from 18 on
+    # 19 of 22 (0.864)
+    flags = [False] * 20 + [True] * 10 + [False] + [True] * 9
+    assert settling_step(flags) == 19
+    assert settling_step(flags, share=1.0) == 31
+    assert settling_step([False, False]) is None
+    assert settling_step([]) is None

@@ -15,12 +15,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["HALF_WIDTH", "WINDOW", "BandReading", "alpha_at_bound", "moving_average", "read_band"]
+__all__ = [
+    "HALF_WIDTH",
+    "SETTLED_SHARE",
+    "WINDOW",
+    "BandReading",
+    "alpha_at_bound",
+    "moving_average",
+    "read_band",
+    "settling_step",
+]
 
 WINDOW = 50
 """Steps in the trailing moving average the band is checked on."""
 HALF_WIDTH = 0.2
 """The band: within ±HALF_WIDTH·H* of H*."""
+SETTLED_SHARE = 0.9
+"""The share of steps in band the issue asks for "once settled" (``settling_step``)."""
 
 
 def moving_average(values: Sequence[float] | np.ndarray, window: int = WINDOW) -> np.ndarray:
@@ -85,3 +96,20 @@ def read_band(
         return BandReading(None, 0.0, average, in_band)
     first = start + int(hits[0])
     return BandReading(first, float(in_band[first:].mean()), average, in_band)
+
+
+def settling_step(
+    in_band: Sequence[bool] | np.ndarray, *, share: float = SETTLED_SHARE, start: int = 0
+) -> int | None:
+    """The first step (0-based, at or after ``start``) from which, to the end of the run, at least
+    ``share`` of the steps are in band: "≥ 90 % in band once settled" read as the earliest step it
+    holds from. None when it holds from no step. A step near the end of a run holds trivially (the
+    last in-band step always does), so a reader compares it with the run's length."""
+    flags = np.asarray(in_band, dtype=float)[start:]
+    if flags.size == 0:
+        return None
+    # from step i on: (in-band steps from i) / (steps from i), for every i at once
+    remaining = np.arange(flags.size, 0, -1, dtype=float)
+    suffix_share = np.cumsum(flags[::-1])[::-1] / remaining
+    hits = np.flatnonzero(suffix_share >= share - 1e-12)
+    return None if hits.size == 0 else start + int(hits[0])

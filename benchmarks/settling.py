@@ -1,0 +1,110 @@
+"""How long AER's defaults take to settle on each task we ship, read off the committed runs.
+
+"Settles at" is the first step from which, to the end of the run, the 50-step average of the entropy
+is within ±20 % of H* on at least 90 % of the steps (``entropyctl.experiments.band.settling_step``,
+looked for from the first full window on): the issue's "≥ 90 % in band once settled" read as the
+earliest step it holds from. A step late in a run holds trivially (the last steps of any run that ends
+in band do), so the table gives it as a share of the run and counts the runs that settle within the
+first half. Only finished runs of the library defaults (``aer`` as shipped) are read:
+
+* collapse v5 / v3: ``configs/ablation_collapse_v5.yaml`` / ``_v3.yaml``, 3000 steps (two warm starts);
+* main job: ``entropyctl train`` with no config (benchmarks/default_job_2026-12-03), 400 steps;
+* level 2: the robustness sweep's second task, seeds 0–2 and the ten-seed study's 3–9, 600 steps;
+* levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps.
+
+Writes benchmarks/results/settling.{md,json}.
+
+    python benchmarks/settling.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from entropyctl.experiments.band import SETTLED_SHARE, WINDOW, read_band, settling_step
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {
+    "collapse v5 (3000 steps)": ["benchmarks/ablation_collapse_v5/aer/seed*"],
+    "collapse v3 (3000 steps, another warm start)": ["benchmarks/ablation_collapse_v3/aer/seed*"],
+    "main job (400 steps)": ["benchmarks/default_job_2026-12-03/s[0-9]"],
+    "level 2 (600 steps)": [
+        "benchmarks/robustness/level2/aer/seed*",
+        "benchmarks/robustness/level2_seeds/aer/seed*",
+    ],
+    "levels 1–2, the 12-arm study's task (600 steps)": ["benchmarks/robustness/levels12/aer/seed*"],
+}
+
+
+def read_run(run: Path) -> dict[str, object]:
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    entropy = np.array([float(r["entropy"]) for r in rows])
+    target = np.array([float(r["target_entropy"]) for r in rows])
+    band = read_band(entropy, target, start=WINDOW - 1)
+    step = settling_step(band.in_band, start=WINDOW - 1)
+    return {
+        "run": str(run.relative_to(ROOT)),
+        "steps": len(rows),
+        # 0-based step indices, as the band readings (collapse_reading, robustness_reading) give them
+        "first_in_band": band.first_in_band,
+        "settles_at": step,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
+    args = parser.parse_args()
+    tasks = []
+    for task, patterns in TASKS.items():
+        runs = sorted(
+            (p for pattern in patterns for p in ROOT.glob(pattern) if (p / "metrics.csv").exists()),
+            key=lambda p: (len(p.name), p.name, str(p)),
+        )
+        readings = []
+        for run in runs:
+            summary = json.loads((run / "summary.json").read_text())
+            if summary.get("status") == "finished":
+                readings.append(read_run(run))
+        early = [
+            r for r in readings if r["settles_at"] is not None and 2 * int(r["settles_at"]) <= int(r["steps"])
+        ]  # type: ignore[call-overload]
+        tasks.append({"task": task, "runs": readings, "settled_in_first_half": len(early)})
+    lines = [
+        "# How long the defaults take to settle",
+        "",
+        "`python benchmarks/settling.py`: per run of AER's defaults, the first step from which the 50-step "
+        f"average is in band (±20 % of H*) on ≥ {SETTLED_SHARE:.0%} of the steps to the end, and that step "
+        "as a share of the run; '—' where it holds from no step. 'First in band' is the step the band "
+        "readings count from.",
+        "",
+        "| task | runs | settles at (share of the run) | first in band | settled within the first half |",
+        "|---|---|---|---|---|",
+    ]
+    for t in tasks:
+        runs = t["runs"]
+        settles = ", ".join(
+            "—"
+            if r["settles_at"] is None
+            else f"{r['settles_at']} ({int(r['settles_at']) / int(r['steps']):.2f})"
+            for r in runs
+        )
+        first = ", ".join("—" if r["first_in_band"] is None else str(r["first_in_band"]) for r in runs)
+        lines.append(
+            f"| {t['task']} | {len(runs)} | {settles} | {first} | {t['settled_in_first_half']} of {len(runs)} |"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settling.md").write_text("\n".join(lines) + "\n")
+    (out / "settling.json").write_text(json.dumps({"share": SETTLED_SHARE, "tasks": tasks}, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,14 +5,16 @@ is within ±20 % of H* on at least 90 % of the steps (``entropyctl.experiments.b
 looked for from the first full window on): the issue's "≥ 90 % in band once settled" read as the
 earliest step it holds from. A step late in a run holds trivially (the last steps of any run that ends
 in band do), so the table gives it as a share of the run and counts the runs that settle within the
-first half. Only finished runs of the library defaults (``aer`` as shipped) are read:
+first half. The library defaults (``aer`` as shipped) are read on:
 
 * collapse v5 / v3: ``configs/ablation_collapse_v5.yaml`` / ``_v3.yaml``, 3000 steps (two warm starts);
 * main job: ``entropyctl train`` with no config (benchmarks/default_job_2026-12-03), 400 steps;
 * level 2: the robustness sweep's second task, seeds 0–2 and the ten-seed study's 3–9, 600 steps;
 * levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps.
 
-Writes benchmarks/results/settling.{md,json}.
+and a second table reads the candidates measured against them on the same tasks, warm starts and
+seeds (the step 0.15, the climb boost, the gated boost). Only finished runs are read. Writes
+benchmarks/results/settling.{md,json}.
 
     python benchmarks/settling.py
 """
@@ -39,6 +41,22 @@ TASKS = {
     ],
     "levels 1–2, the 12-arm study's task (600 steps)": ["benchmarks/robustness/levels12/aer/seed*"],
 }
+#: the candidates measured against the defaults on the same tasks, warm starts and seeds
+BOOST = "aer_update.climb_boost=10_update.climb_from=0.2"
+CANDIDATES = {
+    "collapse v5: step 0.15": ["benchmarks/ablation_collapse_v5/aer_update.step=0.15/seed*"],
+    "collapse v5: climb boost": [f"benchmarks/ablation_collapse_v5/{BOOST}/seed*"],
+    "collapse v5: climb boost, gated (climb_after 25)": [
+        f"benchmarks/ablation_collapse_v5/{BOOST}_update.climb_after=25/seed*"
+    ],
+    "main job: step 0.15": ["benchmarks/default_job_2026-12-03/probe_step015_s[0-9]"],
+    "main job: climb boost": ["benchmarks/default_job_2026-12-03/probe_boost_s[0-9]"],
+    "level 2: step 0.15": [
+        "benchmarks/robustness/level2/aer_update.step=0.15/seed*",
+        "benchmarks/robustness/level2_seeds/aer_update.step=0.15/seed*",
+    ],
+    "level 2: climb boost": [f"benchmarks/robustness/level2_seeds/{BOOST}/seed*"],
+}
 
 
 def read_run(run: Path) -> dict[str, object]:
@@ -62,7 +80,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     args = parser.parse_args()
     tasks = []
-    for task, patterns in TASKS.items():
+    for task, patterns in {**TASKS, **CANDIDATES}.items():
         runs = sorted(
             (p for pattern in patterns for p in ROOT.glob(pattern) if (p / "metrics.csv").exists()),
             key=lambda p: (len(p.name), p.name, str(p)),
@@ -84,10 +102,20 @@ def main() -> None:
         "as a share of the run; '—' where it holds from no step. 'First in band' is the step the band "
         "readings count from.",
         "",
+    ]
+    header = [
         "| task | runs | settles at (share of the run) | first in band | settled within the first half |",
         "|---|---|---|---|---|",
     ]
+    lines += header
     for t in tasks:
+        if t["task"] == next(iter(CANDIDATES)):
+            lines += [
+                "",
+                "The candidates measured against the defaults (same tasks, warm starts and seeds):",
+                "",
+            ]
+            lines += header
         runs = t["runs"]
         settles = ", ".join(
             "—"

@@ -329,7 +329,7 @@ def _resolved_differences(written: Any, config: Mapping[str, Any]) -> list[str]:
     """What a run's written ``config.yaml`` ran with that ``config`` now resolves to otherwise: the
     fields a resume must agree on, and the number of steps ("controller.update.step: 0.05 -> 0.1")."""
     from entropyctl.config import fill_absent, parse_run_config
-    from entropyctl.trainer.run_dir import fingerprint_changes, run_fingerprint
+    from entropyctl.trainer.run_dir import config_fingerprint, fingerprint_changes
 
     if not isinstance(written, Mapping):
         return ["its config.yaml is not a mapping"]
@@ -337,7 +337,9 @@ def _resolved_differences(written: Any, config: Mapping[str, Any]) -> list[str]:
         ran, now = parse_run_config(fill_absent(written)), parse_run_config(config)
     except ConfigError as err:
         return [f"its config.yaml does not read: {err}"]
-    changes = fingerprint_changes(run_fingerprint(ran), run_fingerprint(now))
+    # the config part only: both sides would hash today's data files (the run's own hashes are in
+    # its checkpoint, which train checks on --resume)
+    changes = fingerprint_changes({"config": config_fingerprint(ran)}, {"config": config_fingerprint(now)})
     if ran.trainer.steps != now.trainer.steps:
         changes.append(f"trainer.steps: {ran.trainer.steps} -> {now.trainer.steps}")
     return changes

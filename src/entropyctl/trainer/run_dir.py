@@ -60,6 +60,7 @@ __all__ = [
     "RunStatus",
     "prepare_run_dir",
     "run_fingerprint",
+    "config_fingerprint",
     "fingerprint_changes",
     "read_run_state",
     "write_json_atomic",
@@ -273,17 +274,23 @@ def run_fingerprint(config: Any) -> dict[str, Any]:
     Fields in :data:`IGNORED_FOR_RESUME` are left out; the synthetic data set is fully described by
     the config, a file data set by the SHA-256 of its bytes.
     """
+    data: dict[str, str] = {}
+    for path in (config.data.path, config.data.eval_path):
+        if config.data.source == "file" and path:
+            data[str(path)] = _file_sha256(path)
+    return {"config": config_fingerprint(config), "data": data}
+
+
+def config_fingerprint(config: Any) -> dict[str, Any]:
+    """The config part of :func:`run_fingerprint`: ``{dotted key: value}`` without the fields in
+    :data:`IGNORED_FOR_RESUME` (no file is read)."""
     flat = _flatten(config.model_dump(mode="json"))
     kept = {
         key: value
         for key, value in flat.items()
         if not any(key == skip or key.startswith(skip + ".") for skip in IGNORED_FOR_RESUME)
     }
-    data: dict[str, str] = {}
-    for path in (config.data.path, config.data.eval_path):
-        if config.data.source == "file" and path:
-            data[str(path)] = _file_sha256(path)
-    return {"config": json.loads(json.dumps(kept)), "data": data}
+    return dict(json.loads(json.dumps(kept)))
 
 
 def fingerprint_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

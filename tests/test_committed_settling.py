@@ -23,4 +23,4 @@ def test_the_settling_table_is_reproduced_from_the_committed_runs(tmp_path: Path
 
 
 def test_docs_quote_the_settling_table() -> None:
-    assert_docs_quote(RESULTS, ROOT / "docs" / "controllers.md", "settling-table", 12)
+    assert_docs_quote(RESULTS, ROOT / "docs" / "controllers.md", "settling-table", 17)

@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ CANDIDATES = {
 }
 
 
-def read_run(run: Path) -> dict[str, object]:
+def read_run(run: Path) -> dict[str, Any]:
     with (run / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     entropy = np.array([float(r["entropy"]) for r in rows])
@@ -95,9 +96,7 @@ def main() -> None:
             summary = json.loads((run / "summary.json").read_text())
             if summary.get("status") == "finished":
                 readings.append(read_run(run))
-        early = [
-            r for r in readings if r["settles_at"] is not None and 2 * int(r["settles_at"]) <= int(r["steps"])
-        ]  # type: ignore[call-overload]
+        early = [r for r in readings if r["settles_at"] is not None and 2 * r["settles_at"] <= r["steps"]]
         tasks.append({"task": task, "runs": readings, "settled_in_first_half": len(early)})
     lines = [
         "# How long the defaults take to settle",
@@ -123,9 +122,7 @@ def main() -> None:
             lines += header
         runs = t["runs"]
         settles = ", ".join(
-            "—"
-            if r["settles_at"] is None
-            else f"{r['settles_at']} ({int(r['settles_at']) / int(r['steps']):.2f})"
+            "—" if r["settles_at"] is None else f"{r['settles_at']} ({r['settles_at'] / r['steps']:.2f})"
             for r in runs
         )
         first = ", ".join("—" if r["first_in_band"] is None else str(r["first_in_band"]) for r in runs)

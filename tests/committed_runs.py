@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from entropyctl.config import fill_absent, parse_run_config
+from entropyctl.config import parse_run_config, parse_written_config
 from entropyctl.experiments.ablate import _check_same_config, canonical_config, parse_arms, plan_runs
 
 
@@ -25,7 +25,7 @@ def assert_runs_are_the_configs_arms(
         launched = yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text())
         assert canonical_config(launched) == canonical_config(spec.config), spec.run_dir
         _check_same_config(spec)  # ablate would reuse it as this arm: it ran with what the arm resolves to
-        written = parse_run_config(fill_absent(yaml.safe_load((spec.run_dir / "config.yaml").read_text())))
+        written = parse_written_config(yaml.safe_load((spec.run_dir / "config.yaml").read_text()))
         expected = parse_run_config(spec.config)
         assert written.controller == expected.controller and written.trainer.steps == steps, spec.run_dir
         summary = json.loads((spec.run_dir / "summary.json").read_text())

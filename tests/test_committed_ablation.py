@@ -13,7 +13,7 @@ import pytest
 import yaml
 from committed_runs import assert_numbers_equal
 
-from entropyctl.config import fill_absent, parse_run_config
+from entropyctl.config import parse_run_config, parse_written_config
 from entropyctl.experiments.ablate import canonical_config, parse_arms, plan_runs
 from entropyctl.experiments.report import write_report
 
@@ -70,7 +70,7 @@ def test_committed_runs_used_the_shipped_config(run: Path, config_path: str) -> 
         # as exactly the controller they ran (canonical_config parses both sides the same way).
         launched = yaml.safe_load((spec.run_dir / "ablate_config.yaml").read_text())
         assert canonical_config(launched) == canonical_config(spec.config), spec.run_dir
-        written = parse_run_config(fill_absent(yaml.safe_load((spec.run_dir / "config.yaml").read_text())))
+        written = parse_written_config(yaml.safe_load((spec.run_dir / "config.yaml").read_text()))
         expected = parse_run_config(spec.config)
         assert _without_command_line_settings(
             written.model_dump(mode="json")

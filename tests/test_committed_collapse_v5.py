@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from committed_runs import assert_docs_quote, assert_runs_are_the_configs_arms
 
-from entropyctl.config import fill_absent, parse_run_config
+from entropyctl.config import parse_written_config
 from entropyctl.controllers.parts import RelativeUpdate
 from entropyctl.experiments.ablate import parse_arms
 
@@ -58,7 +58,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
     # fields only (a field a run's config.yaml lacks reads as it ran: entropyctl.config.ABSENT_MEANS)
     def update_of(slug: str) -> RelativeUpdate:
         written = yaml.safe_load((STUDY / slug / "seed0" / "config.yaml").read_text())
-        update = parse_run_config(fill_absent(written)).controller.update  # type: ignore[union-attr]
+        update = parse_written_config(written).controller.update  # type: ignore[union-attr]
         assert isinstance(update, RelativeUpdate)
         return update
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from committed_runs import assert_docs_quote
 
-from entropyctl.config import fill_absent, load_run_config, parse_run_config
+from entropyctl.config import load_run_config, parse_run_config, parse_written_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "default_job_2026-12-03"
@@ -31,7 +31,7 @@ def test_the_runs_are_the_embedded_default_with_their_seed() -> None:
             "run_name": written["run_name"],
         }
         expected["trainer"] = {**default["trainer"], "threads": 1}
-        assert parse_run_config(fill_absent(written)) == parse_run_config(expected), run
+        assert parse_written_config(written) == parse_run_config(expected), run
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == default["trainer"]["steps"]
 

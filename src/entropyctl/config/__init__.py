@@ -30,6 +30,7 @@ from entropyctl.config.run import (
     fill_absent,
     load_run_config,
     parse_run_config,
+    parse_written_config,
     suggest_field,
 )
 from entropyctl.controllers.config import ControllerConfig
@@ -65,6 +66,7 @@ __all__ = [
     "load_yaml",
     "parse_controller_config",
     "parse_run_config",
+    "parse_written_config",
     "suggest_field",
 ]
 

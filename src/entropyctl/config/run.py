@@ -6,6 +6,7 @@ included (:data:`~entropyctl.controllers.registry.ControllerField`).
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "load_run_config",
     "ABSENT_MEANS",
     "fill_absent",
+    "parse_written_config",
 ]
 
 
@@ -512,8 +514,6 @@ _ABSENT_VARIANTS = {"controller.update": ("rule", "relative"), "controller.ancho
 
 def fill_absent(data: Mapping[str, Any]) -> dict[str, Any]:
     """A written run config with the fields it lacks filled from :data:`ABSENT_MEANS` (a copy)."""
-    import copy
-
     filled: dict[str, Any] = copy.deepcopy(dict(data))
     for path, value in ABSENT_MEANS.items():
         parent_path, _, key = path.rpartition(".")
@@ -527,6 +527,12 @@ def fill_absent(data: Mapping[str, Any]) -> dict[str, Any]:
             continue
         parent[key] = copy.deepcopy(value)
     return filled
+
+
+def parse_written_config(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
+    """A run directory's ``config.yaml``, parsed: the fields it lacks read as :data:`ABSENT_MEANS`
+    says (what that run ran with), not as today's defaults."""
+    return parse_run_config(fill_absent(data), source=source)
 
 
 def load_run_config(

@@ -328,13 +328,13 @@ def _check_same_config(spec: RunSpec) -> None:
 def _resolved_differences(written: Any, config: Mapping[str, Any]) -> list[str]:
     """What a run's written ``config.yaml`` ran with that ``config`` now resolves to otherwise: the
     fields a resume must agree on, and the number of steps ("controller.update.step: 0.05 -> 0.1")."""
-    from entropyctl.config import fill_absent, parse_run_config
+    from entropyctl.config import parse_run_config, parse_written_config
     from entropyctl.trainer.run_dir import config_fingerprint, fingerprint_changes
 
     if not isinstance(written, Mapping):
         return ["its config.yaml is not a mapping"]
     try:
-        ran, now = parse_run_config(fill_absent(written)), parse_run_config(config)
+        ran, now = parse_written_config(written), parse_run_config(config)
     except ConfigError as err:
         return [f"its config.yaml does not read: {err}"]
     # the config part only: both sides would hash today's data files (the run's own hashes are in

@@ -59,7 +59,10 @@ CANDIDATES = {
     "level 2: climb boost": [f"benchmarks/robustness/level2_seeds/{BOOST}/seed*"],
     "collapse v5: floor 5e-4": ["benchmarks/ablation_collapse_v5/aer_update.alpha_min=5.0e-4/seed*"],
     "main job: floor 5e-4": ["benchmarks/default_job_2026-12-03/probe_floor_s[0-9]"],
-    "level 2: floor 5e-4": ["benchmarks/robustness/level2/aer_update.alpha_min=5.0e-4/seed*"],
+    "level 2: floor 5e-4": [
+        "benchmarks/robustness/level2/aer_update.alpha_min=5.0e-4/seed*",
+        "benchmarks/robustness/level2_seeds/aer_update.alpha_min=5.0e-4/seed*",
+    ],
     "levels 1–2: floor 5e-4": ["benchmarks/robustness/levels12/aer_update.alpha_min=5.0e-4/seed*"],
     "levels 1–2: step 0.15": ["benchmarks/robustness/levels12/aer_update.step=0.15/seed*"],
 }

@@ -73,28 +73,39 @@ def test_docs_quote_the_seed_spread() -> None:
     assert quoted == (SEEDS / "seed_spread.md").read_text().splitlines()
 
 
-#: the opt-in climb boost on level 2, seeds 0-9 (2026-12-04), read against the defaults' ten seeds
-BOOST = "aer:update.climb_boost=10,update.climb_from=0.2"
-BOOST_SLUG = "aer_update.climb_boost=10_update.climb_from=0.2"
+#: candidates run to ten seeds on level 2, each read against the defaults' ten seeds: (arm, the seeds
+#: in level2_seeds (the rest are the sweep's seeds 0-2 in level2), folder of the spread, docs marker)
+TEN_SEED_CANDIDATES = [
+    # the opt-in climb boost (2026-12-04), seeds 0-9 all in level2_seeds
+    ("aer:update.climb_boost=10,update.climb_from=0.2", list(range(10)), "climb_boost", "seed-spread-boost"),
+    # the floor alpha_min 5e-4 (2026-12-04), seeds 3-9; seeds 0-2 are the sweep's candidate arm
+    ("aer:update.alpha_min=5.0e-4", list(range(3, 10)), "floor", "seed-spread-floor"),
+]
 
 
-def test_the_climb_boost_seeds_are_the_configs_arm_and_their_spread_is_reproduced(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("arm", "seeds", "folder", "marker"), TEN_SEED_CANDIDATES, ids=[c[2] for c in TEN_SEED_CANDIDATES]
+)
+def test_ten_seed_candidates_are_the_configs_arm_and_their_spread_is_reproduced(
+    tmp_path: Path, arm: str, seeds: list[int], folder: str, marker: str
+) -> None:
     base = yaml.safe_load(CONFIG.read_text())
     base.pop("ablation")
     base["data"]["levels"] = [2]
-    assert assert_runs_are_the_configs_arms(base, [BOOST], list(range(10)), SEEDS, 600) == 10
+    assert assert_runs_are_the_configs_arms(base, [arm], seeds, SEEDS, 600) == len(seeds)
+    slug = arm.replace(":", "_").replace(",", "_")
     script = ROOT / "benchmarks" / "seed_spread.py"
-    command = [sys.executable, str(script), str(LEVEL2), str(SEEDS), "--arms", "aer", BOOST_SLUG]
+    command = [sys.executable, str(script), str(LEVEL2), str(SEEDS), "--arms", "aer", slug]
     subprocess.run(
         [*command, "--out", str(tmp_path)], check=True, capture_output=True, text=True, timeout=300
     )
-    committed = SEEDS / "climb_boost"
+    committed = SEEDS / folder
     fresh = json.loads((tmp_path / "seed_spread.json").read_text())
     kept = json.loads((committed / "seed_spread.json").read_text())
     assert fresh["arms"] == kept["arms"] and fresh["difference"] == kept["difference"]
     assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [10, 10]
     assert (tmp_path / "seed_spread.md").read_text() == (committed / "seed_spread.md").read_text()
     doc = (ROOT / "docs" / "ablations.md").read_text()
-    block = doc.split("<!-- seed-spread-boost:start -->")[1].split("<!-- seed-spread-boost:end -->")[0]
+    block = doc.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
     quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
     assert quoted == (committed / "seed_spread.md").read_text().splitlines()

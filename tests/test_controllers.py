@@ -355,3 +355,44 @@ def test_climb_after_boosts_only_a_long_enough_stay_below_the_band() -> None:
     assert restored.state_dict() == gated.state_dict()
     with pytest.raises(ValueError, match="climb_after"):
         create_controller({"name": "aer", "update": {"climb_after": -1}})
+
+
+def test_rearm_at_target_raises_the_integral_to_alpha_0_once_when_the_entropy_first_reaches_h_star() -> None:
+    """``rearm_at_target``: the approach from above winds the integral down as before; at the first
+    reading with e ≥ 0 it is raised to α_0 (not lowered if it is above), and never again."""
+    update = {"step": 0.5, "proportional": 1.0, "smoothing": 0.0, "alpha_min": 1e-5}
+    rearm = create_controller(
+        {"name": "aer", "alpha_0": 0.005, "update": {**update, "rearm_at_target": True}}
+    )
+    plain = create_controller({"name": "aer", "alpha_0": 0.005, "update": update})
+
+    def integral(c: Any) -> float:
+        return float(c.state_dict()["integral"])
+
+    for c in (rearm, plain):
+        c.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H* = 0.4
+    for _ in range(10):  # e = -1 (clipped): the integral winds down by e^-0.5 a reading on both
+        for c in (rearm, plain):
+            c.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=1))
+        assert integral(rearm) == pytest.approx(integral(plain))
+    wound = integral(plain)
+    assert wound == pytest.approx(0.005 * math.exp(-5.0))
+    for c in (rearm, plain):
+        c.observe(EntropyReading(mean_entropy=0.3, tokens=10, step=2))  # e = +0.25: H* reached
+    assert integral(plain) == pytest.approx(wound * math.exp(0.5 * 0.25))
+    assert integral(rearm) == pytest.approx(0.005 * math.exp(0.5 * 0.25))  # from α_0, not from the floor
+    assert rearm.metrics()["alpha"] == pytest.approx(integral(rearm) * math.exp(0.25))
+    # once: a second approach from above and a second crossing step from where the loop is
+    for h in (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0):
+        rearm.observe(EntropyReading(mean_entropy=h, tokens=10, step=3))
+    before = integral(rearm)
+    assert before < 0.005
+    rearm.observe(EntropyReading(mean_entropy=0.3, tokens=10, step=4))
+    assert integral(rearm) == pytest.approx(before * math.exp(0.5 * 0.25))
+    # whether it has acted is part of the state, and a checkpoint without it reads as not yet
+    restored = create_controller({"name": "aer", "update": {**update, "rearm_at_target": True}})
+    restored.load_state_dict(rearm.state_dict())
+    assert restored.state_dict() == rearm.state_dict()
+    old = {k: v for k, v in rearm.state_dict().items() if k != "rearmed"}
+    restored.load_state_dict(old)
+    assert restored.state_dict()["rearmed"] is False  # type: ignore[index]

@@ -53,6 +53,7 @@ def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
             climb_boost=draw(st.sampled_from([0.0, 10.0]) | st.floats(0.0, 100.0)),
             climb_from=draw(st.sampled_from([0.0, 0.2]) | st.floats(0.0, 0.99)),
             climb_after=draw(st.sampled_from([0, 25]) | st.integers(0, 1000)),
+            rearm_at_target=draw(st.booleans()),
         )
     elif rule in ("additive", "log"):
         update["eta"] = draw(st.floats(0.0, 5.0))

@@ -501,6 +501,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.update.climb_boost": 0.0,
     "controller.update.climb_from": 0.0,
     "controller.update.climb_after": 0,
+    "controller.update.rearm_at_target": False,
     "controller.anchor.steps": 1,
     "data.name": None,
     "data.overlong_prompts": "error",

@@ -63,6 +63,8 @@ class RelativeUpdate(_Bounds):
 
     With ``hold_on_approach``, I is not lowered below log α_0 during the first approach from above
     while the entropy is falling (entropyctl.controllers.target).
+    With ``rearm_at_target``, I is raised to log α_0 (if below it) at the first reading with e ≥ 0,
+    once.
 
     Its loop gain κ·(d log H / d log α) does not depend on the units of entropy or of α
     (docs/controllers.md derives it and why κ < 1 keeps the loop stable)."""
@@ -129,6 +131,15 @@ class RelativeUpdate(_Bounds):
         description=(
             "A dead band above the target: the integral is not lowered while the smoothed entropy is "
             "within this fraction above H* (0: lowered whenever it is above)."
+        ),
+    )
+    rearm_at_target: bool = Field(
+        default=False,
+        description=(
+            "When the smoothed entropy first reaches H* (the first reading with e ≥ 0 after anchoring), "
+            "raise the integral to α_0 if the approach from above wound it lower, once: the climb then "
+            "starts at α_0 instead of near the floor, and the approach itself gets no bonus it did not "
+            "ask for."
         ),
     )
 

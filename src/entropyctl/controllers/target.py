@@ -23,6 +23,11 @@ applies α_t in every step.
 Until H0 is anchored (``anchor.mode: initial``) α stays α_0 and the anchoring readings do not
 update it (they do seed the smoothed reading H̃).
 
+``update.rearm_at_target`` (relative rule, off by default): at the first reading with e_t ≥ 0 after
+anchoring (the smoothed entropy has reached H*), I_t is raised to α_0 if it is below, once. The first
+approach from above winds I down toward α_min while no bonus is needed; without the rearm the climb
+that follows starts there, decades below the α that holds the entropy.
+
 ``update.hold_on_approach`` (relative rule, off by default): two slower averages of the readings,
 F_t (β_F = 0.95, ~20 steps) and S_t (β_S = 0.99, ~100 steps), both starting at H0 when it is anchored.
 Until F_t first comes within 20 % above H* (F_t ≤ 1.2·H*; F_t rather than H̃_t, whose noise would end
@@ -86,7 +91,15 @@ HOLD_HORIZON = 1000.0
 #: The lag between the two averages, in steps: S_t − F_t ≈ TREND_LAG × the fall per step.
 TREND_LAG = TREND_SLOW / (1.0 - TREND_SLOW) - TREND_FAST / (1.0 - TREND_FAST)
 #: State keys earlier checkpoints do not hold (restored as None / False).
-_OPTIONAL_STATE = ("smoothed_entropy", "integral", "trend_fast", "trend_slow", "approached", "climb_run")
+_OPTIONAL_STATE = (
+    "smoothed_entropy",
+    "integral",
+    "trend_fast",
+    "trend_slow",
+    "approached",
+    "climb_run",
+    "rearmed",
+)
 
 
 class _AdaptiveConfig(ControllerConfig):
@@ -225,6 +238,8 @@ class TargetController(EntropyController):
         self.approached = False
         #: consecutive readings whose smoothed error is above ``climb_from`` (for ``climb_after``).
         self.climb_run = 0
+        #: whether the smoothed entropy has reached H* once (``rearm_at_target`` acts at that reading).
+        self.rearmed = False
         self.steps_observed = 0
         self.readings_ignored = 0
 
@@ -289,6 +304,10 @@ class TargetController(EntropyController):
             error = max(relative_error(target, smoothed), -1.0)  # |e| ≤ 1 on both sides
             low, high = float(update.alpha_min), float(update.alpha_max)
             integral = self.alpha if self.integral is None else self.integral
+            if error >= 0.0 and not self.rearmed:
+                self.rearmed = True
+                if update.rearm_at_target:
+                    integral = max(integral, float(self.config.alpha_0))
             if self.trend_fast is not None and self.trend_fast <= (1.0 + APPROACH_BAND) * target:
                 self.approached = True
             self.climb_run = self.climb_run + 1 if error > float(update.climb_from) else 0
@@ -345,6 +364,7 @@ class TargetController(EntropyController):
             "trend_slow": self.trend_slow,
             "approached": self.approached,
             "climb_run": self.climb_run,
+            "rearmed": self.rearmed,
             "steps_observed": self.steps_observed,
             "readings_ignored": self.readings_ignored,
         }
@@ -366,6 +386,7 @@ class TargetController(EntropyController):
         self.trend_slow = optional(state.get("trend_slow"))
         self.approached = bool(state.get("approached", False))
         self.climb_run = int(state.get("climb_run", 0))
+        self.rearmed = bool(state.get("rearmed", False))
         self.h0 = optional(state["h0"])
         self.anchor_sum = float(state["anchor_sum"])
         self.anchor_count = int(state["anchor_count"])

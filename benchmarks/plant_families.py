@@ -11,7 +11,8 @@ Families (each drawn at random from a fixed seed, ``--plants`` per family):
   the response gain over 20×, collapse 0.001–0.006 per step, drift toward collapse.
 
 Rules: today's default; the same with the step 0.15 (the level-2 seed study's lead); the same with the
-climb boost (``climb_boost: 10, climb_from: 0.2``); the previous default's gains (κ 0.1, κ_p 1, β 0.5, with today's clipped
+climb boost (``climb_boost: 10, climb_from: 0.2``); with the floor ``alpha_min: 5e-4``; with
+``rearm_at_target``; the previous default's gains (κ 0.1, κ_p 1, β 0.5, with today's clipped
 error); the first release's additive (the paper's form, our reading), log and sign rules; the
 collapse study v4's candidates (κ 0.15, κ_p 3, H0 from 10 readings; and the same with the opt-in
 holds ``hold_on_approach`` and ``release_band: 0.2``).
@@ -46,6 +47,10 @@ RULES: dict[str, dict[str, Any]] = {
     "step 0.15": {"update": {"rule": "relative", "step": 0.15}},
     # the opt-in climb boost (chosen on the seed-7 draws among boosts that act only below the band)
     "climb boost": {"update": {"rule": "relative", "climb_boost": 10.0, "climb_from": 0.2}},
+    # the opt-in floor one decade below alpha_0 (the robustness sweep's candidate arm)
+    "floor 5e-4": {"update": {"rule": "relative", "alpha_min": 5e-4}},
+    # the opt-in rearm: the integral raised to alpha_0 once, when the entropy first reaches H*
+    "rearm": {"update": {"rule": "relative", "rearm_at_target": True}},
     "previous gains": {"update": {"rule": "relative", "step": 0.1, "proportional": 1.0, "smoothing": 0.5}},
     "additive": {"update": {"rule": "additive"}},
     "log": {"update": {"rule": "log"}},

@@ -13,7 +13,7 @@ first half. The library defaults (``aer`` as shipped) are read on:
 * levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps.
 
 and a second table reads the candidates measured against them on the same tasks, warm starts and
-seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``). Only finished runs are read. Writes
+seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``, the rearm). Only finished runs are read. Writes
 benchmarks/results/settling.{md,json}.
 
     python benchmarks/settling.py
@@ -65,6 +65,7 @@ CANDIDATES = {
     ],
     "levels 1–2: floor 5e-4": ["benchmarks/robustness/levels12/aer_update.alpha_min=5.0e-4/seed*"],
     "levels 1–2: step 0.15": ["benchmarks/robustness/levels12/aer_update.step=0.15/seed*"],
+    "main job: rearm": ["benchmarks/default_job_2026-12-03/probe_rearm_s[0-9]"],
 }
 
 

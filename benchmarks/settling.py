@@ -66,6 +66,7 @@ CANDIDATES = {
     "levels 1–2: floor 5e-4": ["benchmarks/robustness/levels12/aer_update.alpha_min=5.0e-4/seed*"],
     "levels 1–2: step 0.15": ["benchmarks/robustness/levels12/aer_update.step=0.15/seed*"],
     "main job: rearm": ["benchmarks/default_job_2026-12-03/probe_rearm_s[0-9]"],
+    "collapse v5: rearm": ["benchmarks/ablation_collapse_v5/aer_update.rearm_at_target=true/seed*"],
 }
 
 

@@ -67,6 +67,7 @@ CANDIDATES = {
     "levels 1–2: step 0.15": ["benchmarks/robustness/levels12/aer_update.step=0.15/seed*"],
     "main job: rearm": ["benchmarks/default_job_2026-12-03/probe_rearm_s[0-9]"],
     "collapse v5: rearm": ["benchmarks/ablation_collapse_v5/aer_update.rearm_at_target=true/seed*"],
+    "level 2: rearm": ["benchmarks/robustness/level2_seeds/aer_update.rearm_at_target=true/seed*"],
 }
 
 

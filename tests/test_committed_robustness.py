@@ -80,6 +80,8 @@ TEN_SEED_CANDIDATES = [
     ("aer:update.climb_boost=10,update.climb_from=0.2", list(range(10)), "climb_boost", "seed-spread-boost"),
     # the floor alpha_min 5e-4 (2026-12-04), seeds 3-9; seeds 0-2 are the sweep's candidate arm
     ("aer:update.alpha_min=5.0e-4", list(range(3, 10)), "floor", "seed-spread-floor"),
+    # the rearm at the target (2026-12-04), seeds 0-9 all in level2_seeds
+    ("aer:update.rearm_at_target=true", list(range(10)), "rearm", "seed-spread-rearm"),
 ]
 
 

@@ -161,3 +161,57 @@ def test_collect_and_update_in_a_run_reach_callbacks(tmp_path: Path) -> None:
         assert result.reading.tokens == row["tokens"] == tokens
         assert result.row["entropy"] == row["entropy"] == result.reading.mean_entropy
         assert result.planned.seq_coef.shape == (P * G,)
+
+
+ZERO_REWARD = "def zero(completion, answer):\n    return 0.0\n"
+
+
+class _Weights(pl.Callback):
+    """The policy's weights at the start and at the end of a run."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.start = {k: v.detach().clone() for k, v in pl_module.policy.state_dict().items()}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.end = {k: v.detach().clone() for k, v in pl_module.policy.state_dict().items()}
+
+    def change(self) -> float:
+        return float(
+            sum(float((self.end[k].double() - v.double()).norm() ** 2) for k, v in self.start.items())
+        )
+
+
+def _no_signal_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alpha: float, skip: bool) -> _Weights:
+    from entropyctl.trainer.run import run_training
+
+    (tmp_path / "zero_reward_mod.py").write_text(ZERO_REWARD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tiny_config(
+        "trainer.steps=2",
+        "reward.name=zero_reward_mod:zero",
+        "controller.name=fixed",
+        f"controller.alpha={alpha}",
+        f"algorithm.skip_no_signal={str(skip).lower()}",
+    )
+    weights = _Weights()
+    run = tmp_path / f"run_{alpha}_{skip}"
+    run_training(config, run, callbacks=[weights])
+    rows = read_metrics(run)
+    assert [r["reward"] for r in rows] == [0.0, 0.0]
+    assert all(math.isfinite(r["entropy"]) and r["tokens"] > 0 for r in rows)  # read on every step
+    return weights
+
+
+def test_a_bonus_alone_moves_the_policy_whatever_alpha_and_skip_no_signal_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every reward 0: no group has a signal, the loss is the entropy bonus alone. Adam divides the
+    gradient by its own running scale, so a bonus 1000x smaller moves the weights about as far (the
+    hazard docs/training.md describes); with algorithm.skip_no_signal no weight moves at all."""
+    strong = _no_signal_run(tmp_path, monkeypatch, 1e-3, skip=False).change()
+    weak = _no_signal_run(tmp_path, monkeypatch, 1e-6, skip=False).change()
+    assert strong > 0 and weak > 0
+    # Gradient descent would move the weights 1000x less; Adam moves them more than a tenth as far
+    # (what it does not: the gradients of some weights fall to the size of its ε = 1e-8 at α = 1e-6).
+    assert (weak / strong) ** 0.5 > 0.1
+    assert _no_signal_run(tmp_path, monkeypatch, 1e-3, skip=True).change() == 0.0

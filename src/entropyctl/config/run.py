@@ -220,6 +220,13 @@ class AlgorithmConfig(_Section):
         description="true: the fused path when the LM head is a plain linear map (else full logits); "
         "false: always full logits (the reference path).",
     )
+    skip_no_signal: bool = Field(
+        False,
+        description="true: a step in which no group on any process carries a policy-gradient signal (every "
+        "group's rewards equal, so every advantage is 0) changes no weight; its entropy is still read and "
+        "observed. Under Adam a loss made of the entropy bonus alone moves the policy at the full step size "
+        "whatever α is (docs/training.md, 'Steps with no signal'); false: such a step is taken.",
+    )
 
     @property
     def updates_per_batch(self) -> int:

@@ -680,9 +680,29 @@ class RLVRModule(pl.LightningModule):
         sched.step()
         return grad_norm
 
-    def update(self, comp: Completions, planned: Planned, step: int, rank: int) -> Updated:
-        """update: PPO epochs x mini-batches of the clipped surrogate with the planned entropy term."""
-        E = self.config.algorithm.ppo_epochs
+    def _skip_step(self, opt: Any, sched: Any) -> float:
+        """An optimizer step that changes nothing (``algorithm.skip_no_signal``): no backward, every
+        gradient None, so the optimizer leaves each weight and its moments as they are; the step is still
+        counted (Lightning's global step, the lr schedule), so the run keeps its length. Returns 0.0, the
+        ``grad_norm`` logged for such a step."""
+        opt.zero_grad(set_to_none=True)
+        opt.step()
+        sched.step()
+        return 0.0
+
+    def has_signal(self, planned: Planned) -> bool:
+        """Whether any response token on ANY process has a nonzero advantage (one collective)."""
+        local = float(bool(((planned.seq_adv != 0) & (planned.seq_mask > 0)).any()))
+        total = all_reduce_sum(torch.tensor([local], dtype=torch.float64), self._reducer())
+        return bool(float(total.cpu()[0]) > 0)
+
+    def update(
+        self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True
+    ) -> Updated:
+        """update: PPO epochs x mini-batches of the clipped surrogate with the planned entropy term; with
+        ``signal`` false (``algorithm.skip_no_signal`` and no advantage anywhere), one no-grad pass that
+        reads the entropy and steps nothing."""
+        E = self.config.algorithm.ppo_epochs if signal else 1
         mb = self._minibatches(comp, planned, step, rank)
         # Each mini-batch's loss parts and clip fractions are normalised by ITS global token count N_m;
         # weighting them by N_m / Σ N_m (and 1/E) gives the token-weighted value over the step's global
@@ -693,7 +713,7 @@ class RLVRModule(pl.LightningModule):
         updated = Updated(stats=EntropyStats(self.levels))
         for epoch in range(E):
             for m, rows in enumerate(mb.rows):
-                fwd = self._forward_tokens(self.policy, mb.comps[m], grad=True)
+                fwd = self._forward_tokens(self.policy, mb.comps[m], grad=signal)
                 tok_rows = rows[fwd.seq_index.to("cpu")]
                 old, current = mb.old[m], None
                 if self.controller.acts_per_token():  # the token statistics: (log-prob, entropy) now
@@ -710,7 +730,10 @@ class RLVRModule(pl.LightningModule):
                 if current is not None:
                     tokens.action = self._token_action(current, tokens, step)
                 out = self._loss(fwd, tokens, planned.plan, int(round(float(mb.global_tokens[m]))))
-                updated.grad_norm = self._optimizer_step(out.loss, opt, sched)
+                if signal:
+                    updated.grad_norm = self._optimizer_step(out.loss, opt, sched)
+                else:
+                    updated.grad_norm = self._skip_step(opt, sched)
                 if epoch == 0:  # every response token exactly once
                     level = planned.seq_level[tok_rows].to(self.device)
                     updated.stats.add(out.entropy, tokens.mask, bucket=level, coef=tokens.coef)
@@ -792,7 +815,8 @@ class RLVRModule(pl.LightningModule):
         scored = score(collected, cfg.rollout, cfg.algorithm.advantage_scale)
         planned = plan_groups(self.controller, scored, step, mask_overlong=cfg.rollout.overlong == "mask")
         t_update = time.perf_counter()
-        updated = self.update(collected.completions, planned, step, rank)
+        signal = self.has_signal(planned) if cfg.algorithm.skip_no_signal else True
+        updated = self.update(collected.completions, planned, step, rank, signal=signal)
         timers["update"] = time.perf_counter() - t_update
         reading = observe(self.controller, updated.stats, self._reducer(), step)
         self.rlvr_step = step

@@ -1,0 +1,81 @@
+"""The SmolLM2-135M runs of AER at its defaults (configs/smollm2_aer.yaml and its variants): per run,
+held-out pass@1/pass@8 before and after, the entropy against H*, what α did (the main job's reading,
+benchmarks/default_job_reading.py), and what decides whether a bonus can hold the entropy there:
+
+- steps with a correct answer: steps on which at least one of the rollouts scored above 0 (only
+  those can have a group with a policy-gradient signal);
+- skipped: steps ``algorithm.skip_no_signal`` left alone (``grad_norm`` exactly 0);
+- peak H/H0: the largest 10-step average of the entropy over H0 (above 1.5: the issue's explosion).
+
+    python benchmarks/smollm2_reading.py benchmarks/smollm2_aer/t8_noskip ... [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from default_job_reading import read_run as read_main_job  # noqa: E402
+
+#: the moving average the peak is read from
+PEAK_WINDOW = 10
+
+
+def read_run(run: Path) -> dict[str, Any]:
+    reading = read_main_job(run)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    entropy = np.array([float(r["entropy"]) for r in rows])
+    smooth = np.convolve(entropy, np.ones(PEAK_WINDOW) / PEAK_WINDOW, mode="valid")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    reading.update(
+        name=run.name,
+        max_new_tokens=config["rollout"]["max_new_tokens"],
+        skip_no_signal=bool(config.get("algorithm", {}).get("skip_no_signal", False)),
+        steps_with_correct=sum(float(r["reward"]) > 0 for r in rows),
+        skipped=sum(float(r["grad_norm"]) == 0.0 for r in rows),
+        peak_ratio=float(smooth.max() / reading["h0"]),
+        alpha_first_last=[float(rows[0]["alpha"]), float(rows[-1]["alpha"])],
+    )
+    return reading
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| run | new tokens | skip_no_signal | pass@1 before → after | pass@8 before → after "
+        "| H0 → last quarter (nats; H/H0) | peak H/H0 | steps with a correct answer | skipped "
+        "| α first → last | in band |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        a = r["alpha_first_last"]
+        lines.append(
+            f"| `{r['name']}` | {r['max_new_tokens']} | {str(r['skip_no_signal']).lower()} "
+            f"| {r['pass@1'][0]:.3f} → {r['pass@1'][1]:.3f} | {r['pass@8'][0]:.3f} → {r['pass@8'][1]:.3f} "
+            f"| {r['h0']:.2f} → {r['last_quarter_entropy']:.2f} ({r['last_quarter_entropy'] / r['h0']:.2f}) "
+            f"| {r['peak_ratio']:.2f} | {r['steps_with_correct']} of {r['steps']} | {r['skipped']} "
+            f"| {a[0]:.1e} → {a[1]:.1e} | {r['in_band']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (metrics.csv, summary.json)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    runs = [read_run(run) for run in args.runs]
+    print(table(runs))
+    if args.json is not None:
+        args.json.write_text(json.dumps(runs, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -510,6 +510,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.update.climb_after": 0,
     "controller.update.rearm_at_target": False,
     "controller.anchor.steps": 1,
+    "algorithm.skip_no_signal": False,
     "data.name": None,
     "data.overlong_prompts": "error",
     "data.strip_prefix": None,

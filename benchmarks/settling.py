@@ -10,7 +10,8 @@ first half. The library defaults (``aer`` as shipped) are read on:
 * collapse v5 / v3: ``configs/ablation_collapse_v5.yaml`` / ``_v3.yaml``, 3000 steps (two warm starts);
 * main job: ``entropyctl train`` with no config (benchmarks/default_job_2026-12-03), 400 steps;
 * level 2: the robustness sweep's second task, seeds 0–2 and the ten-seed study's 3–9, 600 steps;
-* levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps.
+* levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps, and the same
+  task run to 2000 steps (configs/settling_levels12.yaml).
 
 and a second table reads the candidates measured against them on the same tasks, warm starts and
 seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``, the rearm). Only finished runs are read. Writes
@@ -41,6 +42,7 @@ TASKS = {
         "benchmarks/robustness/level2_seeds/aer/seed*",
     ],
     "levels 1–2, the 12-arm study's task (600 steps)": ["benchmarks/robustness/levels12/aer/seed*"],
+    "levels 1–2, the same task run to 2000 steps": ["benchmarks/settling_levels12/aer/seed*"],
 }
 #: the candidates measured against the defaults on the same tasks, warm starts and seeds
 BOOST = "aer_update.climb_boost=10_update.climb_from=0.2"

@@ -5,7 +5,9 @@ benchmarks/default_job_reading.py), and what decides whether a bonus can hold th
 - steps with a correct answer: steps on which at least one of the rollouts scored above 0 (only
   those can have a group with a policy-gradient signal);
 - skipped: steps ``algorithm.skip_no_signal`` left alone (``grad_norm`` exactly 0);
-- peak H/H0: the largest 10-step average of the entropy over H0 (above 1.5: the issue's explosion).
+- peak H/H0: the largest 10-step average of the entropy over H0 (above 1.5: the issue's explosion);
+- in band: the share of the steps after the 50-step average first came within ±20 % of H* on which it
+  is still there ("never reached": it did not come within the band in the run).
 
     python benchmarks/smollm2_reading.py benchmarks/smollm2_aer/t8_noskip ... [--json out.json]
 """
@@ -25,6 +27,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from default_job_reading import read_run as read_main_job  # noqa: E402
 
+from entropyctl.experiments.band import WINDOW as BAND_WINDOW  # noqa: E402
+from entropyctl.experiments.band import read_band  # noqa: E402
+
 #: the moving average the peak is read from
 PEAK_WINDOW = 10
 
@@ -43,6 +48,7 @@ def read_run(run: Path) -> dict[str, Any]:
         skipped=sum(float(r["grad_norm"]) == 0.0 for r in rows),
         peak_ratio=float(smooth.max() / reading["h0"]),
         alpha_first_last=[float(rows[0]["alpha"]), float(rows[-1]["alpha"])],
+        first_in_band=read_band(entropy, reading["target_entropy"], start=BAND_WINDOW).first_in_band,
     )
     return reading
 
@@ -61,7 +67,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"| {r['pass@1'][0]:.3f} → {r['pass@1'][1]:.3f} | {r['pass@8'][0]:.3f} → {r['pass@8'][1]:.3f} "
             f"| {r['h0']:.2f} → {r['last_quarter_entropy']:.2f} ({r['last_quarter_entropy'] / r['h0']:.2f}) "
             f"| {r['peak_ratio']:.2f} | {r['steps_with_correct']} of {r['steps']} | {r['skipped']} "
-            f"| {a[0]:.1e} → {a[1]:.1e} | {r['in_band']:.2f} |"
+            f"| {a[0]:.1e} → {a[1]:.1e} "
+            f"| {'never reached' if r['first_in_band'] is None else format(r['in_band'], '.2f')} |"
         )
     return "\n".join(lines)
 

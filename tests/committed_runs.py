@@ -55,6 +55,19 @@ def assert_reading_reproduced(script: Path, args: list[str], committed: Path, ou
     return reading
 
 
+def assert_printed_table_reproduced(script: Path, runs: list[Path], committed: Path, out: Path) -> None:
+    """``python script *runs --json out/reading.json`` prints the committed ``table.md`` and writes the
+    committed ``reading.json`` (up to the runs' paths, which depend on where the checkout lies)."""
+    command = [sys.executable, str(script), *map(str, runs), "--json", str(out / "reading.json")]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
+    assert printed.strip() == (committed / "table.md").read_text().strip()
+
+    def without_paths(path: Path) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "run"} for r in json.loads(path.read_text())]
+
+    assert without_paths(out / "reading.json") == without_paths(committed / "reading.json")
+
+
 def assert_numbers_equal(a: Any, b: Any, where: str) -> None:
     """Equal up to float rounding; file paths are ignored (the committed report was written elsewhere)."""
     if isinstance(a, dict) and isinstance(b, dict):

@@ -5,12 +5,10 @@ benchmarks/default_job_reading.py reproduces the table from them, and README quo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-from committed_runs import assert_docs_quote
+from committed_runs import assert_docs_quote, assert_printed_table_reproduced
 
 from entropyctl.config import load_run_config, parse_run_config, parse_written_config
 
@@ -37,19 +35,6 @@ def test_the_runs_are_the_embedded_default_with_their_seed() -> None:
 
 
 def test_the_table_is_reproduced_and_readme_quotes_it(tmp_path: Path) -> None:
-    runs = [str(RUNS / f"s{seed}") for seed in (0, 1, 2)]
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), *runs, "--json", str(tmp_path / "reading.json")],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    ).stdout
-    assert out.strip() == (RUNS / "table.md").read_text().strip()
-    committed = json.loads((RUNS / "reading.json").read_text())
-    fresh = json.loads((tmp_path / "reading.json").read_text())
-    assert [{k: v for k, v in r.items() if k != "run"} for r in fresh] == [
-        {k: v for k, v in r.items() if k != "run"} for r in committed
-    ]
+    runs = [RUNS / f"s{seed}" for seed in (0, 1, 2)]
+    assert_printed_table_reproduced(SCRIPT, runs, RUNS, tmp_path)
     assert_docs_quote(RUNS / "table.md", ROOT / "README.md", "default-job-table", 4)

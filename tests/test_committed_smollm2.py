@@ -1,0 +1,64 @@
+"""The committed SmolLM2-135M runs of AER at its defaults (benchmarks/smollm2_aer): each is
+configs/smollm2_aer.yaml with the overrides named here, finished; benchmarks/smollm2_reading.py
+reproduces their table, and docs/controllers.md quotes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from committed_runs import assert_docs_quote, assert_printed_table_reproduced
+
+from entropyctl.config import load_run_config, parse_written_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "benchmarks" / "smollm2_aer"
+SCRIPT = ROOT / "benchmarks" / "smollm2_reading.py"
+#: run folder -> the overrides of configs/smollm2_aer.yaml it ran with (besides where it wrote, threads)
+OVERRIDES = {
+    "t8_noskip": ["rollout.max_new_tokens=8", "algorithm.skip_no_signal=false"],
+    "t32_noskip": ["algorithm.skip_no_signal=false"],
+    "t32_skip": [],
+    # resumed from t32_skip's last checkpoint (step 60) and run on to step 160
+    "t32_skip_to160": ["trainer.steps=160"],
+}
+
+
+def committed() -> list[str]:
+    return [name for name in OVERRIDES if (RUNS / name).is_dir()]
+
+
+def test_the_runs_are_the_config_with_their_overrides() -> None:
+    assert committed() == list(OVERRIDES)
+    for name in committed():
+        written = yaml.safe_load((RUNS / name / "config.yaml").read_text())
+        expected = load_run_config(
+            ROOT / "configs" / "smollm2_aer.yaml",
+            [
+                *OVERRIDES[name],
+                "trainer.threads=1",
+                f"output_dir={written['output_dir']}",
+                f"run_name={written['run_name']}",
+            ],
+        )
+        assert parse_written_config(written) == expected, name
+        summary = json.loads((RUNS / name / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["steps"] == expected.trainer.steps
+
+
+def test_the_continued_run_is_the_60_step_run_resumed() -> None:
+    """t32_skip_to160 resumed t32_skip's step-60 checkpoint: its first 60 rows are that run's, exactly."""
+    first = (RUNS / "t32_skip" / "metrics.csv").read_text().splitlines()
+    continued = (RUNS / "t32_skip_to160" / "metrics.csv").read_text().splitlines()
+    assert len(first) == 61 and len(continued) == 161 and continued[:61] == first
+    summary = json.loads((RUNS / "t32_skip_to160" / "summary.json").read_text())
+    assert summary["resume"]["changes"] == [] and summary["before"] == json.loads(
+        (RUNS / "t32_skip" / "summary.json").read_text()
+    )["before"]
+
+
+def test_the_table_is_reproduced_and_the_docs_quote_it(tmp_path: Path) -> None:
+    runs = [RUNS / name for name in committed()]
+    assert_printed_table_reproduced(SCRIPT, runs, RUNS, tmp_path)
+    assert_docs_quote(RUNS / "table.md", ROOT / "docs" / "controllers.md", "smollm2-table", len(runs))

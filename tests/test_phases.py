@@ -192,12 +192,14 @@ def _no_signal_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alpha: float
         "controller.name=fixed",
         f"controller.alpha={alpha}",
         f"algorithm.skip_no_signal={str(skip).lower()}",
+        "algorithm.ppo_epochs=2",  # a skipped step still counts as its two optimizer steps
     )
     weights = _Weights()
     run = tmp_path / f"run_{alpha}_{skip}"
     run_training(config, run, callbacks=[weights])
     rows = read_metrics(run)
-    assert [r["reward"] for r in rows] == [0.0, 0.0]
+    assert [r["reward"] for r in rows] == [0.0, 0.0]  # two steps, skipped or not
+    assert all((r["grad_norm"] == 0.0) == skip for r in rows)
     assert all(math.isfinite(r["entropy"]) and r["tokens"] > 0 for r in rows)  # read on every step
     return weights
 

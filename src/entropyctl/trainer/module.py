@@ -701,8 +701,9 @@ class RLVRModule(pl.LightningModule):
     ) -> Updated:
         """update: PPO epochs x mini-batches of the clipped surrogate with the planned entropy term; with
         ``signal`` false (``algorithm.skip_no_signal`` and no advantage anywhere), one no-grad pass that
-        reads the entropy and steps nothing."""
-        E = self.config.algorithm.ppo_epochs if signal else 1
+        reads the entropy, then as many optimizer steps as a step makes, each changing nothing (so that
+        the run's optimizer-step count, which ends it, and the lr schedule keep their pace)."""
+        E = self.config.algorithm.ppo_epochs
         mb = self._minibatches(comp, planned, step, rank)
         # Each mini-batch's loss parts and clip fractions are normalised by ITS global token count N_m;
         # weighting them by N_m / Σ N_m (and 1/E) gives the token-weighted value over the step's global
@@ -713,6 +714,9 @@ class RLVRModule(pl.LightningModule):
         updated = Updated(stats=EntropyStats(self.levels))
         for epoch in range(E):
             for m, rows in enumerate(mb.rows):
+                if not signal and epoch > 0:  # the first epoch read every token; nothing to step
+                    updated.grad_norm = self._skip_step(opt, sched)
+                    continue
                 fwd = self._forward_tokens(self.policy, mb.comps[m], grad=signal)
                 tok_rows = rows[fwd.seq_index.to("cpu")]
                 old, current = mb.old[m], None
@@ -739,7 +743,7 @@ class RLVRModule(pl.LightningModule):
                     updated.stats.add(out.entropy, tokens.mask, bucket=level, coef=tokens.coef)
                     updated.entropy_sum += float((out.entropy.double() * tokens.mask.double()).sum())
                     updated.token_sum += float(tokens.mask.sum())
-                weight = weights[m] / E
+                weight = weights[m] / (E if signal else 1)  # a skipped step's parts: its one pass
                 parts = (
                     out.clip_frac_low,
                     out.clip_frac_high,

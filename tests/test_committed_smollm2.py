@@ -53,9 +53,10 @@ def test_the_continued_run_is_the_60_step_run_resumed() -> None:
     continued = (RUNS / "t32_skip_to160" / "metrics.csv").read_text().splitlines()
     assert len(first) == 61 and len(continued) == 161 and continued[:61] == first
     summary = json.loads((RUNS / "t32_skip_to160" / "summary.json").read_text())
-    assert summary["resume"]["changes"] == [] and summary["before"] == json.loads(
-        (RUNS / "t32_skip" / "summary.json").read_text()
-    )["before"]
+    assert (
+        summary["resume"]["changes"] == []
+        and summary["before"] == json.loads((RUNS / "t32_skip" / "summary.json").read_text())["before"]
+    )
 
 
 def test_the_table_is_reproduced_and_the_docs_quote_it(tmp_path: Path) -> None:

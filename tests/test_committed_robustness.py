@@ -111,3 +111,13 @@ def test_ten_seed_candidates_are_the_configs_arm_and_their_spread_is_reproduced(
     block = doc.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
     quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
     assert quoted == (committed / "seed_spread.md").read_text().splitlines()
+
+
+def test_the_skip_runs_are_the_configs_fixed_arm_with_the_skip_on() -> None:
+    """benchmarks/robustness/level2_skip: fixed α = 0.1 on level 2 with algorithm.skip_no_signal, 3 seeds."""
+    base = yaml.safe_load(CONFIG.read_text())
+    base.pop("ablation")
+    base["data"]["levels"] = [2]
+    base.setdefault("algorithm", {})["skip_no_signal"] = True
+    study = ROOT / "benchmarks" / "robustness" / "level2_skip"
+    assert assert_runs_are_the_configs_arms(base, ["fixed:alpha=0.1"], [0, 1, 2], study, 600) == 3

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +93,24 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_cli(
+    description: str,
+    read: Callable[[Path], dict[str, Any]],
+    render: Callable[[list[dict[str, Any]]], str],
+) -> None:
+    """``script RUN ... [--json FILE]``: read each run, print the table, write the figures."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (metrics.csv, summary.json)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    runs = [read_run(run) for run in args.runs]
-    print(table(runs))
+    runs = [read(run) for run in args.runs]
+    print(render(runs))
     if args.json is not None:
         args.json.write_text(json.dumps(runs, indent=2) + "\n")
+
+
+def main() -> None:
+    run_cli(__doc__.split("\n\n")[0], read_run, table)
 
 
 if __name__ == "__main__":

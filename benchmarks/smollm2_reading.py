@@ -14,9 +14,7 @@ benchmarks/default_job_reading.py), and what decides whether a bonus can hold th
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from default_job_reading import read_run as read_main_job  # noqa: E402
+from default_job_reading import run_cli  # noqa: E402
 
 from entropyctl.experiments.band import WINDOW as BAND_WINDOW  # noqa: E402
 from entropyctl.experiments.band import read_band  # noqa: E402
@@ -74,14 +73,7 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (metrics.csv, summary.json)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    runs = [read_run(run) for run in args.runs]
-    print(table(runs))
-    if args.json is not None:
-        args.json.write_text(json.dumps(runs, indent=2) + "\n")
+    run_cli(__doc__.split("\n\n")[0], read_run, table)
 
 
 if __name__ == "__main__":

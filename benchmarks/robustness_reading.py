@@ -281,6 +281,10 @@ def plot(tasks: dict[str, dict[str, Any]], path: Path) -> None:
     for row, name in enumerate(names):
         for col, method in enumerate(PLOTTED):
             arms = sweep_arms(tasks[name], method)
+            if not arms:  # not swept on this task: an empty panel (a log axis without data cannot draw)
+                for k in (0, 1):
+                    axes[2 * row + k][col].set_axis_off()
+                continue
             values = [arm["knobs"][method] for arm in arms]
             # α = 0 has no place on a log axis: it is drawn one decade below the smallest α > 0
             positive = [v for v in values if v > 0]

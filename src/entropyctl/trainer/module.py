@@ -637,9 +637,12 @@ class RLVRModule(pl.LightningModule):
             token_action=tokens.action,
         )
 
-    def _minibatches(self, comp: Completions, planned: Planned, step: int, rank: int) -> _MiniBatches:
+    def _minibatches(
+        self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True
+    ) -> _MiniBatches:
         """The step's mini-batches (a seeded shuffle), their GLOBAL token counts (one collective), and the
-        old / reference log-probs before the first update (when needed)."""
+        old / reference log-probs before the first update (when needed: a step without ``signal``
+        updates nothing, so its old log-probs are the current ones)."""
         cfg = self.config
         M = cfg.algorithm.mini_batches
         n = comp.response_ids.shape[0]
@@ -651,7 +654,7 @@ class RLVRModule(pl.LightningModule):
         ).to(torch.float64)
         global_tokens = all_reduce_sum(local_tokens, self._reducer()).cpu()
         comps = [_select_rows(comp, r, self.pad_id).to(self.device) for r in rows]
-        need_old = cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
+        need_old = signal and cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
         old: list[Tensor | None] = [None] * M
         ref: list[Tensor | None] = [None] * M
         if need_old or self._reference is not None:
@@ -704,7 +707,7 @@ class RLVRModule(pl.LightningModule):
         reads the entropy, then as many optimizer steps as a step makes, each changing nothing (so that
         the run's optimizer-step count, which ends it, and the lr schedule keep their pace)."""
         E = self.config.algorithm.ppo_epochs
-        mb = self._minibatches(comp, planned, step, rank)
+        mb = self._minibatches(comp, planned, step, rank, signal)
         # Each mini-batch's loss parts and clip fractions are normalised by ITS global token count N_m;
         # weighting them by N_m / Σ N_m (and 1/E) gives the token-weighted value over the step's global
         # batch, averaged over epochs (a plain sum over mini-batches would be ~M times too large).

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,6 +22,14 @@ TASK = SWEEP / "levels12"
 #: the second task: the shipped config with ``--set "data.levels=[2]"`` (its header gives the command)
 LEVEL2 = SWEEP / "level2"
 CONFIG = ROOT / "configs" / "robustness.yaml"
+
+
+def level2_base() -> dict[str, Any]:
+    """configs/robustness.yaml without its ablation section, on level 2 (the sweep's second task)."""
+    base: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    base.pop("ablation")
+    base["data"]["levels"] = [2]
+    return base
 
 
 @pytest.mark.parametrize(("task", "levels"), [(TASK, [1, 2]), (LEVEL2, [2])], ids=["levels12", "level2"])
@@ -49,9 +58,7 @@ SEEDS = SWEEP / "level2_seeds"
 
 
 def test_the_extra_seeds_are_the_configs_arms_and_their_spread_is_reproduced(tmp_path: Path) -> None:
-    base = yaml.safe_load(CONFIG.read_text())
-    base.pop("ablation")
-    base["data"]["levels"] = [2]
+    base = level2_base()
     arms = ["aer", "aer:update.step=0.15"]
     assert assert_runs_are_the_configs_arms(base, arms, list(range(3, 10)), SEEDS, 600) == 14
     script = ROOT / "benchmarks" / "seed_spread.py"
@@ -91,9 +98,7 @@ TEN_SEED_CANDIDATES = [
 def test_ten_seed_candidates_are_the_configs_arm_and_their_spread_is_reproduced(
     tmp_path: Path, arm: str, seeds: list[int], folder: str, marker: str
 ) -> None:
-    base = yaml.safe_load(CONFIG.read_text())
-    base.pop("ablation")
-    base["data"]["levels"] = [2]
+    base = level2_base()
     assert assert_runs_are_the_configs_arms(base, [arm], seeds, SEEDS, 600) == len(seeds)
     slug = arm.replace(":", "_").replace(",", "_")
     script = ROOT / "benchmarks" / "seed_spread.py"
@@ -115,9 +120,7 @@ def test_ten_seed_candidates_are_the_configs_arm_and_their_spread_is_reproduced(
 
 def test_the_skip_runs_are_the_configs_fixed_arm_with_the_skip_on() -> None:
     """benchmarks/robustness/level2_skip: fixed α = 0.1 on level 2 with algorithm.skip_no_signal, 3 seeds."""
-    base = yaml.safe_load(CONFIG.read_text())
-    base.pop("ablation")
-    base["data"]["levels"] = [2]
+    base = level2_base()
     base.setdefault("algorithm", {})["skip_no_signal"] = True
     study = ROOT / "benchmarks" / "robustness" / "level2_skip"
     assert assert_runs_are_the_configs_arms(base, ["fixed:alpha=0.1"], [0, 1, 2], study, 600) == 3

@@ -23,7 +23,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from robustness_reading import read_run  # noqa: E402
 
 #: the numbers compared, by their key in robustness_reading.read_run
-KEYS = {"in_band_share": "in band", "ratio_last_quarter": "H/H0 (last ¼)", "pass@1": "pass@1"}
+#: (an arm without a target, e.g. fixed α, has no in-band share: "—" there and in the difference)
+KEYS = {
+    "in_band_share": "in band",
+    "ratio_last_quarter": "H/H0 (last ¼)",
+    "pass@1": "pass@1",
+    "pass@8": "pass@8",
+}
 
 
 def pooled_runs(folders: list[Path], arm: str) -> list[dict[str, Any]]:
@@ -40,7 +46,9 @@ def pooled_runs(folders: list[Path], arm: str) -> list[dict[str, Any]]:
     return [runs[name] for name in sorted(runs, key=lambda n: int(n.removeprefix("seed")))]
 
 
-def summarise(values: list[float]) -> dict[str, float]:
+def summarise(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
     n = len(values)
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if n > 1 else math.nan
@@ -60,14 +68,24 @@ def main() -> None:
         "|---|---|" + "---|" * len(KEYS),
     ]
     for arm, runs in arms.items():
-        entry = {key: summarise([float(r[key]) for r in runs]) for key in KEYS}
+        for key in KEYS:
+            if 0 < sum(key in r for r in runs) < len(runs):
+                raise SystemExit(f"{arm}: {KEYS[key]} is read on some seeds only")
+        entry: dict[str, Any] = {key: summarise([float(r[key]) for r in runs if key in r]) for key in KEYS}
         entry["seeds"] = [int(Path(r["run"]).name.removeprefix("seed")) for r in runs]
         result["arms"][arm] = entry
-        cells = [f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f} (± {entry[k]['se']:.3f})" for k in KEYS]
+        cells = [
+            "—" if entry[k] is None else f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f} (± {entry[k]['se']:.3f})"
+            for k in KEYS
+        ]
         lines.append(f"| `{arm}` | {len(runs)} | " + " | ".join(cells) + " |")
     first, second = (result["arms"][arm] for arm in args.arms)
     cells = []
     for key in KEYS:
+        if first[key] is None or second[key] is None:
+            result["difference"][key] = None
+            cells.append("—")
+            continue
         delta = second[key]["mean"] - first[key]["mean"]
         se = math.hypot(first[key]["se"], second[key]["se"])
         result["difference"][key] = {"delta": delta, "se": se}

@@ -75,7 +75,9 @@ def main() -> None:
         entry["seeds"] = [int(Path(r["run"]).name.removeprefix("seed")) for r in runs]
         result["arms"][arm] = entry
         cells = [
-            "—" if entry[k] is None else f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f} (± {entry[k]['se']:.3f})"
+            "—"
+            if entry[k] is None
+            else f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f} (± {entry[k]['se']:.3f})"
             for k in KEYS
         ]
         lines.append(f"| `{arm}` | {len(runs)} | " + " | ".join(cells) + " |")

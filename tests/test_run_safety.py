@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from trainer_helpers import PACED, PACED_REWARD, SMALL, TINY, read_metrics, tiny_config, wait_rows
 
+from entropyctl.config import ConfigError
 from entropyctl.trainer.run import run_training
 from entropyctl.trainer.run_dir import (
     LOCK_FILE,
@@ -52,6 +53,26 @@ def test_reusing_a_run_dir_is_refused_and_overwrite_removes_only_run_files(tmp_p
     # the old run's step-*.ckpt are gone with it; a file that is not the run's stays
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
     assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_keep_checkpoints_deletes_only_older_step_checkpoints(tmp_path: Path) -> None:
+    """trainer.keep_checkpoints: the N most recent step checkpoints stay (the one just written counts);
+    last.ckpt and a step checkpoint of a later step (an abandoned continuation's) are never removed."""
+    run_dir = tmp_path / "run"
+    config = ["eval.before=false", "eval.after=false", "trainer.checkpoint_every=1"]
+    run_training(tiny_config(*config, "trainer.steps=3", "trainer.keep_checkpoints=2"), run_dir)
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step-000002.ckpt", "step-000003.ckpt"]
+
+    (ckpts / "step-000009.ckpt").write_text("a later step of another continuation")
+    summary = run_training(
+        tiny_config(*config, "trainer.steps=5", "trainer.keep_checkpoints=1"), run_dir, resume="auto"
+    )  # keep_checkpoints changes no result: a resume may change it
+    assert summary["status"] == "finished" and summary["steps"] == 5
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step-000005.ckpt", "step-000009.ckpt"]
+    assert (ckpts / "step-000009.ckpt").read_text() == "a later step of another continuation"
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        tiny_config("trainer.keep_checkpoints=0")
 
 
 def test_resume_with_changed_config_is_refused_listing_changes(tmp_path: Path) -> None:

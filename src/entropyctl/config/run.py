@@ -263,6 +263,12 @@ class TrainerConfig(_Section):
     checkpoint_every: int = Field(
         0, ge=0, description="Save a checkpoint every N steps (0: only at the end)."
     )
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=1,
+        description="Keep the N most recent step-NNNNNN.ckpt (the one just written counts; last.ckpt and "
+        "any of a later step are never removed): older ones are deleted after each save. None: keep all.",
+    )
     save_last: bool = Field(True, description="Save checkpoints/last.ckpt at the end (model + optimizer).")
     stop_grace_s: float | None = Field(
         25.0,
@@ -516,6 +522,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "data.strip_prefix": None,
     "trainer.log_every": None,  # operational (how often a progress line is printed)
     "trainer.stop_grace_s": 25.0,  # operational (how long a stopped step may still take)
+    "trainer.keep_checkpoints": None,  # operational (how many step checkpoints stay on disk)
 }
 #: the variant a nested part must be for its ABSENT_MEANS entries to apply
 _ABSENT_VARIANTS = {"controller.update": ("rule", "relative"), "controller.anchor": ("mode", "initial")}

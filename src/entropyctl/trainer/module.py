@@ -17,6 +17,7 @@ token count N, so each rank back-propagates W times its share (see ``trainer/sta
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,10 @@ class RLVRCheckpoint(pl.Callback):
     ``stop`` (a :class:`~entropyctl.trainer.run_dir.StopSignals`): SIGTERM/SIGINT during training let the
     step in progress finish; then ``last.ckpt`` is written (every rank agrees on the step: one small
     collective when several processes run) and :class:`~entropyctl.trainer.run_dir.RunStopped` is raised.
+
+    ``keep`` (``trainer.keep_checkpoints``): after each periodic save, rank 0 deletes the step checkpoints
+    of earlier steps beyond the ``keep`` most recent (the one just written counts). ``last.ckpt`` and any
+    step checkpoint of a *later* step (left by an abandoned continuation of this run) are never touched.
     """
 
     def __init__(
@@ -155,13 +160,29 @@ class RLVRCheckpoint(pl.Callback):
         total_steps: int,
         *,
         save_last: bool = True,
+        keep: int | None = None,
         stop: StopSignals | None = None,
     ) -> None:
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be None or >= 1, got {keep}")
         self.dirpath = Path(dirpath)
         self.every = int(every)
         self.total_steps = int(total_steps)
         self.save_last = save_last
+        self.keep = keep
         self.stop = stop
+
+    def _prune(self, step: int) -> None:
+        """Delete the step checkpoints of steps before ``step`` beyond the ``keep - 1`` most recent."""
+        if self.keep is None:
+            return
+        earlier = []
+        for path in self.dirpath.glob("step-*.ckpt"):
+            match = re.fullmatch(r"step-(\d+)\.ckpt", path.name)
+            if match is not None and int(match.group(1)) < step:
+                earlier.append((int(match.group(1)), path))
+        for _, path in sorted(earlier, reverse=True)[self.keep - 1 :]:
+            path.unlink(missing_ok=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.stop is not None:
@@ -195,6 +216,8 @@ class RLVRCheckpoint(pl.Callback):
         periodic = self.every > 0 and step % self.every == 0
         if periodic:
             trainer.save_checkpoint(str(self.dirpath / f"step-{step:06d}.ckpt"), weights_only=False)
+            if trainer.is_global_zero:
+                self._prune(step)
         final = self.save_last and step >= self.total_steps
         if periodic or final:
             trainer.save_checkpoint(str(self.dirpath / "last.ckpt"), weights_only=False)

@@ -529,7 +529,12 @@ class _Run:
 
             loggers = TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False)
         checkpoint = RLVRCheckpoint(
-            run_dir / "checkpoints", t.checkpoint_every, t.steps, save_last=t.save_last, stop=self.stop
+            run_dir / "checkpoints",
+            t.checkpoint_every,
+            t.steps,
+            save_last=t.save_last,
+            keep=t.keep_checkpoints,
+            stop=self.stop,
         )
         bar = t.progress_bar if progress_bar is None else progress_bar
         # A redrawn line on a terminal (unless the bar is off); a line every log_every steps otherwise.

@@ -84,6 +84,7 @@ IGNORED_FOR_RESUME = (
     "trainer.log_every",
     "trainer.tensorboard",
     "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
     "trainer.save_last",
     "trainer.stop_grace_s",
     "ablation",

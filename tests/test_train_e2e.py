@@ -84,6 +84,14 @@ def test_each_controller_trains_and_writes_the_run_dir(controller: str, tmp_path
     if controller in ("target", "aer"):
         assert all(is_finite(r["h0"]) and is_finite(r["target_entropy"]) for r in rows)
         assert rows[0]["h0"] == pytest.approx(rows[0]["entropy"])  # anchored on the first reading
+    if controller == "target":
+        # `alpha` is logged after the step's reading: the α the next step applies (docs/training.md).
+        # Every prompt gets α under target's uniform allocation, so coef_mean is the α applied (float32
+        # coefficients: rel 1e-6); row 1 is the anchoring reading, which applies and keeps alpha_0.
+        applied = [r["coef_mean"] for r in rows]
+        assert applied[0] == pytest.approx(config.controller.alpha_0, rel=1e-6) == rows[0]["alpha"]
+        assert applied[1:] == pytest.approx([r["alpha"] for r in rows[:-1]], rel=1e-6)
+        assert rows[1]["alpha"] != pytest.approx(applied[1], rel=1e-3)  # α moved after step 2's reading
     if controller == "clip_higher":
         assert all(r["alpha"] == 0.0 and r["coef_mean"] == 0.0 for r in rows)
 

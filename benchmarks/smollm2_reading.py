@@ -5,6 +5,9 @@ benchmarks/default_job_reading.py), and what decides whether a bonus can hold th
 - steps with a correct answer: steps on which at least one of the rollouts scored above 0 (only
   those can have a group with a policy-gradient signal);
 - skipped: steps ``algorithm.skip_no_signal`` left alone (``grad_norm`` exactly 0);
+- bonus reached (last ¼): the mean over the last quarter of ``coef_mean`` over the α the step applied
+  (the previous row's ``alpha``), the share of α the rollouts' tokens got on average (under ``allocation: threshold`` a group above the accuracy threshold
+  gets none; a skipped step gets none);
 - peak H/H0: the largest 10-step average of the entropy over H0 (above 1.5: the issue's explosion);
 - in band: the share of the steps after the 50-step average first came within ±20 % of H* on which it
   is still there ("never reached": it did not come within the band in the run).
@@ -39,13 +42,21 @@ def read_run(run: Path) -> dict[str, Any]:
     entropy = np.array([float(r["entropy"]) for r in rows])
     smooth = np.convolve(entropy, np.ones(PEAK_WINDOW) / PEAK_WINDOW, mode="valid")
     config = yaml.safe_load((run / "config.yaml").read_text())
+    last_quarter = range(len(rows) - len(rows) // 4, len(rows))
     reading.update(
         name=run.name,
+        seed=int(config["seed"]),
+        rearm_at_target=bool(config["controller"].get("update", {}).get("rearm_at_target", False)),
         max_new_tokens=config["rollout"]["max_new_tokens"],
         skip_no_signal=bool(config.get("algorithm", {}).get("skip_no_signal", False)),
         steps_with_correct=sum(float(r["reward"]) > 0 for r in rows),
         skipped=sum(float(r["grad_norm"]) == 0.0 for r in rows),
         peak_ratio=float(smooth.max() / reading["h0"]),
+        # a row's `alpha` is the α after its reading, applied by the next step: step t applied row t-1's
+        bonus_reached=float(
+            np.mean([float(rows[i]["coef_mean"]) / float(rows[i - 1]["alpha"]) for i in last_quarter])
+        ),
+        allocation=config["controller"].get("allocation", {}).get("rule", "threshold"),
         alpha_first_last=[float(rows[0]["alpha"]), float(rows[-1]["alpha"])],
         first_in_band=read_band(entropy, reading["target_entropy"], start=BAND_WINDOW).first_in_band,
     )
@@ -54,19 +65,19 @@ def read_run(run: Path) -> dict[str, Any]:
 
 def table(runs: list[dict[str, Any]]) -> str:
     lines = [
-        "| run | new tokens | skip_no_signal | pass@1 before → after | pass@8 before → after "
+        "| run | seed | allocation | rearm_at_target | new tokens | skip_no_signal | pass@1 before → after | pass@8 before → after "
         "| H0 → last quarter (nats; H/H0) | peak H/H0 | steps with a correct answer | skipped "
-        "| α first → last | in band |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| α first → last | bonus reached (last ¼) | in band |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         a = r["alpha_first_last"]
         lines.append(
-            f"| `{r['name']}` | {r['max_new_tokens']} | {str(r['skip_no_signal']).lower()} "
+            f"| `{r['name']}` | {r['seed']} | {r['allocation']} | {str(r['rearm_at_target']).lower()} | {r['max_new_tokens']} | {str(r['skip_no_signal']).lower()} "
             f"| {r['pass@1'][0]:.3f} → {r['pass@1'][1]:.3f} | {r['pass@8'][0]:.3f} → {r['pass@8'][1]:.3f} "
             f"| {r['h0']:.2f} → {r['last_quarter_entropy']:.2f} ({r['last_quarter_entropy'] / r['h0']:.2f}) "
             f"| {r['peak_ratio']:.2f} | {r['steps_with_correct']} of {r['steps']} | {r['skipped']} "
-            f"| {a[0]:.1e} → {a[1]:.1e} "
+            f"| {a[0]:.1e} → {a[1]:.1e} | {r['bonus_reached']:.2f} "
             f"| {'never reached' if r['first_in_band'] is None else format(r['in_band'], '.2f')} |"
         )
     return "\n".join(lines)

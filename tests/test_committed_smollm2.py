@@ -22,6 +22,9 @@ OVERRIDES = {
     "t32_skip": [],
     # resumed from t32_skip's last checkpoint (step 60) and run on to step 160
     "t32_skip_to160": ["trainer.steps=160"],
+    # 2026-12-04, each run straight to step 160 (resumed once from its own step-100 checkpoint)
+    "seed1_160": ["trainer.steps=160", "seed=1"],
+    "rearm_160": ["trainer.steps=160", "controller.update.rearm_at_target=true"],
 }
 
 
@@ -57,6 +60,14 @@ def test_the_continued_run_is_the_60_step_run_resumed() -> None:
         summary["resume"]["changes"] == []
         and summary["before"] == json.loads((RUNS / "t32_skip" / "summary.json").read_text())["before"]
     )
+
+
+def test_the_runs_stopped_by_a_full_disk_resumed_their_own_step_100_checkpoint_unchanged() -> None:
+    for name in ("seed1_160", "rearm_160"):
+        resume = json.loads((RUNS / name / "summary.json").read_text())["resume"]
+        assert resume["changes"] == [] and resume["checkpoint"].endswith("/checkpoints/step-000100.ckpt")
+        rows = (RUNS / name / "metrics.csv").read_text().splitlines()[1:]
+        assert [int(r.split(",")[0]) for r in rows] == list(range(1, 161))
 
 
 def test_the_table_is_reproduced_and_the_docs_quote_it(tmp_path: Path) -> None:

@@ -57,3 +57,27 @@ def test_integers_are_parsed_exactly() -> None:
 def test_cli_prints_the_override_error_alone(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["train", "--set", "controller.tau=-1"]) == 2
     assert capsys.readouterr().err == "entropyctl train: error: --set controller.tau=-1: must be > 0\n"
+
+
+def test_a_full_disk_is_one_line_that_says_how_to_continue(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from entropyctl.cli import train
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train, "train_from_cli", full)
+    assert cli.main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("entropyctl train: error: No space left on device.")
+    assert "--resume auto" in err and "trainer.keep_checkpoints" in err
+
+    def other(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(train, "train_from_cli", other)
+    with pytest.raises(OSError, match="Input/output"):  # any other OS error keeps its traceback
+        cli.main(["train"])

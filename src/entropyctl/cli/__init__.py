@@ -14,6 +14,7 @@ Keep ``controllers``, ``schema`` and ``simulate`` free of Lightning/transformers
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -102,6 +103,21 @@ def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, tuple(types))
 
 
+def _is_out_of_space(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space_message(err: BaseException) -> str:
+    assert isinstance(err, OSError)
+    where = f" ({err.filename})" if err.filename else ""
+    return (
+        f"{err.strerror or err}{where}. A run stopped by it is marked failed in its summary.json and its "
+        "metrics.csv keeps every finished step: free space (trainer.keep_checkpoints bounds the step "
+        "checkpoints a run keeps) and continue it with --resume auto (its last.ckpt), or with --resume "
+        "<run>/checkpoints/step-NNNNNN.ckpt when a later step's checkpoint was written"
+    )
+
+
 def _debug_requested(args: argparse.Namespace) -> bool:
     env = os.environ.get("ENTROPYCTL_DEBUG", "").strip().lower()
     return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no")
@@ -146,8 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `entropyctl schema | head`
         return 0
     except Exception as err:
-        if not _is_user_error(err) or _debug_requested(args):
+        if _debug_requested(args) or not (_is_user_error(err) or _is_out_of_space(err)):
             raise
-        print(f"entropyctl {args.command}: error: {err}", file=sys.stderr)
+        message = _out_of_space_message(err) if _is_out_of_space(err) else str(err)
+        print(f"entropyctl {args.command}: error: {message}", file=sys.stderr)
         return 2
     return int(status or 0)

@@ -7,6 +7,10 @@ standard error of the mean, and the difference between two arms with its standar
 
 Each folder is an ``entropyctl ablate`` output; an arm is named by its slug (its folder). A run appears
 once: the same <arm>/seed<N> in two folders is an error. Writes seed_spread.json and seed_spread.md.
+
+``--band-tau T``: an arm without a target of its own (fixed α) is read in band against T·H0, H0 its
+first entropy reading — the target AER's ``anchor: {mode: initial, tau: T, steps: 1}`` would have set
+on the same seed (the same warm start and first batch give the same first reading); its rows say so.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from robustness_reading import read_run  # noqa: E402
 
+from entropyctl.experiments.aggregate import load_run  # noqa: E402
+from entropyctl.experiments.band import read_band  # noqa: E402
+
 #: the numbers compared, by their key in robustness_reading.read_run
 #: (an arm without a target, e.g. fixed α, has no in-band share: "—" there and in the difference)
 KEYS = {
@@ -32,13 +39,18 @@ KEYS = {
 }
 
 
-def pooled_runs(folders: list[Path], arm: str) -> list[dict[str, Any]]:
+def pooled_runs(folders: list[Path], arm: str, band_tau: float | None = None) -> list[dict[str, Any]]:
     runs: dict[str, dict[str, Any]] = {}
     for folder in folders:
         for run in sorted((folder / arm).glob("seed*")):
             record = read_run(run)
             if record is None:
                 continue
+            if band_tau is not None and "in_band_share" not in record:
+                loaded = load_run(run)
+                entropy = loaded.metrics["entropy"]
+                record["in_band_share"] = read_band(entropy, band_tau * loaded.h0()).in_band_share
+                record["band_tau"] = band_tau
             if run.name in runs:
                 raise SystemExit(f"{arm}/{run.name} is in two folders: pool distinct seeds only")
             record["folder"] = str(folder)
@@ -60,8 +72,9 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--arms", nargs=2, required=True, metavar="SLUG", help="two arm slugs to compare")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--band-tau", type=float, help="read an arm without a target against tau·H0")
     args = parser.parse_args()
-    arms = {arm: pooled_runs(args.folders, arm) for arm in args.arms}
+    arms = {arm: pooled_runs(args.folders, arm, args.band_tau) for arm in args.arms}
     result: dict[str, Any] = {"folders": [str(f) for f in args.folders], "arms": {}, "difference": {}}
     lines = [
         "| arm | seeds | " + " | ".join(f"{label}: mean ± std (± se)" for label in KEYS.values()) + " |",
@@ -80,6 +93,9 @@ def main() -> None:
             else f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f} (± {entry[k]['se']:.3f})"
             for k in KEYS
         ]
+        if any("band_tau" in r for r in runs):
+            entry["in_band_against"] = f"{args.band_tau:g}·H0"
+            cells[0] += f" (against {args.band_tau:g}·H0)"
         lines.append(f"| `{arm}` | {len(runs)} | " + " | ".join(cells) + " |")
     first, second = (result["arms"][arm] for arm in args.arms)
     cells = []

@@ -80,29 +80,32 @@ def test_docs_quote_the_seed_spread() -> None:
     assert quoted == (SEEDS / "seed_spread.md").read_text().splitlines()
 
 
-#: candidates run to ten seeds on level 2, each read against the defaults' ten seeds: (arm, the seeds
-#: in level2_seeds (the rest are the sweep's seeds 0-2 in level2), folder of the spread, docs marker)
+#: arms run to ten seeds on level 2, each read against the defaults' ten seeds: (arm, the seeds in
+#: level2_seeds (the rest are the sweep's seeds 0-2 in level2), folder of the spread, docs marker,
+#: seed_spread.py's extra arguments)
 TEN_SEED_CANDIDATES = [
     # the opt-in climb boost (2026-12-04), seeds 0-9 all in level2_seeds
-    ("aer:update.climb_boost=10,update.climb_from=0.2", list(range(10)), "climb_boost", "seed-spread-boost"),
+    ("aer:update.climb_boost=10,update.climb_from=0.2", list(range(10)), "climb_boost", "seed-spread-boost", []),
     # the floor alpha_min 5e-4 (2026-12-04), seeds 3-9; seeds 0-2 are the sweep's candidate arm
-    ("aer:update.alpha_min=5.0e-4", list(range(3, 10)), "floor", "seed-spread-floor"),
+    ("aer:update.alpha_min=5.0e-4", list(range(3, 10)), "floor", "seed-spread-floor", []),
     # the rearm at the target (2026-12-04), seeds 0-9 all in level2_seeds
-    ("aer:update.rearm_at_target=true", list(range(10)), "rearm", "seed-spread-rearm"),
+    ("aer:update.rearm_at_target=true", list(range(10)), "rearm", "seed-spread-rearm", []),
+    # the sweep's best fixed α, the yardstick (2026-12-05), seeds 3-9; in band against AER's 0.4·H0
+    ("fixed:alpha=0.01", list(range(3, 10)), "fixed", "seed-spread-fixed", ["--band-tau", "0.4"]),
 ]
 
 
 @pytest.mark.parametrize(
-    ("arm", "seeds", "folder", "marker"), TEN_SEED_CANDIDATES, ids=[c[2] for c in TEN_SEED_CANDIDATES]
+    ("arm", "seeds", "folder", "marker", "extra"), TEN_SEED_CANDIDATES, ids=[c[2] for c in TEN_SEED_CANDIDATES]
 )
 def test_ten_seed_candidates_are_the_configs_arm_and_their_spread_is_reproduced(
-    tmp_path: Path, arm: str, seeds: list[int], folder: str, marker: str
+    tmp_path: Path, arm: str, seeds: list[int], folder: str, marker: str, extra: list[str]
 ) -> None:
     base = level2_base()
     assert assert_runs_are_the_configs_arms(base, [arm], seeds, SEEDS, 600) == len(seeds)
     slug = arm.replace(":", "_").replace(",", "_")
     script = ROOT / "benchmarks" / "seed_spread.py"
-    command = [sys.executable, str(script), str(LEVEL2), str(SEEDS), "--arms", "aer", slug]
+    command = [sys.executable, str(script), str(LEVEL2), str(SEEDS), "--arms", "aer", slug, *extra]
     subprocess.run(
         [*command, "--out", str(tmp_path)], check=True, capture_output=True, text=True, timeout=300
     )

@@ -85,7 +85,13 @@ def test_docs_quote_the_seed_spread() -> None:
 #: seed_spread.py's extra arguments)
 TEN_SEED_CANDIDATES = [
     # the opt-in climb boost (2026-12-04), seeds 0-9 all in level2_seeds
-    ("aer:update.climb_boost=10,update.climb_from=0.2", list(range(10)), "climb_boost", "seed-spread-boost", []),
+    (
+        "aer:update.climb_boost=10,update.climb_from=0.2",
+        list(range(10)),
+        "climb_boost",
+        "seed-spread-boost",
+        [],
+    ),
     # the floor alpha_min 5e-4 (2026-12-04), seeds 3-9; seeds 0-2 are the sweep's candidate arm
     ("aer:update.alpha_min=5.0e-4", list(range(3, 10)), "floor", "seed-spread-floor", []),
     # the rearm at the target (2026-12-04), seeds 0-9 all in level2_seeds
@@ -96,7 +102,9 @@ TEN_SEED_CANDIDATES = [
 
 
 @pytest.mark.parametrize(
-    ("arm", "seeds", "folder", "marker", "extra"), TEN_SEED_CANDIDATES, ids=[c[2] for c in TEN_SEED_CANDIDATES]
+    ("arm", "seeds", "folder", "marker", "extra"),
+    TEN_SEED_CANDIDATES,
+    ids=[c[2] for c in TEN_SEED_CANDIDATES],
 )
 def test_ten_seed_candidates_are_the_configs_arm_and_their_spread_is_reproduced(
     tmp_path: Path, arm: str, seeds: list[int], folder: str, marker: str, extra: list[str]

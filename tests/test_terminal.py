@@ -61,6 +61,21 @@ def test_controller_story() -> None:
     assert fixed.startswith("α = 0.001 throughout (no entropy target)")
 
 
+def test_controller_story_says_when_the_bonus_does_not_reach_the_tokens() -> None:
+    """A row's alpha is what the next step applies; coef_mean is what the step's tokens got."""
+    alphas = [0.01, 0.02, 0.04, 0.08]
+    rows = _rows(alphas, [0.3, 0.2, 0.1, 0.05])
+    for row, coef in zip(rows, [0.01, 0.01, 0.0, 0.01], strict=True):
+        row["coef_mean"] = coef
+    story = controller_story(rows)  # the tokens got (0.01 + 0 + 0.01) / (0.01 + 0.02 + 0.04) of α
+    assert story.endswith(
+        "; the rollouts' tokens got 29% of α (the allocation or skipped steps withheld the rest)"
+    )
+    for row, previous in zip(rows[1:], alphas, strict=False):
+        row["coef_mean"] = previous  # every token got the α its step applied: nothing to say
+    assert "tokens got" not in controller_story(rows)
+
+
 def test_progress_lines_in_a_log_file() -> None:
     out = io.StringIO()
     progress = RLVRProgress(20, every=5, stream=out)

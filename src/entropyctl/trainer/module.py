@@ -335,8 +335,30 @@ def controller_story(rows: Sequence[dict[str, float]]) -> str:
     finite_alphas = [a for a in alphas if math.isfinite(a)]
     return (
         f"α was 0 on {zero}/{n} steps, up to {max(finite_alphas):.3g} (last {alphas[-1]:.3g}); entropy "
-        f"{first_h:.3f} -> {last_h:.3f}, above H* = {target:.3g} on {above}/{n} steps"
+        f"{first_h:.3f} -> {last_h:.3f}, above H* = {target:.3g} on {above}/{n} steps" + _reach_note(rows)
     )
+
+
+#: below this share of α reaching the rollouts' tokens, the end-of-run line says so
+REACH_NOTE_BELOW = 0.5
+
+
+def _reach_note(rows: Sequence[dict[str, float]]) -> str:
+    """How much of α the tokens got: sum of ``coef_mean`` over the α each step applied (a row's
+    ``alpha`` is the one the next step applies), told only when it is under :data:`REACH_NOTE_BELOW`
+    — an allocation that gives most prompts no bonus (``threshold`` on a task the policy solves), or
+    steps skipped for want of signal, while α keeps moving on the global entropy."""
+    pairs = [
+        (float(row.get("coef_mean", math.nan)), float(previous.get("alpha", math.nan)))
+        for previous, row in zip(rows[:-1], rows[1:], strict=True)
+    ]
+    pairs = [(c, a) for c, a in pairs if math.isfinite(c) and math.isfinite(a) and a > 0]
+    if not pairs:
+        return ""
+    reach = sum(c for c, _ in pairs) / sum(a for _, a in pairs)
+    if reach >= REACH_NOTE_BELOW:
+        return ""
+    return f"; the rollouts' tokens got {reach:.0%} of α (the allocation or skipped steps withheld the rest)"
 
 
 class _Frozen:

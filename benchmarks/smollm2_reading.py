@@ -5,9 +5,10 @@ benchmarks/default_job_reading.py), and what decides whether a bonus can hold th
 - steps with a correct answer: steps on which at least one of the rollouts scored above 0 (only
   those can have a group with a policy-gradient signal);
 - skipped: steps ``algorithm.skip_no_signal`` left alone (``grad_norm`` exactly 0);
-- bonus reached (last ¼): the mean over the last quarter of ``coef_mean`` over the α the step applied
-  (the previous row's ``alpha``), the share of α the rollouts' tokens got on average (under ``allocation: threshold`` a group above the accuracy threshold
-  gets none; a skipped step gets none);
+- bonus reached (last ¼): the mean over the last quarter of the coefficient that acted on a step's
+  tokens (``coef_mean``; 0 on a skipped step, whose plan moved no weight) over the α the step applied
+  (the previous row's ``alpha``): under ``allocation: threshold`` a group above the accuracy
+  threshold gets none;
 - peak H/H0: the largest 10-step average of the entropy over H0 (above 1.5: the issue's explosion);
 - in band: the share of the steps after the 50-step average first came within ±20 % of H* on which it
   is still there ("never reached": it did not come within the band in the run).
@@ -36,6 +37,12 @@ from entropyctl.experiments.band import read_band  # noqa: E402
 PEAK_WINDOW = 10
 
 
+def _applied(row: dict[str, str]) -> float:
+    """The bonus coefficient that acted on the step's tokens: ``coef_mean``, or 0 on a step
+    ``skip_no_signal`` left alone (``grad_norm`` exactly 0: its plan was made, no weight moved)."""
+    return 0.0 if float(row["grad_norm"]) == 0.0 else float(row["coef_mean"])
+
+
 def read_run(run: Path) -> dict[str, Any]:
     reading = read_main_job(run)
     rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -53,9 +60,7 @@ def read_run(run: Path) -> dict[str, Any]:
         skipped=sum(float(r["grad_norm"]) == 0.0 for r in rows),
         peak_ratio=float(smooth.max() / reading["h0"]),
         # a row's `alpha` is the α after its reading, applied by the next step: step t applied row t-1's
-        bonus_reached=float(
-            np.mean([float(rows[i]["coef_mean"]) / float(rows[i - 1]["alpha"]) for i in last_quarter])
-        ),
+        bonus_reached=float(np.mean([_applied(rows[i]) / float(rows[i - 1]["alpha"]) for i in last_quarter])),
         allocation=config["controller"].get("allocation", {}).get("rule", "threshold"),
         alpha_first_last=[float(rows[0]["alpha"]), float(rows[-1]["alpha"])],
         first_in_band=read_band(entropy, reading["target_entropy"], start=BAND_WINDOW).first_in_band,

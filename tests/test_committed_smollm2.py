@@ -25,6 +25,14 @@ OVERRIDES = {
     # 2026-12-04, each run straight to step 160 (resumed once from its own step-100 checkpoint)
     "seed1_160": ["trainer.steps=160", "seed=1"],
     "rearm_160": ["trainer.steps=160", "controller.update.rearm_at_target=true"],
+    # 2026-12-05: the bonus on every prompt, seed 0, without and with the rearm
+    "uniform_160": ["trainer.steps=160", "trainer.keep_checkpoints=1", "controller.allocation.rule=uniform"],
+    "uniform_rearm_160": [
+        "trainer.steps=160",
+        "trainer.keep_checkpoints=1",
+        "controller.allocation.rule=uniform",
+        "controller.update.rearm_at_target=true",
+    ],
 }
 
 

@@ -74,6 +74,8 @@ def test_controller_story_says_when_the_bonus_does_not_reach_the_tokens() -> Non
     for row, previous in zip(rows[1:], alphas, strict=False):
         row["coef_mean"] = previous  # every token got the α its step applied: nothing to say
     assert "tokens got" not in controller_story(rows)
+    rows[2]["grad_norm"] = rows[3]["grad_norm"] = 0.0  # skipped steps: their bonus moved nothing
+    assert "tokens got 14% of α" in controller_story(rows)  # (0.01 + 0 + 0) / (0.01 + 0.02 + 0.04)
 
 
 def test_progress_lines_in_a_log_file() -> None:

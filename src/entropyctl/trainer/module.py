@@ -343,13 +343,19 @@ def controller_story(rows: Sequence[dict[str, float]]) -> str:
 REACH_NOTE_BELOW = 0.5
 
 
+def _acted(row: dict[str, float]) -> float:
+    """The bonus coefficient that acted on a step's tokens: ``coef_mean``, 0 on a step skipped for want
+    of signal (``grad_norm`` exactly 0: its plan was made, no weight moved)."""
+    return 0.0 if row.get("grad_norm") == 0.0 else float(row.get("coef_mean", math.nan))
+
+
 def _reach_note(rows: Sequence[dict[str, float]]) -> str:
     """How much of α the tokens got: sum of ``coef_mean`` over the α each step applied (a row's
     ``alpha`` is the one the next step applies), told only when it is under :data:`REACH_NOTE_BELOW`
     — an allocation that gives most prompts no bonus (``threshold`` on a task the policy solves), or
     steps skipped for want of signal, while α keeps moving on the global entropy."""
     pairs = [
-        (float(row.get("coef_mean", math.nan)), float(previous.get("alpha", math.nan)))
+        (_acted(row), float(previous.get("alpha", math.nan)))
         for previous, row in zip(rows[:-1], rows[1:], strict=True)
     ]
     pairs = [(c, a) for c, a in pairs if math.isfinite(c) and math.isfinite(a) and a > 0]

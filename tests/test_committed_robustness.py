@@ -135,3 +135,40 @@ def test_the_skip_runs_are_the_configs_fixed_arm_with_the_skip_on() -> None:
     base.setdefault("algorithm", {})["skip_no_signal"] = True
     study = ROOT / "benchmarks" / "robustness" / "level2_skip"
     assert assert_runs_are_the_configs_arms(base, ["fixed:alpha=0.1"], [0, 1, 2], study, 600) == 3
+
+
+#: the fixed α yardstick on levels 1-2 from the warm start the cache builds today (2026-12-05): AER's
+#: defaults and fixed α 0.01, five seeds each, in their own folder (the sweep's levels12 arms used another)
+LEVELS12_SEEDS = SWEEP / "levels12_seeds"
+
+
+def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_reproduced(
+    tmp_path: Path,
+) -> None:
+    base: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    base.pop("ablation")
+    arms = ["aer", "fixed:alpha=0.01"]
+    assert assert_runs_are_the_configs_arms(base, arms, list(range(5)), LEVELS12_SEEDS, 600) == 10
+    for seed in range(5):  # one warm start for both arms: the same held-out score before RL, seed by seed
+        before = [
+            json.loads((LEVELS12_SEEDS / arm / f"seed{seed}" / "summary.json").read_text())["before"]
+            for arm in ("aer", "fixed_alpha=0.01")
+        ]
+        assert before[0] == before[1], seed
+    script = ROOT / "benchmarks" / "seed_spread.py"
+    command = [sys.executable, str(script), str(LEVELS12_SEEDS), "--arms", "aer", "fixed_alpha=0.01"]
+    subprocess.run(
+        [*command, "--band-tau", "0.4", "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    fresh = json.loads((tmp_path / "seed_spread.json").read_text())
+    kept = json.loads((LEVELS12_SEEDS / "seed_spread.json").read_text())
+    assert fresh["arms"] == kept["arms"] and fresh["difference"] == kept["difference"]
+    assert (tmp_path / "seed_spread.md").read_text() == (LEVELS12_SEEDS / "seed_spread.md").read_text()
+    doc = (ROOT / "docs" / "ablations.md").read_text()
+    block = doc.split("<!-- seed-spread-levels12:start -->")[1].split("<!-- seed-spread-levels12:end -->")[0]
+    quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
+    assert quoted == (LEVELS12_SEEDS / "seed_spread.md").read_text().splitlines()

@@ -50,8 +50,9 @@ def _get(config: dict[str, Any], path: tuple[str, ...], default: Any = None) -> 
     return config
 
 
-def read_run(run: Path) -> dict[str, Any] | None:
-    """One finished run's numbers; None when the run is missing or unfinished."""
+def read_run(run: Path, band_tau: float | None = None) -> dict[str, Any] | None:
+    """One finished run's numbers; None when the run is missing or unfinished. ``band_tau``: a run
+    without a target of its own (fixed α) is read in band against ``band_tau``·H0 as well."""
     if not (run / "summary.json").exists():
         return None
     record = load_run(run)
@@ -87,6 +88,9 @@ def read_run(run: Path) -> dict[str, Any] | None:
         out["alpha_floor_above_target"] = float(benign.mean())
         out["alpha_bound_otherwise"] = float((at_bound & ~benign).mean())
         out["alpha_range"] = [float(alphas.min()), float(alphas.max())]
+    elif band_tau is not None:
+        out["in_band_share"] = read_band(record.metrics["entropy"], band_tau * record.h0()).in_band_share
+        out["band_tau"] = band_tau
     return out
 
 

@@ -26,9 +26,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from robustness_reading import read_run  # noqa: E402
 
-from entropyctl.experiments.aggregate import load_run  # noqa: E402
-from entropyctl.experiments.band import read_band  # noqa: E402
-
 #: the numbers compared, by their key in robustness_reading.read_run
 #: (an arm without a target, e.g. fixed α, has no in-band share: "—" there and in the difference)
 KEYS = {
@@ -43,14 +40,9 @@ def pooled_runs(folders: list[Path], arm: str, band_tau: float | None = None) ->
     runs: dict[str, dict[str, Any]] = {}
     for folder in folders:
         for run in sorted((folder / arm).glob("seed*")):
-            record = read_run(run)
+            record = read_run(run, band_tau)
             if record is None:
                 continue
-            if band_tau is not None and "in_band_share" not in record:
-                loaded = load_run(run)
-                entropy = loaded.metrics["entropy"]
-                record["in_band_share"] = read_band(entropy, band_tau * loaded.h0()).in_band_share
-                record["band_tau"] = band_tau
             if run.name in runs:
                 raise SystemExit(f"{arm}/{run.name} is in two folders: pool distinct seeds only")
             record["folder"] = str(folder)

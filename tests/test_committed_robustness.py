@@ -24,12 +24,37 @@ LEVEL2 = SWEEP / "level2"
 CONFIG = ROOT / "configs" / "robustness.yaml"
 
 
-def level2_base() -> dict[str, Any]:
-    """configs/robustness.yaml without its ablation section, on level 2 (the sweep's second task)."""
+def sweep_base(levels: list[int] | None = None) -> dict[str, Any]:
+    """configs/robustness.yaml without its ablation section (levels 1-2), or on ``levels``."""
     base: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
     base.pop("ablation")
-    base["data"]["levels"] = [2]
+    if levels is not None:
+        base["data"]["levels"] = levels
     return base
+
+
+def level2_base() -> dict[str, Any]:
+    """The sweep's second task: level 2 only."""
+    return sweep_base([2])
+
+
+def assert_seed_spread_reproduced(
+    folders: list[Path], arms: list[str], extra: list[str], committed: Path, marker: str, out: Path
+) -> dict[str, Any]:
+    """benchmarks/seed_spread.py over ``folders`` writes the committed spread of ``committed``, and
+    docs/ablations.md quotes its table between the ``marker`` comments. Returns the committed spread."""
+    script = ROOT / "benchmarks" / "seed_spread.py"
+    command = [sys.executable, str(script), *map(str, folders), "--arms", *arms, *extra, "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    fresh = json.loads((out / "seed_spread.json").read_text())
+    kept: dict[str, Any] = json.loads((committed / "seed_spread.json").read_text())
+    assert fresh["arms"] == kept["arms"] and fresh["difference"] == kept["difference"]
+    assert (out / "seed_spread.md").read_text() == (committed / "seed_spread.md").read_text()
+    doc = (ROOT / "docs" / "ablations.md").read_text()
+    block = doc.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
+    quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
+    assert quoted == (committed / "seed_spread.md").read_text().splitlines()
+    return kept
 
 
 @pytest.mark.parametrize(("task", "levels"), [(TASK, [1, 2]), (LEVEL2, [2])], ids=["levels12", "level2"])
@@ -61,23 +86,10 @@ def test_the_extra_seeds_are_the_configs_arms_and_their_spread_is_reproduced(tmp
     base = level2_base()
     arms = ["aer", "aer:update.step=0.15"]
     assert assert_runs_are_the_configs_arms(base, arms, list(range(3, 10)), SEEDS, 600) == 14
-    script = ROOT / "benchmarks" / "seed_spread.py"
-    command = [sys.executable, str(script), str(LEVEL2), str(SEEDS), "--arms", "aer", "aer_update.step=0.15"]
-    subprocess.run(
-        [*command, "--out", str(tmp_path)], check=True, capture_output=True, text=True, timeout=300
+    kept = assert_seed_spread_reproduced(
+        [LEVEL2, SEEDS], ["aer", "aer_update.step=0.15"], [], SEEDS, "seed-spread", tmp_path
     )
-    committed = json.loads((SEEDS / "seed_spread.json").read_text())
-    fresh = json.loads((tmp_path / "seed_spread.json").read_text())
-    assert fresh["arms"] == committed["arms"] and fresh["difference"] == committed["difference"]
-    assert [len(arm["seeds"]) for arm in committed["arms"].values()] == [10, 10]
-    assert (tmp_path / "seed_spread.md").read_text() == (SEEDS / "seed_spread.md").read_text()
-
-
-def test_docs_quote_the_seed_spread() -> None:
-    doc = (ROOT / "docs" / "ablations.md").read_text()
-    block = doc.split("<!-- seed-spread:start -->")[1].split("<!-- seed-spread:end -->")[0]
-    quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
-    assert quoted == (SEEDS / "seed_spread.md").read_text().splitlines()
+    assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [10, 10]
 
 
 #: arms run to ten seeds on level 2, each read against the defaults' ten seeds: (arm, the seeds in
@@ -112,21 +124,10 @@ def test_ten_seed_candidates_are_the_configs_arm_and_their_spread_is_reproduced(
     base = level2_base()
     assert assert_runs_are_the_configs_arms(base, [arm], seeds, SEEDS, 600) == len(seeds)
     slug = arm.replace(":", "_").replace(",", "_")
-    script = ROOT / "benchmarks" / "seed_spread.py"
-    command = [sys.executable, str(script), str(LEVEL2), str(SEEDS), "--arms", "aer", slug, *extra]
-    subprocess.run(
-        [*command, "--out", str(tmp_path)], check=True, capture_output=True, text=True, timeout=300
+    kept = assert_seed_spread_reproduced(
+        [LEVEL2, SEEDS], ["aer", slug], extra, SEEDS / folder, marker, tmp_path
     )
-    committed = SEEDS / folder
-    fresh = json.loads((tmp_path / "seed_spread.json").read_text())
-    kept = json.loads((committed / "seed_spread.json").read_text())
-    assert fresh["arms"] == kept["arms"] and fresh["difference"] == kept["difference"]
     assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [10, 10]
-    assert (tmp_path / "seed_spread.md").read_text() == (committed / "seed_spread.md").read_text()
-    doc = (ROOT / "docs" / "ablations.md").read_text()
-    block = doc.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
-    quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
-    assert quoted == (committed / "seed_spread.md").read_text().splitlines()
 
 
 def test_the_skip_runs_are_the_configs_fixed_arm_with_the_skip_on() -> None:
@@ -145,30 +146,14 @@ LEVELS12_SEEDS = SWEEP / "levels12_seeds"
 def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_reproduced(
     tmp_path: Path,
 ) -> None:
-    base: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
-    base.pop("ablation")
     arms = ["aer", "fixed:alpha=0.01"]
-    assert assert_runs_are_the_configs_arms(base, arms, list(range(5)), LEVELS12_SEEDS, 600) == 10
+    assert assert_runs_are_the_configs_arms(sweep_base(), arms, list(range(5)), LEVELS12_SEEDS, 600) == 10
     for seed in range(5):  # one warm start for both arms: the same held-out score before RL, seed by seed
         before = [
             json.loads((LEVELS12_SEEDS / arm / f"seed{seed}" / "summary.json").read_text())["before"]
             for arm in ("aer", "fixed_alpha=0.01")
         ]
         assert before[0] == before[1], seed
-    script = ROOT / "benchmarks" / "seed_spread.py"
-    command = [sys.executable, str(script), str(LEVELS12_SEEDS), "--arms", "aer", "fixed_alpha=0.01"]
-    subprocess.run(
-        [*command, "--band-tau", "0.4", "--out", str(tmp_path)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    fresh = json.loads((tmp_path / "seed_spread.json").read_text())
-    kept = json.loads((LEVELS12_SEEDS / "seed_spread.json").read_text())
-    assert fresh["arms"] == kept["arms"] and fresh["difference"] == kept["difference"]
-    assert (tmp_path / "seed_spread.md").read_text() == (LEVELS12_SEEDS / "seed_spread.md").read_text()
-    doc = (ROOT / "docs" / "ablations.md").read_text()
-    block = doc.split("<!-- seed-spread-levels12:start -->")[1].split("<!-- seed-spread-levels12:end -->")[0]
-    quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
-    assert quoted == (LEVELS12_SEEDS / "seed_spread.md").read_text().splitlines()
+    folders, slugs = [LEVELS12_SEEDS], ["aer", "fixed_alpha=0.01"]
+    extra = ["--band-tau", "0.4"]
+    assert_seed_spread_reproduced(folders, slugs, extra, LEVELS12_SEEDS, "seed-spread-levels12", tmp_path)

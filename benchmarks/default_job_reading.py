@@ -15,6 +15,9 @@ Columns:
   bonus applied (`coef_mean`, α_t·w(acc_i));
 - in band: issue 12's measure, the share of the steps after the 50-step average of the entropy first
   came within ±20 % of H* on which it is still there (`entropyctl.experiments.band`).
+
+A run without a target of its own (a fixed α) is read against the target AER's defaults would set on
+the same run: H0 its first reading (AER's `anchor.steps: 1`) and H* = 0.4·H0 (`target_tau` records it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from entropyctl.experiments.band import read_band
 
 #: the moving average that decides the entropy is below the target
 WINDOW = 20
+#: τ of AER's defaults: a run without a target is read against TARGET_TAU·H0
+TARGET_TAU = 0.4
 
 
 def read_run(run: Path) -> dict[str, Any]:
@@ -43,8 +48,10 @@ def read_run(run: Path) -> dict[str, Any]:
     entropy = [float(r["entropy"]) for r in rows]
     alpha = [float(r["alpha"]) for r in rows]
     coef = [float(r["coef_mean"]) for r in rows]
-    h0 = float(summary["h0"])
-    target = float(summary["target_entropy"])
+    if summary.get("target_entropy") is None:  # a fixed α: read against AER's default target
+        h0, target, tau = entropy[0], TARGET_TAU * entropy[0], TARGET_TAU
+    else:
+        h0, target, tau = float(summary["h0"]), float(summary["target_entropy"]), None
     below = None
     for i in range(WINDOW - 1, len(entropy)):
         if sum(entropy[i - WINDOW + 1 : i + 1]) / WINDOW < target:
@@ -65,6 +72,7 @@ def read_run(run: Path) -> dict[str, Any]:
         "pass@8": [summary["before"].get("pass@8"), summary["after"].get("pass@8")],
         "h0": h0,
         "target_entropy": target,
+        "target_tau": tau,
         "last_quarter_entropy": sum(last_quarter) / len(last_quarter),
         "below_target_from": below,
         "alpha_raised_share": raised / len(after) if len(after) else 0.0,

@@ -11,7 +11,8 @@ benchmarks/default_job_reading.py), and what decides whether a bonus can hold th
   threshold gets none;
 - peak H/H0: the largest 10-step average of the entropy over H0 (above 1.5: the issue's explosion);
 - in band: the share of the steps after the 50-step average first came within ±20 % of H* on which it
-  is still there ("never reached": it did not come within the band in the run).
+  is still there ("never reached": it did not come within the band in the run); a fixed α has no H*
+  and is read against the 0.4·H0 AER's defaults would set on the same run (H0 its first reading).
 
     python benchmarks/smollm2_reading.py benchmarks/smollm2_aer/t8_noskip ... [--json out.json]
 """
@@ -43,6 +44,18 @@ def _applied(row: dict[str, str]) -> float:
     return 0.0 if float(row["grad_norm"]) == 0.0 else float(row["coef_mean"])
 
 
+def _controller(controller: dict[str, Any]) -> str:
+    """``aer``, or ``fixed α=…``: the name, and the coefficient of a controller without a target."""
+    return f"fixed α={controller['alpha']:g}" if controller["name"] == "fixed" else str(controller["name"])
+
+
+def _allocation(controller: dict[str, Any]) -> str:
+    """AER's allocation rule; ``fixed`` gives every prompt the same coefficient."""
+    if controller["name"] == "fixed":
+        return "uniform"
+    return str(controller.get("allocation", {}).get("rule", "threshold"))
+
+
 def read_run(run: Path) -> dict[str, Any]:
     reading = read_main_job(run)
     rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -53,6 +66,7 @@ def read_run(run: Path) -> dict[str, Any]:
     reading.update(
         name=run.name,
         seed=int(config["seed"]),
+        controller=_controller(config["controller"]),
         rearm_at_target=bool(config["controller"].get("update", {}).get("rearm_at_target", False)),
         max_new_tokens=config["rollout"]["max_new_tokens"],
         skip_no_signal=bool(config.get("algorithm", {}).get("skip_no_signal", False)),
@@ -61,7 +75,7 @@ def read_run(run: Path) -> dict[str, Any]:
         peak_ratio=float(smooth.max() / reading["h0"]),
         # a row's `alpha` is the α after its reading, applied by the next step: step t applied row t-1's
         bonus_reached=float(np.mean([_applied(rows[i]) / float(rows[i - 1]["alpha"]) for i in last_quarter])),
-        allocation=config["controller"].get("allocation", {}).get("rule", "threshold"),
+        allocation=_allocation(config["controller"]),
         alpha_first_last=[float(rows[0]["alpha"]), float(rows[-1]["alpha"])],
         first_in_band=read_band(entropy, reading["target_entropy"], start=BAND_WINDOW).first_in_band,
     )
@@ -70,22 +84,29 @@ def read_run(run: Path) -> dict[str, Any]:
 
 def table(runs: list[dict[str, Any]]) -> str:
     lines = [
-        "| run | seed | allocation | rearm_at_target | new tokens | skip_no_signal | pass@1 before → after | pass@8 before → after "
+        "| run | controller | seed | allocation | rearm_at_target | new tokens | skip_no_signal | pass@1 before → after | pass@8 before → after "
         "| H0 → last quarter (nats; H/H0) | peak H/H0 | steps with a correct answer | skipped "
         "| α first → last | bonus reached (last ¼) | in band |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         a = r["alpha_first_last"]
         lines.append(
-            f"| `{r['name']}` | {r['seed']} | {r['allocation']} | {str(r['rearm_at_target']).lower()} | {r['max_new_tokens']} | {str(r['skip_no_signal']).lower()} "
+            f"| `{r['name']}` | {r['controller']} | {r['seed']} | {r['allocation']} | {str(r['rearm_at_target']).lower()} | {r['max_new_tokens']} | {str(r['skip_no_signal']).lower()} "
             f"| {r['pass@1'][0]:.3f} → {r['pass@1'][1]:.3f} | {r['pass@8'][0]:.3f} → {r['pass@8'][1]:.3f} "
             f"| {r['h0']:.2f} → {r['last_quarter_entropy']:.2f} ({r['last_quarter_entropy'] / r['h0']:.2f}) "
             f"| {r['peak_ratio']:.2f} | {r['steps_with_correct']} of {r['steps']} | {r['skipped']} "
             f"| {a[0]:.1e} → {a[1]:.1e} | {r['bonus_reached']:.2f} "
-            f"| {'never reached' if r['first_in_band'] is None else format(r['in_band'], '.2f')} |"
+            f"| {_band(r)} |"
         )
     return "\n".join(lines)
+
+
+def _band(r: dict[str, Any]) -> str:
+    if r["first_in_band"] is None:
+        return "never reached"
+    against = "" if r["target_tau"] is None else f" (against {r['target_tau']:g}·H0)"
+    return f"{r['in_band']:.2f}{against}"
 
 
 def main() -> None:

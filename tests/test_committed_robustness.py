@@ -147,8 +147,9 @@ def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_re
     tmp_path: Path,
 ) -> None:
     arms = ["aer", "fixed:alpha=0.01"]
-    assert assert_runs_are_the_configs_arms(sweep_base(), arms, list(range(5)), LEVELS12_SEEDS, 600) == 10
-    for seed in range(5):  # one warm start for both arms: the same held-out score before RL, seed by seed
+    # seeds 0–4 run first, 5–9 added (2026-12-05) from the same warm start
+    assert assert_runs_are_the_configs_arms(sweep_base(), arms, list(range(10)), LEVELS12_SEEDS, 600) == 20
+    for seed in range(10):  # one warm start for both arms: the same held-out score before RL, seed by seed
         before = [
             json.loads((LEVELS12_SEEDS / arm / f"seed{seed}" / "summary.json").read_text())["before"]
             for arm in ("aer", "fixed_alpha=0.01")

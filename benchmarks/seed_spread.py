@@ -11,11 +11,18 @@ once: the same <arm>/seed<N> in two folders is an error. Writes seed_spread.json
 ``--band-tau T``: an arm without a target of its own (fixed α) is read in band against T·H0, H0 its
 first entropy reading — the target AER's ``anchor: {mode: initial, tau: T, steps: 1}`` would have set
 on the same seed (the same warm start and first batch give the same first reading); its rows say so.
+
+The last column is the bonus a run delivered: the mean over its steps of ``coef_mean``, the
+token-weighted coefficient a step applied (α·w(acc) under AER, α under a fixed coefficient), as the
+median over seeds with the smallest and largest (one seed's climb can be most of a mean), the
+medians of the same mean over the run's first and last quarter (when the bonus acted), and the ratio
+of the two arms' medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import statistics
@@ -46,8 +53,19 @@ def pooled_runs(folders: list[Path], arm: str, band_tau: float | None = None) ->
             if run.name in runs:
                 raise SystemExit(f"{arm}/{run.name} is in two folders: pool distinct seeds only")
             record["folder"] = str(folder)
+            record["bonus"], record["bonus_first"], record["bonus_last"] = _mean_coefficients(
+                run / "metrics.csv"
+            )
             runs[run.name] = record
     return [runs[name] for name in sorted(runs, key=lambda n: int(n.removeprefix("seed")))]
+
+
+def _mean_coefficients(metrics: Path) -> tuple[float, float, float]:
+    """The run's mean ``coef_mean`` over all its steps, its first quarter and its last quarter."""
+    with metrics.open(newline="") as f:
+        coef = [float(row["coef_mean"]) for row in csv.DictReader(f)]
+    quarter = max(len(coef) // 4, 1)
+    return statistics.fmean(coef), statistics.fmean(coef[:quarter]), statistics.fmean(coef[-quarter:])
 
 
 def summarise(values: list[float]) -> dict[str, float] | None:
@@ -69,8 +87,10 @@ def main() -> None:
     arms = {arm: pooled_runs(args.folders, arm, args.band_tau) for arm in args.arms}
     result: dict[str, Any] = {"folders": [str(f) for f in args.folders], "arms": {}, "difference": {}}
     lines = [
-        "| arm | seeds | " + " | ".join(f"{label}: mean ± std (± se)" for label in KEYS.values()) + " |",
-        "|---|---|" + "---|" * len(KEYS),
+        "| arm | seeds | "
+        + " | ".join(f"{label}: mean ± std (± se)" for label in KEYS.values())
+        + " | bonus: median (min … max); first ¼, last ¼ |",
+        "|---|---|" + "---|" * (len(KEYS) + 1),
     ]
     for arm, runs in arms.items():
         for key in KEYS:
@@ -78,6 +98,14 @@ def main() -> None:
                 raise SystemExit(f"{arm}: {KEYS[key]} is read on some seeds only")
         entry: dict[str, Any] = {key: summarise([float(r[key]) for r in runs if key in r]) for key in KEYS}
         entry["seeds"] = [int(Path(r["run"]).name.removeprefix("seed")) for r in runs]
+        bonus = [r["bonus"] for r in runs]
+        entry["bonus"] = {
+            "median": statistics.median(bonus),
+            "min": min(bonus),
+            "max": max(bonus),
+            "first_quarter_median": statistics.median(r["bonus_first"] for r in runs),
+            "last_quarter_median": statistics.median(r["bonus_last"] for r in runs),
+        }
         result["arms"][arm] = entry
         cells = [
             "—"
@@ -88,6 +116,11 @@ def main() -> None:
         if any("band_tau" in r for r in runs):
             entry["in_band_against"] = f"{args.band_tau:g}·H0"
             cells[0] += f" (against {args.band_tau:g}·H0)"
+        b = entry["bonus"]
+        cells.append(
+            f"{b['median']:.1e} ({b['min']:.1e} … {b['max']:.1e}); "
+            f"{b['first_quarter_median']:.1e}, {b['last_quarter_median']:.1e}"
+        )
         lines.append(f"| `{arm}` | {len(runs)} | " + " | ".join(cells) + " |")
     first, second = (result["arms"][arm] for arm in args.arms)
     cells = []
@@ -100,6 +133,9 @@ def main() -> None:
         se = math.hypot(first[key]["se"], second[key]["se"])
         result["difference"][key] = {"delta": delta, "se": se}
         cells.append(f"{delta:+.3f} ± {se:.3f}")
+    low, high = first["bonus"]["median"], second["bonus"]["median"]
+    result["difference"]["bonus_median_ratio"] = high / low if low > 0 else None
+    cells.append(f"×{high / low:.3g} (medians)" if low > 0 else "—")
     lines.append("| difference (second − first) | | " + " | ".join(cells) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seed_spread.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -7,6 +7,7 @@ from the committed metrics and summaries; docs/ablations.md quotes its rows."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -157,4 +158,10 @@ def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_re
         assert before[0] == before[1], seed
     folders, slugs = [LEVELS12_SEEDS], ["aer", "fixed_alpha=0.01"]
     extra = ["--band-tau", "0.4"]
-    assert_seed_spread_reproduced(folders, slugs, extra, LEVELS12_SEEDS, "seed-spread-levels12", tmp_path)
+    kept = assert_seed_spread_reproduced(
+        folders, slugs, extra, LEVELS12_SEEDS, "seed-spread-levels12", tmp_path
+    )
+    # the bonus column reads coef_mean: a fixed α delivers α (a float32 of it) on every step of every seed
+    fixed = kept["arms"]["fixed_alpha=0.01"]["bonus"]
+    assert all(math.isclose(fixed[k], 0.01, rel_tol=1e-6) for k in fixed)
+    assert kept["arms"]["aer"]["bonus"]["median"] < 0.01

@@ -301,31 +301,7 @@ class TargetController(EntropyController):
             return
         if isinstance(update, RelativeUpdate):
             smoothed = entropy if self.smoothed_entropy is None else self.smoothed_entropy
-            error = max(relative_error(target, smoothed), -1.0)  # |e| ≤ 1 on both sides
-            low, high = float(update.alpha_min), float(update.alpha_max)
-            integral = self.alpha if self.integral is None else self.integral
-            if error >= 0.0 and not self.rearmed:
-                self.rearmed = True
-                if update.rearm_at_target:
-                    integral = max(integral, float(self.config.alpha_0))
-            if self.trend_fast is not None and self.trend_fast <= (1.0 + APPROACH_BAND) * target:
-                self.approached = True
-            self.climb_run = self.climb_run + 1 if error > float(update.climb_from) else 0
-            boost = float(update.climb_boost) if self.climb_run > int(update.climb_after) else 0.0
-            step = float(update.step) * (
-                float(update.lower_ratio)
-                if error < 0.0
-                else 1.0 + boost * max(error - float(update.climb_from), 0.0)
-            )
-            stepped = relative_step(integral, error, step=step, alpha_min=low, alpha_max=high)
-            if update.hold_on_approach and self._holding(error, target):
-                stepped = max(stepped, min(integral, float(self.config.alpha_0)))
-            if error < 0.0 and -error <= float(update.release_band):
-                stepped = max(stepped, integral)  # within the dead band above H*: not lowered
-            self.integral = stepped
-            self.alpha = relative_step(
-                self.integral, error, step=float(update.proportional), alpha_min=low, alpha_max=high
-            )
+            self._relative_update(update, target, smoothed)
             return
         self.alpha = updated_alpha(
             self.alpha,
@@ -335,6 +311,35 @@ class TargetController(EntropyController):
             delta=float(getattr(update, "delta", 0.0)),
             alpha_min=float(getattr(update, "alpha_min", 0.0)),
             alpha_max=float(getattr(update, "alpha_max", 0.0)),
+        )
+
+    def _relative_update(self, update: RelativeUpdate, target: float, smoothed: float) -> None:
+        """The ``relative`` rule's step from the smoothed reading H̃_t: the integral I, then α (the
+        equations in the module docstring), with the opt-in rearm, climb boost, hold and dead band."""
+        error = max(relative_error(target, smoothed), -1.0)  # |e| ≤ 1 on both sides
+        low, high = float(update.alpha_min), float(update.alpha_max)
+        integral = self.alpha if self.integral is None else self.integral
+        if error >= 0.0 and not self.rearmed:
+            self.rearmed = True
+            if update.rearm_at_target:
+                integral = max(integral, float(self.config.alpha_0))
+        if self.trend_fast is not None and self.trend_fast <= (1.0 + APPROACH_BAND) * target:
+            self.approached = True
+        self.climb_run = self.climb_run + 1 if error > float(update.climb_from) else 0
+        boost = float(update.climb_boost) if self.climb_run > int(update.climb_after) else 0.0
+        step = float(update.step) * (
+            float(update.lower_ratio)
+            if error < 0.0
+            else 1.0 + boost * max(error - float(update.climb_from), 0.0)
+        )
+        stepped = relative_step(integral, error, step=step, alpha_min=low, alpha_max=high)
+        if update.hold_on_approach and self._holding(error, target):
+            stepped = max(stepped, min(integral, float(self.config.alpha_0)))
+        if error < 0.0 and -error <= float(update.release_band):
+            stepped = max(stepped, integral)  # within the dead band above H*: not lowered
+        self.integral = stepped
+        self.alpha = relative_step(
+            self.integral, error, step=float(update.proportional), alpha_min=low, alpha_max=high
         )
 
     def _holding(self, error: float, target: float) -> bool:

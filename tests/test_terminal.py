@@ -90,3 +90,17 @@ def test_progress_lines_in_a_log_file() -> None:
     assert [line.split()[1] for line in lines] == ["5/20", "10/20", "15/20", "20/20"]
     assert all(len(line) < 100 for line in lines)
     assert all(key in lines[0] for key in ("H ", "H* ", "α ", "reward ", "acc "))
+
+
+def test_controller_story_says_how_much_bonus_the_tokens_got_and_when() -> None:
+    """AER's α can sit at 1e-4 for most of a run and climb at the end: the story gives the mean
+    coefficient applied (coef_mean; 0 on a skipped step) over the run and its first and last quarter."""
+    rows = _rows([0.005] * 8, [0.3] * 8)
+    for row, coef in zip(rows, [0.004, 0.002, 0.0, 0.0, 0.0, 0.0, 0.01, 0.024], strict=True):
+        row["coef_mean"] = coef
+    rows[2]["grad_norm"] = 0.0  # skipped: counts 0 whatever its plan said
+    rows[2]["coef_mean"] = 0.5
+    story = controller_story(rows)
+    assert "; mean bonus on the tokens 0.005 (first quarter 0.003, last 0.017)" in story
+    rows[3]["coef_mean"] = math.nan  # a row without the column: nothing said
+    assert "mean bonus" not in controller_story(rows)

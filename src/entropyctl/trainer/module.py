@@ -335,7 +335,9 @@ def controller_story(rows: Sequence[dict[str, float]]) -> str:
     finite_alphas = [a for a in alphas if math.isfinite(a)]
     return (
         f"α was 0 on {zero}/{n} steps, up to {max(finite_alphas):.3g} (last {alphas[-1]:.3g}); entropy "
-        f"{first_h:.3f} -> {last_h:.3f}, above H* = {target:.3g} on {above}/{n} steps" + _reach_note(rows)
+        f"{first_h:.3f} -> {last_h:.3f}, above H* = {target:.3g} on {above}/{n} steps"
+        + _bonus_note(rows)
+        + _reach_note(rows)
     )
 
 
@@ -347,6 +349,20 @@ def _acted(row: dict[str, float]) -> float:
     """The bonus coefficient that acted on a step's tokens: ``coef_mean``, 0 on a step skipped for want
     of signal (``grad_norm`` exactly 0: its plan was made, no weight moved)."""
     return 0.0 if row.get("grad_norm") == 0.0 else float(row.get("coef_mean", math.nan))
+
+
+def _bonus_note(rows: Sequence[dict[str, float]]) -> str:
+    """The mean coefficient the tokens got (``coef_mean``, 0 on a skipped step) over the run, and
+    over its first and last quarter: α's range alone does not say how much bonus a run had, nor when."""
+    acted = [_acted(row) for row in rows]
+    if not acted or not all(math.isfinite(c) for c in acted):
+        return ""
+    note = f"; mean bonus on the tokens {sum(acted) / len(acted):.2g}"
+    quarter = len(acted) // 4
+    if quarter >= 2:
+        first, last = acted[:quarter], acted[-quarter:]
+        note += f" (first quarter {sum(first) / quarter:.2g}, last {sum(last) / quarter:.2g})"
+    return note
 
 
 def _reach_note(rows: Sequence[dict[str, float]]) -> str:

@@ -33,6 +33,20 @@ OVERRIDES = {
         "controller.allocation.rule=uniform",
         "controller.update.rearm_at_target=true",
     ],
+    # 2026-12-05: the tiny tasks' yardstick, a fixed α = 0.01 on every prompt, seeds 0 and 1
+    "fixed_160": [
+        "trainer.steps=160",
+        "trainer.keep_checkpoints=1",
+        "controller.name=fixed",
+        "controller.alpha=0.01",
+    ],
+    "fixed_seed1_160": [
+        "trainer.steps=160",
+        "trainer.keep_checkpoints=1",
+        "controller.name=fixed",
+        "controller.alpha=0.01",
+        "seed=1",
+    ],
 }
 
 
@@ -82,3 +96,15 @@ def test_the_table_is_reproduced_and_the_docs_quote_it(tmp_path: Path) -> None:
     runs = [RUNS / name for name in committed()]
     assert_printed_table_reproduced(SCRIPT, runs, RUNS, tmp_path)
     assert_docs_quote(RUNS / "table.md", ROOT / "docs" / "controllers.md", "smollm2-table", len(runs))
+
+
+def test_the_fixed_runs_are_read_against_the_target_the_defaults_set_on_the_same_seed() -> None:
+    """A fixed α has no H*: its band is read against 0.4·H0 of its first reading, which is the first
+    reading — so the H0, and the H* — of the defaults' run of the same seed (the same first step)."""
+    reading = {r["name"]: r for r in json.loads((RUNS / "reading.json").read_text())}
+    for fixed, defaults in (("fixed_160", "t32_skip_to160"), ("fixed_seed1_160", "seed1_160")):
+        first = [(RUNS / name / "metrics.csv").read_text().splitlines()[1] for name in (fixed, defaults)]
+        assert first[0].split(",")[3] == first[1].split(",")[3]  # the entropy of step 1
+        assert reading[fixed]["target_tau"] == 0.4 and reading[defaults]["target_tau"] is None
+        assert reading[fixed]["target_entropy"] == reading[defaults]["target_entropy"]
+        assert reading[fixed]["controller"] == "fixed α=0.01"

@@ -111,6 +111,8 @@ TEN_SEED_CANDIDATES = [
     ("aer:update.rearm_at_target=true", list(range(10)), "rearm", "seed-spread-rearm", []),
     # the sweep's best fixed α, the yardstick (2026-12-05), seeds 3-9; in band against AER's 0.4·H0
     ("fixed:alpha=0.01", list(range(3, 10)), "fixed", "seed-spread-fixed", ["--band-tau", "0.4"]),
+    # the fixed arm's bonus over the first quarter only (2026-12-05), seeds 0-9 all in level2_seeds
+    ("aer:alpha_0=0.01,anchor.steps=150", list(range(10)), "early", "seed-spread-early", []),
 ]
 
 

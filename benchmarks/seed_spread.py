@@ -13,7 +13,8 @@ first entropy reading — the target AER's ``anchor: {mode: initial, tau: T, ste
 on the same seed (the same warm start and first batch give the same first reading); its rows say so.
 
 The last column is the bonus a run delivered: the mean over its steps of ``coef_mean``, the
-token-weighted coefficient a step applied (α·w(acc) under AER, α under a fixed coefficient), as the
+token-weighted coefficient a step applied (α·w(acc) under AER, α under a fixed coefficient; 0 on a
+step ``algorithm.skip_no_signal`` left alone), as the
 median over seeds with the smallest and largest (one seed's climb can be most of a mean), the
 medians of the same mean over the run's first and last quarter (when the bonus acted), and the ratio
 of the two arms' medians.
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+from default_job_reading import coefficient_acted  # noqa: E402
 from robustness_reading import read_run  # noqa: E402
 
 #: the numbers compared, by their key in robustness_reading.read_run
@@ -61,9 +63,10 @@ def pooled_runs(folders: list[Path], arm: str, band_tau: float | None = None) ->
 
 
 def _mean_coefficients(metrics: Path) -> tuple[float, float, float]:
-    """The run's mean ``coef_mean`` over all its steps, its first quarter and its last quarter."""
+    """The run's mean coefficient that acted (``coef_mean``, 0 on a skipped step) over all its steps,
+    its first quarter and its last quarter."""
     with metrics.open(newline="") as f:
-        coef = [float(row["coef_mean"]) for row in csv.DictReader(f)]
+        coef = [coefficient_acted(row) for row in csv.DictReader(f)]
     quarter = max(len(coef) // 4, 1)
     return statistics.fmean(coef), statistics.fmean(coef[:quarter]), statistics.fmean(coef[-quarter:])
 

@@ -28,20 +28,14 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from default_job_reading import coefficient_acted, run_cli  # noqa: E402
 from default_job_reading import read_run as read_main_job  # noqa: E402
-from default_job_reading import run_cli  # noqa: E402
 
 from entropyctl.experiments.band import WINDOW as BAND_WINDOW  # noqa: E402
 from entropyctl.experiments.band import read_band  # noqa: E402
 
 #: the moving average the peak is read from
 PEAK_WINDOW = 10
-
-
-def _applied(row: dict[str, str]) -> float:
-    """The bonus coefficient that acted on the step's tokens: ``coef_mean``, or 0 on a step
-    ``skip_no_signal`` left alone (``grad_norm`` exactly 0: its plan was made, no weight moved)."""
-    return 0.0 if float(row["grad_norm"]) == 0.0 else float(row["coef_mean"])
 
 
 def _controller(controller: dict[str, Any]) -> str:
@@ -74,7 +68,9 @@ def read_run(run: Path) -> dict[str, Any]:
         skipped=sum(float(r["grad_norm"]) == 0.0 for r in rows),
         peak_ratio=float(smooth.max() / reading["h0"]),
         # a row's `alpha` is the α after its reading, applied by the next step: step t applied row t-1's
-        bonus_reached=float(np.mean([_applied(rows[i]) / float(rows[i - 1]["alpha"]) for i in last_quarter])),
+        bonus_reached=float(
+            np.mean([coefficient_acted(rows[i]) / float(rows[i - 1]["alpha"]) for i in last_quarter])
+        ),
         allocation=_allocation(config["controller"]),
         alpha_first_last=[float(rows[0]["alpha"]), float(rows[-1]["alpha"])],
         first_in_band=read_band(entropy, reading["target_entropy"], start=BAND_WINDOW).first_in_band,

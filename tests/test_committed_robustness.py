@@ -142,7 +142,7 @@ def test_the_skip_runs_are_the_configs_fixed_arm_with_the_skip_on() -> None:
 
 
 #: the fixed α yardstick on levels 1-2 from the warm start the cache builds today (2026-12-05): AER's
-#: defaults and fixed α 0.01, five seeds each, in their own folder (the sweep's levels12 arms used another)
+#: defaults and fixed α 0.01, ten seeds each (0–4, then 5–9), in their own folder (the sweep's levels12 arms used another)
 LEVELS12_SEEDS = SWEEP / "levels12_seeds"
 
 

@@ -36,7 +36,9 @@ from entropyctl.experiments.band import read_band
 
 #: the moving average that decides the entropy is below the target
 WINDOW = 20
-#: τ of AER's defaults: a run without a target is read against TARGET_TAU·H0
+#: τ of AER's defaults when the committed fixed-vs-AER pairs ran: a run without a target is read
+#: against TARGET_TAU·H0 (a literal on purpose: tests/test_committed_smollm2.py checks each pair's AER
+#: run used it, so a later change of the default does not re-read the committed pairs)
 TARGET_TAU = 0.4
 
 

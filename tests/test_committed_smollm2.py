@@ -106,5 +106,9 @@ def test_the_fixed_runs_are_read_against_the_target_the_defaults_set_on_the_same
         first = [(RUNS / name / "metrics.csv").read_text().splitlines()[1] for name in (fixed, defaults)]
         assert first[0].split(",")[3] == first[1].split(",")[3]  # the entropy of step 1
         assert reading[fixed]["target_tau"] == 0.4 and reading[defaults]["target_tau"] is None
+        # the τ a fixed run is read against (default_job_reading.TARGET_TAU, a literal) is the one its
+        # pair ran with: a change of AER's default τ must not re-read these pairs silently
+        written = yaml.safe_load((RUNS / defaults / "config.yaml").read_text())
+        assert written["controller"]["anchor"] == {"mode": "initial", "tau": 0.4, "steps": 1}
         assert reading[fixed]["target_entropy"] == reading[defaults]["target_entropy"]
         assert reading[fixed]["controller"] == "fixed α=0.01"

@@ -78,8 +78,9 @@ def read_run(run: Path, band_tau: float | None = None) -> dict[str, Any] | None:
         out["in_band_share"] = band.in_band_share
         update = record.config["controller"]["update"]
         alphas = record.metrics["alpha"]
-        low = float(update["alpha_min"])
-        at_bound = alpha_at_bound(alphas, low, float(update["alpha_max"]))
+        # `update: {rule: none}` holds α at alpha_0 and has no bounds: it is never at one
+        low = float(update.get("alpha_min", -math.inf))
+        at_bound = alpha_at_bound(alphas, low, float(update.get("alpha_max", math.inf)))
         # at the floor while the step's reading is above H*: no bonus is wanted there (benign); any other
         # step at a bound is the loop saturated against its error
         at_floor = alpha_at_bound(alphas, low, math.inf)

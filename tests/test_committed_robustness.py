@@ -167,3 +167,29 @@ def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_re
     fixed = kept["arms"]["fixed_alpha=0.01"]["bonus"]
     assert all(math.isclose(fixed[k], 0.01, rel_tol=1e-6) for k in fixed)
     assert kept["arms"]["aer"]["bonus"]["median"] < 0.01
+
+
+def test_the_allocation_arm_is_the_configs_arm_and_both_its_spreads_are_reproduced(tmp_path: Path) -> None:
+    """AER's threshold allocation at a constant α = 0.01 (2026-12-05, ten level-2 seeds), read against
+    the fixed α = 0.01 it differs from only in the allocation, and against the defaults."""
+    arm = "aer:update.rule=none,alpha_0=0.01"
+    slug = "aer_update.rule=none_alpha_0=0.01"
+    assert assert_runs_are_the_configs_arms(level2_base(), [arm], list(range(10)), SEEDS, 600) == 10
+    for seed in range(10):  # the fixed arm's warm start: the same held-out score before RL, seed by seed
+        fixed = LEVEL2 if seed < 3 else SEEDS
+        before = [
+            json.loads((folder / name / f"seed{seed}" / "summary.json").read_text())["before"]
+            for folder, name in ((SEEDS, slug), (fixed, "fixed_alpha=0.01"))
+        ]
+        assert before[0] == before[1], seed
+    for against, extra, folder, marker in (
+        ("fixed_alpha=0.01", ["--band-tau", "0.4"], "allocation", "seed-spread-allocation"),
+        ("aer", [], "allocation_vs_defaults", "seed-spread-allocation-defaults"),
+    ):
+        kept = assert_seed_spread_reproduced(
+            [LEVEL2, SEEDS], [against, slug], extra, SEEDS / folder, marker, tmp_path / folder
+        )
+        assert [len(a["seeds"]) for a in kept["arms"].values()] == [10, 10]
+    # α never moved, and the allocation withheld part of it from the tokens
+    bonus = kept["arms"][slug]["bonus"]
+    assert 0.005 < bonus["median"] < 0.01

@@ -42,13 +42,6 @@ WINDOW = 20
 TARGET_TAU = 0.4
 
 
-def coefficient_acted(row: dict[str, str]) -> float:
-    """The bonus coefficient that acted on a step's tokens (a ``metrics.csv`` row): ``coef_mean``, or 0
-    on a step ``skip_no_signal`` left alone (``grad_norm`` exactly 0: its plan was made, no weight
-    moved). The trainer's end-of-run line counts it the same way (``entropyctl.trainer.module``)."""
-    return 0.0 if float(row["grad_norm"]) == 0.0 else float(row["coef_mean"])
-
-
 def read_run(run: Path) -> dict[str, Any]:
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     summary = json.loads((run / "summary.json").read_text())

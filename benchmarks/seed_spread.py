@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from default_job_reading import coefficient_acted  # noqa: E402
 from robustness_reading import read_run  # noqa: E402
+
+from entropyctl.trainer.run_dir import coefficient_acted  # noqa: E402
 
 #: the numbers compared, by their key in robustness_reading.read_run
 #: (an arm without a target, e.g. fixed α, has no in-band share: "—" there and in the difference)

@@ -104,3 +104,17 @@ def test_controller_story_says_how_much_bonus_the_tokens_got_and_when() -> None:
     assert "; mean bonus on the tokens 0.005 (first quarter 0.003, last 0.017)" in story
     rows[3]["coef_mean"] = math.nan  # a row without the column: nothing said
     assert "mean bonus" not in controller_story(rows)
+
+
+def test_the_coefficient_that_acted_reads_a_logged_row_and_a_written_one_alike() -> None:
+    """One reader of a metrics row's bonus for the end-of-run line (floats as logged) and the benchmark
+    readings (strings from metrics.csv): coef_mean, 0 on a skipped step, NaN without the column."""
+    from entropyctl.trainer.run_dir import coefficient_acted
+
+    assert coefficient_acted({"grad_norm": 0.7, "coef_mean": 0.004}) == 0.004
+    assert coefficient_acted({"grad_norm": "0.7", "coef_mean": "0.004"}) == 0.004
+    assert coefficient_acted({"grad_norm": 0.0, "coef_mean": 0.5}) == 0.0  # skipped for want of signal
+    assert coefficient_acted({"grad_norm": "0.0", "coef_mean": "0.5"}) == 0.0
+    assert coefficient_acted({"grad_norm": "", "coef_mean": "0.5"}) == 0.5  # no grad_norm: not skipped
+    assert math.isnan(coefficient_acted({"grad_norm": "0.7"}))
+    assert math.isnan(coefficient_acted({"grad_norm": "0.7", "coef_mean": ""}))

@@ -61,6 +61,7 @@ from entropyctl.trainer.run_dir import (
     MetricsWriter,
     RunStopped,
     StopSignals,
+    coefficient_acted,
     metric_columns,
 )
 from entropyctl.trainer.sampler import PromptSampler, derive_seed
@@ -345,16 +346,10 @@ def controller_story(rows: Sequence[dict[str, float]]) -> str:
 REACH_NOTE_BELOW = 0.5
 
 
-def _acted(row: dict[str, float]) -> float:
-    """The bonus coefficient that acted on a step's tokens: ``coef_mean``, 0 on a step skipped for want
-    of signal (``grad_norm`` exactly 0: its plan was made, no weight moved)."""
-    return 0.0 if row.get("grad_norm") == 0.0 else float(row.get("coef_mean", math.nan))
-
-
 def _bonus_note(rows: Sequence[dict[str, float]]) -> str:
     """The mean coefficient the tokens got (``coef_mean``, 0 on a skipped step) over the run, and
     over its first and last quarter: α's range alone does not say how much bonus a run had, nor when."""
-    acted = [_acted(row) for row in rows]
+    acted = [coefficient_acted(row) for row in rows]
     if not acted or not all(math.isfinite(c) for c in acted):
         return ""
     note = f"; mean bonus on the tokens {sum(acted) / len(acted):.2g}"
@@ -371,7 +366,7 @@ def _reach_note(rows: Sequence[dict[str, float]]) -> str:
     — an allocation that gives most prompts no bonus (``threshold`` on a task the policy solves), or
     steps skipped for want of signal, while α keeps moving on the global entropy."""
     pairs = [
-        (_acted(row), float(previous.get("alpha", math.nan)))
+        (coefficient_acted(row), float(previous.get("alpha", math.nan)))
         for previous, row in zip(rows[:-1], rows[1:], strict=True)
     ]
     pairs = [(c, a) for c, a in pairs if math.isfinite(c) and math.isfinite(a) and a > 0]

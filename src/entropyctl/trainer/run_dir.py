@@ -41,6 +41,7 @@ from entropyctl.validation import format_validation_error
 __all__ = [
     "LEVEL_KINDS",
     "Summary",
+    "coefficient_acted",
     "column_level",
     "level_column",
     "pass_k",
@@ -635,6 +636,16 @@ def level_column(kind: str, level: int | str) -> str:
     if kind not in LEVEL_KINDS:
         raise ValueError(f"unknown per-level column kind {kind!r} (one of {', '.join(LEVEL_KINDS)})")
     return f"{kind}_level_{level}"
+
+
+def coefficient_acted(row: Mapping[str, str | float]) -> float:
+    """The bonus coefficient that acted on a step's tokens, from a ``metrics.csv`` row (as read, or as
+    logged): ``coef_mean``, 0 on a step ``algorithm.skip_no_signal`` left alone (``grad_norm`` exactly
+    0: its plan was made, no weight moved), NaN when the row has no ``coef_mean``."""
+    grad_norm, coef = row.get("grad_norm", ""), row.get("coef_mean", "")
+    if grad_norm != "" and float(grad_norm) == 0.0:
+        return 0.0
+    return math.nan if coef == "" else float(coef)
 
 
 def column_level(column: str, kind: str) -> int | None:

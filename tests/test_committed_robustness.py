@@ -193,3 +193,26 @@ def test_the_allocation_arm_is_the_configs_arm_and_both_its_spreads_are_reproduc
     # α never moved, and the allocation withheld part of it from the tokens
     bonus = kept["arms"][slug]["bonus"]
     assert 0.005 < bonus["median"] < 0.01
+
+
+def test_the_allocation_arm_on_levels12_is_the_configs_arm_and_both_its_spreads_are_reproduced(
+    tmp_path: Path,
+) -> None:
+    """The same arm on the task it was not found on: levels 1-2, ten seeds from the yardstick's warm start."""
+    arm = "aer:update.rule=none,alpha_0=0.01"
+    slug = "aer_update.rule=none_alpha_0=0.01"
+    assert assert_runs_are_the_configs_arms(sweep_base(), [arm], list(range(10)), LEVELS12_SEEDS, 600) == 10
+    for seed in range(10):
+        before = [
+            json.loads((LEVELS12_SEEDS / name / f"seed{seed}" / "summary.json").read_text())["before"]
+            for name in (slug, "fixed_alpha=0.01")
+        ]
+        assert before[0] == before[1], seed
+    for against, extra, folder, marker in (
+        ("fixed_alpha=0.01", ["--band-tau", "0.4"], "allocation", "seed-spread-allocation-levels12"),
+        ("aer", [], "allocation_vs_defaults", "seed-spread-allocation-levels12-defaults"),
+    ):
+        kept = assert_seed_spread_reproduced(
+            [LEVELS12_SEEDS], [against, slug], extra, LEVELS12_SEEDS / folder, marker, tmp_path / folder
+        )
+        assert [len(a["seeds"]) for a in kept["arms"].values()] == [10, 10]

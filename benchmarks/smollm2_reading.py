@@ -40,8 +40,13 @@ PEAK_WINDOW = 10
 
 
 def _controller(controller: dict[str, Any]) -> str:
-    """``aer``, or ``fixed α=…``: the name, and the coefficient of a controller without a target."""
-    return f"fixed α={controller['alpha']:g}" if controller["name"] == "fixed" else str(controller["name"])
+    """``aer``, ``aer α≡…`` (``update: {rule: none}``) or ``fixed α=…``: the name, and the coefficient
+    of a controller whose α does not move."""
+    if controller["name"] == "fixed":
+        return f"fixed α={controller['alpha']:g}"
+    if controller.get("update", {}).get("rule") == "none":
+        return f"{controller['name']} α≡{controller['alpha_0']:g}"
+    return str(controller["name"])
 
 
 def _allocation(controller: dict[str, Any]) -> str:

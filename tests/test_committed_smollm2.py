@@ -47,6 +47,13 @@ OVERRIDES = {
         "controller.alpha=0.01",
         "seed=1",
     ],
+    # 2026-12-05: AER's threshold allocation at a constant α = 0.01 (the fixed arm but for the allocation)
+    "alloc_160": [
+        "trainer.steps=160",
+        "trainer.keep_checkpoints=1",
+        "controller.update.rule=none",
+        "controller.alpha_0=0.01",
+    ],
 }
 
 

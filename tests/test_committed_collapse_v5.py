@@ -1,5 +1,5 @@
 """The committed collapse study v5 (benchmarks/ablation_collapse_v5: AER's step 0.15, the lead of the
-ten-seed study, and the opt-in climb boost, plain and gated, the floor 5e-4 and the rearm beside the defaults and no bonus, on one warm start, 3000 steps) is what its run
+ten-seed study, and the opt-in climb boost, plain and gated, the floor 5e-4, the rearm and the uniform allocation beside the defaults and no bonus, on one warm start, 3000 steps) is what its run
 directories say: every committed run is the shipped config's arm × seed and finished, every arm
 has three seeds; the step-by-step reading is reproduced from the committed metrics; the docs quote
 its rows."""
@@ -45,6 +45,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
         "aer_update.climb_boost=10_update.climb_from=0.2_update.climb_after=25",
         "aer_update.alpha_min=5.0e-4",
         "aer_update.rearm_at_target=true",
+        "aer_allocation.rule=uniform",
     )
     assert all(sorted(by_arm[slug]) == [0, 1, 2] for slug in slugs)
     count = 0
@@ -69,6 +70,9 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
     assert update_of(slugs[4]) == RelativeUpdate(climb_boost=10.0, climb_from=0.2, climb_after=25)
     assert update_of(slugs[5]) == RelativeUpdate(alpha_min=5e-4)
     assert update_of(slugs[6]) == RelativeUpdate(rearm_at_target=True)
+    assert update_of(slugs[7]) == RelativeUpdate()  # the defaults' rule; only the allocation differs
+    written = yaml.safe_load((STUDY / slugs[7] / "seed0" / "config.yaml").read_text())
+    assert parse_written_config(written).controller.allocation.rule == "uniform"  # type: ignore[union-attr]
 
 
 def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
@@ -81,4 +85,4 @@ def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
 
 
 def test_docs_quote_the_reading() -> None:
-    assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-table", 21, "| `")
+    assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-table", 24, "| `")

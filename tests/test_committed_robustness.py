@@ -169,50 +169,51 @@ def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_re
     assert kept["arms"]["aer"]["bonus"]["median"] < 0.01
 
 
-def test_the_allocation_arm_is_the_configs_arm_and_both_its_spreads_are_reproduced(tmp_path: Path) -> None:
-    """AER's threshold allocation at a constant α = 0.01 (2026-12-05, ten level-2 seeds), read against
-    the fixed α = 0.01 it differs from only in the allocation, and against the defaults."""
-    arm = "aer:update.rule=none,alpha_0=0.01"
-    slug = "aer_update.rule=none_alpha_0=0.01"
-    assert assert_runs_are_the_configs_arms(level2_base(), [arm], list(range(10)), SEEDS, 600) == 10
+#: AER's threshold allocation at a constant α = 0.01 (2026-12-05): the fixed α = 0.01 but for the
+#: allocation, ten seeds on level 2 (where it was found) and on levels 1-2 (the task it was not found
+#: on), each read against the fixed arm and against the defaults
+ALLOCATION_ARM = "aer:update.rule=none,alpha_0=0.01"
+ALLOCATION_TASKS = {
+    # task: (base config, the folders pooled, the folder of the arm's runs, the folder of the fixed
+    # arm's run of a seed, the docs markers' prefix)
+    "level2": (
+        level2_base,
+        [LEVEL2, SEEDS],
+        SEEDS,
+        lambda seed: LEVEL2 if seed < 3 else SEEDS,
+        "seed-spread-allocation",
+    ),
+    "levels12": (
+        sweep_base,
+        [LEVELS12_SEEDS],
+        LEVELS12_SEEDS,
+        lambda seed: LEVELS12_SEEDS,
+        "seed-spread-allocation-levels12",
+    ),
+}
+
+
+@pytest.mark.parametrize("task", list(ALLOCATION_TASKS))
+def test_the_allocation_arm_is_the_configs_arm_and_both_its_spreads_are_reproduced(
+    task: str, tmp_path: Path
+) -> None:
+    base, folders, runs, fixed_folder, marker = ALLOCATION_TASKS[task]
+    slug = ALLOCATION_ARM.replace(":", "_").replace(",", "_")
+    assert assert_runs_are_the_configs_arms(base(), [ALLOCATION_ARM], list(range(10)), runs, 600) == 10
     for seed in range(10):  # the fixed arm's warm start: the same held-out score before RL, seed by seed
-        fixed = LEVEL2 if seed < 3 else SEEDS
         before = [
             json.loads((folder / name / f"seed{seed}" / "summary.json").read_text())["before"]
-            for folder, name in ((SEEDS, slug), (fixed, "fixed_alpha=0.01"))
+            for folder, name in ((runs, slug), (fixed_folder(seed), "fixed_alpha=0.01"))
         ]
         assert before[0] == before[1], seed
-    for against, extra, folder, marker in (
-        ("fixed_alpha=0.01", ["--band-tau", "0.4"], "allocation", "seed-spread-allocation"),
-        ("aer", [], "allocation_vs_defaults", "seed-spread-allocation-defaults"),
+    for against, extra, folder, suffix in (
+        ("fixed_alpha=0.01", ["--band-tau", "0.4"], "allocation", ""),
+        ("aer", [], "allocation_vs_defaults", "-defaults"),
     ):
         kept = assert_seed_spread_reproduced(
-            [LEVEL2, SEEDS], [against, slug], extra, SEEDS / folder, marker, tmp_path / folder
+            folders, [against, slug], extra, runs / folder, marker + suffix, tmp_path / folder
         )
         assert [len(a["seeds"]) for a in kept["arms"].values()] == [10, 10]
     # α never moved, and the allocation withheld part of it from the tokens
     bonus = kept["arms"][slug]["bonus"]
     assert 0.005 < bonus["median"] < 0.01
-
-
-def test_the_allocation_arm_on_levels12_is_the_configs_arm_and_both_its_spreads_are_reproduced(
-    tmp_path: Path,
-) -> None:
-    """The same arm on the task it was not found on: levels 1-2, ten seeds from the yardstick's warm start."""
-    arm = "aer:update.rule=none,alpha_0=0.01"
-    slug = "aer_update.rule=none_alpha_0=0.01"
-    assert assert_runs_are_the_configs_arms(sweep_base(), [arm], list(range(10)), LEVELS12_SEEDS, 600) == 10
-    for seed in range(10):
-        before = [
-            json.loads((LEVELS12_SEEDS / name / f"seed{seed}" / "summary.json").read_text())["before"]
-            for name in (slug, "fixed_alpha=0.01")
-        ]
-        assert before[0] == before[1], seed
-    for against, extra, folder, marker in (
-        ("fixed_alpha=0.01", ["--band-tau", "0.4"], "allocation", "seed-spread-allocation-levels12"),
-        ("aer", [], "allocation_vs_defaults", "seed-spread-allocation-levels12-defaults"),
-    ):
-        kept = assert_seed_spread_reproduced(
-            [LEVELS12_SEEDS], [against, slug], extra, LEVELS12_SEEDS / folder, marker, tmp_path / folder
-        )
-        assert [len(a["seeds"]) for a in kept["arms"].values()] == [10, 10]

@@ -86,6 +86,9 @@ def test_ablate_two_arms_report_and_resume(tmp_path: Path) -> None:
     second = _ablate(base, out, tmp_path / "cache")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "2 finished (skipped), 0 to run" in second.stdout
+    # `--seeds 1` is a count: the plan names the seed it runs and how to ask for seed 1 instead
+    assert "2 arms × 1 seeds (0) = 2 runs" in second.stdout
+    assert "seeds 1 is a count (seeds 0); for seed 1 alone write 1," in second.stdout
     assert all((run / "summary.json").stat().st_mtime_ns == stamp for run, stamp in stamps.items())
 
     # An unfinished run is run again; the finished one is still skipped.
@@ -219,3 +222,13 @@ def test_a_run_whose_ablate_is_gone_does_not_start(tmp_path: Path) -> None:
     )
     assert result.returncode == 143 and "is gone: not started" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_seed_names_shows_the_seeds_a_plan_runs() -> None:
+    from entropyctl.experiments.ablate import seed_names
+
+    assert seed_names([0]) == "0"
+    assert seed_names([0, 1]) == "0, 1"
+    assert seed_names(list(range(10))) == "0-9"
+    assert seed_names([5, 6, 7]) == "5-7"
+    assert seed_names([0, 3, 5]) == "0, 3, 5"

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds",
         default=None,
         metavar="N|S,S,...",
-        help="N seeds 0..N-1, or a comma-separated list (default: ablation.seeds, else 1)",
+        help="a count N (seeds 0..N-1: `--seeds 1` is seed 0) or a comma-separated list "
+        "(`--seeds 1,` is seed 1 alone) (default: ablation.seeds, else 1)",
     )
     parser.add_argument(
         "--jobs", type=int, default=None, help="runs in parallel processes (default: ablation.jobs, else 1)"

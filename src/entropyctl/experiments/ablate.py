@@ -519,6 +519,13 @@ def _append_history(path: Path, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(history, indent=2) + "\n")
 
 
+def seed_names(seeds: Sequence[int]) -> str:
+    """``0-9`` for a run of consecutive seeds, else ``0, 3, 5``: the seeds a plan runs, as the log shows them."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds)
+
+
 def _arms_and_seeds(
     arms: Sequence[str | Mapping[str, Any] | Arm] | None,
     seeds: int | Sequence[int] | None,
@@ -611,9 +618,12 @@ def run_ablation(
     todo = [s for s in specs if not is_finished(s.run_dir)]
     skipped = [s for s in specs if is_finished(s.run_dir)]
     log(
-        f"ablation: {len(arm_list)} arms × {len(seed_list)} seeds = {len(specs)} runs; "
+        f"ablation: {len(arm_list)} arms × {len(seed_list)} seeds ({seed_names(seed_list)}) = {len(specs)} runs; "
         f"{len(skipped)} finished (skipped), {len(todo)} to run with {jobs} job(s) → {out}"
     )
+    if isinstance(seeds, int):
+        # a bare number is a count: `--seeds 1` is seed 0, which cost a duplicate run once
+        log(f"  seeds {seeds} is a count (seeds {seed_names(seed_list)}); for seed {seeds} alone write {seeds},")
     if todo and warm_start:
         _warm_start(todo[0].config, log)
 

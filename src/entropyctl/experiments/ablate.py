@@ -623,7 +623,9 @@ def run_ablation(
     )
     if isinstance(seeds, int):
         # a bare number is a count: `--seeds 1` is seed 0, which cost a duplicate run once
-        log(f"  seeds {seeds} is a count (seeds {seed_names(seed_list)}); for seed {seeds} alone write {seeds},")
+        log(
+            f"  seeds {seeds} is a count (seeds {seed_names(seed_list)}); for seed {seeds} alone write {seeds},"
+        )
     if todo and warm_start:
         _warm_start(todo[0].config, log)
 

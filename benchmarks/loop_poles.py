@@ -34,6 +34,9 @@ SETTINGS: list[tuple[float, float, float]] = [
     (0.15, 2.0, 0.9),
     (0.15, 1.5, 0.9),
 ]
+#: a second integrator (a velocity v of log α, v_{t+1} = v_t + κ_v·e_t, added to the integral's step):
+#: the gains tried at the defaults' κ, κ_p, β
+VELOCITY_GAINS: list[float] = [0.0002, 0.0005, 0.001, 0.002, 0.005]
 D_GRID = np.geomspace(0.003, 1.0, 60)
 S_GRID = np.linspace(0.05, 1.0, 20)
 LAGS = (0, 1)
@@ -45,6 +48,33 @@ def radius(kappa: float, kappa_p: float, beta: float, d: float, s: float, lag: i
     left = plant([-1.0, 1.0]) * plant([d - 1.0, 1.0]) * plant([-beta, 1.0]) * plant([0.0] * lag + [1.0])
     right = d * s * (1.0 - beta) * plant([-kappa_p, kappa + kappa_p])
     return float(np.abs((left + right).roots()).max())
+
+
+def radius_with_velocity(
+    kappa: float, kappa_p: float, kappa_v: float, beta: float, d: float, s: float, lag: int
+) -> float:
+    """The largest |z| with a velocity term: I_{t+1} = I_t + κ·e_t + v_{t+1}, v_{t+1} = v_t + κ_v·e_t,
+
+    (z − 1)²(z − 1 + d)·(z − β)·z^L + d·s·(1 − β)·(κ·z(z − 1) + κ_v·z² + κ_p·(z − 1)²) = 0."""
+    plant = np.polynomial.polynomial.Polynomial
+    left = plant([-1.0, 1.0]) ** 2 * plant([d - 1.0, 1.0]) * plant([-beta, 1.0]) * plant([0.0] * lag + [1.0])
+    control = (
+        kappa * plant([0.0, -1.0, 1.0]) + kappa_v * plant([0.0, 0.0, 1.0]) + kappa_p * plant([1.0, -2.0, 1.0])
+    )
+    return float(np.abs((left + d * s * (1.0 - beta) * control).roots()).max())
+
+
+def slowest_unstable(kappa: float, kappa_p: float, kappa_v: float, beta: float) -> dict[str, float]:
+    """With a velocity term: how many plants of the grid (d × s ≤ 1 × both lags) lose stability, and
+    the largest d·s among them (every plant of the grid with a larger d·s is stable)."""
+    unstable = [
+        float(d * s)
+        for d in D_GRID
+        for s in S_GRID
+        if max(radius_with_velocity(kappa, kappa_p, kappa_v, beta, float(d), float(s), lag) for lag in LAGS)
+        >= 1.0
+    ]
+    return {"unstable_plants": len(unstable), "largest_unstable_ds": max(unstable, default=0.0)}
 
 
 def largest_radius(kappa: float, kappa_p: float, beta: float) -> float:
@@ -79,20 +109,34 @@ def main() -> None:
         }
         for kappa, kappa_p, beta in SETTINGS
     ]
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(row[h]) for h in header) + " |" for row in rows]
-    print("\n".join(lines))
+    kappa, kappa_p, beta = SETTINGS[0]
+    velocity = [
+        {"velocity": kappa_v, **slowest_unstable(kappa, kappa_p, kappa_v, beta)} for kappa_v in VELOCITY_GAINS
+    ]
+    for v in velocity:
+        v["largest_unstable_ds"] = round(v["largest_unstable_ds"], 5)
+    lines = _table(rows)
+    velocity_lines = _table(velocity)
+    print("\n".join(lines) + "\n\n" + "\n".join(velocity_lines))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "loop_poles.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "loop_poles_velocity.json").write_text(json.dumps(velocity, indent=2) + "\n")
     (out / "loop_poles.md").write_text(
         "# The relative rule's linearised loop\n\n`python benchmarks/loop_poles.py`: the largest pole radius "
         "over d ∈ [0.003, 1] × s ∈ (0, 1] × one step of lag or none; s_max, the largest elasticity on a 0.1 "
         "grid with every pole inside the unit circle; ζ/√(d·s), the slow-loop damping.\n\n"
         + "\n".join(lines)
-        + "\n"
+        + f"\n\nWith a second integrator (a velocity of log α, gain κ_v) at κ = {kappa}, κ_p = {kappa_p}, "
+        f"β = {beta}: the plants of the same grid (s ≤ 1) that lose stability, and the largest d·s among them "
+        '(docs/controllers.md, "Why no second integrator").\n\n' + "\n".join(velocity_lines) + "\n"
     )
+
+
+def _table(rows: list[dict[str, float]]) -> list[str]:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(row[h]) for h in header) + " |" for row in rows]
 
 
 if __name__ == "__main__":

@@ -35,3 +35,18 @@ def test_the_committed_table_is_reproduced() -> None:
     kappa, kappa_p, beta = first["step"], first["proportional"], first["smoothing"]
     assert first["s_max"] == loop_poles.s_max(kappa, kappa_p, beta)
     assert first["largest_radius_s_le_1"] == round(loop_poles.largest_radius(kappa, kappa_p, beta), 4)
+
+
+def test_a_second_integrator_loses_the_slow_plants() -> None:
+    """docs/controllers.md, "Why no second integrator": with a velocity term the slow plants of the grid
+    go unstable, the fast ones stay stable, and the committed table is what the script computes."""
+    kappa, kappa_p, beta = loop_poles.SETTINGS[0]
+    assert loop_poles.radius_with_velocity(kappa, kappa_p, 0.001, beta, 0.003, 1.0, 1) > 1.0
+    assert loop_poles.radius_with_velocity(kappa, kappa_p, 0.001, beta, 0.3, 1.0, 1) < 1.0
+    # without the velocity the polynomial is the one-integrator loop's times (z - 1): no root outside
+    assert loop_poles.radius_with_velocity(kappa, kappa_p, 0.0, beta, 0.003, 1.0, 1) < 1.0 + 1e-9
+    rows = json.loads((ROOT / "benchmarks" / "results" / "loop_poles_velocity.json").read_text())
+    row = next(r for r in rows if r["velocity"] == 0.001)
+    computed = loop_poles.slowest_unstable(kappa, kappa_p, 0.001, beta)
+    assert row["unstable_plants"] == computed["unstable_plants"]
+    assert row["largest_unstable_ds"] == round(computed["largest_unstable_ds"], 5)

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from committed_runs import assert_docs_quote, assert_reading_reproduced, assert_runs_are_the_configs_arms
 
+from entropyctl.experiments.ablate import parse_arm
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "benchmarks" / "robustness"
 TASK = SWEEP / "levels12"
@@ -126,7 +128,7 @@ def test_ten_seed_candidates_are_the_configs_arm_and_their_spread_is_reproduced(
 ) -> None:
     base = level2_base()
     assert assert_runs_are_the_configs_arms(base, [arm], seeds, SEEDS, 600) == len(seeds)
-    slug = arm.replace(":", "_").replace(",", "_")
+    slug = parse_arm(arm).slug
     kept = assert_seed_spread_reproduced(
         [LEVEL2, SEEDS], ["aer", slug], extra, SEEDS / folder, marker, tmp_path
     )
@@ -198,7 +200,7 @@ def test_the_allocation_arm_is_the_configs_arm_and_both_its_spreads_are_reproduc
     task: str, tmp_path: Path
 ) -> None:
     base, folders, runs, fixed_folder, marker = ALLOCATION_TASKS[task]
-    slug = ALLOCATION_ARM.replace(":", "_").replace(",", "_")
+    slug = parse_arm(ALLOCATION_ARM).slug
     assert assert_runs_are_the_configs_arms(base(), [ALLOCATION_ARM], list(range(10)), runs, 600) == 10
     for seed in range(10):  # the fixed arm's warm start: the same held-out score before RL, seed by seed
         before = [

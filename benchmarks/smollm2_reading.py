@@ -33,7 +33,7 @@ from default_job_reading import run_cli  # noqa: E402
 
 from entropyctl.experiments.band import WINDOW as BAND_WINDOW  # noqa: E402
 from entropyctl.experiments.band import read_band  # noqa: E402
-from entropyctl.trainer.run_dir import coefficient_acted  # noqa: E402
+from entropyctl.trainer.run_dir import coefficient_acted, step_skipped  # noqa: E402
 
 #: the moving average the peak is read from
 PEAK_WINDOW = 10
@@ -71,7 +71,7 @@ def read_run(run: Path) -> dict[str, Any]:
         max_new_tokens=config["rollout"]["max_new_tokens"],
         skip_no_signal=bool(config.get("algorithm", {}).get("skip_no_signal", False)),
         steps_with_correct=sum(float(r["reward"]) > 0 for r in rows),
-        skipped=sum(float(r["grad_norm"]) == 0.0 for r in rows),
+        skipped=sum(step_skipped(r) for r in rows),
         peak_ratio=float(smooth.max() / reading["h0"]),
         # a row's `alpha` is the α after its reading, applied by the next step: step t applied row t-1's
         bonus_reached=float(

@@ -118,3 +118,12 @@ def test_the_coefficient_that_acted_reads_a_logged_row_and_a_written_one_alike()
     assert coefficient_acted({"grad_norm": "", "coef_mean": "0.5"}) == 0.5  # no grad_norm: not skipped
     assert math.isnan(coefficient_acted({"grad_norm": "0.7"}))
     assert math.isnan(coefficient_acted({"grad_norm": "0.7", "coef_mean": ""}))
+
+
+def test_a_skipped_step_is_read_alike_from_a_logged_row_and_a_written_one() -> None:
+    """The SmolLM2 reading's count of skipped steps and the bonus reader share one test of a row."""
+    from entropyctl.trainer.run_dir import step_skipped
+
+    assert step_skipped({"grad_norm": 0.0}) and step_skipped({"grad_norm": "0.0"})
+    assert not step_skipped({"grad_norm": 0.7}) and not step_skipped({"grad_norm": "1e-9"})
+    assert not step_skipped({"grad_norm": ""}) and not step_skipped({})

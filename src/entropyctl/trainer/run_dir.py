@@ -42,6 +42,7 @@ __all__ = [
     "LEVEL_KINDS",
     "Summary",
     "coefficient_acted",
+    "step_skipped",
     "column_level",
     "level_column",
     "pass_k",
@@ -642,10 +643,17 @@ def coefficient_acted(row: Mapping[str, str | float]) -> float:
     """The bonus coefficient that acted on a step's tokens, from a ``metrics.csv`` row (as read, or as
     logged): ``coef_mean``, 0 on a step ``algorithm.skip_no_signal`` left alone (``grad_norm`` exactly
     0: its plan was made, no weight moved), NaN when the row has no ``coef_mean``."""
-    grad_norm, coef = row.get("grad_norm", ""), row.get("coef_mean", "")
-    if grad_norm != "" and float(grad_norm) == 0.0:
+    if step_skipped(row):
         return 0.0
+    coef = row.get("coef_mean", "")
     return math.nan if coef == "" else float(coef)
+
+
+def step_skipped(row: Mapping[str, str | float]) -> bool:
+    """Whether ``algorithm.skip_no_signal`` left a step alone, from its ``metrics.csv`` row (as read, or
+    as logged): ``grad_norm`` exactly 0 (the plan was made, no weight moved)."""
+    grad_norm = row.get("grad_norm", "")
+    return grad_norm != "" and float(grad_norm) == 0.0
 
 
 def column_level(column: str, kind: str) -> int | None:

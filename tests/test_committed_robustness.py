@@ -219,3 +219,41 @@ def test_the_allocation_arm_is_the_configs_arm_and_both_its_spreads_are_reproduc
     # α never moved, and the allocation withheld part of it from the tokens
     bonus = kept["arms"][slug]["bonus"]
     assert 0.005 < bonus["median"] < 0.01
+
+
+#: AER's graded allocation (w = 1 − acc) at the same constant α = 0.01 (2026-12-05), ten level-2 seeds,
+#: read against the fixed arm (every prompt) and the threshold arm above
+LINEAR_ARM = "aer:update.rule=none,alpha_0=0.01,allocation.rule=linear"
+
+
+def test_the_linear_allocation_arm_is_the_configs_arm_and_both_its_spreads_are_reproduced(
+    tmp_path: Path,
+) -> None:
+    slug, threshold = parse_arm(LINEAR_ARM).slug, parse_arm(ALLOCATION_ARM).slug
+    assert assert_runs_are_the_configs_arms(level2_base(), [LINEAR_ARM], list(range(10)), SEEDS, 600) == 10
+    for seed in range(10):  # one warm start with the other two arms: the same held-out score before RL
+        before = [
+            json.loads((folder / name / f"seed{seed}" / "summary.json").read_text())["before"]
+            for folder, name in (
+                (SEEDS, slug),
+                (SEEDS, threshold),
+                (LEVEL2 if seed < 3 else SEEDS, "fixed_alpha=0.01"),
+            )
+        ]
+        assert before[0] == before[1] == before[2], seed
+    spreads = {}
+    for against, extra, folder, suffix in (
+        ("fixed_alpha=0.01", ["--band-tau", "0.4"], "linear", ""),
+        (threshold, [], "linear_vs_threshold", "-threshold"),
+    ):
+        spreads[folder] = assert_seed_spread_reproduced(
+            [LEVEL2, SEEDS],
+            [against, slug],
+            extra,
+            SEEDS / folder,
+            "seed-spread-linear" + suffix,
+            tmp_path / folder,
+        )
+    # the graded rule gives the tokens less of α than `threshold` on level 2, and more than none
+    linear = spreads["linear"]["arms"][slug]["bonus"]["median"]
+    assert 0.005 < linear < spreads["linear_vs_threshold"]["arms"][threshold]["bonus"]["median"] < 0.01

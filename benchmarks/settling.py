@@ -11,7 +11,8 @@ first half. The library defaults (``aer`` as shipped) are read on:
 * main job: ``entropyctl train`` with no config (benchmarks/default_job_2026-12-03), 400 steps;
 * level 2: the robustness sweep's second task, seeds 0–2 and the ten-seed study's 3–9, 600 steps;
 * levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps, and the same
-  task run to 2000 steps (configs/settling_levels12.yaml).
+  task run to 2000 steps (configs/settling_levels12.yaml);
+* SmolLM2-135M: ``configs/smollm2_aer.yaml`` run to 160 steps, seeds 0 and 1 (benchmarks/smollm2_aer).
 
 and a second table reads the candidates measured against them on the same tasks, warm starts and
 seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``, the rearm). Only finished runs are read. Writes
@@ -43,6 +44,7 @@ TASKS = {
     ],
     "levels 1–2, the 12-arm study's task (600 steps)": ["benchmarks/robustness/levels12/aer/seed*"],
     "levels 1–2, the same task run to 2000 steps": ["benchmarks/settling_levels12/aer/seed*"],
+    "SmolLM2-135M (160 steps)": ["benchmarks/smollm2_aer/t32_skip_to160", "benchmarks/smollm2_aer/seed1_160"],
 }
 #: the candidates measured against the defaults on the same tasks, warm starts and seeds
 BOOST = "aer_update.climb_boost=10_update.climb_from=0.2"

@@ -54,6 +54,14 @@ OVERRIDES = {
         "controller.update.rule=none",
         "controller.alpha_0=0.01",
     ],
+    # 2026-12-05: the graded allocation (linear) at the same constant α
+    "linear_160": [
+        "trainer.steps=160",
+        "trainer.keep_checkpoints=1",
+        "controller.update.rule=none",
+        "controller.alpha_0=0.01",
+        "controller.allocation.rule=linear",
+    ],
 }
 
 

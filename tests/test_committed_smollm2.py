@@ -62,6 +62,14 @@ OVERRIDES = {
         "controller.alpha_0=0.01",
         "controller.allocation.rule=linear",
     ],
+    # 2026-12-05: seed 1 of the threshold allocation at α = 0.01
+    "alloc_seed1_160": [
+        "trainer.steps=160",
+        "trainer.keep_checkpoints=1",
+        "controller.update.rule=none",
+        "controller.alpha_0=0.01",
+        "seed=1",
+    ],
 }
 
 

@@ -70,6 +70,15 @@ OVERRIDES = {
         "controller.alpha_0=0.01",
         "seed=1",
     ],
+    # 2026-12-05: seed 1 of the linear allocation at α = 0.01
+    "linear_seed1_160": [
+        "trainer.steps=160",
+        "trainer.keep_checkpoints=1",
+        "controller.update.rule=none",
+        "controller.alpha_0=0.01",
+        "controller.allocation.rule=linear",
+        "seed=1",
+    ],
 }
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from committed_runs import assert_docs_quote, assert_runs_are_the_configs_arms
 
@@ -21,43 +22,56 @@ from entropyctl.experiments.ablate import parse_arms
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "settling_levels12"
 CONFIG = ROOT / "configs" / "settling_levels12.yaml"
+#: the studies of this config: (folder, ``data.levels`` override or None, the arm slugs run, the docs marker)
+STUDIES = {
+    "levels12": (STUDY, None, ["aer", "fixed_alpha=0"], "settling-levels12-table"),
+    # 2026-12-05: the same config on level 2 only (``--set "data.levels=[2]"``), the defaults alone
+    "level2": (ROOT / "benchmarks" / "settling_level2", [2], ["aer"], "settling-level2-table"),
+}
 
 
-def committed_runs() -> list[str]:
+def committed_runs(study: Path = STUDY) -> list[str]:
     """The runs the committed reading covers ("<arm slug>/seed<N>")."""
-    return [run["run"] for run in json.loads((STUDY / "reading.json").read_text())["runs"]]
+    return [run["run"] for run in json.loads((study / "reading.json").read_text())["runs"]]
 
 
-def test_committed_runs_are_the_shipped_configs_arms() -> None:
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_committed_runs_are_the_shipped_configs_arms(name: str) -> None:
+    study, levels, slugs, _ = STUDIES[name]
     base = yaml.safe_load(CONFIG.read_text())
     arms = base.pop("ablation")["arms"]
+    if levels is not None:
+        base["data"]["levels"] = levels
     by_arm: dict[str, list[int]] = {}
-    for run in committed_runs():
+    for run in committed_runs(study):
         slug, seed = run.split("/seed")
         by_arm.setdefault(slug, []).append(int(seed))
-    assert sorted(by_arm["aer"]) == sorted(by_arm["fixed_alpha=0"]) == [0, 1, 2]
+    assert sorted(by_arm) == sorted(slugs)
+    assert all(sorted(seeds) == [0, 1, 2] for seeds in by_arm.values())
     count = 0
     for arm in parse_arms(arms, where="ablation.arms"):
         if arm.slug in by_arm:
             count += assert_runs_are_the_configs_arms(
-                base, [arm.label], sorted(by_arm[arm.slug]), STUDY, 2000
+                base, [arm.label], sorted(by_arm[arm.slug]), study, 2000
             )
-    assert count == len(committed_runs())
-    written = yaml.safe_load((STUDY / "aer" / "seed0" / "config.yaml").read_text())
+    assert count == len(committed_runs(study))
+    written = yaml.safe_load((study / "aer" / "seed0" / "config.yaml").read_text())
     assert parse_written_config(written).controller.update == RelativeUpdate()  # type: ignore[union-attr]
 
 
-def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
-    copy = tmp_path / STUDY.name
-    for run in committed_runs():
-        shutil.copytree(STUDY / run, copy / run, ignore=shutil.ignore_patterns("checkpoints"))
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_reading_is_reproduced_from_the_committed_runs(name: str, tmp_path: Path) -> None:
+    study = STUDIES[name][0]
+    copy = tmp_path / study.name
+    for run in committed_runs(study):
+        shutil.copytree(study / run, copy / run, ignore=shutil.ignore_patterns("checkpoints"))
     script = ROOT / "benchmarks" / "collapse_reading.py"
     subprocess.run([sys.executable, str(script), str(copy)], check=True, capture_output=True, timeout=300)
-    assert (copy / "reading.md").read_text() == (STUDY / "reading.md").read_text()
+    assert (copy / "reading.md").read_text() == (study / "reading.md").read_text()
 
 
-def test_docs_quote_the_reading() -> None:
-    rows = len(committed_runs())
-    assert_docs_quote(
-        STUDY / "reading.md", ROOT / "docs" / "ablations.md", "settling-levels12-table", rows, "| `"
-    )
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_docs_quote_the_reading(name: str) -> None:
+    study, _, _, marker = STUDIES[name]
+    rows = len(committed_runs(study))
+    assert_docs_quote(study / "reading.md", ROOT / "docs" / "ablations.md", marker, rows, "| `")

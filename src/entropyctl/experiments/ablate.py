@@ -526,6 +526,12 @@ def seed_names(seeds: Sequence[int]) -> str:
     return ", ".join(str(s) for s in seeds)
 
 
+def count_note(count: int, seeds: Sequence[int]) -> str:
+    """What a bare ``--seeds N`` ran: a count, not a seed (``--seeds 1`` is seed 0, which cost a
+    duplicate run once), and how to ask for seed N alone."""
+    return f"  seeds {count} is a count (seeds {seed_names(seeds)}); for seed {count} alone write {count},"
+
+
 def _arms_and_seeds(
     arms: Sequence[str | Mapping[str, Any] | Arm] | None,
     seeds: int | Sequence[int] | None,
@@ -622,10 +628,7 @@ def run_ablation(
         f"{len(skipped)} finished (skipped), {len(todo)} to run with {jobs} job(s) → {out}"
     )
     if isinstance(seeds, int):
-        # a bare number is a count: `--seeds 1` is seed 0, which cost a duplicate run once
-        log(
-            f"  seeds {seeds} is a count (seeds {seed_names(seed_list)}); for seed {seeds} alone write {seeds},"
-        )
+        log(count_note(seeds, seed_list))
     if todo and warm_start:
         _warm_start(todo[0].config, log)
 

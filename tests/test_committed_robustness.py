@@ -171,89 +171,76 @@ def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_re
     assert kept["arms"]["aer"]["bonus"]["median"] < 0.01
 
 
-#: AER's threshold allocation at a constant α = 0.01 (2026-12-05): the fixed α = 0.01 but for the
-#: allocation, ten seeds on level 2 (where it was found) and on levels 1-2 (the task it was not found
-#: on), each read against the fixed arm and against the defaults
+#: AER's allocations at a constant α = 0.01 (2026-12-05), ten seeds each: `threshold` (the fixed α = 0.01
+#: but for the allocation) on level 2, where it was found, and on levels 1-2, where it was not, each read
+#: against the fixed arm and against the defaults; the graded `linear` on level 2, read against the
+#: fixed arm and against `threshold`
 ALLOCATION_ARM = "aer:update.rule=none,alpha_0=0.01"
-ALLOCATION_TASKS = {
-    # task: (base config, the folders pooled, the folder of the arm's runs, the folder of the fixed
-    # arm's run of a seed, the docs markers' prefix)
+LINEAR_ARM = "aer:update.rule=none,alpha_0=0.01,allocation.rule=linear"
+FIXED = "fixed_alpha=0.01"
+ALLOCATION_CASES = {
+    # case: (arm, base config, the folders pooled (the arm's runs in the last), and per comparison the
+    # arm it is read against, seed_spread's extra options, the folder of the spread, the docs marker)
     "level2": (
+        ALLOCATION_ARM,
         level2_base,
         [LEVEL2, SEEDS],
-        SEEDS,
-        lambda seed: LEVEL2 if seed < 3 else SEEDS,
-        "seed-spread-allocation",
+        [
+            (FIXED, ["--band-tau", "0.4"], "allocation", "seed-spread-allocation"),
+            ("aer", [], "allocation_vs_defaults", "seed-spread-allocation-defaults"),
+        ],
     ),
     "levels12": (
+        ALLOCATION_ARM,
         sweep_base,
         [LEVELS12_SEEDS],
-        LEVELS12_SEEDS,
-        lambda seed: LEVELS12_SEEDS,
-        "seed-spread-allocation-levels12",
+        [
+            (FIXED, ["--band-tau", "0.4"], "allocation", "seed-spread-allocation-levels12"),
+            ("aer", [], "allocation_vs_defaults", "seed-spread-allocation-levels12-defaults"),
+        ],
+    ),
+    "linear-level2": (
+        LINEAR_ARM,
+        level2_base,
+        [LEVEL2, SEEDS],
+        [
+            (FIXED, ["--band-tau", "0.4"], "linear", "seed-spread-linear"),
+            (parse_arm(ALLOCATION_ARM).slug, [], "linear_vs_threshold", "seed-spread-linear-threshold"),
+        ],
     ),
 }
 
 
-@pytest.mark.parametrize("task", list(ALLOCATION_TASKS))
-def test_the_allocation_arm_is_the_configs_arm_and_both_its_spreads_are_reproduced(
-    task: str, tmp_path: Path
+def seed_run(folders: list[Path], slug: str, seed: int) -> Path:
+    """An arm's run of ``seed`` in whichever of the pooled folders holds it."""
+    return next(
+        folder / slug / f"seed{seed}" for folder in folders if (folder / slug / f"seed{seed}").is_dir()
+    )
+
+
+@pytest.mark.parametrize("case", list(ALLOCATION_CASES))
+def test_the_allocation_arms_are_the_configs_arms_and_their_spreads_are_reproduced(
+    case: str, tmp_path: Path
 ) -> None:
-    base, folders, runs, fixed_folder, marker = ALLOCATION_TASKS[task]
-    slug = parse_arm(ALLOCATION_ARM).slug
-    assert assert_runs_are_the_configs_arms(base(), [ALLOCATION_ARM], list(range(10)), runs, 600) == 10
-    for seed in range(10):  # the fixed arm's warm start: the same held-out score before RL, seed by seed
+    arm, base, folders, comparisons = ALLOCATION_CASES[case]
+    slug, runs = parse_arm(arm).slug, folders[-1]
+    assert assert_runs_are_the_configs_arms(base(), [arm], list(range(10)), runs, 600) == 10
+    for seed in range(10):  # one warm start with every arm it is read against: the same score before RL
         before = [
-            json.loads((folder / name / f"seed{seed}" / "summary.json").read_text())["before"]
-            for folder, name in ((runs, slug), (fixed_folder(seed), "fixed_alpha=0.01"))
+            json.loads((seed_run(folders, name, seed) / "summary.json").read_text())["before"]
+            for name in (slug, *(against for against, *_ in comparisons))
         ]
-        assert before[0] == before[1], seed
-    for against, extra, folder, suffix in (
-        ("fixed_alpha=0.01", ["--band-tau", "0.4"], "allocation", ""),
-        ("aer", [], "allocation_vs_defaults", "-defaults"),
-    ):
+        assert all(b == before[0] for b in before), seed
+    for against, extra, folder, marker in comparisons:
         kept = assert_seed_spread_reproduced(
-            folders, [against, slug], extra, runs / folder, marker + suffix, tmp_path / folder
+            folders, [against, slug], extra, runs / folder, marker, tmp_path / folder
         )
         assert [len(a["seeds"]) for a in kept["arms"].values()] == [10, 10]
-    # α never moved, and the allocation withheld part of it from the tokens
-    bonus = kept["arms"][slug]["bonus"]
-    assert 0.005 < bonus["median"] < 0.01
+        # α never moved, and the allocation withheld part of it from the tokens
+        assert 0.005 < kept["arms"][slug]["bonus"]["median"] < 0.01
 
 
-#: AER's graded allocation (w = 1 − acc) at the same constant α = 0.01 (2026-12-05), ten level-2 seeds,
-#: read against the fixed arm (every prompt) and the threshold arm above
-LINEAR_ARM = "aer:update.rule=none,alpha_0=0.01,allocation.rule=linear"
-
-
-def test_the_linear_allocation_arm_is_the_configs_arm_and_both_its_spreads_are_reproduced(
-    tmp_path: Path,
-) -> None:
-    slug, threshold = parse_arm(LINEAR_ARM).slug, parse_arm(ALLOCATION_ARM).slug
-    assert assert_runs_are_the_configs_arms(level2_base(), [LINEAR_ARM], list(range(10)), SEEDS, 600) == 10
-    for seed in range(10):  # one warm start with the other two arms: the same held-out score before RL
-        before = [
-            json.loads((folder / name / f"seed{seed}" / "summary.json").read_text())["before"]
-            for folder, name in (
-                (SEEDS, slug),
-                (SEEDS, threshold),
-                (LEVEL2 if seed < 3 else SEEDS, "fixed_alpha=0.01"),
-            )
-        ]
-        assert before[0] == before[1] == before[2], seed
-    spreads = {}
-    for against, extra, folder, suffix in (
-        ("fixed_alpha=0.01", ["--band-tau", "0.4"], "linear", ""),
-        (threshold, [], "linear_vs_threshold", "-threshold"),
-    ):
-        spreads[folder] = assert_seed_spread_reproduced(
-            [LEVEL2, SEEDS],
-            [against, slug],
-            extra,
-            SEEDS / folder,
-            "seed-spread-linear" + suffix,
-            tmp_path / folder,
-        )
-    # the graded rule gives the tokens less of α than `threshold` on level 2, and more than none
-    linear = spreads["linear"]["arms"][slug]["bonus"]["median"]
-    assert 0.005 < linear < spreads["linear_vs_threshold"]["arms"][threshold]["bonus"]["median"] < 0.01
+def test_the_graded_allocation_gave_the_tokens_less_than_threshold_on_level2() -> None:
+    spread = json.loads((SEEDS / "linear_vs_threshold" / "seed_spread.json").read_text())["arms"]
+    bonus = {slug: arm["bonus"]["median"] for slug, arm in spread.items()}
+    assert bonus[parse_arm(LINEAR_ARM).slug] < bonus[parse_arm(ALLOCATION_ARM).slug]

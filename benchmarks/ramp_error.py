@@ -14,12 +14,13 @@ that a second integrator would follow without that error. Writes benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from pathlib import Path
 
-import yaml
+import numpy as np
+
+from entropyctl.experiments.aggregate import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 200
@@ -28,17 +29,13 @@ DEFAULT_RUNS = "benchmarks/settling_levels12/aer/seed*"
 
 def windows(run: Path) -> list[dict[str, float]]:
     """The run's 200-step windows from step 200: the mean error and the rise of log α per step / κ."""
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    kappa = float(config["controller"]["update"]["step"])
-    with (run / "metrics.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    entropy = [float(r["entropy"]) for r in rows]
-    target = [float(r["target_entropy"]) for r in rows]
-    alpha = [float(r["alpha"]) for r in rows]
+    record = load_run(run)
+    kappa = float(record.config["controller"]["update"]["step"])
+    entropy, target, alpha = (record.metrics[c] for c in ("entropy", "target_entropy", "alpha"))
     out = []
-    for start in range(WINDOW, len(rows) - WINDOW + 1, WINDOW):
-        span = range(start, start + WINDOW)
-        error = sum((target[i] - entropy[i]) / target[i] for i in span) / WINDOW
+    for start in range(WINDOW, len(entropy) - WINDOW + 1, WINDOW):
+        span = slice(start, start + WINDOW)
+        error = float(np.mean((target[span] - entropy[span]) / target[span]))
         rise = (math.log(alpha[start + WINDOW - 1]) - math.log(alpha[start])) / WINDOW
         out.append({"start": start, "error": round(error, 3), "rise_over_step": round(rise / kappa, 3)})
     return out

@@ -16,6 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "smollm2_aer"
 SCRIPT = ROOT / "benchmarks" / "smollm2_reading.py"
 #: run folder -> the overrides of configs/smollm2_aer.yaml it ran with (besides where it wrote, threads)
+#: AER's allocation at a constant α = 0.01 (update rule none): the fixed arm but for the allocation
+CONSTANT_ALPHA = [
+    "trainer.steps=160",
+    "trainer.keep_checkpoints=1",
+    "controller.update.rule=none",
+    "controller.alpha_0=0.01",
+]
 OVERRIDES = {
     "t8_noskip": ["rollout.max_new_tokens=8", "algorithm.skip_no_signal=false"],
     "t32_noskip": ["algorithm.skip_no_signal=false"],
@@ -48,37 +55,13 @@ OVERRIDES = {
         "seed=1",
     ],
     # 2026-12-05: AER's threshold allocation at a constant α = 0.01 (the fixed arm but for the allocation)
-    "alloc_160": [
-        "trainer.steps=160",
-        "trainer.keep_checkpoints=1",
-        "controller.update.rule=none",
-        "controller.alpha_0=0.01",
-    ],
+    "alloc_160": CONSTANT_ALPHA,
     # 2026-12-05: the graded allocation (linear) at the same constant α
-    "linear_160": [
-        "trainer.steps=160",
-        "trainer.keep_checkpoints=1",
-        "controller.update.rule=none",
-        "controller.alpha_0=0.01",
-        "controller.allocation.rule=linear",
-    ],
+    "linear_160": [*CONSTANT_ALPHA, "controller.allocation.rule=linear"],
     # 2026-12-05: seed 1 of the threshold allocation at α = 0.01
-    "alloc_seed1_160": [
-        "trainer.steps=160",
-        "trainer.keep_checkpoints=1",
-        "controller.update.rule=none",
-        "controller.alpha_0=0.01",
-        "seed=1",
-    ],
+    "alloc_seed1_160": [*CONSTANT_ALPHA, "seed=1"],
     # 2026-12-05: seed 1 of the linear allocation at α = 0.01
-    "linear_seed1_160": [
-        "trainer.steps=160",
-        "trainer.keep_checkpoints=1",
-        "controller.update.rule=none",
-        "controller.alpha_0=0.01",
-        "controller.allocation.rule=linear",
-        "seed=1",
-    ],
+    "linear_seed1_160": [*CONSTANT_ALPHA, "controller.allocation.rule=linear", "seed=1"],
 }
 
 

@@ -396,3 +396,27 @@ def test_rearm_at_target_raises_the_integral_to_alpha_0_once_when_the_entropy_fi
     old = {k: v for k, v in rearm.state_dict().items() if k != "rearmed"}
     restored.load_state_dict(old)
     assert restored.state_dict()["rearmed"] is False  # type: ignore[index]
+
+
+def test_rearm_alpha_sets_the_level_the_rearm_raises_the_integral_to() -> None:
+    """``rearm_alpha``: the same rearm, to the given α instead of α_0; it needs the rearm on and
+    lies within the bounds."""
+    update = {"step": 0.5, "proportional": 1.0, "smoothing": 0.0, "alpha_min": 1e-5, "rearm_at_target": True}
+    controllers = {
+        level: create_controller(
+            {"name": "aer", "alpha_0": 0.005, "update": {**update, "rearm_alpha": level}}
+        )
+        for level in (5e-4, 1e-5, None)
+    }
+    for h in [1.0] * 11 + [0.3]:  # anchor, wind down to 0.005·e^-5 ≈ 3.4e-5, then e = +0.25
+        for c in controllers.values():
+            c.observe(EntropyReading(mean_entropy=h, tokens=10, step=0))
+    integrals = {level: float(c.state_dict()["integral"]) for level, c in controllers.items()}
+    assert integrals[5e-4] == pytest.approx(5e-4 * math.exp(0.5 * 0.25))
+    assert integrals[None] == pytest.approx(0.005 * math.exp(0.5 * 0.25))  # None: α_0, as before
+    # a level below where the integral stands does not lower it
+    assert integrals[1e-5] == pytest.approx(0.005 * math.exp(-5.0) * math.exp(0.5 * 0.25))
+    with pytest.raises(ValueError, match="rearm_alpha: acts only with rearm_at_target"):
+        create_controller({"name": "aer", "update": {"rearm_alpha": 5e-4}})
+    with pytest.raises(ValueError, match="rearm_alpha: must be within"):
+        create_controller({"name": "aer", "update": {"rearm_at_target": True, "rearm_alpha": 2.0}})

@@ -55,6 +55,8 @@ def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
             climb_after=draw(st.sampled_from([0, 25]) | st.integers(0, 1000)),
             rearm_at_target=draw(st.booleans()),
         )
+        if update["rearm_at_target"] and draw(st.booleans()):
+            update["rearm_alpha"] = draw(st.floats(alpha_min, alpha_max))
     elif rule in ("additive", "log"):
         update["eta"] = draw(st.floats(0.0, 5.0))
     else:

@@ -63,8 +63,8 @@ class RelativeUpdate(_Bounds):
 
     With ``hold_on_approach``, I is not lowered below log α_0 during the first approach from above
     while the entropy is falling (entropyctl.controllers.target).
-    With ``rearm_at_target``, I is raised to log α_0 (if below it) at the first reading with e ≥ 0,
-    once.
+    With ``rearm_at_target``, I is raised to log α_0 (or log ``rearm_alpha``; if below it) at the
+    first reading with e ≥ 0, once.
 
     Its loop gain κ·(d log H / d log α) does not depend on the units of entropy or of α
     (docs/controllers.md derives it and why κ < 1 keeps the loop stable)."""
@@ -142,6 +142,28 @@ class RelativeUpdate(_Bounds):
             "ask for."
         ),
     )
+    rearm_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "The α that ``rearm_at_target`` raises the integral to (None: α_0). Below α_0 it rearms "
+            "more gently: a strong-gain plant is not kicked above the band by a full α_0."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_rearm(self) -> RelativeUpdate:
+        if self.rearm_alpha is not None:
+            if not self.rearm_at_target:
+                raise ValueError(
+                    "rearm_alpha: acts only with rearm_at_target: true (set it, or drop rearm_alpha)"
+                )
+            if not self.alpha_min <= self.rearm_alpha <= self.alpha_max:
+                raise ValueError(
+                    f"rearm_alpha: must be within [alpha_min, alpha_max] = [{self.alpha_min}, {self.alpha_max}]"
+                    f" (got {self.rearm_alpha})"
+                )
+        return self
 
 
 class AdditiveUpdate(_Bounds):

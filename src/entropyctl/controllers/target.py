@@ -24,7 +24,8 @@ Until H0 is anchored (``anchor.mode: initial``) α stays α_0 and the anchoring 
 update it (they do seed the smoothed reading H̃).
 
 ``update.rearm_at_target`` (relative rule, off by default): at the first reading with e_t ≥ 0 after
-anchoring (the smoothed entropy has reached H*), I_t is raised to α_0 if it is below, once. The first
+anchoring (the smoothed entropy has reached H*), I_t is raised to α_0 (``update.rearm_alpha`` if
+set) if it is below, once. The first
 approach from above winds I down toward α_min while no bonus is needed; without the rearm the climb
 that follows starts there, decades below the α that holds the entropy.
 
@@ -322,7 +323,8 @@ class TargetController(EntropyController):
         if error >= 0.0 and not self.rearmed:
             self.rearmed = True
             if update.rearm_at_target:
-                integral = max(integral, float(self.config.alpha_0))
+                rearm = self.config.alpha_0 if update.rearm_alpha is None else update.rearm_alpha
+                integral = max(integral, float(rearm))
         if self.trend_fast is not None and self.trend_fast <= (1.0 + APPROACH_BAND) * target:
             self.approached = True
         self.climb_run = self.climb_run + 1 if error > float(update.climb_from) else 0

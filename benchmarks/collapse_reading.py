@@ -10,8 +10,12 @@ first in-band step and over all steps); α's range; held-out pass@1 / pass@8 at 
 A second table splits the in-band share at step ``--settled-from`` (1000): the approach, where the
 entropy first falls through H* and the controller has to climb from a wound-down α, and the settled
 run after it, with the spread of log10 α there (how far α swings while holding).
+Two more tables, over the finished runs: per arm the mean ± std over seeds (in band, by phase, H/H0
+over the last quarter, held-out pass@1 / pass@8 of the last evaluation), and each arm minus
+``--base`` (default ``aer``) paired by seed — the mean of the per-seed differences ± its standard
+error (std/√n) — over the seeds both arms finished.
 
-    python benchmarks/collapse_reading.py benchmarks/ablation_collapse_v2 [--tau 0.4]
+    python benchmarks/collapse_reading.py benchmarks/ablation_collapse_v2 [--tau 0.4] [--base aer]
 """
 
 from __future__ import annotations
@@ -121,8 +125,77 @@ def read_run(run: Path, tau: float, settled_from: int = 1000) -> dict[str, Any]:
         "in_band_before_settled": approach,
         "in_band_settled": settled,
         "log10_alpha_std_settled": statistics.pstdev(late_alpha) if len(late_alpha) > 1 else math.nan,
+        "last_quarter_over_h0": statistics.fmean(entropy[-max(len(entropy) // 4, 1) :]) / h0,
         "evals": {name: {k: e[k] for k in ("pass@1", "pass@8") if k in e} for name, e in evals.items()},
     }
+
+
+#: the per-arm numbers compared (key in read_run's record or "pass@1"/"pass@8" of the last evaluation)
+ARM_KEYS = {
+    "in_band_share_after": "in band after first reaching it",
+    "in_band_before_settled": "… before the split",
+    "in_band_settled": "… from the split",
+    "last_quarter_over_h0": "H/H0, last quarter",
+    "pass@1": "held-out pass@1 (last evaluation)",
+    "pass@8": "pass@8",
+}
+
+
+def arm_value(reading: dict[str, Any], key: str) -> float:
+    if key in ("pass@1", "pass@8"):
+        evals = list(reading["evals"].values())
+        return float(evals[-1].get(key, math.nan)) if evals else math.nan
+    return float(reading[key])
+
+
+def by_arm(readings: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The finished runs by arm slug and seed."""
+    arms: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in readings:
+        if r["status"] == "finished":
+            arm, seed = r["run"].rsplit("/seed", 1)
+            arms.setdefault(arm, {})[int(seed)] = r
+    return arms
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def arm_tables(readings: list[dict[str, Any]], base: str) -> tuple[dict[str, Any], list[str]]:
+    """Per arm, mean ± std over its finished seeds; each other arm minus ``base`` paired by seed."""
+    arms = by_arm(readings)
+    summary: dict[str, Any] = {"base": base, "arms": {}, "paired": {}}
+    digits = {"pass@1": 3, "pass@8": 3, "last_quarter_over_h0": 3}
+    lines = ["Per arm, mean ± std over its finished seeds:", ""]
+    lines += ["| arm | seeds | " + " | ".join(ARM_KEYS.values()) + " |", "|---|---|" + "---|" * len(ARM_KEYS)]
+    for arm, seeds in sorted(arms.items()):
+        entry = {k: mean_std([arm_value(seeds[s], k) for s in sorted(seeds)]) for k in ARM_KEYS}
+        summary["arms"][arm] = {"seeds": sorted(seeds), **{k: list(v) for k, v in entry.items()}}
+        cells = [f"{m:.{digits.get(k, 2)}f} ± {sd:.{digits.get(k, 2)}f}" for k, (m, sd) in entry.items()]
+        lines.append(f"| `{arm}` | {len(seeds)} | " + " | ".join(cells) + " |")
+    if base in arms and len(arms) > 1:
+        lines += [
+            "",
+            f"Each arm − `{base}`, paired by seed (mean of the differences ± its standard error):",
+            "",
+        ]
+        lines += [
+            "| arm | seeds | " + " | ".join(ARM_KEYS.values()) + " |",
+            "|---|---|" + "---|" * len(ARM_KEYS),
+        ]
+        for arm, seeds in sorted(arms.items()):
+            common = sorted(set(seeds) & set(arms[base]))
+            if arm == base or len(common) < 2:
+                continue
+            entry = {}
+            for k in ARM_KEYS:
+                mean, std = mean_std([arm_value(seeds[s], k) - arm_value(arms[base][s], k) for s in common])
+                entry[k] = (mean, std / math.sqrt(len(common)))
+            summary["paired"][arm] = {"seeds": common, **{k: list(v) for k, v in entry.items()}}
+            cells = [f"{m:+.{digits.get(k, 2)}f} ± {se:.{digits.get(k, 2)}f}" for k, (m, se) in entry.items()]
+            lines.append(f"| `{arm}` | {len(common)} | " + " | ".join(cells) + " |")
+    return summary, lines
 
 
 def main() -> None:
@@ -132,11 +205,13 @@ def main() -> None:
     parser.add_argument(
         "--settled-from", type=int, default=1000, help="the step that splits the second table"
     )
+    parser.add_argument("--base", default="aer", help="the arm the others are paired with (default aer)")
     args = parser.parse_args()
     runs = sorted(p.parent for p in args.dir.glob("*/seed*/metrics.csv"))
     readings = [read_run(run, args.tau, args.settled_from) for run in runs]
+    summary, arm_lines = arm_tables(readings, args.base)
     (args.dir / "reading.json").write_text(
-        json.dumps({"tau": args.tau, "window": WINDOW, "runs": readings}, indent=1)
+        json.dumps({"tau": args.tau, "window": WINDOW, "runs": readings, "summary": summary}, indent=1)
     )
     marks = sorted({int(k) for r in readings for k in r["average_over_h0"]})
     lines = [
@@ -178,6 +253,7 @@ def main() -> None:
             for name, e in r["evals"].items()
         )
         lines.append(f"- `{r['run']}`: {evals or 'none yet'}")
+    lines += ["", *arm_lines]
     (args.dir / "reading.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -111,6 +111,14 @@ TEN_SEED_CANDIDATES = [
     ("aer:update.alpha_min=5.0e-4", list(range(3, 10)), "floor", "seed-spread-floor", []),
     # the rearm at the target (2026-12-04), seeds 0-9 all in level2_seeds
     ("aer:update.rearm_at_target=true", list(range(10)), "rearm", "seed-spread-rearm", []),
+    # the rearm to one decade below alpha_0 (2026-12-05), seeds 0-9 all in level2_seeds
+    (
+        "aer:update.rearm_at_target=true,update.rearm_alpha=5e-4",
+        list(range(10)),
+        "rearm_5e-4",
+        "seed-spread-rearm-5e-4",
+        [],
+    ),
     # the sweep's best fixed α, the yardstick (2026-12-05), seeds 3-9; in band against AER's 0.4·H0
     ("fixed:alpha=0.01", list(range(3, 10)), "fixed", "seed-spread-fixed", ["--band-tau", "0.4"]),
     # the fixed arm's bonus over the first quarter only (2026-12-05), seeds 0-9 all in level2_seeds

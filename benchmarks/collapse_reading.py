@@ -9,7 +9,9 @@ the share of steps with α at a bound (≤ alpha_min or ≥ alpha_max of the run
 first in-band step and over all steps); α's range; held-out pass@1 / pass@8 at every evaluation.
 A second table splits the in-band share at step ``--settled-from`` (1000): the approach, where the
 entropy first falls through H* and the controller has to climb from a wound-down α, and the settled
-run after it, with the spread of log10 α there (how far α swings while holding).
+run after it, with the spread of log10 α there (how far α swings while holding), the highest
+50-step average over H* there (a burst above the band) and the largest fall of the 50-step average of
+the training accuracy there from its running maximum (what a burst cost while it lasted).
 Two more tables, over the finished runs: per arm the mean ± std over seeds (in band, by phase, H/H0
 over the last quarter, held-out pass@1 / pass@8 of the last evaluation), and each arm minus
 ``--base`` (default ``aer``) paired by seed — the mean of the per-seed differences ± its standard
@@ -89,6 +91,19 @@ def phase_shares(in_band: Any, first: int | None, split: int) -> tuple[float, fl
     return (float(early.mean()) if early.size else math.nan, float(late.mean()) if late.size else math.nan)
 
 
+def settled_bursts(average: Any, accuracy: list[float], settled_from: int) -> tuple[float, float]:
+    """From step ``settled_from`` on: the highest 50-step average of the entropy (NaN if none), and
+    the largest fall of the 50-step average of the training accuracy below its running maximum."""
+    late = [float(a) for a in average[settled_from:] if math.isfinite(float(a))]
+    smoothed = [statistics.fmean(accuracy[t - WINDOW + 1 : t + 1]) for t in range(WINDOW - 1, len(accuracy))]
+    late_accuracy = smoothed[max(settled_from - WINDOW + 1, 0) :]
+    fall, peak = 0.0, -math.inf
+    for value in late_accuracy:
+        peak = max(peak, value)
+        fall = max(fall, peak - value)
+    return (max(late) if late else math.nan), (fall if late_accuracy else math.nan)
+
+
 def read_run(run: Path, tau: float, settled_from: int = 1000) -> dict[str, Any]:
     with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -108,6 +123,7 @@ def read_run(run: Path, tau: float, settled_from: int = 1000) -> dict[str, Any]:
     noise, ceiling = noise_ceiling(entropy, first if first is not None else len(entropy))
     approach, settled = phase_shares(band.in_band, first, settled_from)
     late_alpha = [math.log10(a) for a in alpha[settled_from:] if a > 0]
+    burst, accuracy_fall = settled_bursts(band.average, [float(r["accuracy"]) for r in rows], settled_from)
     return {
         "run": f"{run.parent.name}/{run.name}",
         "status": summary.get("status"),
@@ -125,6 +141,8 @@ def read_run(run: Path, tau: float, settled_from: int = 1000) -> dict[str, Any]:
         "in_band_before_settled": approach,
         "in_band_settled": settled,
         "log10_alpha_std_settled": statistics.pstdev(late_alpha) if len(late_alpha) > 1 else math.nan,
+        "largest_average_over_target_settled": burst / (tau * h0),
+        "largest_accuracy_fall_settled": accuracy_fall,
         "last_quarter_over_h0": statistics.fmean(entropy[-max(len(entropy) // 4, 1) :]) / h0,
         "evals": {name: {k: e[k] for k in ("pass@1", "pass@8") if k in e} for name, e in evals.items()},
     }
@@ -238,13 +256,15 @@ def main() -> None:
         f"In band by phase: from the first in-band step to step {args.settled_from}, and from step "
         f"{args.settled_from} on; the spread (std) of log10 α from step {args.settled_from} on.",
         "",
-        f"| run | in band, first … {args.settled_from} | in band, {args.settled_from} … end | std of log10 α, {args.settled_from} … end |",
-        "|---|---|---|---|",
+        f"| run | in band, first … {args.settled_from} | in band, {args.settled_from} … end | std of log10 α, {args.settled_from} … end "
+        "| highest average / H* | largest fall of training accuracy |",
+        "|---|---|---|---|---|---|",
     ]
     for r in readings:
         lines.append(
             f"| `{r['run']}` | {r['in_band_before_settled']:.2f} | {r['in_band_settled']:.2f} | "
-            f"{r['log10_alpha_std_settled']:.2f} |"
+            f"{r['log10_alpha_std_settled']:.2f} | {r['largest_average_over_target_settled']:.2f} | "
+            f"{r['largest_accuracy_fall_settled']:.2f} |"
         )
     lines += ["", "Held-out pass@1 / pass@8 at each evaluation:", ""]
     for r in readings:

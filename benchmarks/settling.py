@@ -16,7 +16,8 @@ first half. The library defaults (``aer`` as shipped) are read on:
 * SmolLM2-135M: ``configs/smollm2_aer.yaml`` run to 160 steps, seeds 0 and 1 (benchmarks/smollm2_aer).
 
 and a second table reads the candidates measured against them on the same tasks, warm starts and
-seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``, the rearm). Only finished runs are read. Writes
+seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``, the rearm to α_0 and to
+``rearm_alpha: 5e-4``). Only finished runs are read. Writes
 benchmarks/results/settling.{md,json}.
 
     python benchmarks/settling.py
@@ -50,6 +51,7 @@ TASKS = {
 }
 #: the candidates measured against the defaults on the same tasks, warm starts and seeds
 BOOST = "aer_update.climb_boost=10_update.climb_from=0.2"
+REARM_5E4 = "aer_update.rearm_at_target=true_update.rearm_alpha=5e-4"
 CANDIDATES = {
     "collapse v5: step 0.15": ["benchmarks/ablation_collapse_v5/aer_update.step=0.15/seed*"],
     "collapse v5: climb boost": [f"benchmarks/ablation_collapse_v5/{BOOST}/seed*"],
@@ -74,6 +76,9 @@ CANDIDATES = {
     "main job: rearm": ["benchmarks/default_job_2026-12-03/probe_rearm_s[0-9]"],
     "collapse v5: rearm": ["benchmarks/ablation_collapse_v5/aer_update.rearm_at_target=true/seed*"],
     "level 2: rearm": ["benchmarks/robustness/level2_seeds/aer_update.rearm_at_target=true/seed*"],
+    "main job: rearm 5e-4": ["benchmarks/default_job_2026-12-03/probe_rearm5e4_s[0-9]"],
+    "collapse v5: rearm 5e-4": [f"benchmarks/ablation_collapse_v5/{REARM_5E4}/seed*"],
+    "level 2: rearm 5e-4": [f"benchmarks/robustness/level2_seeds/{REARM_5E4}/seed*"],
 }
 
 

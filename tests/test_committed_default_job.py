@@ -1,12 +1,17 @@
 """The committed runs behind README's default-job table (benchmarks/default_job_2026-12-03): each is
 `entropyctl train` at the embedded default with only the seed (and where it wrote) changed, finished;
-benchmarks/default_job_reading.py reproduces the table from them, and README quotes it."""
+benchmarks/default_job_reading.py reproduces the table from them, and README quotes it. The same for
+the one-setting probes docs/training.md reads (the default with one controller setting changed)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 from committed_runs import assert_docs_quote, assert_printed_table_reproduced
 
@@ -38,3 +43,44 @@ def test_the_table_is_reproduced_and_readme_quotes_it(tmp_path: Path) -> None:
     runs = [RUNS / f"s{seed}" for seed in (0, 1, 2)]
     assert_printed_table_reproduced(SCRIPT, runs, RUNS, tmp_path)
     assert_docs_quote(RUNS / "table.md", ROOT / "README.md", "default-job-table", 4)
+
+
+#: the one-setting probes of the main job in docs/training.md: run folder prefix, docs marker, the
+#: `--set` overrides (over the embedded default, seed and threads), seeds 0-2 each
+PROBES = [
+    ("probe_step015_s", "probe-step015", {"step": 0.15}),
+    ("probe_boost_s", "probe-boost", {"climb_boost": 10.0, "climb_from": 0.2}),
+    ("probe_floor_s", "probe-floor", {"alpha_min": 5e-4}),
+    ("probe_rearm_s", "probe-rearm", {"rearm_at_target": True}),
+    ("probe_rearm5e4_s", "probe-rearm5e4", {"rearm_at_target": True, "rearm_alpha": 5e-4}),
+]
+
+
+@pytest.mark.parametrize(("prefix", "marker", "update"), PROBES, ids=[p[1] for p in PROBES])
+def test_the_probes_are_the_default_with_one_setting_and_the_docs_quote_them(
+    prefix: str, marker: str, update: dict[str, Any], tmp_path: Path
+) -> None:
+    default = load_run_config(None).model_dump(mode="json")
+    runs = [RUNS / f"{prefix}{seed}" for seed in (0, 1, 2)]
+    for seed, run in enumerate(runs):
+        written = yaml.safe_load((run / "config.yaml").read_text())
+        expected = {
+            **default,
+            "seed": seed,
+            "output_dir": written["output_dir"],
+            "run_name": written["run_name"],
+        }
+        expected["trainer"] = {**default["trainer"], "threads": 1}
+        expected["controller"] = {
+            **default["controller"],
+            "update": {**default["controller"]["update"], **update},
+        }
+        assert parse_written_config(written) == parse_run_config(expected), run
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["steps"] == default["trainer"]["steps"]
+    command = [sys.executable, str(SCRIPT), *map(str, runs)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    doc = (ROOT / "docs" / "training.md").read_text()
+    table = doc.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
+    assert [line.strip() for line in table.splitlines() if line.strip()[2:3].isdigit()] == rows

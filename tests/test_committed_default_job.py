@@ -22,10 +22,11 @@ RUNS = ROOT / "benchmarks" / "default_job_2026-12-03"
 SCRIPT = ROOT / "benchmarks" / "default_job_reading.py"
 
 
-def test_the_runs_are_the_embedded_default_with_their_seed() -> None:
+def assert_default_runs(runs: list[Path], update: dict[str, Any]) -> None:
+    """Each run is `entropyctl train` at the embedded default with its seed (0, 1, 2 in order), one
+    thread and the controller's ``update`` fields overridden, finished."""
     default = load_run_config(None).model_dump(mode="json")
-    for seed in (0, 1, 2):
-        run = RUNS / f"s{seed}"
+    for seed, run in enumerate(runs):
         written = yaml.safe_load((run / "config.yaml").read_text())
         expected = {
             **default,
@@ -34,9 +35,17 @@ def test_the_runs_are_the_embedded_default_with_their_seed() -> None:
             "run_name": written["run_name"],
         }
         expected["trainer"] = {**default["trainer"], "threads": 1}
+        expected["controller"] = {
+            **default["controller"],
+            "update": {**default["controller"]["update"], **update},
+        }
         assert parse_written_config(written) == parse_run_config(expected), run
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == default["trainer"]["steps"]
+
+
+def test_the_runs_are_the_embedded_default_with_their_seed() -> None:
+    assert_default_runs([RUNS / f"s{seed}" for seed in (0, 1, 2)], {})
 
 
 def test_the_table_is_reproduced_and_readme_quotes_it(tmp_path: Path) -> None:
@@ -60,24 +69,8 @@ PROBES = [
 def test_the_probes_are_the_default_with_one_setting_and_the_docs_quote_them(
     prefix: str, marker: str, update: dict[str, Any], tmp_path: Path
 ) -> None:
-    default = load_run_config(None).model_dump(mode="json")
     runs = [RUNS / f"{prefix}{seed}" for seed in (0, 1, 2)]
-    for seed, run in enumerate(runs):
-        written = yaml.safe_load((run / "config.yaml").read_text())
-        expected = {
-            **default,
-            "seed": seed,
-            "output_dir": written["output_dir"],
-            "run_name": written["run_name"],
-        }
-        expected["trainer"] = {**default["trainer"], "threads": 1}
-        expected["controller"] = {
-            **default["controller"],
-            "update": {**default["controller"]["update"], **update},
-        }
-        assert parse_written_config(written) == parse_run_config(expected), run
-        summary = json.loads((run / "summary.json").read_text())
-        assert summary["status"] == "finished" and summary["steps"] == default["trainer"]["steps"]
+    assert_default_runs(runs, update)
     command = [sys.executable, str(SCRIPT), *map(str, runs)]
     printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
     rows = [line for line in printed.splitlines() if line.startswith("| ") and line[2].isdigit()]

@@ -12,7 +12,8 @@ Families (each drawn at random from a fixed seed, ``--plants`` per family):
 
 Rules: today's default; the same with the step 0.15 (the level-2 seed study's lead); the same with the
 climb boost (``climb_boost: 10, climb_from: 0.2``); with the floor ``alpha_min: 5e-4``; with
-``rearm_at_target`` (to α_0, and to ``rearm_alpha: 5e-4``); the previous default's gains (κ 0.1, κ_p 1, β 0.5, with today's clipped
+``rearm_at_target`` (to α_0, and to ``rearm_alpha: 5e-4``); the default rule under the ``linear`` and
+``uniform`` allocations; the previous default's gains (κ 0.1, κ_p 1, β 0.5, with today's clipped
 error); the first release's additive (the paper's form, our reading), log and sign rules; the
 collapse study v4's candidates (κ 0.15, κ_p 3, H0 from 10 readings; and the same with the opt-in
 holds ``hold_on_approach`` and ``release_band: 0.2``).
@@ -53,6 +54,10 @@ RULES: dict[str, dict[str, Any]] = {
     "rearm": {"update": {"rule": "relative", "rearm_at_target": True}},
     # the same rearm, to one decade below alpha_0 (chosen on the seed-7 draws among 1, 0.3 and 0.1 of alpha_0)
     "rearm 5e-4": {"update": {"rule": "relative", "rearm_at_target": True, "rearm_alpha": 5e-4}},
+    # the default rule under aer's other allocations (the plant's prompts differ in difficulty: the
+    # allocation decides which of them the bonus reaches)
+    "allocation linear": {"allocation": {"rule": "linear"}},
+    "allocation uniform": {"allocation": {"rule": "uniform"}},
     "previous gains": {"update": {"rule": "relative", "step": 0.1, "proportional": 1.0, "smoothing": 0.5}},
     "additive": {"update": {"rule": "additive"}},
     "log": {"update": {"rule": "log"}},

@@ -1,5 +1,5 @@
 """The committed collapse study v5 (benchmarks/ablation_collapse_v5: AER's step 0.15, the lead of the
-ten-seed study, and the opt-in climb boost, plain and gated, the floor 5e-4, the rearm (to α_0 and to 5e-4) and the uniform allocation beside the defaults and no bonus, on one warm start, 3000 steps) is what its run
+ten-seed study, and the opt-in climb boost, plain and gated, the floor 5e-4, the rearm (to α_0 and to 5e-4), the uniform allocation and half the proportional gain beside the defaults and no bonus, on one warm start, 3000 steps) is what its run
 directories say: every committed run is the shipped config's arm × seed and finished, every arm
 has three seeds; the step-by-step reading is reproduced from the committed metrics; the docs quote
 its rows."""
@@ -47,6 +47,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
         "aer_update.rearm_at_target=true",
         "aer_allocation.rule=uniform",
         "aer_update.rearm_at_target=true_update.rearm_alpha=5e-4",
+        "aer_update.proportional=1",
     )
     assert all(sorted(by_arm[slug]) == [0, 1, 2] for slug in slugs)
     count = 0
@@ -75,6 +76,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
     written = yaml.safe_load((STUDY / slugs[7] / "seed0" / "config.yaml").read_text())
     assert parse_written_config(written).controller.allocation.rule == "uniform"  # type: ignore[union-attr]
     assert update_of(slugs[8]) == RelativeUpdate(rearm_at_target=True, rearm_alpha=5e-4)
+    assert update_of(slugs[9]) == RelativeUpdate(proportional=1.0)
 
 
 def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
@@ -89,4 +91,4 @@ def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
 def test_docs_quote_the_reading() -> None:
     assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-table", 24, "| `")
     # the per-arm and paired tables: every arm, and every arm but the base paired with it
-    assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-arms", 9 + 8, "| `")
+    assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-arms", 10 + 9, "| `")

@@ -13,7 +13,8 @@ run after it, with the spread of log10 α there (how far α swings while holding
 50-step average over H* there (a burst above the band) and the largest fall of the 50-step average of
 the training accuracy there from its running maximum (what a burst cost while it lasted).
 Two more tables, over the finished runs: per arm the mean ± std over seeds (in band, by phase, H/H0
-over the last quarter, held-out pass@1 / pass@8 of the last evaluation), and each arm minus
+over the last quarter, held-out pass@1 / pass@8 of the last evaluation and pass@1 averaged over the
+last three evaluations — a burst above the band can fall against the last one alone), and each arm minus
 ``--base`` (default ``aer``) paired by seed — the mean of the per-seed differences ± its standard
 error (std/√n) — over the seeds both arms finished.
 
@@ -156,13 +157,20 @@ ARM_KEYS = {
     "last_quarter_over_h0": "H/H0, last quarter",
     "pass@1": "held-out pass@1 (last evaluation)",
     "pass@8": "pass@8",
+    "pass@1 last 3": "pass@1, mean of the last 3 evaluations",
 }
+#: how many of the last evaluations the steadier pass@1 averages (a burst above the band can fall
+#: against the last one alone)
+LAST_EVALUATIONS = 3
 
 
 def arm_value(reading: dict[str, Any], key: str) -> float:
+    evals = list(reading["evals"].values())
     if key in ("pass@1", "pass@8"):
-        evals = list(reading["evals"].values())
         return float(evals[-1].get(key, math.nan)) if evals else math.nan
+    if key == "pass@1 last 3":
+        last = [float(e.get("pass@1", math.nan)) for e in evals[-LAST_EVALUATIONS:]]
+        return statistics.fmean(last) if len(last) == LAST_EVALUATIONS else math.nan
     return float(reading[key])
 
 
@@ -184,7 +192,7 @@ def arm_tables(readings: list[dict[str, Any]], base: str) -> tuple[dict[str, Any
     """Per arm, mean ± std over its finished seeds; each other arm minus ``base`` paired by seed."""
     arms = by_arm(readings)
     summary: dict[str, Any] = {"base": base, "arms": {}, "paired": {}}
-    digits = {"pass@1": 3, "pass@8": 3, "last_quarter_over_h0": 3}
+    digits = {"pass@1": 3, "pass@8": 3, "pass@1 last 3": 3, "last_quarter_over_h0": 3}
     lines = ["Per arm, mean ± std over its finished seeds:", ""]
     lines += ["| arm | seeds | " + " | ".join(ARM_KEYS.values()) + " |", "|---|---|" + "---|" * len(ARM_KEYS)]
     for arm, seeds in sorted(arms.items()):

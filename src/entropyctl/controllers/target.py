@@ -24,10 +24,10 @@ Until H0 is anchored (``anchor.mode: initial``) α stays α_0 and the anchoring 
 update it (they do seed the smoothed reading H̃).
 
 ``update.rearm_at_target`` (relative rule, off by default): at the first reading with e_t ≥ 0 after
-anchoring (the smoothed entropy has reached H*), I_t is raised to α_0 (``update.rearm_alpha`` if
-set) if it is below, once. The first
-approach from above winds I down toward α_min while no bonus is needed; without the rearm the climb
-that follows starts there, decades below the α that holds the entropy.
+anchoring (the smoothed entropy has reached H*), I_t is raised to α_0 (``update.rearm_alpha`` if set)
+if it is below, once. The first approach from above winds I down toward α_min while no bonus is
+needed; without the rearm the climb that follows starts there, decades below the α that holds the
+entropy.
 
 ``update.hold_on_approach`` (relative rule, off by default): two slower averages of the readings,
 F_t (β_F = 0.95, ~20 steps) and S_t (β_S = 0.99, ~100 steps), both starting at H0 when it is anchored.

@@ -33,9 +33,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from entropyctl.experiments.band import WINDOW, alpha_at_bound, read_band
+from entropyctl.experiments.band import WINDOW, alpha_at_bound, moving_average, read_band
 
 
 def alpha_bounds(config: dict[str, Any]) -> tuple[float, float]:
@@ -94,15 +95,16 @@ def phase_shares(in_band: Any, first: int | None, split: int) -> tuple[float, fl
 
 def settled_bursts(average: Any, accuracy: list[float], settled_from: int) -> tuple[float, float]:
     """From step ``settled_from`` on: the highest 50-step average of the entropy (NaN if none), and
-    the largest fall of the 50-step average of the training accuracy below its running maximum."""
+    the largest fall of the 50-step average of the training accuracy below its running maximum (full
+    windows only)."""
     late = [float(a) for a in average[settled_from:] if math.isfinite(float(a))]
-    smoothed = [statistics.fmean(accuracy[t - WINDOW + 1 : t + 1]) for t in range(WINDOW - 1, len(accuracy))]
-    late_accuracy = smoothed[max(settled_from - WINDOW + 1, 0) :]
-    fall, peak = 0.0, -math.inf
-    for value in late_accuracy:
-        peak = max(peak, value)
-        fall = max(fall, peak - value)
-    return (max(late) if late else math.nan), (fall if late_accuracy else math.nan)
+    late_accuracy = moving_average(accuracy)[max(settled_from, WINDOW - 1) :]
+    fall = (
+        float((np.maximum.accumulate(late_accuracy) - late_accuracy).max())
+        if late_accuracy.size
+        else math.nan
+    )
+    return (max(late) if late else math.nan), fall
 
 
 def read_run(run: Path, tau: float, settled_from: int = 1000) -> dict[str, Any]:
@@ -193,8 +195,8 @@ def arm_tables(readings: list[dict[str, Any]], base: str) -> tuple[dict[str, Any
     arms = by_arm(readings)
     summary: dict[str, Any] = {"base": base, "arms": {}, "paired": {}}
     digits = {"pass@1": 3, "pass@8": 3, "pass@1 last 3": 3, "last_quarter_over_h0": 3}
-    lines = ["Per arm, mean ± std over its finished seeds:", ""]
-    lines += ["| arm | seeds | " + " | ".join(ARM_KEYS.values()) + " |", "|---|---|" + "---|" * len(ARM_KEYS)]
+    header = ["| arm | seeds | " + " | ".join(ARM_KEYS.values()) + " |", "|---|---|" + "---|" * len(ARM_KEYS)]
+    lines = ["Per arm, mean ± std over its finished seeds:", "", *header]
     for arm, seeds in sorted(arms.items()):
         entry = {k: mean_std([arm_value(seeds[s], k) for s in sorted(seeds)]) for k in ARM_KEYS}
         summary["arms"][arm] = {"seeds": sorted(seeds), **{k: list(v) for k, v in entry.items()}}
@@ -206,10 +208,7 @@ def arm_tables(readings: list[dict[str, Any]], base: str) -> tuple[dict[str, Any
             f"Each arm − `{base}`, paired by seed (mean of the differences ± its standard error):",
             "",
         ]
-        lines += [
-            "| arm | seeds | " + " | ".join(ARM_KEYS.values()) + " |",
-            "|---|---|" + "---|" * len(ARM_KEYS),
-        ]
+        lines += header
         for arm, seeds in sorted(arms.items()):
             common = sorted(set(seeds) & set(arms[base]))
             if arm == base or len(common) < 2:

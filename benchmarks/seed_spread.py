@@ -1,6 +1,7 @@
 """How far three seeds are from the answer: per arm, the issue-12 numbers of runs pooled from several
 study folders (the same config and warm start, other seeds), with the mean, the seed spread and the
-standard error of the mean, and the difference between two arms with its standard error.
+standard error of the mean, and the difference between two arms with its standard error: once as
+independent samples and once paired by seed (the seeds both arms ran).
 
     python benchmarks/seed_spread.py benchmarks/robustness/level2 benchmarks/robustness/level2_seeds \
         --arms aer aer_update.step=0.15 --out benchmarks/robustness/level2_seeds
@@ -81,6 +82,29 @@ def summarise(values: list[float]) -> dict[str, float] | None:
     return {"n": n, "mean": mean, "std": std, "se": std / math.sqrt(n) if n > 1 else math.nan}
 
 
+def paired_difference(
+    first: list[dict[str, Any]], second: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[str]]:
+    """Per key, the mean of the per-seed differences (second − first) over the seeds both arms ran,
+    ± the standard error of that mean: the runs of one seed share the warm start and the data order,
+    so the pairing removes what the seed alone sets (the row above treats the arms as independent)."""
+    by_seed = [{Path(r["run"]).name: r for r in runs} for runs in (first, second)]
+    common = sorted(set(by_seed[0]) & set(by_seed[1]), key=lambda n: int(n.removeprefix("seed")))
+    out: dict[str, Any] = {"seeds": [int(n.removeprefix("seed")) for n in common]}
+    cells = []
+    for key in KEYS:
+        pairs = [(by_seed[0][n], by_seed[1][n]) for n in common]
+        if not pairs or any(key not in a or key not in b for a, b in pairs):
+            out[key] = None
+            cells.append("—")
+            continue
+        spread = summarise([float(b[key]) - float(a[key]) for a, b in pairs])
+        assert spread is not None
+        out[key] = {"delta": spread["mean"], "se": spread["se"]}
+        cells.append(f"{spread['mean']:+.3f} ± {spread['se']:.3f}")
+    return out, cells
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
@@ -141,6 +165,9 @@ def main() -> None:
     result["difference"]["bonus_median_ratio"] = high / low if low > 0 else None
     cells.append(f"×{high / low:.3g} (medians)" if low > 0 else "—")
     lines.append("| difference (second − first) | | " + " | ".join(cells) + " |")
+    result["paired_difference"], cells = paired_difference(*(arms[arm] for arm in args.arms))
+    seeds = result["paired_difference"]["seeds"]
+    lines.append(f"| paired by seed (second − first) | {len(seeds)} | " + " | ".join(cells) + " | |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seed_spread.json").write_text(json.dumps(result, indent=2) + "\n")
     text = "\n".join(lines) + "\n"

@@ -44,7 +44,7 @@ PARTS_OF_CONTROLLER = {
 
 
 #: arms that are candidates for the defaults, not ablations: they may change several parts at once
-#: (their study config says so; docs/controllers.md, "Two candidates")
+#: (their study config says so; docs/robustness.md, "Two candidates")
 CANDIDATES = {"aer:update.step=0.15,update.proportional=3,anchor.steps=10"}
 
 

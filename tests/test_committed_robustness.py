@@ -52,6 +52,12 @@ def assert_seed_spread_reproduced(
     fresh = json.loads((out / "seed_spread.json").read_text())
     kept: dict[str, Any] = json.loads((committed / "seed_spread.json").read_text())
     assert fresh["arms"] == kept["arms"] and fresh["difference"] == kept["difference"]
+    assert fresh["paired_difference"] == kept["paired_difference"]
+    # over the same seeds the mean of the paired differences is the difference of the means
+    if all(arm["seeds"] == kept["paired_difference"]["seeds"] for arm in kept["arms"].values()):
+        for key, paired in kept["paired_difference"].items():
+            if key != "seeds" and paired is not None:
+                assert paired["delta"] == pytest.approx(kept["difference"][key]["delta"], abs=1e-12)
     assert (out / "seed_spread.md").read_text() == (committed / "seed_spread.md").read_text()
     doc = (ROOT / "docs" / "ablations.md").read_text()
     block = doc.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]

@@ -1,5 +1,5 @@
 """benchmarks/results/settling.md (how long AER's defaults take to settle on each shipped task) is
-reproduced from the committed runs, and docs/controllers.md quotes it."""
+reproduced from the committed runs, and docs/robustness.md quotes it."""
 
 from __future__ import annotations
 
@@ -23,4 +23,4 @@ def test_the_settling_table_is_reproduced_from_the_committed_runs(tmp_path: Path
 
 
 def test_docs_quote_the_settling_table() -> None:
-    assert_docs_quote(RESULTS, ROOT / "docs" / "controllers.md", "settling-table", 17)
+    assert_docs_quote(RESULTS, ROOT / "docs" / "robustness.md", "settling-table", 17)

@@ -1,6 +1,6 @@
 """The committed SmolLM2-135M runs of AER at its defaults (benchmarks/smollm2_aer): each is
 configs/smollm2_aer.yaml with the overrides named here, finished; benchmarks/smollm2_reading.py
-reproduces their table, and docs/controllers.md quotes it."""
+reproduces their table, and docs/robustness.md quotes it."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_the_runs_stopped_by_a_full_disk_resumed_their_own_step_100_checkpoint_u
 def test_the_table_is_reproduced_and_the_docs_quote_it(tmp_path: Path) -> None:
     runs = [RUNS / name for name in committed()]
     assert_printed_table_reproduced(SCRIPT, runs, RUNS, tmp_path)
-    assert_docs_quote(RUNS / "table.md", ROOT / "docs" / "controllers.md", "smollm2-table", len(runs))
+    assert_docs_quote(RUNS / "table.md", ROOT / "docs" / "robustness.md", "smollm2-table", len(runs))
 
 
 def test_the_fixed_runs_are_read_against_the_target_the_defaults_set_on_the_same_seed() -> None:

@@ -160,10 +160,13 @@ ARM_KEYS = {
     "pass@1": "held-out pass@1 (last evaluation)",
     "pass@8": "pass@8",
     "pass@1 last 3": "pass@1, mean of the last 3 evaluations",
+    "pass@1 step 500": "pass@1 at step 500",
 }
 #: how many of the last evaluations the steadier pass@1 averages (a burst above the band can fall
 #: against the last one alone)
 LAST_EVALUATIONS = 3
+#: the step of the early evaluation the arm tables compare (the long studies evaluate every 500 steps)
+EARLY_STEP = 500
 
 
 def arm_value(reading: dict[str, Any], key: str) -> float:
@@ -173,6 +176,8 @@ def arm_value(reading: dict[str, Any], key: str) -> float:
     if key == "pass@1 last 3":
         last = [float(e.get("pass@1", math.nan)) for e in evals[-LAST_EVALUATIONS:]]
         return statistics.fmean(last) if len(last) == LAST_EVALUATIONS else math.nan
+    if key == "pass@1 step 500":  # what a candidate costs or gains early (a study evaluating every 500)
+        return float(reading["evals"].get(f"step_{EARLY_STEP}", {}).get("pass@1", math.nan))
     return float(reading[key])
 
 
@@ -194,7 +199,7 @@ def arm_tables(readings: list[dict[str, Any]], base: str) -> tuple[dict[str, Any
     """Per arm, mean ± std over its finished seeds; each other arm minus ``base`` paired by seed."""
     arms = by_arm(readings)
     summary: dict[str, Any] = {"base": base, "arms": {}, "paired": {}}
-    digits = {"pass@1": 3, "pass@8": 3, "pass@1 last 3": 3, "last_quarter_over_h0": 3}
+    digits = {"pass@1": 3, "pass@8": 3, "pass@1 last 3": 3, "pass@1 step 500": 3, "last_quarter_over_h0": 3}
     header = ["| arm | seeds | " + " | ".join(ARM_KEYS.values()) + " |", "|---|---|" + "---|" * len(ARM_KEYS)]
     lines = ["Per arm, mean ± std over its finished seeds:", "", *header]
     for arm, seeds in sorted(arms.items()):

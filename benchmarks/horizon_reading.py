@@ -1,0 +1,146 @@
+"""What a candidate costs or gains, evaluation by evaluation: one arm against a base arm of the same
+study (same warm start, config and seeds), paired by seed, at every held-out evaluation of a long run.
+
+A candidate that holds the band earlier can cost accuracy early and nothing late (or the reverse); the
+arm tables of ``collapse_reading.py`` give the last evaluation, the last three and step 500. This
+reading gives each evaluation step K: held-out pass@1 and pass@8 of the arm minus the base's (mean of
+the per-seed differences ± its standard error, std/√n), and the share of the steps in (K − every, K]
+whose 50-step average of the entropy is within ±20 % of τ·H0 (H0 the controller's, as the other
+readings take it), for both arms. Only finished runs, over the seeds both arms finished.
+
+    python benchmarks/horizon_reading.py benchmarks/ablation_collapse_v5 \
+        --arm aer_update.alpha_min=5.0e-4 --out benchmarks/results/floor_horizon.md
+
+Several study folders may be given (``--label`` names each in the table, in order); the Markdown
+goes to ``--out`` and the same numbers as JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from entropyctl.experiments.band import WINDOW, read_band
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_run(run: Path, tau: float) -> dict[str, Any] | None:
+    """Held-out pass@k by evaluation step and the per-step in-band flags; None unless finished."""
+    summary_path = run / "summary.json"
+    if not summary_path.exists():
+        return None
+    summary = json.loads(summary_path.read_text())
+    if summary.get("status") != "finished":
+        return None
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    entropy = [float(r["entropy"]) for r in rows]
+    logged = [float(r["h0"]) for r in rows if r.get("h0") not in (None, "", "nan")]
+    h0 = logged[-1] if logged and math.isfinite(logged[-1]) else entropy[0]
+    band = read_band(entropy, tau * h0, start=WINDOW - 1)
+    evals: dict[int, dict[str, float]] = {}
+    for name, values in (summary.get("evals") or {}).items():
+        match = re.fullmatch(r"step_(\d+)", name)
+        step = int(match.group(1)) if match else len(rows) if name == "after" else None
+        if step is not None:
+            evals[step] = {k: float(values[k]) for k in ("pass@1", "pass@8") if k in values}
+    return {"evals": evals, "in_band": [bool(x) for x in band.in_band]}
+
+
+def paired(base: list[float], arm: list[float]) -> dict[str, float]:
+    differences = [a - b for a, b in zip(arm, base, strict=True)]
+    n = len(differences)
+    std = statistics.stdev(differences) if n > 1 else math.nan
+    return {"delta": statistics.fmean(differences), "se": std / math.sqrt(n) if n > 1 else math.nan}
+
+
+def read_study(folder: Path, arm: str, base: str, tau: float) -> dict[str, Any]:
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for slug in (base, arm):
+        found = {}
+        for run in sorted((folder / slug).glob("seed*")):
+            reading = read_run(run, tau)
+            if reading is not None:
+                found[int(run.name.removeprefix("seed"))] = reading
+        runs[slug] = found
+    seeds = sorted(set(runs[base]) & set(runs[arm]))
+    if not seeds:
+        raise SystemExit(f"{folder}: no seed finished in both {base} and {arm}")
+    steps = sorted(set.intersection(*(set(runs[s][seed]["evals"]) for s in (base, arm) for seed in seeds)))
+    rows = []
+    previous = 0
+    for step in steps:
+        row: dict[str, Any] = {"step": step}
+        for key in ("pass@1", "pass@8"):
+            values = {s: [runs[s][seed]["evals"][step][key] for seed in seeds] for s in (base, arm)}
+            row[key] = {
+                base: statistics.fmean(values[base]),
+                arm: statistics.fmean(values[arm]),
+                **paired(values[base], values[arm]),
+            }
+        window = {
+            s: statistics.fmean(statistics.fmean(runs[s][seed]["in_band"][previous:step]) for seed in seeds)
+            for s in (base, arm)
+        }
+        row["in_band"] = window
+        rows.append(row)
+        previous = step
+    return {"folder": str(folder), "seeds": seeds, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument(
+        "--arm", nargs="+", required=True, help="the candidate's arm slug (one, or one per folder)"
+    )
+    parser.add_argument("--base", default="aer", help="the arm it is paired with (default aer)")
+    parser.add_argument("--label", nargs="*", help="a name for each folder in the table")
+    parser.add_argument("--tau", type=float, default=0.4)
+    parser.add_argument("--out", type=Path, required=True, help="the Markdown file (JSON beside it)")
+    args = parser.parse_args()
+    labels = args.label or [f.name for f in args.folders]
+    if len(labels) != len(args.folders):
+        raise SystemExit("--label: one name per folder")
+    arms = args.arm * len(args.folders) if len(args.arm) == 1 else args.arm
+    if len(arms) != len(args.folders):
+        raise SystemExit("--arm: one slug, or one per folder")
+    studies = {
+        label: read_study(folder, arm, args.base, args.tau)
+        for label, folder, arm in zip(labels, args.folders, arms, strict=True)
+    }
+    lines = [
+        f"{' / '.join(f'`{a}`' for a in dict.fromkeys(arms))} − `{args.base}`, paired by seed, at each held-out evaluation; in band: the share of the",
+        "steps since the previous evaluation whose 50-step average is within ±20 % of "
+        f"{args.tau:g}·H0 (mean over seeds).",
+        "",
+        f"| task | seeds | step | pass@1 `{args.base}` | pass@1 difference | pass@8 difference "
+        f"| in band `{args.base}` | in band candidate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (label, study), arm in zip(studies.items(), arms, strict=True):
+        seeds = ",".join(map(str, study["seeds"]))
+        for row in study["rows"]:
+            p1, p8, band = row["pass@1"], row["pass@8"], row["in_band"]
+            lines.append(
+                f"| {label} | {seeds} | {row['step']} | {p1[args.base]:.3f} | {p1['delta']:+.3f} ± {p1['se']:.3f} "
+                f"| {p8['delta']:+.3f} ± {p8['se']:.3f} | {band[args.base]:.2f} | {band[arm]:.2f} |"
+            )
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"arms": arms, "base": args.base, "tau": args.tau, "studies": studies}, indent=1) + "\n"
+    )
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,8 +11,10 @@ readings take it), for both arms. Only finished runs, over the seeds both arms f
     python benchmarks/horizon_reading.py benchmarks/ablation_collapse_v5 \
         --arm aer_update.alpha_min=5.0e-4 --out benchmarks/results/floor_horizon.md
 
-Several study folders may be given (``--label`` names each in the table, in order); the Markdown
-goes to ``--out`` and the same numbers as JSON beside it.
+Several studies may be given (``--label`` names each in the table, in order; ``--arm`` one slug for
+all or one per study); a study may pool the seeds of several folders of one config and warm start,
+joined by ',' (a seed in two of them is an error). The Markdown goes to ``--out`` and the same
+numbers as JSON beside it.
 """
 
 from __future__ import annotations
@@ -61,18 +63,26 @@ def paired(base: list[float], arm: list[float]) -> dict[str, float]:
     return {"delta": statistics.fmean(differences), "se": std / math.sqrt(n) if n > 1 else math.nan}
 
 
-def read_study(folder: Path, arm: str, base: str, tau: float) -> dict[str, Any]:
+def read_study(folders: list[Path], arm: str, base: str, tau: float) -> dict[str, Any]:
+    """The finished runs of ``base`` and ``arm`` pooled over ``folders`` (studies of one config and
+    warm start that ran other seeds), paired over the seeds both finished."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for slug in (base, arm):
-        found = {}
-        for run in sorted((folder / slug).glob("seed*")):
-            reading = read_run(run, tau)
-            if reading is not None:
-                found[int(run.name.removeprefix("seed"))] = reading
+        found: dict[int, dict[str, Any]] = {}
+        for folder in folders:
+            for run in sorted((folder / slug).glob("seed*")):
+                reading = read_run(run, tau)
+                if reading is None:
+                    continue
+                seed = int(run.name.removeprefix("seed"))
+                if seed in found:
+                    raise SystemExit(f"{slug}/{run.name} is in two folders: pool distinct seeds only")
+                found[seed] = reading
         runs[slug] = found
     seeds = sorted(set(runs[base]) & set(runs[arm]))
+    where = ",".join(map(str, folders))
     if not seeds:
-        raise SystemExit(f"{folder}: no seed finished in both {base} and {arm}")
+        raise SystemExit(f"{where}: no seed finished in both {base} and {arm}")
     steps = sorted(set.intersection(*(set(runs[s][seed]["evals"]) for s in (base, arm) for seed in seeds)))
     rows = []
     previous = 0
@@ -92,29 +102,32 @@ def read_study(folder: Path, arm: str, base: str, tau: float) -> dict[str, Any]:
         row["in_band"] = window
         rows.append(row)
         previous = step
-    return {"folder": str(folder), "seeds": seeds, "rows": rows}
+    return {"folders": [str(f) for f in folders], "seeds": seeds, "rows": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument(
-        "--arm", nargs="+", required=True, help="the candidate's arm slug (one, or one per folder)"
+        "studies", nargs="+", help="a study folder, or several joined by ',' to pool their seeds"
+    )
+    parser.add_argument(
+        "--arm", nargs="+", required=True, help="the candidate's arm slug (one, or one per study)"
     )
     parser.add_argument("--base", default="aer", help="the arm it is paired with (default aer)")
-    parser.add_argument("--label", nargs="*", help="a name for each folder in the table")
+    parser.add_argument("--label", nargs="*", help="a name for each study in the table")
     parser.add_argument("--tau", type=float, default=0.4)
     parser.add_argument("--out", type=Path, required=True, help="the Markdown file (JSON beside it)")
     args = parser.parse_args()
-    labels = args.label or [f.name for f in args.folders]
-    if len(labels) != len(args.folders):
-        raise SystemExit("--label: one name per folder")
-    arms = args.arm * len(args.folders) if len(args.arm) == 1 else args.arm
-    if len(arms) != len(args.folders):
-        raise SystemExit("--arm: one slug, or one per folder")
+    folders = [[Path(f) for f in study.split(",")] for study in args.studies]
+    labels = args.label or [group[0].name for group in folders]
+    if len(labels) != len(folders):
+        raise SystemExit("--label: one name per study")
+    arms = args.arm * len(folders) if len(args.arm) == 1 else args.arm
+    if len(arms) != len(folders):
+        raise SystemExit("--arm: one slug, or one per study")
     studies = {
-        label: read_study(folder, arm, args.base, args.tau)
-        for label, folder, arm in zip(labels, args.folders, arms, strict=True)
+        label: read_study(group, arm, args.base, args.tau)
+        for label, group, arm in zip(labels, folders, arms, strict=True)
     }
     lines = [
         f"{' / '.join(f'`{a}`' for a in dict.fromkeys(arms))} − `{args.base}`, paired by seed, at each held-out evaluation; in band: the share of the",

@@ -80,3 +80,22 @@ def test_no_common_seed_is_an_error(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode != 0 and "no seed finished in both" in result.stderr
+
+
+def test_pools_the_seeds_of_several_folders(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    on_target = [0.4 * H0] * 10
+    for folder, seeds in ((first, (0, 1)), (second, (2,))):
+        for seed in seeds:
+            write_run(folder / "aer" / f"seed{seed}", {"after": 0.1 * seed}, on_target)
+            write_run(folder / "cand" / f"seed{seed}", {"after": 0.1 * seed + 0.05 * (seed + 1)}, on_target)
+    out = tmp_path / "h.md"
+    command = [sys.executable, str(SCRIPT), f"{first},{second}", "--arm", "cand", "--label", "pooled"]
+    subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=120)
+    reading = json.loads(out.with_suffix(".json").read_text())["studies"]["pooled"]
+    assert reading["seeds"] == [0, 1, 2]
+    assert reading["rows"][0]["pass@1"]["delta"] == pytest.approx(0.1, abs=1e-12)  # 0.05, 0.10, 0.15
+    # the same seed in two folders is not pooled twice
+    write_run(second / "aer" / "seed1", {"after": 0.1}, on_target)
+    result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "in two folders" in result.stderr

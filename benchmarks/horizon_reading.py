@@ -130,11 +130,12 @@ def main() -> None:
         for label, group, arm in zip(labels, folders, arms, strict=True)
     }
     lines = [
-        f"{' / '.join(f'`{a}`' for a in dict.fromkeys(arms))} − `{args.base}`, paired by seed, at each held-out evaluation; in band: the share of the",
+        (f"`{arms[0]}`" if len(set(arms)) == 1 else "Each row's arm (its slug in the JSON)")
+        + f" − `{args.base}`, paired by seed, at each held-out evaluation; in band: the share of the",
         "steps since the previous evaluation whose 50-step average is within ±20 % of "
         f"{args.tau:g}·H0 (mean over seeds).",
         "",
-        f"| task | seeds | step | pass@1 `{args.base}` | pass@1 difference | pass@8 difference "
+        f"| study | seeds | step | pass@1 `{args.base}` | pass@1 difference | pass@8 difference "
         f"| in band `{args.base}` | in band candidate |",
         "|---|---|---|---|---|---|---|---|",
     ]

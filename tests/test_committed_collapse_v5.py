@@ -92,3 +92,32 @@ def test_docs_quote_the_reading() -> None:
     assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-table", 24, "| `")
     # the per-arm and paired tables: every arm, and every arm but the base paired with it
     assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-arms", 10 + 9, "| `")
+
+
+#: benchmarks/results/collapse_v5_horizon.md: every candidate against the defaults at every evaluation
+HORIZON_ARMS = {
+    "step_0.15": "aer_update.step=0.15",
+    "climb_boost": "aer_update.climb_boost=10_update.climb_from=0.2",
+    "gated_boost": "aer_update.climb_boost=10_update.climb_from=0.2_update.climb_after=25",
+    "floor_5e-4": "aer_update.alpha_min=5.0e-4",
+    "rearm": "aer_update.rearm_at_target=true",
+    "rearm_5e-4": "aer_update.rearm_at_target=true_update.rearm_alpha=5e-4",
+    "uniform_allocation": "aer_allocation.rule=uniform",
+    "proportional_1": "aer_update.proportional=1",
+    "no_bonus": "fixed_alpha=0",
+}
+
+
+def test_horizon_reading_is_reproduced(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "horizon_reading.py"
+    study = str(STUDY.relative_to(ROOT))
+    out = tmp_path / "horizon.md"
+    command = [sys.executable, str(script), *[study] * len(HORIZON_ARMS), "--arm", *HORIZON_ARMS.values()]
+    command += ["--label", *HORIZON_ARMS, "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300, cwd=ROOT)
+    committed = ROOT / "benchmarks" / "results" / "collapse_v5_horizon.md"
+    assert out.read_text() == committed.read_text()
+    reading = json.loads(out.with_suffix(".json").read_text())["studies"]
+    # six evaluations (steps 500 ... 3000) over the three seeds of every arm
+    assert all([row["step"] for row in s["rows"]] == list(range(500, 3001, 500)) for s in reading.values())
+    assert all(s["seeds"] == [0, 1, 2] for s in reading.values())

@@ -17,7 +17,7 @@ first half. The library defaults (``aer`` as shipped) are read on:
 
 and a second table reads the candidates measured against them on the same tasks, warm starts and
 seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``, the rearm to α_0 and to
-``rearm_alpha: 5e-4``). Only finished runs are read. Writes
+``rearm_alpha: 5e-4``; the floor also on the two 2000-step tasks). Only finished runs are read. Writes
 benchmarks/results/settling.{md,json}.
 
     python benchmarks/settling.py
@@ -79,6 +79,8 @@ CANDIDATES = {
     "main job: rearm 5e-4": ["benchmarks/default_job_2026-12-03/probe_rearm5e4_s[0-9]"],
     "collapse v5: rearm 5e-4": [f"benchmarks/ablation_collapse_v5/{REARM_5E4}/seed*"],
     "level 2: rearm 5e-4": [f"benchmarks/robustness/level2_seeds/{REARM_5E4}/seed*"],
+    "levels 1–2 to 2000 steps: floor 5e-4": ["benchmarks/settling_levels12/aer_update.alpha_min=5e-4/seed*"],
+    "level 2 to 2000 steps: floor 5e-4": ["benchmarks/settling_level2/aer_update.alpha_min=5e-4/seed*"],
 }
 
 

@@ -22,11 +22,13 @@ from entropyctl.experiments.ablate import parse_arms
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "settling_levels12"
 CONFIG = ROOT / "configs" / "settling_levels12.yaml"
+#: the floor one decade below alpha_0, run on both tasks as a diagnostic (2026-12-05)
+FLOOR = "aer_update.alpha_min=5e-4"
 #: the studies of this config: (folder, ``data.levels`` override or None, the arm slugs run, the docs marker)
 STUDIES = {
-    "levels12": (STUDY, None, ["aer", "fixed_alpha=0"], "settling-levels12-table"),
-    # 2026-12-05: the same config on level 2 only (``--set "data.levels=[2]"``), the defaults alone
-    "level2": (ROOT / "benchmarks" / "settling_level2", [2], ["aer"], "settling-level2-table"),
+    "levels12": (STUDY, None, ["aer", "fixed_alpha=0", FLOOR], "settling-levels12-table"),
+    # 2026-12-05: the same config on level 2 only (``--set "data.levels=[2]"``), the defaults and the floor
+    "level2": (ROOT / "benchmarks" / "settling_level2", [2], ["aer", FLOOR], "settling-level2-table"),
 }
 
 

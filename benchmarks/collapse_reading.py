@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from entropyctl.experiments.band import WINDOW, alpha_at_bound, moving_average, read_band
+from entropyctl.experiments.stats import mean_std, paired_difference
 
 
 def alpha_bounds(config: dict[str, Any]) -> tuple[float, float]:
@@ -191,10 +192,6 @@ def by_arm(readings: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]
     return arms
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
-
-
 def arm_tables(readings: list[dict[str, Any]], base: str) -> tuple[dict[str, Any], list[str]]:
     """Per arm, mean ± std over its finished seeds; each other arm minus ``base`` paired by seed."""
     arms = by_arm(readings)
@@ -218,10 +215,12 @@ def arm_tables(readings: list[dict[str, Any]], base: str) -> tuple[dict[str, Any
             common = sorted(set(seeds) & set(arms[base]))
             if arm == base or len(common) < 2:
                 continue
-            entry = {}
-            for k in ARM_KEYS:
-                mean, std = mean_std([arm_value(seeds[s], k) - arm_value(arms[base][s], k) for s in common])
-                entry[k] = (mean, std / math.sqrt(len(common)))
+            entry = {
+                k: paired_difference(
+                    [arm_value(arms[base][s], k) for s in common], [arm_value(seeds[s], k) for s in common]
+                )
+                for k in ARM_KEYS
+            }
             summary["paired"][arm] = {"seeds": common, **{k: list(v) for k, v in entry.items()}}
             cells = [f"{m:+.{digits.get(k, 2)}f} ± {se:.{digits.get(k, 2)}f}" for k, (m, se) in entry.items()]
             lines.append(f"| `{arm}` | {len(common)} | " + " | ".join(cells) + " |")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from entropyctl.experiments.band import WINDOW, read_band
+from entropyctl.experiments.stats import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,13 +55,6 @@ def read_run(run: Path, tau: float) -> dict[str, Any] | None:
         if step is not None:
             evals[step] = {k: float(values[k]) for k in ("pass@1", "pass@8") if k in values}
     return {"evals": evals, "in_band": [bool(x) for x in band.in_band]}
-
-
-def paired(base: list[float], arm: list[float]) -> dict[str, float]:
-    differences = [a - b for a, b in zip(arm, base, strict=True)]
-    n = len(differences)
-    std = statistics.stdev(differences) if n > 1 else math.nan
-    return {"delta": statistics.fmean(differences), "se": std / math.sqrt(n) if n > 1 else math.nan}
 
 
 def read_study(folders: list[Path], arm: str, base: str, tau: float) -> dict[str, Any]:
@@ -93,7 +87,7 @@ def read_study(folders: list[Path], arm: str, base: str, tau: float) -> dict[str
             row[key] = {
                 base: statistics.fmean(values[base]),
                 arm: statistics.fmean(values[arm]),
-                **paired(values[base], values[arm]),
+                **dict(zip(("delta", "se"), paired_difference(values[base], values[arm]), strict=True)),
             }
         window = {
             s: statistics.fmean(statistics.fmean(runs[s][seed]["in_band"][previous:step]) for seed in seeds)

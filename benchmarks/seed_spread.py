@@ -35,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from robustness_reading import read_run  # noqa: E402
 
+from entropyctl.experiments.stats import mean_std, paired_difference  # noqa: E402
 from entropyctl.trainer.run_dir import coefficient_acted  # noqa: E402
 
 #: the numbers compared, by their key in robustness_reading.read_run
@@ -77,12 +78,11 @@ def summarise(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     n = len(values)
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else math.nan
-    return {"n": n, "mean": mean, "std": std, "se": std / math.sqrt(n) if n > 1 else math.nan}
+    mean, std = mean_std(values)
+    return {"n": n, "mean": mean, "std": std, "se": std / math.sqrt(n)}
 
 
-def paired_difference(
+def paired_by_seed(
     first: list[dict[str, Any]], second: list[dict[str, Any]]
 ) -> tuple[dict[str, Any], list[str]]:
     """Per key, the mean of the per-seed differences (second − first) over the seeds both arms ran,
@@ -98,10 +98,9 @@ def paired_difference(
             out[key] = None
             cells.append("—")
             continue
-        spread = summarise([float(b[key]) - float(a[key]) for a, b in pairs])
-        assert spread is not None
-        out[key] = {"delta": spread["mean"], "se": spread["se"]}
-        cells.append(f"{spread['mean']:+.3f} ± {spread['se']:.3f}")
+        delta, se = paired_difference([float(a[key]) for a, _ in pairs], [float(b[key]) for _, b in pairs])
+        out[key] = {"delta": delta, "se": se}
+        cells.append(f"{delta:+.3f} ± {se:.3f}")
     return out, cells
 
 
@@ -165,7 +164,7 @@ def main() -> None:
     result["difference"]["bonus_median_ratio"] = high / low if low > 0 else None
     cells.append(f"×{high / low:.3g} (medians)" if low > 0 else "—")
     lines.append("| difference (second − first) | | " + " | ".join(cells) + " |")
-    result["paired_difference"], cells = paired_difference(*(arms[arm] for arm in args.arms))
+    result["paired_difference"], cells = paired_by_seed(*(arms[arm] for arm in args.arms))
     seeds = result["paired_difference"]["seeds"]
     lines.append(f"| paired by seed (second − first) | {len(seeds)} | " + " | ".join(cells) + " | |")
     args.out.mkdir(parents=True, exist_ok=True)

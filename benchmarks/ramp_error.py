@@ -8,7 +8,7 @@ columns agree where the integral, not the proportional term or a bound, moves α
 reading, not of the rule). Windows where e stays near +0.2 for several hundred steps are the ramp
 that a second integrator would follow without that error. Writes benchmarks/results/ramp_error.{json,md}.
 
-    python benchmarks/ramp_error.py [runs ...]   (default: benchmarks/settling_levels12/aer/seed*)
+    python benchmarks/ramp_error.py [runs ...]   (default: benchmarks/settling_levels12/aer/seed[012])
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from entropyctl.experiments.aggregate import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 200
-DEFAULT_RUNS = "benchmarks/settling_levels12/aer/seed*"
+DEFAULT_RUNS = "benchmarks/settling_levels12/aer/seed[012]"  # the three runs the reading was made on
 
 
 def windows(run: Path) -> list[dict[str, float]]:

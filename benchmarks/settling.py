@@ -7,7 +7,8 @@ earliest step it holds from. A step late in a run holds trivially (the last step
 in band do), so the table gives it as a share of the run and counts the runs that settle within the
 first half. The library defaults (``aer`` as shipped) are read on:
 
-* collapse v5 / v3: ``configs/ablation_collapse_v5.yaml`` / ``_v3.yaml``, 3000 steps (two warm starts);
+* collapse v5 / v3: ``configs/ablation_collapse_v5.yaml`` / ``_v3.yaml``, 3000 steps (two warm starts;
+  v5's seeds 3–4 of the defaults and the floor in benchmarks/ablation_collapse_v5_seeds);
 * main job: ``entropyctl train`` with no config (benchmarks/default_job_2026-12-03), 400 steps;
 * level 2: the robustness sweep's second task, seeds 0–2 and the ten-seed study's 3–9, 600 steps;
 * levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps, and the same
@@ -37,7 +38,10 @@ from entropyctl.experiments.band import SETTLED_SHARE, WINDOW, read_band, settli
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
-    "collapse v5 (3000 steps)": ["benchmarks/ablation_collapse_v5/aer/seed*"],
+    "collapse v5 (3000 steps)": [
+        "benchmarks/ablation_collapse_v5/aer/seed*",
+        "benchmarks/ablation_collapse_v5_seeds/aer/seed*",
+    ],
     "collapse v3 (3000 steps, another warm start)": ["benchmarks/ablation_collapse_v3/aer/seed*"],
     "main job (400 steps)": ["benchmarks/default_job_2026-12-03/s[0-9]"],
     "level 2 (600 steps)": [
@@ -65,7 +69,10 @@ CANDIDATES = {
         "benchmarks/robustness/level2_seeds/aer_update.step=0.15/seed*",
     ],
     "level 2: climb boost": [f"benchmarks/robustness/level2_seeds/{BOOST}/seed*"],
-    "collapse v5: floor 5e-4": ["benchmarks/ablation_collapse_v5/aer_update.alpha_min=5.0e-4/seed*"],
+    "collapse v5: floor 5e-4": [
+        "benchmarks/ablation_collapse_v5/aer_update.alpha_min=5.0e-4/seed*",
+        "benchmarks/ablation_collapse_v5_seeds/aer_update.alpha_min=5.0e-4/seed*",
+    ],
     "main job: floor 5e-4": ["benchmarks/default_job_2026-12-03/probe_floor_s[0-9]"],
     "level 2: floor 5e-4": [
         "benchmarks/robustness/level2/aer_update.alpha_min=5.0e-4/seed*",

@@ -121,3 +121,43 @@ def test_horizon_reading_is_reproduced(tmp_path: Path) -> None:
     # six evaluations (steps 500 ... 3000) over the three seeds of every arm
     assert all([row["step"] for row in s["rows"]] == list(range(500, 3001, 500)) for s in reading.values())
     assert all(s["seeds"] == [0, 1, 2] for s in reading.values())
+
+
+#: seeds 3-4 of the defaults and the floor (2026-12-05: "The floor to 2000 steps" in docs/ablations.md)
+SEEDS_STUDY = ROOT / "benchmarks" / "ablation_collapse_v5_seeds"
+FLOOR = "aer_update.alpha_min=5.0e-4"
+
+
+def test_the_extra_seeds_are_the_configs_arms() -> None:
+    base = yaml.safe_load(CONFIG.read_text())
+    labels = {arm.slug: arm.label for arm in parse_arms(base.pop("ablation")["arms"], where="ablation.arms")}
+    count = sum(
+        assert_runs_are_the_configs_arms(base, [labels[slug]], [3, 4], SEEDS_STUDY, 3000)
+        for slug in ("aer", FLOOR)
+    )
+    assert count == 4 == len(list(SEEDS_STUDY.glob("*/seed*")))
+
+
+def test_the_extra_seeds_reading_is_reproduced(tmp_path: Path) -> None:
+    copy = tmp_path / SEEDS_STUDY.name
+    for run in SEEDS_STUDY.glob("*/seed*"):
+        shutil.copytree(run, copy / run.parent.name / run.name, ignore=shutil.ignore_patterns("checkpoints"))
+    script = ROOT / "benchmarks" / "collapse_reading.py"
+    subprocess.run([sys.executable, str(script), str(copy)], check=True, capture_output=True, timeout=300)
+    assert (copy / "reading.md").read_text() == (SEEDS_STUDY / "reading.md").read_text()
+
+
+def test_floor_horizon_is_reproduced(tmp_path: Path) -> None:
+    """benchmarks/results/floor_horizon.md: the floor against the defaults at every evaluation, on
+    levels 1-2 (2000 steps, seeds 0-4) and on level 2 (collapse v5 with its extra seeds, 3000 steps)."""
+    script = ROOT / "benchmarks" / "horizon_reading.py"
+    out = tmp_path / "floor_horizon.md"
+    pooled = f"{STUDY.relative_to(ROOT)},{SEEDS_STUDY.relative_to(ROOT)}"
+    command = [sys.executable, str(script), "benchmarks/settling_levels12", pooled]
+    command += ["--arm", "aer_update.alpha_min=5e-4", FLOOR, "--label", "levels 1–2", "level 2 (collapse v5)"]
+    subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=300, cwd=ROOT)
+    assert out.read_text() == (ROOT / "benchmarks" / "results" / "floor_horizon.md").read_text()
+    reading = json.loads(out.with_suffix(".json").read_text())["studies"]
+    assert [s["seeds"] for s in reading.values()] == [[0, 1, 2, 3, 4]] * 2
+    results = ROOT / "benchmarks" / "results" / "floor_horizon.md"
+    assert_docs_quote(results, ROOT / "docs" / "ablations.md", "floor-horizon", 10, "| level")

@@ -28,6 +28,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from entropyctl.experiments.aggregate import ReportError, pooled_seeds
 from entropyctl.experiments.band import WINDOW, read_band
 from entropyctl.experiments.stats import paired_difference
 
@@ -60,19 +61,10 @@ def read_run(run: Path, tau: float) -> dict[str, Any] | None:
 def read_study(folders: list[Path], arm: str, base: str, tau: float) -> dict[str, Any]:
     """The finished runs of ``base`` and ``arm`` pooled over ``folders`` (studies of one config and
     warm start that ran other seeds), paired over the seeds both finished."""
-    runs: dict[str, dict[int, dict[str, Any]]] = {}
-    for slug in (base, arm):
-        found: dict[int, dict[str, Any]] = {}
-        for folder in folders:
-            for run in sorted((folder / slug).glob("seed*")):
-                reading = read_run(run, tau)
-                if reading is None:
-                    continue
-                seed = int(run.name.removeprefix("seed"))
-                if seed in found:
-                    raise SystemExit(f"{slug}/{run.name} is in two folders: pool distinct seeds only")
-                found[seed] = reading
-        runs[slug] = found
+    try:
+        runs = {slug: pooled_seeds(folders, slug, lambda run: read_run(run, tau)) for slug in (base, arm)}
+    except ReportError as error:
+        raise SystemExit(str(error)) from None
     seeds = sorted(set(runs[base]) & set(runs[arm]))
     where = ",".join(map(str, folders))
     if not seeds:

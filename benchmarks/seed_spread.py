@@ -35,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from robustness_reading import read_run  # noqa: E402
 
+from entropyctl.experiments.aggregate import ReportError, pooled_seeds  # noqa: E402
 from entropyctl.experiments.stats import mean_std, paired_difference  # noqa: E402
 from entropyctl.trainer.run_dir import coefficient_acted  # noqa: E402
 
@@ -49,20 +50,19 @@ KEYS = {
 
 
 def pooled_runs(folders: list[Path], arm: str, band_tau: float | None = None) -> list[dict[str, Any]]:
-    runs: dict[str, dict[str, Any]] = {}
-    for folder in folders:
-        for run in sorted((folder / arm).glob("seed*")):
-            record = read_run(run, band_tau)
-            if record is None:
-                continue
-            if run.name in runs:
-                raise SystemExit(f"{arm}/{run.name} is in two folders: pool distinct seeds only")
-            record["folder"] = str(folder)
+    def read(run: Path) -> dict[str, Any] | None:
+        record = read_run(run, band_tau)
+        if record is not None:
+            record["folder"] = str(run.parent.parent)
             record["bonus"], record["bonus_first"], record["bonus_last"] = _mean_coefficients(
                 run / "metrics.csv"
             )
-            runs[run.name] = record
-    return [runs[name] for name in sorted(runs, key=lambda n: int(n.removeprefix("seed")))]
+        return record
+
+    try:
+        return list(pooled_seeds(folders, arm, read).values())
+    except ReportError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _mean_coefficients(metrics: Path) -> tuple[float, float, float]:

@@ -6,10 +6,10 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,7 @@ __all__ = [
     "RunRecord",
     "find_runs",
     "load_run",
+    "pooled_seeds",
     "summarize_arm",
 ]
 
@@ -180,6 +181,26 @@ def find_runs(root: str | Path) -> dict[str, list[RunRecord]]:
         arm = run_dir.parent.name if run_dir != root else root.name
         arms.setdefault(arm, []).append(load_run(run_dir, arm=arm))
     return arms
+
+
+_Run = TypeVar("_Run")
+
+
+def pooled_seeds(folders: Sequence[Path], slug: str, read: Callable[[Path], _Run | None]) -> dict[int, _Run]:
+    """One arm's runs pooled over study ``folders`` (one config and warm start that ran other seeds):
+    ``read`` of each ``<folder>/<slug>/seed<N>``, by seed N, in seed order, leaving out the runs it
+    returns None for. A seed in two folders is an error (pool distinct seeds only)."""
+    found: dict[int, _Run] = {}
+    for folder in folders:
+        for run in sorted((folder / slug).glob("seed*"), key=_seed_key):
+            reading = read(run)
+            if reading is None:
+                continue
+            seed = _seed_key(run)[0]
+            if seed in found:
+                raise ReportError(f"{slug}/{run.name} is in two folders: pool distinct seeds only")
+            found[seed] = reading
+    return dict(sorted(found.items()))
 
 
 def _seed_key(path: Path) -> tuple[int, str]:

@@ -230,6 +230,7 @@ def main(out_dir: Path) -> None:
     tmp.write_text(json.dumps(result))
     os.replace(tmp, path)
     fabric.barrier()
+    dist.destroy_process_group()  # not left to interpreter exit (see token_selection_worker.py)
 
 
 if __name__ == "__main__":

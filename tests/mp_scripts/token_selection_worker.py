@@ -109,6 +109,10 @@ def main(out_dir: Path) -> None:
             }
         result["steps"].append(record)
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+    # both ranks done before either tears gloo down; a process group left to interpreter exit can abort
+    # one rank ("terminate called without an active exception", seen once under load)
+    fabric.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

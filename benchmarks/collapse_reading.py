@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from entropyctl.experiments.band import WINDOW, alpha_at_bound, moving_average, read_band
+from entropyctl.experiments.band import WINDOW, BandReading, alpha_at_bound, moving_average, read_band
 from entropyctl.experiments.stats import mean_std, paired_difference
 
 
@@ -108,6 +108,16 @@ def settled_bursts(average: Any, accuracy: list[float], settled_from: int) -> tu
     return (max(late) if late else math.nan), fall
 
 
+def run_band(rows: list[dict[str, str]], tau: float) -> tuple[float, BandReading]:
+    """H0 and the band reading of a run's metrics rows against τ·H0, full windows only. H0 is the
+    controller's own where it logs one (the mean of its anchor.steps first readings), else the first
+    reading (a run without a target: no bonus)."""
+    entropy = [float(r["entropy"]) for r in rows]
+    logged = [float(r["h0"]) for r in rows if r.get("h0") not in (None, "", "nan")]
+    h0 = logged[-1] if logged and math.isfinite(logged[-1]) else entropy[0]
+    return h0, read_band(entropy, tau * h0, start=WINDOW - 1)
+
+
 def read_run(run: Path, tau: float, settled_from: int = 1000) -> dict[str, Any]:
     with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -115,11 +125,7 @@ def read_run(run: Path, tau: float, settled_from: int = 1000) -> dict[str, Any]:
     alpha = [float(r["alpha"]) for r in rows]
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     config = yaml.safe_load((run / "config.yaml").read_text())
-    # the controller's own H0 where it logs one (the mean of its anchor.steps first readings), else
-    # the first reading (a run without a target: no bonus)
-    logged = [float(r["h0"]) for r in rows if r.get("h0") not in (None, "", "nan")]
-    h0 = logged[-1] if logged and math.isfinite(logged[-1]) else entropy[0]
-    band = read_band(entropy, tau * h0, start=WINDOW - 1)  # full windows only
+    h0, band = run_band(rows, tau)
     first = band.first_in_band
     low, high = alpha_bounds(config)
     at_bound = alpha_at_bound(alpha, low, high)

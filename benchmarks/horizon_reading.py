@@ -22,17 +22,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import re
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
-from entropyctl.experiments.aggregate import ReportError, pooled_seeds
-from entropyctl.experiments.band import WINDOW, read_band
-from entropyctl.experiments.stats import paired_difference
+sys.path.insert(0, str(Path(__file__).parent))
+from collapse_reading import run_band  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from entropyctl.experiments.aggregate import ReportError, pooled_seeds  # noqa: E402
+from entropyctl.experiments.stats import paired_difference  # noqa: E402
 
 
 def read_run(run: Path, tau: float) -> dict[str, Any] | None:
@@ -45,10 +45,7 @@ def read_run(run: Path, tau: float) -> dict[str, Any] | None:
         return None
     with (run / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    entropy = [float(r["entropy"]) for r in rows]
-    logged = [float(r["h0"]) for r in rows if r.get("h0") not in (None, "", "nan")]
-    h0 = logged[-1] if logged and math.isfinite(logged[-1]) else entropy[0]
-    band = read_band(entropy, tau * h0, start=WINDOW - 1)
+    _, band = run_band(rows, tau)
     evals: dict[int, dict[str, float]] = {}
     for name, values in (summary.get("evals") or {}).items():
         match = re.fullmatch(r"step_(\d+)", name)
@@ -66,9 +63,8 @@ def read_study(folders: list[Path], arm: str, base: str, tau: float) -> dict[str
     except ReportError as error:
         raise SystemExit(str(error)) from None
     seeds = sorted(set(runs[base]) & set(runs[arm]))
-    where = ",".join(map(str, folders))
     if not seeds:
-        raise SystemExit(f"{where}: no seed finished in both {base} and {arm}")
+        raise SystemExit(f"{','.join(map(str, folders))}: no seed finished in both {base} and {arm}")
     steps = sorted(set.intersection(*(set(runs[s][seed]["evals"]) for s in (base, arm) for seed in seeds)))
     rows = []
     previous = 0

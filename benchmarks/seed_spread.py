@@ -49,7 +49,9 @@ KEYS = {
 }
 
 
-def pooled_runs(folders: list[Path], arm: str, band_tau: float | None = None) -> list[dict[str, Any]]:
+def pooled_runs(folders: list[Path], arm: str, band_tau: float | None = None) -> dict[int, dict[str, Any]]:
+    """The arm's finished runs pooled over ``folders``, by seed."""
+
     def read(run: Path) -> dict[str, Any] | None:
         record = read_run(run, band_tau)
         if record is not None:
@@ -60,7 +62,7 @@ def pooled_runs(folders: list[Path], arm: str, band_tau: float | None = None) ->
         return record
 
     try:
-        return list(pooled_seeds(folders, arm, read).values())
+        return pooled_seeds(folders, arm, read)
     except ReportError as error:
         raise SystemExit(str(error)) from None
 
@@ -83,17 +85,16 @@ def summarise(values: list[float]) -> dict[str, float] | None:
 
 
 def paired_by_seed(
-    first: list[dict[str, Any]], second: list[dict[str, Any]]
+    first: dict[int, dict[str, Any]], second: dict[int, dict[str, Any]]
 ) -> tuple[dict[str, Any], list[str]]:
     """Per key, the mean of the per-seed differences (second − first) over the seeds both arms ran,
     ± the standard error of that mean: the runs of one seed share the warm start and the data order,
     so the pairing removes what the seed alone sets (the row above treats the arms as independent)."""
-    by_seed = [{Path(r["run"]).name: r for r in runs} for runs in (first, second)]
-    common = sorted(set(by_seed[0]) & set(by_seed[1]), key=lambda n: int(n.removeprefix("seed")))
-    out: dict[str, Any] = {"seeds": [int(n.removeprefix("seed")) for n in common]}
+    common = sorted(set(first) & set(second))
+    out: dict[str, Any] = {"seeds": common}
     cells = []
     for key in KEYS:
-        pairs = [(by_seed[0][n], by_seed[1][n]) for n in common]
+        pairs = [(first[seed], second[seed]) for seed in common]
         if not pairs or any(key not in a or key not in b for a, b in pairs):
             out[key] = None
             cells.append("—")
@@ -119,12 +120,13 @@ def main() -> None:
         + " | bonus: median (min … max); first ¼, last ¼ |",
         "|---|---|" + "---|" * (len(KEYS) + 1),
     ]
-    for arm, runs in arms.items():
+    for arm, by_seed in arms.items():
+        runs = list(by_seed.values())
         for key in KEYS:
             if 0 < sum(key in r for r in runs) < len(runs):
                 raise SystemExit(f"{arm}: {KEYS[key]} is read on some seeds only")
         entry: dict[str, Any] = {key: summarise([float(r[key]) for r in runs if key in r]) for key in KEYS}
-        entry["seeds"] = [int(Path(r["run"]).name.removeprefix("seed")) for r in runs]
+        entry["seeds"] = list(by_seed)
         bonus = [r["bonus"] for r in runs]
         entry["bonus"] = {
             "median": statistics.median(bonus),

@@ -106,6 +106,8 @@ def test_ranges_calls_and_aer_shares(tmp_path: Path, reading: Any) -> None:
     assert a2["alpha_at_bound"][0] == pytest.approx(0.10)
     never = arms_read["aer:update.step=0.015"]["runs"][0]  # 50-step average 1.0 -> 0.525: never in band
     assert never["first_in_band"] is None and never["in_band_share"] == 0.0
+    # a fixed arm is read against the 0.4·H0 AER's defaults would set: flat at 1.0 = 2.5·(0.4·H0) never is
+    assert arms_read["fixed:alpha=0.01"]["in_band_share"][0] == 0.0
 
     fixed = reading.ok_range(result, "fixed α")
     assert fixed["values"] == [0.0, 0.01, 0.1] and fixed["ok"] == [0.01] and fixed["span"] == 1.0
@@ -142,6 +144,17 @@ def test_the_range_around_the_default_stops_at_a_failing_value(tmp_path: Path, r
         json.dumps({"arms": [{"label": "d", "slug": "s1b"}, {"label": "x", "slug": "s2"}], "seeds": [0]})
     )
     assert reading.ok_range(reading.read_task(task), "aer step κ")["ok"] == []
+
+
+def test_a_fixed_run_is_read_in_band_against_the_defaults_target(tmp_path: Path, reading: Any) -> None:
+    task = tmp_path / "task"
+    _manifest(task, [("fixed:alpha=0", "f0")], [0])
+    # H0 = 1.0; the 50-step average of [1.0, 0.4, 0.4, ...] is within ±20 % of 0.4 from its 8th step on
+    _run(task / "f0" / "seed0", {"name": "fixed", "alpha": 0.0}, [1.0] + [0.4] * 99)
+    arm = reading.read_task(task)["arms"]["fixed:alpha=0"]
+    assert arm["in_band_share"][0] == pytest.approx(1.0)
+    assert arm["runs"][0]["band_tau"] == reading.BAND_TAU == 0.4
+    assert "alpha_at_bound" not in arm  # α's bounds are AER's
 
 
 def test_fixed_runs_without_h0_use_the_first_logged_entropy(tmp_path: Path, reading: Any) -> None:

@@ -129,6 +129,8 @@ TEN_SEED_CANDIDATES = [
     ("fixed:alpha=0.01", list(range(3, 10)), "fixed", "seed-spread-fixed", ["--band-tau", "0.4"]),
     # the fixed arm's bonus over the first quarter only (2026-12-05), seeds 0-9 all in level2_seeds
     ("aer:alpha_0=0.01,anchor.steps=150", list(range(10)), "early", "seed-spread-early", []),
+    # no bonus at all, against AER's band (2026-12-05), seeds 3-9; seeds 0-2 are the sweep's arm
+    ("fixed:alpha=0", list(range(3, 10)), "no_bonus", "seed-spread-no-bonus", ["--band-tau", "0.4"]),
 ]
 
 
@@ -183,6 +185,29 @@ def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_re
     fixed = kept["arms"]["fixed_alpha=0.01"]["bonus"]
     assert all(math.isclose(fixed[k], 0.01, rel_tol=1e-6) for k in fixed)
     assert kept["arms"]["aer"]["bonus"]["median"] < 0.01
+
+
+def test_the_levels12_no_bonus_runs_are_the_configs_arm_and_their_spread_is_reproduced(tmp_path: Path) -> None:
+    """No bonus at all on levels 1-2 (2026-12-05), seeds 0-9 from the defaults' warm start, read in
+    AER's band against the defaults' ten seeds."""
+    runs = assert_runs_are_the_configs_arms(sweep_base(), ["fixed:alpha=0"], list(range(10)), LEVELS12_SEEDS, 600)
+    assert runs == 10
+    for seed in range(10):  # one warm start: the same held-out score before RL, seed by seed
+        before = [
+            json.loads((LEVELS12_SEEDS / arm / f"seed{seed}" / "summary.json").read_text())["before"]
+            for arm in ("aer", "fixed_alpha=0")
+        ]
+        assert before[0] == before[1], seed
+    kept = assert_seed_spread_reproduced(
+        [LEVELS12_SEEDS],
+        ["aer", "fixed_alpha=0"],
+        ["--band-tau", "0.4"],
+        LEVELS12_SEEDS / "no_bonus",
+        "seed-spread-no-bonus-levels12",
+        tmp_path,
+    )
+    assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [10, 10]
+    assert kept["arms"]["fixed_alpha=0"]["bonus"]["max"] == 0.0
 
 
 #: AER's allocations at a constant α = 0.01 (2026-12-05), ten seeds each: `threshold` (the fixed α = 0.01

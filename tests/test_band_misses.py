@@ -84,6 +84,7 @@ def test_a_run_never_in_band_has_no_shares(misses: Any) -> None:
 def test_the_main_job_is_the_collapse_runs_first_400_steps(seed: int) -> None:
     """What lets the reading take no bonus on the main job from collapse v5's no-bonus runs: the main
     job's runs of the defaults are, but for timings, the first 400 rows of v5's runs of the same seed."""
+
     def rows(path: Path) -> list[dict[str, str]]:
         with path.open() as f:
             return list(csv.DictReader(f))

@@ -187,10 +187,14 @@ def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_re
     assert kept["arms"]["aer"]["bonus"]["median"] < 0.01
 
 
-def test_the_levels12_no_bonus_runs_are_the_configs_arm_and_their_spread_is_reproduced(tmp_path: Path) -> None:
+def test_the_levels12_no_bonus_runs_are_the_configs_arm_and_their_spread_is_reproduced(
+    tmp_path: Path,
+) -> None:
     """No bonus at all on levels 1-2 (2026-12-05), seeds 0-9 from the defaults' warm start, read in
     AER's band against the defaults' ten seeds."""
-    runs = assert_runs_are_the_configs_arms(sweep_base(), ["fixed:alpha=0"], list(range(10)), LEVELS12_SEEDS, 600)
+    runs = assert_runs_are_the_configs_arms(
+        sweep_base(), ["fixed:alpha=0"], list(range(10)), LEVELS12_SEEDS, 600
+    )
     assert runs == 10
     for seed in range(10):  # one warm start: the same held-out score before RL, seed by seed
         before = [

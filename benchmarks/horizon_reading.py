@@ -55,9 +55,10 @@ def read_run(run: Path, tau: float) -> dict[str, Any] | None:
     return {"evals": evals, "in_band": [bool(x) for x in band.in_band]}
 
 
-def read_study(folders: list[Path], arm: str, base: str, tau: float) -> dict[str, Any]:
+def read_study(folders: list[Path], arm: str, base: str, tau: float, last: int = 0) -> dict[str, Any]:
     """The finished runs of ``base`` and ``arm`` pooled over ``folders`` (studies of one config and
-    warm start that ran other seeds), paired over the seeds both finished."""
+    warm start that ran other seeds), paired over the seeds both finished. With ``last`` > 0, also each
+    seed's mean over the last ``last`` evaluations, paired the same way (``study["last"]``)."""
     try:
         runs = {slug: pooled_seeds(folders, slug, lambda run: read_run(run, tau)) for slug in (base, arm)}
     except ReportError as error:
@@ -84,7 +85,30 @@ def read_study(folders: list[Path], arm: str, base: str, tau: float) -> dict[str
         row["in_band"] = window
         rows.append(row)
         previous = step
-    return {"folders": [str(f) for f in folders], "seeds": seeds, "rows": rows}
+    study: dict[str, Any] = {"folders": [str(f) for f in folders], "seeds": seeds, "rows": rows}
+    if last > 0:
+        if last >= len(steps):
+            raise SystemExit(f"--last {last}: the runs have {len(steps)} evaluations")
+        tail, since = steps[-last:], steps[-last - 1]
+        summary: dict[str, Any] = {"steps": tail}
+        for key in ("pass@1", "pass@8"):
+            means = {
+                s: [statistics.fmean(runs[s][seed]["evals"][k][key] for k in tail) for seed in seeds]
+                for s in (base, arm)
+            }
+            summary[key] = {
+                base: statistics.fmean(means[base]),
+                arm: statistics.fmean(means[arm]),
+                **dict(zip(("delta", "se"), paired_difference(means[base], means[arm]), strict=True)),
+            }
+        summary["in_band"] = {
+            s: statistics.fmean(
+                statistics.fmean(runs[s][seed]["in_band"][since : tail[-1]]) for seed in seeds
+            )
+            for s in (base, arm)
+        }
+        study["last"] = summary
+    return study
 
 
 def main() -> None:
@@ -99,6 +123,9 @@ def main() -> None:
     parser.add_argument("--label", nargs="*", help="a name for each study in the table")
     parser.add_argument("--tau", type=float, default=0.4)
     parser.add_argument("--out", type=Path, required=True, help="the Markdown file (JSON beside it)")
+    parser.add_argument(
+        "--last", type=int, default=0, help="add a row: each seed's mean over its last N evaluations"
+    )
     args = parser.parse_args()
     folders = [[Path(f) for f in study.split(",")] for study in args.studies]
     labels = args.label or [group[0].name for group in folders]
@@ -108,7 +135,7 @@ def main() -> None:
     if len(arms) != len(folders):
         raise SystemExit("--arm: one slug, or one per study")
     studies = {
-        label: read_study(group, arm, args.base, args.tau)
+        label: read_study(group, arm, args.base, args.tau, args.last)
         for label, group, arm in zip(labels, folders, arms, strict=True)
     }
     lines = [
@@ -123,7 +150,10 @@ def main() -> None:
     ]
     for (label, study), arm in zip(studies.items(), arms, strict=True):
         seeds = ",".join(map(str, study["seeds"]))
-        for row in study["rows"]:
+        rows = list(study["rows"])
+        if "last" in study:  # the mean over the last evaluations, in band since the one before them
+            rows.append({**study["last"], "step": f"last {len(study['last']['steps'])} (mean)"})
+        for row in rows:
             p1, p8, band = row["pass@1"], row["pass@8"], row["in_band"]
             lines.append(
                 f"| {label} | {seeds} | {row['step']} | {p1[args.base]:.3f} | {p1['delta']:+.3f} ± {p1['se']:.3f} "

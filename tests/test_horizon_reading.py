@@ -99,3 +99,32 @@ def test_pools_the_seeds_of_several_folders(tmp_path: Path) -> None:
     write_run(second / "aer" / "seed1", {"after": 0.1}, on_target)
     result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "in two folders" in result.stderr
+
+
+def test_last_evaluations_are_averaged_per_seed_before_pairing(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    on_target = [0.4 * H0] * STEPS
+    # three evaluations; the last two averaged per seed: base 0.3 and 0.3, the candidate 0.4 and 0.6
+    base = {
+        0: {"step_40": 0.0, "step_80": 0.2, "after": 0.4},
+        1: {"step_40": 0.9, "step_80": 0.3, "after": 0.3},
+    }
+    cand = {
+        0: {"step_40": 0.5, "step_80": 0.3, "after": 0.5},
+        1: {"step_40": 0.0, "step_80": 0.6, "after": 0.6},
+    }
+    for seed in (0, 1):
+        write_run(study / "aer" / f"seed{seed}", base[seed], on_target)
+        write_run(study / "cand" / f"seed{seed}", cand[seed], on_target)
+    out = tmp_path / "h.md"
+    command = [sys.executable, str(SCRIPT), str(study), "--arm", "cand", "--out", str(out)]
+    subprocess.run([*command, "--last", "2"], check=True, capture_output=True, timeout=120)
+    last = json.loads(out.with_suffix(".json").read_text())["studies"]["study"]["last"]
+    assert last["steps"] == [80, STEPS]
+    assert last["pass@1"]["delta"] == pytest.approx(0.2, abs=1e-12)  # +0.1 and +0.3
+    assert last["pass@1"]["se"] == pytest.approx(statistics.stdev([0.1, 0.3]) / math.sqrt(2), abs=1e-12)
+    assert last["pass@1"]["aer"] == pytest.approx(0.3, abs=1e-12)
+    assert "| study | 0,1 | last 2 (mean) |" in out.read_text()
+    # as many evaluations as asked for leaves none before them to read the band from: an error
+    result = subprocess.run([*command, "--last", "3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "3 evaluations" in result.stderr

@@ -161,3 +161,46 @@ def test_floor_horizon_is_reproduced(tmp_path: Path) -> None:
     assert [s["seeds"] for s in reading.values()] == [[0, 1, 2, 3, 4]] * 2
     results = ROOT / "benchmarks" / "results" / "floor_horizon.md"
     assert_docs_quote(results, ROOT / "docs" / "ablations.md", "floor-horizon", 10, "| level")
+
+
+#: fixed α 0.003, 0.01 and 0.03 on the collapse task (2026-12-05, "Fixed α on the collapse task" in
+#: docs/ablations.md), seeds 0-2 of the same config and warm start as the defaults' v5 runs
+FIXED_STUDY = ROOT / "benchmarks" / "ablation_collapse_v5_fixed"
+FIXED_ARMS = {
+    "fixed 0.003": "fixed_alpha=0.003",
+    "fixed 0.01": "fixed_alpha=0.01",
+    "fixed 0.03": "fixed_alpha=0.03",
+}
+
+
+def test_the_fixed_runs_are_the_configs_arms_from_the_defaults_warm_start() -> None:
+    base = yaml.safe_load(CONFIG.read_text())
+    base.pop("ablation")
+    labels = [slug.replace("fixed_alpha=", "fixed:alpha=") for slug in FIXED_ARMS.values()]
+    assert assert_runs_are_the_configs_arms(base, labels, [0, 1, 2], FIXED_STUDY, 3000) == 9
+    assert len(list(FIXED_STUDY.glob("*/seed*"))) == 9
+    for seed in (0, 1, 2):  # the same held-out score before RL as the defaults' run of the seed
+        before = json.loads((STUDY / "aer" / f"seed{seed}" / "summary.json").read_text())["before"]
+        for slug in FIXED_ARMS.values():
+            summary = json.loads((FIXED_STUDY / slug / f"seed{seed}" / "summary.json").read_text())
+            assert summary["before"] == before, (slug, seed)
+
+
+def test_the_fixed_runs_readings_are_reproduced(tmp_path: Path) -> None:
+    copy = tmp_path / FIXED_STUDY.name
+    for run in FIXED_STUDY.glob("*/seed*"):
+        shutil.copytree(run, copy / run.parent.name / run.name, ignore=shutil.ignore_patterns("checkpoints"))
+    script = ROOT / "benchmarks" / "collapse_reading.py"
+    subprocess.run([sys.executable, str(script), str(copy)], check=True, capture_output=True, timeout=300)
+    assert (copy / "reading.md").read_text() == (FIXED_STUDY / "reading.md").read_text()
+    horizon = ROOT / "benchmarks" / "horizon_reading.py"
+    pooled = f"{STUDY.relative_to(ROOT)},{FIXED_STUDY.relative_to(ROOT)}"
+    out = tmp_path / "fixed_horizon.md"
+    command = [sys.executable, str(horizon), *[pooled] * len(FIXED_ARMS), "--arm", *FIXED_ARMS.values()]
+    command += ["--label", *FIXED_ARMS, "--last", "3", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300, cwd=ROOT)
+    results = ROOT / "benchmarks" / "results" / "collapse_v5_fixed_horizon.md"
+    assert out.read_text() == results.read_text()
+    reading = json.loads(out.with_suffix(".json").read_text())["studies"]
+    assert all(s["seeds"] == [0, 1, 2] and s["last"]["steps"] == [2000, 2500, 3000] for s in reading.values())
+    assert_docs_quote(results, ROOT / "docs" / "ablations.md", "collapse-v5-fixed", 21, "| fixed")

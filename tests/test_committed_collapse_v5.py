@@ -138,13 +138,18 @@ def test_the_extra_seeds_are_the_configs_arms() -> None:
     assert count == 4 == len(list(SEEDS_STUDY.glob("*/seed*")))
 
 
-def test_the_extra_seeds_reading_is_reproduced(tmp_path: Path) -> None:
-    copy = tmp_path / SEEDS_STUDY.name
-    for run in SEEDS_STUDY.glob("*/seed*"):
+def assert_collapse_reading_reproduced(study: Path, tmp_path: Path) -> None:
+    """collapse_reading.py on a copy of ``study``'s runs writes the study's committed reading.md."""
+    copy = tmp_path / study.name
+    for run in study.glob("*/seed*"):
         shutil.copytree(run, copy / run.parent.name / run.name, ignore=shutil.ignore_patterns("checkpoints"))
     script = ROOT / "benchmarks" / "collapse_reading.py"
     subprocess.run([sys.executable, str(script), str(copy)], check=True, capture_output=True, timeout=300)
-    assert (copy / "reading.md").read_text() == (SEEDS_STUDY / "reading.md").read_text()
+    assert (copy / "reading.md").read_text() == (study / "reading.md").read_text()
+
+
+def test_the_extra_seeds_reading_is_reproduced(tmp_path: Path) -> None:
+    assert_collapse_reading_reproduced(SEEDS_STUDY, tmp_path)
 
 
 def test_floor_horizon_is_reproduced(tmp_path: Path) -> None:
@@ -187,12 +192,7 @@ def test_the_fixed_runs_are_the_configs_arms_from_the_defaults_warm_start() -> N
 
 
 def test_the_fixed_runs_readings_are_reproduced(tmp_path: Path) -> None:
-    copy = tmp_path / FIXED_STUDY.name
-    for run in FIXED_STUDY.glob("*/seed*"):
-        shutil.copytree(run, copy / run.parent.name / run.name, ignore=shutil.ignore_patterns("checkpoints"))
-    script = ROOT / "benchmarks" / "collapse_reading.py"
-    subprocess.run([sys.executable, str(script), str(copy)], check=True, capture_output=True, timeout=300)
-    assert (copy / "reading.md").read_text() == (FIXED_STUDY / "reading.md").read_text()
+    assert_collapse_reading_reproduced(FIXED_STUDY, tmp_path)
     horizon = ROOT / "benchmarks" / "horizon_reading.py"
     pooled = f"{STUDY.relative_to(ROOT)},{FIXED_STUDY.relative_to(ROOT)}"
     out = tmp_path / "fixed_horizon.md"

@@ -28,13 +28,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from entropyctl.experiments.band import HALF_WIDTH, read_band
-from entropyctl.experiments.stats import mean_std
+sys.path.insert(0, str(Path(__file__).parent))
+from settling import finished_runs  # noqa: E402
+
+from entropyctl.experiments.band import HALF_WIDTH, read_band  # noqa: E402
+from entropyctl.experiments.stats import mean_std  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: α from which the bonus moves the entropy by more than the seed spread (the robustness sweep's fixed arms)
@@ -123,14 +127,6 @@ def read_run(run: Path, steps: int | None = None) -> dict[str, Any]:
     if not np.all(target > 0):  # a fixed-α run logs no target: AER's default one on the same seed
         target = np.full_like(entropy, BAND_TAU * entropy[0])
     return {"run": str(run.relative_to(ROOT)), "steps": len(rows), **split_misses(entropy, target, alpha)}
-
-
-def finished_runs(patterns: list[str]) -> list[Path]:
-    runs = sorted(
-        (p for pattern in patterns for p in ROOT.glob(pattern) if (p / "metrics.csv").exists()),
-        key=lambda p: (len(p.name), p.name, str(p)),
-    )
-    return [r for r in runs if json.loads((r / "summary.json").read_text()).get("status") == "finished"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,17 @@ def read_run(run: Path, tau: float) -> dict[str, Any] | None:
     return {"evals": evals, "in_band": [bool(x) for x in band.in_band]}
 
 
+def compare(base: str, arm: str, values: dict[str, list[float]]) -> dict[str, float]:
+    """Each arm's mean over the seeds and ``arm`` − ``base`` paired by seed (``delta`` ± ``se``)."""
+    delta, se = paired_difference(values[base], values[arm])
+    return {
+        base: statistics.fmean(values[base]),
+        arm: statistics.fmean(values[arm]),
+        "delta": delta,
+        "se": se,
+    }
+
+
 def read_study(folders: list[Path], arm: str, base: str, tau: float, last: int = 0) -> dict[str, Any]:
     """The finished runs of ``base`` and ``arm`` pooled over ``folders`` (studies of one config and
     warm start that ran other seeds), paired over the seeds both finished. With ``last`` > 0, also each
@@ -73,11 +84,7 @@ def read_study(folders: list[Path], arm: str, base: str, tau: float, last: int =
         row: dict[str, Any] = {"step": step}
         for key in ("pass@1", "pass@8"):
             values = {s: [runs[s][seed]["evals"][step][key] for seed in seeds] for s in (base, arm)}
-            row[key] = {
-                base: statistics.fmean(values[base]),
-                arm: statistics.fmean(values[arm]),
-                **dict(zip(("delta", "se"), paired_difference(values[base], values[arm]), strict=True)),
-            }
+            row[key] = compare(base, arm, values)
         window = {
             s: statistics.fmean(statistics.fmean(runs[s][seed]["in_band"][previous:step]) for seed in seeds)
             for s in (base, arm)
@@ -96,11 +103,7 @@ def read_study(folders: list[Path], arm: str, base: str, tau: float, last: int =
                 s: [statistics.fmean(runs[s][seed]["evals"][k][key] for k in tail) for seed in seeds]
                 for s in (base, arm)
             }
-            summary[key] = {
-                base: statistics.fmean(means[base]),
-                arm: statistics.fmean(means[arm]),
-                **dict(zip(("delta", "se"), paired_difference(means[base], means[arm]), strict=True)),
-            }
+            summary[key] = compare(base, arm, means)
         summary["in_band"] = {
             s: statistics.fmean(
                 statistics.fmean(runs[s][seed]["in_band"][since : tail[-1]]) for seed in seeds

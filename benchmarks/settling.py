@@ -91,6 +91,16 @@ CANDIDATES = {
 }
 
 
+def finished_runs(patterns: list[str]) -> list[Path]:
+    """The finished runs the globs ``patterns`` (relative to the checkout) match, seed0 … seed9 before
+    seed10 (by name length, then name, then path)."""
+    runs = sorted(
+        (p for pattern in patterns for p in ROOT.glob(pattern) if (p / "metrics.csv").exists()),
+        key=lambda p: (len(p.name), p.name, str(p)),
+    )
+    return [r for r in runs if json.loads((r / "summary.json").read_text()).get("status") == "finished"]
+
+
 def read_run(run: Path) -> dict[str, Any]:
     with (run / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -113,15 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     tasks = []
     for task, patterns in {**TASKS, **CANDIDATES}.items():
-        runs = sorted(
-            (p for pattern in patterns for p in ROOT.glob(pattern) if (p / "metrics.csv").exists()),
-            key=lambda p: (len(p.name), p.name, str(p)),
-        )
-        readings = []
-        for run in runs:
-            summary = json.loads((run / "summary.json").read_text())
-            if summary.get("status") == "finished":
-                readings.append(read_run(run))
+        readings = [read_run(run) for run in finished_runs(patterns)]
         early = [r for r in readings if r["settles_at"] is not None and 2 * r["settles_at"] <= r["steps"]]
         tasks.append({"task": task, "runs": readings, "settled_in_first_half": len(early)})
     lines = [

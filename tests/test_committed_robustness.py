@@ -287,3 +287,36 @@ def test_the_graded_allocation_gave_the_tokens_less_than_threshold_on_level2() -
     spread = json.loads((SEEDS / "linear_vs_threshold" / "seed_spread.json").read_text())["arms"]
     bonus = {slug: arm["bonus"]["median"] for slug, arm in spread.items()}
     assert bonus[parse_arm(LINEAR_ARM).slug] < bonus[parse_arm(ALLOCATION_ARM).slug]
+
+
+#: the control for the defaults' level-2 entropy gap (2026-12-05): AER's allocation with α frozen at
+#: 1e-4, the defaults' median α, seeds 0-9 in their own folder
+CONTROL = SWEEP / "level2_control"
+CONTROL_ARM = "aer:update.rule=none,alpha_0=1e-4"
+
+
+@pytest.mark.parametrize(
+    ("reference", "extra", "folder", "marker"),
+    [
+        ("fixed_alpha=0", ["--band-tau", "0.4"], "vs_no_bonus", "seed-spread-control-no-bonus"),
+        ("aer", [], "vs_defaults", "seed-spread-control-defaults"),
+    ],
+    ids=["no_bonus", "defaults"],
+)
+def test_the_tiny_bonus_control_is_the_configs_arm_and_its_spreads_are_reproduced(
+    tmp_path: Path, reference: str, extra: list[str], folder: str, marker: str
+) -> None:
+    assert assert_runs_are_the_configs_arms(level2_base(), [CONTROL_ARM], list(range(10)), CONTROL, 600) == 10
+    slug = parse_arm(CONTROL_ARM).slug
+    for seed in range(10):  # the level-2 arms' warm start: the same held-out score before RL, seed by seed
+        before = [
+            json.loads((base / arm / f"seed{seed}" / "summary.json").read_text())["before"]
+            for base, arm in ((LEVEL2 if seed < 3 else SEEDS, "aer"), (CONTROL, slug))
+        ]
+        assert before[0] == before[1], seed
+    kept = assert_seed_spread_reproduced(
+        [LEVEL2, SEEDS, CONTROL], [reference, slug], extra, CONTROL / folder, marker, tmp_path
+    )
+    assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [10, 10]
+    # α frozen: the tokens got at most 1e-4 (less on the steps whose prompts were mostly solved)
+    assert 0 < kept["arms"][slug]["bonus"]["max"] <= 1e-4 * (1 + 1e-6)

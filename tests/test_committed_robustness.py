@@ -320,3 +320,38 @@ def test_the_tiny_bonus_control_is_the_configs_arm_and_its_spreads_are_reproduce
     assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [10, 10]
     # α frozen: the tokens got at most 1e-4 (less on the steps whose prompts were mostly solved)
     assert 0 < kept["arms"][slug]["bonus"]["max"] <= 1e-4 * (1 + 1e-6)
+
+
+#: seeds 10-19 of no bonus, the defaults and the control on level 2 (2026-12-05), the same warm start
+TWENTY = SWEEP / "level2_twenty"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "folder", "marker"),
+    [
+        ("fixed_alpha=0", "aer", "defaults", "seed-spread-twenty-defaults"),
+        ("fixed_alpha=0", parse_arm(CONTROL_ARM).slug, "control", "seed-spread-twenty-control"),
+    ],
+    ids=["defaults", "control"],
+)
+def test_twenty_seeds_are_the_configs_arms_and_their_spreads_are_reproduced(
+    tmp_path: Path, first: str, second: str, folder: str, marker: str
+) -> None:
+    arms = ["aer", "fixed:alpha=0", CONTROL_ARM]
+    assert assert_runs_are_the_configs_arms(level2_base(), arms, list(range(10, 20)), TWENTY, 600) == 30
+    for seed in range(10, 20):  # one warm start: the same held-out score before RL, seed by seed
+        before = {
+            json.dumps(json.loads((TWENTY / arm / f"seed{seed}" / "summary.json").read_text())["before"])
+            for arm in ("aer", "fixed_alpha=0", parse_arm(CONTROL_ARM).slug)
+        }
+        assert len(before) == 1, seed
+    kept = assert_seed_spread_reproduced(
+        [LEVEL2, SEEDS, CONTROL, TWENTY],
+        [first, second],
+        ["--band-tau", "0.4"],
+        TWENTY / folder,
+        marker,
+        tmp_path,
+    )
+    assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [20, 20]
+    assert kept["paired_difference"]["seeds"] == list(range(20))

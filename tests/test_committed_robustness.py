@@ -355,3 +355,21 @@ def test_twenty_seeds_are_the_configs_arms_and_their_spreads_are_reproduced(
     )
     assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [20, 20]
     assert kept["paired_difference"]["seeds"] == list(range(20))
+
+
+#: a plant none of the defaults or candidates was tuned on (2026-12-05): level 2 at twice the learning
+#: rate, the defaults, no bonus and fixed 0.01 / 0.03, seeds 0-5 (0-2 first, 3-5 added)
+LR_PLANT = SWEEP / "level2_lr6e-4"
+
+
+def test_the_twice_the_learning_rate_runs_are_the_configs_arms_and_their_reading_is_reproduced(
+    tmp_path: Path,
+) -> None:
+    base = level2_base()
+    base["optim"]["lr"] = 6e-4
+    arms = ["aer", "fixed:alpha=0", "fixed:alpha=0.01", "fixed:alpha=0.03"]
+    assert assert_runs_are_the_configs_arms(base, arms, list(range(6)), LR_PLANT, 600) == 24
+    script = ROOT / "benchmarks" / "robustness_reading.py"
+    reading = assert_reading_reproduced(script, [str(LR_PLANT)], LR_PLANT, tmp_path)
+    assert list(reading["tasks"]) == ["level2_lr6e-4"]
+    assert_docs_quote(LR_PLANT / "reading.md", ROOT / "docs" / "ablations.md", "lr-plant-table", 5)

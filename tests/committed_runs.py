@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -13,6 +14,19 @@ import yaml
 
 from entropyctl.config import parse_run_config, parse_written_config
 from entropyctl.experiments.ablate import _check_same_config, canonical_config, parse_arms, plan_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str) -> Any:
+    """benchmarks/<name>.py as a module (registered under ``name``, so that its dataclasses and its
+    imports of sibling scripts resolve)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def assert_runs_are_the_configs_arms(

@@ -5,7 +5,6 @@ committed runs and quoted by docs/robustness.md."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from committed_runs import assert_docs_quote
+from committed_runs import assert_docs_quote, load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "band_misses.md"
@@ -21,12 +20,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "band_misses.md"
 
 @pytest.fixture(scope="module")
 def misses() -> Any:
-    spec = importlib.util.spec_from_file_location("band_misses", ROOT / "benchmarks" / "band_misses.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["band_misses"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("band_misses")
 
 
 def _split(misses: Any, entropy: list[float], alpha: list[float], **kw: Any) -> dict[str, Any]:

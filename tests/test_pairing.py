@@ -5,13 +5,12 @@ runs and quoted by docs/ablations.md."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from committed_runs import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -19,12 +18,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 @pytest.fixture(scope="module")
 def pairing() -> Any:
-    spec = importlib.util.spec_from_file_location("pairing", ROOT / "benchmarks" / "pairing.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pairing"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pairing")
 
 
 def _metrics(path: Path, rewards: list[str]) -> Path:

@@ -4,14 +4,13 @@ knob range around the default, AER's band share and α-at-bound share, unfinishe
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from committed_runs import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["step", "entropy", "target_entropy", "alpha"]
@@ -19,14 +18,7 @@ COLUMNS = ["step", "entropy", "target_entropy", "alpha"]
 
 @pytest.fixture(scope="module")
 def reading() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "robustness_reading", ROOT / "benchmarks" / "robustness_reading.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["robustness_reading"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("robustness_reading")
 
 
 def _run(

@@ -105,19 +105,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def read_task(task: Path, seeds: list[int] | None = None) -> dict[str, Any]:
     """Every arm of the ablation in ``task``, over ``seeds`` (default: the manifest's)."""
     manifest = json.loads((task / "ablation.json").read_text())
-    if seeds is not None:
-        manifest["seeds"] = seeds
     arms: dict[str, Any] = {}
     for arm in manifest["arms"]:
+        # the arm's own seeds where the manifest gives them (arms added with other seeds), else the study's
+        planned = seeds if seeds is not None else arm.get("seeds", manifest["seeds"])
         # a fixed-α run has no target of its own: it is read in band against the one AER's defaults set
-        runs = [read_run(task / arm["slug"] / f"seed{seed}", BAND_TAU) for seed in manifest["seeds"]]
+        runs = [read_run(task / arm["slug"] / f"seed{seed}", BAND_TAU) for seed in planned]
         done = [r for r in runs if r is not None]
         if not done:
             continue
         controller = done[0]["controller"]
         entry: dict[str, Any] = {
             "seeds_finished": len(done),
-            "seeds_planned": len(manifest["seeds"]),
+            "seeds_planned": len(planned),
             "knobs": {
                 method: float(_get(controller, path))
                 for method, (name, path) in KNOBS.items()
@@ -228,9 +228,7 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
             "| in band | α at a bound | of which at the floor, H > H* |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        starts: dict[str, list[str]] = {}  # arms by their before-RL pass@1: one warm start, one value
         for label, arm in tasks[name]["arms"].items():
-            starts.setdefault(_fmt(arm["before_pass@1"]), []).append(label)
             band = _fmt(arm["in_band_share"]) if "in_band_share" in arm else "—"
             bound = _fmt(arm["alpha_at_bound"]) if "alpha_at_bound" in arm else "—"
             benign = _fmt(arm["alpha_floor_above_target"]) if "alpha_floor_above_target" in arm else "—"
@@ -240,18 +238,40 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
                 f"{_fmt(arm['before_pass@1'])} | {_fmt(arm['pass@1'])} | "
                 f"{_fmt(arm['pass@8'])} | {band} | {bound} | {benign} |"
             )
-        lines += ["", _before_line(starts)]
+        lines += ["", _before_line(tasks[name]["arms"])]
     return "\n".join(lines) + "\n"
 
 
-def _before_line(starts: dict[str, list[str]]) -> str:
-    """Before-RL pass@1: one line when every arm started from the same warm start (the same value on
-    the same held-out set), else which arms started from another one and are not comparable."""
-    if not starts:
+def _same_start(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Two arms started from one warm start: the same before-RL pass@1 on every seed both ran (the same
+    warm start scores the same on the same held-out draw; arms may have run different seeds)."""
+    before = [
+        {run["run"].rsplit("/", 1)[-1]: run["before_pass@1"] for run in arm["runs"]}
+        for arm in (first, second)
+    ]
+    common = before[0].keys() & before[1].keys()
+    return bool(common) and all(before[0][seed] == before[1][seed] for seed in common)
+
+
+def _before_line(arms: dict[str, Any]) -> str:
+    """Before-RL pass@1: one line when every arm started from the same warm start, else which arms
+    started from another one and are not comparable. Arms are grouped by warm start (compared seed by
+    seed); the largest group is the study's, quoted with its arm of the most seeds."""
+    groups: list[list[str]] = []
+    for label, arm in arms.items():
+        group = next((g for g in groups if _same_start(arms[g[0]], arm)), None)
+        if group is None:
+            groups.append([label])
+        else:
+            group.append(label)
+    if not groups:
         return ""
-    common = max(starts, key=lambda value: len(starts[value]))
-    line = f"Before RL (warm start, same held-out set): pass@1 {common}."
-    others = [f"`{label}` {value}" for value, labels in starts.items() if value != common for label in labels]
+    common = max(groups, key=len)
+    reference = max(common, key=lambda label: arms[label]["seeds_finished"])
+    line = f"Before RL (warm start, same held-out set): pass@1 {_fmt(arms[reference]['before_pass@1'])}."
+    others = [
+        f"`{label}` {_fmt(arms[label]['before_pass@1'])}" for g in groups if g is not common for label in g
+    ]
     if others:
         line += (
             " Another pass@1 before RL on the same prompts, i.e. another warm start (the cached one was "

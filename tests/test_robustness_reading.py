@@ -207,3 +207,22 @@ def test_alpha_at_the_floor_above_target_is_told_apart(tmp_path: Path, reading: 
     assert numbers["alpha_at_bound"] == pytest.approx(0.6)
     assert numbers["alpha_floor_above_target"] == pytest.approx(0.4)
     assert numbers["alpha_bound_otherwise"] == pytest.approx(0.2)
+
+
+def _arm(befores: dict[int, float]) -> dict[str, Any]:
+    runs = [{"run": f"arm/seed{seed}", "before_pass@1": value} for seed, value in befores.items()]
+    values = list(befores.values())
+    mean = sum(values) / len(values)
+    return {"runs": runs, "seeds_finished": len(runs), "before_pass@1": (mean, 0.0)}
+
+
+def test_warm_starts_are_told_apart_seed_by_seed_across_arms_of_other_seeds(reading: Any) -> None:
+    # six seeds and three of them: one warm start (the same score on every seed both ran) even though
+    # their means differ; an arm that differs on one shared seed started from another
+    six = _arm({0: 0.10, 1: 0.12, 2: 0.14, 3: 0.20, 4: 0.22, 5: 0.24})
+    three = _arm({0: 0.10, 1: 0.12, 2: 0.14})
+    other = _arm({0: 0.10, 1: 0.13, 2: 0.14})
+    line = reading._before_line({"six": six, "three": three})
+    assert line == "Before RL (warm start, same held-out set): pass@1 0.170 ± 0.000."
+    line = reading._before_line({"six": six, "three": three, "other": other})
+    assert line.endswith("not comparable with the others': `other` 0.123 ± 0.000.")

@@ -62,15 +62,16 @@ def read_spread(folder: Path) -> dict[str, Any] | None:
     folders = [ROOT / f for f in spread["folders"]]
     tau = 0.4 if any("in_band_against" in a for a in spread["arms"].values()) else None
     runs = [pooled_runs(folders, arm, tau) for arm in arms]
-    steps = []
-    for seed in seeds:
-        found = [
-            next(
-                f / arm / f"seed{seed}" / "metrics.csv" for f in folders if (f / arm / f"seed{seed}").is_dir()
+    # each run's folder as pooled_runs found it (the study folder that holds that arm's seed)
+    steps = [
+        first_different_reward(
+            *(
+                Path(run[seed]["folder"]) / arm / f"seed{seed}" / "metrics.csv"
+                for run, arm in zip(runs, arms, strict=True)
             )
-            for arm in arms
-        ]
-        steps.append(first_different_reward(*found))
+        )
+        for seed in seeds
+    ]
     known = [s for s in steps if s is not None]
     out: dict[str, Any] = {
         "folder": str(folder),

@@ -47,11 +47,22 @@ def assert_runs_are_the_configs_arms(
     return len(specs)
 
 
+def marked_block(doc: Path, marker: str) -> str:
+    """The text between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``doc``."""
+    return doc.read_text().split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
+
+
+def quoted_table(doc: Path, marker: str) -> list[str]:
+    """The non-blank lines between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``doc`` (a
+    quoted table and nothing else), each stripped of the indentation of the list item that holds it."""
+    return [line.strip() for line in marked_block(doc, marker).splitlines() if line.strip()]
+
+
 def assert_docs_quote(reading_md: Path, doc: Path, marker: str, min_rows: int, prefix: str = "| ") -> None:
     """The table between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``doc`` has at least
     ``min_rows`` rows starting with ``prefix``, each of them a line of ``reading_md``."""
     reading = set(reading_md.read_text().splitlines())
-    table = doc.read_text().split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
+    table = marked_block(doc, marker)
     rows = [line for line in table.splitlines() if line.startswith(prefix)]
     assert len(rows) >= min_rows, rows
     missing = [row for row in rows if row not in reading]

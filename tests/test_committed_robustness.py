@@ -15,7 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from committed_runs import assert_docs_quote, assert_reading_reproduced, assert_runs_are_the_configs_arms
+from committed_runs import (
+    assert_docs_quote,
+    assert_reading_reproduced,
+    assert_runs_are_the_configs_arms,
+    quoted_table,
+)
 
 from entropyctl.experiments.ablate import parse_arm
 
@@ -41,6 +46,13 @@ def level2_base() -> dict[str, Any]:
     return sweep_base([2])
 
 
+def assert_one_warm_start(runs: list[Path], seed: int) -> None:
+    """The run directories ``runs`` (one seed's runs of several arms) started from one warm start: the
+    same held-out score before RL, which the same warm start gives on the same seed's evaluation draw."""
+    before = [json.loads((run / "summary.json").read_text())["before"] for run in runs]
+    assert all(b == before[0] for b in before), seed
+
+
 def assert_seed_spread_reproduced(
     folders: list[Path], arms: list[str], extra: list[str], committed: Path, marker: str, out: Path
 ) -> dict[str, Any]:
@@ -59,10 +71,10 @@ def assert_seed_spread_reproduced(
             if key != "seeds" and paired is not None:
                 assert paired["delta"] == pytest.approx(kept["difference"][key]["delta"], abs=1e-12)
     assert (out / "seed_spread.md").read_text() == (committed / "seed_spread.md").read_text()
-    doc = (ROOT / "docs" / "ablations.md").read_text()
-    block = doc.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
-    quoted = [line.strip() for line in block.splitlines() if line.strip().startswith("|")]
-    assert quoted == (committed / "seed_spread.md").read_text().splitlines()
+    assert (
+        quoted_table(ROOT / "docs" / "ablations.md", marker)
+        == (committed / "seed_spread.md").read_text().splitlines()
+    )
     return kept
 
 
@@ -170,12 +182,10 @@ def test_the_levels12_yardstick_runs_are_the_configs_arms_and_their_spread_is_re
     arms = ["aer", "fixed:alpha=0.01"]
     # seeds 0–4 run first, 5–9 added (2026-12-05) from the same warm start
     assert assert_runs_are_the_configs_arms(sweep_base(), arms, list(range(10)), LEVELS12_SEEDS, 600) == 20
-    for seed in range(10):  # one warm start for both arms: the same held-out score before RL, seed by seed
-        before = [
-            json.loads((LEVELS12_SEEDS / arm / f"seed{seed}" / "summary.json").read_text())["before"]
-            for arm in ("aer", "fixed_alpha=0.01")
-        ]
-        assert before[0] == before[1], seed
+    for seed in range(10):
+        assert_one_warm_start(
+            [LEVELS12_SEEDS / arm / f"seed{seed}" for arm in ("aer", "fixed_alpha=0.01")], seed
+        )
     folders, slugs = [LEVELS12_SEEDS], ["aer", "fixed_alpha=0.01"]
     extra = ["--band-tau", "0.4"]
     kept = assert_seed_spread_reproduced(
@@ -196,12 +206,10 @@ def test_the_levels12_no_bonus_runs_are_the_configs_arm_and_their_spread_is_repr
         sweep_base(), ["fixed:alpha=0"], list(range(10)), LEVELS12_SEEDS, 600
     )
     assert runs == 10
-    for seed in range(10):  # one warm start: the same held-out score before RL, seed by seed
-        before = [
-            json.loads((LEVELS12_SEEDS / arm / f"seed{seed}" / "summary.json").read_text())["before"]
-            for arm in ("aer", "fixed_alpha=0")
-        ]
-        assert before[0] == before[1], seed
+    for seed in range(10):
+        assert_one_warm_start(
+            [LEVELS12_SEEDS / arm / f"seed{seed}" for arm in ("aer", "fixed_alpha=0")], seed
+        )
     kept = assert_seed_spread_reproduced(
         [LEVELS12_SEEDS],
         ["aer", "fixed_alpha=0"],
@@ -308,12 +316,9 @@ def test_the_tiny_bonus_control_is_the_configs_arm_and_its_spreads_are_reproduce
 ) -> None:
     assert assert_runs_are_the_configs_arms(level2_base(), [CONTROL_ARM], list(range(10)), CONTROL, 600) == 10
     slug = parse_arm(CONTROL_ARM).slug
-    for seed in range(10):  # the level-2 arms' warm start: the same held-out score before RL, seed by seed
-        before = [
-            json.loads((base / arm / f"seed{seed}" / "summary.json").read_text())["before"]
-            for base, arm in ((LEVEL2 if seed < 3 else SEEDS, "aer"), (CONTROL, slug))
-        ]
-        assert before[0] == before[1], seed
+    for seed in range(10):  # the level-2 arms' warm start
+        defaults = (LEVEL2 if seed < 3 else SEEDS) / "aer" / f"seed{seed}"
+        assert_one_warm_start([defaults, CONTROL / slug / f"seed{seed}"], seed)
     kept = assert_seed_spread_reproduced(
         [LEVEL2, SEEDS, CONTROL], [reference, slug], extra, CONTROL / folder, marker, tmp_path
     )
@@ -339,12 +344,9 @@ def test_twenty_seeds_are_the_configs_arms_and_their_spreads_are_reproduced(
 ) -> None:
     arms = ["aer", "fixed:alpha=0", CONTROL_ARM]
     assert assert_runs_are_the_configs_arms(level2_base(), arms, list(range(10, 20)), TWENTY, 600) == 30
-    for seed in range(10, 20):  # one warm start: the same held-out score before RL, seed by seed
-        before = {
-            json.dumps(json.loads((TWENTY / arm / f"seed{seed}" / "summary.json").read_text())["before"])
-            for arm in ("aer", "fixed_alpha=0", parse_arm(CONTROL_ARM).slug)
-        }
-        assert len(before) == 1, seed
+    for seed in range(10, 20):
+        slugs = ("aer", "fixed_alpha=0", parse_arm(CONTROL_ARM).slug)
+        assert_one_warm_start([TWENTY / slug / f"seed{seed}" for slug in slugs], seed)
     kept = assert_seed_spread_reproduced(
         [LEVEL2, SEEDS, CONTROL, TWENTY],
         [first, second],

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from committed_runs import load_benchmark
+from committed_runs import load_benchmark, quoted_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -57,7 +57,7 @@ def test_pairing_buys_most_where_the_arms_are_one_run_for_longest() -> None:
 
 def test_docs_quote_the_reading() -> None:
     """docs/ablations.md quotes the whole table (indented under its list item)."""
-    doc = (ROOT / "docs" / "ablations.md").read_text()
-    block = doc.split("<!-- pairing:start -->")[1].split("<!-- pairing:end -->")[0]
-    quoted = [line.strip() for line in block.splitlines() if line.strip()]
-    assert quoted == (RESULTS / "pairing.md").read_text().splitlines()
+    assert (
+        quoted_table(ROOT / "docs" / "ablations.md", "pairing")
+        == (RESULTS / "pairing.md").read_text().splitlines()
+    )

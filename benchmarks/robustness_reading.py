@@ -13,6 +13,10 @@ the last-quarter H/H0 and held-out pass@1 of every seed against each knob.
 
     python benchmarks/robustness_reading.py benchmarks/robustness/level2 benchmarks/robustness/levels12 \
         --out benchmarks/robustness
+
+A task whose arms ran into several study folders (the same config, warm start and seeds) is given as
+``NAME=DIR,DIR,...``: the arms of every folder, read as one task called NAME (an arm in two folders
+keeps the runs of the first folder that has each seed).
 """
 
 from __future__ import annotations
@@ -39,7 +43,14 @@ KNOBS = {
 #: the library defaults: an arm belongs to one knob's sweep when its other knobs are at these
 DEFAULTS = {"aer step κ": 0.05, "aer τ": 0.4, "aer α_min": 1e-5}
 #: settings no sweep moves: an aer arm that changes one of them (a candidate default) is in no sweep
-HELD = {("update", "proportional"): 2.0, ("anchor", "steps"): 1, ("update", "lower_ratio"): 1.0}
+HELD: dict[tuple[str, ...], Any] = {
+    ("update", "proportional"): 2.0,
+    ("anchor", "steps"): 1,
+    ("update", "lower_ratio"): 1.0,
+    ("update", "climb_boost"): 0.0,
+    ("update", "rearm_at_target"): False,
+    ("allocation", "rule"): "threshold",
+}
 #: a fixed-α run is read in band against BAND_TAU·H0, the target AER's defaults would set on it
 BAND_TAU = DEFAULTS["aer τ"]
 
@@ -102,15 +113,32 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def read_task(task: Path, seeds: list[int] | None = None) -> dict[str, Any]:
-    """Every arm of the ablation in ``task``, over ``seeds`` (default: the manifest's)."""
-    manifest = json.loads((task / "ablation.json").read_text())
+def _planned_arms(folders: list[Path], seeds: list[int] | None) -> dict[str, dict[int, Path]]:
+    """label -> {seed: run directory} over the study folders, in their order: an arm's own seeds
+    where its manifest gives them (arms added with other seeds), else the study's; a seed already found
+    in an earlier folder keeps that folder's run."""
+    arms: dict[str, dict[int, Path]] = {}
+    for folder in folders:
+        manifest = json.loads((folder / "ablation.json").read_text())
+        for arm in manifest["arms"]:
+            planned = seeds if seeds is not None else arm.get("seeds", manifest["seeds"])
+            runs = arms.setdefault(arm["label"], {})
+            for seed in planned:
+                runs.setdefault(int(seed), folder / arm["slug"] / f"seed{seed}")
+    return arms
+
+
+def read_task(
+    task: Path | list[Path], seeds: list[int] | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """Every arm of the ablation in ``task`` (one study folder, or several holding arms of one task), over
+    ``seeds`` (default: each manifest's)."""
+    folders = [task] if isinstance(task, Path) else list(task)
     arms: dict[str, Any] = {}
-    for arm in manifest["arms"]:
-        # the arm's own seeds where the manifest gives them (arms added with other seeds), else the study's
-        planned = seeds if seeds is not None else arm.get("seeds", manifest["seeds"])
+    for label, planned_runs in _planned_arms(folders, seeds).items():
+        planned = sorted(planned_runs)
         # a fixed-α run has no target of its own: it is read in band against the one AER's defaults set
-        runs = [read_run(task / arm["slug"] / f"seed{seed}", BAND_TAU) for seed in planned]
+        runs = [read_run(planned_runs[seed], BAND_TAU) for seed in planned]
         done = [r for r in runs if r is not None]
         if not done:
             continue
@@ -138,8 +166,8 @@ def read_task(task: Path, seeds: list[int] | None = None) -> dict[str, Any]:
         if controller["name"] == "aer":
             for key in ("alpha_at_bound", "alpha_floor_above_target", "alpha_bound_otherwise"):
                 entry[key] = _mean_std([r[key] for r in done])
-        arms[arm["label"]] = entry
-    return {"task": task.name, "arms": arms}
+        arms[label] = entry
+    return {"task": name or folders[0].name, "arms": arms}
 
 
 def sweep_arms(task: dict[str, Any], method: str) -> list[dict[str, Any]]:
@@ -354,14 +382,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("tasks", nargs="+", type=Path, help="ablation output directories, one per task")
+    parser.add_argument(
+        "tasks",
+        nargs="+",
+        help="ablation output directories, one per task; NAME=DIR,DIR,... reads several folders as one task",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write reading.md / reading.json here")
     parser.add_argument(
         "--seeds", default=None, help="read only these seeds, e.g. 0,1 (default: the manifest's)"
     )
     args = parser.parse_args(argv)
     seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
-    tasks = {path.name: read_task(path, seeds) for path in args.tasks}
+    tasks = {}
+    for spec in args.tasks:
+        # NAME=DIR,...: a name has no "/" (a folder's "=" comes after one, as in an arm's slug)
+        name, dirs = spec.split("=", 1) if "=" in spec.split("/")[0] else ("", spec)
+        folders = [Path(d) for d in dirs.split(",")]
+        task = read_task(folders, seeds, name or None)
+        tasks[task["task"]] = task
     text = render(tasks)
     print(text)
     if args.out is not None:

@@ -226,3 +226,59 @@ def test_warm_starts_are_told_apart_seed_by_seed_across_arms_of_other_seeds(read
     assert line == "Before RL (warm start, same held-out set): pass@1 0.170 ± 0.000."
     line = reading._before_line({"six": six, "three": three, "other": other})
     assert line.endswith("not comparable with the others': `other` 0.123 ± 0.000.")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"update": {"climb_boost": 10.0, "climb_from": 0.2}},
+        {"update": {"rearm_at_target": True}},
+        {"allocation": {"rule": "uniform"}},
+    ],
+)
+def test_the_collapse_studys_candidates_are_in_no_sweep(
+    tmp_path: Path, reading: Any, change: dict[str, Any]
+) -> None:
+    """The collapse study's candidate arms keep the step and τ at their defaults but move a setting no
+    sweep moves: they are read, not counted as a second value 0.05 of the step sweep."""
+    task = tmp_path / "task"
+    _manifest(task, [("aer", "a"), ("aer:candidate", "b")], [0])
+    _run(task / "a" / "seed0", _aer(), [0.4] * 40, alpha=[0.01] * 40, target=0.4)
+    candidate = _aer()
+    for part, values in change.items():
+        candidate.setdefault(part, {}).update(values)
+    _run(task / "b" / "seed0", candidate, [0.4] * 40, alpha=[0.01] * 40, target=0.4)
+    result = reading.read_task(task)
+    assert set(result["arms"]) == {"aer", "aer:candidate"}
+    assert not result["arms"]["aer:candidate"]["in_sweep"]
+    assert reading.ok_range(result, "aer step κ")["values"] == [0.05]
+
+
+def test_one_task_read_from_several_study_folders(tmp_path: Path, reading: Any, capsys: Any) -> None:
+    """Arms of one task that ran into several folders read as one task: every folder's arms, an arm in
+    two folders with each seed's run from the first folder that has it, the name given on the command line."""
+    first, second = tmp_path / "study", tmp_path / "study_more"
+    _manifest(first, [("aer", "a"), ("fixed:alpha=0", "f0")], [0, 1])
+    _manifest(second, [("aer", "a"), ("fixed:alpha=0.06", "f6")], [1, 2])
+    for seed in (0, 1):
+        _run(first / "a" / f"seed{seed}", _aer(), [0.4] * 40, alpha=[0.01] * 40, target=0.4, pass1=0.5)
+        _run(first / "f0" / f"seed{seed}", {"name": "fixed", "alpha": 0.0}, [1.0] * 30 + [0.01] * 10)
+    for seed in (1, 2):  # seed 1 of `aer` is also in the first folder: that one is read
+        _run(second / "a" / f"seed{seed}", _aer(), [0.4] * 40, alpha=[0.01] * 40, target=0.4, pass1=0.9)
+        _run(second / "f6" / f"seed{seed}", {"name": "fixed", "alpha": 0.06}, [1.0] * 40)
+    result = reading.read_task([first, second], name="collapse")
+    assert result["task"] == "collapse"
+    assert set(result["arms"]) == {"aer", "fixed:alpha=0", "fixed:alpha=0.06"}
+    aer = result["arms"]["aer"]
+    assert (aer["seeds_finished"], aer["seeds_planned"]) == (3, 3)
+    assert [run["pass@1"] for run in aer["runs"]] == [0.5, 0.5, 0.9]
+    assert reading.ok_range(result, "fixed α") == {"values": [0.0, 0.06], "ok": [0.06], "span": 1.0}
+    # one folder alone is the task it was
+    assert set(reading.read_task(first)["arms"]) == {"aer", "fixed:alpha=0"}
+    # the command line: NAME=DIR,DIR (a folder's own "=" comes after a "/")
+    assert reading.main([f"collapse={first},{second}"]) == 0
+    out = capsys.readouterr().out
+    assert "| fixed α | 0.06 of 0, 0.06 |" in out
+    assert "## collapse" in out
+    assert reading.main([str(first)]) == 0
+    assert f"## {first.name}" in capsys.readouterr().out

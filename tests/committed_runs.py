@@ -58,9 +58,11 @@ def quoted_table(doc: Path, marker: str) -> list[str]:
     return [line.strip() for line in marked_block(doc, marker).splitlines() if line.strip()]
 
 
-def assert_docs_quote(reading_md: Path, doc: Path, marker: str, min_rows: int, prefix: str = "| ") -> None:
+def assert_docs_quote(
+    reading_md: Path, doc: Path, marker: str, min_rows: int, prefix: str | tuple[str, ...] = "| "
+) -> None:
     """The table between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``doc`` has at least
-    ``min_rows`` rows starting with ``prefix``, each of them a line of ``reading_md``."""
+    ``min_rows`` rows starting with ``prefix`` (or any of several), each of them a line of ``reading_md``."""
     reading = set(reading_md.read_text().splitlines())
     table = marked_block(doc, marker)
     rows = [line for line in table.splitlines() if line.startswith(prefix)]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from committed_runs import assert_numbers_equal
+from committed_runs import assert_docs_quote, assert_numbers_equal
 
 from entropyctl.config import parse_run_config, parse_written_config
 from entropyctl.experiments.ablate import canonical_config, parse_arms, plan_runs
@@ -41,13 +41,8 @@ def test_committed_report_is_reproduced_from_the_committed_runs(run: Path, tmp_p
 @pytest.mark.parametrize("doc", DOCS)
 @pytest.mark.parametrize(("run", "marker"), STUDIES, ids=[m for _, m in STUDIES])
 def test_docs_quote_the_committed_report(run: Path, marker: str, doc: str) -> None:
-    report_lines = set((run / "report.md").read_text().splitlines())
-    text = (ROOT / doc).read_text()
-    table = text.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
-    rows = [line for line in table.splitlines() if line.startswith("| `") or line.startswith("Before RL")]
-    assert len(rows) >= (11 if run == RUN else 3)
-    missing = [row for row in rows if row not in report_lines]
-    assert not missing, f"{doc} rows not in the committed report.md: {missing[:3]}"
+    min_rows = 11 if run == RUN else 3
+    assert_docs_quote(run / "report.md", ROOT / doc, marker, min_rows, prefix=("| `", "Before RL"))
 
 
 def _without_command_line_settings(config: dict[str, Any]) -> dict[str, Any]:

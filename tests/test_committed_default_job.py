@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from committed_runs import assert_docs_quote, assert_printed_table_reproduced
+from committed_runs import assert_docs_quote, assert_printed_table_reproduced, quoted_table
 
 from entropyctl.config import load_run_config, parse_run_config, parse_written_config
 
@@ -74,6 +74,5 @@ def test_the_probes_are_the_default_with_one_setting_and_the_docs_quote_them(
     command = [sys.executable, str(SCRIPT), *map(str, runs)]
     printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
     rows = [line for line in printed.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    doc = (ROOT / "docs" / "training.md").read_text()
-    table = doc.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
-    assert [line.strip() for line in table.splitlines() if line.strip()[2:3].isdigit()] == rows
+    quoted = quoted_table(ROOT / "docs" / "training.md", marker)
+    assert [line for line in quoted if line[2:3].isdigit()] == rows

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from committed_runs import assert_docs_quote
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -441,10 +442,6 @@ def test_committed_study_runs_are_the_shipped_configs_arms() -> None:
 
 
 def test_docs_quote_the_committed_study_report() -> None:
-    report_lines = set((STUDY / "report.md").read_text().splitlines())
-    text = (REPO / "docs" / "ablations.md").read_text()
-    table = text.split("<!-- rg-table:start -->")[1].split("<!-- rg-table:end -->")[0]
-    rows = [line for line in table.splitlines() if line.startswith("| `") or line.startswith("Before RL")]
-    assert len(rows) >= 3
-    missing = [row for row in rows if row not in report_lines]
-    assert not missing, f"docs/ablations.md rows not in the committed report.md: {missing[:3]}"
+    assert_docs_quote(
+        STUDY / "report.md", REPO / "docs" / "ablations.md", "rg-table", 3, prefix=("| `", "Before RL")
+    )

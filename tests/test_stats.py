@@ -42,3 +42,6 @@ def test_edge_cases() -> None:
         paired_difference([0.1, 0.2], [0.1])
     with pytest.raises(ValueError, match="no values"):
         mean_std([])
+    # a seed without the number (NaN) leaves the arm without a mean and a spread, paired or not
+    assert all(math.isnan(x) for x in mean_std([0.5, math.nan, 0.7]))
+    assert all(math.isnan(x) for x in paired_difference([0.5, 0.6], [math.nan, 0.7]))

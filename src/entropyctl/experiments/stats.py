@@ -16,9 +16,13 @@ __all__ = ["mean_std", "paired_difference"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """The mean and the sample standard deviation (NaN for fewer than two values)."""
+    """The mean and the sample standard deviation (NaN for fewer than two values). A NaN among the
+    values (a seed with no such number, e.g. a run never in band has no share in band after first
+    reaching it) makes both NaN: the arm has no mean of it over its seeds."""
     if not values:
         raise ValueError("mean_std: no values")
+    if any(math.isnan(v) for v in values):  # statistics.stdev fails on a NaN instead of returning one
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 

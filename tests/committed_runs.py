@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,40 @@ def assert_numbers_equal(a: Any, b: Any, where: str) -> None:
         )
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_warm_start(reference: Path, study: Path, slugs: Iterable[str], seeds: Iterable[int]) -> None:
+    """Every run ``study/<slug>/seed<N>`` has the held-out score before RL of ``reference``'s run of its
+    seed (``reference`` is a run directory holding ``seed<N>``): the same warm start and held-out draw."""
+    slugs = list(slugs)
+    for seed in seeds:
+        before = json.loads((reference / f"seed{seed}" / "summary.json").read_text())["before"]
+        for slug in slugs:
+            summary = json.loads((study / slug / f"seed{seed}" / "summary.json").read_text())
+            assert summary["before"] == before, (slug, seed)
+
+
+def assert_collapse_reading_reproduced(study: Path, tmp_path: Path) -> None:
+    """benchmarks/collapse_reading.py on a copy of ``study``'s runs writes the study's committed reading.md."""
+    copy = tmp_path / study.name
+    for run in study.glob("*/seed*"):
+        shutil.copytree(run, copy / run.parent.name / run.name, ignore=shutil.ignore_patterns("checkpoints"))
+    script = ROOT / "benchmarks" / "collapse_reading.py"
+    subprocess.run([sys.executable, str(script), str(copy)], check=True, capture_output=True, timeout=300)
+    assert (copy / "reading.md").read_text() == (study / "reading.md").read_text()
+
+
+def assert_last_three_horizon_reproduced(
+    folders: list[Path], arms: dict[str, str], results: Path, tmp_path: Path
+) -> None:
+    """benchmarks/horizon_reading.py over the pooled study ``folders`` (the defaults' arm first among
+    them), each arm (label -> slug) against the defaults with the mean of the last three evaluations,
+    writes ``results``; seeds 0-2, the last three evaluations at steps 2000, 2500 and 3000."""
+    pooled = ",".join(str(folder.relative_to(ROOT)) for folder in folders)
+    out = tmp_path / results.name
+    command = [sys.executable, str(ROOT / "benchmarks" / "horizon_reading.py"), *[pooled] * len(arms)]
+    command += ["--arm", *arms.values(), "--label", *arms, "--last", "3", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300, cwd=ROOT)
+    assert out.read_text() == results.read_text()
+    reading = json.loads(out.with_suffix(".json").read_text())["studies"]
+    assert all(s["seeds"] == [0, 1, 2] and s["last"]["steps"] == [2000, 2500, 3000] for s in reading.values())

@@ -8,13 +8,18 @@ committed metrics; the docs quote them."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-from committed_runs import assert_docs_quote, assert_runs_are_the_configs_arms
+from committed_runs import (
+    assert_collapse_reading_reproduced,
+    assert_docs_quote,
+    assert_last_three_horizon_reproduced,
+    assert_runs_are_the_configs_arms,
+    assert_same_warm_start,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ablation_collapse_v5.yaml"
@@ -36,33 +41,16 @@ def test_the_runs_are_the_configs_arms_from_the_defaults_warm_start() -> None:
     base.pop("ablation")
     assert assert_runs_are_the_configs_arms(base, LABELS, [0, 1, 2], STUDY, 3000) == 12
     assert len(list(STUDY.glob("*/seed*"))) == 12
-    for seed in (0, 1, 2):  # the same held-out score before RL as the defaults' v5 run of the seed
-        before = json.loads((V5 / "aer" / f"seed{seed}" / "summary.json").read_text())["before"]
-        for slug in ARMS.values():
-            summary = json.loads((STUDY / slug / f"seed{seed}" / "summary.json").read_text())
-            assert summary["before"] == before, (slug, seed)
+    assert_same_warm_start(V5 / "aer", STUDY, ARMS.values(), (0, 1, 2))
 
 
 def test_the_step_by_step_reading_is_reproduced(tmp_path: Path) -> None:
-    copy = tmp_path / STUDY.name
-    for run in STUDY.glob("*/seed*"):
-        shutil.copytree(run, copy / run.parent.name / run.name, ignore=shutil.ignore_patterns("checkpoints"))
-    script = ROOT / "benchmarks" / "collapse_reading.py"
-    subprocess.run([sys.executable, str(script), str(copy)], check=True, capture_output=True, timeout=300)
-    assert (copy / "reading.md").read_text() == (STUDY / "reading.md").read_text()
+    assert_collapse_reading_reproduced(STUDY, tmp_path)
 
 
 def test_the_horizon_reading_is_reproduced_and_quoted(tmp_path: Path) -> None:
-    script = ROOT / "benchmarks" / "horizon_reading.py"
-    pooled = f"{V5.relative_to(ROOT)},{STUDY.relative_to(ROOT)}"
-    out = tmp_path / "knobs_horizon.md"
-    command = [sys.executable, str(script), *[pooled] * len(ARMS), "--arm", *ARMS.values()]
-    command += ["--label", *ARMS, "--last", "3", "--out", str(out)]
-    subprocess.run(command, check=True, capture_output=True, timeout=300, cwd=ROOT)
     results = ROOT / "benchmarks" / "results" / "collapse_v5_knobs_horizon.md"
-    assert out.read_text() == results.read_text()
-    reading = json.loads(out.with_suffix(".json").read_text())["studies"]
-    assert all(s["seeds"] == [0, 1, 2] and s["last"]["steps"] == [2000, 2500, 3000] for s in reading.values())
+    assert_last_three_horizon_reproduced([V5, STUDY], ARMS, results, tmp_path)
     assert_docs_quote(results, ROOT / "docs" / "ablations.md", "collapse-v5-knobs", 28, "| ")
 
 

@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 
 import yaml
-from committed_runs import assert_docs_quote, assert_runs_are_the_configs_arms
+from committed_runs import (
+    assert_collapse_reading_reproduced,
+    assert_docs_quote,
+    assert_last_three_horizon_reproduced,
+    assert_runs_are_the_configs_arms,
+    assert_same_warm_start,
+)
 
 from entropyctl.config import parse_written_config
 from entropyctl.controllers.parts import RelativeUpdate
@@ -138,16 +144,6 @@ def test_the_extra_seeds_are_the_configs_arms() -> None:
     assert count == 4 == len(list(SEEDS_STUDY.glob("*/seed*")))
 
 
-def assert_collapse_reading_reproduced(study: Path, tmp_path: Path) -> None:
-    """collapse_reading.py on a copy of ``study``'s runs writes the study's committed reading.md."""
-    copy = tmp_path / study.name
-    for run in study.glob("*/seed*"):
-        shutil.copytree(run, copy / run.parent.name / run.name, ignore=shutil.ignore_patterns("checkpoints"))
-    script = ROOT / "benchmarks" / "collapse_reading.py"
-    subprocess.run([sys.executable, str(script), str(copy)], check=True, capture_output=True, timeout=300)
-    assert (copy / "reading.md").read_text() == (study / "reading.md").read_text()
-
-
 def test_the_extra_seeds_reading_is_reproduced(tmp_path: Path) -> None:
     assert_collapse_reading_reproduced(SEEDS_STUDY, tmp_path)
 
@@ -184,23 +180,11 @@ def test_the_fixed_runs_are_the_configs_arms_from_the_defaults_warm_start() -> N
     labels = [slug.replace("fixed_alpha=", "fixed:alpha=") for slug in FIXED_ARMS.values()]
     assert assert_runs_are_the_configs_arms(base, labels, [0, 1, 2], FIXED_STUDY, 3000) == 9
     assert len(list(FIXED_STUDY.glob("*/seed*"))) == 9
-    for seed in (0, 1, 2):  # the same held-out score before RL as the defaults' run of the seed
-        before = json.loads((STUDY / "aer" / f"seed{seed}" / "summary.json").read_text())["before"]
-        for slug in FIXED_ARMS.values():
-            summary = json.loads((FIXED_STUDY / slug / f"seed{seed}" / "summary.json").read_text())
-            assert summary["before"] == before, (slug, seed)
+    assert_same_warm_start(STUDY / "aer", FIXED_STUDY, FIXED_ARMS.values(), (0, 1, 2))
 
 
 def test_the_fixed_runs_readings_are_reproduced(tmp_path: Path) -> None:
     assert_collapse_reading_reproduced(FIXED_STUDY, tmp_path)
-    horizon = ROOT / "benchmarks" / "horizon_reading.py"
-    pooled = f"{STUDY.relative_to(ROOT)},{FIXED_STUDY.relative_to(ROOT)}"
-    out = tmp_path / "fixed_horizon.md"
-    command = [sys.executable, str(horizon), *[pooled] * len(FIXED_ARMS), "--arm", *FIXED_ARMS.values()]
-    command += ["--label", *FIXED_ARMS, "--last", "3", "--out", str(out)]
-    subprocess.run(command, check=True, capture_output=True, timeout=300, cwd=ROOT)
     results = ROOT / "benchmarks" / "results" / "collapse_v5_fixed_horizon.md"
-    assert out.read_text() == results.read_text()
-    reading = json.loads(out.with_suffix(".json").read_text())["studies"]
-    assert all(s["seeds"] == [0, 1, 2] and s["last"]["steps"] == [2000, 2500, 3000] for s in reading.values())
+    assert_last_three_horizon_reproduced([STUDY, FIXED_STUDY], FIXED_ARMS, results, tmp_path)
     assert_docs_quote(results, ROOT / "docs" / "ablations.md", "collapse-v5-fixed", 21, "| fixed")

@@ -120,15 +120,23 @@ def assert_numbers_equal(a: Any, b: Any, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+def assert_one_warm_start(runs: list[Path], seed: int) -> None:
+    """The run directories ``runs`` (one seed's runs of several arms) started from one warm start: the
+    same held-out score before RL, which the same warm start gives on the same seed's evaluation draw."""
+    before = [json.loads((run / "summary.json").read_text())["before"] for run in runs]
+    assert all(b == before[0] for b in before), (
+        seed,
+        [str(r) for r, b in zip(runs, before, strict=True) if b != before[0]],
+    )
+
+
 def assert_same_warm_start(reference: Path, study: Path, slugs: Iterable[str], seeds: Iterable[int]) -> None:
     """Every run ``study/<slug>/seed<N>`` has the held-out score before RL of ``reference``'s run of its
     seed (``reference`` is a run directory holding ``seed<N>``): the same warm start and held-out draw."""
     slugs = list(slugs)
     for seed in seeds:
-        before = json.loads((reference / f"seed{seed}" / "summary.json").read_text())["before"]
-        for slug in slugs:
-            summary = json.loads((study / slug / f"seed{seed}" / "summary.json").read_text())
-            assert summary["before"] == before, (slug, seed)
+        runs = [reference / f"seed{seed}", *(study / slug / f"seed{seed}" for slug in slugs)]
+        assert_one_warm_start(runs, seed)
 
 
 def assert_collapse_reading_reproduced(study: Path, tmp_path: Path) -> None:

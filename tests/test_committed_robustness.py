@@ -17,6 +17,7 @@ import pytest
 import yaml
 from committed_runs import (
     assert_docs_quote,
+    assert_one_warm_start,
     assert_reading_reproduced,
     assert_runs_are_the_configs_arms,
     quoted_table,
@@ -44,13 +45,6 @@ def sweep_base(levels: list[int] | None = None) -> dict[str, Any]:
 def level2_base() -> dict[str, Any]:
     """The sweep's second task: level 2 only."""
     return sweep_base([2])
-
-
-def assert_one_warm_start(runs: list[Path], seed: int) -> None:
-    """The run directories ``runs`` (one seed's runs of several arms) started from one warm start: the
-    same held-out score before RL, which the same warm start gives on the same seed's evaluation draw."""
-    before = [json.loads((run / "summary.json").read_text())["before"] for run in runs]
-    assert all(b == before[0] for b in before), seed
 
 
 def assert_seed_spread_reproduced(

@@ -63,6 +63,8 @@ class RelativeUpdate(_Bounds):
 
     With ``hold_on_approach``, I is not lowered below log α_0 during the first approach from above
     while the entropy is falling (entropyctl.controllers.target).
+    With ``conditional``, I is held while H̃ moves toward H* (H̃ − F_t of the sign of e, F_t the
+    20-step average of the readings).
     With ``rearm_at_target``, I is raised to log α_0 (or log ``rearm_alpha``; if below it) at the
     first reading with e ≥ 0, once.
 
@@ -131,6 +133,15 @@ class RelativeUpdate(_Bounds):
         description=(
             "A dead band above the target: the integral is not lowered while the smoothed entropy is "
             "within this fraction above H* (0: lowered whenever it is above)."
+        ),
+    )
+    conditional: bool = Field(
+        default=False,
+        description=(
+            "Conditional integration: the integral is not moved while the entropy is already moving "
+            "toward H* (above it and falling, or below it and rising: H̃ on the target's side of the "
+            "20-step average of the readings). The approach from above then leaves α near α_0 instead "
+            "of winding it down to the floor, and a climb stops adding once the entropy answers."
         ),
     )
     rearm_at_target: bool = Field(

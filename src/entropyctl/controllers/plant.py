@@ -11,10 +11,14 @@ not a measurement: a first-order system with the shape practitioners report for 
 One step, with ``c`` the coefficient the loss actually applied (the token-weighted mean of
 ``plan.coef`` over prompts; harder prompts have longer responses)::
 
-    H_eq(c)  = h_floor + (h_max − h_floor) · g·c / (1 + g·c)          g = gain (per unit coefficient)
+    H_eq(c)  = h_floor + (h_max − h_floor) · (g·c)^n / (1 + (g·c)^n)  g = gain (per unit coefficient)
     H_{t+1}  = clip(H_t + decay·(H_eq(c) − H_t) + noise·H_t·ξ_t, 0, h_max),   ξ_t ~ N(0, 1)
 
 and the step's reading is the entropy of the step's own tokens, ``H_t`` (before the update).
+The Hill exponent ``n`` (``hill``, default 1) sets how steep the response is in log c: with n > 1
+the bonus does nothing over the decades below 1/g and then acts at once, the elasticity
+d log H_eq / d log c reaching ~n/2 and more near 1/g — the dead decades and the cliff of the real runs
+(docs/robustness.md, "The bonus acts over about one decade of α").
 Options for harder plants (all off by default): ``reading_noise`` (a measurement error on the
 reading alone), ``lag`` (the reading reports H_{t−lag}) and ``drift`` (the gain falls as
 g_t = gain·exp(−drift·t): the same coefficient buys less entropy as training goes on).
@@ -111,6 +115,8 @@ class EntropyPlant:
     collapse: float = 0.003
     #: rate response: the largest rise of log H per step.
     rise_max: float = 0.02
+    #: level response: the Hill exponent n of H_eq(c) (1: the plain saturating response).
+    hill: float = 1.0
     seed: int = 0
     entropy: float = field(init=False)
     step_index: int = field(init=False, default=0)
@@ -127,6 +133,8 @@ class EntropyPlant:
             raise ValueError(
                 f"reading_noise, lag and drift must be ≥ 0 (got {self.reading_noise}, {self.lag}, {self.drift})"
             )
+        if not self.hill > 0:
+            raise ValueError(f"hill: must be > 0 (got {self.hill})")
         if self.response not in ("level", "rate"):
             raise ValueError(f"response: must be 'level' or 'rate' (got {self.response!r})")
         if self.response == "rate" and not (self.balance > 0 and self.rate_gain > 0 and self.collapse >= 0):
@@ -155,7 +163,7 @@ class EntropyPlant:
     def equilibrium(self, coef: float, step: int | None = None) -> float:
         """H_eq(c): where the entropy settles under a constant token-weighted coefficient c
         (at ``step``, default the current one: the gain drifts when ``drift`` > 0)."""
-        drive = self.gain_at(self.step_index if step is None else step) * max(coef, 0.0)
+        drive = (self.gain_at(self.step_index if step is None else step) * max(coef, 0.0)) ** self.hill
         return self.h_floor + (self.h_max - self.h_floor) * drive / (1.0 + drive)
 
     def applied_coefficient(self, plan: Plan, outcome: GroupOutcome) -> float:

@@ -337,12 +337,22 @@ class TargetController(EntropyController):
         stepped = relative_step(integral, error, step=step, alpha_min=low, alpha_max=high)
         if update.hold_on_approach and self._holding(error, target):
             stepped = max(stepped, min(integral, float(self.config.alpha_0)))
+        if update.conditional and self._moving_toward(error, smoothed):
+            stepped = min(max(integral, low), high)  # the entropy is already on its way: I holds
         if error < 0.0 and -error <= float(update.release_band):
             stepped = max(stepped, integral)  # within the dead band above H*: not lowered
         self.integral = stepped
         self.alpha = relative_step(
             self.integral, error, step=float(update.proportional), alpha_min=low, alpha_max=high
         )
+
+    def _moving_toward(self, error: float, smoothed: float) -> bool:
+        """``conditional``: the smoothed reading H̃ is on the target's side of the 20-step average F_t
+        (above H* and falling, or below it and rising)."""
+        if self.trend_fast is None or error == 0.0:
+            return False
+        motion = smoothed - self.trend_fast
+        return motion < 0.0 if error < 0.0 else motion > 0.0
 
     def _holding(self, error: float, target: float) -> bool:
         """``hold_on_approach``: the first approach from above is on and the entropy is still

@@ -1,4 +1,4 @@
-"""The update rules of ``aer`` side by side on three families of the entropy plant (a model, not a
+"""The update rules of ``aer`` side by side on four families of the entropy plant (a model, not a
 training run): does the 50-step moving average of the entropy hold ±20 % of H* once it got there?
 
 Families (each drawn at random from a fixed seed, ``--plants`` per family):
@@ -8,7 +8,11 @@ Families (each drawn at random from a fixed seed, ``--plants`` per family):
   drift toward collapse, H0 0.5–2 (the tests' wide family, other draws);
 * ``rate``: the integrating plant (``response="rate"``) — the bonus sets how fast the entropy moves,
   as in the collapse runs — with 20–60 % reading noise, the balancing coefficient over 300× and
-  the response gain over 20×, collapse 0.001–0.006 per step, drift toward collapse.
+  the response gain over 20×, collapse 0.001–0.006 per step, drift toward collapse;
+* ``steep``: the level plant with a Hill exponent 2–4 (``EntropyPlant.hill``): the bonus does nothing
+  over the decades below 1/g (1e-3 to 0.1) and then acts at once, as on the real runs; the no-bonus
+  floor 0.2–0.35·H0 (near the band's lower edge, as on level 2), decay 0.01–0.05, 10–20 % reading
+  noise, one step of lag, drift 0 or 0.001 (added 2026-12-06 with conditional integration).
 
 Rules: today's default; the same with the step 0.15 (the level-2 seed study's lead); the same with the
 climb boost (``climb_boost: 10, climb_from: 0.2``); with the floor ``alpha_min: 5e-4``; with
@@ -16,7 +20,8 @@ climb boost (``climb_boost: 10, climb_from: 0.2``); with the floor ``alpha_min: 
 ``uniform`` allocations; the previous default's gains (κ 0.1, κ_p 1, β 0.5, with today's clipped
 error); the first release's additive (the paper's form, our reading), log and sign rules; the
 collapse study v4's candidates (κ 0.15, κ_p 3, H0 from 10 readings; and the same with the opt-in
-holds ``hold_on_approach`` and ``release_band: 0.2``).
+holds ``hold_on_approach`` and ``release_band: 0.2``); conditional integration (``conditional: true``),
+alone and with the step 0.15 (chosen on the seed-7 draws, docs/robustness.md).
 Per plant: the settling step (first step whose 50-step average is within ±20 % of H*), the share of
 later steps in band, the share with α at a bound, the largest average over H*. Writes
 benchmarks/results/plant_families.{json,md}.
@@ -62,6 +67,10 @@ RULES: dict[str, dict[str, Any]] = {
     "additive": {"update": {"rule": "additive"}},
     "log": {"update": {"rule": "log"}},
     "sign": {"update": {"rule": "sign"}},
+    # conditional integration: the integral holds while the entropy already moves toward H*
+    # (chosen on the seed-7 draws of these families and the steep one)
+    "conditional": {"update": {"rule": "relative", "conditional": True}},
+    "conditional, step 0.15": {"update": {"rule": "relative", "conditional": True, "step": 0.15}},
     # the candidates of the collapse study v4 (chosen on other draws of these families: seed 7)
     "candidate": {"update": CANDIDATE, "anchor": {"steps": 10}},
     "candidate + holds": {
@@ -107,10 +116,27 @@ def rate(rng: random.Random) -> EntropyPlant:
     )
 
 
+def steep(rng: random.Random) -> EntropyPlant:
+    h_init = rng.uniform(0.5, 2.0)
+    return EntropyPlant(
+        gain=10 ** rng.uniform(1.0, 3.0),
+        hill=rng.uniform(2.0, 4.0),
+        decay=rng.uniform(0.01, 0.05),
+        reading_noise=rng.uniform(0.1, 0.2),
+        lag=1,
+        drift=rng.choice([0.0, 0.001]),
+        h_init=h_init,
+        h_floor=h_init * rng.uniform(0.2, 0.35),
+        h_max=h_init * rng.uniform(2.5, 6.0),
+        seed=rng.randrange(2**31),
+    )
+
+
 FAMILIES: dict[str, tuple[Callable[[random.Random], EntropyPlant], int]] = {
     "level": (level, 600),
     "wide level": (wide_level, 1000),
     "rate": (rate, 2000),
+    "steep": (steep, 600),
 }
 
 
@@ -186,7 +212,7 @@ def main() -> None:
         for r in rows
     ]
     (out / "plant_families.md").write_text(
-        "# The update rules on three plant families\n\n`python benchmarks/plant_families.py` "
+        "# The update rules on four plant families\n\n`python benchmarks/plant_families.py` "
         f"({args.plants} plants per family; in band = the 50-step average within ±20 % of H*, "
         "over the steps after it first got there; a plant that never got there counts 0).\n\n"
         + "\n".join(lines)

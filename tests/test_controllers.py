@@ -420,3 +420,37 @@ def test_rearm_alpha_sets_the_level_the_rearm_raises_the_integral_to() -> None:
         create_controller({"name": "aer", "update": {"rearm_alpha": 5e-4}})
     with pytest.raises(ValueError, match="rearm_alpha: must be within"):
         create_controller({"name": "aer", "update": {"rearm_at_target": True, "rearm_alpha": 2.0}})
+
+
+def test_conditional_integration_holds_the_integral_while_the_entropy_moves_toward_the_target() -> None:
+    """``conditional``: the integral moves only while H̃ is not on the target's side of the 20-step
+    average F_t — above H* and rising, or below it and falling; the proportional part always acts."""
+    update = {"step": 0.1, "proportional": 1.0, "smoothing": 0.0}
+    cond = create_controller({"name": "aer", "alpha_0": 0.005, "update": {**update, "conditional": True}})
+    plain = create_controller({"name": "aer", "alpha_0": 0.005, "update": update})
+
+    def integral(c: Any) -> float:
+        return float(c.state_dict()["integral"])
+
+    def observe(h: float) -> None:
+        for c in (cond, plain):
+            c.observe(EntropyReading(mean_entropy=h, tokens=10, step=0))
+
+    observe(1.0)  # H0 = 1, H* = 0.4, F = 1
+    observe(0.9)  # above (e clipped to −1) and below F: falling toward H* → held
+    assert integral(cond) == 0.005 and integral(plain) == pytest.approx(0.005 * math.exp(-0.1))
+    assert cond.metrics()["alpha"] == pytest.approx(0.005 * math.exp(-1.0))  # κ_p·e still acts
+    observe(1.2)  # above and above F: rising away → lowered as the plain rule does
+    assert integral(cond) == pytest.approx(0.005 * math.exp(-0.1))
+    observe(0.3)  # below (e = +0.25) and below F: falling away → raised
+    assert integral(cond) == pytest.approx(0.005 * math.exp(-0.1 + 0.025))
+    for _ in range(100):  # F follows the entropy down to 0.2; both rules climb here (falling, then flat)
+        observe(0.2)
+    held = integral(cond)
+    observe(0.35)  # below H* (e = 0.125) but above F: rising toward it → held
+    assert integral(cond) == held
+    assert cond.metrics()["alpha"] == pytest.approx(held * math.exp(0.125))
+    # no state of its own: a checkpoint round-trips as before
+    restored = create_controller({"name": "aer", "update": {**update, "conditional": True}})
+    restored.load_state_dict(cond.state_dict())
+    assert restored.state_dict() == cond.state_dict()

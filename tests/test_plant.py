@@ -56,3 +56,23 @@ def test_bad_response_or_parameters_are_errors() -> None:
         EntropyPlant(response="integral")
     with pytest.raises(ValueError, match="rate response"):
         rate_plant(balance=0.0)
+
+
+def test_hill_one_is_the_plain_level_response_and_a_larger_one_has_dead_decades_and_a_cliff() -> None:
+    """H_eq(c) = h_floor + (h_max − h_floor)·(g·c)^n / (1 + (g·c)^n): n = 1 is the saturating
+    response; n = 3 does almost nothing a decade below 1/g and is steeper than n = 1 at 1/g."""
+    plain, steep = EntropyPlant(gain=100.0), EntropyPlant(gain=100.0, hill=3.0)
+    for c in (0.0, 1e-4, 1e-3, 0.01, 0.1):
+        drive = 100.0 * c
+        assert plain.equilibrium(c) == 0.02 + (3.0 - 0.02) * drive / (1.0 + drive)
+    assert steep.equilibrium(0.01) == pytest.approx(plain.equilibrium(0.01))  # both halfway at 1/g
+    # a decade below 1/g: (0.1)^3/(1 + 0.1^3) ≈ 1e-3 of the range, against 0.1/1.1 for n = 1
+    assert steep.equilibrium(1e-3) - 0.02 == pytest.approx((3.0 - 0.02) * 1e-3 / (1.0 + 1e-3))
+    assert steep.equilibrium(1e-3) - 0.02 < (plain.equilibrium(1e-3) - 0.02) / 50
+
+    def elasticity(plant: EntropyPlant, c: float) -> float:
+        return math.log(plant.equilibrium(c * 1.01) / plant.equilibrium(c / 1.01)) / (2 * math.log(1.01))
+
+    assert elasticity(steep, 0.01) > 1.0 > elasticity(plain, 0.01)
+    with pytest.raises(ValueError, match="hill"):
+        EntropyPlant(hill=0.0)

@@ -157,6 +157,33 @@ def test_ten_seed_candidates_are_the_configs_arm_and_their_spread_is_reproduced(
     assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [10, 10]
 
 
+#: conditional integration on level 2 (2026-12-06), seeds 0-9 of two arms in their own folder:
+#: (arm, folder of its spread against the defaults' ten, docs marker)
+CONDITIONAL = SWEEP / "level2_conditional"
+CONDITIONAL_ARMS = [
+    ("aer:update.conditional=true,update.step=0.15", "conditional_step", "seed-spread-conditional-step"),
+    ("aer:update.conditional=true", "conditional", "seed-spread-conditional"),
+]
+
+
+def test_the_conditional_runs_are_the_configs_arms_from_the_defaults_warm_start() -> None:
+    arms = [arm for arm, *_ in CONDITIONAL_ARMS]
+    assert assert_runs_are_the_configs_arms(level2_base(), arms, list(range(10)), CONDITIONAL, 600) == 20
+    for seed in range(10):  # the defaults' run of each seed: the sweep's (0-2) or the seed study's (3-9)
+        defaults = (LEVEL2 if seed < 3 else SEEDS) / "aer" / f"seed{seed}"
+        assert_one_warm_start(
+            [defaults, *(CONDITIONAL / parse_arm(a).slug / f"seed{seed}" for a in arms)], seed
+        )
+
+
+@pytest.mark.parametrize(("arm", "folder", "marker"), CONDITIONAL_ARMS, ids=[c[1] for c in CONDITIONAL_ARMS])
+def test_the_conditional_spreads_are_reproduced(tmp_path: Path, arm: str, folder: str, marker: str) -> None:
+    kept = assert_seed_spread_reproduced(
+        [LEVEL2, SEEDS, CONDITIONAL], ["aer", parse_arm(arm).slug], [], CONDITIONAL / folder, marker, tmp_path
+    )
+    assert [len(a["seeds"]) for a in kept["arms"].values()] == [10, 10]
+
+
 def test_the_skip_runs_are_the_configs_fixed_arm_with_the_skip_on() -> None:
     """benchmarks/robustness/level2_skip: fixed α = 0.1 on level 2 with algorithm.skip_no_signal, 3 seeds."""
     base = level2_base()

@@ -88,6 +88,7 @@ CANDIDATES = {
     "level 2: rearm 5e-4": [f"benchmarks/robustness/level2_seeds/{REARM_5E4}/seed*"],
     "levels 1–2 to 2000 steps: floor 5e-4": ["benchmarks/settling_levels12/aer_update.alpha_min=5e-4/seed*"],
     "level 2 to 2000 steps: floor 5e-4": ["benchmarks/settling_level2/aer_update.alpha_min=5e-4/seed*"],
+    "collapse v5: conditional": ["benchmarks/ablation_collapse_v5/aer_update.conditional=true/seed*"],
     "level 2: conditional": ["benchmarks/robustness/level2_conditional/aer_update.conditional=true/seed*"],
     "level 2: conditional, step 0.15": [
         "benchmarks/robustness/level2_conditional/aer_update.conditional=true_update.step=0.15/seed*"

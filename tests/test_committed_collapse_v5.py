@@ -54,6 +54,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
         "aer_allocation.rule=uniform",
         "aer_update.rearm_at_target=true_update.rearm_alpha=5e-4",
         "aer_update.proportional=1",
+        "aer_update.conditional=true",
     )
     assert all(sorted(by_arm[slug]) == [0, 1, 2] for slug in slugs)
     count = 0
@@ -83,6 +84,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
     assert parse_written_config(written).controller.allocation.rule == "uniform"  # type: ignore[union-attr]
     assert update_of(slugs[8]) == RelativeUpdate(rearm_at_target=True, rearm_alpha=5e-4)
     assert update_of(slugs[9]) == RelativeUpdate(proportional=1.0)
+    assert update_of(slugs[10]) == RelativeUpdate(conditional=True)
 
 
 def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
@@ -97,7 +99,7 @@ def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
 def test_docs_quote_the_reading() -> None:
     assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-table", 24, "| `")
     # the per-arm and paired tables: every arm, and every arm but the base paired with it
-    assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-arms", 10 + 9, "| `")
+    assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-arms", 11 + 10, "| `")
 
 
 #: benchmarks/results/collapse_v5_horizon.md: every candidate against the defaults at every evaluation

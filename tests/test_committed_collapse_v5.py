@@ -99,7 +99,9 @@ def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
 def test_docs_quote_the_reading() -> None:
     assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-table", 24, "| `")
     # the per-arm and paired tables: every arm, and every arm but the base paired with it
-    assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-arms", 11 + 10, "| `")
+    assert_docs_quote(
+        STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-arms", 11 + 10, "| `"
+    )
 
 
 #: benchmarks/results/collapse_v5_horizon.md: every candidate against the defaults at every evaluation

@@ -516,6 +516,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.update.climb_after": 0,
     "controller.update.rearm_at_target": False,
     "controller.update.rearm_alpha": None,
+    "controller.update.conditional": False,
     "controller.anchor.steps": 1,
     "algorithm.skip_no_signal": False,
     "data.name": None,

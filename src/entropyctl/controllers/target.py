@@ -39,6 +39,12 @@ starts at α_0, not at the floor. "Falling" means at a pace that reaches 1.2·H*
 that settles above the target (the bonus may be what holds it there) approaches its level ever more
 slowly, and the plain rule then lowers α as before. (For the first 100 steps after anchoring, while
 S_t still remembers H0, only the sign of S_t − F_t counts.)
+
+``update.conditional`` (relative rule, off by default): conditional integration. The integral holds,
+I_{t+1} = I_t, while e_t·(H̃_t − F_t) > 0 — the smoothed reading is above H* and below F_t (falling
+toward the target), or below H* and above F_t (rising toward it) — and steps as above otherwise; the
+proportional part always acts. No threshold: on a stalled entropy the sign of H̃_t − F_t follows the
+readings' noise, so the integral moves about half the time instead of freezing.
 """
 
 from __future__ import annotations
@@ -316,7 +322,8 @@ class TargetController(EntropyController):
 
     def _relative_update(self, update: RelativeUpdate, target: float, smoothed: float) -> None:
         """The ``relative`` rule's step from the smoothed reading H̃_t: the integral I, then α (the
-        equations in the module docstring), with the opt-in rearm, climb boost, hold and dead band."""
+        equations in the module docstring), with the opt-in rearm, climb boost, hold, conditional
+        integration and dead band."""
         error = max(relative_error(target, smoothed), -1.0)  # |e| ≤ 1 on both sides
         low, high = float(update.alpha_min), float(update.alpha_max)
         integral = self.alpha if self.integral is None else self.integral

@@ -88,6 +88,16 @@ def test_simulate_command_prints_a_compact_table_and_plots(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_simulate_takes_the_plants_hill_exponent(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--hill 3``: the steep plant (dead decades below 1/gain); a bad exponent is a clear error."""
+    assert main(["simulate", "--controller", "aer", "--steps", "20", "--hill", "3", "--gain", "100"]) == 0
+    assert "hill=3.0" in capsys.readouterr().out
+    assert main(["simulate", "--controller", "aer", "--steps", "20", "--hill", "0"]) == 2
+    assert "hill: must be > 0" in capsys.readouterr().err
+    assert main(["simulate", "--controller", "aer", "--steps", "20", "--decay", "2"]) == 2
+    assert "decay: must be in (0, 1]" in capsys.readouterr().err
+
+
 def test_simulate_from_a_run_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("controller:\n  name: aer\n  tau: 0.3\ntrainer:\n  steps: 5\n")

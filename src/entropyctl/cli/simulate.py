@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decay", type=float, default=None, help="plant relaxation rate per step, in (0, 1]")
     parser.add_argument("--noise", type=float, default=None, help="plant relative noise per step")
     parser.add_argument("--h-init", type=float, default=None, help="initial entropy (nats)")
+    parser.add_argument(
+        "--hill",
+        type=float,
+        default=None,
+        help="Hill exponent of the plant's response (default 1; 2-4: dead decades below 1/gain, then a cliff)",
+    )
     parser.add_argument("--plot", metavar="PNG", help="write a PNG of entropy and alpha over steps")
 
 
@@ -68,10 +74,14 @@ def run(args: argparse.Namespace) -> int:
             "decay": args.decay,
             "noise": args.noise,
             "h_init": args.h_init,
+            "hill": args.hill,
         }.items()
         if value is not None
     }
-    plant = EntropyPlant(seed=args.seed, **plant_kwargs)
+    try:
+        plant = EntropyPlant(seed=args.seed, **plant_kwargs)
+    except ValueError as err:  # a bad --decay, --hill, ...: a clear error, not a traceback
+        raise ConfigError(f"plant: {err}") from None
     trajectory = simulate(controller, plant, args.steps)
 
     def flat(prefix: str, value: object) -> list[str]:  # nested parts as dotted keys: update.step=0.1
@@ -83,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"controller {config.name}: {fields}")
     print(
         f"plant: h_init={plant.h_init} h_max={plant.h_max} decay={plant.decay} gain={plant.gain} "
-        f"noise={plant.noise} seed={plant.seed}"
+        f"noise={plant.noise} hill={plant.hill} seed={plant.seed}"
     )
     print(f"{'step':>6} {'H':>8} {'H*':>8} {'alpha':>10} {'coef':>10}")
     every = max(1, args.steps // 20)

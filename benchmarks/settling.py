@@ -89,6 +89,9 @@ CANDIDATES = {
     "levels 1–2 to 2000 steps: floor 5e-4": ["benchmarks/settling_levels12/aer_update.alpha_min=5e-4/seed*"],
     "level 2 to 2000 steps: floor 5e-4": ["benchmarks/settling_level2/aer_update.alpha_min=5e-4/seed*"],
     "collapse v5: conditional": ["benchmarks/ablation_collapse_v5/aer_update.conditional=true/seed*"],
+    "levels 1–2 to 2000 steps: conditional": [
+        "benchmarks/settling_levels12/aer_update.conditional=true/seed*"
+    ],
     "level 2: conditional": ["benchmarks/robustness/level2_conditional/aer_update.conditional=true/seed*"],
     "level 2: conditional, step 0.15": [
         "benchmarks/robustness/level2_conditional/aer_update.conditional=true_update.step=0.15/seed*"

@@ -170,7 +170,7 @@ def test_the_conditional_runs_are_the_configs_arms_from_the_defaults_warm_start(
     arms = [arm for arm, *_ in CONDITIONAL_ARMS]
     assert assert_runs_are_the_configs_arms(level2_base(), arms, list(range(10)), CONDITIONAL, 600) == 20
     for seed in range(10):  # the defaults' run of each seed: the sweep's (0-2) or the seed study's (3-9)
-        defaults = (LEVEL2 if seed < 3 else SEEDS) / "aer" / f"seed{seed}"
+        defaults = seed_run([LEVEL2, SEEDS], "aer", seed)
         assert_one_warm_start(
             [defaults, *(CONDITIONAL / parse_arm(a).slug / f"seed{seed}" for a in arms)], seed
         )
@@ -298,11 +298,8 @@ def test_the_allocation_arms_are_the_configs_arms_and_their_spreads_are_reproduc
     slug, runs = parse_arm(arm).slug, folders[-1]
     assert assert_runs_are_the_configs_arms(base(), [arm], list(range(10)), runs, 600) == 10
     for seed in range(10):  # one warm start with every arm it is read against: the same score before RL
-        before = [
-            json.loads((seed_run(folders, name, seed) / "summary.json").read_text())["before"]
-            for name in (slug, *(against for against, *_ in comparisons))
-        ]
-        assert all(b == before[0] for b in before), seed
+        names = (slug, *(against for against, *_ in comparisons))
+        assert_one_warm_start([seed_run(folders, name, seed) for name in names], seed)
     for against, extra, folder, marker in comparisons:
         kept = assert_seed_spread_reproduced(
             folders, [against, slug], extra, runs / folder, marker, tmp_path / folder

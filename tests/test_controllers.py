@@ -20,6 +20,11 @@ def reading(entropy: float, tokens: int = 100, step: int = 0) -> EntropyReading:
     return EntropyReading(mean_entropy=entropy, tokens=tokens, step=step)
 
 
+def integral(controller: Any) -> float:
+    """exp(I_t), the relative rule's integral part, from the controller's state."""
+    return float(controller.state_dict()["integral"])
+
+
 def test_fixed_gives_alpha_to_every_prompt_and_its_clip_bounds() -> None:
     controller = create_controller({"name": "fixed", "alpha": 0.01, "clip_low": 0.1, "clip_high": 0.3})
     plan = controller.plan(outcome(0.0, 0.5, 1.0))
@@ -338,9 +343,6 @@ def test_climb_after_boosts_only_a_long_enough_stay_below_the_band() -> None:
     for c in (gated, plain):
         c.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H* = 0.4
 
-    def integral(c: Any) -> float:
-        return float(c.state_dict()["integral"])
-
     # e = +0.5 twice, back to e = +0.1, e = +0.5 twice: never M + 1 in a row, so the plain steps
     for h in (0.2, 0.2, 0.36, 0.2, 0.2):
         for c in (gated, plain):
@@ -365,9 +367,6 @@ def test_rearm_at_target_raises_the_integral_to_alpha_0_once_when_the_entropy_fi
         {"name": "aer", "alpha_0": 0.005, "update": {**update, "rearm_at_target": True}}
     )
     plain = create_controller({"name": "aer", "alpha_0": 0.005, "update": update})
-
-    def integral(c: Any) -> float:
-        return float(c.state_dict()["integral"])
 
     for c in (rearm, plain):
         c.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H* = 0.4
@@ -428,9 +427,6 @@ def test_conditional_integration_holds_the_integral_while_the_entropy_moves_towa
     update = {"step": 0.1, "proportional": 1.0, "smoothing": 0.0}
     cond = create_controller({"name": "aer", "alpha_0": 0.005, "update": {**update, "conditional": True}})
     plain = create_controller({"name": "aer", "alpha_0": 0.005, "update": update})
-
-    def integral(c: Any) -> float:
-        return float(c.state_dict()["integral"])
 
     def observe(h: float) -> None:
         for c in (cond, plain):

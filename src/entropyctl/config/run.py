@@ -517,6 +517,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.update.rearm_at_target": False,
     "controller.update.rearm_alpha": None,
     "controller.update.conditional": False,
+    "controller.update.linear": 0.0,
     "controller.anchor.steps": 1,
     "algorithm.skip_no_signal": False,
     "data.name": None,

@@ -65,6 +65,8 @@ class RelativeUpdate(_Bounds):
     while the entropy is falling (entropyctl.controllers.target).
     With ``conditional``, I is held while H̃ moves toward H* (H̃ − F_t of the sign of e, F_t the
     20-step average of the readings).
+    With ``linear`` = λ, λ·α_0·e_t is added to exp(I) after the log step (a hybrid of the relative
+    and the additive rule: additive far below α_0, relative near and above it).
     With ``rearm_at_target``, I is raised to log α_0 (or log ``rearm_alpha``; if below it) at the
     first reading with e ≥ 0, once.
 
@@ -142,6 +144,17 @@ class RelativeUpdate(_Bounds):
             "toward H* (above it and falling, or below it and rising: H̃ on the target's side of the "
             "20-step average of the readings). The approach from above then leaves α near α_0 instead "
             "of winding it down to the floor, and a climb stops adding once the entropy answers."
+        ),
+    )
+    linear: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description=(
+            "λ: an absolute term λ·α_0·e added to the integral at each step, on top of the log step "
+            "(0: off). Far below α_0 it dominates, so a climb from the floor crosses the decades where "
+            "the bonus does nothing in ~1/(λ·e) steps instead of ~ln(α/α_min)/(κ·e); near and above α_0 "
+            "the log step dominates and the loop is the relative rule's."
         ),
     )
     rearm_at_target: bool = Field(

@@ -45,6 +45,12 @@ I_{t+1} = I_t, while e_t·(H̃_t − F_t) > 0 — the smoothed reading is above 
 toward the target), or below H* and above F_t (rising toward it) — and steps as above otherwise; the
 proportional part always acts. No threshold: on a stalled entropy the sign of H̃_t − F_t follows the
 readings' noise, so the integral moves about half the time instead of freezing.
+
+``update.linear`` = λ (relative rule, 0 = off): after the log step the integral also moves by an
+absolute amount, I_{t+1} ← clip(I_{t+1} + λ·α_0·e_t). Far below α_0 this term dominates, so a climb
+from the floor crosses the decades where the bonus does nothing at a linear pace (~α/(λ·α_0·e) steps)
+instead of the log step's ~ln(α/α_min)/(κ·e); near and above α_0 the log step dominates (at α its
+share of the move is λ·α_0/(κ·α)) and the loop is the relative rule's.
 """
 
 from __future__ import annotations
@@ -342,6 +348,8 @@ class TargetController(EntropyController):
             else 1.0 + boost * max(error - float(update.climb_from), 0.0)
         )
         stepped = relative_step(integral, error, step=step, alpha_min=low, alpha_max=high)
+        if update.linear > 0.0:  # the hybrid's absolute term: λ·α_0·e on top of the log step
+            stepped = min(max(stepped + float(update.linear) * float(self.config.alpha_0) * error, low), high)
         if update.hold_on_approach and self._holding(error, target):
             stepped = max(stepped, min(integral, float(self.config.alpha_0)))
         if update.conditional and self._moving_toward(error, smoothed):

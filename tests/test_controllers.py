@@ -450,3 +450,28 @@ def test_conditional_integration_holds_the_integral_while_the_entropy_moves_towa
     restored = create_controller({"name": "aer", "update": {**update, "conditional": True}})
     restored.load_state_dict(cond.state_dict())
     assert restored.state_dict() == cond.state_dict()
+
+
+def test_linear_term_adds_lambda_alpha0_error_to_the_integral_after_the_log_step() -> None:
+    """``linear`` = λ: I_{t+1} = clip(I_t·exp(κ·e) + λ·α_0·e); far below α_0 the linear part is the move
+    (a climb from the floor at a linear pace), near α_0 both act, and the clip still bounds it."""
+    update = {"step": 0.1, "proportional": 0.0, "smoothing": 0.0}
+    hybrid = create_controller({"name": "aer", "alpha_0": 0.005, "update": {**update, "linear": 0.5}})
+    plain = create_controller({"name": "aer", "alpha_0": 0.005, "update": update})
+
+    def observe(h: float) -> None:
+        for c in (hybrid, plain):
+            c.observe(EntropyReading(mean_entropy=h, tokens=10, step=0))
+
+    observe(1.0)  # H0 = 1, H* = 0.4
+    observe(0.3)  # e = +0.25
+    assert integral(plain) == pytest.approx(0.005 * math.exp(0.025))
+    assert integral(hybrid) == pytest.approx(0.005 * math.exp(0.025) + 0.5 * 0.005 * 0.25)
+    for _ in range(20):  # far above H* (e = −1): the linear part takes the integral to the floor fast
+        observe(2.0)
+    assert integral(hybrid) == pytest.approx(1e-5)  # the clip at α_min
+    assert integral(plain) == pytest.approx(0.005 * math.exp(0.025 - 2.0))  # 20 log steps: still ~1e-3
+    observe(0.3)  # from the floor: the move is λ·α_0·e (the log part adds 1e-5·(e^0.025 − 1))
+    assert integral(hybrid) == pytest.approx(1e-5 * math.exp(0.025) + 0.5 * 0.005 * 0.25)
+    assert integral(hybrid) > 60 * 1e-5  # one step from the floor: 1e-5 → ~6e-4 (the log step: ×1.025)
+    assert hybrid.metrics()["alpha"] == integral(hybrid)  # κ_p = 0: α is the integral

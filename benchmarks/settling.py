@@ -18,7 +18,9 @@ first half. The library defaults (``aer`` as shipped) are read on:
 
 and a second table reads the candidates measured against them on the same tasks, warm starts and
 seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``, the rearm to α_0 and to
-``rearm_alpha: 5e-4``; the floor also on the two 2000-step tasks). Only finished runs are read. Writes
+``rearm_alpha: 5e-4``; the floor also on the two 2000-step tasks), and a third the arms that do not
+adjust α at all (no bonus, fixed α, a constant α under AER's allocation): what the same tasks give
+without a controller's update. Only finished runs are read. Writes
 benchmarks/results/settling.{md,json}.
 
     python benchmarks/settling.py
@@ -98,6 +100,44 @@ CANDIDATES = {
     ],
 }
 
+#: arms that do not adjust α — no bonus, a fixed α, and a constant α = 0.01 under AER's allocation and
+#: target (``update.rule: none``) — read the same way: what a 400-3000-step run of the same task, warm
+#: start and seeds gives without a controller's update (a run without a target of its own is read
+#: against REFERENCE_TAU·H0, the target AER's defaults set on the same seed)
+REFERENCES = {
+    "collapse v5: no bonus": ["benchmarks/ablation_collapse_v5/fixed_alpha=0/seed*"],
+    "collapse v5: fixed α = 0.003": ["benchmarks/ablation_collapse_v5_fixed/fixed_alpha=0.003/seed*"],
+    "collapse v5: fixed α = 0.01": ["benchmarks/ablation_collapse_v5_fixed/fixed_alpha=0.01/seed*"],
+    "collapse v5: fixed α = 0.03": ["benchmarks/ablation_collapse_v5_fixed/fixed_alpha=0.03/seed*"],
+    "collapse v5: fixed α = 0.06": ["benchmarks/ablation_collapse_v5_knobs/fixed_alpha=0.06/seed*"],
+    "level 2: no bonus": [
+        "benchmarks/robustness/level2/fixed_alpha=0/seed*",
+        "benchmarks/robustness/level2_seeds/fixed_alpha=0/seed*",
+    ],
+    "level 2: fixed α = 0.003": ["benchmarks/robustness/level2/fixed_alpha=0.003/seed*"],
+    "level 2: fixed α = 0.01": [
+        "benchmarks/robustness/level2/fixed_alpha=0.01/seed*",
+        "benchmarks/robustness/level2_seeds/fixed_alpha=0.01/seed*",
+    ],
+    "level 2: fixed α = 0.03": ["benchmarks/robustness/level2/fixed_alpha=0.03/seed*"],
+    "level 2: constant α = 0.01, AER's allocation": [
+        "benchmarks/robustness/level2_seeds/aer_update.rule=none_alpha_0=0.01/seed*"
+    ],
+    "levels 1–2 (600 steps): no bonus": [
+        "benchmarks/robustness/levels12/fixed_alpha=0/seed*",
+        "benchmarks/robustness/levels12_seeds/fixed_alpha=0/seed*",
+    ],
+    "levels 1–2 (600 steps): fixed α = 0.01": [
+        "benchmarks/robustness/levels12/fixed_alpha=0.01/seed*",
+        "benchmarks/robustness/levels12_seeds/fixed_alpha=0.01/seed*",
+    ],
+    "levels 1–2 (600 steps): constant α = 0.01, AER's allocation": [
+        "benchmarks/robustness/levels12_seeds/aer_update.rule=none_alpha_0=0.01/seed*"
+    ],
+    "levels 1–2 to 2000 steps: no bonus": ["benchmarks/settling_levels12/fixed_alpha=0/seed*"],
+}
+REFERENCE_TAU = 0.4
+
 
 def finished_runs(patterns: list[str]) -> list[Path]:
     """The finished runs the globs ``patterns`` (relative to the checkout) match, seed0 … seed9 before
@@ -114,6 +154,8 @@ def read_run(run: Path) -> dict[str, Any]:
         rows = list(csv.DictReader(f))
     entropy = np.array([float(r["entropy"]) for r in rows])
     target = np.array([float(r["target_entropy"]) for r in rows])
+    if not np.all(target > 0):  # a fixed-α run logs no target: AER's default one on the same seed
+        target = np.full_like(entropy, REFERENCE_TAU * entropy[0])
     band = read_band(entropy, target, start=WINDOW - 1)
     step = settling_step(band.in_band, start=WINDOW - 1)
     return {
@@ -130,7 +172,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     args = parser.parse_args()
     tasks = []
-    for task, patterns in {**TASKS, **CANDIDATES}.items():
+    for task, patterns in {**TASKS, **CANDIDATES, **REFERENCES}.items():
         readings = [read_run(run) for run in finished_runs(patterns)]
         early = [r for r in readings if r["settles_at"] is not None and 2 * r["settles_at"] <= r["steps"]]
         tasks.append({"task": task, "runs": readings, "settled_in_first_half": len(early)})
@@ -153,6 +195,14 @@ def main() -> None:
             lines += [
                 "",
                 "The candidates measured against the defaults (same tasks, warm starts and seeds):",
+                "",
+            ]
+            lines += header
+        if t["task"] == next(iter(REFERENCES)):
+            lines += [
+                "",
+                "Arms that do not adjust α, on the same tasks, warm starts and seeds (a run without a target "
+                f"of its own read against {REFERENCE_TAU:g}·H0, the target AER's defaults set on it):",
                 "",
             ]
             lines += header

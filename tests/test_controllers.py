@@ -475,3 +475,14 @@ def test_linear_term_adds_lambda_alpha0_error_to_the_integral_after_the_log_step
     assert integral(hybrid) == pytest.approx(1e-5 * math.exp(0.025) + 0.5 * 0.005 * 0.25)
     assert integral(hybrid) > 60 * 1e-5  # one step from the floor: 1e-5 → ~6e-4 (the log step: ×1.025)
     assert hybrid.metrics()["alpha"] == integral(hybrid)  # κ_p = 0: α is the integral
+
+
+def test_linear_term_on_the_climb_only_leaves_the_descent_to_the_log_step() -> None:
+    """``linear_on: climb``: the λ·α_0·e term acts only while e > 0; above H* the step is the plain one."""
+    update = {"step": 0.1, "proportional": 0.0, "smoothing": 0.0, "linear": 0.5, "linear_on": "climb"}
+    climb = create_controller({"name": "aer", "alpha_0": 0.005, "update": update})
+    climb.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H0 = 1, H* = 0.4
+    climb.observe(EntropyReading(mean_entropy=0.6, tokens=10, step=0))  # e = −0.5: log step only
+    assert integral(climb) == pytest.approx(0.005 * math.exp(-0.05))
+    climb.observe(EntropyReading(mean_entropy=0.3, tokens=10, step=0))  # e = +0.25: both
+    assert integral(climb) == pytest.approx(0.005 * math.exp(-0.05 + 0.025) + 0.5 * 0.005 * 0.25)

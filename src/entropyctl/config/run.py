@@ -518,6 +518,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.update.rearm_alpha": None,
     "controller.update.conditional": False,
     "controller.update.linear": 0.0,
+    "controller.update.linear_on": "both",
     "controller.anchor.steps": 1,
     "algorithm.skip_no_signal": False,
     "data.name": None,

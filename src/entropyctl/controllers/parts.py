@@ -66,7 +66,8 @@ class RelativeUpdate(_Bounds):
     With ``conditional``, I is held while H̃ moves toward H* (H̃ − F_t of the sign of e, F_t the
     20-step average of the readings).
     With ``linear`` = λ, λ·α_0·e_t is added to exp(I) after the log step (a hybrid of the relative
-    and the additive rule: additive far below α_0, relative near and above it).
+    and the additive rule: additive far below α_0, relative near and above it); with ``linear_on:
+    climb`` only while e_t > 0.
     With ``rearm_at_target``, I is raised to log α_0 (or log ``rearm_alpha``; if below it) at the
     first reading with e ≥ 0, once.
 
@@ -155,6 +156,14 @@ class RelativeUpdate(_Bounds):
             "(0: off). Far below α_0 it dominates, so a climb from the floor crosses the decades where "
             "the bonus does nothing in ~1/(λ·e) steps instead of ~ln(α/α_min)/(κ·e); near and above α_0 "
             "the log step dominates and the loop is the relative rule's."
+        ),
+    )
+    linear_on: Literal["both", "climb"] = Field(
+        default="both",
+        description=(
+            "Which errors ``linear`` acts on: both signs, or only below H* (``climb``: e > 0). With "
+            "``climb`` the descent is the log step's alone, so a plant whose balancing α lies below α_0 "
+            "is not pushed to the floor by α_0-sized linear steps; the climb out of the floor is linear."
         ),
     )
     rearm_at_target: bool = Field(

@@ -50,7 +50,9 @@ readings' noise, so the integral moves about half the time instead of freezing.
 absolute amount, I_{t+1} ← clip(I_{t+1} + λ·α_0·e_t). Far below α_0 this term dominates, so a climb
 from the floor crosses the decades where the bonus does nothing at a linear pace (~α/(λ·α_0·e) steps)
 instead of the log step's ~ln(α/α_min)/(κ·e); near and above α_0 the log step dominates (at α its
-share of the move is λ·α_0/(κ·α)) and the loop is the relative rule's.
+share of the move is λ·α_0/(κ·α)) and the loop is the relative rule's. With ``update.linear_on: climb``
+the term acts only while e_t > 0 (below H*): the descent is the log step's alone, so on a plant whose
+balancing α lies below α_0 the α_0-sized linear steps do not drive α to the floor.
 """
 
 from __future__ import annotations
@@ -348,7 +350,7 @@ class TargetController(EntropyController):
             else 1.0 + boost * max(error - float(update.climb_from), 0.0)
         )
         stepped = relative_step(integral, error, step=step, alpha_min=low, alpha_max=high)
-        if update.linear > 0.0:  # the hybrid's absolute term: λ·α_0·e on top of the log step
+        if update.linear > 0.0 and (error > 0.0 or update.linear_on == "both"):  # λ·α_0·e beside the log step
             stepped = min(max(stepped + float(update.linear) * float(self.config.alpha_0) * error, low), high)
         if update.hold_on_approach and self._holding(error, target):
             stepped = max(stepped, min(integral, float(self.config.alpha_0)))

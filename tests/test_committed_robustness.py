@@ -166,20 +166,36 @@ CONDITIONAL_ARMS = [
 ]
 
 
-def test_the_conditional_runs_are_the_configs_arms_from_the_defaults_warm_start() -> None:
-    arms = [arm for arm, *_ in CONDITIONAL_ARMS]
-    assert assert_runs_are_the_configs_arms(level2_base(), arms, list(range(10)), CONDITIONAL, 600) == 20
+#: the linear term beside the log step on level 2 (2026-12-06), seeds 0-9 in their own folder
+LINEAR = SWEEP / "level2_linear"
+LINEAR_ARMS = [("aer:update.linear=0.05", "linear", "seed-spread-linear")]
+#: the candidates' own ten-seed folders on level 2: (folder, its arms)
+CANDIDATE_STUDIES = [(CONDITIONAL, CONDITIONAL_ARMS), (LINEAR, LINEAR_ARMS)]
+
+
+@pytest.mark.parametrize(("study", "arms"), CANDIDATE_STUDIES, ids=[s.name for s, _ in CANDIDATE_STUDIES])
+def test_the_candidate_runs_are_the_configs_arms_from_the_defaults_warm_start(
+    study: Path, arms: list[tuple[str, str, str]]
+) -> None:
+    labels = [arm for arm, *_ in arms]
+    runs = assert_runs_are_the_configs_arms(level2_base(), labels, list(range(10)), study, 600)
+    assert runs == 10 * len(labels)
     for seed in range(10):  # the defaults' run of each seed: the sweep's (0-2) or the seed study's (3-9)
         defaults = seed_run([LEVEL2, SEEDS], "aer", seed)
-        assert_one_warm_start(
-            [defaults, *(CONDITIONAL / parse_arm(a).slug / f"seed{seed}" for a in arms)], seed
-        )
+        assert_one_warm_start([defaults, *(study / parse_arm(a).slug / f"seed{seed}" for a in labels)], seed)
 
 
-@pytest.mark.parametrize(("arm", "folder", "marker"), CONDITIONAL_ARMS, ids=[c[1] for c in CONDITIONAL_ARMS])
-def test_the_conditional_spreads_are_reproduced(tmp_path: Path, arm: str, folder: str, marker: str) -> None:
+CANDIDATE_SPREADS = [(study, *arm) for study, arms in CANDIDATE_STUDIES for arm in arms]
+
+
+@pytest.mark.parametrize(
+    ("study", "arm", "folder", "marker"), CANDIDATE_SPREADS, ids=[c[2] for c in CANDIDATE_SPREADS]
+)
+def test_the_candidate_spreads_are_reproduced(
+    tmp_path: Path, study: Path, arm: str, folder: str, marker: str
+) -> None:
     kept = assert_seed_spread_reproduced(
-        [LEVEL2, SEEDS, CONDITIONAL], ["aer", parse_arm(arm).slug], [], CONDITIONAL / folder, marker, tmp_path
+        [LEVEL2, SEEDS, study], ["aer", parse_arm(arm).slug], [], study / folder, marker, tmp_path
     )
     assert [len(a["seeds"]) for a in kept["arms"].values()] == [10, 10]
 

@@ -50,6 +50,7 @@ HELD: dict[tuple[str, ...], Any] = {
     ("update", "climb_boost"): 0.0,
     ("update", "rearm_at_target"): False,
     ("update", "conditional"): False,
+    ("update", "linear"): 0.0,
     ("allocation", "rule"): "threshold",
 }
 #: a fixed-α run is read in band against BAND_TAU·H0, the target AER's defaults would set on it

@@ -168,7 +168,10 @@ CONDITIONAL_ARMS = [
 
 #: the linear term beside the log step on level 2 (2026-12-06), seeds 0-9 in their own folder
 LINEAR = SWEEP / "level2_linear"
-LINEAR_ARMS = [("aer:update.linear=0.05", "linear", "seed-spread-linear")]
+LINEAR_ARMS = [
+    ("aer:update.linear=0.05", "linear", "seed-spread-linear-term"),
+    ("aer:update.linear=0.05,update.linear_on=climb", "linear_climb", "seed-spread-linear-term-climb"),
+]
 #: the candidates' own ten-seed folders on level 2: (folder, its arms)
 CANDIDATE_STUDIES = [(CONDITIONAL, CONDITIONAL_ARMS), (LINEAR, LINEAR_ARMS)]
 

@@ -99,6 +99,9 @@ CANDIDATES = {
     "level 2: conditional, step 0.15": [
         "benchmarks/robustness/level2_conditional/aer_update.conditional=true_update.step=0.15/seed*"
     ],
+    "collapse v5: linear 0.05, climb": [
+        "benchmarks/ablation_collapse_v5/aer_update.linear=0.05_update.linear_on=climb/seed*"
+    ],
     "level 2: linear 0.05": ["benchmarks/robustness/level2_linear/aer_update.linear=0.05/seed*"],
     "level 2: linear 0.05, climb": [
         "benchmarks/robustness/level2_linear/aer_update.linear=0.05_update.linear_on=climb/seed*"

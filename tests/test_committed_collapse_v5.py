@@ -55,6 +55,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
         "aer_update.rearm_at_target=true_update.rearm_alpha=5e-4",
         "aer_update.proportional=1",
         "aer_update.conditional=true",
+        "aer_update.linear=0.05_update.linear_on=climb",
     )
     assert all(sorted(by_arm[slug]) == [0, 1, 2] for slug in slugs)
     count = 0
@@ -85,6 +86,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
     assert update_of(slugs[8]) == RelativeUpdate(rearm_at_target=True, rearm_alpha=5e-4)
     assert update_of(slugs[9]) == RelativeUpdate(proportional=1.0)
     assert update_of(slugs[10]) == RelativeUpdate(conditional=True)
+    assert update_of(slugs[11]) == RelativeUpdate(linear=0.05, linear_on="climb")
 
 
 def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:

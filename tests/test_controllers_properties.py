@@ -54,6 +54,9 @@ def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
             climb_from=draw(st.sampled_from([0.0, 0.2]) | st.floats(0.0, 0.99)),
             climb_after=draw(st.sampled_from([0, 25]) | st.integers(0, 1000)),
             rearm_at_target=draw(st.booleans()),
+            conditional=draw(st.booleans()),
+            linear=draw(st.sampled_from([0.0, 0.05]) | st.floats(0.0, 10.0)),
+            linear_on=draw(st.sampled_from(["both", "climb"])),
         )
         if update["rearm_at_target"] and draw(st.booleans()):
             update["rearm_alpha"] = draw(st.floats(alpha_min, alpha_max))
@@ -334,3 +337,39 @@ def test_aer_without_difficulty_is_exactly_target(
         if item is not None:
             aer.observe(item)
             target.observe(item)
+
+
+@PROPERTY_SETTINGS
+@given(
+    linear=st.floats(0.01, 1.0),
+    step=st.floats(1e-3, 0.5),
+    level=st.floats(0.0, 0.39),
+    above=st.floats(0.41, 3.0),
+    steps=st.integers(1, 200),
+)
+def test_the_linear_climb_is_at_least_linear_and_the_descent_is_the_log_steps(
+    linear: float, step: float, level: float, above: float, steps: int
+) -> None:
+    """``linear_on: climb``: with e < 0 the integral is the plain relative rule's, reading for reading;
+    then, with a constant error e > 0 from wherever that left it (I_0), after n readings it is at least
+    I_0 + n·λ·α_0·e (the linear part alone: the log step only adds) and at least I_0·exp(n·κ·e), up to
+    α_max."""
+    update = {"step": step, "proportional": 0.0, "smoothing": 0.0, "alpha_max": 1.0}
+    climb = create_controller(
+        {"name": "aer", "alpha_0": 0.005, "update": {**update, "linear": linear, "linear_on": "climb"}}
+    )
+    plain = create_controller({"name": "aer", "alpha_0": 0.005, "update": update})
+    for c in (climb, plain):
+        c.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H0 = 1, H* = 0.4
+    for _ in range(steps):  # above H*: the descent, identical
+        for c in (climb, plain):
+            c.observe(EntropyReading(mean_entropy=above, tokens=10, step=1))
+        assert climb.state_dict()["integral"] == plain.state_dict()["integral"]
+    start = float(climb.state_dict()["integral"])
+    error = (0.4 - level) / 0.4
+    for _ in range(steps):  # below H*: the climb
+        climb.observe(EntropyReading(mean_entropy=level, tokens=10, step=2))
+    reached = float(climb.state_dict()["integral"])
+    # round-off: each step's exp/log is exact to ~1e-15 relative; 1e-12 covers 200 of them
+    assert reached >= min(start + steps * linear * 0.005 * error, 1.0) * (1 - 1e-12)
+    assert reached >= min(start * math.exp(steps * step * error), 1.0) * (1 - 1e-12)

@@ -330,8 +330,8 @@ class TargetController(EntropyController):
 
     def _relative_update(self, update: RelativeUpdate, target: float, smoothed: float) -> None:
         """The ``relative`` rule's step from the smoothed reading H̃_t: the integral I, then α (the
-        equations in the module docstring), with the opt-in rearm, climb boost, hold, conditional
-        integration and dead band."""
+        equations in the module docstring), with the opt-in rearm, climb boost, linear term, hold,
+        conditional integration and dead band."""
         error = max(relative_error(target, smoothed), -1.0)  # |e| ≤ 1 on both sides
         low, high = float(update.alpha_min), float(update.alpha_max)
         integral = self.alpha if self.integral is None else self.integral

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from settling import finished_runs  # noqa: E402
+from settling import BAND_TAU, finished_runs, logged_target  # noqa: E402
 
 from entropyctl.experiments.band import HALF_WIDTH, read_band  # noqa: E402
 from entropyctl.experiments.stats import mean_std  # noqa: E402
@@ -45,8 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ACTING = 0.01
 #: steps an above-band step looks back for α in the acting decade
 LOOKBACK = 200
-#: a run without a target of its own (fixed α) is read against this fraction of its first reading
-BAND_TAU = 0.4
 L2 = "benchmarks/robustness/level2"
 L2S = "benchmarks/robustness/level2_seeds"
 L12S = "benchmarks/robustness/levels12_seeds"
@@ -123,10 +121,11 @@ def read_run(run: Path, steps: int | None = None) -> dict[str, Any]:
         rows = list(csv.DictReader(f))[:steps]
     entropy = np.array([float(r["entropy"]) for r in rows])
     alpha = np.array([float(r["alpha"]) for r in rows])
-    target = np.array([float(r["target_entropy"]) for r in rows])
-    if not np.all(target > 0):  # a fixed-α run logs no target: AER's default one on the same seed
-        target = np.full_like(entropy, BAND_TAU * entropy[0])
-    return {"run": str(run.relative_to(ROOT)), "steps": len(rows), **split_misses(entropy, target, alpha)}
+    return {
+        "run": str(run.relative_to(ROOT)),
+        "steps": len(rows),
+        **split_misses(entropy, logged_target(rows, entropy), alpha),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,7 +112,7 @@ CANDIDATES = {
 #: arms that do not adjust α — no bonus, a fixed α, and a constant α = 0.01 under AER's allocation and
 #: target (``update.rule: none``) — read the same way: what a 400-3000-step run of the same task, warm
 #: start and seeds gives without a controller's update (a run without a target of its own is read
-#: against REFERENCE_TAU·H0, the target AER's defaults set on the same seed)
+#: against BAND_TAU·H0, the target AER's defaults set on the same seed: ``logged_target``)
 REFERENCES = {
     "collapse v5: no bonus": ["benchmarks/ablation_collapse_v5/fixed_alpha=0/seed*"],
     "collapse v5: fixed α = 0.003": ["benchmarks/ablation_collapse_v5_fixed/fixed_alpha=0.003/seed*"],
@@ -145,7 +145,18 @@ REFERENCES = {
     ],
     "levels 1–2 to 2000 steps: no bonus": ["benchmarks/settling_levels12/fixed_alpha=0/seed*"],
 }
-REFERENCE_TAU = 0.4
+
+#: a run without a target of its own (fixed α) is read against this fraction of its first reading
+BAND_TAU = 0.4
+
+
+def logged_target(rows: list[dict[str, str]], entropy: np.ndarray) -> np.ndarray:
+    """Each step's H* from a run's metrics rows; a fixed-α run logs none, and is read against
+    BAND_TAU·H0 (its first reading), the target AER's defaults set on the same seed."""
+    target = np.array([float(r["target_entropy"]) for r in rows])
+    if not np.all(target > 0):
+        target = np.full_like(entropy, BAND_TAU * entropy[0])
+    return target
 
 
 def finished_runs(patterns: list[str]) -> list[Path]:
@@ -162,10 +173,7 @@ def read_run(run: Path) -> dict[str, Any]:
     with (run / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     entropy = np.array([float(r["entropy"]) for r in rows])
-    target = np.array([float(r["target_entropy"]) for r in rows])
-    if not np.all(target > 0):  # a fixed-α run logs no target: AER's default one on the same seed
-        target = np.full_like(entropy, REFERENCE_TAU * entropy[0])
-    band = read_band(entropy, target, start=WINDOW - 1)
+    band = read_band(entropy, logged_target(rows, entropy), start=WINDOW - 1)
     step = settling_step(band.in_band, start=WINDOW - 1)
     return {
         "run": str(run.relative_to(ROOT)),
@@ -211,7 +219,7 @@ def main() -> None:
             lines += [
                 "",
                 "Arms that do not adjust α, on the same tasks, warm starts and seeds (a run without a target "
-                f"of its own read against {REFERENCE_TAU:g}·H0, the target AER's defaults set on it):",
+                f"of its own read against {BAND_TAU:g}·H0, the target AER's defaults set on it):",
                 "",
             ]
             lines += header

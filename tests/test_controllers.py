@@ -486,3 +486,28 @@ def test_linear_term_on_the_climb_only_leaves_the_descent_to_the_log_step() -> N
     assert integral(climb) == pytest.approx(0.005 * math.exp(-0.05))
     climb.observe(EntropyReading(mean_entropy=0.3, tokens=10, step=0))  # e = +0.25: both
     assert integral(climb) == pytest.approx(0.005 * math.exp(-0.05 + 0.025) + 0.5 * 0.005 * 0.25)
+
+
+def test_linear_term_on_the_low_climb_acts_only_below_alpha_0() -> None:
+    """``linear_on: low_climb``: the λ·α_0·e term acts while e > 0 and the integral is below α_0; at or
+    above α_0, and on the descent, the step is the plain relative rule's."""
+    update = {"step": 0.1, "proportional": 0.0, "smoothing": 0.0, "linear": 0.5}
+    low = create_controller({"name": "aer", "alpha_0": 0.005, "update": {**update, "linear_on": "low_climb"}})
+    plain = create_controller(
+        {"name": "aer", "alpha_0": 0.005, "update": {"step": 0.1, "proportional": 0.0, "smoothing": 0.0}}
+    )
+
+    def observe(h: float) -> None:
+        for c in (low, plain):
+            c.observe(EntropyReading(mean_entropy=h, tokens=10, step=0))
+
+    observe(1.0)  # H0 = 1, H* = 0.4
+    observe(0.3)  # e = +0.25 with the integral at α_0 (not below it): the plain step
+    assert integral(low) == integral(plain) == pytest.approx(0.005 * math.exp(0.025))
+    observe(0.8)  # e = −1: the descent is the plain rule's
+    assert integral(low) == integral(plain) == pytest.approx(0.005 * math.exp(0.025 - 0.1))
+    below = integral(low)
+    assert below < 0.005
+    observe(0.3)  # e = +0.25 below α_0: the log step and λ·α_0·e
+    assert integral(low) == pytest.approx(below * math.exp(0.025) + 0.5 * 0.005 * 0.25)
+    assert integral(plain) == pytest.approx(below * math.exp(0.025))

@@ -56,7 +56,7 @@ def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
             rearm_at_target=draw(st.booleans()),
             conditional=draw(st.booleans()),
             linear=draw(st.sampled_from([0.0, 0.05]) | st.floats(0.0, 10.0)),
-            linear_on=draw(st.sampled_from(["both", "climb"])),
+            linear_on=draw(st.sampled_from(["both", "climb", "low_climb"])),
         )
         if update["rearm_at_target"] and draw(st.booleans()):
             update["rearm_alpha"] = draw(st.floats(alpha_min, alpha_max))

@@ -67,7 +67,7 @@ class RelativeUpdate(_Bounds):
     20-step average of the readings).
     With ``linear`` = λ, λ·α_0·e_t is added to exp(I) after the log step (a hybrid of the relative
     and the additive rule: additive far below α_0, relative near and above it); with ``linear_on:
-    climb`` only while e_t > 0.
+    climb`` only while e_t > 0, with ``low_climb`` only while e_t > 0 and exp(I) < α_0.
     With ``rearm_at_target``, I is raised to log α_0 (or log ``rearm_alpha``; if below it) at the
     first reading with e ≥ 0, once.
 
@@ -158,12 +158,14 @@ class RelativeUpdate(_Bounds):
             "the log step dominates and the loop is the relative rule's."
         ),
     )
-    linear_on: Literal["both", "climb"] = Field(
+    linear_on: Literal["both", "climb", "low_climb"] = Field(
         default="both",
         description=(
             "Which errors ``linear`` acts on: both signs, or only below H* (``climb``: e > 0). With "
             "``climb`` the descent is the log step's alone, so a plant whose balancing α lies below α_0 "
-            "is not pushed to the floor by α_0-sized linear steps; the climb out of the floor is linear."
+            "is not pushed to the floor by α_0-sized linear steps; the climb out of the floor is linear. "
+            "``low_climb``: only below H* and while the integral is below α_0, so the loop above α_0 (where "
+            "a settled run on a strong collapse holds α) is the plain relative rule's."
         ),
     )
     rearm_at_target: bool = Field(

@@ -52,7 +52,9 @@ from the floor crosses the decades where the bonus does nothing at a linear pace
 instead of the log step's ~ln(α/α_min)/(κ·e); near and above α_0 the log step dominates (at α its
 share of the move is λ·α_0/(κ·α)) and the loop is the relative rule's. With ``update.linear_on: climb``
 the term acts only while e_t > 0 (below H*): the descent is the log step's alone, so on a plant whose
-balancing α lies below α_0 the α_0-sized linear steps do not drive α to the floor.
+balancing α lies below α_0 the α_0-sized linear steps do not drive α to the floor. With
+``linear_on: low_climb`` it acts only while e_t > 0 and exp(I_t) < α_0: the climb out of the decades
+below α_0 is linear, and wherever the integral is at or above α_0 the step is the plain relative rule's.
 """
 
 from __future__ import annotations
@@ -350,7 +352,7 @@ class TargetController(EntropyController):
             else 1.0 + boost * max(error - float(update.climb_from), 0.0)
         )
         stepped = relative_step(integral, error, step=step, alpha_min=low, alpha_max=high)
-        if update.linear > 0.0 and (error > 0.0 or update.linear_on == "both"):  # λ·α_0·e beside the log step
+        if update.linear > 0.0 and self._linear_acts(update, error, integral):  # λ·α_0·e beside the log step
             stepped = min(max(stepped + float(update.linear) * float(self.config.alpha_0) * error, low), high)
         if update.hold_on_approach and self._holding(error, target):
             stepped = max(stepped, min(integral, float(self.config.alpha_0)))
@@ -362,6 +364,15 @@ class TargetController(EntropyController):
         self.alpha = relative_step(
             self.integral, error, step=float(update.proportional), alpha_min=low, alpha_max=high
         )
+
+    def _linear_acts(self, update: RelativeUpdate, error: float, integral: float) -> bool:
+        """Whether ``linear``'s λ·α_0·e term acts on this step (``linear_on``: both signs; the climb,
+        e > 0; or the climb while the integral is still below α_0)."""
+        if update.linear_on == "both":
+            return True
+        if update.linear_on == "climb":
+            return error > 0.0
+        return error > 0.0 and integral < float(self.config.alpha_0)
 
     def _moving_toward(self, error: float, smoothed: float) -> bool:
         """``conditional``: the smoothed reading H̃ is on the target's side of the 20-step average F_t

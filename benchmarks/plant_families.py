@@ -23,7 +23,7 @@ collapse study v4's candidates (κ 0.15, κ_p 3, H0 from 10 readings; and the sa
 holds ``hold_on_approach`` and ``release_band: 0.2``); conditional integration (``conditional: true``),
 alone and with the step 0.15 (chosen on the seed-7 draws, docs/robustness.md); the linear term beside
 the log step (``linear: 0.05``), and the same on the climb only (``linear: 0.05, linear_on: climb``), both
-chosen on the seed-7 draws.
+chosen on the seed-7 draws, and on the climb below α_0 (``linear_on: low_climb``, the same λ).
 Per plant: the settling step (first step whose 50-step average is within ±20 % of H*), the share of
 later steps in band, the share with α at a bound, the largest average over H*. Writes
 benchmarks/results/plant_families.{json,md}.
@@ -79,6 +79,8 @@ RULES: dict[str, dict[str, Any]] = {
     # the same term on the climb only (e > 0); lambda chosen the same way among 0.05, 0.1 and 0.3, with the
     # wide-family test as a veto (0.1 and 0.3 failed it)
     "linear 0.05, climb": {"update": {"rule": "relative", "linear": 0.05, "linear_on": "climb"}},
+    # the same term on the climb while the integral is below alpha_0 (lambda not chosen again)
+    "linear 0.05, low climb": {"update": {"rule": "relative", "linear": 0.05, "linear_on": "low_climb"}},
     # the candidates of the collapse study v4 (chosen on other draws of these families: seed 7)
     "candidate": {"update": CANDIDATE, "anchor": {"steps": 10}},
     "candidate + holds": {

@@ -171,6 +171,11 @@ LINEAR = SWEEP / "level2_linear"
 LINEAR_ARMS = [
     ("aer:update.linear=0.05", "linear", "seed-spread-linear-term"),
     ("aer:update.linear=0.05,update.linear_on=climb", "linear_climb", "seed-spread-linear-term-climb"),
+    (
+        "aer:update.linear=0.05,update.linear_on=low_climb",
+        "linear_low_climb",
+        "seed-spread-linear-term-low-climb",
+    ),
 ]
 #: the candidates' own ten-seed folders on level 2: (folder, its arms)
 CANDIDATE_STUDIES = [(CONDITIONAL, CONDITIONAL_ARMS), (LINEAR, LINEAR_ARMS)]

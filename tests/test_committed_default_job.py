@@ -63,6 +63,7 @@ PROBES = [
     ("probe_rearm_s", "probe-rearm", {"rearm_at_target": True}),
     ("probe_rearm5e4_s", "probe-rearm5e4", {"rearm_at_target": True, "rearm_alpha": 5e-4}),
     ("probe_linear_s", "probe-linear", {"linear": 0.05, "linear_on": "climb"}),
+    ("probe_lowclimb_s", "probe-lowclimb", {"linear": 0.05, "linear_on": "low_climb"}),
 ]
 
 

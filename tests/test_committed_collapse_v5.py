@@ -56,6 +56,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
         "aer_update.proportional=1",
         "aer_update.conditional=true",
         "aer_update.linear=0.05_update.linear_on=climb",
+        "aer_update.linear=0.05_update.linear_on=low_climb",
     )
     assert all(sorted(by_arm[slug]) == [0, 1, 2] for slug in slugs)
     count = 0
@@ -87,6 +88,7 @@ def test_committed_runs_are_the_shipped_configs_arms() -> None:
     assert update_of(slugs[9]) == RelativeUpdate(proportional=1.0)
     assert update_of(slugs[10]) == RelativeUpdate(conditional=True)
     assert update_of(slugs[11]) == RelativeUpdate(linear=0.05, linear_on="climb")
+    assert update_of(slugs[12]) == RelativeUpdate(linear=0.05, linear_on="low_climb")
 
 
 def test_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
@@ -102,7 +104,7 @@ def test_docs_quote_the_reading() -> None:
     assert_docs_quote(STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-table", 24, "| `")
     # the per-arm and paired tables: every arm, and every arm but the base paired with it
     assert_docs_quote(
-        STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-arms", 11 + 10, "| `"
+        STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-arms", 12 + 11, "| `"
     )
 
 

@@ -88,6 +88,7 @@ CANDIDATES = {
     "level 2: rearm": ["benchmarks/robustness/level2_seeds/aer_update.rearm_at_target=true/seed*"],
     "main job: rearm 5e-4": ["benchmarks/default_job_2026-12-03/probe_rearm5e4_s[0-9]"],
     "main job: linear 0.05, climb": ["benchmarks/default_job_2026-12-03/probe_linear_s[0-9]"],
+    "main job: linear 0.05, low climb": ["benchmarks/default_job_2026-12-03/probe_lowclimb_s[0-9]"],
     "collapse v5: rearm 5e-4": [f"benchmarks/ablation_collapse_v5/{REARM_5E4}/seed*"],
     "level 2: rearm 5e-4": [f"benchmarks/robustness/level2_seeds/{REARM_5E4}/seed*"],
     "levels 1–2 to 2000 steps: floor 5e-4": ["benchmarks/settling_levels12/aer_update.alpha_min=5e-4/seed*"],

@@ -373,3 +373,37 @@ def test_the_linear_climb_is_at_least_linear_and_the_descent_is_the_log_steps(
     # round-off: each step's exp/log is exact to ~1e-15 relative; 1e-12 covers 200 of them
     assert reached >= min(start + steps * linear * 0.005 * error, 1.0) * (1 - 1e-12)
     assert reached >= min(start * math.exp(steps * step * error), 1.0) * (1 - 1e-12)
+
+
+@PROPERTY_SETTINGS
+@given(
+    linear=st.floats(0.01, 1.0),
+    step=st.floats(1e-3, 0.5),
+    smoothing=st.floats(0.0, 0.95),
+    readings=st.lists(st.floats(0.05, 3.0), min_size=1, max_size=120),
+)
+def test_the_low_climb_term_acts_only_on_a_climb_below_alpha_0(
+    linear: float, step: float, smoothing: float, readings: list[float]
+) -> None:
+    """``linear_on: low_climb``, reading by reading from the same state: where the smoothed reading is
+    at or above H* (e ≤ 0) or the integral is at or above α_0, the step is the plain relative rule's,
+    exactly; otherwise it is the plain step plus λ·α_0·e, clipped to the bounds."""
+    update = {"step": step, "proportional": 0.0, "smoothing": smoothing, "alpha_max": 1.0}
+    low = create_controller(
+        {"name": "aer", "alpha_0": 0.005, "update": {**update, "linear": linear, "linear_on": "low_climb"}}
+    )
+    low.observe(EntropyReading(mean_entropy=1.0, tokens=10, step=0))  # H0 = 1, H* = 0.4
+    for h in readings:
+        before = low.state_dict()
+        plain = create_controller({"name": "aer", "alpha_0": 0.005, "update": update})
+        plain.load_state_dict(before)  # the plain rule from the same state (the same smoothed reading)
+        low.observe(EntropyReading(mean_entropy=h, tokens=10, step=1))
+        plain.observe(EntropyReading(mean_entropy=h, tokens=10, step=1))
+        smoothed = float(low.state_dict()["smoothed_entropy"])
+        error = max((0.4 - smoothed) / 0.4, -1.0)
+        integral = before["integral"] if before["integral"] is not None else before["alpha"]
+        expected = float(plain.state_dict()["integral"])
+        if error > 0.0 and integral < 0.005:
+            expected = min(max(expected + linear * 0.005 * error, 1e-5), 1.0)
+        # the same float operations in the same order: equal up to the last bit of one addition
+        assert float(low.state_dict()["integral"]) == pytest.approx(expected, rel=1e-12, abs=0.0)

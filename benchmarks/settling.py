@@ -109,7 +109,8 @@ CANDIDATES = {
         "benchmarks/robustness/level2_linear/aer_update.linear=0.05_update.linear_on=climb/seed*"
     ],
     "collapse v5: linear 0.05, low climb": [
-        "benchmarks/ablation_collapse_v5/aer_update.linear=0.05_update.linear_on=low_climb/seed*"
+        "benchmarks/ablation_collapse_v5/aer_update.linear=0.05_update.linear_on=low_climb/seed*",
+        "benchmarks/ablation_collapse_v5_seeds/aer_update.linear=0.05_update.linear_on=low_climb/seed*",
     ],
     "level 2: linear 0.05, low climb": [
         "benchmarks/robustness/level2_linear/aer_update.linear=0.05_update.linear_on=low_climb/seed*"

@@ -138,8 +138,10 @@ def test_horizon_reading_is_reproduced(tmp_path: Path) -> None:
 
 
 #: seeds 3-4 of the defaults and the floor (2026-12-05: "The floor to 2000 steps" in docs/ablations.md)
+#: and of the linear term on the climb below alpha_0 (2026-12-06, read after its verdict)
 SEEDS_STUDY = ROOT / "benchmarks" / "ablation_collapse_v5_seeds"
 FLOOR = "aer_update.alpha_min=5.0e-4"
+LOW_CLIMB = "aer_update.linear=0.05_update.linear_on=low_climb"
 
 
 def test_the_extra_seeds_are_the_configs_arms() -> None:
@@ -147,9 +149,9 @@ def test_the_extra_seeds_are_the_configs_arms() -> None:
     labels = {arm.slug: arm.label for arm in parse_arms(base.pop("ablation")["arms"], where="ablation.arms")}
     count = sum(
         assert_runs_are_the_configs_arms(base, [labels[slug]], [3, 4], SEEDS_STUDY, 3000)
-        for slug in ("aer", FLOOR)
+        for slug in ("aer", FLOOR, LOW_CLIMB)
     )
-    assert count == 4 == len(list(SEEDS_STUDY.glob("*/seed*")))
+    assert count == 6 == len(list(SEEDS_STUDY.glob("*/seed*")))
 
 
 def test_the_extra_seeds_reading_is_reproduced(tmp_path: Path) -> None:

@@ -97,6 +97,9 @@ CANDIDATES = {
     "levels 1–2 to 2000 steps: conditional": [
         "benchmarks/settling_levels12/aer_update.conditional=true/seed*"
     ],
+    "levels 1–2 to 2000 steps: linear 0.05, low climb": [
+        "benchmarks/settling_levels12/aer_update.linear=0.05_update.linear_on=low_climb/seed*"
+    ],
     "level 2: conditional": ["benchmarks/robustness/level2_conditional/aer_update.conditional=true/seed*"],
     "level 2: conditional, step 0.15": [
         "benchmarks/robustness/level2_conditional/aer_update.conditional=true_update.step=0.15/seed*"

@@ -26,9 +26,16 @@ CONFIG = ROOT / "configs" / "settling_levels12.yaml"
 FLOOR = "aer_update.alpha_min=5e-4"
 #: conditional integration, read alongside its level-2 and collapse runs (2026-12-06), seeds 0-4
 CONDITIONAL = "aer_update.conditional=true"
+#: the linear term on the climb below alpha_0, read alongside its level-2 and collapse runs (2026-12-06)
+LOW_CLIMB = "aer_update.linear=0.05_update.linear_on=low_climb"
 #: the studies of this config: (folder, ``data.levels`` override or None, the arm slugs run, the docs marker)
 STUDIES = {
-    "levels12": (STUDY, None, ["aer", "fixed_alpha=0", FLOOR, CONDITIONAL], "settling-levels12-table"),
+    "levels12": (
+        STUDY,
+        None,
+        ["aer", "fixed_alpha=0", FLOOR, CONDITIONAL, LOW_CLIMB],
+        "settling-levels12-table",
+    ),
     # 2026-12-05: the same config on level 2 only (``--set "data.levels=[2]"``), the defaults and the floor
     "level2": (ROOT / "benchmarks" / "settling_level2", [2], ["aer", FLOOR], "settling-level2-table"),
 }
@@ -52,9 +59,9 @@ def test_committed_runs_are_the_shipped_configs_arms(name: str) -> None:
         by_arm.setdefault(slug, []).append(int(seed))
     assert sorted(by_arm) == sorted(slugs)
     # seeds 0-2 of every arm; on levels 1-2 seeds 3-4 of the defaults and the floor as well (2026-12-05),
-    # and seeds 0-4 of conditional integration (2026-12-06)
+    # and seeds 0-4 of conditional integration and of the low-climb term (2026-12-06)
     for slug, seeds in by_arm.items():
-        more = name == "levels12" and slug in ("aer", FLOOR, CONDITIONAL)
+        more = name == "levels12" and slug in ("aer", FLOOR, CONDITIONAL, LOW_CLIMB)
         assert sorted(seeds) == ([0, 1, 2, 3, 4] if more else [0, 1, 2]), slug
     count = 0
     for arm in parse_arms(arms, where="ablation.arms"):

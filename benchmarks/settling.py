@@ -20,9 +20,9 @@ and a second table reads the candidates measured against them on the same tasks,
 seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``, the rearm to
 α_0 and to ``rearm_alpha: 5e-4``; the floor also on the two 2000-step tasks; conditional
 integration; the linear term ``linear: 0.05``, both signs, on the climb and on the climb below α_0),
-and a third the arms that do not adjust α at all (no bonus, fixed α, a constant α under AER's allocation): what the same
-tasks give without a controller's update. Only finished runs are read. Writes
-benchmarks/results/settling.{md,json}.
+and a third the arms that do not adjust α at all (no bonus, fixed α, a constant α under AER's
+allocation): what the same tasks give without a controller's update. Only finished runs are read.
+Writes benchmarks/results/settling.{md,json}.
 
     python benchmarks/settling.py
 """

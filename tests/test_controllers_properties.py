@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from entropyctl import EntropyReading, GroupOutcome, available_controllers, create_controller
 from entropyctl.config import ControllerConfig
+from entropyctl.controllers.target import relative_error
 
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -400,7 +401,7 @@ def test_the_low_climb_term_acts_only_on_a_climb_below_alpha_0(
         low.observe(EntropyReading(mean_entropy=h, tokens=10, step=1))
         plain.observe(EntropyReading(mean_entropy=h, tokens=10, step=1))
         smoothed = float(low.state_dict()["smoothed_entropy"])
-        error = max((0.4 - smoothed) / 0.4, -1.0)
+        error = max(relative_error(float(low.target_entropy()), smoothed), -1.0)  # the rule's clipped e
         integral = before["integral"] if before["integral"] is not None else before["alpha"]
         expected = float(plain.state_dict()["integral"])
         if error > 0.0 and integral < 0.005:

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from entropyctl.config import AERConfig, ConfigError, TargetConfig
+from entropyctl.config import ABSENT_MEANS, AERConfig, ConfigError, TargetConfig
 from entropyctl.experiments.ablate import (
     Arm,
+    canonical_config,
     is_finished,
     parse_arm,
     parse_arms,
@@ -206,3 +207,30 @@ def test_shipped_robustness_config_sweeps_fixed_alpha_and_aer_knobs(tmp_path: Pa
     steps = {c["update"]["step"] for c in controllers if c["name"] == "aer"}
     taus = {c["anchor"]["tau"] for c in controllers if c["name"] == "aer"}
     assert len(alphas) >= 5 and max(steps) / min(steps) >= 10 and len(taus) >= 3 and section["seeds"] >= 3
+
+
+def test_an_arm_that_changes_the_update_rule_drops_the_configs_fields_of_the_old_one(tmp_path: Path) -> None:
+    """A config that writes the relative rule out (configs/default.yaml's form) and an arm with
+    `update.rule=none` (a constant α under AER's allocation): the arm starts that rule from its defaults;
+    an arm that keeps the rule keeps the config's fields."""
+    written = {"rule": "relative", "step": 0.05, "proportional": 2.0, "smoothing": 0.8}
+    base = {**BASE, "controller": {"name": "aer", "update": written}}
+    arms = parse_arms(["aer:update.rule=none,alpha_0=1e-4", "aer:update.step=0.15"])
+    constant, faster = (spec.config["controller"] for spec in plan_runs(base, arms, [0], tmp_path))
+    assert constant["update"] == {"rule": "none"} and constant["alpha_0"] == 1e-4
+    assert faster["update"]["step"] == 0.15 and faster["update"]["smoothing"] == 0.8
+
+
+def test_a_config_that_writes_out_an_absent_fields_old_value_matches_the_runs_launched_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """canonical_config compares what two configs say: a field left out of a relative update reads as
+    ABSENT_MEANS says (the value runs had before the field existed), not as today's default, so a
+    config that later writes that value out still matches the runs launched without it. Here the
+    table's entry for ``linear`` is set to 0.05 (as it would read had the field's old value been
+    0.05): the config lacking it then matches the one writing 0.05, not today's default 0."""
+    monkeypatch.setitem(ABSENT_MEANS, "controller.update.linear", 0.05)
+    lacking = {"controller": {"name": "aer", "update": {"rule": "relative", "step": 0.05}}}
+    old = {"controller": {"name": "aer", "update": {"rule": "relative", "step": 0.05, "linear": 0.05}}}
+    today = {"controller": {"name": "aer", "update": {"rule": "relative", "step": 0.05, "linear": 0.0}}}
+    assert canonical_config(lacking) == canonical_config(old) != canonical_config(today)

@@ -81,3 +81,22 @@ def test_a_full_disk_is_one_line_that_says_how_to_continue(
     monkeypatch.setattr(train, "train_from_cli", other)
     with pytest.raises(OSError, match="Input/output"):  # any other OS error keeps its traceback
         cli.main(["train"])
+
+
+def test_an_override_to_another_update_rule_starts_that_rule_from_its_defaults() -> None:
+    """configs/default.yaml writes the relative rule's fields out; `--set controller.update.rule=additive`
+    would otherwise carry `step`, `proportional`, ... into a rule that has none of them. Like
+    `controller.name`, a change of variant drops the old variant's fields; the same rule keeps them."""
+    additive = load_run_config(None, ["controller.update.rule=additive", "controller.update.eta=0.01"])
+    update = additive.controller.update  # type: ignore[union-attr]
+    assert update.rule == "additive" and update.eta == 0.01  # type: ignore[union-attr]
+    default_smoothing = load_run_config(None).controller.update.smoothing  # type: ignore[union-attr]
+    same = load_run_config(None, ["controller.update.rule=relative", "controller.update.step=0.1"])
+    kept = same.controller.update  # type: ignore[union-attr]
+    assert kept.step == 0.1 and kept.smoothing == default_smoothing  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="step"):  # a field the new rule lacks is still an error
+        load_run_config(None, ["controller.update.rule=additive", "controller.update.step=0.1"])
+    anchor = load_run_config(
+        None, ["controller.anchor.mode=absolute", "controller.anchor.target_entropy=0.3"]
+    )
+    assert anchor.controller.anchor.target_entropy == 0.3  # type: ignore[union-attr]  (no `tau` carried over)

@@ -36,6 +36,8 @@ __all__ = [
     "parse_run_config",
     "load_run_config",
     "ABSENT_MEANS",
+    "VARIANT_KEYS",
+    "drop_other_variant",
     "fill_absent",
     "parse_written_config",
 ]
@@ -532,6 +534,24 @@ ABSENT_MEANS: dict[str, Any] = {
 _ABSENT_VARIANTS = {"controller.update": ("rule", "relative"), "controller.anchor": ("mode", "initial")}
 
 
+#: the keys that pick a part's variant: an override to another variant starts that part from the new
+#: variant's defaults (the file's fields of the old one would be unknown to it), as ``controller.name``
+#: does for the whole controller section
+VARIANT_KEYS = ("controller.update.rule", "controller.anchor.mode", "controller.allocation.rule")
+
+
+def drop_other_variant(data: dict[str, Any], key: str, value: Any) -> None:
+    """Before ``key=value`` (one of :data:`VARIANT_KEYS`) is applied to ``data``: if the part it names
+    is a mapping of another variant, replace it by ``{variant_key: value}`` (in place)."""
+    parent_path, _, field = key.rpartition(".")
+    parent: Any = data
+    holder: Any = None
+    for part in parent_path.split("."):
+        holder, parent = parent, parent.get(part) if isinstance(parent, Mapping) else None
+    if isinstance(parent, Mapping) and isinstance(holder, dict) and parent.get(field) != value:
+        holder[parent_path.rsplit(".", 1)[-1]] = {field: value}
+
+
 def fill_absent(data: Mapping[str, Any]) -> dict[str, Any]:
     """A written run config with the fields it lacks filled from :data:`ABSENT_MEANS` (a copy)."""
     filled: dict[str, Any] = copy.deepcopy(dict(data))
@@ -581,6 +601,8 @@ def load_run_config(
             and current.get("name") != value.strip()
         ):
             data["controller"] = {"name": value.strip()}
+        elif key.strip() in VARIANT_KEYS:
+            drop_other_variant(data, key.strip(), value.strip())
     data = apply_overrides(data, overrides)
     try:
         return parse_run_config(data, source=str(source))

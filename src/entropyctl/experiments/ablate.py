@@ -47,7 +47,15 @@ from typing import Any
 
 import yaml
 
-from entropyctl.config import ConfigError, apply_overrides, load_yaml, parse_controller_config
+from entropyctl.config import (
+    VARIANT_KEYS,
+    ConfigError,
+    apply_overrides,
+    drop_other_variant,
+    fill_absent,
+    load_yaml,
+    parse_controller_config,
+)
 from entropyctl.trainer.run_dir import PARENT_ENV
 
 __all__ = [
@@ -243,6 +251,8 @@ def resolve_arm_config(base: Mapping[str, Any], arm: Arm, seed: int) -> dict[str
     config["controller"] = controller
     for key, value in arm.overrides.items():
         target = key if key.split(".")[0] in _run_config_sections() else f"controller.{key}"
+        if target in VARIANT_KEYS:
+            drop_other_variant(config, target, value)
         _set_dotted(config, target, value, f"arm {arm.label!r}")
     config[SEED_KEY] = seed
     try:
@@ -291,11 +301,18 @@ def is_finished(run_dir: str | Path) -> bool:
 
 def canonical_config(config: Any) -> Any:
     """``config`` with its controller section in today's parsed form, so that a run launched with the
-    first release's flat controller form (``eta: 0.05``) matches the same config written nested."""
+    first release's flat controller form (``eta: 0.05``) matches the same config written nested.
+
+    A field the section names a variant of but leaves out (``update: {rule: relative, ...}`` without
+    ``linear``) reads as :data:`~entropyctl.config.ABSENT_MEANS` says, not as today's default: this
+    compares what two config files *say*, so a config that later writes out the value a default had
+    still matches the runs launched before it did. What a run *ran with* is the second check in
+    :func:`_check_same_config` (its written ``config.yaml`` against what the config now resolves to)."""
     if not isinstance(config, Mapping) or not isinstance(config.get("controller"), (Mapping, str)):
         return config
+    filled = fill_absent({"controller": config["controller"]})["controller"]
     try:
-        controller = parse_controller_config(config["controller"]).model_dump(mode="json")
+        controller = parse_controller_config(filled).model_dump(mode="json")
     except ConfigError:
         return config
     return {**config, "controller": controller}

@@ -17,6 +17,7 @@ from committed_runs import (
     assert_collapse_reading_reproduced,
     assert_docs_quote,
     assert_last_three_horizon_reproduced,
+    assert_one_warm_start,
     assert_runs_are_the_configs_arms,
     assert_same_warm_start,
 )
@@ -156,6 +157,30 @@ def test_the_extra_seeds_are_the_configs_arms() -> None:
 
 def test_the_extra_seeds_reading_is_reproduced(tmp_path: Path) -> None:
     assert_collapse_reading_reproduced(SEEDS_STUDY, tmp_path)
+
+
+#: seeds 5-7 of the defaults and the low-climb term, the second low-climb rule's collapse leg
+#: (2026-12-06, docs/robustness.md, "The low-climb term as the default, judged on fresh seeds")
+FRESH_STUDY = ROOT / "benchmarks" / "ablation_collapse_v5_fresh"
+
+
+def test_the_fresh_seeds_are_the_configs_arms_on_one_warm_start() -> None:
+    base = yaml.safe_load(CONFIG.read_text())
+    labels = {arm.slug: arm.label for arm in parse_arms(base.pop("ablation")["arms"], where="ablation.arms")}
+    count = sum(
+        assert_runs_are_the_configs_arms(base, [labels[slug]], [5, 6, 7], FRESH_STUDY, 3000)
+        for slug in ("aer", LOW_CLIMB)
+    )
+    assert count == 6 == len(list(FRESH_STUDY.glob("*/seed*")))
+    for seed in (5, 6, 7):  # both arms of a seed start from one warm start and evaluation draw
+        assert_one_warm_start([FRESH_STUDY / slug / f"seed{seed}" for slug in ("aer", LOW_CLIMB)], seed)
+
+
+def test_the_fresh_seeds_reading_is_reproduced_and_quoted(tmp_path: Path) -> None:
+    assert_collapse_reading_reproduced(FRESH_STUDY, tmp_path)
+    assert_docs_quote(
+        FRESH_STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-fresh-table", 6, "| `"
+    )
 
 
 def test_floor_horizon_is_reproduced(tmp_path: Path) -> None:

@@ -38,7 +38,17 @@ STUDIES = {
     ),
     # 2026-12-05: the same config on level 2 only (``--set "data.levels=[2]"``), the defaults and the floor
     "level2": (ROOT / "benchmarks" / "settling_level2", [2], ["aer", FLOOR], "settling-level2-table"),
+    # 2026-12-06: seeds 5-9 of the defaults and the low-climb term, the second low-climb rule's leg
+    "levels12_fresh": (
+        ROOT / "benchmarks" / "settling_levels12_fresh",
+        None,
+        ["aer", LOW_CLIMB],
+        "settling-levels12-fresh-table",
+    ),
 }
+#: the seeds each study ran (on levels 1-2 seeds 3-4 of the defaults, the floor, conditional integration
+#: and the low-climb term as well)
+SEEDS = {"levels12": [0, 1, 2], "level2": [0, 1, 2], "levels12_fresh": [5, 6, 7, 8, 9]}
 
 
 def committed_runs(study: Path = STUDY) -> list[str]:
@@ -58,11 +68,11 @@ def test_committed_runs_are_the_shipped_configs_arms(name: str) -> None:
         slug, seed = run.split("/seed")
         by_arm.setdefault(slug, []).append(int(seed))
     assert sorted(by_arm) == sorted(slugs)
-    # seeds 0-2 of every arm; on levels 1-2 seeds 3-4 of the defaults and the floor as well (2026-12-05),
+    # seeds 0-2 of every arm (5-9 in the fresh study); on levels 1-2 seeds 3-4 of the defaults and the floor as well (2026-12-05),
     # and seeds 0-4 of conditional integration and of the low-climb term (2026-12-06)
     for slug, seeds in by_arm.items():
         more = name == "levels12" and slug in ("aer", FLOOR, CONDITIONAL, LOW_CLIMB)
-        assert sorted(seeds) == ([0, 1, 2, 3, 4] if more else [0, 1, 2]), slug
+        assert sorted(seeds) == ([0, 1, 2, 3, 4] if more else SEEDS[name]), slug
     count = 0
     for arm in parse_arms(arms, where="ablation.arms"):
         if arm.slug in by_arm:
@@ -70,7 +80,7 @@ def test_committed_runs_are_the_shipped_configs_arms(name: str) -> None:
                 base, [arm.label], sorted(by_arm[arm.slug]), study, 2000
             )
     assert count == len(committed_runs(study))
-    written = yaml.safe_load((study / "aer" / "seed0" / "config.yaml").read_text())
+    written = yaml.safe_load((study / "aer" / f"seed{SEEDS[name][0]}" / "config.yaml").read_text())
     assert parse_written_config(written).controller.update == RelativeUpdate()  # type: ignore[union-attr]
 
 

@@ -46,8 +46,7 @@ STUDIES = {
         "settling-levels12-fresh-table",
     ),
 }
-#: the seeds each study ran (on levels 1-2 seeds 3-4 of the defaults, the floor, conditional integration
-#: and the low-climb term as well)
+#: the seeds each study ran for every arm (the exceptions on levels 1-2 are named in the test below)
 SEEDS = {"levels12": [0, 1, 2], "level2": [0, 1, 2], "levels12_fresh": [5, 6, 7, 8, 9]}
 
 
@@ -68,8 +67,8 @@ def test_committed_runs_are_the_shipped_configs_arms(name: str) -> None:
         slug, seed = run.split("/seed")
         by_arm.setdefault(slug, []).append(int(seed))
     assert sorted(by_arm) == sorted(slugs)
-    # seeds 0-2 of every arm (5-9 in the fresh study); on levels 1-2 seeds 3-4 of the defaults and the floor as well (2026-12-05),
-    # and seeds 0-4 of conditional integration and of the low-climb term (2026-12-06)
+    # seeds 0-2 of every arm (5-9 in the fresh study); on levels 1-2 seeds 3-4 of the defaults and the
+    # floor as well (2026-12-05), and seeds 0-4 of conditional integration and of the low-climb term
     for slug, seeds in by_arm.items():
         more = name == "levels12" and slug in ("aer", FLOOR, CONDITIONAL, LOW_CLIMB)
         assert sorted(seeds) == ([0, 1, 2, 3, 4] if more else SEEDS[name]), slug

@@ -13,9 +13,9 @@ first half. The library defaults (``aer`` as shipped) are read on:
 * main job: ``entropyctl train`` with no config (benchmarks/default_job_2026-12-03), 400 steps;
 * level 2: the robustness sweep's second task, seeds 0–2 and the ten-seed study's 3–9, 600 steps;
 * levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps, and the same
-  task run to 2000 steps (configs/settling_levels12.yaml; seeds 5–9 in benchmarks/settling_levels12_fresh),
-  and level 2 run to 2000 steps (the same config
-  with ``data.levels=[2]``, benchmarks/settling_level2);
+  task run to 2000 steps (configs/settling_levels12.yaml; seeds 5–9 in
+  benchmarks/settling_levels12_fresh), and level 2 run to 2000 steps (the same config with
+  ``data.levels=[2]``, benchmarks/settling_level2);
 * SmolLM2-135M: ``configs/smollm2_aer.yaml`` run to 160 steps, seeds 0 and 1 (benchmarks/smollm2_aer).
 
 and a second table reads the candidates measured against them on the same tasks, warm starts and

@@ -145,14 +145,19 @@ FLOOR = "aer_update.alpha_min=5.0e-4"
 LOW_CLIMB = "aer_update.linear=0.05_update.linear_on=low_climb"
 
 
-def test_the_extra_seeds_are_the_configs_arms() -> None:
+def assert_the_studys_runs_are_the_configs_arms(
+    study: Path, slugs: tuple[str, ...], seeds: list[int]
+) -> None:
+    """Every run of ``study`` is one of the config's arms ``slugs`` at one of ``seeds``, 3000 steps, and
+    every such arm × seed is there."""
     base = yaml.safe_load(CONFIG.read_text())
     labels = {arm.slug: arm.label for arm in parse_arms(base.pop("ablation")["arms"], where="ablation.arms")}
-    count = sum(
-        assert_runs_are_the_configs_arms(base, [labels[slug]], [3, 4], SEEDS_STUDY, 3000)
-        for slug in ("aer", FLOOR, LOW_CLIMB)
-    )
-    assert count == 6 == len(list(SEEDS_STUDY.glob("*/seed*")))
+    count = sum(assert_runs_are_the_configs_arms(base, [labels[slug]], seeds, study, 3000) for slug in slugs)
+    assert count == len(slugs) * len(seeds) == len(list(study.glob("*/seed*")))
+
+
+def test_the_extra_seeds_are_the_configs_arms() -> None:
+    assert_the_studys_runs_are_the_configs_arms(SEEDS_STUDY, ("aer", FLOOR, LOW_CLIMB), [3, 4])
 
 
 def test_the_extra_seeds_reading_is_reproduced(tmp_path: Path) -> None:
@@ -165,13 +170,7 @@ FRESH_STUDY = ROOT / "benchmarks" / "ablation_collapse_v5_fresh"
 
 
 def test_the_fresh_seeds_are_the_configs_arms_on_one_warm_start() -> None:
-    base = yaml.safe_load(CONFIG.read_text())
-    labels = {arm.slug: arm.label for arm in parse_arms(base.pop("ablation")["arms"], where="ablation.arms")}
-    count = sum(
-        assert_runs_are_the_configs_arms(base, [labels[slug]], [5, 6, 7], FRESH_STUDY, 3000)
-        for slug in ("aer", LOW_CLIMB)
-    )
-    assert count == 6 == len(list(FRESH_STUDY.glob("*/seed*")))
+    assert_the_studys_runs_are_the_configs_arms(FRESH_STUDY, ("aer", LOW_CLIMB), [5, 6, 7])
     for seed in (5, 6, 7):  # both arms of a seed start from one warm start and evaluation draw
         assert_one_warm_start([FRESH_STUDY / slug / f"seed{seed}" for slug in ("aer", LOW_CLIMB)], seed)
 

@@ -540,16 +540,22 @@ _ABSENT_VARIANTS = {"controller.update": ("rule", "relative"), "controller.ancho
 VARIANT_KEYS = ("controller.update.rule", "controller.anchor.mode", "controller.allocation.rule")
 
 
+def _section(data: Any, dotted: str) -> Any:
+    """The value at ``dotted`` ("controller.update") in nested mappings, or None where a level is missing."""
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, Mapping) else None
+    return data
+
+
 def drop_other_variant(data: dict[str, Any], key: str, value: Any) -> None:
     """Before ``key=value`` (one of :data:`VARIANT_KEYS`) is applied to ``data``: if the part it names
     is a mapping of another variant, replace it by ``{variant_key: value}`` (in place)."""
-    parent_path, _, field = key.rpartition(".")
-    parent: Any = data
-    holder: Any = None
-    for part in parent_path.split("."):
-        holder, parent = parent, parent.get(part) if isinstance(parent, Mapping) else None
-    if isinstance(parent, Mapping) and isinstance(holder, dict) and parent.get(field) != value:
-        holder[parent_path.rsplit(".", 1)[-1]] = {field: value}
+    part_path, _, field = key.rpartition(".")
+    holder_path, _, name = part_path.rpartition(".")
+    holder = _section(data, holder_path)
+    part = holder.get(name) if isinstance(holder, dict) else None
+    if isinstance(part, Mapping) and part.get(field) != value:
+        holder[name] = {field: value}
 
 
 def fill_absent(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -557,9 +563,7 @@ def fill_absent(data: Mapping[str, Any]) -> dict[str, Any]:
     filled: dict[str, Any] = copy.deepcopy(dict(data))
     for path, value in ABSENT_MEANS.items():
         parent_path, _, key = path.rpartition(".")
-        parent: Any = filled
-        for part in parent_path.split("."):
-            parent = parent.get(part) if isinstance(parent, Mapping) else None
+        parent = _section(filled, parent_path)
         if not isinstance(parent, dict) or key in parent:
             continue
         variant = _ABSENT_VARIANTS.get(parent_path)

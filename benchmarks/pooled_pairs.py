@@ -148,7 +148,7 @@ def main() -> None:
         f"`python benchmarks/pooled_pairs.py`: `{CANDIDATE}` against `aer` (the defaults), paired by seed; "
         "differences are candidate − defaults, mean ± standard error (sample std / √n).",
         "",
-        "| pairs | n | in band | held-out pass@1 | settle within the first half (defaults → candidate) "
+        "| task | pairs | in band | held-out pass@1 | settle within the first half (defaults → candidate) "
         "| candidate α at a bound ≤ 0.10 | candidate explodes where defaults do not | one run until H* |",
         "|---|---|---|---|---|---|---|---|",
     ]

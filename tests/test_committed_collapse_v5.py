@@ -182,6 +182,24 @@ def test_the_fresh_seeds_reading_is_reproduced_and_quoted(tmp_path: Path) -> Non
     )
 
 
+#: seeds 8-10 of the defaults and the low-climb term, the third low-climb rule's collapse pairs
+#: (2026-12-06, docs/robustness.md, "The low-climb term, a third look")
+THIRD_STUDY = ROOT / "benchmarks" / "ablation_collapse_v5_third"
+
+
+def test_the_third_rules_seeds_are_the_configs_arms_on_one_warm_start() -> None:
+    assert_the_studys_runs_are_the_configs_arms(THIRD_STUDY, ("aer", LOW_CLIMB), [8, 9, 10])
+    for seed in (8, 9, 10):
+        assert_one_warm_start([THIRD_STUDY / slug / f"seed{seed}" for slug in ("aer", LOW_CLIMB)], seed)
+
+
+def test_the_third_rules_reading_is_reproduced_and_quoted(tmp_path: Path) -> None:
+    assert_collapse_reading_reproduced(THIRD_STUDY, tmp_path)
+    assert_docs_quote(
+        THIRD_STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-third-table", 6, "| `"
+    )
+
+
 def test_floor_horizon_is_reproduced(tmp_path: Path) -> None:
     """benchmarks/results/floor_horizon.md: the floor against the defaults at every evaluation, on
     levels 1-2 (2000 steps, seeds 0-4) and on level 2 (collapse v5 with its extra seeds, 3000 steps)."""

@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from committed_runs import (
     assert_one_warm_start,
     assert_reading_reproduced,
     assert_runs_are_the_configs_arms,
+    assert_same_warm_start,
     quoted_table,
 )
 
@@ -399,6 +401,27 @@ def test_twenty_seeds_are_the_configs_arms_and_their_spreads_are_reproduced(
     )
     assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [20, 20]
     assert kept["paired_difference"]["seeds"] == list(range(20))
+
+
+#: the third low-climb rule's short-task runs (2026-12-06, docs/robustness.md, "The low-climb term, a
+#: third look"): the term alone, on levels 1-2 seeds 0-9 and level 2 seeds 10-19, each paired with the
+#: committed defaults' run of its seed: (its folder, the config, seeds, the defaults' runs)
+LOW_CLIMB_ARM = "aer:update.linear=0.05,update.linear_on=low_climb"
+THIRD_RULE = [
+    (SWEEP / "levels12_lowclimb", sweep_base, list(range(10)), LEVELS12_SEEDS / "aer"),
+    (SWEEP / "level2_twenty_lowclimb", level2_base, list(range(10, 20)), TWENTY / "aer"),
+]
+
+
+@pytest.mark.parametrize(
+    ("study", "base", "seeds", "defaults"), THIRD_RULE, ids=[t[0].name for t in THIRD_RULE]
+)
+def test_the_third_rules_runs_are_the_configs_arm_from_the_defaults_warm_start(
+    study: Path, base: Callable[[], dict[str, Any]], seeds: list[int], defaults: Path
+) -> None:
+    assert assert_runs_are_the_configs_arms(base(), [LOW_CLIMB_ARM], seeds, study, 600) == len(seeds)
+    assert len(list(study.glob("*/seed*"))) == len(seeds)
+    assert_same_warm_start(defaults, study, [parse_arm(LOW_CLIMB_ARM).slug], seeds)
 
 
 #: a plant none of the defaults or candidates was tuned on (2026-12-05): level 2 at twice the learning

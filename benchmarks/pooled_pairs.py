@@ -9,8 +9,9 @@ pass@1 (the last evaluation, or the mean of the last three on the 3000-step task
 report's 1.2). Per pair, a check that the two runs are one run until the candidate's option can
 act: the option acts only once the entropy has been at or below H*, and a smoothed reading cannot
 get there before a step reading does, so α must be the same in both runs through the first step
-whose reading is at or below H*. Per task and pooled over all pairs: the mean paired difference
-(candidate − defaults) ± its standard error (sample std / √n), and the runs settling within the
+whose reading is at or below H*. Per task, pooled over all pairs, and pooled over the pairs no
+earlier reading had seen (``UNSEEN``): the mean paired difference (candidate − defaults) ± its
+standard error (sample std / √n), and the runs settling within the
 first half. Writes benchmarks/results/pooled_pairs.{md,json}.
 
     python benchmarks/pooled_pairs.py
@@ -58,6 +59,11 @@ TASKS: dict[str, tuple[str, str, list[int], str]] = {
         "pass@1 last 3",
     ),
 }
+#: the pairs no earlier reading had seen and that share no steps with another pair (docs/robustness.md,
+#: "A flaw in the rule above"): the 600-step tasks are prefixes of the 3000- and 2000-step ones, so the
+#: level-2 pair of seed 10 is the collapse pair's first 600 steps and the levels-1-2 pairs are the first
+#: 600 steps of committed 2000-step runs of both arms
+UNSEEN = {"level 2 (600 steps)": list(range(11, 20)), "collapse v5 (3000 steps)": [8, 9, 10]}
 TAU = 0.4  # the defaults' τ (both arms' runs log their own H*; this reads H0·τ in collapse_reading)
 #: the readings compared per pair: key → what it is
 COMPARED = {"in_band": "in band after first reaching it", "pass1": "held-out pass@1"}
@@ -119,7 +125,9 @@ def main() -> None:
                 {"task": task, "seed": seed, "defaults": read(d, pass_key), "candidate": read(c, pass_key)}
                 | same_run_until_crossing(d, c)
             )
-    groups = {task: [p for p in pairs if p["task"] == task] for task in TASKS} | {"pooled": pairs}
+    unseen = [p for p in pairs if p["seed"] in UNSEEN.get(p["task"], [])]
+    groups = {task: [p for p in pairs if p["task"] == task] for task in TASKS}
+    groups |= {"pooled": pairs, "pooled, unseen and non-overlapping": unseen}
     summary: dict[str, Any] = {}
     for name, group in groups.items():
         if not group:

@@ -1,0 +1,50 @@
+"""The third low-climb rule's reading (benchmarks/pooled_pairs.py, docs/robustness.md, "The low-climb
+term, a third look"): it is reproduced from the committed runs, it reads every pair the rule names,
+each pair is one run until the term can act, and docs/robustness.md quotes its table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from committed_runs import assert_docs_quote, assert_numbers_equal
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "pooled_pairs.py"
+RESULTS = ROOT / "benchmarks" / "results"
+#: the rule's pairs: task → seeds
+PAIRS = {
+    "levels 1–2 (600 steps)": list(range(10)),
+    "level 2 (600 steps)": list(range(10, 20)),
+    "collapse v5 (3000 steps)": [8, 9, 10],
+}
+
+
+def test_the_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)], check=True, capture_output=True, timeout=300
+    )
+    assert (tmp_path / "pooled_pairs.md").read_text() == (RESULTS / "pooled_pairs.md").read_text()
+    # numbers up to float rounding (a sum's last bit follows the numpy build)
+    written, committed = (json.loads((d / "pooled_pairs.json").read_text()) for d in (tmp_path, RESULTS))
+    assert_numbers_equal(written, committed, "pooled_pairs.json")
+
+
+def test_every_pair_of_the_rule_is_read_and_is_one_run_until_the_term_can_act() -> None:
+    reading = json.loads((RESULTS / "pooled_pairs.json").read_text())
+    read = {task: [p["seed"] for p in reading["pairs"] if p["task"] == task] for task in PAIRS}
+    assert read == PAIRS
+    for pair in reading["pairs"]:
+        assert pair["same_run_until"], (pair["task"], pair["seed"])
+        # the term acts only below H*: the first differing α comes after a reading at or below it
+        differs, crossing = pair["alpha_differs_from"], pair["first_reading_at_or_below_target"]
+        assert crossing is not None and (differs is None or differs > crossing)
+    assert reading["summary"]["pooled"]["pairs"] == sum(len(s) for s in PAIRS.values())
+    # the amendment's second judgement: level 2 seeds 11-19 and collapse seeds 8-10
+    assert reading["summary"]["pooled, unseen and non-overlapping"]["pairs"] == 12
+
+
+def test_robustness_md_quotes_the_table() -> None:
+    assert_docs_quote(RESULTS / "pooled_pairs.md", ROOT / "docs" / "robustness.md", "pooled-pairs-table", 4)

@@ -8,14 +8,16 @@ in band do), so the table gives it as a share of the run and counts the runs tha
 first half. The library defaults (``aer`` as shipped) are read on:
 
 * collapse v5 / v3: ``configs/ablation_collapse_v5.yaml`` / ``_v3.yaml``, 3000 steps (two warm starts;
-  v5's seeds 3–4 of the defaults and the floor in benchmarks/ablation_collapse_v5_seeds, seeds 5–7 of
-  the defaults and the low-climb term in benchmarks/ablation_collapse_v5_fresh);
+  v5's seeds 3–4 of the defaults and the floor in benchmarks/ablation_collapse_v5_seeds, seeds 5–7 and
+  8–10 of the defaults and the low-climb term in benchmarks/ablation_collapse_v5_fresh and _third);
 * main job: ``entropyctl train`` with no config (benchmarks/default_job_2026-12-03), 400 steps;
-* level 2: the robustness sweep's second task, seeds 0–2 and the ten-seed study's 3–9, 600 steps;
-* levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps, and the same
-  task run to 2000 steps (configs/settling_levels12.yaml; seeds 5–9 in
-  benchmarks/settling_levels12_fresh), and level 2 run to 2000 steps (the same config with
-  ``data.levels=[2]``, benchmarks/settling_level2);
+* level 2: the robustness sweep's second task, seeds 0–2, the ten-seed study's 3–9 and the twenty-seed
+  study's 10–19, 600 steps (the first 600 steps of the collapse v5 run of the same seed);
+* levels 1–2: the robustness sweep's first task (the 12-arm study's config), 600 steps (seeds 0–2 from
+  the sweep's warm start, and seeds 0–9 from today's in benchmarks/robustness/levels12_seeds: the first
+  600 steps of the 2000-step runs of the same seed), and the same task run to 2000 steps
+  (configs/settling_levels12.yaml; seeds 5–9 in benchmarks/settling_levels12_fresh), and level 2 run
+  to 2000 steps (the same config with ``data.levels=[2]``, benchmarks/settling_level2);
 * SmolLM2-135M: ``configs/smollm2_aer.yaml`` run to 160 steps, seeds 0 and 1 (benchmarks/smollm2_aer).
 
 and a second table reads the candidates measured against them on the same tasks, warm starts and
@@ -47,14 +49,19 @@ TASKS = {
         "benchmarks/ablation_collapse_v5/aer/seed*",
         "benchmarks/ablation_collapse_v5_seeds/aer/seed*",
         "benchmarks/ablation_collapse_v5_fresh/aer/seed*",
+        "benchmarks/ablation_collapse_v5_third/aer/seed*",
     ],
     "collapse v3 (3000 steps, another warm start)": ["benchmarks/ablation_collapse_v3/aer/seed*"],
     "main job (400 steps)": ["benchmarks/default_job_2026-12-03/s[0-9]"],
     "level 2 (600 steps)": [
         "benchmarks/robustness/level2/aer/seed*",
         "benchmarks/robustness/level2_seeds/aer/seed*",
+        "benchmarks/robustness/level2_twenty/aer/seed*",
     ],
-    "levels 1–2, the 12-arm study's task (600 steps)": ["benchmarks/robustness/levels12/aer/seed*"],
+    "levels 1–2, the 12-arm study's task (600 steps)": [
+        "benchmarks/robustness/levels12/aer/seed*",
+        "benchmarks/robustness/levels12_seeds/aer/seed*",
+    ],
     "levels 1–2, the same task run to 2000 steps": [
         "benchmarks/settling_levels12/aer/seed*",
         "benchmarks/settling_levels12_fresh/aer/seed*",
@@ -122,9 +129,14 @@ CANDIDATES = {
         "benchmarks/ablation_collapse_v5/aer_update.linear=0.05_update.linear_on=low_climb/seed*",
         "benchmarks/ablation_collapse_v5_seeds/aer_update.linear=0.05_update.linear_on=low_climb/seed*",
         "benchmarks/ablation_collapse_v5_fresh/aer_update.linear=0.05_update.linear_on=low_climb/seed*",
+        "benchmarks/ablation_collapse_v5_third/aer_update.linear=0.05_update.linear_on=low_climb/seed*",
     ],
     "level 2: linear 0.05, low climb": [
-        "benchmarks/robustness/level2_linear/aer_update.linear=0.05_update.linear_on=low_climb/seed*"
+        "benchmarks/robustness/level2_linear/aer_update.linear=0.05_update.linear_on=low_climb/seed*",
+        "benchmarks/robustness/level2_twenty_lowclimb/aer_update.linear=0.05_update.linear_on=low_climb/seed*",
+    ],
+    "levels 1–2 (600 steps): linear 0.05, low climb": [
+        "benchmarks/robustness/levels12_lowclimb/aer_update.linear=0.05_update.linear_on=low_climb/seed*"
     ],
 }
 

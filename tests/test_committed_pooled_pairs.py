@@ -4,6 +4,7 @@ each pair is one run until the term can act, and docs/robustness.md quotes its t
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -48,3 +49,36 @@ def test_every_pair_of_the_rule_is_read_and_is_one_run_until_the_term_can_act() 
 
 def test_robustness_md_quotes_the_table() -> None:
     assert_docs_quote(RESULTS / "pooled_pairs.md", ROOT / "docs" / "robustness.md", "pooled-pairs-table", 4)
+
+
+def _rows(run: Path, steps: int) -> list[dict[str, str]]:
+    """A run's first ``steps`` metrics rows, the timings left out."""
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = [{k: v for k, v in row.items() if not k.startswith("time_")} for row in csv.DictReader(handle)]
+    return rows[:steps]
+
+
+def test_the_600_step_tasks_are_prefixes_of_the_longer_runs() -> None:
+    """The amendment's premise (docs/robustness.md, "A flaw in the rule above"): with the same seed and
+    warm start a 600-step run is the first 600 steps of the longer task's run, for both arms: level 2
+    seed 10 of the collapse pair of seed 10, levels 1-2 seeds 0-9 of the committed 2000-step runs."""
+    term = "aer_update.linear=0.05_update.linear_on=low_climb"
+    bench = ROOT / "benchmarks"
+    level2 = {
+        "aer": bench / "robustness" / "level2_twenty",
+        term: bench / "robustness" / "level2_twenty_lowclimb",
+    }
+    for arm, folder in level2.items():
+        short = _rows(folder / arm / "seed10", 600)
+        assert len(short) == 600 and short == _rows(
+            bench / "ablation_collapse_v5_third" / arm / "seed10", 600
+        ), arm
+    levels12 = {
+        "aer": bench / "robustness" / "levels12_seeds",
+        term: bench / "robustness" / "levels12_lowclimb",
+    }
+    for arm, folder in levels12.items():
+        for seed in range(10):
+            long_study = bench / ("settling_levels12" if seed < 5 else "settling_levels12_fresh")
+            short = _rows(folder / arm / f"seed{seed}", 600)
+            assert len(short) == 600 and short == _rows(long_study / arm / f"seed{seed}", 600), (arm, seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -47,6 +48,14 @@ def assert_runs_are_the_configs_arms(
         summary = json.loads((spec.run_dir / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == steps, spec.run_dir
     return len(specs)
+
+
+def metrics_without_timings(run: Path, steps: int | None = None) -> list[dict[str, str]]:
+    """A run's metrics.csv rows as logged (the first ``steps``, or all), the ``time_*`` columns left
+    out: what two runs that are one run must agree on."""
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = [{k: v for k, v in row.items() if not k.startswith("time_")} for row in csv.DictReader(handle)]
+    return rows if steps is None else rows[:steps]
 
 
 def marked_block(doc: Path, marker: str) -> str:

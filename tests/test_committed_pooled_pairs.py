@@ -4,13 +4,12 @@ each pair is one run until the term can act, and docs/robustness.md quotes its t
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from committed_runs import assert_docs_quote, assert_numbers_equal
+from committed_runs import assert_docs_quote, assert_numbers_equal, metrics_without_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "pooled_pairs.py"
@@ -51,13 +50,6 @@ def test_robustness_md_quotes_the_table() -> None:
     assert_docs_quote(RESULTS / "pooled_pairs.md", ROOT / "docs" / "robustness.md", "pooled-pairs-table", 4)
 
 
-def _rows(run: Path, steps: int) -> list[dict[str, str]]:
-    """A run's first ``steps`` metrics rows, the timings left out."""
-    with (run / "metrics.csv").open(newline="") as handle:
-        rows = [{k: v for k, v in row.items() if not k.startswith("time_")} for row in csv.DictReader(handle)]
-    return rows[:steps]
-
-
 def test_the_600_step_tasks_are_prefixes_of_the_longer_runs() -> None:
     """The amendment's premise (docs/robustness.md, "A flaw in the rule above"): with the same seed and
     warm start a 600-step run is the first 600 steps of the longer task's run, for both arms: level 2
@@ -69,8 +61,8 @@ def test_the_600_step_tasks_are_prefixes_of_the_longer_runs() -> None:
         term: bench / "robustness" / "level2_twenty_lowclimb",
     }
     for arm, folder in level2.items():
-        short = _rows(folder / arm / "seed10", 600)
-        assert len(short) == 600 and short == _rows(
+        short = metrics_without_timings(folder / arm / "seed10", 600)
+        assert len(short) == 600 and short == metrics_without_timings(
             bench / "ablation_collapse_v5_third" / arm / "seed10", 600
         ), arm
     levels12 = {
@@ -80,5 +72,7 @@ def test_the_600_step_tasks_are_prefixes_of_the_longer_runs() -> None:
     for arm, folder in levels12.items():
         for seed in range(10):
             long_study = bench / ("settling_levels12" if seed < 5 else "settling_levels12_fresh")
-            short = _rows(folder / arm / f"seed{seed}", 600)
-            assert len(short) == 600 and short == _rows(long_study / arm / f"seed{seed}", 600), (arm, seed)
+            short = metrics_without_timings(folder / arm / f"seed{seed}", 600)
+            assert len(short) == 600 and short == metrics_without_timings(
+                long_study / arm / f"seed{seed}", 600
+            ), (arm, seed)

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from committed_runs import assert_docs_quote, assert_numbers_equal, assert_runs_are_the_configs_arms
+from committed_runs import (
+    assert_docs_quote,
+    assert_numbers_equal,
+    assert_runs_are_the_configs_arms,
+    metrics_without_timings,
+)
 
 from entropyctl.experiments.report import write_report
 
@@ -62,20 +67,12 @@ def test_clip_higher_with_one_update_per_batch_is_the_no_bonus_run() -> None:
     """The committed clip_higher run at ppo_epochs 1 / mini_batches 1 logged exactly what the no-bonus run
     of the same seed logged (all but the timings), with no token ever clipped: clipping cannot act
     on-policy, which is why configs/rg_study_clip.yaml holds that arm at two epochs per batch."""
-    import csv
-
     clip = STUDY / "probe" / "clip_higher_one_update"
     plain = STUDY / "fixed_alpha=0" / "seed0"
     launched = yaml.safe_load((clip / "config.yaml").read_text())
     assert launched["controller"]["name"] == "clip_higher" and launched["algorithm"]["ppo_epochs"] == 1
 
-    def rows(run: Path) -> list[dict[str, str]]:
-        with (run / "metrics.csv").open() as handle:
-            return [
-                {k: v for k, v in row.items() if not k.startswith("time_")} for row in csv.DictReader(handle)
-            ]
-
-    clipped, unclipped = rows(clip), rows(plain)
+    clipped, unclipped = metrics_without_timings(clip), metrics_without_timings(plain)
     assert len(clipped) == len(unclipped) == 600
     assert all(float(r["clip_frac_low"]) == float(r["clip_frac_high"]) == 0.0 for r in clipped)
     shared = [k for k in clipped[0] if k in unclipped[0]]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from committed_runs import (
     assert_collapse_reading_reproduced,
@@ -164,40 +165,32 @@ def test_the_extra_seeds_reading_is_reproduced(tmp_path: Path) -> None:
     assert_collapse_reading_reproduced(SEEDS_STUDY, tmp_path)
 
 
-#: seeds 5-7 of the defaults and the low-climb term, the second low-climb rule's collapse leg
-#: (2026-12-06, docs/robustness.md, "The low-climb term as the default, judged on fresh seeds")
-FRESH_STUDY = ROOT / "benchmarks" / "ablation_collapse_v5_fresh"
+#: the low-climb rules' collapse pairs, the defaults and the term on seeds no earlier run used
+#: (2026-12-06, docs/robustness.md): (folder, seeds, the docs marker quoting its reading) — seeds 5-7 for
+#: "The low-climb term as the default, judged on fresh seeds", 8-10 for "The low-climb term, a third look"
+PAIRED_STUDIES = [
+    (ROOT / "benchmarks" / "ablation_collapse_v5_fresh", [5, 6, 7], "collapse-v5-fresh-table"),
+    (ROOT / "benchmarks" / "ablation_collapse_v5_third", [8, 9, 10], "collapse-v5-third-table"),
+]
+PAIRED_IDS = [study.name for study, _, _ in PAIRED_STUDIES]
 
 
-def test_the_fresh_seeds_are_the_configs_arms_on_one_warm_start() -> None:
-    assert_the_studys_runs_are_the_configs_arms(FRESH_STUDY, ("aer", LOW_CLIMB), [5, 6, 7])
-    for seed in (5, 6, 7):  # both arms of a seed start from one warm start and evaluation draw
-        assert_one_warm_start([FRESH_STUDY / slug / f"seed{seed}" for slug in ("aer", LOW_CLIMB)], seed)
+@pytest.mark.parametrize(("study", "seeds", "marker"), PAIRED_STUDIES, ids=PAIRED_IDS)
+def test_the_paired_seeds_are_the_configs_arms_on_one_warm_start(
+    study: Path, seeds: list[int], marker: str
+) -> None:
+    assert_the_studys_runs_are_the_configs_arms(study, ("aer", LOW_CLIMB), seeds)
+    for seed in seeds:  # both arms of a seed start from one warm start and evaluation draw
+        assert_one_warm_start([study / slug / f"seed{seed}" for slug in ("aer", LOW_CLIMB)], seed)
 
 
-def test_the_fresh_seeds_reading_is_reproduced_and_quoted(tmp_path: Path) -> None:
-    assert_collapse_reading_reproduced(FRESH_STUDY, tmp_path)
-    assert_docs_quote(
-        FRESH_STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-fresh-table", 6, "| `"
-    )
-
-
-#: seeds 8-10 of the defaults and the low-climb term, the third low-climb rule's collapse pairs
-#: (2026-12-06, docs/robustness.md, "The low-climb term, a third look")
-THIRD_STUDY = ROOT / "benchmarks" / "ablation_collapse_v5_third"
-
-
-def test_the_third_rules_seeds_are_the_configs_arms_on_one_warm_start() -> None:
-    assert_the_studys_runs_are_the_configs_arms(THIRD_STUDY, ("aer", LOW_CLIMB), [8, 9, 10])
-    for seed in (8, 9, 10):
-        assert_one_warm_start([THIRD_STUDY / slug / f"seed{seed}" for slug in ("aer", LOW_CLIMB)], seed)
-
-
-def test_the_third_rules_reading_is_reproduced_and_quoted(tmp_path: Path) -> None:
-    assert_collapse_reading_reproduced(THIRD_STUDY, tmp_path)
-    assert_docs_quote(
-        THIRD_STUDY / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-third-table", 6, "| `"
-    )
+@pytest.mark.parametrize(("study", "seeds", "marker"), PAIRED_STUDIES, ids=PAIRED_IDS)
+def test_the_paired_seeds_reading_is_reproduced_and_quoted(
+    tmp_path: Path, study: Path, seeds: list[int], marker: str
+) -> None:
+    assert_collapse_reading_reproduced(study, tmp_path)
+    # every run (two arms × seeds) and the term's paired-difference row
+    assert_docs_quote(study / "reading.md", ROOT / "docs" / "ablations.md", marker, 2 * len(seeds) + 1, "| `")
 
 
 def test_floor_horizon_is_reproduced(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Where the steps outside AER's band go, read off the committed runs.
 
 The issue's target counts the steps, from the first one whose 50-step average entropy is within ±20 % of
-H*, on which it still is (``entropyctl.experiments.band.read_band``). This reading splits the steps it
+H*, on which it still is (``entropyctl.controllers.band.read_band``). This reading splits the steps it
 misses three ways:
 
 * **below** the band: the entropy short of H* — what a larger bonus, sooner, could fix;
@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from settling import BAND_TAU, finished_runs, logged_target  # noqa: E402
 
-from entropyctl.experiments.band import HALF_WIDTH, read_band  # noqa: E402
+from entropyctl.controllers.band import HALF_WIDTH, read_band  # noqa: E402
 from entropyctl.experiments.stats import mean_std  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

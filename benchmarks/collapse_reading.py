@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from entropyctl.experiments.band import WINDOW, BandReading, alpha_at_bound, moving_average, read_band
+from entropyctl.controllers.band import WINDOW, BandReading, alpha_at_bound, moving_average, read_band
 from entropyctl.experiments.stats import mean_std, paired_difference
 
 

@@ -14,7 +14,7 @@ Columns:
 - α after: the range of α_t over those steps; coef: the largest token-weighted mean coefficient the
   bonus applied (`coef_mean`, α_t·w(acc_i));
 - in band: issue 12's measure, the share of the steps after the 50-step average of the entropy first
-  came within ±20 % of H* on which it is still there (`entropyctl.experiments.band`).
+  came within ±20 % of H* on which it is still there (`entropyctl.controllers.band`).
 
 A run without a target of its own (a fixed α) is read against the target AER's defaults would set on
 the same run: H0 its first reading (AER's `anchor.steps: 1`) and H* = 0.4·H0 (`target_tau` records it).
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from entropyctl.experiments.band import WINDOW as BAND_WINDOW
-from entropyctl.experiments.band import read_band
+from entropyctl.controllers.band import WINDOW as BAND_WINDOW
+from entropyctl.controllers.band import read_band
 
 #: the moving average that decides the entropy is below the target
 WINDOW = 20

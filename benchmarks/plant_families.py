@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from entropyctl import create_controller
+from entropyctl.controllers.band import WINDOW, alpha_at_bound, read_band
 from entropyctl.controllers.plant import EntropyPlant, simulate
-from entropyctl.experiments.band import WINDOW, alpha_at_bound, read_band
 
 #: the update of the collapse study v4's candidates
 CANDIDATE = {"step": 0.15, "proportional": 3.0}

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from entropyctl.controllers.band import HALF_WIDTH, WINDOW, alpha_at_bound, read_band
 from entropyctl.experiments.aggregate import COLLAPSE_RATIO, EXPLOSION_RATIO, load_run
-from entropyctl.experiments.band import HALF_WIDTH, WINDOW, alpha_at_bound, read_band
 
 #: the knob each method is swept over, as a path into the run's resolved controller config
 KNOBS = {

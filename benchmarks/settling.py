@@ -1,7 +1,7 @@
 """How long AER's defaults take to settle on each task we ship, read off the committed runs.
 
 "Settles at" is the first step from which, to the end of the run, the 50-step average of the entropy
-is within ±20 % of H* on at least 90 % of the steps (``entropyctl.experiments.band.settling_step``,
+is within ±20 % of H* on at least 90 % of the steps (``entropyctl.controllers.band.settling_step``,
 looked for from the first full window on): the issue's "≥ 90 % in band once settled" read as the
 earliest step it holds from. A step late in a run holds trivially (the last steps of any run that ends
 in band do), so the table gives it as a share of the run and counts the runs that settle within the
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from entropyctl.experiments.band import SETTLED_SHARE, WINDOW, read_band, settling_step
+from entropyctl.controllers.band import SETTLED_SHARE, WINDOW, read_band, settling_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {

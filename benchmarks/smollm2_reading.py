@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from default_job_reading import read_run as read_main_job  # noqa: E402
 from default_job_reading import run_cli  # noqa: E402
 
-from entropyctl.experiments.band import WINDOW as BAND_WINDOW  # noqa: E402
-from entropyctl.experiments.band import read_band  # noqa: E402
+from entropyctl.controllers.band import WINDOW as BAND_WINDOW  # noqa: E402
+from entropyctl.controllers.band import read_band  # noqa: E402
 from entropyctl.trainer.run_dir import coefficient_acted, step_skipped  # noqa: E402
 
 #: the moving average the peak is read from

@@ -1,4 +1,4 @@
-"""The band reading every study reader shares (entropyctl.experiments.band)."""
+"""The band reading every study reader shares (entropyctl.controllers.band)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entropyctl.experiments.band import WINDOW, alpha_at_bound, moving_average, read_band, settling_step
+from entropyctl.controllers.band import (
+    WINDOW,
+    alpha_at_bound,
+    band_health,
+    moving_average,
+    read_band,
+    settling_step,
+)
 
 EPS = float(np.finfo(float).eps)
 
@@ -125,3 +132,58 @@ def test_settling_step_examples() -> None:
     assert settling_step(flags, share=1.0) == 31
     assert settling_step([False, False]) is None
     assert settling_step([]) is None
+
+
+def test_band_health_of_a_run_that_falls_through_the_band() -> None:
+    """H* = 0.5 for 100 steps (1-based step numbers 1…200), then 0.25 for 100: the 50-step average
+    is in band from step 50 (its first full window), leaves it below once more than 20 of its readings
+    are 0.25 (0.5·(50 − k)/50 + 0.25·k/50 < 0.4 ⇔ k > 20: from step 121), and never returns. Of the
+    151 steps from step 50 on, 71 are in band and 80 below; no step from which ≥ 90 % are in band."""
+    steps = list(range(1, 201))
+    entropy = [0.5] * 100 + [0.25] * 100
+    target = [math.nan] + [0.5] * 199  # no target before anchoring (the first reading)
+    alpha = [1e-5] * 60 + [0.01] * 140
+    health = band_health(steps, entropy, target, alpha, (1e-5, 1.0))
+    assert health.first_in_band == 50
+    assert health.in_band == pytest.approx(71 / 151) and health.below == pytest.approx(80 / 151)
+    assert health.above == 0.0
+    assert health.settles_at is None and not health.settled_in_first_half
+    assert health.alpha_at_bound == pytest.approx(11 / 151)  # steps 50…60 at the floor
+    assert "not settled" in health.sentence() and "step 50" in health.sentence()
+
+
+def test_band_health_counts_steps_by_the_runs_own_numbers() -> None:
+    """A run resumed from step 100 numbers its rows 101…; and a run settled from its first full window
+    has settled within its first half."""
+    health = band_health(range(101, 301), [0.4] * 200, [0.4] * 200)
+    assert health.first_in_band == health.settles_at == 150
+    assert health.in_band == 1.0 and health.alpha_at_bound is None
+    assert health.settled_in_first_half  # 50th of 200 rows
+    assert "in band from step 150 to the end" in health.sentence()
+    assert health.as_dict()["settled_in_first_half"] is True
+
+
+def test_band_health_of_short_and_never_reached_runs() -> None:
+    short = band_health(range(1, 4), [0.4] * 3, [0.4] * 3)
+    assert short.first_in_band is None and "fewer than the 50-step window" in short.sentence()
+    never = band_health(range(1, 101), [1.0] * 100, [0.4] * 100)
+    assert never.first_in_band is None and never.settles_at is None
+    assert "never reached in 100 steps" in never.sentence()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entropy=st.lists(st.floats(0.01, 3.0), min_size=WINDOW, max_size=300),
+    target=st.floats(0.05, 2.0),
+)
+def test_band_health_shares_partition_the_steps_after_the_first(entropy: list[float], target: float) -> None:
+    """In band, below and above count disjoint sets of steps that cover every step from the first in
+    band on: they sum to 1 up to the rounding of three means (≤ 3 ulps each); and a run settles no
+    earlier than it first reaches the band."""
+    health = band_health(range(1, len(entropy) + 1), entropy, [target] * len(entropy))
+    if health.first_in_band is None:
+        assert health.in_band == health.below == health.above == 0.0
+        return
+    assert abs(health.in_band + health.below + health.above - 1.0) <= 12 * EPS
+    assert health.first_in_band >= WINDOW
+    assert health.settles_at is None or health.settles_at >= WINDOW

@@ -15,8 +15,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from entropyctl import create_controller
+from entropyctl.controllers.band import alpha_at_bound, read_band
 from entropyctl.controllers.plant import EntropyPlant, Trajectory, simulate
-from entropyctl.experiments.band import alpha_at_bound, read_band
 
 STEPS = 300
 SETTLE_BY = 200  # steps

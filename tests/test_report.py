@@ -29,6 +29,7 @@ def write_fake_run(
     h0: float | None,
     finished: bool = True,
     evals: dict[str, dict[str, float]] | None = None,
+    target: float | None = None,
 ) -> None:
     """A run directory as `entropyctl train` writes it (config.yaml, metrics.csv, summary.json)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +46,7 @@ def write_fake_run(
                 entropy=float(entropy),
                 h0="" if h0 is None else h0,
                 alpha="" if alpha is None else float(alpha[i]),
-                target_entropy="",
+                target_entropy="" if target is None else target,
             )
             for k in LEVELS:
                 row[level_column("acc", k)] = 1.0 - 0.2 * k
@@ -237,3 +238,43 @@ def test_summary_off_the_contract_names_the_file_and_field(tmp_path: Path) -> No
     (run / "summary.json").write_text(json.dumps({"status": "finished", "steps": "many"}))
     with pytest.raises(ValueError, match=r"seed0/summary\.json: not a run summary: steps: .*\(got 'many'\)"):
         load_run(run)
+
+
+def test_the_band_table_reads_the_arms_with_a_target(tmp_path: Path) -> None:
+    """Two aer runs with H* = 0.4 over 120 steps: seed 0 at the target throughout (in band from its
+    first full window, step 50, and settled there), seed 1 at 0.2 (never in band); a fixed-α arm has no
+    target and no row."""
+    root = tmp_path / "abl"
+    for seed, level in ((0, 0.4), (1, 0.2)):
+        write_fake_run(
+            root / "aer" / f"seed{seed}",
+            controller="aer",
+            seed=seed,
+            entropy_curve=np.full(120, level),
+            alpha=np.full(120, 0.01),
+            pass1=0.4,
+            pass8=0.8,
+            h0=1.0,
+            target=0.4,
+        )
+    write_fake_run(
+        root / "fixed" / "seed0",
+        controller="fixed",
+        seed=0,
+        entropy_curve=np.full(120, 0.4),
+        alpha=np.full(120, 0.01),
+        pass1=0.4,
+        pass8=0.8,
+        h0=None,
+    )
+    doc = write_report(root)
+    band = doc["arms"]["aer"]["band"]
+    assert band["runs"] == 2 and band["reached"] == 1 and band["settled_in_first_half"] == 1
+    assert band["first_in_band"]["mean"] == 50 and band["in_band"]["mean"] == 1.0
+    assert band["alpha_at_bound"]["mean"] == 0.0  # α = 0.01 within aer's default bounds
+    assert [r["band"]["first_in_band"] for r in doc["arms"]["aer"]["runs"]] == [50, None]
+    assert doc["arms"]["fixed"]["band"] is None
+    text = (root / "report.md").read_text()
+    assert "## Entropy band" in text
+    assert "| `aer` | 1/2 | 50 | 1.00 | 0.00 | 0.00 | 0.00 | 1/2 |" in text
+    assert "| `fixed` |" not in text.split("## Entropy band")[1].split("##")[0]

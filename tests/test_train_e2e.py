@@ -103,6 +103,10 @@ def test_each_controller_trains_and_writes_the_run_dir(controller: str, tmp_path
     versions = on_disk["versions"]  # what a run's numbers depend on, for comparing runs across machines
     assert versions["torch"] == torch.__version__ and versions["transformers"] == transformers.__version__
     assert on_disk["final_entropy"] == pytest.approx(rows[-1]["entropy"])
+    if controller in ("target", "aer"):  # the band reading of its own metrics.csv (too short to read)
+        assert on_disk["band"]["steps"] == 3 and on_disk["band"]["first_in_band"] is None
+    else:  # no entropy target, no band
+        assert "band" not in on_disk
     # the warm start's weights, as loaded: every controller's run starts from the same cached one
     assert on_disk["initial_weights_sha256"] == weights_digest(build_module(config, None).policy)
     for tag in ("before", "after"):

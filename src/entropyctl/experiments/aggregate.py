@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from entropyctl.experiments.band import moving_average
+from entropyctl.controllers.band import BandHealth, band_health, moving_average
+from entropyctl.controllers.registry import parse_controller_config
 from entropyctl.trainer.run_dir import (
     RunDirError,
     Summary,
@@ -23,6 +24,7 @@ from entropyctl.trainer.run_dir import (
     pass_key,
     read_summary,
 )
+from entropyctl.validation import ConfigError
 
 __all__ = [
     "COLLAPSE_RATIO",
@@ -33,6 +35,7 @@ __all__ = [
     "find_runs",
     "load_run",
     "pooled_seeds",
+    "run_band",
     "summarize_arm",
 ]
 
@@ -328,56 +331,94 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
         }
     numbers["before_by_level"] = before_by_level
 
-    ratios, h0s, alphas_min, alphas_max, rewards, finals = [], [], [], [], [], []
-    per_run = []
-    for run in finished:
-        h0 = run.h0()
-        quarter = run.last_quarter("entropy")
-        ratio = float(np.nanmean(quarter) / h0) if quarter.size and np.isfinite(quarter).any() else math.nan
-        alpha = run.metrics.get("alpha", np.array([]))
-        alpha = alpha[np.isfinite(alpha)]
-        reward_q = run.last_quarter("reward")
-        reward = float(np.nanmean(reward_q)) if reward_q.size and np.isfinite(reward_q).any() else math.nan
-        ratios.append(ratio)
-        h0s.append(h0)
-        rewards.append(reward)
-        finals.append(_as_float(run.summary.final_entropy))
-        if alpha.size:
-            alphas_min.append(float(alpha.min()))
-            alphas_max.append(float(alpha.max()))
-        per_run.append(
-            {
-                "seed": run.seed,
-                "path": str(run.path),
-                "steps": int(
-                    _as_float(run.summary.steps) if run.summary.steps is not None else len(run.steps)
-                ),
-                "wall_time_s": _as_float(run.summary.wall_time_s),
-                "h0": h0,
-                "entropy_ratio_last_quarter": ratio,
-                "reward_last_quarter": reward,
-                "final_entropy": _as_float(run.summary.final_entropy),
-                "alpha_min": float(alpha.min()) if alpha.size else None,
-                "alpha_max": float(alpha.max()) if alpha.size else None,
-                "collapse": bool(ratio < COLLAPSE_RATIO),
-                "explosion": bool(ratio > EXPLOSION_RATIO),
-                "after": {k: _as_float((run.summary.after or {}).get(k)) for k in keys},
-                "before": {k: _as_float((run.summary.before or {}).get(k)) for k in keys},
-            }
-        )
+    per_run = [_run_numbers(run, keys) for run in finished]
+    ratios = [r["entropy_ratio_last_quarter"] for r in per_run]
     numbers["training_by_level"] = _training_by_level(finished)
     during = _during(finished, keys)
     if during:
         numbers["during"] = during
-    numbers["h0"] = _mean_std(h0s)
+    numbers["h0"] = _mean_std([r["h0"] for r in per_run])
     numbers["entropy_ratio_last_quarter"] = _mean_std(ratios)
-    numbers["reward_last_quarter"] = _mean_std(rewards)
-    numbers["final_entropy"] = _mean_std(finals)
+    numbers["reward_last_quarter"] = _mean_std([r["reward_last_quarter"] for r in per_run])
+    numbers["final_entropy"] = _mean_std([r["final_entropy"] for r in per_run])
     numbers["collapsed_runs"] = sum(1 for r in ratios if r < COLLAPSE_RATIO)
     numbers["exploded_runs"] = sum(1 for r in ratios if r > EXPLOSION_RATIO)
+    alphas_min = [r["alpha_min"] for r in per_run if r["alpha_min"] is not None]
+    alphas_max = [r["alpha_max"] for r in per_run if r["alpha_max"] is not None]
     numbers["alpha_range"] = [min(alphas_min), max(alphas_max)] if alphas_min else None
     numbers["runs"] = per_run
+    numbers["band"] = _band_numbers([r["band"] for r in per_run if r["band"] is not None])
     return ArmSummary(arm=arm, runs=runs, numbers=numbers)
+
+
+def _run_numbers(run: RunRecord, keys: list[str]) -> dict[str, Any]:
+    """One finished run's entry in the report's ``runs`` (the arm's numbers are read off these)."""
+    h0 = run.h0()
+    quarter = run.last_quarter("entropy")
+    ratio = float(np.nanmean(quarter) / h0) if quarter.size and np.isfinite(quarter).any() else math.nan
+    alpha = run.metrics.get("alpha", np.array([]))
+    alpha = alpha[np.isfinite(alpha)]
+    reward_q = run.last_quarter("reward")
+    reward = float(np.nanmean(reward_q)) if reward_q.size and np.isfinite(reward_q).any() else math.nan
+    band = run_band(run)
+    return {
+        "seed": run.seed,
+        "path": str(run.path),
+        "steps": int(_as_float(run.summary.steps) if run.summary.steps is not None else len(run.steps)),
+        "wall_time_s": _as_float(run.summary.wall_time_s),
+        "h0": h0,
+        "entropy_ratio_last_quarter": ratio,
+        "reward_last_quarter": reward,
+        "final_entropy": _as_float(run.summary.final_entropy),
+        "alpha_min": float(alpha.min()) if alpha.size else None,
+        "alpha_max": float(alpha.max()) if alpha.size else None,
+        "collapse": bool(ratio < COLLAPSE_RATIO),
+        "explosion": bool(ratio > EXPLOSION_RATIO),
+        "after": {k: _as_float((run.summary.after or {}).get(k)) for k in keys},
+        "before": {k: _as_float((run.summary.before or {}).get(k)) for k in keys},
+        "band": band.as_dict() if band is not None else None,
+    }
+
+
+def run_band(run: RunRecord) -> BandHealth | None:
+    """How ``run`` held its entropy band (controllers.band): None for a run without a target."""
+    target = run.metrics.get("target_entropy")
+    entropy = run.metrics.get("entropy")
+    if target is None or entropy is None or not np.any(np.isfinite(target) & (target > 0)):
+        return None
+    return band_health(run.steps.astype(int), entropy, target, run.metrics.get("alpha"), _alpha_bounds(run))
+
+
+def _alpha_bounds(run: RunRecord) -> tuple[float, float] | None:
+    """The α bounds of the run's controller config (None where it does not parse, e.g. a plugin that
+    is not installed here, or has no bounds)."""
+    try:
+        controller = parse_controller_config(run.config.get("controller"))
+    except ConfigError:
+        return None
+    bounds = getattr(controller, "alpha_bounds", None)
+    return (float(bounds[0]), float(bounds[1])) if bounds is not None else None
+
+
+def _band_numbers(bands: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per arm: the band readings of its runs with a target, averaged (shares) and counted (settling)."""
+    if not bands:
+        return None
+    reached = [b for b in bands if b["first_in_band"] is not None]
+
+    def share(key: str) -> dict[str, Any]:
+        return _mean_std([math.nan if b[key] is None else float(b[key]) for b in reached])
+
+    return {
+        "runs": len(bands),
+        "reached": len(reached),
+        "first_in_band": _mean_std([float(b["first_in_band"]) for b in reached]),
+        "in_band": share("in_band"),
+        "below": share("below"),
+        "above": share("above"),
+        "alpha_at_bound": share("alpha_at_bound"),
+        "settled_in_first_half": sum(1 for b in bands if b["settled_in_first_half"]),
+    }
 
 
 def _stack(

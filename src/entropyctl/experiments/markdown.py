@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from entropyctl.controllers.band import HALF_WIDTH, SETTLED_SHARE, WINDOW
 from entropyctl.experiments.aggregate import (
     COLLAPSE_RATIO,
     EXPLOSION_RATIO,
@@ -88,6 +89,48 @@ def _md_summary_table(arms: list[ArmSummary], keys: list[str]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _md_band(arms: list[ArmSummary]) -> list[str]:
+    """The arms with an entropy target, read by the band criterion (controllers.band)."""
+    banded = [a for a in arms if a.numbers.get("band")]
+    if not banded:
+        return []
+    lines = [
+        "## Entropy band",
+        "",
+        f"Arms with an entropy target H*: the {WINDOW}-step average of the entropy within ±{HALF_WIDTH:.0%} of "
+        "H* (docs/controllers.md). `first in band`: the step it first got there; the shares count the "
+        "steps from there to the end; `settled in the first half`: runs from whose first half on it is in "
+        f"band on ≥ {SETTLED_SHARE:.0%} of the steps. Mean ± std over the runs that reached the band.",
+        "",
+    ]
+    header = [
+        "arm",
+        "reached",
+        "first in band",
+        "in band",
+        "below",
+        "above",
+        "α at a bound",
+        "settled in the first half",
+    ]
+    rows = []
+    for a in banded:
+        b = a.numbers["band"]
+        rows.append(
+            [
+                f"`{a.arm}`",
+                f"{b['reached']}/{b['runs']}",
+                _fmt(b["first_in_band"], 0),
+                _fmt(b["in_band"], 2),
+                _fmt(b["below"], 2),
+                _fmt(b["above"], 2),
+                _fmt(b["alpha_at_bound"], 2),
+                f"{b['settled_in_first_half']}/{b['runs']}",
+            ]
+        )
+    return [*lines, _table(header, rows), ""]
 
 
 def _md_per_level(arms: list[ArmSummary], keys: list[str]) -> list[str]:
@@ -211,6 +254,7 @@ def render(arms: list[ArmSummary], files: dict[str, str], window: int, manifest:
     lines: list[str] = []
     lines += _md_header(manifest, keys)
     lines += _md_summary_table(arms, keys)
+    lines += _md_band(arms)
     lines += _md_per_level(arms, keys)
     lines += _md_training_by_level(arms, keys)
     lines += _md_during(arms, keys)

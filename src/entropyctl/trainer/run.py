@@ -38,6 +38,7 @@ from entropyctl.trainer.run_dir import (
     Summary,
     fingerprint_changes,
     prepare_run_dir,
+    read_band_health,
     run_fingerprint,
     write_json_atomic,
 )
@@ -458,6 +459,7 @@ class _Run:
         self.initial_weights: str | None = None
         self.fit_s = 0.0
         self.threads = 1
+        self.band_sentence: str | None = None  # the end-of-run line on the entropy band (summary())
 
     def _end(self, state: str, error: BaseException | None = None) -> dict[str, Any]:
         summary = self.summary(state)
@@ -491,6 +493,8 @@ class _Run:
                 f"[entropyctl] {summary['status']}: {self.steps} steps in {summary['wall_time_s']:.0f} s "
                 f"(warm start {self.warm_start_s:.0f} s); summary in {self.run_dir / 'summary.json'}"
             )
+            if self.band_sentence is not None:
+                self.log(f"[entropyctl] {self.band_sentence}")
         return summary
 
     @property
@@ -618,6 +622,12 @@ class _Run:
                 "evals": module.eval_results,
             }
         )
+        band = read_band_health(
+            self.run_dir / "metrics.csv", getattr(self.config.controller, "alpha_bounds", None)
+        )
+        if band is not None:
+            summary["band"] = band.as_dict()
+            self.band_sentence = band.sentence()
         Summary.model_validate(summary)  # the run-directory contract (trainer/run_dir.py)
         return summary
 

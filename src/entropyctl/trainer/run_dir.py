@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from entropyctl.controllers.band import BandHealth, band_health
 from entropyctl.validation import format_validation_error
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "pass_k",
     "pass_key",
     "read_summary",
+    "read_band_health",
     "CONTROLLER_PREFIX",
     "MetricsWriter",
     "metric_columns",
@@ -694,11 +696,40 @@ class Summary(BaseModel):
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     evals: dict[str, Any] | None = None
+    #: how the run held its entropy band (controllers.band.BandHealth.as_dict); absent without a target
+    band: dict[str, Any] | None = None
     error: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.status == "finished"
+
+
+def read_band_health(metrics_csv: str | Path, bounds: tuple[float, float] | None = None) -> BandHealth | None:
+    """How the run whose ``metrics.csv`` this is held its entropy band (controllers.band.band_health);
+    None for a run without a target (``fixed``, ``clip_higher``: no ``target_entropy`` logged) or
+    without the file."""
+    path = Path(metrics_csv)
+    if not path.exists():
+        return None
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+
+    def column(name: str) -> list[float]:
+        return [_float_or_nan(row.get(name)) for row in rows]
+
+    target = column("target_entropy")
+    if not any(math.isfinite(t) and t > 0 for t in target):
+        return None
+    steps = [int(float(row["step"])) for row in rows]
+    return band_health(steps, column("entropy"), target, column("alpha"), bounds)
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def read_summary(path: str | Path) -> Summary:

@@ -3,15 +3,17 @@ simulated plant's): the criterion of docs/controllers.md — the 50-step trailin
 entropy within ±20 % of the target H* — the first step that meets it, the share of later steps that do,
 and how often α sits at one of its bounds.
 
-One definition for every reader: ``benchmarks/collapse_reading.py``, ``benchmarks/robustness_reading.py``,
-``benchmarks/plant_families.py`` and the closed-loop tests all call these.
+One definition for every reader: the end of ``entropyctl train`` (``band`` in summary.json, from
+:func:`band_health`), ``entropyctl report``, ``benchmarks/collapse_reading.py``, ``settling.py``,
+``robustness_reading.py``, ``plant_families.py`` and the closed-loop tests all call these.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +21,10 @@ __all__ = [
     "HALF_WIDTH",
     "SETTLED_SHARE",
     "WINDOW",
+    "BandHealth",
     "BandReading",
     "alpha_at_bound",
+    "band_health",
     "moving_average",
     "read_band",
     "settling_step",
@@ -113,3 +117,90 @@ def settling_step(
     suffix_share = np.cumsum(flags[::-1])[::-1] / remaining
     hits = np.flatnonzero(suffix_share >= share - 1e-12)
     return None if hits.size == 0 else start + int(hits[0])
+
+
+@dataclass(frozen=True)
+class BandHealth:
+    """How one run held its band, in the terms of the criterion above: steps are the run's own step
+    numbers (``metrics.csv``'s ``step``); shares count the steps from the first one in band to the end
+    (full windows only: the first ``WINDOW − 1`` steps are never in band). ``below``/``above``: the
+    moving average under/over the band; ``settles_at``: :func:`settling_step`; ``alpha_at_bound``:
+    the share of those steps with α at a bound (None when the bounds are not known); ``steps``: how many
+    steps the run has, ``first_step`` the number of its first."""
+
+    steps: int
+    first_step: int
+    first_in_band: int | None
+    in_band: float
+    below: float
+    above: float
+    settles_at: int | None
+    alpha_at_bound: float | None
+
+    @property
+    def settled_in_first_half(self) -> bool:
+        """Settled, and early enough that "once settled" covers at least half the run (the settling
+        step's 0-based position, times two, at most the run's length: benchmarks/settling.py's test)."""
+        return self.settles_at is not None and 2 * (self.settles_at - self.first_step) <= self.steps
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "settled_in_first_half": self.settled_in_first_half}
+
+    def sentence(self) -> str:
+        """One line for the end of a run."""
+        head = f"band (50-step average within ±{HALF_WIDTH:.0%} of H*)"
+        if self.steps < WINDOW:
+            return f"{head}: not read, the run has {self.steps} steps, fewer than the {WINDOW}-step window"
+        if self.first_in_band is None:
+            return f"{head}: never reached in {self.steps} steps"
+        text = (
+            f"{head}: first reached at step {self.first_in_band}; from there in band on {self.in_band:.0%} "
+            f"of the steps, below on {self.below:.0%}, above on {self.above:.0%}"
+        )
+        if self.alpha_at_bound is not None:
+            text += f", α at a bound on {self.alpha_at_bound:.0%}"
+        if self.settles_at is None:
+            return text + f"; not settled (from no step on are ≥ {SETTLED_SHARE:.0%} of the steps in band)"
+        share = (self.settles_at - self.first_step) / self.steps
+        late = "" if self.settled_in_first_half else ": later than its first half, so this says little"
+        return (
+            text + f"; settled: ≥ {SETTLED_SHARE:.0%} in band from step {self.settles_at} to the end "
+            f"({share:.2f} of the way into the run{late})"
+        )
+
+
+def band_health(
+    steps: Sequence[int] | np.ndarray,
+    entropy: Sequence[float] | np.ndarray,
+    target: Sequence[float] | np.ndarray,
+    alpha: Sequence[float] | np.ndarray | None = None,
+    bounds: tuple[float, float] | None = None,
+) -> BandHealth:
+    """The :class:`BandHealth` of one run from its per-step ``step``, ``entropy``, ``target_entropy``
+    (NaN before anchoring: never in band) and, for the α-at-bound share, ``alpha`` and its ``bounds``."""
+    numbers = np.asarray(steps, dtype=int)
+    entropy = np.asarray(entropy, dtype=float)
+    goal = np.asarray(target, dtype=float)
+    reading = read_band(entropy, goal, start=WINDOW - 1)
+    first_step = int(numbers[0]) if numbers.size else 1
+    first = reading.first_in_band
+    if first is None:
+        return BandHealth(len(numbers), first_step, None, 0.0, 0.0, 0.0, None, None)
+    after = slice(first, None)
+    with np.errstate(invalid="ignore"):
+        below = float((reading.average[after] < (1 - HALF_WIDTH) * goal[after]).mean())
+        above = float((reading.average[after] > (1 + HALF_WIDTH) * goal[after]).mean())
+    settles = settling_step(reading.in_band, start=WINDOW - 1)
+    at_bound = None
+    if alpha is not None and bounds is not None:
+        at_bound = reading.share_after_first(alpha_at_bound(alpha, *bounds))
+    return BandHealth(
+        steps=len(numbers),
+        first_step=first_step,
+        first_in_band=int(numbers[first]),
+        in_band=reading.in_band_share,
+        below=below,
+        above=above,
+        settles_at=None if settles is None else int(numbers[settles]),
+        alpha_at_bound=at_bound,
+    )

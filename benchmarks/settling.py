@@ -25,7 +25,9 @@ seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5
 α_0 and to ``rearm_alpha: 5e-4``; the floor also on the two 2000-step tasks; conditional
 integration; the linear term ``linear: 0.05``, both signs, on the climb and on the climb below α_0),
 and a third the arms that do not adjust α at all (no bonus, fixed α, a constant α under AER's
-allocation): what the same tasks give without a controller's update. Only finished runs are read.
+allocation): what the same tasks give without a controller's update. A fourth reads the main job over
+twenty seeds, the defaults and no bonus: the first 400 steps of level 2's runs, which are the main job's
+runs row for row. Only finished runs are read.
 Writes benchmarks/results/settling.{md,json}.
 
     python benchmarks/settling.py
@@ -177,6 +179,20 @@ REFERENCES = {
     "levels 1–2 to 2000 steps: no bonus": ["benchmarks/settling_levels12/fixed_alpha=0/seed*"],
 }
 
+#: shorter runs of a task read off the first steps of longer ones: the main job's runs are, row for row,
+#: the first 400 steps of level 2's 600-step runs of the same seed (tests/test_committed_settling.py
+#: checks it on seeds 0–2, the main job's own runs), so level 2's twenty seeds give the main job twenty
+PREFIXES = {
+    "main job (400 steps), seeds 0–19: the first 400 steps of level 2's runs": (
+        TASKS["level 2 (600 steps)"],
+        400,
+    ),
+    "main job (400 steps), no bonus, seeds 0–9: the first 400 steps of level 2's": (
+        REFERENCES["level 2: no bonus"],
+        400,
+    ),
+}
+
 #: a run without a target of its own (fixed α) is read against this fraction of its first reading
 BAND_TAU = 0.4
 
@@ -200,9 +216,10 @@ def finished_runs(patterns: list[str]) -> list[Path]:
     return [r for r in runs if json.loads((r / "summary.json").read_text()).get("status") == "finished"]
 
 
-def read_run(run: Path) -> dict[str, Any]:
+def read_run(run: Path, steps: int | None = None) -> dict[str, Any]:
+    """One run's reading; with ``steps``, of its first ``steps`` rows only (a shorter run of the task)."""
     with (run / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))[:steps]
     entropy = np.array([float(r["entropy"]) for r in rows])
     band = read_band(entropy, logged_target(rows, entropy), start=WINDOW - 1)
     step = settling_step(band.in_band, start=WINDOW - 1)
@@ -220,8 +237,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     args = parser.parse_args()
     tasks = []
-    for task, patterns in {**TASKS, **CANDIDATES, **REFERENCES}.items():
-        readings = [read_run(run) for run in finished_runs(patterns)]
+    whole = {task: (patterns, None) for task, patterns in {**TASKS, **CANDIDATES, **REFERENCES}.items()}
+    for task, (patterns, steps) in {**whole, **PREFIXES}.items():
+        readings = [read_run(run, steps) for run in finished_runs(patterns)]
         early = [r for r in readings if r["settles_at"] is not None and 2 * r["settles_at"] <= r["steps"]]
         tasks.append({"task": task, "runs": readings, "settled_in_first_half": len(early)})
     lines = [
@@ -251,6 +269,14 @@ def main() -> None:
                 "",
                 "Arms that do not adjust α, on the same tasks, warm starts and seeds (a run without a target "
                 f"of its own read against {BAND_TAU:g}·H0, the target AER's defaults set on it):",
+                "",
+            ]
+            lines += header
+        if t["task"] == next(iter(PREFIXES)):
+            lines += [
+                "",
+                "Shorter runs read off the first steps of longer ones (the same task, warm start and seed: the "
+                "main job's runs are the first 400 steps of level 2's, row for row):",
                 "",
             ]
             lines += header

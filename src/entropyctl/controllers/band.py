@@ -187,9 +187,10 @@ def band_health(
     if first is None:
         return BandHealth(len(numbers), first_step, None, 0.0, 0.0, 0.0, None, None)
     after = slice(first, None)
+    outside = ~reading.in_band[after]  # out of band, split by side: the three shares cover every step
     with np.errstate(invalid="ignore"):
-        below = float((reading.average[after] < (1 - HALF_WIDTH) * goal[after]).mean())
-        above = float((reading.average[after] > (1 + HALF_WIDTH) * goal[after]).mean())
+        below = float((outside & (reading.average[after] < goal[after])).mean())
+        above = float((outside & (reading.average[after] > goal[after])).mean())
     settles = settling_step(reading.in_band, start=WINDOW - 1)
     at_bound = None
     if alpha is not None and bounds is not None:

@@ -148,7 +148,7 @@ class BandHealth:
 
     def sentence(self) -> str:
         """One line for the end of a run."""
-        head = f"band (50-step average within ±{HALF_WIDTH:.0%} of H*)"
+        head = f"band ({WINDOW}-step average within ±{HALF_WIDTH:.0%} of H*)"
         if self.steps < WINDOW:
             return f"{head}: not read, the run has {self.steps} steps, fewer than the {WINDOW}-step window"
         if self.first_in_band is None:
@@ -175,12 +175,16 @@ def band_health(
     target: Sequence[float] | np.ndarray,
     alpha: Sequence[float] | np.ndarray | None = None,
     bounds: tuple[float, float] | None = None,
-) -> BandHealth:
+) -> BandHealth | None:
     """The :class:`BandHealth` of one run from its per-step ``step``, ``entropy``, ``target_entropy``
-    (NaN before anchoring: never in band) and, for the α-at-bound share, ``alpha`` and its ``bounds``."""
+    (NaN before anchoring: never in band) and, for the α-at-bound share, ``alpha`` and its ``bounds``;
+    None for a run without a target (no finite positive ``target_entropy``: ``fixed``, ``clip_higher``)."""
     numbers = np.asarray(steps, dtype=int)
     entropy = np.asarray(entropy, dtype=float)
     goal = np.asarray(target, dtype=float)
+    with np.errstate(invalid="ignore"):
+        if not np.any(np.isfinite(goal) & (goal > 0)):
+            return None
     reading = read_band(entropy, goal, start=WINDOW - 1)
     first_step = int(numbers[0]) if numbers.size else 1
     first = reading.first_in_band

@@ -384,7 +384,7 @@ def run_band(run: RunRecord) -> BandHealth | None:
     """How ``run`` held its entropy band (controllers.band): None for a run without a target."""
     target = run.metrics.get("target_entropy")
     entropy = run.metrics.get("entropy")
-    if target is None or entropy is None or not np.any(np.isfinite(target) & (target > 0)):
+    if target is None or entropy is None:
         return None
     return band_health(run.steps.astype(int), entropy, target, run.metrics.get("alpha"), _alpha_bounds(run))
 

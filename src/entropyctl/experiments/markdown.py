@@ -101,8 +101,9 @@ def _md_band(arms: list[ArmSummary]) -> list[str]:
         "",
         f"Arms with an entropy target H*: the {WINDOW}-step average of the entropy within ±{HALF_WIDTH:.0%} of "
         "H* (docs/controllers.md). `first in band`: the step it first got there; the shares count the "
-        "steps from there to the end; `settled in the first half`: runs from whose first half on it is in "
-        f"band on ≥ {SETTLED_SHARE:.0%} of the steps. Mean ± std over the runs that reached the band.",
+        "steps from there to the end; `settled in the first half`: runs in band on ≥ "
+        f"{SETTLED_SHARE:.0%} of the steps from a step in their first half to the end. Mean ± std over the "
+        "runs that reached the band.",
         "",
     ]
     header = [

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from entropyctl.controllers.band import HALF_WIDTH, WINDOW
 from entropyctl.experiments.aggregate import (
     COLLAPSE_RATIO,
     EXPLOSION_RATIO,
@@ -90,8 +91,9 @@ def write_report(
             "collapse": f"entropy_ratio_last_quarter < {COLLAPSE_RATIO}",
             "explosion": f"entropy_ratio_last_quarter > {EXPLOSION_RATIO}",
             "std": "sample standard deviation over seeds (ddof=1); 0 with one seed",
-            "band": "runs with an entropy target: controllers.band.band_health (the 50-step average within "
-            "±20 % of H*; step numbers are metrics.csv's; shares from the first step in band on)",
+            "band": f"runs with an entropy target: controllers.band.band_health (the {WINDOW}-step average "
+            f"within ±{HALF_WIDTH:.0%} of H*; step numbers are metrics.csv's; shares from the first step in "
+            "band on)",
             "smoothing_window": window,
         },
         "ablation": manifest,

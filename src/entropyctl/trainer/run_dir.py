@@ -718,11 +718,8 @@ def read_band_health(metrics_csv: str | Path, bounds: tuple[float, float] | None
     def column(name: str) -> list[float]:
         return [_float_or_nan(row.get(name)) for row in rows]
 
-    target = column("target_entropy")
-    if not any(math.isfinite(t) and t > 0 for t in target):
-        return None
     steps = [int(float(row["step"])) for row in rows]
-    return band_health(steps, column("entropy"), target, column("alpha"), bounds)
+    return band_health(steps, column("entropy"), column("target_entropy"), column("alpha"), bounds)
 
 
 def _float_or_nan(value: Any) -> float:

@@ -278,3 +278,23 @@ def test_the_band_table_reads_the_arms_with_a_target(tmp_path: Path) -> None:
     assert "## Entropy band" in text
     assert "| `aer` | 1/2 | 50 | 1.00 | 0.00 | 0.00 | 0.00 | 1/2 |" in text
     assert "| `fixed` |" not in text.split("## Entropy band")[1].split("##")[0]
+
+
+def test_one_run_directory_is_a_report_of_one_arm_with_its_band(tmp_path: Path) -> None:
+    """`entropyctl report RUN_DIR` on a single run (what docs/tuning.md suggests for your own run)."""
+    run = tmp_path / "my-run"
+    write_fake_run(
+        run,
+        controller="aer",
+        seed=0,
+        entropy_curve=np.full(120, 0.4),
+        alpha=np.full(120, 0.01),
+        pass1=0.4,
+        pass8=0.8,
+        h0=1.0,
+        target=0.4,
+    )
+    doc = write_report(run)
+    assert list(doc["arms"]) == ["my-run"]
+    assert doc["arms"]["my-run"]["band"]["settled_in_first_half"] == 1
+    assert "| `my-run` | 1/1 | 50 | 1.00 |" in (run / "report.md").read_text()

@@ -7,7 +7,11 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="an ablation output directory (OUT/<arm>/seed<N>/...)")
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        help="an ablation output directory (OUT/<arm>/seed<N>/...), or one run directory",
+    )
     parser.add_argument(
         "--out", metavar="DIR", default=None, help="where to write report.md/json and plots (default DIR)"
     )

@@ -9,7 +9,8 @@ first half. The library defaults (``aer`` as shipped) are read on:
 
 * collapse v5 / v3: ``configs/ablation_collapse_v5.yaml`` / ``_v3.yaml``, 3000 steps (two warm starts;
   v5's seeds 3–4 of the defaults and the floor in benchmarks/ablation_collapse_v5_seeds, seeds 5–7 and
-  8–10 of the defaults and the low-climb term in benchmarks/ablation_collapse_v5_fresh and _third);
+  8–10 of the defaults and the low-climb term in benchmarks/ablation_collapse_v5_fresh and _third, seeds
+  11–13 of the defaults in benchmarks/ablation_collapse_v5_more);
 * main job: ``entropyctl train`` with no config (benchmarks/default_job_2026-12-03), 400 steps;
 * level 2: the robustness sweep's second task, seeds 0–2, the ten-seed study's 3–9 and the twenty-seed
   study's 10–19, 600 steps (the first 600 steps of the collapse v5 run of the same seed);
@@ -18,7 +19,7 @@ first half. The library defaults (``aer`` as shipped) are read on:
   600 steps of the 2000-step runs of the same seed), and the same task run to 2000 steps
   (configs/settling_levels12.yaml; seeds 5–9 in benchmarks/settling_levels12_fresh), and level 2 run
   to 2000 steps (the same config with ``data.levels=[2]``, benchmarks/settling_level2);
-* SmolLM2-135M: ``configs/smollm2_aer.yaml`` run to 160 steps, seeds 0 and 1 (benchmarks/smollm2_aer).
+* SmolLM2-135M: ``configs/smollm2_aer.yaml`` run to 160 steps, seeds 0, 1 and 2 (benchmarks/smollm2_aer).
 
 and a second table reads the candidates measured against them on the same tasks, warm starts and
 seeds (the step 0.15, the climb boost, the gated boost, the floor ``alpha_min: 5e-4``, the rearm to
@@ -52,6 +53,7 @@ TASKS = {
         "benchmarks/ablation_collapse_v5_seeds/aer/seed*",
         "benchmarks/ablation_collapse_v5_fresh/aer/seed*",
         "benchmarks/ablation_collapse_v5_third/aer/seed*",
+        "benchmarks/ablation_collapse_v5_more/aer/seed*",
     ],
     "collapse v3 (3000 steps, another warm start)": ["benchmarks/ablation_collapse_v3/aer/seed*"],
     "main job (400 steps)": ["benchmarks/default_job_2026-12-03/s[0-9]"],
@@ -69,7 +71,11 @@ TASKS = {
         "benchmarks/settling_levels12_fresh/aer/seed*",
     ],
     "level 2, run to 2000 steps": ["benchmarks/settling_level2/aer/seed*"],
-    "SmolLM2-135M (160 steps)": ["benchmarks/smollm2_aer/t32_skip_to160", "benchmarks/smollm2_aer/seed1_160"],
+    "SmolLM2-135M (160 steps)": [
+        "benchmarks/smollm2_aer/t32_skip_to160",
+        "benchmarks/smollm2_aer/seed1_160",
+        "benchmarks/smollm2_aer/seed2_160",
+    ],
 }
 #: the candidates measured against the defaults on the same tasks, warm starts and seeds
 BOOST = "aer_update.climb_boost=10_update.climb_from=0.2"

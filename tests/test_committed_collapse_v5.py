@@ -193,6 +193,21 @@ def test_the_paired_seeds_reading_is_reproduced_and_quoted(
     assert_docs_quote(study / "reading.md", ROOT / "docs" / "ablations.md", marker, 2 * len(seeds) + 1, "| `")
 
 
+#: more seeds of the defaults alone (2026-12-06, docs/robustness.md "How long the defaults take to
+#: settle"), from the same warm start as the defaults' v5 runs
+MORE_STUDY = ROOT / "benchmarks" / "ablation_collapse_v5_more"
+
+
+def test_the_defaults_more_seeds_are_the_configs_arm_from_the_v5_warm_start(tmp_path: Path) -> None:
+    assert_the_studys_runs_are_the_configs_arms(MORE_STUDY, ("aer",), [11, 12, 13])
+    weights = {
+        json.loads((run / "summary.json").read_text())["initial_weights_sha256"]
+        for run in [*MORE_STUDY.glob("aer/seed*"), *STUDY.glob("aer/seed*")]
+    }
+    assert len(weights) == 1
+    assert_collapse_reading_reproduced(MORE_STUDY, tmp_path)
+
+
 def test_floor_horizon_is_reproduced(tmp_path: Path) -> None:
     """benchmarks/results/floor_horizon.md: the floor against the defaults at every evaluation, on
     levels 1-2 (2000 steps, seeds 0-4) and on level 2 (collapse v5 with its extra seeds, 3000 steps)."""

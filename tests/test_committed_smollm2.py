@@ -31,6 +31,8 @@ OVERRIDES = {
     "t32_skip_to160": ["trainer.steps=160"],
     # 2026-12-04, each run straight to step 160 (resumed once from its own step-100 checkpoint)
     "seed1_160": ["trainer.steps=160", "seed=1"],
+    # 2026-12-06: a third seed of the defaults
+    "seed2_160": ["trainer.steps=160", "trainer.keep_checkpoints=1", "seed=2"],
     "rearm_160": ["trainer.steps=160", "controller.update.rearm_at_target=true"],
     # 2026-12-05: the bonus on every prompt, seed 0, without and with the rearm
     "uniform_160": ["trainer.steps=160", "trainer.keep_checkpoints=1", "controller.allocation.rule=uniform"],
@@ -79,7 +81,8 @@ def test_the_runs_are_the_config_with_their_overrides() -> None:
                 *OVERRIDES[name],
                 "trainer.threads=1",
                 f"output_dir={written['output_dir']}",
-                f"run_name={written['run_name']}",
+                # a run written straight to --out has no run name (YAML null)
+                f"run_name={'null' if written['run_name'] is None else written['run_name']}",
             ],
         )
         assert parse_written_config(written) == expected, name

@@ -240,33 +240,30 @@ def test_summary_off_the_contract_names_the_file_and_field(tmp_path: Path) -> No
         load_run(run)
 
 
+def write_flat_run(run_dir: Path, controller: str, seed: int, level: float, target: float | None) -> None:
+    """A 120-step run whose entropy sits at ``level`` throughout, α = 0.01, H* = ``target`` (None: no
+    target, as a fixed α logs)."""
+    write_fake_run(
+        run_dir,
+        controller=controller,
+        seed=seed,
+        entropy_curve=np.full(120, level),
+        alpha=np.full(120, 0.01),
+        pass1=0.4,
+        pass8=0.8,
+        h0=None if target is None else 1.0,
+        target=target,
+    )
+
+
 def test_the_band_table_reads_the_arms_with_a_target(tmp_path: Path) -> None:
     """Two aer runs with H* = 0.4 over 120 steps: seed 0 at the target throughout (in band from its
     first full window, step 50, and settled there), seed 1 at 0.2 (never in band); a fixed-α arm has no
     target and no row."""
     root = tmp_path / "abl"
     for seed, level in ((0, 0.4), (1, 0.2)):
-        write_fake_run(
-            root / "aer" / f"seed{seed}",
-            controller="aer",
-            seed=seed,
-            entropy_curve=np.full(120, level),
-            alpha=np.full(120, 0.01),
-            pass1=0.4,
-            pass8=0.8,
-            h0=1.0,
-            target=0.4,
-        )
-    write_fake_run(
-        root / "fixed" / "seed0",
-        controller="fixed",
-        seed=0,
-        entropy_curve=np.full(120, 0.4),
-        alpha=np.full(120, 0.01),
-        pass1=0.4,
-        pass8=0.8,
-        h0=None,
-    )
+        write_flat_run(root / "aer" / f"seed{seed}", "aer", seed, level, 0.4)
+    write_flat_run(root / "fixed" / "seed0", "fixed", 0, 0.4, None)
     doc = write_report(root)
     band = doc["arms"]["aer"]["band"]
     assert band["runs"] == 2 and band["reached"] == 1 and band["settled_in_first_half"] == 1
@@ -283,17 +280,7 @@ def test_the_band_table_reads_the_arms_with_a_target(tmp_path: Path) -> None:
 def test_one_run_directory_is_a_report_of_one_arm_with_its_band(tmp_path: Path) -> None:
     """`entropyctl report RUN_DIR` on a single run (what docs/tuning.md suggests for your own run)."""
     run = tmp_path / "my-run"
-    write_fake_run(
-        run,
-        controller="aer",
-        seed=0,
-        entropy_curve=np.full(120, 0.4),
-        alpha=np.full(120, 0.01),
-        pass1=0.4,
-        pass8=0.8,
-        h0=1.0,
-        target=0.4,
-    )
+    write_flat_run(run, "aer", 0, 0.4, 0.4)
     doc = write_report(run)
     assert list(doc["arms"]) == ["my-run"]
     assert doc["arms"]["my-run"]["band"]["settled_in_first_half"] == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -19,9 +18,11 @@ from entropyctl.trainer.run_dir import (
     RunDirError,
     Summary,
     column_level,
+    float_or_nan,
     level_column,
     pass_k,
     pass_key,
+    read_metrics,
     read_summary,
 )
 from entropyctl.validation import ConfigError
@@ -71,7 +72,7 @@ class RunRecord:
 
     def h0(self) -> float:
         """Initial entropy: the controller's anchor when finite, else the first step's entropy."""
-        value = _as_float(self.summary.h0)
+        value = float_or_nan(self.summary.h0)
         if math.isfinite(value) and value > 0:
             return value
         entropy = self.metrics.get("entropy")
@@ -103,26 +104,6 @@ class ArmSummary:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _as_float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _read_metrics(path: Path) -> dict[str, np.ndarray]:
-    """metrics.csv → {column: float array}; empty cells and non-numbers become NaN."""
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            raise ReportError(f"{path}: empty file, expected a CSV header with at least 'step,entropy'")
-        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames}
-        for row in reader:
-            for name in reader.fieldnames:
-                columns[name].append(_as_float(row.get(name)))
-    return {name: np.asarray(values, dtype=float) for name, values in columns.items()}
-
-
 def load_run(run_dir: str | Path, arm: str | None = None) -> RunRecord:
     """Read one run directory (``config.yaml``, ``metrics.csv``, ``summary.json``)."""
     import yaml
@@ -133,9 +114,9 @@ def load_run(run_dir: str | Path, arm: str | None = None) -> RunRecord:
     config_path = run_dir / "config.yaml"
     try:
         summary = read_summary(summary_path)
+        metrics = read_metrics(metrics_path) if metrics_path.exists() else {}
     except RunDirError as err:
         raise ReportError(str(err)) from None
-    metrics = _read_metrics(metrics_path) if metrics_path.exists() else {}
     config: dict[str, Any] = {}
     if config_path.exists():
         config = yaml.safe_load(config_path.read_text()) or {}
@@ -298,7 +279,7 @@ def _during(runs: list[RunRecord], keys: list[str]) -> dict[str, dict[str, Any]]
     steps = sorted({step for evals in per_run for step in evals})
     return {
         str(step): {
-            key: _mean_std([_as_float(evals.get(step, {}).get(key)) for evals in per_run]) for key in keys
+            key: _mean_std([float_or_nan(evals.get(step, {}).get(key)) for evals in per_run]) for key in keys
         }
         for step in steps
     }
@@ -316,18 +297,18 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
         "unfinished": [str(r.path) for r in runs if not r.finished],
     }
     keys = _pass_keys(after + before)
-    numbers["after"] = {key: _mean_std([_as_float(e.get(key)) for e in after]) for key in keys}
-    numbers["before"] = {key: _mean_std([_as_float(e.get(key)) for e in before]) for key in keys}
+    numbers["after"] = {key: _mean_std([float_or_nan(e.get(key)) for e in after]) for key in keys}
+    numbers["before"] = {key: _mean_std([float_or_nan(e.get(key)) for e in before]) for key in keys}
     by_level: dict[str, dict[str, Any]] = {}
     for level in _levels(after):
         level_evals = [(e.get("by_level") or {}).get(level, {}) for e in after]
-        by_level[level] = {key: _mean_std([_as_float(e.get(key)) for e in level_evals]) for key in keys}
+        by_level[level] = {key: _mean_std([float_or_nan(e.get(key)) for e in level_evals]) for key in keys}
     numbers["after_by_level"] = by_level
     before_by_level: dict[str, dict[str, Any]] = {}
     for level in _levels(before):
         level_evals = [(e.get("by_level") or {}).get(level, {}) for e in before]
         before_by_level[level] = {
-            key: _mean_std([_as_float(e.get(key)) for e in level_evals]) for key in keys
+            key: _mean_std([float_or_nan(e.get(key)) for e in level_evals]) for key in keys
         }
     numbers["before_by_level"] = before_by_level
 
@@ -364,18 +345,18 @@ def _run_numbers(run: RunRecord, keys: list[str]) -> dict[str, Any]:
     return {
         "seed": run.seed,
         "path": str(run.path),
-        "steps": int(_as_float(run.summary.steps) if run.summary.steps is not None else len(run.steps)),
-        "wall_time_s": _as_float(run.summary.wall_time_s),
+        "steps": int(float_or_nan(run.summary.steps) if run.summary.steps is not None else len(run.steps)),
+        "wall_time_s": float_or_nan(run.summary.wall_time_s),
         "h0": h0,
         "entropy_ratio_last_quarter": ratio,
         "reward_last_quarter": reward,
-        "final_entropy": _as_float(run.summary.final_entropy),
+        "final_entropy": float_or_nan(run.summary.final_entropy),
         "alpha_min": float(alpha.min()) if alpha.size else None,
         "alpha_max": float(alpha.max()) if alpha.size else None,
         "collapse": bool(ratio < COLLAPSE_RATIO),
         "explosion": bool(ratio > EXPLOSION_RATIO),
-        "after": {k: _as_float((run.summary.after or {}).get(k)) for k in keys},
-        "before": {k: _as_float((run.summary.before or {}).get(k)) for k in keys},
+        "after": {k: float_or_nan((run.summary.after or {}).get(k)) for k in keys},
+        "before": {k: float_or_nan((run.summary.before or {}).get(k)) for k in keys},
         "band": band.as_dict() if band is not None else None,
     }
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from entropyctl.controllers.base import EntropyController, EntropyReading, GroupOutcome, Plan
 from entropyctl.ops.advantages import group_advantages
 from entropyctl.rollout.protocol import Completions
-from entropyctl.trainer.run_dir import CONTROLLER_PREFIX
+from entropyctl.trainer.run_dir import CONTROLLER_PREFIX, float_or_nan
 from entropyctl.trainer.stats import EntropyStats
 
 __all__ = [
@@ -226,14 +226,6 @@ def local_sums(
     return local
 
 
-def _as_float(value: Any) -> float:
-    """A controller metric as a number for the CSV and the loggers (None or a non-number: NaN)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def metrics_row(
     step: int,
     packed: Sequence[float],
@@ -286,5 +278,5 @@ def metrics_row(
         row[f"coef_level_{level}"] = coef_by_level[level]
         row[f"entropy_level_{level}"] = entropy_by_level[level]
     for key, value in cm.items():  # every controller metric, a plugin's included
-        row[CONTROLLER_PREFIX + str(key)] = _as_float(value)
+        row[CONTROLLER_PREFIX + str(key)] = float_or_nan(value)
     return row

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from entropyctl.controllers.band import BandHealth, band_health
@@ -50,6 +51,8 @@ __all__ = [
     "pass_key",
     "read_summary",
     "read_band_health",
+    "read_metrics",
+    "float_or_nan",
     "CONTROLLER_PREFIX",
     "MetricsWriter",
     "metric_columns",
@@ -712,21 +715,33 @@ def read_band_health(metrics_csv: str | Path, bounds: tuple[float, float] | None
     path = Path(metrics_csv)
     if not path.exists():
         return None
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-
-    def column(name: str) -> list[float]:
-        return [_float_or_nan(row.get(name)) for row in rows]
-
-    steps = [int(float(row["step"])) for row in rows]
-    return band_health(steps, column("entropy"), column("target_entropy"), column("alpha"), bounds)
+    metrics = read_metrics(path)
+    return band_health(
+        metrics["step"].astype(int), metrics["entropy"], metrics["target_entropy"], metrics["alpha"], bounds
+    )
 
 
-def _float_or_nan(value: Any) -> float:
+def float_or_nan(value: Any) -> float:
+    """A value as a float; None, an empty cell or a non-number as NaN."""
     try:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
+    """metrics.csv → {column: float array}; empty cells and non-numbers become NaN. A file without a
+    header raises :class:`RunDirError` naming it."""
+    path = Path(path)
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:
+            raise RunDirError(f"{path}: empty file, expected a CSV header with at least 'step,entropy'")
+        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames}
+        for row in reader:
+            for name in reader.fieldnames:
+                columns[name].append(float_or_nan(row.get(name)))
+    return {name: np.asarray(values, dtype=float) for name, values in columns.items()}
 
 
 def read_summary(path: str | Path) -> Summary:

@@ -202,6 +202,11 @@ def test_bad_summary_names_the_file(tmp_path: Path) -> None:
         find_runs(tmp_path / "empty")
     with pytest.raises(ValueError, match="not a directory"):
         find_runs(tmp_path / "missing")
+    # a mistyped run path is no run, not a run without metrics (which read as a KeyError later)
+    with pytest.raises(ValueError, match=r"missing: not a run directory \(no such directory\)"):
+        load_run(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"empty: not a run directory \(it holds neither"):
+        load_run(tmp_path / "empty")
 
 
 def test_held_out_pass_at_k_during_training(ablation_dir: Path) -> None:

@@ -105,13 +105,20 @@ class ArmSummary:
 
 
 def load_run(run_dir: str | Path, arm: str | None = None) -> RunRecord:
-    """Read one run directory (``config.yaml``, ``metrics.csv``, ``summary.json``)."""
+    """Read one run directory (``config.yaml``, ``metrics.csv``, ``summary.json``); a ``ReportError``
+    when it holds neither ``summary.json`` nor ``metrics.csv`` (a mistyped path reads as no run, not
+    as a run without metrics)."""
     import yaml
 
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     metrics_path = run_dir / "metrics.csv"
     config_path = run_dir / "config.yaml"
+    if not (summary_path.exists() or metrics_path.exists()):
+        what = (
+            "no such directory" if not run_dir.exists() else "it holds neither summary.json nor metrics.csv"
+        )
+        raise ReportError(f"{run_dir}: not a run directory ({what})")
     try:
         summary = read_summary(summary_path)
         metrics = read_metrics(metrics_path) if metrics_path.exists() else {}

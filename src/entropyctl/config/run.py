@@ -322,6 +322,12 @@ def _check_section_values(config: RunConfig) -> list[str]:
         problems.append(
             f"trainer.precision: must be one of {list(LIGHTNING_PRECISIONS)} (got {t.precision!r})"
         )
+    if config.algorithm.skip_no_signal and t.precision in ("16-mixed", "16"):
+        problems.append(
+            "algorithm.skip_no_signal: cannot run with fp16 loss scaling (trainer.precision 16-mixed): a skipped "
+            "step has no backward, and the gradient scaler cannot step without one; use bf16-mixed, "
+            f"bf16-true or 32-true (got trainer.precision={t.precision!r})"
+        )
     if t.accelerator not in LIGHTNING_ACCELERATORS:
         problems.append(
             f"trainer.accelerator: must be one of {list(LIGHTNING_ACCELERATORS)} (got {t.accelerator!r})"

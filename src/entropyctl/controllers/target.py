@@ -9,7 +9,7 @@ applies α_t in every step.
     H*      = τ·H0                     (anchor.mode: initial)   or   target_entropy   (anchor.mode: absolute)
 
     update.rule: relative (the default)
-    H̃_t     = β·H̃_{t−1} + (1 − β)·H_t                          (β = smoothing; H̃_0 = H_0)
+    H̃_t     = β·H̃_{t−1} + (1 − β)·H_t                          (β = smoothing; H̃ starts at the first reading)
     e_t     = max((H* − H̃_t)/H*, −1)                            (the relative error, |e_t| ≤ 1)
     I_{t+1} = clip(I_t·exp(κ_t·e_t), α_min, α_max)               (κ = step, α_min > 0, I_0 = α_0;
                                                                  κ_t = κ·lower_ratio where e_t < 0)

@@ -456,6 +456,7 @@ class RLVRModule(pl.LightningModule):
         #: this rank's own per-step numbers before any collective (checks of the multi-process path)
         self.local_history: list[dict[str, Any]] = []
         self._reference: _Frozen | None = None
+        self._grad_norm = 0.0  # the last optimizer step's gradient norm (on_before_optimizer_step)
         if config.algorithm.kl_coef > 0:
             import copy
 
@@ -523,6 +524,15 @@ class RLVRModule(pl.LightningModule):
         if "sampler" in state:
             self.sampler.load_state_dict(state["sampler"])
         self.eval_results = dict(state.get("eval_results", {}))
+
+    def on_fit_start(self) -> None:
+        # The reference policy is hidden from nn.Module (no DDP, no checkpoint), so Lightning's device
+        # move and precision conversion (bf16-true, 16-true) skip it: give it the policy's device and
+        # floating dtype here, after both. (Left on the CPU, a GPU run would compute every reference
+        # log-prob on the CPU, or fail on a device mismatch on the unfused path.)
+        if self._reference is not None:
+            dtype = next((p.dtype for p in self.policy.parameters() if p.is_floating_point()), None)
+            self._reference.module.to(device=self.device, dtype=dtype)
 
     def on_train_start(self) -> None:
         rank, _ = self._world()
@@ -730,20 +740,31 @@ class RLVRModule(pl.LightningModule):
         return _MiniBatches(rows, comps, global_tokens, old, ref)
 
     def _optimizer_step(self, loss: Tensor, opt: Any, sched: Any) -> float:
-        """One optimizer step on ``loss``; the global gradient norm before clipping, clipped or not."""
+        """One optimizer step on ``loss``; the global gradient norm before clipping, clipped or not
+        (measured, and clipped, in ``on_before_optimizer_step``)."""
         _, world = self._world()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss * world)  # DDP averages over W ranks (module docstring)
-        grad_norm = float(
-            torch.nn.utils.get_total_norm([p.grad for p in self.policy.parameters() if p.grad is not None])
-        )
-        if self.config.optim.grad_clip is not None:
-            self.clip_gradients(
-                opt, gradient_clip_val=self.config.optim.grad_clip, gradient_clip_algorithm="norm"
-            )
+        self._grad_norm = 0.0
         opt.step()
         sched.step()
-        return grad_norm
+        return self._grad_norm
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """The gradient norm and the clip, taken where Lightning calls this: inside ``opt.step()``,
+        after the precision plugin has unscaled the gradients. Under fp16 loss scaling
+        (``16-mixed``) the gradients are still multiplied by the loss scale between backward and
+        ``opt.step()``: a norm read there is ~the scale too large, and a clip there shrinks the real
+        gradient by the scale. A skipped step has no gradients: norm 0, nothing clipped."""
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        if not grads:
+            self._grad_norm = 0.0
+            return
+        self._grad_norm = float(torch.nn.utils.get_total_norm(grads))
+        if self.config.optim.grad_clip is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.config.optim.grad_clip, gradient_clip_algorithm="norm"
+            )
 
     def _skip_step(self, opt: Any, sched: Any) -> float:
         """An optimizer step that changes nothing (``algorithm.skip_no_signal``): no backward, every

@@ -191,6 +191,25 @@ def test_without_manifest_arms_come_from_directories(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "report.md").exists()
 
 
+def test_a_folder_of_train_runs_is_one_arm_per_run(tmp_path: Path) -> None:
+    """`entropyctl report runs/` over runs of `entropyctl train` (named by time and controller, not
+    seed<N>) tables each run as its own arm, not every controller pooled into one arm `runs`; seed<N>
+    folders still pool under their parent."""
+    for name, controller in (("20261203-071500-aer", "aer"), ("20261203-081500-fixed", "fixed")):
+        write_fake_run(
+            tmp_path / "runs" / name, controller=controller, seed=0, entropy_curve=np.linspace(1, 0.5, 8),
+            alpha=None, pass1=0.5, pass8=0.9, h0=None,
+        )  # fmt: skip
+    for seed in (0, 1):
+        write_fake_run(
+            tmp_path / "runs" / "study" / "aer" / f"seed{seed}", controller="aer", seed=seed,
+            entropy_curve=np.linspace(1, 0.5, 8), alpha=None, pass1=0.5, pass8=0.9, h0=None,
+        )  # fmt: skip
+    grouped = find_runs(tmp_path / "runs")
+    assert sorted(grouped) == ["20261203-071500-aer", "20261203-081500-fixed", "study/aer"]
+    assert [len(runs) for _, runs in sorted(grouped.items())] == [1, 1, 2]
+
+
 def test_bad_summary_names_the_file(tmp_path: Path) -> None:
     run = tmp_path / "a" / "seed0"
     run.mkdir(parents=True)

@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir",
         metavar="DIR",
-        help="an ablation output directory (OUT/<arm>/seed<N>/...), or one run directory",
+        help="an ablation output directory (OUT/<arm>/seed<N>/...), one run directory, or a folder of runs (each its own arm)",
     )
     parser.add_argument(
         "--out", metavar="DIR", default=None, help="where to write report.md/json and plots (default DIR)"

@@ -143,8 +143,10 @@ def find_runs(root: str | Path) -> dict[str, list[RunRecord]]:
     """All runs under an ablation directory, grouped by arm, in the ablation's arm order.
 
     The arm order and labels come from ``ablation.json`` (written by ``entropyctl ablate``) when
-    present; otherwise every directory holding ``summary.json`` or ``metrics.csv`` is a run and its
-    parent directory names the arm.
+    present. Otherwise every directory holding ``summary.json`` or ``metrics.csv`` is a run: one named
+    ``seed<N>`` belongs to the arm its parent directory names (the layout ``ablate`` writes; the
+    parent's path under ``root``), any other is an arm of its own, named by its path under ``root`` (a folder of ``entropyctl train`` runs is
+    not pooled into one arm across controllers).
     """
     root = Path(root)
     if not root.is_dir():
@@ -169,7 +171,12 @@ def find_runs(root: str | Path) -> dict[str, list[RunRecord]]:
     if not run_dirs:
         raise ReportError(f"{root}: no run directories (none holds summary.json or metrics.csv)")
     for run_dir in run_dirs:
-        arm = run_dir.parent.name if run_dir != root else root.name
+        if run_dir == root:
+            arm = root.name
+        elif re.fullmatch(r"seed\d+", run_dir.name):
+            arm = run_dir.parent.relative_to(root).as_posix() if run_dir.parent != root else root.name
+        else:
+            arm = run_dir.relative_to(root).as_posix()
         arms.setdefault(arm, []).append(load_run(run_dir, arm=arm))
     return arms
 

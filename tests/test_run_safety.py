@@ -55,6 +55,27 @@ def test_reusing_a_run_dir_is_refused_and_overwrite_removes_only_run_files(tmp_p
     assert (run_dir / "notes.txt").read_text() == "mine"
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_is_not_offered_a_resume(tmp_path: Path) -> None:
+    """A run that failed at start (a bad data file, say) leaves its config and a failed summary: the
+    refusal to reuse the directory says so and points to --overwrite, not to a resume of nothing."""
+    from entropyctl.trainer.run_dir import prepare_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    (run_dir / "summary.json").write_text(
+        json.dumps({"status": "failed", "error": "ValueError: bad.jsonl:3"})
+    )
+    with pytest.raises(
+        RunDirError, match=r"failed before its first checkpoint: ValueError: bad\.jsonl:3; .*--overwrite"
+    ):
+        prepare_run_dir(run_dir, resume=False, overwrite=False, log=print)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_text("")
+    with pytest.raises(RunDirError, match=r"pass --resume auto to continue it"):
+        prepare_run_dir(run_dir, resume=False, overwrite=False, log=print)
+
+
 def test_keep_checkpoints_deletes_only_older_step_checkpoints(tmp_path: Path) -> None:
     """trainer.keep_checkpoints: the N most recent step checkpoints stay (the one just written counts);
     last.ckpt and a step checkpoint of a later step (an abandoned continuation's) are never removed."""

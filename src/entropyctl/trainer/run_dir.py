@@ -232,6 +232,23 @@ def existing_run_files(run_dir: Path) -> list[str]:
     return [name for name in RUN_FILES if (run_dir / name).exists()]
 
 
+def _what_to_do(run_dir: Path) -> str:
+    """The refusal's advice: a run that failed before its first checkpoint has nothing to continue."""
+    advice = "pass --resume auto to continue it, --overwrite to replace it, or choose another --out"
+    try:
+        summary = read_summary(run_dir / "summary.json")
+    except RunDirError:
+        return advice
+    checkpoints = run_dir / "checkpoints"
+    if summary.status == "failed" and not (checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))):
+        error = f": {summary.error}" if summary.error else ""
+        return (
+            f"it failed before its first checkpoint{error}; nothing to continue: fix that and pass "
+            "--overwrite to start it again, or choose another --out"
+        )
+    return advice
+
+
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> None:
     """Refuse a directory that holds a run unless resuming or overwriting; with ``overwrite`` remove
     exactly :data:`RUN_FILES`. The caller holds the directory's :class:`RunLock`."""
@@ -239,10 +256,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, log: Callab
     if not present or resume:
         return
     if not overwrite:
-        raise RunDirError(
-            f"{run_dir}: already holds a run ({', '.join(present)}); pass --resume auto to continue it, "
-            "--overwrite to replace it, or choose another --out"
-        )
+        raise RunDirError(f"{run_dir}: already holds a run ({', '.join(present)}); {_what_to_do(run_dir)}")
     for name in present:
         path = run_dir / name
         if path.is_dir() and not path.is_symlink():

@@ -127,3 +127,29 @@ def test_a_skipped_step_is_read_alike_from_a_logged_row_and_a_written_one() -> N
     assert step_skipped({"grad_norm": 0.0}) and step_skipped({"grad_norm": "0.0"})
     assert not step_skipped({"grad_norm": 0.7}) and not step_skipped({"grad_norm": "1e-9"})
     assert not step_skipped({"grad_norm": ""}) and not step_skipped({})
+
+
+def test_after_a_resume_the_end_line_tells_the_whole_run(tmp_path: Path) -> None:
+    """A run resumed at step 3 of 6: this process sees steps 4–6, the end-of-run line counts all six,
+    the first three read back from the run's metrics.csv (a row after the resume step there, left by
+    the interrupted process, is not counted twice)."""
+    import csv
+    from types import SimpleNamespace
+
+    rows = _rows([0.0, 0.0, 0.0, 0.01, 0.02, 0.03], [0.5, 0.4, 0.3, 0.25, 0.2, 0.2])
+    with (tmp_path / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:4])  # step 4: written by the stopped process after its last checkpoint
+    out = io.StringIO()
+    progress = RLVRProgress(6, stream=out)
+    module = SimpleNamespace(rlvr_step=3, run_dir=tmp_path, last_metrics={})
+    trainer = SimpleNamespace(global_rank=0)
+    progress.on_train_start(trainer, module)  # type: ignore[arg-type]
+    for row in rows[3:]:
+        module.last_metrics = row
+        progress.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+    progress.on_train_end(trainer, module)  # type: ignore[arg-type]
+    story = out.getvalue().splitlines()[-1]
+    assert story == "[entropyctl] " + controller_story(rows)
+    assert "α was 0 on 3/6 steps" in story and "entropy 0.500 -> 0.200" in story

@@ -63,6 +63,7 @@ from entropyctl.trainer.run_dir import (
     StopSignals,
     coefficient_acted,
     metric_columns,
+    read_metrics,
 )
 from entropyctl.trainer.sampler import PromptSampler, derive_seed
 from entropyctl.trainer.stats import EntropyStats, all_reduce_sum
@@ -257,6 +258,7 @@ class RLVRProgress(pl.Callback):
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.rows: list[dict[str, float]] = []
         self.started = time.perf_counter()
+        self.first_step = 0  # the run's step before this process's first (a resume's checkpoint step)
         self._drawn = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -301,10 +303,21 @@ class RLVRProgress(pl.Callback):
             return
         if self._drawn:
             self.stream.write("\n")
-        story = controller_story(self.rows)
+        story = controller_story(self._earlier_rows(pl_module) + self.rows)
         if story:
             self.stream.write(f"[entropyctl] {story}\n")
         self.stream.flush()
+
+    def _earlier_rows(self, pl_module: pl.LightningModule) -> list[dict[str, float]]:
+        """A resumed run's rows before this process's first step, from its metrics.csv: the end-of-run
+        line tells the whole run, as the band line after it does (none without a run directory)."""
+        run_dir = getattr(pl_module, "run_dir", None)
+        if not self.first_step or run_dir is None or not (Path(run_dir) / "metrics.csv").exists():
+            return []
+        columns = read_metrics(Path(run_dir) / "metrics.csv")
+        names = list(columns)
+        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        return [{k: float(v) for k, v in row.items()} for row in rows if row["step"] <= self.first_step]
 
 
 def controller_story(rows: Sequence[dict[str, float]]) -> str:

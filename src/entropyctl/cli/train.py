@@ -42,12 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved run config (the config file, or the embedded default, with every --set "
+        "applied and every field not given at its default) as YAML and exit; writes nothing",
+    )
+    parser.add_argument(
         "--no-progress-bar",
         dest="progress_bar",
         action="store_false",
         default=None,
         help="hide Lightning's progress bar",
     )
+
+
+def resolved_config(config_path: str | None, overrides: Sequence[str], threads: int | None) -> Any:
+    """The run config `entropyctl train` would run: the file (or the embedded default), the --set
+    overrides, then --threads."""
+    from entropyctl.config import load_run_config
+
+    extra = [*overrides, *([f"trainer.threads={threads}"] if threads is not None else [])]
+    return load_run_config(config_path, extra)
 
 
 def train_from_cli(
@@ -62,13 +77,9 @@ def train_from_cli(
     progress_bar: bool | None = None,
 ) -> dict[str, Any]:
     """What `entropyctl train` does (the cli package parses the arguments)."""
-    from entropyctl.config import load_run_config
     from entropyctl.trainer.run import resolve_run_dir, run_training
 
-    extra = list(overrides)
-    if threads is not None:
-        extra.append(f"trainer.threads={threads}")
-    config = load_run_config(config_path, extra)
+    config = resolved_config(config_path, overrides, threads)
     run_dir = resolve_run_dir(config, out)
     return run_training(
         config,
@@ -85,6 +96,9 @@ def run(args: Any) -> int:
     128 + the signal number when stopped by SIGTERM (143) or SIGINT (130)."""
     from entropyctl.trainer.run_dir import RunStopped, follow_parent
 
+    if getattr(args, "print_config", False):
+        sys.stdout.write(resolved_config(args.config, args.overrides, args.threads).to_yaml())
+        return 0
     if not follow_parent():
         print("[entropyctl] the ablate that launched this run is gone: not started", file=sys.stderr)
         return 128 + int(signal.SIGTERM)

@@ -96,6 +96,22 @@ def test_prompt_longer_than_the_context_fails_at_load_naming_file_line(tmp_path:
     assert all(len(p.prompt) < 100 for p in module.eval_problems)
 
 
+def test_a_response_longer_than_the_context_names_max_new_tokens_for_every_source(tmp_path: Path) -> None:
+    """max_new_tokens at or past the context leaves no room for any prompt: one error naming that field
+    (not a prompt of a file row), and on the synthetic source too, which has no per-row check."""
+    from entropyctl.config import ConfigError
+
+    data = _write(tmp_path / "ok.jsonl", [{"question": "1+2=", "answer": "3"}] * 5)
+    for source in (["data.source=file", f"data.path={data}", "eval.n_prompts=2"], []):
+        config = tiny_config(*source, "rollout.max_new_tokens=300")
+        with pytest.raises(
+            ConfigError, match=r"rollout\.max_new_tokens: responses of up to 300 tokens .* 256"
+        ):
+            build_module(config)
+    with pytest.raises(ConfigError, match=r"eval\.max_new_tokens: responses of up to 256 tokens"):
+        build_module(tiny_config("eval.max_new_tokens=256"))
+
+
 def test_fit_is_a_no_op_without_a_known_context() -> None:
     config = tiny_config()
     rows = [object()]

@@ -52,6 +52,7 @@ __all__ = [
     "build_prompt_encoder",
     "RUN_DIR_ENV",
     "check_resume",
+    "check_response_fits",
     "fit_prompts_to_context",
 ]
 
@@ -129,6 +130,24 @@ def build_data(
     return PromptSampler.from_list(train, config.seed), heldout
 
 
+def check_response_fits(config: RunConfig, context: int | None) -> None:
+    """A response of ``rollout.max_new_tokens`` (or ``eval.max_new_tokens``) must leave room for a prompt
+    in the model's ``context``, whatever the data source (a :class:`ConfigError` naming the field)."""
+    from entropyctl.config import ConfigError
+
+    if context is None:
+        return
+    for field, value in (
+        ("rollout.max_new_tokens", config.rollout.max_new_tokens),
+        ("eval.max_new_tokens", config.eval.max_new_tokens),
+    ):
+        if value is not None and value >= context:
+            raise ConfigError(
+                f"{field}: responses of up to {value} tokens leave no room for a prompt in the model's "
+                f"context of {context} tokens (got {value})"
+            )
+
+
 def fit_prompts_to_context(
     config: RunConfig, encode: Callable[[str], list[int]], context: int | None
 ) -> Callable[[list[Any]], list[Any]]:
@@ -157,7 +176,8 @@ def fit_prompts_to_context(
                     meta.get("source", "data"),
                     meta.get("location"),
                     f"prompt is {tokens} tokens; with responses of up to {response} tokens the model's context "
-                    f"of {context} leaves {budget} (shorten it, or set data.overlong_prompts=drop)",
+                    f"of {context} leaves {budget} (shorten it, lower rollout.max_new_tokens, or set "
+                    "data.overlong_prompts=drop)",
                 )
         if len(kept) < len(problems):
             source = (getattr(problems[0], "meta", None) or {}).get("source", "data")
@@ -299,6 +319,7 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     reward = get_reward(config.reward.name, **config.reward.options)
     encode = build_prompt_encoder(config, tokenizer)
     context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+    check_response_fits(config, context)
     sampler, heldout = build_data(config, fit_prompts_to_context(config, encode, context))
     controller = create_controller(config.controller)
     return RLVRModule(

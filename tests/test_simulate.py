@@ -96,6 +96,9 @@ def test_simulate_takes_the_plants_hill_exponent(capsys: pytest.CaptureFixture[s
     assert "hill: must be > 0" in capsys.readouterr().err
     assert main(["simulate", "--controller", "aer", "--steps", "20", "--decay", "2"]) == 2
     assert "decay: must be in (0, 1]" in capsys.readouterr().err
+    for flag, value in (("--noise", "-1"), ("--gain", "-3"), ("--gain", "nan")):
+        assert main(["simulate", "--controller", "aer", "--steps", "20", flag, value]) == 2
+        assert "gain and noise must be finite and ≥ 0" in capsys.readouterr().err
 
 
 def test_simulate_from_a_run_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -129,6 +129,12 @@ class EntropyPlant:
                 f"need 0 ≤ h_floor < h_max and 0 ≤ h_init ≤ h_max (got h_floor={self.h_floor}, "
                 f"h_init={self.h_init}, h_max={self.h_max})"
             )
+        if not (math.isfinite(self.gain) and self.gain >= 0) or not (
+            math.isfinite(self.noise) and self.noise >= 0
+        ):
+            raise ValueError(
+                f"gain and noise must be finite and ≥ 0 (got gain={self.gain}, noise={self.noise})"
+            )
         if self.reading_noise < 0 or self.lag < 0 or self.drift < 0:
             raise ValueError(
                 f"reading_noise, lag and drift must be ≥ 0 (got {self.reading_noise}, {self.lag}, {self.drift})"

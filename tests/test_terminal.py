@@ -90,6 +90,8 @@ def test_progress_lines_in_a_log_file() -> None:
     assert [line.split()[1] for line in lines] == ["5/20", "10/20", "15/20", "20/20"]
     assert all(len(line) < 100 for line in lines)
     assert all(key in lines[0] for key in ("H ", "H* ", "α ", "reward ", "acc "))
+    no_target = progress.line(_rows([0.01], [0.5], target=math.nan)[0])  # fixed, clip_higher
+    assert "H* " not in no_target and "nan" not in no_target and "α 0.01" in no_target
 
 
 def test_controller_story_says_how_much_bonus_the_tokens_got_and_when() -> None:

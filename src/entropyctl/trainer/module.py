@@ -269,10 +269,11 @@ class RLVRProgress(pl.Callback):
         step = int(row["step"])
         done = step - self.first_step
         per_step = (time.perf_counter() - self.started) / max(1, done)
+        target = row.get("target_entropy", math.nan)
         parts = [
             f"step {step}/{self.total}",
             f"H {row.get('entropy', math.nan):.3f}",
-            f"H* {row.get('target_entropy', math.nan):.3f}",
+            *([f"H* {target:.3f}"] if math.isfinite(target) else []),  # fixed, clip_higher: no target
             f"α {row.get('alpha', math.nan):.3g}",
             f"reward {row.get('reward', math.nan):.3f}",
             f"acc {row.get('accuracy', math.nan):.3f}",

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from entropyctl.cli.options import add_set_option
+
+#: ``--data`` values that mean the run's own held-out split ('synthetic': its name from before runs could
+#: train on files; it means the same)
+RUN_SPLIT = ("run", "synthetic")
+#: ``--by``: the problem's difficulty level (synthetic level, a file's data.options.level_field, a
+#: reasoning-gym level), or no grouping
+GROUPINGS = ("level", "none")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,12 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--data",
-        default="synthetic",
-        metavar="FILE|synthetic",
-        help="held-out problems: 'synthetic' or a JSONL/Parquet file",
+        default="run",
+        metavar="run|FILE",
+        help="problems to score. 'run' (default): the run's own held-out split, the problems of its "
+        "summary.json 'after' evaluation (a run on a file: the eval.n_prompts rows it held out of data.path, "
+        "or the rows of data.eval_path; a model without a run: the synthetic task's held-out split); "
+        "'synthetic' is its old name and means the same. FILE: every row of a JSONL/Parquet file (with "
+        "--problems N, the first N rows), its training rows too if the run trained on it",
     )
     parser.add_argument(
-        "--k", default=None, help="comma-separated k of pass@k (default: the run's eval.ks, else 1,4,8)"
+        "--k",
+        default=None,
+        help="comma-separated k of pass@k, each ≥ 1 and ≤ --n (default: the run's eval.ks, else 1,4,8)",
     )
     parser.add_argument(
         "--n",
@@ -33,7 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="samples per problem (default: the run's eval.n_samples, at least max k)",
     )
     parser.add_argument(
-        "--problems", type=int, default=None, help="number of problems (default: the run's eval.n_prompts)"
+        "--problems",
+        type=int,
+        default=None,
+        metavar="N",
+        help="number of problems (default: the run's eval.n_prompts). With --data run: a synthetic or "
+        "reasoning-gym split of N problems; for a run on a file, the first N of its held-out split (at most "
+        "eval.n_prompts, unless it has a data.eval_path)",
     )
     parser.add_argument(
         "--seed",
@@ -43,100 +66,226 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "equal its summary.json 'after' evaluation)",
     )
     parser.add_argument(
-        "--temperature", type=float, default=None, help="sampling temperature (default: the run's, else 1.0)"
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature, ≥ 0; 0: greedy (default: the run's eval.temperature, else its "
+        "rollout.temperature)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="response length limit")
-    parser.add_argument("--by", default="level", help="group results by this problem field (default level)")
+    parser.add_argument(
+        "--by",
+        default="level",
+        metavar="level|none",
+        help="group results by the problems' difficulty level, or not at all (default level)",
+    )
     add_set_option(
         parser,
         "override a field of the run config used for evaluation",
     )
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the result as JSON")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch intra-op threads")
 
 
-def _load_for_evaluation(target: str, overrides: Sequence[str]) -> tuple[Any, Any, Any]:
-    """(run config, policy, tokenizer) for a run directory, a Lightning checkpoint, a model directory, a
-    .gguf file or 'smollm2'."""
-    from pathlib import Path
+@dataclass(frozen=True)
+class _Target:
+    """What ``--checkpoint`` names, read without loading a checkpoint or building a model."""
 
-    from entropyctl.config import RunConfig, load_run_config, parse_run_config
+    config: Any  # the RunConfig to evaluate with (the run's own, with --set applied)
+    checkpoint: Path | None  # a run's checkpoint; None: a model without a run
+    source: str  # where the config came from, for messages: the run's config.yaml, or '--checkpoint'
+
+
+def _check_options(args: Any) -> list[int] | None:
+    """The options that need no run config; ``--k`` parsed (None: unset). A :class:`ConfigError` (one line
+    at the command line) names the option."""
+    from entropyctl.config import ConfigError
+    from entropyctl.trainer.evaluation import parse_ks
+
+    ks = None
+    if args.k is not None:
+        try:
+            ks = parse_ks(args.k)
+        except ValueError:
+            raise ConfigError(
+                f"--k: expected comma-separated integers ≥ 1 like 1,4,8 (got {args.k!r})"
+            ) from None
+    counts = {"--n": args.n, "--problems": args.problems, "--max-new-tokens": args.max_new_tokens}
+    for option, value in {**counts, "--threads": args.threads}.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{option}: must be ≥ 1 (got {value})")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ConfigError(f"--temperature: must be ≥ 0 and finite, 0 for greedy (got {args.temperature})")
+    if args.by not in GROUPINGS:
+        raise ConfigError(f"--by: expected one of {', '.join(map(repr, GROUPINGS))} (got {args.by!r})")
+    if args.json is not None:
+        json_path = Path(args.json).expanduser()
+        if not json_path.parent.is_dir():
+            raise ConfigError(f"--json {args.json}: no directory '{json_path.parent}' to write it in")
+        if json_path.is_dir():
+            raise ConfigError(f"--json {args.json}: a directory; expected a file name")
+    if args.data not in RUN_SPLIT and not Path(args.data).is_file():
+        raise ConfigError(f"--data {args.data}: no such file (expected 'run', or a .jsonl / .parquet file)")
+    return ks
+
+
+def _resolve_target(target: str, overrides: Sequence[str]) -> _Target:
+    """The run config of a run directory or a Lightning checkpoint (in its run directory), or a config
+    holding just the model for a model directory, a .gguf file or 'smollm2'. Reads no weights."""
+    from entropyctl.config import apply_overrides, load_run_config, parse_run_config
+
+    path = Path(target).expanduser()
+    if path.is_file() and path.suffix == ".ckpt":
+        ckpt, run_dir = path, path.parent.parent
+    elif path.is_dir() and (path / "config.yaml").exists():
+        run_dir, ckpt = path, path / "checkpoints" / "last.ckpt"
+        if not ckpt.exists():
+            raise FileNotFoundError(f"{path}: run directory without checkpoints/last.ckpt")
+    else:
+        if target == "smollm2" or path.suffix == ".gguf":
+            model = {"kind": "gguf", "path": target}
+        elif path.is_dir():
+            model = {"kind": "hf", "path": str(path)}
+        else:
+            raise FileNotFoundError(
+                f"--checkpoint {target!r}: not a run directory, .ckpt, model directory, .gguf file or 'smollm2'"
+            )
+        config = parse_run_config(apply_overrides({"model": model}, overrides), source="--checkpoint")
+        return _Target(config, None, "--checkpoint")
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{ckpt}: no config.yaml in {run_dir} to rebuild the model from")
+    return _Target(load_run_config(config_path, overrides, written=True), ckpt, str(config_path))
+
+
+def _check_against_run(args: Any, target: _Target, ks: list[int]) -> None:
+    """The options checked against the run config, and the run's data files when its split is scored."""
+    from entropyctl.config import ConfigError
+
+    if args.n is not None and ks[-1] > args.n:
+        where = (
+            f"--k {args.k}"
+            if args.k is not None
+            else f"eval.ks {ks} of {target.source} (set others with --k)"
+        )
+        raise ConfigError(
+            f"{where}: pass@{ks[-1]} needs at least {ks[-1]} samples per problem; --n is {args.n}"
+        )
+    d = target.config.data
+    if args.data not in RUN_SPLIT or d.source != "file":
+        return
+    for field in ("path", "eval_path"):
+        value = getattr(d, field)
+        if value and not Path(value).is_file():
+            raise FileNotFoundError(
+                f"data.{field} {value!r} of {target.source}: no such file (a relative path is read from the "
+                f"directory entropyctl runs in, here {Path.cwd()}); run from the directory the run was "
+                f"trained in, or point to the file with --set data.{field}=FILE"
+            )
+    if args.problems is not None and not d.eval_path and args.problems > target.config.eval.n_prompts:
+        raise ConfigError(
+            f"--problems {args.problems}: the run held out only {target.config.eval.n_prompts} rows of "
+            f"{d.path} (eval.n_prompts), the others trained it; to score every row: --data {d.path}"
+        )
+
+
+def _load_policy(target: _Target) -> tuple[Any, Any, dict[str, Any] | None]:
+    """(policy, tokenizer, the checkpoint's run fingerprint) of a run's checkpoint, or of a model."""
     from entropyctl.models.loading import load_policy
     from entropyctl.trainer.checkpoints import CheckpointError, load_checkpoint
     from entropyctl.trainer.run import reasoning_gym_task
 
-    path = Path(target).expanduser()
-    ckpt: Path | None = None
-    if path.is_file() and path.suffix == ".ckpt":
-        ckpt, run_dir = path, path.parent.parent
-    elif path.is_dir() and (path / "config.yaml").exists():
-        run_dir = path
-        ckpt = path / "checkpoints" / "last.ckpt"
-        if not ckpt.exists():
-            raise FileNotFoundError(f"{path}: run directory without checkpoints/last.ckpt")
-    else:
-        run_dir = None
-    if run_dir is not None:
-        config_path = run_dir / "config.yaml"
-        if not config_path.exists():
-            raise FileNotFoundError(f"{ckpt}: no config.yaml in {run_dir} to rebuild the model from")
-        config: RunConfig = load_run_config(config_path, overrides, written=True)
-        assert ckpt is not None
-        # The checkpoint first: a bad file is reported before the (possibly minutes-long) model build.
-        state = load_checkpoint(ckpt)["state_dict"]
-        weights = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
-        if not weights:
-            raise CheckpointError(
-                f"{ckpt}: its state_dict holds no policy weights ('policy.*'); nothing to evaluate"
-            )
-        # a tiny model trained on a reasoning-gym task has that task's alphabet
-        task = reasoning_gym_task(config) if config.data.source == "reasoning_gym" else None
-        policy, tokenizer = load_policy(config.model, task=task)
-        expected = policy.state_dict()
-        missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-        shapes = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
-        if missing or unexpected or shapes:
-            raise CheckpointError(
-                f"{ckpt}: its policy weights do not fit the model of {config_path} (missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}, other shapes {shapes[:3]}); evaluate it with its own run dir"
-            )
-        policy.load_state_dict(weights, strict=True)
-        return config, policy, tokenizer
-    if target == "smollm2" or path.suffix == ".gguf":
-        model = {"kind": "gguf", "path": target}
-    elif path.is_dir():
-        model = {"kind": "hf", "path": str(path)}
-    else:
-        raise FileNotFoundError(
-            f"--checkpoint {target!r}: not a run directory, .ckpt, model directory, .gguf file or 'smollm2'"
+    config, ckpt = target.config, target.checkpoint
+    if ckpt is None:
+        policy, tokenizer = load_policy(config.model)
+        return policy, tokenizer, None
+    # The checkpoint first: a bad file is reported before the (possibly minutes-long) model build.
+    checkpoint = load_checkpoint(ckpt)
+    state = checkpoint["state_dict"]
+    weights = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
+    if not weights:
+        raise CheckpointError(
+            f"{ckpt}: its state_dict holds no policy weights ('policy.*'); nothing to evaluate"
         )
-    from entropyctl.config import apply_overrides
+    # a tiny model trained on a reasoning-gym task has that task's alphabet
+    task = reasoning_gym_task(config) if config.data.source == "reasoning_gym" else None
+    policy, tokenizer = load_policy(config.model, task=task)
+    expected = policy.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    shapes = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{ckpt}: its policy weights do not fit the model of {target.source} (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, other shapes {shapes[:3]}); evaluate it with its own run dir"
+        )
+    policy.load_state_dict(weights, strict=True)
+    return policy, tokenizer, checkpoint.get("run_fingerprint")
 
-    config = parse_run_config(apply_overrides({"model": model}, overrides), source="--checkpoint")
-    policy, tokenizer = load_policy(config.model)
-    return config, policy, tokenizer
+
+def _note(message: str) -> None:
+    print(f"[entropyctl] {message}", file=sys.stderr, flush=True)
 
 
-def _problems(args: Any, config: Any) -> tuple[Any, list[Any]]:
-    """(config, problems): the run's own held-out split (``--data synthetic``) or a dataset file's rows."""
-    from entropyctl.trainer.run import build_data
+def _run_split(args: Any, config: Any, policy: Any, tokenizer: Any) -> list[Any]:
+    """The run's own held-out split, built as training built it (:func:`build_module`); ``--problems N``:
+    a synthetic or reasoning-gym split of N problems, the first N rows of a data.eval_path, or the first N
+    of a file's held-out rows (a new draw of N rows could hold rows the run trained on)."""
+    from entropyctl.trainer.run import build_data, build_prompt_encoder, fit_prompts_to_context
 
-    if args.problems is not None:
+    if args.problems is not None and (config.data.source != "file" or config.data.eval_path):
         config = config.model_copy(
             update={"eval": config.eval.model_copy(update={"n_prompts": args.problems})}
         )
-    if args.data == "synthetic":
-        if config.data.source not in ("synthetic", "reasoning_gym"):  # a reasoning-gym run: its own split
-            config = config.model_copy(
-                update={"data": config.data.model_copy(update={"source": "synthetic"})}
-            )
-        _, problems = build_data(config)
+    if config.data.source != "file":
+        return list(build_data(config)[1])
+    # the same check (or drop) of prompts too long for the model's context as in training
+    encode = build_prompt_encoder(config, tokenizer)
+    context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+    _, held_out = build_data(config, fit_prompts_to_context(config, encode, context))
+    return list(held_out)[: args.problems]
+
+
+def _problems(
+    args: Any, config: Any, policy: Any, tokenizer: Any, fingerprint: dict[str, Any] | None
+) -> tuple[list[Any], str]:
+    """(problems, what they are): the run's own held-out split (``--data run``) or a dataset file's rows."""
+    d = config.data
+    if args.data in RUN_SPLIT:
+        if d.source == "file":
+            from entropyctl.trainer.run_dir import run_fingerprint
+
+            label = f"held-out split (file {d.eval_path or d.path})"
+            if args.data == "synthetic":
+                _note(
+                    f"note: --data synthetic is the old name of --data run: this run's own {label}; for the "
+                    "synthetic task's held-out split: --set data.source=synthetic"
+                )
+            saved = sorted((fingerprint or {}).get("data", {}).values())
+            if saved and saved != sorted(run_fingerprint(config)["data"].values()):
+                files = " or ".join(path for path in (d.path, d.eval_path) if path)
+                _note(
+                    f"warning: {files} changed since the run was trained (SHA-256 other than its checkpoint's): "
+                    "these are not the problems of its summary.json 'after' evaluation, and may include rows "
+                    "it trained on"
+                )
+        else:
+            label = f"held-out split ({d.source})"
+        problems = _run_split(args, config, policy, tokenizer)
     else:
         from entropyctl.data.loaders import load_math_dataset
 
-        problems = list(load_math_dataset(args.data, **config.data.options))[: args.problems]
+        label = args.data
+        problems = list(load_math_dataset(args.data, **d.options))[: args.problems]
+        if d.source == "file" and Path(args.data).resolve() == Path(d.path).resolve():
+            _note(
+                f"note: {args.data} is the file this run trained on; the {len(problems)} rows scored include "
+                "the run's training rows (its held-out split alone: --data run)"
+            )
     if not problems:
-        raise ValueError(f"--data {args.data}: no problems to evaluate")
-    return config, list(problems)
+        from entropyctl.config import ConfigError
+
+        raise ConfigError(f"--data {args.data}: no problems to evaluate")
+    return problems, label
 
 
 def _sampler(
@@ -186,23 +335,27 @@ def run(args: Any) -> int:
     import torch
 
     from entropyctl.rewards import get_reward
-    from entropyctl.trainer.evaluation import evaluate_problems, format_eval_table, parse_ks
+    from entropyctl.trainer.evaluation import evaluate_problems, format_eval_table
 
-    config, policy, tokenizer = _load_for_evaluation(args.checkpoint, args.overrides)
+    # Every option is checked before a checkpoint is read or a model built (minutes for a large one).
+    ks = _check_options(args)
+    target = _resolve_target(args.checkpoint, args.overrides)
+    config = target.config
     # Defaults are the run's own evaluation settings, so that with them the result equals summary.json's
     # "after" evaluation: same problems, same samples per problem, same seeded sampling stream.
-    ks = parse_ks(args.k) if args.k else list(config.eval.ks)
+    ks = ks or list(config.eval.ks)
+    _check_against_run(args, target, ks)
     n = args.n or max(config.eval.n_samples, max(ks))
     seed = config.seed if args.seed is None else int(args.seed)
-    config, problems = _problems(args, config)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    policy, tokenizer, fingerprint = _load_policy(target)
+    problems, data = _problems(args, config, policy, tokenizer, fingerprint)
     torch.manual_seed(config.seed)
     sample_fn, temperature = _sampler(args, config, policy, tokenizer, seed)
 
     def group_of(problem: Any) -> Hashable:
-        value = getattr(problem, args.by, None)
-        if value is None:
-            value = (getattr(problem, "meta", None) or {}).get(args.by)
-        return value
+        return getattr(problem, "level", None) if args.by == "level" else None
 
     reward = get_reward(config.reward.name, **config.reward.options)
     try:
@@ -211,14 +364,12 @@ def run(args: Any) -> int:
         )
     finally:
         reward.close()
-    # `--data synthetic` means "the run's own held-out split", whatever its source.
-    data = f"held-out split ({config.data.source})" if args.data == "synthetic" else args.data
     result.update(seed=seed, n_samples=n, checkpoint=str(args.checkpoint), data=data)
     result["temperature"] = temperature
     print(f"seed {seed}, {n} samples per problem, {len(problems)} problems, temperature {temperature}")
     print(format_eval_table(result, f"{args.checkpoint} on {data}"))
     print(json.dumps(result, indent=2))
     if args.json:
-        with open(args.json, "w") as f:
+        with open(Path(args.json).expanduser(), "w") as f:
             json.dump(result, f, indent=2)
     return 0

@@ -58,7 +58,7 @@ def test_good_values_still_load() -> None:
             "data.levels=[2,1]",
             "seed=4294967295",
             "data.template=Solve {prompt}",
-            "reward.name=my_pkg.rewards:score",
+            "reward.name=operator:eq",  # imported at load: it must exist
             "reward.options.timeout=2.5",
             "rollout.temperature=0.6",
             "trainer.steps=3",

@@ -98,7 +98,12 @@ def _check_command(command: str) -> None:
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
-def test_every_shown_command_parses_and_its_config_validates(path: Path) -> None:
+def test_every_shown_command_parses_and_its_config_validates(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The docs' commands run from the repository root, some with PYTHONPATH=. (a reward function of
+    # examples/, which the config check imports): the root on the import path, as there.
+    monkeypatch.syspath_prepend(str(ROOT))
     commands = _commands(path)
     failures = []
     for command in commands:

@@ -50,7 +50,13 @@ def test_suggestions() -> None:
 def test_integers_are_parsed_exactly() -> None:
     big = 12345678901234567  # not representable as a float64
     assert apply_overrides({}, [f"seed={big}"])["seed"] == big
-    assert load_run_config(None, [f"data.options.size={big}"]).data.options["size"] == big
+    task = [  # a source that reads data.options (synthetic reads none)
+        "data.source=reasoning_gym",
+        "data.name=chain_sum",
+        "data.levels=null",
+        "reward.name=reasoning_gym",
+    ]
+    assert load_run_config(None, [*task, f"data.options.size={big}"]).data.options["size"] == big
     assert apply_overrides({}, ["a=-3", "b=1e-3", "c=2.5"]) == {"a": -3, "b": 1e-3, "c": 2.5}
 
 

@@ -5,7 +5,8 @@ nothing heavy, and ``run(args: argparse.Namespace) -> int | None``, the exit sta
 imports what it needs inside; a subcommand's libraries load only when it runs. Adding a subcommand: a new
 module and a line in :data:`SUBCOMMANDS`.
 An error meant for the user (:data:`_USER_ERRORS`: a bad config, dataset, checkpoint or run
-directory, an unknown controller, a missing file) raised by ``run`` is printed as one
+directory, an unknown controller, a missing file; Lightning refusing the trainer settings on this
+machine, e.g. ``trainer.accelerator=gpu`` without a GPU) raised by ``run`` is printed as one
 ``entropyctl <cmd>: error: ...`` message with exit status 2; ``--debug`` or ``ENTROPYCTL_DEBUG=1``
 re-raises it with its traceback.
 Keep ``controllers``, ``schema`` and ``simulate`` free of Lightning/transformers imports.
@@ -93,6 +94,33 @@ _USER_ERRORS = {
 }
 
 
+#: where Lightning reads the Trainer's (or Fabric's) accelerator, devices, strategy and precision
+_LIGHTNING_SETTINGS = (
+    "lightning.pytorch.trainer.connectors.accelerator_connector",
+    "lightning.fabric.connector",
+)
+#: what a refusal there is about, in the run config's terms
+_LIGHTNING_HINT = (
+    "Lightning refused the trainer settings on this machine: trainer.accelerator, trainer.devices, "
+    "trainer.strategy or trainer.precision; trainer.accelerator=cpu runs anywhere"
+)
+
+
+def _is_lightning_settings_error(err: BaseException) -> bool:
+    """Lightning's MisconfigurationException raised while it reads the trainer settings (``No supported
+    gpu backend found!`` for trainer.accelerator=gpu on a machine without one): the user's to fix. Raised
+    anywhere else (a hook misused) it is a bug in entropyctl and keeps its traceback."""
+    exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")  # no import: see _is_user_error
+    if exceptions is None or not isinstance(err, exceptions.MisconfigurationException):
+        return False
+    frame = err.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_globals.get("__name__") in _LIGHTNING_SETTINGS:
+            return True
+        frame = frame.tb_next
+    return False
+
+
 def _is_user_error(err: BaseException) -> bool:
     # Only modules already imported can have raised their error: no import here.
     types: list[type] = [FileNotFoundError]
@@ -100,7 +128,7 @@ def _is_user_error(err: BaseException) -> bool:
         module = sys.modules.get(module_name)
         if module is not None:
             types.append(getattr(module, class_name))
-    return isinstance(err, tuple(types))
+    return isinstance(err, tuple(types)) or _is_lightning_settings_error(err)
 
 
 def _is_out_of_space(err: BaseException) -> bool:
@@ -116,6 +144,14 @@ def _out_of_space_message(err: BaseException) -> str:
         "checkpoints a run keeps) and continue it with --resume auto (its last.ckpt), or with --resume "
         "<run>/checkpoints/step-NNNNNN.ckpt when a later step's checkpoint was written"
     )
+
+
+def _user_message(err: BaseException) -> str:
+    if _is_out_of_space(err):
+        return _out_of_space_message(err)
+    if _is_lightning_settings_error(err):
+        return f"{err} ({_LIGHTNING_HINT})"
+    return str(err)
 
 
 def _debug_requested(args: argparse.Namespace) -> bool:
@@ -164,7 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if _debug_requested(args) or not (_is_user_error(err) or _is_out_of_space(err)):
             raise
-        message = _out_of_space_message(err) if _is_out_of_space(err) else str(err)
-        print(f"entropyctl {args.command}: error: {message}", file=sys.stderr)
+        print(f"entropyctl {args.command}: error: {_user_message(err)}", file=sys.stderr)
         return 2
     return int(status or 0)

@@ -1,15 +1,18 @@
 """Configuration: the run config, YAML loading with ``key=value`` overrides, readable errors.
 
 Layout: :mod:`entropyctl.config.run` (``RunConfig`` and its sections), :mod:`entropyctl.config.overrides`
-(strict YAML, overrides); the error type and formatting are in :mod:`entropyctl.validation` (every layer
-uses them), controller configs live with their controllers (:mod:`entropyctl.controllers.config`, the
-registry parses them). Every public name stays importable from here.
+(strict YAML, overrides), :mod:`entropyctl.config.loading` (a run's config from its file and ``--set``
+overrides, errors told against them); the error type and formatting are in :mod:`entropyctl.validation`
+(every layer uses them), controller configs live with their controllers
+(:mod:`entropyctl.controllers.config`, the registry parses them). Every public name stays importable
+from here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from entropyctl.config.loading import load_run_config, suggest_field
 from entropyctl.config.overrides import MAX_YAML_VALUES, apply_overrides, load_yaml
 from entropyctl.config.run import (
     ABSENT_MEANS,
@@ -30,10 +33,8 @@ from entropyctl.config.run import (
     default_config_path,
     drop_other_variant,
     fill_absent,
-    load_run_config,
     parse_run_config,
     parse_written_config,
-    suggest_field,
 )
 from entropyctl.controllers.config import ControllerConfig
 from entropyctl.controllers.registry import ControllerField, parse_controller_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +107,15 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Iterable[str], *, text: Callable[[str], bool] | None = None
+) -> dict[str, Any]:
     """Return a deep copy of ``data`` with ``"a.b.c=value"`` overrides applied.
 
     Values are parsed as YAML scalars (``true``, ``0.3``, ``1e-3``, ``[1, 2]``, ``null``);
-    missing intermediate mappings are created.
+    missing intermediate mappings are created. ``text(key)``: the field at ``key`` is a string, so a
+    value YAML reads as something else (``Q: {prompt}`` is a mapping, ``2024`` a number) is the text as
+    written (``null`` stays None).
     """
     result: dict[str, Any] = copy.deepcopy(dict(data))
     for override in overrides:
@@ -131,5 +135,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
                 where = ".".join(parts[: depth + 1])
                 raise ConfigError(f"override {override!r}: {where} is not a mapping (it is {child!r})")
             node = child
-        node[parts[-1]] = _parse_scalar(raw)
+        value = _parse_scalar(raw)
+        if value is not None and not isinstance(value, str) and text is not None and text(key):
+            value = raw
+        node[parts[-1]] = value
     return result

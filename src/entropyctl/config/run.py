@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from entropyctl.config.overrides import apply_overrides, load_yaml
 from entropyctl.controllers.config import ControllerConfig
 from entropyctl.controllers.parts import PART_VARIANTS
 from entropyctl.controllers.registry import ControllerField
@@ -34,7 +33,6 @@ __all__ = [
     "RunConfig",
     "default_config_path",
     "parse_run_config",
-    "load_run_config",
     "ABSENT_MEANS",
     "VARIANT_KEYS",
     "drop_other_variant",
@@ -347,26 +345,46 @@ def _check_section_values(config: RunConfig) -> list[str]:
             problems.append(f"data.levels: unknown level(s) {unknown}; available levels: {known}")
         elif len(set(d.levels)) != len(d.levels):
             problems.append(f"data.levels: each level at most once (got {d.levels})")
+    problems += _check_data_options(d)
     problems += _check_reward(r)
     return problems
 
 
 def _check_reward(reward: RewardConfig) -> list[str]:
-    from entropyctl.rewards.math import check_timeout
-    from entropyctl.rewards.registry import available_rewards
+    from entropyctl.rewards.registry import available_rewards, check_reward
 
-    problems = []
     names = available_rewards()
     module, sep, function = reward.name.partition(":")
     if reward.name not in names and not (sep and _DOTTED.fullmatch(module) and _DOTTED.fullmatch(function)):
-        problems.append(
-            f"reward.name: must be one of {names} or 'package.module:function' (got {reward.name!r})"
-        )
-    if "timeout" in reward.options:
-        try:
-            check_timeout(reward.options["timeout"])
-        except ValueError as err:
-            problems.append(f"reward.options.{err}")
+        return [f"reward.name: must be one of {names} or 'package.module:function' (got {reward.name!r})"]
+    # the registry knows each reward's options; a package.module:function is imported there (not a built-in)
+    return [f"reward.{field}: {problem}" for field, problem in check_reward(reward.name, reward.options)]
+
+
+def _check_data_options(data: DataConfig) -> list[str]:
+    """``data.options`` are what the source reads: the keyword arguments of load_math_dataset (file), the
+    dataset's own config (reasoning_gym, checked when the task is built), nothing (synthetic)."""
+    if data.source == "synthetic" and data.options:
+        return [
+            "data.options: not read when data.source is 'synthetic' (they are the file loader's options, or a "
+            f"reasoning-gym dataset's; got {data.options!r})"
+        ]
+    if data.source != "file":
+        return []
+    import difflib
+    import inspect
+
+    from entropyctl.data.loaders import load_math_dataset
+
+    accepted = list(inspect.signature(load_math_dataset).parameters)[1:]  # the first is the file's path
+    problems = []
+    for key in data.options:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), accepted, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(
+                f"data.options.{key}: unknown option of the file loader{hint} (it takes: {', '.join(accepted)})"
+            )
     return problems
 
 
@@ -583,114 +601,3 @@ def parse_written_config(data: Mapping[str, Any], *, source: str | None = None) 
     """A run directory's ``config.yaml``, parsed: the fields it lacks read as :data:`ABSENT_MEANS`
     says (what that run ran with), not as today's defaults."""
     return parse_run_config(fill_absent(data), source=source)
-
-
-def load_run_config(
-    path: str | Path | None = None, overrides: Iterable[str] = (), *, written: bool = False
-) -> RunConfig:
-    """Read a run config (``None``: the embedded default), apply ``key=value`` overrides, validate.
-
-    An override of ``controller.name`` to another controller replaces the file's controller section.
-    ``written``: the file is a run directory's ``config.yaml``; the fields it lacks read as
-    :data:`ABSENT_MEANS` says (what that run ran with), not as today's defaults.
-    """
-    source = Path(path) if path is not None else default_config_path()
-    data = load_yaml(source)
-    if written:
-        data = fill_absent(data)
-    overrides = list(overrides)
-    # `--set controller.name=fixed` switches controller: the file's fields of the previous controller
-    # (tau, rho, ...) would be unknown to the new one, so it starts from its own defaults; other
-    # `controller.*` overrides still apply on top.
-    for override in overrides:
-        key, _, value = override.partition("=")
-        current = data.get("controller")
-        if (
-            key.strip() == "controller.name"
-            and isinstance(current, Mapping)
-            and current.get("name") != value.strip()
-        ):
-            data["controller"] = {"name": value.strip()}
-        elif key.strip() in VARIANT_KEYS:
-            drop_other_variant(data, key.strip(), value.strip())
-    data = apply_overrides(data, overrides)
-    try:
-        return parse_run_config(data, source=str(source))
-    except ConfigError as err:
-        raise _name_the_overrides(err, overrides, str(source)) from None
-
-
-#: fields users reach for under another name (other tools' spelling, or an older entropyctl's)
-KNOWN_RENAMES = {
-    "trainer.max_steps": "trainer.steps",
-    "trainer.max_epochs": "trainer.steps",
-    "trainer.num_steps": "trainer.steps",
-    "optim.learning_rate": "optim.lr",
-    "rollout.num_generations": "rollout.group_size",
-    "rollout.n": "rollout.group_size",
-    "algorithm.beta": "algorithm.kl_coef",
-}
-
-
-def _fields_at(path: str) -> list[str] | None:
-    """The field names of the config section holding ``path`` (``trainer.devcies`` → TrainerConfig's)."""
-    model: Any = RunConfig
-    for part in path.split(".")[:-1]:
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
-            return None
-        model = fields[part].annotation
-        if not isinstance(model, type) or not issubclass(model, BaseModel):
-            return None
-    fields = getattr(model, "model_fields", None)
-    return list(fields) if fields else None
-
-
-def suggest_field(path: str) -> str | None:
-    """``trainer.devcies`` → ``trainer.devices``; ``trainer.max_steps`` → ``trainer.steps``; else None."""
-    import difflib
-
-    if path in KNOWN_RENAMES:
-        return KNOWN_RENAMES[path]
-    fields = _fields_at(path)
-    if not fields:
-        return None
-    head, _, last = path.rpartition(".")
-    close = difflib.get_close_matches(last, fields, n=1, cutoff=0.6)
-    return f"{head}.{close[0]}" if close and head else (close[0] if close else None)
-
-
-def _same_field(error_path: str, key: str) -> bool:
-    # A controller's flat field may be reported inside its part: controller.tau -> controller.anchor.tau.
-    if error_path == key:
-        return True
-    error_parts, key_parts = error_path.split("."), key.split(".")
-    return (
-        len(error_parts) > len(key_parts) >= 2
-        and error_parts[0] == key_parts[0]
-        and error_parts[-1] == key_parts[-1]
-    )
-
-
-def _name_the_overrides(err: ConfigError, overrides: Sequence[str], source: str) -> ConfigError:
-    """Errors caused by a ``--set`` are reported against it (``--set controller.tau=-1: must be > 0``),
-    not against the file the other values came from; an unknown field gets the closest valid one."""
-    keys = [(override, override.partition("=")[0].strip()) for override in overrides]
-    from_set, from_file = [], []
-    for line in err.errors:
-        path, sep, message = line.partition(": ")
-        hint = ""
-        if sep and message.startswith("unknown field"):
-            suggestion = suggest_field(path)
-            if suggestion is not None:
-                hint = f"; did you mean {suggestion}?"
-                message = "unknown field"
-        override = next((o for o, key in reversed(keys) if sep and _same_field(path, key)), None)
-        if override is not None:
-            message = re.sub(r" \(got .*\)$", "", message, flags=re.DOTALL)
-            from_set.append(f"--set {override}: {message}{hint}")
-        else:
-            from_file.append(f"{line}{hint}" if hint and sep else line)
-    if not from_file:
-        return ConfigError(from_set)
-    return ConfigError([*from_set, *from_file], source=source)

@@ -7,10 +7,11 @@ Every reward is an object with ``__call__(completions, answers) -> list[float]``
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from entropyctl.rewards.math import (
     check_timeout,
     extract_answer,
 )
+from entropyctl.rewards.reasoning_gym import ReasoningGymReward
 
 __all__ = [
     "RewardFunction",
@@ -32,7 +34,9 @@ __all__ = [
     "ProcessFunctionReward",
     "register_reward",
     "available_rewards",
+    "check_reward",
     "get_reward",
+    "reward_options",
 ]
 
 
@@ -164,7 +168,10 @@ _REGISTRY: dict[str, Callable[..., RewardFunction]] = {}
 
 
 def register_reward(name: str) -> Callable[[Callable[..., RewardFunction]], Callable[..., RewardFunction]]:
-    """Decorator: make a reward class or factory available to :func:`get_reward` under ``name``."""
+    """Decorator: make a reward class or factory available to :func:`get_reward` under ``name``.
+
+    Its keyword arguments are the reward's options (``reward.options`` of a run config, checked when the
+    config is loaded); a factory taking ``**kwargs`` accepts any."""
 
     def decorate(factory: Callable[..., RewardFunction]) -> Callable[..., RewardFunction]:
         if ":" in name:
@@ -177,49 +184,138 @@ def register_reward(name: str) -> Callable[[Callable[..., RewardFunction]], Call
 
 register_reward("math")(MathReward)
 register_reward("exact")(ExactReward)
-
-
-@register_reward("reasoning_gym")
-def _reasoning_gym_reward(**kwargs: Any) -> RewardFunction:
-    # imported on use: reasoning-gym is an optional extra
-    from entropyctl.rewards.reasoning_gym import ReasoningGymReward
-
-    return ReasoningGymReward(**kwargs)
+register_reward("reasoning_gym")(ReasoningGymReward)  # reasoning-gym itself is imported by its worker
 
 
 def available_rewards() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_reward(name_or_path: str, **kwargs: Any) -> RewardFunction:
-    """A reward by registered name (``math``, ``exact``) or ``package.module:function`` path.
+def _keyword_options(factory: Callable[..., Any], *, skip: int = 0) -> list[str] | None:
+    """The keyword arguments ``factory`` takes after its first ``skip``; None: any (``**kwargs``)."""
+    parameters = list(inspect.signature(factory).parameters.values())[skip:]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
-    ``kwargs`` go to the registered factory (e.g. ``get_reward("math", timeout=2.0)``).
-    """
-    if name_or_path in _REGISTRY:
-        return _REGISTRY[name_or_path](**kwargs)
-    valid = f"one of {available_rewards()} or 'package.module:function'"
-    if ":" not in name_or_path:
-        raise ValueError(f"unknown reward {name_or_path!r}; expected {valid}")
-    module_name, _, attr = name_or_path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"reward path {name_or_path!r} is malformed; expected {valid}")
+
+def reward_options(name_or_path: str) -> list[str] | None:
+    """The options (keyword arguments of :func:`get_reward`) reward ``name_or_path`` takes, read from its
+    factory's signature; None: any (the factory takes ``**kwargs``). A ``package.module:function`` takes
+    those of :class:`ProcessFunctionReward`."""
+    factory = _REGISTRY.get(name_or_path)
+    if factory is not None:
+        return _keyword_options(factory)
+    return _keyword_options(ProcessFunctionReward, skip=1)  # its first argument is the path
+
+
+def _import_hint(module_name: str, exc: BaseException) -> str:
+    """Why ``module_name`` could not be imported, when it looks like an import-path problem ('' if not)."""
+    if isinstance(exc, ImportError) and "relative import" in str(exc):
+        return (
+            "; a module with relative imports must be named with its package (package.module:function), "
+            "the folder holding the package on PYTHONPATH"
+        )
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if missing is None or not (module_name == missing or module_name.startswith(f"{missing}.")):
+        return ""  # not the reward's own module: something it imports is missing (the message says what)
+    relative = Path(*module_name.split("."))
+    for found in (relative.with_suffix(".py"), relative / "__init__.py"):
+        if found.is_file():
+            return (
+                f"; {found} is under the current directory, which is not on the import path: put that folder "
+                "on PYTHONPATH (e.g. PYTHONPATH=. entropyctl train ...)"
+            )
+    top = module_name.split(".")[0]
+    return f"; install it, or put the folder that holds {top!r} on PYTHONPATH"
+
+
+def _import_function(path: str) -> Callable[..., Any]:
+    """The function ``package.module:function`` names (its module imported); ValueError saying why not."""
+    module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"reward {name_or_path!r}: cannot import module {module_name!r} ({exc})") from exc
+    except Exception as exc:  # the module's own code runs: it may raise anything
+        raise ValueError(
+            f"cannot import module {module_name!r} ({type(exc).__name__}: {exc}){_import_hint(module_name, exc)}"
+        ) from exc
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise ValueError(f"reward {name_or_path!r}: module {module_name!r} has no attribute {attr!r}")
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
     if not callable(target):
         raise ValueError(
-            f"reward {name_or_path!r} is not callable; expected a function (completion, answer) -> float"
+            f"{module_name}:{attr} is not callable; expected a function (completion, answer) -> float"
         )
-    unknown = sorted(set(kwargs) - {"timeout", "num_workers"})
-    if unknown:
-        raise ValueError(
-            f"reward {name_or_path!r}: unknown options {unknown}; a function reward takes timeout, num_workers"
-        )
+    return target
+
+
+def _unknown_option(key: str, accepted: list[str], name_or_path: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    takes = ", ".join(accepted) if accepted else "no options"
+    return f"unknown option of reward {name_or_path!r}{hint} (it takes: {takes})"
+
+
+def _unknown_name(name_or_path: str) -> str | None:
+    """Why ``name_or_path`` is neither a registered name nor a ``package.module:function`` (None: it is one)."""
+    if name_or_path in _REGISTRY:
+        return None
+    module_name, sep, attr = name_or_path.partition(":")
+    valid = f"one of {available_rewards()} or 'package.module:function'"
+    if not sep:
+        return f"unknown reward {name_or_path!r}; expected {valid}"
+    if not module_name or not attr:
+        return f"reward path {name_or_path!r} is malformed; expected {valid}"
+    return None
+
+
+def check_reward(name_or_path: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What :func:`get_reward` would refuse in ``name_or_path`` and ``options``, found without building the
+    reward: one ``(field, problem)`` per problem, ``field`` being ``"name"`` or ``"options.<key>"``.
+
+    A ``package.module:function`` is imported (its module is what a run imports); a registered name
+    imports nothing. Unknown option keys are found from the factory's signature, not by calling it."""
+    unknown = _unknown_name(name_or_path)
+    if unknown is not None:
+        return [("name", unknown)]
+    if name_or_path not in _REGISTRY:
+        try:
+            _import_function(name_or_path)
+        except ValueError as err:
+            return [("name", str(err))]
+    accepted = reward_options(name_or_path)
+    problems = [
+        (f"options.{key}", _unknown_option(str(key), accepted, name_or_path))
+        for key in options
+        if accepted is not None and key not in accepted
+    ]
+    if "timeout" in options and (accepted is None or "timeout" in accepted):
+        try:
+            check_timeout(options["timeout"])
+        except ValueError as err:
+            key, _, problem = str(err).partition(": ")
+            problems.append((f"options.{key}", problem))
+    return problems
+
+
+def get_reward(name_or_path: str, **kwargs: Any) -> RewardFunction:
+    """A reward by registered name (``math``, ``exact``) or ``package.module:function`` path.
+
+    ``kwargs`` go to the registered factory (e.g. ``get_reward("math", timeout=2.0)``); they are checked
+    first (:func:`check_reward`), so an unknown one is a ValueError naming the ones the reward takes.
+    """
+    unknown = _unknown_name(name_or_path)
+    if unknown is not None:
+        raise ValueError(unknown)
+    problems = check_reward(name_or_path, kwargs)
+    if problems:
+        field, problem = problems[0]
+        where = "" if field == "name" else f"{field}: "
+        raise ValueError(f"reward {name_or_path!r}: {where}{problem}")
+    if name_or_path in _REGISTRY:
+        return _REGISTRY[name_or_path](**kwargs)
     return ProcessFunctionReward(name_or_path, **kwargs)

@@ -398,6 +398,23 @@ def weights_digest(model: Any) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def check_accelerator(config: RunConfig) -> None:
+    """``trainer.accelerator`` gpu / cuda / mps on a machine where torch has none: a :class:`ConfigError`
+    (Lightning would refuse it only once the run directory had been written)."""
+    import torch
+
+    from entropyctl.config import ConfigError
+
+    accelerator = config.trainer.accelerator
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    missing = {"cuda": not cuda, "gpu": not (cuda or mps), "mps": not mps}.get(accelerator, False)
+    if missing:
+        raise ConfigError(
+            f"trainer.accelerator: torch {torch.__version__} finds no {accelerator.upper()} device on this "
+            f"machine; trainer.accelerator=cpu (or auto) runs anywhere (got {accelerator!r})"
+        )
+
+
 def run_training(
     config: RunConfig,
     run_dir: str | Path,
@@ -422,6 +439,7 @@ def run_training(
     Lightning callbacks. With several processes, every rank also writes ``ranks/rank<r>.json`` (its
     controller state, a checksum of its parameters, and its local per-step statistics).
     """
+    check_accelerator(config)  # before the run directory is written: a refused run leaves nothing
     run_dir = Path(run_dir)
     rank0 = global_rank(config.trainer.devices) == 0
     if config.trainer.devices > 1:  # DDP children re-run the command line: they re-resolve the same directory

@@ -1,0 +1,248 @@
+"""Reading the run config of a run: its file, ``--set`` overrides, and errors in the user's terms.
+
+An error a ``--set`` caused is reported against it (``--set controller.tau=-1: must be > 0``); any other
+against the file with the overrides applied. An unknown field gets the closest valid one
+(:func:`suggest_field`: a typo, another tool's name for it) or the list of valid fields. Where a field
+is a string, ``--set`` takes the text as written when YAML would read it as something else
+(``data.template=Q: {prompt}`` is a mapping to YAML).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from entropyctl.config.overrides import apply_overrides, load_yaml
+from entropyctl.config.run import (
+    VARIANT_KEYS,
+    RunConfig,
+    default_config_path,
+    drop_other_variant,
+    fill_absent,
+    parse_run_config,
+)
+from entropyctl.controllers.config import ControllerConfig
+from entropyctl.validation import ConfigError
+
+__all__ = ["KNOWN_RENAMES", "load_run_config", "suggest_field"]
+
+
+def load_run_config(
+    path: str | Path | None = None, overrides: Iterable[str] = (), *, written: bool = False
+) -> RunConfig:
+    """Read a run config (``None``: the embedded default), apply ``key=value`` overrides, validate.
+
+    An override of ``controller.name`` to another controller replaces the file's controller section.
+    An override of a string field whose value YAML reads as another type is the text as written.
+    ``written``: the file is a run directory's ``config.yaml``; the fields it lacks read as
+    :data:`~entropyctl.config.run.ABSENT_MEANS` says (what that run ran with), not as today's defaults.
+    """
+    source = Path(path) if path is not None else default_config_path()
+    data = load_yaml(source)
+    if written:
+        data = fill_absent(data)
+    overrides = list(overrides)
+    # `--set controller.name=fixed` switches controller: the file's fields of the previous controller
+    # (tau, rho, ...) would be unknown to the new one, so it starts from its own defaults; other
+    # `controller.*` overrides still apply on top.
+    for override in overrides:
+        key, _, value = override.partition("=")
+        current = data.get("controller")
+        if (
+            key.strip() == "controller.name"
+            and isinstance(current, Mapping)
+            and current.get("name") != value.strip()
+        ):
+            data["controller"] = {"name": value.strip()}
+        elif key.strip() in VARIANT_KEYS:
+            drop_other_variant(data, key.strip(), value.strip())
+    base = data
+    data = apply_overrides(base, overrides, text=lambda key: _is_text_field(key, base))
+    try:
+        return parse_run_config(data, source=str(source))
+    except ConfigError as err:
+        raise _name_the_overrides(err, overrides, str(source), data) from None
+
+
+# --- the schema, walked by field path ---
+
+
+def _field_model(field: FieldInfo, value: Any) -> type[BaseModel] | None:
+    """The model ``value`` of ``field`` is read as: a section's class; for a controller, the config its
+    ``name`` picks (else the default's); for a union of variants (a controller's update rule), the one
+    whose tag ``value`` holds (else the default's). None: not a model."""
+    annotation = field.annotation
+    factory = field.default_factory
+    if isinstance(annotation, type) and issubclass(annotation, ControllerConfig):
+        name = value.get("name") if isinstance(value, Mapping) else None
+        if name is None and factory is not None:
+            name = getattr(factory(), "name", None)  # type: ignore[call-arg]
+        if not isinstance(name, str):
+            return annotation
+        from entropyctl.controllers.registry import get_config_class
+
+        try:
+            return get_config_class(name)
+        except KeyError:
+            return None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    variants = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if isinstance(value, Mapping):
+        for variant in variants:
+            for name, inner in variant.model_fields.items():
+                tags = typing.get_args(inner.annotation)
+                if typing.get_origin(inner.annotation) is typing.Literal and value.get(name) in tags:
+                    return variant
+    if isinstance(factory, type) and factory in variants:
+        return factory
+    return variants[0] if variants else None
+
+
+def _model_at(parts: Sequence[str], data: Any) -> type[BaseModel] | None:
+    """The model of the section at ``parts`` (``["controller", "update"]``) of the config ``data``."""
+    model: type[BaseModel] = RunConfig
+    node = data
+    for part in parts:
+        field = model.model_fields.get(part)
+        node = node.get(part) if isinstance(node, Mapping) else None
+        inner = _field_model(field, node) if field is not None else None
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _split(path: str) -> tuple[list[str], str]:
+    head, _, last = path.rpartition(".")
+    return (head.split(".") if head else []), last
+
+
+def _is_text_field(key: str, data: Any) -> bool:
+    """Whether the field at ``key`` is a string (``str`` or ``str | None``) in the config ``data``."""
+    parts, last = _split(key)
+    model = _model_at(parts, data)
+    field = model.model_fields.get(last) if model is not None else None
+    if field is None:
+        return False
+    kinds = typing.get_args(field.annotation) or (field.annotation,)
+    return str in kinds and all(kind in (str, type(None)) for kind in kinds)
+
+
+def _fields_near(path: str, data: Any) -> list[str]:
+    """The fields of the section holding ``path``; in a controller, its parts' fields too
+    (``anchor.tau``: ``controller.tau`` is read as it)."""
+    parts, _ = _split(path)
+    model = _model_at(parts, data)
+    if model is None:
+        return []
+    names = list(model.model_fields)
+    if issubclass(model, ControllerConfig):
+        for name in list(names):
+            inner = _model_at([*parts, name], data)
+            if inner is not None and not issubclass(inner, ControllerConfig):
+                names += [f"{name}.{field}" for field in inner.model_fields]
+    return names
+
+
+# --- naming what is wrong ---
+
+
+#: fields users reach for under another name (other tools' spelling, or an older entropyctl's)
+KNOWN_RENAMES = {
+    "trainer.max_steps": "trainer.steps",
+    "trainer.max_epochs": "trainer.steps",
+    "trainer.num_steps": "trainer.steps",
+    "optim.learning_rate": "optim.lr",
+    "rollout.num_generations": "rollout.group_size",
+    "rollout.n": "rollout.group_size",
+    "algorithm.beta": "algorithm.kl_coef",
+    # the PPO clip range is the controller's (clip_higher and the token-level controllers move it)
+    "algorithm.clip_low": "controller.clip_low",
+    "algorithm.clip_high": "controller.clip_high",
+    "algorithm.epsilon": "controller.clip_low and controller.clip_high",  # TRL
+    "algorithm.epsilon_high": "controller.clip_high",  # TRL
+    "algorithm.clip_ratio": "controller.clip_low and controller.clip_high",  # verl
+    "algorithm.clip_ratio_low": "controller.clip_low",  # verl
+    "algorithm.clip_ratio_high": "controller.clip_high",  # verl
+    "algorithm.cliprange": "controller.clip_low and controller.clip_high",  # TRL's PPO
+    "algorithm.clip_range": "controller.clip_low and controller.clip_high",  # stable-baselines3
+}
+
+
+def suggest_field(path: str, config: Mapping[str, Any] | None = None) -> str | None:
+    """``trainer.devcies`` → ``trainer.devices``; ``trainer.max_steps`` → ``trainer.steps``;
+    ``controller.tua`` → ``controller.anchor.tau``; else None. ``config``: the config the path is in
+    (its controller's name picks the controller's fields; None: the default controller)."""
+    if path in KNOWN_RENAMES:
+        return KNOWN_RENAMES[path]
+    by_name: dict[str, str] = {}
+    for field in _fields_near(path, config):
+        by_name.setdefault(field.rpartition(".")[2], field)
+    parts, last = _split(path)
+    close = difflib.get_close_matches(last, list(by_name), n=1, cutoff=0.6)
+    return ".".join([*parts, by_name[close[0]]]) if close else None
+
+
+def _unknown_field(path: str, message: str, data: Any) -> str:
+    """``unknown field`` with the closest valid field, or with the valid fields where none is close."""
+    suggestion = suggest_field(path, data)
+    if suggestion is not None:
+        return f"unknown field; did you mean {suggestion}?"
+    message = re.sub(r" \(got .*\)$", "", message, flags=re.DOTALL)
+    fields = [field for field in _fields_near(path, data) if "." not in field]
+    if message == "unknown field" and fields:
+        return f"unknown field (valid fields: {', '.join(fields)})"
+    return message
+
+
+def _blame(path: str, key: str) -> str | None:
+    """How an error at ``path`` is told against a ``--set`` of ``key``: "" (the field it set), "<path>: "
+    (a field inside what it set, or the field holding it), None: the override did not set it."""
+    if path == key:
+        return ""
+    # A controller's flat field may be reported inside its part: controller.tau -> controller.anchor.tau.
+    error_parts, key_parts = path.split("."), key.split(".")
+    if (
+        len(error_parts) > len(key_parts) >= 2
+        and error_parts[0] == key_parts[0]
+        and error_parts[-1] == key_parts[-1]
+    ):
+        return ""
+    if path.startswith((f"{key}.", f"{key}[")) or key.startswith(f"{path}."):
+        return f"{path}: "
+    return None
+
+
+def _name_the_overrides(err: ConfigError, overrides: Sequence[str], source: str, data: Any) -> ConfigError:
+    """Errors caused by a ``--set`` are reported against it (``--set controller.tau=-1: must be > 0``);
+    the others against the file with the overrides (it is that config which is wrong, e.g. ``eval.ks``
+    after ``--set eval.n_samples=4``); an unknown field gets the closest valid one."""
+    keys = [(override, override.partition("=")[0].strip()) for override in overrides]
+    from_set, from_file = [], []
+    for line in err.errors:
+        path, sep, message = line.partition(": ")
+        if not sep:
+            from_file.append(line)
+            continue
+        if message.startswith("unknown field"):
+            message = _unknown_field(path, message, data)
+        blamed = ((override, _blame(path, key)) for override, key in reversed(keys))
+        override, where = next(((o, w) for o, w in blamed if w is not None), (None, None))
+        if override is not None:
+            message = re.sub(r" \(got .*\)$", "", message, flags=re.DOTALL)
+            from_set.append(f"--set {override}: {where}{message}")
+        else:
+            from_file.append(f"{path}: {message}")
+    if not from_file:
+        return ConfigError(from_set)
+    if overrides:
+        source = f"{source} with {' '.join(f'--set {override}' for override in overrides)}"
+    return ConfigError([*from_set, *from_file], source=source)

@@ -1,0 +1,64 @@
+"""The CLI's one-line errors: Lightning refusing the trainer settings on this machine is the user's to fix
+(one line, exit 2); Lightning's misconfiguration error from anywhere else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from entropyctl import cli
+
+
+def _trainer_on_4096_gpus(*args: object, **kwargs: object) -> None:
+    import lightning.pytorch as pl
+
+    # no GPU here: "No supported gpu backend found!"; on a GPU machine: too few of them
+    pl.Trainer(accelerator="gpu", devices=4096, logger=False, enable_checkpointing=False)
+
+
+def test_unavailable_trainer_settings_are_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from entropyctl.cli import train
+
+    monkeypatch.setattr(train, "train_from_cli", _trainer_on_4096_gpus)
+    assert cli.main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("entropyctl train: error: ") and err.count("\n") == 1
+    assert "trainer.accelerator" in err and "trainer.devices" in err
+    with pytest.raises(Exception, match="gpu"):  # --debug: the traceback
+        cli.main(["train", "--debug"])
+
+
+def test_lightnings_misconfiguration_from_elsewhere_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from entropyctl.cli import train
+
+    def misused_hook(*args: object, **kwargs: object) -> None:
+        raise MisconfigurationException("`self.log` was called from a hook that cannot log")
+
+    monkeypatch.setattr(train, "train_from_cli", misused_hook)
+    with pytest.raises(MisconfigurationException, match="cannot log"):
+        cli.main(["train"])
+
+
+def test_an_accelerator_this_machine_lacks_fails_before_the_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trainer.accelerator=gpu where torch sees no GPU: one line naming the field, and no run directory
+    left to --overwrite (Lightning's own refusal comes after the directory is written)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    for accelerator in ("gpu", "cuda", "mps"):
+        out = f"runs/{accelerator}"
+        assert cli.main(["train", "--out", out, "--set", f"trainer.accelerator={accelerator}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("entropyctl train: error: trainer.accelerator: torch") and err.count("\n") == 1
+        assert not (tmp_path / out).exists()

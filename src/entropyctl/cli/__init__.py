@@ -45,6 +45,7 @@ SUBCOMMANDS: list[Subcommand] = [
     _subcommand("simulate", "run a controller against the entropy plant"),
     _subcommand("train", "run RLVR training (GRPO/DAPO with an entropy controller)"),
     _subcommand("evaluate", "pass@1 / pass@k of a run or model on held-out problems"),
+    _subcommand("export", "write a run's trained policy as a transformers model directory"),
     _subcommand("ablate", "run arms x seeds of training side by side, then report"),
     _subcommand("report", "tables and plots comparing the runs of an ablation"),
     _subcommand("pretrain", "warm-start (or find cached) the embedded tiny model"),

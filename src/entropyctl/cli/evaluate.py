@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """What ``--checkpoint`` names, read without loading a checkpoint or building a model."""
 
     config: Any  # the RunConfig to evaluate with (the run's own, with --set applied)
@@ -129,7 +129,7 @@ def _check_options(args: Any) -> list[int] | None:
     return ks
 
 
-def _resolve_target(target: str, overrides: Sequence[str]) -> _Target:
+def resolve_target(target: str, overrides: Sequence[str]) -> Target:
     """The run config of a run directory or a Lightning checkpoint (in its run directory), or a config
     holding just the model for a model directory, a .gguf file or 'smollm2'. Reads no weights."""
     from entropyctl.config import apply_overrides, load_run_config, parse_run_config
@@ -151,14 +151,14 @@ def _resolve_target(target: str, overrides: Sequence[str]) -> _Target:
                 f"--checkpoint {target!r}: not a run directory, .ckpt, model directory, .gguf file or 'smollm2'"
             )
         config = parse_run_config(apply_overrides({"model": model}, overrides), source="--checkpoint")
-        return _Target(config, None, "--checkpoint")
+        return Target(config, None, "--checkpoint")
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise FileNotFoundError(f"{ckpt}: no config.yaml in {run_dir} to rebuild the model from")
-    return _Target(load_run_config(config_path, overrides, written=True), ckpt, str(config_path))
+    return Target(load_run_config(config_path, overrides, written=True), ckpt, str(config_path))
 
 
-def _check_against_run(args: Any, target: _Target, ks: list[int]) -> None:
+def _check_against_run(args: Any, target: Target, ks: list[int]) -> None:
     """The options checked against the run config, and the run's data files when its split is scored."""
     from entropyctl.config import ConfigError
 
@@ -189,7 +189,7 @@ def _check_against_run(args: Any, target: _Target, ks: list[int]) -> None:
         )
 
 
-def _load_policy(target: _Target) -> tuple[Any, Any, dict[str, Any] | None]:
+def load_target_policy(target: Target) -> tuple[Any, Any, dict[str, Any] | None]:
     """(policy, tokenizer, the checkpoint's run fingerprint) of a run's checkpoint, or of a model."""
     from entropyctl.models.loading import load_policy
     from entropyctl.trainer.checkpoints import CheckpointError, load_checkpoint
@@ -205,7 +205,7 @@ def _load_policy(target: _Target) -> tuple[Any, Any, dict[str, Any] | None]:
     weights = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
     if not weights:
         raise CheckpointError(
-            f"{ckpt}: its state_dict holds no policy weights ('policy.*'); nothing to evaluate"
+            f"{ckpt}: its state_dict holds no policy weights ('policy.*'); no policy to load"
         )
     # a tiny model trained on a reasoning-gym task has that task's alphabet
     task = reasoning_gym_task(config) if config.data.source == "reasoning_gym" else None
@@ -216,7 +216,7 @@ def _load_policy(target: _Target) -> tuple[Any, Any, dict[str, Any] | None]:
     if missing or unexpected or shapes:
         raise CheckpointError(
             f"{ckpt}: its policy weights do not fit the model of {target.source} (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, other shapes {shapes[:3]}); evaluate it with its own run dir"
+            f"unexpected {unexpected[:3]}, other shapes {shapes[:3]}); load it with its own run dir"
         )
     policy.load_state_dict(weights, strict=True)
     return policy, tokenizer, checkpoint.get("run_fingerprint")
@@ -339,7 +339,7 @@ def run(args: Any) -> int:
 
     # Every option is checked before a checkpoint is read or a model built (minutes for a large one).
     ks = _check_options(args)
-    target = _resolve_target(args.checkpoint, args.overrides)
+    target = resolve_target(args.checkpoint, args.overrides)
     config = target.config
     # Defaults are the run's own evaluation settings, so that with them the result equals summary.json's
     # "after" evaluation: same problems, same samples per problem, same seeded sampling stream.
@@ -349,7 +349,7 @@ def run(args: Any) -> int:
     seed = config.seed if args.seed is None else int(args.seed)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    policy, tokenizer, fingerprint = _load_policy(target)
+    policy, tokenizer, fingerprint = load_target_policy(target)
     problems, data = _problems(args, config, policy, tokenizer, fingerprint)
     torch.manual_seed(config.seed)
     sample_fn, temperature = _sampler(args, config, policy, tokenizer, seed)

@@ -48,8 +48,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from entropyctl.rollout.export import save_policy
 from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args
 from entropyctl.rollout.weight_sync import (
     SharedRegion,
@@ -207,52 +206,14 @@ def export_policy(
     """Write ``model`` + ``tokenizer`` as a plain ``transformers`` checkpoint vLLM can load; return its directory.
 
     Cached: the directory is named by a content fingerprint, so an unchanged policy is exported once.
-    Atomic: written to a temporary sibling directory and renamed into place, so a crash or a concurrent
-    export never leaves a half-written model behind. Works for GGUF-loaded models (which refuse
-    ``save_pretrained``): the weights are copied into a fresh model of the same class built from the config.
+    Atomic (:func:`~entropyctl.rollout.export.save_policy`): a crash or a concurrent export never leaves a
+    half-written model behind. Works for GGUF-loaded models.
     """
-    from transformers import AutoModelForCausalLM
-
     root_path = Path(root).expanduser() if root is not None else _default_export_root()
     target = root_path / f"{type(model).__name__}-{_fingerprint(model, tokenizer)}"
     if (target / "config.json").is_file():
         return target
-    root_path.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root_path))
-    try:
-        config = model.config.__class__.from_dict(model.config.to_dict())
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config  # GGUF loading leaves it; the copy holds plain dense weights
-        with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-        missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False, assign=True)
-        if plain.config.tie_word_embeddings:
-            plain.tie_weights()
-            missing = [k for k in missing if k != "lm_head.weight"]
-        missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
-        if missing or unexpected:
-            raise RuntimeError(
-                f"export_policy: {type(model).__name__}'s weights do not fit a plain "
-                f"{type(plain).__name__} (missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
-        # Non-persistent buffers (rotary inv_freq) were created on meta: rebuild them on the CPU.
-        for module in plain.modules():
-            if hasattr(module, "inv_freq") and module.inv_freq.is_meta:
-                rope_init = getattr(module, "rope_init_fn", None)
-                if rope_init is not None:
-                    inv_freq, _ = rope_init(module.config, torch.device("cpu"))
-                    module.register_buffer("inv_freq", inv_freq, persistent=False)
-        plain.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent writer's finished copy
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return save_policy(model, tokenizer, target, exist_ok=True)
 
 
 # --------------------------------------------------------------------------------------------- worker side

@@ -155,3 +155,28 @@ def test_after_a_resume_the_end_line_tells_the_whole_run(tmp_path: Path) -> None
     story = out.getvalue().splitlines()[-1]
     assert story == "[entropyctl] " + controller_story(rows)
     assert "α was 0 on 3/6 steps" in story and "entropy 0.500 -> 0.200" in story
+
+
+def test_library_bars_drawn_with_tqdm_are_hidden_unless_verbose() -> None:
+    """transformers draws its GGUF conversion bar with tqdm directly (no switch of its own): the CLI's
+    quiet mode turns tqdm off before it is imported; without it (--verbose) the bar shows."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import io, sys\n"
+        "from entropyctl.cli import _quiet_libraries\n"
+        "if sys.argv[1] == 'quiet': _quiet_libraries()\n"
+        "from tqdm.auto import tqdm\n"
+        "out = io.StringIO()\n"
+        "for _ in tqdm(range(3), desc='Converting and de-quantizing GGUF tensors...', file=out): pass\n"
+        "print(len(out.getvalue()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    drawn = {
+        mode: int(subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True,
+                                 check=True).stdout)
+        for mode in ("quiet", "verbose")
+    }  # fmt: skip
+    assert drawn["quiet"] == 0 and drawn["verbose"] > 0

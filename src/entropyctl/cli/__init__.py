@@ -167,6 +167,15 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Bars libraries draw with tqdm itself (transformers' "Converting and de-quantizing GGUF tensors"):
+    # TQDM_DISABLE for processes started from here, and, as tqdm reads it only when first imported (torch
+    # imports it), the default of tqdm's `disable` in this one. A user's TQDM_DISABLE=0 keeps them.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    tqdm_std = sys.modules.get("tqdm.std")
+    if tqdm_std is not None and os.environ["TQDM_DISABLE"] == "1":
+        import functools
+
+        tqdm_std.tqdm.__init__ = functools.partialmethod(tqdm_std.tqdm.__dict__["__init__"], disable=True)
     if "transformers" in sys.modules:  # already imported (e.g. in-process use): the env is read at import
         sys.modules["transformers"].utils.logging.disable_progress_bar()
         sys.modules["transformers"].utils.logging.set_verbosity_error()

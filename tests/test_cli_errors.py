@@ -62,3 +62,16 @@ def test_an_accelerator_this_machine_lacks_fails_before_the_run_directory(
         err = capsys.readouterr().err
         assert err.startswith("entropyctl train: error: trainer.accelerator: torch") and err.count("\n") == 1
         assert not (tmp_path / out).exists()
+
+
+def test_our_warnings_are_one_line_and_others_as_python_writes_them() -> None:
+    """A data warning raised from the package reads `[entropyctl] warning: data: ...`, not Python's
+    `.../trainer/run.py:302: UserWarning: ...` with the source line under it."""
+    ours = str(Path(cli.__file__).parent.parent / "trainer" / "run.py")
+    line = cli.format_warning(
+        UserWarning("data: 8 training prompt(s) are duplicates"), UserWarning, ours, 302
+    )
+    assert line == "[entropyctl] warning: data: 8 training prompt(s) are duplicates\n"
+    other = cli.format_warning(UserWarning("x"), UserWarning, "/elsewhere/lib.py", 7, "call()")
+    assert other.startswith("/elsewhere/lib.py:7: UserWarning: x") and "call()" in other
+    assert cli.format_warning(DeprecationWarning("old"), DeprecationWarning, ours, 1).startswith(ours)

@@ -19,6 +19,7 @@ import errno
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -163,7 +164,6 @@ def _debug_requested(args: argparse.Namespace) -> bool:
 def _quiet_libraries() -> None:
     """Silence what a user cannot act on (kept with ``--verbose``); set before the libraries load."""
     import logging
-    import warnings
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -196,10 +196,28 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
+#: the package's own directory: a warning raised from code under it is one of ours
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning of entropyctl's own (a UserWarning raised from the package: duplicate prompts, dropped
+    rows) as one ``[entropyctl] warning: ...`` line, not Python's ``file:line: UserWarning`` with the
+    source line under it; any other warning as Python writes it."""
+    ours = os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+    if ours and issubclass(category, UserWarning):
+        return f"[entropyctl] warning: {message}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     module_name, _, function_name = args._run.partition(":")
+    warnings.formatwarning = format_warning
     if not getattr(args, "verbose", False):
         _quiet_libraries()
     try:

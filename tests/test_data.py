@@ -205,7 +205,7 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     pq.write_table(
         pa.Table.from_pylist([{"problem": "1+1", "answer": "2"}, {"problem": None, "answer": "3"}]), bad
     )
-    with pytest.raises(DatasetError, match=r"^bad\.parquet:row 1: field 'prompt' missing"):
+    with pytest.raises(DatasetError, match=r"^bad\.parquet:row 1: field 'problem' is null"):
         load_math_dataset(bad)
 
 
@@ -250,6 +250,14 @@ GOOD = json.dumps({"problem": "1+1?", "answer": "2", "level": "Level 1"})
             "data.jsonl:3: field 'level' is 'hard'",
         ),
         (json.dumps([1, 2]), {}, "data.jsonl:3: row is a list"),
+        (
+            json.dumps({"problem": "x", "final_answer": None}),
+            {},
+            "data.jsonl:3: field 'final_answer' is null (expected one of: answer, final_answer, solution, "
+            "reward_model.ground_truth)",
+        ),
+        (json.dumps({"problem": "", "answer": "1"}), {}, "data.jsonl:3: field 'problem' is an empty prompt"),
+        (json.dumps({"prompt": " \n", "answer": "1"}), {}, "data.jsonl:3: field 'prompt' is an empty prompt"),
     ],
 )
 def test_malformed_rows_name_file_line_and_field(

@@ -76,6 +76,21 @@ def _pick(row: Mapping[str, Any], name: str | None, candidates: Sequence[str]) -
     return None, _MISSING
 
 
+def _missing(
+    row: Mapping[str, Any], where: tuple[Path, str], name: str | None, candidates: Sequence[str]
+) -> DatasetError:
+    """The error for a row where no field of ``candidates`` (or ``name``) holds a value: a field that is
+    there but null is named as null, not as missing."""
+    path, location = where
+    names = (name,) if name else tuple(candidates)
+    null = next((n for n in names if n is not None and _get(row, n) is None), None)
+    if null is not None:
+        problem = f"field '{null}' is null"
+    else:
+        problem = f"field '{name or candidates[0]}' missing"
+    return DatasetError(path, location, f"{problem} (expected one of: {', '.join(names)})", null or names[0])
+
+
 def _prompt_text(value: Any) -> str | None:
     if isinstance(value, str):
         return value
@@ -232,11 +247,7 @@ def _row_prompt(
     path, location = where
     name, value = _pick(row, prompt_field, PROMPT_FIELDS)
     if name is None:
-        field = prompt_field or PROMPT_FIELDS[0]
-        names = (prompt_field,) if prompt_field else PROMPT_FIELDS
-        raise DatasetError(
-            path, location, f"field '{field}' missing (expected one of: {', '.join(names)})", field
-        )
+        raise _missing(row, where, prompt_field, PROMPT_FIELDS)
     prompt = _prompt_text(value)
     if prompt is not None and len(prompt) > max_line_bytes:
         raise DatasetError(
@@ -252,6 +263,8 @@ def _row_prompt(
             "of chat messages with a user message",
             name,
         )
+    if not prompt.strip():
+        raise DatasetError(path, location, f"field '{name}' is an empty prompt", name)
     return prompt
 
 
@@ -259,11 +272,7 @@ def _row_answer(row: Mapping[str, Any], where: tuple[Path, str], answer_field: s
     path, location = where
     name, value = _pick(row, answer_field, ANSWER_FIELDS)
     if name is None:
-        field = answer_field or ANSWER_FIELDS[0]
-        names = (answer_field,) if answer_field else ANSWER_FIELDS
-        raise DatasetError(
-            path, location, f"field '{field}' missing (expected one of: {', '.join(names)})", field
-        )
+        raise _missing(row, where, answer_field, ANSWER_FIELDS)
     answer = normalize_answer_field(value, name)
     if answer is None:
         raise DatasetError(

@@ -148,19 +148,55 @@ def check_response_fits(config: RunConfig, context: int | None) -> None:
             )
 
 
+UNREADABLE = (
+    "the model's tokenizer reads {count} of its characters as <unk> (the tiny model knows only its task's "
+    "characters); write it in those, or train a pretrained model (model.kind: gguf or hf)"
+)
+
+
+def unreadable_tokens(ids: Sequence[int], unknown_id: int | None) -> int:
+    """How many of a prompt's token ids are the tokenizer's unknown token (0 for a tokenizer without one)."""
+    return 0 if unknown_id is None else sum(1 for i in ids if i == unknown_id)
+
+
+def check_template_readable(
+    config: RunConfig, encode: Callable[[str], list[int]], problems: Sequence[Any], unknown_id: int | None
+) -> None:
+    """The synthetic and reasoning-gym prompts are written in the tiny model's characters; a
+    ``data.template`` may not be: a :class:`ConfigError` naming it (file rows: :func:`fit_prompts_to_context`)."""
+    from entropyctl.config import ConfigError
+
+    if config.data.source == "file" or not problems:
+        return
+    count = unreadable_tokens(encode(problems[0].prompt), unknown_id)
+    if count:
+        field = "data.template" if config.data.template is not None else "data"
+        raise ConfigError(f"{field}: the prompt as templated, " + UNREADABLE.format(count=count))
+
+
 def fit_prompts_to_context(
-    config: RunConfig, encode: Callable[[str], list[int]], context: int | None
+    config: RunConfig, encode: Callable[[str], list[int]], context: int | None, unknown_id: int | None = None
 ) -> Callable[[list[Any]], list[Any]]:
     """A ``fit`` for :func:`build_data`: every prompt (templated, as the model sees it) plus the longest
     response (``rollout.max_new_tokens``, ``eval.max_new_tokens``) must fit the model's ``context``.
     ``data.overlong_prompts``: ``error`` (a :class:`DatasetError` naming ``file:line``, the prompt's
-    tokens and the limit) or ``drop`` (such rows are left out, with a warning counting them)."""
+    tokens and the limit) or ``drop`` (such rows are left out, with a warning counting them). A prompt
+    with characters the tokenizer reads as ``unknown_id`` is a :class:`DatasetError` naming its row."""
     from entropyctl.data.loaders import DatasetError
 
     r, e = config.rollout, config.eval
     response = max(r.max_new_tokens, e.max_new_tokens or 0)
 
     def fit(problems: list[Any]) -> list[Any]:
+        for problem in problems if unknown_id is not None else ():
+            count = unreadable_tokens(encode(problem.prompt), unknown_id)
+            if count:
+                meta = getattr(problem, "meta", None) or {}
+                raise DatasetError(
+                    meta.get("source", "data"),
+                    meta.get("location"),
+                    f"prompt {problem.prompt[:40]!r}: " + UNREADABLE.format(count=count),
+                )
         if context is None:
             return problems
         budget = context - response
@@ -320,7 +356,10 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     encode = build_prompt_encoder(config, tokenizer)
     context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
     check_response_fits(config, context)
-    sampler, heldout = build_data(config, fit_prompts_to_context(config, encode, context))
+    # the char tokenizer's <unk> is a character it lacks; a pretrained tokenizer's may double as a special
+    unknown_id = getattr(tokenizer, "unk_token_id", None) if config.model.kind == "tiny" else None
+    sampler, heldout = build_data(config, fit_prompts_to_context(config, encode, context, unknown_id))
+    check_template_readable(config, encode, heldout, unknown_id)
     controller = create_controller(config.controller)
     return RLVRModule(
         config,

@@ -91,6 +91,18 @@ def strict_reward(verifier: MathVerifier) -> MathReward:
         ("no digits at all", None),
         ("", None),
         ("\\boxed{unclosed", None),
+        # a final-answer line ends at its first clause break: a check after the answer is not graded
+        ("The answer is 3. Check: 3*2=6", "3"),
+        ("The answer is 3 since x = 6", "3"),
+        ("Answer: 3 (we need 2*3 = 6 in total)", "3"),
+        ("The answer is 12, since 3*4 = 12.", "12"),
+        ("the answer is $x = 6$; done", "x = 6"),
+        ("The answer is \\frac{1}{2}, i.e. half", "\\frac{1}{2}"),
+        # ... and not inside a number, a list of values or braces
+        ("The answer is 1,000.", "1,000"),
+        ("The answer is 3.5.", "3.5"),
+        ("The answer is 2, 3", "2, 3"),
+        ("Final answer: \\frac{1, since}{2}", "\\frac{1, since}{2}"),
     ],
 )
 def test_extract_answer_order(text: str, expected: str | None) -> None:
@@ -494,3 +506,16 @@ def test_extraction_time_counts_inside_the_timeout() -> None:
     text = "\\(" * 100_000 + " 7"
     result = check_answer(text, "7", timeout=1e-6)
     assert result.status == "timeout" and result.score == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "reward"),
+    [
+        ("The answer is 3. Check: 3*2=6", "6", 0.0),  # the check's 6 was graded: a wrong answer scored
+        ("The answer is 3. Check: 3*2=6", "3", 1.0),  # ... and the right one did not
+        ("Answer: 3 (we need 2*3 = 6 in total)", "6", 0.0),
+        ("The answer is 12, since 3*4 = 12.", "12", 1.0),
+    ],
+)
+def test_a_check_written_after_the_answer_is_not_graded(text: str, gold: str, reward: float) -> None:
+    assert verify_answer(text, gold) == reward

@@ -4,8 +4,10 @@ Extraction (:func:`extract_answer`) tries, in this order, and returns the first 
 
 1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced, nested braces; the outermost of nested boxes);
 2. the last final-answer line: ``#### X`` (GSM8K), ``final answer: X`` / ``final answer is X``,
-   ``the answer is X``, ``Answer: X`` (case-insensitive; X runs to the end of its line, a trailing
-   period and surrounding ``$`` are dropped);
+   ``the answer is X``, ``Answer: X`` (case-insensitive; X runs to the end of its line or to its first
+   clause break outside braces and ``$...$`` — ``. ``, a comma before a word (not ``2, 3``), ``;``, `` (``, a dash, or a word such as
+   ``since``/``because``/``check`` — so that a check written after the answer is not graded as it; a
+   trailing period and surrounding ``$`` are dropped);
 3. the whole text, when it is a short bare answer such as ``19``, ``-3.5``, ``\\frac{1}{2}`` (the tiny
    char-model task: its completion IS the answer);
 4. the last inline math ``$...$``, ``\\(...\\)`` or ``\\[...\\]``;
@@ -29,6 +31,12 @@ _FINAL_LINE = re.compile(
     r"|final[ \t]+answer(?:[ \t]+is)?[ \t]*[:：]?[ \t]*(?P<final>[^\n]*)"
     r"|the[ \t]+answer[ \t]+is[ \t]*[:：]?[ \t]*(?P<is>[^\n]*)"
     r"|(?:^|\n)[ \t]*\**answer\**[ \t]*[:：][ \t]*(?P<colon>[^\n]*)",
+    re.IGNORECASE,
+)
+#: Where a final-answer line's answer ends and the prose after it begins (outside braces and ``$...$``).
+_CLAUSE_BREAK = re.compile(
+    r"\.\s|,\s+(?=[a-z]{2}|i\.e\.|e\.g\.)|;|\s\(|\s[—–]\s|\s(?:since|because|as|so|which|where|when|from|given|check|checking|"
+    r"verify|verifying|then)\b",
     re.IGNORECASE,
 )
 #: The inline-math spans, as the regex ``\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]`` (DOTALL) would
@@ -99,6 +107,22 @@ def _last_inline_math(text: str) -> str | None:
     return None if last is None else text[last[0] : last[1]]
 
 
+def _first_clause(value: str) -> str:
+    """``value`` up to its first :data:`_CLAUSE_BREAK` outside braces and ``$...$`` (the answer of
+    ``the answer is 3. Check: 3*2=6`` is ``3``, not the check's ``6``)."""
+    depth, in_math = 0, False
+    for i, char in enumerate(value):
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth = max(0, depth - 1)
+        elif char == "$":
+            in_math = not in_math
+        elif depth == 0 and not in_math and _CLAUSE_BREAK.match(value, i):
+            return value[:i]
+    return value
+
+
 def _clean(answer: str) -> str:
     answer = answer.strip()
     for _ in range(2):
@@ -128,7 +152,7 @@ def extract_answer(text: str, *, last_number: bool = True) -> str | None:
         last_line = match
     if last_line is not None:
         value = next(g for g in last_line.groups() if g is not None)
-        value = _clean(value)
+        value = _clean(_first_clause(value))
         if value:
             return value
     stripped = text.strip()

@@ -303,6 +303,14 @@ def test_bad_controller_and_reward_arguments(tmp_path: Path) -> None:
             args=tiny.tiny_config(str(tmp_path)),
             controller="nope",
         )
+    for token_level in ("clip_cov", "kl_cov", "high_entropy_tokens"):  # TRL's loss would run without them
+        with pytest.raises(ValueError, match=f"controller '{token_level}' acts on tokens"):
+            GRPOTrainer(
+                model="unused",
+                reward_funcs=[tiny.digit_reward],
+                args=tiny.tiny_config(str(tmp_path)),
+                controller=token_level,
+            )
     with pytest.raises(TypeError, match="controller=.*got int"):
         GRPOTrainer(
             model="unused",

@@ -101,6 +101,13 @@ def _check_trl_args(args: Any, controller: EntropyController) -> None:
     """Refuse TRL options that would apply a second entropy term or leave the controller's clip bounds unused,
     and TRL clip bounds that disagree with the controller's (which are the ones used)."""
     problems = []
+    if controller.acts_per_token():
+        problems.append(
+            f"controller {controller.name!r} acts on tokens (Clip-Cov, KL-Cov, high-entropy tokens, or a "
+            "combined controller's token part), which this integration does not apply: TRL's loss would train "
+            "without it; use a coefficient controller (aer, target, fixed, clip_higher) here, or entropyctl's own "
+            "trainer (entropyctl train) for token-level methods"
+        )
     first = controller.plan(
         GroupOutcome(accuracy=torch.zeros(1), group_size=1, step=0)
     )  # pure: no state change

@@ -234,3 +234,12 @@ def test_a_config_that_writes_out_an_absent_fields_old_value_matches_the_runs_la
     old = {"controller": {"name": "aer", "update": {"rule": "relative", "step": 0.05, "linear": 0.05}}}
     today = {"controller": {"name": "aer", "update": {"rule": "relative", "step": 0.05, "linear": 0.0}}}
     assert canonical_config(lacking) == canonical_config(old) != canonical_config(today)
+
+
+def test_a_bare_key_the_controller_has_is_the_controllers() -> None:
+    """clip_cov has a `seed` of its own (the token draw): `clip_cov:seed=7` sets it, where it was sent to
+    the run's seed (which the ablation then set to the run's seed: two arms, one config)."""
+    configs = [resolve_arm_config(BASE, parse_arm(f"clip_cov:seed={s}"), 3) for s in (7, 8)]
+    assert [c["seed"] for c in configs] == [3, 3]
+    assert [c["controller"]["seed"] for c in configs] == [7, 8]
+    assert resolve_arm_config(BASE, parse_arm("aer:trainer.steps=5"), 3)["trainer"]["steps"] == 5

@@ -238,6 +238,16 @@ def _run_config_sections() -> frozenset[str]:
     return frozenset(RunConfig.model_fields)
 
 
+def _controller_fields(name: str) -> frozenset[str]:
+    """The fields of controller ``name``'s config (none for an unknown name: its error comes later)."""
+    from entropyctl.controllers.registry import get_config_class
+
+    try:
+        return frozenset(get_config_class(name).model_fields)
+    except KeyError:
+        return frozenset()
+
+
 def resolve_arm_config(base: Mapping[str, Any], arm: Arm, seed: int) -> dict[str, Any]:
     """The run config of ``arm`` at ``seed``: the base config, the arm's controller, its overrides."""
     config = copy.deepcopy(dict(base))
@@ -249,8 +259,14 @@ def resolve_arm_config(base: Mapping[str, Any], arm: Arm, seed: int) -> dict[str
     else:
         controller = {"name": arm.controller}
     config["controller"] = controller
+    controller_fields = _controller_fields(arm.controller)
     for key, value in arm.overrides.items():
-        target = key if key.split(".")[0] in _run_config_sections() else f"controller.{key}"
+        # a bare key is the controller's when its config has that field (clip_cov:seed=7 is the
+        # controller's seed, not the run's, which the ablation sets), else a run-config section's
+        head = key.split(".")[0]
+        target = (
+            key if head in _run_config_sections() and head not in controller_fields else f"controller.{key}"
+        )
         if target in VARIANT_KEYS:
             drop_other_variant(config, target, value)
         _set_dotted(config, target, value, f"arm {arm.label!r}")

@@ -232,3 +232,30 @@ def test_seed_names_shows_the_seeds_a_plan_runs() -> None:
     assert seed_names(list(range(10))) == "0-9"
     assert seed_names([5, 6, 7]) == "5-7"
     assert seed_names([0, 3, 5]) == "0, 3, 5"
+
+
+def test_a_new_seed_of_an_arm_launched_with_another_config_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second `ablate` into the same --out with a changed base config and only new seeds ran, and the
+    report then averaged the two configs as one arm. Training is replaced by writing what a run writes."""
+    import yaml
+
+    import entropyctl.experiments.ablate as ablate
+    from entropyctl.config import ConfigError
+
+    def write_runs(todo, jobs, threads, log, children):  # type: ignore[no-untyped-def]
+        for spec in todo:
+            spec.run_dir.mkdir(parents=True, exist_ok=True)
+            (spec.run_dir / "ablate_config.yaml").write_text(yaml.safe_dump(spec.config, sort_keys=False))
+            (spec.run_dir / "summary.json").write_text(json.dumps({"status": "finished"}))
+        return {str(s.run_dir): {"returncode": 0, "seconds": 0, "finished": True} for s in todo}, []
+
+    monkeypatch.setattr(ablate, "_run_all", write_runs)
+    out, base = tmp_path / "abl", {"controller": {"name": "aer"}}
+    quiet = {"report": False, "warm_start": False, "log": lambda line: None}
+    ablate.run_ablation(base, ["aer"], [0], out=out, **quiet)
+    ablate.run_ablation(base, ["aer"], [1], out=out, **quiet)  # same config, a new seed: fine
+    with pytest.raises(ConfigError, match=r"seed0: a run of arm 'aer' launched with another config"):
+        ablate.run_ablation(base, ["aer"], [2], out=out, overrides=["controller.anchor.tau=0.9"], **quiet)
+    assert not (out / "aer" / "seed2").exists()

@@ -358,6 +358,27 @@ def _check_same_config(spec: RunSpec) -> None:
         )
 
 
+def _check_arm_siblings(spec: RunSpec) -> None:
+    """Refuse a new seed of an arm whose folder holds another seed launched with a different config
+    (seed aside): the report averages every ``seed*`` folder of an arm as one arm, so a second
+    ``ablate`` into the same ``--out`` with a changed base config would mix two configs under one label."""
+    spec_config = {k: v for k, v in canonical_config(spec.config).items() if k != SEED_KEY}
+    for sibling in sorted(spec.run_dir.parent.glob("seed*")):
+        path = sibling / "ablate_config.yaml"
+        if sibling == spec.run_dir or not path.exists():
+            continue
+        previous = canonical_config(yaml.safe_load(path.read_text()))
+        if not isinstance(previous, Mapping):
+            continue
+        if {k: v for k, v in previous.items() if k != SEED_KEY} != spec_config:
+            raise ConfigError(
+                f"{sibling}: a run of arm {spec.arm.label!r} launched with another config than the arm now "
+                f"resolves to (seed aside); seed {spec.seed} beside it would be reported as the same arm. "
+                "Use another --out directory (or the config those runs were launched with)"
+            )
+        return  # one sibling with the same config: the others were checked against it when launched
+
+
 def _resolved_differences(written: Any, config: Mapping[str, Any]) -> list[str]:
     """What a run's written ``config.yaml`` ran with that ``config`` now resolves to otherwise: the
     fields a resume must agree on, and the number of steps ("controller.update.step: 0.05 -> 0.1")."""
@@ -649,6 +670,7 @@ def run_ablation(
     specs = plan_runs(base, arm_list, seed_list, out)
     for spec in specs:
         _check_same_config(spec)
+        _check_arm_siblings(spec)
 
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"command": command, "base_config": base_path, "set": list(overrides)}

@@ -166,8 +166,10 @@ class HFRolloutEngine:
                 torch.manual_seed(sampling.seed)
             output = self.model.generate(  # type: ignore[operator]
                 input_ids=ids.to(device),
+                # no position_ids: generate derives them from the mask at every step (cumsum − 1, as the
+                # training forward's position_ids_from_mask); passed in, transformers before 5 kept the
+                # prompt's last position for every generated token
                 attention_mask=mask.to(device),
-                position_ids=position_ids_from_mask(mask).to(device),
                 generation_config=generation_config,
                 logits_processor=processors,
             )

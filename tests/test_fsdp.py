@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -431,6 +432,18 @@ def test_fsdp_config_and_strategy() -> None:
                 "trainer.devices=2", "trainer.strategy=fsdp", "eval.n_prompts=6", "rollout.engine=vllm"
             )
         )
+    # and before a run directory is written (or a policy and an engine built)
+    from entropyctl.trainer.run import run_training
+
+    run_dir = Path(tempfile.mkdtemp()) / "run"
+    with pytest.raises(ConfigError, match="rollout.engine=hf only"):
+        run_training(
+            tiny_config(
+                "trainer.devices=2", "trainer.strategy=fsdp", "eval.n_prompts=6", "rollout.engine=vllm"
+            ),
+            run_dir,
+        )
+    assert not run_dir.exists()
 
 
 if __name__ == "__main__":

@@ -478,7 +478,12 @@ def run_training(
     Lightning callbacks. With several processes, every rank also writes ``ranks/rank<r>.json`` (its
     controller state, a checksum of its parameters, and its local per-step statistics).
     """
-    check_accelerator(config)  # before the run directory is written: a refused run leaves nothing
+    # before the run directory is written: a refused run leaves nothing
+    check_accelerator(config)
+    if config.trainer.strategy == "fsdp":
+        from entropyctl.trainer.fsdp import check_fsdp_config
+
+        check_fsdp_config(config)
     run_dir = Path(run_dir)
     rank0 = global_rank(config.trainer.devices) == 0
     if config.trainer.devices > 1:  # DDP children re-run the command line: they re-resolve the same directory

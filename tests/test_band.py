@@ -203,4 +203,5 @@ def test_the_training_page_quotes_the_band_line_of_the_committed_main_job() -> N
     health = read_band_health(run / "metrics.csv", AERConfig(name="aer").alpha_bounds)
     assert health is not None
     quoted = [line for line in (root / "docs" / "training.md").read_text().splitlines() if "] band (" in line]
-    assert quoted == [f"[entropyctl] {health.sentence()}"]
+    # the page's short 4-step example ends with the band line of a run too short to read
+    assert [line for line in quoted if "not read" not in line] == [f"[entropyctl] {health.sentence()}"]

@@ -118,22 +118,22 @@ def test_fit_is_a_no_op_without_a_known_context() -> None:
     assert fit_prompts_to_context(config, lambda text: [0] * 10**6, None)(rows) == rows  # type: ignore[list-item]
 
 
-def test_the_tiny_model_refuses_prompts_in_characters_it_cannot_read(tmp_path: Path) -> None:
+def test_the_tiny_model_warns_of_prompts_in_characters_it_cannot_read(tmp_path: Path) -> None:
     """The tiny model's vocabulary is its task's characters: a file row in words, or a template adding
-    characters, would train on <unk>s. One error naming the row (file) or data.template (synthetic)."""
-    from entropyctl.config import ConfigError
+    characters, trains on <unk>s. One warning counting such prompts, naming the first row (file) or
+    pointing at data.template (synthetic); none for prompts in the task's characters."""
+    import warnings
 
-    data = _write(
-        tmp_path / "words.jsonl",
-        [{"question": "1+2=", "answer": "3"}] * 4 + [{"question": "What is 1+1?", "answer": "2"}],
-    )
+    rows = [{"question": "1+2=", "answer": "3"}] * 4 + [{"question": "What is 1+1?", "answer": "2"}]
+    data = _write(tmp_path / "words.jsonl", rows)
     config = tiny_config("data.source=file", f"data.path={data}", "eval.n_prompts=2")
-    with pytest.raises(
-        DatasetError, match=r"words\.jsonl:5: prompt 'What is 1\+1\?': the model's tokenizer reads 9 of its"
+    with pytest.warns(
+        UserWarning, match=r"data: 1 of 5 prompts of words\.jsonl \(e\.g\. words\.jsonl:5\): .*<unk>"
     ):
         build_module(config)
-    with pytest.raises(
-        ConfigError, match=r"data\.template: the prompt as templated, the model's tokenizer reads 3 of"
-    ):
+    with pytest.warns(UserWarning, match=r"held-out prompts as templated \(data\.template\?\).*<unk>"):
         build_module(tiny_config("data.template={prompt} A:"))
-    build_module(tiny_config("data.template=({prompt})"))  # characters of the task: fine
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        build_module(tiny_config("data.template=({prompt})"))  # characters of the task: no such warning
+    assert not [w for w in seen if "<unk>" in str(w.message)]

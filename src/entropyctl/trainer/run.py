@@ -148,9 +148,12 @@ def check_response_fits(config: RunConfig, context: int | None) -> None:
             )
 
 
+#: what the tiny model makes of characters outside its task's alphabet (a warning: a run on such data
+#: still runs, e.g. to exercise the plumbing, but learns from <unk>s)
 UNREADABLE = (
-    "the model's tokenizer reads {count} of its characters as <unk> (the tiny model knows only its task's "
-    "characters); write it in those, or train a pretrained model (model.kind: gguf or hf)"
+    "the model's tokenizer reads characters of it as <unk> (the tiny model knows only its task's "
+    "characters): it trains on <unk>s; write the prompts in those characters, or train a pretrained model "
+    "(model.kind: gguf or hf)"
 )
 
 
@@ -159,19 +162,22 @@ def unreadable_tokens(ids: Sequence[int], unknown_id: int | None) -> int:
     return 0 if unknown_id is None else sum(1 for i in ids if i == unknown_id)
 
 
-def check_template_readable(
-    config: RunConfig, encode: Callable[[str], list[int]], problems: Sequence[Any], unknown_id: int | None
+def warn_unreadable(
+    problems: Sequence[Any], encode: Callable[[str], list[int]], unknown_id: int | None, what: str
 ) -> None:
-    """The synthetic and reasoning-gym prompts are written in the tiny model's characters; a
-    ``data.template`` may not be: a :class:`ConfigError` naming it (file rows: :func:`fit_prompts_to_context`)."""
-    from entropyctl.config import ConfigError
-
-    if config.data.source == "file" or not problems:
+    """One warning when prompts of ``problems`` (templated, as the model sees them) hold characters the
+    tokenizer reads as ``unknown_id``: how many, and the first one's row."""
+    if unknown_id is None:
         return
-    count = unreadable_tokens(encode(problems[0].prompt), unknown_id)
-    if count:
-        field = "data.template" if config.data.template is not None else "data"
-        raise ConfigError(f"{field}: the prompt as templated, " + UNREADABLE.format(count=count))
+    bad = [p for p in problems if unreadable_tokens(encode(p.prompt), unknown_id)]
+    if bad:
+        meta = getattr(bad[0], "meta", None) or {}
+        where = f"{meta['source']}:{meta['location']}" if meta.get("location") else repr(bad[0].prompt[:40])
+        warnings.warn(
+            f"data: {len(bad)} of {len(problems)} {what} (e.g. {where}): {UNREADABLE}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def fit_prompts_to_context(
@@ -180,23 +186,16 @@ def fit_prompts_to_context(
     """A ``fit`` for :func:`build_data`: every prompt (templated, as the model sees it) plus the longest
     response (``rollout.max_new_tokens``, ``eval.max_new_tokens``) must fit the model's ``context``.
     ``data.overlong_prompts``: ``error`` (a :class:`DatasetError` naming ``file:line``, the prompt's
-    tokens and the limit) or ``drop`` (such rows are left out, with a warning counting them). A prompt
-    with characters the tokenizer reads as ``unknown_id`` is a :class:`DatasetError` naming its row."""
+    tokens and the limit) or ``drop`` (such rows are left out, with a warning counting them). Prompts
+    with characters the tokenizer reads as ``unknown_id`` are warned of (:func:`warn_unreadable`)."""
     from entropyctl.data.loaders import DatasetError
 
     r, e = config.rollout, config.eval
     response = max(r.max_new_tokens, e.max_new_tokens or 0)
 
     def fit(problems: list[Any]) -> list[Any]:
-        for problem in problems if unknown_id is not None else ():
-            count = unreadable_tokens(encode(problem.prompt), unknown_id)
-            if count:
-                meta = getattr(problem, "meta", None) or {}
-                raise DatasetError(
-                    meta.get("source", "data"),
-                    meta.get("location"),
-                    f"prompt {problem.prompt[:40]!r}: " + UNREADABLE.format(count=count),
-                )
+        source = (getattr(problems[0], "meta", None) or {}).get("source", "data") if problems else "data"
+        warn_unreadable(problems, encode, unknown_id, f"prompts of {source}")
         if context is None:
             return problems
         budget = context - response
@@ -359,7 +358,8 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     # the char tokenizer's <unk> is a character it lacks; a pretrained tokenizer's may double as a special
     unknown_id = getattr(tokenizer, "unk_token_id", None) if config.model.kind == "tiny" else None
     sampler, heldout = build_data(config, fit_prompts_to_context(config, encode, context, unknown_id))
-    check_template_readable(config, encode, heldout, unknown_id)
+    if config.data.source != "file":  # file rows: warned of by the fit, with their rows
+        warn_unreadable(heldout, encode, unknown_id, "held-out prompts as templated (data.template?)")
     controller = create_controller(config.controller)
     return RLVRModule(
         config,

@@ -325,3 +325,21 @@ def test_clip_bounds_with_one_update_per_batch_are_reported_inert(config: dict, 
     assert bool(lines) is inert
     if inert:
         assert "no effect" in lines[0] and "algorithm.ppo_epochs" in lines[0]
+
+
+def test_vllm_options_under_the_hf_engine_are_reported_inert() -> None:
+    """rollout.options configure the vllm engine: a config may carry them for `--set rollout.engine=vllm`
+    (configs/smollm2_cpu.yaml does), and with engine hf the run says they are not read."""
+    lines = parse_run_config({"rollout": {"engine": "hf", "options": {"dtype": "float32"}}}).inert_settings()
+    assert lines == [
+        "rollout.options (dtype) configure the vllm engine and are not read with rollout.engine=hf"
+    ]
+    assert (
+        parse_run_config({"rollout": {"engine": "vllm", "options": {"dtype": "float32"}}}).inert_settings()
+        == []
+    )
+
+
+def test_an_ablation_section_under_train_is_reported_inert() -> None:
+    lines = parse_run_config({"ablation": {"arms": ["aer", "fixed:alpha=0.01"]}}).inert_settings()
+    assert len(lines) == 1 and "read by `entropyctl ablate`" in lines[0]

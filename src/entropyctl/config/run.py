@@ -506,6 +506,16 @@ class RunConfig(BaseModel):
                     "one update per batch (algorithm.ppo_epochs 1, algorithm.mini_batches 1) the policy ratio is "
                     "1 at that update and no token is clipped; set algorithm.ppo_epochs or mini_batches to 2 or more"
                 )
+        if self.ablation:
+            lines.append(
+                "the ablation: section (arms, seeds) is read by `entropyctl ablate`; `entropyctl train` runs the "
+                "base config alone, with the controller it names"
+            )
+        if self.rollout.engine == "hf" and self.rollout.options:
+            lines.append(
+                f"rollout.options ({', '.join(sorted(self.rollout.options))}) configure the vllm engine and "
+                "are not read with rollout.engine=hf"
+            )
         return lines
 
     def to_yaml(self) -> str:

@@ -237,13 +237,21 @@ class AlgorithmConfig(_Section):
 class OptimConfig(_Section):
     """AdamW on every policy parameter."""
 
-    lr: float = Field(1e-4, gt=0, description="Learning rate (constant after warm-up).")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (after warm-up; see schedule).")
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[UnitInterval, UnitInterval] = Field(
         (0.9, 0.999), description="AdamW (β1, β2), each in [0, 1)."
     )
     eps: float = Field(1e-8, gt=0)
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimizer steps.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="The lr after warm-up: constant; or a linear / cosine decay to min_lr_ratio·lr at the "
+        "run's last optimizer step (trainer.steps × optimizer steps per step).",
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="linear / cosine: the last step's lr as a fraction of lr."
+    )
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm (None: off).")
 
 
@@ -557,6 +565,8 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.update.linear_on": "both",
     "controller.anchor.steps": 1,
     "algorithm.skip_no_signal": False,
+    "optim.schedule": "constant",
+    "optim.min_lr_ratio": 0.0,
     "data.name": None,
     "data.overlong_prompts": "error",
     "data.strip_prefix": None,

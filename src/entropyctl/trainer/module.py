@@ -392,6 +392,23 @@ def _reach_note(rows: Sequence[dict[str, float]]) -> str:
     return f"; the rollouts' tokens got {reach:.0%} of α (the allocation or skipped steps withheld the rest)"
 
 
+def lr_factor(warmup: int, schedule: str, min_ratio: float, total: int) -> Callable[[int], float]:
+    """The lr of optimizer step ``s`` (0-based) as a fraction of ``optim.lr``: a linear warm-up over
+    ``warmup`` steps ((s + 1) / warmup), then 1 (``constant``), or a decay from 1 at the end of the
+    warm-up to ``min_ratio`` at the last step ``total − 1`` (``linear``; ``cosine``: half a cosine)."""
+
+    def factor(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (s - warmup) / max(1, total - 1 - warmup))
+        shape = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return min_ratio + (1.0 - min_ratio) * shape
+
+    return factor
+
+
 class _Frozen:
     """Holds a frozen reference policy without registering it as a submodule (no DDP, no checkpoint)."""
 
@@ -496,10 +513,9 @@ class RLVRModule(pl.LightningModule):
             eps=o.eps,
             weight_decay=o.weight_decay,
         )
-        warmup = o.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-        )
+        total = self.config.trainer.steps * self.optimizer_steps_per_rlvr_step
+        factor = lr_factor(o.warmup_steps, o.schedule, o.min_lr_ratio, total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self) -> DataLoader:

@@ -75,3 +75,16 @@ def test_our_warnings_are_one_line_and_others_as_python_writes_them() -> None:
     other = cli.format_warning(UserWarning("x"), UserWarning, "/elsewhere/lib.py", 7, "call()")
     assert other.startswith("/elsewhere/lib.py:7: UserWarning: x") and "call()" in other
     assert cli.format_warning(DeprecationWarning("old"), DeprecationWarning, ours, 1).startswith(ours)
+
+
+@pytest.mark.parametrize("command", ["train", "ablate", "pretrain", "evaluate"])
+def test_threads_below_one_is_refused_by_every_command(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One shared --threads option: 0 (or a non-number) is argparse's one-line error, exit 2, before
+    anything runs (only evaluate checked it; train passed it on to the config)."""
+    for value in ("0", "two"):
+        with pytest.raises(SystemExit) as stop:
+            cli.main([command, "--threads", value])
+        assert stop.value.code == 2
+        assert "argument --threads: " in capsys.readouterr().err

@@ -211,7 +211,6 @@ def test_data_file_scores_every_row_and_warns_when_it_is_the_runs_training_file(
         (["--problems", "0"], "--problems: must be ≥ 1"),
         (["--problems", "21"], "--problems 21: the run held out only 20 rows of sums.jsonl"),
         (["--max-new-tokens", "0"], "--max-new-tokens: must be ≥ 1"),
-        (["--threads", "0"], "--threads: must be ≥ 1"),
         (["--temperature", "-1"], "--temperature: must be ≥ 0"),
         (["--temperature", "nan"], "--temperature: must be ≥ 0 and finite"),
         (["--temperature", "inf"], "--temperature: must be ≥ 0 and finite"),

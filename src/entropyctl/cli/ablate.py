@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from entropyctl.cli.options import add_config_option, add_set_option
+from entropyctl.cli.options import add_config_option, add_set_option, add_threads_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "override a base-config field for every arm, e.g. --set trainer.steps=50",
     )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)"
-    )
+    add_threads_option(parser, "torch threads per run (default: cores / jobs)")
     parser.add_argument(
         "--no-report", dest="report", action="store_false", help="skip `entropyctl report` at the end"
     )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from entropyctl.cli.options import add_set_option
+from entropyctl.cli.options import add_set_option, add_threads_option
 
 #: ``--data`` values that mean the run's own held-out split ('synthetic': its name from before runs could
 #: train on files; it means the same)
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "override a field of the run config used for evaluation",
     )
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the result as JSON")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch intra-op threads")
+    add_threads_option(parser, "torch intra-op threads")
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _check_options(args: Any) -> list[int] | None:
                 f"--k: expected comma-separated integers ≥ 1 like 1,4,8 (got {args.k!r})"
             ) from None
     counts = {"--n": args.n, "--problems": args.problems, "--max-new-tokens": args.max_new_tokens}
-    for option, value in {**counts, "--threads": args.threads}.items():
+    for option, value in counts.items():
         if value is not None and value < 1:
             raise ConfigError(f"{option}: must be ≥ 1 (got {value})")
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):

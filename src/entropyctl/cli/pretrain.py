@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from entropyctl.cli.options import add_config_option, add_set_option
+from entropyctl.cli.options import add_config_option, add_set_option, add_threads_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=500,
         help="held-out problems to score greedily (default 500; 0: skip)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    add_threads_option(parser, "torch intra-op threads")
 
 
 def _model_section(args: argparse.Namespace) -> Any:

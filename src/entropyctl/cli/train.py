@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from entropyctl.cli.options import add_config_option, add_set_option
+from entropyctl.cli.options import add_config_option, add_set_option, add_threads_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="--resume even when the config or data differ from the checkpoint's (recorded in summary.json)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    add_threads_option(parser, "torch threads per process")
     parser.add_argument(
         "--print-config",
         action="store_true",

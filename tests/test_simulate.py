@@ -129,6 +129,10 @@ def test_controllers_and_schema_commands(capsys: pytest.CaptureFixture[str]) -> 
     assert set(union["discriminator"]["mapping"]) >= {"aer", "clip_higher", "fixed", "target"}
     assert main(["schema", "nope"]) == 2
     assert "unknown controller 'nope'" in capsys.readouterr().err
+    assert main(["schema", "--run"]) == 0  # the whole run config, for users writing a config file
+    run = json.loads(capsys.readouterr().out)
+    assert run["title"] == "RunConfig" and {"controller", "rollout", "optim", "trainer"} <= set(run["properties"])
+    assert run["$defs"]["OptimConfig"]["properties"]["lr"]["default"] == 1e-4
 
 
 def test_entropyctl_simulate_aer_200_steps_is_fast() -> None:

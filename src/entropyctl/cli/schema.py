@@ -1,4 +1,5 @@
-"""``entropyctl schema``: the JSON schema of one controller config or of the union of all."""
+"""``entropyctl schema``: the JSON schema of one controller config, of the union of all, or (``--run``)
+of a whole run config."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="one controller's config schema (default: the union of all)")
+    parser.add_argument(
+        "--run",
+        action="store_true",
+        help="the schema of a whole run config (`entropyctl train --config`): every section and field, with "
+        "its default and description",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +28,15 @@ def run(args: argparse.Namespace) -> int:
         get_config_class,
     )
 
-    if args.name:
+    if args.run:
+        if args.name:
+            raise ConfigError(
+                "schema: --run prints the whole run config's schema; name no controller with it"
+            )
+        from entropyctl.config import RunConfig
+
+        schema = RunConfig.model_json_schema()
+    elif args.name:
         try:
             schema = get_config_class(args.name).model_json_schema()
         except KeyError:

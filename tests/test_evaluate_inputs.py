@@ -92,21 +92,34 @@ def _forbid_loading(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------- which problems are scored
 
 
+def _held_out(file_run: FileRun) -> list[Any]:
+    """The run's held-out split, computed here independently: a seeded draw of 20 rows of sums.jsonl."""
+    from entropyctl.data.loaders import load_math_dataset, split_held_out
+
+    rows = load_math_dataset(file_run.home / "sums.jsonl", level_field="level")
+    return list(split_held_out(rows, 20, file_run.config.data.seed)[1])
+
+
+def _scored(
+    file_run: FileRun, extra: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str, list[Any]]:
+    """(exit status, stdout, stderr, the problems scored) of `evaluate --checkpoint RUN *extra`, run from
+    the directory the run was trained in."""
+    monkeypatch.chdir(file_run.home)
+    seen = _record_problems(monkeypatch)
+    status, stdout, err = _cli(["evaluate", "--checkpoint", str(file_run.run_dir), *extra], capsys)
+    return status, stdout, err, seen
+
+
 def test_a_file_run_is_scored_on_its_own_held_out_split(
     file_run: FileRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The default --data: the rows the run held out of sums.jsonl (a seeded draw of eval.n_prompts rows),
     # the problems of its summary.json 'after' evaluation: same problems and seeds, same numbers.
-    from entropyctl.data.loaders import load_math_dataset, split_held_out
-
-    monkeypatch.chdir(file_run.home)
-    seen = _record_problems(monkeypatch)
     out = tmp_path / "eval.json"
-    status, stdout, _ = _cli(["evaluate", "--checkpoint", str(file_run.run_dir), "--json", str(out)], capsys)
+    status, stdout, _, seen = _scored(file_run, ["--json", str(out)], monkeypatch, capsys)
     assert status == 0
-    rows = load_math_dataset(file_run.home / "sums.jsonl", level_field="level")
-    _, held_out = split_held_out(rows, 20, file_run.config.data.seed)
-    assert [(p.prompt, p.answer) for p in seen] == [(p.prompt, p.answer) for p in held_out]
+    assert [(p.prompt, p.answer) for p in seen] == [(p.prompt, p.answer) for p in _held_out(file_run)]
     evaluated = json.loads(out.read_text())
     after = file_run.summary["after"]
     for key in ("pass@1", "pass@4", "pass@8", "n_samples", "n_problems", "seed", "by_level"):
@@ -120,31 +133,19 @@ def test_problems_n_of_a_file_run_are_the_first_n_of_its_held_out_split(
     file_run: FileRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Not a new draw of N rows (which could hold rows the run trained on): a part of the same split.
-    from entropyctl.data.loaders import load_math_dataset, split_held_out
-
-    monkeypatch.chdir(file_run.home)
-    seen = _record_problems(monkeypatch)
-    argv = ["evaluate", "--checkpoint", str(file_run.run_dir), "--problems", "5", "--n", "1", "--k", "1"]
-    status, _, _ = _cli(argv, capsys)
+    status, _, _, seen = _scored(file_run, ["--problems", "5", "--n", "1", "--k", "1"], monkeypatch, capsys)
     assert status == 0
-    rows = load_math_dataset(file_run.home / "sums.jsonl", level_field="level")
-    _, held_out = split_held_out(rows, 20, file_run.config.data.seed)
-    assert [p.prompt for p in seen] == [p.prompt for p in held_out[:5]]
+    assert [p.prompt for p in seen] == [p.prompt for p in _held_out(file_run)[:5]]
 
 
 def test_data_synthetic_is_the_old_name_of_the_runs_own_split(
     file_run: FileRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from entropyctl.data.loaders import load_math_dataset, split_held_out
-
-    monkeypatch.chdir(file_run.home)
-    seen = _record_problems(monkeypatch)
-    argv = ["evaluate", "--checkpoint", str(file_run.run_dir), "--data", "synthetic", "--n", "1", "--k", "1"]
-    status, _, err = _cli(argv, capsys)
+    status, _, err, seen = _scored(
+        file_run, ["--data", "synthetic", "--n", "1", "--k", "1"], monkeypatch, capsys
+    )
     assert status == 0
-    rows = load_math_dataset(file_run.home / "sums.jsonl", level_field="level")
-    _, held_out = split_held_out(rows, 20, file_run.config.data.seed)
-    assert [p.prompt for p in seen] == [p.prompt for p in held_out]
+    assert [p.prompt for p in seen] == [p.prompt for p in _held_out(file_run)]
     assert "--data run" in err and "data.source=synthetic" in err  # says so, and how to get the task
 
 

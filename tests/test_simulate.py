@@ -131,7 +131,8 @@ def test_controllers_and_schema_commands(capsys: pytest.CaptureFixture[str]) -> 
     assert "unknown controller 'nope'" in capsys.readouterr().err
     assert main(["schema", "--run"]) == 0  # the whole run config, for users writing a config file
     run = json.loads(capsys.readouterr().out)
-    assert run["title"] == "RunConfig" and {"controller", "rollout", "optim", "trainer"} <= set(run["properties"])
+    assert run["title"] == "RunConfig"
+    assert {"controller", "rollout", "optim", "trainer"} <= set(run["properties"])
     assert run["$defs"]["OptimConfig"]["properties"]["lr"]["default"] == 1e-4
 
 

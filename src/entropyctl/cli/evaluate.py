@@ -227,22 +227,18 @@ def _note(message: str) -> None:
 
 
 def _run_split(args: Any, config: Any, policy: Any, tokenizer: Any) -> list[Any]:
-    """The run's own held-out split, built as training built it (:func:`build_module`); ``--problems N``:
+    """The run's own held-out split, built as training built it (:func:`~entropyctl.trainer.run.build_run_data`); ``--problems N``:
     a synthetic or reasoning-gym split of N problems, the first N rows of a data.eval_path, or the first N
     of a file's held-out rows (a new draw of N rows could hold rows the run trained on)."""
-    from entropyctl.trainer.run import build_data, build_prompt_encoder, fit_prompts_to_context
+    from entropyctl.trainer.run import build_prompt_encoder, build_run_data
 
     if args.problems is not None and (config.data.source != "file" or config.data.eval_path):
         config = config.model_copy(
             update={"eval": config.eval.model_copy(update={"n_prompts": args.problems})}
         )
-    if config.data.source != "file":
-        return list(build_data(config)[1])
-    # the same check (or drop) of prompts too long for the model's context as in training
-    encode = build_prompt_encoder(config, tokenizer)
-    context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
-    _, held_out = build_data(config, fit_prompts_to_context(config, encode, context))
-    return list(held_out)[: args.problems]
+    # built as training built it (the same checks, or drops, of prompts against the model's context)
+    _, held_out = build_run_data(config, policy, tokenizer, build_prompt_encoder(config, tokenizer))
+    return held_out[: args.problems]
 
 
 def _problems(

@@ -316,9 +316,10 @@ class RLVRProgress(pl.Callback):
         if not self.first_step or run_dir is None or not (Path(run_dir) / "metrics.csv").exists():
             return []
         columns = read_metrics(Path(run_dir) / "metrics.csv")
-        names = list(columns)
-        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-        return [{k: float(v) for k, v in row.items()} for row in rows if row["step"] <= self.first_step]
+        rows = [
+            {name: float(values[i]) for name, values in columns.items()} for i in range(len(columns["step"]))
+        ]
+        return [row for row in rows if row["step"] <= self.first_step]
 
 
 def controller_story(rows: Sequence[dict[str, float]]) -> str:

@@ -52,6 +52,7 @@ __all__ = [
     "build_prompt_encoder",
     "RUN_DIR_ENV",
     "check_resume",
+    "build_run_data",
     "check_response_fits",
     "fit_prompts_to_context",
 ]
@@ -163,13 +164,13 @@ def unreadable_tokens(ids: Sequence[int], unknown_id: int | None) -> int:
 
 
 def warn_unreadable(
-    problems: Sequence[Any], encode: Callable[[str], list[int]], unknown_id: int | None, what: str
+    problems: Sequence[Any], ids: Sequence[Sequence[int]], unknown_id: int | None, what: str
 ) -> None:
-    """One warning when prompts of ``problems`` (templated, as the model sees them) hold characters the
-    tokenizer reads as ``unknown_id``: how many, and the first one's row."""
+    """One warning when prompts of ``problems`` (``ids``: each one's tokens, templated as the model sees
+    them) hold characters the tokenizer reads as ``unknown_id``: how many, and the first one's row."""
     if unknown_id is None:
         return
-    bad = [p for p in problems if unreadable_tokens(encode(p.prompt), unknown_id)]
+    bad = [p for p, tokens in zip(problems, ids, strict=True) if unreadable_tokens(tokens, unknown_id)]
     if bad:
         meta = getattr(bad[0], "meta", None) or {}
         where = f"{meta['source']}:{meta['location']}" if meta.get("location") else repr(bad[0].prompt[:40])
@@ -195,13 +196,16 @@ def fit_prompts_to_context(
 
     def fit(problems: list[Any]) -> list[Any]:
         source = (getattr(problems[0], "meta", None) or {}).get("source", "data") if problems else "data"
-        warn_unreadable(problems, encode, unknown_id, f"prompts of {source}")
+        if unknown_id is None and context is None:
+            return problems
+        ids = [encode(problem.prompt) for problem in problems]  # each prompt encoded once, for both checks
+        warn_unreadable(problems, ids, unknown_id, f"prompts of {source}")
         if context is None:
             return problems
         budget = context - response
         kept = []
-        for problem in problems:
-            tokens = len(encode(problem.prompt))
+        for problem, prompt_ids in zip(problems, ids, strict=True):
+            tokens = len(prompt_ids)
             if tokens <= budget:
                 kept.append(problem)
                 continue
@@ -215,7 +219,6 @@ def fit_prompts_to_context(
                     "data.overlong_prompts=drop)",
                 )
         if len(kept) < len(problems):
-            source = (getattr(problems[0], "meta", None) or {}).get("source", "data")
             warnings.warn(
                 f"data: dropped {len(problems) - len(kept)} of {len(problems)} rows of {source} whose prompt "
                 f"does not fit the context ({context} tokens, {response} kept for the response)",
@@ -339,6 +342,23 @@ def _strategy(config: RunConfig) -> Any:
     return DDPStrategy(process_group_backend=backend, start_method="popen")
 
 
+def build_run_data(
+    config: RunConfig, policy: Any, tokenizer: Any, encode: Callable[[str], list[int]]
+) -> tuple[Any, list[Any]]:
+    """:func:`build_data` with the checks that need the policy (the response must fit its context; file
+    prompts too, or are dropped; prompts the tiny model cannot read are warned of): the training data and
+    held-out split a run trains and is evaluated on, for the trainer and ``entropyctl evaluate`` alike."""
+    context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+    check_response_fits(config, context)
+    # the char tokenizer's <unk> is a character it lacks; a pretrained tokenizer's may double as a special
+    unknown_id = getattr(tokenizer, "unk_token_id", None) if config.model.kind == "tiny" else None
+    sampler, heldout = build_data(config, fit_prompts_to_context(config, encode, context, unknown_id))
+    if config.data.source != "file" and unknown_id is not None:  # file rows: warned of by the fit
+        ids = [encode(problem.prompt) for problem in heldout]
+        warn_unreadable(heldout, ids, unknown_id, "held-out prompts as templated (data.template?)")
+    return sampler, list(heldout)
+
+
 def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     """The policy (warm-started / loaded), rollout engine, reward, data and controller of ``config``,
     assembled into an :class:`~entropyctl.trainer.module.RLVRModule` (no Trainer yet)."""
@@ -353,13 +373,7 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     engine = build_engine(config, policy, tokenizer)
     reward = get_reward(config.reward.name, **config.reward.options)
     encode = build_prompt_encoder(config, tokenizer)
-    context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
-    check_response_fits(config, context)
-    # the char tokenizer's <unk> is a character it lacks; a pretrained tokenizer's may double as a special
-    unknown_id = getattr(tokenizer, "unk_token_id", None) if config.model.kind == "tiny" else None
-    sampler, heldout = build_data(config, fit_prompts_to_context(config, encode, context, unknown_id))
-    if config.data.source != "file":  # file rows: warned of by the fit, with their rows
-        warn_unreadable(heldout, encode, unknown_id, "held-out prompts as templated (data.template?)")
+    sampler, heldout = build_run_data(config, policy, tokenizer, encode)
     controller = create_controller(config.controller)
     return RLVRModule(
         config,

@@ -7,13 +7,22 @@ e.g. ``controller.alpha_0: must be ≤ alpha_max = 0.05 (got 0.5)``, wrapped in 
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-__all__ = ["ConfigError", "NonNegativeFloat", "PositiveFloat", "format_validation_error"]
+__all__ = [
+    "ConfigError",
+    "NonNegativeFloat",
+    "PositiveFloat",
+    "format_validation_error",
+    "keyword_options",
+    "unknown_option",
+]
 
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -125,3 +134,20 @@ def format_validation_error(
         else:
             lines.append(f"{path}: {message} (got {got!r})")
     return lines
+
+
+def keyword_options(factory: Callable[..., Any], *, skip: int = 0) -> list[str] | None:
+    """The keyword arguments ``factory`` takes after its first ``skip`` parameters (the options a config
+    section passes it); None: any (it takes ``**kwargs``)."""
+    parameters = list(inspect.signature(factory).parameters.values())[skip:]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def unknown_option(key: str, accepted: Sequence[str], owner: str) -> str:
+    """Why option ``key`` is refused: ``unknown option of <owner>; did you mean <closest>? (it takes: ...)``."""
+    close = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    takes = ", ".join(accepted) if accepted else "no options"
+    return f"unknown option of {owner}{hint} (it takes: {takes})"

@@ -19,7 +19,7 @@ from entropyctl.controllers.config import ControllerConfig
 from entropyctl.controllers.parts import PART_VARIANTS
 from entropyctl.controllers.registry import ControllerField
 from entropyctl.models.config import ModelConfig
-from entropyctl.validation import ConfigError, format_validation_error
+from entropyctl.validation import ConfigError, format_validation_error, keyword_options, unknown_option
 
 __all__ = [
     "DataConfig",
@@ -379,21 +379,14 @@ def _check_data_options(data: DataConfig) -> list[str]:
         ]
     if data.source != "file":
         return []
-    import difflib
-    import inspect
-
     from entropyctl.data.loaders import load_math_dataset
 
-    accepted = list(inspect.signature(load_math_dataset).parameters)[1:]  # the first is the file's path
-    problems = []
-    for key in data.options:
-        if key not in accepted:
-            close = difflib.get_close_matches(str(key), accepted, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            problems.append(
-                f"data.options.{key}: unknown option of the file loader{hint} (it takes: {', '.join(accepted)})"
-            )
-    return problems
+    accepted = keyword_options(load_math_dataset, skip=1) or []  # the first parameter is the file's path
+    return [
+        f"data.options.{key}: {unknown_option(str(key), accepted, 'the file loader')}"
+        for key in data.options
+        if key not in accepted
+    ]
 
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")

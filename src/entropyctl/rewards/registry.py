@@ -7,7 +7,6 @@ Every reward is an object with ``__call__(completions, answers) -> list[float]``
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import re
 import sys
@@ -25,6 +24,7 @@ from entropyctl.rewards.math import (
     extract_answer,
 )
 from entropyctl.rewards.reasoning_gym import ReasoningGymReward
+from entropyctl.validation import keyword_options, unknown_option
 
 __all__ = [
     "RewardFunction",
@@ -191,22 +191,14 @@ def available_rewards() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _keyword_options(factory: Callable[..., Any], *, skip: int = 0) -> list[str] | None:
-    """The keyword arguments ``factory`` takes after its first ``skip``; None: any (``**kwargs``)."""
-    parameters = list(inspect.signature(factory).parameters.values())[skip:]
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-
-
 def reward_options(name_or_path: str) -> list[str] | None:
     """The options (keyword arguments of :func:`get_reward`) reward ``name_or_path`` takes, read from its
     factory's signature; None: any (the factory takes ``**kwargs``). A ``package.module:function`` takes
     those of :class:`ProcessFunctionReward`."""
     factory = _REGISTRY.get(name_or_path)
     if factory is not None:
-        return _keyword_options(factory)
-    return _keyword_options(ProcessFunctionReward, skip=1)  # its first argument is the path
+        return keyword_options(factory)
+    return keyword_options(ProcessFunctionReward, skip=1)  # its first argument is the path
 
 
 def _import_hint(module_name: str, exc: BaseException) -> str:
@@ -251,15 +243,6 @@ def _import_function(path: str) -> Callable[..., Any]:
     return target
 
 
-def _unknown_option(key: str, accepted: list[str], name_or_path: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    takes = ", ".join(accepted) if accepted else "no options"
-    return f"unknown option of reward {name_or_path!r}{hint} (it takes: {takes})"
-
-
 def _unknown_name(name_or_path: str) -> str | None:
     """Why ``name_or_path`` is neither a registered name nor a ``package.module:function`` (None: it is one)."""
     if name_or_path in _REGISTRY:
@@ -289,7 +272,7 @@ def check_reward(name_or_path: str, options: Mapping[str, Any]) -> list[tuple[st
             return [("name", str(err))]
     accepted = reward_options(name_or_path)
     problems = [
-        (f"options.{key}", _unknown_option(str(key), accepted, name_or_path))
+        (f"options.{key}", unknown_option(str(key), accepted, f"reward {name_or_path!r}"))
         for key in options
         if accepted is not None and key not in accepted
     ]

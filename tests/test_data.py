@@ -182,6 +182,17 @@ def test_math_solutions_give_boxed_answers_and_levels() -> None:
     assert problems[1].prompt == "Problem: Simplify $\\sqrt{8}$.\nPut the answer in \\boxed{}."
 
 
+def test_a_math_solution_boxed_without_braces_loads(tmp_path: Path) -> None:
+    # a few MATH solutions write "$\\boxed 5$": one such row used to fail the whole file's load
+    rows = [
+        {"problem": "What is 2+3?", "solution": "We add: $\\boxed 5$.", "level": "Level 1"},
+        {"problem": "Halve 1.", "solution": "It is $\\boxed{\\frac{1}{2}}$.", "level": "Level 2"},
+    ]
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert [p.answer for p in load_math_dataset(path, level_field="level")] == ["5", "\\frac{1}{2}"]
+
+
 def test_dapo_chat_prompt_and_nested_answer() -> None:
     problems = load_math_dataset(DATA / "dapo_sample.jsonl")  # auto: prompt list + reward_model.ground_truth
     assert [p.answer for p in problems] == ["13", "4"]

@@ -91,6 +91,12 @@ def strict_reward(verifier: MathVerifier) -> MathReward:
         ("no digits at all", None),
         ("", None),
         ("\\boxed{unclosed", None),
+        # a brace-less box (a few MATH solutions): to the next $, line end or unopened brace
+        ("so $\\boxed 5$.", "5"),
+        ("$\\boxed \\frac{1}{2}$ is it", "\\frac{1}{2}"),
+        ("\\boxed{3} and then \\boxed 10.", "10"),
+        ("\\boxed 10 and then \\boxed{3}", "3"),
+        ("\\boxed{\\boxed 7}", "7"),
         # a final-answer line ends at its first clause break: a check after the answer is not graded
         ("The answer is 3. Check: 3*2=6", "3"),
         ("The answer is 3 since x = 6", "3"),
@@ -472,7 +478,7 @@ def test_linear_inline_math_scan_equals_the_regex(text: str) -> None:
 
 
 ADVERSARIAL_PIECES = [
-    "\\(", "\\[", "$", "$$", "{", "}", "\\boxed{", "\\fbox{", "final answer", "the answer is ",
+    "\\(", "\\[", "$", "$$", "{", "}", "\\boxed{", "\\fbox{", "\\boxed ", "\\fbox\t", "final answer", "the answer is ",
     "answer:", "####", "\n", " ", "\t", "1", "1,", ".5", "x", "\\frac{1}{2}", "**",
 ]  # fmt: skip
 

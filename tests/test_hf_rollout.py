@@ -18,7 +18,7 @@ from entropyctl.models.tiny import build_char_tokenizer, build_tiny_model
 from entropyctl.models.warm_start import _supervised_batch
 from entropyctl.ops.entropy import token_logprob_entropy
 from entropyctl.rollout.hf import HFRolloutEngine, position_ids_from_mask
-from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings
+from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings, stop_token_ids
 
 ALPHABET = "0123456789+-*/=() "
 PROMPTS = ["1+2=", "123+45=", "(12+3)*4=", "7="]  # different lengths -> different left padding
@@ -187,3 +187,48 @@ def test_bad_sampling_settings_fail_clearly(policy):
         engine.generate(_prompt_ids(tokenizer), 1, SamplingSettings(max_new_tokens=0))
     with pytest.raises(ValueError, match="at least one token"):
         engine.generate([[]], 1, SamplingSettings())
+
+
+def test_stop_token_ids_reads_the_tokenizer_then_the_generation_config():
+    tokenizer = SimpleNamespace(eos_token_id=5)
+    assert stop_token_ids(tokenizer) == (5,)
+    assert stop_token_ids(tokenizer, SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=9))) == (
+        5,
+        9,
+    )
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[9, 5, 11, 9]))
+    assert stop_token_ids(tokenizer, model) == (5, 9, 11)  # the tokenizer's first, no repeats
+    assert stop_token_ids(SimpleNamespace(eos_token_id=None), model) == (9, 5, 11)
+    with pytest.raises(ValueError, match="could never stop"):
+        stop_token_ids(SimpleNamespace(eos_token_id=None), SimpleNamespace(generation_config=None))
+
+
+def test_responses_stop_at_a_generation_config_eos_besides_the_tokenizers(policy):
+    """A chat model may end its turn in a token other than the tokenizer's EOS (Llama 3's <|eot_id|>):
+    the engine stops at every id of the model's generation_config.eos_token_id, and a response that
+    ends in one is not truncated."""
+    model, tokenizer = policy
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=6)
+    plain = HFRolloutEngine(model, tokenizer).generate(_prompt_ids(tokenizer), 1, greedy)
+    first = plain.response_ids[:, 0].tolist()
+    other = next(t for t in first if t != tokenizer.eos_token_id)  # a token greedy decoding emits first
+    rows = [i for i, t in enumerate(first) if t == other]
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, other]
+    try:
+        engine = HFRolloutEngine(model, tokenizer)
+        assert engine.stop_token_ids == (tokenizer.eos_token_id, other)
+        out = engine.generate(_prompt_ids(tokenizer), 1, greedy)
+        sampled = engine.generate(
+            _prompt_ids(tokenizer), 4, SamplingSettings(temperature=1.0, max_new_tokens=10, seed=0)
+        )
+    finally:
+        model.generation_config.eos_token_id = saved
+    for row in rows:  # stopped at once, on the extra id, and not counted as truncated
+        assert out.response_mask[row].tolist() == [1] + [0] * (out.response_mask.shape[1] - 1)
+        assert out.response_ids[row, 0] == other and not out.truncated[row]
+    for row in range(sampled.num_sequences):  # a stop id only ever as the last masked token
+        length = int(sampled.response_mask[row].sum())
+        ids = sampled.response_ids[row, :length].tolist()
+        stops = [i for i, t in enumerate(ids) if t in engine.stop_token_ids]
+        assert stops == ([] if sampled.truncated[row] else [length - 1])

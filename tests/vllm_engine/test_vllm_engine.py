@@ -12,6 +12,7 @@ import torch
 
 from entropyctl.models.forward import response_logits
 from entropyctl.models.loading import load_policy
+from entropyctl.rollout.hf import HFRolloutEngine
 from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings
 from entropyctl.rollout.vllm import VLLMConfig, VLLMEngine, export_policy, policy_weights
 
@@ -99,6 +100,27 @@ def test_generates_in_protocol_form(setup):
     assert torch.equal(again.response_ids, comp.response_ids)
     other = engine.generate(prompts, n, SamplingSettings(temperature=1.0, max_new_tokens=max_new, seed=8))
     assert not torch.equal(other.response_ids[:, :4], comp.response_ids[:, :4])
+
+
+def test_stops_at_every_stop_token_like_the_hf_engine(setup):
+    """The engine stops at each of its stop ids (from_policy: the tokenizer's EOS and the model's
+    generation_config.eos_token_id), not only the first: greedy decoding with the first generated token
+    made a stop id stops after it, untruncated, where the HF engine stops too."""
+    model, tokenizer, engine = setup
+    assert engine.stop_token_ids[0] == tokenizer.eos_token_id
+    prompts = [_prompt_ids(tokenizer, q) for q in QUESTIONS]
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=6)
+    first = engine.generate(prompts, 1, greedy).response_ids[0, 0].item()
+    saved_engine, saved_config = engine.stop_token_ids, model.generation_config.eos_token_id
+    engine.stop_token_ids = (tokenizer.eos_token_id, first)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, first]
+    try:
+        ours = engine.generate(prompts, 1, greedy)
+        hf = HFRolloutEngine(model, tokenizer).generate(prompts, 1, greedy)
+    finally:
+        engine.stop_token_ids, model.generation_config.eos_token_id = saved_engine, saved_config
+    assert ours.response_mask[0].sum() == 1 and ours.response_ids[0, 0] == first and not ours.truncated[0]
+    assert hf.response_mask[0].sum() == 1 and hf.response_ids[0, 0] == first and not hf.truncated[0]
 
 
 def test_weight_sync_after_optimizer_steps(setup):

@@ -20,7 +20,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args
+from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args, stop_token_ids
 
 __all__ = ["HFRolloutEngine", "left_pad", "position_ids_from_mask"]
 
@@ -117,18 +117,21 @@ class HFRolloutEngine:
     """Samples completions with ``transformers``' ``generate`` on the policy itself (design.md §5).
 
     Rows are prompt-major (row ``i*n + j`` is sample ``j`` of prompt ``i``). ``temperature == 0`` means greedy
-    decoding (its ``logprobs`` are then taken at temperature 1). Responses stop at the tokenizer's EOS;
-    the response mask covers the sampled tokens up to and including EOS, and positions after it hold pad.
+    decoding (its ``logprobs`` are then taken at temperature 1). Responses stop at the first of
+    ``stop_token_ids`` (the tokenizer's EOS and the model's ``generation_config.eos_token_id``); the
+    response mask covers the sampled tokens up to and including it, and positions after it hold pad.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("HFRolloutEngine: the tokenizer has no eos token; responses could never stop")
+        try:
+            self.stop_token_ids = stop_token_ids(tokenizer, model)
+        except ValueError as err:
+            raise ValueError(f"HFRolloutEngine: {err}") from None
         self.model = model
         self.tokenizer = tokenizer
-        self.eos_token_id = int(tokenizer.eos_token_id)
+        self.eos_token_id = self.stop_token_ids[0]
         pad = tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else tokenizer.eos_token_id)
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_id)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """No-op: the engine samples from the live policy module."""
@@ -148,7 +151,7 @@ class HFRolloutEngine:
             top_k=None if greedy else int(sampling.top_k),  # 0: off (transformers' default would be 50)
             top_p=None if greedy else float(sampling.top_p),
             max_new_tokens=int(sampling.max_new_tokens),
-            eos_token_id=self.eos_token_id,
+            eos_token_id=list(self.stop_token_ids),
             pad_token_id=self.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
             return_dict_in_generate=True,
@@ -174,7 +177,7 @@ class HFRolloutEngine:
                 logits_processor=processors,
             )
         response = output.sequences[:, ids.shape[1] :].to("cpu")
-        is_eos = response == self.eos_token_id
+        is_eos = torch.isin(response, torch.tensor(self.stop_token_ids))
         has_eos = is_eos.any(dim=1)
         steps = torch.arange(response.shape[1]).unsqueeze(0)
         first_eos = torch.where(has_eos, is_eos.long().argmax(dim=1), response.shape[1])

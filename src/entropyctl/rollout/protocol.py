@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingSettings", "Completions", "RolloutEngine", "check_generate_args"]
+__all__ = ["SamplingSettings", "Completions", "RolloutEngine", "check_generate_args", "stop_token_ids"]
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,38 @@ def check_generate_args(engine: str, n: int, sampling: SamplingSettings) -> None
         raise ValueError(f"sampling.temperature={sampling.temperature}, expected >= 0 (0 = greedy)")
 
 
+def stop_token_ids(tokenizer: Any, model: Any = None) -> tuple[int, ...]:
+    """The token ids a response stops at: the tokenizer's EOS first, then every id of the model's
+    ``generation_config.eos_token_id`` (an int or a list) that is not already there.
+
+    Chat models often end a turn in a token other than the tokenizer's EOS (Llama 3 Instruct's
+    ``<|eot_id|>`` beside ``<|end_of_text|>``, Qwen2.5 Instruct's ``<|im_end|>`` beside
+    ``<|endoftext|>``): stopping at the tokenizer's alone would run such a model to ``max_new_tokens``
+    and mark every response truncated. Raises if there is none at all.
+    """
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    for token in [extra] if isinstance(extra, int) else list(extra or []):
+        if int(token) not in ids:
+            ids.append(int(token))
+    if not ids:
+        raise ValueError(
+            "the tokenizer has no eos token and the model's generation_config none either; responses could never stop"
+        )
+    return tuple(ids)
+
+
 @dataclass
 class Completions:
     """``n`` completions for each of ``P`` prompts, in prompt-major order (row ``i*n + j``).
 
     prompt_ids: ``[P*n, Lp]`` left-padded prompt token ids; prompt_mask: ``[P*n, Lp]`` 1 on real tokens.
     response_ids: ``[P*n, Lr]`` right-padded sampled token ids; response_mask: ``[P*n, Lr]`` 1 on
-    sampled tokens up to and including EOS.
-    truncated: ``[P*n]`` bool, True where the response hit ``max_new_tokens`` without EOS.
+    sampled tokens up to and including the first stop token (``stop_token_ids``: EOS).
+    truncated: ``[P*n]`` bool, True where the response hit ``max_new_tokens`` without a stop token.
     logprobs: ``[P*n, Lr]`` the engine's own sampled-token log-probs when asked, else None.
     """
 

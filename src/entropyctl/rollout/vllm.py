@@ -49,7 +49,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,7 +58,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from entropyctl.rollout.export import save_policy
-from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args
+from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args, stop_token_ids
 from entropyctl.rollout.weight_sync import (
     SharedRegion,
     Slot,
@@ -362,8 +362,9 @@ class VLLMEngine:
 
     Rows are prompt-major (row ``i*n + j`` is sample ``j`` of prompt ``i``), prompts left-padded, responses
     right-padded with ``pad_token_id``; the response mask covers sampled tokens up to and including EOS,
-    exactly like ``HFRolloutEngine``: generation stops at ``eos_token_id`` only (vLLM's own EOS and
-    generation-config defaults are disabled), ``temperature == 0`` is greedy.
+    exactly like ``HFRolloutEngine``: generation stops at the first of ``stop_token_ids`` only
+    (``eos_token_id`` and, from ``from_policy``, the model's ``generation_config.eos_token_id``; vLLM's
+    own EOS and generation-config defaults are disabled), ``temperature == 0`` is greedy.
 
     Build it with ``VLLMEngine.from_policy(model, tokenizer, config)`` (exports the policy, starts the engine,
     syncs the weights) or from a model directory. Call ``sync_weights(policy)`` after every optimizer step.
@@ -376,12 +377,16 @@ class VLLMEngine:
         *,
         eos_token_id: int,
         pad_token_id: int | None = None,
+        stop_token_ids: Sequence[int] = (),
     ) -> None:
         self.config = config if isinstance(config, VLLMConfig) else VLLMConfig.model_validate(config or {})
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"VLLMEngine: {self.model_dir} has no config.json (use export_policy)")
         self.eos_token_id = int(eos_token_id)
+        self.stop_token_ids = (self.eos_token_id,) + tuple(
+            dict.fromkeys(int(t) for t in stop_token_ids if int(t) != self.eos_token_id)
+        )
         self.pad_token_id = int(pad_token_id if pad_token_id is not None else eos_token_id)
         self.weight_version = 0
         self._synced_state: tuple[tuple[int, int], ...] | None = None
@@ -439,10 +444,14 @@ class VLLMEngine:
     ) -> VLLMEngine:
         """Export ``model`` (cached), start an engine on it and sync the live weights into it."""
         cfg = config if isinstance(config, VLLMConfig) else VLLMConfig.model_validate(config or {})
-        if tokenizer.eos_token_id is None:
-            raise ValueError("VLLMEngine: the tokenizer has no eos token; responses could never stop")
+        try:
+            stops = stop_token_ids(tokenizer, model)
+        except ValueError as err:
+            raise ValueError(f"VLLMEngine: {err}") from None
         directory = export_policy(model, tokenizer, cfg.export_dir)
-        engine = cls(directory, cfg, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        engine = cls(
+            directory, cfg, eos_token_id=stops[0], pad_token_id=tokenizer.pad_token_id, stop_token_ids=stops
+        )
         # The export may be a cached copy of an equal-fingerprint policy: make the engine exact anyway.
         engine.sync_weights(model)
         return engine
@@ -547,7 +556,7 @@ class VLLMEngine:
             seed=seed,
             logprobs=0 if sampling.return_logprobs else None,  # 0: only the sampled token's
             ignore_eos=True,  # the model's EOS from vLLM's tokenizer is not ours necessarily ...
-            stop_token_ids=[self.eos_token_id],  # ... stop exactly where HFRolloutEngine stops
+            stop_token_ids=list(self.stop_token_ids),  # ... stop exactly where HFRolloutEngine stops
             detokenize=False,
         )
 
@@ -585,10 +594,12 @@ class VLLMEngine:
                 )
             for sample in samples:
                 tokens = list(sample.token_ids)
-                if self.eos_token_id in tokens:  # stop token included; cut anything after it defensively
-                    tokens = tokens[: tokens.index(self.eos_token_id) + 1]
+                # the stop token is included; cut anything after the first one defensively
+                first = next((i for i, t in enumerate(tokens) if t in self.stop_token_ids), None)
+                if first is not None:
+                    tokens = tokens[: first + 1]
                 responses.append(tokens)
-                truncated.append(not tokens or tokens[-1] != self.eos_token_id)
+                truncated.append(first is None)
                 if sampling.return_logprobs:
                     if sample.logprobs is None:
                         raise RuntimeError("vLLM returned no log-probs although they were requested")

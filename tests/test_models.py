@@ -221,3 +221,53 @@ def test_smollm2_gguf_loads_offline_and_generates(monkeypatch):
         logprob, _ = token_logprob_entropy(fwd.hidden @ fwd.lm_head_weight.T, fwd.targets, temperature=0.7)
     assert out.logprobs is not None
     torch.testing.assert_close(logprob, out.logprobs[out.response_mask.bool()], atol=1e-4, rtol=0)
+
+
+def test_gradient_checkpointing_recomputes_in_backward_gives_the_same_gradient_and_spares_rollouts() -> None:
+    """model.gradient_checkpointing: each decoder layer runs again in backward (two forwards per update
+    instead of one), keeps a fraction of the activations, gives the same gradient, and generate (eval
+    mode) runs each layer once per token as without."""
+    from entropyctl.models.forward import enable_gradient_checkpointing
+
+    tokenizer = build_char_tokenizer(ALPHABET)
+    plain = build_tiny_model(tokenizer, hidden_size=32, layers=2, heads=2, seed=5)
+    checkpointed = build_tiny_model(tokenizer, hidden_size=32, layers=2, heads=2, seed=5)
+    enable_gradient_checkpointing(checkpointed)
+    prompts = [tokenizer(p)["input_ids"] for p in ("12+7=", "3+4=")]
+    sampling = SamplingSettings(temperature=1.0, max_new_tokens=5, seed=0)
+    comp = HFRolloutEngine(plain, tokenizer).generate(prompts, 2, sampling)
+    grads, calls, saved = [], [], []
+    for model in (plain, checkpointed):
+        count, nbytes = [0], [0]
+        mlp = model.model.layers[0].mlp
+        forward = mlp.forward
+
+        def counted(*args, _f=forward, _c=count, **kwargs):  # module hooks do not see the recompute
+            _c[0] += 1
+            return _f(*args, **kwargs)
+
+        def pack(t, _n=nbytes):
+            _n[0] += t.numel() * t.element_size()
+            return t
+
+        mlp.forward = counted
+        model.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = response_hidden_states(model, comp)
+        logits = out.hidden @ out.lm_head_weight.T
+        lp, ent = token_logprob_entropy(logits, out.targets)
+        (lp.sum() + 0.1 * ent.sum()).backward()
+        calls.append(count[0])
+        saved.append(nbytes[0])
+        count[0] = 0
+        HFRolloutEngine(model, tokenizer).generate(
+            prompts, 1, SamplingSettings(temperature=0.0, max_new_tokens=4)
+        )
+        calls.append(count[0])
+        mlp.forward = forward
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert calls[0] == 1 and calls[2] == 2  # one forward; the forward and its recomputation
+    assert calls[1] == calls[3] > 0  # generate: the same layer calls with or without
+    assert saved[1] < saved[0] / 2  # the backbone keeps the layers' inputs only
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

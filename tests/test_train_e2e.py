@@ -155,6 +155,17 @@ def test_fused_path_equals_full_logits_path(tmp_path: Path) -> None:
             assert a[column] == pytest.approx(b[column], rel=1e-4, abs=1e-6), column
 
 
+def test_gradient_checkpointing_trains_the_same_run(tmp_path: Path) -> None:
+    """model.gradient_checkpointing recomputes activations in backward: the same run, value for value."""
+    base = ["trainer.steps=2", "eval.before=false", "eval.after=false", "trainer.save_last=false"]
+    run_training(tiny_config(*base), tmp_path / "plain")
+    run_training(tiny_config(*base, "model.gradient_checkpointing=true"), tmp_path / "checkpointed")
+    plain, checkpointed = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "checkpointed")
+    for a, b in zip(plain, checkpointed, strict=True):
+        for column in ("reward", "entropy", "loss", "entropy_loss", "grad_norm", "alpha"):
+            assert a[column] == pytest.approx(b[column], rel=1e-6, abs=1e-9), column
+
+
 @pytest.mark.parametrize("agg", ["seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_per_response_loss_aggregation(agg: str, tmp_path: Path) -> None:
     """algorithm.loss_agg: the same step-1 rollouts as the token mean (same seed), another loss; the

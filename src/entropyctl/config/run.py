@@ -568,6 +568,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.anchor.steps": 1,
     "algorithm.skip_no_signal": False,
     "algorithm.loss_agg": "token-mean",
+    "model.gradient_checkpointing": False,
     "optim.schedule": "constant",
     "optim.min_lr_ratio": 0.0,
     "data.name": None,

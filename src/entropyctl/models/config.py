@@ -88,6 +88,11 @@ class ModelConfig(BaseModel):
         None,
         description="Where warm-started tiny models are cached; default $ENTROPYCTL_CACHE or ~/.cache/entropyctl.",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute the decoder layers' activations in backward instead of storing them (less "
+        "activation memory, about one more forward per update); the rollouts are unchanged.",
+    )
 
     @model_validator(mode="after")
     def _path_for_kind(self) -> ModelConfig:

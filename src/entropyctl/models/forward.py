@@ -23,6 +23,7 @@ from entropyctl.rollout.protocol import Completions
 __all__ = [
     "ResponseHiddenStates",
     "ResponseLogits",
+    "enable_gradient_checkpointing",
     "lm_head_weight",
     "response_hidden_states",
     "response_logits",
@@ -80,6 +81,23 @@ def lm_head_weight(model: PreTrainedModel) -> tuple[Tensor, Tensor | None]:
     head = model.get_output_embeddings()
     assert isinstance(head, torch.nn.Linear)
     return head.weight, head.bias
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in backward instead of keeping them (``model.
+    gradient_checkpointing``): activation memory of one layer instead of all, for about one more forward
+    per update. transformers' non-reentrant form (works under DDP and with frozen inputs); it acts only
+    while the model is in training mode, so rollouts (``generate`` in eval mode) are unchanged."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"model.gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing "
+            "(transformers' supports_gradient_checkpointing is false); set it to false"
+        )
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5's name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _backbone_hidden(model: PreTrainedModel, completions: Completions) -> tuple[Tensor, Tensor]:

@@ -498,8 +498,10 @@ class RLVRModule(pl.LightningModule):
             for p in reference.parameters():
                 p.requires_grad_(False)
             self._reference = _Frozen(reference)
-        from entropyctl.models.forward import supports_fused_head
+        from entropyctl.models.forward import enable_gradient_checkpointing, supports_fused_head
 
+        if config.model.gradient_checkpointing:  # after the reference's copy: it never runs backward
+            enable_gradient_checkpointing(policy)  # type: ignore[arg-type]
         self.use_fused = config.algorithm.fused and supports_fused_head(policy)  # type: ignore[arg-type]
         #: the controller's metric keys before the first step fix its ``controller/<key>`` columns
         self.controller_metric_keys = [str(k) for k in controller.metrics()]

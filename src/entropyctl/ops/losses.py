@@ -434,11 +434,9 @@ def fused_policy_loss(
     in :func:`policy_loss` (their tensors are ``[N]``: no vocabulary dimension is added)."""
     t = _check_temperature(temperature)
     _check_clip(clip_low, clip_high)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(weight.shape[0])
+    chunk_size = default_chunk_size(weight.shape[0]) if chunk_size is None else chunk_size
     _validate(hidden, weight, targets, bias, chunk_size)
-    n = hidden.shape[0]
-    cdtype = _compute_dtype(hidden.dtype)
+    n, cdtype = hidden.shape[0], _compute_dtype(hidden.dtype)
     old_t, adv_t, coef_tok, mask_t, ref_t = _per_token_inputs(
         n, cdtype, hidden.device, old_logprob, advantages, coef, mask, ref_logprob
     )

@@ -210,3 +210,34 @@ def test_shared_memory_sync_in_small_buckets_equals_the_serialized_sync(setup):
         )
     finally:
         engine.config = config
+
+
+def test_a_lora_policy_syncs_its_merged_weights(setup):
+    """model.lora: the engine takes the adapted weights merged (W + scaling·B·A under the base names) at
+    every sync, so its log-probs are the adapted policy's training forward, not the base model's."""
+    import copy
+    from types import SimpleNamespace
+
+    pytest.importorskip("peft")
+    from entropyctl.models.lora import apply_lora
+
+    model, tokenizer, engine = setup
+    adapted = copy.deepcopy(model)
+    apply_lora(adapted, SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules="all-linear"))
+    with torch.no_grad():  # trained adapters: B nonzero
+        generator = torch.Generator().manual_seed(0)
+        for name, param in adapted.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+    prompts = [_prompt_ids(tokenizer, q) for q in QUESTIONS]
+    sampling = SamplingSettings(temperature=1.0, max_new_tokens=16, seed=3, return_logprobs=True)
+    try:
+        assert engine.sync_weights(adapted, force=True) is True
+        comp = engine.generate(prompts, 2, sampling)
+        theirs = comp.logprobs[comp.response_mask.bool()]
+        ours = _training_logprobs(adapted, comp)
+        base = _training_logprobs(model, comp)
+        assert torch.allclose(theirs, ours, atol=ATOL), (theirs - ours).abs().max()
+        assert (base - ours).abs().max() > 10 * ATOL  # the adapters changed what the engine samples from
+    finally:
+        engine.sync_weights(model, force=True)

@@ -343,6 +343,11 @@ def _check_section_values(config: RunConfig) -> list[str]:
             "step has no backward, and the gradient scaler cannot step without one; use bf16-mixed, "
             f"bf16-true or 32-true (got trainer.precision={t.precision!r})"
         )
+    if config.model.lora is not None and t.strategy == "fsdp":
+        problems.append(
+            "model.lora: not built for trainer.strategy fsdp (sharding frozen base weights beside trainable "
+            "adapters is untested here); use the default strategy (DDP with several devices)"
+        )
     if t.accelerator not in LIGHTNING_ACCELERATORS:
         problems.append(
             f"trainer.accelerator: must be one of {list(LIGHTNING_ACCELERATORS)} (got {t.accelerator!r})"
@@ -569,6 +574,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.skip_no_signal": False,
     "algorithm.loss_agg": "token-mean",
     "model.gradient_checkpointing": False,
+    "model.lora": None,
     "optim.schedule": "constant",
     "optim.min_lr_ratio": 0.0,
     "data.name": None,

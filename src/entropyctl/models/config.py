@@ -69,6 +69,21 @@ class PretrainConfig(BaseModel):
         return self
 
 
+class LoraSettings(BaseModel):
+    """LoRA adapters on the policy (PEFT's injection; the base weights frozen, the adapters trained)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, description="Rank of each adapter.")
+    alpha: float = Field(32.0, gt=0, description="LoRA's alpha: the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Which linear layers get adapters: 'all-linear' (every linear layer but the LM head) or "
+        "a list of module names (e.g. [q_proj, v_proj]).",
+    )
+
+
 class ModelConfig(BaseModel):
     """Which policy to train and how to load it."""
 
@@ -87,6 +102,11 @@ class ModelConfig(BaseModel):
     cache_dir: str | None = Field(
         None,
         description="Where warm-started tiny models are cached; default $ENTROPYCTL_CACHE or ~/.cache/entropyctl.",
+    )
+    lora: LoraSettings | None = Field(
+        None,
+        description="LoRA adapters (r, alpha, dropout, target_modules; needs peft: pip install 'entropyctl[lora]'); "
+        "null: every weight trains.",
     )
     gradient_checkpointing: bool = Field(
         False,

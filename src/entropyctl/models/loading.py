@@ -99,4 +99,8 @@ def load_policy(
         model = AutoModelForCausalLM.from_pretrained(
             directory, gguf_file=file_name, local_files_only=True, dtype=dtype
         )
+    if cfg.lora is not None:  # after the warm start (the cache holds the plain model)
+        from entropyctl.models.lora import apply_lora
+
+        apply_lora(model, cfg.lora)
     return model, prepare_tokenizer(tokenizer)

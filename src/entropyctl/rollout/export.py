@@ -6,14 +6,47 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["save_policy"]
+__all__ = ["plain_state_dict", "save_policy"]
+
+_ADAPTER = "default"  # the adapter name entropyctl.models.lora injects under
+
+
+def _lora_layers(model: torch.nn.Module) -> list[tuple[str, Any]]:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # no peft: no adapters either
+        return []
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` as the plain model's. Without LoRA adapters (``model.lora``) it is the
+    state dict itself; with them, each adapted layer's ``base_layer.*`` under the layer's own name, its
+    weight merged with the adapter (W + scaling·B·A, in the weight's dtype; a new tensor), and the
+    adapters' own tensors left out."""
+    state = model.state_dict()
+    layers = _lora_layers(model)
+    if not layers:
+        return state
+    merged = {}
+    with torch.no_grad():
+        for name, layer in layers:
+            weight = layer.get_base_layer().weight
+            merged[f"{name}.weight"] = weight + layer.get_delta_weight(_ADAPTER).to(weight.dtype)
+    plain: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if ".lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        plain[key] = merged.get(key, tensor)
+    return plain
 
 
 def save_policy(
@@ -26,7 +59,7 @@ def save_policy(
     half-written model behind. ``target`` must not exist, unless ``exist_ok`` and it already holds a
     model (another writer's finished copy: it is kept). Works for GGUF-loaded models (which refuse
     ``save_pretrained``): the weights are copied into a fresh model of the same class built from the
-    config, in the model's dtype.
+    config, in the model's dtype; LoRA adapters are merged into the weights they adapt.
     """
     from transformers import AutoModelForCausalLM
 
@@ -43,7 +76,8 @@ def save_policy(
             del config.quantization_config  # GGUF loading leaves it; the copy holds plain dense weights
         with torch.device("meta"):
             plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-        missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False, assign=True)
+        # LoRA adapters (model.lora) merged into their layers: a plain model of the base names
+        missing, unexpected = plain.load_state_dict(plain_state_dict(model), strict=False, assign=True)
         if plain.config.tie_word_embeddings:
             plain.tie_weights()
             missing = [k for k in missing if k != "lm_head.weight"]

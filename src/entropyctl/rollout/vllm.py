@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from entropyctl.rollout.export import save_policy
+from entropyctl.rollout.export import plain_state_dict, save_policy
 from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args, stop_token_ids
 from entropyctl.rollout.weight_sync import (
     SharedRegion,
@@ -146,9 +146,9 @@ def policy_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     Names are the policy's ``state_dict`` keys (= the names in its ``save_pretrained`` checkpoint), with
     DDP/compile wrapper prefixes stripped. A tied LM head (``lm_head.weight`` sharing storage with the input
     embedding) is left out: vLLM ties its head to the embedding, which is sent. Tensors are detached views
-    of the live parameters (no copy).
+    of the live parameters (no copy), except the LoRA-adapted weights, merged into new tensors.
     """
-    state = model.state_dict(keep_vars=False)
+    state = plain_state_dict(model)  # LoRA adapters (model.lora) merged into the weights they adapt
     get_embeddings = getattr(model, "get_input_embeddings", None)
     embedding = get_embeddings() if callable(get_embeddings) else None
     embedding_weight = getattr(embedding, "weight", None)

@@ -1,0 +1,53 @@
+"""LoRA adapters on the policy (``model.lora``), through PEFT's adapter injection.
+
+The adapters go *into* the model in place (``peft.inject_adapter_in_model``): the policy stays the same
+``transformers`` class, so the trainer's forward, the fused LM head, ``generate``, checkpoints and
+DDP see one model as before. Only the adapters train (the base weights are frozen by the injection);
+the LM head and the embeddings are never adapted ("all-linear" leaves the output layer out), so the
+fused path keeps its plain head.
+
+Anything that leaves the trainer as a plain model — ``entropyctl export``, the vLLM export and weight
+sync — takes :func:`entropyctl.rollout.export.plain_state_dict`: the base names, each adapted weight
+merged (W + scaling·B·A).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["apply_lora"]
+
+_ADAPTER = "default"
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError as err:
+        raise ImportError(
+            "model.lora needs the peft package: pip install 'entropyctl[lora]' (or pip install peft)"
+        ) from err
+    return peft
+
+
+def apply_lora(model: torch.nn.Module, settings: Any) -> torch.nn.Module:
+    """Inject LoRA adapters into ``model`` in place (``settings``: a ``LoraSettings``) and return it.
+
+    B starts at zero, so the adapted model computes exactly what ``model`` did; the base weights are
+    frozen, the adapters trainable."""
+    peft = _peft()
+    targets = settings.target_modules
+    config = peft.LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        bias="none",
+    )
+    try:
+        peft.inject_adapter_in_model(config, model, adapter_name=_ADAPTER)
+    except ValueError as err:  # e.g. target modules that match nothing
+        raise ValueError(f"model.lora: {err}") from None
+    return model

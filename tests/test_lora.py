@@ -1,0 +1,99 @@
+"""model.lora: LoRA adapters injected into the policy, trained alone, merged on the way out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from trainer_helpers import read_metrics, tiny_config
+
+from entropyctl.cli import main
+from entropyctl.config import load_run_config
+from entropyctl.config.run import ConfigError
+from entropyctl.data.synthetic import ALPHABET
+from entropyctl.models.lora import apply_lora
+from entropyctl.models.tiny import build_char_tokenizer, build_tiny_model
+from entropyctl.rollout.export import plain_state_dict
+from entropyctl.trainer.checkpoints import load_checkpoint
+from entropyctl.trainer.run import run_training
+
+pytest.importorskip("peft")
+
+SETTINGS = SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules="all-linear")
+
+
+def _models():
+    tokenizer = build_char_tokenizer(ALPHABET)
+    plain = build_tiny_model(tokenizer, hidden_size=32, layers=2, heads=2, seed=5).double()
+    adapted = build_tiny_model(tokenizer, hidden_size=32, layers=2, heads=2, seed=5).double()
+    apply_lora(adapted, SETTINGS)
+    return tokenizer, plain, adapted
+
+
+def test_adapters_start_as_the_plain_model_train_alone_and_merge_exactly() -> None:
+    tokenizer, plain, adapted = _models()
+    ids = tokenizer("12+7=19", return_tensors="pt")["input_ids"]
+    trainable = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert not any("lm_head" in n or "embed" in n for n in trainable)  # the fused path keeps its head
+    torch.testing.assert_close(adapted(ids).logits, plain(ids).logits, rtol=0, atol=0)  # B = 0 at start
+    with torch.no_grad():  # a trained adapter: B nonzero
+        for name, param in adapted.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(
+                    0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name)))
+                )
+    assert not torch.allclose(adapted(ids).logits, plain(ids).logits)
+    merged = plain_state_dict(adapted)
+    assert set(merged) == set(plain.state_dict())  # the plain model's names, no adapter tensors
+    plain.load_state_dict(merged, strict=True)
+    # W + scaling·B·A in fp64: the merged model computes what the adapted one does, to rounding
+    torch.testing.assert_close(plain(ids).logits, adapted(ids).logits, rtol=1e-10, atol=1e-10)
+    assert plain_state_dict(plain).keys() == plain.state_dict().keys()  # no adapters: the state dict
+
+
+def test_a_lora_run_trains_only_the_adapters_and_exports_the_merged_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    lora = ["model.lora.r=4", "model.lora.alpha=8", "optim.lr=1e-2"]
+    run_training(tiny_config("trainer.steps=3", "eval.before=false", "eval.after=false", *lora), run)
+    rows = read_metrics(run)
+    assert len(rows) == 3 and all(row["grad_norm"] > 0 for row in rows)
+    state = load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    # the base weights are the warm start's, untouched; the adapters moved
+    from entropyctl.models.loading import load_policy
+
+    base, _ = load_policy(tiny_config().model)
+    for key, tensor in base.state_dict().items():
+        adapted_key = key.replace("_proj.weight", "_proj.base_layer.weight")
+        trained = state.get(f"policy.{key}", state.get(f"policy.{adapted_key}"))
+        assert trained is not None and torch.equal(trained, tensor), key
+    assert any(".lora_B." in k and bool(v.abs().sum() > 0) for k, v in state.items())
+
+    out = tmp_path / "model"
+    assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert not any("lora" in k for k in exported.state_dict())
+    from entropyctl.cli.evaluate import load_target_policy, resolve_target
+
+    policy, tokenizer, _ = load_target_policy(resolve_target(str(run), []))
+    ids = tokenizer("12+7=", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, policy.eval()(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_settings_are_checked_when_the_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"model.lora.r"):
+        load_run_config(None, ["model.lora.r=0"])
+    with pytest.raises(ConfigError, match=r"model.lora: not built for trainer.strategy fsdp"):
+        load_run_config(None, ["model.lora.r=4", "trainer.strategy=fsdp"])
+    monkeypatch.setitem(sys.modules, "peft", None)  # not installed
+    with pytest.raises(ImportError, match=r"pip install 'entropyctl\[lora\]'"):
+        apply_lora(torch.nn.Linear(2, 2), SETTINGS)

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         model, _ = load_policy({"kind": "gguf", "path": "smollm2", "dtype": "float32"})
         if checkpointing:
             enable_gradient_checkpointing(model)
-        model.train()
+        model.eval()  # as the trainer keeps the policy (no dropout)
         comp = _completions(model.config.vocab_size, args.sequences, args.prompt, args.response, seed=0)
         measured = [_update(model, comp) for _ in range(args.repeats)]
         rows.append(

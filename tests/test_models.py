@@ -225,19 +225,21 @@ def test_smollm2_gguf_loads_offline_and_generates(monkeypatch):
 
 def test_gradient_checkpointing_recomputes_in_backward_gives_the_same_gradient_and_spares_rollouts() -> None:
     """model.gradient_checkpointing: each decoder layer runs again in backward (two forwards per update
-    instead of one), keeps a fraction of the activations, gives the same gradient, and generate (eval
-    mode) runs each layer once per token as without."""
+    instead of one) in eval mode, where the trainer keeps the policy, keeps a fraction of the
+    activations, gives the same gradient, and generate runs each layer once per token as without."""
+    import copy
+
     from entropyctl.models.forward import enable_gradient_checkpointing
 
     tokenizer = build_char_tokenizer(ALPHABET)
-    plain = build_tiny_model(tokenizer, hidden_size=32, layers=2, heads=2, seed=5)
-    checkpointed = build_tiny_model(tokenizer, hidden_size=32, layers=2, heads=2, seed=5)
+    plain = build_tiny_model(tokenizer, hidden_size=32, layers=2, heads=2, seed=5).eval()
+    checkpointed = build_tiny_model(tokenizer, hidden_size=32, layers=2, heads=2, seed=5).eval()
     enable_gradient_checkpointing(checkpointed)
     prompts = [tokenizer(p)["input_ids"] for p in ("12+7=", "3+4=")]
     sampling = SamplingSettings(temperature=1.0, max_new_tokens=5, seed=0)
     comp = HFRolloutEngine(plain, tokenizer).generate(prompts, 2, sampling)
     grads, calls, saved = [], [], []
-    for model in (plain, checkpointed):
+    for model in (plain, checkpointed, copy.deepcopy(checkpointed)):  # a copy checkpoints its own layers
         count, nbytes = [0], [0]
         mlp = model.model.layers[0].mlp
         forward = mlp.forward
@@ -251,7 +253,6 @@ def test_gradient_checkpointing_recomputes_in_backward_gives_the_same_gradient_a
             return t
 
         mlp.forward = counted
-        model.train()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = response_hidden_states(model, comp)
         logits = out.hidden @ out.lm_head_weight.T
@@ -266,8 +267,9 @@ def test_gradient_checkpointing_recomputes_in_backward_gives_the_same_gradient_a
         calls.append(count[0])
         mlp.forward = forward
         grads.append([p.grad.clone() for p in model.parameters()])
-    assert calls[0] == 1 and calls[2] == 2  # one forward; the forward and its recomputation
-    assert calls[1] == calls[3] > 0  # generate: the same layer calls with or without
+    assert calls[0] == 1 and calls[2] == calls[4] == 2  # one forward; the forward and its recomputation
+    assert calls[1] == calls[3] == calls[5] > 0  # generate: the same layer calls with or without
     assert saved[1] < saved[0] / 2  # the backbone keeps the layers' inputs only
-    for a, b in zip(*grads, strict=True):
+    for a, b, c in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(c, b, rtol=0, atol=0)

@@ -156,10 +156,33 @@ def test_fused_path_equals_full_logits_path(tmp_path: Path) -> None:
 
 
 def test_gradient_checkpointing_trains_the_same_run(tmp_path: Path) -> None:
-    """model.gradient_checkpointing recomputes activations in backward: the same run, value for value."""
+    """model.gradient_checkpointing recomputes activations in backward inside a real run (the policy
+    in eval mode, as the trainer keeps it): each update runs a layer twice with grad instead of once,
+    and the run is the same, value for value."""
+    import lightning.pytorch as pl
+    import torch
+
+    class CountGradForwards(pl.Callback):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            mlp = module.policy.model.layers[0].mlp
+            forward = mlp.forward
+
+            def counted(*args: object, **kwargs: object) -> object:
+                self.calls += int(torch.is_grad_enabled())
+                return forward(*args, **kwargs)
+
+            mlp.forward = counted
+
     base = ["trainer.steps=2", "eval.before=false", "eval.after=false", "trainer.save_last=false"]
-    run_training(tiny_config(*base), tmp_path / "plain")
-    run_training(tiny_config(*base, "model.gradient_checkpointing=true"), tmp_path / "checkpointed")
+    counts = {}
+    for name, extra in (("plain", []), ("checkpointed", ["model.gradient_checkpointing=true"])):
+        counter = CountGradForwards()
+        run_training(tiny_config(*base, *extra), tmp_path / name, callbacks=[counter])
+        counts[name] = counter.calls
+    assert counts == {"plain": 2, "checkpointed": 4}  # one update per step, 2 steps
     plain, checkpointed = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "checkpointed")
     for a, b in zip(plain, checkpointed, strict=True):
         for column in ("reward", "entropy", "loss", "entropy_loss", "grad_norm", "alpha"):

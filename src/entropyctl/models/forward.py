@@ -11,9 +11,11 @@ Llama, Qwen2/3, Mistral, SmolLM2, GPT-2 style heads qualify; heads with a final-
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import types
+from typing import Any, NamedTuple
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 from transformers import PreTrainedModel
 
@@ -23,6 +25,7 @@ from entropyctl.rollout.protocol import Completions
 __all__ = [
     "ResponseHiddenStates",
     "ResponseLogits",
+    "decoder_layers",
     "enable_gradient_checkpointing",
     "lm_head_weight",
     "response_hidden_states",
@@ -83,21 +86,36 @@ def lm_head_weight(model: PreTrainedModel) -> tuple[Tensor, Tensor | None]:
     return head.weight, head.bias
 
 
+def _checkpointed_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """A decoder layer's forward that keeps only its inputs for backward and recomputes the rest there,
+    whenever autograd records (the update's forward); without grad (rollouts, old log-probs) it is the
+    plain forward. Non-reentrant checkpointing: frozen inputs and DDP are fine."""
+    forward = type(self).forward.__get__(self)
+    if torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The decoder's list of layers: the backbone's ``nn.ModuleList`` of ``num_hidden_layers`` modules."""
+    backbone = getattr(model, model.base_model_prefix, None)
+    count = getattr(model.config, "num_hidden_layers", None)
+    for child in [] if backbone is None else backbone.children():
+        if isinstance(child, torch.nn.ModuleList) and len(child) == count:
+            return child
+    raise ValueError(f"{type(model).__name__}: no list of {count} decoder layers under its backbone")
+
+
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Recompute each decoder layer's activations in backward instead of keeping them (``model.
-    gradient_checkpointing``): activation memory of one layer instead of all, for about one more forward
-    per update. transformers' non-reentrant form (works under DDP and with frozen inputs); it acts only
-    while the model is in training mode, so rollouts (``generate`` in eval mode) are unchanged."""
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ValueError(
-            f"model.gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing "
-            "(transformers' supports_gradient_checkpointing is false); set it to false"
-        )
-    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5's name
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    gradient_checkpointing``): activation memory of the layers' inputs instead of all their
+    activations, for about one more forward per update.
+
+    Our own wrapper on each layer rather than transformers' switch: that one acts only in training
+    mode, and the trainer keeps the policy in eval mode (no dropout, so training log-probs match the
+    sampler's). Rollouts and the no-grad passes run the plain forward."""
+    for layer in decoder_layers(model):
+        layer.forward = types.MethodType(_checkpointed_forward, layer)  # deepcopy rebinds it to the copy
 
 
 def _backbone_hidden(model: PreTrainedModel, completions: Completions) -> tuple[Tensor, Tensor]:

@@ -22,7 +22,7 @@ from entropyctl.trainer.run import run_training
 
 pytest.importorskip("peft")
 
-SETTINGS = SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules="all-linear")
+SETTINGS = SimpleNamespace(r=4, alpha=8.0, target_modules="all-linear")
 
 
 def _models():

@@ -223,7 +223,7 @@ def test_a_lora_policy_syncs_its_merged_weights(setup):
 
     model, tokenizer, engine = setup
     adapted = copy.deepcopy(model)
-    apply_lora(adapted, SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules="all-linear"))
+    apply_lora(adapted, SimpleNamespace(r=4, alpha=8.0, target_modules="all-linear"))
     with torch.no_grad():  # trained adapters: B nonzero
         generator = torch.Generator().manual_seed(0)
         for name, param in adapted.named_parameters():

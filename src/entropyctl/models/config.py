@@ -70,13 +70,14 @@ class PretrainConfig(BaseModel):
 
 
 class LoraSettings(BaseModel):
-    """LoRA adapters on the policy (PEFT's injection; the base weights frozen, the adapters trained)."""
+    """LoRA adapters on the policy (PEFT's injection; the base weights frozen, the adapters trained).
+    No dropout: the trainer keeps the policy in eval mode (its training log-probs must be the
+    sampler's), where a dropout would never act."""
 
     model_config = ConfigDict(extra="forbid")
 
     r: int = Field(16, ge=1, description="Rank of each adapter.")
     alpha: float = Field(32.0, gt=0, description="LoRA's alpha: the update is scaled by alpha / r.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
     target_modules: str | list[str] = Field(
         "all-linear",
         description="Which linear layers get adapters: 'all-linear' (every linear layer but the LM head) or "
@@ -105,7 +106,7 @@ class ModelConfig(BaseModel):
     )
     lora: LoraSettings | None = Field(
         None,
-        description="LoRA adapters (r, alpha, dropout, target_modules; needs peft: pip install 'entropyctl[lora]'); "
+        description="LoRA adapters (r, alpha, target_modules; needs peft: pip install 'entropyctl[lora]'); "
         "null: every weight trains.",
     )
     gradient_checkpointing: bool = Field(

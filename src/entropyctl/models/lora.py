@@ -42,7 +42,7 @@ def apply_lora(model: torch.nn.Module, settings: Any) -> torch.nn.Module:
     config = peft.LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
+        lora_dropout=0.0,  # the policy trains in eval mode: a dropout would never act
         target_modules=targets if isinstance(targets, str) else list(targets),
         bias="none",
     )

@@ -264,6 +264,20 @@ class OptimConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm (None: off).")
 
 
+class WandbSettings(_Section):
+    """Weights & Biases logging of every metrics.csv column (Lightning's WandbLogger; the wandb extra)."""
+
+    project: str = Field("entropyctl", min_length=1, description="W&B project.")
+    name: str | None = Field(None, description="W&B run name (None: the run directory's name).")
+    entity: str | None = Field(None, description="W&B entity (team or user; None: your default).")
+    group: str | None = Field(None, description="W&B group (e.g. one per ablation).")
+    tags: list[str] = Field(default_factory=list, description="W&B tags.")
+    mode: Literal["online", "offline"] = Field(
+        "online",
+        description="online: stream to W&B; offline: write under <run dir>/wandb (`wandb sync` later).",
+    )
+
+
 class TrainerConfig(_Section):
     """Lightning Trainer settings."""
 
@@ -303,6 +317,11 @@ class TrainerConfig(_Section):
         "steps (None: about 10 lines per run).",
     )
     tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
+    wandb: WandbSettings | None = Field(
+        None,
+        description="Also log to Weights & Biases (project, name, entity, group, tags, mode; needs wandb: "
+        "pip install 'entropyctl[wandb]'). A resumed run continues the same W&B run. None: off.",
+    )
 
 
 class EvalConfig(_Section):
@@ -575,6 +594,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.loss_agg": "token-mean",
     "model.gradient_checkpointing": False,
     "model.lora": None,
+    "trainer.wandb": None,  # operational (where the metrics are also sent)
     "optim.schedule": "constant",
     "optim.min_lr_ratio": 0.0,
     "data.name": None,

@@ -468,6 +468,46 @@ def check_accelerator(config: RunConfig) -> None:
         )
 
 
+def check_loggers(config: RunConfig) -> None:
+    """``trainer.wandb`` without the wandb package: a :class:`ConfigError` before anything is written."""
+    from entropyctl.config import ConfigError
+
+    if config.trainer.wandb is not None and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "trainer.wandb: needs the wandb package (pip install 'entropyctl[wandb]'); or leave trainer.wandb "
+            "out (metrics.csv and TensorBoard still get every metric)"
+        )
+
+
+def _wandb_logger(config: RunConfig, run_dir: Path, resuming: bool) -> Any:
+    """Lightning's WandbLogger for ``trainer.wandb``, writing under ``<run dir>/wandb``. The W&B run id
+    is kept in ``<run dir>/wandb/run_id``: a resumed run continues the same W&B run, a new or
+    overwritten run starts another."""
+    import secrets
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    settings = config.trainer.wandb
+    assert settings is not None
+    folder = run_dir / "wandb"
+    folder.mkdir(parents=True, exist_ok=True)
+    id_file = folder / "run_id"
+    run_id = id_file.read_text().strip() if resuming and id_file.is_file() else secrets.token_hex(4)
+    id_file.write_text(run_id + "\n")
+    return WandbLogger(
+        project=settings.project,
+        name=settings.name or run_dir.resolve().name,
+        entity=settings.entity,
+        group=settings.group,
+        tags=list(settings.tags),
+        offline=settings.mode == "offline",
+        save_dir=str(run_dir),
+        id=run_id,
+        resume="allow",
+        config=config.model_dump(mode="json"),
+    )
+
+
 def run_training(
     config: RunConfig,
     run_dir: str | Path,
@@ -494,6 +534,7 @@ def run_training(
     """
     # before the run directory is written: a refused run leaves nothing
     check_accelerator(config)
+    check_loggers(config)
     if config.trainer.strategy == "fsdp":
         from entropyctl.trainer.fsdp import check_fsdp_config
 
@@ -624,11 +665,15 @@ class _Run:
         from entropyctl.trainer.module import RLVRCheckpoint, RLVRProgress
 
         t, run_dir, module = self.config.trainer, self.run_dir, self.module
-        loggers: Any = False
+        loggers: list[Any] = []
         if t.tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from lightning.pytorch.loggers import TensorBoardLogger
 
-            loggers = TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+            loggers.append(
+                TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+            )
+        if t.wandb is not None and global_rank(t.devices) == 0:
+            loggers.append(_wandb_logger(self.config, run_dir, resuming=ckpt_path is not None))
         checkpoint = RLVRCheckpoint(
             run_dir / "checkpoints",
             t.checkpoint_every,
@@ -646,7 +691,7 @@ class _Run:
             strategy=_strategy(self.config),
             precision=t.precision,  # type: ignore[arg-type]
             max_steps=t.steps * module.optimizer_steps_per_rlvr_step,
-            logger=loggers,
+            logger=loggers or False,
             callbacks=[checkpoint, _heartbeat_callback(self.status), progress, *callbacks],
             enable_checkpointing=False,
             enable_progress_bar=False,  # RLVRProgress: step k/N with the controller's numbers
@@ -668,6 +713,9 @@ class _Run:
                 self.trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
         finally:
             self.fit_s = time.perf_counter() - t_fit
+            for logger in loggers:  # a W&B run ends with the fit (its files flushed), not at exit
+                if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+                    logger.experiment.finish()
 
     def _close(self) -> None:
         if self.module is None:

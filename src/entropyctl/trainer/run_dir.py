@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 #: What a run writes in its directory; ``--overwrite`` removes exactly these (and nothing else).
-RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoints", "tensorboard", "ranks")
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoints", "tensorboard", "ranks", "wandb")
 LOCK_FILE = "run.lock"
 #: Seconds between heartbeats in ``summary.json`` while a run lives.
 HEARTBEAT_S = 30.0
@@ -90,6 +90,8 @@ IGNORED_FOR_RESUME = (
     "trainer.progress_bar",
     "trainer.log_every",
     "trainer.tensorboard",
+    "trainer.wandb",
+    "model.gradient_checkpointing",  # recomputes what it would have kept: the same numbers
     "trainer.checkpoint_every",
     "trainer.keep_checkpoints",
     "trainer.save_last",

@@ -97,6 +97,9 @@ def strict_reward(verifier: MathVerifier) -> MathReward:
         ("\\boxed{3} and then \\boxed 10.", "10"),
         ("\\boxed 10 and then \\boxed{3}", "3"),
         ("\\boxed{\\boxed 7}", "7"),
+        ("So the answer is \\(\\boxed 5\\).", "5"),  # ... to the end of \(..\) or \[..\] math
+        ("\\[\\boxed 5\\]", "5"),
+        ("so \\boxed 3 is wrong, the answer is \\boxed 5", "5"),  # ... or to the next box: the last wins
         # a final-answer line ends at its first clause break: a check after the answer is not graded
         ("The answer is 3. Check: 3*2=6", "3"),
         ("The answer is 3 since x = 6", "3"),

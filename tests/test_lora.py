@@ -94,6 +94,10 @@ def test_lora_settings_are_checked_when_the_config_loads(monkeypatch: pytest.Mon
         load_run_config(None, ["model.lora.r=0"])
     with pytest.raises(ConfigError, match=r"model.lora: not built for trainer.strategy fsdp"):
         load_run_config(None, ["model.lora.r=4", "trainer.strategy=fsdp"])
+    tokenizer = build_char_tokenizer(ALPHABET)
+    head = SimpleNamespace(r=4, alpha=8.0, target_modules=["q_proj", "lm_head"])
+    with pytest.raises(ValueError, match=r"\['lm_head'\] are the LM head or the input embeddings"):
+        apply_lora(build_tiny_model(tokenizer, hidden_size=32, layers=1, heads=2, seed=5), head)
     monkeypatch.setitem(sys.modules, "peft", None)  # not installed
     with pytest.raises(ImportError, match=r"pip install 'entropyctl\[lora\]'"):
         apply_lora(torch.nn.Linear(2, 2), SETTINGS)

@@ -270,6 +270,10 @@ def test_gradient_checkpointing_recomputes_in_backward_gives_the_same_gradient_a
     assert calls[0] == 1 and calls[2] == calls[4] == 2  # one forward; the forward and its recomputation
     assert calls[1] == calls[3] == calls[5] > 0  # generate: the same layer calls with or without
     assert saved[1] < saved[0] / 2  # the backbone keeps the layers' inputs only
+    import pickle
+
+    again = pickle.loads(pickle.dumps(checkpointed))  # ddp_spawn pickles the policy
+    assert again.model.layers[0].forward.args[0] is again.model.layers[0]
     for a, b, c in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(c, b, rtol=0, atol=0)

@@ -55,3 +55,26 @@ def test_without_the_package_the_run_is_refused_before_anything_is_written(
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match=r"trainer.wandb.mode"):
         load_run_config(None, ["trainer.wandb.mode=sometimes"])
+
+
+def test_a_failed_run_ends_its_wandb_run_as_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning.pytorch as pl
+    import wandb
+
+    exit_codes: list[int | None] = []
+    finish = wandb.Run.finish
+
+    def spy(self, exit_code=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        exit_codes.append(exit_code)
+        return finish(self, exit_code, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.Run, "finish", spy)
+
+    class Crash(pl.Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(tiny_config("trainer.steps=2", *BASE), tmp_path / "failed", callbacks=[Crash()])
+    run_training(tiny_config("trainer.steps=1", *BASE), tmp_path / "ok")
+    assert exit_codes[:2] == [1, 0]

@@ -11,7 +11,7 @@ Llama, Qwen2/3, Mistral, SmolLM2, GPT-2 style heads qualify; heads with a final-
 
 from __future__ import annotations
 
-import types
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -115,7 +115,8 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     mode, and the trainer keeps the policy in eval mode (no dropout, so training log-probs match the
     sampler's). Rollouts and the no-grad passes run the plain forward."""
     for layer in decoder_layers(model):
-        layer.forward = types.MethodType(_checkpointed_forward, layer)  # deepcopy rebinds it to the copy
+        # a partial of a module-level function: pickles (ddp_spawn), and deepcopy rebinds it to the copy
+        layer.forward = functools.partial(_checkpointed_forward, layer)
 
 
 def _backbone_hidden(model: PreTrainedModel, completions: Completions) -> tuple[Tensor, Tensor]:

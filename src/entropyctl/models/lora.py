@@ -46,8 +46,22 @@ def apply_lora(model: torch.nn.Module, settings: Any) -> torch.nn.Module:
         target_modules=targets if isinstance(targets, str) else list(targets),
         bias="none",
     )
+    embeddings = [
+        getattr(model, name, lambda: None)() for name in ("get_input_embeddings", "get_output_embeddings")
+    ]
     try:
         peft.inject_adapter_in_model(config, model, adapter_name=_ADAPTER)
     except ValueError as err:  # e.g. target modules that match nothing
         raise ValueError(f"model.lora: {err}") from None
+    from peft.tuners.lora import LoraLayer
+
+    adapted = {name: m.get_base_layer() for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    on_embeddings = [
+        name for name, base in adapted.items() if any(base is e for e in embeddings if e is not None)
+    ]
+    if on_embeddings:  # the fused head, a tied export and the vLLM sync take them plain
+        raise ValueError(
+            f"model.lora.target_modules: {on_embeddings} are the LM head or the input embeddings, which stay "
+            "frozen and plain here; name the decoder's linear layers (e.g. [q_proj, v_proj]) or use 'all-linear'"
+        )
     return model

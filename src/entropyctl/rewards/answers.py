@@ -30,7 +30,9 @@ _BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
 #: ``\\boxed 5`` without braces (a few MATH solutions write it so): the box's content runs to the next ``$``
 #: or line end, as MATH's own answer reader takes it — or to the end of ``\\(..\\)`` / ``\\[..\\]`` math, the
 #: next box, or a closing brace it did not open.
-_BARE_BOX = re.compile(r"\\(?:boxed|fbox)[ \t]+(?=[^\s{])(?P<content>(?:(?!\\[)\]]|\\(?:boxed|fbox)\b)[^$\n])*)")
+_BARE_BOX = re.compile(
+    r"\\(?:boxed|fbox)[ \t]+(?=[^\s{])(?P<content>(?:(?!\\[)\]]|\\(?:boxed|fbox)\b)[^$\n])*)"
+)
 _FINAL_LINE = re.compile(
     r"(?:^|\n)[ \t]*####[ \t]*(?P<hash>[^\n]*)"
     r"|final[ \t]+answer(?:[ \t]+is)?[ \t]*[:：]?[ \t]*(?P<final>[^\n]*)"

@@ -762,7 +762,7 @@ class RLVRModule(pl.LightningModule):
             u = torch.full(
                 (len(tok_rows),), tokens / (S * self.config.rollout.max_new_tokens), dtype=torch.float64
             )
-        return u.to(self.device)
+        return u.to(device=self.device, dtype=torch.float32)  # the loss takes its own dtype; MPS has no fp64
 
     def _minibatches(
         self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True
@@ -852,6 +852,7 @@ class RLVRModule(pl.LightningModule):
         # weighting them by N_m / Σ N_m (and 1/E) gives the token-weighted value over the step's global
         # batch, averaged over epochs (a plain sum over mini-batches would be ~M times too large). With a
         # per-response loss_agg the loss parts are means over responses: weighted by S_m / Σ S_m.
+        token_weights = (mb.global_tokens / mb.global_tokens.sum().clamp_min(1.0)).tolist()
         by = mb.global_tokens if self.config.algorithm.loss_agg == "token-mean" else mb.global_seqs
         weights = (by / by.sum().clamp_min(1.0)).tolist()
         opt: Any = self.optimizers()  # one LightningOptimizer (configure_optimizers returns one)
@@ -894,7 +895,7 @@ class RLVRModule(pl.LightningModule):
                     updated.stats.add(out.entropy, tokens.mask, bucket=level, coef=tokens.coef)
                     updated.entropy_sum += float((out.entropy.double() * tokens.mask.double()).sum())
                     updated.token_sum += float(tokens.mask.sum())
-                weight = weights[m] / (E if signal else 1)  # a skipped step's parts: its one pass
+                per = E if signal else 1  # a skipped step's parts: its one pass
                 parts = (
                     out.clip_frac_low,
                     out.clip_frac_high,
@@ -903,7 +904,9 @@ class RLVRModule(pl.LightningModule):
                     out.entropy_loss,
                 )
                 for key, value in zip(LOSS_PARTS, (*parts, out.kl_loss), strict=True):
-                    updated.sums[key] += float(value) * weight
+                    # the clip fractions are token shares whatever loss_agg averages the loss over
+                    w = token_weights[m] if key in ("clip_low", "clip_high") else weights[m]
+                    updated.sums[key] += float(value) * w / per
         updated.lr = float(sched.get_last_lr()[0])
         return updated
 
@@ -939,8 +942,10 @@ class RLVRModule(pl.LightningModule):
         shown = {"reward", "entropy", "alpha"}
         has_logger = self._trainer is not None and self.trainer.logger is not None
         if has_logger:
+            # "step" (the RLVR step, metrics.csv's) is the loggers' x-axis: Lightning takes a logged "step"
+            # as the step for TensorBoard and W&B (else its count of optimizer steps, from 0)
             self.log_dict(
-                {k: float(v) for k, v in row.items() if k != "step" and k not in shown},
+                {k: float(v) for k, v in row.items() if k not in shown},
                 on_step=True,
                 prog_bar=False,
                 logger=True,

@@ -703,6 +703,7 @@ class _Run:
             default_root_dir=str(run_dir),
         )
         t_fit = time.perf_counter()
+        failed = True
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -711,11 +712,12 @@ class _Run:
                 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
                 # weights_only: the resume never unpickles code (entropyctl.trainer.checkpoints).
                 self.trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+            failed = False
         finally:
             self.fit_s = time.perf_counter() - t_fit
-            for logger in loggers:  # a W&B run ends with the fit (its files flushed), not at exit
+            for logger in loggers:  # a W&B run ends with the fit (its files flushed), failed or not
                 if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
-                    logger.experiment.finish()
+                    logger.experiment.finish(exit_code=1 if failed else 0)
 
     def _close(self) -> None:
         if self.module is None:

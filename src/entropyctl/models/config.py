@@ -81,7 +81,8 @@ class LoraSettings(BaseModel):
     target_modules: str | list[str] = Field(
         "all-linear",
         description="Which linear layers get adapters: 'all-linear' (every linear layer but the LM head) or "
-        "a list of module names (e.g. [q_proj, v_proj]).",
+        "a list of module names (e.g. [q_proj, v_proj]); the LM head and the embeddings are refused when the "
+        "policy loads.",
     )
 
 
@@ -112,7 +113,9 @@ class ModelConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute the decoder layers' activations in backward instead of storing them (less "
-        "activation memory, about one more forward per update); the rollouts are unchanged.",
+        "activation memory, about one more forward per update); the rollouts are unchanged. Needs a decoder "
+        "whose backbone holds its layers in one list (Llama, Qwen, Mistral, SmolLM2, ...; else refused when "
+        "the policy loads).",
     )
 
     @model_validator(mode="after")

@@ -101,3 +101,36 @@ def test_lora_settings_are_checked_when_the_config_loads(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "peft", None)  # not installed
     with pytest.raises(ImportError, match=r"pip install 'entropyctl\[lora\]'"):
         apply_lora(torch.nn.Linear(2, 2), SETTINGS)
+
+
+def test_a_lora_runs_kl_reference_is_its_base_model_without_a_copy(tmp_path: Path) -> None:
+    """algorithm.kl_coef with model.lora: the reference is the policy with its adapters off (no second
+    copy of the model), which computes exactly what the base model does; the KL starts at 0 (B = 0)
+    and grows once the adapters move."""
+    from entropyctl.models.lora import adapters_disabled
+    from entropyctl.trainer.run import build_module
+
+    config = tiny_config(
+        "trainer.steps=3", "eval.before=false", "eval.after=false", "model.lora.r=4", "optim.lr=1e-2",
+        "algorithm.kl_coef=0.1",
+    )  # fmt: skip
+    module = build_module(config)
+    assert module._reference is None and module._reference_is_base
+    module.reward.close()
+    run_training(config, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    assert rows[0]["kl_loss"] == 0.0 and rows[-1]["kl_loss"] > 0.0
+
+    tokenizer, plain, adapted = _models()
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(
+                    0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name)))
+                )
+    ids = tokenizer("12+7=19", return_tensors="pt")["input_ids"]
+    with adapters_disabled(adapted):
+        off = adapted(ids).logits
+    torch.testing.assert_close(off, plain(ids).logits, rtol=0, atol=0)  # the base model, exactly
+    assert not torch.allclose(adapted(ids).logits, plain(ids).logits)  # and the adapters back after
+    assert all(p.requires_grad for n, p in adapted.named_parameters() if ".lora_" in n)

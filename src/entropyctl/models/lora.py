@@ -13,11 +13,13 @@ merged (W + scaling·B·A).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["apply_lora"]
+__all__ = ["adapters_disabled", "apply_lora"]
 
 _ADAPTER = "default"
 
@@ -65,3 +67,21 @@ def apply_lora(model: torch.nn.Module, settings: Any) -> torch.nn.Module:
             "frozen and plain here; name the decoder's linear layers (e.g. [q_proj, v_proj]) or use 'all-linear'"
         )
     return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block ``model`` computes as its base model: every adapter off (PEFT's own switch,
+    without touching ``requires_grad``), each restored after. The KL reference of a LoRA run: the base
+    model without a second copy of it."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    saved = [m._disable_adapters for m in layers]
+    for m in layers:
+        m._disable_adapters = True
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, saved, strict=True):
+            m._disable_adapters = flag

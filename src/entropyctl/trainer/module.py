@@ -490,8 +490,10 @@ class RLVRModule(pl.LightningModule):
         #: this rank's own per-step numbers before any collective (checks of the multi-process path)
         self.local_history: list[dict[str, Any]] = []
         self._reference: _Frozen | None = None
+        #: a LoRA run's KL reference is its base model: the policy with its adapters off (no copy)
+        self._reference_is_base = config.algorithm.kl_coef > 0 and config.model.lora is not None
         self._grad_norm = 0.0  # the last optimizer step's gradient norm (on_before_optimizer_step)
-        if config.algorithm.kl_coef > 0:
+        if config.algorithm.kl_coef > 0 and not self._reference_is_base:
             import copy
 
             reference = copy.deepcopy(policy).eval()
@@ -786,7 +788,7 @@ class RLVRModule(pl.LightningModule):
         need_old = signal and cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
         old: list[Tensor | None] = [None] * M
         ref: list[Tensor | None] = [None] * M
-        if need_old or self._reference is not None:
+        if need_old or self._reference is not None or self._reference_is_base:
             for m, sub in enumerate(comps):
                 if need_old:
                     old[m] = self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
@@ -794,6 +796,11 @@ class RLVRModule(pl.LightningModule):
                     ref[m] = self._logprob_no_grad(
                         self._forward_tokens(self._reference.module, sub, grad=False)
                     )
+                elif self._reference_is_base:
+                    from entropyctl.models.lora import adapters_disabled
+
+                    with adapters_disabled(self.policy):
+                        ref[m] = self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
         return _MiniBatches(rows, comps, global_tokens, global_seqs, old, ref)
 
     def _optimizer_step(self, loss: Tensor, opt: Any, sched: Any) -> float:

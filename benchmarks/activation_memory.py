@@ -5,9 +5,9 @@ the trainer runs it: the backbone over prompt + response (``response_hidden_stat
 policy loss with an entropy term, with and without gradient checkpointing, on the same random tokens.
 
 Memory: the bytes of the tensors autograd keeps for backward during the forward (counted through
-``torch.autograd.graph.saved_tensors_hooks``, each storage once) — the activation memory that
-checkpointing exists to cut, exact and the same on any device (weights, gradients and AdamW state are
-not in it, and are the same with or without). Time: seconds of forward + backward (median of
+``torch.autograd.graph.saved_tensors_hooks``, each storage once, the model's own weights left out) —
+the activation memory that checkpointing exists to cut, exact and the same on any device (weights,
+gradients and AdamW state are not in it, and are the same with or without). Time: seconds of forward + backward (median of
 ``--repeats``; a shared CPU, so the ratio taken side by side is the number to read).
 
     python benchmarks/activation_memory.py [--sequences 8] [--prompt 64] [--response 256] [--repeats 3]
@@ -49,10 +49,12 @@ def _completions(vocab: int, sequences: int, prompt: int, response: int, seed: i
 def _update(model: Any, comp: Completions) -> tuple[int, float]:
     """(bytes saved for backward, seconds) of one forward + backward of the fused loss."""
     storages: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in weights:  # a weight kept for backward is no activation
+            storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     model.zero_grad(set_to_none=True)

@@ -327,3 +327,28 @@ def test_bad_controller_and_reward_arguments(tmp_path: Path) -> None:
             processing_class=tiny.build_tokenizer(),
             accuracy_reward="missing",
         )
+
+
+def test_a_peft_model_trains_with_the_controller(tmp_path: Path) -> None:
+    """TRL's own peft_config (a PeftModel around the policy): the controller reads the entropy TRL logs,
+    plans, and the adapters alone move."""
+    peft = pytest.importorskip("peft")
+    trainer = _train(
+        GRPOTrainer,
+        tmp_path,
+        {"name": "aer"},
+        max_steps=2,
+        trainer_kwargs={"peft_config": peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")},
+    )
+    assert isinstance(trainer.model, peft.PeftModel)
+    logs = _step_logs(trainer)
+    assert len(logs) == 2 and all(
+        row["entropyctl/entropy"] == pytest.approx(row["entropy"], rel=1e-4) for row in logs
+    )
+    assert logs[-1]["entropyctl/alpha"] != logs[0]["entropyctl/alpha"]  # the controller observed and moved
+    base = tiny.build_model().state_dict()
+    for name, param in trainer.model.named_parameters():
+        if ".lora_" in name:
+            continue
+        plain = name.replace("base_model.model.", "").replace(".base_layer.", ".")
+        torch.testing.assert_close(param.detach(), base[plain], rtol=0, atol=0, msg=name)

@@ -11,6 +11,7 @@ gradients and AdamW state are not in it, and are the same with or without). Time
 ``--repeats``; a shared CPU, so the ratio taken side by side is the number to read).
 
     python benchmarks/activation_memory.py [--sequences 8] [--prompt 64] [--response 256] [--repeats 3]
+        [--device cpu|cuda]   (on CUDA also the peak memory allocated above the loaded model: activations, grads)
 
 Prints a table and writes JSON (default benchmarks/results/activation_memory_cpu.json).
 """
@@ -46,8 +47,15 @@ def _completions(vocab: int, sequences: int, prompt: int, response: int, seed: i
     )
 
 
-def _update(model: Any, comp: Completions) -> tuple[int, float]:
-    """(bytes saved for backward, seconds) of one forward + backward of the fused loss."""
+def _update(model: Any, comp: Completions) -> tuple[int, float, int | None]:
+    """(bytes saved for backward, seconds, on CUDA the peak bytes allocated above the model's own) of one
+    forward + backward of the fused loss."""
+    device = model.device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     storages: dict[int, int] = {}
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -66,15 +74,19 @@ def _update(model: Any, comp: Completions) -> tuple[int, float]:
         h.hidden,
         h.lm_head_weight,
         h.targets,
-        torch.zeros(n),
-        torch.randn(n, generator=torch.Generator().manual_seed(1)),
+        torch.zeros(n, device=device),
+        torch.randn(n, generator=torch.Generator().manual_seed(1)).to(device),
         0.01,
-        torch.ones(n),
+        torch.ones(n, device=device),
         0.2,
         0.2,
     )
     out.loss.backward()
-    return sum(storages.values()), time.perf_counter() - start
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() - base if cuda else None
+    return sum(storages.values()), seconds, peak
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--response", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda also reports the peak memory)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/activation_memory_cpu.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -92,15 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         model, _ = load_policy({"kind": "gguf", "path": "smollm2", "dtype": "float32"})
         if checkpointing:
             enable_gradient_checkpointing(model)
-        model.eval()  # as the trainer keeps the policy (no dropout)
+        model.to(args.device).eval()  # as the trainer keeps the policy (no dropout)
         comp = _completions(model.config.vocab_size, args.sequences, args.prompt, args.response, seed=0)
+        comp = comp.to(args.device)
         measured = [_update(model, comp) for _ in range(args.repeats)]
         rows.append(
             {
                 "gradient_checkpointing": checkpointing,
                 "saved_bytes": measured[-1][0],
-                "seconds": statistics.median(s for _, s in measured),
-                "all_seconds": [s for _, s in measured],
+                "seconds": statistics.median(m[1] for m in measured),
+                "all_seconds": [m[1] for m in measured],
+                "cuda_peak_bytes": measured[-1][2],
             }
         )
         del model
@@ -109,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": "SmolLM2-135M-Instruct (GGUF, fp32)",
         "shape": {"sequences": args.sequences, "prompt": args.prompt, "response": args.response},
         "threads": args.threads,
+        "device": args.device,
         "machine": platform.platform(),
         "torch": torch.__version__,
         "rows": rows,
@@ -118,11 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"SmolLM2-135M, {args.sequences} × ({args.prompt} + {args.response}) tokens, {args.threads} threads"
     )
-    print("| gradient_checkpointing | saved for backward (MiB) | forward + backward (s) |")
-    print("|---|---|---|")
+    print(
+        "| gradient_checkpointing | saved for backward (MiB) | CUDA peak above the model (MiB) | forward + backward (s) |"
+    )
+    print("|---|---|---|---|")
     for row in rows:
+        peak = "—" if row["cuda_peak_bytes"] is None else f"{row['cuda_peak_bytes'] / 2**20:.1f}"
         print(
-            f"| {row['gradient_checkpointing']} | {row['saved_bytes'] / 2**20:.1f} | {row['seconds']:.2f} |"
+            f"| {row['gradient_checkpointing']} | {row['saved_bytes'] / 2**20:.1f} | {peak} | {row['seconds']:.2f} |"
         )
     print(f"saved: {result['saved_ratio']:.3f}×, time: {result['time_ratio']:.2f}×")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

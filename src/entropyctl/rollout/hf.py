@@ -20,7 +20,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args, stop_token_ids
+from entropyctl.rollout.protocol import (
+    Completions,
+    SamplingSettings,
+    check_generate_args,
+    decode_responses,
+    stop_token_ids,
+)
 
 __all__ = ["HFRolloutEngine", "left_pad", "position_ids_from_mask"]
 
@@ -197,7 +203,4 @@ class HFRolloutEngine:
 
     def decode(self, completions: Completions) -> list[str]:
         """The response texts (special tokens, including EOS, removed)."""
-        texts = []
-        for row, row_mask in zip(completions.response_ids, completions.response_mask, strict=True):
-            texts.append(str(self.tokenizer.decode(row[row_mask.bool()].tolist(), skip_special_tokens=True)))
-        return texts
+        return decode_responses(self.tokenizer, completions)

@@ -8,7 +8,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingSettings", "Completions", "RolloutEngine", "check_generate_args", "stop_token_ids"]
+__all__ = [
+    "SamplingSettings",
+    "Completions",
+    "RolloutEngine",
+    "check_generate_args",
+    "decode_responses",
+    "stop_token_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,14 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> tuple[int, ...]:
             "the tokenizer has no eos token and the model's generation_config none either; responses could never stop"
         )
     return tuple(ids)
+
+
+def decode_responses(tokenizer: Any, completions: Completions) -> list[str]:
+    """The response texts of ``completions`` (the masked tokens; special tokens, EOS included, removed)."""
+    return [
+        str(tokenizer.decode(row[mask.bool()].tolist(), skip_special_tokens=True))
+        for row, mask in zip(completions.response_ids, completions.response_mask, strict=True)
+    ]
 
 
 @dataclass

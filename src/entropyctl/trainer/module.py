@@ -41,7 +41,7 @@ from entropyctl.controllers.base import (
 from entropyctl.controllers.token_level import step_token_action
 from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
-from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings
+from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings, decode_responses
 from entropyctl.trainer.evaluation import ProblemOutcome, count_correct, summarize_pass_at_k
 from entropyctl.trainer.phases import (
     LOSS_PARTS,
@@ -595,10 +595,7 @@ class RLVRModule(pl.LightningModule):
         decode = getattr(self.engine, "decode", None)
         if decode is not None:
             return list(decode(comp))
-        return [
-            self.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True)
-            for row, m in zip(comp.response_ids, comp.response_mask, strict=True)
-        ]
+        return decode_responses(self.tokenizer, comp)
 
     def _rollout(
         self, problems: Sequence[Any], seed: int, timers: dict[str, float]

@@ -57,6 +57,18 @@ ALWAYS_FINITE = [
 ]
 
 
+def _run(command: list[str], cwd: Path) -> None:
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
 def test_two_step_train_with_vllm_rollouts(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     entropyctl = shutil.which("entropyctl", path=str(Path(sys.executable).parent)) or "entropyctl"
@@ -87,15 +99,7 @@ def test_two_step_train_with_vllm_rollouts(tmp_path: Path) -> None:
     ]
     for item in overrides:
         command += ["--set", item]
-    result = subprocess.run(
-        command,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    _run(command, tmp_path)
 
     config_text = (run_dir / "config.yaml").read_text()
     assert "engine: vllm" in config_text
@@ -125,15 +129,10 @@ def test_two_step_train_with_vllm_rollouts(tmp_path: Path) -> None:
     # `entropyctl evaluate` on the run samples with its rollout.engine (vLLM) and, with the run's
     # defaults, gives its summary's "after" evaluation (same weights, problems and seeded stream)
     evaluated = tmp_path / "evaluate.json"
-    result = subprocess.run(
+    _run(
         [entropyctl, "evaluate", "--checkpoint", str(run_dir), "--json", str(evaluated), "--threads", "2"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        tmp_path,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     after = json.loads(evaluated.read_text())
     for key in ("pass@1", "pass@2"):
         assert after[key] == summary["after"][key], (key, after[key], summary["after"][key])

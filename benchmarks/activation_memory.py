@@ -13,7 +13,7 @@ gradients and AdamW state are not in it, and are the same with or without). Time
     python benchmarks/activation_memory.py [--sequences 8] [--prompt 64] [--response 256] [--repeats 3]
         [--device cpu|cuda]   (on CUDA also the peak memory allocated above the loaded model: activations, grads)
 
-Prints a table and writes JSON (default benchmarks/results/activation_memory_cpu.json).
+Prints a table and writes JSON (default benchmarks/results/activation_memory_<device>.json).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def _update(model: Any, comp: Completions) -> tuple[int, float, int | None]:
     forward + backward of the fused loss."""
     device = model.device
     cuda = device.type == "cuda"
+    model.zero_grad(set_to_none=True)  # before the baseline: the previous repeat's gradients are freed
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -65,7 +66,6 @@ def _update(model: Any, comp: Completions) -> tuple[int, float, int | None]:
             storages[storage.data_ptr()] = storage.nbytes()
         return t
 
-    model.zero_grad(set_to_none=True)
     start = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         h = response_hidden_states(model, comp)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda also reports the peak memory)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/activation_memory_cpu.json"))
+    ap.add_argument("--out", default=None, help="default benchmarks/results/activation_memory_<device>.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['gradient_checkpointing']} | {row['saved_bytes'] / 2**20:.1f} | {peak} | {row['seconds']:.2f} |"
         )
     print(f"saved: {result['saved_ratio']:.3f}×, time: {result['time_ratio']:.2f}×")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out or ROOT / f"benchmarks/results/activation_memory_{args.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

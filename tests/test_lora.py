@@ -134,3 +134,5 @@ def test_a_lora_runs_kl_reference_is_its_base_model_without_a_copy(tmp_path: Pat
     torch.testing.assert_close(off, plain(ids).logits, rtol=0, atol=0)  # the base model, exactly
     assert not torch.allclose(adapted(ids).logits, plain(ids).logits)  # and the adapters back after
     assert all(p.requires_grad for n, p in adapted.named_parameters() if ".lora_" in n)
+    with pytest.raises(ValueError, match="carries no LoRA adapters"), adapters_disabled(plain):
+        pass  # a policy without adapters has no base model to switch to: refused, not a silent KL of 0

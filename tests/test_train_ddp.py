@@ -32,6 +32,8 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         "model.lora.r=4",
         "model.gradient_checkpointing=true",
         "algorithm.loss_agg=seq-mean-token-mean",
+        "algorithm.kl_coef=0.1",  # the KL reference of a LoRA run: the policy with its adapters off
+        "data.levels=[1]",  # one-digit sums: the tiny model solves some, so steps carry a signal to train on
     ]
     run_train_cli(run_dir, overrides, timeout_s=600)
 
@@ -53,3 +55,5 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         assert local[0]["global_entropy"] == local[1]["global_entropy"] == row["entropy"]
         assert row["reward"] >= 0.0
     assert len({r["alpha"] for r in rows}) > 1  # the controller moved, identically on both ranks
+    # the adapters trained (a skipped step logs a zero norm), away from the base model the KL reads
+    assert any(r["grad_norm"] > 0 for r in rows) and rows[-1]["kl_loss"] > 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from collections.abc import Callable, Hashable, Sequence
@@ -346,25 +347,25 @@ def run(args: Any) -> int:
         torch.set_num_threads(args.threads)
     policy, tokenizer, fingerprint = load_target_policy(target)
     problems, data = _problems(args, config, policy, tokenizer, fingerprint)
-    torch.manual_seed(config.seed)
     from entropyctl.trainer.run import build_engine
-
-    engine = build_engine(config, policy, tokenizer)  # the run's rollout.engine (--set rollout.engine=...)
-    sample_fn, temperature = _sampler(args, config, engine, tokenizer, seed)
 
     def group_of(problem: Any) -> Hashable:
         return getattr(problem, "level", None) if args.by == "level" else None
 
-    reward = get_reward(config.reward.name, **config.reward.options)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        # the reward first: a bad reward fails before a (minutes-long) vLLM start
+        reward = get_reward(config.reward.name, **config.reward.options)
+        cleanup.callback(reward.close)
+        torch.manual_seed(config.seed)
+        engine = build_engine(
+            config, policy, tokenizer
+        )  # the run's rollout.engine (--set rollout.engine=...)
+        if hasattr(engine, "close"):
+            cleanup.callback(engine.close)
+        sample_fn, temperature = _sampler(args, config, engine, tokenizer, seed)
         result = evaluate_problems(
             problems, sample_fn, reward, n=n, ks=ks, batch_size=config.eval.batch_size, group_of=group_of
         )
-    finally:
-        reward.close()
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
     result.update(seed=seed, n_samples=n, checkpoint=str(args.checkpoint), data=data)
     result["temperature"] = temperature
     print(f"seed {seed}, {n} samples per problem, {len(problems)} problems, temperature {temperature}")

@@ -77,6 +77,10 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not layers:  # else the "base model" would be the policy itself, and the KL silently 0
+        raise ValueError(
+            "adapters_disabled: the model carries no LoRA adapters (model.lora set, policy without?)"
+        )
     saved = [m._disable_adapters for m in layers]
     for m in layers:
         m._disable_adapters = True

@@ -64,6 +64,24 @@ def test_an_accelerator_this_machine_lacks_fails_before_the_run_directory(
         assert not (tmp_path / out).exists()
 
 
+def test_mps_is_refused_before_the_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Mac (MPS, no CUDA) mps, and auto / gpu which would pick it, are refused in one line: the run's
+    float64 statistics would fail on the device at the first step."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.chdir(tmp_path)
+    for accelerator in ("mps", "auto", "gpu"):
+        out = f"runs/{accelerator}"
+        assert cli.main(["train", "--out", out, "--set", f"trainer.accelerator={accelerator}"]) == 2
+        err = capsys.readouterr().err
+        assert "MPS is not supported" in err and "trainer.accelerator=cpu" in err and err.count("\n") == 1
+        assert not (tmp_path / out).exists()
+
+
 def test_our_warnings_are_one_line_and_others_as_python_writes_them() -> None:
     """A data warning raised from the package reads `[entropyctl] warning: data: ...`, not Python's
     `.../trainer/run.py:302: UserWarning: ...` with the source line under it."""

@@ -282,7 +282,11 @@ class TrainerConfig(_Section):
     """Lightning Trainer settings."""
 
     steps: int = Field(100, ge=1, description="RLVR steps (each: rollouts → rewards → updates).")
-    accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto.")
+    accelerator: str = Field(
+        "cpu",
+        description="Lightning accelerator: cpu, gpu, auto (Apple's MPS is refused: the trainer's statistics "
+        "are float64).",
+    )
     devices: int = Field(1, ge=1, description="Processes (one per device); > 1 runs DDP.")
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = Field(
         "auto",

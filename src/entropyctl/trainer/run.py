@@ -466,6 +466,13 @@ def check_accelerator(config: RunConfig) -> None:
             f"trainer.accelerator: torch {torch.__version__} finds no {accelerator.upper()} device on this "
             f"machine; trainer.accelerator=cpu (or auto) runs anywhere (got {accelerator!r})"
         )
+    # Lightning's auto and gpu pick MPS where there is no CUDA device
+    if accelerator == "mps" or (accelerator in ("auto", "gpu") and mps and not cuda):
+        raise ConfigError(
+            f"trainer.accelerator: Apple's MPS is not supported (the trainer's exact entropy statistics and "
+            f"token counts are float64, which MPS lacks); use trainer.accelerator=cpu (got {accelerator!r}, "
+            "which picks MPS on this machine)"
+        )
 
 
 def check_loggers(config: RunConfig) -> None:

@@ -46,22 +46,36 @@ def test_lightnings_misconfiguration_from_elsewhere_keeps_its_traceback(
         cli.main(["train"])
 
 
+def _refusals(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    mps: bool,
+    accelerators: tuple[str, ...],
+) -> list[str]:
+    """`entropyctl train` with each accelerator on a machine without CUDA (and with MPS or not): each
+    exits 2 and leaves no run directory; their error texts."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.chdir(tmp_path)
+    errors = []
+    for accelerator in accelerators:
+        out = f"runs/{accelerator}"
+        assert cli.main(["train", "--out", out, "--set", f"trainer.accelerator={accelerator}"]) == 2
+        errors.append(capsys.readouterr().err)
+        assert not (tmp_path / out).exists()
+    return errors
+
+
 def test_an_accelerator_this_machine_lacks_fails_before_the_run_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """trainer.accelerator=gpu where torch sees no GPU: one line naming the field, and no run directory
     left to --overwrite (Lightning's own refusal comes after the directory is written)."""
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.chdir(tmp_path)
-    for accelerator in ("gpu", "cuda", "mps"):
-        out = f"runs/{accelerator}"
-        assert cli.main(["train", "--out", out, "--set", f"trainer.accelerator={accelerator}"]) == 2
-        err = capsys.readouterr().err
+    for err in _refusals(tmp_path, capsys, monkeypatch, False, ("gpu", "cuda", "mps")):
         assert err.startswith("entropyctl train: error: trainer.accelerator: torch") and err.count("\n") == 1
-        assert not (tmp_path / out).exists()
 
 
 def test_mps_is_refused_before_the_run_directory(
@@ -69,17 +83,8 @@ def test_mps_is_refused_before_the_run_directory(
 ) -> None:
     """On a Mac (MPS, no CUDA) mps, and auto / gpu which would pick it, are refused in one line: the run's
     float64 statistics would fail on the device at the first step."""
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    monkeypatch.chdir(tmp_path)
-    for accelerator in ("mps", "auto", "gpu"):
-        out = f"runs/{accelerator}"
-        assert cli.main(["train", "--out", out, "--set", f"trainer.accelerator={accelerator}"]) == 2
-        err = capsys.readouterr().err
+    for err in _refusals(tmp_path, capsys, monkeypatch, True, ("mps", "auto", "gpu")):
         assert "MPS is not supported" in err and "trainer.accelerator=cpu" in err and err.count("\n") == 1
-        assert not (tmp_path / out).exists()
 
 
 def test_our_warnings_are_one_line_and_others_as_python_writes_them() -> None:

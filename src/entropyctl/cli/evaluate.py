@@ -357,9 +357,8 @@ def run(args: Any) -> int:
         reward = get_reward(config.reward.name, **config.reward.options)
         cleanup.callback(reward.close)
         torch.manual_seed(config.seed)
-        engine = build_engine(
-            config, policy, tokenizer
-        )  # the run's rollout.engine (--set rollout.engine=...)
+        # the run's rollout.engine (--set rollout.engine=... for another)
+        engine = build_engine(config, policy, tokenizer)
         if hasattr(engine, "close"):
             cleanup.callback(engine.close)
         sample_fn, temperature = _sampler(args, config, engine, tokenizer, seed)

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["adapters_disabled", "apply_lora"]
+from entropyctl.rollout.export import LORA_ADAPTER, lora_layers
 
-_ADAPTER = "default"
+__all__ = ["adapters_disabled", "apply_lora"]
 
 
 def _peft() -> Any:
@@ -52,12 +52,10 @@ def apply_lora(model: torch.nn.Module, settings: Any) -> torch.nn.Module:
         getattr(model, name, lambda: None)() for name in ("get_input_embeddings", "get_output_embeddings")
     ]
     try:
-        peft.inject_adapter_in_model(config, model, adapter_name=_ADAPTER)
+        peft.inject_adapter_in_model(config, model, adapter_name=LORA_ADAPTER)
     except ValueError as err:  # e.g. target modules that match nothing
         raise ValueError(f"model.lora: {err}") from None
-    from peft.tuners.lora import LoraLayer
-
-    adapted = {name: m.get_base_layer() for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    adapted = {name: m.get_base_layer() for name, m in lora_layers(model)}
     on_embeddings = [
         name for name, base in adapted.items() if any(base is e for e in embeddings if e is not None)
     ]
@@ -74,9 +72,7 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
     """Within the block ``model`` computes as its base model: every adapter off (PEFT's own switch,
     without touching ``requires_grad``), each restored after. The KL reference of a LoRA run: the base
     model without a second copy of it."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    layers = [m for _, m in lora_layers(model)]
     if not layers:  # else the "base model" would be the policy itself, and the KL silently 0
         raise ValueError(
             "adapters_disabled: the model carries no LoRA adapters (model.lora set, policy without?)"

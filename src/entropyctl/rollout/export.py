@@ -13,12 +13,14 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["plain_state_dict", "save_policy"]
+__all__ = ["LORA_ADAPTER", "lora_layers", "plain_state_dict", "save_policy"]
 
-_ADAPTER = "default"  # the adapter name entropyctl.models.lora injects under
+#: the adapter name entropyctl.models.lora injects under
+LORA_ADAPTER = "default"
 
 
-def _lora_layers(model: torch.nn.Module) -> list[tuple[str, Any]]:
+def lora_layers(model: torch.nn.Module) -> list[tuple[str, Any]]:
+    """``(name, layer)`` of every PEFT LoRA layer in ``model`` (none without peft installed)."""
     try:
         from peft.tuners.lora import LoraLayer
     except ImportError:  # no peft: no adapters either
@@ -32,14 +34,14 @@ def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     weight merged with the adapter (W + scaling·B·A, in the weight's dtype; a new tensor), and the
     adapters' own tensors left out."""
     state = model.state_dict()
-    layers = _lora_layers(model)
+    layers = lora_layers(model)
     if not layers:
         return state
     merged = {}
     with torch.no_grad():
         for name, layer in layers:
             weight = layer.get_base_layer().weight
-            merged[f"{name}.weight"] = weight + layer.get_delta_weight(_ADAPTER).to(weight.dtype)
+            merged[f"{name}.weight"] = weight + layer.get_delta_weight(LORA_ADAPTER).to(weight.dtype)
     plain: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         if ".lora_" in key:

@@ -868,7 +868,8 @@ class RLVRModule(pl.LightningModule):
                     updated.grad_norm = self._skip_step(opt, sched)
                     continue
                 fwd = self._forward_tokens(self.policy, mb.comps[m], grad=signal)
-                tok_rows = rows[fwd.seq_index.to("cpu")]
+                seq = fwd.seq_index.to("cpu")  # each token's row of the mini-batch
+                tok_rows = rows[seq]
                 old, current = mb.old[m], None
                 if self.controller.acts_per_token():  # the token statistics: (log-prob, entropy) now
                     current = self._logprob_entropy_no_grad(fwd)
@@ -881,10 +882,7 @@ class RLVRModule(pl.LightningModule):
                     old=old,
                     ref=mb.ref[m],
                     loss_weight=self._loss_weight(
-                        mb.comps[m],
-                        fwd.seq_index.to("cpu"),
-                        float(mb.global_tokens[m]),
-                        float(mb.global_seqs[m]),
+                        mb.comps[m], seq, float(mb.global_tokens[m]), float(mb.global_seqs[m])
                     ),
                 )
                 if current is not None:

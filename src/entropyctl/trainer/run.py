@@ -679,8 +679,10 @@ class _Run:
             loggers.append(
                 TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False)
             )
+        wandb = None
         if t.wandb is not None and global_rank(t.devices) == 0:
-            loggers.append(_wandb_logger(self.config, run_dir, resuming=ckpt_path is not None))
+            wandb = _wandb_logger(self.config, run_dir, resuming=ckpt_path is not None)
+            loggers.append(wandb)
         checkpoint = RLVRCheckpoint(
             run_dir / "checkpoints",
             t.checkpoint_every,
@@ -722,9 +724,9 @@ class _Run:
             failed = False
         finally:
             self.fit_s = time.perf_counter() - t_fit
-            for logger in loggers:  # a W&B run ends with the fit (its files flushed), failed or not
-                if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
-                    logger.experiment.finish(exit_code=1 if failed else 0)
+            # a W&B run ends with the fit (its files flushed), failed or not; `experiment` would start one
+            if wandb is not None and wandb._experiment is not None:
+                wandb.experiment.finish(exit_code=1 if failed else 0)
 
     def _close(self) -> None:
         if self.module is None:

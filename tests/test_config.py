@@ -343,3 +343,12 @@ def test_vllm_options_under_the_hf_engine_are_reported_inert() -> None:
 def test_an_ablation_section_under_train_is_reported_inert() -> None:
     lines = parse_run_config({"ablation": {"arms": ["aer", "fixed:alpha=0.01"]}}).inert_settings()
     assert len(lines) == 1 and "read by `entropyctl ablate`" in lines[0]
+
+
+def test_ddp_spawn_is_refused_with_the_strategy_that_works() -> None:
+    """Lightning's spawn launcher pickles the module (its reward worker and heartbeat hold thread locks, so
+    the run failed at the spawn) and would hand back only its weights: refused in one line naming ddp."""
+    with pytest.raises(ConfigError) as info:
+        parse_run_config({"trainer": {"devices": 2, "strategy": "ddp_spawn"}})
+    assert "trainer.strategy" in str(info.value) and "use ddp" in str(info.value)
+    assert parse_run_config({"trainer": {"devices": 2, "strategy": "ddp"}}).trainer.strategy == "ddp"

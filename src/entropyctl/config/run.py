@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from entropyctl.controllers.config import ControllerConfig
 from entropyctl.controllers.parts import PART_VARIANTS
@@ -288,10 +288,11 @@ class TrainerConfig(_Section):
         "are float64).",
     )
     devices: int = Field(1, ge=1, description="Processes (one per device); > 1 runs DDP.")
-    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = Field(
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
         "auto",
         description="auto: single process for devices=1, ddp otherwise. fsdp: the policy sharded over the "
-        "devices (FSDP2 fully_shard; CPU/gloo or CUDA; rollout.engine=hf, no dynamic sampling).",
+        "devices (FSDP2 fully_shard; CPU/gloo or CUDA; rollout.engine=hf, no dynamic sampling). Lightning's "
+        "ddp_spawn is refused: ddp starts every process from the command line instead.",
     )
     precision: str = Field("32-true", description="Lightning precision (32-true, bf16-mixed, ...).")
     threads: int | None = Field(None, ge=1, description="torch threads per process (None: cores / devices).")
@@ -326,6 +327,19 @@ class TrainerConfig(_Section):
         description="Also log to Weights & Biases (project, name, entity, group, tags, mode; needs wandb: "
         "pip install 'entropyctl[wandb]'). A resumed run continues the same W&B run. None: off.",
     )
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _no_spawn(cls, value: Any) -> Any:
+        if value == "ddp_spawn":
+            # Lightning's spawn launcher pickles the module into fresh processes and hands back only its
+            # weights: the module holds the reward's worker and the run's heartbeat (threads, not picklable),
+            # and the controller's state and the step's records would stay in the children
+            raise ValueError(
+                "ddp_spawn is not supported (it pickles the module into new processes and returns only its "
+                "weights); use ddp, which starts each process from the same command line"
+            )
+        return value
 
 
 class EvalConfig(_Section):

@@ -115,7 +115,7 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     mode, and the trainer keeps the policy in eval mode (no dropout, so training log-probs match the
     sampler's). Rollouts and the no-grad passes run the plain forward."""
     for layer in decoder_layers(model):
-        # a partial of a module-level function: pickles (ddp_spawn), and deepcopy rebinds it to the copy
+        # a partial of a module-level function: pickles (torch.save of the whole policy), and deepcopy rebinds it to the copy
         layer.forward = functools.partial(_checkpointed_forward, layer)
 
 

@@ -337,8 +337,6 @@ def _strategy(config: RunConfig) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
     backend = "gloo" if t.accelerator == "cpu" else None
-    if t.strategy == "ddp_spawn":
-        return DDPStrategy(process_group_backend=backend, start_method="spawn")
     return DDPStrategy(process_group_backend=backend, start_method="popen")
 
 

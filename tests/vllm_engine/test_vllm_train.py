@@ -86,6 +86,8 @@ def test_two_step_train_with_vllm_rollouts(tmp_path: Path) -> None:
         "trainer.progress_bar=false",
         "trainer.save_last=true",  # entropyctl evaluate reads last.ckpt
         f"rollout.options.export_dir={tmp_path / 'export'}",
+        # the engine's log-probs against the trainer's: on step 2 they come from the first update's synced weights
+        "algorithm.rollout_correction.mode=token_truncate",
     ]
     command = [
         entropyctl,
@@ -115,6 +117,12 @@ def test_two_step_train_with_vllm_rollouts(tmp_path: Path) -> None:
         assert 0 < float(row["response_length"]) <= 16 and 0.0 <= float(row["reward"]) <= 1.0
         assert float(row["time_rollout"]) > 0 and float(row["tokens"]) > 0
     assert float(rows[0]["h0"]) == pytest.approx(float(rows[0]["entropy"]))  # aer anchors on step 1
+    for row in rows:  # fp32 on both sides: the engine samples from the trainer's policy to ~1e-4 nats
+        assert float(row["sampler_logp_diff"]) < 1e-3 and 0 <= float(row["sampler_kl"]) < 1e-5, row
+        assert (
+            float(row["is_weight_mean"]) == pytest.approx(1.0, abs=1e-3)
+            and float(row["is_bounded_frac"]) == 0
+        )
     # time_sync: step 1 finds the engine already in sync (no tensor changed since start-up: skipped);
     # step 2 pushes the first update's weights (shared memory, SmolLM2's ~0.5 GB: about a second here).
     first, second = (float(r["time_sync"]) for r in rows)

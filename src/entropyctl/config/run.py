@@ -201,6 +201,39 @@ class RolloutConfig(_Section):
         return self
 
 
+class RolloutCorrection(_Section):
+    """Importance weights for the mismatch between the rollout engine's sampling distribution and the
+    trainer's (entropyctl.ops.sampler_correction; TRL's vllm_importance_sampling_*)."""
+
+    mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "monitor"] = Field(
+        "token_truncate",
+        description="token_truncate: each token's policy-gradient term × min(r, clip_max) with r = "
+        "π_train/π_sampler of the token (TIS); token_mask: × r inside [clip_min, clip_max], else 0 (MIS); "
+        "sequence_*: the same with the response's ratio (the product over its tokens); monitor: the mismatch "
+        "is measured and logged, nothing is corrected.",
+    )
+    clip_max: float | None = Field(
+        2.0, gt=0, description="Upper bound on r (truncate: clipped to it; mask: above it, weight 0)."
+    )
+    clip_min: float | None = Field(
+        None,
+        ge=0,
+        description="Lower bound on r (truncate: raised to it; mask: below it, weight 0). None: none.",
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> RolloutCorrection:
+        if self.clip_min is not None and self.clip_max is not None and self.clip_min > self.clip_max:
+            raise ValueError(f"clip_min: must be ≤ clip_max = {self.clip_max} (got {self.clip_min})")
+        if self.mode.endswith("truncate") and self.clip_max is None:
+            raise ValueError(
+                f"clip_max: {self.mode} needs an upper bound (an unbounded ratio has no bounded variance)"
+            )
+        if self.mode.endswith("mask") and self.clip_max is None and self.clip_min is None:
+            raise ValueError(f"clip_max: {self.mode} needs clip_max or clip_min (else nothing is masked)")
+        return self
+
+
 class AlgorithmConfig(_Section):
     """GRPO/DAPO loss settings the trainer owns (the controller owns α_i and the clip bounds)."""
 
@@ -228,6 +261,13 @@ class AlgorithmConfig(_Section):
         True,
         description="true: the fused path when the LM head is a plain linear map (else full logits); "
         "false: always full logits (the reference path).",
+    )
+    rollout_correction: RolloutCorrection | None = Field(
+        None,
+        description="Correct the policy-gradient term for the rollout engine sampling from a slightly different "
+        "distribution than the trainer computes (vLLM kernels, bf16): importance weights from the engine's "
+        "log-probs (mode, clip_max, clip_min), and the mismatch logged (sampler_kl, sampler_logp_diff, "
+        "is_weight_mean, is_bounded_frac). None: off (the engine's log-probs are not asked for).",
     )
     skip_no_signal: bool = Field(
         False,
@@ -610,6 +650,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.anchor.steps": 1,
     "algorithm.skip_no_signal": False,
     "algorithm.loss_agg": "token-mean",
+    "algorithm.rollout_correction": None,
     "model.gradient_checkpointing": False,
     "model.lora": None,
     "trainer.wandb": None,  # operational (where the metrics are also sent)

@@ -41,10 +41,12 @@ from entropyctl.controllers.base import (
 from entropyctl.controllers.token_level import step_token_action
 from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
+from entropyctl.ops.sampler_correction import sampler_correction
 from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings, decode_responses
 from entropyctl.trainer.evaluation import ProblemOutcome, count_correct, summarize_pass_at_k
 from entropyctl.trainer.phases import (
     LOSS_PARTS,
+    MISMATCH_SUMS,
     Collected,
     Planned,
     Scored,
@@ -587,8 +589,15 @@ class RLVRModule(pl.LightningModule):
         r, e = self.config.rollout, self.config.eval
         temperature = r.temperature if not eval_mode or e.temperature is None else e.temperature
         max_new = r.max_new_tokens if not eval_mode or e.max_new_tokens is None else e.max_new_tokens
+        # the engine's own log-probs of the sampled tokens: the rollout correction's q (training rollouts only)
+        sampler_logprobs = not eval_mode and self.config.algorithm.rollout_correction is not None
         return SamplingSettings(
-            temperature=temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=max_new, seed=seed
+            temperature=temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            max_new_tokens=max_new,
+            seed=seed,
+            return_logprobs=sampler_logprobs,
         )
 
     def _decode(self, comp: Completions) -> list[str]:
@@ -700,6 +709,36 @@ class RLVRModule(pl.LightningModule):
         collective = TokenCollective(rank, world, gather)  # type: ignore[arg-type]
         stats = TokenStatistics(current[0], tokens.old, current[1], tokens.adv, tokens.mask, step)
         return step_token_action(self.controller, stats, collective)
+
+    def _correct_for_sampler(
+        self, tokens: _TokenBatch, comp: Completions, seq: Tensor, updated: Updated | None
+    ) -> None:
+        """``algorithm.rollout_correction``: the importance weight of each token's policy-gradient term
+        (π_train / π_sampler of its old log-prob and the engine's), multiplied into the token action's
+        weight; the mismatch's sums added to ``updated`` (the first epoch's pass: every token once)."""
+        rc = self.config.algorithm.rollout_correction
+        assert rc is not None
+        if comp.logprobs is None:
+            raise RuntimeError(
+                f"algorithm.rollout_correction: the {self.config.rollout.engine} engine returned no log-probs"
+            )
+        sampler = comp.logprobs.to(self.device)[comp.response_mask.to(self.device).bool()]
+        keep = tokens.mask > 0  # the loss's tokens (not an overlong-masked or dropped response's)
+        # a token outside the loss keeps q = p: weight 1, nothing measured
+        q = torch.where(keep, sampler.to(tokens.old.dtype), tokens.old)
+        out = sampler_correction(tokens.old, q, seq.to(self.device), rc.mode, rc.clip_min, rc.clip_max)
+        weight = out.weight.to(tokens.old.dtype)
+        action = tokens.action or TokenAction()
+        tokens.action = TokenAction(
+            weight=weight if action.weight is None else action.weight * weight,
+            detach=action.detach,
+            kl_coef=action.kl_coef,
+        )
+        if updated is not None:
+            m = keep.to(torch.float64)
+            parts = (m, out.kl * m, out.abs_diff * m, out.weight * m, out.bounded.to(torch.float64) * m)
+            for key, value in zip(MISMATCH_SUMS, parts, strict=True):
+                updated.mismatch[key] += float(value.sum())
 
     def _loss(self, fwd: TokenForward, tokens: _TokenBatch, plan: Plan, num_tokens: int) -> PolicyLossOutput:
         a = self.config.algorithm
@@ -887,6 +926,8 @@ class RLVRModule(pl.LightningModule):
                 )
                 if current is not None:
                     tokens.action = self._token_action(current, tokens, step)
+                if self.config.algorithm.rollout_correction is not None:
+                    self._correct_for_sampler(tokens, mb.comps[m], seq, updated if epoch == 0 else None)
                 out = self._loss(fwd, tokens, planned.plan, int(round(float(mb.global_tokens[m]))))
                 if signal:
                     updated.grad_norm = self._optimizer_step(out.loss, opt, sched)

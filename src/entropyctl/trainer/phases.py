@@ -105,6 +105,10 @@ class TokenForward:
 #: The loss parts and clip fractions summed over mini-batches (token-weighted) in :class:`Updated`.
 LOSS_PARTS = ("clip_low", "clip_high", "loss", "pg", "ent", "kl")
 
+#: ``algorithm.rollout_correction``: sums over the loss's tokens (first epoch) of 1, the k3 estimate of
+#: KL(sampler ‖ trainer), |log-prob difference|, the importance weight, and 1 where a bound acted.
+MISMATCH_SUMS = ("is_tokens", "is_kl", "is_abs_diff", "is_weight", "is_bounded")
+
 
 @dataclass
 class Updated:
@@ -112,6 +116,7 @@ class Updated:
 
     stats: EntropyStats  # entropy and coefficient sums per level, first epoch: every token once
     sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_PARTS, 0.0))
+    mismatch: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MISMATCH_SUMS, 0.0))
     grad_norm: float = math.nan
     entropy_sum: float = 0.0  # this rank's Σ entropy x mask (the DDP audit in ranks/rank<r>.json)
     token_sum: float = 0.0
@@ -194,6 +199,7 @@ LOCAL_SUMS = (
     "dropped",
     "fillers",
     *LOSS_PARTS,
+    *MISMATCH_SUMS,
     "no_answer",
     "parse_error",
     "timeout",
@@ -216,6 +222,7 @@ def local_sums(
         float(collected.dropped),
         float(collected.fillers),
         *(updated.sums[k] for k in LOSS_PARTS),
+        *(updated.mismatch[k] for k in MISMATCH_SUMS),
         float(reward_metrics.get("no_answer", 0)),
         float(reward_metrics.get("parse_error", 0)),
         float(reward_metrics.get("timeout", 0)),
@@ -224,6 +231,13 @@ def local_sums(
         sel = scored.levels == level
         local += [float(scored.accuracy[sel].sum()), float(sel.sum())]
     return local
+
+
+def _mismatch_means(g: Mapping[str, float]) -> dict[str, float]:
+    n = g["is_tokens"]
+    names = {"sampler_kl": "is_kl", "sampler_logp_diff": "is_abs_diff"}
+    names |= {"is_weight_mean": "is_weight", "is_bounded_frac": "is_bounded"}
+    return {column: g[key] / n if n > 0 else math.nan for column, key in names.items()}
 
 
 def metrics_row(
@@ -259,6 +273,8 @@ def metrics_row(
         "pg_loss": g["pg"],
         "entropy_loss": g["ent"],
         "kl_loss": g["kl"],
+        # algorithm.rollout_correction: token means over the loss's tokens of every rank (NaN when off)
+        **_mismatch_means(g),
         "grad_norm": updated.grad_norm,
         "lr": updated.lr,
         "tokens": reading.tokens,

@@ -217,3 +217,71 @@ def test_a_bonus_alone_moves_the_policy_whatever_alpha_and_skip_no_signal_holds_
     # (what it does not: the gradients of some weights fall to the size of its ε = 1e-8 at α = 1e-6).
     assert (weak / strong) ** 0.5 > 0.1
     assert _no_signal_run(tmp_path, monkeypatch, 1e-3, skip=True).change() == 0.0
+
+
+def test_batch_std_over_two_processes_is_the_std_of_their_union() -> None:
+    """advantage_scale=batch under DDP: the std is the global batch's, from two passes of summed moments (a
+    fake all-reduce adds the other process's share of each pass), equal to the std of every reward at once."""
+    from entropyctl.ops.advantages import reward_sums
+
+    ours = _collected([[1.0, 0.0], [0.0, 0.0]], lengths=[2, 2, 2, 2], levels=[1, 1])
+    theirs = torch.tensor([[1.0, 1.0], [1.0, 0.5], [0.0, 1.0]])
+    passes: list[float] = []
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        if not passes:  # pass 1: (count, Σ r)
+            count, total, _ = reward_sums(theirs)
+            passes.append((float(t[1]) + total) / (float(t[0]) + count))  # the global mean
+            return t + torch.tensor([count, total], dtype=torch.float64)
+        _, about, squares = reward_sums(theirs, shift=passes[0])  # pass 2: about the global mean
+        return t + torch.tensor([about, squares], dtype=torch.float64)
+
+    class Plain(_Rollout):
+        overlong = "truncate"
+
+    scored = score(ours, Plain(), "batch", reduce=reduce)
+    union = torch.cat([ours.rewards.reshape(-1), theirs.reshape(-1)])
+    expected = group_advantages(ours.rewards, scale="batch", batch_std=float(union.std()))
+    # fp32 rewards: the two stds round apart by an ulp or two of float32
+    torch.testing.assert_close(scored.advantages, expected, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
+    assert float(union.std()) != pytest.approx(float(ours.rewards.std()))  # not the local std
+
+
+def test_the_trainer_uses_the_configured_advantages(tmp_path: Path) -> None:
+    """The same first step (α = 0: the loss is the policy-gradient term, ratio 1) under three advantages:
+    the step's advantages are ops.advantages' for the config, and the logged pg loss scales with them —
+    leave-one-out by G/(G − 1), the batch std by 1/(std of the step's rewards + ε)."""
+    from entropyctl.trainer.run import run_training
+
+    common = [
+        "trainer.steps=1",
+        "eval.before=false",
+        "eval.after=false",
+        "trainer.save_last=false",
+        "controller.name=fixed",
+        "controller.alpha=0.0",
+        "reward.name=operator:lt",  # mixed rewards from the barely trained model: a signal (see test_sampler_correction)
+    ]
+    arms = {
+        "none": ["algorithm.advantage_scale=none"],
+        "rloo": ["algorithm.advantage_scale=none", "algorithm.advantage_baseline=leave-one-out"],
+        "batch": ["algorithm.advantage_scale=batch"],
+    }
+    rows, results = {}, {}
+    for name, extra in arms.items():
+        capture = _Capture()
+        run_training(tiny_config(*common, *extra), tmp_path / name, callbacks=[capture])
+        ((rows[name],), (results[name],)) = read_metrics(tmp_path / name), capture.results
+    shaped = results["none"].scored.shaped
+    assert torch.equal(results["rloo"].scored.shaped, shaped) and abs(rows["none"]["pg_loss"]) > 1e-5
+    G = shaped.shape[1]
+    expected = {
+        "none": group_advantages(shaped, scale="none"),
+        "rloo": group_advantages(shaped, scale="none", baseline="leave-one-out"),
+        "batch": group_advantages(shaped, scale="batch"),
+    }
+    for name, adv in expected.items():
+        torch.testing.assert_close(results[name].scored.advantages, adv, rtol=0, atol=0)
+    assert rows["rloo"]["pg_loss"] == pytest.approx(rows["none"]["pg_loss"] * G / (G - 1), rel=1e-5)
+    std = float(shaped.reshape(-1).std())
+    assert rows["batch"]["pg_loss"] == pytest.approx(rows["none"]["pg_loss"] / (std + 1e-6), rel=1e-5)

@@ -176,6 +176,11 @@ KNOWN_RENAMES = {
     "algorithm.clip_range": "controller.clip_low and controller.clip_high",  # stable-baselines3
     "algorithm.loss_agg_mode": "algorithm.loss_agg",  # verl
     "algorithm.loss_type": "algorithm.loss_agg",  # TRL (grpo → seq-mean-token-mean, dr_grpo → ...-sum-norm)
+    "algorithm.scale_rewards": "algorithm.advantage_scale",  # TRL (group / batch / none)
+    "algorithm.norm_adv_by_std_in_grpo": "algorithm.advantage_scale",  # verl (false → none)
+    "algorithm.adv_estimator": "algorithm.advantage_baseline and algorithm.advantage_scale",  # verl (rloo, ...)
+    "algorithm.vllm_importance_sampling_correction": "algorithm.rollout_correction",  # TRL
+    "algorithm.rollout_is": "algorithm.rollout_correction",  # verl
 }
 
 

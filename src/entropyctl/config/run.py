@@ -237,8 +237,15 @@ class RolloutCorrection(_Section):
 class AlgorithmConfig(_Section):
     """GRPO/DAPO loss settings the trainer owns (the controller owns α_i and the clip bounds)."""
 
-    advantage_scale: Literal["group", "none"] = Field(
-        "group", description="group: (r − mean)/(std + ε) (GRPO); none: r − mean (Dr.GRPO)."
+    advantage_scale: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="group: (r − b)/(std of the group + ε) (GRPO); batch: (r − b)/(std of every reward of the "
+        "step's global batch + ε) (TRL's scale_rewards='batch'); none: r − b (Dr.GRPO, RLOO).",
+    )
+    advantage_baseline: Literal["mean", "leave-one-out"] = Field(
+        "mean",
+        description="b: mean = the group's mean reward (GRPO); leave-one-out = the mean of the group's other "
+        "G − 1 rewards (RLOO, with advantage_scale: none).",
     )
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
         "token-mean",
@@ -651,6 +658,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.skip_no_signal": False,
     "algorithm.loss_agg": "token-mean",
     "algorithm.rollout_correction": None,
+    "algorithm.advantage_baseline": "mean",
     "model.gradient_checkpointing": False,
     "model.lora": None,
     "trainer.wandb": None,  # operational (where the metrics are also sent)

@@ -1015,7 +1015,13 @@ class RLVRModule(pl.LightningModule):
         self.engine.sync_weights(self.policy)
         timers["sync"] = time.perf_counter() - timers["start"]
         collected = self.collect(step, rank, timers)
-        scored = score(collected, cfg.rollout, cfg.algorithm.advantage_scale)
+        scored = score(
+            collected,
+            cfg.rollout,
+            cfg.algorithm.advantage_scale,
+            baseline=cfg.algorithm.advantage_baseline,
+            reduce=lambda t: all_reduce_sum(t, self._reducer()),
+        )
         planned = plan_groups(self.controller, scored, step, mask_overlong=cfg.rollout.overlong == "mask")
         t_update = time.perf_counter()
         signal = self.has_signal(planned) if cfg.algorithm.skip_no_signal else True

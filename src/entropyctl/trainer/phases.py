@@ -9,7 +9,7 @@ return :class:`Collected` and :class:`Updated`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from entropyctl.controllers.base import EntropyController, EntropyReading, GroupOutcome, Plan
-from entropyctl.ops.advantages import group_advantages
+from entropyctl.ops.advantages import batch_reward_std, group_advantages, reward_sums
 from entropyctl.rollout.protocol import Completions
 from entropyctl.trainer.run_dir import CONTROLLER_PREFIX, float_or_nan
 from entropyctl.trainer.stats import EntropyStats
@@ -135,9 +135,18 @@ class StepResult:
     row: dict[str, Any]
 
 
-def score(collected: Collected, rollout: Any, advantage_scale: Literal["group", "none"]) -> Scored:
+def score(
+    collected: Collected,
+    rollout: Any,
+    advantage_scale: Literal["group", "batch", "none"],
+    *,
+    baseline: Literal["mean", "leave-one-out"] = "mean",
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> Scored:
     """Shaped rewards (verifier + DAPO overlong penalty when ``rollout.overlong == "penalty"``), each
-    group's accuracy (partial credit 0 < r < 1 counts in the reward only) and group advantages."""
+    group's accuracy (partial credit 0 < r < 1 counts in the reward only) and group advantages.
+    ``reduce`` sums a float64 tensor over processes (the batch std of ``advantage_scale="batch"`` is the
+    global batch's); None: this process's rollouts are the batch."""
     correct = collected.rewards
     P, G = correct.shape
     comp = collected.completions
@@ -152,11 +161,28 @@ def score(collected: Collected, rollout: Any, advantage_scale: Literal["group", 
     return Scored(
         shaped=shaped,
         accuracy=accuracy,
-        advantages=group_advantages(shaped, scale=advantage_scale),
+        advantages=group_advantages(
+            shaped,
+            scale=advantage_scale,
+            baseline=baseline,
+            batch_std=_batch_std(shaped, reduce) if advantage_scale == "batch" else None,
+        ),
         lengths=lengths,
         truncated=comp.truncated.bool(),
         levels=levels,
     )
+
+
+def _batch_std(shaped: Tensor, reduce: Callable[[Tensor], Tensor] | None) -> float | None:
+    """The std of every shaped reward of the global batch: two passes (the mean, then the squares about it)."""
+    if reduce is None:
+        return None
+    count, total, _ = reward_sums(shaped)
+    count, total = reduce(torch.tensor([count, total], dtype=torch.float64)).cpu().tolist()
+    mean = total / count if count else 0.0
+    _, about, squares = reward_sums(shaped, shift=mean)
+    about, squares = reduce(torch.tensor([about, squares], dtype=torch.float64)).cpu().tolist()
+    return batch_reward_std(count, about, squares)
 
 
 def plan_groups(controller: EntropyController, scored: Scored, step: int, mask_overlong: bool) -> Planned:

@@ -160,6 +160,9 @@ def test_parse_number_forms() -> None:
         ("\\boxed{[1,2)}", "[1,2)"),
         ("\\boxed{1,000}", "1000"),
         ("\\boxed{18.0}", "18"),
+        ("\\boxed{12+7=19}", "19"),  # a worked line ending in its value
+        ("\\boxed{a = b = 19}", "19"),
+        ("so 3*6+1 = 19.", "19"),
     ],
 )
 def test_equivalent_forms_score_one(reward: MathReward, completion: str, gold: str) -> None:
@@ -174,6 +177,11 @@ def test_equivalent_forms_score_one(reward: MathReward, completion: str, gold: s
         ("\\boxed{(1,2]}", "[1,2)", "wrong"),
         ("\\boxed{x+2}", "x+1", "wrong"),
         ("12+7", "19", "wrong"),  # echoing the prompt is not an answer
+        ("\\boxed{12+7=}", "19", "wrong"),
+        ("\\boxed{19 = 12+7}", "19", "wrong"),  # the last side is the answer, and it is not evaluated
+        ("\\boxed{12+7=20}", "19", "wrong"),
+        ("\\boxed{x=5, y=19}", "19", "wrong"),  # two equations: not read as the last side's number
+        ("\\boxed{x \\le 19}", "19", "wrong"),
         ("I do not know", "19", "no_answer"),
     ],
 )
@@ -192,6 +200,16 @@ def test_integer_fast_path_never_starts_a_worker() -> None:
         assert verifier._started == 0
         assert sum(r.score for r in results) == sum(1 for i in range(2_000) if i % 50 == i % 37)
         assert elapsed / 2_000 < 200e-6  # microseconds per answer (loose: shared CPU)
+    finally:
+        verifier.close()
+
+
+def test_an_equation_ending_in_a_number_takes_the_fast_path() -> None:
+    verifier = MathVerifier(timeout=TIMEOUT)
+    try:
+        for text, expected in (("\\boxed{12+7=19}", 1.0), ("x = 19", 1.0), ("12+7=20", 0.0), ("12+7=", 0.0)):
+            assert check_answer(text, "19", verifier=verifier).score == expected, text
+        assert verifier._started == 0
     finally:
         verifier.close()
 
@@ -502,6 +520,20 @@ def test_extraction_time_per_character_is_bounded_on_adversarial_text(pieces: li
     extract_answer(text)
     seconds = time.thread_time() - start
     assert seconds <= MAX_SECONDS_PER_CHAR * len(text), (unit, seconds)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from(["=", "1", " ", "x", "(", ")", "+", ",", "f", "\t"]), min_size=1, max_size=6))
+def test_reading_an_equation_chain_is_linear_at_the_answer_cap(pieces: list[str]) -> None:
+    """The last-side rule runs on every extracted answer up to MAX_ANSWER_CHARS: the same CPU time per
+    character as extraction (a backtracking regex would take seconds at the cap)."""
+    from entropyctl.rewards.math import _final_side_number
+
+    unit = "".join(pieces)
+    text = unit * (MAX_ANSWER_CHARS // len(unit))
+    start = time.thread_time()
+    _final_side_number(text)
+    assert time.thread_time() - start <= MAX_SECONDS_PER_CHAR * len(text), unit
 
 
 def test_unclosed_inline_math_at_the_length_cap_is_fast() -> None:

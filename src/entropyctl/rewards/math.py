@@ -8,7 +8,9 @@ Verification (:func:`check_answer`, :func:`verify_answer`):
   numbers (integer, decimal with optional thousands commas, ``a/b``, ``\\frac{a}{b}``) they are compared
   exactly as rationals. The synthetic arithmetic task never leaves this path. When the gold answer
   is a plain number and the prediction is unevaluated arithmetic (only digits and ``+-*/^().=``,
-  e.g. ``12+7``) it is ``wrong`` without SymPy: otherwise echoing the prompt would be rewarded.
+  e.g. ``12+7``) it is ``wrong`` without SymPy: otherwise echoing the prompt would be rewarded. An
+  equation chain whose last side is a plain number and whose other sides are arithmetic or one name
+  (``12+7=19``, ``x = 19``) is that number, on the fast path.
 * Otherwise math-verify's parser and SymPy comparison run in a persistent worker PROCESS
   (:mod:`entropyctl.rewards._worker`, started with :class:`subprocess.Popen`, so it works from any
   thread, from spawned/forked processes and from daemonic processes, which may not have
@@ -71,6 +73,23 @@ _PLAIN_FRACTION = re.compile(r"([+-]?\d+)\s*/\s*(\d+)")
 _LATEX_FRACTION = re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
 _MAX_FAST_DIGITS = 200
 _ARITHMETIC = re.compile(r"[\d\s.,+\-*/^()=]+")
+
+
+#: an earlier side of an equation chain whose last side may be read as the answer: arithmetic on numbers
+#: (no comma: "x=5, y=19" is two equations) or one name, optionally applied ("x", "f(x)", "a_1")
+_CHAIN_SIDE = re.compile(r"[\d\s.+\-*/^()]+|[A-Za-z]\w*(?:\([^()=,;]*\))?")  # linear: one class, or a name
+
+
+def _final_side_number(text: str) -> Fraction | None:
+    """The number on the last side of an equation chain (``12+7=19``, ``x = 19``, ``a = b = 19`` → 19), when
+    that side is a plain number and every earlier side is arithmetic or one name; else None (``x=5, y=19``,
+    ``x <= 19`` and anything else go on as before). A worked line ending in its value is an answer; the
+    unevaluated-arithmetic rule still refuses ``12+7``, ``12+7=`` and ``19 = 12+7``."""
+    *sides, last = text.split("=")
+    # (a side of operators alone, "+ =", is no side: it needs a digit or a name)
+    if not sides or not all(_CHAIN_SIDE.fullmatch(side.strip()) and re.search(r"\w", side) for side in sides):
+        return None
+    return parse_number(last)
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -459,6 +478,8 @@ def check_answer(
     reference = gold_answer(gold)
     pred_number = parse_number(extracted)
     gold_number = parse_number(reference)
+    if pred_number is None and gold_number is not None:
+        pred_number = _final_side_number(extracted)
     if pred_number is not None and gold_number is not None:
         status: Status = "correct" if pred_number == gold_number else "wrong"
         return VerifyResult(status, float(status == "correct"), extracted, "", time.perf_counter() - start)

@@ -34,6 +34,17 @@ from entropyctl.config import (
         ("data.template=Solve this", r"must contain '\{prompt\}'"),
         ("reward.name=nope", r"must be one of \[.*'math'.*\] or 'package\.module:function'"),
         ("reward.name=not a path:x y", r"reward\.name|must be one of"),
+        ("reward.shaping=[{name: nope}]", r"reward\.shaping\[0\]\.name: must be one of"),
+        ("reward.shaping=[{name: operator:nope}]", r"reward\.shaping\[0\]\.name: .*has no attribute 'nope'"),
+        (
+            "reward.shaping=[{name: exact, options: {extrct: false}}]",
+            r"reward\.shaping\[0\]\.options\.extrct",
+        ),
+        (
+            "reward.shaping=[{name: reasoning_gym}]",
+            r"reward\.shaping\[0\]\.name: reasoning_gym scores its own",
+        ),
+        ("reward.shaping=[{weight: 0.5}]", r"reward\.shaping\.0\.name|reward\.shaping\[0\]\.name"),
         ("reward.options.timeout=.nan", r"finite number of seconds > 0"),
         ("reward.options.timeout=.inf", r"finite number of seconds > 0"),
         ("reward.options.timeout=0", r"finite number of seconds > 0"),
@@ -65,6 +76,18 @@ def test_good_values_still_load() -> None:
         ],
     )
     assert config.trainer.steps == 3 and config.optim.betas == (0.0, 0.99)
+
+
+def test_shaping_labels_name_each_column_once() -> None:
+    config = load_run_config(
+        None,
+        [
+            "reward.shaping=[{name: operator:lt}, {name: exact, weight: 0.5}, {name: exact}, "
+            "{name: operator:gt, label: longer}]"
+        ],
+    )
+    assert config.reward.shaping_labels() == ["lt", "exact", "exact_2", "longer"]
+    assert [s.weight for s in config.reward.shaping] == [1.0, 0.5, 1.0, 1.0]
 
 
 def test_precision_and_accelerator_lists_match_lightning() -> None:

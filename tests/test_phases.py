@@ -285,3 +285,56 @@ def test_the_trainer_uses_the_configured_advantages(tmp_path: Path) -> None:
     assert rows["rloo"]["pg_loss"] == pytest.approx(rows["none"]["pg_loss"] * G / (G - 1), rel=1e-5)
     std = float(shaped.reshape(-1).std())
     assert rows["batch"]["pg_loss"] == pytest.approx(rows["none"]["pg_loss"] / (std + 1e-6), rel=1e-5)
+
+
+def test_shaping_rewards_add_to_the_reward_and_not_to_the_accuracy() -> None:
+    """reward.shaping: the shaped reward is the verifier's + Σ w_k·score_k (then the overlong penalty); the
+    accuracy (a solve is the verifier's score ≥ 1) and the level counts do not move; each score's sum goes
+    to the metrics row as shaping/<label>, a mean over the rollouts."""
+    collected = _collected([[1.0, 0.0], [0.0, 1.0]], lengths=[2, 2, 2, 2], levels=[1, 1])
+    collected.shaping = torch.tensor([[[1.0, 0.5], [0.0, 0.5]], [[1.0, 0.0], [1.0, 1.0]]])  # [P, G, K=2]
+
+    class Plain(_Rollout):
+        overlong = "truncate"
+
+    scored = score(collected, Plain(), "group", shaping_weights=[0.1, -2.0])
+    expected = torch.tensor([[1.0 + 0.1 - 1.0, -1.0], [0.1, 1.0 + 0.1 - 2.0]])
+    torch.testing.assert_close(scored.shaped, expected, rtol=0, atol=4 * torch.finfo(torch.float32).eps)
+    assert scored.accuracy.tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="for 1 weights"):
+        score(collected, Plain(), "group", shaping_weights=[0.1])
+    updated = Updated(stats=EntropyStats([1]))
+    local = local_sums(collected, scored, updated, {}, [1])
+    assert local[-2:] == [3.0, 2.0]  # each shaping score's sum over the 4 rollouts, after the level sums
+    reading = EntropyReading(mean_entropy=1.0, tokens=8.0, step=1)
+    row = metrics_row(1, local, reading, updated, {}, [1], {}, ["fmt", "len"])
+    assert row["shaping/fmt"] == 0.75 and row["shaping/len"] == 0.5
+    assert row["accuracy"] == 0.5 and row["acc_level_1"] == 0.5  # the shaping sums are not level sums
+
+
+def test_a_shaping_reward_trains_and_keeps_groups_from_dynamic_sampling(tmp_path: Path) -> None:
+    """A real step with reward.shaping (a string comparison, weight 0.5) and DAPO's dynamic sampling: the
+    shaped reward is the verifier's + 0.5·score, its column is logged, the verifier alone gives the
+    accuracy, and a group whose verifier rewards are all equal but whose shaped ones differ is kept — the
+    barely trained tiny model solves nothing, so without the shaping every group is dropped."""
+    from entropyctl.trainer.run import run_training
+
+    common = ["trainer.steps=1", "eval.before=false", "eval.after=false", "trainer.save_last=false"]
+    common += ["rollout.dynamic_sampling=true", "controller.name=fixed", "controller.alpha=0.0"]
+    capture = _Capture()
+    shaped_run = tiny_config(*common, "reward.shaping=[{name: 'operator:lt', weight: 0.5}]")
+    run_training(shaped_run, tmp_path / "shaped", callbacks=[capture])
+    run_training(tiny_config(*common), tmp_path / "plain")
+    ((with_shaping,), (plain,)) = read_metrics(tmp_path / "shaped"), read_metrics(tmp_path / "plain")
+    (result,) = capture.results
+    scores = result.collected.shaping
+    assert scores is not None and scores.shape[-1] == 1
+    torch.testing.assert_close(result.scored.shaped, result.collected.rewards + 0.5 * scores[..., 0])
+    assert with_shaping["shaping/lt"] == pytest.approx(float(scores.mean()))
+    assert with_shaping["reward"] == pytest.approx(
+        with_shaping["accuracy"] + 0.5 * with_shaping["shaping/lt"]
+    )
+    assert plain["accuracy"] == 0.0 and plain["filler_groups"] == shaped_run.rollout.prompts_per_step
+    assert with_shaping["dropped_groups"] < plain["dropped_groups"]
+    assert with_shaping["filler_groups"] < plain["filler_groups"] and abs(with_shaping["pg_loss"]) > 1e-5
+    assert "shaping/lt" not in plain

@@ -147,6 +147,23 @@ class DataConfig(_Section):
         return self
 
 
+class ShapingReward(_Section):
+    """A reward added, weighted, to the verifier's in the advantages only (a format reward, a length bonus)."""
+
+    name: str = Field(
+        description="math | exact | package.module:function (called as fn(completion, answer))."
+    )
+    weight: float = Field(1.0, description="w_k: the shaped reward is the verifier's + Σ_k w_k · score_k.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the reward factory."
+    )
+    label: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="Its metrics.csv column, shaping/<label> (None: the function's or reward's name).",
+    )
+
+
 class RewardConfig(_Section):
     """The verifier: a registered reward name (``math``, ``exact``) or ``package.module:function``."""
 
@@ -154,6 +171,25 @@ class RewardConfig(_Section):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the reward factory (e.g. timeout for math)."
     )
+    shaping: list[ShapingReward] = Field(
+        default_factory=list,
+        description="Rewards added to the verifier's, weighted, for the advantages (TRL's reward_funcs with "
+        "reward_weights). The verifier alone decides a solve (score ≥ 1: accuracy, the controller's difficulty, "
+        "pass@k); each one's mean is logged as shaping/<label>.",
+    )
+
+    def shaping_labels(self) -> list[str]:
+        """Each shaping reward's column label: its ``label``, else its function's or reward's name; a repeated
+        label gets _2, _3, ..."""
+        labels: list[str] = []
+        for item in self.shaping:
+            base = item.label or item.name.rpartition(":")[2]
+            label, k = base, 1
+            while label in labels:
+                k += 1
+                label = f"{base}_{k}"
+            labels.append(label)
+        return labels
 
 
 class RolloutConfig(_Section):
@@ -457,14 +493,26 @@ def _check_section_values(config: RunConfig) -> list[str]:
 
 
 def _check_reward(reward: RewardConfig) -> list[str]:
+    problems = _check_one_reward("reward", reward.name, reward.options)
+    for k, item in enumerate(reward.shaping):
+        if item.name == "reasoning_gym":
+            problems.append(
+                f"reward.shaping[{k}].name: reasoning_gym scores its own dataset only (it is a verifier)"
+            )
+            continue
+        problems += _check_one_reward(f"reward.shaping[{k}]", item.name, item.options)
+    return problems
+
+
+def _check_one_reward(where: str, name: str, options: dict[str, Any]) -> list[str]:
     from entropyctl.rewards.registry import available_rewards, check_reward
 
     names = available_rewards()
-    module, sep, function = reward.name.partition(":")
-    if reward.name not in names and not (sep and _DOTTED.fullmatch(module) and _DOTTED.fullmatch(function)):
-        return [f"reward.name: must be one of {names} or 'package.module:function' (got {reward.name!r})"]
+    module, sep, function = name.partition(":")
+    if name not in names and not (sep and _DOTTED.fullmatch(module) and _DOTTED.fullmatch(function)):
+        return [f"{where}.name: must be one of {names} or 'package.module:function' (got {name!r})"]
     # the registry knows each reward's options; a package.module:function is imported there (not a built-in)
-    return [f"reward.{field}: {problem}" for field, problem in check_reward(reward.name, reward.options)]
+    return [f"{where}.{field}: {problem}" for field, problem in check_reward(name, options)]
 
 
 def _check_data_options(data: DataConfig) -> list[str]:
@@ -659,6 +707,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.loss_agg": "token-mean",
     "algorithm.rollout_correction": None,
     "algorithm.advantage_baseline": "mean",
+    "reward.shaping": [],
     "model.gradient_checkpointing": False,
     "model.lora": None,
     "trainer.wandb": None,  # operational (where the metrics are also sent)

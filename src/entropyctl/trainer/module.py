@@ -466,6 +466,7 @@ class RLVRModule(pl.LightningModule):
         eval_problems: Sequence[Any] = (),
         run_dir: str | Path | None = None,
         encode_prompt: Callable[[str], list[int]] | None = None,
+        shaping_rewards: Sequence[Any] = (),
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -474,6 +475,13 @@ class RLVRModule(pl.LightningModule):
         self.tokenizer = tokenizer
         self.engine = engine
         self.reward = reward
+        #: reward.shaping's rewards, in its order (each called like ``reward``); weighted into the shaped reward
+        self.shaping_rewards = list(shaping_rewards)
+        if len(self.shaping_rewards) != len(config.reward.shaping):
+            raise ValueError(
+                f"RLVRModule: {len(self.shaping_rewards)} shaping rewards for the config's "
+                f"{len(config.reward.shaping)} reward.shaping entries"
+            )
         self.sampler = sampler
         self.controller = controller
         self.eval_problems = list(eval_problems)
@@ -509,7 +517,7 @@ class RLVRModule(pl.LightningModule):
         self.use_fused = config.algorithm.fused and supports_fused_head(policy)  # type: ignore[arg-type]
         #: the controller's metric keys before the first step fix its ``controller/<key>`` columns
         self.controller_metric_keys = [str(k) for k in controller.metrics()]
-        columns = metric_columns(self.levels, self.controller_metric_keys)
+        columns = metric_columns(self.levels, self.controller_metric_keys, config.reward.shaping_labels())
         self.metrics_writer = MetricsWriter(self.run_dir / "metrics.csv", columns) if self.run_dir else None
 
     # ----------------------------------------------------------------------------- Lightning plumbing
@@ -608,8 +616,9 @@ class RLVRModule(pl.LightningModule):
 
     def _rollout(
         self, problems: Sequence[Any], seed: int, timers: dict[str, float]
-    ) -> tuple[Completions, Tensor]:
-        """G completions per problem and their rewards ``[P, G]`` (the verifier's, unshaped)."""
+    ) -> tuple[Completions, Tensor, Tensor | None]:
+        """G completions per problem, their rewards ``[P, G]`` (the verifier's, unshaped) and each shaping
+        reward's scores ``[P, G, K]`` (None without ``reward.shaping``)."""
         G = self.config.rollout.group_size
         t0 = time.perf_counter()
         comp = self.engine.generate([self.encode_prompt(p.prompt) for p in problems], G, self._sampling(seed))
@@ -617,30 +626,40 @@ class RLVRModule(pl.LightningModule):
         t1 = time.perf_counter()
         answers = [p.answer for p in problems for _ in range(G)]
         rewards = torch.tensor(self.reward(texts, answers), dtype=torch.float32).reshape(len(problems), G)
+        shaping = None
+        if self.shaping_rewards:
+            scores = [torch.tensor(r(texts, answers), dtype=torch.float32) for r in self.shaping_rewards]
+            shaping = torch.stack(scores, dim=-1).reshape(len(problems), G, len(scores))
+            if not bool(torch.isfinite(shaping).all()):
+                labels = self.config.reward.shaping_labels()
+                bad = [labels[k] for k in range(len(scores)) if not bool(torch.isfinite(scores[k]).all())]
+                raise ValueError(f"reward.shaping: {', '.join(bad)} returned a NaN or infinite score")
         timers["rollout"] += t1 - t0
         timers["reward"] += time.perf_counter() - t1
-        return comp, rewards
+        return comp, rewards, shaping
 
     def collect(self, step: int, rank: int, timers: dict[str, float]) -> Collected:
         """collect: this rank's P groups: rollouts, rewards, and (dynamic sampling) refills of all-equal
         groups."""
         cfg = self.config.rollout
         P, G = cfg.prompts_per_step, cfg.group_size
-        kept: list[
-            tuple[Any, Completions, int, Tensor]
-        ] = []  # (problem, completions, row of group, rewards[G])
-        spare: list[tuple[Any, Completions, int, Tensor]] = []
+        # (problem, completions, row of group, rewards[G], shaping scores [G, K] or None)
+        kept: list[tuple[Any, Completions, int, Tensor, Tensor | None]] = []
+        spare: list[tuple[Any, Completions, int, Tensor, Tensor | None]] = []
+        weights = torch.tensor([s.weight for s in self.config.reward.shaping], dtype=torch.float32)
         dropped = 0
         attempts = 1 + (cfg.max_refills if cfg.dynamic_sampling else 0)
         for attempt in range(attempts):
             need = P - len(kept)
             problems = self.sampler.sample(P if attempt == 0 else need, step=step, rank=rank, attempt=attempt)
-            comp, rewards = self._rollout(
+            comp, rewards, shaping = self._rollout(
                 problems, derive_seed("rollout", self.config.seed, rank, step, attempt), timers
             )
+            # the all-equal test of dynamic sampling reads the reward the advantages come from
+            combined = rewards if shaping is None else rewards + (shaping * weights).sum(-1)
             for i, problem in enumerate(problems):
-                group = (problem, comp, i, rewards[i])
-                if cfg.dynamic_sampling and bool(rewards[i].max() == rewards[i].min()):
+                group = (problem, comp, i, rewards[i], None if shaping is None else shaping[i])
+                if cfg.dynamic_sampling and bool(combined[i].max() == combined[i].min()):
                     dropped += 1
                     spare.append(group)
                 else:
@@ -652,13 +671,14 @@ class RLVRModule(pl.LightningModule):
         while len(kept) < P:  # not enough informative groups: top up with dropped ones (plain GRPO for them)
             kept.append(spare.pop(0))
             fillers += 1
-        parts = [(comp, range(i * G, (i + 1) * G)) for _, comp, i, _ in kept]
+        parts = [(comp, range(i * G, (i + 1) * G)) for _, comp, i, _, _ in kept]
         return Collected(
             problems=[k[0] for k in kept],
             completions=merge_completions(parts, self.pad_id),
             rewards=torch.stack([k[3] for k in kept]),
             dropped=dropped,
             fillers=fillers,
+            shaping=torch.stack([k[4] for k in kept]) if self.shaping_rewards else None,  # type: ignore[misc]
         )
 
     def _forward_tokens(self, model: torch.nn.Module, comp: Completions, grad: bool) -> TokenForward:
@@ -968,7 +988,16 @@ class RLVRModule(pl.LightningModule):
         local = local_sums(collected, scored, updated, reward_metrics, self.levels)
         packed = all_reduce_sum(torch.tensor(local, dtype=torch.float64), self._reducer()).cpu().tolist()
         timers["step"] = time.perf_counter() - timers["start"]
-        row = metrics_row(step, packed, reading, updated, self.controller.metrics(), self.levels, timers)
+        row = metrics_row(
+            step,
+            packed,
+            reading,
+            updated,
+            self.controller.metrics(),
+            self.levels,
+            timers,
+            self.config.reward.shaping_labels(),
+        )
         self.last_metrics = row
         self.local_history.append(
             {
@@ -1021,6 +1050,7 @@ class RLVRModule(pl.LightningModule):
             cfg.algorithm.advantage_scale,
             baseline=cfg.algorithm.advantage_baseline,
             reduce=lambda t: all_reduce_sum(t, self._reducer()),
+            shaping_weights=[s.weight for s in cfg.reward.shaping],
         )
         planned = plan_groups(self.controller, scored, step, mask_overlong=cfg.rollout.overlong == "mask")
         t_update = time.perf_counter()

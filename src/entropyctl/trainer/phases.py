@@ -19,7 +19,7 @@ from torch import Tensor
 from entropyctl.controllers.base import EntropyController, EntropyReading, GroupOutcome, Plan
 from entropyctl.ops.advantages import batch_reward_std, group_advantages, reward_sums
 from entropyctl.rollout.protocol import Completions
-from entropyctl.trainer.run_dir import CONTROLLER_PREFIX, float_or_nan
+from entropyctl.trainer.run_dir import CONTROLLER_PREFIX, SHAPING_PREFIX, float_or_nan
 from entropyctl.trainer.stats import EntropyStats
 
 __all__ = [
@@ -60,13 +60,14 @@ class Collected:
     rewards: Tensor  # [P, G] the verifier's rewards in [0, 1]
     dropped: int  # all-equal groups dropped by dynamic sampling
     fillers: int  # dropped groups used anyway to fill the batch (plain GRPO for them)
+    shaping: Tensor | None = None  # [P, G, K] each shaping reward's raw score (reward.shaping), or None
 
 
 @dataclass
 class Scored:
     """score: shaped rewards, group accuracies and advantages."""
 
-    shaped: Tensor  # [P, G] verifier reward + overlong penalty
+    shaped: Tensor  # [P, G] verifier reward + weighted shaping rewards + overlong penalty
     accuracy: Tensor  # [P] the share of a group's answers scoring 1
     advantages: Tensor  # [P, G]
     lengths: Tensor  # [P*G] response lengths, EOS included
@@ -142,16 +143,25 @@ def score(
     *,
     baseline: Literal["mean", "leave-one-out"] = "mean",
     reduce: Callable[[Tensor], Tensor] | None = None,
+    shaping_weights: Sequence[float] = (),
 ) -> Scored:
     """Shaped rewards (verifier + DAPO overlong penalty when ``rollout.overlong == "penalty"``), each
     group's accuracy (partial credit 0 < r < 1 counts in the reward only) and group advantages.
     ``reduce`` sums a float64 tensor over processes (the batch std of ``advantage_scale="batch"`` is the
-    global batch's); None: this process's rollouts are the batch."""
+    global batch's); None: this process's rollouts are the batch. ``shaping_weights``: w_k of
+    ``collected.shaping``'s K scores, added to the verifier's reward (not to the accuracy)."""
     correct = collected.rewards
     P, G = correct.shape
     comp = collected.completions
     lengths = comp.response_mask.sum(1)
     shaped = correct.clone()
+    if collected.shaping is not None:
+        if collected.shaping.shape != (P, G, len(shaping_weights)):
+            raise ValueError(
+                f"shaping scores of shape {tuple(collected.shaping.shape)} for {len(shaping_weights)} weights"
+            )
+        weights = torch.tensor(list(shaping_weights), dtype=collected.shaping.dtype)
+        shaped = shaped + (collected.shaping * weights).sum(-1).to(shaped.dtype)
     if rollout.overlong == "penalty":
         shaped = shaped + overlong_penalty(lengths, rollout.max_new_tokens, rollout.overlong_buffer).reshape(
             P, G
@@ -239,7 +249,8 @@ def local_sums(
     reward_metrics: Mapping[str, float],
     levels: Sequence[int],
 ) -> list[float]:
-    """This rank's sums for the metrics row, in :data:`LOCAL_SUMS` order, then per level."""
+    """This rank's sums for the metrics row, in :data:`LOCAL_SUMS` order, then per level, then each shaping
+    reward's sum of raw scores."""
     local = [
         float(scored.shaped.sum()),
         float(collected.rewards.numel()),
@@ -256,6 +267,8 @@ def local_sums(
     for level in levels:
         sel = scored.levels == level
         local += [float(scored.accuracy[sel].sum()), float(sel.sum())]
+    if collected.shaping is not None:
+        local += [float(v) for v in collected.shaping.double().sum((0, 1))]
     return local
 
 
@@ -274,11 +287,13 @@ def metrics_row(
     controller_metrics: Mapping[str, Any],
     levels: Sequence[int],
     timers: Mapping[str, float],
+    shaping_labels: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The ``metrics.csv`` row (columns: :func:`~entropyctl.trainer.run_dir.metric_columns`) from the
     globally summed :func:`local_sums` (``packed``)."""
     g = dict(zip(LOCAL_SUMS, packed, strict=False))
-    per_level = packed[len(LOCAL_SUMS) :]
+    end_levels = len(LOCAL_SUMS) + 2 * len(levels)
+    per_level, shaping = packed[len(LOCAL_SUMS) : end_levels], packed[end_levels:]
     cm, n = controller_metrics, g["rollouts"]
     row: dict[str, Any] = {
         "step": step,
@@ -319,6 +334,8 @@ def metrics_row(
         row[f"acc_level_{level}"] = acc_sum / count if count > 0 else math.nan
         row[f"coef_level_{level}"] = coef_by_level[level]
         row[f"entropy_level_{level}"] = entropy_by_level[level]
+    for label, total in zip(shaping_labels, shaping, strict=True):  # each shaping reward's mean raw score
+        row[SHAPING_PREFIX + label] = total / n
     for key, value in cm.items():  # every controller metric, a plugin's included
         row[CONTROLLER_PREFIX + str(key)] = float_or_nan(value)
     return row

@@ -370,6 +370,7 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
     policy, tokenizer = load_policy(config.model, task=task)
     engine = build_engine(config, policy, tokenizer)
     reward = get_reward(config.reward.name, **config.reward.options)
+    shaping = [get_reward(item.name, **item.options) for item in config.reward.shaping]
     encode = build_prompt_encoder(config, tokenizer)
     sampler, heldout = build_run_data(config, policy, tokenizer, encode)
     controller = create_controller(config.controller)
@@ -384,6 +385,7 @@ def build_module(config: RunConfig, run_dir: str | Path | None = None) -> Any:
         heldout,
         run_dir,
         encode_prompt=encode,
+        shaping_rewards=shaping,
     )
 
 
@@ -729,8 +731,9 @@ class _Run:
     def _close(self) -> None:
         if self.module is None:
             return
-        with contextlib.suppress(Exception):
-            self.module.reward.close()
+        for reward in (self.module.reward, *self.module.shaping_rewards):
+            with contextlib.suppress(Exception):
+                reward.close()
         close_engine = getattr(self.module.engine, "close", None)
         if close_engine is not None:
             with contextlib.suppress(Exception):

@@ -54,6 +54,7 @@ __all__ = [
     "read_metrics",
     "float_or_nan",
     "CONTROLLER_PREFIX",
+    "SHAPING_PREFIX",
     "MetricsWriter",
     "metric_columns",
     "RUN_FILES",
@@ -559,13 +560,17 @@ class StopSignals:
 
 
 CONTROLLER_PREFIX = "controller/"
+SHAPING_PREFIX = "shaping/"
 
 
-def metric_columns(levels: Sequence[int], controller_metrics: Sequence[str] = ()) -> list[str]:
+def metric_columns(
+    levels: Sequence[int], controller_metrics: Sequence[str] = (), shaping_labels: Sequence[str] = ()
+) -> list[str]:
     """The columns of ``metrics.csv``, in order (fixed for a run: every row has every column).
 
     ``controller_metrics``: the keys of the run's ``controller.metrics()`` (a plugin's included), each
-    logged as ``controller/<key>`` after the fixed columns and the per-level ones.
+    logged as ``controller/<key>`` after the fixed columns, the per-level ones and ``shaping/<label>``
+    (each ``reward.shaping`` entry's mean raw score, ``RewardConfig.shaping_labels``).
     """
     cols = [
         "step",
@@ -605,6 +610,7 @@ def metric_columns(levels: Sequence[int], controller_metrics: Sequence[str] = ()
     ]
     for level in levels:
         cols += [level_column(kind, level) for kind in LEVEL_KINDS]
+    cols += [SHAPING_PREFIX + label for label in shaping_labels]
     cols += [CONTROLLER_PREFIX + str(key) for key in controller_metrics]
     return cols
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from entropyctl.ops.advantages import group_advantages
 from entropyctl.ops.entropy import token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
+from entropyctl.ops.token_selection import TokenAction
 
 torch.set_num_threads(1)
 
@@ -448,3 +449,98 @@ def test_fused_policy_loss_under_no_grad_and_retain_graph() -> None:
     hidden.grad = None
     fused_policy_loss(hidden, weight, *args, chunk_size=4).loss.backward()
     torch.testing.assert_close(g3, 3.0 * hidden.grad)
+
+
+# ---------------------------------------------------------------- sequence-level ratio (GSPO)
+
+
+def test_sequence_ratio_hand_computed() -> None:
+    """Two responses: log ratios [0.2, 0.0] and [−0.1]; s = [e^0.1, e^0.1, e^−0.1]; A = +1, −1.
+    Unclipped (ε 0.2 / 0.2): L_pg = −(1/3)(e^0.1 + e^0.1 − e^−0.1). With ε_high 0.05 the first response's
+    s = 1.105 is clipped to 1.05 on both its tokens (no gradient to them), and the second one's token gets
+    ∂L/∂logp = −(1/3)·(−1)·e^−0.1."""
+    logprob = torch.tensor([-1.0, -2.0, -0.5], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([-1.2, -2.0, -0.4], dtype=torch.float64)
+    adv = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    rows = torch.tensor([0, 0, 1])
+    ones = torch.ones(3, dtype=torch.float64)
+    out = policy_loss(logprob, ones * 0, old, adv, 0.0, ones, 0.2, 0.2, seq_index=rows)
+    e1, e3 = math.exp(0.1), math.exp(-0.1)
+    assert float(out.pg_loss) == pytest.approx(-(2 * e1 - e3) / 3, rel=1e-12)
+    out.loss.backward()
+    # the first response's two tokens share ∂/∂log s = −(2/3)·e^0.1, half each
+    assert logprob.grad.tolist() == pytest.approx([-e1 / 3, -e1 / 3, e3 / 3], rel=1e-12)
+    logprob.grad = None
+    clipped = policy_loss(logprob, ones * 0, old, adv, 0.0, ones, 0.2, 0.05, seq_index=rows)
+    assert float(clipped.clip_frac_high) == pytest.approx(2 / 3)
+    clipped.loss.backward()
+    assert logprob.grad.tolist() == pytest.approx([0.0, 0.0, e3 / 3], rel=1e-12)
+
+
+def _seq_case(seed: int, n: int = 13, v: int = 9):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(v, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, v, (n,), generator=g)
+    lp, _ = token_logprob_entropy(hidden @ weight.T + bias, targets, 0.9)
+    old, adv, coef, mask, ref = _loss_inputs(n, v, torch.float64, g, lp)
+    adv = torch.sign(torch.randn(4, generator=g, dtype=torch.float64)).repeat_interleave(4)[
+        :n
+    ]  # A per response
+    rows = torch.arange(4).repeat_interleave(4)[:n]  # 4 responses of 4, 4, 4, 1 tokens
+    mask = torch.ones(n, dtype=torch.float64) * (rows != 2)  # response 2 masked whole (overlong)
+    weight_t = 2 * torch.rand(n, generator=g, dtype=torch.float64)  # e.g. importance weights
+    return hidden, weight, bias, targets, old, adv, coef, mask, ref, rows, weight_t, lp
+
+
+def test_fused_sequence_ratio_gradcheck_fp64() -> None:
+    hidden, weight, bias, targets, old, adv, coef, mask, ref, rows, w, _ = _seq_case(3)
+
+    def f(h, wt, b):
+        return fused_policy_loss(
+            h, wt, targets, old, adv, coef, mask, 0.2, 0.05, 0.9, chunk_size=3, bias=b, ref_logprob=ref,
+            kl_coef=0.3, token_action=TokenAction(weight=w), loss_weight=torch.full_like(old, 0.7), seq_index=rows,
+        ).loss  # fmt: skip
+
+    assert torch.autograd.gradcheck(f, (hidden, weight, bias))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_sequence_ratio_equals_the_reference(seed: int) -> None:
+    """The fused path's two-pass gradient = autograd through the full logits, value for value (fp64);
+    the clip bound is set where some responses' ratios cross it."""
+    hidden, weight, bias, targets, old, adv, coef, mask, ref, rows, w, _ = _seq_case(seed)
+    kw = dict(ref_logprob=ref, kl_coef=0.2, token_action=TokenAction(weight=w), seq_index=rows)
+    fused = fused_policy_loss(
+        hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, chunk_size=5, bias=bias, **kw
+    )
+    grads = torch.autograd.grad(fused.loss, (hidden, weight, bias))
+    oracle = _oracle(hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, bias=bias, **kw)
+    expected = torch.autograd.grad(oracle.loss, (hidden, weight, bias))
+    assert float(fused.loss) == pytest.approx(float(oracle.loss), rel=1e-12, abs=1e-15)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_on_policy_the_sequence_ratio_has_the_token_gradient() -> None:
+    """At ρ = 1 (old = current log-probs: one on-policy update) every response's s_i = 1 and the
+    sequence-level gradient equals the token-level one: GSPO differs only off-policy."""
+    hidden, weight, bias, targets, _, adv, coef, mask, _, rows, _, lp = _seq_case(5)
+    old = lp.detach()
+    token = fused_policy_loss(hidden, weight, targets, old, adv, coef, mask, 0.2, 0.2, 0.9, bias=bias)
+    seq = fused_policy_loss(
+        hidden, weight, targets, old, adv, coef, mask, 0.2, 0.2, 0.9, bias=bias, seq_index=rows
+    )
+    for a, b in zip(
+        torch.autograd.grad(token.loss, (hidden, weight)),
+        torch.autograd.grad(seq.loss, (hidden, weight)),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_a_detach_mask_is_refused_with_a_sequence_ratio() -> None:
+    with pytest.raises(ValueError, match="detach mask cannot act"):
+        policy_loss(_t(0.0, 0.0), _t(0.0, 0.0), _t(0.0, 0.0), _t(1.0, 1.0), 0.0, _t(1, 1), 0.2, 0.2,
+                    token_action=TokenAction(detach=torch.tensor([True, False])), seq_index=torch.tensor([0, 0]))  # fmt: skip

@@ -338,3 +338,33 @@ def test_a_shaping_reward_trains_and_keeps_groups_from_dynamic_sampling(tmp_path
     assert with_shaping["dropped_groups"] < plain["dropped_groups"]
     assert with_shaping["filler_groups"] < plain["filler_groups"] and abs(with_shaping["pg_loss"]) > 1e-5
     assert "shaping/lt" not in plain
+
+
+def test_a_sequence_level_ratio_trains_off_policy_and_refuses_token_controllers(tmp_path: Path) -> None:
+    """algorithm.importance_level=sequence (GSPO) in a real run with two PPO epochs of two mini-batches:
+    the same rollouts and entropy reading as the token-level run, a different policy loss once the ratios
+    leave 1 (their equality at ratio 1 is tests/test_losses.py's); a controller acting per token is refused
+    before the run directory."""
+    from entropyctl.config import ConfigError
+    from entropyctl.trainer.run import run_training
+
+    common = ["trainer.steps=1", "eval.before=false", "eval.after=false", "trainer.save_last=false"]
+    common += ["algorithm.ppo_epochs=2", "algorithm.mini_batches=2", "reward.name=operator:lt"]
+    runs = {}
+    for level in ("token", "sequence"):
+        run_training(tiny_config(*common, f"algorithm.importance_level={level}"), tmp_path / level)
+        (runs[level],) = read_metrics(tmp_path / level)
+    token, seq = runs["token"], runs["sequence"]
+    assert (
+        token["tokens"] == seq["tokens"] and token["entropy"] == seq["entropy"]
+    )  # the same rollouts and reading
+    assert all(
+        math.isfinite(seq[k]) for k in ("loss", "pg_loss", "grad_norm", "clip_frac_low", "clip_frac_high")
+    )
+    assert seq["pg_loss"] != token["pg_loss"]  # the second epoch's ratios are the responses', not the tokens'
+    with pytest.raises(ConfigError, match="importance_level: sequence"):
+        run_training(
+            tiny_config(*common, "algorithm.importance_level=sequence", "controller.name=clip_cov"),
+            tmp_path / "x",
+        )
+    assert not (tmp_path / "x").exists()

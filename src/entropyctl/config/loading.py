@@ -181,6 +181,7 @@ KNOWN_RENAMES = {
     "algorithm.adv_estimator": "algorithm.advantage_baseline and algorithm.advantage_scale",  # verl (rloo, ...)
     "algorithm.vllm_importance_sampling_correction": "algorithm.rollout_correction",  # TRL
     "algorithm.rollout_is": "algorithm.rollout_correction",  # verl
+    "algorithm.importance_sampling_level": "algorithm.importance_level",  # TRL (GSPO: sequence)
 }
 
 

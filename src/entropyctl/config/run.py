@@ -292,6 +292,13 @@ class AlgorithmConfig(_Section):
         "responses (Dr.GRPO; TRL's 'dr_grpo'). The entropy term is aggregated as the policy term is; the "
         "controller's entropy reading stays a token mean.",
     )
+    importance_level: Literal["token", "sequence"] = Field(
+        "token",
+        description="The PPO ratio: token = each token's own (GRPO, DAPO); sequence = its response's, the "
+        "geometric mean of the tokens' ratios, for every token of it (GSPO; TRL's importance_sampling_level). "
+        "Acts only with more than one update per batch (at ratio 1 both give the same gradient); the fused "
+        "path then passes the LM head twice.",
+    )
     ppo_epochs: int = Field(1, ge=1, description="Passes over the step's rollouts.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch (rollouts split evenly).")
     kl_coef: float = Field(
@@ -708,6 +715,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.rollout_correction": None,
     "algorithm.advantage_baseline": "mean",
     "reward.shaping": [],
+    "algorithm.importance_level": "token",
     "model.gradient_checkpointing": False,
     "model.lora": None,
     "trainer.wandb": None,  # operational (where the metrics are also sent)

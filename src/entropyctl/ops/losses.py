@@ -18,6 +18,15 @@ mask d, KL coefficient c per token; each optional), the policy-gradient term bec
 
 and the entropy and reference-KL terms are unchanged.
 
+With ``seq_index`` (each token's response; GSPO, TRL's ``importance_sampling_level="sequence"``) the
+ratio is the response's, the geometric mean of its tokens' ratios, for every token of it:
+
+    ρ_t    = s_i = exp((1/|o_i|) Σ_{t' ∈ o_i} (logp_t' − logp_old_t'))   for t ∈ o_i
+
+clipped as above; its gradient reaches every token of the response, 1/|o_i| of it each. At ρ = 1
+(one on-policy update) the gradient equals the token-level one. A detach mask d cannot apply to one
+token of a shared ratio and is refused.
+
 With a per-token loss weight u (``loss_weight``, ≥ 0; default 1) every term's m becomes m·u: the
 trainer's ``algorithm.loss_agg`` uses it for a per-sequence aggregation (u_t = N / (S·|o_i|) for
 GRPO's sequence mean of token means, N / (S·L) for Dr. GRPO's constant normaliser; S sequences,
@@ -156,6 +165,27 @@ def _action_tensors(
     return out[0], out[1], out[2]
 
 
+def _sequence_log_ratio(log_ratio: Tensor, seq_index: Tensor) -> tuple[Tensor, Tensor]:
+    """(log s of each token's response, the response's token count), both per token ``[N]``: log s_i is the
+    mean of its tokens' log ratios (differentiable in ``log_ratio``)."""
+    rows = seq_index.to(device=log_ratio.device, dtype=torch.long)
+    width = int(rows.max()) + 1 if rows.numel() else 0
+    count = torch.zeros(width, dtype=log_ratio.dtype, device=log_ratio.device).index_add(
+        0, rows, torch.ones_like(log_ratio)
+    )
+    total = torch.zeros(width, dtype=log_ratio.dtype, device=log_ratio.device).index_add(0, rows, log_ratio)
+    return (total / count.clamp_min(1.0))[rows], count[rows]
+
+
+def _check_seq_index(n: int, seq_index: Tensor | None, detach: Tensor | None) -> None:
+    if seq_index is None:
+        return
+    if seq_index.shape != (n,) or seq_index.dtype.is_floating_point or bool((seq_index < 0).any()):
+        raise ValueError(f"seq_index must be per-token response indices [N] = [{n}] (integers >= 0)")
+    if detach is not None:
+        raise ValueError("a token action's detach mask cannot act with a sequence-level ratio (seq_index)")
+
+
 def _masked_sum(mask: Tensor, values: Tensor) -> Tensor:
     # Σ m·x over the masked tokens only: padding may hold inf/NaN (e.g. ρ of a padded token),
     # and 0·inf would be NaN.
@@ -196,13 +226,15 @@ def policy_loss(
     kl_coef: float = 0.0,
     token_action: TokenAction | None = None,
     loss_weight: Tensor | None = None,
+    seq_index: Tensor | None = None,
 ) -> PolicyLossOutput:
     """Reference loss L = L_pg + L_H (+ β·L_KL) of design.md §2 on per-token tensors ``[N]``.
 
     ``coef`` is α per token (α_i of the token's prompt) or one scalar; ``mask`` is m (0/1);
     ``token_action`` (optional) the per-token weight / detach mask / KL coefficient of the module
-    docstring; ``loss_weight`` (optional) u of the module docstring. Differentiable w.r.t. ``logprob``
-    and ``entropy`` by plain autograd.
+    docstring; ``loss_weight`` (optional) u of the module docstring; ``seq_index`` (optional) each
+    token's response, for the sequence-level ratio (GSPO). Differentiable w.r.t. ``logprob`` and
+    ``entropy`` by plain autograd.
     """
     _check_clip(clip_low, clip_high)
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
@@ -232,8 +264,12 @@ def policy_loss(
         ref_logprob = torch.where(pad, logprob.detach(), ref_logprob.to(logprob.dtype))
 
     w, d, c = _action_tensors(token_action, n_tok, logprob.dtype, logprob.device)
-    # ρ = exp(logp − logp_old); ρ̂ = sg(ρ) on the detached tokens
-    ratio = torch.exp(logprob - old_logprob)
+    _check_seq_index(n_tok, seq_index, d)
+    # ρ = exp(logp − logp_old) (a token's) or s_i (its response's); ρ̂ = sg(ρ) on the detached tokens
+    if seq_index is None:
+        ratio = torch.exp(logprob - old_logprob)
+    else:
+        ratio = torch.exp(_sequence_log_ratio(logprob - old_logprob, seq_index)[0])
     ratio_hat = ratio if d is None else torch.where(d, ratio.detach(), ratio)
     # L_pg = −(1/N) Σ m · w · min(ρ̂A, clip(ρ̂, 1−ε_low, 1+ε_high)·A)
     upper = _upper_bound(clip_high, logprob.dtype)
@@ -274,8 +310,13 @@ def _token_loss_grads(
     ref_logprob: Tensor | None,
     kl_coef: float,
     action: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None),
+    seq_index: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(∂L/∂logp, ∂L/∂H) per token, in closed form.
+
+    With ``seq_index`` (every token of the batch at once: a response's ratio needs all of its tokens)
+    the policy term's gradient is the sequence ratio's: each token's ∂L_pg/∂ log s_i (the token-level
+    expression with ρ = s_i), summed over the response and spread back over its tokens, 1/|o_i| each.
 
     ∂L_pg/∂logp = −(m/N)·w·(1−d)·ρ·A where the unclipped branch ρA is the min, else 0
                   (the clipped branch is constant in logp: low bound binds for A<0, ρ<1−ε_low;
@@ -284,7 +325,11 @@ def _token_loss_grads(
     ∂(β·L_KL)/∂logp = β·(m/N)·(1 − exp(ref − logp))
     """
     tok_weight, detach, tok_kl = action
-    ratio = torch.exp(logprob - old_logprob)
+    if seq_index is None:
+        ratio = torch.exp(logprob - old_logprob)
+    else:
+        log_s, count = _sequence_log_ratio(logprob - old_logprob, seq_index)
+        ratio = torch.exp(log_s)
     upper = _upper_bound(clip_high, ratio.dtype)
     clipped = ((advantages < 0) & (ratio < 1.0 - clip_low)) | ((advantages > 0) & (ratio > upper))
     if detach is not None:
@@ -293,6 +338,12 @@ def _token_loss_grads(
     g_lp = torch.where(clipped | (w == 0), torch.zeros_like(ratio), -w * ratio * advantages)
     if tok_weight is not None:
         g_lp = g_lp * tok_weight
+    if seq_index is not None:  # ∂ log s_i / ∂ logp_t = 1/|o_i| for every token t of response i
+        rows = seq_index.to(device=g_lp.device, dtype=torch.long)
+        per_row = torch.zeros(
+            int(rows.max()) + 1 if rows.numel() else 0, dtype=g_lp.dtype, device=g_lp.device
+        )
+        g_lp = per_row.index_add(0, rows, g_lp)[rows] / count
     if tok_kl is not None:
         g_lp = g_lp + torch.where(
             w == 0, torch.zeros_like(ratio), w * tok_kl * torch.sign(logprob - old_logprob)
@@ -316,6 +367,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         targets: Tensor,
         token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
         action: tuple[Tensor | None, Tensor | None, Tensor | None],
+        seq_index: Tensor | None,
         N: Tensor,
         clip_low: float,
         clip_high: float,
@@ -334,6 +386,29 @@ class _FusedPolicyLoss(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=cdtype, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=cdtype, device=weight.device) if need_b else None
         any_grad = need_h or need_w or need_b
+        grads: tuple[Tensor, Tensor] | None = None
+        if seq_index is not None and any_grad:
+            # a response's ratio needs every one of its tokens' log-probs: a first pass reads them all (one
+            # more pass of the LM head), then the second computes each chunk's gradient from them
+            for start in range(0, n, chunk_size):
+                end = min(start + chunk_size, n)
+                z = chunk_logits(hidden[start:end], weight, bias, temperature, cdtype)
+                _, _, logprob[start:end], _ = chunk_stats(z, targets[start:end])
+                del z
+            grads = _token_loss_grads(
+                logprob,
+                old_logprob,
+                advantages,
+                coef,
+                mask,
+                clip_low,
+                clip_high,
+                N,
+                ref_logprob,
+                kl_coef,
+                action,
+                seq_index,
+            )
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
             h = hidden[start:end]
@@ -343,19 +418,22 @@ class _FusedPolicyLoss(torch.autograd.Function):
             logprob[start:end] = lp
             entropy[start:end] = ent
             if any_grad:
-                g_lp, g_H = _token_loss_grads(
-                    lp,
-                    old_logprob[start:end],
-                    advantages[start:end],
-                    coef[start:end],
-                    mask[start:end],
-                    clip_low,
-                    clip_high,
-                    N,
-                    None if ref_logprob is None else ref_logprob[start:end],
-                    kl_coef,
-                    tuple(None if a is None else a[start:end] for a in action),  # type: ignore[arg-type]
-                )
+                if grads is not None:
+                    g_lp, g_H = grads[0][start:end], grads[1][start:end]
+                else:
+                    g_lp, g_H = _token_loss_grads(
+                        lp,
+                        old_logprob[start:end],
+                        advantages[start:end],
+                        coef[start:end],
+                        mask[start:end],
+                        clip_low,
+                        clip_high,
+                        N,
+                        None if ref_logprob is None else ref_logprob[start:end],
+                        kl_coef,
+                        tuple(None if a is None else a[start:end] for a in action),  # type: ignore[arg-type]
+                    )
                 skip_H = not bool(torch.any(g_H != 0))
                 dz = chunk_dlogits(p_log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
                 accumulate_param_grads(dz, h, weight, grad_h, grad_w, grad_b, start, end)
@@ -381,7 +459,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = g_loss.reshape(())
         out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*out, None, None, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def _per_token_inputs(
@@ -426,12 +504,15 @@ def fused_policy_loss(
     bias: Tensor | None = None,
     token_action: TokenAction | None = None,
     loss_weight: Tensor | None = None,
+    seq_index: Tensor | None = None,
 ) -> PolicyLossOutput:
     """:func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head, equal in value and
     gradient to ``policy_loss(*token_logprob_entropy(hidden @ weight.T + bias, targets, T), ...)`` but
     never holding ``[N, V]`` logits: the gradient w.r.t. hidden/weight/bias is computed in forward and
     stored until ``loss.backward()`` (call it once) scales it. ``token_action`` and ``loss_weight`` as
-    in :func:`policy_loss` (their tensors are ``[N]``: no vocabulary dimension is added)."""
+    in :func:`policy_loss` (their tensors are ``[N]``: no vocabulary dimension is added); so is
+    ``seq_index``, whose sequence-level ratio costs one more pass of the LM head (every token's log-prob
+    before any gradient)."""
     t = _check_temperature(temperature)
     _check_clip(clip_low, clip_high)
     chunk_size = default_chunk_size(weight.shape[0]) if chunk_size is None else chunk_size
@@ -443,6 +524,8 @@ def fused_policy_loss(
     N = _token_count(mask_t, num_tokens).to(cdtype)
     u = _loss_weight_tensor(loss_weight, n, cdtype, hidden.device)
     action = _action_tensors(token_action, n, cdtype, hidden.device)
+    _check_seq_index(n, seq_index, action[1])
+    seq_t = None if seq_index is None else seq_index.to(device=hidden.device, dtype=torch.long)
     need_grad = tuple(
         torch.is_grad_enabled() and x is not None and x.requires_grad for x in (hidden, weight, bias)
     )
@@ -453,6 +536,7 @@ def fused_policy_loss(
         targets.long().contiguous(),
         (old_t, adv_t, coef_tok, mask_t if u is None else mask_t * u, ref_t),  # the gradient's m·u
         action,
+        seq_t,
         N,
         clip_low,
         clip_high,
@@ -475,6 +559,7 @@ def fused_policy_loss(
         kl_coef=kl_coef,
         token_action=token_action,
         loss_weight=u,
+        seq_index=seq_t,
     )
     # loss = value of the reference formula + proxy (0 in value, carries the precomputed gradient).
     return PolicyLossOutput(

@@ -765,6 +765,7 @@ class RLVRModule(pl.LightningModule):
         T = self.config.rollout.temperature
         ref = tokens.ref
         kl = a.kl_coef if ref is not None else 0.0
+        seq = fwd.seq_index if a.importance_level == "sequence" else None  # GSPO: a response's ratio
         if fwd.hidden is not None:
             assert fwd.weight is not None
             return fused_policy_loss(
@@ -785,6 +786,7 @@ class RLVRModule(pl.LightningModule):
                 bias=fwd.bias,
                 token_action=tokens.action,
                 loss_weight=tokens.loss_weight,
+                seq_index=seq,
             )
         assert fwd.logits is not None
         logprob, entropy = token_logprob_entropy(fwd.logits, fwd.targets, temperature=T)
@@ -802,6 +804,7 @@ class RLVRModule(pl.LightningModule):
             kl_coef=kl,
             token_action=tokens.action,
             loss_weight=tokens.loss_weight,
+            seq_index=seq,
         )
 
     def _loss_weight(self, comp: Completions, tok_rows: Tensor, tokens: float, seqs: float) -> Tensor | None:

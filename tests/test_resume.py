@@ -51,6 +51,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
         "algorithm.mini_batches=2",
         "eval.before=false",
         "eval.after=false",
+        "trainer.completions_every=1",  # completions.jsonl, like metrics.csv, holds each step once
     )
     full = run_training(config, tmp_path / "full")
 
@@ -67,6 +68,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     full_rows, resumed_rows = read_metrics(tmp_path / "full"), read_metrics(killed_dir)
     assert [r["step"] for r in resumed_rows] == [1, 2, 3, 4]  # the interrupted step 3 was redone once
     assert _comparable(resumed_rows) == _comparable(full_rows)
+    completions = [(d / "completions.jsonl").read_text() for d in (tmp_path / "full", killed_dir)]
+    assert completions[0] == completions[1] and '"step": 4' in completions[0]
     # the alpha trajectory actually moved, so equality above is not trivial
     assert len({r["alpha"] for r in full_rows}) > 1
 

@@ -412,6 +412,12 @@ class TrainerConfig(_Section):
         "steps (None: about 10 lines per run).",
     )
     tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
+    completions_every: int = Field(
+        0,
+        ge=0,
+        description="Write step 1's and every N-th step's rollouts to <run dir>/completions.jsonl (prompt, "
+        "completion, answer, rewards, advantage, length; rank 0's share under DDP). 0: off.",
+    )
     wandb: WandbSettings | None = Field(
         None,
         description="Also log to Weights & Biases (project, name, entity, group, tags, mode; needs wandb: "
@@ -727,6 +733,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "trainer.log_every": None,  # operational (how often a progress line is printed)
     "trainer.stop_grace_s": 25.0,  # operational (how long a stopped step may still take)
     "trainer.keep_checkpoints": None,  # operational (how many step checkpoints stay on disk)
+    "trainer.completions_every": 0,  # operational (which steps' rollouts are written out)
 }
 #: the variant a nested part must be for its ABSENT_MEANS entries to apply
 _ABSENT_VARIANTS = {"controller.update": ("rule", "relative"), "controller.anchor": ("mode", "initial")}

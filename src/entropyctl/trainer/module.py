@@ -60,6 +60,7 @@ from entropyctl.trainer.phases import (
     score,
 )
 from entropyctl.trainer.run_dir import (
+    CompletionsWriter,
     MetricsWriter,
     RunStopped,
     StopSignals,
@@ -519,6 +520,10 @@ class RLVRModule(pl.LightningModule):
         self.controller_metric_keys = [str(k) for k in controller.metrics()]
         columns = metric_columns(self.levels, self.controller_metric_keys, config.reward.shaping_labels())
         self.metrics_writer = MetricsWriter(self.run_dir / "metrics.csv", columns) if self.run_dir else None
+        every = config.trainer.completions_every
+        self.completions_writer = (
+            CompletionsWriter(self.run_dir / "completions.jsonl") if self.run_dir and every else None
+        )
 
     # ----------------------------------------------------------------------------- Lightning plumbing
     def configure_optimizers(self) -> Any:
@@ -585,6 +590,8 @@ class RLVRModule(pl.LightningModule):
         rank, _ = self._world()
         if rank == 0 and self.metrics_writer is not None:
             self.metrics_writer.truncate_after(self.rlvr_step)
+        if rank == 0 and self.completions_writer is not None:
+            self.completions_writer.truncate_after(self.rlvr_step)
         if self.config.eval.before and "before" not in self.eval_results and self.rlvr_step == 0:
             self.eval_results["before"] = self.evaluate_heldout("before")
 
@@ -1063,9 +1070,41 @@ class RLVRModule(pl.LightningModule):
         reading = observe(self.controller, updated.stats, self._reducer(), step)
         self.rlvr_step = step
         row = self.log_step(step, collected, scored, updated, reading, timers)
+        every = cfg.trainer.completions_every
+        if rank == 0 and self.completions_writer is not None and (step == 1 or step % every == 0):
+            self.completions_writer.write(self.completion_rows(step, collected, scored))
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
             self.eval_results[f"step_{step}"] = self.evaluate_heldout(f"step_{step}")
         return {"step": StepResult(step, collected, scored, planned, reading, row)}
+
+    def completion_rows(self, step: int, collected: Collected, scored: Scored) -> list[dict[str, Any]]:
+        """One ``completions.jsonl`` row per rollout of this rank's step (prompt-major)."""
+        G = self.config.rollout.group_size
+        texts = self._decode(collected.completions)
+        rows = []
+        for k, text in enumerate(texts):
+            i, j = divmod(k, G)
+            problem = collected.problems[i]
+            row: dict[str, Any] = {
+                "step": step,
+                "group": i,
+                "prompt": problem.prompt,
+                "completion": text,
+                "answer": problem.answer,
+                "level": int(getattr(problem, "level", 0)),
+                "reward": float(collected.rewards[i, j]),  # the verifier's
+                "shaped_reward": float(scored.shaped[i, j]),  # what the advantage comes from
+                "advantage": float(scored.advantages[i, j]),
+                "length": int(scored.lengths[k]),
+                "truncated": bool(scored.truncated[k]),
+            }
+            if collected.shaping is not None:
+                for label, value in zip(
+                    self.config.reward.shaping_labels(), collected.shaping[i, j], strict=True
+                ):
+                    row[f"shaping/{label}"] = float(value)
+            rows.append(row)
+        return rows
 
     # ----------------------------------------------------------------------------- validation
     def sample_texts(self, problems: Sequence[Any], n: int, seed: int) -> list[list[str]]:

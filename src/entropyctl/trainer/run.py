@@ -8,6 +8,7 @@ Run directory (read by `entropyctl ablate` / `report`)::
                       "alpha", "before": EVAL, "after": EVAL, ...}; "status" is "running" until the end
     checkpoints/     step-NNNNNN.ckpt every trainer.checkpoint_every steps, and last.ckpt
     tensorboard/     when tensorboard is installed
+    completions.jsonl  with trainer.completions_every: step 1's and every N-th step's rollouts, one per line
 
 Multi-process (``trainer.devices > 1``): Lightning's ``ddp`` strategy re-launches this very command
 once per extra rank, so everything before ``Trainer.fit`` runs in every process (the warm-start cache is

@@ -56,6 +56,7 @@ __all__ = [
     "CONTROLLER_PREFIX",
     "SHAPING_PREFIX",
     "MetricsWriter",
+    "CompletionsWriter",
     "metric_columns",
     "RUN_FILES",
     "LOCK_FILE",
@@ -78,7 +79,16 @@ __all__ = [
 ]
 
 #: What a run writes in its directory; ``--overwrite`` removes exactly these (and nothing else).
-RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoints", "tensorboard", "ranks", "wandb")
+RUN_FILES = (
+    "config.yaml",
+    "metrics.csv",
+    "summary.json",
+    "checkpoints",
+    "tensorboard",
+    "ranks",
+    "wandb",
+    "completions.jsonl",
+)
 LOCK_FILE = "run.lock"
 #: Seconds between heartbeats in ``summary.json`` while a run lives.
 HEARTBEAT_S = 30.0
@@ -97,6 +107,7 @@ IGNORED_FOR_RESUME = (
     "trainer.keep_checkpoints",
     "trainer.save_last",
     "trainer.stop_grace_s",
+    "trainer.completions_every",  # operational (which steps' rollouts are written out)
     "ablation",
 )
 
@@ -649,6 +660,29 @@ class MetricsWriter:
         )
         with self.path.open("a", newline="") as f:
             f.write(buffer.getvalue())
+
+
+class CompletionsWriter:
+    """Appends a step's rollouts to ``completions.jsonl``, one JSON object per completion (rank 0 only).
+    On resume, rows past the checkpoint's step are dropped first, as :class:`MetricsWriter` does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open(encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and int(json.loads(line)["step"]) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        # one write() of complete lines: appended, never truncating earlier rows
+        text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(text)
 
 
 def _fmt(value: Any) -> Any:

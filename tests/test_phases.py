@@ -315,8 +315,9 @@ def test_shaping_rewards_add_to_the_reward_and_not_to_the_accuracy() -> None:
 def test_a_shaping_reward_trains_and_keeps_groups_from_dynamic_sampling(tmp_path: Path) -> None:
     """A real step with reward.shaping (a string comparison, weight 0.5) and DAPO's dynamic sampling: the
     shaped reward is the verifier's + 0.5·score, its column is logged, the verifier alone gives the
-    accuracy, and a group whose verifier rewards are all equal but whose shaped ones differ is kept — the
-    barely trained tiny model solves nothing, so without the shaping every group is dropped."""
+    accuracy, and a group whose verifier rewards are all equal but whose shaped ones (or overlong
+    penalties) differ is kept — the barely trained tiny model solves nothing, so without either every
+    group is dropped."""
     from entropyctl.trainer.run import run_training
 
     common = ["trainer.steps=1", "eval.before=false", "eval.after=false", "trainer.save_last=false"]
@@ -325,7 +326,14 @@ def test_a_shaping_reward_trains_and_keeps_groups_from_dynamic_sampling(tmp_path
     shaped_run = tiny_config(*common, "reward.shaping=[{name: 'operator:lt', weight: 0.5}]")
     run_training(shaped_run, tmp_path / "shaped", callbacks=[capture])
     run_training(tiny_config(*common), tmp_path / "plain")
+    # DAPO's overlong penalty is part of that reward too: responses of different lengths in its buffer
+    # give a group a signal (6 new tokens, a 4-token buffer)
+    run_training(
+        tiny_config(*common, "rollout.overlong=penalty", "rollout.overlong_buffer=4"), tmp_path / "pen"
+    )
     ((with_shaping,), (plain,)) = read_metrics(tmp_path / "shaped"), read_metrics(tmp_path / "plain")
+    (penalised,) = read_metrics(tmp_path / "pen")
+    assert penalised["dropped_groups"] < plain["dropped_groups"]
     (result,) = capture.results
     scores = result.collected.shaping
     assert scores is not None and scores.shape[-1] == 1

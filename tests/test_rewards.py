@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,8 @@ def test_parse_number_forms() -> None:
         ("\\boxed{18.0}", "18"),
         ("\\boxed{12+7=19}", "19"),  # a worked line ending in its value
         ("\\boxed{a = b = 19}", "19"),
+        ("x = 12+7 = 19", "19"),
+        ("\\boxed{2^4+3=19}", "19"),
         ("so 3*6+1 = 19.", "19"),
     ],
 )
@@ -180,6 +183,8 @@ def test_equivalent_forms_score_one(reward: MathReward, completion: str, gold: s
         ("\\boxed{12+7=}", "19", "wrong"),
         ("\\boxed{19 = 12+7}", "19", "wrong"),  # the last side is the answer, and it is not evaluated
         ("\\boxed{12+7=20}", "19", "wrong"),
+        ("\\boxed{7 = 19}", "19", "wrong"),  # a false equation is no answer
+        ("\\boxed{12+7 = 20 = 19}", "19", "wrong"),
         ("\\boxed{x=5, y=19}", "19", "wrong"),  # two equations: not read as the last side's number
         ("\\boxed{x \\le 19}", "19", "wrong"),
         ("I do not know", "19", "no_answer"),
@@ -202,6 +207,19 @@ def test_integer_fast_path_never_starts_a_worker() -> None:
         assert elapsed / 2_000 < 200e-6  # microseconds per answer (loose: shared CPU)
     finally:
         verifier.close()
+
+
+def test_arithmetic_sides_are_evaluated_exactly_or_not_at_all() -> None:
+    from entropyctl.rewards.math import _evaluate_arithmetic
+
+    cases = {"12+7": 19, "2^3^2": 512, "2**10": 1024, "(1+2)*3/4": Fraction(9, 4), "-(-3)": 3, ".5+.5": 1}
+    cases |= {"2^-2": Fraction(1, 4), " 7 ": 7, "1.25*4": 5}
+    for text, value in cases.items():
+        assert _evaluate_arithmetic(text) == value, text
+    # no value: a division by zero, a non-integer or large exponent, unbalanced or too deep parentheses,
+    # two numbers side by side, a missing operand
+    for text in ("1/0", "2^0.5", "2^65", "(1", "1)", "3 4", "1+", "(" * 40 + "1" + ")" * 40, "9^64^64"):
+        assert _evaluate_arithmetic(text) is None, text
 
 
 def test_an_equation_ending_in_a_number_takes_the_fast_path() -> None:
@@ -523,7 +541,13 @@ def test_extraction_time_per_character_is_bounded_on_adversarial_text(pieces: li
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.sampled_from(["=", "1", " ", "x", "(", ")", "+", ",", "f", "\t"]), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.sampled_from(["=", "1", "9", " ", "x", "(", ")", "+", "*", "^", "/", ",", "f"]),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_reading_an_equation_chain_is_linear_at_the_answer_cap(pieces: list[str]) -> None:
     """The last-side rule runs on every extracted answer up to MAX_ANSWER_CHARS: the same CPU time per
     character as extraction (a backtracking regex would take seconds at the cap)."""

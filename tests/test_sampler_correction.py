@@ -125,7 +125,7 @@ def test_weight_properties(
     ("section", "message"),
     [
         ({"mode": "token_truncate", "clip_max": None}, "needs an upper bound"),
-        ({"mode": "sequence_mask", "clip_max": None}, "needs clip_max or clip_min"),
+        ({"mode": "sequence_mask", "clip_max": None, "clip_min": 0.5}, "needs an upper bound"),
         ({"mode": "token_mask", "clip_max": 1.5, "clip_min": 2.0}, "clip_min: must be ≤ clip_max"),
         ({"mode": "tis"}, "rollout_correction.mode"),
     ],
@@ -133,6 +133,15 @@ def test_weight_properties(
 def test_config_refusals_name_the_field(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_run_config({"algorithm": {"rollout_correction": section}})
+
+
+@pytest.mark.parametrize("rollout", [{"top_p": 0.9}, {"top_k": 20}])
+def test_truncated_sampling_is_refused_but_monitored(rollout: dict[str, Any]) -> None:
+    """With top-p / top-k the engines' log-probs differ in kind (vLLM's are the truncated distribution's,
+    the HF engine's the full one's), so a correcting mode is refused; monitor may still log the gap."""
+    with pytest.raises(ConfigError, match="needs untruncated sampling"):
+        parse_run_config({"rollout": rollout, "algorithm": {"rollout_correction": {"mode": "token_truncate"}}})
+    parse_run_config({"rollout": rollout, "algorithm": {"rollout_correction": {"mode": "monitor"}}})
 
 
 # ----------------------------------------------------------------------------------- in a real run

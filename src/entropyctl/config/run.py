@@ -261,12 +261,9 @@ class RolloutCorrection(_Section):
     def _check_bounds(self) -> RolloutCorrection:
         if self.clip_min is not None and self.clip_max is not None and self.clip_min > self.clip_max:
             raise ValueError(f"clip_min: must be ≤ clip_max = {self.clip_max} (got {self.clip_min})")
-        if self.mode.endswith("truncate") and self.clip_max is None:
-            raise ValueError(
-                f"clip_max: {self.mode} needs an upper bound (an unbounded ratio has no bounded variance)"
-            )
-        if self.mode.endswith("mask") and self.clip_max is None and self.clip_min is None:
-            raise ValueError(f"clip_max: {self.mode} needs clip_max or clip_min (else nothing is masked)")
+        if self.mode != "monitor" and self.clip_max is None:
+            # an unbounded ratio has no bounded variance, and a response's can overflow (a broken sync)
+            raise ValueError(f"clip_max: {self.mode} needs an upper bound")
         return self
 
 
@@ -632,6 +629,19 @@ class RunConfig(BaseModel):
     @classmethod
     def _no_bools_for_numbers(cls, data: Any) -> Any:
         return _reject_bools(data)
+
+    @model_validator(mode="after")
+    def _check_rollout_correction(self) -> RunConfig:
+        rc, r = self.algorithm.rollout_correction, self.rollout
+        if rc is not None and rc.mode != "monitor" and (r.top_p < 1 or r.top_k > 0):
+            # vLLM's log-probs are the truncated distribution's, the HF engine's and the trainer's the full
+            # one's: the weights would mean one thing on one engine and another (the kept mass) on the other
+            raise ValueError(
+                f"algorithm.rollout_correction: mode {rc.mode} needs untruncated sampling (rollout.top_p 1 and "
+                f"top_k 0; got top_p {r.top_p}, top_k {r.top_k}): with a truncated distribution the ratio "
+                "measures the truncation, not the engine's mismatch. mode: monitor still logs it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_batching(self) -> RunConfig:

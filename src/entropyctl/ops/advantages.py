@@ -10,8 +10,9 @@
                                                  r_ij − b_ij = G/(G − 1)·(r_ij − mean_j r_ij))
 
 GRPO is mean + group, Dr.GRPO mean + none, RLOO leave-one-out + none (verl's ``rloo``), REINFORCE++
-with a group baseline mean + batch (our reading of verl's ``reinforce_plus_plus_baseline``, which
-whitens over the batch's tokens rather than its rewards).
+with a group baseline mean + batch (our reading of verl's ``reinforce_plus_plus_baseline``, which then
+whitens over the batch's tokens — subtracting their mean again, dividing by their std — rather than
+dividing by the std of its rewards).
 
 Which std: the *unbiased* sample std (Bessel, divide by G − 1), i.e. ``torch.std``'s default. That
 is what the common GRPO implementations use: TRL's ``GRPOTrainer``

@@ -9,8 +9,8 @@ Verification (:func:`check_answer`, :func:`verify_answer`):
   exactly as rationals. The synthetic arithmetic task never leaves this path. When the gold answer
   is a plain number and the prediction is unevaluated arithmetic (only digits and ``+-*/^().=``,
   e.g. ``12+7``) it is ``wrong`` without SymPy: otherwise echoing the prompt would be rewarded. An
-  equation chain whose last side is a plain number and whose other sides are arithmetic or one name
-  (``12+7=19``, ``x = 19``) is that number, on the fast path.
+  equation chain whose last side is a plain number and whose other sides are one name or arithmetic
+  evaluating exactly to it (``12+7=19``, ``x = 19``) is that number, on the fast path (``7 = 19`` is not).
 * Otherwise math-verify's parser and SymPy comparison run in a persistent worker PROCESS
   (:mod:`entropyctl.rewards._worker`, started with :class:`subprocess.Popen`, so it works from any
   thread, from spawned/forked processes and from daemonic processes, which may not have
@@ -77,19 +77,113 @@ _ARITHMETIC = re.compile(r"[\d\s.,+\-*/^()=]+")
 
 #: an earlier side of an equation chain whose last side may be read as the answer: arithmetic on numbers
 #: (no comma: "x=5, y=19" is two equations) or one name, optionally applied ("x", "f(x)", "a_1")
-_CHAIN_SIDE = re.compile(r"[\d\s.+\-*/^()]+|[A-Za-z]\w*(?:\([^()=,;]*\))?")  # linear: one class, or a name
+_ARITHMETIC_SIDE = re.compile(r"[\d\s.+\-*/^()]+")
+_NAME_SIDE = re.compile(r"[A-Za-z]\w*(?:\([^()=,;]*\))?")
+_ARITH_TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+|\*\*|[-+*/^()])")
+_MAX_ARITH_DEPTH = 32  # nested parentheses / signs
+_MAX_EXPONENT = 64
 
 
 def _final_side_number(text: str) -> Fraction | None:
     """The number on the last side of an equation chain (``12+7=19``, ``x = 19``, ``a = b = 19`` → 19), when
-    that side is a plain number and every earlier side is arithmetic or one name; else None (``x=5, y=19``,
-    ``x <= 19`` and anything else go on as before). A worked line ending in its value is an answer; the
-    unevaluated-arithmetic rule still refuses ``12+7``, ``12+7=`` and ``19 = 12+7``."""
+    that side is a plain number, every earlier side is one name or arithmetic that evaluates exactly to it;
+    else None (``7 = 19``, ``12+7 = 20 = 19``, ``x=5, y=19``, ``x <= 19`` go on as before). A worked line
+    ending in its value is an answer; the unevaluated-arithmetic rule still refuses ``12+7``, ``12+7=``
+    and ``19 = 12+7``, and a false equation is no answer."""
     *sides, last = text.split("=")
-    # (a side of operators alone, "+ =", is no side: it needs a digit or a name)
-    if not sides or not all(_CHAIN_SIDE.fullmatch(side.strip()) and re.search(r"\w", side) for side in sides):
+    value = parse_number(last) if sides else None
+    if value is None:
         return None
-    return parse_number(last)
+    for side in (s.strip() for s in sides):
+        if _NAME_SIDE.fullmatch(side):
+            continue
+        if not _ARITHMETIC_SIDE.fullmatch(side) or _evaluate_arithmetic(side) != value:
+            return None
+    return value
+
+
+def _evaluate_arithmetic(text: str) -> Fraction | None:
+    """Numbers with + - * / ^ (or **) and parentheses, evaluated exactly; None for anything else, a division
+    by zero, an exponent that is not an integer of at most 64, a result past the fast path's digits, or
+    parentheses / signs nested deeper than 32."""
+    tokens: list[str] = []
+    pos = 0
+    while pos < len(text):
+        match = _ARITH_TOKEN.match(text, pos)
+        if match is None:
+            if text[pos:].strip():
+                return None
+            break
+        tokens.append(match.group(1))
+        pos = match.end()
+    limit = Fraction(10**_MAX_FAST_DIGITS)
+    at = 0
+
+    def fits(x: Fraction) -> Fraction:
+        if abs(x.numerator) > limit or x.denominator > limit:
+            raise ArithmeticError("too many digits")
+        return x
+
+    def expr(depth: int) -> Fraction:
+        nonlocal at
+        value = term(depth)
+        while at < len(tokens) and tokens[at] in "+-":
+            op, at = tokens[at], at + 1
+            value = fits(value + term(depth) if op == "+" else value - term(depth))
+        return value
+
+    def term(depth: int) -> Fraction:
+        nonlocal at
+        value = unary(depth)
+        while at < len(tokens) and tokens[at] in ("*", "/"):
+            op, at = tokens[at], at + 1
+            right = unary(depth)
+            value = fits(value * right if op == "*" else value / right)  # / 0: ZeroDivisionError
+        return value
+
+    def unary(depth: int) -> Fraction:
+        nonlocal at
+        if depth > _MAX_ARITH_DEPTH:
+            raise ArithmeticError("nested too deep")
+        if at < len(tokens) and tokens[at] in "+-":
+            op, at = tokens[at], at + 1
+            value = unary(depth + 1)
+            return -value if op == "-" else value
+        return power(depth)
+
+    def power(depth: int) -> Fraction:
+        nonlocal at
+        base = atom(depth)
+        if at < len(tokens) and tokens[at] in ("^", "**"):
+            at += 1
+            exponent = unary(depth + 1)  # right-associative: 2^3^2 = 2^9
+            if exponent.denominator != 1 or abs(exponent) > _MAX_EXPONENT:
+                raise ArithmeticError("exponent")
+            return fits(base ** int(exponent))
+        return base
+
+    def atom(depth: int) -> Fraction:
+        nonlocal at
+        if at >= len(tokens):
+            raise ArithmeticError("missing operand")
+        token, at = tokens[at], at + 1
+        if token == "(":
+            value = expr(depth + 1)
+            if at >= len(tokens) or tokens[at] != ")":
+                raise ArithmeticError("unclosed parenthesis")
+            at += 1
+            return value
+        if token[0].isdigit() or token[0] == ".":
+            if len(token) > _MAX_FAST_DIGITS:
+                raise ArithmeticError("too many digits")
+            return Fraction(token)
+        raise ArithmeticError(f"unexpected {token!r}")
+
+    try:
+        value = expr(0)
+    except (ArithmeticError, ValueError):  # ZeroDivisionError is an ArithmeticError
+        return None
+    return value if at == len(tokens) else None
 
 
 def parse_number(text: str) -> Fraction | None:

@@ -56,6 +56,7 @@ from entropyctl.trainer.phases import (
     local_sums,
     metrics_row,
     observe,
+    overlong_penalty,
     plan_groups,
     score,
 )
@@ -662,8 +663,13 @@ class RLVRModule(pl.LightningModule):
             comp, rewards, shaping = self._rollout(
                 problems, derive_seed("rollout", self.config.seed, rank, step, attempt), timers
             )
-            # the all-equal test of dynamic sampling reads the reward the advantages come from
+            # the all-equal test of dynamic sampling reads the reward the advantages come from: the verifier's,
+            # the weighted shaping scores and the overlong penalty
             combined = rewards if shaping is None else rewards + (shaping * weights).sum(-1)
+            if cfg.overlong == "penalty":
+                lengths = comp.response_mask.sum(1)
+                penalty = overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer)
+                combined = combined + penalty.reshape(combined.shape).to(combined.dtype)
             for i, problem in enumerate(problems):
                 group = (problem, comp, i, rewards[i], None if shaping is None else shaping[i])
                 if cfg.dynamic_sampling and bool(combined[i].max() == combined[i].min()):
@@ -754,7 +760,7 @@ class RLVRModule(pl.LightningModule):
         # a token outside the loss keeps q = p: weight 1, nothing measured
         q = torch.where(keep, sampler.to(tokens.old.dtype), tokens.old)
         out = sampler_correction(tokens.old, q, seq.to(self.device), rc.mode, rc.clip_min, rc.clip_max)
-        weight = out.weight.to(tokens.old.dtype)
+        weight = out.weight.to(tokens.old.dtype)  # ≤ clip_max (required by every correcting mode): finite
         action = tokens.action or TokenAction()
         tokens.action = TokenAction(
             weight=weight if action.weight is None else action.weight * weight,

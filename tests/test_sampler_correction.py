@@ -140,7 +140,9 @@ def test_truncated_sampling_is_refused_but_monitored(rollout: dict[str, Any]) ->
     """With top-p / top-k the engines' log-probs differ in kind (vLLM's are the truncated distribution's,
     the HF engine's the full one's), so a correcting mode is refused; monitor may still log the gap."""
     with pytest.raises(ConfigError, match="needs untruncated sampling"):
-        parse_run_config({"rollout": rollout, "algorithm": {"rollout_correction": {"mode": "token_truncate"}}})
+        parse_run_config(
+            {"rollout": rollout, "algorithm": {"rollout_correction": {"mode": "token_truncate"}}}
+        )
     parse_run_config({"rollout": rollout, "algorithm": {"rollout_correction": {"mode": "monitor"}}})
 
 

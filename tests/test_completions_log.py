@@ -44,6 +44,23 @@ def test_off_by_default_and_truncated_on_resume(tmp_path: Path) -> None:
     run_training(tiny_config("trainer.steps=1", *QUIET), tmp_path / "off")
     assert not (tmp_path / "off" / "completions.jsonl").exists()
     writer = CompletionsWriter(tmp_path / "completions.jsonl")
-    writer.write([{"step": s, "completion": f"é{s}"} for s in (1, 2, 3, 3)])
+    writer.write([{"completion": f"é{s}", "step": s} for s in (1, 2, 3, 3)])
     writer.truncate_after(2)  # a resume from step 2's checkpoint
     assert [r["step"] for r in _rows(tmp_path)] == [1, 2] and _rows(tmp_path)[0]["completion"] == "é1"
+    # a write a kill cut short leaves half a line: the resume drops it rather than failing on it
+    writer.write([{"step": 3, "completion": "x" * 50}])
+    path = tmp_path / "completions.jsonl"
+    path.write_bytes(path.read_bytes()[:-20])
+    writer.truncate_after(3)
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2]
+
+
+def test_a_resume_that_writes_none_still_drops_the_rows_past_its_checkpoint(tmp_path: Path) -> None:
+    config = tiny_config(
+        "trainer.steps=3", "trainer.checkpoint_every=2", "trainer.completions_every=1", *QUIET
+    )
+    run_training(config, tmp_path)
+    assert {r["step"] for r in _rows(tmp_path)} == {1, 2, 3}
+    off = tiny_config("trainer.steps=3", "trainer.checkpoint_every=2", *QUIET)
+    run_training(off, tmp_path, resume=str(tmp_path / "checkpoints" / "step-000002.ckpt"))
+    assert {r["step"] for r in _rows(tmp_path)} == {1, 2}  # step 3 was redone, and not written

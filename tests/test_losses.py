@@ -544,3 +544,32 @@ def test_a_detach_mask_is_refused_with_a_sequence_ratio() -> None:
     with pytest.raises(ValueError, match="detach mask cannot act"):
         policy_loss(_t(0.0, 0.0), _t(0.0, 0.0), _t(0.0, 0.0), _t(1.0, 1.0), 0.0, _t(1, 1), 0.2, 0.2,
                     token_action=TokenAction(detach=torch.tensor([True, False])), seq_index=torch.tensor([0, 0]))  # fmt: skip
+
+
+def test_a_token_outside_the_loss_leaves_its_responses_ratio_alone() -> None:
+    """A response's ratio is the mean over its tokens in the loss (TRL's completion-mask mean): a masked
+    token, even with an old log-prob of −inf, changes neither s_i nor the gradient, on both paths."""
+    hidden, weight, bias, targets, old, adv, coef, mask, ref, rows, w, _ = _seq_case(7)
+    mask, old = mask.clone(), old.clone()
+    mask[1], old[1] = 0.0, -math.inf  # inside response 0
+    kw = dict(ref_logprob=ref, kl_coef=0.2, token_action=TokenAction(weight=w), seq_index=rows)
+    fused = fused_policy_loss(
+        hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, chunk_size=3, bias=bias, **kw
+    )
+    grads = torch.autograd.grad(fused.loss, (hidden, weight, bias))
+    oracle = _oracle(hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, bias=bias, **kw)
+    expected = torch.autograd.grad(oracle.loss, (hidden, weight, bias))
+    for got, want in zip(grads, expected, strict=True):
+        assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # the same loss as the batch without that token at all
+    keep = torch.arange(len(old)) != 1
+    pick = {
+        k: v[keep] for k, v in dict(old=old, adv=adv, coef=coef, mask=mask, ref=ref, rows=rows, w=w).items()
+    }
+    dropped = fused_policy_loss(
+        hidden[keep], weight, targets[keep], pick["old"], pick["adv"], pick["coef"], pick["mask"], 0.1, 0.1, 0.9,
+        bias=bias, ref_logprob=pick["ref"], kl_coef=0.2, token_action=TokenAction(weight=pick["w"]),
+        seq_index=pick["rows"],
+    )  # fmt: skip
+    assert float(dropped.loss) == pytest.approx(float(fused.loss), rel=1e-12)

@@ -351,8 +351,9 @@ def test_a_shaping_reward_trains_and_keeps_groups_from_dynamic_sampling(tmp_path
 def test_a_sequence_level_ratio_trains_off_policy_and_refuses_token_controllers(tmp_path: Path) -> None:
     """algorithm.importance_level=sequence (GSPO) in a real run with two PPO epochs of two mini-batches:
     the same rollouts and entropy reading as the token-level run, a different policy loss once the ratios
-    leave 1 (their equality at ratio 1 is tests/test_losses.py's); a controller acting per token is refused
-    before the run directory."""
+    leave 1 (their equality at ratio 1 is tests/test_losses.py's); a controller acting per token, or a
+    per-token importance correction, is refused when the config loads (so `entropyctl ablate` refuses such
+    an arm before any run)."""
     from entropyctl.config import ConfigError
     from entropyctl.trainer.run import run_training
 
@@ -370,9 +371,7 @@ def test_a_sequence_level_ratio_trains_off_policy_and_refuses_token_controllers(
         math.isfinite(seq[k]) for k in ("loss", "pg_loss", "grad_norm", "clip_frac_low", "clip_frac_high")
     )
     assert seq["pg_loss"] != token["pg_loss"]  # the second epoch's ratios are the responses', not the tokens'
-    with pytest.raises(ConfigError, match="importance_level: sequence"):
-        run_training(
-            tiny_config(*common, "algorithm.importance_level=sequence", "controller.name=clip_cov"),
-            tmp_path / "x",
-        )
-    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="shares one ratio over each response; controller .clip_cov."):
+        tiny_config(*common, "algorithm.importance_level=sequence", "controller.name=clip_cov")
+    with pytest.raises(ConfigError, match="use sequence_truncate or sequence_mask"):
+        tiny_config("algorithm.importance_level=sequence", "algorithm.rollout_correction.mode=token_truncate")

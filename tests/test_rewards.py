@@ -165,6 +165,8 @@ def test_parse_number_forms() -> None:
         ("\\boxed{a = b = 19}", "19"),
         ("x = 12+7 = 19", "19"),
         ("\\boxed{2^4+3=19}", "19"),
+        ("\\boxed{12 \\times 7 = 84}", "84"),
+        ("\\boxed{\\frac{38}{2} = 19}", "19"),
         ("so 3*6+1 = 19.", "19"),
     ],
 )
@@ -185,6 +187,10 @@ def test_equivalent_forms_score_one(reward: MathReward, completion: str, gold: s
         ("\\boxed{12+7=20}", "19", "wrong"),
         ("\\boxed{7 = 19}", "19", "wrong"),  # a false equation is no answer
         ("\\boxed{12+7 = 20 = 19}", "19", "wrong"),
+        ("\\boxed{x = 7 = 19}", "19", "wrong"),  # a name before it does not hide it from the rule
+        ("\\boxed{12 \\times 7 = 19}", "19", "wrong"),  # nor LaTeX operators, fractions or spacing
+        ("\\boxed{\\frac{14}{2} = 19}", "19", "wrong"),
+        ("\\boxed{$7\\,=\\,19$}", "19", "wrong"),
         ("\\boxed{x=5, y=19}", "19", "wrong"),  # two equations: not read as the last side's number
         ("\\boxed{x \\le 19}", "19", "wrong"),
         ("I do not know", "19", "no_answer"),
@@ -540,14 +546,30 @@ def test_extraction_time_per_character_is_bounded_on_adversarial_text(pieces: li
     assert seconds <= MAX_SECONDS_PER_CHAR * len(text), (unit, seconds)
 
 
+CHAIN_PIECES = [
+    "=",
+    "1",
+    "9",
+    " ",
+    "x",
+    "(",
+    ")",
+    "+",
+    "*",
+    "^",
+    "/",
+    ",",
+    "f",
+    "\\frac{",
+    "{",
+    "}",
+    "\\times",
+    "$",
+]
+
+
 @settings(max_examples=30, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from(["=", "1", "9", " ", "x", "(", ")", "+", "*", "^", "/", ",", "f"]),
-        min_size=1,
-        max_size=6,
-    )
-)
+@given(st.lists(st.sampled_from(CHAIN_PIECES), min_size=1, max_size=6))
 def test_reading_an_equation_chain_is_linear_at_the_answer_cap(pieces: list[str]) -> None:
     """The last-side rule runs on every extracted answer up to MAX_ANSWER_CHARS: the same CPU time per
     character as extraction (a backtracking regex would take seconds at the cap)."""

@@ -631,6 +631,27 @@ class RunConfig(BaseModel):
         return _reject_bools(data)
 
     @model_validator(mode="after")
+    def _check_importance_level(self) -> RunConfig:
+        if self.algorithm.importance_level != "sequence":
+            return self
+        from entropyctl.controllers.registry import create_controller
+
+        # per-token actions and weights act on each token's own ratio; a response's shared ratio passes a
+        # gradient to every token of it, a masked or down-weighted one too
+        if create_controller(self.controller).acts_per_token():
+            raise ValueError(
+                "algorithm.importance_level: sequence (GSPO) shares one ratio over each response; controller "
+                f"{self.controller.name!r} acts on each token's own ratio. Use importance_level: token with it"
+            )
+        rc = self.algorithm.rollout_correction
+        if rc is not None and rc.mode.startswith("token_"):
+            raise ValueError(
+                f"algorithm.rollout_correction: mode {rc.mode} weighs each token, which a response's shared ratio "
+                "(importance_level: sequence) does not separate; use sequence_truncate or sequence_mask"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_rollout_correction(self) -> RunConfig:
         rc, r = self.algorithm.rollout_correction, self.rollout
         if rc is not None and rc.mode != "monitor" and (r.top_p < 1 or r.top_k > 0):

@@ -47,6 +47,7 @@ forward, with no logits recomputed in backward.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,16 +166,23 @@ def _action_tensors(
     return out[0], out[1], out[2]
 
 
-def _sequence_log_ratio(log_ratio: Tensor, seq_index: Tensor) -> tuple[Tensor, Tensor]:
-    """(log s of each token's response, the response's token count), both per token ``[N]``: log s_i is the
-    mean of its tokens' log ratios (differentiable in ``log_ratio``)."""
+def _sequence_log_ratio(log_ratio: Tensor, seq_index: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """(log s of each token's response, the response's count of kept tokens), both per token ``[N]``: log s_i
+    is the mean of the log ratios of its tokens in the loss (``keep``: m ≠ 0; TRL's completion-mask mean),
+    differentiable in ``log_ratio``. A token outside the loss adds nothing, whatever its old log-prob."""
     rows = seq_index.to(device=log_ratio.device, dtype=torch.long)
     width = int(rows.max()) + 1 if rows.numel() else 0
-    count = torch.zeros(width, dtype=log_ratio.dtype, device=log_ratio.device).index_add(
-        0, rows, torch.ones_like(log_ratio)
-    )
-    total = torch.zeros(width, dtype=log_ratio.dtype, device=log_ratio.device).index_add(0, rows, log_ratio)
+    zeros = torch.zeros(width, dtype=log_ratio.dtype, device=log_ratio.device)
+    count = zeros.index_add(0, rows, keep.to(log_ratio.dtype))
+    total = zeros.index_add(0, rows, torch.where(keep, log_ratio, torch.zeros_like(log_ratio)))
     return (total / count.clamp_min(1.0))[rows], count[rows]
+
+
+def _ratio(logprob: Tensor, old_logprob: Tensor, seq_index: Tensor | None, keep: Tensor) -> Tensor:
+    """ρ per token: exp(logp − logp_old), or its response's s_i with ``seq_index``."""
+    if seq_index is None:
+        return torch.exp(logprob - old_logprob)
+    return torch.exp(_sequence_log_ratio(logprob - old_logprob, seq_index, keep)[0])
 
 
 def _check_seq_index(n: int, seq_index: Tensor | None, detach: Tensor | None) -> None:
@@ -250,12 +258,10 @@ def policy_loss(
         mask=mask,
         ref_logprob=ref_logprob,
     )
-    m = mask.to(logprob.dtype)
-    A = advantages.to(logprob.dtype)
+    m, A = mask.to(logprob.dtype), advantages.to(logprob.dtype)
     N = _token_count(mask, num_tokens).to(logprob.dtype)
     u = _loss_weight_tensor(loss_weight, n_tok, logprob.dtype, logprob.device)
     mu = m if u is None else m * u  # the loss terms' weights; the clip fractions count tokens (m)
-
     # Padded tokens (m = 0) may carry any old/ref log-prob (even −inf): give them ρ = 1 and KL = 0
     # so that no inf reaches the graph (0·inf would be a NaN gradient).
     pad = m == 0
@@ -266,10 +272,7 @@ def policy_loss(
     w, d, c = _action_tensors(token_action, n_tok, logprob.dtype, logprob.device)
     _check_seq_index(n_tok, seq_index, d)
     # ρ = exp(logp − logp_old) (a token's) or s_i (its response's); ρ̂ = sg(ρ) on the detached tokens
-    if seq_index is None:
-        ratio = torch.exp(logprob - old_logprob)
-    else:
-        ratio = torch.exp(_sequence_log_ratio(logprob - old_logprob, seq_index)[0])
+    ratio = _ratio(logprob, old_logprob, seq_index, m != 0)
     ratio_hat = ratio if d is None else torch.where(d, ratio.detach(), ratio)
     # L_pg = −(1/N) Σ m · w · min(ρ̂A, clip(ρ̂, 1−ε_low, 1+ε_high)·A)
     upper = _upper_bound(clip_high, logprob.dtype)
@@ -325,11 +328,7 @@ def _token_loss_grads(
     ∂(β·L_KL)/∂logp = β·(m/N)·(1 − exp(ref − logp))
     """
     tok_weight, detach, tok_kl = action
-    if seq_index is None:
-        ratio = torch.exp(logprob - old_logprob)
-    else:
-        log_s, count = _sequence_log_ratio(logprob - old_logprob, seq_index)
-        ratio = torch.exp(log_s)
+    ratio = _ratio(logprob, old_logprob, seq_index, mask != 0)
     upper = _upper_bound(clip_high, ratio.dtype)
     clipped = ((advantages < 0) & (ratio < 1.0 - clip_low)) | ((advantages > 0) & (ratio > upper))
     if detach is not None:
@@ -338,12 +337,8 @@ def _token_loss_grads(
     g_lp = torch.where(clipped | (w == 0), torch.zeros_like(ratio), -w * ratio * advantages)
     if tok_weight is not None:
         g_lp = g_lp * tok_weight
-    if seq_index is not None:  # ∂ log s_i / ∂ logp_t = 1/|o_i| for every token t of response i
-        rows = seq_index.to(device=g_lp.device, dtype=torch.long)
-        per_row = torch.zeros(
-            int(rows.max()) + 1 if rows.numel() else 0, dtype=g_lp.dtype, device=g_lp.device
-        )
-        g_lp = per_row.index_add(0, rows, g_lp)[rows] / count
+    if seq_index is not None:  # ∂ log s_i / ∂ logp_t = 1/|o_i| for each token t of response i in the loss
+        g_lp = _spread_over_responses(g_lp, seq_index, mask != 0)
     if tok_kl is not None:
         g_lp = g_lp + torch.where(
             w == 0, torch.zeros_like(ratio), w * tok_kl * torch.sign(logprob - old_logprob)
@@ -355,6 +350,48 @@ def _token_loss_grads(
         g_lp = g_lp + g_kl
     g_H = -w * coef
     return g_lp, g_H
+
+
+def _spread_over_responses(g: Tensor, seq_index: Tensor, keep: Tensor) -> Tensor:
+    """Each response's sum of ``g`` over its kept tokens, divided among them — the kept tokens' mean of
+    ``g`` — on each kept token; 0 on the others."""
+    mean, _ = _sequence_log_ratio(g, seq_index, keep)
+    return torch.where(keep, mean, torch.zeros_like(mean))
+
+
+def _grads_of(
+    logprob: Tensor,
+    token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
+    action: tuple[Tensor | None, Tensor | None, Tensor | None],
+    N: Tensor,
+    bounds: tuple[float, float, float],
+    seq_index: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_token_loss_grads` on the fused loss's packed inputs (``bounds``: ε_low, ε_high, β)."""
+    old, adv, coef, mask, ref = token_inputs
+    clip_low, clip_high, kl_coef = bounds
+    return _token_loss_grads(
+        logprob, old, adv, coef, mask, clip_low, clip_high, N, ref, kl_coef, action, seq_index
+    )
+
+
+def _all_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    t: float,
+    dtype: torch.dtype,
+    chunk: int,
+) -> Tensor:
+    """Every token's log-prob, chunk by chunk (the sequence ratio's first pass: no gradient is formed)."""
+    out = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        end = min(start + chunk, hidden.shape[0])
+        _, _, out[start:end], _ = chunk_stats(
+            chunk_logits(hidden[start:end], weight, bias, t, dtype), targets[start:end]
+        )
+    return out
 
 
 class _FusedPolicyLoss(torch.autograd.Function):
@@ -376,7 +413,6 @@ class _FusedPolicyLoss(torch.autograd.Function):
         kl_coef: float,
         need_grad: tuple[bool, bool, bool],
     ) -> tuple[Tensor, Tensor, Tensor]:
-        old_logprob, advantages, coef, mask, ref_logprob = token_inputs
         n = hidden.shape[0]
         cdtype = _compute_dtype(hidden.dtype)
         logprob = torch.empty(n, dtype=cdtype, device=hidden.device)
@@ -390,25 +426,8 @@ class _FusedPolicyLoss(torch.autograd.Function):
         if seq_index is not None and any_grad:
             # a response's ratio needs every one of its tokens' log-probs: a first pass reads them all (one
             # more pass of the LM head), then the second computes each chunk's gradient from them
-            for start in range(0, n, chunk_size):
-                end = min(start + chunk_size, n)
-                z = chunk_logits(hidden[start:end], weight, bias, temperature, cdtype)
-                _, _, logprob[start:end], _ = chunk_stats(z, targets[start:end])
-                del z
-            grads = _token_loss_grads(
-                logprob,
-                old_logprob,
-                advantages,
-                coef,
-                mask,
-                clip_low,
-                clip_high,
-                N,
-                ref_logprob,
-                kl_coef,
-                action,
-                seq_index,
-            )
+            every_lp = _all_logprobs(hidden, weight, bias, targets, temperature, cdtype, chunk_size)
+            grads = _grads_of(every_lp, token_inputs, action, N, (clip_low, clip_high, kl_coef), seq_index)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
             h = hidden[start:end]
@@ -421,19 +440,9 @@ class _FusedPolicyLoss(torch.autograd.Function):
                 if grads is not None:
                     g_lp, g_H = grads[0][start:end], grads[1][start:end]
                 else:
-                    g_lp, g_H = _token_loss_grads(
-                        lp,
-                        old_logprob[start:end],
-                        advantages[start:end],
-                        coef[start:end],
-                        mask[start:end],
-                        clip_low,
-                        clip_high,
-                        N,
-                        None if ref_logprob is None else ref_logprob[start:end],
-                        kl_coef,
-                        tuple(None if a is None else a[start:end] for a in action),  # type: ignore[arg-type]
-                    )
+                    part = tuple(None if x is None else x[start:end] for x in token_inputs)
+                    acts = tuple(None if a is None else a[start:end] for a in action)
+                    g_lp, g_H = _grads_of(lp, part, acts, N, (clip_low, clip_high, kl_coef))  # type: ignore[arg-type]
                 skip_H = not bool(torch.any(g_H != 0))
                 dz = chunk_dlogits(p_log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
                 accumulate_param_grads(dz, h, weight, grad_h, grad_w, grad_b, start, end)
@@ -562,13 +571,4 @@ def fused_policy_loss(
         seq_index=seq_t,
     )
     # loss = value of the reference formula + proxy (0 in value, carries the precomputed gradient).
-    return PolicyLossOutput(
-        loss=parts.loss.detach() + proxy,
-        pg_loss=parts.pg_loss,
-        entropy_loss=parts.entropy_loss,
-        kl_loss=parts.kl_loss,
-        clip_frac_low=parts.clip_frac_low,
-        clip_frac_high=parts.clip_frac_high,
-        logprob=logprob,
-        entropy=entropy,
-    )
+    return dataclasses.replace(parts, loss=parts.loss.detach() + proxy, logprob=logprob, entropy=entropy)

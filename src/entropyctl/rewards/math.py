@@ -84,22 +84,42 @@ _MAX_ARITH_DEPTH = 32  # nested parentheses / signs
 _MAX_EXPONENT = 64
 
 
-def _final_side_number(text: str) -> Fraction | None:
-    """The number on the last side of an equation chain (``12+7=19``, ``x = 19``, ``a = b = 19`` → 19), when
-    that side is a plain number, every earlier side is one name or arithmetic that evaluates exactly to it;
-    else None (``7 = 19``, ``12+7 = 20 = 19``, ``x=5, y=19``, ``x <= 19`` go on as before). A worked line
-    ending in its value is an answer; the unevaluated-arithmetic rule still refuses ``12+7``, ``12+7=``
-    and ``19 = 12+7``, and a false equation is no answer."""
-    *sides, last = text.split("=")
+#: LaTeX an arithmetic side may be written in: spacing commands and ``$`` are dropped, ``\times`` /
+#: ``\cdot`` / ``\div`` become operators, a ``\frac{a}{b}`` of plain parts a division
+_LATEX_SPACING = re.compile(r"\$|\\[,;:! ]")
+_LATEX_OPERATORS = {"\\times": "*", "\\cdot": "*", "\\div": "/"}
+_SIMPLE_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+
+
+def _plain_equation(text: str) -> str:
+    text = _LATEX_SPACING.sub("", text)
+    for command, operator in _LATEX_OPERATORS.items():
+        text = text.replace(command, operator)
+    return _SIMPLE_FRAC.sub(r"((\1)/(\2))", text)
+
+
+def _final_side_number(text: str) -> tuple[Fraction | None, bool]:
+    """An equation chain read as its answer: ``(value, False)`` when the last side is a plain number and every
+    earlier side is one name or arithmetic that evaluates exactly to it (``12+7=19``, ``x = 19``,
+    ``12 \\times 7 = 84``); ``(None, True)`` when such a chain is false (``7 = 19``, ``x = 12+7 = 20``);
+    ``(None, False)`` for anything else (``x=5, y=19``, ``x <= 19``), which goes on as before. A worked
+    line ending in its value is an answer, a false one is wrong; the unevaluated-arithmetic rule still
+    refuses ``12+7``, ``12+7=`` and ``19 = 12+7``."""
+    *sides, last = _plain_equation(text).split("=")
     value = parse_number(last) if sides else None
     if value is None:
-        return None
+        return None, False
+    false = False
     for side in (s.strip() for s in sides):
         if _NAME_SIDE.fullmatch(side):
             continue
-        if not _ARITHMETIC_SIDE.fullmatch(side) or _evaluate_arithmetic(side) != value:
-            return None
-    return value
+        if not _ARITHMETIC_SIDE.fullmatch(side):
+            return None, False
+        evaluated = _evaluate_arithmetic(side)
+        if evaluated is None:
+            return None, False
+        false = false or evaluated != value
+    return (None, True) if false else (value, False)
 
 
 def _evaluate_arithmetic(text: str) -> Fraction | None:
@@ -116,74 +136,77 @@ def _evaluate_arithmetic(text: str) -> Fraction | None:
             break
         tokens.append(match.group(1))
         pos = match.end()
-    limit = Fraction(10**_MAX_FAST_DIGITS)
-    at = 0
+    parser = _Arithmetic(tokens)
+    try:
+        value = parser.expr(0)
+    except (ArithmeticError, ValueError):  # ZeroDivisionError is an ArithmeticError
+        return None
+    return value if parser.at == len(tokens) else None
 
-    def fits(x: Fraction) -> Fraction:
-        if abs(x.numerator) > limit or x.denominator > limit:
+
+class _Arithmetic:
+    """Recursive descent over :func:`_evaluate_arithmetic`'s tokens: expr = term (± term)*, term = unary
+    (×/÷ unary)*, unary = ± unary | power, power = atom (^ unary)?, atom = number | ( expr )."""
+
+    LIMIT = Fraction(10**_MAX_FAST_DIGITS)
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens, self.at = tokens, 0
+
+    def _peek(self, *ops: str) -> str | None:
+        if self.at < len(self.tokens) and self.tokens[self.at] in ops:
+            self.at += 1
+            return self.tokens[self.at - 1]
+        return None
+
+    def _fits(self, x: Fraction) -> Fraction:
+        if abs(x.numerator) > self.LIMIT or x.denominator > self.LIMIT:
             raise ArithmeticError("too many digits")
         return x
 
-    def expr(depth: int) -> Fraction:
-        nonlocal at
-        value = term(depth)
-        while at < len(tokens) and tokens[at] in "+-":
-            op, at = tokens[at], at + 1
-            value = fits(value + term(depth) if op == "+" else value - term(depth))
+    def expr(self, depth: int) -> Fraction:
+        value = self.term(depth)
+        while (op := self._peek("+", "-")) is not None:
+            right = self.term(depth)
+            value = self._fits(value + right if op == "+" else value - right)
         return value
 
-    def term(depth: int) -> Fraction:
-        nonlocal at
-        value = unary(depth)
-        while at < len(tokens) and tokens[at] in ("*", "/"):
-            op, at = tokens[at], at + 1
-            right = unary(depth)
-            value = fits(value * right if op == "*" else value / right)  # / 0: ZeroDivisionError
+    def term(self, depth: int) -> Fraction:
+        value = self.unary(depth)
+        while (op := self._peek("*", "/")) is not None:
+            right = self.unary(depth)
+            value = self._fits(value * right if op == "*" else value / right)  # / 0: ZeroDivisionError
         return value
 
-    def unary(depth: int) -> Fraction:
-        nonlocal at
+    def unary(self, depth: int) -> Fraction:
         if depth > _MAX_ARITH_DEPTH:
             raise ArithmeticError("nested too deep")
-        if at < len(tokens) and tokens[at] in "+-":
-            op, at = tokens[at], at + 1
-            value = unary(depth + 1)
+        if (op := self._peek("+", "-")) is not None:
+            value = self.unary(depth + 1)
             return -value if op == "-" else value
-        return power(depth)
+        base = self.atom(depth)
+        if self._peek("^", "**") is None:
+            return base
+        exponent = self.unary(depth + 1)  # right-associative: 2^3^2 = 2^9
+        if exponent.denominator != 1 or abs(exponent) > _MAX_EXPONENT:
+            raise ArithmeticError("exponent")
+        return self._fits(base ** int(exponent))
 
-    def power(depth: int) -> Fraction:
-        nonlocal at
-        base = atom(depth)
-        if at < len(tokens) and tokens[at] in ("^", "**"):
-            at += 1
-            exponent = unary(depth + 1)  # right-associative: 2^3^2 = 2^9
-            if exponent.denominator != 1 or abs(exponent) > _MAX_EXPONENT:
-                raise ArithmeticError("exponent")
-            return fits(base ** int(exponent))
-        return base
-
-    def atom(depth: int) -> Fraction:
-        nonlocal at
-        if at >= len(tokens):
+    def atom(self, depth: int) -> Fraction:
+        if self.at >= len(self.tokens):
             raise ArithmeticError("missing operand")
-        token, at = tokens[at], at + 1
+        token = self.tokens[self.at]
+        self.at += 1
         if token == "(":
-            value = expr(depth + 1)
-            if at >= len(tokens) or tokens[at] != ")":
+            value = self.expr(depth + 1)
+            if self._peek(")") is None:
                 raise ArithmeticError("unclosed parenthesis")
-            at += 1
             return value
         if token[0].isdigit() or token[0] == ".":
             if len(token) > _MAX_FAST_DIGITS:
                 raise ArithmeticError("too many digits")
             return Fraction(token)
         raise ArithmeticError(f"unexpected {token!r}")
-
-    try:
-        value = expr(0)
-    except (ArithmeticError, ValueError):  # ZeroDivisionError is an ArithmeticError
-        return None
-    return value if at == len(tokens) else None
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -573,7 +596,9 @@ def check_answer(
     pred_number = parse_number(extracted)
     gold_number = parse_number(reference)
     if pred_number is None and gold_number is not None:
-        pred_number = _final_side_number(extracted)
+        pred_number, false_equation = _final_side_number(extracted)
+        if false_equation:  # SymPy would read its last side alone
+            return VerifyResult("wrong", 0.0, extracted, "false equation", time.perf_counter() - start)
     if pred_number is not None and gold_number is not None:
         status: Status = "correct" if pred_number == gold_number else "wrong"
         return VerifyResult(status, float(status == "correct"), extracted, "", time.perf_counter() - start)

@@ -521,9 +521,10 @@ class RLVRModule(pl.LightningModule):
         self.controller_metric_keys = [str(k) for k in controller.metrics()]
         columns = metric_columns(self.levels, self.controller_metric_keys, config.reward.shaping_labels())
         self.metrics_writer = MetricsWriter(self.run_dir / "metrics.csv", columns) if self.run_dir else None
-        every = config.trainer.completions_every
+        # made whenever there is a run directory: a resume drops a file's rows past its checkpoint even when
+        # the resumed run writes none
         self.completions_writer = (
-            CompletionsWriter(self.run_dir / "completions.jsonl") if self.run_dir and every else None
+            CompletionsWriter(self.run_dir / "completions.jsonl") if self.run_dir else None
         )
 
     # ----------------------------------------------------------------------------- Lightning plumbing
@@ -1077,7 +1078,7 @@ class RLVRModule(pl.LightningModule):
         self.rlvr_step = step
         row = self.log_step(step, collected, scored, updated, reading, timers)
         every = cfg.trainer.completions_every
-        if rank == 0 and self.completions_writer is not None and (step == 1 or step % every == 0):
+        if rank == 0 and self.completions_writer is not None and every and (step == 1 or step % every == 0):
             self.completions_writer.write(self.completion_rows(step, collected, scored))
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
             self.eval_results[f"step_{step}"] = self.evaluate_heldout(f"step_{step}")

@@ -476,23 +476,6 @@ def check_accelerator(config: RunConfig) -> None:
         )
 
 
-def check_importance_level(config: RunConfig) -> None:
-    """``algorithm.importance_level: sequence`` with a controller that acts per token (Clip-Cov, KL-Cov, a
-    plugin's): a :class:`ConfigError` — their actions are per-token ratios' (a detached token, a token's
-    penalty), which a response's shared ratio does not have."""
-    from entropyctl.config import ConfigError
-    from entropyctl.controllers.registry import create_controller
-
-    if (
-        config.algorithm.importance_level == "sequence"
-        and create_controller(config.controller).acts_per_token()
-    ):
-        raise ConfigError(
-            f"algorithm.importance_level: sequence (GSPO) shares one ratio over each response; controller "
-            f"{config.controller.name!r} acts on each token's own ratio. Use importance_level: token with it"
-        )
-
-
 def check_loggers(config: RunConfig) -> None:
     """``trainer.wandb`` without the wandb package: a :class:`ConfigError` before anything is written."""
     from entropyctl.config import ConfigError
@@ -560,7 +543,6 @@ def run_training(
     # before the run directory is written: a refused run leaves nothing
     check_accelerator(config)
     check_loggers(config)
-    check_importance_level(config)
     if config.trainer.strategy == "fsdp":
         from entropyctl.trainer.fsdp import check_fsdp_config
 

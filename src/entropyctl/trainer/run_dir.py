@@ -662,6 +662,10 @@ class MetricsWriter:
             f.write(buffer.getvalue())
 
 
+#: a completions.jsonl row starts with its step (the writer puts it first)
+_ROW_STEP = re.compile(r'\{"step": (\d+)[,}]')
+
+
 class CompletionsWriter:
     """Appends a step's rollouts to ``completions.jsonl``, one JSON object per completion (rank 0 only).
     On resume, rows past the checkpoint's step are dropped first, as :class:`MetricsWriter` does."""
@@ -670,17 +674,24 @@ class CompletionsWriter:
         self.path = Path(path)
 
     def truncate_after(self, step: int) -> None:
+        """Keep the rows up to ``step``, streamed (only each row's step is read). Rows are in step order, so
+        the copy stops at the first row past it; a line that does not parse (the tail of a write a kill cut
+        short) ends it too."""
         if not self.path.exists():
             return
-        with self.path.open(encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and int(json.loads(line)["step"]) <= step]
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
+        with self.path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
+            for line in src:
+                match = _ROW_STEP.match(line)
+                if match is None or not line.endswith("\n") or int(match.group(1)) > step:
+                    break
+                dst.write(line)
         os.replace(tmp, self.path)
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         # one write() of complete lines: appended, never truncating earlier rows
-        text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
+        # "step" first: truncate_after reads it off the start of each line
+        text = "".join(json.dumps({"step": row["step"], **row}, ensure_ascii=False) + "\n" for row in rows)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(text)
 

@@ -506,21 +506,32 @@ def test_fused_sequence_ratio_gradcheck_fp64() -> None:
     assert torch.autograd.gradcheck(f, (hidden, weight, bias))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fused_sequence_ratio_equals_the_reference(seed: int) -> None:
-    """The fused path's two-pass gradient = autograd through the full logits, value for value (fp64);
-    the clip bound is set where some responses' ratios cross it."""
-    hidden, weight, bias, targets, old, adv, coef, mask, ref, rows, w, _ = _seq_case(seed)
+def _sequence_fused_equals_oracle(hidden, weight, bias, targets, tokens, chunk: int) -> PolicyLossOutput:
+    """The fused loss with a sequence ratio (ε 0.1, T 0.9, a KL and token weights) equals autograd through
+    the full logits in value and in finite gradients (fp64); returns the fused output."""
+    old, adv, coef, mask, ref, rows, w = tokens
     kw = dict(ref_logprob=ref, kl_coef=0.2, token_action=TokenAction(weight=w), seq_index=rows)
     fused = fused_policy_loss(
-        hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, chunk_size=5, bias=bias, **kw
+        hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, chunk_size=chunk, bias=bias, **kw
     )
     grads = torch.autograd.grad(fused.loss, (hidden, weight, bias))
     oracle = _oracle(hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, bias=bias, **kw)
     expected = torch.autograd.grad(oracle.loss, (hidden, weight, bias))
     assert float(fused.loss) == pytest.approx(float(oracle.loss), rel=1e-12, abs=1e-15)
     for got, want in zip(grads, expected, strict=True):
+        assert bool(torch.isfinite(got).all())
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    return fused
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_sequence_ratio_equals_the_reference(seed: int) -> None:
+    """The fused path's two-pass gradient = autograd through the full logits, value for value (fp64);
+    the clip bound is set where some responses' ratios cross it."""
+    hidden, weight, bias, targets, old, adv, coef, mask, ref, rows, w, _ = _seq_case(seed)
+    _sequence_fused_equals_oracle(
+        hidden, weight, bias, targets, (old, adv, coef, mask, ref, rows, w), chunk=5
+    )
 
 
 def test_on_policy_the_sequence_ratio_has_the_token_gradient() -> None:
@@ -552,16 +563,9 @@ def test_a_token_outside_the_loss_leaves_its_responses_ratio_alone() -> None:
     hidden, weight, bias, targets, old, adv, coef, mask, ref, rows, w, _ = _seq_case(7)
     mask, old = mask.clone(), old.clone()
     mask[1], old[1] = 0.0, -math.inf  # inside response 0
-    kw = dict(ref_logprob=ref, kl_coef=0.2, token_action=TokenAction(weight=w), seq_index=rows)
-    fused = fused_policy_loss(
-        hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, chunk_size=3, bias=bias, **kw
+    fused = _sequence_fused_equals_oracle(
+        hidden, weight, bias, targets, (old, adv, coef, mask, ref, rows, w), chunk=3
     )
-    grads = torch.autograd.grad(fused.loss, (hidden, weight, bias))
-    oracle = _oracle(hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, bias=bias, **kw)
-    expected = torch.autograd.grad(oracle.loss, (hidden, weight, bias))
-    for got, want in zip(grads, expected, strict=True):
-        assert bool(torch.isfinite(got).all())
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     # the same loss as the batch without that token at all
     keep = torch.arange(len(old)) != 1
     pick = {

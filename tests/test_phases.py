@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from trainer_helpers import read_metrics, tiny_config
+from trainer_helpers import SIGNAL_STEP, read_metrics, tiny_config
 
 from entropyctl import create_controller
 from entropyctl.controllers.base import EntropyReading, GroupOutcome, Plan
@@ -253,15 +253,7 @@ def test_the_trainer_uses_the_configured_advantages(tmp_path: Path) -> None:
     leave-one-out by G/(G − 1), the batch std by 1/(std of the step's rewards + ε)."""
     from entropyctl.trainer.run import run_training
 
-    common = [
-        "trainer.steps=1",
-        "eval.before=false",
-        "eval.after=false",
-        "trainer.save_last=false",
-        "controller.name=fixed",
-        "controller.alpha=0.0",
-        "reward.name=operator:lt",  # mixed rewards from the barely trained model: a signal (see test_sampler_correction)
-    ]
+    common = SIGNAL_STEP
     arms = {
         "none": ["algorithm.advantage_scale=none"],
         "rloo": ["algorithm.advantage_scale=none", "algorithm.advantage_baseline=leave-one-out"],

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from trainer_helpers import read_metrics, tiny_config
+from trainer_helpers import SIGNAL_STEP, read_metrics, tiny_config
 
 from entropyctl.config import ConfigError, parse_run_config
 from entropyctl.ops.sampler_correction import sampler_correction
@@ -148,18 +148,6 @@ def test_truncated_sampling_is_refused_but_monitored(rollout: dict[str, Any]) ->
 
 # ----------------------------------------------------------------------------------- in a real run
 SHIFT = math.log(1.5)  # the engine's log-probs moved down by ln 1.5: every token's ratio is 1.5
-#: one step, no evaluation, no entropy bonus (α = 0: the loss is the policy-gradient term alone)
-ONE_STEP = [
-    "trainer.steps=1",
-    "eval.before=false",
-    "eval.after=false",
-    "trainer.save_last=false",
-    "controller.name=fixed",
-    "controller.alpha=0.0",
-    # the barely trained tiny model solves nothing; a response scored by whether it sorts before the answer
-    # (a plain string comparison) gives groups of mixed rewards, so the step carries a signal
-    "reward.name=operator:lt",
-]
 
 
 @pytest.fixture
@@ -190,7 +178,7 @@ def test_weights_scale_the_policy_gradient_of_a_run(tmp_path: Path, shifted_engi
     }
     rows = {}
     for name, extra in runs.items():
-        run_training(tiny_config(*ONE_STEP, *extra), tmp_path / name)
+        run_training(tiny_config(*SIGNAL_STEP, *extra), tmp_path / name)
         (rows[name],) = read_metrics(tmp_path / name)
     plain = rows["plain"]
     assert abs(plain["pg_loss"]) > 1e-5 and plain["grad_norm"] > 1e-4  # the step carries a signal

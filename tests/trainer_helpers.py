@@ -41,6 +41,20 @@ SMALL = [
 ]
 
 
+#: One step with no evaluation or checkpoint and no entropy bonus (α = 0: the loss is the policy-gradient term
+#: alone), where the step carries a signal: the barely trained tiny model solves nothing, so a response is
+#: scored by whether it sorts before the answer (a plain string comparison), which mixes a group's rewards.
+SIGNAL_STEP = [
+    "trainer.steps=1",
+    "eval.before=false",
+    "eval.after=false",
+    "trainer.save_last=false",
+    "controller.name=fixed",
+    "controller.alpha=0.0",
+    "reward.name=operator:lt",
+]
+
+
 def tiny_config(*overrides: str) -> RunConfig:
     return load_run_config(None, [*TINY, *SMALL, *overrides])
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from entropyctl.cli.options import add_config_option, add_set_option, add_threads_option
+from entropyctl.trainer.run_dir import RUN_FILES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the run already in --out (removes only its config.yaml, metrics.csv, summary.json, "
-        "checkpoints/, tensorboard/, ranks/)",
+        help="replace the run already in --out (removes only the run's own files: "
+        + ", ".join(RUN_FILES)
+        + ")",
     )
     parser.add_argument(
         "--allow-resume-changes",

@@ -217,7 +217,9 @@ class RolloutConfig(_Section):
         description="penalty: L_cache, the last tokens before L_max over which the penalty ramps to -1.",
     )
     dynamic_sampling: bool = Field(
-        False, description="DAPO: drop groups whose rewards are all equal and refill with new prompts."
+        False,
+        description="DAPO: drop groups whose shaped rewards (the verifier's, reward.shaping, the overlong "
+        "penalty) are all equal and refill with new prompts.",
     )
     max_refills: int = Field(
         2, ge=0, description="dynamic_sampling: extra prompt batches drawn at most per step."
@@ -292,9 +294,9 @@ class AlgorithmConfig(_Section):
     importance_level: Literal["token", "sequence"] = Field(
         "token",
         description="The PPO ratio: token = each token's own (GRPO, DAPO); sequence = its response's, the "
-        "geometric mean of the tokens' ratios, for every token of it (GSPO; TRL's importance_sampling_level). "
-        "Acts only with more than one update per batch (at ratio 1 both give the same gradient); the fused "
-        "path then passes the LM head twice.",
+        "geometric mean of the tokens' ratios, for every token of it (GSPO; TRL's importance_sampling_level; "
+        "pair it with loss_agg seq-mean-token-mean). Acts only with more than one update per batch (at "
+        "ratio 1 both give the same gradient); the fused path passes the LM head twice whenever it is on.",
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over the step's rollouts.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch (rollouts split evenly).")

@@ -78,3 +78,50 @@ def test_the_probes_are_the_default_with_one_setting_and_the_docs_quote_them(
     rows = [line for line in printed.splitlines() if line.startswith("| ") and line[2].isdigit()]
     quoted = quoted_table(ROOT / "docs" / "training.md", marker)
     assert [line for line in quoted if line[2:3].isdigit()] == rows
+
+
+#: the algorithm options of 2026-12-07 on the main job (docs/training.md): run folder prefix, docs marker,
+#: and the run config's fields they change (over the embedded default, seed and threads), seeds 0-2 each
+OPTIONS = [
+    (
+        "opt_rloo_s",
+        "opt-rloo",
+        {"algorithm": {"advantage_baseline": "leave-one-out", "advantage_scale": "none"}},
+    ),
+    ("opt_batch_s", "opt-batch", {"algorithm": {"advantage_scale": "batch"}}),
+    (
+        "opt_gspo_s",
+        "opt-gspo",
+        {
+            "algorithm": {"importance_level": "sequence", "loss_agg": "seq-mean-token-mean"},
+            "controller": {"clip_low": 3e-4, "clip_high": 4e-4},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("prefix", "marker", "changes"), OPTIONS, ids=[o[1] for o in OPTIONS])
+def test_the_option_runs_are_the_default_with_their_options_and_the_docs_quote_them(
+    prefix: str, marker: str, changes: dict[str, dict[str, Any]]
+) -> None:
+    runs = [RUNS / f"{prefix}{seed}" for seed in (0, 1, 2)]
+    default = load_run_config(None).model_dump(mode="json")
+    for seed, run in enumerate(runs):
+        written = yaml.safe_load((run / "config.yaml").read_text())
+        expected = {
+            **default,
+            "seed": seed,
+            "output_dir": written["output_dir"],
+            "run_name": written["run_name"],
+        }
+        expected["trainer"] = {**default["trainer"], "threads": 1}
+        for section, fields in changes.items():
+            expected[section] = {**default[section], **fields}
+        assert parse_written_config(written) == parse_run_config(expected), run
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["steps"] == default["trainer"]["steps"]
+    command = [sys.executable, str(SCRIPT), *map(str, runs)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    quoted = quoted_table(ROOT / "docs" / "training.md", marker)
+    assert [line for line in quoted if line[2:3].isdigit()] == rows

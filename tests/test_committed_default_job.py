@@ -22,9 +22,11 @@ RUNS = ROOT / "benchmarks" / "default_job_2026-12-03"
 SCRIPT = ROOT / "benchmarks" / "default_job_reading.py"
 
 
-def assert_default_runs(runs: list[Path], update: dict[str, Any]) -> None:
+def assert_default_runs(
+    runs: list[Path], update: dict[str, Any], changes: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Each run is `entropyctl train` at the embedded default with its seed (0, 1, 2 in order), one
-    thread and the controller's ``update`` fields overridden, finished."""
+    thread, the controller's ``update`` fields and the sections' ``changes`` overridden, finished."""
     default = load_run_config(None).model_dump(mode="json")
     for seed, run in enumerate(runs):
         written = yaml.safe_load((run / "config.yaml").read_text())
@@ -39,6 +41,8 @@ def assert_default_runs(runs: list[Path], update: dict[str, Any]) -> None:
             **default["controller"],
             "update": {**default["controller"]["update"], **update},
         }
+        for section, fields in (changes or {}).items():
+            expected[section] = {**expected[section], **fields}
         assert parse_written_config(written) == parse_run_config(expected), run
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == default["trainer"]["steps"]
@@ -105,21 +109,7 @@ def test_the_option_runs_are_the_default_with_their_options_and_the_docs_quote_t
     prefix: str, marker: str, changes: dict[str, dict[str, Any]]
 ) -> None:
     runs = [RUNS / f"{prefix}{seed}" for seed in (0, 1, 2)]
-    default = load_run_config(None).model_dump(mode="json")
-    for seed, run in enumerate(runs):
-        written = yaml.safe_load((run / "config.yaml").read_text())
-        expected = {
-            **default,
-            "seed": seed,
-            "output_dir": written["output_dir"],
-            "run_name": written["run_name"],
-        }
-        expected["trainer"] = {**default["trainer"], "threads": 1}
-        for section, fields in changes.items():
-            expected[section] = {**default[section], **fields}
-        assert parse_written_config(written) == parse_run_config(expected), run
-        summary = json.loads((run / "summary.json").read_text())
-        assert summary["status"] == "finished" and summary["steps"] == default["trainer"]["steps"]
+    assert_default_runs(runs, {}, changes)
     command = [sys.executable, str(SCRIPT), *map(str, runs)]
     printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
     rows = [line for line in printed.splitlines() if line.startswith("| ") and line[2].isdigit()]

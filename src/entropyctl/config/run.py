@@ -19,6 +19,7 @@ from entropyctl.controllers.config import ControllerConfig
 from entropyctl.controllers.parts import PART_VARIANTS
 from entropyctl.controllers.registry import ControllerField
 from entropyctl.models.config import ModelConfig
+from entropyctl.ops.sampler_correction import CorrectionMode
 from entropyctl.validation import ConfigError, format_validation_error, keyword_options, unknown_option
 
 __all__ = [
@@ -243,7 +244,7 @@ class RolloutCorrection(_Section):
     """Importance weights for the mismatch between the rollout engine's sampling distribution and the
     trainer's (entropyctl.ops.sampler_correction; TRL's vllm_importance_sampling_*)."""
 
-    mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "monitor"] = Field(
+    mode: CorrectionMode = Field(
         "token_truncate",
         description="token_truncate: each token's policy-gradient term × min(r, clip_max) with r = "
         "π_train/π_sampler of the token (TIS); token_mask: × r inside [clip_min, clip_max], else 0 (MIS); "

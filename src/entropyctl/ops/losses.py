@@ -64,10 +64,11 @@ from entropyctl.ops.entropy import (
     chunk_logits,
     chunk_stats,
     default_chunk_size,
+    fused_logprob_entropy,
 )
 from entropyctl.ops.token_selection import TokenAction
 
-__all__ = ["PolicyLossOutput", "policy_loss", "fused_policy_loss"]
+__all__ = ["PolicyLossOutput", "policy_loss", "fused_policy_loss", "response_sums"]
 
 
 @dataclass(frozen=True)
@@ -166,16 +167,26 @@ def _action_tensors(
     return out[0], out[1], out[2]
 
 
+def response_sums(values: Tensor, seq_index: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(the sum of ``values`` over each token's response, the response's token count), both per token
+    ``[N]``; with ``keep`` (bool ``[N]``) over and of its kept tokens only. Differentiable in ``values``."""
+    rows = seq_index.to(device=values.device, dtype=torch.long)
+    width = int(rows.max()) + 1 if rows.numel() else 0
+    zeros = torch.zeros(width, dtype=values.dtype, device=values.device)
+    if keep is None:
+        total, count = zeros.index_add(0, rows, values), zeros.index_add(0, rows, torch.ones_like(values))
+    else:
+        total = zeros.index_add(0, rows, torch.where(keep, values, torch.zeros_like(values)))
+        count = zeros.index_add(0, rows, keep.to(values.dtype))
+    return total[rows], count[rows]
+
+
 def _sequence_log_ratio(log_ratio: Tensor, seq_index: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """(log s of each token's response, the response's count of kept tokens), both per token ``[N]``: log s_i
     is the mean of the log ratios of its tokens in the loss (``keep``: m ≠ 0; TRL's completion-mask mean),
     differentiable in ``log_ratio``. A token outside the loss adds nothing, whatever its old log-prob."""
-    rows = seq_index.to(device=log_ratio.device, dtype=torch.long)
-    width = int(rows.max()) + 1 if rows.numel() else 0
-    zeros = torch.zeros(width, dtype=log_ratio.dtype, device=log_ratio.device)
-    count = zeros.index_add(0, rows, keep.to(log_ratio.dtype))
-    total = zeros.index_add(0, rows, torch.where(keep, log_ratio, torch.zeros_like(log_ratio)))
-    return (total / count.clamp_min(1.0))[rows], count[rows]
+    total, count = response_sums(log_ratio, seq_index, keep)
+    return total / count.clamp_min(1.0), count
 
 
 def _ratio(logprob: Tensor, old_logprob: Tensor, seq_index: Tensor | None, keep: Tensor) -> Tensor:
@@ -375,25 +386,6 @@ def _grads_of(
     )
 
 
-def _all_logprobs(
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    targets: Tensor,
-    t: float,
-    dtype: torch.dtype,
-    chunk: int,
-) -> Tensor:
-    """Every token's log-prob, chunk by chunk (the sequence ratio's first pass: no gradient is formed)."""
-    out = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
-    for start in range(0, hidden.shape[0], chunk):
-        end = min(start + chunk, hidden.shape[0])
-        _, _, out[start:end], _ = chunk_stats(
-            chunk_logits(hidden[start:end], weight, bias, t, dtype), targets[start:end]
-        )
-    return out
-
-
 class _FusedPolicyLoss(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -426,7 +418,9 @@ class _FusedPolicyLoss(torch.autograd.Function):
         if seq_index is not None and any_grad:
             # a response's ratio needs every one of its tokens' log-probs: a first pass reads them all (one
             # more pass of the LM head), then the second computes each chunk's gradient from them
-            every_lp = _all_logprobs(hidden, weight, bias, targets, temperature, cdtype, chunk_size)
+            every_lp, _ = fused_logprob_entropy(  # under forward's no-grad: values only
+                hidden, weight, targets, temperature=temperature, chunk_size=chunk_size, bias=bias
+            )
             grads = _grads_of(every_lp, token_inputs, action, N, (clip_low, clip_high, kl_coef), seq_index)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)

@@ -25,21 +25,18 @@ KL(sampler ‖ trainer) per token, ``r − 1 − log r`` with ``r = exp(p − q)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-__all__ = ["CORRECTION_MODES", "SamplerCorrection", "sampler_correction"]
+from entropyctl.ops.losses import response_sums
 
+__all__ = ["CORRECTION_MODES", "CorrectionMode", "SamplerCorrection", "sampler_correction"]
+
+#: the modes, one list for this function and the config's ``algorithm.rollout_correction.mode``
 CorrectionMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "monitor"]
-CORRECTION_MODES: tuple[str, ...] = (
-    "token_truncate",
-    "token_mask",
-    "sequence_truncate",
-    "sequence_mask",
-    "monitor",
-)
+CORRECTION_MODES: tuple[str, ...] = get_args(CorrectionMode)
 
 
 @dataclass(frozen=True)
@@ -88,10 +85,7 @@ def sampler_correction(
         return SamplerCorrection(ones, torch.zeros_like(diff, dtype=torch.bool), kl, abs_diff)
     log_r = diff
     if mode.startswith("sequence"):
-        rows = seq_index.to(p.device, torch.long)
-        width = int(rows.max()) + 1 if rows.numel() else 0
-        per_row = torch.zeros(width, dtype=torch.float64, device=p.device).index_add_(0, rows, diff)
-        log_r = per_row[rows]
+        log_r, _ = response_sums(diff, seq_index)
     # exp in float64 overflows only past log r ≈ 709, to inf, which every upper bound then truncates or masks
     ratio = torch.exp(log_r)
     low = torch.zeros_like(ratio, dtype=torch.bool) if clip_min is None else ratio < clip_min

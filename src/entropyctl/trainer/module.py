@@ -56,11 +56,12 @@ from entropyctl.trainer.phases import (
     local_sums,
     metrics_row,
     observe,
-    overlong_penalty,
     plan_groups,
     score,
+    shaped_rewards,
 )
 from entropyctl.trainer.run_dir import (
+    SHAPING_PREFIX,
     CompletionsWriter,
     MetricsWriter,
     RunStopped,
@@ -655,7 +656,7 @@ class RLVRModule(pl.LightningModule):
         # (problem, completions, row of group, rewards[G], shaping scores [G, K] or None)
         kept: list[tuple[Any, Completions, int, Tensor, Tensor | None]] = []
         spare: list[tuple[Any, Completions, int, Tensor, Tensor | None]] = []
-        weights = torch.tensor([s.weight for s in self.config.reward.shaping], dtype=torch.float32)
+        weights = [s.weight for s in self.config.reward.shaping]
         dropped = 0
         attempts = 1 + (cfg.max_refills if cfg.dynamic_sampling else 0)
         for attempt in range(attempts):
@@ -664,13 +665,8 @@ class RLVRModule(pl.LightningModule):
             comp, rewards, shaping = self._rollout(
                 problems, derive_seed("rollout", self.config.seed, rank, step, attempt), timers
             )
-            # the all-equal test of dynamic sampling reads the reward the advantages come from: the verifier's,
-            # the weighted shaping scores and the overlong penalty
-            combined = rewards if shaping is None else rewards + (shaping * weights).sum(-1)
-            if cfg.overlong == "penalty":
-                lengths = comp.response_mask.sum(1)
-                penalty = overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer)
-                combined = combined + penalty.reshape(combined.shape).to(combined.dtype)
+            # the all-equal test of dynamic sampling reads the reward the advantages come from
+            combined = shaped_rewards(rewards, shaping, weights, comp.response_mask.sum(1), cfg)
             for i, problem in enumerate(problems):
                 group = (problem, comp, i, rewards[i], None if shaping is None else shaping[i])
                 if cfg.dynamic_sampling and bool(combined[i].max() == combined[i].min()):
@@ -1109,7 +1105,7 @@ class RLVRModule(pl.LightningModule):
                 for label, value in zip(
                     self.config.reward.shaping_labels(), collected.shaping[i, j], strict=True
                 ):
-                    row[f"shaping/{label}"] = float(value)
+                    row[SHAPING_PREFIX + label] = float(value)
             rows.append(row)
         return rows
 

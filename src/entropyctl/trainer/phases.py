@@ -30,6 +30,7 @@ __all__ = [
     "Updated",
     "StepResult",
     "overlong_penalty",
+    "shaped_rewards",
     "score",
     "plan_groups",
     "observe",
@@ -136,6 +137,26 @@ class StepResult:
     row: dict[str, Any]
 
 
+def shaped_rewards(
+    rewards: Tensor, shaping: Tensor | None, weights: Sequence[float], lengths: Tensor, rollout: Any
+) -> Tensor:
+    """The reward the advantages come from, ``[P, G]``: the verifier's ``rewards``, plus Σ_k w_k·score_k of
+    ``shaping`` ``[P, G, K]`` (``reward.shaping``), plus DAPO's overlong penalty of the responses'
+    ``lengths`` ``[P·G]`` when ``rollout.overlong == "penalty"``. Also what dynamic sampling compares."""
+    P, G = rewards.shape
+    shaped = rewards.clone()
+    if shaping is not None:
+        if shaping.shape != (P, G, len(weights)):
+            raise ValueError(f"shaping scores of shape {tuple(shaping.shape)} for {len(weights)} weights")
+        w = torch.tensor(list(weights), dtype=shaping.dtype)
+        shaped = shaped + (shaping * w).sum(-1).to(shaped.dtype)
+    if rollout.overlong == "penalty":
+        shaped = shaped + overlong_penalty(lengths, rollout.max_new_tokens, rollout.overlong_buffer).reshape(
+            P, G
+        )
+    return shaped
+
+
 def score(
     collected: Collected,
     rollout: Any,
@@ -145,27 +166,14 @@ def score(
     reduce: Callable[[Tensor], Tensor] | None = None,
     shaping_weights: Sequence[float] = (),
 ) -> Scored:
-    """Shaped rewards (verifier + DAPO overlong penalty when ``rollout.overlong == "penalty"``), each
-    group's accuracy (partial credit 0 < r < 1 counts in the reward only) and group advantages.
+    """Shaped rewards (:func:`shaped_rewards`), each group's accuracy (partial credit 0 < r < 1 counts in the reward only) and group advantages.
     ``reduce`` sums a float64 tensor over processes (the batch std of ``advantage_scale="batch"`` is the
     global batch's); None: this process's rollouts are the batch. ``shaping_weights``: w_k of
     ``collected.shaping``'s K scores, added to the verifier's reward (not to the accuracy)."""
     correct = collected.rewards
-    P, G = correct.shape
     comp = collected.completions
     lengths = comp.response_mask.sum(1)
-    shaped = correct.clone()
-    if collected.shaping is not None:
-        if collected.shaping.shape != (P, G, len(shaping_weights)):
-            raise ValueError(
-                f"shaping scores of shape {tuple(collected.shaping.shape)} for {len(shaping_weights)} weights"
-            )
-        weights = torch.tensor(list(shaping_weights), dtype=collected.shaping.dtype)
-        shaped = shaped + (collected.shaping * weights).sum(-1).to(shaped.dtype)
-    if rollout.overlong == "penalty":
-        shaped = shaped + overlong_penalty(lengths, rollout.max_new_tokens, rollout.overlong_buffer).reshape(
-            P, G
-        )
+    shaped = shaped_rewards(correct, collected.shaping, shaping_weights, lengths, rollout)
     accuracy = (correct >= 1.0).to(correct.dtype).mean(dim=1)
     levels = torch.tensor([int(getattr(p, "level", 0)) for p in collected.problems], dtype=torch.long)
     return Scored(

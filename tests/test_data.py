@@ -22,6 +22,7 @@ from entropyctl.data import (
     format_prompt,
     load_math_dataset,
 )
+from entropyctl.rewards.math import verify_answer
 
 DATA = Path(__file__).parent / "data"
 
@@ -296,6 +297,24 @@ def test_limit_and_numeric_answers(tmp_path: Path) -> None:
     path = _write(tmp_path, [json.dumps({"question": f"q{i}", "final_answer": i}) for i in range(5)])
     problems = load_math_dataset(path, limit=3)
     assert [(p.prompt, p.answer) for p in problems] == [("q0", "0"), ("q1", "1"), ("q2", "2")]
+
+
+def test_float_answers_are_written_in_positional_digits(tmp_path: Path) -> None:
+    """A JSON float answer became Python's str(): 0.00005 → '5e-05', which no completion writes and SymPy
+    does not read, so the row could never be solved."""
+    rows = [{"question": f"q{i}", "answer": value} for i, value in enumerate([0.00005, 1e16, 2.5, 18.0])]
+    path = _write(tmp_path, [json.dumps(r) for r in rows])
+    assert [p.answer for p in load_math_dataset(path)] == ["0.00005", "10000000000000000", "2.5", "18.0"]
+    assert verify_answer("\\boxed{0.00005}", "0.00005") == 1.0
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused_with_the_line(tmp_path: Path, constant: str) -> None:
+    """Python's json accepts NaN and Infinity (JSON has neither): the answer became 'nan', which the
+    math reward scored 1 against '\\boxed{nan}' as identical strings."""
+    path = _write(tmp_path, ['{"question": "q", "answer": 1}', f'{{"question": "q", "answer": {constant}}}'])
+    with pytest.raises(DatasetError, match=f"data.jsonl:2: invalid JSON \\({constant} is not a JSON value"):
+        load_math_dataset(path)
 
 
 # --------------------------------------------------------------------------------- templates

@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ pytest.importorskip("reasoning_gym", reason="the `tasks` extra (reasoning-gym) i
 from entropyctl.config import ConfigError, load_run_config  # noqa: E402
 from entropyctl.data.reasoning_gym import GoldAnswer, ReasoningGymTask  # noqa: E402
 from entropyctl.rewards import get_reward  # noqa: E402
+from entropyctl.rewards.answers import MAX_TEXT_CHARS  # noqa: E402
 from entropyctl.rewards.reasoning_gym import (  # noqa: E402
     BELOW_ONE,
     ReasoningGymVerifier,
@@ -326,6 +328,22 @@ def test_extraction_order() -> None:
     assert extract_final_answer("so\nFinal answer: **42**") == "42"
     assert extract_final_answer("  -7 ") == "-7"
     assert extract_final_answer("   ") is None
+    assert extract_final_answer("<answer>x</answer> trailing </answer>") == "x"
+    assert (
+        extract_final_answer("<answer>a <ANSWER>b</Answer>") == "b"
+    )  # a closing tag ends the latest opening
+    assert extract_final_answer("Final Answer: The final answer is 7") == "7"
+
+
+def test_extraction_is_linear_in_repeated_answer_tags() -> None:
+    """The lazy regex took 3.3 s on 64k characters of repeated '<answer>' (quadratic), in the trainer's
+    process, before the worker's timeout applies. A linear scan of the 200k-character cut takes
+    milliseconds; 2 s leaves a wide margin on a loaded machine and no quadratic scan passes it
+    (~30 s at that length)."""
+    text = "<answer>" * (MAX_TEXT_CHARS // 8 - 1) + "1"  # just under the cut
+    start = time.perf_counter()
+    assert extract_final_answer(text) == text.strip()
+    assert time.perf_counter() - start < 2.0
 
 
 # ----------------------------------------------------------------------------------------- training

@@ -23,7 +23,7 @@ from entropyctl.rewards import (
     get_reward,
     verify_answer,
 )
-from entropyctl.rewards.answers import MAX_TEXT_CHARS, _last_inline_math
+from entropyctl.rewards.answers import MAX_TEXT_CHARS, _is_prose, _last_inline_math
 from entropyctl.rewards.math import (
     MAX_ANSWER_CHARS,
     MathVerifier,
@@ -113,6 +113,21 @@ def strict_reward(verifier: MathVerifier) -> MathReward:
         ("The answer is 3.5.", "3.5"),
         ("The answer is 2, 3", "2, 3"),
         ("Final answer: \\frac{1, since}{2}", "\\frac{1, since}{2}"),
+        # Minerva's format (lm-eval's minerva_math): the inner marker's answer, not the sentence
+        ("Final Answer: The final answer is $18$. I hope it is correct.", "18"),
+        ("Final answer: the answer is 18", "18"),
+        ("**Final Answer:** **The answer is 7**", "7"),
+        ("Answer: 5. The answer is checked below", "5"),  # a marker after the clause break is not followed
+        # "and" before prose ends the answer; a list's ", and" does not, and reads as a comma
+        ("The answer is 42 and we are done.", "42"),
+        ("The answer is 1, 2, and 3.", "1, 2, 3"),
+        ("The answer is -2, -1, or 4", "-2, -1, 4"),
+        ("The answer is x and y", "x and y"),
+        # dollar amounts are no inline math: the prose between two of them is skipped
+        ("She sells 9 eggs for $2 each, so she makes 9 * $2 = $18 every day.", "18"),
+        ("She earns $5 per hour. After 4 hours she has $20.", "20"),
+        ("The total is $\\text{18 dollars}$", "\\text{18 dollars}"),  # words in braces are math's own
+        ("so $\\sin x = 1$ at the top", "\\sin x = 1"),
     ],
 )
 def test_extract_answer_order(text: str, expected: str | None) -> None:
@@ -168,6 +183,24 @@ def test_parse_number_forms() -> None:
         ("\\boxed{12 \\times 7 = 84}", "84"),
         ("\\boxed{\\frac{38}{2} = 19}", "19"),
         ("so 3*6+1 = 19.", "19"),
+        ("Final Answer: The final answer is $18$. I hope it is correct.", "18"),
+        ("She sells 9 eggs for $2 each, so she makes 9 * $2 = $18 every day.", "18"),
+        ("The answer is 42 and we are done.", "42"),
+        ("The answer is 1, 2, and 3.", "1, 2, 3"),
+        # a number and at most two units (math-verify knows "cm" and "apples", not "dollars" or "km/h")
+        ("The answer is $18$ dollars.", "18"),
+        ("#### 18 dollars", "18"),
+        ("\\boxed{18 dollars}", "18"),
+        ("\\boxed{5 km/h}", "5"),
+        ("\\boxed{18\\text{ cm}}", "18"),
+        ("\\boxed{\\$18}", "18"),
+        # a spaced sign, one pair of parentheses, and digit groups spaced the LaTeX ways
+        ("\\boxed{- 5}", "-5"),
+        ("\\boxed{(-5)}", "-5"),
+        ("\\boxed{1\\,000}", "1000"),
+        ("\\boxed{1{,}000}", "1000"),
+        ("\\boxed{1~000}", "1000"),
+        ("\\boxed{12 345}", "12345"),
     ],
 )
 def test_equivalent_forms_score_one(reward: MathReward, completion: str, gold: str) -> None:
@@ -194,6 +227,15 @@ def test_equivalent_forms_score_one(reward: MathReward, completion: str, gold: s
         ("\\boxed{x=5, y=19}", "19", "wrong"),  # two equations: not read as the last side's number
         ("\\boxed{x \\le 19}", "19", "wrong"),
         ("I do not know", "19", "no_answer"),
+        # units are words after a space: not a product (5x), a constant (2 pi) or more numbers
+        ("\\boxed{5x}", "5", "wrong"),
+        ("\\boxed{2 pi}", "2", "wrong"),
+        ("\\boxed{2 \\sqrt{2}}", "2", "wrong"),
+        ("\\boxed{18 and 19}", "18", "wrong"),
+        ("\\boxed{5 more than x}", "5", "wrong"),
+        ("\\boxed{18 dollars}", "19", "wrong"),
+        ("\\boxed{(12+7)}", "19", "wrong"),  # parentheses around unevaluated arithmetic
+        ("\\boxed{1 00}", "100", "wrong"),  # a space is a digit-group separator only before three digits
     ],
 )
 def test_wrong_answers_score_zero(verifier: MathVerifier, completion: str, gold: str, status: str) -> None:
@@ -520,6 +562,43 @@ def _regex_last_inline(text: str) -> str | None:
 def test_linear_inline_math_scan_equals_the_regex(text: str) -> None:
     # the regex is the oracle (quadratic on unclosed openers, exact on short strings)
     assert _last_inline_math(text) == _regex_last_inline(text)
+
+
+def _regex_last_inline_math_not_prose(text: str) -> str | None:
+    last = None
+    for match in _OLD_INLINE.finditer(text):
+        dollar = match.group(1) is not None or match.group(2) is not None
+        content = next(g for g in match.groups() if g is not None)
+        if not (dollar and _is_prose(content)):
+            last = content
+    return last
+
+
+PROSE_PIECES = [
+    "$",
+    "$",
+    "$$",
+    "abc de",
+    "\\(",
+    "\\)",
+    "\\[",
+    "\\]",
+    "{",
+    "}",
+    "abc",
+    "de",
+    "\\sin",
+    " ",
+    "1",
+    "\n",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(PROSE_PIECES), max_size=16).map("".join))
+def test_skipping_prose_spans_keeps_the_spans_and_drops_only_prose(text: str) -> None:
+    # the same spans as the regex; the last one that is not a $-span of prose
+    assert _last_inline_math(text, skip_prose=True) == _regex_last_inline_math_not_prose(text)
 
 
 ADVERSARIAL_PIECES = [

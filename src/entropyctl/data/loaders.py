@@ -18,9 +18,11 @@ Every malformed row raises :class:`DatasetError` naming the file, the line (JSON
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +107,12 @@ def normalize_answer_field(value: Any, field: str) -> str | None:
     """The final answer held by an answer field's value, or None when it holds none."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        # positional digits, never Python's exponent form: 0.00005 is "0.00005" (not "5e-05", which no
+        # completion writes and SymPy does not read); NaN and infinity are no answer
+        return format(Decimal(repr(value)), "f") if math.isfinite(value) else None
     if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 1:
         return normalize_answer_field(value[0], field)
     if not isinstance(value, str):
@@ -141,6 +147,15 @@ MAX_LINE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 
 
+class _NonStandardJSON(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    """``json.loads``' hook for ``NaN``, ``Infinity`` and ``-Infinity``, which Python accepts and JSON has not."""
+    raise _NonStandardJSON(f"{name} is not a JSON value; write the answer as a number or a string")
+
+
 def _iter_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[str, Any]]:
     """(line number, parsed JSON) per non-blank line; a UTF-8 BOM at the start is accepted. Undecodable
     bytes, invalid JSON and lines over ``max_line_bytes`` are errors naming ``file:line``; a long line
@@ -173,11 +188,13 @@ def _iter_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tu
             if not line.strip():
                 continue
             try:
-                yield str(number), json.loads(line)
+                yield str(number), json.loads(line, parse_constant=_no_constant)
             except json.JSONDecodeError as exc:
                 raise DatasetError(
                     path, str(number), f"invalid JSON ({exc.msg} at column {exc.colno})"
                 ) from exc
+            except _NonStandardJSON as exc:
+                raise DatasetError(path, str(number), f"invalid JSON ({exc})") from None
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:

@@ -5,13 +5,18 @@ Extraction (:func:`extract_answer`) tries, in this order, and returns the first 
 1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced, nested braces; the outermost of nested boxes), or
    a later brace-less ``\\boxed 5`` (MATH's own form in a few solutions: the text to the next ``$``);
 2. the last final-answer line: ``#### X`` (GSM8K), ``final answer: X`` / ``final answer is X``,
-   ``the answer is X``, ``Answer: X`` (case-insensitive; X runs to the end of its line or to its first
-   clause break outside braces and ``$...$`` — ``. ``, a comma before a word (not ``2, 3``), ``;``, `` (``, a dash, or a word such as
-   ``since``/``because``/``check`` — so that a check written after the answer is not graded as it; a
-   trailing period and surrounding ``$`` are dropped);
+   ``the answer is X``, ``Answer: X`` (case-insensitive; a marker inside X is followed to its own X, so
+   Minerva's ``Final Answer: The final answer is $18$. I hope it is correct.`` answers ``18``; X runs to
+   the end of its line or to its first clause break outside braces and ``$...$`` — ``. ``, a comma
+   before a word (not ``2, 3``, nor a list's ``, and 3``), ``;``, `` (``, a dash, ``and``/``but`` before
+   a word, or a word such as ``since``/``because``/``check`` — so that a check written after the answer
+   is not graded as it; a trailing period and surrounding ``$`` are dropped, and a list's ``, and`` /
+   ``, or`` becomes ``,``);
 3. the whole text, when it is a short bare answer such as ``19``, ``-3.5``, ``\\frac{1}{2}`` (the tiny
    char-model task: its completion IS the answer);
-4. the last inline math ``$...$``, ``\\(...\\)`` or ``\\[...\\]``;
+4. the last inline math ``$...$``, ``\\(...\\)`` or ``\\[...\\]`` — not a ``$...$`` span holding
+   prose (two or more words outside braces and commands: dollar amounts such as ``$2 each, so she makes
+   9 * $``, which a currency sign opened and the next one closed);
 5. the last number in the text (only when ``last_number=True``, the default).
 """
 
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MAX_TEXT_CHARS", "extract_answer", "gold_answer", "last_boxed"]
+__all__ = ["MAX_TEXT_CHARS", "extract_answer", "final_line_value", "gold_answer", "last_boxed"]
 
 #: Completions longer than this are cut (from the front: answers come last) before extraction.
 MAX_TEXT_CHARS = 200_000
@@ -42,10 +47,16 @@ _FINAL_LINE = re.compile(
 )
 #: Where a final-answer line's answer ends and the prose after it begins (outside braces and ``$...$``).
 _CLAUSE_BREAK = re.compile(
-    r"\.\s|,\s+(?=[a-z]{2}|i\.e\.|e\.g\.)|;|\s\(|\s[—–]\s|\s(?:since|because|as|so|which|where|when|from|given|check|checking|"
-    r"verify|verifying|then)\b",
+    r"\.\s|,\s+(?!(?:and|or)\s+[^\sa-z])(?=[a-z]{2}|i\.e\.|e\.g\.)|;|\s\(|\s[—–]\s|\s(?:and|but)\s+(?=[a-z]{2})"
+    r"|\s(?:since|because|as|so|which|where|when|from|given|check|checking|verify|verifying|then)\b",
     re.IGNORECASE,
 )
+_LEADING_THE = re.compile(r"the\s+(?=final\b)", re.IGNORECASE)
+#: ``1, 2, and 3`` / ``x, or y``: a list's last item, read as ``1, 2, 3``
+_LIST_AND = re.compile(r",\s*(?:and|or)\s+(?=[^\sa-z])", re.IGNORECASE)
+#: a word of prose in inline math: three or more letters not part of a ``\\command``
+_PROSE_WORD = re.compile(r"(?<![\\a-z])[a-z]{3,}", re.IGNORECASE)
+_BRACED = re.compile(r"\{[^{}]*\}")
 #: The inline-math spans, as the regex ``\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]`` (DOTALL) would
 #: find them with ``finditer``; :func:`_last_inline_math` computes its last match in linear time (the
 #: regex itself is quadratic on unclosed openers: each one scans to the end of the text).
@@ -101,9 +112,19 @@ def _balanced_prefix(text: str) -> str:
     return text
 
 
-def _last_inline_math(text: str) -> str | None:
+def _is_prose(content: str) -> bool:
+    """Whether a ``$...$`` span's content is prose rather than math: two or more words of three or more
+    letters outside braces and ``\\commands`` (what lies between two dollar amounts in a sentence)."""
+    for _ in range(3):  # drop \text{...} and other braced groups, nested up to three deep
+        content = _BRACED.sub(" ", content)
+    return len(_PROSE_WORD.findall(content)) >= 2
+
+
+def _last_inline_math(text: str, *, skip_prose: bool = False) -> str | None:
     """Content of the last inline-math span (``$$..$$``, ``$..$``, ``\\(..\\)``, ``\\[..\\]``, non-empty,
-    leftmost-first and non-overlapping as a regex scan would take them), in O(len(text)).
+    leftmost-first and non-overlapping as a regex scan would take them), in O(len(text)); with
+    ``skip_prose``, of the last such span that is not a ``$``-delimited one holding prose (:func:`_is_prose`;
+    the spans themselves are the same).
 
     Linear because every closer search either succeeds (the scan resumes after that closer) or fails
     once per closer kind (a closer absent after one position is absent after every later one)."""
@@ -126,12 +147,14 @@ def _last_inline_math(text: str) -> str | None:
             if end < 0:
                 absent.add(closer)
                 continue
-            span = (content, end, end + len(closer))
+            span = (content, end, end + len(closer), opener.startswith("$"))
             break
         if span is None:
             pos = start + 1
         else:
-            last, pos = (span[0], span[1]), span[2]
+            if not (skip_prose and span[3] and _is_prose(text[span[0] : span[1]])):
+                last = (span[0], span[1])
+            pos = span[2]
     return None if last is None else text[last[0] : last[1]]
 
 
@@ -162,6 +185,24 @@ def _clean(answer: str) -> str:
     return boxed.strip() if boxed is not None else answer
 
 
+def final_line_value(text: str) -> str | None:
+    """The raw answer of the last final-answer line of ``text`` (rule 2, before its clause break), or None;
+    an answer that opens with a marker of its own is followed to that marker's answer (Minerva's ``Final
+    Answer: The final answer is $18$.``; not ``Answer: 5. The answer is checked``)."""
+    last_line = None
+    for match in _FINAL_LINE.finditer(text):
+        last_line = match
+    if last_line is None:
+        return None
+    value = next(g for g in last_line.groups() if g is not None)
+    for _ in range(4):  # each round drops a marker: the value shrinks
+        inner = _FINAL_LINE.match(_LEADING_THE.sub("", value.lstrip(" \t*")))
+        if inner is None:
+            break
+        value = next(g for g in inner.groups() if g is not None)
+    return value
+
+
 def extract_answer(text: str, *, last_number: bool = True) -> str | None:
     """The final answer in ``text`` (see the module docstring for the order of rules), or None."""
     if not text:
@@ -175,12 +216,9 @@ def extract_answer(text: str, *, last_number: bool = True) -> str | None:
     if boxed is not None:
         boxed = boxed.strip()
         return boxed or None
-    last_line = None
-    for match in _FINAL_LINE.finditer(text):
-        last_line = match
-    if last_line is not None:
-        value = next(g for g in last_line.groups() if g is not None)
-        value = _clean(_first_clause(value))
+    line = final_line_value(text)
+    if line is not None:
+        value = _LIST_AND.sub(", ", _clean(_first_clause(line)))
         if value:
             return value
     stripped = text.strip()
@@ -190,7 +228,7 @@ def extract_answer(text: str, *, last_number: bool = True) -> str | None:
             # No words: letters only as LaTeX commands/variables (\frac, x), never "so the sum is".
             if not re.search(r"(?<!\\)\b[a-z]{3,}\b", candidate, re.IGNORECASE):
                 return candidate
-    last_math = _last_inline_math(text)
+    last_math = _last_inline_math(text, skip_prose=True)
     if last_math is not None:
         value = _clean(last_math)
         if value:

@@ -98,6 +98,47 @@ def _plain_equation(text: str) -> str:
     return _SIMPLE_FRAC.sub(r"((\1)/(\2))", text)
 
 
+#: a unit after a number: a word of two or more letters (``km/h``, ``cm^2``), a ``\\text{...}``-like group,
+#: ``%`` or ``°`` — not a function or constant such as ``pi``, ``sqrt``, ``log``
+_UNIT = (
+    r"(?:\\(?:text|mathrm|textrm|mbox)\s*\{[^{}]*\}|\\?%|°|\\circ|[A-Za-z]{2,}(?:/[A-Za-z]+)?(?:\^?[23])?)"
+)
+_NUMBER_WITH_UNITS = re.compile(
+    rf"(?:\\?\$)?\s*(?P<number>[^\s$]+?)\s*\$?(?P<units>(?:\s*{_UNIT}){{1,2}})\s*\.?"
+)
+_NOT_UNITS = {
+    "pi",
+    "sqrt",
+    "ln",
+    "log",
+    "exp",
+    "sin",
+    "cos",
+    "tan",
+    "cot",
+    "sec",
+    "csc",
+    "mod",
+    "times",
+    "cdot",
+}
+
+
+def _number_with_units(text: str) -> Fraction | None:
+    """A plain number followed by at most two units (``18 dollars``, ``$18$ dollars``, ``18\\text{ cm}``,
+    ``5 km/h``) as its number; None for anything else (``5x``, ``2 pi``, ``18 and 19``)."""
+    text = text.strip()
+    match = _NUMBER_WITH_UNITS.fullmatch(text)
+    if match is None:
+        return None
+    words = re.findall(r"(?<![\\{])\b[A-Za-z]+", match.group("units"))
+    if any(w.lower() in _NOT_UNITS for w in words):
+        return None
+    if text[match.end("number")].isalpha():
+        return None  # a word glued to the number is a product (``5x``, ``2pi``), not a unit
+    return parse_number(match.group("number"))
+
+
 def _final_side_number(text: str) -> tuple[Fraction | None, bool]:
     """An equation chain read as its answer: ``(value, False)`` when the last side is a plain number and every
     earlier side is one name or arithmetic that evaluates exactly to it (``12+7=19``, ``x = 19``,
@@ -209,14 +250,25 @@ class _Arithmetic:
         raise ArithmeticError(f"unexpected {token!r}")
 
 
+#: a space between digit groups (``1\\,000``, ``1{,}000``, ``1~000``, ``1 000``): read as a thousands comma
+_GROUP_SPACE = re.compile(r"(?<=\d)(?:\\[,!; ]|\{,\}|~|[ \t])(?=\d{3}(?!\d))")
+_SIGN_SPACE = re.compile(r"^([+-])\s+(?=[\d.\\])")
+_WRAPPED = re.compile(r"\(\s*([^()]*?)\s*\)")
+
+
 def parse_number(text: str) -> Fraction | None:
-    """A plain number (``18``, ``-3.50``, ``1,000``, ``1/2``, ``\\frac{1}{2}``) as an exact Fraction, else None."""
+    """A plain number (``18``, ``-3.50``, ``1,000``, ``1\\,000``, ``1/2``, ``\\frac{1}{2}``, ``- 5``, ``(-5)``) as
+    an exact Fraction, else None."""
     text = text.strip()
     if text.startswith("\\$"):
         text = text[2:]
     text = text.strip("$ ").rstrip(".").strip()
     if not text or len(text) > _MAX_FAST_DIGITS:
         return None
+    wrapped = _WRAPPED.fullmatch(text)
+    if wrapped:
+        text = wrapped.group(1)
+    text = _SIGN_SPACE.sub(r"\1", _GROUP_SPACE.sub(",", text))
     if _PLAIN_NUMBER.fullmatch(text):
         return Fraction(text.replace(",", ""))
     match = _PLAIN_FRACTION.fullmatch(text)
@@ -599,6 +651,8 @@ def check_answer(
         pred_number, false_equation = _final_side_number(extracted)
         if false_equation:  # SymPy would read its last side alone
             return VerifyResult("wrong", 0.0, extracted, "false equation", time.perf_counter() - start)
+        if pred_number is None:  # "18 dollars": math-verify knows some units and not others
+            pred_number = _number_with_units(extracted)
     if pred_number is not None and gold_number is not None:
         status: Status = "correct" if pred_number == gold_number else "wrong"
         return VerifyResult(status, float(status == "correct"), extracted, "", time.perf_counter() - start)

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from entropyctl.rewards.answers import last_boxed
+from entropyctl.rewards.answers import MAX_TEXT_CHARS, final_line_value, last_boxed
 from entropyctl.rewards.base import RewardFunction
 from entropyctl.rewards.math import (
     DEFAULT_STARTUP_TIMEOUT_S,
@@ -47,29 +47,34 @@ __all__ = ["BELOW_ONE", "ReasoningGymReward", "ReasoningGymVerifier", "extract_f
 #: The largest float32 below 1: the most a score that is not exactly 1 may give.
 BELOW_ONE = 1.0 - 2.0**-24
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_ANSWER_LINE = re.compile(
-    r"(?:^|\n)[ \t]*####[ \t]*(?P<hash>[^\n]*)"
-    r"|final[ \t]+answer(?:[ \t]+is)?[ \t]*[:：]?[ \t]*(?P<final>[^\n]*)"
-    r"|the[ \t]+answer[ \t]+is[ \t]*[:：]?[ \t]*(?P<is>[^\n]*)"
-    r"|(?:^|\n)[ \t]*\**answer\**[ \t]*[:：][ \t]*(?P<colon>[^\n]*)",
-    re.IGNORECASE,
-)
+_ANSWER_TAG = re.compile(r"<(/?)answer>", re.IGNORECASE)
+
+
+def _last_answer_tag(text: str) -> str | None:
+    """Content of the last ``<answer>...</answer>`` (a closing tag ends the latest opening one before it),
+    in one linear pass over the tags (the lazy regex ``<answer>(.*?)</answer>`` is quadratic on repeated
+    unclosed openers)."""
+    last, opened = None, None
+    for match in _ANSWER_TAG.finditer(text):
+        if not match.group(1):
+            opened = match.end()
+        elif opened is not None:
+            last, opened = (opened, match.start()), None
+    return None if last is None else text[last[0] : last[1]]
 
 
 def extract_final_answer(text: str) -> str | None:
     """The final answer in a completion (see the module docstring for the order), or None when empty."""
-    text = text.replace("\x00", "")
+    text = text.replace("\x00", "")[-MAX_TEXT_CHARS:]
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip()
-    tags = _ANSWER_TAG.findall(text)
-    if tags:
-        return str(tags[-1]).strip()
-    lines = list(_ANSWER_LINE.finditer(text))
-    if lines:
-        line = lines[-1]
-        value = next(g for g in line.groups() if g is not None).strip().strip("*").strip()
+    tag = _last_answer_tag(text)
+    if tag is not None:
+        return tag.strip()
+    value = final_line_value(text)
+    if value is not None:
+        value = value.strip().strip("*").strip()
         if value.startswith("$") and value.endswith("$") and len(value) >= 2:
             value = value.strip("$").strip()
         if value:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from entropyctl.config import (
     load_run_config,
     suggest_field,
 )
-from entropyctl.config.loading import KNOWN_RENAMES
+from entropyctl.config.loading import FOREIGN_NAMES, KNOWN_RENAMES
 from entropyctl.rewards import registry
 from entropyctl.rewards.registry import MathReward, check_reward, get_reward, reward_options
 
@@ -307,9 +308,81 @@ def test_other_tools_clip_names_point_to_the_controller(field: str, pointer: str
     assert one_line([f"{field}=0.28"]) == f"--set {field}=0.28: unknown field; did you mean {pointer}?"
 
 
-def test_every_pointer_names_a_field_the_default_config_has() -> None:
-    fields = load_run_config(None).model_dump()
-    for target in KNOWN_RENAMES.values():
-        for path in target.split(" and "):
-            section, _, name = path.partition(".")
-            assert name in fields[section], path
+def _target_paths(target: str) -> list[str]:
+    """The field paths a pointer names: ``a.b and c.d (a note)`` → ``a.b``, ``c.d``."""
+    return target.split(" (")[0].split(" and ")
+
+
+def _has_field(path: str) -> bool:
+    """Whether ``path`` is a field of the default config (or of one with the optional sections that hold
+    pointed-at fields), or, for ``controller.*``, of some controller's config; a key under a free-form
+    ``options`` mapping counts as its mapping."""
+    if ".options." in path:
+        path = path.split(".options.")[0] + ".options"
+    section, _, rest = path.partition(".")
+    configs = [load_run_config(None), load_run_config(None, ["algorithm.rollout_correction.mode=monitor"])]
+    if section == "controller":
+        configs += [load_run_config(None, [f"controller.name={name}"]) for name in ("fixed", "clip_higher")]
+    for config in configs:
+        node: Any = config.model_dump()[section]
+        for part in rest.split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is not KeyError:
+            return True
+    return False
+
+
+def test_every_pointer_names_a_field_we_have() -> None:
+    for target in [*KNOWN_RENAMES.values(), *FOREIGN_NAMES.values()]:
+        for path in _target_paths(target):
+            assert _has_field(path), (target, path)
+
+
+def _our_field_names() -> set[str]:
+    from pydantic import BaseModel
+
+    from entropyctl.config import RunConfig
+    from entropyctl.controllers.registry import available_controllers, get_config_class
+
+    names: set[str] = set()
+
+    def walk(model: type[BaseModel], depth: int) -> None:
+        for name, field in model.model_fields.items():
+            names.add(name)
+            for kind in (field.annotation, *typing.get_args(field.annotation)):
+                for inner in (kind, *typing.get_args(kind)):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel) and depth < 4:
+                        walk(inner, depth + 1)
+
+    walk(RunConfig, 0)
+    for name in available_controllers():
+        walk(get_config_class(name), 0)
+    return names
+
+
+def test_no_foreign_name_is_a_field_of_ours() -> None:
+    """A foreign name is matched on the last part of an unknown path: were it also one of our own field
+    names, a misplaced field of ours would be pointed at another one."""
+    assert not set(FOREIGN_NAMES) & _our_field_names()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # TRL's flat names, at the top level or in a section
+        ("num_generations=8", "did you mean rollout.group_size?"),
+        ("algorithm.num_iterations=2", "did you mean algorithm.ppo_epochs?"),
+        ("rollout.max_completion_length=64", "did you mean rollout.max_new_tokens?"),
+        # where difflib pointed at the wrong field: trainer.steps, trainer.save_last, micro_batch_size
+        ("trainer.eval_steps=10", "did you mean eval.every?"),
+        ("trainer.save_steps=10", "did you mean trainer.checkpoint_every?"),
+        ("algorithm.ppo_mini_batch_size=4", "did you mean algorithm.mini_batches (a number of mini-batches"),
+        # verl's nested sections
+        ("actor_rollout_ref.actor.clip_ratio_high=0.28", "clip_ratio_high → controller.clip_high"),
+        ("actor_rollout_ref.actor.entropy_coeff=0.01", "entropy_coeff → controller.name (fixed"),
+        # OpenRLHF
+        ("n_samples_per_prompt=8", "did you mean rollout.group_size?"),
+    ],
+)
+def test_other_trainers_names_point_to_ours(override: str, message: str) -> None:
+    assert message in one_line([override])

@@ -31,7 +31,7 @@ from entropyctl.config.run import (
 from entropyctl.controllers.config import ControllerConfig
 from entropyctl.validation import ConfigError
 
-__all__ = ["KNOWN_RENAMES", "load_run_config", "suggest_field"]
+__all__ = ["FOREIGN_NAMES", "KNOWN_RENAMES", "load_run_config", "suggest_field"]
 
 
 def load_run_config(
@@ -155,42 +155,158 @@ def _fields_near(path: str, data: Any) -> list[str]:
 # --- naming what is wrong ---
 
 
-#: fields users reach for under another name (other tools' spelling, or an older entropyctl's)
+#: fields users reach for under another name, by full path (an older entropyctl's spelling, tools outside RL);
+#: other RL trainers' option names are in :data:`FOREIGN_NAMES`
 KNOWN_RENAMES = {
-    "trainer.max_steps": "trainer.steps",
-    "trainer.max_epochs": "trainer.steps",
+    "trainer.max_epochs": "trainer.steps",  # Lightning's
     "trainer.num_steps": "trainer.steps",
-    "optim.learning_rate": "optim.lr",
-    "rollout.num_generations": "rollout.group_size",
     "rollout.n": "rollout.group_size",
-    "algorithm.beta": "algorithm.kl_coef",
     # the PPO clip range is the controller's (clip_higher and the token-level controllers move it)
     "algorithm.clip_low": "controller.clip_low",
     "algorithm.clip_high": "controller.clip_high",
-    "algorithm.epsilon": "controller.clip_low and controller.clip_high",  # TRL
-    "algorithm.epsilon_high": "controller.clip_high",  # TRL
-    "algorithm.clip_ratio": "controller.clip_low and controller.clip_high",  # verl
-    "algorithm.clip_ratio_low": "controller.clip_low",  # verl
-    "algorithm.clip_ratio_high": "controller.clip_high",  # verl
     "algorithm.cliprange": "controller.clip_low and controller.clip_high",  # TRL's PPO
     "algorithm.clip_range": "controller.clip_low and controller.clip_high",  # stable-baselines3
-    "algorithm.loss_agg_mode": "algorithm.loss_agg",  # verl
-    "algorithm.loss_type": "algorithm.loss_agg",  # TRL (grpo → seq-mean-token-mean, dr_grpo → ...-sum-norm)
-    "algorithm.scale_rewards": "algorithm.advantage_scale",  # TRL (group / batch / none)
-    "algorithm.norm_adv_by_std_in_grpo": "algorithm.advantage_scale",  # verl (false → none)
-    "algorithm.adv_estimator": "algorithm.advantage_baseline and algorithm.advantage_scale",  # verl (rloo, ...)
-    "algorithm.vllm_importance_sampling_correction": "algorithm.rollout_correction",  # TRL
-    "algorithm.rollout_is": "algorithm.rollout_correction",  # verl
-    "algorithm.importance_sampling_level": "algorithm.importance_level",  # TRL (GSPO: sequence)
 }
+
+
+#: other trainers' option names (TRL's ``GRPOConfig`` and its ``TrainingArguments``, verl's
+#: ``ppo_trainer.yaml``, OpenRLHF's ``train_ppo_ray`` flags), matched on the last part of an unknown field
+#: wherever it is set (``--set num_generations=8``, ``trainer.save_steps``, verl's nested
+#: ``actor_rollout_ref.actor.clip_ratio_high``); a note in parentheses where the meaning differs. None of
+#: them is a field name of ours (a test checks).
+FOREIGN_NAMES = {
+    # TRL
+    "num_generations": "rollout.group_size",
+    "num_iterations": "algorithm.ppo_epochs",
+    "max_completion_length": "rollout.max_new_tokens",
+    "steps_per_generation": "algorithm.mini_batches (optimizer steps per PPO epoch)",
+    "generation_batch_size": "rollout.prompts_per_step (prompts per process; × rollout.group_size responses)",
+    "per_device_train_batch_size": "algorithm.micro_batch_size (responses per forward/backward)",
+    "gradient_accumulation_steps": "algorithm.micro_batch_size (a mini-batch is accumulated over micro-batches)",
+    "mask_truncated_completions": "rollout.overlong (mask)",
+    "top_entropy_quantile": "controller.name (high_entropy_tokens)",
+    "entropy_coef": "controller.name (fixed, with controller.alpha)",
+    "use_adaptive_entropy": "controller.name (target or aer)",
+    "vllm_importance_sampling_correction": "algorithm.rollout_correction",
+    "vllm_importance_sampling_mode": "algorithm.rollout_correction.mode",
+    "vllm_importance_sampling_cap": "algorithm.rollout_correction.clip_max",
+    "vllm_importance_sampling_clip_max": "algorithm.rollout_correction.clip_max",
+    "vllm_importance_sampling_clip_min": "algorithm.rollout_correction.clip_min",
+    "importance_sampling_level": "algorithm.importance_level",
+    "use_vllm": "rollout.engine (vllm)",
+    "vllm_gpu_memory_utilization": "rollout.options.gpu_memory_utilization",
+    "learning_rate": "optim.lr",
+    "max_grad_norm": "optim.grad_clip",
+    "adam_beta1": "optim.betas",
+    "adam_beta2": "optim.betas",
+    "adam_epsilon": "optim.eps",
+    "lr_scheduler_type": "optim.schedule",
+    "warmup_ratio": "optim.warmup_steps (a number of steps, not a ratio)",
+    "max_steps": "trainer.steps",
+    "num_train_epochs": "trainer.steps (RLVR steps; there are no data epochs)",
+    "save_steps": "trainer.checkpoint_every",
+    "save_total_limit": "trainer.keep_checkpoints",
+    "eval_steps": "eval.every",
+    "logging_steps": "trainer.log_every",
+    "num_generations_eval": "eval.n_samples",
+    "report_to": "trainer.wandb and trainer.tensorboard",
+    "bf16": "trainer.precision (bf16-mixed)",
+    "beta": "algorithm.kl_coef",
+    "epsilon": "controller.clip_low and controller.clip_high",
+    "epsilon_high": "controller.clip_high",
+    "loss_type": "algorithm.loss_agg",
+    "scale_rewards": "algorithm.advantage_scale",
+    "reward_funcs": "reward.name and reward.shaping",
+    "reward_weights": "reward.shaping",
+    # verl
+    "entropy_coeff": "controller.name (fixed, with controller.alpha)",
+    "use_kl_loss": "algorithm.kl_coef (above 0)",
+    "kl_loss_coef": "algorithm.kl_coef",
+    "clip_ratio": "controller.clip_low and controller.clip_high",
+    "clip_ratio_low": "controller.clip_low",
+    "clip_ratio_high": "controller.clip_high",
+    "loss_agg_mode": "algorithm.loss_agg",
+    "norm_adv_by_std_in_grpo": "algorithm.advantage_scale (none for false)",
+    "adv_estimator": "algorithm.advantage_baseline and algorithm.advantage_scale",
+    "rollout_is": "algorithm.rollout_correction",
+    "ppo_mini_batch_size": "algorithm.mini_batches (a number of mini-batches, not a size)",
+    "ppo_micro_batch_size": "algorithm.micro_batch_size (responses per forward/backward, per process)",
+    "ppo_micro_batch_size_per_gpu": "algorithm.micro_batch_size",
+    "log_prob_micro_batch_size_per_gpu": "algorithm.micro_batch_size",
+    "filter_groups": "rollout.dynamic_sampling",
+    "max_num_gen_batches": "rollout.max_refills",
+    "max_response_length": "rollout.max_new_tokens",
+    "response_length": "rollout.max_new_tokens",
+    "gpu_memory_utilization": "rollout.options.gpu_memory_utilization",
+    "train_files": "data.path",
+    "val_files": "data.eval_path",
+    "prompt_key": "data.options.prompt_field",
+    "train_batch_size": "rollout.prompts_per_step (prompts per process)",
+    "save_freq": "trainer.checkpoint_every",
+    "test_freq": "eval.every",
+    "max_actor_ckpt_to_keep": "trainer.keep_checkpoints",
+    "n_gpus_per_node": "trainer.devices",
+    "total_training_steps": "trainer.steps",
+    "total_epochs": "trainer.steps (RLVR steps; there are no data epochs)",
+    "val_before_train": "eval.before",
+    "clip_grad": "optim.grad_clip",
+    "lr_warmup_steps": "optim.warmup_steps",
+    "lr_warmup_steps_ratio": "optim.warmup_steps (a number of steps, not a ratio)",
+    "warmup_style": "optim.schedule",
+    # OpenRLHF
+    "n_samples_per_prompt": "rollout.group_size",
+    "generate_max_len": "rollout.max_new_tokens",
+    "eps_clip": "controller.clip_low and controller.clip_high",
+    "entropy_loss_coef": "controller.name (fixed, with controller.alpha)",
+    "dynamic_filtering": "rollout.dynamic_sampling",
+    "input_key": "data.options.prompt_field",
+    "label_key": "data.options.answer_field",
+    "input_template": "data.template",
+    "max_norm": "optim.grad_clip",
+    "l2": "optim.weight_decay",
+    "actor_learning_rate": "optim.lr",
+    "max_ckpt_num": "trainer.keep_checkpoints",
+    "init_kl_coef": "algorithm.kl_coef",
+    "micro_train_batch_size": "algorithm.micro_batch_size",
+    "rollout_batch_size": "rollout.prompts_per_step (prompts per process)",
+    "advantage_estimator": "algorithm.advantage_baseline and algorithm.advantage_scale",
+    "no_advantage_std_norm": "algorithm.advantage_scale (none)",
+}
+
+
+def _foreign(path: str, value: Any = None) -> str | None:
+    """Our field for another trainer's option at ``path`` (its last part), or for the options nested in
+    ``value`` when ``path`` is another trainer's section (verl's ``actor_rollout_ref``...)."""
+    name = path.rpartition(".")[2]
+    if name in FOREIGN_NAMES:
+        return FOREIGN_NAMES[name]
+    found: list[str] = []
+
+    def leaves(node: Any, depth: int) -> None:
+        if not isinstance(node, Mapping) or depth > 8:
+            return
+        for key, inner in node.items():
+            if str(key) in FOREIGN_NAMES:
+                found.append(f"{key} → {FOREIGN_NAMES[str(key)]}")
+            leaves(inner, depth + 1)
+
+    leaves(value, 0)
+    return "; ".join(found) or None
 
 
 def suggest_field(path: str, config: Mapping[str, Any] | None = None) -> str | None:
     """``trainer.devcies`` → ``trainer.devices``; ``trainer.max_steps`` → ``trainer.steps``;
-    ``controller.tua`` → ``controller.anchor.tau``; else None. ``config``: the config the path is in
-    (its controller's name picks the controller's fields; None: the default controller)."""
+    ``controller.tua`` → ``controller.anchor.tau``; another trainer's option (``num_generations``) →
+    ours (:data:`FOREIGN_NAMES`); else None. ``config``: the config the path is in (its controller's
+    name picks the controller's fields; None: the default controller)."""
     if path in KNOWN_RENAMES:
         return KNOWN_RENAMES[path]
+    node: Any = config
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    foreign = _foreign(path, node)
+    if foreign is not None:
+        return foreign
     by_name: dict[str, str] = {}
     for field in _fields_near(path, config):
         by_name.setdefault(field.rpartition(".")[2], field)

@@ -42,7 +42,15 @@ def _weights(layers: int = 4, width: int = 24, vocab: int = 50) -> list[tuple[st
 def test_layer_key_keeps_a_transformer_layer_together():
     assert layer_key("model.layers.12.mlp.up_proj.weight") == "model.layers.12."
     assert layer_key("model.layers.1.self_attn.q_proj.weight") == "model.layers.1."
-    assert layer_key("model.embed_tokens.weight") == "model.embed_tokens.weight"
+    assert layer_key("model.embed_tokens.weight") == "model.embed_tokens."
+    # GPT-2 / Falcon / Bloom name their blocks h.<i>, MPT blocks.<i>: one unit too (a split c_attn weight and
+    # bias, in two buckets, let the next bucket's write overwrite a tensor vLLM's loader still held)
+    assert layer_key("transformer.h.3.attn.c_attn.weight") == layer_key("transformer.h.3.attn.c_attn.bias")
+    assert layer_key("transformer.h.3.attn.c_attn.bias") == "transformer.h.3."
+    assert layer_key("transformer.blocks.0.ffn.up_proj.weight") == "transformer.blocks.0."
+    assert layer_key("lm_head.weight") == layer_key("lm_head.bias") == "lm_head."  # a module outside the blocks
+    assert layer_key("weight") == "weight"
+    assert layer_key("model.hidden.0.w.weight") == "model.hidden.0.w."  # "hidden" is no block name: the module
 
 
 @pytest.mark.parametrize("bucket_bytes", [1, 4096, 9000, 10**9])

@@ -123,6 +123,28 @@ def test_stops_at_every_stop_token_like_the_hf_engine(setup):
     assert hf.response_mask[0].sum() == 1 and hf.response_ids[0, 0] == first and not hf.truncated[0]
 
 
+def test_greedy_with_several_samples_repeats_the_one_greedy_sample(setup):
+    """vLLM refuses n > 1 at temperature 0 ("n must be 1 when using greedy sampling"): eval.temperature 0
+    with eval.n_samples 8 crashed the first evaluation with rollout.engine vllm. The engine asks for one
+    sample and repeats it, as the HF engine's greedy samples are all that one."""
+    model, tokenizer, engine = setup
+    prompts = [_prompt_ids(tokenizer, q) for q in QUESTIONS]
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=6, return_logprobs=True)
+    ours = engine.generate(prompts, 3, greedy)
+    one = engine.generate(prompts, 1, greedy)
+    assert ours.response_ids.shape[0] == 3 * len(prompts)
+    for p in range(len(prompts)):
+        for j in range(3):
+            row = 3 * p + j
+            width = int(one.response_mask[p].sum())
+            assert torch.equal(ours.response_ids[row, :width], one.response_ids[p, :width])
+            assert torch.equal(ours.response_mask[row], ours.response_mask[3 * p])
+    hf = HFRolloutEngine(model, tokenizer).generate(
+        prompts, 3, SamplingSettings(temperature=0.0, max_new_tokens=6)
+    )
+    assert torch.equal(hf.response_ids[0], hf.response_ids[1])  # the HF engine's greedy samples are equal too
+
+
 def test_weight_sync_after_optimizer_steps(setup):
     """After SGD steps on the policy, vLLM's log-probs for a fixed prompt + completion follow the policy only
     once ``sync_weights`` ran (in place: the same engine, no new export)."""

@@ -139,7 +139,7 @@ class HFRolloutEngine:
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_id)
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
+    def sync_weights(self, model: torch.nn.Module, *, force: bool = False) -> None:
         """No-op: the engine samples from the live policy module."""
 
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingSettings) -> Completions:

@@ -117,6 +117,7 @@ class RolloutEngine(Protocol):
         """Sample ``n`` completions for each prompt (token-id lists, no padding)."""
         ...
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make the engine sample from ``model``'s current weights (a no-op for the HF engine)."""
+    def sync_weights(self, model: torch.nn.Module, *, force: bool = False) -> Any:
+        """Make the engine sample from ``model``'s current weights (a no-op for the HF engine); ``force``:
+        load them even where the engine's own check finds no change (the trainer stepped them)."""
         ...

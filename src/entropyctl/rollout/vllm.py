@@ -77,6 +77,8 @@ __all__ = ["VLLMConfig", "VLLMEngine", "export_policy", "policy_weights"]
 
 # Wrapper prefixes that are not part of the checkpoint names (DDP, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+#: vLLM decodes greedily below this temperature (its ``_SAMPLING_EPS``), and then takes one sample only
+GREEDY_BELOW = 1e-5
 
 
 class VLLMConfig(BaseModel):
@@ -574,10 +576,13 @@ class VLLMEngine:
                     f"VLLMEngine.generate: prompt {index} has {len(prompt)} tokens + max_new_tokens "
                     f"{sampling.max_new_tokens} > rollout.options.max_model_len={self.config.max_model_len}"
                 )
+        # vLLM refuses n > 1 with greedy decoding (temperature below its 1e-5): ask for one sample and
+        # repeat it, as every greedy sample is that one (the HF engine's greedy n samples are equal too)
+        asked = 1 if sampling.temperature < GREEDY_BELOW else n
         # One seed per (prompt, sample): vLLM gives sample j of a request seed + j, so prompts are spaced
         # n apart; otherwise every prompt would reuse the same random stream.
         params = [
-            self._sampling_params(sampling, n, None if sampling.seed is None else sampling.seed + i * n)
+            self._sampling_params(sampling, asked, None if sampling.seed is None else sampling.seed + i * n)
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate(
@@ -588,10 +593,11 @@ class VLLMEngine:
         truncated: list[bool] = []
         for prompt_index, output in enumerate(outputs):
             samples = sorted(output.outputs, key=lambda s: s.index)
-            if len(samples) != n:
+            if len(samples) != asked:
                 raise RuntimeError(
-                    f"vLLM returned {len(samples)} samples for prompt {prompt_index}, asked {n}"
+                    f"vLLM returned {len(samples)} samples for prompt {prompt_index}, asked {asked}"
                 )
+            samples = samples * (n // asked)
             for sample in samples:
                 tokens = list(sample.token_ids)
                 # the stop token is included; cut anything after the first one defensively

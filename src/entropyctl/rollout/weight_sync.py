@@ -5,7 +5,8 @@ The sender (the trainer's process) owns shared-memory regions: files under ``/de
 serialised. A sync walks the policy's tensors in checkpoint order:
 
 1. ``plan_buckets`` packs them into buckets of at most ``bucket_bytes`` (in the engine's dtype), keeping every
-   transformer layer (``model.layers.<i>.``) whole in one bucket, so the receiver never holds half a layer;
+   transformer block (``model.layers.<i>.``, ``transformer.h.<i>.``, ...) and every other module whole in one
+   bucket, so the receiver never holds half a layer;
    a layer larger than the bucket gets a bucket of its own (a region is sized to the largest bucket).
 2. For each bucket the sender copies its tensors into a region (``copy_``, casting to the engine's dtype)
    and makes one call into the engine with the bucket's layout only: names, shapes, offsets. With two
@@ -22,7 +23,7 @@ tensor on the sender's side (overlapped) plus one call per bucket, beside what t
 The receiver runs the engine's loader (one call that consumes an iterator) in a thread of the engine's
 process, fed one bucket per call. The loader must not keep references to a bucket's views once it has asked
 for the next item: vLLM's layer-wise reload keeps a layer's tensors until the layer is complete, which is
-within the bucket because a bucket only ever holds whole layers.
+within the bucket because a bucket only ever holds whole layers and modules.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ __all__ = [
 #: Offsets are multiples of this many bytes (cache lines; any dtype's alignment divides it).
 ALIGNMENT = 64
 
-_LAYER = re.compile(r"^(.*?layers\.\d+\.)")
+#: a transformer block's prefix in the names transformers gives them: ``model.layers.3.`` (Llama, Qwen,
+#: Mistral...), ``transformer.h.3.`` (GPT-2, Falcon, Bloom), ``transformer.blocks.3.`` (MPT), ``layer.3.``
+_LAYER = re.compile(r"^(.*?(?:^|\.)(?:layers|layer|h|blocks|block)\.\d+\.)")
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,14 @@ class Slot:
 
 
 def layer_key(name: str) -> str:
-    """The unit a bucket keeps whole: ``model.layers.3.`` for a layer's tensors, else the name itself."""
+    """The unit a bucket keeps whole: ``model.layers.3.`` for a block's tensors, else the module the tensor
+    belongs to (``lm_head.`` for ``lm_head.weight`` and ``lm_head.bias``: the engine's loader may keep a
+    module's first tensor until its last one has come)."""
     match = _LAYER.match(name)
-    return match.group(1) if match else name
+    if match:
+        return match.group(1)
+    module, dot, _ = name.rpartition(".")
+    return module + dot if dot else name
 
 
 def _aligned(n: int) -> int:

@@ -51,6 +51,15 @@ from entropyctl.config import (
         ("rollout.temperature=0.01", r"must be ≥ 0\.1"),
         ("trainer.steps=true", r"must be a number, not a boolean"),
         ("eval.n_prompts=false", r"must be a number, not a boolean"),
+        # settings that did nothing: a data file on the synthetic task (a forgotten data.source=file
+        # trained on arithmetic), a greedy evaluation's equal samples
+        (
+            "data.path=/no/such/train.jsonl",
+            r"data\.path=\S+: only read when data\.source is 'file' \(got 'synthetic'\)",
+        ),
+        ("data.eval_path=held_out.jsonl", r"data\.eval_path=\S+: only read when data\.source is 'file'"),
+        ("eval.temperature=0", r"eval\.n_samples: greedy decoding .* gives 8 equal samples"),
+        ("eval.temperature=1e-6", r"eval\.temperature=1e-6: 1e-06 is greedy decoding in vLLM"),
     ],
 )
 def test_bad_value_fails_at_load_with_one_line(override: str, expected: str) -> None:
@@ -131,3 +140,7 @@ def test_billion_laughs_fails_fast(tmp_path: Path) -> None:
         load_run_config(path)
     # the walk stops at the limit: linear in MAX_YAML_VALUES, not in the expansion
     assert time.perf_counter() - start < 10.0
+
+
+def test_a_greedy_evaluation_with_one_sample_loads() -> None:
+    load_run_config(None, ["eval.temperature=0", "eval.n_samples=1", "eval.ks=[1]"])

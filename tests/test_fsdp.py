@@ -375,10 +375,14 @@ def test_entropyctl_train_with_fsdp(tmp_path: Path) -> None:
         "trainer.devices=2",
         "trainer.strategy=fsdp",
         "trainer.steps=3",
-        "eval.n_prompts=6",
+        # 5 held-out problems: shares of 3 and 2, and each generate is a collective under FSDP; the shorter
+        # share is padded, else rank 1 waited in the count's all-reduce while rank 0 waited in generate
+        "eval.n_prompts=5",
+        "eval.batch_size=1",
     ]
     overrides += [
         "algorithm.mini_batches=2",
+        "algorithm.micro_batch_size=5",  # 12 responses a mini-batch: three backwards, each reduce-scattered
         "controller.update=additive",
         "controller.eta=0.5",
         "controller.tau=0.9",
@@ -424,8 +428,8 @@ def test_fsdp_config_and_strategy() -> None:
         _strategy(tiny_config("trainer.strategy=fsdp", "rollout.dynamic_sampling=true"))
     lines = err.value.errors
     assert len(lines) == 2 and "devices >= 2" in lines[0] and "dynamic_sampling" in lines[1]
-    with pytest.raises(ConfigError, match="eval.n_prompts divisible by trainer.devices=2"):
-        _strategy(tiny_config("trainer.devices=2", "trainer.strategy=fsdp", "eval.n_prompts=5"))
+    # any held-out size: a rank with a shorter share pads it (every rank makes as many generate calls)
+    _strategy(tiny_config("trainer.devices=2", "trainer.strategy=fsdp", "eval.n_prompts=5"))
     with pytest.raises(ConfigError, match="rollout.engine=hf only"):
         _strategy(
             tiny_config(

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
+import torch
 from trainer_helpers import read_metrics, tiny_config
 
 from entropyctl.trainer.run import parameter_checksum, run_training
@@ -103,3 +104,31 @@ def test_resumed_parameters_equal_uninterrupted(tmp_path: Path) -> None:
                 self.register_buffer(f"w{i}", v)
 
     assert parameter_checksum(_Holder(a)) == parameter_checksum(_Holder(b))
+
+
+def test_evaluations_of_a_continued_run_are_the_uninterrupted_runs(tmp_path: Path) -> None:
+    """eval.every: the evaluation at a run's last step is left to the one after training, which no
+    checkpoint holds. A 2-step run continued to 4 lost step 2's (summary evals ['after'] against the
+    uninterrupted ['after', 'step_2']), and with eval.after off the last step had none at all. The
+    continuation now makes it at its start — the same weights and seeds, so the same numbers."""
+    quick = ["eval.every=2", "eval.before=false", "eval.n_prompts=4", "eval.n_samples=2", "eval.ks=[1]"]
+    full = run_training(tiny_config(*quick, "trainer.steps=4"), tmp_path / "full")
+    run_training(tiny_config(*quick, "trainer.steps=2"), tmp_path / "cont")
+    cont = run_training(tiny_config(*quick, "trainer.steps=4"), tmp_path / "cont", resume="auto")
+    assert sorted(full["evals"]) == sorted(cont["evals"]) == ["after", "step_2"]
+    assert cont["evals"] == full["evals"]
+    off = run_training(tiny_config(*quick, "trainer.steps=4", "eval.after=false"), tmp_path / "off")
+    assert sorted(off["evals"]) == ["step_2", "step_4"]  # the last step's evaluation, with none after
+    assert off["evals"]["step_2"] == full["evals"]["step_2"]
+
+
+def test_parameter_checksum_reads_any_dtype() -> None:
+    """The rank files of a multi-process run hold each rank's parameter checksum; it went through numpy,
+    which has no bfloat16, so every multi-process bf16-true run ended with a TypeError after finishing."""
+    layer = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    same = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    same.load_state_dict(layer.state_dict())
+    assert parameter_checksum(layer) == parameter_checksum(same)
+    with torch.no_grad():
+        same.bias[0] += 1
+    assert parameter_checksum(layer) != parameter_checksum(same)

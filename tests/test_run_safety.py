@@ -76,6 +76,30 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_not_offered_a_resume(t
         prepare_run_dir(run_dir, resume=False, overwrite=False, log=print)
 
 
+def test_resume_auto_without_last_ckpt_does_not_start_over_a_run(tmp_path: Path) -> None:
+    """--resume auto reads checkpoints/last.ckpt. A run that kept none (trainer.save_last false) was
+    started afresh on top of itself: metrics.csv cut to the new run's rows and config.yaml overwritten,
+    without a word. Now it is refused like any reuse of a directory holding a run, with advice that
+    fits: a step checkpoint to name when there is one, --overwrite otherwise."""
+    run_dir = tmp_path / "run"
+    run_training(tiny_config(*QUICK, "trainer.save_last=false", "trainer.checkpoint_every=100"), run_dir)
+    before = (run_dir / "metrics.csv").read_text(), (run_dir / "config.yaml").read_text()
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+    changed = tiny_config(*QUICK, "trainer.save_last=false", "controller.anchor.tau=0.1", "trainer.steps=1")
+    with pytest.raises(RunDirError, match=r"no checkpoint to continue from: pass --overwrite"):
+        run_training(changed, run_dir, resume="auto")
+    assert ((run_dir / "metrics.csv").read_text(), (run_dir / "config.yaml").read_text()) == before
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / "step-000002.ckpt").write_text("")
+    with pytest.raises(
+        RunDirError, match=r"no checkpoints/last\.ckpt for --resume auto: pass --resume \S+step-000002"
+    ):
+        run_training(changed, run_dir, resume="auto")
+    # a fresh directory still starts with --resume auto (nothing to continue, nothing to lose)
+    summary = run_training(changed, tmp_path / "fresh", resume="auto")
+    assert summary["status"] == "finished"
+
+
 def test_keep_checkpoints_deletes_only_older_step_checkpoints(tmp_path: Path) -> None:
     """trainer.keep_checkpoints: the N most recent step checkpoints stay (the one just written counts);
     last.ckpt and a step checkpoint of a later step (an abandoned continuation's) are never removed."""
@@ -113,6 +137,26 @@ def test_resume_with_changed_config_is_refused_listing_changes(tmp_path: Path) -
     assert summary["status"] == "finished" and summary["steps"] == 3
     assert summary["resume"]["changes_allowed"] is True
     assert any("tau: 0.9 -> 0.5" in line for line in summary["resume"]["changes"])
+
+
+@pytest.mark.parametrize("change", ["seed=1", "algorithm.ppo_epochs=2", "algorithm.mini_batches=2"])
+def test_what_a_resume_cannot_change_is_refused_even_when_changes_are_allowed(
+    tmp_path: Path, change: str
+) -> None:
+    """With --allow-resume-changes a new seed crashed at load (the checkpoint's prompt sampler refused it)
+    and a new ppo_epochs / mini_batches ran the wrong number of steps (2 → 4 steps at 1 → 2 epochs ran 5;
+    at 2 → 1, none): Lightning restores its count of optimizer steps. Refused before anything runs."""
+    run_dir = tmp_path / "run"
+    run_training(tiny_config(*QUICK), run_dir)
+    before = (run_dir / "metrics.csv").read_text()
+    with pytest.raises(
+        ResumeMismatchError,
+        match=rf"cannot change, even with --allow-resume-changes:\n  {re.escape(change.split('=')[0])}: ",
+    ):
+        run_training(
+            tiny_config(*QUICK, change, "trainer.steps=4"), run_dir, resume="auto", allow_resume_changes=True
+        )
+    assert (run_dir / "metrics.csv").read_text() == before
 
 
 def test_changed_data_file_is_a_resume_mismatch(tmp_path: Path) -> None:
@@ -312,3 +356,34 @@ def test_sigterm_while_a_custom_reward_hangs_stops_within_the_grace(tmp_path: Pa
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["steps"] == 0
     assert "abandoned" in summary["error"]
+
+
+def test_a_stop_signal_one_rank_got_at_the_last_step_stops_every_rank(tmp_path: Path) -> None:
+    """Under DDP every rank agrees after each step whether a stop was asked (one all-reduce). At the last
+    step that agreement was used only to skip the raise (there is no next step to stop before); the
+    evaluation after training then raised on the rank that got the signal and entered its collectives
+    on the others, which waited for it forever. The agreed signal now stops every rank there."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from entropyctl.trainer.module import RLVRCheckpoint
+    from entropyctl.trainer.run_dir import RunStopped, StopSignals
+
+    class _Strategy:
+        root_device = torch.device("cpu")
+        launcher = None
+
+        def reduce(self, tensor: torch.Tensor, reduce_op: str) -> torch.Tensor:
+            return tensor + 15.0  # the other rank got SIGTERM
+
+    trainer = SimpleNamespace(
+        world_size=2, strategy=_Strategy(), is_global_zero=False, save_checkpoint=lambda *a, **k: None
+    )
+    stop = StopSignals()  # this rank's: no signal of its own
+    callback = RLVRCheckpoint(tmp_path, every=0, total_steps=3, save_last=False, stop=stop)
+    module = SimpleNamespace(rlvr_step=3)
+    callback.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+    with pytest.raises(RunStopped) as info:
+        callback.on_train_end(trainer, module)  # type: ignore[arg-type]
+    assert info.value.exit_code == 128 + 15

@@ -1,6 +1,7 @@
 """`entropyctl train` with 2 CPU processes (Lightning ddp, gloo): each rank rolls out its own prompts, the
 entropy reading is the exact token-weighted global one, and both ranks end with identical controller
-state and parameters — with LoRA adapters, gradient checkpointing and a per-response loss on."""
+state and parameters — with LoRA adapters, gradient checkpointing, micro-batches and a per-response loss
+on."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         "model.lora.r=4",
         "model.gradient_checkpointing=true",
         "algorithm.loss_agg=seq-mean-token-mean",
+        # each mini-batch of 12 responses in micro-batches of 5, 5 and 2: DDP's all-reduce skipped on the
+        # first two backwards (no_sync), the third's sums all three (the ranks' weights stay equal)
+        "algorithm.micro_batch_size=5",
         "algorithm.kl_coef=0.1",  # the KL reference of a LoRA run: the policy with its adapters off
         "data.levels=[1]",  # one-digit sums: the tiny model solves some, so steps carry a signal to train on
     ]

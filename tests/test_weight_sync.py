@@ -48,9 +48,13 @@ def test_layer_key_keeps_a_transformer_layer_together():
     assert layer_key("transformer.h.3.attn.c_attn.weight") == layer_key("transformer.h.3.attn.c_attn.bias")
     assert layer_key("transformer.h.3.attn.c_attn.bias") == "transformer.h.3."
     assert layer_key("transformer.blocks.0.ffn.up_proj.weight") == "transformer.blocks.0."
-    assert layer_key("lm_head.weight") == layer_key("lm_head.bias") == "lm_head."  # a module outside the blocks
+    assert (
+        layer_key("lm_head.weight") == layer_key("lm_head.bias") == "lm_head."
+    )  # a module outside the blocks
     assert layer_key("weight") == "weight"
-    assert layer_key("model.hidden.0.w.weight") == "model.hidden.0.w."  # "hidden" is no block name: the module
+    assert (
+        layer_key("model.hidden.0.w.weight") == "model.hidden.0.w."
+    )  # "hidden" is no block name: the module
 
 
 @pytest.mark.parametrize("bucket_bytes", [1, 4096, 9000, 10**9])

@@ -117,6 +117,11 @@ def _check_options(args: Any) -> list[int] | None:
             raise ConfigError(f"{option}: must be ≥ 1 (got {value})")
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise ConfigError(f"--temperature: must be ≥ 0 and finite, 0 for greedy (got {args.temperature})")
+    if args.temperature == 0 and (args.n != 1 or ks != [1]):
+        raise ConfigError(
+            "--temperature 0: greedy decoding gives equal samples, so every pass@k would be pass@1; "
+            "add --n 1 --k 1, or sample at a temperature above 0"
+        )
     if args.by not in GROUPINGS:
         raise ConfigError(f"--by: expected one of {', '.join(map(repr, GROUPINGS))} (got {args.by!r})")
     if args.json is not None:

@@ -129,6 +129,12 @@ class DataConfig(_Section):
                 raise ValueError(
                     f"{field}: only read when data.source is 'reasoning_gym' (got '{self.source}')"
                 )
+        for field in ("path", "eval_path"):
+            if getattr(self, field) is not None and self.source != "file":
+                raise ValueError(
+                    f"{field}: only read when data.source is 'file' (got '{self.source}'); set data.source: "
+                    "file to train on it"
+                )
         if isinstance(self.levels, dict) and self.source != "reasoning_gym":
             raise ValueError(
                 f"levels: a mapping of level → parameters is for data.source 'reasoning_gym'; "
@@ -301,6 +307,14 @@ class AlgorithmConfig(_Section):
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over the step's rollouts.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch (rollouts split evenly).")
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Responses per forward/backward on each process: a mini-batch is run in micro-batches of "
+        "this many, their gradients summed before its one optimizer step (TRL's per_device_train_batch_size "
+        "with gradient_accumulation_steps, verl's ppo_micro_batch_size_per_gpu). Bounds the activations' memory; "
+        "the update is the same up to float rounding. null: the whole mini-batch at once.",
+    )
     kl_coef: float = Field(
         0.0, ge=0, description="β of the KL to a frozen copy of the initial policy (0: off)."
     )
@@ -456,6 +470,16 @@ class EvalConfig(_Section):
         bad = [k for k in self.ks if k < 1 or k > self.n_samples]
         if bad or not self.ks:
             raise ValueError(f"ks: each k must be in [1, eval.n_samples = {self.n_samples}] (got {self.ks})")
+        if self.temperature is not None and 0 < self.temperature < 1e-5:
+            raise ValueError(
+                f"temperature: {self.temperature} is greedy decoding in vLLM and sampling in the HF engine; "
+                "write 0 for greedy"
+            )
+        if self.temperature == 0 and self.n_samples > 1:
+            raise ValueError(
+                f"n_samples: greedy decoding (eval.temperature 0) gives {self.n_samples} equal samples, so every "
+                "pass@k would be pass@1; set eval.n_samples=1 and eval.ks=[1], or a temperature above 0"
+            )
         return self
 
 
@@ -756,6 +780,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.advantage_baseline": "mean",
     "reward.shaping": [],
     "algorithm.importance_level": "token",
+    "algorithm.micro_batch_size": None,
     "model.gradient_checkpointing": False,
     "model.lora": None,
     "trainer.wandb": None,  # operational (where the metrics are also sent)

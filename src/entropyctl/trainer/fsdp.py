@@ -70,11 +70,6 @@ def check_fsdp_config(config: RunConfig) -> None:
             "trainer.strategy: fsdp with rollout.dynamic_sampling=true: ranks would call generate (a collective "
             "under FSDP) a different number of times and hang; set rollout.dynamic_sampling=false"
         )
-    if config.eval.n_prompts % max(t.devices, 1):
-        errors.append(
-            f"trainer.strategy: fsdp needs eval.n_prompts divisible by trainer.devices={t.devices} (got "
-            f"{config.eval.n_prompts}): every rank must generate the same number of held-out batches"
-        )
     if errors:
         raise ConfigError(errors)
 

@@ -16,6 +16,7 @@ token count N, so each rank back-propagates W times its share (see ``trainer/sta
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -231,6 +232,9 @@ class RLVRCheckpoint(pl.Callback):
         signum = self._stop_signal(trainer) if self.stop is not None else None
         if signum is not None and self.stop is not None:
             self.stop.cancel_grace()  # the step ended in time: save without a deadline
+            # the agreed signal, on every rank: at the last step on_train_end stops them all (a rank
+            # that got none would otherwise go on into the evaluation's collectives, alone)
+            self.stop.requested = self.stop.requested or signum
         if signum is not None and step < self.total_steps:
             if not (periodic or final):
                 trainer.save_checkpoint(str(self.dirpath / "last.ckpt"), weights_only=False)
@@ -426,13 +430,21 @@ class _Frozen:
 
 
 @dataclass
+class _Micro:
+    """One forward/backward of a mini-batch (``algorithm.micro_batch_size`` of its rows; all of them by
+    default)."""
+
+    rows: Tensor  # its rows of the step's completions
+    comp: Completions  # those rows, re-padded, on the device
+    old: Tensor | None  # log-probs before the first update (None: the current ones, ρ = 1)
+    ref: Tensor | None  # the reference policy's log-probs (KL penalty), or None
+
+
+@dataclass
 class _MiniBatches:
-    rows: list[Tensor]  # each mini-batch's rows of the step's completions
-    comps: list[Completions]  # those rows, re-padded, on the device
+    micro: list[list[_Micro]]  # each mini-batch's micro-batches, in row order
     global_tokens: Tensor  # [M] each mini-batch's token count summed over ranks
     global_seqs: Tensor  # [M] each mini-batch's count of responses in the loss, summed over ranks
-    old: list[Tensor | None]  # log-probs before the first update (None: the current ones, ρ = 1)
-    ref: list[Tensor | None]  # the reference policy's log-probs (KL penalty), or None
 
 
 @dataclass
@@ -506,6 +518,10 @@ class RLVRModule(pl.LightningModule):
         #: a LoRA run's KL reference is its base model: the policy with its adapters off (no copy)
         self._reference_is_base = config.algorithm.kl_coef > 0 and config.model.lora is not None
         self._grad_norm = 0.0  # the last optimizer step's gradient norm (on_before_optimizer_step)
+        # an optimizer step with gradients since the engine's last sync: the engine must load the weights
+        # whatever its own change check says (a fused AdamW step leaves the tensors' version counters as
+        # they were, which that check reads)
+        self._stepped = False
         if config.algorithm.kl_coef > 0 and not self._reference_is_base:
             import copy
 
@@ -597,6 +613,13 @@ class RLVRModule(pl.LightningModule):
             self.completions_writer.truncate_after(self.rlvr_step)
         if self.config.eval.before and "before" not in self.eval_results and self.rlvr_step == 0:
             self.eval_results["before"] = self.evaluate_heldout("before")
+        # a continuation of a run whose last step was a periodic evaluation's: that one was left to the
+        # evaluation after training, which no checkpoint holds; made now (the same weights and seeds),
+        # so the continued run's evaluations are the uninterrupted run's
+        e, step = self.config.eval, self.rlvr_step
+        due = e.every and 0 < step < self.config.trainer.steps and step % e.every == 0
+        if due and f"step_{step}" not in self.eval_results:
+            self.eval_results[f"step_{step}"] = self.evaluate_heldout(f"step_{step}")
 
     def on_train_end(self) -> None:
         if self.config.eval.after:
@@ -838,9 +861,10 @@ class RLVRModule(pl.LightningModule):
     def _minibatches(
         self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True
     ) -> _MiniBatches:
-        """The step's mini-batches (a seeded shuffle), their GLOBAL token counts (one collective), and the
-        old / reference log-probs before the first update (when needed: a step without ``signal``
-        updates nothing, so its old log-probs are the current ones)."""
+        """The step's mini-batches (a seeded shuffle) cut into micro-batches of at most
+        ``algorithm.micro_batch_size`` rows, their GLOBAL token counts (one collective), and the old /
+        reference log-probs before the first update (when needed: a step without ``signal`` updates
+        nothing, so its old log-probs are the current ones), one micro-batch at a time."""
         cfg = self.config
         M = cfg.algorithm.mini_batches
         n = comp.response_ids.shape[0]
@@ -852,36 +876,54 @@ class RLVRModule(pl.LightningModule):
         ).to(torch.float64)
         local_seqs = torch.stack([(planned.seq_mask[r] > 0).sum() for r in rows]).to(torch.float64)
         counts = all_reduce_sum(torch.cat([local_tokens, local_seqs]), self._reducer()).cpu()
-        global_tokens, global_seqs = counts[:M], counts[M:]
-        comps = [_select_rows(comp, r, self.pad_id).to(self.device) for r in rows]
         need_old = signal and cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
-        old: list[Tensor | None] = [None] * M
-        ref: list[Tensor | None] = [None] * M
-        if need_old or self._reference is not None or self._reference_is_base:
-            for m, sub in enumerate(comps):
-                if need_old:
-                    old[m] = self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
-                if self._reference is not None:
-                    ref[m] = self._logprob_no_grad(
-                        self._forward_tokens(self._reference.module, sub, grad=False)
-                    )
-                elif self._reference_is_base:
-                    from entropyctl.models.lora import adapters_disabled
+        size = cfg.algorithm.micro_batch_size
+        micro: list[list[_Micro]] = []
+        for r in rows:
+            parts = []
+            for piece in [r] if size is None or len(r) <= size else list(torch.split(r, size)):
+                sub = _select_rows(comp, piece, self.pad_id).to(self.device)
+                old = (
+                    self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
+                    if need_old
+                    else None
+                )
+                parts.append(_Micro(piece, sub, old, self._reference_logprob(sub)))
+            micro.append(parts)
+        return _MiniBatches(micro, counts[:M], counts[M:])
 
-                    with adapters_disabled(self.policy):
-                        ref[m] = self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
-        return _MiniBatches(rows, comps, global_tokens, global_seqs, old, ref)
+    def _reference_logprob(self, comp: Completions) -> Tensor | None:
+        """The KL reference's log-probs of ``comp``'s response tokens (None without a KL reference)."""
+        if self._reference is not None:
+            return self._logprob_no_grad(self._forward_tokens(self._reference.module, comp, grad=False))
+        if self._reference_is_base:
+            from entropyctl.models.lora import adapters_disabled
 
-    def _optimizer_step(self, loss: Tensor, opt: Any, sched: Any) -> float:
-        """One optimizer step on ``loss``; the global gradient norm before clipping, clipped or not
-        (measured, and clipped, in ``on_before_optimizer_step``)."""
+            with adapters_disabled(self.policy):
+                return self._logprob_no_grad(self._forward_tokens(self.policy, comp, grad=False))
+        return None
+
+    def _backward(self, loss: Tensor, sync: bool) -> None:
+        """Accumulate ``loss``'s gradient; ``sync`` false (a micro-batch before the last of an optimizer
+        step) skips DDP's gradient all-reduce, which the last one's backward does for the sum."""
         _, world = self._world()
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss * world)  # DDP averages over W ranks (module docstring)
+        block = None if sync else getattr(self.trainer.strategy, "block_backward_sync", None)
+        with block() if block is not None else contextlib.nullcontext():
+            self.manual_backward(loss * world)  # DDP averages over W ranks (module docstring)
+
+    def _optimizer_step(self, opt: Any, sched: Any) -> float:
+        """One optimizer step on the accumulated gradients; the global gradient norm before clipping,
+        clipped or not (measured, and clipped, in ``on_before_optimizer_step``)."""
         self._grad_norm = 0.0
         opt.step()
         sched.step()
+        self._stepped = True
         return self._grad_norm
+
+    def _sync_engine(self) -> None:
+        """The rollout engine samples from the current weights (forced after an optimizer step of ours)."""
+        self.engine.sync_weights(self.policy, force=self._stepped)
+        self._stepped = False
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         """The gradient norm and the clip, taken where Lightning calls this: inside ``opt.step()``,
@@ -915,6 +957,43 @@ class RLVRModule(pl.LightningModule):
         total = all_reduce_sum(torch.tensor([local], dtype=torch.float64), self._reducer())
         return bool(float(total.cpu()[0]) > 0)
 
+    def _token_batch(
+        self, planned: Planned, tok_rows: Tensor, old: Tensor, ref: Tensor | None
+    ) -> _TokenBatch:
+        """The loss's per-token inputs of the tokens whose rows of the step are ``tok_rows``."""
+        return _TokenBatch(
+            adv=planned.seq_adv[tok_rows].to(self.device),
+            coef=planned.seq_coef[tok_rows].to(self.device),
+            mask=planned.seq_mask[tok_rows].to(self.device),
+            old=old,
+            ref=ref,
+        )
+
+    def _micro_actions(
+        self, parts: Sequence[_Micro], planned: Planned, step: int
+    ) -> list[TokenAction | None]:
+        """The controller's token action over a mini-batch of several micro-batches, from a no-grad pass
+        over them (one micro-batch's activations at a time), cut back into the micro-batches' shares: the
+        same selection as one pass over the whole mini-batch."""
+        current, olds, rows = [], [], []
+        for part in parts:
+            fwd = self._forward_tokens(self.policy, part.comp, grad=False)
+            lp, ent = self._logprob_entropy_no_grad(fwd)
+            current.append((lp, ent))
+            olds.append(lp if part.old is None else part.old)
+            rows.append(part.rows[fwd.seq_index.to("cpu")])
+        lp_all = torch.cat([c[0] for c in current])
+        ent_all = torch.cat([c[1] for c in current])
+        tokens = self._token_batch(planned, torch.cat(rows), torch.cat(olds), None)
+        action = self._token_action((lp_all, ent_all), tokens, step)
+        if action is None:
+            return [None] * len(parts)
+        bounds = torch.tensor([0] + [len(r) for r in rows]).cumsum(0).tolist()
+        return [
+            action.rows(torch.arange(a, b, device=lp_all.device))
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+
     def update(
         self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True
     ) -> Updated:
@@ -934,55 +1013,62 @@ class RLVRModule(pl.LightningModule):
         opt: Any = self.optimizers()  # one LightningOptimizer (configure_optimizers returns one)
         sched: Any = self.lr_schedulers()
         updated = Updated(stats=EntropyStats(self.levels))
+        per_token = self.controller.acts_per_token()
         for epoch in range(E):
-            for m, rows in enumerate(mb.rows):
+            for m, parts in enumerate(mb.micro):
                 if not signal and epoch > 0:  # the first epoch read every token; nothing to step
                     updated.grad_norm = self._skip_step(opt, sched)
                     continue
-                fwd = self._forward_tokens(self.policy, mb.comps[m], grad=signal)
-                seq = fwd.seq_index.to("cpu")  # each token's row of the mini-batch
-                tok_rows = rows[seq]
-                old, current = mb.old[m], None
-                if self.controller.acts_per_token():  # the token statistics: (log-prob, entropy) now
-                    current = self._logprob_entropy_no_grad(fwd)
-                if old is None:  # one epoch, one mini-batch: old = current (ρ = 1), same numerics
-                    old = self._logprob_no_grad(fwd) if current is None else current[0]
-                tokens = _TokenBatch(
-                    adv=planned.seq_adv[tok_rows].to(self.device),
-                    coef=planned.seq_coef[tok_rows].to(self.device),
-                    mask=planned.seq_mask[tok_rows].to(self.device),
-                    old=old,
-                    ref=mb.ref[m],
-                    loss_weight=self._loss_weight(
-                        mb.comps[m], seq, float(mb.global_tokens[m]), float(mb.global_seqs[m])
-                    ),
-                )
-                if current is not None:
-                    tokens.action = self._token_action(current, tokens, step)
-                if self.config.algorithm.rollout_correction is not None:
-                    self._correct_for_sampler(tokens, mb.comps[m], seq, updated if epoch == 0 else None)
-                out = self._loss(fwd, tokens, planned.plan, int(round(float(mb.global_tokens[m]))))
+                # a token action is chosen over the whole mini-batch (and all ranks): with several
+                # micro-batches, from a no-grad pass over them first
+                actions = self._micro_actions(parts, planned, step) if per_token and len(parts) > 1 else None
                 if signal:
-                    updated.grad_norm = self._optimizer_step(out.loss, opt, sched)
+                    opt.zero_grad(set_to_none=True)
+                for c, part in enumerate(parts):
+                    fwd = self._forward_tokens(self.policy, part.comp, grad=signal)
+                    seq = fwd.seq_index.to("cpu")  # each token's row of the micro-batch
+                    tok_rows = part.rows[seq]
+                    old, current = part.old, None
+                    if per_token and actions is None:  # the token statistics: (log-prob, entropy) now
+                        current = self._logprob_entropy_no_grad(fwd)
+                    if old is None:  # one epoch, one mini-batch: old = current (ρ = 1), same numerics
+                        old = self._logprob_no_grad(fwd) if current is None else current[0]
+                    tokens = self._token_batch(planned, tok_rows, old, part.ref)
+                    tokens.loss_weight = self._loss_weight(
+                        part.comp, seq, float(mb.global_tokens[m]), float(mb.global_seqs[m])
+                    )
+                    if actions is not None:
+                        tokens.action = actions[c]
+                    elif current is not None:
+                        tokens.action = self._token_action(current, tokens, step)
+                    if self.config.algorithm.rollout_correction is not None:
+                        self._correct_for_sampler(tokens, part.comp, seq, updated if epoch == 0 else None)
+                    out = self._loss(fwd, tokens, planned.plan, int(round(float(mb.global_tokens[m]))))
+                    if signal:
+                        self._backward(out.loss, sync=c == len(parts) - 1)
+                    if epoch == 0:  # every response token exactly once
+                        level = planned.seq_level[tok_rows].to(self.device)
+                        updated.stats.add(out.entropy, tokens.mask, bucket=level, coef=tokens.coef)
+                        updated.entropy_sum += float((out.entropy.double() * tokens.mask.double()).sum())
+                        updated.token_sum += float(tokens.mask.sum())
+                    per = E if signal else 1  # a skipped step's parts: its one pass
+                    values = (
+                        out.clip_frac_low,
+                        out.clip_frac_high,
+                        out.loss.detach(),
+                        out.pg_loss,
+                        out.entropy_loss,
+                        out.kl_loss,
+                    )
+                    # each part is normalised by the mini-batch's global counts: the micro-batches' sum
+                    for key, value in zip(LOSS_PARTS, values, strict=True):
+                        # the clip fractions are token shares whatever loss_agg averages the loss over
+                        w = token_weights[m] if key in ("clip_low", "clip_high") else weights[m]
+                        updated.sums[key] += float(value) * w / per
+                if signal:
+                    updated.grad_norm = self._optimizer_step(opt, sched)
                 else:
                     updated.grad_norm = self._skip_step(opt, sched)
-                if epoch == 0:  # every response token exactly once
-                    level = planned.seq_level[tok_rows].to(self.device)
-                    updated.stats.add(out.entropy, tokens.mask, bucket=level, coef=tokens.coef)
-                    updated.entropy_sum += float((out.entropy.double() * tokens.mask.double()).sum())
-                    updated.token_sum += float(tokens.mask.sum())
-                per = E if signal else 1  # a skipped step's parts: its one pass
-                parts = (
-                    out.clip_frac_low,
-                    out.clip_frac_high,
-                    out.loss.detach(),
-                    out.pg_loss,
-                    out.entropy_loss,
-                )
-                for key, value in zip(LOSS_PARTS, (*parts, out.kl_loss), strict=True):
-                    # the clip fractions are token shares whatever loss_agg averages the loss over
-                    w = token_weights[m] if key in ("clip_low", "clip_high") else weights[m]
-                    updated.sums[key] += float(value) * w / per
         updated.lr = float(sched.get_last_lr()[0])
         return updated
 
@@ -1054,7 +1140,7 @@ class RLVRModule(pl.LightningModule):
         timers = {"start": time.perf_counter(), "sync": 0.0, "rollout": 0.0, "reward": 0.0, "update": 0.0}
         if hasattr(self.reward, "reset_metrics"):
             self.reward.reset_metrics()
-        self.engine.sync_weights(self.policy)
+        self._sync_engine()
         timers["sync"] = time.perf_counter() - timers["start"]
         collected = self.collect(step, rank, timers)
         scored = score(
@@ -1076,7 +1162,8 @@ class RLVRModule(pl.LightningModule):
         every = cfg.trainer.completions_every
         if rank == 0 and self.completions_writer is not None and every and (step == 1 or step % every == 0):
             self.completions_writer.write(self.completion_rows(step, collected, scored))
-        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
+        # at the last step the evaluation after training stands for it (when there is one)
+        if cfg.eval.every and step % cfg.eval.every == 0 and (step < cfg.trainer.steps or not cfg.eval.after):
             self.eval_results[f"step_{step}"] = self.evaluate_heldout(f"step_{step}")
         return {"step": StepResult(step, collected, scored, planned, reading, row)}
 
@@ -1133,10 +1220,15 @@ class RLVRModule(pl.LightningModule):
             calls[0] += 1
             return self.sample_texts(batch, n, derive_seed("eval", self.config.seed, tag, rank, calls[0]))
 
-        self.engine.sync_weights(self.policy)
-        counts = count_correct(
-            [problems[i] for i in mine], sample_fn, self.reward, n=e.n_samples, batch_size=e.batch_size
-        )
+        from entropyctl.trainer.fsdp import is_sharded
+
+        share = [problems[i] for i in mine]
+        if is_sharded(self.policy):  # each generate is a collective: every rank makes as many calls
+            share += [problems[0]] * (-(-len(problems) // world) - len(mine))  # counts dropped below
+        self._sync_engine()
+        counts = count_correct(share, sample_fn, self.reward, n=e.n_samples, batch_size=e.batch_size)[
+            : len(mine)
+        ]
         full = torch.zeros(len(problems), dtype=torch.float64)
         full[mine] = torch.tensor(counts, dtype=torch.float64)
         full = all_reduce_sum(full, self._reducer()).cpu()

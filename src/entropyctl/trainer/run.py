@@ -30,6 +30,7 @@ from typing import Any
 
 from entropyctl.config import RunConfig
 from entropyctl.trainer.run_dir import (
+    FIXED_ON_RESUME,
     ResumeMismatchError,
     RunDirError,
     RunLock,
@@ -303,12 +304,16 @@ def parameter_checksum(model: Any) -> str:
     FSDP the full tensors, so every rank must call it."""
     import hashlib
 
+    import torch
+
     from entropyctl.trainer.fsdp import full_state_dict
 
     digest = hashlib.sha256()
     for name, param in sorted(full_state_dict(model).items()):  # FSDP shards: gathered (a collective)
         digest.update(name.encode())
-        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+        # the raw bytes, whatever the dtype (numpy has no bfloat16: .numpy() of a bf16 tensor raised at the
+        # end of every multi-process bf16-true run)
+        digest.update(param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -415,6 +420,17 @@ def check_resume(
     else:
         changes = fingerprint_changes(saved, fingerprint)
     record = {"checkpoint": ckpt_path, "changes": changes, "changes_allowed": bool(changes and allow_changes)}
+    fixed = [
+        f"{line} ({FIXED_ON_RESUME[key]})"
+        for line in changes
+        for key in FIXED_ON_RESUME
+        if line.startswith(f"{key}:")
+    ]
+    if fixed:
+        raise ResumeMismatchError(
+            f"--resume {ckpt_path}: a resume cannot change, even with --allow-resume-changes:\n  "
+            + "\n  ".join(fixed)
+        )
     if changes and not allow_changes:
         raise ResumeMismatchError(
             f"--resume {ckpt_path}: this run differs from the checkpoint's:\n  "
@@ -562,7 +578,8 @@ def run_training(
         status: RunStatus | None = None
         resume_record = None
         if rank0:
-            prepare_run_dir(run_dir, resume=resume is not None, overwrite=overwrite, log=log)
+            # `--resume auto` that finds no last.ckpt starts afresh: not over a run it would truncate
+            prepare_run_dir(run_dir, resume=ckpt_path is not None, overwrite=overwrite, log=log)
             if ckpt_path is not None:
                 resume_record = check_resume(
                     ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log

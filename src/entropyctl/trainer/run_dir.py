@@ -103,6 +103,7 @@ IGNORED_FOR_RESUME = (
     "trainer.tensorboard",
     "trainer.wandb",
     "model.gradient_checkpointing",  # recomputes what it would have kept: the same numbers
+    "algorithm.micro_batch_size",  # the same update up to float rounding (like trainer.threads): memory
     "trainer.checkpoint_every",
     "trainer.keep_checkpoints",
     "trainer.save_last",
@@ -110,6 +111,16 @@ IGNORED_FOR_RESUME = (
     "trainer.completions_every",  # operational (which steps' rollouts are written out)
     "ablation",
 )
+
+
+#: Config fields a resume cannot change even with ``--allow-resume-changes``: why, per field.
+FIXED_ON_RESUME = {
+    "seed": "the checkpoint's prompt sampler draws the seed's stream; start another run for another seed",
+    "algorithm.ppo_epochs": "Lightning counts the run in optimizer steps, ppo_epochs × mini_batches a step: "
+    "a new count makes the resumed run the wrong length and moves its lr schedule",
+    "algorithm.mini_batches": "Lightning counts the run in optimizer steps, ppo_epochs × mini_batches a "
+    "step: a new count makes the resumed run the wrong length and moves its lr schedule",
+}
 
 
 class RunDirError(RuntimeError):
@@ -247,25 +258,35 @@ def existing_run_files(run_dir: Path) -> list[str]:
 
 
 def _what_to_do(run_dir: Path) -> str:
-    """The refusal's advice: a run that failed before its first checkpoint has nothing to continue."""
+    """The refusal's advice: ``--resume auto`` only where there is a ``last.ckpt`` for it to read; a run that
+    failed before its first checkpoint, or kept none, has nothing to continue."""
     advice = "pass --resume auto to continue it, --overwrite to replace it, or choose another --out"
+    checkpoints = run_dir / "checkpoints"
+    if (checkpoints / "last.ckpt").is_file():
+        return advice
+    saved = sorted(checkpoints.glob("step-*.ckpt")) if checkpoints.is_dir() else []
+    if saved:
+        return (
+            f"it has no checkpoints/last.ckpt for --resume auto: pass --resume {saved[-1]} to continue from its "
+            "latest step checkpoint, --overwrite to replace it, or choose another --out"
+        )
     try:
         summary = read_summary(run_dir / "summary.json")
     except RunDirError:
-        return advice
-    checkpoints = run_dir / "checkpoints"
-    if summary.status == "failed" and not (checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))):
+        summary = None
+    if summary is not None and summary.status == "failed":
         error = f": {summary.error}" if summary.error else ""
         return (
             f"it failed before its first checkpoint{error}; nothing to continue: fix that and pass "
             "--overwrite to start it again, or choose another --out"
         )
-    return advice
+    return "it has no checkpoint to continue from: pass --overwrite to replace it, or choose another --out"
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> None:
-    """Refuse a directory that holds a run unless resuming or overwriting; with ``overwrite`` remove
-    exactly :data:`RUN_FILES`. The caller holds the directory's :class:`RunLock`."""
+    """Refuse a directory that holds a run unless resuming (``resume``: from a checkpoint found) or
+    overwriting; with ``overwrite`` remove exactly :data:`RUN_FILES`. The caller holds the directory's
+    :class:`RunLock`."""
     present = existing_run_files(run_dir)
     if not present or resume:
         return

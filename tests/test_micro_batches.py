@@ -1,0 +1,102 @@
+"""``algorithm.micro_batch_size``: a mini-batch run in micro-batches (gradients accumulated, one optimizer
+step) is the same update as the whole mini-batch at once, up to float rounding — for every part of the
+loss that sees more than one response at a time: the global token and response counts (token-mean,
+GRPO's per-response mean), the sequence-level ratio (GSPO), the KL reference, the sampler correction, and
+a token-level controller whose selection is over the whole mini-batch. Compared in float64, where the
+only difference is the order of the sums (a few ulps, 1e-16 relative, grown through two steps of Adam)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from trainer_helpers import SIGNAL_STEP, read_metrics, tiny_config
+
+from entropyctl.trainer.run import build_module
+
+#: 6 prompts × 4 = 24 responses a step, 2 mini-batches of 12: micro-batches of 5 are 5, 5 and 2 rows
+SHAPE = [
+    *(o for o in SIGNAL_STEP if not o.startswith("controller.")),
+    "trainer.steps=2",
+    "algorithm.ppo_epochs=2",
+    "algorithm.mini_batches=2",
+]
+NO_BONUS = ["controller.name=fixed", "controller.alpha=0.0"]
+
+VARIANTS = {
+    "token_mean": NO_BONUS,
+    "aer": ["controller.name=aer", "controller.alpha_0=0.05"],  # per-prompt α, moved by the readings
+    "gspo_kl_correction": [
+        *NO_BONUS,
+        "algorithm.loss_agg=seq-mean-token-mean",
+        "algorithm.importance_level=sequence",
+        "algorithm.kl_coef=0.1",
+        "algorithm.rollout_correction.mode=sequence_truncate",
+        "algorithm.rollout_correction.clip_max=2.0",
+    ],
+    "clip_cov_dr_grpo": [
+        "controller.name=clip_cov",
+        "algorithm.loss_agg=seq-mean-token-sum-norm",
+        "algorithm.rollout_correction.mode=token_truncate",
+        "algorithm.rollout_correction.clip_max=2.0",
+    ],
+}
+
+
+def _train(run_dir: Path, overrides: list[str]) -> tuple[Any, list[int]]:
+    """Two steps in float64; the row counts of every forward with gradients (the micro-batches)."""
+    run_dir.mkdir()
+    module = build_module(tiny_config(*SHAPE, *overrides), run_dir)
+    rows: list[int] = []
+    forward = module._forward_tokens
+
+    def counting(model: Any, comp: Any, grad: bool) -> Any:
+        if grad:
+            rows.append(int(comp.response_ids.shape[0]))
+        return forward(model, comp, grad)
+
+    module._forward_tokens = counting
+    pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="64-true",
+        max_steps=2 * module.optimizer_steps_per_rlvr_step,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(module)
+    return module, rows
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_micro_batches_give_the_same_update(tmp_path: Path, variant: str) -> None:
+    whole, whole_rows = _train(tmp_path / "whole", VARIANTS[variant])
+    micro, micro_rows = _train(tmp_path / "micro", [*VARIANTS[variant], "algorithm.micro_batch_size=5"])
+    # 2 steps × 2 epochs × 2 mini-batches: one forward of 12 rows each, or three of 5, 5 and 2
+    assert whole_rows == [12] * 8
+    assert micro_rows == [5, 5, 2] * 8
+    a, b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "micro")
+    assert len(a) == len(b) == 2
+    assert a[0]["grad_norm"] > 0 and a[0]["pg_loss"] != 0.0  # the steps carry a signal
+    for row_a, row_b in zip(a, b, strict=True):
+        for key, value in row_a.items():
+            if key.startswith("time"):  # wall-clock seconds
+                continue
+            if math.isnan(value):  # a column this run does not fill
+                assert math.isnan(row_b[key]), key
+                continue
+            assert row_b[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    for p, q in zip(whole.policy.parameters(), micro.policy.parameters(), strict=True):
+        assert p.dtype == torch.float64
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)
+    assert whole.controller.state_dict() == pytest.approx(micro.controller.state_dict(), rel=1e-9)
+
+
+def test_a_micro_batch_larger_than_the_mini_batch_is_the_whole_mini_batch(tmp_path: Path) -> None:
+    _, rows = _train(tmp_path / "run", [*NO_BONUS, "algorithm.micro_batch_size=64"])
+    assert rows == [12] * 8

@@ -8,11 +8,13 @@ import operator
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from entropyctl.config import ConfigError
 from entropyctl.data import (
     ALPHABET,
     DatasetError,
@@ -354,3 +356,34 @@ def test_chat_template_with_a_real_tokenizer() -> None:
         "{% if add_generation_prompt %}[assistant] {% endif %}"
     )
     assert apply_chat_template(tok, "What is 2+2?") == "[user] What is 2+2?\n[assistant] "
+    # keyword arguments the template reads (data.chat_template_kwargs; Qwen3's enable_thinking)
+    tok.chat_template += "{% if enable_thinking is defined and not enable_thinking %}<no_think>{% endif %}"
+    assert apply_chat_template(tok, "x", options={"enable_thinking": False}).endswith(
+        "[assistant] <no_think>"
+    )
+    assert apply_chat_template(tok, "x").endswith("[assistant] ")
+    from entropyctl.config import load_run_config
+    from entropyctl.trainer.run import build_prompt_encoder
+
+    seen: list[str] = []
+    config = load_run_config(
+        None, ["data.chat_template=true", "data.chat_template_kwargs={enable_thinking: false}"]
+    )
+    build_prompt_encoder(config, _Recording(tok, seen))("1+1")
+    assert seen == ["[user] 1+1\n[assistant] <no_think>"]
+    with pytest.raises(ConfigError, match="chat_template_kwargs.*only read when data.chat_template is true"):
+        load_run_config(None, ["data.chat_template_kwargs={enable_thinking: false}"])
+
+
+class _Recording:
+    """A tokenizer whose call records the text it is given (the chat template is the real one's)."""
+
+    def __init__(self, tokenizer: Any, seen: list[str]) -> None:
+        self.tokenizer, self.seen = tokenizer, seen
+
+    def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
+        return self.tokenizer.apply_chat_template(*args, **kwargs)
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        self.seen.append(text)
+        return {"input_ids": [1]}

@@ -232,7 +232,8 @@ def test_without_overrides_the_file_alone_is_named(tmp_path: Path) -> None:
     ],
 )
 def test_a_string_field_takes_the_text_as_written(override: str, field: str, value: Any) -> None:
-    assert getattr(load_run_config(None, [override]).data, field) == value
+    # data.system is read with the chat template only
+    assert getattr(load_run_config(None, [override, "data.chat_template=true"]).data, field) == value
 
 
 def test_only_string_fields_take_the_text() -> None:

@@ -577,3 +577,59 @@ def test_a_token_outside_the_loss_leaves_its_responses_ratio_alone() -> None:
         seq_index=pick["rows"],
     )  # fmt: skip
     assert float(dropped.loss) == pytest.approx(float(fused.loss), rel=1e-12)
+
+
+# ---------------------------------------------------------------- dual clip (verl's clip_ratio_c)
+
+
+def test_dual_clip_hand_computed() -> None:
+    # Token 1: A = −1, ρ = 4 > c = 3: min(−4, −1.28) = −4, max(−4, −3) = −3, a constant: no gradient.
+    # Token 2: A = −1, ρ = 2 < c: min(−2, −1.28) = −2 as without the dual clip; ∂/∂logp of −ρA/2 = 1.
+    # Token 3: A = +1, ρ = 4: the high bound, min(4, 1.28) = 1.28; the dual clip is for A < 0 only.
+    # L_pg = −(−3 − 2 + 1.28)/3 = 1.24; the dual bound binds on 1 of 3 tokens, the high one on 1.
+    logprob = _t(math.log(4.0), math.log(2.0), math.log(4.0)).requires_grad_()
+    zeros, ones = _t(0.0, 0.0, 0.0), _t(1.0, 1.0, 1.0)
+    out = policy_loss(logprob, zeros, zeros, _t(-1.0, -1.0, 1.0), 0.0, ones, 0.2, 0.28, dual_clip=3.0)
+    assert out.pg_loss.item() == pytest.approx(1.24)
+    assert out.clip_frac_dual.item() == pytest.approx(1 / 3) and out.clip_frac_high.item() == pytest.approx(
+        1 / 3
+    )
+    out.loss.backward()
+    torch.testing.assert_close(logprob.grad, _t(0.0, 2.0 / 3, 0.0))
+    plain = policy_loss(logprob.detach(), zeros, zeros, _t(-1.0, -1.0, 1.0), 0.0, ones, 0.2, 0.28)
+    assert plain.pg_loss.item() == pytest.approx(-(-4 - 2 + 1.28) / 3) and plain.clip_frac_dual.item() == 0.0
+    with pytest.raises(ValueError, match="dual_clip must be a finite bound > 1"):
+        policy_loss(logprob.detach(), zeros, zeros, zeros, 0.0, ones, 0.2, 0.28, dual_clip=1.0)
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_dual_clip_equals_autograd_through_the_logits(seed: int, sequence: bool) -> None:
+    """fp64: the fused loss's closed-form gradient (the dual clip's zero where A < 0 and ρ > c) against
+    autograd through the full logits, token ratios and GSPO's sequence ratios. The inputs' token ratios
+    spread over exp(±0.4·z), so c = 1.3 binds on some negative-advantage tokens and not on others; a
+    response's ratio, the geometric mean of 6 tokens', spreads less, so there c = 1.05."""
+    g = torch.Generator().manual_seed(seed)
+    n, d, v = 48, 5, 13
+    hidden = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, d, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, v, (n,), generator=g)
+    lp, _ = token_logprob_entropy(hidden @ weight.T, targets, 1.0)
+    old, adv, coef, mask, _ = _loss_inputs(n, v, torch.float64, g, lp)
+    seq = torch.arange(n) // 6 if sequence else None
+    if seq is not None:  # GSPO's advantage is the response's: one value per response
+        adv = adv[seq * 6]
+    c = 1.05 if sequence else 1.3
+    kw = {"chunk_size": 5, "seq_index": seq, "dual_clip": c}
+    fused = fused_policy_loss(hidden, weight, targets, old, adv, coef, mask, 0.2, 0.28, 1.0, **kw)
+    grads = torch.autograd.grad(fused.loss, (hidden, weight))
+    oracle = _oracle(
+        hidden, weight, targets, old, adv, coef, mask, 0.2, 0.28, 1.0, seq_index=seq, dual_clip=c
+    )
+    expected = torch.autograd.grad(oracle.loss, (hidden, weight))
+    assert 0 < fused.clip_frac_dual.item() < float(mask.mean())  # it binds, and not everywhere
+    assert fused.pg_loss.item() == pytest.approx(oracle.pg_loss.item(), rel=1e-12)
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    plain = _oracle(hidden, weight, targets, old, adv, coef, mask, 0.2, 0.28, 1.0, seq_index=seq)
+    assert plain.pg_loss.item() != pytest.approx(oracle.pg_loss.item())  # the dual clip changed the loss

@@ -30,6 +30,8 @@ NO_BONUS = ["controller.name=fixed", "controller.alpha=0.0"]
 VARIANTS = {
     "token_mean": NO_BONUS,
     "aer": ["controller.name=aer", "controller.alpha_0=0.05"],  # per-prompt α, moved by the readings
+    # a bound just above 1: the second epoch's ratios pass it under negative advantages
+    "dual_clip": [*NO_BONUS, "algorithm.dual_clip=1.001"],
     "gspo_kl_correction": [
         *NO_BONUS,
         "algorithm.loss_agg=seq-mean-token-mean",
@@ -83,6 +85,8 @@ def test_micro_batches_give_the_same_update(tmp_path: Path, variant: str) -> Non
     a, b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "micro")
     assert len(a) == len(b) == 2
     assert a[0]["grad_norm"] > 0 and a[0]["pg_loss"] != 0.0  # the steps carry a signal
+    dual = [row["clip_frac_dual"] for row in a]
+    assert (max(dual) > 0) if variant == "dual_clip" else dual == [0.0, 0.0]
     for row_a, row_b in zip(a, b, strict=True):
         for key, value in row_a.items():
             if key.startswith("time"):  # wall-clock seconds

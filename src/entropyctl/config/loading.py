@@ -225,6 +225,7 @@ FOREIGN_NAMES = {
     "clip_ratio": "controller.clip_low and controller.clip_high",
     "clip_ratio_low": "controller.clip_low",
     "clip_ratio_high": "controller.clip_high",
+    "clip_ratio_c": "algorithm.dual_clip",
     "loss_agg_mode": "algorithm.loss_agg",
     "norm_adv_by_std_in_grpo": "algorithm.advantage_scale (none for false)",
     "adv_estimator": "algorithm.advantage_baseline and algorithm.advantage_scale",
@@ -253,6 +254,7 @@ FOREIGN_NAMES = {
     "lr_warmup_steps": "optim.warmup_steps",
     "lr_warmup_steps_ratio": "optim.warmup_steps (a number of steps, not a ratio)",
     "warmup_style": "optim.schedule",
+    "apply_chat_template_kwargs": "data.chat_template_kwargs",
     # OpenRLHF
     "n_samples_per_prompt": "rollout.group_size",
     "generate_max_len": "rollout.max_new_tokens",

@@ -105,6 +105,11 @@ class DataConfig(_Section):
         False, description="Wrap the (templated) prompt in the tokenizer's chat template as a user turn."
     )
     system: str | None = Field(None, description="chat_template: an optional system message.")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="chat_template: keyword arguments the tokenizer's chat template reads, e.g. "
+        "{enable_thinking: false} for Qwen3 (TRL's chat_template_kwargs, verl's apply_chat_template_kwargs).",
+    )
     overlong_prompts: Literal["error", "drop"] = Field(
         "error",
         description="file: a prompt that does not fit the model's context with the longest response: "
@@ -129,6 +134,9 @@ class DataConfig(_Section):
                 raise ValueError(
                     f"{field}: only read when data.source is 'reasoning_gym' (got '{self.source}')"
                 )
+        for field in ("system", "chat_template_kwargs"):
+            if getattr(self, field) and not self.chat_template:
+                raise ValueError(f"{field}: only read when data.chat_template is true")
         for field in ("path", "eval_path"):
             if getattr(self, field) is not None and self.source != "file":
                 raise ValueError(
@@ -317,6 +325,13 @@ class AlgorithmConfig(_Section):
     )
     kl_coef: float = Field(
         0.0, ge=0, description="β of the KL to a frozen copy of the initial policy (0: off)."
+    )
+    dual_clip: float | None = Field(
+        None,
+        gt=1,
+        description="Dual-clip PPO: under a negative advantage a token's term is bounded below at c·A, so a "
+        "ratio far above 1 (> c) stops pulling (verl's clip_ratio_c, on at 3 there by default; OpenRLHF's "
+        "dual_clip). Acts only with more than one update per batch. null: off.",
     )
     chunk_size: int | None = Field(
         None, ge=1, description="Tokens per chunk of the fused path; null: chosen from the vocabulary size."
@@ -724,6 +739,12 @@ class RunConfig(BaseModel):
                     "one update per batch (algorithm.ppo_epochs 1, algorithm.mini_batches 1) the policy ratio is "
                     "1 at that update and no token is clipped; set algorithm.ppo_epochs or mini_batches to 2 or more"
                 )
+        if self.algorithm.updates_per_batch == 1 and self.algorithm.dual_clip is not None:
+            lines.append(
+                f"algorithm.dual_clip {self.algorithm.dual_clip} has no effect: with one update per batch the "
+                "policy ratio is 1 at that update, never above the bound; set algorithm.ppo_epochs or "
+                "mini_batches to 2 or more"
+            )
         if self.ablation:
             lines.append(
                 "the ablation: section (arms, seeds) is read by `entropyctl ablate`; `entropyctl train` runs the "
@@ -781,6 +802,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "reward.shaping": [],
     "algorithm.importance_level": "token",
     "algorithm.micro_batch_size": None,
+    "algorithm.dual_clip": None,
     "model.gradient_checkpointing": False,
     "model.lora": None,
     "trainer.wandb": None,  # operational (where the metrics are also sent)
@@ -789,6 +811,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "data.name": None,
     "data.overlong_prompts": "error",
     "data.strip_prefix": None,
+    "data.chat_template_kwargs": {},
     "trainer.log_every": None,  # operational (how often a progress line is printed)
     "trainer.stop_grace_s": 25.0,  # operational (how long a stopped step may still take)
     "trainer.keep_checkpoints": None,  # operational (how many step checkpoints stay on disk)

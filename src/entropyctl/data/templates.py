@@ -35,8 +35,11 @@ def format_prompt(template: str | None, prompt: str) -> str:
     return validate_template(template).replace("{prompt}", prompt)
 
 
-def apply_chat_template(tokenizer: ChatTokenizer, prompt: str, system: str | None = None) -> str:
-    """The text a chat model should continue: system (optional) + user ``prompt`` + generation prompt."""
+def apply_chat_template(
+    tokenizer: ChatTokenizer, prompt: str, system: str | None = None, options: dict[str, Any] | None = None
+) -> str:
+    """The text a chat model should continue: system (optional) + user ``prompt`` + generation prompt;
+    ``options``: keyword arguments the template reads (Qwen3's ``enable_thinking``)."""
     if not hasattr(tokenizer, "apply_chat_template"):
         raise TypeError(
             f"{type(tokenizer).__name__} has no apply_chat_template method; "
@@ -46,7 +49,9 @@ def apply_chat_template(tokenizer: ChatTokenizer, prompt: str, system: str | Non
     if system is not None:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False, **(options or {})
+    )
     if not isinstance(text, str):
         raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
     return text

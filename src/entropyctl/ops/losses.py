@@ -27,6 +27,14 @@ clipped as above; its gradient reaches every token of the response, 1/|o_i| of i
 (one on-policy update) the gradient equals the token-level one. A detach mask d cannot apply to one
 token of a shared ratio and is refused.
 
+With ``dual_clip`` c > 1 (dual-clip PPO, Ye et al. 2020; verl's ``clip_ratio_c``, OpenRLHF's
+``dual_clip``) a negative advantage's term is bounded below as well:
+
+    A < 0:  max(min(ρ̂·A, clip(ρ̂, 1 − ε_low, 1 + ε_high)·A), c·A)          (no gradient where ρ̂ > c)
+
+so a token whose ratio ran far above 1 under a negative advantage stops pulling (its term would grow
+with ρ without bound). ``clip_frac_dual`` is the share of tokens where that bound binds.
+
 With a per-token loss weight u (``loss_weight``, ≥ 0; default 1) every term's m becomes m·u: the
 trainer's ``algorithm.loss_agg`` uses it for a per-sequence aggregation (u_t = N / (S·|o_i|) for
 GRPO's sequence mean of token means, N / (S·L) for Dr. GRPO's constant normaliser; S sequences,
@@ -76,8 +84,8 @@ class PolicyLossOutput:
     """The loss and its parts.
 
     ``loss`` is the differentiable scalar L. ``pg_loss``, ``entropy_loss`` (= L_H, so it is
-    −(1/N)Σ m·α·H), ``kl_loss`` (= L_KL before β), ``clip_frac_low`` and ``clip_frac_high`` are
-    detached scalars. Like the loss, the clip fractions are normalised by N: with ``num_tokens``
+    −(1/N)Σ m·α·H), ``kl_loss`` (= L_KL before β), ``clip_frac_low``, ``clip_frac_high`` and
+    ``clip_frac_dual`` (0 without ``dual_clip``) are detached scalars. Like the loss, the clip fractions are normalised by N: with ``num_tokens``
     the global count, sum them over micro-batches to get the global fraction. ``logprob`` and
     ``entropy`` are the detached per-token values ``[N]`` (fp32).
     """
@@ -90,6 +98,7 @@ class PolicyLossOutput:
     clip_frac_high: Tensor
     logprob: Tensor
     entropy: Tensor
+    clip_frac_dual: Tensor
 
 
 def _token_count(mask: Tensor, num_tokens: int | float | Tensor | None) -> Tensor:
@@ -132,6 +141,11 @@ def _check_clip(clip_low: float, clip_high: float) -> None:
         raise ValueError(
             f"clip bounds must satisfy 0 <= clip_low <= 1 and clip_high >= 0, got {clip_low}, {clip_high}"
         )
+
+
+def _check_dual_clip(dual_clip: float | None) -> None:
+    if dual_clip is not None and not (dual_clip > 1.0 and dual_clip < float("inf")):
+        raise ValueError(f"dual_clip must be a finite bound > 1 on the ratio (or None), got {dual_clip}")
 
 
 def _upper_bound(clip_high: float, dtype: torch.dtype) -> float:
@@ -221,13 +235,19 @@ def _kl_loss(logprob: Tensor, ref_logprob: Tensor | None, m: Tensor, N: Tensor) 
 
 @torch.no_grad()
 def _clip_fractions(
-    ratio: Tensor, A: Tensor, m: Tensor, N: Tensor, clip_low: float, upper: float
-) -> tuple[Tensor, Tensor]:
-    """Token shares where the low bound binds (A < 0, ρ < 1−ε_low) and the high one (A > 0, ρ > 1+ε_high)."""
+    ratio: Tensor, A: Tensor, m: Tensor, N: Tensor, clip_low: float, upper: float, dual_clip: float | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Token shares where the low bound binds (A < 0, ρ < 1−ε_low), the high one (A > 0, ρ > 1+ε_high)
+    and the dual clip's (A < 0, ρ > c)."""
     r = ratio.detach()
     low_active = ((A < 0) & (r < 1.0 - clip_low)).to(r.dtype)
     high_active = ((A > 0) & (r > upper)).to(r.dtype)
-    return _masked_sum(m, low_active) / N, _masked_sum(m, high_active) / N
+    dual = (
+        _masked_sum(m, ((A < 0) & (r > dual_clip)).to(r.dtype)) / N
+        if dual_clip is not None
+        else r.new_zeros(())
+    )
+    return _masked_sum(m, low_active) / N, _masked_sum(m, high_active) / N, dual
 
 
 def policy_loss(
@@ -246,16 +266,18 @@ def policy_loss(
     token_action: TokenAction | None = None,
     loss_weight: Tensor | None = None,
     seq_index: Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> PolicyLossOutput:
     """Reference loss L = L_pg + L_H (+ β·L_KL) of design.md §2 on per-token tensors ``[N]``.
 
     ``coef`` is α per token (α_i of the token's prompt) or one scalar; ``mask`` is m (0/1);
     ``token_action`` (optional) the per-token weight / detach mask / KL coefficient of the module
     docstring; ``loss_weight`` (optional) u of the module docstring; ``seq_index`` (optional) each
-    token's response, for the sequence-level ratio (GSPO). Differentiable w.r.t. ``logprob`` and
-    ``entropy`` by plain autograd.
+    token's response, for the sequence-level ratio (GSPO); ``dual_clip`` (optional) c of the module
+    docstring. Differentiable w.r.t. ``logprob`` and ``entropy`` by plain autograd.
     """
     _check_clip(clip_low, clip_high)
+    _check_dual_clip(dual_clip)
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
     if logprob.dim() != 1:
         raise ValueError(f"logprob must be [N], got {tuple(logprob.shape)}")
@@ -288,6 +310,8 @@ def policy_loss(
     # L_pg = −(1/N) Σ m · w · min(ρ̂A, clip(ρ̂, 1−ε_low, 1+ε_high)·A)
     upper = _upper_bound(clip_high, logprob.dtype)
     surrogate = torch.minimum(ratio_hat * A, torch.clamp(ratio_hat, 1.0 - clip_low, upper) * A)
+    if dual_clip is not None:  # A < 0: max(·, c·A), a bound below on the negative advantage's term
+        surrogate = torch.where(A < 0, torch.maximum(surrogate, dual_clip * A), surrogate)
     if w is not None:
         surrogate = surrogate * w
     pg_loss = -_masked_sum(mu, surrogate) / N
@@ -299,7 +323,9 @@ def policy_loss(
     loss = pg_loss + entropy_loss
     if ref_logprob is not None and kl_coef != 0.0:
         loss = loss + kl_coef * kl_loss
-    clip_frac_low, clip_frac_high = _clip_fractions(ratio, A, m, N, clip_low, upper)
+    clip_frac_low, clip_frac_high, clip_frac_dual = _clip_fractions(
+        ratio, A, m, N, clip_low, upper, dual_clip
+    )
     return PolicyLossOutput(
         loss=loss,
         pg_loss=pg_loss.detach(),
@@ -309,6 +335,7 @@ def policy_loss(
         clip_frac_high=clip_frac_high,
         logprob=logprob.detach(),
         entropy=entropy.detach(),
+        clip_frac_dual=clip_frac_dual,
     )
 
 
@@ -325,6 +352,7 @@ def _token_loss_grads(
     kl_coef: float,
     action: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None),
     seq_index: Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(∂L/∂logp, ∂L/∂H) per token, in closed form.
 
@@ -334,7 +362,8 @@ def _token_loss_grads(
 
     ∂L_pg/∂logp = −(m/N)·w·(1−d)·ρ·A where the unclipped branch ρA is the min, else 0
                   (the clipped branch is constant in logp: low bound binds for A<0, ρ<1−ε_low;
-                  high bound binds for A>0, ρ>1+ε_high), + (m/N)·c·sign(logp − logp_old)
+                  high bound binds for A>0, ρ>1+ε_high; the dual clip for A<0, ρ>c),
+                  + (m/N)·c·sign(logp − logp_old)
     ∂L_H/∂H     = −(m/N)·α
     ∂(β·L_KL)/∂logp = β·(m/N)·(1 − exp(ref − logp))
     """
@@ -342,6 +371,8 @@ def _token_loss_grads(
     ratio = _ratio(logprob, old_logprob, seq_index, mask != 0)
     upper = _upper_bound(clip_high, ratio.dtype)
     clipped = ((advantages < 0) & (ratio < 1.0 - clip_low)) | ((advantages > 0) & (ratio > upper))
+    if dual_clip is not None:
+        clipped = clipped | ((advantages < 0) & (ratio > dual_clip))
     if detach is not None:
         clipped = clipped | detach
     w = torch.where(mask != 0, mask / N, torch.zeros_like(mask))
@@ -375,14 +406,14 @@ def _grads_of(
     token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
     action: tuple[Tensor | None, Tensor | None, Tensor | None],
     N: Tensor,
-    bounds: tuple[float, float, float],
+    bounds: tuple[float, float, float, float | None],
     seq_index: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_token_loss_grads` on the fused loss's packed inputs (``bounds``: ε_low, ε_high, β)."""
+    """:func:`_token_loss_grads` on the fused loss's packed inputs (``bounds``: ε_low, ε_high, β, dual clip)."""
     old, adv, coef, mask, ref = token_inputs
-    clip_low, clip_high, kl_coef = bounds
+    clip_low, clip_high, kl_coef, dual_clip = bounds
     return _token_loss_grads(
-        logprob, old, adv, coef, mask, clip_low, clip_high, N, ref, kl_coef, action, seq_index
+        logprob, old, adv, coef, mask, clip_low, clip_high, N, ref, kl_coef, action, seq_index, dual_clip
     )
 
 
@@ -404,6 +435,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         chunk_size: int,
         kl_coef: float,
         need_grad: tuple[bool, bool, bool],
+        dual_clip: float | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         n = hidden.shape[0]
         cdtype = _compute_dtype(hidden.dtype)
@@ -421,7 +453,8 @@ class _FusedPolicyLoss(torch.autograd.Function):
             every_lp, _ = fused_logprob_entropy(  # under forward's no-grad: values only
                 hidden, weight, targets, temperature=temperature, chunk_size=chunk_size, bias=bias
             )
-            grads = _grads_of(every_lp, token_inputs, action, N, (clip_low, clip_high, kl_coef), seq_index)
+            bounds = (clip_low, clip_high, kl_coef, dual_clip)
+            grads = _grads_of(every_lp, token_inputs, action, N, bounds, seq_index)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
             h = hidden[start:end]
@@ -436,7 +469,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
                 else:
                     part = tuple(None if x is None else x[start:end] for x in token_inputs)
                     acts = tuple(None if a is None else a[start:end] for a in action)
-                    g_lp, g_H = _grads_of(lp, part, acts, N, (clip_low, clip_high, kl_coef))  # type: ignore[arg-type]
+                    g_lp, g_H = _grads_of(lp, part, acts, N, (clip_low, clip_high, kl_coef, dual_clip))  # type: ignore[arg-type]
                 skip_H = not bool(torch.any(g_H != 0))
                 dz = chunk_dlogits(p_log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
                 accumulate_param_grads(dz, h, weight, grad_h, grad_w, grad_b, start, end)
@@ -462,7 +495,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = g_loss.reshape(())
         out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*out, None, None, None, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def _per_token_inputs(
@@ -508,6 +541,7 @@ def fused_policy_loss(
     token_action: TokenAction | None = None,
     loss_weight: Tensor | None = None,
     seq_index: Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> PolicyLossOutput:
     """:func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head, equal in value and
     gradient to ``policy_loss(*token_logprob_entropy(hidden @ weight.T + bias, targets, T), ...)`` but
@@ -518,6 +552,7 @@ def fused_policy_loss(
     before any gradient)."""
     t = _check_temperature(temperature)
     _check_clip(clip_low, clip_high)
+    _check_dual_clip(dual_clip)
     chunk_size = default_chunk_size(weight.shape[0]) if chunk_size is None else chunk_size
     _validate(hidden, weight, targets, bias, chunk_size)
     n, cdtype = hidden.shape[0], _compute_dtype(hidden.dtype)
@@ -547,6 +582,7 @@ def fused_policy_loss(
         chunk_size,
         float(kl_coef),
         need_grad,
+        None if dual_clip is None else float(dual_clip),
     )
     parts = policy_loss(
         logprob,
@@ -563,6 +599,7 @@ def fused_policy_loss(
         token_action=token_action,
         loss_weight=u,
         seq_index=seq_t,
+        dual_clip=dual_clip,
     )
     # loss = value of the reference formula + proxy (0 in value, carries the precomputed gradient).
     return dataclasses.replace(parts, loss=parts.loss.detach() + proxy, logprob=logprob, entropy=entropy)

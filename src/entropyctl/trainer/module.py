@@ -46,6 +46,7 @@ from entropyctl.ops.sampler_correction import sampler_correction
 from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings, decode_responses
 from entropyctl.trainer.evaluation import ProblemOutcome, count_correct, summarize_pass_at_k
 from entropyctl.trainer.phases import (
+    CLIP_PARTS,
     LOSS_PARTS,
     MISMATCH_SUMS,
     Collected,
@@ -820,6 +821,7 @@ class RLVRModule(pl.LightningModule):
                 token_action=tokens.action,
                 loss_weight=tokens.loss_weight,
                 seq_index=seq,
+                dual_clip=a.dual_clip,
             )
         assert fwd.logits is not None
         logprob, entropy = token_logprob_entropy(fwd.logits, fwd.targets, temperature=T)
@@ -838,6 +840,7 @@ class RLVRModule(pl.LightningModule):
             token_action=tokens.action,
             loss_weight=tokens.loss_weight,
             seq_index=seq,
+            dual_clip=a.dual_clip,
         )
 
     def _loss_weight(self, comp: Completions, tok_rows: Tensor, tokens: float, seqs: float) -> Tensor | None:
@@ -1059,11 +1062,12 @@ class RLVRModule(pl.LightningModule):
                         out.pg_loss,
                         out.entropy_loss,
                         out.kl_loss,
+                        out.clip_frac_dual,
                     )
                     # each part is normalised by the mini-batch's global counts: the micro-batches' sum
                     for key, value in zip(LOSS_PARTS, values, strict=True):
                         # the clip fractions are token shares whatever loss_agg averages the loss over
-                        w = token_weights[m] if key in ("clip_low", "clip_high") else weights[m]
+                        w = token_weights[m] if key in CLIP_PARTS else weights[m]
                         updated.sums[key] += float(value) * w / per
                 if signal:
                     updated.grad_norm = self._optimizer_step(opt, sched)

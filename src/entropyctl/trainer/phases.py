@@ -36,6 +36,7 @@ __all__ = [
     "observe",
     "metrics_row",
     "LOCAL_SUMS",
+    "CLIP_PARTS",
     "LOSS_PARTS",
     "local_sums",
 ]
@@ -105,7 +106,9 @@ class TokenForward:
 
 
 #: The loss parts and clip fractions summed over mini-batches (token-weighted) in :class:`Updated`.
-LOSS_PARTS = ("clip_low", "clip_high", "loss", "pg", "ent", "kl")
+LOSS_PARTS = ("clip_low", "clip_high", "loss", "pg", "ent", "kl", "clip_dual")
+#: the loss parts that are token shares (weighted by tokens whatever algorithm.loss_agg averages over)
+CLIP_PARTS = ("clip_low", "clip_high", "clip_dual")
 
 #: ``algorithm.rollout_correction``: sums over the loss's tokens (first epoch) of 1, the k3 estimate of
 #: KL(sampler ‖ trainer), |log-prob difference|, the importance weight, and 1 where a bound acted.
@@ -315,6 +318,7 @@ def metrics_row(
         "coef_mean": updated.stats.mean_coef(),
         "clip_frac_low": g["clip_low"],
         "clip_frac_high": g["clip_high"],
+        "clip_frac_dual": g["clip_dual"],
         "response_length": g["length"] / n,
         "truncated_frac": g["truncated"] / n,
         # loss parts are normalised by the global token count: their sum over ranks is the global value

@@ -269,7 +269,7 @@ def build_prompt_encoder(config: RunConfig, tokenizer: Any) -> Any:
     def encode(text: str) -> list[int]:
         text = format_prompt(d.template, text)
         if d.chat_template:
-            text = apply_chat_template(tokenizer, text, d.system)
+            text = apply_chat_template(tokenizer, text, d.system, d.chat_template_kwargs)
             return list(tokenizer(text, add_special_tokens=False)["input_ids"])
         return list(tokenizer(text)["input_ids"])
 

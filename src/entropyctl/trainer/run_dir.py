@@ -615,6 +615,7 @@ def metric_columns(
         "coef_mean",
         "clip_frac_low",
         "clip_frac_high",
+        "clip_frac_dual",
         "response_length",
         "truncated_frac",
         "loss",

@@ -96,6 +96,26 @@ def test_prompt_longer_than_the_context_fails_at_load_naming_file_line(tmp_path:
     assert all(len(p.prompt) < 100 for p in module.eval_problems)
 
 
+def test_max_prompt_tokens_caps_a_prompt_below_the_context(tmp_path: Path) -> None:
+    """data.max_prompt_tokens (verl's max_prompt_length): a prompt over it is an error naming file:line and
+    the cap, or dropped with data.overlong_prompts=drop; the context still limits the rest."""
+    rows = [{"question": "1+2=", "answer": "3"}] * 4 + [{"question": "1+" * 20 + "1=", "answer": "21"}]
+    data = _write(tmp_path / "mid.jsonl", rows)
+    base = ["data.source=file", f"data.path={data}", "eval.n_prompts=2"]
+    build_module(tiny_config(*base))  # 42 characters: inside the context
+    with pytest.raises(
+        DatasetError, match=r"mid\.jsonl:5: prompt is \d+ tokens; data\.max_prompt_tokens is 30"
+    ):
+        build_module(tiny_config(*base, "data.max_prompt_tokens=30"))
+    with pytest.warns(UserWarning, match=r"dropped 1 of 5 rows of mid\.jsonl whose prompt is over 30 tokens"):
+        module = build_module(tiny_config(*base, "data.max_prompt_tokens=30", "data.overlong_prompts=drop"))
+    assert all(len(p.prompt) < 30 for p in module.eval_problems)
+    # a cap above what the context leaves changes nothing: the context's bound is named
+    config = tiny_config(*base, "data.max_prompt_tokens=4000", "rollout.max_new_tokens=220")
+    with pytest.raises(DatasetError, match=r"context of 256 leaves 36"):
+        build_module(config)
+
+
 def test_a_response_longer_than_the_context_names_max_new_tokens_for_every_source(tmp_path: Path) -> None:
     """max_new_tokens at or past the context leaves no room for any prompt: one error naming that field
     (not a prompt of a file row), and on the synthetic source too, which has no per-row check."""

@@ -110,10 +110,18 @@ class DataConfig(_Section):
         description="chat_template: keyword arguments the tokenizer's chat template reads, e.g. "
         "{enable_thinking: false} for Qwen3 (TRL's chat_template_kwargs, verl's apply_chat_template_kwargs).",
     )
+    max_prompt_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="file: the most tokens a prompt may have (as the model sees it, templates included); "
+        "longer ones are handled as overlong_prompts says (verl's max_prompt_length with "
+        "filter_overlong_prompts). None: only the model's context limits them.",
+    )
     overlong_prompts: Literal["error", "drop"] = Field(
         "error",
-        description="file: a prompt that does not fit the model's context with the longest response: "
-        "error (names file:line and the limit) or drop (leave such rows out, with a warning).",
+        description="file: a prompt over data.max_prompt_tokens, or that does not fit the model's context with "
+        "the longest response: error (names file:line and the limit) or drop (leave such rows out, with a "
+        "warning).",
     )
     strip_prefix: str | None = Field(
         None,
@@ -137,7 +145,7 @@ class DataConfig(_Section):
         for field in ("system", "chat_template_kwargs"):
             if getattr(self, field) and not self.chat_template:
                 raise ValueError(f"{field}: only read when data.chat_template is true")
-        for field in ("path", "eval_path"):
+        for field in ("path", "eval_path", "max_prompt_tokens"):
             if getattr(self, field) is not None and self.source != "file":
                 raise ValueError(
                     f"{field}: only read when data.source is 'file' (got '{self.source}'); set data.source: "
@@ -812,6 +820,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "data.overlong_prompts": "error",
     "data.strip_prefix": None,
     "data.chat_template_kwargs": {},
+    "data.max_prompt_tokens": None,
     "trainer.log_every": None,  # operational (how often a progress line is printed)
     "trainer.stop_grace_s": 25.0,  # operational (how long a stopped step may still take)
     "trainer.keep_checkpoints": None,  # operational (how many step checkpoints stay on disk)

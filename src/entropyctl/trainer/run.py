@@ -187,7 +187,8 @@ def fit_prompts_to_context(
     config: RunConfig, encode: Callable[[str], list[int]], context: int | None, unknown_id: int | None = None
 ) -> Callable[[list[Any]], list[Any]]:
     """A ``fit`` for :func:`build_data`: every prompt (templated, as the model sees it) plus the longest
-    response (``rollout.max_new_tokens``, ``eval.max_new_tokens``) must fit the model's ``context``.
+    response (``rollout.max_new_tokens``, ``eval.max_new_tokens``) must fit the model's ``context``, and
+    the prompt must be at most ``data.max_prompt_tokens`` when that is set.
     ``data.overlong_prompts``: ``error`` (a :class:`DatasetError` naming ``file:line``, the prompt's
     tokens and the limit) or ``drop`` (such rows are left out, with a warning counting them). Prompts
     with characters the tokenizer reads as ``unknown_id`` are warned of (:func:`warn_unreadable`)."""
@@ -195,16 +196,21 @@ def fit_prompts_to_context(
 
     r, e = config.rollout, config.eval
     response = max(r.max_new_tokens, e.max_new_tokens or 0)
+    cap = config.data.max_prompt_tokens
+    budget = None if context is None else context - response
+    if cap is not None and (budget is None or cap < budget):
+        budget, why = cap, f"data.max_prompt_tokens is {cap}"
+    else:
+        why = f"with responses of up to {response} tokens the model's context of {context} leaves {budget}"
 
     def fit(problems: list[Any]) -> list[Any]:
         source = (getattr(problems[0], "meta", None) or {}).get("source", "data") if problems else "data"
-        if unknown_id is None and context is None:
+        if unknown_id is None and budget is None:
             return problems
         ids = [encode(problem.prompt) for problem in problems]  # each prompt encoded once, for both checks
         warn_unreadable(problems, ids, unknown_id, f"prompts of {source}")
-        if context is None:
+        if budget is None:
             return problems
-        budget = context - response
         kept = []
         for problem, prompt_ids in zip(problems, ids, strict=True):
             tokens = len(prompt_ids)
@@ -216,14 +222,13 @@ def fit_prompts_to_context(
                 raise DatasetError(
                     meta.get("source", "data"),
                     meta.get("location"),
-                    f"prompt is {tokens} tokens; with responses of up to {response} tokens the model's context "
-                    f"of {context} leaves {budget} (shorten it, lower rollout.max_new_tokens, or set "
+                    f"prompt is {tokens} tokens; {why} (shorten it, raise the limit, or set "
                     "data.overlong_prompts=drop)",
                 )
         if len(kept) < len(problems):
             warnings.warn(
                 f"data: dropped {len(problems) - len(kept)} of {len(problems)} rows of {source} whose prompt "
-                f"does not fit the context ({context} tokens, {response} kept for the response)",
+                f"is over {budget} tokens ({why})",
                 UserWarning,
                 stacklevel=2,
             )

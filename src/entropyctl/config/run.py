@@ -110,6 +110,12 @@ class DataConfig(_Section):
         description="chat_template: keyword arguments the tokenizer's chat template reads, e.g. "
         "{enable_thinking: false} for Qwen3 (TRL's chat_template_kwargs, verl's apply_chat_template_kwargs).",
     )
+    order: Literal["random", "epochs"] = Field(
+        "random",
+        description="file: random = each step draws its prompts at random from the training rows (rows repeat "
+        "and some are never drawn); epochs = passes over the rows in a fresh seeded shuffle per epoch, each "
+        "row once an epoch, the ranks on disjoint rows (TRL's and verl's shuffled epochs).",
+    )
     max_prompt_tokens: int | None = Field(
         None,
         ge=1,
@@ -145,6 +151,8 @@ class DataConfig(_Section):
         for field in ("system", "chat_template_kwargs"):
             if getattr(self, field) and not self.chat_template:
                 raise ValueError(f"{field}: only read when data.chat_template is true")
+        if self.order != "random" and self.source != "file":
+            raise ValueError(f"order: epochs are passes over a file's rows; data.source is '{self.source}'")
         for field in ("path", "eval_path", "max_prompt_tokens"):
             if getattr(self, field) is not None and self.source != "file":
                 raise ValueError(
@@ -821,6 +829,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "data.strip_prefix": None,
     "data.chat_template_kwargs": {},
     "data.max_prompt_tokens": None,
+    "data.order": "random",
     "trainer.log_every": None,  # operational (how often a progress line is printed)
     "trainer.stop_grace_s": 25.0,  # operational (how long a stopped step may still take)
     "trainer.keep_checkpoints": None,  # operational (how many step checkpoints stay on disk)

@@ -685,7 +685,9 @@ class RLVRModule(pl.LightningModule):
         attempts = 1 + (cfg.max_refills if cfg.dynamic_sampling else 0)
         for attempt in range(attempts):
             need = P - len(kept)
-            problems = self.sampler.sample(P if attempt == 0 else need, step=step, rank=rank, attempt=attempt)
+            problems = self.sampler.sample(
+                P if attempt == 0 else need, step=step, rank=rank, attempt=attempt, world=self._world()[1]
+            )
             comp, rewards, shaping = self._rollout(
                 problems, derive_seed("rollout", self.config.seed, rank, step, attempt), timers
             )
@@ -1100,6 +1102,10 @@ class RLVRModule(pl.LightningModule):
             self.levels,
             timers,
             self.config.reward.shaping_labels(),
+        )
+        # data.order: epochs: the passes over the training rows read by the end of this step (NaN: random)
+        row["data_epoch"] = self.sampler.epoch_of(
+            step, self.config.rollout.prompts_per_step, self._world()[1]
         )
         self.last_metrics = row
         self.local_history.append(

@@ -130,7 +130,7 @@ def build_data(
         train, heldout = split_held_out(rows, e.n_prompts, d.seed)
     for line in check_overlap(train, heldout):
         warnings.warn(f"data: {line}", UserWarning, stacklevel=2)
-    return PromptSampler.from_list(train, config.seed), heldout
+    return PromptSampler.from_list(train, config.seed, d.order), heldout
 
 
 def check_response_fits(config: RunConfig, context: int | None) -> None:

@@ -628,6 +628,7 @@ def metric_columns(
         "is_bounded_frac",
         "grad_norm",
         "lr",
+        "data_epoch",
         "tokens",
         "dropped_groups",
         "filler_groups",

@@ -144,3 +144,26 @@ def test_billion_laughs_fails_fast(tmp_path: Path) -> None:
 
 def test_a_greedy_evaluation_with_one_sample_loads() -> None:
     load_run_config(None, ["eval.temperature=0", "eval.n_samples=1", "eval.ks=[1]"])
+
+
+def test_a_runs_own_config_is_not_refused_for_settings_that_did_nothing() -> None:
+    """The checks for settings that did nothing (a data file on the synthetic source, a system message
+    without the chat template, a greedy evaluation of several samples) refuse a new config; a run
+    directory's config.yaml, what ran, still loads, so that run resumes and evaluates."""
+    from entropyctl.config import parse_run_config, parse_written_config
+
+    data = load_run_config(None).model_dump(mode="json")
+    data["data"] |= {"path": "train.jsonl", "system": "Be brief."}
+    data["eval"] |= {"temperature": 0.0}
+    with pytest.raises(ConfigError) as err:
+        parse_run_config(data)
+    assert [e.split(":")[0] for e in err.value.errors] == ["data.system", "eval.n_samples"]  # one per section
+    with pytest.raises(ConfigError, match="data.path: only read when data.source is 'file'"):
+        parse_run_config({**data, "data": {**data["data"], "system": None}})
+    written = parse_written_config(data)
+    assert written.data.path == "train.jsonl" and written.eval.temperature == 0.0
+
+
+def test_chat_template_kwargs_the_trainer_sets_are_refused() -> None:
+    with pytest.raises(ConfigError, match="tokenize is set by the trainer"):
+        load_run_config(None, ["data.chat_template=true", "data.chat_template_kwargs={tokenize: true}"])

@@ -311,12 +311,15 @@ def test_float_answers_are_written_in_positional_digits(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
-def test_nan_and_infinity_are_refused_with_the_line(tmp_path: Path, constant: str) -> None:
-    """Python's json accepts NaN and Infinity (JSON has neither): the answer became 'nan', which the
-    math reward scored 1 against '\\boxed{nan}' as identical strings."""
+def test_a_nan_or_infinite_answer_is_refused_with_the_line(tmp_path: Path, constant: str) -> None:
+    """Python's json reads NaN and Infinity (JSON has neither): the answer became 'nan', which the math
+    reward scored 1 against '\\boxed{nan}' as identical strings. Refused with the field and line; such a
+    value in another column of the row is left alone (the first fix refused the whole file for it)."""
     path = _write(tmp_path, ['{"question": "q", "answer": 1}', f'{{"question": "q", "answer": {constant}}}'])
-    with pytest.raises(DatasetError, match=f"data.jsonl:2: invalid JSON \\({constant} is not a JSON value"):
+    with pytest.raises(DatasetError, match="data.jsonl:2: field 'answer' has no final answer \\(float"):
         load_math_dataset(path)
+    path = _write(tmp_path, [f'{{"question": "q", "answer": 1, "difficulty": {constant}}}'])
+    assert [p.answer for p in load_math_dataset(path)] == ["1"]
 
 
 # --------------------------------------------------------------------------------- templates

@@ -216,6 +216,7 @@ def test_data_file_scores_every_row_and_warns_when_it_is_the_runs_training_file(
         (["--temperature", "nan"], "--temperature: must be ≥ 0 and finite"),
         (["--temperature", "inf"], "--temperature: must be ≥ 0 and finite"),
         (["--temperature", "0"], "--temperature 0: greedy decoding gives equal samples"),
+        (["--temperature", "1e-6"], "--temperature 1e-06: greedy decoding in vLLM and sampling in the HF"),
         (["--temperature", "0", "--n", "4", "--k", "1"], "add --n 1 --k 1"),
         (["--by", "difficulty"], "--by: expected one of 'level', 'none'"),
         (["--json", "no-such-dir/eval.json"], "--json no-such-dir/eval.json: no directory 'no-such-dir'"),

@@ -156,6 +156,8 @@ def test_parse_number_forms() -> None:
     assert parse_number("\\$18.") == 18
     assert parse_number("x") is None
     assert parse_number("1/0") is None
+    assert parse_number("(-5)") == parse_number("- 5") == -5
+    assert parse_number("(5,125)") is None and parse_number("(0,100)") is None  # pairs, not thousands
 
 
 # --------------------------------------------------------------------------------- correctness
@@ -201,6 +203,22 @@ def test_parse_number_forms() -> None:
         ("\\boxed{1{,}000}", "1000"),
         ("\\boxed{1~000}", "1000"),
         ("\\boxed{12 345}", "12345"),
+        # a review of the rules above: each of these scored 0 under their first version
+        ("\\boxed{(5, 125)}", "\\boxed{(5,125)}"),  # a pair is no thousands number
+        ("The answer is $(0, 100)$.", "(0,100)"),
+        ("The answer is 12, and 12 is divisible by 3.", "12"),  # ", and" before prose still ends it
+        ("Final answer: 7, and 7 is prime.", "7"),
+        ("The answer is $12$, and $12 > 10$ as needed.", "12"),
+        ("The answer is 5, and (as a check) 5*2=10", "5"),
+        (
+            "The triangle has $b = 6$ and $h = 4$, so $area = base \\times height / 2 = 12$.",
+            "12",
+        ),  # math, not prose
+        ("Speed is $d = 120$ miles. So $speed = distance / time = 120 / 2 = 60$", "60"),
+        ("\\boxed{50\\%}", "0.5"),  # a percent is no unit: math-verify reads it
+        ("\\boxed{25\\%}", "\\frac{1}{4}"),
+        ("Answer: 5 percent", "0.05"),
+        ("Final Answer: The final answer is $18$ I hope it is correct.", "18"),  # Minerva, no period
     ],
 )
 def test_equivalent_forms_score_one(reward: MathReward, completion: str, gold: str) -> None:
@@ -236,6 +254,13 @@ def test_equivalent_forms_score_one(reward: MathReward, completion: str, gold: s
         ("\\boxed{18 dollars}", "19", "wrong"),
         ("\\boxed{(12+7)}", "19", "wrong"),  # parentheses around unevaluated arithmetic
         ("\\boxed{1 00}", "100", "wrong"),  # a space is a digit-group separator only before three digits
+        ("\\boxed{5125}", "(5,125)", "wrong"),  # the gold pair is not 5125
+        ("The answer is 100.", "(0,100)", "wrong"),
+        ("Answer: 12 or more", "12", "wrong"),  # connectives, scales and letter pairs are no units
+        ("Answer: 5 xy", "5", "wrong"),
+        ("Answer: 2 hundred", "2", "wrong"),
+        ("Answer: 4 dozen", "4", "wrong"),
+        ("Answer: 7 and", "7", "wrong"),
     ],
 )
 def test_wrong_answers_score_zero(verifier: MathVerifier, completion: str, gold: str, status: str) -> None:
@@ -569,8 +594,7 @@ def _regex_last_inline_math_not_prose(text: str) -> str | None:
     for match in _OLD_INLINE.finditer(text):
         dollar = match.group(1) is not None or match.group(2) is not None
         content = next(g for g in match.groups() if g is not None)
-        if not (dollar and _is_prose(content)):
-            last = content
+        last = None if dollar and _is_prose(content) else content  # a prose span voids the ones before
     return last
 
 
@@ -579,6 +603,9 @@ PROSE_PIECES = [
     "$",
     "$$",
     "abc de",
+    "2 abc de",  # a dollar amount's prose: opens with a digit
+    "$2 abc de",
+    "=",
     "\\(",
     "\\)",
     "\\[",
@@ -597,7 +624,7 @@ PROSE_PIECES = [
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(PROSE_PIECES), max_size=16).map("".join))
 def test_skipping_prose_spans_keeps_the_spans_and_drops_only_prose(text: str) -> None:
-    # the same spans as the regex; the last one that is not a $-span of prose
+    # the same spans as the regex; the last one after the last $-span of prose
     assert _last_inline_math(text, skip_prose=True) == _regex_last_inline_math_not_prose(text)
 
 

@@ -117,6 +117,11 @@ def _check_options(args: Any) -> list[int] | None:
             raise ConfigError(f"{option}: must be ≥ 1 (got {value})")
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise ConfigError(f"--temperature: must be ≥ 0 and finite, 0 for greedy (got {args.temperature})")
+    if args.temperature is not None and 0 < args.temperature < 1e-5:
+        raise ConfigError(
+            f"--temperature {args.temperature}: greedy decoding in vLLM and sampling in the HF engine; write 0 "
+            "for greedy"
+        )
     if args.temperature == 0 and (args.n != 1 or ks != [1]):
         raise ConfigError(
             "--temperature 0: greedy decoding gives equal samples, so every pass@k would be pass@1; "

@@ -66,7 +66,7 @@ def load_run_config(
     base = data
     data = apply_overrides(base, overrides, text=lambda key: _is_text_field(key, base))
     try:
-        return parse_run_config(data, source=str(source))
+        return parse_run_config(data, source=str(source), written=written)
     except ConfigError as err:
         raise _name_the_overrides(err, overrides, str(source), data) from None
 

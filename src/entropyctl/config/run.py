@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from entropyctl.controllers.config import ControllerConfig
 from entropyctl.controllers.parts import PART_VARIANTS
@@ -62,6 +70,11 @@ MAX_SEED = 2**32 - 1
 #: temperature in common RLVR recipes (0.6).
 MIN_TRAIN_TEMPERATURE = 0.1
 UnitInterval = Annotated[float, Field(ge=0, lt=1)]
+
+
+def _written(info: ValidationInfo) -> bool:
+    """Whether the config being validated is a run directory's (:func:`parse_run_config`'s ``written``)."""
+    return bool((info.context or {}).get("written"))
 
 
 class _Section(BaseModel):
@@ -136,7 +149,7 @@ class DataConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _check_source(self) -> DataConfig:
+    def _check_source(self, info: ValidationInfo) -> DataConfig:
         if self.source == "file" and not self.path:
             raise ValueError("path: required when data.source is 'file' (a .jsonl or .parquet file)")
         if self.source == "reasoning_gym" and not self.name:
@@ -148,13 +161,25 @@ class DataConfig(_Section):
                 raise ValueError(
                     f"{field}: only read when data.source is 'reasoning_gym' (got '{self.source}')"
                 )
+        reserved = sorted(
+            set(self.chat_template_kwargs) & {"tokenize", "add_generation_prompt", "conversation"}
+        )
+        if reserved:
+            raise ValueError(
+                f"chat_template_kwargs: {', '.join(reserved)} is set by the trainer; leave it out"
+            )
+        fresh = not _written(info)  # settings that did nothing: refused in a new config, not in a run's
         for field in ("system", "chat_template_kwargs"):
-            if getattr(self, field) and not self.chat_template:
+            if getattr(self, field) and not self.chat_template and fresh:
                 raise ValueError(f"{field}: only read when data.chat_template is true")
         if self.order != "random" and self.source != "file":
             raise ValueError(f"order: epochs are passes over a file's rows; data.source is '{self.source}'")
         for field in ("path", "eval_path", "max_prompt_tokens"):
-            if getattr(self, field) is not None and self.source != "file":
+            if (
+                getattr(self, field) is not None
+                and self.source != "file"
+                and (fresh or field == "max_prompt_tokens")
+            ):
                 raise ValueError(
                     f"{field}: only read when data.source is 'file' (got '{self.source}'); set data.source: "
                     "file to train on it"
@@ -497,7 +522,7 @@ class EvalConfig(_Section):
     every: int = Field(0, ge=0, description="Also evaluate every N steps (0: off).")
 
     @model_validator(mode="after")
-    def _check_ks(self) -> EvalConfig:
+    def _check_ks(self, info: ValidationInfo) -> EvalConfig:
         bad = [k for k in self.ks if k < 1 or k > self.n_samples]
         if bad or not self.ks:
             raise ValueError(f"ks: each k must be in [1, eval.n_samples = {self.n_samples}] (got {self.ks})")
@@ -506,7 +531,7 @@ class EvalConfig(_Section):
                 f"temperature: {self.temperature} is greedy decoding in vLLM and sampling in the HF engine; "
                 "write 0 for greedy"
             )
-        if self.temperature == 0 and self.n_samples > 1:
+        if self.temperature == 0 and self.n_samples > 1 and not _written(info):
             raise ValueError(
                 f"n_samples: greedy decoding (eval.temperature 0) gives {self.n_samples} equal samples, so every "
                 "pass@k would be pass@1; set eval.n_samples=1 and eval.ks=[1], or a temperature above 0"
@@ -782,10 +807,15 @@ def default_config_path() -> Path:
     return Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
-def parse_run_config(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
-    """Validate a run config mapping; errors name each field path (``rollout.group_size: ...``)."""
+def parse_run_config(
+    data: Mapping[str, Any], *, source: str | None = None, written: bool = False
+) -> RunConfig:
+    """Validate a run config mapping; errors name each field path (``rollout.group_size: ...``). ``written``:
+    a run directory's config (what ran): the checks added for settings that did nothing
+    (a data file on another source, a system message without the chat template, a greedy evaluation of
+    several samples) do not refuse it, so such a run still resumes and evaluates."""
     try:
-        return RunConfig.model_validate(dict(data))
+        return RunConfig.model_validate(dict(data), context={"written": written})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "", RunConfig, PART_VARIANTS), source=source) from None
 
@@ -881,4 +911,4 @@ def fill_absent(data: Mapping[str, Any]) -> dict[str, Any]:
 def parse_written_config(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
     """A run directory's ``config.yaml``, parsed: the fields it lacks read as :data:`ABSENT_MEANS`
     says (what that run ran with), not as today's defaults."""
-    return parse_run_config(fill_absent(data), source=source)
+    return parse_run_config(fill_absent(data), source=source, written=True)

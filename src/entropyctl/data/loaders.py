@@ -147,15 +147,6 @@ MAX_LINE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 
 
-class _NonStandardJSON(ValueError):
-    pass
-
-
-def _no_constant(name: str) -> Any:
-    """``json.loads``' hook for ``NaN``, ``Infinity`` and ``-Infinity``, which Python accepts and JSON has not."""
-    raise _NonStandardJSON(f"{name} is not a JSON value; write the answer as a number or a string")
-
-
 def _iter_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[str, Any]]:
     """(line number, parsed JSON) per non-blank line; a UTF-8 BOM at the start is accepted. Undecodable
     bytes, invalid JSON and lines over ``max_line_bytes`` are errors naming ``file:line``; a long line
@@ -188,13 +179,11 @@ def _iter_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tu
             if not line.strip():
                 continue
             try:
-                yield str(number), json.loads(line, parse_constant=_no_constant)
+                yield str(number), json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(
                     path, str(number), f"invalid JSON ({exc.msg} at column {exc.colno})"
                 ) from exc
-            except _NonStandardJSON as exc:
-                raise DatasetError(path, str(number), f"invalid JSON ({exc})") from None
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:

@@ -135,15 +135,12 @@ def _check_token_tensors(n: int, **tensors: Tensor | None) -> None:
             )
 
 
-def _check_clip(clip_low: float, clip_high: float) -> None:
+def _check_clip(clip_low: float, clip_high: float, dual_clip: float | None = None) -> None:
     # clip_low = 1 puts the lower bound at ρ = 0, which never binds: no lower clipping (KL-Cov).
     if not (0.0 <= clip_low <= 1.0) or not (clip_high >= 0.0):
         raise ValueError(
             f"clip bounds must satisfy 0 <= clip_low <= 1 and clip_high >= 0, got {clip_low}, {clip_high}"
         )
-
-
-def _check_dual_clip(dual_clip: float | None) -> None:
     if dual_clip is not None and not (dual_clip > 1.0 and dual_clip < float("inf")):
         raise ValueError(f"dual_clip must be a finite bound > 1 on the ratio (or None), got {dual_clip}")
 
@@ -250,6 +247,16 @@ def _clip_fractions(
     return _masked_sum(m, low_active) / N, _masked_sum(m, high_active) / N, dual
 
 
+def _clipped_surrogate(
+    ratio_hat: Tensor, A: Tensor, clip_low: float, upper: float, dual_clip: float | None, w: Tensor | None
+) -> Tensor:
+    """min(ρ̂A, clip(ρ̂, 1−ε_low, 1+ε_high)·A), bounded below at c·A where A < 0 (the dual clip), times w."""
+    surrogate = torch.minimum(ratio_hat * A, torch.clamp(ratio_hat, 1.0 - clip_low, upper) * A)
+    if dual_clip is not None:
+        surrogate = torch.where(A < 0, torch.maximum(surrogate, dual_clip * A), surrogate)
+    return surrogate if w is None else surrogate * w
+
+
 def policy_loss(
     logprob: Tensor,
     entropy: Tensor,
@@ -276,8 +283,7 @@ def policy_loss(
     token's response, for the sequence-level ratio (GSPO); ``dual_clip`` (optional) c of the module
     docstring. Differentiable w.r.t. ``logprob`` and ``entropy`` by plain autograd.
     """
-    _check_clip(clip_low, clip_high)
-    _check_dual_clip(dual_clip)
+    _check_clip(clip_low, clip_high, dual_clip)
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
     if logprob.dim() != 1:
         raise ValueError(f"logprob must be [N], got {tuple(logprob.shape)}")
@@ -309,11 +315,7 @@ def policy_loss(
     ratio_hat = ratio if d is None else torch.where(d, ratio.detach(), ratio)
     # L_pg = −(1/N) Σ m · w · min(ρ̂A, clip(ρ̂, 1−ε_low, 1+ε_high)·A)
     upper = _upper_bound(clip_high, logprob.dtype)
-    surrogate = torch.minimum(ratio_hat * A, torch.clamp(ratio_hat, 1.0 - clip_low, upper) * A)
-    if dual_clip is not None:  # A < 0: max(·, c·A), a bound below on the negative advantage's term
-        surrogate = torch.where(A < 0, torch.maximum(surrogate, dual_clip * A), surrogate)
-    if w is not None:
-        surrogate = surrogate * w
+    surrogate = _clipped_surrogate(ratio_hat, A, clip_low, upper, dual_clip, w)
     pg_loss = -_masked_sum(mu, surrogate) / N
     if c is not None:  # + (1/N) Σ m · c · |logp − logp_old|
         pg_loss = pg_loss + _masked_sum(mu, c * (logprob - old_logprob).abs()) / N
@@ -323,19 +325,17 @@ def policy_loss(
     loss = pg_loss + entropy_loss
     if ref_logprob is not None and kl_coef != 0.0:
         loss = loss + kl_coef * kl_loss
-    clip_frac_low, clip_frac_high, clip_frac_dual = _clip_fractions(
-        ratio, A, m, N, clip_low, upper, dual_clip
-    )
+    low, high, dual = _clip_fractions(ratio, A, m, N, clip_low, upper, dual_clip)
     return PolicyLossOutput(
         loss=loss,
         pg_loss=pg_loss.detach(),
         entropy_loss=entropy_loss.detach(),
         kl_loss=kl_loss.detach(),
-        clip_frac_low=clip_frac_low,
-        clip_frac_high=clip_frac_high,
+        clip_frac_low=low,
+        clip_frac_high=high,
         logprob=logprob.detach(),
         entropy=entropy.detach(),
-        clip_frac_dual=clip_frac_dual,
+        clip_frac_dual=dual,
     )
 
 
@@ -546,13 +546,11 @@ def fused_policy_loss(
     """:func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head, equal in value and
     gradient to ``policy_loss(*token_logprob_entropy(hidden @ weight.T + bias, targets, T), ...)`` but
     never holding ``[N, V]`` logits: the gradient w.r.t. hidden/weight/bias is computed in forward and
-    stored until ``loss.backward()`` (call it once) scales it. ``token_action`` and ``loss_weight`` as
-    in :func:`policy_loss` (their tensors are ``[N]``: no vocabulary dimension is added); so is
-    ``seq_index``, whose sequence-level ratio costs one more pass of the LM head (every token's log-prob
-    before any gradient)."""
+    stored until ``loss.backward()`` (call it once) scales it. ``token_action``, ``loss_weight``,
+    ``dual_clip`` and ``seq_index`` as in :func:`policy_loss` (tensors ``[N]``; a sequence ratio costs
+    one more pass of the LM head: every token's log-prob before any gradient)."""
     t = _check_temperature(temperature)
-    _check_clip(clip_low, clip_high)
-    _check_dual_clip(dual_clip)
+    _check_clip(clip_low, clip_high, dual_clip)
     chunk_size = default_chunk_size(weight.shape[0]) if chunk_size is None else chunk_size
     _validate(hidden, weight, targets, bias, chunk_size)
     n, cdtype = hidden.shape[0], _compute_dtype(hidden.dtype)

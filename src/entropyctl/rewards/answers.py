@@ -14,9 +14,10 @@ Extraction (:func:`extract_answer`) tries, in this order, and returns the first 
    ``, or`` becomes ``,``);
 3. the whole text, when it is a short bare answer such as ``19``, ``-3.5``, ``\\frac{1}{2}`` (the tiny
    char-model task: its completion IS the answer);
-4. the last inline math ``$...$``, ``\\(...\\)`` or ``\\[...\\]`` — not a ``$...$`` span holding
-   prose (two or more words outside braces and commands: dollar amounts such as ``$2 each, so she makes
-   9 * $``, which a currency sign opened and the next one closed);
+4. the last inline math ``$...$``, ``\\(...\\)`` or ``\\[...\\]`` after the last ``$...$`` span of prose
+   (one that opens with a digit, holds no ``=`` and two or more words outside braces and commands: the
+   text between two dollar amounts, ``$2 each, so she makes 9 * $``, which a currency sign opened and
+   the next one closed);
 5. the last number in the text (only when ``last_number=True``, the default).
 """
 
@@ -47,7 +48,9 @@ _FINAL_LINE = re.compile(
 )
 #: Where a final-answer line's answer ends and the prose after it begins (outside braces and ``$...$``).
 _CLAUSE_BREAK = re.compile(
-    r"\.\s|,\s+(?!(?:and|or)\s+[^\sa-z])(?=[a-z]{2}|i\.e\.|e\.g\.)|;|\s\(|\s[—–]\s|\s(?:and|but)\s+(?=[a-z]{2})"
+    # a list's ", and 3" (its last item ending the clause) is no break; ", and 12 is ..." is one
+    r"\.\s|,\s+(?!(?:and|or)\s+[^\sa-z][^\s,]*\s*(?:[.;]|$))(?=[a-z]{2}|i\.e\.|e\.g\.)|;|\s\(|\s[—–]\s"
+    r"|\s(?:and|but)\s+(?=[a-z]{2})|\sI\s+hope\b"
     r"|\s(?:since|because|as|so|which|where|when|from|given|check|checking|verify|verifying|then)\b",
     re.IGNORECASE,
 )
@@ -113,8 +116,11 @@ def _balanced_prefix(text: str) -> str:
 
 
 def _is_prose(content: str) -> bool:
-    """Whether a ``$...$`` span's content is prose rather than math: two or more words of three or more
-    letters outside braces and ``\\commands`` (what lies between two dollar amounts in a sentence)."""
+    """Whether a ``$...$`` span is the prose between two dollar amounts rather than math: it opens with a
+    digit (the amount), holds no ``=``, and two or more words of three or more letters outside braces and
+    ``\\commands`` (``$2 each, so she makes 9 * $``; not ``$area = base \\times height$``)."""
+    if not content[:1].isdigit() or "=" in content:
+        return False
     for _ in range(3):  # drop \text{...} and other braced groups, nested up to three deep
         content = _BRACED.sub(" ", content)
     return len(_PROSE_WORD.findall(content)) >= 2
@@ -124,7 +130,8 @@ def _last_inline_math(text: str, *, skip_prose: bool = False) -> str | None:
     """Content of the last inline-math span (``$$..$$``, ``$..$``, ``\\(..\\)``, ``\\[..\\]``, non-empty,
     leftmost-first and non-overlapping as a regex scan would take them), in O(len(text)); with
     ``skip_prose``, of the last such span that is not a ``$``-delimited one holding prose (:func:`_is_prose`;
-    the spans themselves are the same).
+    the spans themselves are the same; such a span voids the spans before it, whose math the prose went
+    on from: the last number after it reads the answer better).
 
     Linear because every closer search either succeeds (the scan resumes after that closer) or fails
     once per closer kind (a closer absent after one position is absent after every later one)."""
@@ -152,8 +159,8 @@ def _last_inline_math(text: str, *, skip_prose: bool = False) -> str | None:
         if span is None:
             pos = start + 1
         else:
-            if not (skip_prose and span[3] and _is_prose(text[span[0] : span[1]])):
-                last = (span[0], span[1])
+            prose = skip_prose and span[3] and _is_prose(text[span[0] : span[1]])
+            last = None if prose else (span[0], span[1])
             pos = span[2]
     return None if last is None else text[last[0] : last[1]]
 

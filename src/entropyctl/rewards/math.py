@@ -98,29 +98,37 @@ def _plain_equation(text: str) -> str:
     return _SIMPLE_FRAC.sub(r"((\1)/(\2))", text)
 
 
-#: a unit after a number: a word of two or more letters (``km/h``, ``cm^2``), a ``\\text{...}``-like group,
-#: ``%`` or ``°`` — not a function or constant such as ``pi``, ``sqrt``, ``log``
-_UNIT = (
-    r"(?:\\(?:text|mathrm|textrm|mbox)\s*\{[^{}]*\}|\\?%|°|\\circ|[A-Za-z]{2,}(?:/[A-Za-z]+)?(?:\^?[23])?)"
-)
+#: a unit after a number: a word (``dollars``, ``km/h``, ``cm^2``), a ``\\text{...}``-like group or ``°`` —
+#: not a percent (50% is 0.5: math-verify reads it), a function or constant (``pi``, ``sqrt``), a connective
+#: (``12 or more``), a scale (``3 million``), or a two-letter group that is no unit (``5 xy``)
+_UNIT = r"(?:\\(?:text|mathrm|textrm|mbox)\s*\{[^{}]*\}|°|\\circ|[A-Za-z]{2,}(?:/[A-Za-z]+)?(?:\^?[23])?)"
 _NUMBER_WITH_UNITS = re.compile(
     rf"(?:\\?\$)?\s*(?P<number>[^\s$]+?)\s*\$?(?P<units>(?:\s*{_UNIT}){{1,2}})\s*\.?"
 )
 _NOT_UNITS = {
-    "pi",
-    "sqrt",
-    "ln",
-    "log",
-    "exp",
-    "sin",
-    "cos",
-    "tan",
-    "cot",
-    "sec",
-    "csc",
-    "mod",
-    "times",
-    "cdot",
+    *("pi", "sqrt", "ln", "log", "exp", "sin", "cos", "tan", "cot", "sec", "csc", "mod", "times", "cdot"),
+    *("and", "or", "not", "to", "is", "are", "was", "be", "more", "less", "fewer", "than", "of", "plus"),
+    *("minus", "over", "the", "percent", "pct", "hundred", "thousand", "million", "billion", "trillion"),
+    *("dozen", "half", "halves", "quarter", "quarters", "third", "thirds", "tenth", "tenths"),
+}
+#: the two-letter units (a longer word may be one: ``dollars``, ``apples``)
+_SHORT_UNITS = {
+    "cm",
+    "mm",
+    "km",
+    "kg",
+    "mg",
+    "ml",
+    "ft",
+    "yd",
+    "mi",
+    "lb",
+    "oz",
+    "hr",
+    "kw",
+    "kb",
+    "mb",
+    "gb",
 }
 
 
@@ -132,7 +140,7 @@ def _number_with_units(text: str) -> Fraction | None:
     if match is None:
         return None
     words = re.findall(r"(?<![\\{])\b[A-Za-z]+", match.group("units"))
-    if any(w.lower() in _NOT_UNITS for w in words):
+    if any(w.lower() in _NOT_UNITS or (len(w) == 2 and w.lower() not in _SHORT_UNITS) for w in words):
         return None
     if text[match.end("number")].isalpha():
         return None  # a word glued to the number is a product (``5x``, ``2pi``), not a unit
@@ -266,7 +274,7 @@ def parse_number(text: str) -> Fraction | None:
     if not text or len(text) > _MAX_FAST_DIGITS:
         return None
     wrapped = _WRAPPED.fullmatch(text)
-    if wrapped:
+    if wrapped and "," not in wrapped.group(1):  # (-5) is a number; (0,100) a pair or an interval
         text = wrapped.group(1)
     text = _SIGN_SPACE.sub(r"\1", _GROUP_SPACE.sub(",", text))
     if _PLAIN_NUMBER.fullmatch(text):

@@ -179,7 +179,7 @@ FOREIGN_NAMES = {
     "num_generations": "rollout.group_size",
     "num_iterations": "algorithm.ppo_epochs",
     "max_completion_length": "rollout.max_new_tokens",
-    "steps_per_generation": "algorithm.mini_batches (optimizer steps per PPO epoch)",
+    "steps_per_generation": "algorithm.mini_batches (steps_per_generation / gradient_accumulation_steps)",
     "generation_batch_size": "rollout.prompts_per_step (prompts per process; × rollout.group_size responses)",
     "per_device_train_batch_size": "algorithm.micro_batch_size (responses per forward/backward)",
     "gradient_accumulation_steps": "algorithm.micro_batch_size (a mini-batch is accumulated over micro-batches)",

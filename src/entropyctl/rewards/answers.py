@@ -129,9 +129,9 @@ def _is_prose(content: str) -> bool:
 def _last_inline_math(text: str, *, skip_prose: bool = False) -> str | None:
     """Content of the last inline-math span (``$$..$$``, ``$..$``, ``\\(..\\)``, ``\\[..\\]``, non-empty,
     leftmost-first and non-overlapping as a regex scan would take them), in O(len(text)); with
-    ``skip_prose``, of the last such span that is not a ``$``-delimited one holding prose (:func:`_is_prose`;
-    the spans themselves are the same; such a span voids the spans before it, whose math the prose went
-    on from: the last number after it reads the answer better).
+    ``skip_prose``, of the last span after the last ``$``-delimited span of prose (:func:`_is_prose`), None
+    when that one is the last: the spans themselves are the same, and a prose span voids the spans
+    before it, whose math the prose went on from (the last number after it reads the answer better).
 
     Linear because every closer search either succeeds (the scan resumes after that closer) or fails
     once per closer kind (a closer absent after one position is absent after every later one)."""

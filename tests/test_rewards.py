@@ -128,6 +128,12 @@ def strict_reward(verifier: MathVerifier) -> MathReward:
         ("She earns $5 per hour. After 4 hours she has $20.", "20"),
         ("The total is $\\text{18 dollars}$", "\\text{18 dollars}"),  # words in braces are math's own
         ("so $\\sin x = 1$ at the top", "\\sin x = 1"),
+        # an escaped brace is text: a piecewise answer's \left\{ ... \right. no longer leaves its box open
+        (
+            "so \\boxed{f(x)=\\left\\{ \\begin{array}{ll} x & x>0 \\\\ 0 & x\\le 0 \\end{array} \\right.} is it",
+            "f(x)=\\left\\{ \\begin{array}{ll} x & x>0 \\\\ 0 & x\\le 0 \\end{array} \\right.",
+        ),
+        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
     ],
 )
 def test_extract_answer_order(text: str, expected: str | None) -> None:

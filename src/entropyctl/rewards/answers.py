@@ -32,7 +32,9 @@ MAX_TEXT_CHARS = 200_000
 #: Whole-text answers (extraction rule 3) must be at most this long.
 _MAX_BARE_CHARS = 64
 
-_BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
+#: a box's opening, a brace, or an escaped brace ``\\{`` / ``\\}`` (a literal: a piecewise answer's
+#: ``\\left\\{ ... \\right.`` opens none that closes)
+_BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[{}]|\{|\}")
 #: ``\\boxed 5`` without braces (a few MATH solutions write it so): the box's content runs to the next ``$``
 #: or line end, as MATH's own answer reader takes it — or to the end of ``\\(..\\)`` / ``\\[..\\]`` math, the
 #: next box, or a closing brace it did not open.
@@ -78,6 +80,8 @@ def last_boxed(text: str) -> str | None:
     best: tuple[int, int] | None = None
     for match in _BOX_TOKEN.finditer(text):
         token = match.group()
+        if token in ("\\{", "\\}"):
+            continue  # an escaped brace is text, not a group
         if token == "}":
             if depth == 0:
                 continue  # stray closing brace

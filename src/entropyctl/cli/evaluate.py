@@ -101,6 +101,7 @@ def _check_options(args: Any) -> list[int] | None:
     """The options that need no run config; ``--k`` parsed (None: unset). A :class:`ConfigError` (one line
     at the command line) names the option."""
     from entropyctl.config import ConfigError
+    from entropyctl.rollout.protocol import GREEDY_BELOW
     from entropyctl.trainer.evaluation import parse_ks
 
     ks = None
@@ -117,7 +118,7 @@ def _check_options(args: Any) -> list[int] | None:
             raise ConfigError(f"{option}: must be ≥ 1 (got {value})")
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise ConfigError(f"--temperature: must be ≥ 0 and finite, 0 for greedy (got {args.temperature})")
-    if args.temperature is not None and 0 < args.temperature < 1e-5:
+    if args.temperature is not None and 0 < args.temperature < GREEDY_BELOW:
         raise ConfigError(
             f"--temperature {args.temperature}: greedy decoding in vLLM and sampling in the HF engine; write 0 "
             "for greedy"

@@ -28,6 +28,7 @@ from entropyctl.controllers.parts import PART_VARIANTS
 from entropyctl.controllers.registry import ControllerField
 from entropyctl.models.config import ModelConfig
 from entropyctl.ops.sampler_correction import CorrectionMode
+from entropyctl.rollout.protocol import GREEDY_BELOW
 from entropyctl.validation import ConfigError, format_validation_error, keyword_options, unknown_option
 
 __all__ = [
@@ -526,7 +527,7 @@ class EvalConfig(_Section):
         bad = [k for k in self.ks if k < 1 or k > self.n_samples]
         if bad or not self.ks:
             raise ValueError(f"ks: each k must be in [1, eval.n_samples = {self.n_samples}] (got {self.ks})")
-        if self.temperature is not None and 0 < self.temperature < 1e-5:
+        if self.temperature is not None and 0 < self.temperature < GREEDY_BELOW:
             raise ValueError(
                 f"temperature: {self.temperature} is greedy decoding in vLLM and sampling in the HF engine; "
                 "write 0 for greedy"

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "GREEDY_BELOW",
     "SamplingSettings",
     "Completions",
     "RolloutEngine",
@@ -16,6 +17,11 @@ __all__ = [
     "decode_responses",
     "stop_token_ids",
 ]
+
+
+#: vLLM decodes greedily below this temperature (its ``_SAMPLING_EPS``) and then takes one sample only; the
+#: HF engine samples there. The trainer's and ``entropyctl evaluate``'s checks and the vLLM engine read it.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from entropyctl.rollout.export import plain_state_dict, save_policy
-from entropyctl.rollout.protocol import Completions, SamplingSettings, check_generate_args, stop_token_ids
+from entropyctl.rollout.protocol import (
+    GREEDY_BELOW,
+    Completions,
+    SamplingSettings,
+    check_generate_args,
+    stop_token_ids,
+)
 from entropyctl.rollout.weight_sync import (
     SharedRegion,
     Slot,
@@ -77,8 +83,6 @@ __all__ = ["VLLMConfig", "VLLMEngine", "export_policy", "policy_weights"]
 
 # Wrapper prefixes that are not part of the checkpoint names (DDP, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-#: vLLM decodes greedily below this temperature (its ``_SAMPLING_EPS``), and then takes one sample only
-GREEDY_BELOW = 1e-5
 
 
 class VLLMConfig(BaseModel):
@@ -576,7 +580,7 @@ class VLLMEngine:
                     f"VLLMEngine.generate: prompt {index} has {len(prompt)} tokens + max_new_tokens "
                     f"{sampling.max_new_tokens} > rollout.options.max_model_len={self.config.max_model_len}"
                 )
-        # vLLM refuses n > 1 with greedy decoding (temperature below its 1e-5): ask for one sample and
+        # vLLM refuses n > 1 with greedy decoding (temperature below GREEDY_BELOW): ask for one sample and
         # repeat it, as every greedy sample is that one (the HF engine's greedy n samples are equal too)
         asked = 1 if sampling.temperature < GREEDY_BELOW else n
         # One seed per (prompt, sample): vLLM gives sample j of a request seed + j, so prompts are spaced

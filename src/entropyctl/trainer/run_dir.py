@@ -113,13 +113,15 @@ IGNORED_FOR_RESUME = (
 )
 
 
+_STEP_COUNT = (
+    "Lightning counts the run in optimizer steps, ppo_epochs × mini_batches a step: a new count makes the "
+    "resumed run the wrong length and moves its lr schedule"
+)
 #: Config fields a resume cannot change even with ``--allow-resume-changes``: why, per field.
 FIXED_ON_RESUME = {
     "seed": "the checkpoint's prompt sampler draws the seed's stream; start another run for another seed",
-    "algorithm.ppo_epochs": "Lightning counts the run in optimizer steps, ppo_epochs × mini_batches a step: "
-    "a new count makes the resumed run the wrong length and moves its lr schedule",
-    "algorithm.mini_batches": "Lightning counts the run in optimizer steps, ppo_epochs × mini_batches a "
-    "step: a new count makes the resumed run the wrong length and moves its lr schedule",
+    "algorithm.ppo_epochs": _STEP_COUNT,
+    "algorithm.mini_batches": _STEP_COUNT,
 }
 
 

@@ -38,6 +38,7 @@ from entropyctl.models.forward import enable_gradient_checkpointing, response_hi
 from entropyctl.models.loading import load_policy
 from entropyctl.ops.losses import fused_policy_loss
 from entropyctl.rollout.protocol import Completions
+from entropyctl.trainer.module import merge_completions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,17 +51,6 @@ def _completions(vocab: int, sequences: int, prompt: int, response: int, seed: i
         response_ids=torch.randint(0, vocab, (sequences, response), generator=g),
         response_mask=torch.ones(sequences, response, dtype=torch.long),
         truncated=torch.ones(sequences, dtype=torch.bool),
-    )
-
-
-def _rows(comp: Completions, rows: range) -> Completions:
-    index = torch.tensor(list(rows))
-    return Completions(
-        prompt_ids=comp.prompt_ids[index],
-        prompt_mask=comp.prompt_mask[index],
-        response_ids=comp.response_ids[index],
-        response_mask=comp.response_mask[index],
-        truncated=comp.truncated[index],
     )
 
 
@@ -94,7 +84,8 @@ def _update(model: Any, comp: Completions, micro: int | None) -> tuple[int, floa
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            h = response_hidden_states(model, _rows(comp, rows).to(device))
+            # the micro-batch's rows, as the trainer cuts them (no padding here: nothing to trim)
+            h = response_hidden_states(model, merge_completions([(comp, rows)], pad_id=0).to(device))
         n = h.targets.shape[0]
         out = fused_policy_loss(
             h.hidden,

@@ -32,12 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         default="run",
-        metavar="run|FILE",
+        metavar="run|FILE[,FILE...]",
         help="problems to score. 'run' (default): the run's own held-out split, the problems of its "
         "summary.json 'after' evaluation (a run on a file: the eval.n_prompts rows it held out of data.path, "
         "or the rows of data.eval_path; a model without a run: the synthetic task's held-out split); "
         "'synthetic' is its old name and means the same. FILE: every row of a JSONL/Parquet file (with "
-        "--problems N, the first N rows), its training rows too if the run trained on it",
+        "--problems N, the first N rows), its training rows too if the run trained on it; FILE,FILE,...: "
+        "several files, each a held-out set with its own pass@k (and the pass@k over all of them)",
     )
     parser.add_argument(
         "--k",
@@ -57,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="number of problems (default: the run's eval.n_prompts). With --data run: a synthetic or "
         "reasoning-gym split of N problems; for a run on a file, the first N of its held-out split (at most "
-        "eval.n_prompts, unless it has a data.eval_path)",
+        "eval.n_prompts, unless it has a data.eval_path; the first N of each when it lists several files)",
     )
     parser.add_argument(
         "--seed",
@@ -136,8 +137,16 @@ def _check_options(args: Any) -> list[int] | None:
             raise ConfigError(f"--json {args.json}: no directory '{json_path.parent}' to write it in")
         if json_path.is_dir():
             raise ConfigError(f"--json {args.json}: a directory; expected a file name")
-    if args.data not in RUN_SPLIT and not Path(args.data).is_file():
-        raise ConfigError(f"--data {args.data}: no such file (expected 'run', or a .jsonl / .parquet file)")
+    if args.data not in RUN_SPLIT:
+        files = data_files(args.data)
+        missing = [path for path in files if not Path(path).is_file()]
+        if missing:
+            which = f" ({missing[0]})" if len(files) > 1 else ""
+            raise ConfigError(
+                f"--data {args.data}: no such file{which} (expected 'run', or .jsonl / .parquet files)"
+            )
+        if len(set(files)) < len(files):
+            raise ConfigError(f"--data {args.data}: a file is listed twice")
     return ks
 
 
@@ -186,8 +195,7 @@ def _check_against_run(args: Any, target: Target, ks: list[int]) -> None:
     d = target.config.data
     if args.data not in RUN_SPLIT or d.source != "file":
         return
-    for field in ("path", "eval_path"):
-        value = getattr(d, field)
+    for field, value in [("path", d.path), *(("eval_path", path) for path in d.eval_files())]:
         if value and not Path(value).is_file():
             raise FileNotFoundError(
                 f"data.{field} {value!r} of {target.source}: no such file (a relative path is read from the "
@@ -250,7 +258,20 @@ def _run_split(args: Any, config: Any, policy: Any, tokenizer: Any) -> list[Any]
         )
     # built as training built it (the same checks, or drops, of prompts against the model's context)
     _, held_out = build_run_data(config, policy, tokenizer, build_prompt_encoder(config, tokenizer))
-    return held_out[: args.problems]
+    return held_out if isinstance(config.data.eval_path, list) else held_out[: args.problems]
+
+
+def data_files(value: str) -> list[str]:
+    """``--data``'s files: one file, or several separated by commas (each a set of its own), a file whose
+    name holds a comma being read as that file."""
+    if "," not in value or Path(value).is_file():
+        return [value]
+    files = [part.strip() for part in value.split(",")]
+    if not all(files):
+        from entropyctl.config import ConfigError
+
+        raise ConfigError(f"--data {value}: an empty file name in the list")
+    return files
 
 
 def _problems(
@@ -262,7 +283,7 @@ def _problems(
         if d.source == "file":
             from entropyctl.trainer.run_dir import run_fingerprint
 
-            label = f"held-out split (file {d.eval_path or d.path})"
+            label = f"held-out split (file {', '.join(d.eval_files()) or d.path})"
             if args.data == "synthetic":
                 _note(
                     f"note: --data synthetic is the old name of --data run: this run's own {label}; for the "
@@ -270,9 +291,9 @@ def _problems(
                 )
             saved = sorted((fingerprint or {}).get("data", {}).values())
             if saved and saved != sorted(run_fingerprint(config)["data"].values()):
-                files = " or ".join(path for path in (d.path, d.eval_path) if path)
+                named = " or ".join(path for path in (d.path, *d.eval_files()) if path)
                 _note(
-                    f"warning: {files} changed since the run was trained (SHA-256 other than its checkpoint's): "
+                    f"warning: {named} changed since the run was trained (SHA-256 other than its checkpoint's): "
                     "these are not the problems of its summary.json 'after' evaluation, and may include rows "
                     "it trained on"
                 )
@@ -280,15 +301,16 @@ def _problems(
             label = f"held-out split ({d.source})"
         problems = _run_split(args, config, policy, tokenizer)
     else:
-        from entropyctl.data.loaders import load_math_dataset
+        from entropyctl.trainer.run import held_out_files
 
-        label = args.data
-        problems = list(load_math_dataset(args.data, **d.options))[: args.problems]
-        if d.source == "file" and Path(args.data).resolve() == Path(d.path).resolve():
-            _note(
-                f"note: {args.data} is the file this run trained on; the {len(problems)} rows scored include "
-                "the run's training rows (its held-out split alone: --data run)"
-            )
+        label, files = args.data, data_files(args.data)
+        problems = held_out_files(files, args.problems, len(files) > 1, d.options, lambda rows: rows)
+        for path in files:
+            if d.source == "file" and Path(path).resolve() == Path(d.path).resolve():
+                _note(
+                    f"note: {path} is the file this run trained on; the rows scored include the run's "
+                    "training rows (its held-out split alone: --data run)"
+                )
     if not problems:
         from entropyctl.config import ConfigError
 

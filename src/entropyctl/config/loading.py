@@ -244,7 +244,7 @@ FOREIGN_NAMES = {
     "max_prompt_length": "data.max_prompt_tokens",
     "filter_overlong_prompts": "data.overlong_prompts (drop)",
     "prompt_max_len": "data.max_prompt_tokens",
-    "val_files": "data.eval_path",
+    "val_files": "data.eval_path (a file, or a list of files: a held-out set each)",
     "prompt_key": "data.options.prompt_field",
     "train_batch_size": "rollout.prompts_per_step (prompts per process)",
     "save_freq": "trainer.checkpoint_every",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -48,6 +48,7 @@ __all__ = [
     "drop_other_variant",
     "fill_absent",
     "parse_written_config",
+    "eval_set_names",
 ]
 
 
@@ -103,8 +104,11 @@ class DataConfig(_Section):
     )
     seed: int = Field(0, description="Seed of the problem streams (training prompts and the held-out split).")
     path: str | None = Field(None, description="file: the training set (.jsonl / .parquet).")
-    eval_path: str | None = Field(
-        None, description="file: the held-out set; None: hold out eval.n_prompts rows of `path`."
+    eval_path: str | list[str] | None = Field(
+        None,
+        description="file: the held-out set, or a list of files, each a held-out set of its own with its own "
+        "pass@k (named by the file's name, its folders added until the names differ; verl's val_files); "
+        "eval.n_prompts rows of each. None: hold out eval.n_prompts rows of `path`.",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -185,6 +189,8 @@ class DataConfig(_Section):
                     f"{field}: only read when data.source is 'file' (got '{self.source}'); set data.source: "
                     "file to train on it"
                 )
+        if isinstance(self.eval_path, list):
+            _check_eval_files(self.eval_path)
         if isinstance(self.levels, dict) and self.source != "reasoning_gym":
             raise ValueError(
                 f"levels: a mapping of level → parameters is for data.source 'reasoning_gym'; "
@@ -202,6 +208,31 @@ class DataConfig(_Section):
         if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
             raise ValueError(f"weights: must be ≥ 0 with a positive sum (got {self.weights})")
         return self
+
+    def eval_files(self) -> list[str]:
+        """The held-out files of ``eval_path`` (one, several, or none)."""
+        if self.eval_path is None:
+            return []
+        return [self.eval_path] if isinstance(self.eval_path, str) else list(self.eval_path)
+
+
+def _check_eval_files(paths: list[str]) -> None:
+    if not paths:
+        raise ValueError("eval_path: an empty list names no held-out set; leave eval_path out instead")
+    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise ValueError(f"eval_path: {repeated[0]!r} is listed twice")
+
+
+def eval_set_names(paths: Sequence[str]) -> list[str]:
+    """Each held-out file's set name: its file name without the suffix, with as many of its folders in front
+    as make the names differ (``gsm8k/test.jsonl``, ``math/test.jsonl`` → ``gsm8k/test``, ``math/test``)."""
+    parts = [PurePath(p).with_suffix("").parts for p in paths]
+    for depth in range(1, max((len(x) for x in parts), default=1) + 1):
+        names = ["/".join(x[-depth:]) for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
 
 
 class ShapingReward(_Section):

@@ -233,6 +233,22 @@ def _levels(evals: list[dict[str, Any]]) -> list[str]:
     return _sorted_levels(str(level) for e in evals for level in (e.get("by_level") or {}))
 
 
+def _sets(evals: list[dict[str, Any]]) -> list[str]:
+    """The held-out sets' names in the order the evaluations list them."""
+    return list(dict.fromkeys(str(name) for e in evals for name in (e.get("by_set") or {})))
+
+
+def _per_group(
+    evals: list[dict[str, Any]], field: str, groups: list[str], keys: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Mean ± std over runs of each pass@k of each group of ``field`` (``by_level``, ``by_set``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        entries = [(e.get(field) or {}).get(group, {}) for e in evals]
+        out[group] = {key: _mean_std([float_or_nan(e.get(key)) for e in entries]) for key in keys}
+    return out
+
+
 #: Steps averaged for a level's starting entropy (one step holds only a few prompts of each level).
 START_STEPS = 10
 
@@ -313,18 +329,10 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
     keys = _pass_keys(after + before)
     numbers["after"] = {key: _mean_std([float_or_nan(e.get(key)) for e in after]) for key in keys}
     numbers["before"] = {key: _mean_std([float_or_nan(e.get(key)) for e in before]) for key in keys}
-    by_level: dict[str, dict[str, Any]] = {}
-    for level in _levels(after):
-        level_evals = [(e.get("by_level") or {}).get(level, {}) for e in after]
-        by_level[level] = {key: _mean_std([float_or_nan(e.get(key)) for e in level_evals]) for key in keys}
-    numbers["after_by_level"] = by_level
-    before_by_level: dict[str, dict[str, Any]] = {}
-    for level in _levels(before):
-        level_evals = [(e.get("by_level") or {}).get(level, {}) for e in before]
-        before_by_level[level] = {
-            key: _mean_std([float_or_nan(e.get(key)) for e in level_evals]) for key in keys
-        }
-    numbers["before_by_level"] = before_by_level
+    numbers["after_by_level"] = _per_group(after, "by_level", _levels(after), keys)
+    numbers["before_by_level"] = _per_group(before, "by_level", _levels(before), keys)
+    numbers["after_by_set"] = _per_group(after, "by_set", _sets(after), keys)
+    numbers["before_by_set"] = _per_group(before, "by_set", _sets(before), keys)
 
     per_run = [_run_numbers(run, keys) for run in finished]
     ratios = [r["entropy_ratio_last_quarter"] for r in per_run]

@@ -153,6 +153,24 @@ def _md_per_level(arms: list[ArmSummary], keys: list[str]) -> list[str]:
     return lines
 
 
+def _md_per_set(arms: list[ArmSummary], keys: list[str]) -> list[str]:
+    lines: list[str] = []
+    sets = list(dict.fromkeys(name for a in arms for name in a.numbers.get("after_by_set", {})))
+    for key in keys if sets else []:
+        lines += [f"## {key} per held-out set (after training)", ""]
+        rows = []
+        for a in arms:
+            by_set = a.numbers.get("after_by_set", {})
+            rows.append([f"`{a.arm}`", *[_fmt(by_set.get(name, {}).get(key)) for name in sets]])
+        before_sets: dict[str, Any] = next(
+            (a.numbers["before_by_set"] for a in arms if a.numbers.get("before_by_set")), {}
+        )
+        if before_sets:
+            rows.append(["before RL", *[_fmt(before_sets.get(name, {}).get(key)) for name in sets]])
+        lines += [_table(["arm", *[f"`{name}`" for name in sets]], rows), ""]
+    return lines
+
+
 def _md_training_by_level(arms: list[ArmSummary], keys: list[str]) -> list[str]:
     lines: list[str] = []
     train_levels = _sorted_levels(level for a in arms for level in a.numbers.get("training_by_level", {}))
@@ -257,6 +275,7 @@ def render(arms: list[ArmSummary], files: dict[str, str], window: int, manifest:
     lines += _md_summary_table(arms, keys)
     lines += _md_band(arms)
     lines += _md_per_level(arms, keys)
+    lines += _md_per_set(arms, keys)
     lines += _md_training_by_level(arms, keys)
     lines += _md_during(arms, keys)
     lines += _md_plots(files, window)

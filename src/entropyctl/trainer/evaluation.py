@@ -22,6 +22,7 @@ from entropyctl.trainer.run_dir import pass_k, pass_key
 __all__ = [
     "pass_at_k",
     "ProblemOutcome",
+    "eval_set_of",
     "summarize_pass_at_k",
     "count_correct",
     "evaluate_problems",
@@ -53,11 +54,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @dataclass(frozen=True)
 class ProblemOutcome:
-    """``correct`` successes out of ``n`` samples for one problem, with its group key (difficulty level)."""
+    """``correct`` successes out of ``n`` samples for one problem, with its group key (difficulty level) and
+    the held-out set it belongs to (None: the run has one)."""
 
     n: int
     correct: int
     group: Hashable = None
+    eval_set: str | None = None
+
+
+def eval_set_of(problem: Any) -> str | None:
+    """The held-out set a problem belongs to (``meta["eval_set"]``; None when the run has one set)."""
+    value = (getattr(problem, "meta", None) or {}).get("eval_set")
+    return None if value is None else str(value)
 
 
 def parse_ks(ks: str | Sequence[int]) -> list[int]:
@@ -81,7 +90,9 @@ def _mean_pass(outcomes: Sequence[ProblemOutcome], k: int) -> float:
 def summarize_pass_at_k(outcomes: Sequence[ProblemOutcome], ks: Sequence[int]) -> dict[str, Any]:
     """The EVAL dict of the run-dir contract:
     ``{"pass@1": .., "pass@<k>": .., "by_level": {"<group>": {"pass@1": .., "n_problems": ..}},
-    "n_samples": n, "n_problems": m}``. ks larger than the smallest n are skipped (not estimable)."""
+    "n_samples": n, "n_problems": m}``, and ``"by_set"`` (the same per held-out set) when outcomes name
+    their set. The overall pass@k is the mean over every problem of every set. ks larger than the smallest
+    n are skipped (not estimable)."""
     if not outcomes:
         raise ValueError("pass@k needs at least one evaluated problem")
     n_min = min(o.n for o in outcomes)
@@ -98,6 +109,15 @@ def summarize_pass_at_k(outcomes: Sequence[ProblemOutcome], ks: Sequence[int]) -
         entry["n_problems"] = len(members)
         by_level[str(key)] = entry
     result["by_level"] = by_level
+    sets: dict[str, list[ProblemOutcome]] = {}
+    for o in outcomes:
+        if o.eval_set is not None:
+            sets.setdefault(o.eval_set, []).append(o)
+    if sets:  # in the order the sets come (the config's)
+        result["by_set"] = {
+            name: {**{pass_key(k): _mean_pass(members, k) for k in usable}, "n_problems": len(members)}
+            for name, members in sets.items()
+        }
     result["n_samples"] = n_min
     result["n_problems"] = len(outcomes)
     return result
@@ -146,11 +166,14 @@ def evaluate_problems(
     group_of: Callable[[Any], Hashable] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Sample ``n`` completions per problem, score them, and summarize pass@k overall and per group
-    (``group_of(problem)``, default its ``.level``). See :func:`count_correct`."""
+    """Sample ``n`` completions per problem, score them, and summarize pass@k overall, per group
+    (``group_of(problem)``, default its ``.level``) and per held-out set (:func:`eval_set_of`). See
+    :func:`count_correct`."""
     group_of = group_of or (lambda p: getattr(p, "level", None))
     counts = count_correct(problems, sample_fn, reward_fn, n=n, batch_size=batch_size, progress=progress)
-    outcomes = [ProblemOutcome(n, c, group_of(p)) for p, c in zip(problems, counts, strict=True)]
+    outcomes = [
+        ProblemOutcome(n, c, group_of(p), eval_set_of(p)) for p, c in zip(problems, counts, strict=True)
+    ]
     return summarize_pass_at_k(outcomes, ks)
 
 
@@ -161,6 +184,10 @@ def format_eval_table(result: dict[str, Any], title: str = "") -> str:
     rows = [
         [str(level), str(int(entry["n_problems"])), *(f"{entry[k]:.3f}" for k in keys)]
         for level, entry in result.get("by_level", {}).items()
+    ]
+    rows += [
+        [f"set {name}", str(int(entry["n_problems"])), *(f"{entry[k]:.3f}" for k in keys)]
+        for name, entry in result.get("by_set", {}).items()
     ]
     rows.append(["all", str(result.get("n_problems", "")), *(f"{result[k]:.3f}" for k in keys)])
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]

@@ -44,7 +44,7 @@ from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
 from entropyctl.ops.sampler_correction import sampler_correction
 from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings, decode_responses
-from entropyctl.trainer.evaluation import ProblemOutcome, count_correct, summarize_pass_at_k
+from entropyctl.trainer.evaluation import ProblemOutcome, count_correct, eval_set_of, summarize_pass_at_k
 from entropyctl.trainer.phases import (
     CLIP_PARTS,
     LOSS_PARTS,
@@ -1243,7 +1243,7 @@ class RLVRModule(pl.LightningModule):
         full[mine] = torch.tensor(counts, dtype=torch.float64)
         full = all_reduce_sum(full, self._reducer()).cpu()
         outcomes = [
-            ProblemOutcome(e.n_samples, int(round(float(c))), int(getattr(p, "level", 0)))
+            ProblemOutcome(e.n_samples, int(round(float(c))), int(getattr(p, "level", 0)), eval_set_of(p))
             for p, c in zip(problems, full, strict=True)
         ]
         result = summarize_pass_at_k(outcomes, e.ks)
@@ -1257,4 +1257,9 @@ class RLVRModule(pl.LightningModule):
                 + f" (seed {self.config.seed}, {e.n_samples} samples x {len(problems)} problems)",
                 flush=True,
             )
+            for name, entry in result.get("by_set", {}).items():
+                scores = ", ".join(f"{k}={entry[k]:.3f}" for k in keys)
+                print(
+                    f"[entropyctl] eval {tag} [{name}]: {scores} ({entry['n_problems']} problems)", flush=True
+                )
         return result

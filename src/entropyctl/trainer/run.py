@@ -24,7 +24,8 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def build_data(
     fit = fit or (lambda problems: problems)
     rows = fit(list(load_math_dataset(d.path, **d.options)))
     if d.eval_path:
-        heldout = fit(list(load_math_dataset(d.eval_path, **d.options)))[: e.n_prompts]
+        heldout = held_out_files(d.eval_files(), e.n_prompts, isinstance(d.eval_path, list), d.options, fit)
         train = rows
     else:
         if e.n_prompts >= len(rows):
@@ -131,6 +132,26 @@ def build_data(
     for line in check_overlap(train, heldout):
         warnings.warn(f"data: {line}", UserWarning, stacklevel=2)
     return PromptSampler.from_list(train, config.seed, d.order), heldout
+
+
+def held_out_files(
+    paths: Sequence[str],
+    n_prompts: int | None,
+    named: bool,
+    options: Mapping[str, Any],
+    fit: Callable[[list[Any]], list[Any]],
+) -> list[Any]:
+    """The first ``n_prompts`` rows of each held-out file (after ``fit``; None: every row); ``named``: each problem's
+    ``meta["eval_set"]`` is its file's set name (:func:`~entropyctl.config.run.eval_set_names`), which the
+    evaluation reports pass@k by."""
+    from entropyctl.config.run import eval_set_names
+    from entropyctl.data.loaders import load_math_dataset
+
+    heldout: list[Any] = []
+    for path, name in zip(paths, eval_set_names(paths), strict=True):
+        rows = fit(list(load_math_dataset(path, **options)))[:n_prompts]
+        heldout += [replace(p, meta={**p.meta, "eval_set": name}) for p in rows] if named else rows
+    return heldout
 
 
 def check_response_fits(config: RunConfig, context: int | None) -> None:

@@ -334,7 +334,7 @@ def run_fingerprint(config: Any) -> dict[str, Any]:
     the config, a file data set by the SHA-256 of its bytes.
     """
     data: dict[str, str] = {}
-    for path in (config.data.path, config.data.eval_path):
+    for path in (config.data.path, *config.data.eval_files()):
         if config.data.source == "file" and path:
             data[str(path)] = _file_sha256(path)
     return {"config": config_fingerprint(config), "data": data}
@@ -777,7 +777,8 @@ def pass_k(key: str) -> int | None:
 class Summary(BaseModel):
     """``summary.json``: what a run reports about itself. Written by the trainer (while it runs: status
     ``running`` and a heartbeat), read by ``entropyctl report`` and the tests. Evaluations (``before``,
-    ``after``, ``evals[tag]``) are pass@k records: ``{"pass@1": ..., "by_level": {...}, ...}``. Keys not
+    ``after``, ``evals[tag]``) are pass@k records: ``{"pass@1": ..., "by_level": {...}, ...}`` (and
+    ``"by_set"`` with several held-out files). Keys not
     declared here are kept (a newer trainer's fields stay readable)."""
 
     model_config = ConfigDict(extra="allow")

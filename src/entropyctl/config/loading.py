@@ -218,6 +218,7 @@ FOREIGN_NAMES = {
     "loss_type": "algorithm.loss_agg",
     "scale_rewards": "algorithm.advantage_scale",
     "reward_funcs": "reward.name and reward.shaping",
+    "custom_reward_function": "reward.name (package.module:function; a parameter named info gets the row)",
     "reward_weights": "reward.shaping",
     # verl
     "entropy_coeff": "controller.name (fixed, with controller.alpha)",

@@ -212,8 +212,8 @@ def load_math_dataset(
     ``template`` is a string with ``{prompt}`` wrapped around each prompt (see
     :func:`entropyctl.data.templates.format_prompt`); ``limit`` keeps the first rows only;
     ``max_line_bytes`` caps one JSONL line (and one Parquet prompt, in characters).
-    ``Problem.meta`` holds ``source`` (file name) and ``location`` (line / row).
-    """
+    ``Problem.meta`` holds ``source`` (file name), ``location`` (line / row) and ``columns`` (the row's
+    columns but the prompt's, handed to a reward function that takes ``info``)."""
     path = Path(path)
     if template is not None:
         validate_template(template)
@@ -230,10 +230,22 @@ def load_math_dataset(
                 answer=_row_answer(row, where, answer_field),
                 level=_row_level(row, where, level_field),
                 id=f"{path.name}:{location}",
-                meta={"source": path.name, "location": location},
+                meta={
+                    "source": path.name,
+                    "location": location,
+                    "columns": _other_columns(row, prompt_field),
+                },
             )
         )
     return problems
+
+
+def _other_columns(row: Mapping[str, Any], prompt_field: str | None) -> dict[str, Any]:
+    """The row's columns but its prompt's (what a reward function's ``info`` holds), as JSON values: a
+    Parquet value JSON cannot hold (a date, bytes) becomes its text."""
+    name, _ = _pick(row, prompt_field, PROMPT_FIELDS)
+    kept = {str(k): v for k, v in row.items() if k != name}
+    return dict(json.loads(json.dumps(kept, default=str)))
 
 
 def _rows(path: Path, max_line_bytes: int) -> Iterator[tuple[str, Any]]:

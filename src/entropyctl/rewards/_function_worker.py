@@ -3,7 +3,8 @@
 Started by :class:`entropyctl.rewards.registry.ProcessFunctionReward` from its source with ``python -c``
 (the reward's path is ``sys.argv[1]``, the parent's ``sys.path`` ``sys.argv[2]``, joined by ``os.pathsep``).
 It imports the function, greets ``{"ready": true}`` (or ``{"ready": false, "error": ...}``), then reads
-one JSON request per line, ``{"pred": completion, "gold": answer}``, and replies
+one JSON request per line, ``{"pred": completion, "gold": answer}`` (and ``"info"``, passed as ``info=``,
+for a function that takes it), and replies
 ``{"status": "correct"|"wrong", "score": float}`` or ``{"status": "error", "detail": traceback}``.
 The hard timeout is the parent's: it kills this process when a reply is late.
 This module imports nothing from entropyctl on purpose.
@@ -51,7 +52,10 @@ def main() -> None:
     for line in sys.stdin:
         try:
             request = json.loads(line)
-            score = float(fn(request["pred"], request["gold"]))
+            if "info" in request:
+                score = float(fn(request["pred"], request["gold"], info=request["info"]))
+            else:
+                score = float(fn(request["pred"], request["gold"]))
             if not math.isfinite(score):
                 raise ValueError(f"returned a non-finite score {score!r}")
             reply = {"status": "correct" if score > 0 else "wrong", "score": score}

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -392,14 +393,17 @@ class _Worker:
         self.wait_ready()
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write((json.dumps(payload) + "\n").encode())
+            self.proc.stdin.write((json.dumps(payload, default=str) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise _WorkerDied() from exc
         return self._read_line(time.monotonic() + timeout)
 
-    def request(self, pred: str, gold: str, timeout: float) -> dict:
-        return self.send({"pred": pred, "gold": gold}, timeout)
+    def request(self, pred: str, gold: str, timeout: float, info: Mapping[str, Any] | None = None) -> dict:
+        payload: dict[str, Any] = {"pred": pred, "gold": gold}
+        if info is not None:
+            payload["info"] = info
+        return self.send(payload, timeout)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -553,13 +557,15 @@ class MathVerifier:
             finally:
                 self._release(worker)
 
-    def request(self, pred: str, gold: str, timeout: float | None = None) -> dict:
+    def request(
+        self, pred: str, gold: str, timeout: float | None = None, *, info: Mapping[str, Any] | None = None
+    ) -> dict:
         """One request to a worker: its reply, or ``{"status": "timeout" | "parse_error", "detail"}``
-        when it is late (killed and replaced) or died."""
+        when it is late (killed and replaced) or died. ``info`` goes with it (a function reward's)."""
         limit = self.timeout if timeout is None else float(timeout)
         worker = self._acquire()
         try:
-            reply = worker.request(pred, gold, limit)
+            reply = worker.request(pred, gold, limit, info)
         except _WorkerTimeout:
             with self._cond:
                 self.timeouts += 1

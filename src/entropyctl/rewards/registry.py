@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from entropyctl.rewards.base import RewardFunction
+from entropyctl.rewards.base import RewardFunction, takes_info
 from entropyctl.rewards.math import (
     DEFAULT_TIMEOUT_S,
     MathVerifier,
@@ -113,21 +113,27 @@ class FunctionReward(RewardFunction):
     Runs ``fn`` in this process with no timeout (for trusted in-memory callables);
     ``get_reward("package.module:function")`` gives a :class:`ProcessFunctionReward` instead."""
 
-    def __init__(self, fn: Callable[[str, str], float], name: str | None = None) -> None:
+    def __init__(self, fn: Callable[..., float], name: str | None = None) -> None:
         super().__init__()
         self.fn = fn
         self.name = name if name is not None else str(getattr(fn, "__qualname__", repr(fn)))
+        self.takes_info = takes_info(fn)
 
     def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
         score = float(self.fn(completion, answer))
+        return score, "correct" if score > 0 else "wrong"
+
+    def score_with_info(self, completion: str, answer: str, info: Mapping[str, Any]) -> tuple[float, Status]:
+        score = float(self.fn(completion, answer, info=info))
         return score, "correct" if score > 0 else "wrong"
 
 
 class ProcessFunctionReward(RewardFunction):
     """A ``package.module:function`` reward run in worker processes under a hard per-answer timeout.
 
-    The function, ``fn(completion, answer) -> float``, is imported and called in ``num_workers`` separate
-    processes; an answer not scored within ``timeout`` seconds scores 0 with status ``timeout`` (counted
+    The function, ``fn(completion, answer) -> float`` (or ``fn(completion, answer, info)``: called with
+    the row's :func:`~entropyctl.rewards.base.reward_info` as ``info=``), is imported and called in
+    ``num_workers`` separate processes; an answer not scored within ``timeout`` seconds scores 0 with status ``timeout`` (counted
     per step as ``reward_timeout``) and its worker is killed and replaced, so a function that never
     returns cannot hang training. An exception in the function is raised here with its traceback.
     """
@@ -136,6 +142,7 @@ class ProcessFunctionReward(RewardFunction):
         super().__init__()
         self.name = path
         self.timeout = check_timeout(timeout, f"reward {path!r}: timeout")
+        self.takes_info = takes_info(_import_function(path))  # imported here too: its signature decides
         source = (Path(__file__).with_name("_function_worker.py")).read_text()
         # the worker imports the function with this process's sys.path ('' = the current directory)
         search_path = os.pathsep.join(p or os.getcwd() for p in sys.path)
@@ -146,7 +153,12 @@ class ProcessFunctionReward(RewardFunction):
         )
 
     def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
-        reply = self.pool.request(completion, answer)
+        return self._scored(self.pool.request(completion, answer))
+
+    def score_with_info(self, completion: str, answer: str, info: Mapping[str, Any]) -> tuple[float, Status]:
+        return self._scored(self.pool.request(completion, answer, info=info))
+
+    def _scored(self, reply: dict[str, Any]) -> tuple[float, Status]:
         status = reply["status"]
         if status == "error":
             raise RuntimeError(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from entropyctl.rewards.base import call_reward
 from entropyctl.trainer.run_dir import pass_k, pass_key
 
 __all__ = [
@@ -135,7 +136,7 @@ def count_correct(
     """Sample ``n`` completions per problem and count the correct ones (reward == 1; a
     partial-credit score below 1 is not a solve).
 
-    problems: objects with ``.answer``.
+    problems: objects with ``.answer`` (and ``.prompt``, for a reward that takes the row's ``info``).
     sample_fn(batch, n) -> for each problem of the batch, its ``n`` decoded completions.
     """
     if n < 1:
@@ -147,8 +148,7 @@ def count_correct(
         if len(texts) != len(batch) or any(len(t) != n for t in texts):
             raise RuntimeError(f"sample_fn returned {[len(t) for t in texts]} completions, expected {n} each")
         flat = [t for group in texts for t in group]
-        answers = [p.answer for p in batch for _ in range(n)]
-        rewards = reward_fn(flat, answers)
+        rewards = call_reward(reward_fn, flat, batch, n)
         counts.extend(sum(1 for r in rewards[i * n : (i + 1) * n] if r >= 1.0) for i in range(len(batch)))
         if progress is not None:
             progress(min(start + batch_size, len(problems)), len(problems))

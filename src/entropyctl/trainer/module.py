@@ -43,6 +43,7 @@ from entropyctl.controllers.token_level import step_token_action
 from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
 from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
 from entropyctl.ops.sampler_correction import sampler_correction
+from entropyctl.rewards.base import call_reward
 from entropyctl.rollout.protocol import Completions, RolloutEngine, SamplingSettings, decode_responses
 from entropyctl.trainer.evaluation import ProblemOutcome, count_correct, eval_set_of, summarize_pass_at_k
 from entropyctl.trainer.phases import (
@@ -658,11 +659,14 @@ class RLVRModule(pl.LightningModule):
         comp = self.engine.generate([self.encode_prompt(p.prompt) for p in problems], G, self._sampling(seed))
         texts = self._decode(comp)
         t1 = time.perf_counter()
-        answers = [p.answer for p in problems for _ in range(G)]
-        rewards = torch.tensor(self.reward(texts, answers), dtype=torch.float32).reshape(len(problems), G)
+        rewards = torch.tensor(call_reward(self.reward, texts, problems, G), dtype=torch.float32)
+        rewards = rewards.reshape(len(problems), G)
         shaping = None
         if self.shaping_rewards:
-            scores = [torch.tensor(r(texts, answers), dtype=torch.float32) for r in self.shaping_rewards]
+            scores = [
+                torch.tensor(call_reward(r, texts, problems, G), dtype=torch.float32)
+                for r in self.shaping_rewards
+            ]
             shaping = torch.stack(scores, dim=-1).reshape(len(problems), G, len(scores))
             if not bool(torch.isfinite(shaping).all()):
                 labels = self.config.reward.shaping_labels()

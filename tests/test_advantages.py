@@ -121,3 +121,11 @@ def test_leave_one_out_is_the_mean_baseline_times_g_over_g_minus_one(
     torch.testing.assert_close(
         loo, mean * (g / (g - 1)), rtol=1e-12, atol=1e-12 * float(mean.abs().max() + 1)
     )
+
+
+@pytest.mark.parametrize("scale", ["group", "batch"])
+def test_eps_zero_leaves_a_constant_group_at_exactly_zero(scale: str) -> None:
+    rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
+    adv = group_advantages(rewards, scale=scale, eps=0.0)  # type: ignore[arg-type]
+    assert bool(torch.isfinite(adv).all()) and torch.equal(adv[0], torch.zeros(4))
+    assert torch.equal(group_advantages(torch.ones(2, 4), scale=scale, eps=0.0), torch.zeros(2, 4))  # type: ignore[arg-type]

@@ -48,9 +48,9 @@ def error_of(config: object) -> str:
         ({"name": "aer", "alpha_min": 0.0}, "controller.update.alpha_min: must be > 0 (got 0.0)"),
         (
             {"name": "target", "update": {"rule": "additive", "eta": -0.5}},
-            "controller.update.eta: must be ≥ 0",
+            "controller.update.eta: must be > 0",
         ),
-        ({"name": "aer", "update": {"rule": "sign", "delta": -1.0}}, "controller.update.delta: must be ≥ 0"),
+        ({"name": "aer", "update": {"rule": "sign", "delta": -1.0}}, "controller.update.delta: must be > 0"),
         ({"name": "aer", "update": {"step": 0.0}}, "controller.update.step: must be > 0"),
         ({"name": "aer", "update": {"step": 1.5}}, "controller.update.step: must be ≤ 1"),
         ({"name": "aer", "update": {"smoothing": 1.0}}, "controller.update.smoothing: must be < 1"),
@@ -352,3 +352,23 @@ def test_ddp_spawn_is_refused_with_the_strategy_that_works() -> None:
         parse_run_config({"trainer": {"devices": 2, "strategy": "ddp_spawn"}})
     assert "trainer.strategy" in str(info.value) and "use ddp" in str(info.value)
     assert parse_run_config({"trainer": {"devices": 2, "strategy": "ddp"}}).trainer.strategy == "ddp"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["controller.update.rule=additive", "controller.update.eta=0"], "controller.update.eta"),
+        (["controller.update.rule=log", "controller.update.eta=0"], "controller.update.eta"),
+        (["controller.update.rule=sign", "controller.update.delta=0"], "controller.update.delta"),
+        (
+            ["controller.name=clip_cov", "controller.cov_lower=5", "controller.cov_upper=1"],
+            r"cov_upper=1: the band \[cov_lower, cov_upper\] holds no covariance",
+        ),
+    ],
+)
+def test_a_controller_setting_that_would_do_nothing_is_refused(overrides: list[str], message: str) -> None:
+    # a step of 0 never moves α (a fixed α is update: none); an empty Clip-Cov band detaches no token
+    with pytest.raises(ConfigError, match=message):
+        from entropyctl.config import load_run_config
+
+        load_run_config(None, overrides)

@@ -62,9 +62,9 @@ def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
         if update["rearm_at_target"] and draw(st.booleans()):
             update["rearm_alpha"] = draw(st.floats(alpha_min, alpha_max))
     elif rule in ("additive", "log"):
-        update["eta"] = draw(st.floats(0.0, 5.0))
+        update["eta"] = draw(st.floats(0.0, 5.0, exclude_min=True))
     else:
-        update["delta"] = draw(st.floats(0.0, 0.05))
+        update["delta"] = draw(st.floats(0.0, 0.05, exclude_min=True))
     return update
 
 

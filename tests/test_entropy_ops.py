@@ -351,3 +351,19 @@ def test_fp32_entropy_is_as_accurate_as_full_logits(c) -> None:
     fused_error = (h_fused.double() - h64).abs()
     bound = 2 * ref_error + 4 * eps * h64.clamp(min=1.0)
     assert bool((fused_error <= bound).all()), (float(fused_error.max()), ref_error)
+
+
+def test_a_minus_inf_logit_under_a_large_upstream_gradient_stays_finite_on_the_reference_path() -> None:
+    # fp16 loss scaling multiplies ∂L/∂H by 65536·α/N: above 1 the dtype-min floor made ∂(p log p)/∂p
+    # overflow to −inf, and 0·inf spread NaN over the row; the fused path's floor does not.
+    logits = torch.tensor([[0.5, 1.0, -float("inf"), 0.2]], requires_grad=True)
+    for scale in (0.5, 2.0, 65536.0):
+        logits.grad = None
+        _, h = token_logprob_entropy(logits, torch.tensor([1]))
+        (h * scale).sum().backward()
+        grad = logits.grad.clone()
+        assert bool(torch.isfinite(grad).all()) and float(grad[0, 2]) == 0.0
+        finite = logits.detach()[:, [0, 1, 3]].clone().requires_grad_()
+        _, h_ref = token_logprob_entropy(finite, torch.tensor([1]))
+        (h_ref * scale).sum().backward()  # the same row without the masked entry
+        torch.testing.assert_close(grad[:, [0, 1, 3]], finite.grad)

@@ -213,3 +213,17 @@ def test_reduce_from_inside_a_lightning_module_under_a_trainer(tmp_path: pytest.
     assert seen["collectives"] == 2 and seen["tokens"] == 3 and seen["scale"] == 1
     with pytest.raises(ValueError, match="not attached to a Trainer"):
         EntropyStats().reduce(Module())
+
+
+def test_fractional_weights_below_one_half_still_make_a_usable_reading() -> None:
+    from entropyctl.controllers.base import is_usable_reading
+
+    stats = EntropyStats()
+    stats.add(torch.tensor([0.7, 0.9]), torch.tensor([0.2, 0.2]))
+    stats.reduce(None)
+    reading = stats.reading(3)
+    assert reading.mean_entropy == pytest.approx(0.8) and reading.tokens == 1 and is_usable_reading(reading)
+
+
+def test_a_float_token_count_is_summed_exactly_above_two_to_the_24() -> None:
+    assert global_token_count(2.0**24 + 1, None) == 2**24 + 1  # float32 would round it to 2**24

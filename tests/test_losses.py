@@ -633,3 +633,29 @@ def test_fused_dual_clip_equals_autograd_through_the_logits(seed: int, sequence:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     plain = _oracle(hidden, weight, targets, old, adv, coef, mask, 0.2, 0.28, 1.0, seq_index=seq)
     assert plain.pg_loss.item() != pytest.approx(oracle.pg_loss.item())  # the dual clip changed the loss
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_token_of_zero_weight_still_counts_in_its_responses_sequence_ratio(seed: int) -> None:
+    """u = 0 on a kept token (m = 1): the reference keeps it in its response's ratio (keep = m ≠ 0), and the
+    fused gradient must too (it once read keep off m·u, 0.01 apart in the weights' gradient)."""
+    hidden, weight, bias, targets, old, adv, coef, mask, ref, rows, _, _ = _seq_case(seed)
+    u = torch.ones_like(old)
+    u[[1, 5]] = 0.0  # a token of response 0 and one of response 1
+    kw = dict(ref_logprob=ref, kl_coef=0.2, seq_index=rows, loss_weight=u)
+    fused = fused_policy_loss(
+        hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, chunk_size=5, bias=bias, **kw
+    )
+    grads = torch.autograd.grad(fused.loss, (hidden, weight, bias))
+    oracle = _oracle(hidden, weight, targets, old, adv, coef, mask, 0.1, 0.1, 0.9, bias=bias, **kw)
+    for got, want in zip(grads, torch.autograd.grad(oracle.loss, (hidden, weight, bias)), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_scalar_mask_is_every_tokens_and_averages_over_them() -> None:
+    lp, H, old, A = _t(-1.0, -2.0, -0.5), _t(1.0, 0.5, 2.0), _t(-1.1, -1.6, -0.4), _t(1.0, -1.0, 0.5)
+    whole = policy_loss(lp, H, old, A, 0.1, torch.ones(3, dtype=torch.float64), 0.2, 0.2)
+    scalar = policy_loss(lp, H, old, A, 0.1, torch.tensor(1.0, dtype=torch.float64), 0.2, 0.2)
+    assert float(scalar.loss) == pytest.approx(float(whole.loss), rel=1e-15)  # a mean over 3, not a sum
+    assert float(scalar.entropy_loss) == pytest.approx(float(whole.entropy_loss), rel=1e-15)
+    assert float(scalar.clip_frac_low) == float(whole.clip_frac_low) and float(whole.clip_frac_low) > 0

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from entropyctl.validation import NonNegativeFloat
+from entropyctl.validation import NonNegativeFloat, PositiveFloat
 
 __all__ = [
     "RelativeUpdate",
@@ -205,21 +205,27 @@ class AdditiveUpdate(_Bounds):
     """``additive``: α_{t+1} = clip(α_t + η·(H* − H_t)) (the paper's form, as we read it)."""
 
     rule: Literal["additive"] = "additive"  # type: ignore[assignment]
-    eta: NonNegativeFloat = Field(default=0.002, description="η: α per nat of entropy error.")
+    eta: PositiveFloat = Field(
+        default=0.002, description="η: α per nat of entropy error (> 0; a fixed α is update: none)."
+    )
 
 
 class SignUpdate(_Bounds):
     """``sign``: α_{t+1} = clip(α_t + δ·sign(H* − H_t))."""
 
     rule: Literal["sign"] = "sign"  # type: ignore[assignment]
-    delta: NonNegativeFloat = Field(default=0.0001, description="δ: α per step.")
+    delta: PositiveFloat = Field(
+        default=0.0001, description="δ: α per step (> 0; a fixed α is update: none)."
+    )
 
 
 class LogUpdate(_Bounds):
     """``log``: log α_{t+1} = log α_t + η·(H* − H_t), error in nats, α ≥ max(alpha_min, 1e-6)."""
 
     rule: Literal["log"] = "log"  # type: ignore[assignment]
-    eta: NonNegativeFloat = Field(default=0.5, description="η: log α per nat of entropy error.")
+    eta: PositiveFloat = Field(
+        default=0.5, description="η: log α per nat of entropy error (> 0; a fixed α is update: none)."
+    )
 
 
 class NoUpdate(_Part):

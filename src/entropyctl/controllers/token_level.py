@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from entropyctl.controllers.base import (
     EntropyController,
@@ -94,6 +94,15 @@ class ClipCovConfig(ControllerConfig):
     clip_low: PositiveFloat = Field(default=0.2, lt=1.0, description="ε_low of the clipped surrogate.")
     clip_high: PositiveFloat = Field(default=0.2, description="ε_high of the clipped surrogate.")
     seed: int = Field(default=0, description="Seeds the random subset (with the step): same on every rank.")
+
+    @model_validator(mode="after")
+    def _check_band(self) -> ClipCovConfig:
+        if not self.cov_lower < self.cov_upper:
+            raise ValueError(
+                f"cov_upper: the band [cov_lower, cov_upper] holds no covariance unless cov_lower < cov_upper "
+                f"(got {self.cov_lower}, {self.cov_upper})"
+            )
+        return self
 
 
 class KLCovConfig(ControllerConfig):

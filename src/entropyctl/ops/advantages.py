@@ -83,9 +83,11 @@ def group_advantages(
             std = float(batch_std)
         if not math.isfinite(std) or std < 0:
             raise ValueError(f"batch_std must be a finite value >= 0, got {batch_std!r}")
-        return centered / (std + eps)
+        # std + eps = 0 only when eps = 0 and every reward is equal: every group constant, all zeros already
+        return centered / (std + eps) if std + eps > 0 else centered
     std_g = r.std(dim=1, keepdim=True, unbiased=unbiased)
-    return centered / (std_g + eps)
+    # a constant group keeps its exact 0 when eps = 0 (0 / 0 would be NaN)
+    return torch.where(constant, centered, centered / (std_g + eps))
 
 
 def reward_sums(rewards: Tensor, shift: float = 0.0) -> tuple[float, float, float]:

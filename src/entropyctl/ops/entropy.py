@@ -91,9 +91,10 @@ def token_logprob_entropy(logits: Tensor, targets: Tensor, temperature: float = 
     log_p = torch.log_softmax(z, dim=-1)
     logprob = log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
     p = log_p.exp()
-    # p·log p with p = 0 must be 0: a −inf logit gives log p = −inf, and 0·(−inf) = NaN; the
-    # clamp leaves every log p with p > 0 unchanged.
-    entropy = -(p * log_p.clamp(min=torch.finfo(log_p.dtype).min)).sum(-1)
+    # p·log p with p = 0 must be 0: a −inf logit gives log p = −inf, and 0·(−inf) = NaN. The floor is
+    # the fused path's: the dtype's lowest number would make ∂(p·log p)/∂p = log p overflow to −inf
+    # under an upstream gradient above 1 (fp16 loss scaling), and 0·inf is a NaN gradient again.
+    entropy = -(p * log_p.clamp(min=_LOG_P_FLOOR)).sum(-1)
     return logprob, entropy
 
 

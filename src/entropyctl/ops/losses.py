@@ -297,6 +297,7 @@ def policy_loss(
         mask=mask,
         ref_logprob=ref_logprob,
     )
+    mask = mask.expand(n_tok)  # a scalar mask is every token's: N counts them (the fused path's reading)
     m, A = mask.to(logprob.dtype), advantages.to(logprob.dtype)
     N = _token_count(mask, num_tokens).to(logprob.dtype)
     u = _loss_weight_tensor(loss_weight, n_tok, logprob.dtype, logprob.device)
@@ -353,8 +354,11 @@ def _token_loss_grads(
     action: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None),
     seq_index: Tensor | None = None,
     dual_clip: float | None = None,
+    keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(∂L/∂logp, ∂L/∂H) per token, in closed form.
+    """(∂L/∂logp, ∂L/∂H) per token, in closed form. ``mask`` weighs the terms (m·u); ``keep`` says which
+    tokens are in the loss (m ≠ 0; default ``mask != 0``): a token of weight u = 0 still counts in its
+    response's sequence ratio, as in :func:`policy_loss`.
 
     With ``seq_index`` (every token of the batch at once: a response's ratio needs all of its tokens)
     the policy term's gradient is the sequence ratio's: each token's ∂L_pg/∂ log s_i (the token-level
@@ -368,7 +372,8 @@ def _token_loss_grads(
     ∂(β·L_KL)/∂logp = β·(m/N)·(1 − exp(ref − logp))
     """
     tok_weight, detach, tok_kl = action
-    ratio = _ratio(logprob, old_logprob, seq_index, mask != 0)
+    keep = mask != 0 if keep is None else keep
+    ratio = _ratio(logprob, old_logprob, seq_index, keep)
     upper = _upper_bound(clip_high, ratio.dtype)
     clipped = ((advantages < 0) & (ratio < 1.0 - clip_low)) | ((advantages > 0) & (ratio > upper))
     if dual_clip is not None:
@@ -380,7 +385,7 @@ def _token_loss_grads(
     if tok_weight is not None:
         g_lp = g_lp * tok_weight
     if seq_index is not None:  # ∂ log s_i / ∂ logp_t = 1/|o_i| for each token t of response i in the loss
-        g_lp = _spread_over_responses(g_lp, seq_index, mask != 0)
+        g_lp = _spread_over_responses(g_lp, seq_index, keep)
     if tok_kl is not None:
         g_lp = g_lp + torch.where(
             w == 0, torch.zeros_like(ratio), w * tok_kl * torch.sign(logprob - old_logprob)
@@ -403,17 +408,31 @@ def _spread_over_responses(g: Tensor, seq_index: Tensor, keep: Tensor) -> Tensor
 
 def _grads_of(
     logprob: Tensor,
-    token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
+    token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor],
     action: tuple[Tensor | None, Tensor | None, Tensor | None],
     N: Tensor,
     bounds: tuple[float, float, float, float | None],
     seq_index: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_token_loss_grads` on the fused loss's packed inputs (``bounds``: ε_low, ε_high, β, dual clip)."""
-    old, adv, coef, mask, ref = token_inputs
+    """:func:`_token_loss_grads` on the fused loss's packed inputs (old, A, α, m·u, ref, m ≠ 0; ``bounds``:
+    ε_low, ε_high, β, dual clip)."""
+    old, adv, coef, mask, ref, keep = token_inputs
     clip_low, clip_high, kl_coef, dual_clip = bounds
     return _token_loss_grads(
-        logprob, old, adv, coef, mask, clip_low, clip_high, N, ref, kl_coef, action, seq_index, dual_clip
+        logprob,
+        old,
+        adv,
+        coef,
+        mask,
+        clip_low,
+        clip_high,
+        N,
+        ref,
+        kl_coef,
+        action,
+        seq_index,
+        dual_clip,
+        keep,
     )
 
 
@@ -425,7 +444,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         weight: Tensor,
         bias: Tensor | None,
         targets: Tensor,
-        token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
+        token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor],
         action: tuple[Tensor | None, Tensor | None, Tensor | None],
         seq_index: Tensor | None,
         N: Tensor,
@@ -570,7 +589,7 @@ def fused_policy_loss(
         weight.contiguous(),
         None if bias is None else bias.contiguous(),
         targets.long().contiguous(),
-        (old_t, adv_t, coef_tok, mask_t if u is None else mask_t * u, ref_t),  # the gradient's m·u
+        (old_t, adv_t, coef_tok, mask_t if u is None else mask_t * u, ref_t, mask_t != 0),  # m·u, and m ≠ 0
         action,
         seq_t,
         N,

@@ -124,7 +124,13 @@ def global_token_count(local_mask_sum: Tensor | float | int, reducer: Reducer) -
     :func:`ddp_loss_scale` (W) before backward under DDP — see the module docstring for why.
     Every rank must call it, including one with zero tokens.
     """
-    value = local_mask_sum.detach() if isinstance(local_mask_sum, Tensor) else torch.tensor(local_mask_sum)
+    value = (
+        local_mask_sum.detach()
+        if isinstance(local_mask_sum, Tensor)
+        else torch.tensor(
+            local_mask_sum, dtype=torch.float64
+        )  # a float's default dtype, fp32, rounds 2**24 + 1
+    )
     if value.numel() != 1:
         raise ValueError(
             f"global_token_count: local_mask_sum must be a scalar, got shape {tuple(value.shape)}"
@@ -327,9 +333,10 @@ class EntropyStats:
         ``mean_entropy = NaN, tokens = 0`` (controllers ignore such readings)."""
         g = self._totals()
         tokens = float(g[0, 1])
-        return EntropyReading(
-            mean_entropy=self._ratio(float(g[0, 0]), tokens), tokens=int(round(tokens)), step=int(step)
-        )
+        count = int(round(tokens)) or (
+            1 if tokens > 0 else 0
+        )  # fractional weights summing below ½ still count
+        return EntropyReading(mean_entropy=self._ratio(float(g[0, 0]), tokens), tokens=count, step=int(step))
 
     def bucket_means(self) -> dict[int, float]:
         """Token-weighted mean entropy per declared level (NaN for a level with no tokens)."""

@@ -497,7 +497,11 @@ class TrainerConfig(_Section):
         description="Keep the N most recent step-NNNNNN.ckpt (the one just written counts; last.ckpt and "
         "any of a later step are never removed): older ones are deleted after each save. None: keep all.",
     )
-    save_last: bool = Field(True, description="Save checkpoints/last.ckpt at the end (model + optimizer).")
+    save_last: bool = Field(
+        True,
+        description="Save checkpoints/last.ckpt at the end (model + optimizer); each periodic checkpoint "
+        "(checkpoint_every) refreshes it whatever this says.",
+    )
     stop_grace_s: float | None = Field(
         25.0,
         gt=0,

@@ -297,9 +297,8 @@ def policy_loss(
         mask=mask,
         ref_logprob=ref_logprob,
     )
-    mask = mask.expand(n_tok)  # a scalar mask is every token's: N counts them (the fused path's reading)
-    m, A = mask.to(logprob.dtype), advantages.to(logprob.dtype)
-    N = _token_count(mask, num_tokens).to(logprob.dtype)
+    m, A = mask.expand(n_tok).to(logprob.dtype), advantages.to(logprob.dtype)  # a scalar mask: every token's
+    N = _token_count(m, num_tokens).to(logprob.dtype)
     u = _loss_weight_tensor(loss_weight, n_tok, logprob.dtype, logprob.device)
     mu = m if u is None else m * u  # the loss terms' weights; the clip fractions count tokens (m)
     # Padded tokens (m = 0) may carry any old/ref log-prob (even −inf): give them ρ = 1 and KL = 0

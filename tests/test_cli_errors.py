@@ -111,3 +111,38 @@ def test_threads_below_one_is_refused_by_every_command(
             cli.main([command, "--threads", value])
         assert stop.value.code == 2
         assert "argument --threads: " in capsys.readouterr().err
+
+
+def test_pretrain_out_never_replaces_an_existing_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy is written by replacing its directory: an existing --out (or '.') lost every file in it."""
+    from entropyctl.models import warm_start
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("refused before any training or cache lookup")
+
+    monkeypatch.setattr(warm_start, "pretrain", no_training)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "important.txt").write_text("precious")
+    monkeypatch.chdir(tmp_path)
+    for out in ("mine", "."):
+        assert cli.main(["pretrain", "--eval", "0", "--out", out]) == 2
+        assert f"--out {out}: already exists" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "important.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--set", "model.pretrain.lr=-1"], "model.pretrain.lr: must be > 0 (got -1)"),
+        (["--steps", "-3"], "model.pretrain.steps: must be ≥ 0 (got -3)"),
+        (["--set", "model=3"], "model: expected a mapping"),
+    ],
+)
+def test_pretrain_bad_model_settings_are_one_line(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["pretrain", "--eval", "0", *argv]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1

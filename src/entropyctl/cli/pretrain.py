@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (model.pretrain.steps)")
     parser.add_argument(
-        "--out", metavar="DIR", default=None, help="also copy the checkpoint to this directory"
+        "--out", metavar="DIR", default=None, help="also copy the checkpoint to this new directory"
     )
     parser.add_argument("--force", action="store_true", help="retrain even when a cached checkpoint exists")
     parser.add_argument(
@@ -44,11 +44,21 @@ def _model_section(args: argparse.Namespace) -> Any:
         from entropyctl.config import apply_overrides
 
         document = apply_overrides(document, list(args.overrides))
-    section = dict(document.get("model") or {})
+    from pydantic import ValidationError
+
+    from entropyctl.validation import ConfigError, format_validation_error
+
+    section = document.get("model") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"model: expected a mapping of the model's fields (got {section!r})")
+    section = dict(section)
     if args.steps is not None:
-        section.setdefault("pretrain", {})
-        section["pretrain"] = {**section["pretrain"], "steps": args.steps}
-    return ModelConfig.model_validate(section)
+        pretrain = section.get("pretrain") or {}
+        section["pretrain"] = {**(pretrain if isinstance(pretrain, dict) else {}), "steps": args.steps}
+    try:
+        return ModelConfig.model_validate(section)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "model", ModelConfig)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cfg = _model_section(args)
+    if args.out is not None and Path(args.out).expanduser().exists():
+        from entropyctl.config import ConfigError
+
+        # the copy replaces the directory it is written to: an existing one (or '.') would be deleted
+        raise ConfigError(f"--out {args.out}: already exists; choose a new directory for the copy")
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

@@ -76,6 +76,24 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_not_offered_a_resume(t
         prepare_run_dir(run_dir, resume=False, overwrite=False, log=print)
 
 
+def test_another_runs_checkpoint_is_not_continued_into_a_directory_holding_a_run(tmp_path: Path) -> None:
+    """--resume A/checkpoints/last.ckpt --out B, B holding a run of its own: the resume skipped the reuse
+    check, and B's metrics.csv held B's first steps then A's continuation under A's config."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run_training(tiny_config(*QUICK), a)
+    run_training(tiny_config(*QUICK, "controller.name=fixed", "controller.alpha=0.5"), b)
+    before = {name: (b / name).read_text() for name in ("metrics.csv", "config.yaml", "summary.json")}
+    longer = tiny_config(*QUICK, "trainer.steps=3")
+    with pytest.raises(RunDirError, match=r"is not one of its checkpoints: .* mix the two runs"):
+        run_training(longer, b, resume=a / "checkpoints" / "last.ckpt")
+    assert {name: (b / name).read_text() for name in before} == before
+    # into a new directory, or over B with --overwrite, the continuation runs; B's own resume still does
+    assert run_training(longer, c, resume=a / "checkpoints" / "last.ckpt")["steps"] == 3
+    assert run_training(longer, b, resume=a / "checkpoints" / "last.ckpt", overwrite=True)["steps"] == 3
+    assert [r["step"] for r in read_metrics(b)] == [3]
+    assert run_training(tiny_config(*QUICK, "trainer.steps=4"), b, resume="auto")["steps"] == 4
+
+
 def test_resume_auto_without_last_ckpt_does_not_start_over_a_run(tmp_path: Path) -> None:
     """--resume auto reads checkpoints/last.ckpt. A run that kept none (trainer.save_last false) was
     started afresh on top of itself: metrics.csv cut to the new run's rows and config.yaml overwritten,

@@ -605,7 +605,9 @@ def run_training(
         resume_record = None
         if rank0:
             # `--resume auto` that finds no last.ckpt starts afresh: not over a run it would truncate
-            prepare_run_dir(run_dir, resume=ckpt_path is not None, overwrite=overwrite, log=log)
+            prepare_run_dir(
+                run_dir, resume=None if ckpt_path is None else Path(ckpt_path), overwrite=overwrite, log=log
+            )
             if ckpt_path is not None:
                 resume_record = check_resume(
                     ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log

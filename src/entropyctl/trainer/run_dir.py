@@ -285,14 +285,26 @@ def _what_to_do(run_dir: Path) -> str:
     return "it has no checkpoint to continue from: pass --overwrite to replace it, or choose another --out"
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> None:
-    """Refuse a directory that holds a run unless resuming (``resume``: from a checkpoint found) or
-    overwriting; with ``overwrite`` remove exactly :data:`RUN_FILES`. The caller holds the directory's
-    :class:`RunLock`."""
+def prepare_run_dir(
+    run_dir: Path, *, resume: Path | bool | None, overwrite: bool, log: Callable[[str], None]
+) -> None:
+    """Refuse a directory that holds a run unless resuming it (``resume``: the checkpoint found, one of its
+    own ``checkpoints/``) or overwriting; with ``overwrite`` remove exactly :data:`RUN_FILES`. A checkpoint
+    of another run continued into a directory that holds a run would splice the two into one
+    ``metrics.csv``: refused like a plain reuse. The caller holds the directory's :class:`RunLock`."""
     present = existing_run_files(run_dir)
-    if not present or resume:
+    own = resume is True or (
+        isinstance(resume, Path) and (run_dir / "checkpoints").resolve() in resume.resolve().parents
+    )
+    if not present or own:
         return
     if not overwrite:
+        if resume:
+            raise RunDirError(
+                f"{run_dir}: already holds a run ({', '.join(present)}), and {resume} is not one of its "
+                "checkpoints: continuing another run here would mix the two runs' results; choose a new --out "
+                "for the continuation, or --overwrite to replace this run"
+            )
         raise RunDirError(f"{run_dir}: already holds a run ({', '.join(present)}); {_what_to_do(run_dir)}")
     for name in present:
         path = run_dir / name

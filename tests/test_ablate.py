@@ -14,6 +14,7 @@ import pytest
 import yaml
 from trainer_helpers import PACED_REWARD, PACED_REWARD_NAME, wait_rows
 
+from entropyctl.config import ConfigError
 from entropyctl.trainer.run_dir import PARENT_ENV
 
 # A few steps of the embedded task on a very small model with a tiny warm start: fast, but every
@@ -127,8 +128,12 @@ def test_a_second_ablate_into_the_same_directory_keeps_the_first_ones_arms(tmp_p
     # each arm keeps the seeds it was run with: c only 0; a both invocations' (0, 1, 2)
     assert {a["slug"]: a["seeds"] for a in second["arms"]} == {"b": [0, 1, 2], "c": [0], "a": [0, 1, 2]}
     assert second["command"] == "second"
-    path.write_text("not json")  # a damaged manifest is replaced, not a crash
-    assert [a["slug"] for a in merged_manifest(path, manifest("third", ["d"], [0]))["arms"]] == ["d"]
+    # a damaged manifest is one error naming it: replacing it dropped the earlier commands' arms from the
+    # report without a word (their runs finished on disk)
+    for damaged in ("not json", json.dumps(first)[:100], "[1, 2]"):
+        path.write_text(damaged)
+        with pytest.raises(ConfigError, match=r"ablation\.json: unreadable .*restore it, or delete it"):
+            merged_manifest(path, manifest("third", ["d"], [0]))
 
 
 def _paced_ablation(tmp_path: Path, steps: int, seeds: int) -> tuple[list[str], dict[str, str], Path]:
@@ -242,7 +247,6 @@ def test_a_new_seed_of_an_arm_launched_with_another_config_is_refused(
     import yaml
 
     import entropyctl.experiments.ablate as ablate
-    from entropyctl.config import ConfigError
 
     def write_runs(todo, jobs, threads, log, children):  # type: ignore[no-untyped-def]
         for spec in todo:
@@ -259,3 +263,110 @@ def test_a_new_seed_of_an_arm_launched_with_another_config_is_refused(
     with pytest.raises(ConfigError, match=r"seed0: a run of arm 'aer' launched with another config"):
         ablate.run_ablation(base, ["aer"], [2], out=out, overrides=["controller.anchor.tau=0.9"], **quiet)
     assert not (out / "aer" / "seed2").exists()
+
+
+def _fake_runs(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """Replace training by writing what a finished run writes (its configs and summary)."""
+    import entropyctl.experiments.ablate as ablate
+
+    def write_runs(todo, jobs, threads, log, children):  # type: ignore[no-untyped-def]
+        for spec in todo:
+            spec.run_dir.mkdir(parents=True, exist_ok=True)
+            (spec.run_dir / "ablate_config.yaml").write_text(yaml.safe_dump(spec.config, sort_keys=False))
+            (spec.run_dir / "summary.json").write_text(json.dumps({"status": "finished"}))
+        return {str(s.run_dir): {"returncode": 0, "seconds": 0, "finished": True} for s in todo}, []
+
+    monkeypatch.setattr(ablate, "_run_all", write_runs)
+    return {"report": False, "warm_start": False, "log": lambda line: None}
+
+
+@pytest.mark.parametrize(
+    ("seeds", "section", "message"),
+    [
+        ([1, 1], {}, "seeds: seed 1 is listed twice"),
+        (None, {"seeds": "10"}, r"ablation.seeds: expected a count N ≥ 1 or a list .*got '10'"),
+        (None, {"seeds": 3.0}, "ablation.seeds: expected a count"),
+        (None, {"seeds": [0, True]}, "ablation.seeds: expected a count"),
+        (0, {}, "seeds: a count of seeds must be ≥ 1"),
+        ([0], {"jobs": "two"}, r"ablation.jobs: expected a number of parallel runs ≥ 1 \(got 'two'\)"),
+    ],
+)
+def test_seeds_and_jobs_that_would_mix_or_crash_runs_are_refused(
+    seeds: object, section: dict[str, object], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seeds 1,1 started two runs in one directory (one failed on its lock, its log overwritten); a string
+    count became [1, 0]; a float or a word for jobs ended in a traceback."""
+    import entropyctl.experiments.ablate as ablate
+
+    quiet = _fake_runs(monkeypatch)
+    base = {"controller": {"name": "aer"}, "ablation": section}
+    with pytest.raises(ConfigError, match=message):
+        ablate.run_ablation(base, ["aer"], seeds, out=tmp_path / "abl", **quiet)  # type: ignore[arg-type]
+    assert not (tmp_path / "abl").exists()
+
+
+def test_an_arm_labelled_dot_dot_stays_inside_out(tmp_path: Path) -> None:
+    from entropyctl.experiments.ablate import parse_arms, plan_runs
+
+    for label in ("..", "."):
+        (arm,) = parse_arms([{"name": "fixed", "label": label}])
+        (spec,) = plan_runs({}, [arm], [0], tmp_path / "study")
+        assert (tmp_path / "study").resolve() in spec.run_dir.resolve().parents
+
+
+def test_a_run_ablate_did_not_launch_is_read_by_the_config_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished run copied into an arm's seed folder (no ablate_config.yaml) was skipped as done and
+    reported as the arm, whatever its config."""
+    import entropyctl.experiments.ablate as ablate
+    from entropyctl.config import load_run_config
+
+    quiet = _fake_runs(monkeypatch)
+    run = tmp_path / "abl" / "aer" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(load_run_config(None, ["trainer.steps=2"]).to_yaml())
+    (run / "summary.json").write_text(json.dumps({"status": "finished"}))
+    with pytest.raises(
+        ConfigError, match=r"seed0: holds a run of a different config than arm 'aer' .*optim.lr"
+    ):
+        ablate.run_ablation({"trainer": {"steps": 30}}, ["aer"], [0], out=tmp_path / "abl", **quiet)
+    (run / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"seed0: holds run files \(summary.json\) but no config"):
+        ablate.run_ablation({"trainer": {"steps": 30}}, ["aer"], [0], out=tmp_path / "abl", **quiet)
+
+
+def test_a_second_ablate_on_the_same_directory_is_refused_while_the_first_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import entropyctl.experiments.ablate as ablate
+    from entropyctl.trainer.run_dir import RunLock, RunLockedError
+
+    quiet = _fake_runs(monkeypatch)
+    out = tmp_path / "abl"
+    held = RunLock(out, name=ablate.ABLATE_LOCK, user="entropyctl ablate").acquire()  # the first ablate
+    try:
+        with pytest.raises(RunLockedError, match="another entropyctl ablate is using this directory"):
+            ablate.run_ablation({}, ["aer"], [0], out=out, **quiet)
+        assert not (out / "ablation.json").exists() and not (out / "aer").exists()
+    finally:
+        held.release()
+    ablate.run_ablation({}, ["aer"], [0], out=out, **quiet)  # released: it runs
+    assert (out / "aer" / "seed0" / "summary.json").exists()
+
+
+def test_an_unreadable_run_history_is_kept_aside_not_a_crash_after_the_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import entropyctl.experiments.ablate as ablate
+
+    quiet = _fake_runs(monkeypatch)
+    out = tmp_path / "abl"
+    out.mkdir()
+    (out / "ablation_runs.json").write_text('[{"command": "first", "wall')
+    lines: list[str] = []
+    ablate.run_ablation({}, ["aer"], [0], out=out, **{**quiet, "log": lines.append})
+    assert len(json.loads((out / "ablation_runs.json").read_text())) == 1
+    (aside,) = out.glob("ablation_runs.json.unreadable-*")
+    assert aside.read_text() == '[{"command": "first", "wall'
+    assert any("was unreadable" in line for line in lines)

@@ -56,7 +56,7 @@ from entropyctl.config import (
     load_yaml,
     parse_controller_config,
 )
-from entropyctl.trainer.run_dir import PARENT_ENV
+from entropyctl.trainer.run_dir import PARENT_ENV, RunLock, existing_run_files, write_json_atomic
 
 __all__ = [
     "Arm",
@@ -89,7 +89,9 @@ class Arm:
     def slug(self) -> str:
         """A directory name: ``fixed:alpha=0.01`` → ``fixed_alpha=0.01``."""
         text = self.label.replace(":", "_").replace(",", "_").replace(" ", "_")
-        return re.sub(r"[^A-Za-z0-9_.=+-]", "-", text)
+        slug = re.sub(r"[^A-Za-z0-9_.=+-]", "-", text)
+        # '.' or '..' would put the arm's seeds in --out itself or above it
+        return slug if slug.strip(".") else slug.replace(".", "_")
 
 
 @dataclass(frozen=True)
@@ -342,20 +344,33 @@ def _check_same_config(spec: RunSpec) -> None:
     resolves to today's defaults, the run's ``config.yaml`` holds the values it ran with (a field it
     lacks reads as :data:`~entropyctl.config.ABSENT_MEANS` says)."""
     path = spec.run_dir / "ablate_config.yaml"
-    if not path.exists():
-        return
-    previous = yaml.safe_load(path.read_text())
-    differences: list[str] = []
-    if canonical_config(previous) != canonical_config(spec.config):
-        differences.append("the config it was launched with differs")
     written = spec.run_dir / "config.yaml"
-    if not differences and written.exists():
-        differences = _resolved_differences(yaml.safe_load(written.read_text()), spec.config)
+    differences: list[str] = []
+    if path.exists():
+        if canonical_config(_read_yaml(path)) != canonical_config(spec.config):
+            differences.append("the config it was launched with differs")
+    elif existing_run_files(spec.run_dir) and not written.exists():
+        raise ConfigError(
+            f"{spec.run_dir}: holds run files ({', '.join(existing_run_files(spec.run_dir))}) but no config "
+            "to tell which run; use another --out directory or delete it"
+        )
+    if not differences and written.exists():  # a run ablate did not launch is read by the config it wrote
+        differences = _resolved_differences(_read_yaml(written), spec.config)
     if differences:
         raise ConfigError(
             f"{spec.run_dir}: holds a run of a different config than arm {spec.arm.label!r} at seed {spec.seed} "
             f"now resolves to ({'; '.join(differences[:5])}); use another --out directory or delete it"
         )
+
+
+def _read_yaml(path: Path) -> Any:
+    """A run directory's YAML file, or a one-line error naming it."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(
+            f"{path}: unreadable ({type(err).__name__}); restore it or delete the run"
+        ) from None
 
 
 def _check_arm_siblings(spec: RunSpec) -> None:
@@ -367,7 +382,7 @@ def _check_arm_siblings(spec: RunSpec) -> None:
         path = sibling / "ablate_config.yaml"
         if sibling == spec.run_dir or not path.exists():
             continue
-        previous = canonical_config(yaml.safe_load(path.read_text()))
+        previous = canonical_config(_read_yaml(path))
         if not isinstance(previous, Mapping):
             continue
         if {k: v for k, v in previous.items() if k != SEED_KEY} != spec_config:
@@ -551,7 +566,7 @@ def _write_manifest(path: Path, manifest: dict[str, Any], arm_list: Sequence[Arm
         | {"seeds": manifest["seeds"]}
         for a in arm_list
     ]
-    path.write_text(json.dumps(merged_manifest(path, manifest), indent=2, default=str) + "\n")
+    write_json_atomic(path, merged_manifest(path, manifest))
 
 
 def _log_stop(
@@ -566,11 +581,21 @@ def _log_stop(
     )
 
 
-def _append_history(path: Path, summary: dict[str, Any]) -> None:
+def _append_history(path: Path, summary: dict[str, Any], log: Callable[[str], None]) -> None:
     # One entry per invocation, so a resumed ablation keeps the wall time of every part.
-    history = json.loads(path.read_text()) if path.exists() else []
+    history: list[Any] = []
+    if path.exists():
+        try:
+            history = json.loads(path.read_text())
+            if not isinstance(history, list):
+                raise ValueError(f"a {type(history).__name__}, not a list")
+        except (OSError, ValueError) as err:  # kept aside, not lost; the runs themselves are on disk
+            aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.rename(aside)
+            log(f"ablation: {path} was unreadable ({err}); kept as {aside.name}, a new history started")
+            history = []
     history.append({**summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    path.write_text(json.dumps(history, indent=2) + "\n")
+    write_json_atomic(path, history)
 
 
 def seed_names(seeds: Sequence[int]) -> str:
@@ -603,12 +628,34 @@ def _arms_and_seeds(
     for index, item in enumerate(arms):
         arm_list += [item] if isinstance(item, Arm) else parse_arms([item], where=f"arms[{index}]")
     _check_unique(arm_list, "arms")
-    if seeds is None:
-        seeds = section.get("seeds", 1)
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ConfigError("seeds: need at least one seed")
+    where = "seeds" if seeds is not None else f"{ABLATION_SECTION}.seeds"
+    given: Any = section.get("seeds", 1) if seeds is None else seeds
+    if _is_int(given):
+        if given < 1:
+            raise ConfigError(f"{where}: a count of seeds must be ≥ 1 (got {given})")
+        seed_list = list(range(given))
+    elif isinstance(given, (list, tuple)) and given and all(_is_int(s) and s >= 0 for s in given):
+        seed_list = [int(s) for s in given]
+    else:
+        raise ConfigError(
+            f"{where}: expected a count N ≥ 1 or a list of seeds ≥ 0 like [0, 1, 2] (got {given!r})"
+        )
+    repeated = sorted({s for s in seed_list if seed_list.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: seed {repeated[0]} is listed twice (its runs would share one directory)")
     return arm_list, seed_list
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _jobs(jobs: int | None, section: Mapping[str, Any]) -> int:
+    value = jobs if jobs is not None else section.get("jobs", 1)
+    if not _is_int(value) or value < 1:
+        where = "--jobs" if jobs is not None else f"{ABLATION_SECTION}.jobs"
+        raise ConfigError(f"{where}: expected a number of parallel runs ≥ 1 (got {value!r})")
+    return int(value)
 
 
 def merged_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -621,8 +668,13 @@ def merged_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         return {**manifest, "commands": [manifest["command"]]}
     try:
         previous = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {**manifest, "commands": [manifest["command"]]}
+        if not isinstance(previous, dict):
+            raise ValueError(f"a {type(previous).__name__}, not a mapping")
+    except (OSError, ValueError) as err:  # replacing it would drop the earlier commands' arms from the report
+        raise ConfigError(
+            f"{path}: unreadable ({err}); it lists the arms of the earlier commands into this directory: restore "
+            "it, or delete it to start the list again with this command's arms"
+        ) from None
     new_slugs = {arm["slug"] for arm in manifest["arms"]}
     earlier = {arm.get("slug"): arm for arm in previous.get("arms", [])}
     arms = [arm for arm in previous.get("arms", []) if arm.get("slug") not in new_slugs]
@@ -632,6 +684,10 @@ def merged_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     seeds = sorted({*previous.get("seeds", []), *manifest["seeds"]})
     commands = list(previous.get("commands", [previous.get("command")] if previous.get("command") else []))
     return {**manifest, "arms": arms, "seeds": seeds, "commands": [*commands, manifest["command"]]}
+
+
+#: ``entropyctl ablate``'s own lock in its --out (the runs' are ``run.lock`` in theirs)
+ABLATE_LOCK = "ablate.lock"
 
 
 def run_ablation(
@@ -665,7 +721,7 @@ def run_ablation(
         raise ConfigError(f"{base_path}: {ABLATION_SECTION}: must be a mapping with arms/seeds/jobs")
     base = apply_overrides(base, overrides)
     arm_list, seed_list = _arms_and_seeds(arms, seeds, section, base_path)
-    jobs = max(1, int(jobs if jobs is not None else section.get("jobs", 1)))
+    jobs = _jobs(jobs, section)
     out = Path(out)
     specs = plan_runs(base, arm_list, seed_list, out)
     for spec in specs:
@@ -673,13 +729,42 @@ def run_ablation(
         _check_arm_siblings(spec)
 
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {"command": command, "base_config": base_path, "set": list(overrides)}
-    _write_manifest(out / "ablation.json", {**manifest, "seeds": seed_list, "jobs": jobs}, arm_list)
+    # one ablate per directory: a second one opened a live run's train.log afresh before that run's own lock
+    # refused it, and the two wrote the manifest over each other
+    lock = RunLock(out, name=ABLATE_LOCK, user="entropyctl ablate").acquire()
+    try:
+        manifest: dict[str, Any] = {"command": command, "base_config": base_path, "set": list(overrides)}
+        _write_manifest(out / "ablation.json", {**manifest, "seeds": seed_list, "jobs": jobs}, arm_list)
+        plan = _Plan(specs, len(arm_list), seed_list, seeds, jobs, out)
+        return _execute(plan, threads_per_job, report, warm_start, log, command)
+    finally:
+        lock.release()
 
+
+@dataclass(frozen=True)
+class _Plan:
+    specs: list[RunSpec]
+    arms: int
+    seed_list: list[int]
+    seeds: Any  # as given: a count is explained in the log
+    jobs: int
+    out: Path
+
+
+def _execute(
+    plan: _Plan,
+    threads_per_job: int | None,
+    report: bool,
+    warm_start: bool,
+    log: Callable[[str], None],
+    command: str | None,
+) -> dict[str, Any]:
+    """Run what a plan has not finished, record the invocation and write the report (under the lock)."""
+    specs, seed_list, seeds, jobs, out = plan.specs, plan.seed_list, plan.seeds, plan.jobs, plan.out
     todo = [s for s in specs if not is_finished(s.run_dir)]
     skipped = [s for s in specs if is_finished(s.run_dir)]
     log(
-        f"ablation: {len(arm_list)} arms × {len(seed_list)} seeds ({seed_names(seed_list)}) = {len(specs)} runs; "
+        f"ablation: {plan.arms} arms × {len(seed_list)} seeds ({seed_names(seed_list)}) = {len(specs)} runs; "
         f"{len(skipped)} finished (skipped), {len(todo)} to run with {jobs} job(s) → {out}"
     )
     if isinstance(seeds, int):
@@ -702,11 +787,11 @@ def run_ablation(
     }
     if children.stopped is not None:
         summary["stopped"] = children.stopped
-        _append_history(out / "ablation_runs.json", summary)
+        _append_history(out / "ablation_runs.json", summary, log)
         _log_stop(log, children.stopped, wall, results, len(failed), len(todo))
         return summary
     log(f"ablation: {len(todo)} runs in {wall:.0f} s wall; {len(failed)} failed")
-    _append_history(out / "ablation_runs.json", summary)
+    _append_history(out / "ablation_runs.json", summary, log)
     if report:
         from entropyctl.experiments.report import write_report
 

@@ -155,14 +155,14 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+def write_json_atomic(path: Path, data: Mapping[str, Any] | list[Any]) -> None:
     """Write JSON to ``path`` through a temp file + rename: a reader sees the old or the new file, never
     a truncated one."""
 
     def default(value: Any) -> Any:
         return value.item() if hasattr(value, "item") else str(value)
 
-    text = json.dumps(dict(data), indent=2, default=default) + "\n"
+    text = json.dumps(data if isinstance(data, list) else dict(data), indent=2, default=default) + "\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w") as f:
         f.write(text)
@@ -185,8 +185,9 @@ class RunLock:
     holds the previous holder's record when a lock left by a dead process was taken over.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
+    def __init__(self, run_dir: str | Path, *, name: str = LOCK_FILE, user: str = "run") -> None:
+        self.path = Path(run_dir) / name
+        self.user = user  # who else may hold it, for the refusal: "another run is using this directory"
         self.stale: dict[str, Any] | None = None
         self._fd: int | None = None
 
@@ -203,7 +204,7 @@ class RunLock:
                 raise
             info = self._read()
             raise RunLockedError(
-                f"{self.path.parent}: another run is using this directory ({_holder_text(info)}); "
+                f"{self.path.parent}: another {self.user} is using this directory ({_holder_text(info)}); "
                 "wait for it to end or use another --out"
             ) from None
         previous = self._read_fd(fd)

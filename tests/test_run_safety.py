@@ -405,3 +405,26 @@ def test_a_stop_signal_one_rank_got_at_the_last_step_stops_every_rank(tmp_path: 
     with pytest.raises(RunStopped) as info:
         callback.on_train_end(trainer, module)  # type: ignore[arg-type]
     assert info.value.exit_code == 128 + 15
+
+
+@pytest.mark.parametrize(
+    "tail",
+    ["1", "3,0.5", "\x00" * 64, "3,0.5,0.25", "nan,1,2\n"],
+    ids=["one character", "two fields, no newline", "NUL bytes", "a whole row but its newline", "a NaN step"],
+)
+def test_a_metrics_row_a_crash_cut_short_ends_the_file_on_resume(tmp_path: Path, tail: str) -> None:
+    """The resume kept `1,,,` as a row (step 1 twice) or failed on the NULs a crash can leave, so the
+    documented way on after a full disk (--resume auto) did not work."""
+    from entropyctl.trainer.run_dir import MetricsWriter
+
+    writer = MetricsWriter(tmp_path / "metrics.csv", ["step", "entropy", "alpha"])
+    for step in (1, 2, 3):
+        writer.write({"step": step, "entropy": 0.5 * step, "alpha": 0.01})
+    with (tmp_path / "metrics.csv").open("a", newline="") as f:
+        f.write(tail)
+    writer.truncate_after(3)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    writer.truncate_after(2)  # and the ordinary cut at the checkpoint's step
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    writer.write({"step": 3, "entropy": 1.5, "alpha": 0.01})
+    assert [r["entropy"] for r in read_metrics(tmp_path)] == [0.5, 1.0, 1.5]

@@ -673,10 +673,23 @@ class MetricsWriter:
         self.columns = list(columns)
 
     def truncate_after(self, step: int) -> None:
+        """Keep the rows up to ``step``. Rows are in step order; a line a crash cut short (no newline, too few
+        fields, a step that does not parse, NUL bytes) ends the copy, as does the first row past ``step``."""
         if not self.path.exists():
             return
         with self.path.open(newline="") as f:
-            rows = [row for row in csv.DictReader(f) if int(float(row["step"])) <= step]
+            lines = f.read().splitlines(keepends=True)
+        header = next(csv.reader(lines[:1]), [])
+        rows: list[dict[str, Any]] = []
+        for line in lines[1:]:
+            try:
+                fields = next(csv.reader([line]), [])
+                row_step = float(dict(zip(header, fields, strict=False)).get("step", "nan"))
+            except (csv.Error, ValueError):
+                break
+            if not line.endswith("\n") or len(fields) != len(header) or not row_step <= step:
+                break
+            rows.append(dict(zip(header, fields, strict=True)))
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from entropyctl import cli
@@ -106,3 +109,40 @@ def test_an_override_to_another_update_rule_starts_that_rule_from_its_defaults()
         None, ["controller.anchor.mode=absolute", "controller.anchor.target_entropy=0.3"]
     )
     assert anchor.controller.anchor.target_entropy == 0.3  # type: ignore[union-attr]  (no `tau` carried over)
+
+
+def test_an_override_to_the_value_a_section_already_resolves_to_keeps_its_fields(tmp_path: Path) -> None:
+    """A file that leaves the rule (or the name) out resolves to the default one: setting that same rule,
+    or the name written in quotes, dropped the file's fields (step 0.2 → 0.05, alpha_0 0.02 → 0.005)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("controller:\n  name: aer\n  alpha_0: 0.02\n  update: {step: 0.2, alpha_max: 0.5}\n")
+    for override in ("controller.update.rule=relative", 'controller.name="aer"', "controller.name=aer"):
+        config = load_run_config(path, [override]).controller
+        assert (config.alpha_0, config.update.step, config.update.alpha_max) == (0.02, 0.2, 0.5), override  # type: ignore[union-attr]
+    flat = tmp_path / "flat.yaml"  # the first release's flat form: eta alone means the additive rule
+    flat.write_text("controller:\n  name: aer\n  eta: 0.01\n")
+    assert load_run_config(flat, ["controller.update.rule=additive"]).controller.update.eta == 0.01  # type: ignore[union-attr]
+    switched = load_run_config(path, ["controller.update.rule=additive"]).controller.update
+    assert switched.rule == "additive" and switched.alpha_max == 0.05  # type: ignore[union-attr]  (a switch: defaults)
+
+
+def test_ablate_set_switches_a_rule_as_train_set_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ablate --set controller.update.rule=additive` on a base holding the relative rule's fields failed
+    with 'controller.update.step: unknown field' where `train --set` switched."""
+    import entropyctl.experiments.ablate as ablate
+
+    planned: list[dict[str, Any]] = []
+
+    def record(todo, jobs, threads, log, children):  # type: ignore[no-untyped-def]
+        planned.extend(spec.config for spec in todo)
+        return {}, []
+
+    monkeypatch.setattr(ablate, "_run_all", record)
+    base = {"controller": {"name": "aer", "update": {"rule": "relative", "step": 0.1}}}
+    ablate.run_ablation(
+        base, ["aer"], [0], out=tmp_path / "abl", overrides=["controller.update.rule=additive"],
+        report=False, warm_start=False, log=lambda line: None,
+    )  # fmt: skip
+    assert planned[0]["controller"]["update"]["rule"] == "additive"

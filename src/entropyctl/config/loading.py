@@ -19,10 +19,11 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from entropyctl.config.overrides import apply_overrides, load_yaml
+from entropyctl.config.overrides import _parse_scalar, apply_overrides, load_yaml
 from entropyctl.config.run import (
     VARIANT_KEYS,
     RunConfig,
+    current_value,
     default_config_path,
     drop_other_variant,
     fill_absent,
@@ -31,7 +32,7 @@ from entropyctl.config.run import (
 from entropyctl.controllers.config import ControllerConfig
 from entropyctl.validation import ConfigError
 
-__all__ = ["FOREIGN_NAMES", "KNOWN_RENAMES", "load_run_config", "suggest_field"]
+__all__ = ["FOREIGN_NAMES", "KNOWN_RENAMES", "load_run_config", "suggest_field", "switch_variants"]
 
 
 def load_run_config(
@@ -49,26 +50,31 @@ def load_run_config(
     if written:
         data = fill_absent(data)
     overrides = list(overrides)
-    # `--set controller.name=fixed` switches controller: the file's fields of the previous controller
-    # (tau, rho, ...) would be unknown to the new one, so it starts from its own defaults; other
-    # `controller.*` overrides still apply on top.
-    for override in overrides:
-        key, _, value = override.partition("=")
-        current = data.get("controller")
-        if (
-            key.strip() == "controller.name"
-            and isinstance(current, Mapping)
-            and current.get("name") != value.strip()
-        ):
-            data["controller"] = {"name": value.strip()}
-        elif key.strip() in VARIANT_KEYS:
-            drop_other_variant(data, key.strip(), value.strip())
+    switch_variants(data, overrides)
     base = data
     data = apply_overrides(base, overrides, text=lambda key: _is_text_field(key, base))
     try:
         return parse_run_config(data, source=str(source), written=written)
     except ConfigError as err:
         raise _name_the_overrides(err, overrides, str(source), data) from None
+
+
+def switch_variants(data: dict[str, Any], overrides: Iterable[str]) -> None:
+    """Before ``overrides`` are applied to ``data`` (in place): `--set controller.name=fixed` switches
+    controller, so the file's fields of the previous one (tau, rho, ...), unknown to the new one, go and it
+    starts from its own defaults; a part's variant key (``controller.update.rule``, ...) does the same for
+    its part. An override to the value the section already resolves to keeps the file's fields."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        current = data.get("controller")
+        if (
+            key.strip() == "controller.name"
+            and isinstance(current, Mapping)
+            and current_value(data, "controller.name", current.get("name")) != _parse_scalar(value)
+        ):
+            data["controller"] = {"name": value.strip()}
+        elif key.strip() in VARIANT_KEYS:
+            drop_other_variant(data, key.strip(), value.strip())
 
 
 # --- the schema, walked by field path ---

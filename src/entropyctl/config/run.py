@@ -46,6 +46,7 @@ __all__ = [
     "ABSENT_MEANS",
     "VARIANT_KEYS",
     "drop_other_variant",
+    "current_value",
     "fill_absent",
     "parse_written_config",
     "eval_set_names",
@@ -925,8 +926,31 @@ def drop_other_variant(data: dict[str, Any], key: str, value: Any) -> None:
     holder_path, _, name = part_path.rpartition(".")
     holder = _section(data, holder_path)
     part = holder.get(name) if isinstance(holder, dict) else None
-    if isinstance(part, Mapping) and part.get(field) != value:
+    if isinstance(part, Mapping) and current_value(data, key, part.get(field)) != _scalar(value):
         holder[name] = {field: value}
+
+
+def _scalar(value: Any) -> Any:
+    """A ``--set`` value as the override will write it (``"aer"`` quoted is ``aer``)."""
+    from entropyctl.config.overrides import _parse_scalar
+
+    return _parse_scalar(value) if isinstance(value, str) else value
+
+
+def current_value(data: Mapping[str, Any], key: str, written: Any) -> Any:
+    """What the controller field ``key`` (``controller.name``, ``controller.update.rule``, ...) is in ``data``
+    now: the controller section's resolved value (a rule or name left out is its default, a first-release
+    flat form its migrated rule), else ``written`` when the section does not parse yet. An override to the
+    same value is then no switch: the file's fields stay."""
+    from entropyctl.controllers.registry import parse_controller_config
+
+    try:
+        value: Any = parse_controller_config(data.get("controller"))
+        for part in key.split(".")[1:]:
+            value = getattr(value, part)
+    except (ConfigError, AttributeError):
+        return written
+    return value
 
 
 def fill_absent(data: Mapping[str, Any]) -> dict[str, Any]:

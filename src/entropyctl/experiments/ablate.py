@@ -56,6 +56,7 @@ from entropyctl.config import (
     load_yaml,
     parse_controller_config,
 )
+from entropyctl.config.loading import switch_variants
 from entropyctl.trainer.run_dir import PARENT_ENV, RunLock, existing_run_files, write_json_atomic
 
 __all__ = [
@@ -719,6 +720,9 @@ def run_ablation(
     section = base.get(ABLATION_SECTION) or {}
     if not isinstance(section, Mapping):
         raise ConfigError(f"{base_path}: {ABLATION_SECTION}: must be a mapping with arms/seeds/jobs")
+    switch_variants(
+        base, overrides
+    )  # as `train --set` does: a switched controller or rule drops the old fields
     base = apply_overrides(base, overrides)
     arm_list, seed_list = _arms_and_seeds(arms, seeds, section, base_path)
     jobs = _jobs(jobs, section)

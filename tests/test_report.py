@@ -309,3 +309,31 @@ def test_one_run_directory_is_a_report_of_one_arm_with_its_band(tmp_path: Path) 
     assert list(doc["arms"]) == ["my-run"]
     assert doc["arms"]["my-run"]["band"]["settled_in_first_half"] == 1
     assert "| `my-run` | 1/1 | 50 | 1.00 |" in (run / "report.md").read_text()
+
+
+def test_malformed_run_files_are_one_error_naming_the_file(tmp_path: Path) -> None:
+    """A damaged config.yaml, ablation.json or evaluation record ended the report in a YAML / JSON /
+    attribute traceback (after every run of an ablate had finished, so its report was never written)."""
+    from entropyctl.experiments.aggregate import ReportError
+
+    run = tmp_path / "study" / "aer" / "seed0"
+    write_fake_run(
+        run, controller="aer", seed=0, entropy_curve=np.linspace(1, 0.5, 8), alpha=None, pass1=0.5, pass8=0.9,
+        h0=None,
+    )  # fmt: skip
+    good_config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text("controller: {name: aer\n")
+    with pytest.raises(ReportError, match=r"config\.yaml: unreadable"):
+        load_run(run)
+    (run / "config.yaml").write_text(good_config)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(
+        json.dumps({**summary, "after": {**summary["after"], "by_level": [1, 2]}})
+    )
+    with pytest.raises(ReportError, match=r"summary\.json: after is not a pass@k record"):
+        load_run(run)
+    (run / "summary.json").write_text(json.dumps(summary))
+    for manifest in ("{", "[]", '{"arms": [{"slug": "aer"}]}', '{"arms": {"aer": 1}}'):
+        (tmp_path / "study" / "ablation.json").write_text(manifest)
+        with pytest.raises(ReportError, match=r"ablation\.json: (unreadable|not an ablation manifest)"):
+            write_report(tmp_path / "study")

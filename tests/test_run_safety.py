@@ -428,3 +428,25 @@ def test_a_metrics_row_a_crash_cut_short_ends_the_file_on_resume(tmp_path: Path,
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
     writer.write({"step": 3, "entropy": 1.5, "alpha": 0.01})
     assert [r["entropy"] for r in read_metrics(tmp_path)] == [0.5, 1.0, 1.5]
+
+
+def test_run_directory_paths_that_cannot_hold_the_run_are_refused_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out naming a file ended in FileExistsError; --resume auto with neither --out nor run_name started a
+    new time-stamped run and exited 0; `output_dir: ~/runs` made a folder named '~'."""
+    from entropyctl import cli
+    from entropyctl.trainer.run import resolve_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    assert cli.main(["train", "--out", "afile", "--set", "trainer.steps=1"]) == 2
+    assert "afile: a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"
+    assert cli.main(["train", "--resume", "auto", "--set", "trainer.steps=1"]) == 2
+    assert "--resume auto: continues the run in --out" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = tiny_config("output_dir=~/runs", "run_name=a")
+    assert resolve_run_dir(config) == tmp_path / "home" / "runs" / "a"
+    assert resolve_run_dir(config, "~/b") == tmp_path / "home" / "b"

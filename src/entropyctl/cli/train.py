@@ -79,9 +79,10 @@ def train_from_cli(
     progress_bar: bool | None = None,
 ) -> dict[str, Any]:
     """What `entropyctl train` does (the cli package parses the arguments)."""
-    from entropyctl.trainer.run import resolve_run_dir, run_training
+    from entropyctl.trainer.run import check_resume_target, resolve_run_dir, run_training
 
     config = resolved_config(config_path, overrides, threads)
+    check_resume_target(config, out, resume)
     run_dir = resolve_run_dir(config, out)
     return run_training(
         config,

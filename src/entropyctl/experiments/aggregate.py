@@ -124,9 +124,17 @@ def load_run(run_dir: str | Path, arm: str | None = None) -> RunRecord:
         metrics = read_metrics(metrics_path) if metrics_path.exists() else {}
     except RunDirError as err:
         raise ReportError(str(err)) from None
+    _check_evaluations(summary, summary_path)
     config: dict[str, Any] = {}
     if config_path.exists():
-        config = yaml.safe_load(config_path.read_text()) or {}
+        try:
+            config = yaml.safe_load(config_path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ReportError(
+                f"{config_path}: unreadable ({type(err).__name__}); restore or remove the run"
+            ) from None
+        if not isinstance(config, dict):
+            raise ReportError(f"{config_path}: not a run config (a {type(config).__name__})")
     match = re.fullmatch(r"seed(\d+)", run_dir.name)
     seed = int(match.group(1)) if match else None
     return RunRecord(
@@ -137,6 +145,43 @@ def load_run(run_dir: str | Path, arm: str | None = None) -> RunRecord:
         metrics=metrics,
         summary=summary,
     )
+
+
+def _check_evaluations(summary: Any, path: Path) -> None:
+    """The pass@k records the report reads: mappings, their ``by_level`` / ``by_set`` mappings of mappings."""
+    records = {"before": summary.before, "after": summary.after}
+    evals = summary.evals or {}
+    records.update({f"evals.{tag}": record for tag, record in evals.items()})
+    for where, record in records.items():
+        groups = [] if not isinstance(record, dict) else [record.get("by_level"), record.get("by_set")]
+        if record is not None and not (
+            isinstance(record, dict)
+            and all(
+                g is None or (isinstance(g, dict) and all(isinstance(v, dict) for v in g.values()))
+                for g in groups
+            )
+        ):
+            raise ReportError(
+                f"{path}: {where} is not a pass@k record (by_level / by_set must map names to records)"
+            )
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """``ablation.json``, checked as far as the report reads it (each arm a mapping with ``label`` and
+    ``slug``); a :class:`ReportError` naming the file otherwise."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ReportError(
+            f"{path}: unreadable ({err}); restore it, or delete it to report every run found"
+        ) from None
+    arms = manifest.get("arms", []) if isinstance(manifest, dict) else None
+    if not isinstance(arms, list) or not all(
+        isinstance(arm, dict) and isinstance(arm.get("label"), str) and isinstance(arm.get("slug"), str)
+        for arm in arms
+    ):
+        raise ReportError(f"{path}: not an ablation manifest (expected arms with a label and a slug each)")
+    return {**manifest, "arms": arms}
 
 
 def find_runs(root: str | Path) -> dict[str, list[RunRecord]]:
@@ -154,8 +199,8 @@ def find_runs(root: str | Path) -> dict[str, list[RunRecord]]:
     manifest_path = root / "ablation.json"
     arms: dict[str, list[RunRecord]] = {}
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        for arm in manifest.get("arms", []):
+        manifest = read_manifest(manifest_path)
+        for arm in manifest["arms"]:
             label, slug = arm["label"], arm["slug"]
             arm_dir = root / slug
             runs = []

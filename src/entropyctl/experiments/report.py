@@ -38,6 +38,7 @@ from entropyctl.experiments.aggregate import (
     RunRecord,
     find_runs,
     load_run,
+    read_manifest,
     summarize_arm,
 )
 from entropyctl.experiments.markdown import render
@@ -82,7 +83,7 @@ def write_report(
 
     manifest: dict[str, Any] = {}
     if (root / "ablation.json").exists():
-        manifest = json.loads((root / "ablation.json").read_text())
+        manifest = read_manifest(root / "ablation.json")
     doc: dict[str, Any] = {
         "root": str(root),
         "definitions": {

@@ -51,6 +51,7 @@ __all__ = [
     "build_module",
     "parameter_checksum",
     "resolve_run_dir",
+    "check_resume_target",
     "build_data",
     "build_prompt_encoder",
     "RUN_DIR_ENV",
@@ -76,12 +77,22 @@ def resolve_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
     """``out``, else ``$ENTROPYCTL_RUN_DIR`` (set for DDP children), else ``output_dir/run_name``
     (``run_name`` default: ``<time>-<controller>``)."""
     if out is not None:
-        return Path(out)
+        return Path(out).expanduser()
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited:
         return Path(inherited)
     name = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config.controller.name}"
-    return Path(config.output_dir) / name
+    return Path(config.output_dir).expanduser() / name  # `output_dir: ~/runs` made a folder named '~'
+
+
+def check_resume_target(config: RunConfig, out: str | Path | None, resume: str | Path | None) -> None:
+    """``--resume auto`` continues the run in ``--out`` (or ``output_dir/run_name``): without either, the run
+    directory is a new time-stamped one, which holds nothing to continue (it started a new run, exit 0)."""
+    if resume == "auto" and out is None and config.run_name is None and not os.environ.get(RUN_DIR_ENV):
+        raise RunDirError(
+            "--resume auto: continues the run in --out (or output_dir/run_name), and neither is given: a new "
+            "time-stamped directory has nothing to continue; pass --out RUN_DIR"
+        )
 
 
 def build_data(
@@ -590,6 +601,8 @@ def run_training(
 
         check_fsdp_config(config)
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: a file, not a directory; choose another --out for the run")
     rank0 = global_rank(config.trainer.devices) == 0
     if config.trainer.devices > 1:  # DDP children re-run the command line: they re-resolve the same directory
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())

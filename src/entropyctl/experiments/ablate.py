@@ -720,9 +720,8 @@ def run_ablation(
     section = base.get(ABLATION_SECTION) or {}
     if not isinstance(section, Mapping):
         raise ConfigError(f"{base_path}: {ABLATION_SECTION}: must be a mapping with arms/seeds/jobs")
-    switch_variants(
-        base, overrides
-    )  # as `train --set` does: a switched controller or rule drops the old fields
+    # as `train --set` does: a switched controller or rule drops the old one's fields
+    switch_variants(base, overrides)
     base = apply_overrides(base, overrides)
     arm_list, seed_list = _arms_and_seeds(arms, seeds, section, base_path)
     jobs = _jobs(jobs, section)

@@ -124,12 +124,11 @@ def global_token_count(local_mask_sum: Tensor | float | int, reducer: Reducer) -
     :func:`ddp_loss_scale` (W) before backward under DDP — see the module docstring for why.
     Every rank must call it, including one with zero tokens.
     """
+    # a Python number in float64: torch's default for a float, fp32, rounds 2**24 + 1
     value = (
         local_mask_sum.detach()
         if isinstance(local_mask_sum, Tensor)
-        else torch.tensor(
-            local_mask_sum, dtype=torch.float64
-        )  # a float's default dtype, fp32, rounds 2**24 + 1
+        else torch.tensor(local_mask_sum, dtype=torch.float64)
     )
     if value.numel() != 1:
         raise ValueError(
@@ -333,9 +332,8 @@ class EntropyStats:
         ``mean_entropy = NaN, tokens = 0`` (controllers ignore such readings)."""
         g = self._totals()
         tokens = float(g[0, 1])
-        count = int(round(tokens)) or (
-            1 if tokens > 0 else 0
-        )  # fractional weights summing below ½ still count
+        # fractional weights summing below ½ still make a reading of one token
+        count = int(round(tokens)) or (1 if tokens > 0 else 0)
         return EntropyReading(mean_entropy=self._ratio(float(g[0, 0]), tokens), tokens=count, step=int(step))
 
     def bucket_means(self) -> dict[int, float]:

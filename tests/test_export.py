@@ -41,3 +41,22 @@ def test_export_writes_the_trained_policy_as_a_transformers_model(
     assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_the_exported_model_keeps_the_trained_models_stop_tokens(tmp_path: Path) -> None:
+    """save_policy rebuilt the model from its config, whose generation_config held only the eos: an
+    instruct model's end-of-turn stop (Gemma's <end_of_turn>) was lost, and the export generated past it."""
+    from entropyctl.models.loading import load_policy
+    from entropyctl.models.tiny import build_char_tokenizer, build_tiny_model
+    from entropyctl.rollout.export import save_policy
+    from entropyctl.rollout.protocol import stop_token_ids
+
+    tokenizer = build_char_tokenizer("0123456789+-*()=")
+    model = build_tiny_model(tokenizer, hidden_size=32, layers=1, heads=2, seed=0)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("=")]
+    model.save_pretrained(tmp_path / "source")
+    tokenizer.save_pretrained(tmp_path / "source")
+    policy, tok = load_policy({"kind": "hf", "path": str(tmp_path / "source")})
+    save_policy(policy, tok, tmp_path / "exported")
+    exported, tok2 = load_policy({"kind": "hf", "path": str(tmp_path / "exported")})
+    assert stop_token_ids(tok2, exported) == stop_token_ids(tok, policy) == (2, 19)  # eos and "="

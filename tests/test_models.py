@@ -277,3 +277,69 @@ def test_gradient_checkpointing_recomputes_in_backward_gives_the_same_gradient_a
     for a, b, c in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(c, b, rtol=0, atol=0)
+
+
+def _tiny_causal_lm(model_type: str, **config: object) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(
+        model_type, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, **config,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config"),
+    [
+        ("llama", {}),
+        ("granite", {"logits_scaling": 4.0}),  # divides
+        ("hyperclovax", {"logits_scaling": 4.0}),  # multiplies by the same field (it once divided: s² off)
+        ("falcon_h1", {"lm_head_multiplier": 0.25, "mamba_d_ssm": 32, "mamba_n_heads": 2, "mamba_d_head": 16,
+                       "mamba_n_groups": 1, "mamba_d_state": 8, "head_dim": 16}),  # once ignored
+    ],
+)  # fmt: skip
+def test_the_trainers_logits_are_the_models_own_for_scaled_heads(model_type: str, config: dict) -> None:
+    from entropyctl.models.forward import check_head, response_logits
+    from entropyctl.rollout.protocol import Completions
+
+    model = _tiny_causal_lm(model_type, **config)
+    check_head(model)
+    prompt, response = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 10, 11]])
+    completions = Completions(
+        prompt, torch.ones_like(prompt), response, torch.ones_like(response), torch.tensor([True])
+    )
+    with torch.no_grad():
+        own = model(torch.cat([prompt, response], 1)).logits[0, 3:6]
+        rebuilt = response_logits(model, completions).logits
+        h = response_hidden_states(model, completions)
+        fused = h.hidden @ h.lm_head_weight.T
+    torch.testing.assert_close(rebuilt, own, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused, own, rtol=1e-5, atol=1e-5)
+
+
+def test_a_head_transformed_in_a_way_we_do_not_know_is_refused() -> None:
+    from entropyctl.models.forward import check_head
+
+    model = _tiny_causal_lm("llama")
+    original = model.forward
+
+    def scaled(*args: object, **kwargs: object) -> object:  # e.g. MiniCPM's h / (width / dim_model_base)
+        out = original(*args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    model.forward = scaled
+    with pytest.raises(
+        ValueError, match=r"model_type 'llama'\): its logits are not the LM head .*not supported"
+    ):
+        check_head(model)
+    model.forward = original
+    check_head(model)
+
+
+def test_an_odd_head_size_is_a_config_error_not_a_rotary_crash() -> None:
+    with pytest.raises(ValidationError, match=r"hidden_size / heads = 3 must be even"):
+        ModelConfig.model_validate({"tiny": {"hidden_size": 12, "heads": 4, "layers": 1}})
+    ModelConfig.model_validate({"tiny": {"hidden_size": 16, "heads": 4, "layers": 1}})  # head size 4

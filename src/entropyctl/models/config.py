@@ -37,6 +37,11 @@ class TinyModelConfig(BaseModel):
             raise ValueError(
                 f"model.tiny.hidden_size={self.hidden_size} must be divisible by model.tiny.heads={self.heads}"
             )
+        if (self.hidden_size // self.heads) % 2:
+            raise ValueError(
+                f"model.tiny.hidden_size / heads = {self.hidden_size // self.heads} must be even (rotary embeddings "
+                f"rotate pairs of dimensions; got hidden_size={self.hidden_size}, heads={self.heads})"
+            )
         return self
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "response_hidden_states",
     "response_logits",
     "supports_fused_head",
+    "check_head",
 ]
 
 
@@ -51,14 +52,54 @@ class ResponseLogits(NamedTuple):
 
 
 def _logit_scale(model: PreTrainedModel) -> float:
-    """The constant factor between ``h Wᵀ`` and the logits, for heads we know (1 for plain heads)."""
+    """The constant factor between ``h Wᵀ`` and the logits, for heads we know (1 for plain heads); a head
+    scaled some other way is caught by :func:`check_head`."""
     config = model.config
     scale = 1.0
     if getattr(config, "logit_scale", None) is not None:  # Cohere: logits = (h Wᵀ) * logit_scale
         scale *= float(config.logit_scale)
-    if getattr(config, "logits_scaling", None) is not None:  # Granite: logits = (h Wᵀ) / logits_scaling
-        scale /= float(config.logits_scaling)
+    if getattr(config, "logits_scaling", None) is not None:
+        if getattr(config, "model_type", "") == "hyperclovax":  # logits = (h Wᵀ) * logits_scaling
+            scale *= float(config.logits_scaling)
+        else:  # Granite: logits = (h Wᵀ) / logits_scaling
+            scale /= float(config.logits_scaling)
+    if getattr(config, "lm_head_multiplier", None) is not None:  # Falcon-H1: logits = (h Wᵀ) * multiplier
+        scale *= float(config.lm_head_multiplier)
     return scale
+
+
+def check_head(model: PreTrainedModel, tokens: int = 6) -> None:
+    """Raise ValueError unless the logits the trainer rebuilds from the final hidden states (the LM head,
+    :func:`_logit_scale`, a soft-cap) are the model's own on a few tokens: a head transformed in a way we do
+    not know (a multiplier on the hidden states, another scale) would train on another distribution than
+    the one the rollouts sampled, silently. One forward of ``tokens`` tokens, without gradients."""
+    backbone = getattr(model, model.base_model_prefix, None)
+    head = model.get_output_embeddings()
+    if backbone is None or backbone is model or head is None:
+        return  # _backbone_hidden refuses such a model with its own message
+    vocab = int(head.weight.shape[0])
+    device = head.weight.device
+    ids = (torch.arange(tokens, device=device).unsqueeze(0) * 7919 + 11) % max(vocab, 1)
+    with torch.no_grad():
+        own = model(input_ids=ids, use_cache=False).logits.float()
+        rebuilt = head(backbone(input_ids=ids, use_cache=False).last_hidden_state).float() * _logit_scale(
+            model
+        )
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        if softcap is not None:
+            rebuilt = torch.tanh(rebuilt / softcap) * softcap
+    # a wrong scale moves every logit by a factor; rounding in bf16 / fp16 moves them by a few ulps
+    tolerance = (1e-4 if head.weight.dtype in (torch.float32, torch.float64) else 3e-2) * (
+        1 + float(own.abs().max())
+    )
+    error = float((own - rebuilt).abs().max())
+    if not error <= tolerance:
+        raise ValueError(
+            f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', '?')!r}): its logits are not "
+            f"the LM head of its final hidden states as entropyctl rebuilds them (largest difference {error:.3g}); "
+            "its head scales or transforms them in a way the trainer does not reproduce, so training would score "
+            "another distribution than the rollouts sample: not supported"
+        )
 
 
 def supports_fused_head(model: PreTrainedModel) -> bool:

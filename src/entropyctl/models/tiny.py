@@ -65,8 +65,11 @@ def build_tiny_model(
 
     The defaults (d=128, 4 layers, 4 heads, MLP 384, tied embeddings) give ~0.8M parameters.
     """
-    if hidden_size % heads != 0:
-        raise ValueError(f"build_tiny_model: hidden_size={hidden_size} must be divisible by heads={heads}")
+    if hidden_size % heads != 0 or (hidden_size // heads) % 2:
+        raise ValueError(
+            f"build_tiny_model: hidden_size={hidden_size} must be divisible by heads={heads} into an even head "
+            "size (rotary embeddings rotate pairs of dimensions)"
+        )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

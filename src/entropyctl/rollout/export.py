@@ -3,6 +3,7 @@ what ``entropyctl export`` hands to any other tool (``AutoModelForCausalLM.from_
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,6 +97,10 @@ def save_policy(
                 if rope_init is not None:
                     inv_freq, _ = rope_init(module.config, torch.device("cpu"))
                     module.register_buffer("inv_freq", inv_freq, persistent=False)
+        if getattr(model, "generation_config", None) is not None:
+            # the trained model's stop tokens (an instruct model's end of turn beside its eos, which the
+            # config alone does not hold): the exported model generates as the trained policy did
+            plain.generation_config = copy.deepcopy(model.generation_config)
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         try:

@@ -531,8 +531,9 @@ class RLVRModule(pl.LightningModule):
             for p in reference.parameters():
                 p.requires_grad_(False)
             self._reference = _Frozen(reference)
-        from entropyctl.models.forward import enable_gradient_checkpointing, supports_fused_head
+        from entropyctl.models.forward import check_head, enable_gradient_checkpointing, supports_fused_head
 
+        check_head(policy)  # type: ignore[arg-type]
         if config.model.gradient_checkpointing:  # after the reference's copy: it never runs backward
             enable_gradient_checkpointing(policy)  # type: ignore[arg-type]
         self.use_fused = config.algorithm.fused and supports_fused_head(policy)  # type: ignore[arg-type]

@@ -221,3 +221,18 @@ def test_the_report_tables_pass_at_k_per_set(sets_run: SetsRun, tmp_path: Path) 
         assert by_set[name]["pass@1"]["mean"] == pytest.approx(
             sets_run.summary["after"]["by_set"][name]["pass@1"]
         )
+
+
+def test_two_sets_of_one_file_name_are_told_apart_and_an_emptied_set_is_refused(tmp_path: Path) -> None:
+    train = _sums(tmp_path / "train.jsonl", 0, 30)
+    first = _write(tmp_path / "gsm" / "test.jsonl", [("1+1=", "2"), ("2+2=", "4")])
+    second = _write(tmp_path / "math" / "test.jsonl", [("9" * 40 + "+1=", "1" + "0" * 40)])
+    base = ["data.source=file", f"data.path={train}", f"data.eval_path=[{first},{second}]"]
+    _, held = build_data(load_run_config(None, base))
+    assert [p.id for p in held] == [f"{first}:1", f"{first}:2", f"{second}:1"]  # not test.jsonl:1 twice
+
+    def drop_long(problems: list[Any]) -> list[Any]:  # what data.overlong_prompts: drop does to a long prompt
+        return [p for p in problems if len(p.prompt) < 20]
+
+    with pytest.raises(ValueError, match=r"math/test.jsonl \(held-out set 'math/test'\) has no rows left"):
+        build_data(load_run_config(None, base), drop_long)

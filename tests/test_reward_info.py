@@ -56,7 +56,7 @@ def _rows(path: Path) -> list[dict[str, object]]:
 
 def test_info_is_the_row_but_its_prompt_with_the_problem_text(tmp_path: Path) -> None:
     rows = _rows(tmp_path / "mixed.jsonl")
-    problems = load_math_dataset(tmp_path / "mixed.jsonl", template="Q: {prompt}")
+    problems = load_math_dataset(tmp_path / "mixed.jsonl", template="Q: {prompt}", keep_columns=True)
     for row, problem in zip(rows, problems, strict=True):
         info = reward_info(problem)
         assert info == {**{k: v for k, v in row.items() if k != "problem"}, "prompt": f"Q: {row['problem']}"}
@@ -70,13 +70,15 @@ def test_a_parquet_value_json_cannot_hold_reaches_the_reward_as_text(tmp_path: P
 
     table = pa.table({"question": ["1+1="], "answer": ["2"], "day": [datetime.date(2026, 12, 7)]})
     pq.write_table(table, tmp_path / "d.parquet")
-    (problem,) = load_math_dataset(tmp_path / "d.parquet")
+    (problem,) = load_math_dataset(tmp_path / "d.parquet", keep_columns=True)
     assert reward_info(problem)["day"] == "2026-12-07"
 
 
 def test_a_worker_function_with_info_is_routed_by_the_row(module: str, tmp_path: Path) -> None:
     _rows(tmp_path / "mixed.jsonl")
-    problems = load_math_dataset(tmp_path / "mixed.jsonl")[:4]  # loose, strict, loose, strict
+    problems = load_math_dataset(tmp_path / "mixed.jsonl", keep_columns=True)[
+        :4
+    ]  # loose, strict, loose, strict
     completions = [f"it is {p.answer}" for p in problems]
     routed = get_reward(f"{module}:routed")
     plain = get_reward(f"{module}:plain")
@@ -133,3 +135,18 @@ def test_training_and_evaluation_hand_the_worker_each_rows_info(
     for info in seen:
         row = by_prompt[info["prompt"]]  # each call carries the row its completion answers
         assert info == {**{k: v for k, v in row.items() if k != "problem"}, "prompt": row["problem"]}
+
+
+def test_the_rows_columns_are_kept_only_for_a_reward_that_reads_them(module: str, tmp_path: Path) -> None:
+    """Every file run copied each row's other columns into its problem (a 127 MB file: +137 MB on every
+    rank) whether or not a reward read them."""
+    from entropyctl.config import load_run_config
+    from entropyctl.trainer.run import build_data
+
+    _rows(tmp_path / "mixed.jsonl")
+    file = ["data.source=file", f"data.path={tmp_path / 'mixed.jsonl'}", "eval.n_prompts=2"]
+    for reward, kept in (("math", False), (f"{module}:plain", False), (f"{module}:routed", True)):
+        _, held = build_data(load_run_config(None, [*file, f"reward.name={reward}"]))
+        assert all(("columns" in p.meta) is kept for p in held), reward
+    shaped = load_run_config(None, [*file, f'reward.shaping=[{{name: "{module}:routed", weight: 0.1}}]'])
+    assert all("data_source" in p.meta["columns"] for p in build_data(shaped)[1])

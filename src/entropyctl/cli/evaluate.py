@@ -301,10 +301,11 @@ def _problems(
             label = f"held-out split ({d.source})"
         problems = _run_split(args, config, policy, tokenizer)
     else:
-        from entropyctl.trainer.run import held_out_files
+        from entropyctl.trainer.run import held_out_files, rewards_take_info
 
         label, files = args.data, data_files(args.data)
-        problems = held_out_files(files, args.problems, len(files) > 1, d.options, lambda rows: rows)
+        options = {**d.options, "keep_columns": rewards_take_info(config)}
+        problems = held_out_files(files, args.problems, len(files) > 1, options, lambda rows: rows)
         for path in files:
             if d.source == "file" and Path(path).resolve() == Path(d.path).resolve():
                 _note(

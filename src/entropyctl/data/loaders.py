@@ -206,14 +206,16 @@ def load_math_dataset(
     level_field: str | None = None,
     limit: int | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
+    keep_columns: bool = False,
 ) -> list[Problem]:
     """Load a ``.jsonl`` or ``.parquet`` math dataset as :class:`Problem` objects.
 
     ``template`` is a string with ``{prompt}`` wrapped around each prompt (see
     :func:`entropyctl.data.templates.format_prompt`); ``limit`` keeps the first rows only;
     ``max_line_bytes`` caps one JSONL line (and one Parquet prompt, in characters).
-    ``Problem.meta`` holds ``source`` (file name), ``location`` (line / row) and ``columns`` (the row's
-    columns but the prompt's, handed to a reward function that takes ``info``)."""
+    ``Problem.meta`` holds ``source`` (file name), ``location`` (line / row) and, with ``keep_columns``,
+    ``columns`` (the row's columns but the prompt's, handed to a reward function that takes ``info``; kept
+    only then: a large file's other columns cost memory on every rank)."""
     path = Path(path)
     if template is not None:
         validate_template(template)
@@ -230,11 +232,8 @@ def load_math_dataset(
                 answer=_row_answer(row, where, answer_field),
                 level=_row_level(row, where, level_field),
                 id=f"{path.name}:{location}",
-                meta={
-                    "source": path.name,
-                    "location": location,
-                    "columns": _other_columns(row, prompt_field),
-                },
+                meta={"source": path.name, "location": location}
+                | ({"columns": _other_columns(row, prompt_field)} if keep_columns else {}),
             )
         )
     return problems

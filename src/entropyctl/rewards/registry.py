@@ -37,6 +37,7 @@ __all__ = [
     "check_reward",
     "get_reward",
     "reward_options",
+    "reward_takes_info",
 ]
 
 
@@ -266,6 +267,21 @@ def _unknown_name(name_or_path: str) -> str | None:
     if not module_name or not attr:
         return f"reward path {name_or_path!r} is malformed; expected {valid}"
     return None
+
+
+def reward_takes_info(name_or_path: str) -> bool:
+    """Whether the reward ``name_or_path`` names is called with each row's ``info`` (a registered reward:
+    its class's ``takes_info``; a ``package.module:function``: a parameter named ``info``). Imports a
+    function's module, as :func:`check_reward` does; False for a name neither knows."""
+    factory = _REGISTRY.get(name_or_path)
+    if factory is not None:
+        return bool(getattr(factory, "takes_info", False))
+    if _unknown_name(name_or_path) is not None:
+        return False
+    try:
+        return takes_info(_import_function(name_or_path))
+    except ValueError:
+        return False
 
 
 def check_reward(name_or_path: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:

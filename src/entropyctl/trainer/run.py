@@ -128,9 +128,10 @@ def build_data(
 
     assert d.path is not None
     fit = fit or (lambda problems: problems)
-    rows = fit(list(load_math_dataset(d.path, **d.options)))
+    options = {**d.options, "keep_columns": rewards_take_info(config)}
+    rows = fit(list(load_math_dataset(d.path, **options)))
     if d.eval_path:
-        heldout = held_out_files(d.eval_files(), e.n_prompts, isinstance(d.eval_path, list), d.options, fit)
+        heldout = held_out_files(d.eval_files(), e.n_prompts, isinstance(d.eval_path, list), options, fit)
         train = rows
     else:
         if e.n_prompts >= len(rows):
@@ -160,9 +161,29 @@ def held_out_files(
 
     heldout: list[Any] = []
     for path, name in zip(paths, eval_set_names(paths), strict=True):
-        rows = fit(list(load_math_dataset(path, **options)))[:n_prompts]
-        heldout += [replace(p, meta={**p.meta, "eval_set": name}) for p in rows] if named else rows
+        rows = list(load_math_dataset(path, **options))
+        if named:  # rows named by the path as given: two sets' test.jsonl:3 would read alike in messages
+            rows = [
+                replace(
+                    p, id=f"{path}:{p.meta['location']}", meta={**p.meta, "source": path, "eval_set": name}
+                )
+                for p in rows
+            ]
+        rows = fit(rows)[:n_prompts]
+        if named and not rows:
+            raise ValueError(f"data.eval_path: {path} (held-out set {name!r}) has no rows left to evaluate")
+        heldout += rows
     return heldout
+
+
+def rewards_take_info(config: RunConfig) -> bool:
+    """Whether the verifier or a shaping reward of ``config`` reads each row's ``info`` (the loader then
+    keeps the rows' other columns)."""
+    from entropyctl.rewards.registry import reward_takes_info
+
+    return any(
+        reward_takes_info(name) for name in [config.reward.name, *(s.name for s in config.reward.shaping)]
+    )
 
 
 def check_response_fits(config: RunConfig, context: int | None) -> None:

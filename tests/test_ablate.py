@@ -132,7 +132,10 @@ def test_a_second_ablate_into_the_same_directory_keeps_the_first_ones_arms(tmp_p
     # report without a word (their runs finished on disk)
     for damaged in ("not json", json.dumps(first)[:100], "[1, 2]"):
         path.write_text(damaged)
-        with pytest.raises(ConfigError, match=r"ablation\.json: unreadable .*restore it, or delete it"):
+        with pytest.raises(
+            ConfigError,
+            match=r"ablation\.json: (unreadable|not an ablation manifest).*restore it, or delete it",
+        ):
             merged_manifest(path, manifest("third", ["d"], [0]))
 
 
@@ -370,3 +373,27 @@ def test_an_unreadable_run_history_is_kept_aside_not_a_crash_after_the_runs(
     (aside,) = out.glob("ablation_runs.json.unreadable-*")
     assert aside.read_text() == '[{"command": "first", "wall'
     assert any("was unreadable" in line for line in lines)
+
+
+def test_seeds_may_be_any_sequence_of_integers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import entropyctl.experiments.ablate as ablate
+
+    quiet = _fake_runs(monkeypatch)
+    for seeds in (range(2), (0, 1), [np.int64(0), np.int64(1)]):
+        summary = ablate.run_ablation({}, ["aer"], seeds, out=tmp_path / "abl", **quiet)  # type: ignore[arg-type]
+        assert summary["runs"] == 2
+
+
+def test_a_manifest_the_report_would_refuse_is_refused_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import entropyctl.experiments.ablate as ablate
+
+    quiet = _fake_runs(monkeypatch)
+    (tmp_path / "abl").mkdir()
+    (tmp_path / "abl" / "ablation.json").write_text('{"arms": [{"slug": "old"}]}')
+    with pytest.raises(ConfigError, match=r"ablation\.json: not an ablation manifest.*restore it"):
+        ablate.run_ablation({}, ["aer"], [0], out=tmp_path / "abl", **{**quiet, "report": True})
+    assert not (tmp_path / "abl" / "aer").exists()

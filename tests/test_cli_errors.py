@@ -113,23 +113,32 @@ def test_threads_below_one_is_refused_by_every_command(
         assert "argument --threads: " in capsys.readouterr().err
 
 
-def test_pretrain_out_never_replaces_an_existing_directory(
+def test_pretrain_out_replaces_only_an_earlier_copy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The copy is written by replacing its directory: an existing --out (or '.') lost every file in it."""
+    """The copy is written by replacing its directory: an existing --out (or '.') lost every file in it.
+    The same command run again replaces its own earlier copy; files of the user's in it stay."""
     from entropyctl.models import warm_start
 
-    def no_training(*args: object, **kwargs: object) -> None:
-        raise AssertionError("refused before any training or cache lookup")
-
-    monkeypatch.setattr(warm_start, "pretrain", no_training)
+    cached = tmp_path / "cache" / "model"
+    cached.mkdir(parents=True)
+    (cached / warm_start.METADATA_FILE).write_text('{"steps": 3}')
+    (cached / "model.safetensors").write_text("weights")
+    monkeypatch.setattr(warm_start, "pretrain", lambda *args, **kwargs: cached)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "important.txt").write_text("precious")
     monkeypatch.chdir(tmp_path)
     for out in ("mine", "."):
         assert cli.main(["pretrain", "--eval", "0", "--out", out]) == 2
-        assert f"--out {out}: already exists" in capsys.readouterr().err
+        assert f"--out {out}: already exists and is not an earlier copy" in capsys.readouterr().err
     assert (tmp_path / "mine" / "important.txt").read_text() == "precious"
+    for _ in range(2):  # the same command twice: the second replaces the first's copy
+        assert cli.main(["pretrain", "--eval", "0", "--out", "copy"]) == 0
+        assert (tmp_path / "copy" / "model.safetensors").read_text() == "weights"
+    (tmp_path / "copy" / "notes.md").write_text("mine")
+    assert cli.main(["pretrain", "--eval", "0", "--out", "copy"]) == 2
+    assert "holds files no copy writes (notes.md)" in capsys.readouterr().err
+    assert (tmp_path / "copy" / "notes.md").read_text() == "mine"
 
 
 @pytest.mark.parametrize(

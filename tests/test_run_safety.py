@@ -92,6 +92,12 @@ def test_another_runs_checkpoint_is_not_continued_into_a_directory_holding_a_run
     assert run_training(longer, b, resume=a / "checkpoints" / "last.ckpt", overwrite=True)["steps"] == 3
     assert [r["step"] for r in read_metrics(b)] == [3]
     assert run_training(tiny_config(*QUICK, "trainer.steps=4"), b, resume="auto")["steps"] == 4
+    # a continuation that failed before its first checkpoint (its config and failed summary only) is retried
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "config.yaml").write_text(longer.to_yaml())
+    (d / "summary.json").write_text(json.dumps({"status": "failed", "error": "OSError: disk full"}))
+    assert run_training(longer, d, resume=a / "checkpoints" / "last.ckpt")["steps"] == 3
 
 
 def test_resume_auto_without_last_ckpt_does_not_start_over_a_run(tmp_path: Path) -> None:

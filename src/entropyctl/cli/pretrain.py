@@ -61,6 +61,16 @@ def _model_section(args: argparse.Namespace) -> Any:
         raise ConfigError(format_validation_error(err, "model", ModelConfig)) from None
 
 
+def _earlier_copy(out: Any) -> bool:
+    """Whether ``out`` is a directory an earlier ``pretrain --out`` wrote (its metadata file; never the
+    current directory): the same command may run again and replace it."""
+    from pathlib import Path
+
+    from entropyctl.models.warm_start import METADATA_FILE
+
+    return out.is_dir() and (out / METADATA_FILE).is_file() and out.resolve() != Path.cwd().resolve()
+
+
 def run(args: argparse.Namespace) -> int:
     """``entropyctl pretrain`` (arguments in ``entropyctl.cli``): warm-start (or find in the cache) the tiny
     model; print where it is and its held-out greedy accuracy per level as JSON."""
@@ -77,19 +87,32 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cfg = _model_section(args)
-    if args.out is not None and Path(args.out).expanduser().exists():
+    out = None if args.out is None else Path(args.out).expanduser()
+    if out is not None and out.exists() and not _earlier_copy(out):
         from entropyctl.config import ConfigError
 
-        # the copy replaces the directory it is written to: an existing one (or '.') would be deleted
-        raise ConfigError(f"--out {args.out}: already exists; choose a new directory for the copy")
+        # the copy replaces the directory it is written to: anything else in it (or in '.') would be deleted
+        raise ConfigError(
+            f"--out {args.out}: already exists and is not an earlier copy; choose a new directory"
+        )
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
     directory = pretrain(cfg, force=args.force, evaluate=args.eval_problems, log=log)
-    if args.out is not None:
-        out = Path(args.out).expanduser()
+    if out is not None:
+        foreign = (
+            sorted({p.name for p in out.iterdir()} - {p.name for p in directory.iterdir()})
+            if out.exists()
+            else []
+        )
+        if foreign:  # an earlier copy that has since gained files of the user's: they stay
+            from entropyctl.config import ConfigError
+
+            raise ConfigError(
+                f"--out {args.out}: holds files no copy writes ({', '.join(foreign[:3])}); left as is"
+            )
         write_atomically(out, lambda tmp: shutil.copytree(directory, tmp, dirs_exist_ok=True))
         directory = out
     metadata = json.loads((directory / METADATA_FILE).read_text())

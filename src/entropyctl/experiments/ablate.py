@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 import os
 import re
 import shlex
@@ -634,10 +635,17 @@ def _arms_and_seeds(
     if _is_int(given):
         if given < 1:
             raise ConfigError(f"{where}: a count of seeds must be ≥ 1 (got {given})")
-        seed_list = list(range(given))
-    elif isinstance(given, (list, tuple)) and given and all(_is_int(s) and s >= 0 for s in given):
-        seed_list = [int(s) for s in given]
+        seed_list = list(range(operator.index(given)))
+    elif (
+        isinstance(given, Sequence)
+        and not isinstance(given, str)
+        and given
+        and all(_is_int(s) for s in given)
+    ):
+        seed_list = [operator.index(s) for s in given]
     else:
+        seed_list = []
+    if not seed_list or min(seed_list) < 0:
         raise ConfigError(
             f"{where}: expected a count N ≥ 1 or a list of seeds ≥ 0 like [0, 1, 2] (got {given!r})"
         )
@@ -648,7 +656,14 @@ def _arms_and_seeds(
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (a numpy one too), not a bool."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _jobs(jobs: int | None, section: Mapping[str, Any]) -> int:
@@ -667,14 +682,14 @@ def merged_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     command's arms from the report."""
     if not path.exists():
         return {**manifest, "commands": [manifest["command"]]}
-    try:
-        previous = json.loads(path.read_text())
-        if not isinstance(previous, dict):
-            raise ValueError(f"a {type(previous).__name__}, not a mapping")
-    except (OSError, ValueError) as err:  # replacing it would drop the earlier commands' arms from the report
+    from entropyctl.experiments.aggregate import ReportError, read_manifest
+
+    try:  # the report's own reader: a manifest it would refuse is refused before any run, not after all
+        previous = read_manifest(path)
+    except ReportError as err:  # replacing it would drop the earlier commands' arms from the report
         raise ConfigError(
-            f"{path}: unreadable ({err}); it lists the arms of the earlier commands into this directory: restore "
-            "it, or delete it to start the list again with this command's arms"
+            f"{err}; it lists the arms of the earlier commands into this directory: restore it, or delete it to "
+            "start the list again with this command's arms"
         ) from None
     new_slugs = {arm["slug"] for arm in manifest["arms"]}
     earlier = {arm.get("slug"): arm for arm in previous.get("arms", [])}

@@ -286,6 +286,20 @@ def _what_to_do(run_dir: Path) -> str:
     return "it has no checkpoint to continue from: pass --overwrite to replace it, or choose another --out"
 
 
+def _holds_results(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a step's results: a checkpoint, or a row in ``metrics.csv``."""
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+        return True
+    metrics = run_dir / "metrics.csv"
+    try:
+        with metrics.open() as f:
+            f.readline()  # the header
+            return bool(f.readline())
+    except OSError:
+        return False
+
+
 def prepare_run_dir(
     run_dir: Path, *, resume: Path | bool | None, overwrite: bool, log: Callable[[str], None]
 ) -> None:
@@ -297,7 +311,8 @@ def prepare_run_dir(
     own = resume is True or (
         isinstance(resume, Path) and (run_dir / "checkpoints").resolve() in resume.resolve().parents
     )
-    if not present or own:
+    # a continuation that failed before its first checkpoint left only its config and summary: retried
+    if not present or own or (resume and not _holds_results(run_dir)):
         return
     if not overwrite:
         if resume:

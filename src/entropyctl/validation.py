@@ -22,10 +22,21 @@ __all__ = [
     "format_validation_error",
     "keyword_options",
     "unknown_option",
+    "first_repeated",
 ]
 
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def first_repeated(items: Sequence[Any]) -> Any | None:
+    """The first item that appears again later in ``items`` (None: all distinct), for "listed twice"."""
+    seen: list[Any] = []
+    for item in items:
+        if item in seen:
+            return item
+        seen.append(item)
+    return None
 
 
 class ConfigError(ValueError):

@@ -104,6 +104,7 @@ def _check_options(args: Any) -> list[int] | None:
     from entropyctl.config import ConfigError
     from entropyctl.rollout.protocol import GREEDY_BELOW
     from entropyctl.trainer.evaluation import parse_ks
+    from entropyctl.validation import first_repeated
 
     ks = None
     if args.k is not None:
@@ -145,8 +146,8 @@ def _check_options(args: Any) -> list[int] | None:
             raise ConfigError(
                 f"--data {args.data}: no such file{which} (expected 'run', or .jsonl / .parquet files)"
             )
-        if len(set(files)) < len(files):
-            raise ConfigError(f"--data {args.data}: a file is listed twice")
+        if first_repeated(files) is not None:
+            raise ConfigError(f"--data {args.data}: {first_repeated(files)} is listed twice")
     return ks
 
 

@@ -19,15 +19,15 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from entropyctl.config.overrides import _parse_scalar, apply_overrides, load_yaml
+from entropyctl.config.overrides import apply_overrides, load_yaml
 from entropyctl.config.run import (
     VARIANT_KEYS,
     RunConfig,
-    current_value,
     default_config_path,
     drop_other_variant,
     fill_absent,
     parse_run_config,
+    switches,
 )
 from entropyctl.controllers.config import ControllerConfig
 from entropyctl.validation import ConfigError
@@ -70,7 +70,7 @@ def switch_variants(data: dict[str, Any], overrides: Iterable[str]) -> None:
         if (
             key.strip() == "controller.name"
             and isinstance(current, Mapping)
-            and current_value(data, "controller.name", current.get("name")) != _parse_scalar(value)
+            and switches(data, "controller.name", current.get("name"), value)
         ):
             data["controller"] = {"name": value.strip()}
         elif key.strip() in VARIANT_KEYS:

@@ -29,7 +29,13 @@ from entropyctl.controllers.registry import ControllerField
 from entropyctl.models.config import ModelConfig
 from entropyctl.ops.sampler_correction import CorrectionMode
 from entropyctl.rollout.protocol import GREEDY_BELOW
-from entropyctl.validation import ConfigError, format_validation_error, keyword_options, unknown_option
+from entropyctl.validation import (
+    ConfigError,
+    first_repeated,
+    format_validation_error,
+    keyword_options,
+    unknown_option,
+)
 
 __all__ = [
     "DataConfig",
@@ -47,6 +53,7 @@ __all__ = [
     "VARIANT_KEYS",
     "drop_other_variant",
     "current_value",
+    "switches",
     "fill_absent",
     "parse_written_config",
     "eval_set_names",
@@ -220,9 +227,9 @@ class DataConfig(_Section):
 def _check_eval_files(paths: list[str]) -> None:
     if not paths:
         raise ValueError("eval_path: an empty list names no held-out set; leave eval_path out instead")
-    repeated = sorted({p for p in paths if paths.count(p) > 1})
-    if repeated:
-        raise ValueError(f"eval_path: {repeated[0]!r} is listed twice")
+    repeated = first_repeated(paths)
+    if repeated is not None:
+        raise ValueError(f"eval_path: {repeated!r} is listed twice")
 
 
 def eval_set_names(paths: Sequence[str]) -> list[str]:
@@ -926,15 +933,16 @@ def drop_other_variant(data: dict[str, Any], key: str, value: Any) -> None:
     holder_path, _, name = part_path.rpartition(".")
     holder = _section(data, holder_path)
     part = holder.get(name) if isinstance(holder, dict) else None
-    if isinstance(part, Mapping) and current_value(data, key, part.get(field)) != _scalar(value):
+    if isinstance(part, Mapping) and switches(data, key, part.get(field), value):
         holder[name] = {field: value}
 
 
-def _scalar(value: Any) -> Any:
-    """A ``--set`` value as the override will write it (``"aer"`` quoted is ``aer``)."""
+def switches(data: Mapping[str, Any], key: str, written: Any, value: Any) -> bool:
+    """Whether ``key=value`` changes what the controller field ``key`` resolves to in ``data`` (``written``:
+    the value the file holds), the value read as the override will write it (``"aer"`` quoted is ``aer``)."""
     from entropyctl.config.overrides import _parse_scalar
 
-    return _parse_scalar(value) if isinstance(value, str) else value
+    return current_value(data, key, written) != (_parse_scalar(value) if isinstance(value, str) else value)
 
 
 def current_value(data: Mapping[str, Any], key: str, written: Any) -> Any:

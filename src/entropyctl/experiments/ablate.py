@@ -59,6 +59,7 @@ from entropyctl.config import (
 )
 from entropyctl.config.loading import switch_variants
 from entropyctl.trainer.run_dir import PARENT_ENV, RunLock, existing_run_files, write_json_atomic
+from entropyctl.validation import first_repeated
 
 __all__ = [
     "Arm",
@@ -649,9 +650,9 @@ def _arms_and_seeds(
         raise ConfigError(
             f"{where}: expected a count N ≥ 1 or a list of seeds ≥ 0 like [0, 1, 2] (got {given!r})"
         )
-    repeated = sorted({s for s in seed_list if seed_list.count(s) > 1})
-    if repeated:
-        raise ConfigError(f"{where}: seed {repeated[0]} is listed twice (its runs would share one directory)")
+    repeated = first_repeated(seed_list)
+    if repeated is not None:
+        raise ConfigError(f"{where}: seed {repeated} is listed twice (its runs would share one directory)")
     return arm_list, seed_list
 
 

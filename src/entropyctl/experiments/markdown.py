@@ -134,41 +134,43 @@ def _md_band(arms: list[ArmSummary]) -> list[str]:
     return [*lines, _table(header, rows), ""]
 
 
-def _md_per_level(arms: list[ArmSummary], keys: list[str]) -> list[str]:
+def _md_per_group(
+    arms: list[ArmSummary], keys: list[str], field: str, names: list[str], what: str
+) -> list[str]:
+    """A table per pass@k of ``after_<field>`` (``by_level``, ``by_set``): a row per arm, then before RL."""
     lines: list[str] = []
-    levels = _sorted_levels(level for a in arms for level in a.numbers["after_by_level"])
-    if len(levels) > 1:  # with one level these tables repeat the summary
-        for key in keys:
-            lines += [f"## {key} per difficulty level (held-out, after training)", ""]
-            rows = []
-            for a in arms:
-                by_level = a.numbers["after_by_level"]
-                rows.append([f"`{a.arm}`", *[_fmt(by_level.get(level, {}).get(key)) for level in levels]])
-            before_levels: dict[str, Any] = next(
-                (a.numbers["before_by_level"] for a in arms if a.numbers["before_by_level"]), {}
-            )
-            if before_levels:
-                rows.append(["before RL", *[_fmt(before_levels.get(level, {}).get(key)) for level in levels]])
-            lines += [_table(["arm", *[f"level {lv}" for lv in levels]], rows), ""]
+    for key in keys:
+        lines += [f"## {key} per {what}", ""]
+        rows = [
+            [
+                f"`{a.arm}`",
+                *[_fmt(a.numbers.get(f"after_{field}", {}).get(name, {}).get(key)) for name in names],
+            ]
+            for a in arms
+        ]
+        before: dict[str, Any] = next(
+            (a.numbers[f"before_{field}"] for a in arms if a.numbers.get(f"before_{field}")), {}
+        )
+        if before:
+            rows.append(["before RL", *[_fmt(before.get(name, {}).get(key)) for name in names]])
+        header = [f"level {name}" if field == "by_level" else f"`{name}`" for name in names]
+        lines += [_table(["arm", *header], rows), ""]
     return lines
+
+
+def _md_per_level(arms: list[ArmSummary], keys: list[str]) -> list[str]:
+    levels = _sorted_levels(level for a in arms for level in a.numbers["after_by_level"])
+    # with one level these tables repeat the summary
+    return (
+        _md_per_group(arms, keys, "by_level", levels, "difficulty level (held-out, after training)")
+        if len(levels) > 1
+        else []
+    )
 
 
 def _md_per_set(arms: list[ArmSummary], keys: list[str]) -> list[str]:
-    lines: list[str] = []
     sets = list(dict.fromkeys(name for a in arms for name in a.numbers.get("after_by_set", {})))
-    for key in keys if sets else []:
-        lines += [f"## {key} per held-out set (after training)", ""]
-        rows = []
-        for a in arms:
-            by_set = a.numbers.get("after_by_set", {})
-            rows.append([f"`{a.arm}`", *[_fmt(by_set.get(name, {}).get(key)) for name in sets]])
-        before_sets: dict[str, Any] = next(
-            (a.numbers["before_by_set"] for a in arms if a.numbers.get("before_by_set")), {}
-        )
-        if before_sets:
-            rows.append(["before RL", *[_fmt(before_sets.get(name, {}).get(key)) for name in sets]])
-        lines += [_table(["arm", *[f"`{name}`" for name in sets]], rows), ""]
-    return lines
+    return _md_per_group(arms, keys, "by_set", sets, "held-out set (after training)") if sets else []
 
 
 def _md_training_by_level(arms: list[ArmSummary], keys: list[str]) -> list[str]:

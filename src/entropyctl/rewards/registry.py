@@ -121,12 +121,15 @@ class FunctionReward(RewardFunction):
         self.takes_info = takes_info(fn)
 
     def score_one(self, completion: str, answer: str) -> tuple[float, Status]:
-        score = float(self.fn(completion, answer))
-        return score, "correct" if score > 0 else "wrong"
+        return _verdict(float(self.fn(completion, answer)))
 
     def score_with_info(self, completion: str, answer: str, info: Mapping[str, Any]) -> tuple[float, Status]:
-        score = float(self.fn(completion, answer, info=info))
-        return score, "correct" if score > 0 else "wrong"
+        return _verdict(float(self.fn(completion, answer, info=info)))
+
+
+def _verdict(score: float) -> tuple[float, Status]:
+    """A function reward's score and status: a score above 0 counts as ``correct``."""
+    return score, "correct" if score > 0 else "wrong"
 
 
 class ProcessFunctionReward(RewardFunction):

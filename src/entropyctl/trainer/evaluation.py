@@ -103,22 +103,17 @@ def summarize_pass_at_k(outcomes: Sequence[ProblemOutcome], ks: Sequence[int]) -
     for o in outcomes:
         if o.group is not None:
             groups[o.group].append(o)
-    by_level: dict[str, dict[str, float]] = {}
-    for key in sorted(groups, key=lambda g: (str(type(g)), g)):
-        members = groups[key]
-        entry: dict[str, float] = {pass_key(k): _mean_pass(members, k) for k in usable}
-        entry["n_problems"] = len(members)
-        by_level[str(key)] = entry
-    result["by_level"] = by_level
+
+    def entry(members: list[ProblemOutcome]) -> dict[str, float]:
+        return {**{pass_key(k): _mean_pass(members, k) for k in usable}, "n_problems": len(members)}
+
+    result["by_level"] = {str(g): entry(groups[g]) for g in sorted(groups, key=lambda g: (str(type(g)), g))}
     sets: dict[str, list[ProblemOutcome]] = {}
     for o in outcomes:
         if o.eval_set is not None:
             sets.setdefault(o.eval_set, []).append(o)
     if sets:  # in the order the sets come (the config's)
-        result["by_set"] = {
-            name: {**{pass_key(k): _mean_pass(members, k) for k in usable}, "n_problems": len(members)}
-            for name, members in sets.items()
-        }
+        result["by_set"] = {name: entry(members) for name, members in sets.items()}
     result["n_samples"] = n_min
     result["n_problems"] = len(outcomes)
     return result
@@ -181,15 +176,12 @@ def format_eval_table(result: dict[str, Any], title: str = "") -> str:
     """A plain-text table: one row per group plus an ``all`` row, one column per pass@k."""
     keys = [key for key in result if pass_k(key) is not None]
     header = ["level", "problems", *keys]
-    rows = [
-        [str(level), str(int(entry["n_problems"])), *(f"{entry[k]:.3f}" for k in keys)]
-        for level, entry in result.get("by_level", {}).items()
+    groups = [
+        *((str(level), entry) for level, entry in result.get("by_level", {}).items()),
+        *((f"set {name}", entry) for name, entry in result.get("by_set", {}).items()),
+        ("all", result),
     ]
-    rows += [
-        [f"set {name}", str(int(entry["n_problems"])), *(f"{entry[k]:.3f}" for k in keys)]
-        for name, entry in result.get("by_set", {}).items()
-    ]
-    rows.append(["all", str(result.get("n_problems", "")), *(f"{result[k]:.3f}" for k in keys)])
+    rows = [[label, str(int(e["n_problems"])), *(f"{e[k]:.3f}" for k in keys)] for label, e in groups]
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     lines = []
     if title:

@@ -390,3 +390,12 @@ class _Recording:
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         self.seen.append(text)
         return {"input_ids": [1]}
+
+
+def test_limit_never_reads_the_rows_past_it(tmp_path: Path) -> None:
+    """With limit=2, a malformed third line failed the load (the limit was checked after reading it)."""
+    path = tmp_path / "lim.jsonl"
+    path.write_text('{"problem": "1+1=", "answer": "2"}\n{"problem": "2+2=", "answer": "4"}\n{not json\n')
+    assert [p.answer for p in load_math_dataset(path, limit=2)] == ["2", "4"]
+    with pytest.raises(DatasetError, match=r"lim\.jsonl:3"):
+        load_math_dataset(path, limit=3)

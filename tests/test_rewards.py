@@ -27,6 +27,7 @@ from entropyctl.rewards.answers import MAX_TEXT_CHARS, _is_prose, _last_inline_m
 from entropyctl.rewards.math import (
     MAX_ANSWER_CHARS,
     MathVerifier,
+    _number_with_units,
     check_answer,
     parse_number,
 )
@@ -43,7 +44,9 @@ ADVERSARIAL = {  # name: (completion, gold); the ones that hang SymPy last (fewe
     "nested_braces": (NESTED_BRACES, "5"),
     "nul_bytes": ("\x00" * 10_000 + "\\boxed{\\sqrt{\x003}}" + "\x00" * 10_000, "\\sqrt{2}"),
     "factorial": (HUGE_FACTORIAL, "5"),
-    "power_tower": (POWER_TOWER, "5"),
+    # against a symbolic gold: a numeric one catches the tower as unevaluated arithmetic (LaTeX powers
+    # included) before SymPy, and it is here to hang SymPy
+    "power_tower": (POWER_TOWER, "\\sqrt{2}"),
 }
 
 
@@ -384,7 +387,9 @@ def test_concurrent_threads_share_the_pool() -> None:
         scores: list[list[float]] = []
         threads = [
             threading.Thread(
-                target=lambda: scores.append(r(["\\boxed{\\sqrt{8}}", POWER_TOWER], ["2\\sqrt{2}", "1"]))
+                target=lambda: scores.append(
+                    r(["\\boxed{\\sqrt{8}}", POWER_TOWER], ["2\\sqrt{2}", "\\sqrt{2}"])
+                )
             )
             for _ in range(2)
         ]
@@ -718,3 +723,53 @@ def test_extraction_time_counts_inside_the_timeout() -> None:
 )
 def test_a_check_written_after_the_answer_is_not_graded(text: str, gold: str, reward: float) -> None:
     assert verify_answer(text, gold) == reward
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "status"),
+    [
+        # scored 1 before: the policy could learn them
+        ("The answer is $18. She had $5 left over.", "5", "wrong"),  # a dollar sign opened "math" to the end
+        ("\\boxed{12 \\times 7}", "84", "wrong"),  # LaTeX arithmetic: an echo, like 12*7
+        ("\\boxed{84 = 12 \\times 7}", "84", "wrong"),
+        ("\\boxed{2^{3}}", "8", "wrong"),
+        ("\\boxed{\\;12+7}", "19", "wrong"),
+        ("\\boxed{12+7\\text{ dollars}}", "19", "wrong"),
+        ("The answer is 5 squared.", "5", "wrong"),  # words that are no unit
+        ("The answer is 3 fifths.", "3", "wrong"),
+        ("The answer is 2 millions.", "2", "wrong"),
+        ("\\boxed{18\\text{million}}", "18", "wrong"),  # the word inside \text{} is read too
+        ("\\boxed{0,100}", "100", "wrong"),  # a leading zero group is no thousands group
+        ("**Final Answer**: x = 12+7 = 20", "20", "wrong"),  # the docs' false chain, behind a colon
+        # scored 0 before
+        ("The answer is $18. She had $5 left over.", "18", "correct"),
+        ("the answer is \\$18. She spent \\$20 in total", "18", "correct"),
+        ("**Final Answer**: (-5)", "-5", "correct"),
+        ("**Final Answer**: 1\\,000", "1000", "correct"),
+        ("#### 18\nI think the answer is reasonable.", "18", "correct"),  # a verdict is no answer
+        ("So the answer is 18.\n\nLet me double-check: yes, the answer is correct.", "18", "correct"),
+        ("#### Step 1: Add\n#### Step 2: Multiply\n6 * 3 = 18, so she pays 18 dollars.", "18", "correct"),
+        ("I will put the answer in \\boxed{}.\nThe answer is 18.", "18", "correct"),  # an empty box
+        ("The answer is [0, 1) \\cup (2, 3].", "[0, 1) \\cup (2, 3]", "correct"),  # an interval's (
+        # unchanged
+        ("The answer is 18 dollars.", "18", "correct"),
+        ("\\boxed{18\\text{ cm}}", "18", "correct"),
+        ("\\boxed{1,000}", "1000", "correct"),
+        ("Answer: 42 (approximately)", "42", "correct"),
+        ("#### B", "B", "correct"),
+        ("The answer is $x = 5$. Check: 5*2=10", "5", "correct"),
+    ],
+)
+def test_the_reviews_false_positives_and_negatives(completion: str, gold: str, status: str) -> None:
+    assert check_answer(completion, gold, timeout=10).status == status
+
+
+def test_the_units_rule_is_bounded_on_a_long_run_of_letters() -> None:
+    """The units regex was cubic in a run of letters: an answer of 990 letters and a digit held the trainer
+    process 21.9 s (the worker's timeout does not cover it)."""
+    started = time.perf_counter()
+    result = check_answer("Let me think.\n\\boxed{" + "x" * 990 + "1}", "18", timeout=5)
+    assert result.status in ("wrong", "parse_error", "timeout")
+    assert time.perf_counter() - started < 5 + MARGIN
+    started = time.perf_counter()
+    assert _number_with_units("a" * 5000 + "1") is None and time.perf_counter() - started < 0.5

@@ -17,6 +17,7 @@ Every malformed row raises :class:`DatasetError` naming the file, the line (JSON
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -220,9 +221,8 @@ def load_math_dataset(
     if template is not None:
         validate_template(template)
     problems: list[Problem] = []
-    for location, row in _rows(path, max_line_bytes):
-        if limit is not None and len(problems) >= limit:
-            break
+    # the rows past `limit` are never read (a malformed one there is no error)
+    for location, row in itertools.islice(_rows(path, max_line_bytes), limit):
         if not isinstance(row, Mapping):
             raise DatasetError(path, location, f"row is a {type(row).__name__}, expected a JSON object")
         where = (path, location)

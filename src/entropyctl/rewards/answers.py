@@ -51,7 +51,8 @@ _FINAL_LINE = re.compile(
 #: Where a final-answer line's answer ends and the prose after it begins (outside braces and ``$...$``).
 _CLAUSE_BREAK = re.compile(
     # a list's ", and 3" (its last item ending the clause) is no break; ", and 12 is ..." is one
-    r"\.\s|,\s+(?!(?:and|or)\s+[^\sa-z][^\s,]*\s*(?:[.;]|$))(?=[a-z]{2}|i\.e\.|e\.g\.)|;|\s\(|\s[—–]\s"
+    r"\.\s|,\s+(?!(?:and|or)\s+[^\sa-z][^\s,]*\s*(?:[.;]|$))(?=[a-z]{2}|i\.e\.|e\.g\.)|;"
+    r"|(?<!\\cup)(?<!\\cap)\s\(|\s[—–]\s"
     r"|\s(?:and|but)\s+(?=[a-z]{2})|\sI\s+hope\b"
     r"|\s(?:since|because|as|so|which|where|when|from|given|check|checking|verify|verifying|then)\b",
     re.IGNORECASE,
@@ -88,8 +89,10 @@ def last_boxed(text: str) -> str | None:
             depth -= 1
             if open_boxes and open_boxes[-1][0] == depth:
                 _, start = open_boxes.pop()
-                # A later close position means a later (or enclosing) box: it wins.
-                best = (start, match.start())
+                # A later close position means a later (or enclosing) box: it wins; an empty one
+                # ("I will put the answer in \\boxed{}") is no answer
+                if text[start : match.start()].strip():
+                    best = (start, match.start())
         else:
             if token != "{":
                 open_boxes.append((depth, match.end()))
@@ -171,15 +174,21 @@ def _last_inline_math(text: str, *, skip_prose: bool = False) -> str | None:
 
 def _first_clause(value: str) -> str:
     """``value`` up to its first :data:`_CLAUSE_BREAK` outside braces and ``$...$`` (the answer of
-    ``the answer is 3. Check: 3*2=6`` is ``3``, not the check's ``6``)."""
+    ``the answer is 3. Check: 3*2=6`` is ``3``, not the check's ``6``). A ``\\$``, a ``$`` that nothing
+    closes, or one whose span to the next ``$`` is prose (:func:`_is_prose`) is a dollar sign, not math:
+    ``the answer is $18. She had $5 left`` answers ``$18``."""
+    dollars = [i for i, char in enumerate(value) if char == "$" and value[i - 1 : i] != "\\"]
+    after = {d: dollars[k + 1] if k + 1 < len(dollars) else None for k, d in enumerate(dollars)}  # $ → next $
     depth, in_math = 0, False
     for i, char in enumerate(value):
         if char == "{":
             depth += 1
         elif char == "}":
             depth = max(0, depth - 1)
-        elif char == "$":
-            in_math = not in_math
+        elif i in after:
+            close = after[i]
+            if in_math or (close is not None and not _is_prose(value[i + 1 : close])):
+                in_math = not in_math
         elif depth == 0 and not in_math and _CLAUSE_BREAK.match(value, i):
             return value[:i]
     return value
@@ -191,21 +200,38 @@ def _clean(answer: str) -> str:
         answer = answer.strip().rstrip(".").strip()
         if answer.startswith("$") and answer.endswith("$") and len(answer) >= 2:
             answer = answer.strip("$")
-        answer = answer.strip("*").strip()  # markdown bold around "**Answer:** 18**"
+        answer = answer.strip("*").strip().lstrip(":：").strip()  # "**Answer:** 18**", "**Final Answer**: 18"
     boxed = last_boxed(answer)
     return boxed.strip() if boxed is not None else answer
+
+
+#: what a later "the answer is ..." says of an earlier answer (``the answer is correct``): no answer itself
+_VERDICT = re.compile(r"[ \t]*[a-z]+(?:[ \t]+[a-z]+)?[ \t]*[.!]?[ \t]*")
+
+
+def _not_an_answer(match: re.Match[str]) -> bool:
+    """A markdown heading read as a GSM8K ``####`` line (``#### Step 2: Multiply``, ``#### Solution``: a
+    value opening with a letter, longer than a choice like ``B`` or ``x=5``), or a lower-case verdict
+    (``the answer is reasonable``) — skipped when an earlier line gives an answer."""
+    hash_value, value = match.group("hash"), next(g for g in match.groups() if g is not None)
+    if hash_value is not None:
+        stripped = hash_value.strip()
+        return len(stripped) > 3 and stripped[:1].isalpha()
+    return _VERDICT.fullmatch(value) is not None
 
 
 def final_line_value(text: str) -> str | None:
     """The raw answer of the last final-answer line of ``text`` (rule 2, before its clause break), or None;
     an answer that opens with a marker of its own is followed to that marker's answer (Minerva's ``Final
     Answer: The final answer is $18$.``; not ``Answer: 5. The answer is checked``)."""
-    last_line = None
-    for match in _FINAL_LINE.finditer(text):
-        last_line = match
-    if last_line is None:
+    lines = list(_FINAL_LINE.finditer(text))
+    # a lone verdict still answers (``the answer is yes``); a heading never does
+    answers = [m for m in lines if not _not_an_answer(m)] or [m for m in lines if m.group("hash") is None][
+        -1:
+    ]
+    if not answers:
         return None
-    value = next(g for g in last_line.groups() if g is not None)
+    value = next(g for g in answers[-1].groups() if g is not None)
     for _ in range(4):  # each round drops a marker: the value shrinks
         inner = _FINAL_LINE.match(_LEADING_THE.sub("", value.lstrip(" \t*")))
         if inner is None:

@@ -69,7 +69,7 @@ DEFAULT_STARTUP_TIMEOUT_S = 120.0
 # Fast numeric path
 # ---------------------------------------------------------------------------------------------
 
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[+-]?\.\d+")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d*)?|[+-]?\.\d+")
 _PLAIN_FRACTION = re.compile(r"([+-]?\d+)\s*/\s*(\d+)")
 _LATEX_FRACTION = re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
 _MAX_FAST_DIGITS = 200
@@ -92,6 +92,16 @@ _LATEX_OPERATORS = {"\\times": "*", "\\cdot": "*", "\\div": "/"}
 _SIMPLE_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 
 
+def _plain_arithmetic(text: str) -> str:
+    """``text`` with LaTeX arithmetic written plainly (``12 \\times 7``, ``2^{3}``, ``\\;12+7``, a
+    ``\\text{...}`` unit dropped), for the "unevaluated arithmetic" rule."""
+    text = _TEXT_GROUP.sub("", _plain_equation(text.replace("\\left", "").replace("\\right", "")))
+    return text.replace("{", "(").replace("}", ")")
+
+
+_TEXT_GROUP = re.compile(r"\\(?:text|mathrm|textrm|mbox)\s*\{[^{}]*\}")
+
+
 def _plain_equation(text: str) -> str:
     text = _LATEX_SPACING.sub("", text)
     for command, operator in _LATEX_OPERATORS.items():
@@ -111,7 +121,11 @@ _NOT_UNITS = {
     *("and", "or", "not", "to", "is", "are", "was", "be", "more", "less", "fewer", "than", "of", "plus"),
     *("minus", "over", "the", "percent", "pct", "hundred", "thousand", "million", "billion", "trillion"),
     *("dozen", "half", "halves", "quarter", "quarters", "third", "thirds", "tenth", "tenths"),
+    *("squared", "cubed", "factorial", "hundreds", "thousands", "millions", "billions", "dozens", "fourth"),
+    *("fourths", "fifth", "fifths", "sixth", "sixths", "seventh", "sevenths", "eighth", "eighths", "ninth"),
+    *("ninths", "hundredth", "hundredths", "thousandth", "thousandths", "percentage", "times", "power"),
 }
+_MAX_UNITS_CHARS = 80
 #: the two-letter units (a longer word may be one: ``dollars``, ``apples``)
 _SHORT_UNITS = {
     "cm",
@@ -137,10 +151,14 @@ def _number_with_units(text: str) -> Fraction | None:
     """A plain number followed by at most two units (``18 dollars``, ``$18$ dollars``, ``18\\text{ cm}``,
     ``5 km/h``) as its number; None for anything else (``5x``, ``2 pi``, ``18 and 19``)."""
     text = text.strip()
+    # a number and two units fit in this; the match is cubic in a long run of letters (in the trainer)
+    if len(text) > _MAX_UNITS_CHARS or not any(c.isdigit() for c in text):
+        return None
     match = _NUMBER_WITH_UNITS.fullmatch(text)
     if match is None:
         return None
-    words = re.findall(r"(?<![\\{])\b[A-Za-z]+", match.group("units"))
+    # every word, those inside \text{...} too (``18\text{million}``), but the command names
+    words = re.findall(r"(?<!\\)\b[A-Za-z]+", match.group("units"))
     if any(w.lower() in _NOT_UNITS or (len(w) == 2 and w.lower() not in _SHORT_UNITS) for w in words):
         return None
     if text[match.end("number")].isalpha():
@@ -670,7 +688,11 @@ def check_answer(
     if pred_number is not None and gold_number is not None:
         status: Status = "correct" if pred_number == gold_number else "wrong"
         return VerifyResult(status, float(status == "correct"), extracted, "", time.perf_counter() - start)
-    if gold_number is not None and pred_number is None and _ARITHMETIC.fullmatch(extracted):
+    if (
+        gold_number is not None
+        and pred_number is None
+        and _ARITHMETIC.fullmatch(_plain_arithmetic(extracted))
+    ):
         # An unevaluated expression such as "12+7" is not a final answer; SymPy would evaluate it and
         # pay a policy that echoes the synthetic prompt.
         return VerifyResult("wrong", 0.0, extracted, "unevaluated arithmetic", time.perf_counter() - start)

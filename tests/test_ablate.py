@@ -247,20 +247,10 @@ def test_a_new_seed_of_an_arm_launched_with_another_config_is_refused(
 ) -> None:
     """A second `ablate` into the same --out with a changed base config and only new seeds ran, and the
     report then averaged the two configs as one arm. Training is replaced by writing what a run writes."""
-    import yaml
-
     import entropyctl.experiments.ablate as ablate
 
-    def write_runs(todo, jobs, threads, log, children):  # type: ignore[no-untyped-def]
-        for spec in todo:
-            spec.run_dir.mkdir(parents=True, exist_ok=True)
-            (spec.run_dir / "ablate_config.yaml").write_text(yaml.safe_dump(spec.config, sort_keys=False))
-            (spec.run_dir / "summary.json").write_text(json.dumps({"status": "finished"}))
-        return {str(s.run_dir): {"returncode": 0, "seconds": 0, "finished": True} for s in todo}, []
-
-    monkeypatch.setattr(ablate, "_run_all", write_runs)
+    quiet = _fake_runs(monkeypatch)
     out, base = tmp_path / "abl", {"controller": {"name": "aer"}}
-    quiet = {"report": False, "warm_start": False, "log": lambda line: None}
     ablate.run_ablation(base, ["aer"], [0], out=out, **quiet)
     ablate.run_ablation(base, ["aer"], [1], out=out, **quiet)  # same config, a new seed: fine
     with pytest.raises(ConfigError, match=r"seed0: a run of arm 'aer' launched with another config"):

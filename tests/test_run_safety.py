@@ -456,3 +456,18 @@ def test_run_directory_paths_that_cannot_hold_the_run_are_refused_before_anythin
     config = tiny_config("output_dir=~/runs", "run_name=a")
     assert resolve_run_dir(config) == tmp_path / "home" / "runs" / "a"
     assert resolve_run_dir(config, "~/b") == tmp_path / "home" / "b"
+
+
+def test_a_run_resumed_at_its_last_step_keeps_its_evaluation_after_training(tmp_path: Path) -> None:
+    """A finished run resumed again (or one stopped during its evaluation after training, which the
+    advice 'resume with --resume auto' then finished) trains nothing: Lightning calls no train hooks, and
+    the summary's `after` and `final_entropy` became null — a finished run without results, which ablate
+    skips for good."""
+    config = tiny_config(
+        "trainer.steps=2", "eval.before=false", "eval.n_prompts=4", "eval.n_samples=2", "eval.ks=[1,2]"
+    )
+    first = run_training(config, tmp_path / "run")
+    again = run_training(config, tmp_path / "run", resume="auto")
+    assert again["status"] == "finished" and again["steps"] == 2
+    assert again["after"] == first["after"] and again["after"] is not None  # same weights, same seeds
+    assert again["final_entropy"] == first["final_entropy"] is not None

@@ -661,6 +661,26 @@ def run_training(
             os.environ.pop(RUN_DIR_ENV, None)
 
 
+def _last_logged_row(path: Path) -> dict[str, float]:
+    """The last row of a run's ``metrics.csv`` as numbers ({} when it has none)."""
+    import csv
+
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    if not rows:
+        return {}
+    out: dict[str, float] = {}
+    for key, value in rows[-1].items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 class _Run:
     """One training run after the directory checks: build, fit, and write the summary whatever happens."""
 
@@ -700,6 +720,7 @@ class _Run:
         try:
             self._build()
             self._fit(ckpt_path, progress_bar, callbacks)
+            self._evaluate_after_if_missing()
         except RunStopped as stopped:
             self._end("stopped", stopped)
             self.log(
@@ -725,6 +746,16 @@ class _Run:
     @property
     def steps(self) -> int:
         return int(self.module.rlvr_step) if self.module is not None else 0
+
+    def _evaluate_after_if_missing(self) -> None:
+        """The evaluation after training of a run resumed at its last step (a finished run resumed again, or
+        one stopped during that evaluation): Lightning then trains nothing and calls no train hooks, and the
+        summary lost its ``after`` (same weights and seeds: the numbers the evaluation would have given)."""
+        module = self.module
+        if module is None or not self.config.eval.after or "after" in module.eval_results:
+            return
+        if self.steps >= self.config.trainer.steps:
+            module.eval_results["after"] = module.evaluate_heldout("after")
 
     def _build(self) -> None:
         import lightning.pytorch as pl
@@ -840,7 +871,8 @@ class _Run:
         if module is None:
             return summary
         cm = module.controller.metrics()
-        last = module.last_metrics
+        # a run resumed at its last step trained no step here: its last logged row speaks for it
+        last = module.last_metrics or _last_logged_row(self.run_dir / "metrics.csv")
         summary.update(
             {
                 "world_size": self.trainer.world_size if self.trainer is not None else 1,

@@ -150,3 +150,25 @@ def test_the_rows_columns_are_kept_only_for_a_reward_that_reads_them(module: str
         assert all(("columns" in p.meta) is kept for p in held), reward
     shaped = load_run_config(None, [*file, f'reward.shaping=[{{name: "{module}:routed", weight: 0.1}}]'])
     assert all("data_source" in p.meta["columns"] for p in build_data(shaped)[1])
+
+
+def test_a_function_that_cannot_be_called_as_a_reward_is_refused_when_the_config_loads(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verl's compute_score(data_source, solution_str, ground_truth, extra_info=None) passed the load-time
+    check and failed at the first score, after the model had loaded (50 lines of Lightning traceback)."""
+    from entropyctl.config import ConfigError, load_run_config
+
+    (tmp_path / "verl_style_mod.py").write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n    return 0.0\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"cannot be called as fn\(completion, answer\).*info\['data_source'\]"
+    ):
+        load_run_config(None, ["reward.name=verl_style_mod:compute_score"])
+    with pytest.raises(ConfigError, match=r"name the module, not its file: verl_style_mod:function"):
+        load_run_config(None, ["reward.name=verl_style_mod.py:compute_score"])
+    # TRL's habit, a bare list of reward names: each at weight 1
+    shaped = load_run_config(None, [f"reward.shaping=[{module}:plain]"]).reward.shaping
+    assert [(s.name, s.weight) for s in shaped] == [(f"{module}:plain", 1.0)]
+    load_run_config(None, [f"reward.name={module}:routed"])  # (completion, answer, info): fine

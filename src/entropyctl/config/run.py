@@ -274,6 +274,15 @@ class RewardConfig(_Section):
         "pass@k); each one's mean is logged as shaping/<label>.",
     )
 
+    @field_validator("shaping", mode="before")
+    @classmethod
+    def _named_shaping(cls, value: Any) -> Any:
+        """A bare name in the list (TRL's ``reward_funcs`` habit: ``[pkg.mod:bonus]``) is that reward at
+        weight 1."""
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
     def shaping_labels(self) -> list[str]:
         """Each shaping reward's column label: its ``label``, else its function's or reward's name; a repeated
         label gets _2, _3, ..."""

@@ -7,6 +7,7 @@ Every reward is an object with ``__call__(completions, answers) -> list[float]``
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -219,6 +220,10 @@ def reward_options(name_or_path: str) -> list[str] | None:
 
 def _import_hint(module_name: str, exc: BaseException) -> str:
     """Why ``module_name`` could not be imported, when it looks like an import-path problem ('' if not)."""
+    if module_name.endswith(".py"):  # verl's custom_reward_function.path habit: a file, not a module
+        return (
+            f"; name the module, not its file: {module_name.removesuffix('.py').replace('/', '.')}:function"
+        )
     if isinstance(exc, ImportError) and "relative import" in str(exc):
         return (
             "; a module with relative imports must be named with its package (package.module:function), "
@@ -257,6 +262,25 @@ def _import_function(path: str) -> Callable[..., Any]:
             f"{module_name}:{attr} is not callable; expected a function (completion, answer) -> float"
         )
     return target
+
+
+def _call_problem(fn: Callable[..., Any]) -> str | None:
+    """Why ``fn`` cannot be called as a reward, ``fn(completion, answer)`` (with ``info=`` when it takes
+    it), or None: found from its signature, not by calling it (verl's ``compute_score(data_source,
+    solution_str, ground_truth, extra_info)`` failed at the first score, after the model had loaded)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None  # no signature to read (a builtin): called as it is
+    try:
+        signature.bind("completion", "answer", **({"info": {}} if takes_info(fn) else {}))
+    except TypeError:
+        return (
+            f"cannot be called as fn(completion, answer) or fn(completion, answer, info) (it takes {signature}); "
+            "wrap it, e.g. def score(completion, answer, info): return compute_score(info['data_source'], "
+            "completion, answer, info.get('extra_info'))"
+        )
+    return None
 
 
 def _unknown_name(name_or_path: str) -> str | None:
@@ -298,9 +322,11 @@ def check_reward(name_or_path: str, options: Mapping[str, Any]) -> list[tuple[st
         return [("name", unknown)]
     if name_or_path not in _REGISTRY:
         try:
-            _import_function(name_or_path)
+            called = _call_problem(_import_function(name_or_path))
         except ValueError as err:
             return [("name", str(err))]
+        if called is not None:
+            return [("name", f"{name_or_path}: {called}")]
     accepted = reward_options(name_or_path)
     problems = [
         (f"options.{key}", unknown_option(str(key), accepted, f"reward {name_or_path!r}"))

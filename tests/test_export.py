@@ -60,3 +60,23 @@ def test_the_exported_model_keeps_the_trained_models_stop_tokens(tmp_path: Path)
     save_policy(policy, tok, tmp_path / "exported")
     exported, tok2 = load_policy({"kind": "hf", "path": str(tmp_path / "exported")})
     assert stop_token_ids(tok2, exported) == stop_token_ids(tok, policy) == (2, 19)  # eos and "="
+
+
+def test_the_exported_model_is_readable_as_a_made_directory_would_be(tmp_path: Path) -> None:
+    """The staging directory is mkdtemp's (0700): an export was private to its user, out of reach of a
+    vLLM server or another user in the container."""
+    import os
+    import stat
+
+    from entropyctl.models.tiny import build_char_tokenizer, build_tiny_model
+    from entropyctl.rollout.export import save_policy
+
+    tokenizer = build_char_tokenizer("0123456789+-*()=")
+    model = build_tiny_model(tokenizer, hidden_size=32, layers=1, heads=2, seed=0)
+    old = os.umask(0o022)
+    try:
+        out = save_policy(model, tokenizer, tmp_path / "exported")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir() if f.is_file()} == {0o644}

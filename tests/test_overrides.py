@@ -146,3 +146,19 @@ def test_ablate_set_switches_a_rule_as_train_set_does(
         report=False, warm_start=False, log=lambda line: None,
     )  # fmt: skip
     assert planned[0]["controller"]["update"]["rule"] == "additive"
+
+
+def test_the_loaders_text_options_take_the_text_as_typed(tmp_path: Path) -> None:
+    """`--set 'data.options.template=Q: {prompt}'` became the mapping {'Q': {'prompt': None}} (a free-form
+    options map has no schema to say it is text) and failed at the run's start with a traceback."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"problem": "1+1=", "answer": "2"}\n')
+    for value in ("Q: {prompt}", "{prompt}"):
+        config = load_run_config(
+            None, ["data.source=file", f"data.path={data}", f"data.options.template={value}"]
+        )
+        assert config.data.options["template"] == value
+    with pytest.raises(
+        ConfigError, match=r"several held-out files are a list: data.eval_path=\[a.jsonl,b.jsonl\]"
+    ):
+        load_run_config(None, ["data.source=file", f"data.path={data}", "data.eval_path=a.jsonl,b.jsonl"])

@@ -131,8 +131,20 @@ def _split(path: str) -> tuple[list[str], str]:
     return (head.split(".") if head else []), last
 
 
+#: ``data.options`` keys the file loader reads as text (``load_math_dataset``'s string arguments): ``--set
+#: 'data.options.template=Q: {prompt}'`` is that text, not the mapping YAML would read
+_TEXT_OPTIONS = (
+    "data.options.template",
+    "data.options.prompt_field",
+    "data.options.answer_field",
+    "data.options.level_field",
+)
+
+
 def _is_text_field(key: str, data: Any) -> bool:
     """Whether the field at ``key`` is a string (``str`` or ``str | None``) in the config ``data``."""
+    if key.strip() in _TEXT_OPTIONS:
+        return True
     parts, last = _split(key)
     model = _model_at(parts, data)
     field = model.model_fields.get(last) if model is not None else None

@@ -199,6 +199,11 @@ class DataConfig(_Section):
                 )
         if isinstance(self.eval_path, list):
             _check_eval_files(self.eval_path)
+        elif self.eval_path and "," in self.eval_path and fresh and not Path(self.eval_path).exists():
+            raise ValueError(
+                f"eval_path: no file {self.eval_path!r}; several held-out files are a list: "
+                f"data.eval_path=[{self.eval_path}]"
+            )
         if isinstance(self.levels, dict) and self.source != "reasoning_gym":
             raise ValueError(
                 f"levels: a mapping of level → parameters is for data.source 'reasoning_gym'; "

@@ -4,6 +4,7 @@ what ``entropyctl export`` hands to any other tool (``AutoModelForCausalLM.from_
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,6 +51,15 @@ def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         key = key.replace(".base_layer.", ".")
         plain[key] = merged.get(key, tensor)
     return plain
+
+
+def _usual_permissions(directory: Path) -> None:
+    """The permissions a directory made with ``mkdir`` would have (the staging directory is ``mkdtemp``'s,
+    0700, and some files are written private): a vLLM server or another user reads the model."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def save_policy(
@@ -103,6 +113,7 @@ def save_policy(
             plain.generation_config = copy.deepcopy(model.generation_config)
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        _usual_permissions(staging)
         try:
             staging.rename(target)
         except OSError:

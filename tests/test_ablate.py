@@ -387,3 +387,24 @@ def test_a_manifest_the_report_would_refuse_is_refused_before_any_run(
     with pytest.raises(ConfigError, match=r"ablation\.json: not an ablation manifest.*restore it"):
         ablate.run_ablation({}, ["aer"], [0], out=tmp_path / "abl", **{**quiet, "report": True})
     assert not (tmp_path / "abl" / "aer").exists()
+
+
+def test_arms_added_with_other_settings_are_reported_with_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second command adding an arm with another --set replaced the manifest's settings: the report said
+    'overrides for all arms: [trainer.steps=3]', false for the earlier arms."""
+    import entropyctl.experiments.ablate as ablate
+    from entropyctl.experiments.markdown import _md_header
+
+    quiet = _fake_runs(monkeypatch)
+    out = tmp_path / "abl"
+    ablate.run_ablation({}, ["aer", "fixed"], [0], out=out, overrides=["trainer.steps=2"], **quiet)
+    ablate.run_ablation({}, ["fixed:alpha=0.001"], [0], out=out, overrides=["trainer.steps=3"], **quiet)
+    manifest = json.loads((out / "ablation.json").read_text())
+    assert {a["label"]: a["set"] for a in manifest["arms"]} == {
+        "aer": ["trainer.steps=2"], "fixed": ["trainer.steps=2"], "fixed:alpha=0.001": ["trainer.steps=3"],
+    }  # fmt: skip
+    header = "\n".join(_md_header(manifest, ["pass@1"]))
+    assert "overrides for all arms" not in header and "ran with different base configs or overrides" in header
+    assert "- `aer`: base config `<dict>`, overrides ['trainer.steps=2']" in header

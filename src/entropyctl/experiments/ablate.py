@@ -566,7 +566,7 @@ def _write_manifest(path: Path, manifest: dict[str, Any], arm_list: Sequence[Arm
     into the earlier ones'."""
     manifest["arms"] = [
         {"label": a.label, "slug": a.slug, "controller": a.controller, "overrides": dict(a.overrides)}
-        | {"seeds": manifest["seeds"]}
+        | {"seeds": manifest["seeds"], "base_config": manifest["base_config"], "set": manifest["set"]}
         for a in arm_list
     ]
     write_json_atomic(path, merged_manifest(path, manifest))
@@ -693,8 +693,10 @@ def merged_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             "start the list again with this command's arms"
         ) from None
     new_slugs = {arm["slug"] for arm in manifest["arms"]}
-    earlier = {arm.get("slug"): arm for arm in previous.get("arms", [])}
-    arms = [arm for arm in previous.get("arms", []) if arm.get("slug") not in new_slugs]
+    # each earlier arm keeps the base config and --set it ran with (a later command may change them)
+    ran_with = {"base_config": previous.get("base_config"), "set": previous.get("set")}
+    earlier = {arm.get("slug"): ran_with | arm for arm in previous.get("arms", [])}
+    arms = [earlier[arm.get("slug")] for arm in previous.get("arms", []) if arm.get("slug") not in new_slugs]
     for arm in manifest["arms"]:
         before = earlier.get(arm["slug"], {}).get("seeds", [])
         arms.append({**arm, "seeds": sorted({*before, *arm.get("seeds", [])})} if before else arm)

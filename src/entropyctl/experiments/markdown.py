@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,30 @@ def _md_header(manifest: dict[str, Any], keys: list[str]) -> list[str]:
     if manifest:
         if manifest.get("command"):
             lines += [f"Command: `{manifest['command']}`", ""]
-        lines += [
-            f"Base config: `{manifest.get('base_config', '?')}`; seeds: {manifest.get('seeds', '?')}; "
-            f"overrides for all arms: {manifest.get('set') or 'none'}.",
-            "",
-        ]
+        ran_with = {
+            (
+                arm.get("base_config", manifest.get("base_config")),
+                json.dumps(arm.get("set", manifest.get("set"))),
+            )
+            for arm in manifest.get("arms", [])
+        }
+        if len(ran_with) > 1:  # arms added by later commands with another base config or --set
+            lines += [
+                f"Seeds: {manifest.get('seeds', '?')}. The arms ran with different base configs or overrides:",
+                "",
+            ]
+            lines += [
+                f"- `{arm.get('label')}`: base config `{arm.get('base_config', manifest.get('base_config'))}`, "
+                f"overrides {arm.get('set', manifest.get('set')) or 'none'}"
+                for arm in manifest.get("arms", [])
+            ]
+            lines.append("")
+        else:
+            lines += [
+                f"Base config: `{manifest.get('base_config', '?')}`; seeds: {manifest.get('seeds', '?')}; "
+                f"overrides for all arms: {manifest.get('set') or 'none'}.",
+                "",
+            ]
     lines += [
         "Held-out evaluation after training; mean ± std (sample std) over seeds. "
         f"`H/H0 (last ¼)` is the mean of entropy/H0 over the last quarter of training steps; "

@@ -10,6 +10,7 @@ is a string, ``--set`` takes the text as written when YAML would read it as some
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -264,6 +265,9 @@ FOREIGN_NAMES = {
     "filter_overlong_prompts": "data.overlong_prompts (drop)",
     "prompt_max_len": "data.max_prompt_tokens",
     "val_files": "data.eval_path (a file, or a list of files: a held-out set each)",
+    "val_batch_size": "eval.batch_size",
+    "default_local_dir": "--out (or output_dir with run_name)",
+    "resume_mode": "--resume auto (or --resume CHECKPOINT)",
     "prompt_key": "data.options.prompt_field",
     "train_batch_size": "rollout.prompts_per_step (prompts per process)",
     "save_freq": "trainer.checkpoint_every",
@@ -308,16 +312,48 @@ def _foreign(path: str, value: Any = None) -> str | None:
         return FOREIGN_NAMES[name]
     found: list[str] = []
 
-    def leaves(node: Any, depth: int) -> None:
+    def leaves(node: Any, at: str, depth: int) -> None:
         if not isinstance(node, Mapping) or depth > 8:
             return
         for key, inner in node.items():
-            if str(key) in FOREIGN_NAMES:
-                found.append(f"{key} → {FOREIGN_NAMES[str(key)]}")
-            leaves(inner, depth + 1)
+            pointer = _pointer(f"{at}.{key}")
+            if pointer is not None:
+                found.append(f"{key} → {pointer}")
+            leaves(inner, f"{at}.{key}", depth + 1)
 
-    leaves(value, 0)
+    leaves(value, path, 0)
     return "; ".join(found) or None
+
+
+def _pointer(path: str) -> str | None:
+    """Ours for a nested option of another trainer (``actor_rollout_ref.rollout.n``): its name's
+    (:data:`FOREIGN_NAMES`), the rename of its last two parts (``rollout.n``), or a field of ours those
+    name (``rollout.temperature``, ``actor.optim.lr``) or the one to three fields of that name."""
+    parts = path.split(".")
+    name, two = parts[-1], ".".join(parts[-2:])
+    if name in FOREIGN_NAMES:
+        return FOREIGN_NAMES[name]
+    if two in KNOWN_RENAMES:
+        return KNOWN_RENAMES[two]
+    if two in _own_fields():
+        return two
+    own = [field for field in _own_fields() if field.rpartition(".")[2] == name]
+    return " or ".join(own) if own and path not in own and len(own) <= 3 else None
+
+
+@functools.cache
+def _own_fields() -> tuple[str, ...]:
+    """Every field of the run config to two levels (``seed``, ``rollout.temperature``), for a field of ours
+    written under another section (``actor_rollout_ref.rollout.temperature``, ``algorithm.dynamic_sampling``)."""
+    fields: list[str] = []
+    for name, info in RunConfig.model_fields.items():
+        model = (
+            info.annotation
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+            else None
+        )
+        fields += [f"{name}.{inner}" for inner in model.model_fields] if model is not None else [name]
+    return tuple(fields)
 
 
 def suggest_field(path: str, config: Mapping[str, Any] | None = None) -> str | None:
@@ -333,6 +369,10 @@ def suggest_field(path: str, config: Mapping[str, Any] | None = None) -> str | N
     foreign = _foreign(path, node)
     if foreign is not None:
         return foreign
+    if "." in path or path not in _own_fields():
+        own = _pointer(path)  # ours in another section (verl's nesting, a slip)
+        if own is not None:
+            return own
     by_name: dict[str, str] = {}
     for field in _fields_near(path, config):
         by_name.setdefault(field.rpartition(".")[2], field)

@@ -337,3 +337,25 @@ def test_malformed_run_files_are_one_error_naming_the_file(tmp_path: Path) -> No
         (tmp_path / "study" / "ablation.json").write_text(manifest)
         with pytest.raises(ReportError, match=r"ablation\.json: (unreadable|not an ablation manifest)"):
             write_report(tmp_path / "study")
+
+
+def test_before_rl_is_one_line_only_when_every_arm_shares_it(tmp_path: Path) -> None:
+    """A folder of train runs scored on different held-out problems was reported with the first run's
+    numbers as 'the shared warm-start checkpoint, same evaluation'."""
+    for name, seed in (("a", 0), ("b", 0)):
+        write_fake_run(
+            tmp_path / "runs" / name, controller="aer", seed=seed, entropy_curve=np.linspace(1, 0.5, 8),
+            alpha=None, pass1=0.5, pass8=0.9, h0=None,
+        )  # fmt: skip
+    write_report(tmp_path / "runs")
+    assert (
+        "Before RL (the shared warm-start checkpoint, same evaluation): pass@1 = 0.300"
+        in (tmp_path / "runs" / "report.md").read_text()
+    )
+    summary = json.loads((tmp_path / "runs" / "b" / "summary.json").read_text())
+    summary["before"]["pass@1"] = 0.125  # another held-out set
+    (tmp_path / "runs" / "b" / "summary.json").write_text(json.dumps(summary))
+    write_report(tmp_path / "runs")
+    text = (tmp_path / "runs" / "report.md").read_text()
+    assert "shared warm-start checkpoint" not in text
+    assert "Before RL the arms' evaluations differ" in text and "`b` pass@1 = 0.125" in text

@@ -101,11 +101,17 @@ def _md_summary_table(arms: list[ArmSummary], keys: list[str]) -> list[str]:
             ]
         )
     lines += [_table(header, rows), ""]
-    before = next((a.numbers["before"] for a in arms if a.numbers["n_finished"]), None)
-    if before:
+    befores = [(a.arm, a.numbers["before"]) for a in arms if a.numbers["n_finished"] and a.numbers["before"]]
+    if befores and all(b == befores[0][1] for _, b in befores):
         lines += [
             "Before RL (the shared warm-start checkpoint, same evaluation): "
-            + ", ".join(f"{k} = {_fmt(before.get(k))}" for k in keys if k in before),
+            + ", ".join(f"{k} = {_fmt(befores[0][1].get(k))}" for k in keys if k in befores[0][1]),
+            "",
+        ]
+    elif befores:  # other warm starts, seeds or held-out problems: no one number stands for all
+        lines += [
+            "Before RL the arms' evaluations differ (other warm starts, seeds or held-out problems): "
+            + "; ".join(f"`{arm}` {keys[0]} = {_fmt(b.get(keys[0]))}" for arm, b in befores if keys),
             "",
         ]
     return lines

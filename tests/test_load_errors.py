@@ -402,7 +402,11 @@ def test_no_foreign_name_is_a_field_of_ours() -> None:
         # TRL's flat names and our own fields in another section
         ("temperature=0.7", "did you mean rollout.temperature or eval.temperature?"),
         ("lr=1e-6", "did you mean optim.lr?"),
-        ("algorithm.dynamic_sampling=true", "did you mean rollout.dynamic_sampling?"),
+        ("dynamic_sampling=true", "did you mean rollout.dynamic_sampling?"),
+        # and not where a name of ours misleads: in our own sections, or next to a spelling slip
+        ("rollout.batch_size=8", "unknown field (valid fields: engine"),
+        ("name=myrun", "did you mean run_name?"),
+        ("contoller.name=aer", "did you mean controller?"),
     ],
 )
 def test_other_trainers_names_point_to_ours(override: str, message: str) -> None:

@@ -751,6 +751,21 @@ def test_a_check_written_after_the_answer_is_not_graded(text: str, gold: str, re
         ("#### Step 1: Add\n#### Step 2: Multiply\n6 * 3 = 18, so she pays 18 dollars.", "18", "correct"),
         ("I will put the answer in \\boxed{}.\nThe answer is 18.", "18", "correct"),  # an empty box
         ("The answer is [0, 1) \\cup (2, 3].", "[0, 1) \\cup (2, 3]", "correct"),  # an interval's (
+        # what the first fixes broke (a review of them), kept as they were
+        ("\\boxed{36\\text{ cm}^2}", "36", "correct"),  # a unit's exponent is no arithmetic
+        ("\\boxed{5\\,\\text{cm}}", "5", "correct"),
+        ("\\boxed{{36}}", "36", "correct"),
+        ("\\boxed{\\left( -5 \\right)}", "-5", "correct"),
+        ("\\boxed{2^{10} = 1024}", "1024", "correct"),  # a worked line in braces
+        ("\\boxed{3 \\times 10^8}", "300000000", "correct"),  # scientific notation is a number
+        ("The answer is 7 fifth graders.", "7", "correct"),  # an ordinal beside a unit
+        ("36 units squared", "36", "correct"),
+        ("#### True", "True", "correct"),  # a word answer ends the text: no heading
+        ("#### x^2+1", "x^2+1", "correct"),
+        ("#### B. I hope it is correct.", "B", "correct"),
+        ("the answer is 8.5, not an integer.\nSo 17 is prime, and the answer is yes.", "yes", "correct"),
+        ("The answer is 5.\nthe answer is six.", "5", "wrong"),  # only judgements are skipped
+        ("The final answer is $x \\in (0, 1)", "(0,1)", "correct"),  # an unclosed $ before a letter is math
         # unchanged
         ("The answer is 18 dollars.", "18", "correct"),
         ("\\boxed{18\\text{ cm}}", "18", "correct"),

@@ -310,6 +310,8 @@ def _foreign(path: str, value: Any = None) -> str | None:
     name = path.rpartition(".")[2]
     if name in FOREIGN_NAMES:
         return FOREIGN_NAMES[name]
+    if difflib.get_close_matches(name, list(RunConfig.model_fields), n=1, cutoff=0.8):
+        return None  # a slip in one of our sections' names (`contoller`): the spelling match answers it
     found: list[str] = []
 
     def leaves(node: Any, at: str, depth: int) -> None:
@@ -369,16 +371,16 @@ def suggest_field(path: str, config: Mapping[str, Any] | None = None) -> str | N
     foreign = _foreign(path, node)
     if foreign is not None:
         return foreign
-    if "." in path or path not in _own_fields():
-        own = _pointer(path)  # ours in another section (verl's nesting, a slip)
-        if own is not None:
-            return own
     by_name: dict[str, str] = {}
     for field in _fields_near(path, config):
         by_name.setdefault(field.rpartition(".")[2], field)
     parts, last = _split(path)
     close = difflib.get_close_matches(last, list(by_name), n=1, cutoff=0.6)
-    return ".".join([*parts, by_name[close[0]]]) if close else None
+    if close:
+        return ".".join([*parts, by_name[close[0]]])
+    # a name of ours written at the top level (TRL's flat `temperature`, `lr`): the fields that hold it;
+    # in one of our sections a near name or the section's fields say more than a field elsewhere
+    return _pointer(path) if "." not in path else None
 
 
 def _unknown_field(path: str, message: str, data: Any) -> str:

@@ -187,7 +187,8 @@ def _first_clause(value: str) -> str:
             depth = max(0, depth - 1)
         elif i in after:
             close = after[i]
-            if in_math or (close is not None and not _is_prose(value[i + 1 : close])):
+            money = value[i + 1 : i + 2].isdigit() if close is None else _is_prose(value[i + 1 : close])
+            if in_math or not money:
                 in_math = not in_math
         elif depth == 0 and not in_math and _CLAUSE_BREAK.match(value, i):
             return value[:i]
@@ -206,17 +207,22 @@ def _clean(answer: str) -> str:
 
 
 #: what a later "the answer is ..." says of an earlier answer (``the answer is correct``): no answer itself
-_VERDICT = re.compile(r"[ \t]*[a-z]+(?:[ \t]+[a-z]+)?[ \t]*[.!]?[ \t]*")
+_VERDICT = re.compile(
+    r"[ \t]*(?:(?:indeed|definitely|also|still)[ \t]+)?(?:correct|right|wrong|incorrect|reasonable|valid|invalid"
+    r"|confirmed|verified|consistent|plausible|sensible)[ \t]*[.!]?[ \t]*",
+    re.IGNORECASE,
+)
 
 
 def _not_an_answer(match: re.Match[str]) -> bool:
     """A markdown heading read as a GSM8K ``####`` line (``#### Step 2: Multiply``, ``#### Solution``: a
-    value opening with a letter, longer than a choice like ``B`` or ``x=5``), or a lower-case verdict
-    (``the answer is reasonable``) — skipped when an earlier line gives an answer."""
+    value opening with a letter, longer than a choice like ``B``, with text after it), or a verdict
+    (``the answer is correct``) — skipped when another line gives an answer."""
     hash_value, value = match.group("hash"), next(g for g in match.groups() if g is not None)
-    if hash_value is not None:
+    if hash_value is not None:  # a heading has the solution after it; an answer (``#### True``) ends it
         stripped = hash_value.strip()
-        return len(stripped) > 3 and stripped[:1].isalpha()
+        follows = match.string[match.end() :].strip()
+        return len(stripped) > 3 and stripped[:1].isalpha() and bool(follows)
     return _VERDICT.fullmatch(value) is not None
 
 

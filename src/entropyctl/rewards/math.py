@@ -92,6 +92,21 @@ _LATEX_OPERATORS = {"\\times": "*", "\\cdot": "*", "\\div": "/"}
 _SIMPLE_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 
 
+def _unevaluated(text: str) -> bool:
+    """Arithmetic left for the reader (``12+7``, ``12 \\times 7``, ``2^{3}``): numbers joined by an
+    operator, in plain or LaTeX form; not a number with a unit (``36\\text{ cm}^2``), in braces or
+    spacing (``{36}``, ``\\;5``), and not scientific notation (``3 \\times 10^8``)."""
+    plain = _plain_arithmetic(text)
+    if not _ARITHMETIC.fullmatch(plain) or _SCIENTIFIC.fullmatch(plain.replace(" ", "")):
+        return False
+    return _OPERATOR_BETWEEN.search(plain) is not None
+
+
+#: an operator after a number or a closing parenthesis, or two numbers side by side
+_OPERATOR_BETWEEN = re.compile(r"[\d)]\s*[-+*/^=,]|\d\s+\d")
+_SCIENTIFIC = re.compile(r"[+-]?\d+(?:\.\d+)?\*10\^\(?[+-]?\d+\)?")
+
+
 def _plain_arithmetic(text: str) -> str:
     """``text`` with LaTeX arithmetic written plainly (``12 \\times 7``, ``2^{3}``, ``\\;12+7``, a
     ``\\text{...}`` unit dropped), for the "unevaluated arithmetic" rule."""
@@ -99,7 +114,7 @@ def _plain_arithmetic(text: str) -> str:
     return text.replace("{", "(").replace("}", ")")
 
 
-_TEXT_GROUP = re.compile(r"\\(?:text|mathrm|textrm|mbox)\s*\{[^{}]*\}")
+_TEXT_GROUP = re.compile(r"\\(?:text|mathrm|textrm|mbox)\s*\{[^{}]*\}(?:\s*\^\s*(?:\{\s*[23]\s*\}|[23]))?")
 
 
 def _plain_equation(text: str) -> str:
@@ -121,9 +136,23 @@ _NOT_UNITS = {
     *("and", "or", "not", "to", "is", "are", "was", "be", "more", "less", "fewer", "than", "of", "plus"),
     *("minus", "over", "the", "percent", "pct", "hundred", "thousand", "million", "billion", "trillion"),
     *("dozen", "half", "halves", "quarter", "quarters", "third", "thirds", "tenth", "tenths"),
-    *("squared", "cubed", "factorial", "hundreds", "thousands", "millions", "billions", "dozens", "fourth"),
-    *("fourths", "fifth", "fifths", "sixth", "sixths", "seventh", "sevenths", "eighth", "eighths", "ninth"),
-    *("ninths", "hundredth", "hundredths", "thousandth", "thousandths", "percentage", "times", "power"),
+    *("hundreds", "thousands", "millions", "billions", "dozens", "times"),
+}
+#: no unit when it is the only word after the number (``5 squared``, ``3 fifths``), a unit's part beside
+#: another (``36 units squared``, ``7 fifth graders``)
+_NOT_UNITS_ALONE = {
+    *("squared", "cubed", "factorial", "fourth", "fourths", "fifth", "fifths", "sixth", "sixths", "seventh"),
+    *(
+        "sevenths",
+        "eighth",
+        "eighths",
+        "ninth",
+        "ninths",
+        "hundredth",
+        "hundredths",
+        "thousandth",
+        "thousandths",
+    ),
 }
 _MAX_UNITS_CHARS = 80
 #: the two-letter units (a longer word may be one: ``dollars``, ``apples``)
@@ -147,6 +176,26 @@ _SHORT_UNITS = {
 }
 
 
+def _unit_words(text: str) -> list[str] | None:
+    """The words after a plain number (``18 dollars``, ``18\\text{million}``: those inside ``\\text{}`` too,
+    not the command names), or None when ``text`` is not a number followed by one or two such words."""
+    text = text.strip()
+    if len(text) > _MAX_UNITS_CHARS or not any(c.isdigit() for c in text):
+        return None
+    match = _NUMBER_WITH_UNITS.fullmatch(text)
+    return None if match is None else re.findall(r"(?<!\\)\b[A-Za-z]+", match.group("units"))
+
+
+def _scaled(text: str) -> bool:
+    """A number followed by a scale word (``18 million``, ``18\\text{million}``, ``3 dozens``): not the
+    number itself, whatever a reader that drops ``\\text{}`` makes of it."""
+    return any(w.lower() in _SCALES for w in _unit_words(text) or [])
+
+
+_SCALES = {"hundred", "thousand", "million", "billion", "trillion", "dozen"}
+_SCALES |= {f"{w}s" for w in _SCALES}
+
+
 def _number_with_units(text: str) -> Fraction | None:
     """A plain number followed by at most two units (``18 dollars``, ``$18$ dollars``, ``18\\text{ cm}``,
     ``5 km/h``) as its number; None for anything else (``5x``, ``2 pi``, ``18 and 19``)."""
@@ -161,6 +210,8 @@ def _number_with_units(text: str) -> Fraction | None:
     words = re.findall(r"(?<!\\)\b[A-Za-z]+", match.group("units"))
     if any(w.lower() in _NOT_UNITS or (len(w) == 2 and w.lower() not in _SHORT_UNITS) for w in words):
         return None
+    if len(words) == 1 and words[0].lower() in _NOT_UNITS_ALONE:
+        return None
     if text[match.end("number")].isalpha():
         return None  # a word glued to the number is a product (``5x``, ``2pi``), not a unit
     return parse_number(match.group("number"))
@@ -173,7 +224,7 @@ def _final_side_number(text: str) -> tuple[Fraction | None, bool]:
     ``(None, False)`` for anything else (``x=5, y=19``, ``x <= 19``), which goes on as before. A worked
     line ending in its value is an answer, a false one is wrong; the unevaluated-arithmetic rule still
     refuses ``12+7``, ``12+7=`` and ``19 = 12+7``."""
-    *sides, last = _plain_equation(text).split("=")
+    *sides, last = _plain_equation(text).replace("{", "(").replace("}", ")").split("=")
     value = parse_number(last) if sides else None
     if value is None:
         return None, False
@@ -685,14 +736,14 @@ def check_answer(
             return VerifyResult("wrong", 0.0, extracted, "false equation", time.perf_counter() - start)
         if pred_number is None:  # "18 dollars": math-verify knows some units and not others
             pred_number = _number_with_units(extracted)
+        if pred_number is None and _scaled(extracted):
+            return VerifyResult(
+                "wrong", 0.0, extracted, "a scale after the number", time.perf_counter() - start
+            )
     if pred_number is not None and gold_number is not None:
         status: Status = "correct" if pred_number == gold_number else "wrong"
         return VerifyResult(status, float(status == "correct"), extracted, "", time.perf_counter() - start)
-    if (
-        gold_number is not None
-        and pred_number is None
-        and _ARITHMETIC.fullmatch(_plain_arithmetic(extracted))
-    ):
+    if gold_number is not None and pred_number is None and _unevaluated(extracted):
         # An unevaluated expression such as "12+7" is not a final answer; SymPy would evaluate it and
         # pay a policy that echoes the synthetic prompt.
         return VerifyResult("wrong", 0.0, extracted, "unevaluated arithmetic", time.perf_counter() - start)

@@ -755,7 +755,15 @@ class _Run:
         if module is None or not self.config.eval.after or "after" in module.eval_results:
             return
         if self.steps >= self.config.trainer.steps:
+            from entropyctl.trainer.fsdp import is_sharded
+
+            started = time.perf_counter()
+            if self.trainer is not None and not is_sharded(module.policy):
+                module.to(self.trainer.strategy.root_device)  # fit's teardown left it on the CPU
             module.eval_results["after"] = module.evaluate_heldout("after")
+            self.fit_s += (
+                time.perf_counter() - started
+            )  # counted as the run's, like the evaluation it stands for
 
     def _build(self) -> None:
         import lightning.pytorch as pl

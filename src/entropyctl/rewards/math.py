@@ -176,20 +176,21 @@ _SHORT_UNITS = {
 }
 
 
-def _unit_words(text: str) -> list[str] | None:
-    """The words after a plain number (``18 dollars``, ``18\\text{million}``: those inside ``\\text{}`` too,
-    not the command names), or None when ``text`` is not a number followed by one or two such words."""
-    text = text.strip()
+def _unit_match(text: str) -> tuple[re.Match[str], list[str]] | None:
+    """``text`` (stripped) as a plain number followed by one or two words, and those words (inside
+    ``\\text{}`` too, not the command names: ``18\\text{million}``); None for anything else. A number and
+    two units fit in 80 characters; the match is cubic in a long run of letters (in the trainer)."""
     if len(text) > _MAX_UNITS_CHARS or not any(c.isdigit() for c in text):
         return None
     match = _NUMBER_WITH_UNITS.fullmatch(text)
-    return None if match is None else re.findall(r"(?<!\\)\b[A-Za-z]+", match.group("units"))
+    return None if match is None else (match, re.findall(r"(?<!\\)\b[A-Za-z]+", match.group("units")))
 
 
 def _scaled(text: str) -> bool:
     """A number followed by a scale word (``18 million``, ``18\\text{million}``, ``3 dozens``): not the
     number itself, whatever a reader that drops ``\\text{}`` makes of it."""
-    return any(w.lower() in _SCALES for w in _unit_words(text) or [])
+    found = _unit_match(text.strip())
+    return found is not None and any(w.lower() in _SCALES for w in found[1])
 
 
 _SCALES = {"hundred", "thousand", "million", "billion", "trillion", "dozen"}
@@ -200,14 +201,10 @@ def _number_with_units(text: str) -> Fraction | None:
     """A plain number followed by at most two units (``18 dollars``, ``$18$ dollars``, ``18\\text{ cm}``,
     ``5 km/h``) as its number; None for anything else (``5x``, ``2 pi``, ``18 and 19``)."""
     text = text.strip()
-    # a number and two units fit in this; the match is cubic in a long run of letters (in the trainer)
-    if len(text) > _MAX_UNITS_CHARS or not any(c.isdigit() for c in text):
+    found = _unit_match(text)
+    if found is None:
         return None
-    match = _NUMBER_WITH_UNITS.fullmatch(text)
-    if match is None:
-        return None
-    # every word, those inside \text{...} too (``18\text{million}``), but the command names
-    words = re.findall(r"(?<!\\)\b[A-Za-z]+", match.group("units"))
+    match, words = found
     if any(w.lower() in _NOT_UNITS or (len(w) == 2 and w.lower() not in _SHORT_UNITS) for w in words):
         return None
     if len(words) == 1 and words[0].lower() in _NOT_UNITS_ALONE:

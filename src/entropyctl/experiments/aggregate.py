@@ -376,9 +376,10 @@ def summarize_arm(arm: str, runs: list[RunRecord]) -> ArmSummary:
     numbers["before"] = {key: _mean_std([float_or_nan(e.get(key)) for e in before]) for key in keys}
     numbers["after_by_level"] = _per_group(after, "by_level", _levels(after), keys)
     numbers["before_by_level"] = _per_group(before, "by_level", _levels(before), keys)
-    if _sets(after) or _sets(before):  # runs with several held-out sets (others' reports keep their keys)
-        numbers["after_by_set"] = _per_group(after, "by_set", _sets(after), keys)
-        numbers["before_by_set"] = _per_group(before, "by_set", _sets(before), keys)
+    after_sets, before_sets = _sets(after), _sets(before)
+    if after_sets or before_sets:  # runs with several held-out sets (others' reports keep their keys)
+        numbers["after_by_set"] = _per_group(after, "by_set", after_sets, keys)
+        numbers["before_by_set"] = _per_group(before, "by_set", before_sets, keys)
 
     per_run = [_run_numbers(run, keys) for run in finished]
     ratios = [r["entropy_ratio_last_quarter"] for r in per_run]

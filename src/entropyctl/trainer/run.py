@@ -42,6 +42,7 @@ from entropyctl.trainer.run_dir import (
     fingerprint_changes,
     prepare_run_dir,
     read_band_health,
+    read_metrics,
     run_fingerprint,
     write_json_atomic,
 )
@@ -662,23 +663,12 @@ def run_training(
 
 
 def _last_logged_row(path: Path) -> dict[str, float]:
-    """The last row of a run's ``metrics.csv`` as numbers ({} when it has none)."""
-    import csv
-
+    """The last row of a run's ``metrics.csv`` as numbers ({} when it has none), read as the report reads it."""
     try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
+        columns = read_metrics(path)
+    except (OSError, RunDirError):
         return {}
-    if not rows:
-        return {}
-    out: dict[str, float] = {}
-    for key, value in rows[-1].items():
-        try:
-            out[str(key)] = float(value)
-        except (TypeError, ValueError):
-            continue
-    return out
+    return {name: float(values[-1]) for name, values in columns.items() if len(values)}
 
 
 class _Run:

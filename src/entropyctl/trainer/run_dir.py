@@ -699,12 +699,13 @@ class MetricsWriter:
         for line in lines[1:]:
             try:
                 fields = next(csv.reader([line]), [])
-                row_step = float(dict(zip(header, fields, strict=False)).get("step", "nan"))
+                row = dict(zip(header, fields, strict=False))
+                row_step = float(row.get("step", "nan"))
             except (csv.Error, ValueError):
                 break
             if not line.endswith("\n") or len(fields) != len(header) or not row_step <= step:
                 break
-            rows.append(dict(zip(header, fields, strict=True)))
+            rows.append(row)
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:

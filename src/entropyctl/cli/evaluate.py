@@ -146,8 +146,9 @@ def _check_options(args: Any) -> list[int] | None:
             raise ConfigError(
                 f"--data {args.data}: no such file{which} (expected 'run', or .jsonl / .parquet files)"
             )
-        if first_repeated(files) is not None:
-            raise ConfigError(f"--data {args.data}: {first_repeated(files)} is listed twice")
+        repeated = first_repeated(files)
+        if repeated is not None:
+            raise ConfigError(f"--data {args.data}: {repeated} is listed twice")
     return ks
 
 

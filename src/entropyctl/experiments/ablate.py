@@ -352,9 +352,9 @@ def _check_same_config(spec: RunSpec) -> None:
     if path.exists():
         if canonical_config(_read_yaml(path)) != canonical_config(spec.config):
             differences.append("the config it was launched with differs")
-    elif existing_run_files(spec.run_dir) and not written.exists():
+    elif (present := existing_run_files(spec.run_dir)) and not written.exists():
         raise ConfigError(
-            f"{spec.run_dir}: holds run files ({', '.join(existing_run_files(spec.run_dir))}) but no config "
+            f"{spec.run_dir}: holds run files ({', '.join(present)}) but no config "
             "to tell which run; use another --out directory or delete it"
         )
     if not differences and written.exists():  # a run ablate did not launch is read by the config it wrote

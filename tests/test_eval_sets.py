@@ -62,7 +62,12 @@ def test_each_file_is_named_by_as_much_of_its_path_as_tells_them_apart(
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("[]", "an empty list names no held-out set"), ("[a.jsonl,a.jsonl]", "'a.jsonl' is listed twice")],
+    [
+        ("[]", "an empty list names no held-out set"),
+        ("[a.jsonl,a.jsonl]", "'a.jsonl' is listed twice"),
+        ("[a.jsonl,./a.jsonl]", "'a.jsonl' is listed twice"),  # one file, however it is written
+        ("[d/a.jsonl,d/../d/a.jsonl]", "'d/a.jsonl' is listed twice"),
+    ],
 )
 def test_a_list_that_names_no_set_or_one_file_twice_is_refused(value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -204,6 +209,7 @@ def test_evaluate_takes_several_files_as_several_sets(
     for bad, message in (
         ("easy.jsonl,nope.jsonl", "no such file (nope.jsonl)"),
         ("easy.jsonl,easy.jsonl", "listed twice"),
+        ("easy.jsonl,./easy.jsonl", "listed twice"),  # one file, however it is written
     ):
         status, _, printed = _evaluate(sets_run, ["--data", bad], monkeypatch, capsys)
         assert status == 2 and message in printed

@@ -146,7 +146,7 @@ def _check_options(args: Any) -> list[int] | None:
             raise ConfigError(
                 f"--data {args.data}: no such file{which} (expected 'run', or .jsonl / .parquet files)"
             )
-        repeated = first_repeated(files)
+        repeated = first_repeated([Path(path).resolve() for path in files])
         if repeated is not None:
             raise ConfigError(f"--data {args.data}: {repeated} is listed twice")
     return ks

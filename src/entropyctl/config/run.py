@@ -7,6 +7,7 @@ included (:data:`~entropyctl.controllers.registry.ControllerField`).
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
@@ -232,7 +233,8 @@ class DataConfig(_Section):
 def _check_eval_files(paths: list[str]) -> None:
     if not paths:
         raise ValueError("eval_path: an empty list names no held-out set; leave eval_path out instead")
-    repeated = first_repeated(paths)
+    # the same file however it is written (``a.jsonl``, ``./a.jsonl``, ``d/../a.jsonl``)
+    repeated = first_repeated([os.path.normpath(os.path.expanduser(p)) for p in paths])
     if repeated is not None:
         raise ValueError(f"eval_path: {repeated!r} is listed twice")
 

@@ -198,6 +198,30 @@ def test_evaluate_scores_the_runs_sets_as_the_run_did(
     assert status == 0 and {s: e["n_problems"] for s, e in result["by_set"].items()} == {"easy": 2, "hard": 2}
 
 
+def test_evaluate_scores_the_runs_sets_without_its_training_file(
+    sets_run: SetsRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--data run with a data.eval_path scores the held-out files alone: the training file may be gone (a
+    run copied without it), and no warning says the scored problems changed."""
+    train, aside = sets_run.home / "sums.jsonl", sets_run.home / "sums.jsonl.aside"
+    train.rename(aside)
+    try:
+        status, result, printed = _evaluate(sets_run, [], monkeypatch, capsys)
+    finally:
+        aside.rename(train)
+    assert status == 0, printed
+    assert result["by_set"] == sets_run.summary["after"]["by_set"]
+    assert "changed since the run was trained" not in printed
+    hard = sets_run.home / "hard.jsonl"
+    kept = hard.read_text()
+    hard.write_text(kept.replace('"', '"', 1) + "\n")  # other bytes, same rows
+    try:
+        status, _, printed = _evaluate(sets_run, [], monkeypatch, capsys)
+    finally:
+        hard.write_text(kept)
+    assert status == 0 and "warning: hard.jsonl changed since the run was trained" in printed
+
+
 def test_evaluate_takes_several_files_as_several_sets(
     sets_run: SetsRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -197,7 +197,9 @@ def _check_against_run(args: Any, target: Target, ks: list[int]) -> None:
     d = target.config.data
     if args.data not in RUN_SPLIT or d.source != "file":
         return
-    for field, value in [("path", d.path), *(("eval_path", path) for path in d.eval_files())]:
+    # the files scored: the held-out sets of data.eval_path (data.path unread), else data.path's split
+    scored = [("eval_path", path) for path in d.eval_files()] or [("path", d.path)]
+    for field, value in scored:
         if value and not Path(value).is_file():
             raise FileNotFoundError(
                 f"data.{field} {value!r} of {target.source}: no such file (a relative path is read from the "
@@ -259,7 +261,8 @@ def _run_split(args: Any, config: Any, policy: Any, tokenizer: Any) -> list[Any]
             update={"eval": config.eval.model_copy(update={"n_prompts": args.problems})}
         )
     # built as training built it (the same checks, or drops, of prompts against the model's context)
-    _, held_out = build_run_data(config, policy, tokenizer, build_prompt_encoder(config, tokenizer))
+    encode = build_prompt_encoder(config, tokenizer)
+    _, held_out = build_run_data(config, policy, tokenizer, encode, held_out_only=True)
     return held_out if isinstance(config.data.eval_path, list) else held_out[: args.problems]
 
 
@@ -291,9 +294,13 @@ def _problems(
                     f"note: --data synthetic is the old name of --data run: this run's own {label}; for the "
                     "synthetic task's held-out split: --set data.source=synthetic"
                 )
-            saved = sorted((fingerprint or {}).get("data", {}).values())
-            if saved and saved != sorted(run_fingerprint(config)["data"].values()):
-                named = " or ".join(path for path in (d.path, *d.eval_files()) if path)
+            # the scored files' SHA-256 among those the run trained with (a moved file keeps its bytes)
+            saved = set((fingerprint or {}).get("data", {}).values())
+            scored = d.eval_files() or [d.path]
+            current = run_fingerprint(config)["data"]
+            changed = [str(path) for path in scored if saved and current[str(path)] not in saved]
+            if changed:
+                named = " and ".join(changed)
                 _note(
                     f"warning: {named} changed since the run was trained (SHA-256 other than its checkpoint's): "
                     "these are not the problems of its summary.json 'after' evaluation, and may include rows "

@@ -97,13 +97,14 @@ def check_resume_target(config: RunConfig, out: str | Path | None, resume: str |
 
 
 def build_data(
-    config: RunConfig, fit: Callable[[list[Any]], list[Any]] | None = None
+    config: RunConfig, fit: Callable[[list[Any]], list[Any]] | None = None, *, held_out_only: bool = False
 ) -> tuple[Any, list[Any]]:
     """(training PromptSampler, held-out problems) for ``config.data`` and ``config.eval``.
 
     File data sets: ``fit`` (e.g. :func:`fit_prompts_to_context`) checks or filters the rows of each
     file before use; prompts repeated in training, or shared by training and held-out rows, are warned
-    about."""
+    about. ``held_out_only`` with a ``data.eval_path``: the held-out sets alone, ``data.path`` unread
+    (the sampler is None)."""
     from entropyctl.trainer.sampler import PromptSampler
 
     d, e = config.data, config.eval
@@ -130,6 +131,8 @@ def build_data(
     assert d.path is not None
     fit = fit or (lambda problems: problems)
     options = {**d.options, "keep_columns": rewards_take_info(config)}
+    if d.eval_path and held_out_only:
+        return None, held_out_files(d.eval_files(), e.n_prompts, isinstance(d.eval_path, list), options, fit)
     rows = fit(list(load_math_dataset(d.path, **options)))
     if d.eval_path:
         heldout = held_out_files(d.eval_files(), e.n_prompts, isinstance(d.eval_path, list), options, fit)
@@ -406,16 +409,23 @@ def _strategy(config: RunConfig) -> Any:
 
 
 def build_run_data(
-    config: RunConfig, policy: Any, tokenizer: Any, encode: Callable[[str], list[int]]
+    config: RunConfig,
+    policy: Any,
+    tokenizer: Any,
+    encode: Callable[[str], list[int]],
+    *,
+    held_out_only: bool = False,
 ) -> tuple[Any, list[Any]]:
     """:func:`build_data` with the checks that need the policy (the response must fit its context; file
     prompts too, or are dropped; prompts the tiny model cannot read are warned of): the training data and
-    held-out split a run trains and is evaluated on, for the trainer and ``entropyctl evaluate`` alike."""
+    held-out split a run trains and is evaluated on, for the trainer and ``entropyctl evaluate`` alike
+    (``held_out_only``: as in :func:`build_data`)."""
     context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
     check_response_fits(config, context)
     # the char tokenizer's <unk> is a character it lacks; a pretrained tokenizer's may double as a special
     unknown_id = getattr(tokenizer, "unk_token_id", None) if config.model.kind == "tiny" else None
-    sampler, heldout = build_data(config, fit_prompts_to_context(config, encode, context, unknown_id))
+    fit = fit_prompts_to_context(config, encode, context, unknown_id)
+    sampler, heldout = build_data(config, fit, held_out_only=held_out_only)
     if config.data.source != "file" and unknown_id is not None:  # file rows: warned of by the fit
         ids = [encode(problem.prompt) for problem in heldout]
         warn_unreadable(heldout, ids, unknown_id, "held-out prompts as templated (data.template?)")

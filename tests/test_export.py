@@ -80,3 +80,22 @@ def test_the_exported_model_is_readable_as_a_made_directory_would_be(tmp_path: P
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir() if f.is_file()} == {0o644}
+
+
+def test_export_needs_no_reward_module_where_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run scored by a `package.module:function` of the project it trained in exports from anywhere: the
+    export scores nothing, so the module need not be importable (evaluating still needs it)."""
+    import yaml
+
+    run = tmp_path / "run"
+    run_training(tiny_config("trainer.steps=1", "eval.before=false", "eval.after=false"), run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["reward"] = {"name": "my_project_not_here.rewards:score", "options": {"strict": True}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "model"
+    assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "config.json").is_file()
+    assert main(["evaluate", "--checkpoint", str(run), "--n", "1", "--k", "1", "--problems", "1"]) == 2
+    assert "my_project_not_here" in capsys.readouterr().err

@@ -152,9 +152,10 @@ def _check_options(args: Any) -> list[int] | None:
     return ks
 
 
-def resolve_target(target: str, overrides: Sequence[str]) -> Target:
+def resolve_target(target: str, overrides: Sequence[str], *, scores: bool = True) -> Target:
     """The run config of a run directory or a Lightning checkpoint (in its run directory), or a config
-    holding just the model for a model directory, a .gguf file or 'smollm2'. Reads no weights."""
+    holding just the model for a model directory, a .gguf file or 'smollm2'. Reads no weights.
+    ``scores=False``: the run's reward is not loaded (:func:`~entropyctl.config.load_run_config`)."""
     from entropyctl.config import apply_overrides, load_run_config, parse_run_config
 
     path = Path(target).expanduser()
@@ -178,7 +179,8 @@ def resolve_target(target: str, overrides: Sequence[str]) -> Target:
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise FileNotFoundError(f"{ckpt}: no config.yaml in {run_dir} to rebuild the model from")
-    return Target(load_run_config(config_path, overrides, written=True), ckpt, str(config_path))
+    config = load_run_config(config_path, overrides, written=True, scores=scores)
+    return Target(config, ckpt, str(config_path))
 
 
 def _check_against_run(args: Any, target: Target, ks: list[int]) -> None:

@@ -37,7 +37,7 @@ def run(args: Any) -> int:
     out = Path(args.out).expanduser()
     if out.exists():
         raise ConfigError(f"--out {args.out}: already exists; choose a new directory for the model")
-    target = resolve_target(args.checkpoint, args.overrides)
+    target = resolve_target(args.checkpoint, args.overrides, scores=False)  # no reward module needed
     if target.checkpoint is None:
         raise FileNotFoundError(
             f"--checkpoint {args.checkpoint!r}: not a run directory or a run's .ckpt (a model directory or "

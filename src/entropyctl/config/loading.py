@@ -37,7 +37,11 @@ __all__ = ["FOREIGN_NAMES", "KNOWN_RENAMES", "load_run_config", "suggest_field",
 
 
 def load_run_config(
-    path: str | Path | None = None, overrides: Iterable[str] = (), *, written: bool = False
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    written: bool = False,
+    scores: bool = True,
 ) -> RunConfig:
     """Read a run config (``None``: the embedded default), apply ``key=value`` overrides, validate.
 
@@ -45,11 +49,17 @@ def load_run_config(
     An override of a string field whose value YAML reads as another type is the text as written.
     ``written``: the file is a run directory's ``config.yaml``; the fields it lacks read as
     :data:`~entropyctl.config.run.ABSENT_MEANS` says (what that run ran with), not as today's defaults.
+    ``scores=False``: for a command that scores nothing (``entropyctl export``), the file's reward section
+    is not read (a ``package.module:function`` reward need not be importable here); the config's reward
+    is the built-in verifier of its data source.
     """
     source = Path(path) if path is not None else default_config_path()
     data = load_yaml(source)
     if written:
         data = fill_absent(data)
+    if not scores:
+        gym = isinstance(data.get("data"), Mapping) and data["data"].get("source") == "reasoning_gym"
+        data = {**data, "reward": {"name": "reasoning_gym" if gym else "math"}}
     overrides = list(overrides)
     switch_variants(data, overrides)
     base = data

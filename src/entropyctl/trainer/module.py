@@ -866,7 +866,8 @@ class RLVRModule(pl.LightningModule):
             u = torch.full(
                 (len(tok_rows),), tokens / (S * self.config.rollout.max_new_tokens), dtype=torch.float64
             )
-        return u.to(device=self.device, dtype=torch.float32)  # the loss takes its own dtype; MPS has no fp64
+        # the loss casts u to its own dtype: a float64 run keeps u exact (MPS has no float64)
+        return u.to(device=self.device, dtype=torch.float32 if self.device.type == "mps" else torch.float64)
 
     def _minibatches(
         self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True

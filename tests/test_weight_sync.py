@@ -208,3 +208,59 @@ def test_two_processes_receive_exactly_the_senders_tensors_bucket_by_bucket(dtyp
         dtype_name, values = received[name]
         assert dtype_name == str(dtype)
         assert torch.equal(torch.from_numpy(values), tensor.to(dtype).float()), name
+
+
+class _PaddingWorker:
+    """vLLM's layer-wise reload as it treats a padded layer: a block's tensors are copied in as they come,
+    but a layer vLLM pads beyond what it is sent (its embedding, to a multiple of 64 rows) is only copied
+    when the sync ends — the loader keeps the tensors it was given until then."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, torch.Tensor] = {}
+
+    def reload_weights(self, weights_iterator: Iterator[tuple[str, torch.Tensor]], **_: object) -> None:
+        kept = []
+        for name, tensor in weights_iterator:
+            if name.startswith("model.layers."):
+                self.loaded[name] = tensor.clone()
+            else:
+                kept.append((name, tensor))  # the layer is not complete: its tensors wait
+        for name, tensor in kept:  # vLLM's finalize_layerwise_reload
+            self.loaded[name] = tensor.clone()
+
+    def get_model(self) -> torch.nn.Module:
+        return torch.nn.Module()
+
+
+class _InProcessLLM:
+    def __init__(self, worker: _PaddingWorker) -> None:
+        self.worker = worker
+
+    def collective_rpc(self, method, args=()):  # type: ignore[no-untyped-def]
+        return [method(self.worker, *args)]
+
+
+def test_a_layer_the_engine_holds_to_the_end_of_the_sync_gets_its_own_tensors():
+    """The engine's side of a shared-memory sync in several buckets (the regions reused): a layer the loader
+    keeps until the sync ends (an embedding vLLM pads) still ends up with the values sent, not with those of
+    a later bucket written over its region."""
+    from entropyctl.rollout.vllm import VLLMConfig, VLLMEngine
+
+    weights = _weights(layers=6, vocab=22)
+    worker = _PaddingWorker()
+    engine = VLLMEngine.__new__(VLLMEngine)
+    engine.config = VLLMConfig(sync_bucket_mib=6000 / 2**20)
+    engine._regions = []
+    engine.llm = _InProcessLLM(worker)
+    try:
+        engine._sync_through_shared_memory(weights)
+    finally:
+        for region in engine._regions:
+            region.close()
+    assert engine.last_sync_buckets > 2  # bucket 0's region holds bucket 2 before the sync ends
+    assert list(worker.loaded) == [name for name, _ in weights if name.startswith("model.layers.")] + [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+    ]
+    for name, tensor in weights:
+        assert torch.equal(worker.loaded[name], tensor), name

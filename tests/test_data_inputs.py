@@ -157,3 +157,56 @@ def test_the_tiny_model_warns_of_prompts_in_characters_it_cannot_read(tmp_path: 
         warnings.simplefilter("always")
         build_module(tiny_config("data.template=({prompt})"))  # characters of the task: no such warning
     assert not [w for w in seen if "<unk>" in str(w.message)]
+
+
+def test_with_the_vllm_engine_prompts_fit_its_max_model_len(tmp_path: Path) -> None:
+    """rollout.engine=vllm: a prompt and its response must fit rollout.options.max_model_len when it is
+    shorter than the model's context — checked with the data (a prompt within the model's context but over
+    the engine's length failed at the first step that sampled it, minutes into the run). No engine starts."""
+    from entropyctl.config import ConfigError
+    from entropyctl.models.loading import load_policy
+    from entropyctl.trainer.run import build_prompt_encoder, build_run_data
+
+    rows = [{"question": "1+2=", "answer": "3"}] * 4 + [{"question": "1+" * 30 + "1=", "answer": "31"}]
+    data = _write(tmp_path / "long.jsonl", rows)
+    base = ["data.source=file", f"data.path={data}", "eval.n_prompts=2", "rollout.engine=vllm"]
+    config = tiny_config(*base, "rollout.options.max_model_len=64", "rollout.max_new_tokens=16")
+    policy, tokenizer = load_policy(config.model)
+    encode = build_prompt_encoder(config, tokenizer)
+    with pytest.raises(DatasetError, match=r"long\.jsonl:5: .*rollout\.options\.max_model_len of 64 leaves"):
+        build_run_data(config, policy, tokenizer, encode)
+    dropping = tiny_config(*base, "rollout.options.max_model_len=64", "data.overlong_prompts=drop")
+    with pytest.warns(UserWarning, match=r"dropped 1 of 5 rows"):
+        sampler, held = build_run_data(dropping, policy, tokenizer, encode)
+    with pytest.raises(
+        ConfigError, match=r"rollout\.max_new_tokens: .* in rollout\.options\.max_model_len of 64"
+    ):
+        build_run_data(
+            tiny_config(*base, "rollout.options.max_model_len=64", "rollout.max_new_tokens=64"),
+            policy,
+            tokenizer,
+            encode,
+        )
+    # a max_model_len above the model's context leaves the context as the limit
+    wide = tiny_config(*base, "rollout.options.max_model_len=4096", "rollout.max_new_tokens=16")
+    assert len(build_run_data(wide, policy, tokenizer, encode)[1]) == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("cpu_kv_cache_gib=0.25", r"rollout\.options\.cpu_kv_cache_gib\b.*valid integer"),
+        ("max_model_len=8", r"rollout\.options\.max_model_len\b.*greater than or equal to 16"),
+        (
+            "max_modle_len=64",
+            r"rollout\.options\.max_modle_len\b.*unknown option of the vllm engine; did you mean max_model_len\?",
+        ),
+    ],
+)
+def test_vllm_engine_options_are_checked_with_the_config(option: str, message: str) -> None:
+    """rollout.options of the vllm engine are its VLLMConfig: a bad one is a config error when the config
+    loads, not when the engine starts (a fractional cpu_kv_cache_gib crashed vLLM's start-up)."""
+    from entropyctl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        tiny_config("rollout.engine=vllm", f"rollout.options.{option}")

@@ -642,7 +642,33 @@ def _check_section_values(config: RunConfig) -> list[str]:
             problems.append(f"data.levels: each level at most once (got {d.levels})")
     problems += _check_data_options(d)
     problems += _check_reward(r)
+    problems += _check_engine_options(config.rollout)
     return problems
+
+
+def _check_engine_options(rollout: RolloutConfig) -> list[str]:
+    """``rollout.options`` of the vllm engine checked as its :class:`~entropyctl.rollout.vllm.VLLMConfig`
+    reads them (not when the engine starts, minutes into a run); vllm itself is not imported."""
+    if rollout.engine != "vllm":
+        return []
+    from pydantic import ValidationError as OptionsError
+
+    from entropyctl.rollout.vllm import VLLMConfig
+
+    try:
+        VLLMConfig.model_validate(dict(rollout.options))
+    except OptionsError as err:
+        accepted = list(VLLMConfig.model_fields)
+        return [
+            f"rollout.options.{'.'.join(map(str, e['loc']))}: "
+            + (
+                unknown_option(str(e["loc"][0]), accepted, "the vllm engine")
+                if e["type"] == "extra_forbidden"
+                else f"{e['msg']} (got {e.get('input')!r})"
+            )
+            for e in err.errors()
+        ]
+    return []
 
 
 def _check_reward(reward: RewardConfig) -> list[str]:

@@ -190,9 +190,23 @@ def rewards_take_info(config: RunConfig) -> bool:
     )
 
 
-def check_response_fits(config: RunConfig, context: int | None) -> None:
+def run_context(config: RunConfig, policy: Any) -> tuple[int | None, str]:
+    """(tokens, what sets them) a prompt and its response must fit in: the model's context, or the vllm
+    engine's ``rollout.options.max_model_len`` when that is shorter (None: no limit known)."""
+    context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+    if config.rollout.engine == "vllm":
+        from entropyctl.rollout.vllm import VLLMConfig
+
+        engine_len = VLLMConfig.model_validate(dict(config.rollout.options)).max_model_len
+        if context is None or engine_len < context:
+            return engine_len, "rollout.options.max_model_len"
+    return context, "the model's context"
+
+
+def check_response_fits(config: RunConfig, context: int | None, limit: str = "the model's context") -> None:
     """A response of ``rollout.max_new_tokens`` (or ``eval.max_new_tokens``) must leave room for a prompt
-    in the model's ``context``, whatever the data source (a :class:`ConfigError` naming the field)."""
+    in ``context`` tokens (``limit`` says what sets them), whatever the data source (a
+    :class:`ConfigError` naming the field)."""
     from entropyctl.config import ConfigError
 
     if context is None:
@@ -203,8 +217,8 @@ def check_response_fits(config: RunConfig, context: int | None) -> None:
     ):
         if value is not None and value >= context:
             raise ConfigError(
-                f"{field}: responses of up to {value} tokens leave no room for a prompt in the model's "
-                f"context of {context} tokens (got {value})"
+                f"{field}: responses of up to {value} tokens leave no room for a prompt in {limit} of "
+                f"{context} tokens (got {value})"
             )
 
 
@@ -241,10 +255,15 @@ def warn_unreadable(
 
 
 def fit_prompts_to_context(
-    config: RunConfig, encode: Callable[[str], list[int]], context: int | None, unknown_id: int | None = None
+    config: RunConfig,
+    encode: Callable[[str], list[int]],
+    context: int | None,
+    unknown_id: int | None = None,
+    limit: str = "the model's context",
 ) -> Callable[[list[Any]], list[Any]]:
     """A ``fit`` for :func:`build_data`: every prompt (templated, as the model sees it) plus the longest
-    response (``rollout.max_new_tokens``, ``eval.max_new_tokens``) must fit the model's ``context``, and
+    response (``rollout.max_new_tokens``, ``eval.max_new_tokens``) must fit in ``context`` tokens (``limit``:
+    what sets them, :func:`run_context`), and
     the prompt must be at most ``data.max_prompt_tokens`` when that is set.
     ``data.overlong_prompts``: ``error`` (a :class:`DatasetError` naming ``file:line``, the prompt's
     tokens and the limit) or ``drop`` (such rows are left out, with a warning counting them). Prompts
@@ -258,7 +277,7 @@ def fit_prompts_to_context(
     if cap is not None and (budget is None or cap < budget):
         budget, why = cap, f"data.max_prompt_tokens is {cap}"
     else:
-        why = f"with responses of up to {response} tokens the model's context of {context} leaves {budget}"
+        why = f"with responses of up to {response} tokens {limit} of {context} leaves {budget}"
 
     def fit(problems: list[Any]) -> list[Any]:
         source = (getattr(problems[0], "meta", None) or {}).get("source", "data") if problems else "data"
@@ -420,11 +439,11 @@ def build_run_data(
     prompts too, or are dropped; prompts the tiny model cannot read are warned of): the training data and
     held-out split a run trains and is evaluated on, for the trainer and ``entropyctl evaluate`` alike
     (``held_out_only``: as in :func:`build_data`)."""
-    context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
-    check_response_fits(config, context)
+    context, limit = run_context(config, policy)
+    check_response_fits(config, context, limit)
     # the char tokenizer's <unk> is a character it lacks; a pretrained tokenizer's may double as a special
     unknown_id = getattr(tokenizer, "unk_token_id", None) if config.model.kind == "tiny" else None
-    fit = fit_prompts_to_context(config, encode, context, unknown_id)
+    fit = fit_prompts_to_context(config, encode, context, unknown_id, limit)
     sampler, heldout = build_data(config, fit, held_out_only=held_out_only)
     if config.data.source != "file" and unknown_id is not None:  # file rows: warned of by the fit
         ids = [encode(problem.prompt) for problem in heldout]

@@ -659,3 +659,65 @@ def test_a_scalar_mask_is_every_tokens_and_averages_over_them() -> None:
     assert float(scalar.loss) == pytest.approx(float(whole.loss), rel=1e-15)  # a mean over 3, not a sum
     assert float(scalar.entropy_loss) == pytest.approx(float(whole.entropy_loss), rel=1e-15)
     assert float(scalar.clip_frac_low) == float(whole.clip_frac_low) and float(whole.clip_frac_low) > 0
+
+
+def _verl_low_var_kl(logprob: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """verl's low_var_kl, written from its definition: k3 of the log-ratio clamped to ±20, clamped to ≤ 10."""
+    kl = torch.clamp(ref - logprob, min=-20.0, max=20.0)
+    return torch.clamp(torch.exp(kl) - kl - 1.0, min=-10.0, max=10.0)
+
+
+def test_low_var_kl_is_verls_clamped_k3_and_bounds_a_tail_tokens_pull() -> None:
+    """kl_estimator="low_var_kl": per token verl's clamped k3, with no gradient where a clamp binds, so
+    one sampled token far in the reference's tail (ref − logp = 11.5: k3 ≈ 1e5, gradient ≈ 1e5·β/N under
+    TRL's unbounded k3) pulls no harder than the batch's other tokens; k3 (the default) is unchanged."""
+    log_r = torch.tensor([0.3, -0.7, 2.0, 2.6, 11.5, 25.0, -25.0, 0.0], dtype=torch.float64)
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    ref = torch.full_like(log_r, -2.0)
+    results = {}
+    for estimator in ("k3", "low_var_kl"):
+        logprob = (ref - log_r).clone().requires_grad_()
+        out = policy_loss(
+            logprob, torch.zeros_like(ref), logprob.detach(), torch.zeros_like(ref), 0.0, mask, 0.2, 0.2,
+            ref_logprob=ref, kl_coef=0.5, kl_estimator=estimator,
+        )  # fmt: skip
+        (grad,) = torch.autograd.grad(out.loss, logprob)
+        results[estimator] = (out.kl_loss, grad)
+    kl, grad = results["low_var_kl"]
+    per_token = _verl_low_var_kl(ref - log_r, ref)
+    assert float(kl) == pytest.approx(float((per_token * mask).sum() / mask.sum()), rel=1e-14)
+    n = float(mask.sum())
+    k3 = torch.exp(log_r) - log_r - 1.0  # k3(2.6) = 9.9: inside; k3(11.5) ≈ 1e5 and |log r| > 20: clamped
+    inside = (k3 <= 10.0) & (mask > 0)
+    assert inside.tolist() == [True, True, True, True, False, False, False, False]
+    expected = torch.where(inside, 0.5 / n * (1.0 - torch.exp(log_r)), torch.zeros_like(log_r))
+    torch.testing.assert_close(grad, expected, rtol=1e-14, atol=0.0)
+    k3_kl, k3_grad = results["k3"]
+    assert float(k3_kl) == pytest.approx(float((k3 * mask).sum() / n), rel=1e-12)
+    assert float(k3_grad[4].abs()) > 1e3 * float(grad.abs().max())  # the tail token TRL's k3 follows
+    with pytest.raises(ValueError, match="kl_estimator must be one of"):
+        policy_loss(ref, ref, ref, ref, 0.0, mask, 0.2, 0.2, ref_logprob=ref, kl_coef=0.5, kl_estimator="k2")
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_fused_low_var_kl_equals_the_reference(seq: bool) -> None:
+    """The fused path's closed-form gradient of the clamped KL = autograd through the full logits (fp64),
+    with reference log-probs set so that some tokens' clamps bind (|ref − logp| up to ~30)."""
+    hidden, weight, bias, targets, old, adv, coef, mask, _, rows, w, lp = _seq_case(4)
+    g = torch.Generator().manual_seed(9)
+    ref = (lp + 30.0 * (torch.rand(lp.shape, generator=g, dtype=torch.float64) - 0.5)).detach()
+    k3 = torch.exp(ref - lp) - (ref - lp) - 1.0
+    assert bool(((k3 > 10) & (mask > 0)).any()) and bool(((k3 <= 10) & (mask > 0)).any())
+    kw = dict(ref_logprob=ref, kl_coef=0.3, kl_estimator="low_var_kl", seq_index=rows if seq else None)
+    fused = fused_policy_loss(
+        hidden, weight, targets, old, adv, coef, mask, 0.2, 0.2, 0.9, chunk_size=4, bias=bias, **kw
+    )
+    oracle = _oracle(hidden, weight, targets, old, adv, coef, mask, 0.2, 0.2, 0.9, bias=bias, **kw)
+    assert float(fused.loss.detach()) == pytest.approx(float(oracle.loss.detach()), rel=1e-12)
+    assert float(fused.kl_loss) < float((k3 * mask).sum() / mask.sum())  # the clamp took something off
+    for got, want in zip(
+        torch.autograd.grad(fused.loss, (hidden, weight, bias)),
+        torch.autograd.grad(oracle.loss, (hidden, weight, bias)),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -40,6 +40,7 @@ VARIANTS = {
         "algorithm.rollout_correction.mode=sequence_truncate",
         "algorithm.rollout_correction.clip_max=2.0",
     ],
+    "low_var_kl": [*NO_BONUS, "algorithm.kl_coef=0.1", "algorithm.kl_estimator=low_var_kl"],
     "clip_cov_dr_grpo": [
         "controller.name=clip_cov",
         "algorithm.loss_agg=seq-mean-token-sum-norm",

@@ -253,6 +253,7 @@ FOREIGN_NAMES = {
     "entropy_coeff": "controller.name (fixed, with controller.alpha)",
     "use_kl_loss": "algorithm.kl_coef (above 0)",
     "kl_loss_coef": "algorithm.kl_coef",
+    "kl_loss_type": "algorithm.kl_estimator (low_var_kl; k3 is TRL's, unclamped)",
     "clip_ratio": "controller.clip_low and controller.clip_high",
     "clip_ratio_low": "controller.clip_low",
     "clip_ratio_high": "controller.clip_high",

@@ -421,7 +421,17 @@ class AlgorithmConfig(_Section):
         "the update is the same up to float rounding. null: the whole mini-batch at once.",
     )
     kl_coef: float = Field(
-        0.0, ge=0, description="β of the KL to a frozen copy of the initial policy (0: off)."
+        0.0,
+        ge=0,
+        description="β of the KL to a frozen copy of the initial policy (0: off; verl's kl_loss_coef, TRL's "
+        "beta), a loss term per token as verl's use_kl_loss and TRL do (not a reward penalty).",
+    )
+    kl_estimator: Literal["k3", "low_var_kl"] = Field(
+        "k3",
+        description="The per-token KL estimate: k3 = exp(ref − logp) − (ref − logp) − 1, unbounded (TRL's), or "
+        "low_var_kl, the same with the log-ratio clamped to ±20 and the result to at most 10, no gradient "
+        "where a clamp binds (verl's kl_loss_type: low_var_kl), so one sampled token deep in the "
+        "reference's tail cannot outweigh the batch.",
     )
     dual_clip: float | None = Field(
         None,
@@ -935,6 +945,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.importance_level": "token",
     "algorithm.micro_batch_size": None,
     "algorithm.dual_clip": None,
+    "algorithm.kl_estimator": "k3",
     "model.gradient_checkpointing": False,
     "model.lora": None,
     "trainer.wandb": None,  # operational (where the metrics are also sent)

@@ -9,6 +9,10 @@ Symbols as in design.md §2 (one response token per entry; all tensors ``[N]``):
     L_KL   =  (1/N) Σ m · k3,   k3 = exp(ref − logp) − (ref − logp) − 1  (optional, β = kl_coef)
     L      = L_pg + L_H + β·L_KL
 
+The KL estimator is TRL's k3, unbounded (``kl_estimator="k3"``), or verl's ``low_var_kl``: k3 of the
+log-ratio clamped to ±20, the result clamped to at most 10 (no gradient where a clamp binds), so one
+sampled token far in the reference's tail cannot outweigh the rest of the batch.
+
 With a per-token action (:class:`~entropyctl.ops.token_selection.TokenAction`: weight w, detach
 mask d, KL coefficient c per token; each optional), the policy-gradient term becomes
 
@@ -222,11 +226,30 @@ def _masked_sum(mask: Tensor, values: Tensor) -> Tensor:
     return torch.where(mask != 0, mask * values, torch.zeros_like(values)).sum()
 
 
-def _kl_loss(logprob: Tensor, ref_logprob: Tensor | None, m: Tensor, N: Tensor) -> Tensor:
-    """L_KL = (1/N) Σ m · (exp(ref − logp) − (ref − logp) − 1), the k3 estimator (≥ 0); 0 without a reference."""
+#: The estimators of the reference KL: TRL's k3, and verl's ``low_var_kl`` (k3 with its two clamps).
+KL_ESTIMATORS = ("k3", "low_var_kl")
+#: verl's ``low_var_kl`` clamps: the log-ratio to ±20, the per-token KL to at most 10
+LOW_VAR_KL_LOG_RATIO, LOW_VAR_KL_MAX = 20.0, 10.0
+
+
+def _check_kl_estimator(kl_estimator: str) -> bool:
+    """Whether ``kl_estimator`` clamps (``low_var_kl``); an unknown name is a ValueError."""
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+    return kl_estimator == "low_var_kl"
+
+
+def _kl_loss(
+    logprob: Tensor, ref_logprob: Tensor | None, m: Tensor, N: Tensor, clamp: bool = False
+) -> Tensor:
+    """L_KL = (1/N) Σ m · (exp(ref − logp) − (ref − logp) − 1), the k3 estimator (≥ 0); 0 without a reference.
+    ``clamp``: verl's ``low_var_kl`` (log-ratio clamped to ±20, k3 to at most 10; autograd gives 0 there)."""
     if ref_logprob is None:
         return torch.zeros((), dtype=logprob.dtype, device=logprob.device)
     log_r = ref_logprob.to(logprob.dtype) - logprob
+    if clamp:
+        log_r = log_r.clamp(-LOW_VAR_KL_LOG_RATIO, LOW_VAR_KL_LOG_RATIO)
+        return _masked_sum(m, (torch.exp(log_r) - log_r - 1.0).clamp(max=LOW_VAR_KL_MAX)) / N
     return _masked_sum(m, torch.exp(log_r) - log_r - 1.0) / N
 
 
@@ -274,6 +297,7 @@ def policy_loss(
     loss_weight: Tensor | None = None,
     seq_index: Tensor | None = None,
     dual_clip: float | None = None,
+    kl_estimator: str = "k3",
 ) -> PolicyLossOutput:
     """Reference loss L = L_pg + L_H (+ β·L_KL) of design.md §2 on per-token tensors ``[N]``.
 
@@ -281,9 +305,11 @@ def policy_loss(
     ``token_action`` (optional) the per-token weight / detach mask / KL coefficient of the module
     docstring; ``loss_weight`` (optional) u of the module docstring; ``seq_index`` (optional) each
     token's response, for the sequence-level ratio (GSPO); ``dual_clip`` (optional) c of the module
-    docstring. Differentiable w.r.t. ``logprob`` and ``entropy`` by plain autograd.
+    docstring; ``kl_estimator`` ``k3`` (TRL's) or ``low_var_kl`` (verl's, clamped). Differentiable w.r.t.
+    ``logprob`` and ``entropy`` by plain autograd.
     """
     _check_clip(clip_low, clip_high, dual_clip)
+    kl_clamp = _check_kl_estimator(kl_estimator)
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
     if logprob.dim() != 1:
         raise ValueError(f"logprob must be [N], got {tuple(logprob.shape)}")
@@ -321,7 +347,7 @@ def policy_loss(
         pg_loss = pg_loss + _masked_sum(mu, c * (logprob - old_logprob).abs()) / N
     # L_H = −(1/N) Σ m · α · H
     entropy_loss = -_masked_sum(mu, coef_t * entropy.to(logprob.dtype)) / N
-    kl_loss = _kl_loss(logprob, ref_logprob, mu, N)
+    kl_loss = _kl_loss(logprob, ref_logprob, mu, N, kl_clamp)
     loss = pg_loss + entropy_loss
     if ref_logprob is not None and kl_coef != 0.0:
         loss = loss + kl_coef * kl_loss
@@ -354,6 +380,7 @@ def _token_loss_grads(
     seq_index: Tensor | None = None,
     dual_clip: float | None = None,
     keep: Tensor | None = None,
+    kl_clamp: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(∂L/∂logp, ∂L/∂H) per token, in closed form. ``mask`` weighs the terms (m·u); ``keep`` says which
     tokens are in the loss (m ≠ 0; default ``mask != 0``): a token of weight u = 0 still counts in its
@@ -368,7 +395,8 @@ def _token_loss_grads(
                   high bound binds for A>0, ρ>1+ε_high; the dual clip for A<0, ρ>c),
                   + (m/N)·c·sign(logp − logp_old)
     ∂L_H/∂H     = −(m/N)·α
-    ∂(β·L_KL)/∂logp = β·(m/N)·(1 − exp(ref − logp))
+    ∂(β·L_KL)/∂logp = β·(m/N)·(1 − exp(ref − logp)), 0 where ``kl_clamp`` (low_var_kl) clamps: there
+                      k3 of the clamped log-ratio is above 10 (a log-ratio beyond ±20 gives k3 > 18)
     """
     tok_weight, detach, tok_kl = action
     keep = mask != 0 if keep is None else keep
@@ -390,9 +418,12 @@ def _token_loss_grads(
             w == 0, torch.zeros_like(ratio), w * tok_kl * torch.sign(logprob - old_logprob)
         )
     if ref_logprob is not None and kl_coef != 0.0:
-        g_kl = torch.where(
-            w == 0, torch.zeros_like(ratio), kl_coef * w * (1.0 - torch.exp(ref_logprob - logprob))
-        )
+        log_r = ref_logprob - logprob
+        off = w == 0
+        if kl_clamp:  # no gradient where a clamp binds (k3 of the clamped log-ratio above the cap)
+            bounded = log_r.clamp(-LOW_VAR_KL_LOG_RATIO, LOW_VAR_KL_LOG_RATIO)
+            off = off | (torch.exp(bounded) - bounded - 1.0 > LOW_VAR_KL_MAX)
+        g_kl = torch.where(off, torch.zeros_like(ratio), kl_coef * w * (1.0 - torch.exp(log_r)))
         g_lp = g_lp + g_kl
     g_H = -w * coef
     return g_lp, g_H
@@ -410,13 +441,13 @@ def _grads_of(
     token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor],
     action: tuple[Tensor | None, Tensor | None, Tensor | None],
     N: Tensor,
-    bounds: tuple[float, float, float, float | None],
+    bounds: tuple[float, float, float, float | None, bool],
     seq_index: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`_token_loss_grads` on the fused loss's packed inputs (old, A, α, m·u, ref, m ≠ 0; ``bounds``:
-    ε_low, ε_high, β, dual clip)."""
+    ε_low, ε_high, β, dual clip, the KL's clamps)."""
     old, adv, coef, mask, ref, keep = token_inputs
-    clip_low, clip_high, kl_coef, dual_clip = bounds
+    clip_low, clip_high, kl_coef, dual_clip, kl_clamp = bounds
     return _token_loss_grads(
         logprob,
         old,
@@ -432,6 +463,7 @@ def _grads_of(
         seq_index,
         dual_clip,
         keep,
+        kl_clamp,
     )
 
 
@@ -454,6 +486,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         kl_coef: float,
         need_grad: tuple[bool, bool, bool],
         dual_clip: float | None,
+        kl_clamp: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         n = hidden.shape[0]
         cdtype = _compute_dtype(hidden.dtype)
@@ -471,7 +504,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
             every_lp, _ = fused_logprob_entropy(  # under forward's no-grad: values only
                 hidden, weight, targets, temperature=temperature, chunk_size=chunk_size, bias=bias
             )
-            bounds = (clip_low, clip_high, kl_coef, dual_clip)
+            bounds = (clip_low, clip_high, kl_coef, dual_clip, kl_clamp)
             grads = _grads_of(every_lp, token_inputs, action, N, bounds, seq_index)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
@@ -487,7 +520,8 @@ class _FusedPolicyLoss(torch.autograd.Function):
                 else:
                     part = tuple(None if x is None else x[start:end] for x in token_inputs)
                     acts = tuple(None if a is None else a[start:end] for a in action)
-                    g_lp, g_H = _grads_of(lp, part, acts, N, (clip_low, clip_high, kl_coef, dual_clip))  # type: ignore[arg-type]
+                    bounds = (clip_low, clip_high, kl_coef, dual_clip, kl_clamp)
+                    g_lp, g_H = _grads_of(lp, part, acts, N, bounds)  # type: ignore[arg-type]
                 skip_H = not bool(torch.any(g_H != 0))
                 dz = chunk_dlogits(p_log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
                 accumulate_param_grads(dz, h, weight, grad_h, grad_w, grad_b, start, end)
@@ -513,7 +547,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = g_loss.reshape(())
         out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*out, None, None, None, None, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def _per_token_inputs(
@@ -560,15 +594,17 @@ def fused_policy_loss(
     loss_weight: Tensor | None = None,
     seq_index: Tensor | None = None,
     dual_clip: float | None = None,
+    kl_estimator: str = "k3",
 ) -> PolicyLossOutput:
     """:func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head, equal in value and
     gradient to ``policy_loss(*token_logprob_entropy(hidden @ weight.T + bias, targets, T), ...)`` but
     never holding ``[N, V]`` logits: the gradient w.r.t. hidden/weight/bias is computed in forward and
     stored until ``loss.backward()`` (call it once) scales it. ``token_action``, ``loss_weight``,
-    ``dual_clip`` and ``seq_index`` as in :func:`policy_loss` (tensors ``[N]``; a sequence ratio costs
-    one more pass of the LM head: every token's log-prob before any gradient)."""
+    ``dual_clip``, ``seq_index`` and ``kl_estimator`` as in :func:`policy_loss` (tensors ``[N]``; a sequence
+    ratio costs one more pass of the LM head: every token's log-prob before any gradient)."""
     t = _check_temperature(temperature)
     _check_clip(clip_low, clip_high, dual_clip)
+    kl_clamp = _check_kl_estimator(kl_estimator)
     chunk_size = default_chunk_size(weight.shape[0]) if chunk_size is None else chunk_size
     _validate(hidden, weight, targets, bias, chunk_size)
     n, cdtype = hidden.shape[0], _compute_dtype(hidden.dtype)
@@ -599,6 +635,7 @@ def fused_policy_loss(
         float(kl_coef),
         need_grad,
         None if dual_clip is None else float(dual_clip),
+        kl_clamp,
     )
     parts = policy_loss(
         logprob,
@@ -616,6 +653,7 @@ def fused_policy_loss(
         loss_weight=u,
         seq_index=seq_t,
         dual_clip=dual_clip,
+        kl_estimator=kl_estimator,
     )
     # loss = value of the reference formula + proxy (0 in value, carries the precomputed gradient).
     return dataclasses.replace(parts, loss=parts.loss.detach() + proxy, logprob=logprob, entropy=entropy)

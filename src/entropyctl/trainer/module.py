@@ -829,6 +829,7 @@ class RLVRModule(pl.LightningModule):
                 loss_weight=tokens.loss_weight,
                 seq_index=seq,
                 dual_clip=a.dual_clip,
+                kl_estimator=a.kl_estimator,
             )
         assert fwd.logits is not None
         logprob, entropy = token_logprob_entropy(fwd.logits, fwd.targets, temperature=T)
@@ -848,6 +849,7 @@ class RLVRModule(pl.LightningModule):
             loss_weight=tokens.loss_weight,
             seq_index=seq,
             dual_clip=a.dual_clip,
+            kl_estimator=a.kl_estimator,
         )
 
     def _loss_weight(self, comp: Completions, tok_rows: Tensor, tokens: float, seqs: float) -> Tensor | None:

@@ -471,3 +471,34 @@ def test_a_run_resumed_at_its_last_step_keeps_its_evaluation_after_training(tmp_
     assert again["status"] == "finished" and again["steps"] == 2
     assert again["after"] == first["after"] and again["after"] is not None  # same weights, same seeds
     assert again["final_entropy"] == first["final_entropy"] is not None
+
+
+def test_a_step_that_ended_in_time_saves_its_checkpoints_past_the_grace(tmp_path: Path) -> None:
+    """SIGTERM during a step starts trainer.stop_grace_s; the step ends in time, and its periodic checkpoint
+    takes longer than what is left of the grace: the timer kept running through the saves and abandoned the
+    step (no step checkpoint, last.ckpt a step behind). Now the saves run without a deadline."""
+    import os
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    from entropyctl.trainer.module import RLVRCheckpoint
+    from entropyctl.trainer.run_dir import RunStopped, StopSignals
+
+    def slow_save(path: str, weights_only: bool = False) -> None:
+        time.sleep(0.4)
+        Path(path).write_text("saved")
+
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True, save_checkpoint=slow_save)
+    stop = StopSignals(grace_s=0.2).install()
+    try:
+        stop.graceful = True
+        callback = RLVRCheckpoint(tmp_path, every=1, total_steps=5, stop=stop)
+        os.kill(os.getpid(), signal.SIGTERM)  # during step 2: recorded, the grace timer starts
+        time.sleep(0.1)  # the step ends 0.1 s later, inside the grace
+        with pytest.raises(RunStopped) as info:
+            callback.on_train_batch_end(trainer, SimpleNamespace(rlvr_step=2), None, None, 0)  # type: ignore[arg-type]
+        assert not info.value.abandoned
+        assert (tmp_path / "step-000002.ckpt").read_text() == "saved" == (tmp_path / "last.ckpt").read_text()
+    finally:
+        stop.restore()

@@ -222,6 +222,8 @@ class RLVRCheckpoint(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.stop is not None:  # the step ended in time: its checkpoints are written without a deadline
+            self.stop.cancel_grace()
         step = int(getattr(pl_module, "rlvr_step", 0))
         periodic = self.every > 0 and step % self.every == 0
         if periodic:
@@ -233,7 +235,7 @@ class RLVRCheckpoint(pl.Callback):
             trainer.save_checkpoint(str(self.dirpath / "last.ckpt"), weights_only=False)
         signum = self._stop_signal(trainer) if self.stop is not None else None
         if signum is not None and self.stop is not None:
-            self.stop.cancel_grace()  # the step ended in time: save without a deadline
+            self.stop.cancel_grace()  # a signal during the saves above: its timer ends here too
             # the agreed signal, on every rank: at the last step on_train_end stops them all (a rank
             # that got none would otherwise go on into the evaluation's collectives, alone)
             self.stop.requested = self.stop.requested or signum

@@ -502,3 +502,23 @@ def test_a_step_that_ended_in_time_saves_its_checkpoints_past_the_grace(tmp_path
         assert (tmp_path / "step-000002.ckpt").read_text() == "saved" == (tmp_path / "last.ckpt").read_text()
     finally:
         stop.restore()
+
+
+def test_runs_started_in_the_same_second_get_directories_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default run directory <time>-<controller> is made when it is chosen: a second run of the same
+    second gets <time>-<controller>-2 (it got the first one's name, and was refused at its lock)."""
+    import time
+
+    from entropyctl.trainer.run import resolve_run_dir
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261207-101500")
+    config = tiny_config(f"output_dir={tmp_path / 'runs'}")
+    first, second, third = (resolve_run_dir(config) for _ in range(3))
+    assert [p.name for p in (first, second, third)] == [
+        "20261207-101500-aer",
+        "20261207-101500-aer-2",
+        "20261207-101500-aer-3",
+    ]
+    assert all(p.is_dir() and not any(p.iterdir()) for p in (first, second, third))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import os
 import platform
 import time
@@ -75,15 +76,24 @@ def global_rank(devices: int) -> int:
 
 
 def resolve_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
-    """``out``, else ``$ENTROPYCTL_RUN_DIR`` (set for DDP children), else ``output_dir/run_name``
-    (``run_name`` default: ``<time>-<controller>``)."""
+    """``out``, else ``$ENTROPYCTL_RUN_DIR`` (set for DDP children), else ``output_dir/run_name``, else a new
+    ``output_dir/<time>-<controller>``, made here (``-2``, ``-3``, ... when runs start in the same second)."""
     if out is not None:
         return Path(out).expanduser()
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited:
         return Path(inherited)
-    name = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config.controller.name}"
-    return Path(config.output_dir).expanduser() / name  # `output_dir: ~/runs` made a folder named '~'
+    parent = Path(config.output_dir).expanduser()  # `output_dir: ~/runs` made a folder named '~'
+    if config.run_name:
+        return parent / config.run_name
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.controller.name}"
+    parent.mkdir(parents=True, exist_ok=True)
+    for k in itertools.count(1):
+        candidate = parent / (stamp if k == 1 else f"{stamp}-{k}")
+        with contextlib.suppress(FileExistsError):
+            candidate.mkdir()  # made, not just looked for: two runs of one second get two directories
+            return candidate
+    raise AssertionError("unreachable")
 
 
 def check_resume_target(config: RunConfig, out: str | Path | None, resume: str | Path | None) -> None:

@@ -75,11 +75,18 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert len({r["alpha"] for r in full_rows}) > 1
 
 
-def test_resumed_parameters_equal_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "schedule",
+    [[], ["optim.schedule=cosine", "optim.warmup_steps=2", "optim.min_lr_ratio=0.1"]],
+    ids=["constant", "warm-up and cosine"],
+)
+def test_resumed_parameters_equal_uninterrupted(tmp_path: Path, schedule: list[str]) -> None:
+    """Bit for bit, the optimizer's settings written over the checkpoint's on a resume included (the same
+    settings give the same rate, base · factor(step), as the scheduler computed it)."""
     import torch
 
     config = tiny_config(
-        "trainer.steps=3", "trainer.checkpoint_every=1", "eval.before=false", "eval.after=false"
+        "trainer.steps=3", "trainer.checkpoint_every=1", "eval.before=false", "eval.after=false", *schedule
     )
     run_training(config, tmp_path / "full")
     with pytest.raises(_Killed):
@@ -94,6 +101,9 @@ def test_resumed_parameters_equal_uninterrupted(tmp_path: Path) -> None:
         return {k: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
 
     a, b = params("full"), params("cut")
+    assert [r["lr"] for r in read_metrics(tmp_path / "full")] == [
+        r["lr"] for r in read_metrics(tmp_path / "cut")
+    ]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -163,6 +163,31 @@ def test_resume_with_changed_config_is_refused_listing_changes(tmp_path: Path) -
     assert any("tau: 0.9 -> 0.5" in line for line in summary["resume"]["changes"])
 
 
+def test_an_allowed_change_of_the_optimizer_settings_takes_effect(tmp_path: Path) -> None:
+    """optim.lr / weight_decay / betas / eps changed on a resume with --allow-resume-changes were recorded
+    (config.yaml, summary.json) but Lightning restored the checkpoint's optimizer and scheduler over them:
+    the run went on at the old rate."""
+    from entropyctl.trainer.checkpoints import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    run_training(tiny_config(*QUICK, "optim.lr=1e-3"), run_dir)
+    new = [
+        "optim.lr=5e-2",
+        "optim.weight_decay=0.5",
+        "optim.eps=1e-6",
+        "optim.betas=[0.8,0.9]",
+        "trainer.steps=3",
+    ]
+    summary = run_training(tiny_config(*QUICK, *new), run_dir, resume="auto", allow_resume_changes=True)
+    assert any("optim.lr: 0.001 -> 0.05" in line for line in summary["resume"]["changes"])
+    assert [row["lr"] for row in read_metrics(run_dir)] == pytest.approx([1e-3, 1e-3, 5e-2])
+    state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    (group,) = state["optimizer_states"][0]["param_groups"]
+    assert (group["lr"], group["initial_lr"], group["weight_decay"], group["eps"]) == (5e-2, 5e-2, 0.5, 1e-6)
+    assert tuple(group["betas"]) == (0.8, 0.9)
+    assert state["lr_schedulers"][0]["base_lrs"] == [5e-2]
+
+
 @pytest.mark.parametrize("change", ["seed=1", "algorithm.ppo_epochs=2", "algorithm.mini_batches=2"])
 def test_what_a_resume_cannot_change_is_refused_even_when_changes_are_allowed(
     tmp_path: Path, change: str

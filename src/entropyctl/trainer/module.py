@@ -600,6 +600,27 @@ class RLVRModule(pl.LightningModule):
         if "sampler" in state:
             self.sampler.load_state_dict(state["sampler"])
         self.eval_results = dict(state.get("eval_results", {}))
+        self._optim_settings_over(checkpoint)
+
+    def _optim_settings_over(self, checkpoint: dict[str, Any]) -> None:
+        """The config's ``optim`` settings (lr, its schedule, weight decay, betas, eps) written over the
+        checkpoint's before Lightning restores the optimizer and scheduler from it: a resume that changes
+        them (``--allow-resume-changes``) runs with them, as its record says — they were overwritten by
+        the saved ones. Unchanged settings restore the same values (the rate is base · factor(step), as
+        the scheduler computes it)."""
+        o = self.config.optim
+        total = self.config.trainer.steps * self.optimizer_steps_per_rlvr_step
+        factor = lr_factor(o.warmup_steps, o.schedule, o.min_lr_ratio, total)
+        schedulers = checkpoint.get("lr_schedulers") or []
+        step = int(schedulers[0].get("last_epoch", 0)) if schedulers else None
+        for sched in schedulers:
+            sched["base_lrs"] = [o.lr for _ in sched.get("base_lrs", [])]
+            sched["_last_lr"] = [o.lr * factor(int(sched.get("last_epoch", 0))) for _ in sched["base_lrs"]]
+        for opt in checkpoint.get("optimizer_states") or []:
+            for group in opt.get("param_groups", []):
+                group.update(weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps)
+                if step is not None:
+                    group.update(lr=o.lr * factor(step), initial_lr=o.lr)
 
     def on_fit_start(self) -> None:
         # The reference policy is hidden from nn.Module (no DDP, no checkpoint), so Lightning's device

@@ -142,3 +142,31 @@ def test_parameter_checksum_reads_any_dtype() -> None:
     with torch.no_grad():
         same.bias[0] += 1
     assert parameter_checksum(layer) != parameter_checksum(same)
+
+
+def test_a_resume_never_splices_two_branches_of_a_run(tmp_path: Path) -> None:
+    """Run to step 5 (checkpoints of steps 2, 4 and last = 5); continue from step 2, crash after step 3
+    (before any save); `--resume auto` then found the first branch's last.ckpt (step 5) and went on from it:
+    metrics.csv held steps 1-3 of the second branch, then 6 — rows missing, weights of the other branch.
+    Now refused, naming the checkpoint the rows reach; resumed from it, the run is whole."""
+    from entropyctl.trainer.run_dir import RunDirError
+
+    run_dir = tmp_path / "run"
+    config = tiny_config(
+        "trainer.steps=6", "trainer.checkpoint_every=2", "eval.before=false", "eval.after=false"
+    )
+    with pytest.raises(_Killed):
+        run_training(config, run_dir, callbacks=[_KillAfter(5)])
+    step2 = run_dir / "checkpoints" / "step-000002.ckpt"
+    with pytest.raises(_Killed):
+        run_training(config, run_dir, resume=str(step2), callbacks=[_KillAfter(3)])
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3]
+    with pytest.raises(
+        RunDirError, match=r"a checkpoint of step 4, but .*metrics\.csv ends at step 3"
+    ) as err:
+        run_training(config, run_dir, resume="auto")
+    assert f"--resume {step2}" in str(err.value)
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3]  # the refusal changed nothing
+    summary = run_training(config, run_dir, resume=str(step2))
+    assert summary["status"] == "finished"
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]

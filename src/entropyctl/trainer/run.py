@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import itertools
+import math
 import os
 import platform
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -510,14 +512,20 @@ def check_resume(
     from entropyctl.trainer.checkpoints import CheckpointError, load_checkpoint
 
     try:
-        saved = load_checkpoint(ckpt_path, mmap=True).get("run_fingerprint")
+        checkpoint = load_checkpoint(ckpt_path, mmap=True)
     except CheckpointError as err:  # one line: which file, what is wrong, what to do
         raise RunDirError(f"--resume {err}") from None
+    saved = checkpoint.get("run_fingerprint")
     if saved is None:
         changes = ["the checkpoint carries no run fingerprint (written by an older entropyctl); cannot check"]
     else:
         changes = fingerprint_changes(saved, fingerprint)
-    record = {"checkpoint": ckpt_path, "changes": changes, "changes_allowed": bool(changes and allow_changes)}
+    record = {
+        "checkpoint": ckpt_path,
+        "step": int(checkpoint.get("rlvr", {}).get("step", 0)),
+        "changes": changes,
+        "changes_allowed": bool(changes and allow_changes),
+    }
     fixed = [
         f"{line} ({FIXED_ON_RESUME[key]})"
         for line in changes
@@ -539,6 +547,35 @@ def check_resume(
     if changes:
         log("[entropyctl] resuming despite changes (--allow-resume-changes): " + "; ".join(changes))
     return record
+
+
+def check_rows_reach(run_dir: Path, ckpt_path: str, step: int) -> None:
+    """A resume continues from a checkpoint whose step the run's ``metrics.csv`` reaches. Rows that end
+    before it mean the checkpoint is of another branch of the run — a continuation from an earlier step
+    checkpoint stopped before its next save, and left the first branch's ``last.ckpt`` — and continuing
+    would splice the two (the rows between missing, the weights of the other branch): a
+    :class:`RunDirError` naming the checkpoints this run's rows do reach. A directory without rows (a
+    continuation into a new ``--out``) is not checked."""
+    try:
+        steps = read_metrics(run_dir / "metrics.csv").get("step")
+    except (OSError, RunDirError):
+        return
+    logged = [float(x) for x in (steps if steps is not None else []) if math.isfinite(float(x))]
+    if not logged or max(logged) >= step:
+        return
+    last = int(max(logged))
+    reached = sorted(
+        p.name
+        for p in (run_dir / "checkpoints").glob("step-*.ckpt")
+        if (m := re.fullmatch(r"step-(\d+)\.ckpt", p.name)) and int(m.group(1)) <= last
+    )
+    advice = f"--resume {run_dir / 'checkpoints' / reached[-1]}" if reached else "--overwrite to start afresh"
+    raise RunDirError(
+        f"--resume {ckpt_path}: a checkpoint of step {step}, but {run_dir / 'metrics.csv'} ends at step {last} — "
+        f"the checkpoint is of an earlier branch of this run (a continuation from an earlier step stopped "
+        f"before its next checkpoint), and continuing from it would splice the two; continue this run's "
+        f"rows with {advice}"
+    )
 
 
 #: Policies up to this many parameters get a digest of their weights in summary.json (a few tenths of
@@ -686,6 +723,7 @@ def run_training(
                 resume_record = check_resume(
                     ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log
                 )
+                check_rows_reach(run_dir, ckpt_path, int(resume_record.get("step", 0)))
             (run_dir / "config.yaml").write_text(config.to_yaml())
             for line in config.inert_settings():
                 log(f"[entropyctl] note: {line}")

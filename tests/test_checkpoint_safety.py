@@ -204,3 +204,70 @@ def test_dataset_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def _set(overrides: list[str]) -> list[str]:
     return [arg for o in overrides if not o.startswith("model.") for arg in ("--set", o)]
+
+
+class _FullDisk:
+    """Pickled inside a checkpoint, fails the write part-way as a full disk would."""
+
+    def __reduce__(self) -> Any:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole_and_no_temp_file(tmp_path: Path) -> None:
+    """A kill or a full disk during a save: the previous last.ckpt stays as it was (Lightning's writer
+    moved a temp file from $TMPDIR, a copy into the target across file systems), and no temp file is left
+    (write_json_atomic left one per failed write)."""
+    import json
+
+    from entropyctl.trainer.module import AtomicCheckpointIO
+    from entropyctl.trainer.run_dir import write_json_atomic
+
+    target = tmp_path / "last.ckpt"
+    writer = AtomicCheckpointIO()
+    writer.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+    before = target.read_bytes()
+    with pytest.raises(OSError, match="No space left"):
+        writer.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "x": _FullDisk()}, target)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    summary = tmp_path / "summary.json"
+    write_json_atomic(summary, {"status": "running"})
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", full)  # the data reaches the disk at the flush: there it is full
+        with pytest.raises(OSError, match="No space left"):
+            write_json_atomic(summary, {"status": "finished"})
+    assert json.loads(summary.read_text()) == {"status": "running"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "summary.json"]
+
+
+def test_the_trainer_writes_its_checkpoints_beside_them_and_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every .ckpt of a run is renamed into place from beside it (one file system: atomic), none goes
+    through $TMPDIR."""
+    import tempfile
+
+    from entropyctl.trainer.run import run_training
+
+    elsewhere = tmp_path / "tmpdir"
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    renamed: list[tuple[Path, Path]] = []
+    replace = os.replace
+
+    def recording(src: Any, dst: Any) -> None:
+        renamed.append((Path(src), Path(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", recording)
+    config = tiny_config(
+        "trainer.steps=2", "trainer.checkpoint_every=1", "eval.before=false", "eval.after=false"
+    )
+    run_training(config, tmp_path / "run")
+    ckpts = tmp_path / "run" / "checkpoints"
+    into = [(src.parent, dst.name) for src, dst in renamed if dst.suffix == ".ckpt"]
+    assert into == [(ckpts, n) for n in ("step-000001.ckpt", "last.ckpt", "step-000002.ckpt", "last.ckpt")]
+    assert not list(elsewhere.iterdir()) and not [p for p in ckpts.iterdir() if p.name.startswith(".")]

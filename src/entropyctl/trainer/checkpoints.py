@@ -9,6 +9,9 @@ optimizer state, the loop counters, the controller's plain-number state, the run
 prompt sampler's counters). Nothing more is allow-listed, so no ``torch.serialization.add_safe_globals``.
 
 Anything else is one :class:`CheckpointError` line: which file, what is wrong, what to do.
+
+Writing: :class:`~entropyctl.trainer.module.AtomicCheckpointIO` makes every ``.ckpt`` the trainer saves
+whole or absent.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -72,6 +73,7 @@ from entropyctl.trainer.run_dir import (
     coefficient_acted,
     metric_columns,
     read_metrics,
+    write_atomic,
 )
 from entropyctl.trainer.sampler import PromptSampler, derive_seed
 from entropyctl.trainer.stats import EntropyStats, all_reduce_sum
@@ -148,6 +150,24 @@ class _Ticks(IterableDataset):
         while True:
             yield i
             i += 1
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, whole or not at all: ``torch.save`` streams into a hidden temp file
+    beside the target, flushed to disk and renamed over it (:func:`~entropyctl.trainer.run_dir.write_atomic`);
+    a kill or a full disk leaves the previous checkpoint as it was and no temp file. (Lightning's own
+    writer first holds the whole checkpoint in a bytes buffer, then writes a temp file in ``$TMPDIR`` and
+    moves it: from another file system that move copies into the target, so a kill during it left a
+    truncated ``last.ckpt``.) Reading is Lightning's, with ``weights_only`` as the trainer asks."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, lambda f: torch.save(checkpoint, f))
 
 
 class RLVRCheckpoint(pl.Callback):

@@ -855,7 +855,7 @@ class _Run:
     def _fit(self, ckpt_path: str | None, progress_bar: bool | None, callbacks: Sequence[Any]) -> None:
         import lightning.pytorch as pl
 
-        from entropyctl.trainer.module import RLVRCheckpoint, RLVRProgress
+        from entropyctl.trainer.module import AtomicCheckpointIO, RLVRCheckpoint, RLVRProgress
 
         t, run_dir, module = self.config.trainer, self.run_dir, self.module
         loggers: list[Any] = []
@@ -896,6 +896,7 @@ class _Run:
             limit_val_batches=0,
             use_distributed_sampler=False,
             default_root_dir=str(run_dir),
+            plugins=[AtomicCheckpointIO()],  # every .ckpt whole or absent (Lightning's moves from $TMPDIR)
         )
         t_fit = time.perf_counter()
         failed = True

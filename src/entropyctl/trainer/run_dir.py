@@ -163,12 +163,25 @@ def write_json_atomic(path: Path, data: Mapping[str, Any] | list[Any]) -> None:
         return value.item() if hasattr(value, "item") else str(value)
 
     text = json.dumps(data if isinstance(data, list) else dict(data), indent=2, default=default) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_atomic(path: str | Path, write: Callable[[Any], object]) -> None:
+    """Write ``path`` whole or not at all: ``write`` fills a hidden temp file beside it (the same file
+    system, so the rename is atomic), flushed to disk, then renamed over it. On any error (a full disk, a
+    signal) the temp file is removed and the previous file, if any, stays as it was."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 # ------------------------------------------------------------------------------------------ the lock

@@ -186,6 +186,14 @@ def test_an_allowed_change_of_the_optimizer_settings_takes_effect(tmp_path: Path
     assert (group["lr"], group["initial_lr"], group["weight_decay"], group["eps"]) == (5e-2, 5e-2, 0.5, 1e-6)
     assert tuple(group["betas"]) == (0.8, 0.9)
     assert state["lr_schedulers"][0]["base_lrs"] == [5e-2]
+    # a further resume without changes: its record says none, and the earlier one's changes are kept
+    # (summary.json kept only the latest resume, and config.yaml says lr 0.05 for the whole run)
+    again = run_training(tiny_config(*QUICK, *new[:-1], "trainer.steps=4"), run_dir, resume="auto")
+    assert again["resume"]["changes"] == [] and again["resume"]["step"] == 3
+    (earlier,) = again["resume"]["earlier"]
+    assert earlier["step"] == 2 and any("optim.lr: 0.001 -> 0.05" in line for line in earlier["changes"])
+    lines = (run_dir / "resumes.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 3]
 
 
 @pytest.mark.parametrize("change", ["seed=1", "algorithm.ppo_epochs=2", "algorithm.mini_batches=2"])

@@ -46,6 +46,7 @@ from entropyctl.trainer.run_dir import (
     prepare_run_dir,
     read_band_health,
     read_metrics,
+    record_resume,
     run_fingerprint,
     write_json_atomic,
 )
@@ -724,6 +725,7 @@ def run_training(
                     ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log
                 )
                 check_rows_reach(run_dir, ckpt_path, int(resume_record.get("step", 0)))
+                resume_record = {**resume_record, "earlier": record_resume(run_dir, resume_record)[:-1]}
             (run_dir / "config.yaml").write_text(config.to_yaml())
             for line in config.inert_settings():
                 log(f"[entropyctl] note: {line}")

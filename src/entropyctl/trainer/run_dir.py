@@ -88,7 +88,10 @@ RUN_FILES = (
     "ranks",
     "wandb",
     "completions.jsonl",
+    "resumes.jsonl",
 )
+#: One line per resume of the run (its checkpoint, step, changes, when), appended before it trains.
+RESUMES_FILE = "resumes.jsonl"
 LOCK_FILE = "run.lock"
 #: Seconds between heartbeats in ``summary.json`` while a run lives.
 HEARTBEAT_S = 30.0
@@ -266,6 +269,20 @@ class RunLock:
 
 
 # ------------------------------------------------------------------------------- directory contract
+
+
+def record_resume(run_dir: Path, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Append ``record`` (with the time) to the run's :data:`RESUMES_FILE`; every resume so far, oldest
+    first. ``config.yaml`` holds the latest config: with this file a run resumed with changes says which
+    changes, at which step, for each of its segments. A line a crash cut short is skipped."""
+    path = run_dir / RESUMES_FILE
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({**record, "at": _now()}, default=str) + "\n")
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return records
 
 
 def existing_run_files(run_dir: Path) -> list[str]:

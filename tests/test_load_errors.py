@@ -6,6 +6,7 @@ misspelt controller field, another tool's name for the clip range."""
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import typing
 from pathlib import Path
@@ -310,8 +311,8 @@ def test_other_tools_clip_names_point_to_the_controller(field: str, pointer: str
 
 
 def _target_paths(target: str) -> list[str]:
-    """The field paths a pointer names: ``a.b and c.d (a note)`` → ``a.b``, ``c.d``."""
-    return target.split(" (")[0].split(" and ")
+    """The field paths a pointer names: ``a.b and c.d (a note)``, ``a.b, c.d and e.f`` → ``a.b``, ``c.d``..."""
+    return re.split(r", | and ", target.split(" (")[0])
 
 
 def _has_field(path: str) -> bool:
@@ -411,3 +412,43 @@ def test_no_foreign_name_is_a_field_of_ours() -> None:
 )
 def test_other_trainers_names_point_to_ours(override: str, message: str) -> None:
     assert message in one_line([override])
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        # a section of theirs: its options' pointers too (the section's alone pointed away from the count)
+        ("algorithm.filter_groups.max_num_gen_batches=10", "max_num_gen_batches → rollout.max_refills"),
+        # validation's sampling is eval's, not the training rollouts' (top_p pointed at rollout.top_p)
+        ("actor_rollout_ref.rollout.val_kwargs.top_p=0.9", "val_kwargs → eval.temperature, eval.top_p"),
+        ("lr_warmup_steps=10", "optim.warmup_steps (in optimizer steps"),
+        ("train_batch_size=128", "OpenRLHF's, responses per optimizer step, is algorithm.mini_batches"),
+        ("init_kl_coef=0.01", "a KL penalty in the reward is not built"),
+        ("kl_loss_type=k3", "verl's low_var_kl and k3, both clamped, are our low_var_kl"),
+        ("max_epochs=2", "algorithm.ppo_epochs"),
+    ],
+)
+def test_verl_and_openrlhf_names_point_to_what_they_mean_here(override: str, expected: str) -> None:
+    """A practitioner's port of a verl DAPO and an OpenRLHF REINFORCE++ recipe: the pointers that sent
+    them to the wrong field or left out a difference in units."""
+    message = one_line([override])
+    assert expected in message, message
+    if "val_kwargs" in override:
+        assert "rollout.top_p" not in message
+
+
+def test_the_evaluations_sample_with_their_own_top_p_and_top_k(tmp_path: Path) -> None:
+    """eval.top_p / eval.top_k (verl's val_kwargs): the held-out evaluations' truncation apart from the
+    training rollouts'; None, the default, is the rollout's (as every run before them)."""
+    from trainer_helpers import tiny_config
+
+    from entropyctl.trainer.run import build_module
+
+    config = tiny_config("rollout.top_p=0.5", "rollout.top_k=3", "eval.top_p=0.9", "eval.top_k=0")
+    module = build_module(config, tmp_path)
+    evaluation, training = module._sampling(7, eval_mode=True), module._sampling(7)
+    assert (evaluation.top_p, evaluation.top_k, training.top_p, training.top_k) == (0.9, 0, 0.5, 3)
+    same = tiny_config("rollout.top_p=0.5", "rollout.top_k=3").eval_sampling()
+    assert (same["top_p"], same["top_k"]) == (0.5, 3)
+    note = load_run_config(None, ["rollout.overlong_buffer=2"]).inert_settings()
+    assert any("rollout.overlong_buffer 2 has no effect" in line for line in note)

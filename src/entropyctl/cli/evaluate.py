@@ -343,17 +343,12 @@ def _sampler(
     from entropyctl.trainer.sampler import derive_seed
 
     encode = build_prompt_encoder(config, tokenizer)
-    temperature = (
-        args.temperature
-        if args.temperature is not None
-        else (config.eval.temperature if config.eval.temperature is not None else config.rollout.temperature)
-    )
-    sampling = SamplingSettings(
-        temperature=temperature,
-        top_p=config.rollout.top_p,
-        top_k=config.rollout.top_k,
-        max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens or config.rollout.max_new_tokens,
-    )
+    sampling = SamplingSettings(**config.eval_sampling())  # the run's evaluations' settings, then the options
+    if args.temperature is not None:
+        sampling = replace(sampling, temperature=args.temperature)
+    if args.max_new_tokens:
+        sampling = replace(sampling, max_new_tokens=args.max_new_tokens)
+    temperature = sampling.temperature
     calls = [0]
 
     def sample_fn(batch: Sequence[Any], n_samples: int) -> list[list[str]]:

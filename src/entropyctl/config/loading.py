@@ -253,7 +253,11 @@ FOREIGN_NAMES = {
     "entropy_coeff": "controller.name (fixed, with controller.alpha)",
     "use_kl_loss": "algorithm.kl_coef (above 0)",
     "kl_loss_coef": "algorithm.kl_coef",
-    "kl_loss_type": "algorithm.kl_estimator (low_var_kl; k3 is TRL's, unclamped)",
+    "kl_loss_type": "algorithm.kl_estimator (verl's low_var_kl and k3, both clamped, are our low_var_kl; our k3 is "
+    "TRL's, unclamped)",
+    "kl_ctrl": "algorithm.kl_coef (a KL loss term, verl's use_kl_loss; a KL penalty in the reward is not built)",
+    "use_kl_in_reward": "algorithm.kl_coef (a KL loss term; a KL penalty in the reward is not built)",
+    "kl_penalty": "algorithm.kl_estimator (of the KL loss term; a KL penalty in the reward is not built)",
     "clip_ratio": "controller.clip_low and controller.clip_high",
     "clip_ratio_low": "controller.clip_low",
     "clip_ratio_high": "controller.clip_high",
@@ -267,7 +271,10 @@ FOREIGN_NAMES = {
     "ppo_micro_batch_size_per_gpu": "algorithm.micro_batch_size",
     "log_prob_micro_batch_size_per_gpu": "algorithm.micro_batch_size",
     "filter_groups": "rollout.dynamic_sampling",
-    "max_num_gen_batches": "rollout.max_refills",
+    "max_num_gen_batches": "rollout.max_refills (the generations after the first: verl's N is N − 1 here, and its 0, "
+    "no limit, has none; a batch still short is filled with all-equal groups, not stopped with an error)",
+    "val_kwargs": "eval.temperature, eval.top_p, eval.top_k and eval.n_samples (n → eval.n_samples; do_sample: "
+    "false → eval.temperature 0 with eval.n_samples 1 and eval.ks [1])",
     "max_response_length": "rollout.max_new_tokens",
     "response_length": "rollout.max_new_tokens",
     "gpu_memory_utilization": "rollout.options.gpu_memory_utilization",
@@ -280,7 +287,8 @@ FOREIGN_NAMES = {
     "default_local_dir": "--out (or output_dir with run_name)",
     "resume_mode": "--resume auto (or --resume CHECKPOINT)",
     "prompt_key": "data.options.prompt_field",
-    "train_batch_size": "rollout.prompts_per_step (prompts per process)",
+    "train_batch_size": "rollout.prompts_per_step (verl's, prompts, per process here); OpenRLHF's, responses per "
+    "optimizer step, is algorithm.mini_batches = prompts × group_size / its train_batch_size",
     "save_freq": "trainer.checkpoint_every",
     "test_freq": "eval.every",
     "max_actor_ckpt_to_keep": "trainer.keep_checkpoints",
@@ -290,7 +298,8 @@ FOREIGN_NAMES = {
     "shuffle": "data.order (epochs)",
     "val_before_train": "eval.before",
     "clip_grad": "optim.grad_clip",
-    "lr_warmup_steps": "optim.warmup_steps",
+    "lr_warmup_steps": "optim.warmup_steps (in optimizer steps, algorithm.ppo_epochs × algorithm.mini_batches "
+    "an RL step; verl counts RL steps)",
     "lr_warmup_steps_ratio": "optim.warmup_steps (a number of steps, not a ratio)",
     "warmup_style": "optim.schedule",
     "apply_chat_template_kwargs": "data.chat_template_kwargs",
@@ -307,9 +316,16 @@ FOREIGN_NAMES = {
     "l2": "optim.weight_decay",
     "actor_learning_rate": "optim.lr",
     "max_ckpt_num": "trainer.keep_checkpoints",
-    "init_kl_coef": "algorithm.kl_coef",
+    "init_kl_coef": "algorithm.kl_coef (a KL loss term, OpenRLHF's --use_kl_loss; a KL penalty in the reward is "
+    "not built)",
+    "max_epochs": "algorithm.ppo_epochs",
+    "overlong_buffer_len": "rollout.overlong_buffer (with rollout.overlong: penalty)",
+    "overlong_penalty_factor": "rollout.overlong (penalty; its factor is 1, DAPO's)",
     "micro_train_batch_size": "algorithm.micro_batch_size",
     "rollout_batch_size": "rollout.prompts_per_step (prompts per process)",
+    "eps_clip_low_high": "controller.clip_low and controller.clip_high",
+    "lr_warmup_ratio": "optim.warmup_steps (a number of optimizer steps, not a ratio)",
+    "num_episodes": "trainer.steps",
     "advantage_estimator": "algorithm.advantage_baseline and algorithm.advantage_scale",
     "no_advantage_std_norm": "algorithm.advantage_scale (none)",
 }
@@ -320,7 +336,11 @@ def _foreign(path: str, value: Any = None) -> str | None:
     ``value`` when ``path`` is another trainer's section (verl's ``actor_rollout_ref``...)."""
     name = path.rpartition(".")[2]
     if name in FOREIGN_NAMES:
-        return FOREIGN_NAMES[name]
+        if "→" in FOREIGN_NAMES[name] or not isinstance(value, Mapping):
+            return FOREIGN_NAMES[name]
+        # a section of theirs (verl's filter_groups: {enable, max_num_gen_batches}): its options' pointers too
+        inner = [f"{key} → {pointer}" for key in value if (pointer := _pointer(f"{path}.{key}")) is not None]
+        return "; ".join([FOREIGN_NAMES[name], *inner])
     if difflib.get_close_matches(name, list(RunConfig.model_fields), n=1, cutoff=0.8):
         return None  # a slip in one of our sections' names (`contoller`): the spelling match answers it
     found: list[str] = []
@@ -332,6 +352,8 @@ def _foreign(path: str, value: Any = None) -> str | None:
             pointer = _pointer(f"{at}.{key}")
             if pointer is not None:
                 found.append(f"{key} → {pointer}")
+                if "→" in pointer:  # the pointer names its section's options itself
+                    continue
             leaves(inner, f"{at}.{key}", depth + 1)
 
     leaves(value, path, 0)

@@ -585,6 +585,10 @@ class EvalConfig(_Section):
     n_samples: int = Field(8, ge=1, description="n: samples per problem.")
     ks: list[int] = Field(default_factory=lambda: [1, 4, 8], description="pass@k for these k (each ≤ n).")
     temperature: float | None = Field(None, ge=0, description="None: the rollout temperature; 0: greedy.")
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="None: rollout.top_p (verl's val_kwargs.top_p, apart from training's)."
+    )
+    top_k: int | None = Field(None, ge=0, description="None: rollout.top_k; 0: off.")
     max_new_tokens: int | None = Field(None, ge=1, description="None: rollout.max_new_tokens.")
     batch_size: int = Field(32, ge=1, description="Problems per generate call.")
     before: bool = Field(True, description="Evaluate before the first step.")
@@ -864,6 +868,17 @@ class RunConfig(BaseModel):
             )
         return self
 
+    def eval_sampling(self) -> dict[str, Any]:
+        """How the held-out evaluations sample: ``eval``'s temperature, top_p, top_k and max_new_tokens,
+        each None one the rollout's (the trainer and ``entropyctl evaluate`` alike)."""
+        e, r = self.eval, self.rollout
+        return {
+            "temperature": r.temperature if e.temperature is None else e.temperature,
+            "top_p": r.top_p if e.top_p is None else e.top_p,
+            "top_k": r.top_k if e.top_k is None else e.top_k,
+            "max_new_tokens": r.max_new_tokens if e.max_new_tokens is None else e.max_new_tokens,
+        }
+
     def inert_settings(self) -> list[str]:
         """Settings that are valid but cannot act in this config, one line each (the trainer prints them
         at the start of a run; nothing is changed)."""
@@ -886,6 +901,15 @@ class RunConfig(BaseModel):
             lines.append(
                 "the ablation: section (arms, seeds) is read by `entropyctl ablate`; `entropyctl train` runs the "
                 "base config alone, with the controller it names"
+            )
+        buffer = self.rollout.overlong_buffer
+        if (
+            self.rollout.overlong != "penalty"
+            and buffer != RolloutConfig.model_fields["overlong_buffer"].default
+        ):
+            lines.append(
+                f"rollout.overlong_buffer {buffer} has no effect: it is the length of DAPO's overlong penalty, "
+                f"which is off (rollout.overlong is {self.rollout.overlong!r}; set it to penalty)"
             )
         if self.rollout.engine == "hf" and self.rollout.options:
             lines.append(
@@ -946,6 +970,8 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.micro_batch_size": None,
     "algorithm.dual_clip": None,
     "algorithm.kl_estimator": "k3",
+    "eval.top_p": None,
+    "eval.top_k": None,
     "model.gradient_checkpointing": False,
     "model.lora": None,
     "trainer.wandb": None,  # operational (where the metrics are also sent)

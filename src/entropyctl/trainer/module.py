@@ -673,18 +673,17 @@ class RLVRModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- one RLVR step
     def _sampling(self, seed: int, *, eval_mode: bool = False) -> SamplingSettings:
-        r, e = self.config.rollout, self.config.eval
-        temperature = r.temperature if not eval_mode or e.temperature is None else e.temperature
-        max_new = r.max_new_tokens if not eval_mode or e.max_new_tokens is None else e.max_new_tokens
-        # the engine's own log-probs of the sampled tokens: the rollout correction's q (training rollouts only)
-        sampler_logprobs = not eval_mode and self.config.algorithm.rollout_correction is not None
+        r = self.config.rollout
+        if eval_mode:
+            return SamplingSettings(**self.config.eval_sampling(), seed=seed)
         return SamplingSettings(
-            temperature=temperature,
+            temperature=r.temperature,
             top_p=r.top_p,
             top_k=r.top_k,
-            max_new_tokens=max_new,
+            max_new_tokens=r.max_new_tokens,
             seed=seed,
-            return_logprobs=sampler_logprobs,
+            # the engine's own log-probs of the sampled tokens: the rollout correction's q
+            return_logprobs=self.config.algorithm.rollout_correction is not None,
         )
 
     def _decode(self, comp: Completions) -> list[str]:

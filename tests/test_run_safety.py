@@ -555,3 +555,34 @@ def test_runs_started_in_the_same_second_get_directories_of_their_own(
         "20261207-101500-aer-3",
     ]
     assert all(p.is_dir() and not any(p.iterdir()) for p in (first, second, third))
+
+
+@pytest.mark.parametrize("order", ["terminal first", "forwarded first"])
+def test_a_ctrl_c_that_reaches_every_process_stops_each_after_its_step(order: str) -> None:
+    """Ctrl-C reaches every process of a multi-process run (one process group), and rank 0 forwards its
+    signal to the others as well: each child saw two signals, took the second as "abandon the step", and
+    the run died in the next collective without a checkpoint. What rank 0 forwards now only asks for a
+    stop after the step, in whichever order the two arrive; a real second signal still abandons."""
+    import os
+    import signal
+
+    from entropyctl.trainer.run_dir import RunStopped, StopSignals
+
+    sent: list[int] = []
+    rank0 = StopSignals()
+    rank0.graceful, rank0.forward = True, sent.append
+    rank0._handle(int(signal.SIGINT), None)  # rank 0's own Ctrl-C: recorded, and passed on
+    (forwarded,) = sent
+    child = StopSignals().install()
+    try:
+        child.graceful = True
+        arrivals = [int(signal.SIGINT), forwarded]
+        for signum in arrivals if order == "terminal first" else arrivals[::-1]:
+            os.kill(os.getpid(), signum)  # neither abandons the step
+        assert child.requested == int(signal.SIGINT)
+        with pytest.raises(RunStopped) as info:
+            os.kill(os.getpid(), signal.SIGINT)  # the user's second Ctrl-C
+        assert info.value.abandoned
+    finally:
+        child.restore()
+        rank0.cancel_grace()

@@ -9,6 +9,7 @@ and gradients, in fp64. Then the fused path against the reference path with a to
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -410,3 +411,43 @@ def test_combined_parts_without_a_name_are_options_of_the_default_parts() -> Non
     assert combined.config.token.name == "clip_cov" and combined.config.token.ratio == 0.1
     with pytest.raises(Exception, match=r"controller\.token\.ratio: must be ≤ 1"):
         create_controller({"name": "combined", "token": {"ratio": 2.0}})
+
+
+def test_the_selected_share_is_of_every_ranks_tokens() -> None:
+    """Two ranks (threads sharing an all_gather) with 6 and 2 valid tokens: ρ = 0.25 of 8 selects 2 tokens
+    globally — both on rank 0 (the highest entropies). Each rank logs 2/8; rank 0 logged its own 2/6 and
+    rank 1 0/2 (only rank 0's reached metrics.csv)."""
+    import threading
+
+    barrier = threading.Barrier(2)
+    shared: dict[int, torch.Tensor] = {}
+
+    def gather_for(rank: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def all_gather(t: torch.Tensor) -> torch.Tensor:
+            shared[rank] = t
+            barrier.wait()
+            out = torch.stack([shared[0], shared[1]])
+            barrier.wait()
+            return out
+
+        return all_gather
+
+    entropies = {0: [3.0, 2.5, 0.1, 0.2, 0.3, 0.4], 1: [1.0, 0.5]}
+    shares: dict[int, float] = {}
+
+    def run(rank: int) -> None:
+        controller = create_controller({"name": "high_entropy_tokens", "fraction": 0.25})
+        h = entropies[rank]
+        zeros = [0.0] * len(h)
+        stats = stats_of(zeros, zeros, h, [1.0] * len(h), [1.0] * len(h))
+        collective = TokenCollective(rank=rank, world_size=2, all_gather=gather_for(rank))
+        action = controller.token_action(stats, collective)
+        assert int(action.weight.sum()) == (2 if rank == 0 else 0)
+        shares[rank] = controller.metrics()["token_selected_share"]
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert shares == {0: 0.25, 1: 0.25}

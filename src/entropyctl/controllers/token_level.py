@@ -26,7 +26,7 @@ tokens), DAPO's clip 0.2/0.28.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -168,7 +168,7 @@ class _TokenLevelController(OpenLoopController):
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        #: share of this rank's valid tokens the last action touched (logging only, not state).
+        #: share of the valid tokens of every rank the last action touched (logging only, not state).
         self.last_selected_share = math.nan
 
     def acts_per_token(self) -> bool:
@@ -181,9 +181,22 @@ class _TokenLevelController(OpenLoopController):
     def plan(self, outcome: GroupOutcome) -> Plan:
         return self.uniform_plan(outcome, 0.0, *self.clip_bounds())
 
-    def _record(self, stats: TokenStatistics, chosen: torch.Tensor) -> None:
-        valid = stats.mask != 0
-        self.last_selected_share = float((chosen & valid).sum()) / max(1, int(valid.sum()))
+    def _select(
+        self,
+        columns: torch.Tensor,
+        collective: TokenCollective,
+        select: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """:func:`select_globally` (``columns``' last row is the mask m), recording the share of the valid
+        tokens of all ranks chosen — the same on every rank (a rank's own share was logged before)."""
+
+        def recorded(global_columns: torch.Tensor) -> torch.Tensor:
+            chosen = select(global_columns)
+            valid = global_columns[-1] != 0
+            self.last_selected_share = float((chosen & valid).sum()) / max(1, int(valid.sum()))
+            return chosen
+
+        return select_globally(columns, collective, recorded)
 
     def metrics(self) -> dict[str, float]:
         return {**super().metrics(), "token_selected_share": self.last_selected_share}
@@ -199,7 +212,7 @@ class ClipCovController(_TokenLevelController):
     def token_action(self, stats: TokenStatistics, collective: TokenCollective) -> TokenAction:
         c = self.config
         columns = torch.stack([stats.logprob, stats.old_logprob, stats.advantages, stats.mask]).double()
-        chosen = select_globally(
+        chosen = self._select(
             columns,
             collective,
             lambda g: clip_cov_selection(
@@ -212,7 +225,6 @@ class ClipCovController(_TokenLevelController):
                 seed=selection_seed(c.seed, stats.step),
             ),
         )
-        self._record(stats, chosen)
         return TokenAction(detach=chosen)
 
 
@@ -229,8 +241,7 @@ class KLCovController(_TokenLevelController):
 
     def token_action(self, stats: TokenStatistics, collective: TokenCollective) -> TokenAction:
         columns = torch.stack([stats.logprob, stats.advantages, stats.mask]).double()
-        chosen = select_globally(columns, collective, lambda g: kl_cov_selection(g, ratio=self.config.ratio))
-        self._record(stats, chosen)
+        chosen = self._select(columns, collective, lambda g: kl_cov_selection(g, ratio=self.config.ratio))
         coef = chosen.to(torch.float64) * float(self.config.kl_coef)
         return TokenAction(kl_coef=coef)
 
@@ -244,10 +255,9 @@ class HighEntropyTokensController(_TokenLevelController):
 
     def token_action(self, stats: TokenStatistics, collective: TokenCollective) -> TokenAction:
         columns = torch.stack([stats.entropy, stats.mask]).double()
-        chosen = select_globally(
+        chosen = self._select(
             columns, collective, lambda g: high_entropy_selection(g, fraction=self.config.fraction)
         )
-        self._record(stats, chosen)
         return TokenAction(weight=chosen.to(torch.float32))
 
 

@@ -568,11 +568,18 @@ class StopSignals:
     raises :class:`RunStopped` at once. While it is True (between training steps, set by the trainer's
     callback) the first signal only records itself in ``requested``: the step in progress finishes,
     ``last.ckpt`` is written, then the callback raises :class:`RunStopped`. A second signal, or the step
-    still running ``grace_s`` seconds after the first (SIGALRM timer), abandons the step. ``forward`` (optional) is called with the signal number on the first signal, e.g. to
-    pass it on to other processes of the run.
+    still running ``grace_s`` seconds after the first (SIGALRM timer), abandons the step.
+
+    ``forward`` (optional; rank 0's, Lightning's launcher's ``kill``) passes the first signal on to the
+    run's other processes as :attr:`FORWARDED`, which only asks for a stop after the step: a Ctrl-C in a
+    terminal reaches every process of the group by itself too, and the forwarded copy, were it the same
+    signal, would be each child's second — it abandoned its step, and the run failed in the next
+    collective without a checkpoint.
     """
 
     SIGNALS = ("SIGTERM", "SIGINT")
+    #: what ``forward`` sends: "stop after the step in progress", never counted as a second signal
+    FORWARDED = "SIGUSR2"
 
     def __init__(self, grace_s: float | None = None) -> None:
         self.requested: int | None = None
@@ -582,6 +589,7 @@ class StopSignals:
         self.grace_s = grace_s
         self._previous: dict[int, Any] = {}
         self._alarm_previous: Any = None
+        self._only_forwarded = False  # the request so far is another process's, forwarded
 
     def install(self) -> StopSignals:
         """Install (or re-install, over a framework's own handler) the handlers; no-op off the main thread."""
@@ -593,6 +601,9 @@ class StopSignals:
             signum = int(getattr(signal, name))
             previous = signal.signal(signum, self._handle)
             self._previous.setdefault(signum, previous)
+        forwarded = getattr(signal, self.FORWARDED, None)  # none on Windows
+        if forwarded is not None:
+            self._previous.setdefault(int(forwarded), signal.signal(forwarded, self._handle_forwarded))
         return self
 
     def cancel_grace(self) -> None:
@@ -629,14 +640,30 @@ class StopSignals:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        first = self.requested is None
+        import signal
+
+        # a signal of its own after a forwarded one (Ctrl-C reaches every process, in either order) is the first
+        first = self.requested is None or self._only_forwarded
         if first:
-            self.requested = int(signum)
+            self.requested, self._only_forwarded = int(signum), False
             if self.forward is not None:
                 with contextlib.suppress(Exception):
-                    self.forward(int(signum))
+                    self.forward(int(getattr(signal, self.FORWARDED, signum)))
         if not self.graceful or not first:
             raise RunStopped(signum, abandoned=True)
+        if self._alarm_previous is None:  # a forwarded request may have started it already
+            self._start_grace()
+
+    def _handle_forwarded(self, signum: int, frame: Any) -> None:
+        """Another process of the run was asked to stop: stop after the step in progress (as SIGTERM). It
+        never abandons a step, and never counts as a second signal."""
+        import signal
+
+        if self.requested is not None:
+            return
+        self.requested, self._only_forwarded = int(signal.SIGTERM), True
+        if not self.graceful:
+            raise RunStopped(self.requested, abandoned=True)
         self._start_grace()
 
     def __enter__(self) -> StopSignals:

@@ -48,8 +48,9 @@ def default_chunk_size(vocab_size: int, budget_bytes: int = CHUNK_LOGITS_BUDGET)
     two in [64, 4096]. V = 151936 → 256, V = 49152 → 1024, V = 32000 → 2048.
 
     Why tie it to V: peak memory of the fused paths is ≈ 2–3 chunk logits plus the weight and its
-    gradient, so a fixed chunk of 1024 tokens costs 0.6 GB per logits buffer at Qwen's vocabulary, while
-    at 256 tokens the time per token is unchanged (measured, docs/performance.md).
+    gradient, so a fixed chunk of 1024 tokens costs 0.6 GB per logits buffer at Qwen's vocabulary; 256
+    tokens cost 1.3–1.8× the time there in a side-by-side CPU measurement (docs/performance.md): memory
+    bought with time.
     """
     tokens = max(1, budget_bytes // (4 * max(1, int(vocab_size))))
     return int(min(4096, max(64, 2 ** int(math.floor(math.log2(tokens))))))
@@ -212,7 +213,9 @@ class _FusedLogprobEntropy(torch.autograd.Function):
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
             z = chunk_logits(hidden[start:end], weight, bias, temperature, cdtype)
-            _, _, lp, ent = chunk_stats(z, targets[start:end])
+            # only the two vectors are kept: an unpacked ``[chunk, V]`` buffer (p·log p, p) would live on
+            # into the next chunk beside its new ones (one more ``[chunk, V]`` at the peak)
+            lp, ent = chunk_stats(z, targets[start:end])[2:]
             logprob[start:end] = lp
             entropy[start:end] = ent
             del z

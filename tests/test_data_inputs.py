@@ -187,9 +187,10 @@ def test_with_the_vllm_engine_prompts_fit_its_max_model_len(tmp_path: Path) -> N
             tokenizer,
             encode,
         )
-    # a max_model_len above the model's context leaves the context as the limit
-    wide = tiny_config(*base, "rollout.options.max_model_len=4096", "rollout.max_new_tokens=16")
-    assert len(build_run_data(wide, policy, tokenizer, encode)[1]) == 2
+    # a max_model_len above the model's context (256) leaves the context as the limit, named
+    wide = tiny_config(*base, "rollout.options.max_model_len=4096", "rollout.max_new_tokens=200")
+    with pytest.raises(DatasetError, match=r"long\.jsonl:5: .*the model's context of 256 leaves 56"):
+        build_run_data(wide, policy, tokenizer, encode)
 
 
 @pytest.mark.parametrize(

@@ -170,3 +170,22 @@ def test_a_resume_never_splices_two_branches_of_a_run(tmp_path: Path) -> None:
     summary = run_training(config, run_dir, resume=str(step2))
     assert summary["status"] == "finished"
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_refusal_names_a_checkpoint_of_the_rows_own_branch(tmp_path: Path) -> None:
+    """The first branch ran to step 6 (checkpoints 2, 4, 6); the second, from step 2 with checkpoints every
+    5 steps, crashed after step 4: step-000004.ckpt is still the first branch's. The refusal named it
+    (the latest step checkpoint the rows reach) — following it spliced the branches again; now it names
+    one at or before the second branch's start."""
+    from entropyctl.trainer.run_dir import RunDirError
+
+    run_dir = tmp_path / "run"
+    quiet = ["eval.before=false", "eval.after=false"]
+    run_training(tiny_config("trainer.steps=6", "trainer.checkpoint_every=2", *quiet), run_dir)
+    step2 = run_dir / "checkpoints" / "step-000002.ckpt"
+    every5 = tiny_config("trainer.steps=6", "trainer.checkpoint_every=5", *quiet)
+    with pytest.raises(_Killed):
+        run_training(every5, run_dir, resume=str(step2), callbacks=[_KillAfter(4)])
+    with pytest.raises(RunDirError, match="metrics.csv ends at step 4") as err:
+        run_training(every5, run_dir, resume="auto")
+    assert str(err.value).endswith(f"--resume {step2}")

@@ -167,7 +167,19 @@ def test_an_allowed_change_of_the_optimizer_settings_takes_effect(tmp_path: Path
     """optim.lr / weight_decay / betas / eps changed on a resume with --allow-resume-changes were recorded
     (config.yaml, summary.json) but Lightning restored the checkpoint's optimizer and scheduler over them:
     the run went on at the old rate."""
+    import lightning.pytorch as pl
+
     from entropyctl.trainer.checkpoints import load_checkpoint
+
+    class _SeenAtStep3(pl.Callback):
+        """The optimizer's settings as the first resumed step starts (the lr column is the scheduler's
+        value after the step: it would show the new rate even if step 3 ran at the old one)."""
+
+        seen: dict[str, Any] = {}
+
+        def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, idx: int) -> None:
+            group = trainer.optimizers[0].param_groups[0]
+            self.seen.setdefault("group", {k: group[k] for k in ("lr", "weight_decay", "eps", "betas")})
 
     run_dir = tmp_path / "run"
     run_training(tiny_config(*QUICK, "optim.lr=1e-3"), run_dir)
@@ -178,7 +190,14 @@ def test_an_allowed_change_of_the_optimizer_settings_takes_effect(tmp_path: Path
         "optim.betas=[0.8,0.9]",
         "trainer.steps=3",
     ]
-    summary = run_training(tiny_config(*QUICK, *new), run_dir, resume="auto", allow_resume_changes=True)
+    summary = run_training(
+        tiny_config(*QUICK, *new),
+        run_dir,
+        resume="auto",
+        allow_resume_changes=True,
+        callbacks=[_SeenAtStep3()],
+    )
+    assert _SeenAtStep3.seen["group"] == {"lr": 5e-2, "weight_decay": 0.5, "eps": 1e-6, "betas": (0.8, 0.9)}
     assert any("optim.lr: 0.001 -> 0.05" in line for line in summary["resume"]["changes"])
     assert [row["lr"] for row in read_metrics(run_dir)] == pytest.approx([1e-3, 1e-3, 5e-2])
     state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -535,6 +554,23 @@ def test_a_step_that_ended_in_time_saves_its_checkpoints_past_the_grace(tmp_path
         assert (tmp_path / "step-000002.ckpt").read_text() == "saved" == (tmp_path / "last.ckpt").read_text()
     finally:
         stop.restore()
+    # a first signal that arrives during the saves themselves starts no grace timer either
+    stop = StopSignals(grace_s=0.2).install()
+    try:
+        stop.graceful = True
+        callback = RLVRCheckpoint(tmp_path, every=1, total_steps=5, stop=stop)
+
+        def signalled_save(path: str, weights_only: bool = False) -> None:
+            if not stop.requested:
+                os.kill(os.getpid(), signal.SIGTERM)
+            slow_save(path, weights_only)
+
+        trainer.save_checkpoint = signalled_save
+        with pytest.raises(RunStopped) as info:
+            callback.on_train_batch_end(trainer, SimpleNamespace(rlvr_step=3), None, None, 0)  # type: ignore[arg-type]
+        assert not info.value.abandoned and (tmp_path / "step-000003.ckpt").read_text() == "saved"
+    finally:
+        stop.restore()
 
 
 def test_runs_started_in_the_same_second_get_directories_of_their_own(
@@ -586,3 +622,28 @@ def test_a_ctrl_c_that_reaches_every_process_stops_each_after_its_step(order: st
     finally:
         child.restore()
         rank0.cancel_grace()
+
+
+def test_a_refused_run_leaves_no_empty_time_stamped_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The time-stamped run directory is made when chosen; a run refused before it wrote anything (here an
+    accelerator this machine lacks) removes it again ("a refused run leaves nothing")."""
+    from entropyctl import cli
+
+    runs = tmp_path / "runs"
+    status = cli.main(["train", "--set", f"output_dir={runs}", "--set", "trainer.accelerator=cuda"])
+    assert status == 2 and "cuda" in capsys.readouterr().err
+    assert not list(runs.iterdir())
+
+
+def test_a_resume_record_after_a_line_a_crash_cut_short(tmp_path: Path) -> None:
+    """resumes.jsonl: the next record was appended onto a cut line, both were lost, and the previous good
+    record was dropped as if it were the new one."""
+    from entropyctl.trainer.run_dir import record_resume
+
+    assert record_resume(tmp_path, {"step": 2}) == []
+    with (tmp_path / "resumes.jsonl").open("a") as f:
+        f.write('{"step": 3, "chan')  # a crash in the middle of a record
+    assert [r["step"] for r in record_resume(tmp_path, {"step": 4})] == [2]
+    assert [r["step"] for r in record_resume(tmp_path, {"step": 5})] == [2, 4]

@@ -199,9 +199,8 @@ def _check_against_run(args: Any, target: Target, ks: list[int]) -> None:
     d = target.config.data
     if args.data not in RUN_SPLIT or d.source != "file":
         return
-    # the files scored: the held-out sets of data.eval_path (data.path unread), else data.path's split
-    scored = [("eval_path", path) for path in d.eval_files()] or [("path", d.path)]
-    for field, value in scored:
+    field = "eval_path" if d.eval_path else "path"
+    for value in d.held_out_source():
         if value and not Path(value).is_file():
             raise FileNotFoundError(
                 f"data.{field} {value!r} of {target.source}: no such file (a relative path is read from the "
@@ -290,7 +289,7 @@ def _problems(
         if d.source == "file":
             from entropyctl.trainer.run_dir import run_fingerprint
 
-            label = f"held-out split (file {', '.join(d.eval_files()) or d.path})"
+            label = f"held-out split (file {', '.join(d.held_out_source())})"
             if args.data == "synthetic":
                 _note(
                     f"note: --data synthetic is the old name of --data run: this run's own {label}; for the "
@@ -298,9 +297,8 @@ def _problems(
                 )
             # the scored files' SHA-256 among those the run trained with (a moved file keeps its bytes)
             saved = set((fingerprint or {}).get("data", {}).values())
-            scored = d.eval_files() or [d.path]
             current = run_fingerprint(config)["data"]
-            changed = [str(path) for path in scored if saved and current[str(path)] not in saved]
+            changed = [path for path in d.held_out_source() if saved and current[path] not in saved]
             if changed:
                 named = " and ".join(changed)
                 _note(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -79,19 +81,27 @@ def train_from_cli(
     progress_bar: bool | None = None,
 ) -> dict[str, Any]:
     """What `entropyctl train` does (the cli package parses the arguments)."""
-    from entropyctl.trainer.run import check_resume_target, resolve_run_dir, run_training
+    from entropyctl.trainer.run import RUN_DIR_ENV, check_resume_target, resolve_run_dir, run_training
 
     config = resolved_config(config_path, overrides, threads)
     check_resume_target(config, out, resume)
+    # resolve_run_dir makes the time-stamped directory (neither --out nor run_name, and not a DDP child)
+    made = out is None and config.run_name is None and not os.environ.get(RUN_DIR_ENV)
     run_dir = resolve_run_dir(config, out)
-    return run_training(
-        config,
-        run_dir,
-        resume=resume,
-        overwrite=overwrite,
-        allow_resume_changes=allow_resume_changes,
-        progress_bar=progress_bar,
-    )
+    try:
+        return run_training(
+            config,
+            run_dir,
+            resume=resume,
+            overwrite=overwrite,
+            allow_resume_changes=allow_resume_changes,
+            progress_bar=progress_bar,
+        )
+    except BaseException:
+        if made:  # a run refused before it wrote leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty
+        raise
 
 
 def run(args: Any) -> int:

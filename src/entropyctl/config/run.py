@@ -229,6 +229,11 @@ class DataConfig(_Section):
             return []
         return [self.eval_path] if isinstance(self.eval_path, str) else list(self.eval_path)
 
+    def held_out_source(self) -> list[str]:
+        """The files a file run's held-out problems are read from: ``eval_path``'s, else ``data.path`` (its
+        split); ``data.path`` is not read for them when there is an ``eval_path``."""
+        return self.eval_files() or ([self.path] if self.path else [])
+
 
 def _check_eval_files(paths: list[str]) -> None:
     if not paths:

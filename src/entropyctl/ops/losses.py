@@ -299,15 +299,11 @@ def policy_loss(
     dual_clip: float | None = None,
     kl_estimator: str = "k3",
 ) -> PolicyLossOutput:
-    """Reference loss L = L_pg + L_H (+ β·L_KL) of design.md §2 on per-token tensors ``[N]``.
+    """Reference loss L = L_pg + L_H (+ β·L_KL) of design.md §2 on per-token tensors ``[N]``, by autograd.
 
-    ``coef`` is α per token (α_i of the token's prompt) or one scalar; ``mask`` is m (0/1);
-    ``token_action`` (optional) the per-token weight / detach mask / KL coefficient of the module
-    docstring; ``loss_weight`` (optional) u of the module docstring; ``seq_index`` (optional) each
-    token's response, for the sequence-level ratio (GSPO); ``dual_clip`` (optional) c of the module
-    docstring; ``kl_estimator`` ``k3`` (TRL's) or ``low_var_kl`` (verl's, clamped). Differentiable w.r.t.
-    ``logprob`` and ``entropy`` by plain autograd.
-    """
+    ``coef``: α per token or one scalar; ``mask``: m (0/1); optional, as in the module docstring:
+    ``token_action`` (w, d, c), ``loss_weight`` (u), ``seq_index`` (GSPO), ``dual_clip`` (c),
+    ``kl_estimator`` (``k3``, TRL's, or ``low_var_kl``, verl's clamped)."""
     _check_clip(clip_low, clip_high, dual_clip)
     kl_clamp = _check_kl_estimator(kl_estimator)
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
@@ -483,10 +479,9 @@ class _FusedPolicyLoss(torch.autograd.Function):
         clip_high: float,
         temperature: float,
         chunk_size: int,
-        kl_coef: float,
+        kl: tuple[float, bool],
         need_grad: tuple[bool, bool, bool],
         dual_clip: float | None,
-        kl_clamp: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         n = hidden.shape[0]
         cdtype = _compute_dtype(hidden.dtype)
@@ -498,13 +493,13 @@ class _FusedPolicyLoss(torch.autograd.Function):
         grad_b = torch.zeros(weight.shape[0], dtype=cdtype, device=weight.device) if need_b else None
         any_grad = need_h or need_w or need_b
         grads: tuple[Tensor, Tensor] | None = None
+        bounds = (clip_low, clip_high, kl[0], dual_clip, kl[1])
         if seq_index is not None and any_grad:
             # a response's ratio needs every one of its tokens' log-probs: a first pass reads them all (one
             # more pass of the LM head), then the second computes each chunk's gradient from them
             every_lp, _ = fused_logprob_entropy(  # under forward's no-grad: values only
                 hidden, weight, targets, temperature=temperature, chunk_size=chunk_size, bias=bias
             )
-            bounds = (clip_low, clip_high, kl_coef, dual_clip, kl_clamp)
             grads = _grads_of(every_lp, token_inputs, action, N, bounds, seq_index)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
@@ -520,7 +515,6 @@ class _FusedPolicyLoss(torch.autograd.Function):
                 else:
                     part = tuple(None if x is None else x[start:end] for x in token_inputs)
                     acts = tuple(None if a is None else a[start:end] for a in action)
-                    bounds = (clip_low, clip_high, kl_coef, dual_clip, kl_clamp)
                     g_lp, g_H = _grads_of(lp, part, acts, N, bounds)  # type: ignore[arg-type]
                 skip_H = not bool(torch.any(g_H != 0))
                 dz = chunk_dlogits(p_log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
@@ -547,7 +541,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = g_loss.reshape(())
         out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*out, None, None, None, None, None, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def _per_token_inputs(
@@ -596,15 +590,12 @@ def fused_policy_loss(
     dual_clip: float | None = None,
     kl_estimator: str = "k3",
 ) -> PolicyLossOutput:
-    """:func:`policy_loss` straight from hidden states ``[N, d]`` and the LM head, equal in value and
+    """:func:`policy_loss` (its options) from hidden states ``[N, d]`` and the LM head, equal in value and
     gradient to ``policy_loss(*token_logprob_entropy(hidden @ weight.T + bias, targets, T), ...)`` but
     never holding ``[N, V]`` logits: the gradient w.r.t. hidden/weight/bias is computed in forward and
-    stored until ``loss.backward()`` (call it once) scales it. ``token_action``, ``loss_weight``,
-    ``dual_clip``, ``seq_index`` and ``kl_estimator`` as in :func:`policy_loss` (tensors ``[N]``; a sequence
-    ratio costs one more pass of the LM head: every token's log-prob before any gradient)."""
+    stored until ``loss.backward()`` (call it once) scales it; a sequence ratio costs one more head pass."""
     t = _check_temperature(temperature)
     _check_clip(clip_low, clip_high, dual_clip)
-    kl_clamp = _check_kl_estimator(kl_estimator)
     chunk_size = default_chunk_size(weight.shape[0]) if chunk_size is None else chunk_size
     _validate(hidden, weight, targets, bias, chunk_size)
     n, cdtype = hidden.shape[0], _compute_dtype(hidden.dtype)
@@ -632,10 +623,9 @@ def fused_policy_loss(
         clip_high,
         t,
         chunk_size,
-        float(kl_coef),
+        (float(kl_coef), _check_kl_estimator(kl_estimator)),  # β, and whether its estimate is clamped
         need_grad,
         None if dual_clip is None else float(dual_clip),
-        kl_clamp,
     )
     parts = policy_loss(
         logprob,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -73,6 +72,7 @@ from entropyctl.trainer.run_dir import (
     coefficient_acted,
     metric_columns,
     read_metrics,
+    step_checkpoints,
     write_atomic,
 )
 from entropyctl.trainer.sampler import PromptSampler, derive_seed
@@ -206,11 +206,7 @@ class RLVRCheckpoint(pl.Callback):
         """Delete the step checkpoints of steps before ``step`` beyond the ``keep - 1`` most recent."""
         if self.keep is None:
             return
-        earlier = []
-        for path in self.dirpath.glob("step-*.ckpt"):
-            match = re.fullmatch(r"step-(\d+)\.ckpt", path.name)
-            if match is not None and int(match.group(1)) < step:
-                earlier.append((int(match.group(1)), path))
+        earlier = [(k, path) for k, path in step_checkpoints(self.dirpath) if k < step]
         for _, path in sorted(earlier, reverse=True)[self.keep - 1 :]:
             path.unlink(missing_ok=True)
 
@@ -243,19 +239,23 @@ class RLVRCheckpoint(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.stop is not None:  # the step ended in time: its checkpoints are written without a deadline
+            self.stop.saving = True  # a signal during the saves below starts no grace timer either
             self.stop.cancel_grace()
         step = int(getattr(pl_module, "rlvr_step", 0))
         periodic = self.every > 0 and step % self.every == 0
-        if periodic:
-            trainer.save_checkpoint(str(self.dirpath / f"step-{step:06d}.ckpt"), weights_only=False)
-            if trainer.is_global_zero:
-                self._prune(step)
         final = self.save_last and step >= self.total_steps
-        if periodic or final:
-            trainer.save_checkpoint(str(self.dirpath / "last.ckpt"), weights_only=False)
+        try:
+            if periodic:
+                trainer.save_checkpoint(str(self.dirpath / f"step-{step:06d}.ckpt"), weights_only=False)
+                if trainer.is_global_zero:
+                    self._prune(step)
+            if periodic or final:
+                trainer.save_checkpoint(str(self.dirpath / "last.ckpt"), weights_only=False)
+        finally:
+            if self.stop is not None:
+                self.stop.saving = False
         signum = self._stop_signal(trainer) if self.stop is not None else None
         if signum is not None and self.stop is not None:
-            self.stop.cancel_grace()  # a signal during the saves above: its timer ends here too
             # the agreed signal, on every rank: at the last step on_train_end stops them all (a rank
             # that got none would otherwise go on into the evaluation's collectives, alone)
             self.stop.requested = self.stop.requested or signum
@@ -531,6 +531,7 @@ class RLVRModule(pl.LightningModule):
         )
         self.levels = list(sampler.levels)
         self.rlvr_step = 0  # completed RLVR steps (global_step counts optimizer steps)
+        self._resumed = False  # loaded from a checkpoint (on_load_checkpoint)
         #: the config + data fingerprint saved in checkpoints (set by run_training; plain dicts)
         self.run_fingerprint: dict[str, Any] | None = None
         self.eval_results: dict[str, Any] = {}
@@ -579,13 +580,17 @@ class RLVRModule(pl.LightningModule):
             eps=o.eps,
             weight_decay=o.weight_decay,
         )
-        total = self.config.trainer.steps * self.optimizer_steps_per_rlvr_step
-        factor = lr_factor(o.warmup_steps, o.schedule, o.min_lr_ratio, total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+
+    def _lr_factor(self) -> Callable[[int], float]:
+        """The schedule's factor of ``optim.lr`` at an optimizer step, over the run's optimizer steps."""
+        o = self.config.optim
+        total = self.config.trainer.steps * self.optimizer_steps_per_rlvr_step
+        return lr_factor(o.warmup_steps, o.schedule, o.min_lr_ratio, total)
 
     @property
     def optimizer_steps_per_rlvr_step(self) -> int:
@@ -620,38 +625,28 @@ class RLVRModule(pl.LightningModule):
         if "sampler" in state:
             self.sampler.load_state_dict(state["sampler"])
         self.eval_results = dict(state.get("eval_results", {}))
-        self._optim_settings_over(checkpoint)
+        self._resumed = True  # the optimizer's settings are the config's once Lightning restored it
 
-    def _optim_settings_over(self, checkpoint: dict[str, Any]) -> None:
-        """The config's ``optim`` settings (lr, its schedule, weight decay, betas, eps) written over the
-        checkpoint's before Lightning restores the optimizer and scheduler from it: a resume that changes
-        them (``--allow-resume-changes``) runs with them, as its record says — they were overwritten by
-        the saved ones. Unchanged settings restore the same values (the rate is base · factor(step), as
-        the scheduler computes it)."""
+    def _optim_settings_over(self) -> None:
+        """A resumed run's optimizer and scheduler (restored from the checkpoint by then, under every
+        strategy) take the config's ``optim`` settings — lr and its schedule, weight decay, betas, eps: a
+        resume that changes them (``--allow-resume-changes``) runs with them, as its record says.
+        Unchanged settings give the same values (the rate is base · factor(step), as the scheduler
+        computes it)."""
         o = self.config.optim
-        total = self.config.trainer.steps * self.optimizer_steps_per_rlvr_step
-        factor = lr_factor(o.warmup_steps, o.schedule, o.min_lr_ratio, total)
-        schedulers = checkpoint.get("lr_schedulers") or []
-        step = int(schedulers[0].get("last_epoch", 0)) if schedulers else None
-        for sched in schedulers:
-            sched["base_lrs"] = [o.lr for _ in sched.get("base_lrs", [])]
-            sched["_last_lr"] = [o.lr * factor(int(sched.get("last_epoch", 0))) for _ in sched["base_lrs"]]
-        for opt in checkpoint.get("optimizer_states") or []:
-            for group in opt.get("param_groups", []):
-                group.update(weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps)
-                if step is not None:
-                    group.update(lr=o.lr * factor(step), initial_lr=o.lr)
-
-    def on_fit_start(self) -> None:
-        # The reference policy is hidden from nn.Module (no DDP, no checkpoint), so Lightning's device
-        # move and precision conversion (bf16-true, 16-true) skip it: give it the policy's device and
-        # floating dtype here, after both. (Left on the CPU, a GPU run would compute every reference
-        # log-prob on the CPU, or fail on a device mismatch on the unfused path.)
-        if self._reference is not None:
-            dtype = next((p.dtype for p in self.policy.parameters() if p.is_floating_point()), None)
-            self._reference.module.to(device=self.device, dtype=dtype)
+        factor = self._lr_factor()
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            scheduler.base_lrs = [o.lr for _ in scheduler.base_lrs]
+            step = int(scheduler.last_epoch)
+            for group in scheduler.optimizer.param_groups:
+                group.update(lr=o.lr * factor(step), initial_lr=o.lr, weight_decay=o.weight_decay)
+                group.update(betas=tuple(o.betas), eps=o.eps)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
     def on_train_start(self) -> None:
+        if self._resumed:
+            self._optim_settings_over()
         rank, _ = self._world()
         if rank == 0 and self.metrics_writer is not None:
             self.metrics_writer.truncate_after(self.rlvr_step)
@@ -911,7 +906,8 @@ class RLVRModule(pl.LightningModule):
                 (len(tok_rows),), tokens / (S * self.config.rollout.max_new_tokens), dtype=torch.float64
             )
         # the loss casts u to its own dtype: a float64 run keeps u exact (MPS has no float64)
-        return u.to(device=self.device, dtype=torch.float32 if self.device.type == "mps" else torch.float64)
+        device = torch.device(self.device)
+        return u.to(device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
 
     def _minibatches(
         self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True

@@ -24,7 +24,6 @@ import itertools
 import math
 import os
 import platform
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,8 +45,10 @@ from entropyctl.trainer.run_dir import (
     prepare_run_dir,
     read_band_health,
     read_metrics,
+    read_resumes,
     record_resume,
     run_fingerprint,
+    step_checkpoints,
     write_json_atomic,
 )
 
@@ -144,11 +145,12 @@ def build_data(
     assert d.path is not None
     fit = fit or (lambda problems: problems)
     options = {**d.options, "keep_columns": rewards_take_info(config)}
-    if d.eval_path and held_out_only:
-        return None, held_out_files(d.eval_files(), e.n_prompts, isinstance(d.eval_path, list), options, fit)
-    rows = fit(list(load_math_dataset(d.path, **options)))
     if d.eval_path:
         heldout = held_out_files(d.eval_files(), e.n_prompts, isinstance(d.eval_path, list), options, fit)
+        if held_out_only:
+            return None, heldout
+    rows = fit(list(load_math_dataset(d.path, **options)))
+    if d.eval_path:
         train = rows
     else:
         if e.n_prompts >= len(rows):
@@ -565,12 +567,13 @@ def check_rows_reach(run_dir: Path, ckpt_path: str, step: int) -> None:
     if not logged or max(logged) >= step:
         return
     last = int(max(logged))
+    # a step checkpoint at or before the latest resume's step is of the rows' own branch (a later one may be
+    # the abandoned branch's, which the rows' branch did not overwrite)
+    branch_point = min([last, *(int(r.get("step", last)) for r in read_resumes(run_dir)[-1:])])
     reached = sorted(
-        p.name
-        for p in (run_dir / "checkpoints").glob("step-*.ckpt")
-        if (m := re.fullmatch(r"step-(\d+)\.ckpt", p.name)) and int(m.group(1)) <= last
+        (step, path) for step, path in step_checkpoints(run_dir / "checkpoints") if step <= branch_point
     )
-    advice = f"--resume {run_dir / 'checkpoints' / reached[-1]}" if reached else "--overwrite to start afresh"
+    advice = f"--resume {reached[-1][1]}" if reached else "--overwrite to start afresh"
     raise RunDirError(
         f"--resume {ckpt_path}: a checkpoint of step {step}, but {run_dir / 'metrics.csv'} ends at step {last} — "
         f"the checkpoint is of an earlier branch of this run (a continuation from an earlier step stopped "
@@ -725,7 +728,7 @@ def run_training(
                     ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log
                 )
                 check_rows_reach(run_dir, ckpt_path, int(resume_record.get("step", 0)))
-                resume_record = {**resume_record, "earlier": record_resume(run_dir, resume_record)[:-1]}
+                resume_record = {**resume_record, "earlier": record_resume(run_dir, resume_record)}
             (run_dir / "config.yaml").write_text(config.to_yaml())
             for line in config.inert_settings():
                 log(f"[entropyctl] note: {line}")

@@ -271,18 +271,36 @@ class RunLock:
 # ------------------------------------------------------------------------------- directory contract
 
 
-def record_resume(run_dir: Path, record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Append ``record`` (with the time) to the run's :data:`RESUMES_FILE`; every resume so far, oldest
-    first. ``config.yaml`` holds the latest config: with this file a run resumed with changes says which
-    changes, at which step, for each of its segments. A line a crash cut short is skipped."""
-    path = run_dir / RESUMES_FILE
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps({**record, "at": _now()}, default=str) + "\n")
+def step_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """The ``step-NNNNNN.ckpt`` files of a ``checkpoints/`` directory, with their steps (unsorted)."""
+    found = []
+    for path in directory.glob("step-*.ckpt"):
+        match = re.fullmatch(r"step-(\d+)\.ckpt", path.name)
+        if match is not None:
+            found.append((int(match.group(1)), path))
+    return found
+
+
+def read_resumes(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's resumes so far (:data:`RESUMES_FILE`), oldest first; a line a crash cut short is skipped."""
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
+    with contextlib.suppress(FileNotFoundError):
+        for line in (run_dir / RESUMES_FILE).read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
     return records
+
+
+def record_resume(run_dir: Path, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Append ``record`` (with the time) to the run's :data:`RESUMES_FILE`; returns the resumes before it,
+    oldest first. ``config.yaml`` holds the latest config: with this file a run resumed with changes says
+    which changes, at which step, for each of its segments."""
+    earlier = read_resumes(run_dir)
+    path = run_dir / RESUMES_FILE
+    cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with path.open("a", encoding="utf-8") as f:  # after a line a crash cut short: on a line of its own
+        f.write(("\n" if cut else "") + json.dumps({**record, "at": _now()}, default=str) + "\n")
+    return earlier
 
 
 def existing_run_files(run_dir: Path) -> list[str]:
@@ -590,6 +608,8 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
         self._alarm_previous: Any = None
         self._only_forwarded = False  # the request so far is another process's, forwarded
+        #: the step's checkpoints are being written: a first signal then starts no grace timer
+        self.saving = False
 
     def install(self) -> StopSignals:
         """Install (or re-install, over a framework's own handler) the handlers; no-op off the main thread."""
@@ -651,7 +671,7 @@ class StopSignals:
                     self.forward(int(getattr(signal, self.FORWARDED, signum)))
         if not self.graceful or not first:
             raise RunStopped(signum, abandoned=True)
-        if self._alarm_previous is None:  # a forwarded request may have started it already
+        if self._alarm_previous is None and not self.saving:  # a forwarded request may have started it
             self._start_grace()
 
     def _handle_forwarded(self, signum: int, frame: Any) -> None:
@@ -664,7 +684,8 @@ class StopSignals:
         self.requested, self._only_forwarded = int(signal.SIGTERM), True
         if not self.graceful:
             raise RunStopped(self.requested, abandoned=True)
-        self._start_grace()
+        if not self.saving:
+            self._start_grace()
 
     def __enter__(self) -> StopSignals:
         return self.install()

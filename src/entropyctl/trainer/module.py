@@ -644,6 +644,15 @@ class RLVRModule(pl.LightningModule):
                 group.update(betas=tuple(o.betas), eps=o.eps)
             scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
+    def on_fit_start(self) -> None:
+        # The reference policy is hidden from nn.Module (no DDP, no checkpoint), so Lightning's device
+        # move and precision conversion (bf16-true, 16-true) skip it: give it the policy's device and
+        # floating dtype here, after both. (Left on the CPU, a GPU run would compute every reference
+        # log-prob on the CPU, or fail on a device mismatch on the unfused path.)
+        if self._reference is not None:
+            dtype = next((p.dtype for p in self.policy.parameters() if p.is_floating_point()), None)
+            self._reference.module.to(device=self.device, dtype=dtype)
+
     def on_train_start(self) -> None:
         if self._resumed:
             self._optim_settings_over()

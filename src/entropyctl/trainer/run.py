@@ -557,7 +557,7 @@ def check_rows_reach(run_dir: Path, ckpt_path: str, step: int) -> None:
     before it mean the checkpoint is of another branch of the run — a continuation from an earlier step
     checkpoint stopped before its next save, and left the first branch's ``last.ckpt`` — and continuing
     would splice the two (the rows between missing, the weights of the other branch): a
-    :class:`RunDirError` naming the checkpoints this run's rows do reach. A directory without rows (a
+    :class:`RunDirError` naming a step checkpoint of the rows' own branch. A directory without rows (a
     continuation into a new ``--out``) is not checked."""
     try:
         steps = read_metrics(run_dir / "metrics.csv").get("step")
@@ -570,9 +570,7 @@ def check_rows_reach(run_dir: Path, ckpt_path: str, step: int) -> None:
     # a step checkpoint at or before the latest resume's step is of the rows' own branch (a later one may be
     # the abandoned branch's, which the rows' branch did not overwrite)
     branch_point = min([last, *(int(r.get("step", last)) for r in read_resumes(run_dir)[-1:])])
-    reached = sorted(
-        (step, path) for step, path in step_checkpoints(run_dir / "checkpoints") if step <= branch_point
-    )
+    reached = sorted((k, path) for k, path in step_checkpoints(run_dir / "checkpoints") if k <= branch_point)
     advice = f"--resume {reached[-1][1]}" if reached else "--overwrite to start afresh"
     raise RunDirError(
         f"--resume {ckpt_path}: a checkpoint of step {step}, but {run_dir / 'metrics.csv'} ends at step {last} — "

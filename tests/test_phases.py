@@ -56,6 +56,7 @@ class _Rollout:
     overlong = "penalty"
     max_new_tokens = 6
     overlong_buffer = 2
+    overlong_penalty_factor = 1.0
 
 
 def test_score_shapes_rewards_counts_accuracy_and_normalises_in_groups() -> None:
@@ -72,6 +73,17 @@ def test_score_shapes_rewards_counts_accuracy_and_normalises_in_groups() -> None
         False,
     ]
     assert scored.levels.tolist() == [3, 1]
+
+
+def test_the_overlong_penalty_scales_by_its_factor() -> None:
+    """rollout.overlong_penalty_factor (verl's overlong_buffer.penalty_factor): the penalty at L_max is
+    −factor, the ramp scaled alike; 1 is DAPO's (the test above)."""
+
+    class Half(_Rollout):
+        overlong_penalty_factor = 0.5
+
+    collected = _collected([[1.0, 0.5], [0.0, 1.0]], lengths=[2, 5, 6, 3], levels=[3, 1])
+    assert score(collected, Half(), "group").shaped.tolist() == [[1.0, 0.25], [-0.5, 1.0]]
 
 
 def test_plan_spreads_the_controllers_plan_over_sequences_and_masks_overlong() -> None:

@@ -320,7 +320,6 @@ FOREIGN_NAMES = {
     "not built)",
     "max_epochs": "algorithm.ppo_epochs",
     "overlong_buffer_len": "rollout.overlong_buffer (with rollout.overlong: penalty)",
-    "overlong_penalty_factor": "rollout.overlong (penalty; its factor is 1, DAPO's)",
     "micro_train_batch_size": "algorithm.micro_batch_size",
     "rollout_batch_size": "rollout.prompts_per_step (prompts per process)",
     "eps_clip_low_high": "controller.clip_low and controller.clip_high",

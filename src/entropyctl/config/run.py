@@ -333,6 +333,12 @@ class RolloutConfig(_Section):
         ge=1,
         description="penalty: L_cache, the last tokens before L_max over which the penalty ramps to -1.",
     )
+    overlong_penalty_factor: float = Field(
+        1.0,
+        gt=0,
+        description="penalty: the penalty's size at L_max, ramping from 0 (DAPO's 1; verl's "
+        "overlong_buffer.penalty_factor, OpenRLHF's overlong_penalty_factor).",
+    )
     dynamic_sampling: bool = Field(
         False,
         description="DAPO: drop groups whose shaped rewards (the verifier's, reward.shaping, the overlong "
@@ -907,15 +913,13 @@ class RunConfig(BaseModel):
                 "the ablation: section (arms, seeds) is read by `entropyctl ablate`; `entropyctl train` runs the "
                 "base config alone, with the controller it names"
             )
-        buffer = self.rollout.overlong_buffer
-        if (
-            self.rollout.overlong != "penalty"
-            and buffer != RolloutConfig.model_fields["overlong_buffer"].default
-        ):
-            lines.append(
-                f"rollout.overlong_buffer {buffer} has no effect: it is the length of DAPO's overlong penalty, "
-                f"which is off (rollout.overlong is {self.rollout.overlong!r}; set it to penalty)"
-            )
+        for name in ("overlong_buffer", "overlong_penalty_factor"):
+            value = getattr(self.rollout, name)
+            if self.rollout.overlong != "penalty" and value != RolloutConfig.model_fields[name].default:
+                lines.append(
+                    f"rollout.{name} {value} has no effect: it shapes DAPO's overlong penalty, which is off "
+                    f"(rollout.overlong is {self.rollout.overlong!r}; set it to penalty)"
+                )
         if self.rollout.engine == "hf" and self.rollout.options:
             lines.append(
                 f"rollout.options ({', '.join(sorted(self.rollout.options))}) configure the vllm engine and "
@@ -976,6 +980,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.dual_clip": None,
     "algorithm.kl_estimator": "k3",
     "eval.top_p": None,
+    "rollout.overlong_penalty_factor": 1.0,
     "eval.top_k": None,
     "model.gradient_checkpointing": False,
     "model.lora": None,

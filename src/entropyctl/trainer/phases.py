@@ -145,7 +145,7 @@ def shaped_rewards(
 ) -> Tensor:
     """The reward the advantages come from, ``[P, G]``: the verifier's ``rewards``, plus Σ_k w_k·score_k of
     ``shaping`` ``[P, G, K]`` (``reward.shaping``), plus DAPO's overlong penalty of the responses'
-    ``lengths`` ``[P·G]`` when ``rollout.overlong == "penalty"``. Also what dynamic sampling compares."""
+    ``lengths`` ``[P·G]``, times ``rollout.overlong_penalty_factor``, when ``rollout.overlong == "penalty"``. Also what dynamic sampling compares."""
     P, G = rewards.shape
     shaped = rewards.clone()
     if shaping is not None:
@@ -154,9 +154,8 @@ def shaped_rewards(
         w = torch.tensor(list(weights), dtype=shaping.dtype)
         shaped = shaped + (shaping * w).sum(-1).to(shaped.dtype)
     if rollout.overlong == "penalty":
-        shaped = shaped + overlong_penalty(lengths, rollout.max_new_tokens, rollout.overlong_buffer).reshape(
-            P, G
-        )
+        penalty = overlong_penalty(lengths, rollout.max_new_tokens, rollout.overlong_buffer)
+        shaped = shaped + rollout.overlong_penalty_factor * penalty.reshape(P, G)
     return shaped
 
 

@@ -334,15 +334,13 @@ def _foreign(path: str, value: Any = None) -> str | None:
     """Our field for another trainer's option at ``path`` (its last part), or for the options nested in
     ``value`` when ``path`` is another trainer's section (verl's ``actor_rollout_ref``...)."""
     name = path.rpartition(".")[2]
-    if name in FOREIGN_NAMES:
-        if "→" in FOREIGN_NAMES[name] or not isinstance(value, Mapping):
-            return FOREIGN_NAMES[name]
-        # a section of theirs (verl's filter_groups: {enable, max_num_gen_batches}): its options' pointers too
-        inner = [f"{key} → {pointer}" for key in value if (pointer := _pointer(f"{path}.{key}")) is not None]
-        return "; ".join([FOREIGN_NAMES[name], *inner])
-    if difflib.get_close_matches(name, list(RunConfig.model_fields), n=1, cutoff=0.8):
+    own = FOREIGN_NAMES.get(name)
+    if own is not None and ("→" in own or not isinstance(value, Mapping)):
+        return own
+    if own is None and difflib.get_close_matches(name, list(RunConfig.model_fields), n=1, cutoff=0.8):
         return None  # a slip in one of our sections' names (`contoller`): the spelling match answers it
-    found: list[str] = []
+    # a section of theirs (verl's filter_groups: {enable, max_num_gen_batches}): its options' pointers too
+    found: list[str] = [] if own is None else [own]
 
     def leaves(node: Any, at: str, depth: int) -> None:
         if not isinstance(node, Mapping) or depth > 8:

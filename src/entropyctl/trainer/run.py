@@ -831,9 +831,8 @@ class _Run:
             if self.trainer is not None and not is_sharded(module.policy):
                 module.to(self.trainer.strategy.root_device)  # fit's teardown left it on the CPU
             module.eval_results["after"] = module.evaluate_heldout("after")
-            self.fit_s += (
-                time.perf_counter() - started
-            )  # counted as the run's, like the evaluation it stands for
+            # counted as the run's, like the evaluation it stands for
+            self.fit_s += time.perf_counter() - started
 
     def _build(self) -> None:
         import lightning.pytorch as pl

@@ -787,13 +787,12 @@ class MetricsWriter:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        # temp file + rename: a reader (or a kill) never sees a truncated file
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        # temp file + rename (write_atomic): a reader (or a kill) never sees a truncated file
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.path, lambda f: f.write(buffer.getvalue().encode()))
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.path.exists():
@@ -824,14 +823,16 @@ class CompletionsWriter:
         short) ends it too."""
         if not self.path.exists():
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with self.path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
-            for line in src:
-                match = _ROW_STEP.match(line)
-                if match is None or not line.endswith("\n") or int(match.group(1)) > step:
-                    break
-                dst.write(line)
-        os.replace(tmp, self.path)
+
+        def copy(dst: Any) -> None:
+            with self.path.open(encoding="utf-8") as src:
+                for line in src:
+                    match = _ROW_STEP.match(line)
+                    if match is None or not line.endswith("\n") or int(match.group(1)) > step:
+                        break
+                    dst.write(line.encode("utf-8"))
+
+        write_atomic(self.path, copy)  # temp file + rename, as the metrics' rewrite
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         # one write() of complete lines: appended, never truncating earlier rows

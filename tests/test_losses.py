@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from entropyctl.ops.advantages import group_advantages
 from entropyctl.ops.entropy import token_logprob_entropy
-from entropyctl.ops.losses import PolicyLossOutput, fused_policy_loss, policy_loss
+from entropyctl.ops.losses import PolicyLossOutput, _kl_per_token, fused_policy_loss, policy_loss
 from entropyctl.ops.token_selection import TokenAction
 
 torch.set_num_threads(1)
@@ -696,28 +696,87 @@ def test_low_var_kl_is_verls_clamped_k3_and_bounds_a_tail_tokens_pull() -> None:
     assert float(k3_kl) == pytest.approx(float((k3 * mask).sum() / n), rel=1e-12)
     assert float(k3_grad[4].abs()) > 1e3 * float(grad.abs().max())  # the tail token TRL's k3 follows
     with pytest.raises(ValueError, match="kl_estimator must be one of"):
-        policy_loss(ref, ref, ref, ref, 0.0, mask, 0.2, 0.2, ref_logprob=ref, kl_coef=0.5, kl_estimator="k2")
+        policy_loss(
+            ref, ref, ref, ref, 0.0, mask, 0.2, 0.2, ref_logprob=ref, kl_coef=0.5, kl_estimator="full"
+        )
 
 
+def _verl_loss_kl(logprob: torch.Tensor, ref: torch.Tensor, estimator: str) -> torch.Tensor:
+    """verl's other loss estimators, written from their definitions: ``kl`` (k1), ``mse`` (k2), ``abs``."""
+    d = logprob - ref
+    return {"k1": d, "k2": 0.5 * d.square(), "abs": d.abs()}[estimator]
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "abs"])
+def test_k1_k2_abs_are_verls_kl_mse_abs_with_their_gradients(estimator: str) -> None:
+    """kl_estimator k1 / k2 / abs: per token verl's ``kl`` (logp − ref), ``mse`` ((logp − ref)²/2) and
+    ``abs`` (|logp − ref|), averaged as every term; the closed-form slope the fused path uses
+    (∂/∂logp = 1, logp − ref, sign(logp − ref)) equals autograd's, and it differs from k3's."""
+    log_r = torch.tensor([0.3, -0.7, 2.0, 2.6, 11.5, -25.0, 0.0, 1.0], dtype=torch.float64)
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    ref = torch.full_like(log_r, -2.0)
+    logprob = (ref - log_r).clone().requires_grad_()
+    out = policy_loss(
+        logprob, torch.zeros_like(ref), logprob.detach(), torch.zeros_like(ref), 0.0, mask, 0.2, 0.2,
+        ref_logprob=ref, kl_coef=0.5, kl_estimator=estimator,
+    )  # fmt: skip
+    n = float(mask.sum())
+    per_token = _verl_loss_kl(ref - log_r, ref, estimator)
+    assert float(out.kl_loss) == pytest.approx(float((per_token * mask).sum() / n), rel=1e-14)
+    (grad,) = torch.autograd.grad(out.loss, logprob)
+    slope = {"k1": torch.ones_like(log_r), "k2": -log_r, "abs": -torch.sign(log_r)}[estimator]
+    torch.testing.assert_close(grad, 0.5 / n * slope * mask, rtol=1e-14, atol=0.0)
+    closed, _ = _kl_per_token(log_r, estimator)
+    torch.testing.assert_close(closed, per_token, rtol=1e-14, atol=0.0)
+    k3_slope = 1.0 - torch.exp(log_r)
+    assert not torch.allclose(slope[mask > 0], k3_slope[mask > 0])
+
+
+@pytest.mark.parametrize("estimator", ["low_var_kl", "k1", "k2", "abs"])
 @pytest.mark.parametrize("seq", [False, True])
-def test_fused_low_var_kl_equals_the_reference(seq: bool) -> None:
-    """The fused path's closed-form gradient of the clamped KL = autograd through the full logits (fp64),
-    with reference log-probs set so that some tokens' clamps bind (|ref − logp| up to ~30)."""
+def test_fused_kl_estimators_equal_the_reference(seq: bool, estimator: str) -> None:
+    """The fused path's closed-form gradient of each KL estimator = autograd through the full logits
+    (fp64), with reference log-probs set so that some tokens' low_var_kl clamps bind (|ref − logp| up to
+    ~30)."""
     hidden, weight, bias, targets, old, adv, coef, mask, _, rows, w, lp = _seq_case(4)
     g = torch.Generator().manual_seed(9)
     ref = (lp + 30.0 * (torch.rand(lp.shape, generator=g, dtype=torch.float64) - 0.5)).detach()
     k3 = torch.exp(ref - lp) - (ref - lp) - 1.0
     assert bool(((k3 > 10) & (mask > 0)).any()) and bool(((k3 <= 10) & (mask > 0)).any())
-    kw = dict(ref_logprob=ref, kl_coef=0.3, kl_estimator="low_var_kl", seq_index=rows if seq else None)
+    kw = dict(ref_logprob=ref, kl_coef=0.3, kl_estimator=estimator, seq_index=rows if seq else None)
     fused = fused_policy_loss(
         hidden, weight, targets, old, adv, coef, mask, 0.2, 0.2, 0.9, chunk_size=4, bias=bias, **kw
     )
     oracle = _oracle(hidden, weight, targets, old, adv, coef, mask, 0.2, 0.2, 0.9, bias=bias, **kw)
     assert float(fused.loss.detach()) == pytest.approx(float(oracle.loss.detach()), rel=1e-12)
-    assert float(fused.kl_loss) < float((k3 * mask).sum() / mask.sum())  # the clamp took something off
+    if estimator == "low_var_kl":
+        assert float(fused.kl_loss) < float((k3 * mask).sum() / mask.sum())  # the clamp took something off
     for got, want in zip(
         torch.autograd.grad(fused.loss, (hidden, weight, bias)),
         torch.autograd.grad(oracle.loss, (hidden, weight, bias)),
         strict=True,
     ):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_kl_estimators_expected_gradients_on_policy_are_the_docs() -> None:
+    """docs/training.md: on samples of π, k2's gradient is in expectation ∇KL(π‖π_ref), k3's is
+    ∇KL(π_ref‖π), k1's is 0 — checked exactly on a categorical π = softmax(z) over 6 outcomes, where
+    E_π[slope(x)·∇_z log π(x)] = Σ_x π(x)·slope(x)·(e_x − π)."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(6, generator=g, dtype=torch.float64), dim=0)
+    logp = torch.log_softmax(z, dim=0)
+    p = logp.exp().detach()
+    onehot_minus_p = torch.eye(6, dtype=torch.float64) - p  # row x: ∇_z log π(x)
+
+    def expected_grad(estimator: str) -> torch.Tensor:
+        _, slope = _kl_per_token(ref - logp.detach(), estimator)
+        return (p * slope) @ onehot_minus_p
+
+    (reverse,) = torch.autograd.grad((logp.exp() * (logp - ref)).sum(), z, retain_graph=True)
+    (forward,) = torch.autograd.grad((ref.exp() * (ref - logp)).sum(), z)
+    torch.testing.assert_close(expected_grad("k2"), reverse, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(expected_grad("k3"), forward, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(expected_grad("k1"), torch.zeros(6, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert not torch.allclose(reverse, forward)

@@ -254,7 +254,7 @@ FOREIGN_NAMES = {
     "use_kl_loss": "algorithm.kl_coef (above 0)",
     "kl_loss_coef": "algorithm.kl_coef",
     "kl_loss_type": "algorithm.kl_estimator (verl's low_var_kl and k3, both clamped, are our low_var_kl; our k3 is "
-    "TRL's, unclamped)",
+    "TRL's, unclamped; verl's kl, mse and abs are our k1, k2 and abs)",
     "kl_ctrl": "algorithm.kl_coef (a KL loss term, verl's use_kl_loss; a KL penalty in the reward is not built)",
     "use_kl_in_reward": "algorithm.kl_coef (a KL loss term; a KL penalty in the reward is not built)",
     "kl_penalty": "algorithm.kl_estimator (of the KL loss term; a KL penalty in the reward is not built)",

@@ -437,12 +437,12 @@ class AlgorithmConfig(_Section):
         description="β of the KL to a frozen copy of the initial policy (0: off; verl's kl_loss_coef, TRL's "
         "beta), a loss term per token as verl's use_kl_loss and TRL do (not a reward penalty).",
     )
-    kl_estimator: Literal["k3", "low_var_kl"] = Field(
+    kl_estimator: Literal["k3", "low_var_kl", "k1", "k2", "abs"] = Field(
         "k3",
-        description="The per-token KL estimate: k3 = exp(ref − logp) − (ref − logp) − 1, unbounded (TRL's), or "
-        "low_var_kl, the same with the log-ratio clamped to ±20 and the result to at most 10, no gradient "
-        "where a clamp binds (verl's kl_loss_type: low_var_kl), so one sampled token deep in the "
-        "reference's tail cannot outweigh the batch.",
+        description="The per-token KL estimate, r = ref − logp: k3 = exp(r) − r − 1, unbounded (TRL's); "
+        "low_var_kl, the same with r clamped to ±20 and the result to at most 10, no gradient where a clamp "
+        "binds (verl's kl_loss_type: low_var_kl, and its k3), so one sampled token deep in the reference's "
+        "tail cannot outweigh the batch; k1 = −r, k2 = r²/2, abs = |r| (verl's kl, mse and abs).",
     )
     dual_clip: float | None = Field(
         None,

@@ -9,9 +9,11 @@ Symbols as in design.md §2 (one response token per entry; all tensors ``[N]``):
     L_KL   =  (1/N) Σ m · k3,   k3 = exp(ref − logp) − (ref − logp) − 1  (optional, β = kl_coef)
     L      = L_pg + L_H + β·L_KL
 
-The KL estimator is TRL's k3, unbounded (``kl_estimator="k3"``), or verl's ``low_var_kl``: k3 of the
-log-ratio clamped to ±20, the result clamped to at most 10 (no gradient where a clamp binds), so one
-sampled token far in the reference's tail cannot outweigh the rest of the batch.
+The KL estimator (``kl_estimator``; r = ref − logp per token) is TRL's k3 above, unbounded (the
+default), verl's ``low_var_kl``: k3 of r clamped to ±20, the result clamped to at most 10 (no gradient
+where a clamp binds), so one sampled token far in the reference's tail cannot outweigh the rest of the
+batch, or one of verl's other loss estimators: ``k1`` = −r (verl's ``kl``), ``k2`` = r²/2 (verl's
+``mse``), ``abs`` = |r|.
 
 With a per-token action (:class:`~entropyctl.ops.token_selection.TokenAction`: weight w, detach
 mask d, KL coefficient c per token; each optional), the policy-gradient term becomes
@@ -226,31 +228,55 @@ def _masked_sum(mask: Tensor, values: Tensor) -> Tensor:
     return torch.where(mask != 0, mask * values, torch.zeros_like(values)).sum()
 
 
-#: The estimators of the reference KL: TRL's k3, and verl's ``low_var_kl`` (k3 with its two clamps).
-KL_ESTIMATORS = ("k3", "low_var_kl")
+#: The estimators of the reference KL (r = ref − logp): TRL's k3, verl's ``low_var_kl`` (k3 with its two
+#: clamps), and verl's other loss estimators k1 = −r (its ``kl``), k2 = r²/2 (its ``mse``) and |r| (``abs``).
+KL_ESTIMATORS = ("k3", "low_var_kl", "k1", "k2", "abs")
 #: verl's ``low_var_kl`` clamps: the log-ratio to ±20, the per-token KL to at most 10
 LOW_VAR_KL_LOG_RATIO, LOW_VAR_KL_MAX = 20.0, 10.0
 
 
-def _check_kl_estimator(kl_estimator: str) -> bool:
-    """Whether ``kl_estimator`` clamps (``low_var_kl``); an unknown name is a ValueError."""
+def _check_kl_estimator(kl_estimator: str) -> str:
+    """``kl_estimator`` itself; an unknown name is a ValueError."""
     if kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
-    return kl_estimator == "low_var_kl"
+    return kl_estimator
+
+
+def _kl_per_token(log_r: Tensor, estimator: str) -> tuple[Tensor, Tensor]:
+    """(value, ∂value/∂logp) of the per-token KL estimate at r = ``log_r`` = ref − logp (∂r/∂logp = −1).
+
+    k3 = e^r − r − 1, ∂ = 1 − e^r; ``low_var_kl`` the same at r clamped to ±20, capped at 10, ∂ = 0
+    where a clamp binds; k1 = −r, ∂ = 1; k2 = r²/2, ∂ = −r; abs = |r|, ∂ = −sign(r) (0 at r = 0, as
+    autograd's)."""
+    if estimator == "k1":
+        return -log_r, torch.ones_like(log_r)
+    if estimator == "k2":
+        return 0.5 * log_r * log_r, -log_r
+    if estimator == "abs":
+        return log_r.abs(), -torch.sign(log_r)
+    if estimator == "low_var_kl":
+        bounded = log_r.clamp(-LOW_VAR_KL_LOG_RATIO, LOW_VAR_KL_LOG_RATIO)
+        k3 = torch.exp(bounded) - bounded - 1.0
+        slope = torch.where(
+            (bounded != log_r) | (k3 > LOW_VAR_KL_MAX), torch.zeros_like(k3), 1.0 - torch.exp(bounded)
+        )
+        return k3.clamp(max=LOW_VAR_KL_MAX), slope
+    return torch.exp(log_r) - log_r - 1.0, 1.0 - torch.exp(log_r)
 
 
 def _kl_loss(
-    logprob: Tensor, ref_logprob: Tensor | None, m: Tensor, N: Tensor, clamp: bool = False
+    logprob: Tensor, ref_logprob: Tensor | None, m: Tensor, N: Tensor, estimator: str = "k3"
 ) -> Tensor:
-    """L_KL = (1/N) Σ m · (exp(ref − logp) − (ref − logp) − 1), the k3 estimator (≥ 0); 0 without a reference.
-    ``clamp``: verl's ``low_var_kl`` (log-ratio clamped to ±20, k3 to at most 10; autograd gives 0 there)."""
+    """L_KL = (1/N) Σ m · k(ref − logp) with the estimator k of :func:`_kl_per_token`; 0 without a
+    reference. Its gradient is autograd's (the fused path's closed form is checked against it)."""
     if ref_logprob is None:
         return torch.zeros((), dtype=logprob.dtype, device=logprob.device)
     log_r = ref_logprob.to(logprob.dtype) - logprob
-    if clamp:
+    if estimator == "low_var_kl":
         log_r = log_r.clamp(-LOW_VAR_KL_LOG_RATIO, LOW_VAR_KL_LOG_RATIO)
         return _masked_sum(m, (torch.exp(log_r) - log_r - 1.0).clamp(max=LOW_VAR_KL_MAX)) / N
-    return _masked_sum(m, torch.exp(log_r) - log_r - 1.0) / N
+    value, _ = _kl_per_token(log_r, estimator)
+    return _masked_sum(m, value) / N
 
 
 @torch.no_grad()
@@ -305,7 +331,7 @@ def policy_loss(
     ``token_action`` (w, d, c), ``loss_weight`` (u), ``seq_index`` (GSPO), ``dual_clip`` (c),
     ``kl_estimator`` (``k3``, TRL's, or ``low_var_kl``, verl's clamped)."""
     _check_clip(clip_low, clip_high, dual_clip)
-    kl_clamp = _check_kl_estimator(kl_estimator)
+    _check_kl_estimator(kl_estimator)
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
     if logprob.dim() != 1:
         raise ValueError(f"logprob must be [N], got {tuple(logprob.shape)}")
@@ -343,7 +369,7 @@ def policy_loss(
         pg_loss = pg_loss + _masked_sum(mu, c * (logprob - old_logprob).abs()) / N
     # L_H = −(1/N) Σ m · α · H
     entropy_loss = -_masked_sum(mu, coef_t * entropy.to(logprob.dtype)) / N
-    kl_loss = _kl_loss(logprob, ref_logprob, mu, N, kl_clamp)
+    kl_loss = _kl_loss(logprob, ref_logprob, mu, N, kl_estimator)
     loss = pg_loss + entropy_loss
     if ref_logprob is not None and kl_coef != 0.0:
         loss = loss + kl_coef * kl_loss
@@ -376,7 +402,7 @@ def _token_loss_grads(
     seq_index: Tensor | None = None,
     dual_clip: float | None = None,
     keep: Tensor | None = None,
-    kl_clamp: bool = False,
+    kl_estimator: str = "k3",
 ) -> tuple[Tensor, Tensor]:
     """(∂L/∂logp, ∂L/∂H) per token, in closed form. ``mask`` weighs the terms (m·u); ``keep`` says which
     tokens are in the loss (m ≠ 0; default ``mask != 0``): a token of weight u = 0 still counts in its
@@ -391,8 +417,8 @@ def _token_loss_grads(
                   high bound binds for A>0, ρ>1+ε_high; the dual clip for A<0, ρ>c),
                   + (m/N)·c·sign(logp − logp_old)
     ∂L_H/∂H     = −(m/N)·α
-    ∂(β·L_KL)/∂logp = β·(m/N)·(1 − exp(ref − logp)), 0 where ``kl_clamp`` (low_var_kl) clamps: there
-                      k3 of the clamped log-ratio is above 10 (a log-ratio beyond ±20 gives k3 > 18)
+    ∂(β·L_KL)/∂logp = β·(m/N)·∂k/∂logp, the estimator's slope (:func:`_kl_per_token`; k3's
+                      1 − exp(ref − logp), 0 where low_var_kl's clamps bind)
     """
     tok_weight, detach, tok_kl = action
     keep = mask != 0 if keep is None else keep
@@ -414,12 +440,8 @@ def _token_loss_grads(
             w == 0, torch.zeros_like(ratio), w * tok_kl * torch.sign(logprob - old_logprob)
         )
     if ref_logprob is not None and kl_coef != 0.0:
-        log_r = ref_logprob - logprob
-        off = w == 0
-        if kl_clamp:  # no gradient where a clamp binds (k3 of the clamped log-ratio above the cap)
-            bounded = log_r.clamp(-LOW_VAR_KL_LOG_RATIO, LOW_VAR_KL_LOG_RATIO)
-            off = off | (torch.exp(bounded) - bounded - 1.0 > LOW_VAR_KL_MAX)
-        g_kl = torch.where(off, torch.zeros_like(ratio), kl_coef * w * (1.0 - torch.exp(log_r)))
+        _, slope = _kl_per_token(ref_logprob - logprob, kl_estimator)
+        g_kl = torch.where(w == 0, torch.zeros_like(ratio), kl_coef * w * slope)
         g_lp = g_lp + g_kl
     g_H = -w * coef
     return g_lp, g_H
@@ -437,13 +459,13 @@ def _grads_of(
     token_inputs: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor],
     action: tuple[Tensor | None, Tensor | None, Tensor | None],
     N: Tensor,
-    bounds: tuple[float, float, float, float | None, bool],
+    bounds: tuple[float, float, float, float | None, str],
     seq_index: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`_token_loss_grads` on the fused loss's packed inputs (old, A, α, m·u, ref, m ≠ 0; ``bounds``:
-    ε_low, ε_high, β, dual clip, the KL's clamps)."""
+    ε_low, ε_high, β, dual clip, the KL estimator)."""
     old, adv, coef, mask, ref, keep = token_inputs
-    clip_low, clip_high, kl_coef, dual_clip, kl_clamp = bounds
+    clip_low, clip_high, kl_coef, dual_clip, kl_estimator = bounds
     return _token_loss_grads(
         logprob,
         old,
@@ -459,7 +481,7 @@ def _grads_of(
         seq_index,
         dual_clip,
         keep,
-        kl_clamp,
+        kl_estimator,
     )
 
 
@@ -479,7 +501,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         clip_high: float,
         temperature: float,
         chunk_size: int,
-        kl: tuple[float, bool],
+        kl: tuple[float, str],
         need_grad: tuple[bool, bool, bool],
         dual_clip: float | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -623,7 +645,7 @@ def fused_policy_loss(
         clip_high,
         t,
         chunk_size,
-        (float(kl_coef), _check_kl_estimator(kl_estimator)),  # β, and whether its estimate is clamped
+        (float(kl_coef), _check_kl_estimator(kl_estimator)),  # β and its estimator
         need_grad,
         None if dual_clip is None else float(dual_clip),
     )

@@ -189,7 +189,7 @@ def test_gradient_checkpointing_trains_the_same_run(tmp_path: Path) -> None:
             assert a[column] == pytest.approx(b[column], rel=1e-6, abs=1e-9), column
 
 
-@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum"])
 def test_per_response_loss_aggregation(agg: str, tmp_path: Path) -> None:
     """algorithm.loss_agg: the same step-1 rollouts as the token mean (same seed), another loss; the
     fused path equals the full-logits path under it, as under the token mean."""
@@ -258,7 +258,7 @@ def test_the_loggers_x_axis_is_the_rlvr_step(tmp_path: Path) -> None:
 
 def test_loss_weights_give_the_per_response_means() -> None:
     """u of each algorithm.loss_agg mode: Σ_t u_t·x_t / N is GRPO's mean over responses of each
-    response's token mean, and Dr.GRPO's token sums over S·L (rows 0 and 2 of 3 in this mini-batch;
+    response's token mean, Dr.GRPO's token sums over S·L and verl's over S (rows 0 and 2 of 3 in this mini-batch;
     the global counts as the all-reduce gives them, with responses on other ranks)."""
     from types import SimpleNamespace
 
@@ -276,6 +276,7 @@ def test_loss_weights_give_the_per_response_means() -> None:
         ("token-mean", None),
         ("seq-mean-token-mean", (2.0 + 4.0 + 6.0) / S),  # token means 2, 4 and 6, over S responses
         ("seq-mean-token-sum-norm", (6.0 + 4.0 + 12.0) / (S * 5)),  # sums over S·L, L = 5
+        ("seq-mean-token-sum", (6.0 + 4.0 + 12.0) / S),  # sums over S (verl's)
     ]:
         config = tiny_config(f"algorithm.loss_agg={mode}", "rollout.max_new_tokens=5")
         u = RLVRModule._loss_weight(SimpleNamespace(config=config, device="cpu"), comp, seq, N, S)  # type: ignore[arg-type]

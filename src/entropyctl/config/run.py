@@ -405,13 +405,17 @@ class AlgorithmConfig(_Section):
         description="b: mean = the group's mean reward (GRPO); leave-one-out = the mean of the group's other "
         "G − 1 rewards (RLOO, with advantage_scale: none).",
     )
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+    loss_agg: Literal[
+        "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum"
+    ] = Field(
         "token-mean",
         description="How the loss's per-token terms are averaged (verl's loss_agg_mode): token-mean = over every "
         "response token of the optimizer step's global batch (DAPO; TRL's 'dapo'); seq-mean-token-mean = "
         "each response's token mean, averaged over responses (the original GRPO; TRL's 'grpo'); "
         "seq-mean-token-sum-norm = each response's token sum / rollout.max_new_tokens, averaged over "
-        "responses (Dr.GRPO; TRL's 'dr_grpo'). The entropy term is aggregated as the policy term is; the "
+        "responses (Dr.GRPO; TRL's 'dr_grpo'); seq-mean-token-sum = each response's token sum, averaged over "
+        "responses (verl's; a loss max_new_tokens times sum-norm's). The entropy term is aggregated as the "
+        "policy term is; the "
         "controller's entropy reading stays a token mean.",
     )
     importance_level: Literal["token", "sequence"] = Field(

@@ -901,8 +901,8 @@ class RLVRModule(pl.LightningModule):
     def _loss_weight(self, comp: Completions, tok_rows: Tensor, tokens: float, seqs: float) -> Tensor | None:
         """u_t of ``algorithm.loss_agg`` for the tokens of one mini-batch (rows ``tok_rows`` of ``comp``,
         its global token and response counts): with the loss's 1/N, Σ m·u·x / N is GRPO's mean over
-        responses of each response's token mean (N / (S·|o_i|)) or Dr.GRPO's token sum over S·L
-        (N / (S·L)); None for token-mean."""
+        responses of each response's token mean (N / (S·|o_i|)), Dr.GRPO's token sum over S·L
+        (N / (S·L)) or verl's seq-mean-token-sum, the token sum over S (N / S); None for token-mean."""
         mode = self.config.algorithm.loss_agg
         if mode == "token-mean":
             return None
@@ -910,10 +910,9 @@ class RLVRModule(pl.LightningModule):
         if mode == "seq-mean-token-mean":
             lengths = comp.response_mask.sum(1).to("cpu", torch.float64)[tok_rows].clamp_min(1.0)
             u = tokens / (S * lengths)
-        else:  # seq-mean-token-sum-norm
-            u = torch.full(
-                (len(tok_rows),), tokens / (S * self.config.rollout.max_new_tokens), dtype=torch.float64
-            )
+        else:  # the token sums over S (seq-mean-token-sum), over S·L (seq-mean-token-sum-norm)
+            L = self.config.rollout.max_new_tokens if mode == "seq-mean-token-sum-norm" else 1
+            u = torch.full((len(tok_rows),), tokens / (S * L), dtype=torch.float64)
         # the loss casts u to its own dtype: a float64 run keeps u exact (MPS has no float64)
         device = torch.device(self.device)
         return u.to(device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)

@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +101,14 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
+def _setup(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The inputs every mode gets (the same for a given N, V, d, dtype: seeded), on cfg's device."""
     import torch
-
-    from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
-    from entropyctl.ops.losses import fused_policy_loss, policy_loss
 
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
-    cuda = device.type == "cuda"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg["dtype"]]
-    n, v, d, chunk, mode = cfg["n"], cfg["v"], cfg["d"], cfg["chunk"], cfg["mode"]
+    n, v, d = cfg["n"], cfg["v"], cfg["d"]
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def make(*shape: int, scale: float = 1.0) -> torch.Tensor:
@@ -123,7 +121,26 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
     adv = torch.randn(n, generator=g).to(device)
     coef = torch.full((n,), 0.01, device=device)
     mask = (torch.rand(n, generator=g) > 0.1).float().to(device)
-    loss_args = (old, adv, coef, mask, 0.2, 0.28)
+    return {
+        "hidden": hidden,
+        "weight": weight,
+        "targets": targets,
+        "loss_args": (old, adv, coef, mask, 0.2, 0.28),
+        "cuda": device.type == "cuda",
+    }
+
+
+def _step(mode: str, cfg: dict[str, Any], x: dict[str, Any]) -> Callable[[], None]:
+    """One forward + backward of ``mode`` on the inputs ``x`` (gradients cleared after it)."""
+    import torch
+
+    from entropyctl.ops.entropy import fused_logprob_entropy, token_logprob_entropy
+    from entropyctl.ops.losses import fused_policy_loss, policy_loss
+
+    hidden, weight, targets, loss_args = x["hidden"], x["weight"], x["targets"], x["loss_args"]
+    n, chunk = cfg["n"], cfg["chunk"]
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
 
     def step() -> None:
         if mode == "reference":
@@ -153,65 +170,73 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
         elif mode == "fused":
             lp, ent = fused_logprob_entropy(hidden, weight, targets, chunk_size=chunk)
             loss = policy_loss(lp, ent, *loss_args).loss
-        elif mode == "fused_loss":
+        else:  # fused_loss
             loss = fused_policy_loss(hidden, weight, targets, *loss_args, chunk_size=chunk).loss
-        else:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         loss.backward()
+        hidden.grad = None
+        weight.grad = None
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
+    return step
 
-    # Peak memory: one forward+backward (also the warm-up).
-    sync()
+
+def _timed(fn: Callable[[], None], cuda: bool) -> float:
+    import torch
+
     if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _bare_matmuls(cfg: dict[str, Any], x: dict[str, Any]) -> float:
+    """The three bare matmuls of forward + backward (h·Wᵀ, dz·W, dzᵀ·h) over the same token chunks."""
+    import torch
+
+    hidden, weight, chunk = x["hidden"], x["weight"], cfg["chunk"]
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, cfg["n"], chunk):
+            h = hidden[s : s + chunk].detach()
+
+            def mm(h: torch.Tensor = h) -> None:
+                z = h @ weight.t()
+                dz = z  # stands in for dlogits: same shape and dtype
+                dh = dz @ weight
+                dw = dz.t() @ h
+                del z, dz, dh, dw
+
+            total += _timed(mm, x["cuda"])
+    return total
+
+
+def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One mode in a process of its own: its peak memory (the first run, also the warm-up), and, with
+    ``repeats`` > 0, its times run after run (sequential: compare modes with the interleaved rounds)."""
+    import torch
+
+    x = _setup(cfg)
+    cuda, mode = x["cuda"], cfg["mode"]
+    step = _step(mode, cfg, x)
+    if cuda:
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_kib("VmRSS") * 1024
         reset_ok = _reset_peak_rss()
-    t0 = time.perf_counter()
-    step()
-    sync()
-    first = time.perf_counter() - t0
+    first = _timed(step, cuda)
     if cuda:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _rss_kib("VmHWM") * 1024 - base
         if not reset_ok:
             peak = float("nan")
-    hidden.grad = None
-    weight.grad = None
-
-    times = []
-    for _ in range(cfg["repeats"]):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-        hidden.grad = None
-        weight.grad = None
-
-    # Compute floor: the three bare matmuls of forward + backward, over the same token chunks.
-    with torch.no_grad():
-        mm_times = []
-        for _ in range(max(1, min(cfg["repeats"], 2))):
-            total = 0.0
-            for s in range(0, n, chunk):
-                h = hidden[s : s + chunk].detach()
-                sync()
-                t0 = time.perf_counter()
-                z = h @ weight.t()
-                dz = z  # stands in for dlogits: same shape and dtype
-                dh = dz @ weight
-                dw = dz.t() @ h
-                sync()
-                total += time.perf_counter() - t0
-                del z, dz, dh, dw
-            mm_times.append(total)
-    t_mm = min(mm_times)
-    # repeats = 0 (huge configs on a shared machine): the one measured run is also the timing.
+    times = [_timed(step, cuda) for _ in range(cfg["repeats"])]
+    t_mm = min(_bare_matmuls(cfg, x) for _ in range(max(1, min(cfg["repeats"], 2))))
+    # repeats = 0: the one measured run is also the timing.
     t_med = statistics.median(times) if times else first
     return {
         **cfg,
@@ -226,6 +251,29 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
         "torch": torch.__version__,
         "trl": _trl_version() if mode == "trl_fused" else None,
     }
+
+
+def run_interleaved(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every mode of ``cfg["modes"]`` in one process on the same inputs, in ``cfg["rounds"]`` rounds
+    after one warm-up each: each round runs every mode once, and the bare matmuls, in an order rotated
+    by one per round, so a slow minute of a shared machine falls on every mode alike; a mode's time
+    ÷ the reference's is taken within each round."""
+    x = _setup(cfg)
+    steps = {mode: _step(mode, cfg, x) for mode in cfg["modes"]}
+    steps["matmuls"] = lambda: None  # placeholder: timed by _bare_matmuls below
+    for mode in cfg["modes"]:
+        _timed(steps[mode], x["cuda"])  # warm-up
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    orders = []
+    for r in range(cfg["rounds"]):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        orders.append(order)
+        for name in order:
+            t = _bare_matmuls(cfg, x) if name == "matmuls" else _timed(steps[name], x["cuda"])
+            times[name].append(t)
+    return {"n": cfg["n"], "v": cfg["v"], "dtype": cfg["dtype"], "modes": cfg["modes"], "rounds": cfg["rounds"],
+            "times_s": times, "orders": orders}  # fmt: skip
 
 
 def _trl_version() -> str | None:
@@ -325,12 +373,23 @@ def run_accuracy(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a small subset (N=512, V=8000) to check the script")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per config (after one warm-up)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved timing: rounds of every mode in one process per config (0: none)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="sequential timing: repeats of each mode in its own process after its memory run (default 0)",
+    )
     ap.add_argument(
         "--big-repeats",
         type=int,
-        default=2,
-        help="repeats for configs with N·V > 5e8 (minutes each); 0 = time the single warm-up/memory run",
+        default=0,
+        help="--repeats for configs with N·V > 5e8 (minutes each); 0 = time the single warm-up/memory run",
     )
     ap.add_argument("--chunk-size", type=int, default=1024)
     ap.add_argument("--hidden", type=int, default=HIDDEN, help=f"hidden size d (default {HIDDEN})")
@@ -379,10 +438,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.render is not None:
         data = json.loads(Path(args.render).read_text())
-        print(render_markdown(data["conditions"], data["results"]))
+        print(render_markdown(data["conditions"], data["results"], data.get("interleaved")))
         return 0
     if args.child is not None:
-        print("RESULT " + json.dumps(run_child(json.loads(args.child))), flush=True)
+        cfg = json.loads(args.child)
+        result = run_interleaved(cfg) if "modes" in cfg else run_child(cfg)
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     import torch
@@ -405,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_gb": args.budget_gb,
         "repeats": args.repeats,
         "big_repeats": args.big_repeats,
+        "rounds": args.rounds,
         "memory": "RSS rise (VmHWM - RSS after inputs), MALLOC_MMAP_THRESHOLD_=1048576"
         if args.device == "cpu"
         else "torch.cuda.max_memory_allocated - allocated after inputs",
@@ -412,10 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576", OMP_NUM_THREADS=str(threads))
     results: list[dict[str, Any]] = []
+    interleaved: list[dict[str, Any]] = []
     if args.resume and out.exists():
         # Every earlier record is kept (also those of configs outside --configs); a skipped or
         # failed one is replaced below when its config runs again.
-        results = json.loads(out.read_text())["results"]
+        earlier = json.loads(out.read_text())
+        results, interleaved = earlier["results"], earlier.get("interleaved", [])
     done = {_key(r) for r in results if r.get("status") == "ok"}
     if args.configs:
         configs = [(int(n), int(v), dt) for n, v, dt in (c.split(":") for c in args.configs.split(","))]
@@ -463,16 +527,68 @@ def main(argv: list[str] | None = None) -> int:
             results = [r for r in results if _key(r) != _key(res)] + [res]
             print(_row(res), flush=True)
             # Written after every config, so an interrupted grid still leaves its numbers.
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"conditions": conditions, "results": results}, indent=2) + "\n")
+            _write(out, conditions, results, interleaved)
+        ran = [m for m in modes if any(_key(r) == (m, n, v, dt) and r.get("status") == "ok" for r in results)]
+        if args.rounds > 0 and len(ran) > 1 and not _interleaved_of(interleaved, n, v, dt, ran):
+            if args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
+                continue
+            cfg = {**cfg, "modes": ran, "rounds": args.rounds}
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps(cfg)],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                print(f"interleaved N={n} V={v} {dt}: failed (rc {proc.returncode}): {' | '.join(tail)}")
+                continue
+            record = json.loads(lines[-1][len("RESULT ") :])
+            interleaved = [i for i in interleaved if (i["n"], i["v"], i["dtype"]) != (n, v, dt)] + [record]
+            print(_interleaved_row(record), flush=True)
+            _write(out, conditions, results, interleaved)
     print()
-    print(render_markdown(conditions, results))
+    print(render_markdown(conditions, results, interleaved))
     print(f"\nwrote {out}")
     return 0
 
 
 def _key(r: dict[str, Any]) -> tuple[str, int, int, str]:
     return (r["mode"], r["n"], r["v"], r["dtype"])
+
+
+def _write(out: Path, conditions: dict[str, Any], results: list[Any], interleaved: list[Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {"conditions": conditions, "results": results, "interleaved": interleaved}
+    out.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _interleaved_of(
+    interleaved: list[dict[str, Any]], n: int, v: int, dt: str, modes: list[str] | None = None
+) -> dict[str, Any] | None:
+    """The interleaved record of (N, V, dtype) (holding every mode of ``modes``), or None."""
+    for rec in interleaved:
+        if (rec["n"], rec["v"], rec["dtype"]) == (n, v, dt) and set(modes or ()) <= set(rec["modes"]):
+            return rec
+    return None
+
+
+def round_ratios(rec: dict[str, Any], mode: str, base: str = "reference") -> list[float]:
+    """``mode``'s time ÷ ``base``'s within each round of an interleaved record."""
+    return [a / b for a, b in zip(rec["times_s"][mode], rec["times_s"][base], strict=True)]
+
+
+def _interleaved_row(rec: dict[str, Any]) -> str:
+    med = {m: statistics.median(t) for m, t in rec["times_s"].items()}
+    parts = [f"{m} {med[m]:.2f} s" for m in rec["modes"]]
+    if "reference" in rec["modes"]:
+        parts += [
+            f"{m}/ref {statistics.median(round_ratios(rec, m)):.2f}" for m in rec["modes"] if m != "reference"
+        ]
+    return f"interleaved N={rec['n']} V={rec['v']} {rec['dtype']} ({rec['rounds']} rounds): " + ", ".join(
+        parts
+    )
 
 
 def _row(r: dict[str, Any]) -> str:
@@ -485,8 +601,33 @@ def _row(r: dict[str, Any]) -> str:
     )
 
 
-def render_markdown(conditions: dict[str, Any], results: list[dict[str, Any]]) -> str:
-    """Markdown table; ratios are relative to `reference` of the same (N, V, dtype) when it ran."""
+def _time_cells(
+    r: dict[str, Any], base: dict[str, Any] | None, rec: dict[str, Any] | None
+) -> tuple[str, str, str]:
+    """(time s, ×mm, time ÷ ref time) of one mode: from the interleaved rounds where ``rec`` holds them
+    (median over rounds; the ratio the median of the per-round ratios, their range in brackets), else
+    from its own process's runs (sequential)."""
+    if rec is not None and r["mode"] in rec["modes"]:
+        t = statistics.median(rec["times_s"][r["mode"]])
+        mm = statistics.median(rec["times_s"]["matmuls"])
+        ratio = "—"
+        if "reference" in rec["modes"]:
+            rs = round_ratios(rec, r["mode"])
+            ratio = f"{statistics.median(rs):.2f} ({min(rs):.2f}–{max(rs):.2f})"
+        return f"{t:.2f}", f"{t / mm:.2f}", ratio
+    star = "*" if r.get("time_includes_warmup") else ""
+    ratio = f"{r['time_s'] / base['time_s']:.2f} (seq.)" if base else "—"
+    return f"{r['time_s']:.2f}{star} (seq.)", f"{r['ratio_to_matmul']:.2f}", ratio
+
+
+def render_markdown(
+    conditions: dict[str, Any], results: list[dict[str, Any]], interleaved: list[dict[str, Any]] | None = None
+) -> str:
+    """Markdown table; ratios are relative to `reference` of the same (N, V, dtype) when it ran. Times are
+    the interleaved rounds' where a config has them, else marked "(seq.)" (each mode in its own process,
+    one after another: not side by side)."""
+    interleaved = interleaved or []
+    rounds = conditions.get("rounds", 0)
     lines = [
         f"Conditions: torch {conditions['torch']}, Python {conditions['python']}, {conditions['device']} "
         f"({conditions['cpu']}, {conditions['cpu_count']} CPUs, {conditions['threads']} threads), d = "
@@ -497,9 +638,16 @@ def render_markdown(conditions: dict[str, Any], results: list[dict[str, Any]]) -
             if conditions.get("trl_vocab_tile")
             else ""
         )
-        + f", memory = {conditions['memory']}, "
-        f"skip budget {conditions['budget_gb']:g} GB (estimated), repeats {conditions['repeats']} "
-        f"({conditions['big_repeats']} for N·V > 5e8), median time of forward+backward.",
+        + f", memory = {conditions['memory']} (each mode in its own process), "
+        f"skip budget {conditions['budget_gb']:g} GB (estimated); time: "
+        + (
+            f"median over {rounds} interleaved rounds of forward+backward, every mode in one process "
+            "(the ratio: the median of the per-round ratios, their range in brackets)"
+            if rounds
+            else f"median forward+backward, repeats {conditions['repeats']} "
+            f"({conditions['big_repeats']} for N·V > 5e8) in each mode's own process"
+        )
+        + ".",
         "",
         "| N | V | dtype | mode | peak GB | time s | ×mm | peak ÷ ref peak | time ÷ ref time |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -522,13 +670,12 @@ def render_markdown(conditions: dict[str, Any], results: list[dict[str, Any]]) -
             continue
         base = ref.get(key)
         mem_ratio = f"{r['peak_bytes'] / base['peak_bytes']:.3f}" if base and base["peak_bytes"] > 0 else "—"
-        time_ratio = f"{r['time_s'] / base['time_s']:.2f}" if base else "—"
+        t, mm, time_ratio = _time_cells(r, base, _interleaved_of(interleaved, *key))
         lines.append(
             f"| {r['n']} | {r['v']} | {r['dtype']} | {r['mode']} | {fmt_gb(r['peak_bytes'])} | "
-            f"{r['time_s']:.2f}{'*' if r.get('time_includes_warmup') else ''} | {r['ratio_to_matmul']:.2f} | "
-            f"{mem_ratio} | {time_ratio} |"
+            f"{t} | {mm} | {mem_ratio} | {time_ratio} |"
         )
-    if any(r.get("time_includes_warmup") for r in results):
+    if any("*" in line.split("|")[6] for line in lines[4:] if line.count("|") > 6):
         lines += ["", "\\* one run only (the warm-up/memory run), not a median: `--big-repeats 0`."]
     return "\n".join(lines)
 

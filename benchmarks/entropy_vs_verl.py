@@ -2,7 +2,8 @@
 
 Accuracy: fp32 entropy and log-prob error of each against an fp64 full-logits reference, on random
 shapes with the temperature drawn from [0.5, 1.5]. Speed: forward + backward seconds of each at one
-shape, side by side in one run (median of `--repeats`).
+shape, side by side in one process: a warm-up each, then `--repeats` rounds of both in alternating
+order, the ratio taken within each round.
 
 verl is optional and heavy (its package imports ray): install it with `pip install --no-deps verl`;
 this script loads only its self-contained `utils/experimental/torch_functional.py` (torch only).
@@ -89,16 +90,16 @@ def accuracy(cases: int, seed: int, verl_cls: Any | None) -> list[dict[str, Any]
     return rows
 
 
-def _time(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
-def speed(shape: tuple[int, int, int], repeats: int, verl_cls: Any | None) -> dict[str, float]:
+def speed(shape: tuple[int, int, int], repeats: int, verl_cls: Any | None) -> dict[str, Any]:
+    """Each path's forward + backward at ``shape``, side by side: one warm-up each, then ``repeats``
+    rounds that run every path once, in an order that alternates by round, so a slow minute of a shared
+    machine falls on both alike; verl ÷ fused is taken within each round (median and range)."""
     n, d, v = shape
     generator = torch.Generator().manual_seed(0)
     hidden = (torch.randn(n, d, generator=generator) / d**0.5).requires_grad_()
@@ -111,10 +112,22 @@ def speed(shape: tuple[int, int, int], repeats: int, verl_cls: Any | None) -> di
         lp, h = forward()
         torch.autograd.backward([lp, h], [g_lp, g_h])
 
-    out = {"fused": _time(lambda: step(lambda: fused_logprob_entropy(hidden, weight, targets)), repeats)}
+    paths = {"fused": lambda: step(lambda: fused_logprob_entropy(hidden, weight, targets))}
     if verl_cls is not None:
         module = verl_cls(chunk_size=512)
-        out["verl"] = _time(lambda: step(lambda: module(hidden, weight, targets, 1.0)), repeats)
+        paths["verl"] = lambda: step(lambda: module(hidden, weight, targets, 1.0))
+    for fn in paths.values():
+        fn()  # warm-up, not timed
+    names = list(paths)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(_timed(paths[name]))
+    out: dict[str, Any] = {name: statistics.median(t) for name, t in times.items()}
+    out["rounds"] = times
+    if verl_cls is not None:
+        ratios = [a / b for a, b in zip(times["verl"], times["fused"], strict=True)]
+        out["verl_over_fused"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return out
 
 
@@ -123,7 +136,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-shape", default="4096,256,65536", help="N,d,V ('' to skip)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -140,16 +153,21 @@ def main() -> None:
         errs = " | ".join(f"{row[f'{n}_entropy_err']:.2e}" for n in names)
         print(f"| {row['N']} | {row['d']} | {row['V']} | {row['T']} | {errs} | {ratio:.2f} |")
 
-    timing: dict[str, float] = {}
+    timing: dict[str, Any] = {}
     if args.speed_shape:
         shape = tuple(int(x) for x in args.speed_shape.split(","))
         assert len(shape) == 3, "--speed-shape N,d,V"
         timing = speed(shape, args.repeats, verl_cls)  # type: ignore[arg-type]
-        print(f"\nforward+backward seconds at N,d,V = {args.speed_shape}, fp32, {args.threads} threads:")
-        for name, seconds in timing.items():
-            print(f"  {name:6s} {seconds:7.2f} s")
+        print(
+            f"\nforward+backward seconds at N,d,V = {args.speed_shape}, fp32, {args.threads} threads "
+            f"(median of {args.repeats} interleaved rounds after a warm-up each):"
+        )
+        for name in ("fused", "verl"):
+            if name in timing:
+                print(f"  {name:6s} {timing[name]:7.2f} s")
         if "verl" in timing:
-            print(f"  verl / fused = {timing['verl'] / timing['fused']:.2f}")
+            r = timing["verl_over_fused"]
+            print(f"  verl / fused = {r['median']:.2f} (per round {r['min']:.2f}–{r['max']:.2f})")
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(

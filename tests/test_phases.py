@@ -379,3 +379,60 @@ def test_a_sequence_level_ratio_trains_off_policy_and_refuses_token_controllers(
         tiny_config(*common, "algorithm.importance_level=sequence", "controller.name=clip_cov")
     with pytest.raises(ConfigError, match="use sequence_truncate or sequence_mask"):
         tiny_config("algorithm.importance_level=sequence", "algorithm.rollout_correction.mode=token_truncate")
+
+
+def test_the_kl_in_the_reward_lowers_the_reward_and_not_the_accuracy() -> None:
+    """algorithm.kl_reward_coef β_r: the shaped reward less β_r × each response's KL sum (after the overlong
+    penalty), the advantages from it, the accuracy the verifier's; kl_reward in the row is the mean sum."""
+    collected = _collected([[1.0, 0.0], [0.0, 1.0]], lengths=[2, 5, 6, 3], levels=[1, 1])
+    collected.kl_sums = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    plain = score(collected, _Rollout(), "group")
+    scored = score(collected, _Rollout(), "group", kl_reward_coef=0.25)
+    expected = plain.shaped - 0.25 * torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    torch.testing.assert_close(scored.shaped, expected, rtol=0, atol=1e-7)
+    assert torch.equal(scored.advantages, group_advantages(scored.shaped, scale="group"))
+    # (groups of 2 scaled by their std are ±0.71 whatever the rewards: unscaled, the penalty shows)
+    unscaled = score(collected, _Rollout(), "none", kl_reward_coef=0.25).advantages
+    assert not torch.allclose(unscaled, score(collected, _Rollout(), "none").advantages)
+    assert torch.equal(scored.accuracy, plain.accuracy)
+    updated = Updated(stats=EntropyStats([1]))
+    reading = EntropyReading(mean_entropy=1.0, tokens=8.0, step=1)
+    row = metrics_row(1, local_sums(collected, scored, updated, {}, [1]), reading, updated, {}, [1], {})
+    assert row["kl_reward"] == pytest.approx(1.5 / 4)
+    collected.kl_sums = None
+    off = metrics_row(1, local_sums(collected, plain, updated, {}, [1]), reading, updated, {}, [1], {})
+    assert math.isnan(off["kl_reward"])
+
+
+def test_a_run_with_the_kl_in_the_reward(tmp_path: Path) -> None:
+    """A real run with algorithm.kl_reward_coef: step 1's policy is the reference (KL 0 exactly), later
+    steps' is not; the reward column is the verifier's less β_r·kl_reward; the sums do not depend on the
+    micro-batches they are read in; and they agree with the loss's own k1 term, a separate pass (at
+    ratio 1, one update per step: Σ_tokens (log π − log π_ref) / tokens = kl_reward · rollouts / tokens)."""
+    from entropyctl.trainer.run import run_training
+
+    common = ["trainer.steps=3", "eval.before=false", "eval.after=false", "trainer.save_last=false"]
+    common += [
+        "algorithm.ppo_epochs=1",
+        "algorithm.mini_batches=1",
+        "optim.lr=0.05",
+        "reward.name=operator:lt",
+    ]
+    common += ["algorithm.kl_reward_coef=0.5", "algorithm.kl_coef=0.1", "algorithm.kl_estimator=k1"]
+    capture = _Capture()
+    config = tiny_config(*common)
+    run_training(config, tmp_path / "whole", callbacks=[capture])
+    run_training(tiny_config(*common, "algorithm.micro_batch_size=5"), tmp_path / "micro")
+    rows, micro = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "micro")
+    assert rows[0]["kl_reward"] == 0.0 and rows[0]["kl_loss"] == 0.0
+    assert all(abs(r["kl_reward"]) > 1e-6 for r in rows[1:])
+    n = config.rollout.prompts_per_step * config.rollout.group_size
+    for row, other in zip(rows, micro, strict=True):
+        assert row["reward"] == pytest.approx(row["accuracy"] - 0.5 * row["kl_reward"], rel=1e-6, abs=1e-9)
+        assert other["kl_reward"] == pytest.approx(row["kl_reward"], rel=1e-4, abs=1e-7)
+        assert row["kl_loss"] == pytest.approx(row["kl_reward"] * n / row["tokens"], rel=1e-4, abs=1e-7)
+    for result in capture.results:
+        sums = result.collected.kl_sums
+        assert sums is not None
+        expected = result.collected.rewards - 0.5 * sums.reshape(result.collected.rewards.shape)
+        torch.testing.assert_close(result.scored.shaped, expected.to(result.scored.shaped.dtype))

@@ -255,9 +255,10 @@ FOREIGN_NAMES = {
     "kl_loss_coef": "algorithm.kl_coef",
     "kl_loss_type": "algorithm.kl_estimator (verl's low_var_kl and k3, both clamped, are our low_var_kl; our k3 is "
     "TRL's, unclamped; verl's kl, mse and abs are our k1, k2 and abs)",
-    "kl_ctrl": "algorithm.kl_coef (a KL loss term, verl's use_kl_loss; a KL penalty in the reward is not built)",
-    "use_kl_in_reward": "algorithm.kl_coef (a KL loss term; a KL penalty in the reward is not built)",
-    "kl_penalty": "algorithm.kl_estimator (of the KL loss term; a KL penalty in the reward is not built)",
+    "kl_ctrl": "algorithm.kl_reward_coef (kl_ctrl.kl_coef, a fixed coefficient; the adaptive kl_ctrl is not built)",
+    "use_kl_in_reward": "algorithm.kl_reward_coef (above 0; the loss term is algorithm.kl_coef)",
+    "kl_penalty": "algorithm.kl_reward_coef (the KL in the reward is k1 here, verl's kl_penalty: kl; the loss "
+    "term's estimator is algorithm.kl_estimator)",
     "clip_ratio": "controller.clip_low and controller.clip_high",
     "clip_ratio_low": "controller.clip_low",
     "clip_ratio_high": "controller.clip_high",
@@ -316,8 +317,8 @@ FOREIGN_NAMES = {
     "l2": "optim.weight_decay",
     "actor_learning_rate": "optim.lr",
     "max_ckpt_num": "trainer.keep_checkpoints",
-    "init_kl_coef": "algorithm.kl_coef (a KL loss term, OpenRLHF's --use_kl_loss; a KL penalty in the reward is "
-    "not built)",
+    "init_kl_coef": "algorithm.kl_reward_coef (OpenRLHF's KL in the reward; with its --use_kl_loss, "
+    "algorithm.kl_coef)",
     "max_epochs": "algorithm.ppo_epochs",
     "overlong_buffer_len": "rollout.overlong_buffer (with rollout.overlong: penalty)",
     "micro_train_batch_size": "algorithm.micro_batch_size",

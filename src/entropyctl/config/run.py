@@ -441,6 +441,15 @@ class AlgorithmConfig(_Section):
         description="β of the KL to a frozen copy of the initial policy (0: off; verl's kl_loss_coef, TRL's "
         "beta), a loss term per token as verl's use_kl_loss and TRL do (not a reward penalty).",
     )
+    kl_reward_coef: float = Field(
+        0.0,
+        ge=0,
+        description="β_r of a KL penalty in the reward (0: off; verl's use_kl_in_reward with kl_ctrl.kl_coef, "
+        "OpenRLHF's init_kl_coef without use_kl_loss): each response's reward, before its group's advantage, "
+        "less β_r · Σ_t (log π_old − log π_ref) over its tokens (k1), the sum verl's GRPO advantage takes of "
+        "its per-token penalties. Not in the accuracy the controller reads, nor in dynamic sampling's "
+        "all-equal test. Independent of kl_coef (the loss term).",
+    )
     kl_estimator: Literal["k3", "low_var_kl", "k1", "k2", "abs"] = Field(
         "k3",
         description="The per-token KL estimate, r = ref − logp: k3 = exp(r) − r − 1, unbounded (TRL's); "
@@ -983,6 +992,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.micro_batch_size": None,
     "algorithm.dual_clip": None,
     "algorithm.kl_estimator": "k3",
+    "algorithm.kl_reward_coef": 0.0,
     "eval.top_p": None,
     "rollout.overlong_penalty_factor": 1.0,
     "eval.top_k": None,

@@ -541,13 +541,15 @@ class RLVRModule(pl.LightningModule):
         self.local_history: list[dict[str, Any]] = []
         self._reference: _Frozen | None = None
         #: a LoRA run's KL reference is its base model: the policy with its adapters off (no copy)
-        self._reference_is_base = config.algorithm.kl_coef > 0 and config.model.lora is not None
+        a = config.algorithm
+        needs_reference = a.kl_coef > 0 or a.kl_reward_coef > 0
+        self._reference_is_base = needs_reference and config.model.lora is not None
         self._grad_norm = 0.0  # the last optimizer step's gradient norm (on_before_optimizer_step)
         # an optimizer step with gradients since the engine's last sync: the engine must load the weights
         # whatever its own change check says (a fused AdamW step leaves the tensors' version counters as
         # they were, which that check reads)
         self._stepped = False
-        if config.algorithm.kl_coef > 0 and not self._reference_is_base:
+        if needs_reference and not self._reference_is_base:
             import copy
 
             reference = copy.deepcopy(policy).eval()
@@ -947,7 +949,8 @@ class RLVRModule(pl.LightningModule):
                     if need_old
                     else None
                 )
-                parts.append(_Micro(piece, sub, old, self._reference_logprob(sub)))
+                ref = self._reference_logprob(sub) if cfg.algorithm.kl_coef > 0 else None
+                parts.append(_Micro(piece, sub, old, ref))
             micro.append(parts)
         return _MiniBatches(micro, counts[:M], counts[M:])
 
@@ -961,6 +964,24 @@ class RLVRModule(pl.LightningModule):
             with adapters_disabled(self.policy):
                 return self._logprob_no_grad(self._forward_tokens(self.policy, comp, grad=False))
         return None
+
+    def _kl_in_reward(self, comp: Completions) -> Tensor | None:
+        """Each of this rank's responses' Σ_t (log π_old − log π_ref) over its tokens (k1), ``[P·G]``
+        float64 on the CPU, in micro-batches of ``algorithm.micro_batch_size``; None when
+        ``algorithm.kl_reward_coef`` is 0."""
+        if self.config.algorithm.kl_reward_coef == 0:
+            return None
+        n = comp.response_ids.shape[0]
+        size = self.config.algorithm.micro_batch_size or n
+        sums = torch.zeros(n, dtype=torch.float64)
+        for rows in torch.split(torch.arange(n), size):
+            sub = _select_rows(comp, rows, self.pad_id).to(self.device)
+            fwd = self._forward_tokens(self.policy, sub, grad=False)
+            ref = self._reference_logprob(sub)
+            assert ref is not None  # built whenever kl_reward_coef > 0
+            k1 = (self._logprob_no_grad(fwd).double() - ref.double()).cpu()
+            sums.index_add_(0, rows[fwd.seq_index.to("cpu")], k1)
+        return sums
 
     def _backward(self, loss: Tensor, sync: bool) -> None:
         """Accumulate ``loss``'s gradient; ``sync`` false (a micro-batch before the last of an optimizer
@@ -1207,6 +1228,7 @@ class RLVRModule(pl.LightningModule):
         self._sync_engine()
         timers["sync"] = time.perf_counter() - timers["start"]
         collected = self.collect(step, rank, timers)
+        collected.kl_sums = self._kl_in_reward(collected.completions)
         scored = score(
             collected,
             cfg.rollout,
@@ -1214,6 +1236,7 @@ class RLVRModule(pl.LightningModule):
             baseline=cfg.algorithm.advantage_baseline,
             reduce=lambda t: all_reduce_sum(t, self._reducer()),
             shaping_weights=[s.weight for s in cfg.reward.shaping],
+            kl_reward_coef=cfg.algorithm.kl_reward_coef,
         )
         planned = plan_groups(self.controller, scored, step, mask_overlong=cfg.rollout.overlong == "mask")
         t_update = time.perf_counter()

@@ -63,13 +63,15 @@ class Collected:
     dropped: int  # all-equal groups dropped by dynamic sampling
     fillers: int  # dropped groups used anyway to fill the batch (plain GRPO for them)
     shaping: Tensor | None = None  # [P, G, K] each shaping reward's raw score (reward.shaping), or None
+    #: [P·G] each response's Σ_t (log π_old − log π_ref), the KL in the reward (algorithm.kl_reward_coef)
+    kl_sums: Tensor | None = None
 
 
 @dataclass
 class Scored:
     """score: shaped rewards, group accuracies and advantages."""
 
-    shaped: Tensor  # [P, G] verifier reward + weighted shaping rewards + overlong penalty
+    shaped: Tensor  # [P, G] verifier reward + weighted shaping rewards + overlong penalty − KL penalty
     accuracy: Tensor  # [P] the share of a group's answers scoring 1
     advantages: Tensor  # [P, G]
     lengths: Tensor  # [P*G] response lengths, EOS included
@@ -167,15 +169,19 @@ def score(
     baseline: Literal["mean", "leave-one-out"] = "mean",
     reduce: Callable[[Tensor], Tensor] | None = None,
     shaping_weights: Sequence[float] = (),
+    kl_reward_coef: float = 0.0,
 ) -> Scored:
     """Shaped rewards (:func:`shaped_rewards`), each group's accuracy (partial credit 0 < r < 1 counts in the reward only) and group advantages.
     ``reduce`` sums a float64 tensor over processes (the batch std of ``advantage_scale="batch"`` is the
     global batch's); None: this process's rollouts are the batch. ``shaping_weights``: w_k of
-    ``collected.shaping``'s K scores, added to the verifier's reward (not to the accuracy)."""
+    ``collected.shaping``'s K scores, added to the verifier's reward (not to the accuracy).
+    ``kl_reward_coef`` β_r: less β_r times ``collected.kl_sums`` (the KL in the reward)."""
     correct = collected.rewards
     comp = collected.completions
     lengths = comp.response_mask.sum(1)
     shaped = shaped_rewards(correct, collected.shaping, shaping_weights, lengths, rollout)
+    if kl_reward_coef and collected.kl_sums is not None:
+        shaped = shaped - (kl_reward_coef * collected.kl_sums).reshape(shaped.shape).to(shaped.dtype)
     accuracy = (correct >= 1.0).to(correct.dtype).mean(dim=1)
     levels = torch.tensor([int(getattr(p, "level", 0)) for p in collected.problems], dtype=torch.long)
     return Scored(
@@ -249,6 +255,7 @@ LOCAL_SUMS = (
     "no_answer",
     "parse_error",
     "timeout",
+    "kl_reward",
 )
 
 
@@ -273,6 +280,7 @@ def local_sums(
         float(reward_metrics.get("no_answer", 0)),
         float(reward_metrics.get("parse_error", 0)),
         float(reward_metrics.get("timeout", 0)),
+        math.nan if collected.kl_sums is None else float(collected.kl_sums.sum()),
     ]
     for level in levels:
         sel = scored.levels == level
@@ -325,6 +333,8 @@ def metrics_row(
         "pg_loss": g["pg"],
         "entropy_loss": g["ent"],
         "kl_loss": g["kl"],
+        # algorithm.kl_reward_coef: the mean over responses of Σ_t (log π_old − log π_ref) (NaN when off)
+        "kl_reward": g["kl_reward"] / n,
         # algorithm.rollout_correction: token means over the loss's tokens of every rank (NaN when off)
         **_mismatch_means(g),
         "grad_norm": updated.grad_norm,

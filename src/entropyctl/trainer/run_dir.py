@@ -730,6 +730,7 @@ def metric_columns(
         "pg_loss",
         "entropy_loss",
         "kl_loss",
+        "kl_reward",
         "sampler_kl",
         "sampler_logp_diff",
         "is_weight_mean",

@@ -395,6 +395,15 @@ def test_the_kl_in_the_reward_lowers_the_reward_and_not_the_accuracy() -> None:
     unscaled = score(collected, _Rollout(), "none", kl_reward_coef=0.25).advantages
     assert not torch.allclose(unscaled, score(collected, _Rollout(), "none").advantages)
     assert torch.equal(scored.accuracy, plain.accuracy)
+    # docs/training.md: a group whose verifier rewards are all equal gets unit-scale advantages from the KL
+    # spread alone under the group's std, whatever β_r; unscaled, β_r keeps its size
+    same = _collected([[0.0, 0.0]], lengths=[2, 3], levels=[1])
+    same.kl_sums = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    for beta in (1e-3, 1.0):
+        adv = score(same, _Rollout(), "group", kl_reward_coef=beta).advantages
+        torch.testing.assert_close(adv, torch.tensor([[-0.7071, 0.7071]]), rtol=0, atol=1e-3)
+        raw = score(same, _Rollout(), "none", kl_reward_coef=beta).advantages
+        torch.testing.assert_close(raw, beta * torch.tensor([[-0.75, 0.75]]), rtol=1e-5, atol=0)
     updated = Updated(stats=EntropyStats([1]))
     reading = EntropyReading(mean_entropy=1.0, tokens=8.0, step=1)
     row = metrics_row(1, local_sums(collected, scored, updated, {}, [1]), reading, updated, {}, [1], {})

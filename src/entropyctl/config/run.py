@@ -415,8 +415,7 @@ class AlgorithmConfig(_Section):
         "seq-mean-token-sum-norm = each response's token sum / rollout.max_new_tokens, averaged over "
         "responses (Dr.GRPO; TRL's 'dr_grpo'); seq-mean-token-sum = each response's token sum, averaged over "
         "responses (verl's; a loss max_new_tokens times sum-norm's). The entropy term is aggregated as the "
-        "policy term is; the "
-        "controller's entropy reading stays a token mean.",
+        "policy term is; the controller's entropy reading stays a token mean.",
     )
     importance_level: Literal["token", "sequence"] = Field(
         "token",

@@ -271,11 +271,7 @@ def _kl_loss(
     reference. Its gradient is autograd's (the fused path's closed form is checked against it)."""
     if ref_logprob is None:
         return torch.zeros((), dtype=logprob.dtype, device=logprob.device)
-    log_r = ref_logprob.to(logprob.dtype) - logprob
-    if estimator == "low_var_kl":
-        log_r = log_r.clamp(-LOW_VAR_KL_LOG_RATIO, LOW_VAR_KL_LOG_RATIO)
-        return _masked_sum(m, (torch.exp(log_r) - log_r - 1.0).clamp(max=LOW_VAR_KL_MAX)) / N
-    value, _ = _kl_per_token(log_r, estimator)
+    value, _ = _kl_per_token(ref_logprob.to(logprob.dtype) - logprob, estimator)
     return _masked_sum(m, value) / N
 
 
@@ -329,7 +325,7 @@ def policy_loss(
 
     ``coef``: α per token or one scalar; ``mask``: m (0/1); optional, as in the module docstring:
     ``token_action`` (w, d, c), ``loss_weight`` (u), ``seq_index`` (GSPO), ``dual_clip`` (c),
-    ``kl_estimator`` (``k3``, TRL's, or ``low_var_kl``, verl's clamped)."""
+    ``kl_estimator`` (one of :data:`KL_ESTIMATORS`: ``k3``, TRL's, by default)."""
     _check_clip(clip_low, clip_high, dual_clip)
     _check_kl_estimator(kl_estimator)
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1

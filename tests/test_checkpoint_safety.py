@@ -110,10 +110,12 @@ def test_lightning_resume_itself_loads_weights_only(
     assert not marker.exists()
 
 
-def test_warm_start_cache_never_unpickles(tmp_path: Path, marker: Path) -> None:
+def test_warm_start_cache_never_unpickles(
+    tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from entropyctl.models.config import ModelConfig
     from entropyctl.models.loading import load_policy
-    from entropyctl.models.warm_start import load_pretrained, pretrain
+    from entropyctl.models.warm_start import cached_checkpoint, load_pretrained, pretrain
 
     cfg = ModelConfig.model_validate(tiny_config().model.model_dump())
     directory = pretrain(cfg)
@@ -125,16 +127,15 @@ def test_warm_start_cache_never_unpickles(tmp_path: Path, marker: Path) -> None:
     with pytest.raises(OSError):
         load_pretrained(planted)
     assert not marker.exists()
-    backup = tmp_path / "backup"
-    shutil.move(directory, backup)
-    shutil.copytree(planted, directory)
-    try:
-        with pytest.raises(OSError):
-            load_policy(cfg)
-        assert not marker.exists()
-    finally:
-        shutil.rmtree(directory)
-        shutil.move(backup, directory)
+    # planted where load_policy looks, in a cache of this test's own: the session's cache is shared with
+    # the other test worker (pytest -n 2), which may be loading the default warm start this very moment
+    monkeypatch.setenv("ENTROPYCTL_CACHE", str(tmp_path / "own-cache"))
+    own = cached_checkpoint(cfg)
+    assert own != directory
+    shutil.copytree(planted, own)
+    with pytest.raises(OSError):
+        load_policy(cfg)
+    assert not marker.exists()
 
 
 def test_vllm_weight_transfer_refuses_code(marker: Path) -> None:

@@ -423,7 +423,10 @@ def test_other_trainers_names_point_to_ours(override: str, message: str) -> None
         ("actor_rollout_ref.rollout.val_kwargs.top_p=0.9", "val_kwargs → eval.temperature, eval.top_p"),
         ("lr_warmup_steps=10", "optim.warmup_steps (in optimizer steps"),
         ("train_batch_size=128", "OpenRLHF's, responses per optimizer step, is algorithm.mini_batches"),
-        ("init_kl_coef=0.01", "algorithm.kl_reward_coef (OpenRLHF's KL in the reward"),
+        (
+            "init_kl_coef=0.01",
+            "the nearest to OpenRLHF's KL in the reward, which adds its KL per token after",
+        ),
         ("algorithm.use_kl_in_reward=true", "algorithm.kl_reward_coef (above 0"),
         ("kl_loss_type=mse", "verl's kl, mse and abs are our k1, k2 and abs"),
         ("kl_loss_type=k3", "verl's low_var_kl and k3, both clamped, are our low_var_kl"),

@@ -388,22 +388,40 @@ def test_the_kl_in_the_reward_lowers_the_reward_and_not_the_accuracy() -> None:
     collected.kl_sums = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
     plain = score(collected, _Rollout(), "group")
     scored = score(collected, _Rollout(), "group", kl_reward_coef=0.25)
-    expected = plain.shaped - 0.25 * torch.tensor([[0.5, -1.0], [2.0, 0.0]])
-    torch.testing.assert_close(scored.shaped, expected, rtol=0, atol=1e-7)
+    expected = plain.shaped.double() - 0.25 * torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(scored.shaped, expected, rtol=0, atol=1e-15)
     assert torch.equal(scored.advantages, group_advantages(scored.shaped, scale="group"))
     # (groups of 2 scaled by their std are ±0.71 whatever the rewards: unscaled, the penalty shows)
     unscaled = score(collected, _Rollout(), "none", kl_reward_coef=0.25).advantages
-    assert not torch.allclose(unscaled, score(collected, _Rollout(), "none").advantages)
+    assert not torch.allclose(unscaled, score(collected, _Rollout(), "none").advantages.double())
     assert torch.equal(scored.accuracy, plain.accuracy)
     # docs/training.md: a group whose verifier rewards are all equal gets unit-scale advantages from the KL
-    # spread alone under the group's std, whatever β_r; unscaled, β_r keeps its size
-    same = _collected([[0.0, 0.0]], lengths=[2, 3], levels=[1])
-    same.kl_sums = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    # spread alone under the group's std, whatever β_r (β_r·spread well above the advantages' ε = 1e-6);
+    # unscaled, β_r keeps its size. A group of right answers and one of wrong ones with the same KL sums
+    # get the same advantages (the penalty is taken in float64: in float32 it rounded away next to 1.0),
+    # and neither is a signal for algorithm.skip_no_signal.
+    same = _collected([[0.0, 0.0], [1.0, 1.0]], lengths=[2, 3, 2, 3], levels=[1, 1])
+    same.kl_sums = torch.tensor([0.5, -1.0, 0.5, -1.0], dtype=torch.float64)
     for beta in (1e-3, 1.0):
-        adv = score(same, _Rollout(), "group", kl_reward_coef=beta).advantages
-        torch.testing.assert_close(adv, torch.tensor([[-0.7071, 0.7071]]), rtol=0, atol=1e-3)
+        both = score(same, _Rollout(), "group", kl_reward_coef=beta)
+        torch.testing.assert_close(
+            both.advantages[0], torch.tensor([-0.7071, 0.7071], dtype=torch.float64), rtol=0, atol=1e-3
+        )
+        torch.testing.assert_close(both.advantages[0], both.advantages[1], rtol=1e-9, atol=0)
+        assert both.signal is not None and not bool(both.signal.any())
         raw = score(same, _Rollout(), "none", kl_reward_coef=beta).advantages
-        torch.testing.assert_close(raw, beta * torch.tensor([[-0.75, 0.75]]), rtol=1e-5, atol=0)
+        torch.testing.assert_close(
+            raw[0], beta * torch.tensor([-0.75, 0.75], dtype=torch.float64), rtol=1e-12, atol=0
+        )
+    tiny = _collected([[1.0, 1.0]], lengths=[2, 3], levels=[1])
+    tiny.kl_sums = torch.tensor(
+        [1e-3, 0.0], dtype=torch.float64
+    )  # β_r·spread 1e-6 would vanish at 1.0 in float32
+    assert float(score(tiny, _Rollout(), "none", kl_reward_coef=1e-3).advantages[0, 0]) == pytest.approx(
+        -5e-7, rel=1e-9
+    )
+    assert scored.signal is not None and scored.signal.tolist() == [[True, True], [True, True]]
+    assert plain.signal is None
     updated = Updated(stats=EntropyStats([1]))
     reading = EntropyReading(mean_entropy=1.0, tokens=8.0, step=1)
     row = metrics_row(1, local_sums(collected, scored, updated, {}, [1]), reading, updated, {}, [1], {})
@@ -445,3 +463,22 @@ def test_a_run_with_the_kl_in_the_reward(tmp_path: Path) -> None:
         assert sums is not None
         expected = result.collected.rewards - 0.5 * sums.reshape(result.collected.rewards.shape)
         torch.testing.assert_close(result.scored.shaped, expected.to(result.scored.shaped.dtype))
+
+
+def test_skip_no_signal_reads_the_advantages_before_the_kl_penalty() -> None:
+    """algorithm.skip_no_signal with the KL in the reward: a step whose verifier rewards are all equal in
+    every group has no signal, though the penalty's spread gives its advantages nonzero values (it would
+    train at unit scale on the KL alone); one group with a signal is enough."""
+    from types import SimpleNamespace
+
+    from entropyctl.trainer.module import RLVRModule
+
+    controller = create_controller({"name": "fixed", "alpha": 0.0})
+    fake = SimpleNamespace(_reducer=lambda: None)
+    for rewards, expected in [([[0.0, 0.0], [1.0, 1.0]], False), ([[0.0, 1.0], [1.0, 1.0]], True)]:
+        collected = _collected(rewards, lengths=[2, 3, 2, 3], levels=[1, 1])
+        collected.kl_sums = torch.tensor([0.5, -1.0, 0.2, 0.1], dtype=torch.float64)
+        scored = score(collected, _Rollout(), "group", kl_reward_coef=0.1)
+        planned = plan_groups(controller, scored, 1, mask_overlong=False)
+        assert bool((planned.seq_adv != 0).all())  # every advantage nonzero: the KL's spread
+        assert RLVRModule.has_signal(fake, planned) is expected  # type: ignore[arg-type]

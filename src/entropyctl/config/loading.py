@@ -317,7 +317,8 @@ FOREIGN_NAMES = {
     "l2": "optim.weight_decay",
     "actor_learning_rate": "optim.lr",
     "max_ckpt_num": "trainer.keep_checkpoints",
-    "init_kl_coef": "algorithm.kl_reward_coef (OpenRLHF's KL in the reward; with its --use_kl_loss, "
+    "init_kl_coef": "algorithm.kl_reward_coef (the nearest to OpenRLHF's KL in the reward, which adds its KL per "
+    "token after the group normalisation, with returns to go: not the same update; with its --use_kl_loss, "
     "algorithm.kl_coef)",
     "max_epochs": "algorithm.ppo_epochs",
     "overlong_buffer_len": "rollout.overlong_buffer (with rollout.overlong: penalty)",

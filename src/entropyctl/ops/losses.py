@@ -6,7 +6,8 @@ Symbols as in design.md §2 (one response token per entry; all tensors ``[N]``):
     L_pg   = −(1/N) Σ m · min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A)     clipped surrogate
     L_H    = −(1/N) Σ m · α · H                                          entropy term (α per prompt,
                                                                          broadcast to its tokens)
-    L_KL   =  (1/N) Σ m · k3,   k3 = exp(ref − logp) − (ref − logp) − 1  (optional, β = kl_coef)
+    L_KL   =  (1/N) Σ m · k,    k3 = exp(ref − logp) − (ref − logp) − 1  (optional, β = kl_coef;
+                                                                         k: the estimator, below)
     L      = L_pg + L_H + β·L_KL
 
 The KL estimator (``kl_estimator``; r = ref − logp per token) is TRL's k3 above, unbounded (the
@@ -43,8 +44,8 @@ with ρ without bound). ``clip_frac_dual`` is the share of tokens where that bou
 
 With a per-token loss weight u (``loss_weight``, ≥ 0; default 1) every term's m becomes m·u: the
 trainer's ``algorithm.loss_agg`` uses it for a per-sequence aggregation (u_t = N / (S·|o_i|) for
-GRPO's sequence mean of token means, N / (S·L) for Dr. GRPO's constant normaliser; S sequences,
-|o_i| the length of token t's sequence, L the maximum response length). The clip fractions stay
+GRPO's sequence mean of token means, N / (S·L) for Dr. GRPO's constant normaliser, N / S for verl's
+seq-mean-token-sum; S sequences, |o_i| the length of token t's sequence, L the maximum response length). The clip fractions stay
 token shares (m alone).
 
 N is the number of response tokens in the *global* batch (token-mean, as DAPO): pass it as

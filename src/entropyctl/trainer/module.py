@@ -972,7 +972,8 @@ class RLVRModule(pl.LightningModule):
         if self.config.algorithm.kl_reward_coef == 0:
             return None
         n = comp.response_ids.shape[0]
-        size = self.config.algorithm.micro_batch_size or n
+        # as many rows at a time as the update's forward takes: a micro-batch, else a mini-batch
+        size = self.config.algorithm.micro_batch_size or -(-n // self.config.algorithm.mini_batches)
         sums = torch.zeros(n, dtype=torch.float64)
         for rows in torch.split(torch.arange(n), size):
             sub = _select_rows(comp, rows, self.pad_id).to(self.device)
@@ -1032,8 +1033,10 @@ class RLVRModule(pl.LightningModule):
         return 0.0
 
     def has_signal(self, planned: Planned) -> bool:
-        """Whether any response token on ANY process has a nonzero advantage (one collective)."""
-        local = float(bool(((planned.seq_adv != 0) & (planned.seq_mask > 0)).any()))
+        """Whether any response token on ANY process has a nonzero advantage (one collective); with the KL
+        in the reward, a nonzero advantage before its penalty (the penalty alone is no signal)."""
+        nonzero = planned.seq_adv != 0 if planned.seq_signal is None else planned.seq_signal
+        local = float(bool((nonzero & (planned.seq_mask > 0)).any()))
         total = all_reduce_sum(torch.tensor([local], dtype=torch.float64), self._reducer())
         return bool(float(total.cpu()[0]) > 0)
 

@@ -77,6 +77,9 @@ class Scored:
     lengths: Tensor  # [P*G] response lengths, EOS included
     truncated: Tensor  # [P*G] bool
     levels: Tensor  # [P] each group's difficulty level
+    #: [P, G] whether the response's advantage is nonzero before the KL penalty (algorithm.kl_reward_coef):
+    #: what algorithm.skip_no_signal reads; None: the advantages themselves
+    signal: Tensor | None = None
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Planned:
     seq_coef: Tensor  # [P*G]
     seq_level: Tensor  # [P*G]
     seq_mask: Tensor  # [P*G] 0 for sequences left out of the loss (overlong: mask)
+    seq_signal: Tensor | None = None  # [P*G] Scored.signal, when the KL in the reward is on
 
 
 @dataclass
@@ -180,8 +184,12 @@ def score(
     comp = collected.completions
     lengths = comp.response_mask.sum(1)
     shaped = shaped_rewards(correct, collected.shaping, shaping_weights, lengths, rollout)
+    signal = None
     if kl_reward_coef and collected.kl_sums is not None:
-        shaped = shaped - (kl_reward_coef * collected.kl_sums).reshape(shaped.shape).to(shaped.dtype)
+        # the signal a step has without the penalty (algorithm.skip_no_signal): nonzero before any scale
+        signal = group_advantages(shaped, scale="none", baseline=baseline) != 0
+        # in float64: a small penalty on a reward of 1 would round away in float32, not on one of 0
+        shaped = shaped.double() - kl_reward_coef * collected.kl_sums.double().reshape(shaped.shape)
     accuracy = (correct >= 1.0).to(correct.dtype).mean(dim=1)
     levels = torch.tensor([int(getattr(p, "level", 0)) for p in collected.problems], dtype=torch.long)
     return Scored(
@@ -196,6 +204,7 @@ def score(
         lengths=lengths,
         truncated=comp.truncated.bool(),
         levels=levels,
+        signal=signal,
     )
 
 
@@ -230,6 +239,7 @@ def plan_groups(controller: EntropyController, scored: Scored, step: int, mask_o
         seq_coef=plan.coef.to(torch.float32).repeat_interleave(G),
         seq_level=scored.levels.repeat_interleave(G),
         seq_mask=seq_mask,
+        seq_signal=None if scored.signal is None else scored.signal.reshape(-1),
     )
 
 

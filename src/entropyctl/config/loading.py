@@ -271,6 +271,10 @@ FOREIGN_NAMES = {
     "ppo_micro_batch_size": "algorithm.micro_batch_size (responses per forward/backward, per process)",
     "ppo_micro_batch_size_per_gpu": "algorithm.micro_batch_size",
     "log_prob_micro_batch_size_per_gpu": "algorithm.micro_batch_size",
+    "use_dynamic_bsz": "algorithm.micro_batch_tokens (set to a budget: micro-batches by tokens)",
+    "ppo_max_token_len_per_gpu": "algorithm.micro_batch_tokens (ours counts padded tokens, rows × the longest "
+    "prompt + response; verl's packs without padding)",
+    "log_prob_max_token_len_per_gpu": "algorithm.micro_batch_tokens",
     "filter_groups": "rollout.dynamic_sampling",
     "max_num_gen_batches": "rollout.max_refills (the generations after the first: verl's N is N − 1 here, and its 0, "
     "no limit, has none; a batch still short is filled with all-equal groups, not stopped with an error)",

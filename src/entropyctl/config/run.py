@@ -434,6 +434,15 @@ class AlgorithmConfig(_Section):
         "with gradient_accumulation_steps, verl's ppo_micro_batch_size_per_gpu). Bounds the activations' memory; "
         "the update is the same up to float rounding. null: the whole mini-batch at once.",
     )
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many padded tokens (rows × (longest prompt + longest response) of the "
+        "micro-batch) per forward/backward on each process: a mini-batch's rows, in its order, are cut "
+        "into micro-batches as long as they fit (a row longer than the budget alone), so short responses "
+        "share a forward and long ones do not (verl's use_dynamic_bsz with ppo_max_token_len_per_gpu). "
+        "With micro_batch_size both bounds hold. The update is the same up to float rounding.",
+    )
     kl_coef: float = Field(
         0.0,
         ge=0,
@@ -989,6 +998,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "reward.shaping": [],
     "algorithm.importance_level": "token",
     "algorithm.micro_batch_size": None,
+    "algorithm.micro_batch_tokens": None,
     "algorithm.dual_clip": None,
     "algorithm.kl_estimator": "k3",
     "algorithm.kl_reward_coef": 0.0,

@@ -455,8 +455,8 @@ class _Frozen:
 
 @dataclass
 class _Micro:
-    """One forward/backward of a mini-batch (``algorithm.micro_batch_size`` of its rows; all of them by
-    default)."""
+    """One forward/backward of a mini-batch (some of its rows, by ``algorithm.micro_batch_size`` and
+    ``micro_batch_tokens``; all of them by default)."""
 
     rows: Tensor  # its rows of the step's completions
     comp: Completions  # those rows, re-padded, on the device
@@ -922,8 +922,8 @@ class RLVRModule(pl.LightningModule):
     def _minibatches(
         self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True
     ) -> _MiniBatches:
-        """The step's mini-batches (a seeded shuffle) cut into micro-batches of at most
-        ``algorithm.micro_batch_size`` rows, their GLOBAL token counts (one collective), and the old /
+        """The step's mini-batches (a seeded shuffle) cut into micro-batches (:meth:`_micro_pieces`), their
+        GLOBAL token counts (one collective), and the old /
         reference log-probs before the first update (when needed: a step without ``signal`` updates
         nothing, so its old log-probs are the current ones), one micro-batch at a time."""
         cfg = self.config
@@ -938,11 +938,10 @@ class RLVRModule(pl.LightningModule):
         local_seqs = torch.stack([(planned.seq_mask[r] > 0).sum() for r in rows]).to(torch.float64)
         counts = all_reduce_sum(torch.cat([local_tokens, local_seqs]), self._reducer()).cpu()
         need_old = signal and cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
-        size = cfg.algorithm.micro_batch_size
         micro: list[list[_Micro]] = []
         for r in rows:
             parts = []
-            for piece in [r] if size is None or len(r) <= size else list(torch.split(r, size)):
+            for piece in self._micro_pieces(comp, r):
                 sub = _select_rows(comp, piece, self.pad_id).to(self.device)
                 old = (
                     self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
@@ -953,6 +952,28 @@ class RLVRModule(pl.LightningModule):
                 parts.append(_Micro(piece, sub, old, ref))
             micro.append(parts)
         return _MiniBatches(micro, counts[:M], counts[M:])
+
+    def _micro_pieces(self, comp: Completions, rows: Tensor) -> list[Tensor]:
+        """``rows`` (a mini-batch, in its order) cut into micro-batches: at most ``algorithm.micro_batch_size``
+        rows and, with ``algorithm.micro_batch_tokens``, at most that many padded tokens (rows × (longest
+        prompt + longest response) of the piece, as :func:`_select_rows` trims it); a row over the budget
+        alone. Neither set: ``rows`` whole."""
+        a = self.config.algorithm
+        size, budget = a.micro_batch_size or len(rows), a.micro_batch_tokens
+        if budget is None:
+            return [rows] if len(rows) <= size else list(torch.split(rows, size))
+        prompt_len = comp.prompt_mask.sum(1)
+        response_len = comp.response_mask.sum(1)
+        pieces: list[Tensor] = []
+        start, longest_p, longest_r = 0, 0, 0
+        for i, row in enumerate(rows.tolist()):
+            p, r = max(longest_p, int(prompt_len[row])), max(longest_r, int(response_len[row]))
+            if i > start and ((i + 1 - start) * (p + r) > budget or i - start >= size):
+                pieces.append(rows[start:i])
+                start, p, r = i, int(prompt_len[row]), int(response_len[row])
+            longest_p, longest_r = p, r
+        pieces.append(rows[start:])
+        return pieces
 
     def _reference_logprob(self, comp: Completions) -> Tensor | None:
         """The KL reference's log-probs of ``comp``'s response tokens (None without a KL reference)."""
@@ -967,15 +988,16 @@ class RLVRModule(pl.LightningModule):
 
     def _kl_in_reward(self, comp: Completions) -> Tensor | None:
         """Each of this rank's responses' Σ_t (log π_old − log π_ref) over its tokens (k1), ``[P·G]``
-        float64 on the CPU, in micro-batches of ``algorithm.micro_batch_size``; None when
+        float64 on the CPU, in the update's micro-batches (:meth:`_micro_pieces`); None when
         ``algorithm.kl_reward_coef`` is 0."""
         if self.config.algorithm.kl_reward_coef == 0:
             return None
         n = comp.response_ids.shape[0]
-        # as many rows at a time as the update's forward takes: a micro-batch, else a mini-batch
-        size = self.config.algorithm.micro_batch_size or -(-n // self.config.algorithm.mini_batches)
+        # as many rows at a time as the update's forward takes: its micro-batches of a mini-batch's size
+        size = -(-n // self.config.algorithm.mini_batches)
         sums = torch.zeros(n, dtype=torch.float64)
-        for rows in torch.split(torch.arange(n), size):
+        pieces = [p for rows in torch.split(torch.arange(n), size) for p in self._micro_pieces(comp, rows)]
+        for rows in pieces:
             sub = _select_rows(comp, rows, self.pad_id).to(self.device)
             fwd = self._forward_tokens(self.policy, sub, grad=False)
             ref = self._reference_logprob(sub)

@@ -107,6 +107,7 @@ IGNORED_FOR_RESUME = (
     "trainer.wandb",
     "model.gradient_checkpointing",  # recomputes what it would have kept: the same numbers
     "algorithm.micro_batch_size",  # the same update up to float rounding (like trainer.threads): memory
+    "algorithm.micro_batch_tokens",  # likewise
     "trainer.checkpoint_every",
     "trainer.keep_checkpoints",
     "trainer.save_last",

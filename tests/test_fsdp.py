@@ -407,6 +407,31 @@ def test_entropyctl_train_with_fsdp(tmp_path: Path) -> None:
     assert checkpoint["entropy_controller"] == summary["controller_state"]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_fsdp_with_token_micro_batches_and_the_kl_in_the_reward(tmp_path: Path) -> None:
+    """Micro-batches cut by tokens differ in number between the ranks' shares, and under FSDP every forward
+    and backward is a collective: the ranks cut to the same count (else the run hangs until the timeout),
+    for the update and for the KL in the reward's pass; the run finishes with the same weights on both."""
+    import csv
+
+    from multiprocess_launch import run_train_cli
+    from trainer_helpers import SMALL, TINY
+
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, *SMALL, "trainer.devices=2", "trainer.strategy=fsdp", "trainer.steps=2"]
+    overrides += ["eval.before=false", "eval.after=false", "algorithm.mini_batches=2"]
+    overrides += ["algorithm.micro_batch_tokens=40", "algorithm.kl_reward_coef=0.01"]
+    run_train_cli(run_dir, overrides, timeout_s=TIMEOUT_S)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["world_size"] == 2
+    ranks = [json.loads((run_dir / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["parameter_sha256"] == ranks[1]["parameter_sha256"]
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["kl_reward"]) for r in rows][0] == 0.0 and float(rows[1]["kl_reward"]) != 0.0
+
+
 # ------------------------------------------------------------------------------ in-process checks
 def test_sharding_plan_of_the_tiny_policy() -> None:
     from entropyctl.trainer.fsdp import sharding_plan

@@ -142,3 +142,25 @@ def test_micro_batches_by_tokens_give_the_same_update_within_their_budget(tmp_pa
             assert max(rows for rows, _ in shapes) <= 2
         for p, q in zip(whole.policy.parameters(), module.policy.parameters(), strict=True):
             torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)
+
+
+def test_token_micro_batches_are_as_many_on_every_process(tmp_path: Path) -> None:
+    """Cut by tokens, one process's mini-batch may need more forwards than another's; under FSDP each is
+    a collective, so every process splits its largest pieces to the most any process has (rank 0 of 2
+    here, the other rank's counts given by the reduction), keeping every row once and in order."""
+    from types import MethodType
+
+    module = build_module(tiny_config(*SHAPE, *NO_BONUS, "algorithm.micro_batch_tokens=60"), tmp_path)
+    pieces = [[torch.arange(0, 6), torch.arange(6, 12)], [torch.arange(12, 24)]]
+    other = torch.tensor([4.0, 3.0], dtype=torch.float64)  # rank 1's piece counts per mini-batch
+    module._micro_pieces = MethodType(lambda self, comp, rows: pieces.pop(0), module)  # type: ignore[method-assign]
+    module._world = MethodType(lambda self: (0, 2), module)  # type: ignore[method-assign]
+    module._reducer = MethodType(
+        lambda self: lambda t: t + torch.cat([torch.zeros(2, dtype=t.dtype), other]), module
+    )  # type: ignore[method-assign]
+    rows = [torch.arange(0, 12), torch.arange(12, 24)]
+    out = module._micro_pieces_all(None, rows)  # type: ignore[arg-type]
+    assert [len(p) for p in out] == [4, 3]
+    for mini, cut in zip(rows, out, strict=True):
+        assert torch.equal(torch.cat(cut), mini)
+    assert [len(p) for p in out[0]] == [3, 3, 3, 3] and [len(p) for p in out[1]] == [3, 3, 6]

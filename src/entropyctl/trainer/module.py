@@ -939,9 +939,9 @@ class RLVRModule(pl.LightningModule):
         counts = all_reduce_sum(torch.cat([local_tokens, local_seqs]), self._reducer()).cpu()
         need_old = signal and cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
         micro: list[list[_Micro]] = []
-        for r in rows:
+        for pieces in self._micro_pieces_all(comp, rows):
             parts = []
-            for piece in self._micro_pieces(comp, r):
+            for piece in pieces:
                 sub = _select_rows(comp, piece, self.pad_id).to(self.device)
                 old = (
                     self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
@@ -975,6 +975,28 @@ class RLVRModule(pl.LightningModule):
         pieces.append(rows[start:])
         return pieces
 
+    def _micro_pieces_all(self, comp: Completions, rows: Sequence[Tensor]) -> list[list[Tensor]]:
+        """:meth:`_micro_pieces` of each mini-batch of ``rows``, as many on every process: cut by tokens,
+        one process's share may need more forwards than another's, and under FSDP every forward and
+        backward is a collective, so each process splits its largest pieces until it has the most any
+        process has (one collective; every process holds as many rows, so that count can be reached)."""
+        pieces = [self._micro_pieces(comp, r) for r in rows]
+        rank, world = self._world()
+        if world == 1 or self.config.algorithm.micro_batch_tokens is None:
+            return pieces
+        counts = torch.zeros(world * len(rows), dtype=torch.float64)
+        counts[rank * len(rows) : (rank + 1) * len(rows)] = torch.tensor([len(p) for p in pieces])
+        most = all_reduce_sum(counts, self._reducer()).cpu().reshape(world, len(rows)).amax(0)
+        for m, need in enumerate(most.long().tolist()):
+            while len(pieces[m]) < need:
+                largest = max(range(len(pieces[m])), key=lambda i: len(pieces[m][i]))
+                if len(pieces[m][largest]) < 2:  # every row alone already (not reached: as many rows)
+                    raise RuntimeError(f"cannot cut mini-batch {m} into {need} micro-batches")
+                piece = pieces[m].pop(largest)
+                half = len(piece) // 2
+                pieces[m][largest:largest] = [piece[:half], piece[half:]]
+        return pieces
+
     def _reference_logprob(self, comp: Completions) -> Tensor | None:
         """The KL reference's log-probs of ``comp``'s response tokens (None without a KL reference)."""
         if self._reference is not None:
@@ -996,8 +1018,8 @@ class RLVRModule(pl.LightningModule):
         # as many rows at a time as the update's forward takes: its micro-batches of a mini-batch's size
         size = -(-n // self.config.algorithm.mini_batches)
         sums = torch.zeros(n, dtype=torch.float64)
-        pieces = [p for rows in torch.split(torch.arange(n), size) for p in self._micro_pieces(comp, rows)]
-        for rows in pieces:
+        chunks = list(torch.split(torch.arange(n), size))
+        for rows in [p for pieces in self._micro_pieces_all(comp, chunks) for p in pieces]:
             sub = _select_rows(comp, rows, self.pad_id).to(self.device)
             fwd = self._forward_tokens(self.policy, sub, grad=False)
             ref = self._reference_logprob(sub)

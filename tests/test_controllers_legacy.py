@@ -44,3 +44,11 @@ def test_replayed_readings_give_the_logged_alpha(run: Path) -> None:
         assert controller.metrics()["alpha"] == pytest.approx(logged, rel=1e-9, abs=1e-15), (
             f"{run}: step {row['step']}"
         )
+
+
+def test_a_flat_delta_alone_is_answered_with_the_rule_that_takes_it() -> None:
+    """docs/controllers.md: the first release's flat ``delta`` without ``update: sign`` is an error that writes
+    the nested form with the rule that takes it (it wrote ``<one that does>``)."""
+
+    with pytest.raises(ValueError, match=r"write update: \{rule: sign, delta: 0\.001\}"):
+        create_controller({"name": "aer", "delta": 0.001})

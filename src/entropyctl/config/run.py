@@ -753,6 +753,8 @@ def _check_data_options(data: DataConfig) -> list[str]:
     from entropyctl.data.loaders import load_math_dataset
 
     accepted = keyword_options(load_math_dataset, skip=1) or []  # the first parameter is the file's path
+    # keep_columns is the trainer's to set (whether the reward takes the row's columns), not an option
+    accepted = [a for a in accepted if a != "keep_columns"]
     return [
         f"data.options.{key}: {unknown_option(str(key), accepted, 'the file loader')}"
         for key in data.options

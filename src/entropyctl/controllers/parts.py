@@ -384,9 +384,10 @@ def migrate_flat(data: dict[str, Any], *, aer: bool) -> dict[str, Any]:
                     merged[inner] = value
                 elif inner not in fields and value is not None and value != _FLAT_DEFAULTS[key]:
                     options = ", ".join(f for f in fields if f != tag) or "no options"
+                    takers = [v for v in PART_VARIANTS[part] if inner in _fields_of(part, v)]
                     errors.append(
                         f"{key}: the {part} {tag} {variant!r} does not use {key} (its options: {options}); "
-                        f"write {part}: {{{tag}: <one that does>, {inner}: {value!r}}}"
+                        f"write {part}: {{{tag}: {takers[0] if takers else '<one that does>'}, {inner}: {value!r}}}"
                     )
             data[part] = merged
         elif flat:

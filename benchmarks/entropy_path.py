@@ -512,18 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             elif args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
                 res = {**cfg, "status": f"not run: wall-clock budget of {args.max_minutes:g} min used up"}
             else:
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--child", json.dumps(cfg)],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                )
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                if proc.returncode == 0 and lines:
-                    res = json.loads(lines[-1][len("RESULT ") :])
-                else:
-                    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                    res = {**cfg, "status": f"failed (rc {proc.returncode}): {' | '.join(tail)}"}
+                got, error = _run_child(cfg, env)
+                res = got if got is not None else {**cfg, "status": error}
             results = [r for r in results if _key(r) != _key(res)] + [res]
             print(_row(res), flush=True)
             # Written after every config, so an interrupted grid still leaves its numbers.
@@ -532,19 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.rounds > 0 and len(ran) > 1 and not _interleaved_of(interleaved, n, v, dt, ran):
             if args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
                 continue
-            cfg = {**cfg, "modes": ran, "rounds": args.rounds}
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", json.dumps(cfg)],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                print(f"interleaved N={n} V={v} {dt}: failed (rc {proc.returncode}): {' | '.join(tail)}")
+            record, error = _run_child({**cfg, "modes": ran, "rounds": args.rounds}, env)
+            if record is None:
+                print(f"interleaved N={n} V={v} {dt}: {error}")
                 continue
-            record = json.loads(lines[-1][len("RESULT ") :])
             interleaved = [i for i in interleaved if (i["n"], i["v"], i["dtype"]) != (n, v, dt)] + [record]
             print(_interleaved_row(record), flush=True)
             _write(out, conditions, results, interleaved)
@@ -552,6 +533,18 @@ def main(argv: list[str] | None = None) -> int:
     print(render_markdown(conditions, results, interleaved))
     print(f"\nwrote {out}")
     return 0
+
+
+def _run_child(cfg: dict[str, Any], env: dict[str, str]) -> tuple[dict[str, Any] | None, str]:
+    """This script on ``cfg`` in a subprocess (``--child``): its RESULT record, or None and why not."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(cfg)], env=env, capture_output=True, text=True
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1][len("RESULT ") :]), ""
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return None, f"failed (rc {proc.returncode}): {' | '.join(tail)}"
 
 
 def _key(r: dict[str, Any]) -> tuple[str, int, int, str]:

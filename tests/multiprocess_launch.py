@@ -54,12 +54,22 @@ def run_two_rank_script(script: Path, out: Path, timeout_s: float, what: str = "
 
 def run_train_cli(run_dir: Path, overrides: list[str], timeout_s: float) -> None:
     """``entropyctl train --out run_dir --threads 1 --set ...`` as a user types it (Lightning re-launches
-    the console script for each rank); fails the test on a non-zero exit, with the output's tail."""
+    the console script for each rank); fails the test on a non-zero exit, with the output's tail. Past
+    ``timeout_s`` the whole process group is killed (a hung rank the launcher started included: killing
+    the launcher alone left it running, deaf to SIGTERM in a collective)."""
     script = Path(sys.executable).parent / "entropyctl"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "entropyctl.cli"]
     args = [*command, "train", "--out", str(run_dir), "--threads", "1"]
     for override in overrides:
         args += ["--set", override]
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "ENTROPYCTL_RUN_DIR", "WORLD_SIZE")}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"entropyctl train timed out after {timeout_s} s:\n{out[-3000:]}{err[-3000:]}")
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]

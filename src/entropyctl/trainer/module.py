@@ -539,6 +539,9 @@ class RLVRModule(pl.LightningModule):
         self.last_metrics: dict[str, float] = {}
         #: this rank's own per-step numbers before any collective (checks of the multi-process path)
         self.local_history: list[dict[str, Any]] = []
+        #: this step's micro-batch counts per mini-batch, as cut and as run (algorithm.micro_batch_tokens with
+        #: several processes: the counts agree across processes)
+        self._micro_cuts: list[dict[str, list[int]]] = []
         self._reference: _Frozen | None = None
         #: a LoRA run's KL reference is its base model: the policy with its adapters off (no copy)
         a = config.algorithm
@@ -979,7 +982,8 @@ class RLVRModule(pl.LightningModule):
         """:meth:`_micro_pieces` of each mini-batch of ``rows``, as many on every process: cut by tokens,
         one process's share may need more forwards than another's, and under FSDP every forward and
         backward is a collective, so each process splits its largest pieces until it has the most any
-        process has (one collective; every process holds as many rows, so that count can be reached)."""
+        process has (one collective, under DDP too; every process holds as many rows, so that count can
+        be reached). The counts, as cut and as run, go to the step's ``local_history`` entry."""
         pieces = [self._micro_pieces(comp, r) for r in rows]
         rank, world = self._world()
         if world == 1 or self.config.algorithm.micro_batch_tokens is None:
@@ -987,6 +991,7 @@ class RLVRModule(pl.LightningModule):
         counts = torch.zeros(world * len(rows), dtype=torch.float64)
         counts[rank * len(rows) : (rank + 1) * len(rows)] = torch.tensor([len(p) for p in pieces])
         most = all_reduce_sum(counts, self._reducer()).cpu().reshape(world, len(rows)).amax(0)
+        cut = [len(p) for p in pieces]
         for m, need in enumerate(most.long().tolist()):
             while len(pieces[m]) < need:
                 largest = max(range(len(pieces[m])), key=lambda i: len(pieces[m][i]))
@@ -995,6 +1000,7 @@ class RLVRModule(pl.LightningModule):
                 piece = pieces[m].pop(largest)
                 half = len(piece) // 2
                 pieces[m][largest:largest] = [piece[:half], piece[half:]]
+        self._micro_cuts.append({"cut": cut, "run": [len(p) for p in pieces]})
         return pieces
 
     def _reference_logprob(self, comp: Completions) -> Tensor | None:
@@ -1010,7 +1016,8 @@ class RLVRModule(pl.LightningModule):
 
     def _kl_in_reward(self, comp: Completions) -> Tensor | None:
         """Each of this rank's responses' Σ_t (log π_old − log π_ref) over its tokens (k1), ``[P·G]``
-        float64 on the CPU, in the update's micro-batches (:meth:`_micro_pieces`); None when
+        float64 on the CPU, a mini-batch's number of rows (in their stored order) at a time, each cut as
+        the update cuts its mini-batches (:meth:`_micro_pieces_all`); None when
         ``algorithm.kl_reward_coef`` is 0."""
         if self.config.algorithm.kl_reward_coef == 0:
             return None
@@ -1238,8 +1245,10 @@ class RLVRModule(pl.LightningModule):
                 "tokens": updated.token_sum,
                 "global_entropy": reading.mean_entropy,
                 "global_tokens": reading.tokens,
+                "micro_batches": self._micro_cuts,
             }
         )
+        self._micro_cuts = []
         if rank == 0 and self.metrics_writer is not None:
             self.metrics_writer.write(row)
         shown = {"reward", "entropy", "alpha"}

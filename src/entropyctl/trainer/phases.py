@@ -230,6 +230,7 @@ def plan_groups(controller: EntropyController, scored: Scored, step: int, mask_o
         )
     # Filler groups (dynamic sampling ran out of refills) train as in plain GRPO: zero advantage, the
     # entropy term only — so a step never ends with no tokens and the entropy reading stays defined.
+    # (With the KL in the reward their advantages are the KL spread's, as any all-equal group's.)
     seq_mask = torch.ones(P * G, dtype=torch.float32)
     if mask_overlong:
         seq_mask = seq_mask * (~scored.truncated).to(torch.float32)

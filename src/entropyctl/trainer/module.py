@@ -539,9 +539,7 @@ class RLVRModule(pl.LightningModule):
         self.last_metrics: dict[str, float] = {}
         #: this rank's own per-step numbers before any collective (checks of the multi-process path)
         self.local_history: list[dict[str, Any]] = []
-        #: this step's micro-batch counts per mini-batch, as cut and as run (algorithm.micro_batch_tokens with
-        #: several processes: the counts agree across processes)
-        self._micro_cuts: list[dict[str, list[int]]] = []
+        self._micro_cuts: list[dict[str, list[int]]] = []  # this step's (_micro_pieces_all: cut, run)
         self._reference: _Frozen | None = None
         #: a LoRA run's KL reference is its base model: the policy with its adapters off (no copy)
         a = config.algorithm

@@ -19,6 +19,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_or_kill_group(proc: subprocess.Popen[str], timeout_s: float, what: str) -> tuple[str, str]:
+    """``proc``'s (stdout, stderr) when it ends within ``timeout_s``; else its whole process group (it was
+    started in a session of its own, with the ranks it launched) is killed and the test fails."""
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{what} timed out after {timeout_s} s:\n{(out or '')[-4000:]}{(err or '')[-3000:]}")
+    return out or "", err or ""
+
+
 def run_two_rank_script(script: Path, out: Path, timeout_s: float, what: str = "2-process run") -> str:
     """Run ``python script out`` (rank 0, which launches rank 1) in ``out``; return its log.
 
@@ -42,12 +54,7 @@ def run_two_rank_script(script: Path, out: Path, timeout_s: float, what: str = "
         text=True,
         start_new_session=True,
     )
-    try:
-        log, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"{what} timed out after {timeout_s} s:\n{log[-4000:]}")
+    log, _ = _wait_or_kill_group(proc, timeout_s, what)
     assert proc.returncode == 0, f"{what} failed (rc={proc.returncode}):\n{log[-4000:]}"
     return log
 
@@ -66,10 +73,5 @@ def run_train_cli(run_dir: Path, overrides: list[str], timeout_s: float) -> None
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"entropyctl train timed out after {timeout_s} s:\n{out[-3000:]}{err[-3000:]}")
+    out, err = _wait_or_kill_group(proc, timeout_s, "entropyctl train")
     assert proc.returncode == 0, out[-3000:] + err[-3000:]

@@ -50,16 +50,17 @@ VARIANTS = {
 }
 
 
-def _train(run_dir: Path, overrides: list[str]) -> tuple[Any, list[int]]:
-    """Two steps in float64; the row counts of every forward with gradients (the micro-batches)."""
+def _train(run_dir: Path, overrides: list[str]) -> tuple[Any, list[tuple[int, int]]]:
+    """Two steps in float64; (rows, padded tokens) of every forward with gradients (the micro-batches)."""
     run_dir.mkdir()
     module = build_module(tiny_config(*SHAPE, *overrides), run_dir)
-    rows: list[int] = []
+    shapes: list[tuple[int, int]] = []
     forward = module._forward_tokens
 
     def counting(model: Any, comp: Any, grad: bool) -> Any:
         if grad:
-            rows.append(int(comp.response_ids.shape[0]))
+            rows, width = comp.response_ids.shape[0], comp.prompt_ids.shape[1] + comp.response_ids.shape[1]
+            shapes.append((int(rows), int(rows * width)))
         return forward(model, comp, grad)
 
     module._forward_tokens = counting
@@ -73,13 +74,14 @@ def _train(run_dir: Path, overrides: list[str]) -> tuple[Any, list[int]]:
         enable_progress_bar=False,
         enable_model_summary=False,
     ).fit(module)
-    return module, rows
+    return module, shapes
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_micro_batches_give_the_same_update(tmp_path: Path, variant: str) -> None:
-    whole, whole_rows = _train(tmp_path / "whole", VARIANTS[variant])
-    micro, micro_rows = _train(tmp_path / "micro", [*VARIANTS[variant], "algorithm.micro_batch_size=5"])
+    whole, whole_shapes = _train(tmp_path / "whole", VARIANTS[variant])
+    micro, micro_shapes = _train(tmp_path / "micro", [*VARIANTS[variant], "algorithm.micro_batch_size=5"])
+    whole_rows, micro_rows = [r for r, _ in whole_shapes], [r for r, _ in micro_shapes]
     # 2 steps × 2 epochs × 2 mini-batches: one forward of 12 rows each, or three of 5, 5 and 2
     assert whole_rows == [12] * 8
     assert micro_rows == [5, 5, 2] * 8
@@ -103,37 +105,20 @@ def test_micro_batches_give_the_same_update(tmp_path: Path, variant: str) -> Non
 
 
 def test_a_micro_batch_larger_than_the_mini_batch_is_the_whole_mini_batch(tmp_path: Path) -> None:
-    _, rows = _train(tmp_path / "run", [*NO_BONUS, "algorithm.micro_batch_size=64"])
-    assert rows == [12] * 8
+    _, shapes = _train(tmp_path / "run", [*NO_BONUS, "algorithm.micro_batch_size=64"])
+    assert [rows for rows, _ in shapes] == [12] * 8
 
 
 def test_micro_batches_by_tokens_give_the_same_update_within_their_budget(tmp_path: Path) -> None:
     """algorithm.micro_batch_tokens: each mini-batch cut, in its order, into micro-batches of at most that
     many padded tokens (rows × (longest prompt + longest response)); the update is the whole mini-batch's
     up to float rounding, as with micro_batch_size, and with both set both bounds hold."""
-    shapes: list[tuple[int, int]] = []  # (rows, padded tokens) of every forward with gradients
     whole, _ = _train(tmp_path / "whole", NO_BONUS)
     # 60 tokens: 2-5 rows of ~12-16; with 2 rows at most, 30 tokens: 1 or 2 rows
     for name, budget, extra in [("tokens", 60, []), ("both", 30, ["algorithm.micro_batch_size=2"])]:
-        shapes.clear()
-        run = tmp_path / name
-        run.mkdir()
-        module = build_module(
-            tiny_config(*SHAPE, *NO_BONUS, f"algorithm.micro_batch_tokens={budget}", *extra), run
+        module, shapes = _train(
+            tmp_path / name, [*NO_BONUS, f"algorithm.micro_batch_tokens={budget}", *extra]
         )
-        forward = module._forward_tokens
-
-        def recording(model: Any, comp: Any, grad: bool, forward: Any = forward) -> Any:
-            if grad:
-                width = comp.prompt_ids.shape[1] + comp.response_ids.shape[1]
-                shapes.append((int(comp.response_ids.shape[0]), int(comp.response_ids.shape[0]) * width))
-            return forward(model, comp, grad)
-
-        module._forward_tokens = recording
-        pl.Trainer(
-            accelerator="cpu", devices=1, precision="64-true", max_steps=2 * module.optimizer_steps_per_rlvr_step,
-            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        ).fit(module)  # fmt: skip
         # 2 steps × 2 epochs × 2 mini-batches of 12 rows: every row once per mini-batch, in pieces
         assert sum(rows for rows, _ in shapes) == 12 * 8
         assert len(shapes) > 8 and len({rows for rows, _ in shapes}) > 1  # cut, and not evenly

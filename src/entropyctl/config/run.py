@@ -452,11 +452,12 @@ class AlgorithmConfig(_Section):
     kl_reward_coef: float = Field(
         0.0,
         ge=0,
-        description="β_r of a KL penalty in the reward (0: off; verl's use_kl_in_reward with kl_ctrl.kl_coef, "
-        "OpenRLHF's init_kl_coef without use_kl_loss): each response's reward, before its group's advantage, "
-        "less β_r · Σ_t (log π_old − log π_ref) over its tokens (k1), the sum verl's GRPO advantage takes of "
-        "its per-token penalties. Not in the accuracy the controller reads, nor in dynamic sampling's "
-        "all-equal test. Independent of kl_coef (the loss term).",
+        description="β_r of a KL penalty in the reward (0: off; verl's use_kl_in_reward with kl_ctrl.kl_coef; "
+        "the nearest to OpenRLHF's init_kl_coef without use_kl_loss, which adds it per token after the group "
+        "normalisation): each response's reward, before its group's advantage, less β_r · Σ_t (log π_old − "
+        "log π_ref) over its tokens (k1), the sum verl's GRPO advantage takes of its per-token penalties. Not "
+        "in the accuracy the controller reads, dynamic sampling's all-equal test or skip_no_signal's. "
+        "Independent of kl_coef (the loss term).",
     )
     kl_estimator: Literal["k3", "low_var_kl", "k1", "k2", "abs"] = Field(
         "k3",

@@ -257,12 +257,12 @@ def _kl_per_token(log_r: Tensor, estimator: str) -> tuple[Tensor, Tensor]:
         return log_r.abs(), -torch.sign(log_r)
     if estimator == "low_var_kl":
         bounded = log_r.clamp(-LOW_VAR_KL_LOG_RATIO, LOW_VAR_KL_LOG_RATIO)
-        k3 = torch.exp(bounded) - bounded - 1.0
-        slope = torch.where(
-            (bounded != log_r) | (k3 > LOW_VAR_KL_MAX), torch.zeros_like(k3), 1.0 - torch.exp(bounded)
-        )
+        e = torch.exp(bounded)
+        k3 = e - bounded - 1.0
+        slope = torch.where((bounded != log_r) | (k3 > LOW_VAR_KL_MAX), torch.zeros_like(k3), 1.0 - e)
         return k3.clamp(max=LOW_VAR_KL_MAX), slope
-    return torch.exp(log_r) - log_r - 1.0, 1.0 - torch.exp(log_r)
+    e = torch.exp(log_r)
+    return e - log_r - 1.0, 1.0 - e
 
 
 def _kl_loss(

@@ -986,10 +986,10 @@ class RLVRModule(pl.LightningModule):
         rank, world = self._world()
         if world == 1 or self.config.algorithm.micro_batch_tokens is None:
             return pieces
-        counts = torch.zeros(world * len(rows), dtype=torch.float64)
-        counts[rank * len(rows) : (rank + 1) * len(rows)] = torch.tensor([len(p) for p in pieces])
-        most = all_reduce_sum(counts, self._reducer()).cpu().reshape(world, len(rows)).amax(0)
         cut = [len(p) for p in pieces]
+        counts = torch.zeros(world * len(rows), dtype=torch.float64)
+        counts[rank * len(rows) : (rank + 1) * len(rows)] = torch.tensor(cut)
+        most = all_reduce_sum(counts, self._reducer()).cpu().reshape(world, len(rows)).amax(0)
         for m, need in enumerate(most.long().tolist()):
             while len(pieces[m]) < need:
                 largest = max(range(len(pieces[m])), key=lambda i: len(pieces[m][i]))

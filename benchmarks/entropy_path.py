@@ -654,6 +654,7 @@ def render_markdown(
     def order(r: dict[str, Any]) -> tuple[int, int, str, int]:
         return (r["v"], r["n"], r["dtype"], MODES.index(r["mode"]) if r["mode"] in MODES else 99)
 
+    starred = False  # a time shown is a single warm-up run
     for r in sorted(results, key=order):
         key = (r["n"], r["v"], r["dtype"])
         if r.get("status") != "ok":
@@ -664,11 +665,12 @@ def render_markdown(
         base = ref.get(key)
         mem_ratio = f"{r['peak_bytes'] / base['peak_bytes']:.3f}" if base and base["peak_bytes"] > 0 else "—"
         t, mm, time_ratio = _time_cells(r, base, _interleaved_of(interleaved, *key))
+        starred |= "*" in t
         lines.append(
             f"| {r['n']} | {r['v']} | {r['dtype']} | {r['mode']} | {fmt_gb(r['peak_bytes'])} | "
             f"{t} | {mm} | {mem_ratio} | {time_ratio} |"
         )
-    if any("*" in line.split("|")[6] for line in lines[4:] if line.count("|") > 6):
+    if starred:
         lines += ["", "\\* one run only (the warm-up/memory run), not a median: `--big-repeats 0`."]
     return "\n".join(lines)
 

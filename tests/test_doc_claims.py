@@ -84,6 +84,34 @@ def test_target_with_the_sign_rule_is_trls_coefficient_without_its_gate() -> Non
     assert sum(a != b for a, b in zip(ours, trl_applied, strict=True)) > 50  # the gate is a real difference
 
 
+def test_target_with_the_gate_applies_what_trl_applies() -> None:
+    """docs/controllers.md: with ``update.apply: at_or_below_target`` the plan applies TRL's coefficient, step
+    for step (no reading exactly on the target): 0 in the first step and after every step above it."""
+    rng = torch.Generator().manual_seed(3)
+    entropies = (0.3 + 0.25 * torch.randn(200, generator=rng, dtype=torch.float64)).abs().tolist()
+    knobs = {"coef": 0.02, "target": 0.3, "delta": 0.005, "coef_min": 0.0, "coef_max": 0.05}
+    assert all(e != knobs["target"] for e in entropies)
+    _, trl_applied = trl_adaptive_entropy(entropies, **knobs)
+    controller = create_controller(
+        {
+            "name": "target",
+            "alpha_0": knobs["coef"],
+            "anchor": {"mode": "absolute", "target_entropy": knobs["target"]},
+            "update": {"rule": "sign", "delta": knobs["delta"], "alpha_max": knobs["coef_max"]}
+            | {"apply": "at_or_below_target"},
+        }
+    )
+    applied = []
+    for step, entropy in enumerate(entropies, start=1):
+        applied.append(
+            float(controller.plan(GroupOutcome(accuracy=torch.zeros(4), group_size=8, step=step)).coef[0])
+        )
+        controller.observe(EntropyReading(mean_entropy=entropy, tokens=100, step=step))
+    # float32 plans: each coefficient rounded once
+    assert applied == pytest.approx(trl_applied, rel=2**-24, abs=0.0)
+    assert sum(a > 0 for a in applied) > 50 and sum(a == 0 for a in applied) > 50
+
+
 def test_at_a_tie_trl_raises_the_coefficient_and_target_holds_it() -> None:
     knobs = {"coef": 0.02, "target": 0.3, "delta": 0.005, "coef_min": 0.0, "coef_max": 0.05}
     held, _ = trl_adaptive_entropy([0.3, 0.3], **knobs)

@@ -133,6 +133,41 @@ def test_fixed_alpha_reproduces_trl_entropy_bonus(tmp_path: Path) -> None:
     assert moved > 1e-3  # the bonus changed the weights, so the comparison above had something to see
 
 
+def test_trls_adaptive_entropy_is_the_target_config_its_refusal_names(tmp_path: Path) -> None:
+    """``use_adaptive_entropy=True`` is refused in favour of a ``target`` config (sign rule, absolute target,
+    ``update.apply: at_or_below_target``) built from the same arguments: that config must give TRL's own
+    adaptive run — the coefficient it holds, the gate that applies it, the loss and the weights."""
+    from entropyctl.integrations.trl import _trl_adaptive_as_target
+
+    # the tiny model's entropy falls from ~2.77 to ~2.72 over these steps: 2.745 is crossed, so the gate is
+    # shut on the first steps (the coefficient falls, unapplied) and open on the later ones (it rises, applied)
+    adaptive = {"use_adaptive_entropy": True, "entropy_coef": 0.05, "entropy_target": 2.745}
+    adaptive |= {"entropy_coef_delta": 0.02, "entropy_coef_max": 0.2}
+    config = {"loss_type": "bnpo", "gradient_accumulation_steps": 2, "max_steps": 6}
+    target = _trl_adaptive_as_target(tiny.tiny_config(str(tmp_path / "args"), **adaptive, **config))
+    assert target["update"]["apply"] == "at_or_below_target"
+    with pytest.raises(ValueError, match="use_adaptive_entropy=True"):
+        _train(GRPOTrainer, tmp_path / "refused", target, **adaptive, **config)
+    ours = _train(GRPOTrainer, tmp_path / "ours", target, **config)
+    theirs = _train(trl.GRPOTrainer, tmp_path / "trl", **adaptive, **config)
+    ungated = dict(target, update={**target["update"], "apply": "always"})
+    plain = _train(GRPOTrainer, tmp_path / "ungated", ungated, **config)
+    rows = list(zip(_step_logs(ours), _step_logs(theirs), strict=True))
+    # (TRL's logged `entropy` is a mean of micro-batch means; its controller, like ours, reads the window's
+    # token-weighted mean, which is what `entropyctl/entropy` logs)
+    below = [a["entropyctl/entropy"] <= adaptive["entropy_target"] for a, _ in rows]
+    assert any(below) and not all(below)  # both sides of the target are exercised
+    for a, b in rows:
+        assert a["entropyctl/alpha"] == pytest.approx(b["entropy_coef"], rel=1e-9)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+    for (name, p), q in zip(ours.model.named_parameters(), theirs.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)  # tolerance as the fixed-α test's
+    assert any(  # without the gate the same coefficients give another run
+        float((p - q).detach().abs().max()) > 1e-4
+        for p, q in zip(plain.model.parameters(), theirs.model.parameters(), strict=True)
+    )
+
+
 def test_plan_clip_bounds_reach_trl_loss(tmp_path: Path) -> None:
     # clip_higher: α = 0, (ε_low, ε_high) = (0.2, 0.28): TRL's own run with epsilon_high=0.28, no bonus.
     # num_iterations=2 reuses each generation for a second update, so the ratio leaves 1 and clipping acts.

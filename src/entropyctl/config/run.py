@@ -993,6 +993,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "controller.update.conditional": False,
     "controller.update.linear": 0.0,
     "controller.update.linear_on": "both",
+    "controller.update.apply": "always",
     "controller.anchor.steps": 1,
     "algorithm.skip_no_signal": False,
     "algorithm.loss_agg": "token-mean",

@@ -44,6 +44,14 @@ class _Bounds(_Part):
     rule: str
     alpha_min: NonNegativeFloat = Field(default=0.0, description="Lower bound of α_t.")
     alpha_max: NonNegativeFloat = Field(default=0.05, description="Upper bound of α_t.")
+    apply: Literal["always", "at_or_below_target"] = Field(
+        default="always",
+        description=(
+            "always: the plan applies α_t in every step; at_or_below_target: only after a reading at or "
+            "below H* (the rule's own reading: the smoothed H̃ for relative), 0 otherwise and before the "
+            "first such reading (Skywork-OR1's and TRL's adaptive entropy gate). α_t itself moves either way."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self) -> _Bounds:

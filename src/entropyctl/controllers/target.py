@@ -116,6 +116,7 @@ _OPTIONAL_STATE = (
     "approached",
     "climb_run",
     "rearmed",
+    "at_or_below",
 )
 
 
@@ -257,6 +258,8 @@ class TargetController(EntropyController):
         self.climb_run = 0
         #: whether the smoothed entropy has reached H* once (``rearm_at_target`` acts at that reading).
         self.rearmed = False
+        #: whether the rule's last reading was at or below H* (``update.apply: at_or_below_target``)
+        self.at_or_below = False
         self.steps_observed = 0
         self.readings_ignored = 0
 
@@ -285,8 +288,14 @@ class TargetController(EntropyController):
         # α_i = α_t · w(acc_i); non-finite accuracies count as 0 (hard).
         accuracy = torch.nan_to_num(outcome.accuracy.detach().float(), nan=0.0, posinf=1.0, neginf=0.0)
         weights = self.prompt_weights(accuracy.clamp(0.0, 1.0))
-        coef = (self.alpha * weights).to(torch.float32)
+        coef = (self.applied_alpha() * weights).to(torch.float32)
         return Plan(coef=coef, clip_low=float(self.config.clip_low), clip_high=float(self.config.clip_high))
+
+    def applied_alpha(self) -> float:
+        """The α the next plan applies: α_t, or 0 under ``update.apply: at_or_below_target`` until the
+        rule's last reading was at or below H*."""
+        gated = getattr(self.config.update, "apply", "always") == "at_or_below_target"
+        return 0.0 if gated and not self.at_or_below else self.alpha
 
     def observe(self, reading: EntropyReading) -> None:
         if not is_usable_reading(reading):
@@ -318,8 +327,10 @@ class TargetController(EntropyController):
             return
         if isinstance(update, RelativeUpdate):
             smoothed = entropy if self.smoothed_entropy is None else self.smoothed_entropy
+            self.at_or_below = smoothed <= target
             self._relative_update(update, target, smoothed)
             return
+        self.at_or_below = entropy <= target
         self.alpha = updated_alpha(
             self.alpha,
             target - entropy,
@@ -410,6 +421,7 @@ class TargetController(EntropyController):
             "approached": self.approached,
             "climb_run": self.climb_run,
             "rearmed": self.rearmed,
+            "at_or_below": self.at_or_below,
             "steps_observed": self.steps_observed,
             "readings_ignored": self.readings_ignored,
         }
@@ -432,6 +444,7 @@ class TargetController(EntropyController):
         self.approached = bool(state.get("approached", False))
         self.climb_run = int(state.get("climb_run", 0))
         self.rearmed = bool(state.get("rearmed", False))
+        self.at_or_below = bool(state.get("at_or_below", False))
         self.h0 = optional(state["h0"])
         self.anchor_sum = float(state["anchor_sum"])
         self.anchor_count = int(state["anchor_count"])

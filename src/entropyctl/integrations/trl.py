@@ -97,6 +97,28 @@ def _resolve_controller(controller: Any) -> EntropyController:
     )
 
 
+def _trl_adaptive_as_target(args: Any) -> dict[str, Any]:
+    """TRL's adaptive entropy coefficient (``use_adaptive_entropy``) as a ``target`` config: its target in
+    nats, its ±δ step and bounds, its start, and its gate (the coefficient only after a step at or below the
+    target); the clip bounds are TRL's ``epsilon``/``epsilon_high``."""
+    epsilon = float(getattr(args, "epsilon", 0.2))
+    epsilon_high = getattr(args, "epsilon_high", None)
+    return {
+        "name": "target",
+        "alpha_0": float(getattr(args, "entropy_coef", 0.0)),
+        "anchor": {"mode": "absolute", "target_entropy": float(getattr(args, "entropy_target", 0.2))},
+        "update": {
+            "rule": "sign",
+            "delta": float(getattr(args, "entropy_coef_delta", 0.005)),
+            "alpha_min": float(getattr(args, "entropy_coef_min", 0.0)),
+            "alpha_max": float(getattr(args, "entropy_coef_max", 1.0)),
+            "apply": "at_or_below_target",
+        },
+        "clip_low": epsilon,
+        "clip_high": epsilon if epsilon_high is None else float(epsilon_high),
+    }
+
+
 def _check_trl_args(args: Any, controller: EntropyController) -> None:
     """Refuse TRL options that would apply a second entropy term or leave the controller's clip bounds unused,
     and TRL clip bounds that disagree with the controller's (which are the ones used)."""
@@ -124,9 +146,10 @@ def _check_trl_args(args: Any, controller: EntropyController) -> None:
     if getattr(args, "use_adaptive_entropy", False):
         problems.append(
             "use_adaptive_entropy=True adds TRL's own adaptive entropy bonus on top of the controller's; set it to "
-            "False (TRL's rule is the `target` controller with anchor {mode: absolute} and update {rule: sign})"
+            f"False and use controller={_trl_adaptive_as_target(args)} for TRL's rule (it raises its coefficient "
+            "at a reading exactly on the target, where `target` holds it)"
         )
-    if getattr(args, "entropy_coef", 0.0) != 0.0:
+    elif getattr(args, "entropy_coef", 0.0) != 0.0:
         problems.append(
             f"entropy_coef={args.entropy_coef} adds TRL's fixed entropy bonus on top of the controller's; set it to "
             f"0.0 and use controller={{'name': 'fixed', 'alpha': {args.entropy_coef}}} for a fixed bonus"

@@ -102,7 +102,7 @@ def error_of(config: object) -> str:
         # an option the chosen variant does not use is an error, in the nested and the flat form
         (
             {"name": "aer", "update": {"rule": "sign", "eta": 0.1}},
-            "controller.update.eta: unknown field (valid fields: rule, alpha_min, alpha_max, delta)",
+            "controller.update.eta: unknown field (valid fields: rule, alpha_min, alpha_max, apply, delta)",
         ),
         (
             {"name": "aer", "update": "sign", "eta": 0.1},

@@ -69,7 +69,7 @@ def test_controller_story_says_when_the_bonus_does_not_reach_the_tokens() -> Non
         row["coef_mean"] = coef
     story = controller_story(rows)  # the tokens got (0.01 + 0 + 0.01) / (0.01 + 0.02 + 0.04) of α
     assert story.endswith(
-        "; the rollouts' tokens got 29% of α (the allocation or skipped steps withheld the rest)"
+        "; the rollouts' tokens got 29% of α (the allocation, skipped steps or update.apply's gate withheld the rest)"
     )
     for row, previous in zip(rows[1:], alphas, strict=False):
         row["coef_mean"] = previous  # every token got the α its step applied: nothing to say

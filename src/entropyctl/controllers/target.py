@@ -1,9 +1,14 @@
 """``target``: one dynamic coefficient α_t for every prompt, driven toward a target entropy H*.
 
 This is AER without difficulty-aware allocation (the paper's target-only arm). With
-``anchor: {mode: absolute, ...}`` and the sign rule its α_t follows TRL's adaptive ``entropy_coef``,
-but TRL applies it only after a step at or below the target (and raises it at a tie); ``target``
-applies α_t in every step.
+``anchor: {mode: absolute, ...}``, the sign rule and ``update.apply: at_or_below_target`` it is TRL's
+adaptive ``entropy_coef`` (Skywork-OR1's adaptive entropy control), but for a reading exactly on the
+target, where TRL raises its coefficient and ``target`` holds it.
+
+``update.apply`` (every moving rule): ``always`` (the default) applies α_t in every step;
+``at_or_below_target`` applies it only after a reading at or below H* — the rule's own reading, the
+smoothed H̃_t for the relative rule, H_t for the others — and 0 otherwise, before the first reading
+included. α_t moves the same either way.
 
     H0      = mean of the first ``anchor.steps`` usable readings H_t
     H*      = τ·H0                     (anchor.mode: initial)   or   target_entropy   (anchor.mode: absolute)

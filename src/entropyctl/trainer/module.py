@@ -411,8 +411,9 @@ def _bonus_note(rows: Sequence[dict[str, float]]) -> str:
 def _reach_note(rows: Sequence[dict[str, float]]) -> str:
     """How much of α the tokens got: sum of ``coef_mean`` over the α each step applied (a row's
     ``alpha`` is the one the next step applies), told only when it is under :data:`REACH_NOTE_BELOW`
-    — an allocation that gives most prompts no bonus (``threshold`` on a task the policy solves), or
-    steps skipped for want of signal, while α keeps moving on the global entropy."""
+    — an allocation that gives most prompts no bonus (``threshold`` on a task the policy solves),
+    steps skipped for want of signal, or ``update.apply``'s gate shut above H*, while α keeps moving
+    on the global entropy."""
     pairs = [
         (coefficient_acted(row), float(previous.get("alpha", math.nan)))
         for previous, row in zip(rows[:-1], rows[1:], strict=True)
@@ -423,7 +424,7 @@ def _reach_note(rows: Sequence[dict[str, float]]) -> str:
     reach = sum(c for c, _ in pairs) / sum(a for _, a in pairs)
     if reach >= REACH_NOTE_BELOW:
         return ""
-    return f"; the rollouts' tokens got {reach:.0%} of α (the allocation or skipped steps withheld the rest)"
+    return f"; the rollouts' tokens got {reach:.0%} of α (the allocation, skipped steps or update.apply's gate withheld the rest)"
 
 
 def lr_factor(warmup: int, schedule: str, min_ratio: float, total: int) -> Callable[[int], float]:

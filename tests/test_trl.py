@@ -168,6 +168,22 @@ def test_trls_adaptive_entropy_is_the_target_config_its_refusal_names(tmp_path: 
     )
 
 
+def test_the_refusals_target_config_loads_with_trls_defaults_and_a_start_outside_its_bounds(
+    tmp_path: Path,
+) -> None:
+    from entropyctl import create_controller
+    from entropyctl.integrations.trl import _trl_adaptive_as_target
+
+    defaults = _trl_adaptive_as_target(tiny.tiny_config(str(tmp_path / "a"), use_adaptive_entropy=True))
+    assert create_controller(defaults).config.update.alpha_max == 1.0  # type: ignore[attr-defined]
+    # TRL starts its coefficient at entropy_coef (0.0 by default) whatever its bounds; alpha_0 must lie in them
+    below = {"use_adaptive_entropy": True, "entropy_coef_min": 0.001, "entropy_coef_max": 0.5}
+    config = _trl_adaptive_as_target(tiny.tiny_config(str(tmp_path / "b"), **below))
+    assert create_controller(config).config.alpha_0 == 0.001  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="outside \\[entropy_coef_min, entropy_coef_max\\].*nearest bound"):
+        _train(GRPOTrainer, tmp_path / "refused", "aer", **below)
+
+
 def test_plan_clip_bounds_reach_trl_loss(tmp_path: Path) -> None:
     # clip_higher: α = 0, (ε_low, ε_high) = (0.2, 0.28): TRL's own run with epsilon_high=0.28, no bonus.
     # num_iterations=2 reuses each generation for a second update, so the ratio leaves 1 and clipping acts.

@@ -215,7 +215,7 @@ FOREIGN_NAMES = {
     "mask_truncated_completions": "rollout.overlong (mask)",
     "top_entropy_quantile": "controller.name (high_entropy_tokens)",
     "entropy_coef": "controller.name (fixed, with controller.alpha)",
-    "use_adaptive_entropy": "controller.update.apply (at_or_below_target; TRL's rule: name target, update.rule sign)",
+    "use_adaptive_entropy": "controller.update.apply (at_or_below_target; TRL's rule: target, anchor.mode absolute, update.rule sign)",
     "vllm_importance_sampling_correction": "algorithm.rollout_correction",
     "vllm_importance_sampling_mode": "algorithm.rollout_correction.mode",
     "vllm_importance_sampling_cap": "algorithm.rollout_correction.clip_max",

@@ -49,7 +49,7 @@ class _Bounds(_Part):
         description=(
             "always: the plan applies α_t in every step; at_or_below_target: only after a reading at or "
             "below H* (the rule's own reading: the smoothed H̃ for relative), 0 otherwise and before the "
-            "first such reading (Skywork-OR1's and TRL's adaptive entropy gate). α_t itself moves either way."
+            "first such reading (TRL's adaptive entropy gate). α_t itself moves either way."
         ),
     )
 

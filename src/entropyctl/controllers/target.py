@@ -2,8 +2,9 @@
 
 This is AER without difficulty-aware allocation (the paper's target-only arm). With
 ``anchor: {mode: absolute, ...}``, the sign rule and ``update.apply: at_or_below_target`` it is TRL's
-adaptive ``entropy_coef`` (Skywork-OR1's adaptive entropy control), but for a reading exactly on the
-target, where TRL raises its coefficient and ``target`` holds it.
+adaptive ``entropy_coef`` (which TRL attributes to Skywork-OR1), but for a reading exactly on the
+target (TRL raises its coefficient, ``target`` holds it) and unusable readings (TRL reads an empty
+window as 0 nats and a NaN one as above the target; ``target`` ignores both).
 
 ``update.apply`` (every moving rule): ``always`` (the default) applies α_t in every step;
 ``at_or_below_target`` applies it only after a reading at or below H* — the rule's own reading, the

@@ -100,18 +100,21 @@ def _resolve_controller(controller: Any) -> EntropyController:
 def _trl_adaptive_as_target(args: Any) -> dict[str, Any]:
     """TRL's adaptive entropy coefficient (``use_adaptive_entropy``) as a ``target`` config: its target in
     nats, its ±δ step and bounds, its start, and its gate (the coefficient only after a step at or below the
-    target); the clip bounds are TRL's ``epsilon``/``epsilon_high``."""
+    target); the clip bounds are TRL's ``epsilon``/``epsilon_high``. A start outside TRL's bounds (which TRL
+    allows, ``alpha_0`` does not) becomes the nearest bound."""
     epsilon = float(getattr(args, "epsilon", 0.2))
     epsilon_high = getattr(args, "epsilon_high", None)
+    low = float(getattr(args, "entropy_coef_min", 0.0))
+    high = float(getattr(args, "entropy_coef_max", 1.0))
     return {
         "name": "target",
-        "alpha_0": float(getattr(args, "entropy_coef", 0.0)),
+        "alpha_0": min(max(float(getattr(args, "entropy_coef", 0.0)), low), high),
         "anchor": {"mode": "absolute", "target_entropy": float(getattr(args, "entropy_target", 0.2))},
         "update": {
             "rule": "sign",
             "delta": float(getattr(args, "entropy_coef_delta", 0.005)),
-            "alpha_min": float(getattr(args, "entropy_coef_min", 0.0)),
-            "alpha_max": float(getattr(args, "entropy_coef_max", 1.0)),
+            "alpha_min": low,
+            "alpha_max": high,
             "apply": "at_or_below_target",
         },
         "clip_low": epsilon,
@@ -147,7 +150,14 @@ def _check_trl_args(args: Any, controller: EntropyController) -> None:
         problems.append(
             "use_adaptive_entropy=True adds TRL's own adaptive entropy bonus on top of the controller's; set it to "
             f"False and use controller={_trl_adaptive_as_target(args)} for TRL's rule (it raises its coefficient "
-            "at a reading exactly on the target, where `target` holds it)"
+            "at a reading exactly on the target, where `target` holds it"
+            + (
+                "; your entropy_coef lies outside [entropy_coef_min, entropy_coef_max], so this starts at the "
+                "nearest bound"
+                if not args.entropy_coef_min <= args.entropy_coef <= args.entropy_coef_max
+                else ""
+            )
+            + ")"
         )
     elif getattr(args, "entropy_coef", 0.0) != 0.0:
         problems.append(

@@ -409,8 +409,8 @@ def _bonus_note(rows: Sequence[dict[str, float]]) -> str:
 
 
 def _reach_note(rows: Sequence[dict[str, float]]) -> str:
-    """How much of α the tokens got: sum of ``coef_mean`` over the α each step applied (a row's
-    ``alpha`` is the one the next step applies), told only when it is under :data:`REACH_NOTE_BELOW`
+    """How much of α the tokens got: sum of ``coef_mean`` over the α each step held (a row's
+    ``alpha`` is the one the next step holds), told only when it is under :data:`REACH_NOTE_BELOW`
     — an allocation that gives most prompts no bonus (``threshold`` on a task the policy solves),
     steps skipped for want of signal, or ``update.apply``'s gate shut above H*, while α keeps moving
     on the global entropy."""

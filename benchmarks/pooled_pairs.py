@@ -40,28 +40,41 @@ from entropyctl.experiments.aggregate import EXPLOSION_RATIO  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATE = "aer_update.linear=0.05_update.linear_on=low_climb"
 FLOOR_GATE = "aer_update.alpha_min=5e-4_update.apply=at_or_below_target"
-#: task → (the defaults' runs, the candidate's runs, seeds, the pass@1 reading); paths relative to the
-#: checkout, one run per seed under each (``seed<N>``)
-TASKS: dict[str, tuple[str, str, list[int], str]] = {
-    "levels 1–2 (600 steps)": (
-        "benchmarks/robustness/levels12_seeds/aer",
-        f"benchmarks/robustness/levels12_lowclimb/{CANDIDATE}",
-        list(range(10)),
-        "pass@1",
-    ),
-    "level 2 (600 steps)": (
-        "benchmarks/robustness/level2_twenty/aer",
-        f"benchmarks/robustness/level2_twenty_lowclimb/{CANDIDATE}",
-        list(range(10, 20)),
-        "pass@1",
-    ),
-    "collapse v5 (3000 steps)": (
-        "benchmarks/ablation_collapse_v5_third/aer",
-        f"benchmarks/ablation_collapse_v5_third/{CANDIDATE}",
-        [8, 9, 10],
-        "pass@1 last 3",
-    ),
-}
+Tasks = dict[str, tuple[str, str, list[int], str]]
+
+
+def paired_tasks(arm: str, folders: tuple[str, str, str], level2_seeds: list[int]) -> Tasks:
+    """task → (the defaults' runs, the candidate's runs, seeds, the pass@1 reading); paths relative to the
+    checkout, one run per seed under each (``seed<N>``). ``folders``: the candidate's levels-1–2,
+    level-2 and collapse folders (the defaults' are the same for every candidate)."""
+    levels12, level2, collapse = folders
+    return {
+        "levels 1–2 (600 steps)": (
+            "benchmarks/robustness/levels12_seeds/aer",
+            f"benchmarks/robustness/{levels12}/{arm}",
+            list(range(10)),
+            "pass@1",
+        ),
+        "level 2 (600 steps)": (
+            "benchmarks/robustness/level2_twenty/aer",
+            f"benchmarks/robustness/{level2}/{arm}",
+            level2_seeds,
+            "pass@1",
+        ),
+        "collapse v5 (3000 steps)": (
+            "benchmarks/ablation_collapse_v5_third/aer",
+            f"benchmarks/{collapse}/{arm}",
+            [8, 9, 10],
+            "pass@1 last 3",
+        ),
+    }
+
+
+TASKS = paired_tasks(
+    CANDIDATE,
+    ("levels12_lowclimb", "level2_twenty_lowclimb", "ablation_collapse_v5_third"),
+    list(range(10, 20)),
+)
 #: the pairs no earlier reading had seen and that share no steps with another pair (docs/robustness.md,
 #: "A flaw in the rule above"): the 600-step tasks are prefixes of the 3000- and 2000-step ones, so the
 #: level-2 pair of seed 10 is the collapse pair's first 600 steps and the levels-1-2 pairs are the first
@@ -69,31 +82,12 @@ TASKS: dict[str, tuple[str, str, list[int], str]] = {
 UNSEEN = {"level 2 (600 steps)": list(range(11, 20)), "collapse v5 (3000 steps)": [8, 9, 10]}
 #: the floor behind the gate (docs/robustness.md, "The floor behind a gate"): 22 pairs, none sharing steps
 #: with another (level 2 seed 10, the collapse pair's first 600 steps, left out)
-FLOOR_GATE_TASKS: dict[str, tuple[str, str, list[int], str]] = {
-    "levels 1–2 (600 steps)": (
-        "benchmarks/robustness/levels12_seeds/aer",
-        f"benchmarks/robustness/levels12_gate/{FLOOR_GATE}",
-        list(range(10)),
-        "pass@1",
-    ),
-    "level 2 (600 steps)": (
-        "benchmarks/robustness/level2_twenty/aer",
-        f"benchmarks/robustness/level2_twenty_gate/{FLOOR_GATE}",
-        list(range(11, 20)),
-        "pass@1",
-    ),
-    "collapse v5 (3000 steps)": (
-        "benchmarks/ablation_collapse_v5_third/aer",
-        f"benchmarks/ablation_collapse_v5_gate/{FLOOR_GATE}",
-        [8, 9, 10],
-        "pass@1 last 3",
-    ),
-}
+FLOOR_GATE_TASKS = paired_tasks(
+    FLOOR_GATE, ("levels12_gate", "level2_twenty_gate", "ablation_collapse_v5_gate"), list(range(11, 20))
+)
 #: candidate → (its arm, its tasks, its unseen pairs (None: no such group), whether its pairs are one run
 #: until H*, the output files' stem)
-CANDIDATES: dict[
-    str, tuple[str, dict[str, tuple[str, str, list[int], str]], dict[str, list[int]] | None, bool, str]
-] = {
+CANDIDATES: dict[str, tuple[str, Tasks, dict[str, list[int]] | None, bool, str]] = {
     "low_climb": (CANDIDATE, TASKS, UNSEEN, True, "pooled_pairs"),
     "floor_gate": (FLOOR_GATE, FLOOR_GATE_TASKS, None, False, "pooled_pairs_floor_gate"),
 }

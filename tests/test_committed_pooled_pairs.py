@@ -9,7 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from committed_runs import assert_docs_quote, assert_numbers_equal, metrics_without_timings
+from committed_runs import (
+    assert_collapse_reading_reproduced,
+    assert_docs_quote,
+    assert_numbers_equal,
+    assert_one_warm_start,
+    metrics_without_timings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "pooled_pairs.py"
@@ -76,3 +82,56 @@ def test_the_600_step_tasks_are_prefixes_of_the_longer_runs() -> None:
             assert len(short) == 600 and short == metrics_without_timings(
                 long_study / arm / f"seed{seed}", 600
             ), (arm, seed)
+
+
+#: the floor behind the gate (docs/robustness.md, "The floor behind a gate"): task → seeds
+GATE_PAIRS = {
+    "levels 1–2 (600 steps)": list(range(10)),
+    "level 2 (600 steps)": list(range(11, 20)),
+    "collapse v5 (3000 steps)": [8, 9, 10],
+}
+
+
+def test_the_gate_rules_reading_is_reproduced_reads_every_pair_and_is_quoted(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--candidate", "floor_gate", "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    name = "pooled_pairs_floor_gate"
+    assert (tmp_path / f"{name}.md").read_text() == (RESULTS / f"{name}.md").read_text()
+    written, committed = (json.loads((d / f"{name}.json").read_text()) for d in (tmp_path, RESULTS))
+    assert_numbers_equal(written, committed, f"{name}.json")
+    read = {task: [p["seed"] for p in committed["pairs"] if p["task"] == task] for task in GATE_PAIRS}
+    assert read == GATE_PAIRS
+    assert committed["summary"]["pooled"]["pairs"] == 22
+    for pair in committed["pairs"]:
+        candidate, defaults = ROOT / pair["candidate"]["run"], ROOT / pair["defaults"]["run"]
+        config = (candidate / "config.yaml").read_text()
+        assert "apply: at_or_below_target" in config and "alpha_min: 0.0005" in config, candidate
+        # the same warm start and seed: the first step's rollouts (reward, accuracy, entropy) are the same
+        first = [
+            (d / "metrics.csv").read_text().splitlines()[1].split(",")[:4] for d in (candidate, defaults)
+        ]
+        assert first[0] == first[1], (candidate, first)
+    assert_docs_quote(
+        RESULTS / f"{name}.md", ROOT / "docs" / "robustness.md", "pooled-pairs-floor-gate-table", 4
+    )
+
+
+def test_the_gate_rules_collapse_runs_are_read_and_quoted_and_share_the_defaults_warm_starts(
+    tmp_path: Path,
+) -> None:
+    study = ROOT / "benchmarks" / "ablation_collapse_v5_gate"
+    arm = "aer_update.alpha_min=5e-4_update.apply=at_or_below_target"
+    assert sorted(p.name for p in (study / arm).glob("seed*")) == ["seed10", "seed8", "seed9"]
+    for seed in (8, 9, 10):
+        run = study / arm / f"seed{seed}"
+        assert json.loads((run / "summary.json").read_text())["steps"] == 3000
+        defaults = ROOT / "benchmarks" / "ablation_collapse_v5_third" / "aer" / f"seed{seed}"
+        assert_one_warm_start([run, defaults], seed)
+    assert_collapse_reading_reproduced(study, tmp_path)
+    assert_docs_quote(
+        study / "reading.md", ROOT / "docs" / "ablations.md", "collapse-v5-gate-table", 3, "| `"
+    )

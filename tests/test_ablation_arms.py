@@ -166,7 +166,13 @@ def test_shipped_collapse_config_is_the_study_config_on_level_2_for_longer(tmp_p
     specs = plan_runs(collapse, arms, list(range(section["seeds"])), tmp_path)
     assert len(specs) == 3 * section["seeds"]
     capped = [s.config["controller"] for s in specs if s.arm.label == "aer:alpha_max=0.2"][0]
-    assert capped["update"] == {"rule": "additive", "alpha_min": 0.0, "alpha_max": 0.2, "eta": 0.05}
+    assert capped["update"] == {
+        "rule": "additive",
+        "alpha_min": 0.0,
+        "alpha_max": 0.2,
+        "apply": "always",
+        "eta": 0.05,
+    }
     assert capped["anchor"]["tau"] == 0.4
 
 

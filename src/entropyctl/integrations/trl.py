@@ -147,14 +147,15 @@ def _check_trl_args(args: Any, controller: EntropyController) -> None:
             "epsilon/epsilon_high match"
         )
     if getattr(args, "use_adaptive_entropy", False):
+        trls_rule = _trl_adaptive_as_target(args)
         problems.append(
             "use_adaptive_entropy=True adds TRL's own adaptive entropy bonus on top of the controller's; set it to "
-            f"False and use controller={_trl_adaptive_as_target(args)} for TRL's rule (it raises its coefficient "
+            f"False and use controller={trls_rule} for TRL's rule (it raises its coefficient "
             "at a reading exactly on the target, where `target` holds it"
             + (
                 "; your entropy_coef lies outside [entropy_coef_min, entropy_coef_max], so this starts at the "
                 "nearest bound"
-                if not args.entropy_coef_min <= args.entropy_coef <= args.entropy_coef_max
+                if trls_rule["alpha_0"] != float(args.entropy_coef)
                 else ""
             )
             + ")"

@@ -28,14 +28,19 @@ PAIRS = {
 }
 
 
+def assert_reproduced(tmp_path: Path, name: str, *args: str) -> dict:
+    """``pooled_pairs.py *args`` writes ``name``.md as committed and ``name``.json with the committed numbers
+    (up to float rounding: a sum's last bit follows the numpy build); returns the committed reading."""
+    command = [sys.executable, str(SCRIPT), *args, "--out", str(tmp_path)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    assert (tmp_path / f"{name}.md").read_text() == (RESULTS / f"{name}.md").read_text()
+    written, committed = (json.loads((d / f"{name}.json").read_text()) for d in (tmp_path, RESULTS))
+    assert_numbers_equal(written, committed, f"{name}.json")
+    return committed
+
+
 def test_the_reading_is_reproduced_from_the_committed_runs(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path)], check=True, capture_output=True, timeout=300
-    )
-    assert (tmp_path / "pooled_pairs.md").read_text() == (RESULTS / "pooled_pairs.md").read_text()
-    # numbers up to float rounding (a sum's last bit follows the numpy build)
-    written, committed = (json.loads((d / "pooled_pairs.json").read_text()) for d in (tmp_path, RESULTS))
-    assert_numbers_equal(written, committed, "pooled_pairs.json")
+    assert_reproduced(tmp_path, "pooled_pairs")
 
 
 def test_every_pair_of_the_rule_is_read_and_is_one_run_until_the_term_can_act() -> None:
@@ -93,16 +98,8 @@ GATE_PAIRS = {
 
 
 def test_the_gate_rules_reading_is_reproduced_reads_every_pair_and_is_quoted(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--candidate", "floor_gate", "--out", str(tmp_path)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
     name = "pooled_pairs_floor_gate"
-    assert (tmp_path / f"{name}.md").read_text() == (RESULTS / f"{name}.md").read_text()
-    written, committed = (json.loads((d / f"{name}.json").read_text()) for d in (tmp_path, RESULTS))
-    assert_numbers_equal(written, committed, f"{name}.json")
+    committed = assert_reproduced(tmp_path, name, "--candidate", "floor_gate")
     read = {task: [p["seed"] for p in committed["pairs"] if p["task"] == task] for task in GATE_PAIRS}
     assert read == GATE_PAIRS
     assert committed["summary"]["pooled"]["pairs"] == 22

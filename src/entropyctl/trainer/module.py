@@ -466,6 +466,37 @@ class _Micro:
 
 
 @dataclass
+class _KLPass:
+    """The KL in the reward's pass over a step's responses, before its first update: each response's
+    Σ_t (log π_old − log π_ref) (``sums``, ``[P·G]`` float64 on the CPU) and the per-token log-probs it
+    read, padded ``[rows, response length]`` on the device (``policy``: π_old; ``ref``: π_ref), which the
+    update reuses instead of a second forward of either model."""
+
+    sums: Tensor
+    policy: Tensor
+    ref: Tensor
+
+    @staticmethod
+    def padded(comp: Completions, device: Any, dtype: torch.dtype) -> Tensor:
+        return torch.zeros(comp.response_ids.shape, device=device, dtype=dtype)
+
+    @staticmethod
+    def put(dest: Tensor, rows: Tensor, sub: Completions, values: Tensor) -> None:
+        """Write a micro-batch's per-token ``values`` (its rows ``rows`` of the step, trimmed as
+        :func:`_select_rows` trims them into ``sub``) into their rows of ``dest``."""
+        mask = sub.response_mask.to(dest.device).bool()
+        block = torch.zeros(mask.shape, device=dest.device, dtype=dest.dtype)
+        block[mask] = values.to(dest.dtype)
+        dest[rows.to(dest.device), : mask.shape[1]] = block
+
+    @staticmethod
+    def take(src: Tensor, rows: Tensor, sub: Completions) -> Tensor:
+        """The per-token values of ``sub``'s tokens (rows ``rows`` of the step), in its forward's order."""
+        mask = sub.response_mask.to(src.device).bool()
+        return src[rows.to(src.device), : mask.shape[1]][mask]
+
+
+@dataclass
 class _MiniBatches:
     micro: list[list[_Micro]]  # each mini-batch's micro-batches, in row order
     global_tokens: Tensor  # [M] each mini-batch's token count summed over ranks
@@ -922,12 +953,19 @@ class RLVRModule(pl.LightningModule):
         return u.to(device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
 
     def _minibatches(
-        self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True
+        self,
+        comp: Completions,
+        planned: Planned,
+        step: int,
+        rank: int,
+        signal: bool = True,
+        kl_pass: _KLPass | None = None,
     ) -> _MiniBatches:
         """The step's mini-batches (a seeded shuffle) cut into micro-batches (:meth:`_micro_pieces`), their
         GLOBAL token counts (one collective), and the old /
         reference log-probs before the first update (when needed: a step without ``signal`` updates
-        nothing, so its old log-probs are the current ones), one micro-batch at a time."""
+        nothing, so its old log-probs are the current ones), one micro-batch at a time — taken from
+        ``kl_pass`` where the KL in the reward has read them already."""
         cfg = self.config
         M = cfg.algorithm.mini_batches
         n = comp.response_ids.shape[0]
@@ -945,12 +983,19 @@ class RLVRModule(pl.LightningModule):
             parts = []
             for piece in pieces:
                 sub = _select_rows(comp, piece, self.pad_id).to(self.device)
-                old = (
-                    self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
-                    if need_old
-                    else None
-                )
-                ref = self._reference_logprob(sub) if cfg.algorithm.kl_coef > 0 else None
+                old = ref = None
+                if need_old:
+                    old = (
+                        _KLPass.take(kl_pass.policy, piece, sub)
+                        if kl_pass is not None
+                        else self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
+                    )
+                if cfg.algorithm.kl_coef > 0:
+                    ref = (
+                        _KLPass.take(kl_pass.ref, piece, sub)
+                        if kl_pass is not None
+                        else self._reference_logprob(sub)
+                    )
                 parts.append(_Micro(piece, sub, old, ref))
             micro.append(parts)
         return _MiniBatches(micro, counts[:M], counts[M:])
@@ -1013,11 +1058,11 @@ class RLVRModule(pl.LightningModule):
                 return self._logprob_no_grad(self._forward_tokens(self.policy, comp, grad=False))
         return None
 
-    def _kl_in_reward(self, comp: Completions) -> Tensor | None:
-        """Each of this rank's responses' Σ_t (log π_old − log π_ref) over its tokens (k1), ``[P·G]``
-        float64 on the CPU, a mini-batch's number of rows (in their stored order) at a time, each cut as
-        the update cuts its mini-batches (:meth:`_micro_pieces_all`); None when
-        ``algorithm.kl_reward_coef`` is 0."""
+    def _kl_in_reward(self, comp: Completions) -> _KLPass | None:
+        """Each of this rank's responses' Σ_t (log π_old − log π_ref) over its tokens (k1), and the
+        per-token log-probs read for it (:class:`_KLPass`), a mini-batch's number of rows (in their stored
+        order) at a time, each cut as the update cuts its mini-batches (:meth:`_micro_pieces_all`); None
+        when ``algorithm.kl_reward_coef`` is 0."""
         if self.config.algorithm.kl_reward_coef == 0:
             return None
         n = comp.response_ids.shape[0]
@@ -1025,14 +1070,23 @@ class RLVRModule(pl.LightningModule):
         size = -(-n // self.config.algorithm.mini_batches)
         sums = torch.zeros(n, dtype=torch.float64)
         chunks = list(torch.split(torch.arange(n), size))
+        known: _KLPass | None = None
         for rows in [p for pieces in self._micro_pieces_all(comp, chunks) for p in pieces]:
             sub = _select_rows(comp, rows, self.pad_id).to(self.device)
             fwd = self._forward_tokens(self.policy, sub, grad=False)
-            ref = self._reference_logprob(sub)
+            policy, ref = self._logprob_no_grad(fwd), self._reference_logprob(sub)
             assert ref is not None  # built whenever kl_reward_coef > 0
-            k1 = (self._logprob_no_grad(fwd).double() - ref.double()).cpu()
+            if known is None:
+                known = _KLPass(
+                    sums,
+                    _KLPass.padded(comp, policy.device, policy.dtype),
+                    _KLPass.padded(comp, ref.device, ref.dtype),
+                )
+            _KLPass.put(known.policy, rows, sub, policy)
+            _KLPass.put(known.ref, rows, sub, ref)
+            k1 = (policy.double() - ref.double()).cpu()
             sums.index_add_(0, rows[fwd.seq_index.to("cpu")], k1)
-        return sums
+        return known if known is not None else _KLPass(sums, torch.empty(0, 0), torch.empty(0, 0))
 
     def _backward(self, loss: Tensor, sync: bool) -> None:
         """Accumulate ``loss``'s gradient; ``sync`` false (a micro-batch before the last of an optimizer
@@ -1128,14 +1182,20 @@ class RLVRModule(pl.LightningModule):
         ]
 
     def update(
-        self, comp: Completions, planned: Planned, step: int, rank: int, signal: bool = True
+        self,
+        comp: Completions,
+        planned: Planned,
+        step: int,
+        rank: int,
+        signal: bool = True,
+        kl_pass: _KLPass | None = None,
     ) -> Updated:
         """update: PPO epochs x mini-batches of the clipped surrogate with the planned entropy term; with
         ``signal`` false (``algorithm.skip_no_signal`` and no advantage anywhere), one no-grad pass that
         reads the entropy, then as many optimizer steps as a step makes, each changing nothing (so that
         the run's optimizer-step count, which ends it, and the lr schedule keep their pace)."""
         E = self.config.algorithm.ppo_epochs
-        mb = self._minibatches(comp, planned, step, rank, signal)
+        mb = self._minibatches(comp, planned, step, rank, signal, kl_pass)
         # Each mini-batch's loss parts and clip fractions are normalised by ITS global token count N_m;
         # weighting them by N_m / Σ N_m (and 1/E) gives the token-weighted value over the step's global
         # batch, averaged over epochs (a plain sum over mini-batches would be ~M times too large). With a
@@ -1283,7 +1343,8 @@ class RLVRModule(pl.LightningModule):
         self._sync_engine()
         timers["sync"] = time.perf_counter() - timers["start"]
         collected = self.collect(step, rank, timers)
-        collected.kl_sums = self._kl_in_reward(collected.completions)
+        kl_pass = self._kl_in_reward(collected.completions)
+        collected.kl_sums = None if kl_pass is None else kl_pass.sums
         scored = score(
             collected,
             cfg.rollout,
@@ -1296,7 +1357,7 @@ class RLVRModule(pl.LightningModule):
         planned = plan_groups(self.controller, scored, step, mask_overlong=cfg.rollout.overlong == "mask")
         t_update = time.perf_counter()
         signal = self.has_signal(planned) if cfg.algorithm.skip_no_signal else True
-        updated = self.update(collected.completions, planned, step, rank, signal=signal)
+        updated = self.update(collected.completions, planned, step, rank, signal=signal, kl_pass=kl_pass)
         timers["update"] = time.perf_counter() - t_update
         reading = observe(self.controller, updated.stats, self._reducer(), step)
         self.rlvr_step = step

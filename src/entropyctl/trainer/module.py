@@ -1245,15 +1245,8 @@ class RLVRModule(pl.LightningModule):
                         updated.entropy_sum += float((out.entropy.double() * tokens.mask.double()).sum())
                         updated.token_sum += float(tokens.mask.sum())
                     per = E if signal else 1  # a skipped step's parts: its one pass
-                    values = (
-                        out.clip_frac_low,
-                        out.clip_frac_high,
-                        out.loss.detach(),
-                        out.pg_loss,
-                        out.entropy_loss,
-                        out.kl_loss,
-                        out.clip_frac_dual,
-                    )
+                    values: tuple[Tensor, ...] = (out.clip_frac_low, out.clip_frac_high, out.loss.detach())
+                    values += (out.pg_loss, out.entropy_loss, out.kl_loss, out.clip_frac_dual)  # LOSS_PARTS
                     # each part is normalised by the mini-batch's global counts: the micro-batches' sum
                     for key, value in zip(LOSS_PARTS, values, strict=True):
                         # the clip fractions are token shares whatever loss_agg averages the loss over

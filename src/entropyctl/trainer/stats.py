@@ -178,6 +178,11 @@ class EntropyStats:
 
     Per step: ``add`` for every micro-batch / mini-batch, then ``reduce(reducer)`` on EVERY rank,
     then ``reading(step)`` (identical on every rank), then ``reset()``.
+
+    ``device``: where the packed tensor lives (default: the first ``add``'s device). A Fabric, a
+    strategy or a module moves it to its own device; a plain callable gets it where it is, so a rank
+    that added nothing sends its zeros on the CPU unless ``device`` is given — pass it (e.g. the rank's
+    CUDA device) with a plain callable over NCCL.
     """
 
     def __init__(

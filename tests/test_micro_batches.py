@@ -14,6 +14,8 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trainer_helpers import SIGNAL_STEP, read_metrics, tiny_config
 
 from entropyctl.trainer.run import build_module
@@ -127,6 +129,75 @@ def test_micro_batches_by_tokens_give_the_same_update_within_their_budget(tmp_pa
             assert max(rows for rows, _ in shapes) <= 2
         for p, q in zip(whole.policy.parameters(), module.policy.parameters(), strict=True):
             torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)
+
+
+def test_token_micro_batches_take_the_longest_rows_first(tmp_path: Path) -> None:
+    """Cut by tokens, a mini-batch's rows go into micro-batches longest first (prompt + response), so rows
+    of like length share a piece: long and short rows in turn, in their order, would pad every piece to
+    the long rows' width. Ties keep the mini-batch's order; micro_batch_size alone keeps its order."""
+    from entropyctl.rollout.protocol import Completions
+
+    module = build_module(tiny_config(*SHAPE, *NO_BONUS, "algorithm.micro_batch_tokens=30"), tmp_path)
+    lengths = [8, 1, 8, 1, 8, 1]  # prompts of 2: rows of 10 and 3 tokens in turn
+    comp = Completions(
+        prompt_ids=torch.ones(6, 2, dtype=torch.long),
+        prompt_mask=torch.ones(6, 2, dtype=torch.long),
+        response_ids=torch.ones(6, 8, dtype=torch.long),
+        response_mask=torch.tensor([[1] * k + [0] * (8 - k) for k in lengths]),
+        truncated=torch.zeros(6, dtype=torch.bool),
+    )
+    rows = torch.tensor([5, 0, 1, 2, 3, 4])
+    pieces = module._micro_pieces(comp, rows)
+    # in the mini-batch's order: [1, 8, 1] [8, 1, 8] (2 pieces of 3 × 10 tokens); longest first: [8, 8, 8]
+    # (30 tokens) and [1, 1, 1] (9 tokens)
+    assert [p.tolist() for p in pieces] == [[0, 2, 4], [5, 1, 3]]
+    module.config.algorithm.micro_batch_tokens = None
+    module.config.algorithm.micro_batch_size = 4
+    assert [p.tolist() for p in module._micro_pieces(comp, rows)] == [[5, 0, 1, 2], [3, 4]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 60)), min_size=1, max_size=30),
+    budget=st.integers(1, 400),
+    size=st.none() | st.integers(1, 8),
+    longest_first=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cut_by_tokens_keeps_every_row_once_within_its_bounds(
+    lengths: list[tuple[int, int]], budget: int, size: int | None, longest_first: bool, seed: int
+) -> None:
+    """Any rows, in any order: every row in exactly one piece; a piece of more than one row within the
+    budget (rows × (longest prompt + longest response)) and ``size``; pieces cut as late as the bounds
+    allow (one more row would break one); longest first, the rows run from the longest down, ties in
+    their given order; otherwise in their given order."""
+    from entropyctl.trainer.module import cut_by_tokens
+
+    prompt = torch.tensor([p for p, _ in lengths])
+    response = torch.tensor([r for _, r in lengths])
+    rows = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed))
+    pieces = cut_by_tokens(rows, prompt, response, budget, size, longest_first=longest_first)
+    flat = torch.cat(pieces)
+    assert sorted(flat.tolist()) == sorted(rows.tolist())
+
+    def cost(piece: torch.Tensor) -> int:
+        return len(piece) * int(prompt[piece].max() + response[piece].max())
+
+    limit = size or len(rows)
+    for i, piece in enumerate(pieces):
+        assert len(piece) >= 1 and len(piece) <= limit
+        assert len(piece) == 1 or cost(piece) <= budget
+        if i + 1 < len(pieces):  # the next row did not fit
+            grown = torch.cat([piece, pieces[i + 1][:1]])
+            assert len(grown) > limit or cost(grown) > budget
+    total = (prompt + response)[flat].tolist()
+    if longest_first:
+        assert total == sorted(total, reverse=True)
+        for a, b in zip(flat.tolist(), flat.tolist()[1:], strict=False):  # ties keep the given order
+            if int(prompt[a] + response[a]) == int(prompt[b] + response[b]):
+                assert rows.tolist().index(a) < rows.tolist().index(b)
+    else:
+        assert flat.tolist() == rows.tolist()
 
 
 def test_token_micro_batches_are_as_many_on_every_process(tmp_path: Path) -> None:

@@ -438,7 +438,7 @@ class AlgorithmConfig(_Section):
         None,
         ge=1,
         description="At most this many padded tokens (rows × (longest prompt + longest response) of the "
-        "micro-batch) per forward/backward on each process: a mini-batch's rows, in its order, are cut "
+        "micro-batch) per forward/backward on each process: a mini-batch's rows, longest first, are cut "
         "into micro-batches as long as they fit (a row longer than the budget alone), so short responses "
         "share a forward and long ones do not (verl's use_dynamic_bsz with ppo_max_token_len_per_gpu). "
         "With micro_batch_size both bounds hold. The update is the same up to float rounding.",

@@ -136,6 +136,35 @@ def _select_rows(comp: Completions, rows: Tensor, pad_id: int) -> Completions:
     )
 
 
+def cut_by_tokens(
+    rows: Tensor,
+    prompt_len: Tensor,
+    response_len: Tensor,
+    budget: int,
+    size: int | None = None,
+    longest_first: bool = True,
+) -> list[Tensor]:
+    """``rows`` cut into pieces of at most ``budget`` padded tokens — rows × (longest prompt + longest
+    response) of the piece, as :func:`_select_rows` trims it — and at most ``size`` rows; a row over the
+    budget alone. Greedy, taking the rows longest first (prompt + response; ties in ``rows``' order) so
+    that a piece holds rows of like length and pads less, or in ``rows``' order (``longest_first``
+    false, the rule before; ``benchmarks/micro_batch_packing.py`` compares the two).
+    ``prompt_len``/``response_len``: every row's lengths, indexed by the values of ``rows``."""
+    size = size or len(rows)
+    if longest_first:
+        rows = rows[torch.sort(prompt_len[rows] + response_len[rows], descending=True, stable=True).indices]
+    pieces: list[Tensor] = []
+    start, longest_p, longest_r = 0, 0, 0
+    for i, row in enumerate(rows.tolist()):
+        p, r = max(longest_p, int(prompt_len[row])), max(longest_r, int(response_len[row]))
+        if i > start and ((i + 1 - start) * (p + r) > budget or i - start >= size):
+            pieces.append(rows[start:i])
+            start, p, r = i, int(prompt_len[row]), int(response_len[row])
+        longest_p, longest_r = p, r
+    pieces.append(rows[start:])
+    return pieces
+
+
 # --------------------------------------------------------------------------------------------- metrics
 
 
@@ -1001,26 +1030,14 @@ class RLVRModule(pl.LightningModule):
         return _MiniBatches(micro, counts[:M], counts[M:])
 
     def _micro_pieces(self, comp: Completions, rows: Tensor) -> list[Tensor]:
-        """``rows`` (a mini-batch, in its order) cut into micro-batches: at most ``algorithm.micro_batch_size``
-        rows and, with ``algorithm.micro_batch_tokens``, at most that many padded tokens (rows × (longest
-        prompt + longest response) of the piece, as :func:`_select_rows` trims it); a row over the budget
-        alone. Neither set: ``rows`` whole."""
+        """``rows`` (a mini-batch) cut into micro-batches: at most ``algorithm.micro_batch_size`` rows (in
+        the mini-batch's order) and, with ``algorithm.micro_batch_tokens``, by :func:`cut_by_tokens`
+        (longest rows first). Neither set: ``rows`` whole."""
         a = self.config.algorithm
         size, budget = a.micro_batch_size or len(rows), a.micro_batch_tokens
         if budget is None:
             return [rows] if len(rows) <= size else list(torch.split(rows, size))
-        prompt_len = comp.prompt_mask.sum(1)
-        response_len = comp.response_mask.sum(1)
-        pieces: list[Tensor] = []
-        start, longest_p, longest_r = 0, 0, 0
-        for i, row in enumerate(rows.tolist()):
-            p, r = max(longest_p, int(prompt_len[row])), max(longest_r, int(response_len[row]))
-            if i > start and ((i + 1 - start) * (p + r) > budget or i - start >= size):
-                pieces.append(rows[start:i])
-                start, p, r = i, int(prompt_len[row]), int(response_len[row])
-            longest_p, longest_r = p, r
-        pieces.append(rows[start:])
-        return pieces
+        return cut_by_tokens(rows, comp.prompt_mask.sum(1), comp.response_mask.sum(1), budget, size)
 
     def _micro_pieces_all(self, comp: Completions, rows: Sequence[Tensor]) -> list[list[Tensor]]:
         """:meth:`_micro_pieces` of each mini-batch of ``rows``, as many on every process: cut by tokens,

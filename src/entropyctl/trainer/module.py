@@ -495,34 +495,26 @@ class _Micro:
 
 
 @dataclass
+class _Cut:
+    """A step's mini-batches (a seeded shuffle of its rows, ``rows``) and each one's micro-batches
+    (``pieces``, :meth:`RLVRModule._micro_pieces_all`)."""
+
+    rows: list[Tensor]
+    pieces: list[list[Tensor]]
+
+
+@dataclass
 class _KLPass:
     """The KL in the reward's pass over a step's responses, before its first update: each response's
-    Σ_t (log π_old − log π_ref) (``sums``, ``[P·G]`` float64 on the CPU) and the per-token log-probs it
-    read, padded ``[rows, response length]`` on the device (``policy``: π_old; ``ref``: π_ref), which the
-    update reuses instead of a second forward of either model."""
+    Σ_t (log π_old − log π_ref) (``sums``, ``[P·G]`` float64 on the CPU), read over the update's own
+    ``cut``, and the per-token log-probs it read there, per micro-batch (``policy``: π_old; ``ref``:
+    π_ref), which the update reuses instead of a second forward of either model — the same forwards of
+    the same micro-batches, so the same numbers to the bit."""
 
     sums: Tensor
-    policy: Tensor
-    ref: Tensor
-
-    @staticmethod
-    def padded(comp: Completions, device: Any, dtype: torch.dtype) -> Tensor:
-        return torch.zeros(comp.response_ids.shape, device=device, dtype=dtype)
-
-    @staticmethod
-    def put(dest: Tensor, rows: Tensor, sub: Completions, values: Tensor) -> None:
-        """Write a micro-batch's per-token ``values`` (its rows ``rows`` of the step, trimmed as
-        :func:`_select_rows` trims them into ``sub``) into their rows of ``dest``."""
-        mask = sub.response_mask.to(dest.device).bool()
-        block = torch.zeros(mask.shape, device=dest.device, dtype=dest.dtype)
-        block[mask] = values.to(dest.dtype)
-        dest[rows.to(dest.device), : mask.shape[1]] = block
-
-    @staticmethod
-    def take(src: Tensor, rows: Tensor, sub: Completions) -> Tensor:
-        """The per-token values of ``sub``'s tokens (rows ``rows`` of the step), in its forward's order."""
-        mask = sub.response_mask.to(src.device).bool()
-        return src[rows.to(src.device), : mask.shape[1]][mask]
+    cut: _Cut
+    policy: list[list[Tensor]]
+    ref: list[list[Tensor]]
 
 
 @dataclass
@@ -981,6 +973,16 @@ class RLVRModule(pl.LightningModule):
         device = torch.device(self.device)
         return u.to(device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
 
+    def _cut(self, comp: Completions, step: int, rank: int) -> _Cut:
+        """The step's mini-batches (a seeded shuffle) cut into micro-batches (:meth:`_micro_pieces_all`)."""
+        cfg = self.config
+        M = cfg.algorithm.mini_batches
+        n = comp.response_ids.shape[0]
+        generator = torch.Generator().manual_seed(derive_seed("minibatch", cfg.seed, rank, step) % 2**62)
+        order = torch.randperm(n, generator=generator) if M > 1 else torch.arange(n)
+        rows = list(torch.tensor_split(order, M))
+        return _Cut(rows, self._micro_pieces_all(comp, rows))
+
     def _minibatches(
         self,
         comp: Completions,
@@ -990,41 +992,33 @@ class RLVRModule(pl.LightningModule):
         signal: bool = True,
         kl_pass: _KLPass | None = None,
     ) -> _MiniBatches:
-        """The step's mini-batches (a seeded shuffle) cut into micro-batches (:meth:`_micro_pieces`), their
-        GLOBAL token counts (one collective), and the old /
-        reference log-probs before the first update (when needed: a step without ``signal`` updates
-        nothing, so its old log-probs are the current ones), one micro-batch at a time — taken from
-        ``kl_pass`` where the KL in the reward has read them already."""
+        """The step's mini-batches and micro-batches (:meth:`_cut`; ``kl_pass``'s, when the KL in the
+        reward has cut them), their GLOBAL token counts (one collective), and the old / reference
+        log-probs before the first update (when needed: a step without ``signal`` updates nothing, so its
+        old log-probs are the current ones), one micro-batch at a time — ``kl_pass``'s, when it read them."""
         cfg = self.config
         M = cfg.algorithm.mini_batches
-        n = comp.response_ids.shape[0]
-        generator = torch.Generator().manual_seed(derive_seed("minibatch", cfg.seed, rank, step) % 2**62)
-        order = torch.randperm(n, generator=generator) if M > 1 else torch.arange(n)
-        rows = list(torch.tensor_split(order, M))
+        cut = kl_pass.cut if kl_pass is not None else self._cut(comp, step, rank)
         local_tokens = torch.stack(
-            [(comp.response_mask[r].sum(1).float() * planned.seq_mask[r]).sum() for r in rows]
+            [(comp.response_mask[r].sum(1).float() * planned.seq_mask[r]).sum() for r in cut.rows]
         ).to(torch.float64)
-        local_seqs = torch.stack([(planned.seq_mask[r] > 0).sum() for r in rows]).to(torch.float64)
+        local_seqs = torch.stack([(planned.seq_mask[r] > 0).sum() for r in cut.rows]).to(torch.float64)
         counts = all_reduce_sum(torch.cat([local_tokens, local_seqs]), self._reducer()).cpu()
         need_old = signal and cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
         micro: list[list[_Micro]] = []
-        for pieces in self._micro_pieces_all(comp, rows):
+        for m, pieces in enumerate(cut.pieces):
             parts = []
-            for piece in pieces:
+            for c, piece in enumerate(pieces):
                 sub = _select_rows(comp, piece, self.pad_id).to(self.device)
                 old = ref = None
                 if need_old:
                     old = (
-                        _KLPass.take(kl_pass.policy, piece, sub)
+                        kl_pass.policy[m][c]
                         if kl_pass is not None
                         else self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
                     )
                 if cfg.algorithm.kl_coef > 0:
-                    ref = (
-                        _KLPass.take(kl_pass.ref, piece, sub)
-                        if kl_pass is not None
-                        else self._reference_logprob(sub)
-                    )
+                    ref = kl_pass.ref[m][c] if kl_pass is not None else self._reference_logprob(sub)
                 parts.append(_Micro(piece, sub, old, ref))
             micro.append(parts)
         return _MiniBatches(micro, counts[:M], counts[M:])
@@ -1075,35 +1069,27 @@ class RLVRModule(pl.LightningModule):
                 return self._logprob_no_grad(self._forward_tokens(self.policy, comp, grad=False))
         return None
 
-    def _kl_in_reward(self, comp: Completions) -> _KLPass | None:
-        """Each of this rank's responses' Σ_t (log π_old − log π_ref) over its tokens (k1), and the
-        per-token log-probs read for it (:class:`_KLPass`), a mini-batch's number of rows (in their stored
-        order) at a time, each cut as the update cuts its mini-batches (:meth:`_micro_pieces_all`); None
-        when ``algorithm.kl_reward_coef`` is 0."""
+    def _kl_in_reward(self, comp: Completions, step: int, rank: int) -> _KLPass | None:
+        """Each of this rank's responses' Σ_t (log π_old − log π_ref) over its tokens (k1), read one
+        micro-batch of the update's own cut (:meth:`_cut`) at a time, with the per-token log-probs it read
+        (:class:`_KLPass`); None when ``algorithm.kl_reward_coef`` is 0."""
         if self.config.algorithm.kl_reward_coef == 0:
             return None
-        n = comp.response_ids.shape[0]
-        # as many rows at a time as the update's forward takes: its micro-batches of a mini-batch's size
-        size = -(-n // self.config.algorithm.mini_batches)
-        sums = torch.zeros(n, dtype=torch.float64)
-        chunks = list(torch.split(torch.arange(n), size))
-        known: _KLPass | None = None
-        for rows in [p for pieces in self._micro_pieces_all(comp, chunks) for p in pieces]:
-            sub = _select_rows(comp, rows, self.pad_id).to(self.device)
-            fwd = self._forward_tokens(self.policy, sub, grad=False)
-            policy, ref = self._logprob_no_grad(fwd), self._reference_logprob(sub)
-            assert ref is not None  # built whenever kl_reward_coef > 0
-            if known is None:
-                known = _KLPass(
-                    sums,
-                    _KLPass.padded(comp, policy.device, policy.dtype),
-                    _KLPass.padded(comp, ref.device, ref.dtype),
-                )
-            _KLPass.put(known.policy, rows, sub, policy)
-            _KLPass.put(known.ref, rows, sub, ref)
-            k1 = (policy.double() - ref.double()).cpu()
-            sums.index_add_(0, rows[fwd.seq_index.to("cpu")], k1)
-        return known if known is not None else _KLPass(sums, torch.empty(0, 0), torch.empty(0, 0))
+        cut = self._cut(comp, step, rank)
+        known = _KLPass(torch.zeros(comp.response_ids.shape[0], dtype=torch.float64), cut, [], [])
+        for pieces in cut.pieces:
+            known.policy.append([])
+            known.ref.append([])
+            for rows in pieces:
+                sub = _select_rows(comp, rows, self.pad_id).to(self.device)
+                fwd = self._forward_tokens(self.policy, sub, grad=False)
+                policy, ref = self._logprob_no_grad(fwd), self._reference_logprob(sub)
+                assert ref is not None  # built whenever kl_reward_coef > 0
+                known.policy[-1].append(policy)
+                known.ref[-1].append(ref)
+                k1 = (policy.double() - ref.double()).cpu()
+                known.sums.index_add_(0, rows[fwd.seq_index.to("cpu")], k1)
+        return known
 
     def _backward(self, loss: Tensor, sync: bool) -> None:
         """Accumulate ``loss``'s gradient; ``sync`` false (a micro-batch before the last of an optimizer
@@ -1353,7 +1339,7 @@ class RLVRModule(pl.LightningModule):
         self._sync_engine()
         timers["sync"] = time.perf_counter() - timers["start"]
         collected = self.collect(step, rank, timers)
-        kl_pass = self._kl_in_reward(collected.completions)
+        kl_pass = self._kl_in_reward(collected.completions, step, rank)
         collected.kl_sums = None if kl_pass is None else kl_pass.sums
         scored = score(
             collected,

@@ -151,6 +151,14 @@ def test_level_names_and_problem_is_frozen() -> None:
     assert hash(problem) == hash(Problem(problem.prompt, problem.answer, problem.level, problem.id))
 
 
+def test_a_split_a_level_cannot_give_is_an_error_not_a_hang() -> None:
+    """Level 1 has 100 prompts: none hashes into a held-out share of 0.001, and drawing one would never
+    end; it stops with the level and the fraction named."""
+    with pytest.raises(ValueError, match=r"level 1: no held-out prompt .* held_out_fraction=0.001"):
+        SyntheticArithmetic(levels=[1], held_out_fraction=0.001).held_out(1)
+    assert len(SyntheticArithmetic(levels=[1]).held_out(3)) == 3
+
+
 def test_synthetic_answers_pass_the_math_reward() -> None:
     from entropyctl.rewards import get_reward
 
@@ -219,8 +227,9 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     pq.write_table(
         pa.Table.from_pylist([{"problem": "1+1", "answer": "2"}, {"problem": None, "answer": "3"}]), bad
     )
-    with pytest.raises(DatasetError, match=r"^bad\.parquet:row 1: field 'problem' is null"):
+    with pytest.raises(DatasetError, match=r"bad\.parquet:row 1: field 'problem' is null") as info:
         load_math_dataset(bad)
+    assert str(info.value).startswith(f"{bad}:row 1:")  # the path as given: two test.jsonl stay apart
 
 
 def _write(tmp_path: Path, lines: list[str]) -> Path:
@@ -264,6 +273,11 @@ GOOD = json.dumps({"problem": "1+1?", "answer": "2", "level": "Level 1"})
             "data.jsonl:3: field 'level' is 'hard'",
         ),
         (json.dumps([1, 2]), {}, "data.jsonl:3: row is a list"),
+        (  # only an empty box: no answer (not the box's text as one)
+            json.dumps({"problem": "x", "answer": "\\boxed{}"}),
+            {},
+            "data.jsonl:3: field 'answer' has no final answer",
+        ),
         (
             json.dumps({"problem": "x", "final_answer": None}),
             {},
@@ -280,7 +294,7 @@ def test_malformed_rows_name_file_line_and_field(
     path = _write(tmp_path, [GOOD, GOOD, bad_line, GOOD])
     with pytest.raises(DatasetError) as info:
         load_math_dataset(path, **kwargs)
-    assert str(info.value).startswith(message), str(info.value)
+    assert str(info.value).startswith(f"{path.parent}/{message}"), str(info.value)  # the path as given
     assert info.value.location == "3"
     assert isinstance(info.value, ValueError)
 

@@ -333,6 +333,13 @@ def test_extraction_order() -> None:
         extract_final_answer("<answer>a <ANSWER>b</Answer>") == "b"
     )  # a closing tag ends the latest opening
     assert extract_final_answer("Final Answer: The final answer is 7") == "7"
+    # an answer line that reads as a number is read as the math reward reads it (scored 0.5 and less
+    # with the period or the check kept); a text answer keeps its commas and its period
+    assert extract_final_answer("The answer is 3.") == "3"
+    assert extract_final_answer("Answer: $3$.") == "3"
+    assert extract_final_answer("The answer is 3. Check: done") == "3"
+    assert extract_final_answer("Answer: apple, banana, cherry") == "apple, banana, cherry"
+    assert extract_final_answer("Answer: The cat sat on the mat.") == "The cat sat on the mat."
 
 
 def test_extraction_is_linear_in_repeated_answer_tags() -> None:

@@ -23,7 +23,7 @@ from entropyctl.rewards import (
     get_reward,
     verify_answer,
 )
-from entropyctl.rewards.answers import MAX_TEXT_CHARS, _is_prose, _last_inline_math
+from entropyctl.rewards.answers import MAX_TEXT_CHARS, _is_prose, _last_inline_math, gold_answer
 from entropyctl.rewards.math import (
     MAX_ANSWER_CHARS,
     MathVerifier,
@@ -777,6 +777,43 @@ def test_a_check_written_after_the_answer_is_not_graded(text: str, gold: str, re
 )
 def test_the_reviews_false_positives_and_negatives(completion: str, gold: str, status: str) -> None:
     assert check_answer(completion, gold, timeout=10).status == status
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "status"),
+    [
+        # scored 0 before (a second review, 2026-12-07; math-verify scores each 1)
+        ("\\boxed{10,\\!000}", "10000", "correct"),  # MATH's thousands comma
+        ("\\boxed{1,\\!234,\\!567}", "1234567", "correct"),
+        ("\\boxed{3,\\!000\\text{ dollars}}", "3000", "correct"),
+        ("\\boxed{2\\frac{1}{2}}", "2.5", "correct"),  # a mixed number, not unevaluated arithmetic
+        ("\\boxed{1\\tfrac{3}{4}}", "1.75", "correct"),
+        ("\\boxed{-1\\frac{1}{2}}", "-1.5", "correct"),
+        ("\\boxed{3 \\dfrac{1}{3}}", "\\frac{10}{3}", "correct"),
+        ("\\boxed{\\left(\\frac{1}{2}\\right)}", "0.5", "correct"),
+        ("\\boxed{{\\frac{1}{2}}}", "0.5", "correct"),
+        ("\\boxed{\\frac{1}{2}\\,}", "0.5", "correct"),
+        ("\\boxed{\\frac{1.5}{3}}", "0.5", "correct"),
+        ("The final answer is \\( (3, -2) \\).", "(3,-2)", "correct"),  # \( ... \) is math, as $...$
+        ("The answer is \\[ (3, -2) \\]", "(3,-2)", "correct"),
+        ("The answer is \\( x \\in (1, 2] \\).", "(1,2]", "correct"),
+        ("The answer is \\( 2 (x+1) \\).", "2x+2", "correct"),
+        # kept as they were
+        ("\\boxed{0,\\!100}", "100", "wrong"),  # a leading zero group is no thousands group
+        ("\\boxed{2\\frac{3}{2}}", "3.5", "wrong"),  # an improper fraction: no mixed number
+        ("\\boxed{\\frac{12+7}{1}}", "19", "wrong"),  # unevaluated arithmetic in a fraction
+        ("The answer is \\(5\\). Check: 2+3 = 5", "5", "correct"),
+        ("The answer is \\(4\\). Check: 2+3 = 5", "5", "wrong"),  # the check after \) is not graded
+    ],
+)
+def test_the_second_reviews_false_negatives(completion: str, gold: str, status: str) -> None:
+    assert check_answer(completion, gold, timeout=10).status == status
+
+
+def test_a_gsm8k_gold_never_reads_thousands_after_a_leading_zero() -> None:
+    """The docs' rule (``0,100`` is a list, not 100) holds for gold answers as for predictions."""
+    assert gold_answer("#### 0,100") == "0,100"
+    assert gold_answer("#### 1,000") == "1000" and gold_answer("#### -12,345.5") == "-12345.5"
 
 
 def test_the_units_rule_is_bounded_on_a_long_run_of_letters() -> None:

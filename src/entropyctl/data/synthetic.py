@@ -101,6 +101,11 @@ GENERATORS: dict[int, Callable[[random.Random], tuple[str, int]]] = {
 _MAX_DISTINCT_TRIES = 500
 
 
+#: draws of one level before :meth:`SyntheticArithmetic._draw` gives up on finding a prompt on its side
+#: of the split (level 1 has 100 prompts: at the default fraction a draw is held out one time in ten)
+_MAX_DRAWS = 100_000
+
+
 class SyntheticArithmetic:
     """A mixture of graded arithmetic levels.
 
@@ -157,11 +162,17 @@ class SyntheticArithmetic:
 
     def _draw(self, rng: random.Random, level: int, held_out: bool) -> Problem:
         generate = GENERATORS[level]
-        while True:
+        for _ in range(_MAX_DRAWS):
             expression, value = generate(rng)
             prompt = expression + "="
             if self.is_held_out(prompt) == held_out:
                 return Problem(prompt, str(value), level, id=f"L{level}:{expression}")
+        side = "held-out" if held_out else "training"
+        raise ValueError(
+            f"level {level}: no {side} prompt in {_MAX_DRAWS} draws with held_out_fraction="
+            f"{self.held_out_fraction} (the level has too few prompts for that split); choose a "
+            "fraction nearer 0.5 or another level"
+        )
 
     def _levels_for(self, n: int, rng: random.Random) -> list[int]:
         return rng.choices(self.levels, weights=self.weights, k=n)

@@ -25,7 +25,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MAX_TEXT_CHARS", "extract_answer", "final_line_value", "gold_answer", "last_boxed"]
+__all__ = [
+    "MAX_TEXT_CHARS",
+    "extract_answer",
+    "final_line_value",
+    "gold_answer",
+    "last_boxed",
+    "read_answer_line",
+]
 
 #: Completions longer than this are cut (from the front: answers come last) before extraction.
 MAX_TEXT_CHARS = 200_000
@@ -173,14 +180,22 @@ def _last_inline_math(text: str, *, skip_prose: bool = False) -> str | None:
 
 
 def _first_clause(value: str) -> str:
-    """``value`` up to its first :data:`_CLAUSE_BREAK` outside braces and ``$...$`` (the answer of
-    ``the answer is 3. Check: 3*2=6`` is ``3``, not the check's ``6``). A ``\\$``, a ``$`` that nothing
-    closes, or one whose span to the next ``$`` is prose (:func:`_is_prose`) is a dollar sign, not math:
-    ``the answer is $18. She had $5 left`` answers ``$18``."""
+    """``value`` up to its first :data:`_CLAUSE_BREAK` outside braces, ``$...$``, ``\\(...\\)`` and
+    ``\\[...\\]`` (the answer of ``the answer is 3. Check: 3*2=6`` is ``3``, not the check's ``6``). A
+    ``\\$``, a ``$`` that nothing closes, or one whose span to the next ``$`` is prose (:func:`_is_prose`)
+    is a dollar sign, not math: ``the answer is $18. She had $5 left`` answers ``$18``."""
     dollars = [i for i, char in enumerate(value) if char == "$" and value[i - 1 : i] != "\\"]
     after = {d: dollars[k + 1] if k + 1 < len(dollars) else None for k, d in enumerate(dollars)}  # $ → next $
-    depth, in_math = 0, False
+    depth, in_math, skip_to = 0, False, 0
     for i, char in enumerate(value):
+        if i < skip_to:
+            continue
+        opener = value[i : i + 2]
+        if not in_math and opener in ("\\(", "\\["):
+            end = value.find(_INLINE_MATH_CLOSE[opener], i + 2)
+            if end != -1:  # a delimited span is math: no clause breaks inside it
+                skip_to = end + 2
+                continue
         if char == "{":
             depth += 1
         elif char == "}":
@@ -201,6 +216,10 @@ def _clean(answer: str) -> str:
         answer = answer.strip().rstrip(".").strip()
         if answer.startswith("$") and answer.endswith("$") and len(answer) >= 2:
             answer = answer.strip("$")
+        for opener in ("\\(", "\\["):  # \( ... \) and \[ ... \] around the whole answer
+            closer = _INLINE_MATH_CLOSE[opener]
+            if answer.startswith(opener) and answer.endswith(closer) and len(answer) >= 4:
+                answer = answer[2:-2].strip()
         answer = answer.strip("*").strip().lstrip(":：").strip()  # "**Answer:** 18**", "**Final Answer**: 18"
     boxed = last_boxed(answer)
     return boxed.strip() if boxed is not None else answer
@@ -246,6 +265,13 @@ def final_line_value(text: str) -> str | None:
     return value
 
 
+def read_answer_line(value: str) -> str:
+    """An answer line's value (:func:`final_line_value`) as :func:`extract_answer` reads it: to its first
+    clause break, without a trailing period, ``$``, ``\\(...\\)`` or markdown bold, a list's ", and"
+    as a comma (``3. Check: done`` → ``3``)."""
+    return _LIST_AND.sub(", ", _clean(_first_clause(value)))
+
+
 def extract_answer(text: str, *, last_number: bool = True) -> str | None:
     """The final answer in ``text`` (see the module docstring for the order of rules), or None."""
     if not text:
@@ -261,7 +287,7 @@ def extract_answer(text: str, *, last_number: bool = True) -> str | None:
         return boxed or None
     line = final_line_value(text)
     if line is not None:
-        value = _LIST_AND.sub(", ", _clean(_first_clause(line)))
+        value = read_answer_line(line)
         if value:
             return value
     stripped = text.strip()
@@ -286,7 +312,7 @@ def extract_answer(text: str, *, last_number: bool = True) -> str | None:
 
 
 #: a plain number written with thousands separators: ``1,000`` / ``-12,345.5``
-_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")  # never after a leading 0
 
 
 def gold_answer(gold: str) -> str:

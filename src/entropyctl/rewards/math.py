@@ -71,7 +71,11 @@ DEFAULT_STARTUP_TIMEOUT_S = 120.0
 
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d*)?|[+-]?\.\d+")
 _PLAIN_FRACTION = re.compile(r"([+-]?\d+)\s*/\s*(\d+)")
-_LATEX_FRACTION = re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+_LATEX_FRACTION = re.compile(
+    r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+(?:\.\d+)?)\s*\}\s*\{\s*(\d+(?:\.\d+)?)\s*\}"
+)
+#: a mixed number (``2\frac{1}{2}``, ``-1 \tfrac{3}{4}``): a whole number, then a proper fraction
+_MIXED_NUMBER = re.compile(r"([+-]?)(\d+)\s*\\[dt]?frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}")
 _MAX_FAST_DIGITS = 200
 _ARITHMETIC = re.compile(r"[\d\s.,+\-*/^()=]+")
 
@@ -325,21 +329,42 @@ class _Arithmetic:
         raise ArithmeticError(f"unexpected {token!r}")
 
 
-#: a space between digit groups (``1\\,000``, ``1{,}000``, ``1~000``, ``1 000``): read as a thousands comma
-_GROUP_SPACE = re.compile(r"(?<=\d)(?:\\[,!; ]|\{,\}|~|[ \t])(?=\d{3}(?!\d))")
+#: a space between digit groups (``1\\,000``, ``1{,}000``, ``1~000``, ``1 000``) or a comma with LaTeX
+#: spacing after it (MATH's ``10,\\!000``): read as a thousands comma
+_GROUP_SPACE = re.compile(r"(?<=\d)(?:,?\\[,!; ]|\{,\}|~|[ \t])(?=\d{3}(?!\d))")
+#: LaTeX around a number that does not change it: ``\\left`` / ``\\right`` before a delimiter, and
+#: spacing commands at either end (``\\frac{1}{2}\\,``)
+_LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![A-Za-z])")
+_EDGE_SPACING = re.compile(r"^(?:\\[,;:! ]|\s)+|(?:\\[,;:! ]|\s)+$")
 _SIGN_SPACE = re.compile(r"^([+-])\s+(?=[\d.\\])")
 _WRAPPED = re.compile(r"\(\s*([^()]*?)\s*\)")
 
 
+def _unwrapped(text: str) -> str:
+    """``text`` without braces that enclose all of it (``{\\frac{1}{2}}``), ``\\left`` / ``\\right`` and
+    spacing commands at its ends."""
+    text = _EDGE_SPACING.sub("", _LEFT_RIGHT.sub("", text))
+    while text.startswith("{") and text.endswith("}"):
+        depth = 0
+        for i, char in enumerate(text):
+            depth += {"{": 1, "}": -1}.get(char, 0)
+            if depth == 0 and i < len(text) - 1:
+                return text  # ``{1}{2}``: the first brace closes early
+        text = _EDGE_SPACING.sub("", text[1:-1])
+    return text
+
+
 def parse_number(text: str) -> Fraction | None:
-    """A plain number (``18``, ``-3.50``, ``1,000``, ``1\\,000``, ``1/2``, ``\\frac{1}{2}``, ``- 5``, ``(-5)``) as
-    an exact Fraction, else None."""
+    """A plain number (``18``, ``-3.50``, ``1,000``, ``1\\,000``, ``10,\\!000``, ``1/2``, ``\\frac{1}{2}``,
+    ``\\frac{1.5}{3}``, a mixed number ``2\\frac{1}{2}``, ``- 5``, ``(-5)``, ``\\left(\\frac{1}{2}\\right)``,
+    ``{\\frac{1}{2}}``) as an exact Fraction, else None."""
     text = text.strip()
     if text.startswith("\\$"):
         text = text[2:]
     text = text.strip("$ ").rstrip(".").strip()
     if not text or len(text) > _MAX_FAST_DIGITS:
         return None
+    text = _unwrapped(text)
     wrapped = _WRAPPED.fullmatch(text)
     if wrapped and "," not in wrapped.group(1):  # (-5) is a number; (0,100) a pair or an interval
         text = wrapped.group(1)
@@ -352,10 +377,14 @@ def parse_number(text: str) -> Fraction | None:
         return Fraction(int(match.group(1)), den) if den else None
     match = _LATEX_FRACTION.fullmatch(text)
     if match:
-        den = int(match.group(3))
-        if not den:
+        divisor = Fraction(match.group(3))
+        if not divisor:
             return None
-        value = Fraction(int(match.group(2)), den)
+        value = Fraction(match.group(2)) / divisor
+        return -value if match.group(1) == "-" else value
+    match = _MIXED_NUMBER.fullmatch(text)
+    if match and int(match.group(3)) < int(match.group(4)):  # 2\frac{3}{2} is no mixed number
+        value = int(match.group(2)) + Fraction(int(match.group(3)), int(match.group(4)))
         return -value if match.group(1) == "-" else value
     return None
 

@@ -4,8 +4,10 @@ For each completion:
 
 1. our extraction picks the final answer: the last ``\\boxed{...}``, else the last
    ``<answer>...</answer>`` (reasoning-gym's own format), else the last answer line (``Answer: X``,
-   ``final answer: X``, ``the answer is X``, ``#### X``), else the whole completion, stripped (the tiny
-   character model's completion is the answer itself);
+   ``final answer: X``, ``the answer is X``, ``#### X``) — read as the ``math`` reward reads it (to its
+   first clause break, without a trailing period or ``$``) when that reading is a plain number
+   (``The answer is 3.`` answers ``3``), else as it stands, a text answer keeping its commas and periods
+   —, else the whole completion, stripped (the tiny character model's completion is the answer itself);
 2. the dataset's ``score_answer(answer, entry)`` scores it, in a worker process that is killed and
    replaced when it does not reply within ``timeout`` seconds (the answer then scores 0, status
    ``timeout``), the same process-safe mechanism as the ``math`` reward.
@@ -30,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from entropyctl.rewards.answers import MAX_TEXT_CHARS, final_line_value, last_boxed
+from entropyctl.rewards.answers import MAX_TEXT_CHARS, final_line_value, last_boxed, read_answer_line
 from entropyctl.rewards.base import RewardFunction
 from entropyctl.rewards.math import (
     DEFAULT_STARTUP_TIMEOUT_S,
@@ -40,6 +42,7 @@ from entropyctl.rewards.math import (
     _Worker,
     _WorkerDied,
     _WorkerTimeout,
+    parse_number,
 )
 
 __all__ = ["BELOW_ONE", "ReasoningGymReward", "ReasoningGymVerifier", "extract_final_answer"]
@@ -74,6 +77,9 @@ def extract_final_answer(text: str) -> str | None:
         return tag.strip()
     value = final_line_value(text)
     if value is not None:
+        reading = read_answer_line(value)  # "3." answers 3; a prose answer keeps its commas and periods
+        if reading and parse_number(reading) is not None:
+            return reading
         value = value.strip().strip("*").strip()
         if value.startswith("$") and value.endswith("$") and len(value) >= 2:
             value = value.strip("$").strip()

@@ -211,7 +211,7 @@ def _no_signal_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alpha: float
     run_training(config, run, callbacks=[weights])
     rows = read_metrics(run)
     assert [r["reward"] for r in rows] == [0.0, 0.0]  # two steps, skipped or not
-    assert all((r["grad_norm"] == 0.0) == skip for r in rows)
+    assert all((r["grad_norm"] == 0.0) == skip and r["skipped"] == float(skip) for r in rows)
     assert all(math.isfinite(r["entropy"]) and r["tokens"] > 0 for r in rows)  # read on every step
     return weights
 

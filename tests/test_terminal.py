@@ -124,11 +124,16 @@ def test_the_coefficient_that_acted_reads_a_logged_row_and_a_written_one_alike()
 
 def test_a_skipped_step_is_read_alike_from_a_logged_row_and_a_written_one() -> None:
     """The SmolLM2 reading's count of skipped steps and the bonus reader share one test of a row."""
-    from entropyctl.trainer.run_dir import step_skipped
+    from entropyctl.trainer.run_dir import coefficient_acted, step_skipped
 
     assert step_skipped({"grad_norm": 0.0}) and step_skipped({"grad_norm": "0.0"})
     assert not step_skipped({"grad_norm": 0.7}) and not step_skipped({"grad_norm": "1e-9"})
     assert not step_skipped({"grad_norm": ""}) and not step_skipped({})
+    # the skipped column, where a row has one, decides: a step that trained may log grad_norm 0 (its
+    # last mini-batch without a gradient) and still have put a bonus on other mini-batches' tokens
+    assert not step_skipped({"grad_norm": 0.0, "skipped": 0.0}) and step_skipped({"skipped": "1.0"})
+    assert step_skipped({"grad_norm": "0.0", "skipped": ""})  # a resumed run's older rows: grad_norm
+    assert coefficient_acted({"grad_norm": "0.0", "skipped": "0.0", "coef_mean": "0.5"}) == 0.5
 
 
 def test_after_a_resume_the_end_line_tells_the_whole_run(tmp_path: Path) -> None:

@@ -1208,7 +1208,7 @@ class RLVRModule(pl.LightningModule):
         weights = (by / by.sum().clamp_min(1.0)).tolist()
         opt: Any = self.optimizers()  # one LightningOptimizer (configure_optimizers returns one)
         sched: Any = self.lr_schedulers()
-        updated = Updated(stats=EntropyStats(self.levels))
+        updated = Updated(stats=EntropyStats(self.levels), skipped=not signal)
         per_token = self.controller.acts_per_token()
         for epoch in range(E):
             for m, parts in enumerate(mb.micro):

@@ -129,6 +129,7 @@ class Updated:
     sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_PARTS, 0.0))
     mismatch: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MISMATCH_SUMS, 0.0))
     grad_norm: float = math.nan
+    skipped: bool = False  # algorithm.skip_no_signal left the step alone (no weight moved)
     entropy_sum: float = 0.0  # this rank's Σ entropy x mask (the DDP audit in ranks/rank<r>.json)
     token_sum: float = 0.0
     lr: float = math.nan
@@ -349,6 +350,7 @@ def metrics_row(
         # algorithm.rollout_correction: token means over the loss's tokens of every rank (NaN when off)
         **_mismatch_means(g),
         "grad_norm": updated.grad_norm,
+        "skipped": float(updated.skipped),
         "lr": updated.lr,
         "tokens": reading.tokens,
         "dropped_groups": g["dropped"],

@@ -737,6 +737,7 @@ def metric_columns(
         "is_weight_mean",
         "is_bounded_frac",
         "grad_norm",
+        "skipped",
         "lr",
         "data_epoch",
         "tokens",
@@ -865,8 +866,8 @@ def level_column(kind: str, level: int | str) -> str:
 
 def coefficient_acted(row: Mapping[str, str | float]) -> float:
     """The bonus coefficient that acted on a step's tokens, from a ``metrics.csv`` row (as read, or as
-    logged): ``coef_mean``, 0 on a step ``algorithm.skip_no_signal`` left alone (``grad_norm`` exactly
-    0: its plan was made, no weight moved), NaN when the row has no ``coef_mean``."""
+    logged): ``coef_mean``, 0 on a step ``algorithm.skip_no_signal`` left alone (:func:`step_skipped`:
+    its plan was made, no weight moved), NaN when the row has no ``coef_mean``."""
     if step_skipped(row):
         return 0.0
     coef = row.get("coef_mean", "")
@@ -875,7 +876,11 @@ def coefficient_acted(row: Mapping[str, str | float]) -> float:
 
 def step_skipped(row: Mapping[str, str | float]) -> bool:
     """Whether ``algorithm.skip_no_signal`` left a step alone, from its ``metrics.csv`` row (as read, or
-    as logged): ``grad_norm`` exactly 0 (the plan was made, no weight moved)."""
+    as logged): its ``skipped`` column; in a row without one (a run written before it), ``grad_norm``
+    exactly 0 — which a step that trained can also log, when its last mini-batch had no gradient."""
+    skipped = row.get("skipped", "")
+    if skipped != "":
+        return float(skipped) == 1.0
     grad_norm = row.get("grad_norm", "")
     return grad_norm != "" and float(grad_norm) == 0.0
 

@@ -269,6 +269,51 @@ def test_the_levels12_no_bonus_runs_are_the_configs_arm_and_their_spread_is_repr
     assert kept["arms"]["fixed_alpha=0"]["bonus"]["max"] == 0.0
 
 
+#: the floor alone on levels 1-2 (2026-12-07, information): seeds 0-9 in their own folder, from the
+#: warm start of the defaults' ten seeds in LEVELS12_SEEDS
+LEVELS12_FLOOR = SWEEP / "levels12_floor"
+FLOOR_ARM = "aer:update.alpha_min=5.0e-4"
+
+
+def test_the_levels12_floor_runs_are_the_configs_arm_and_their_spread_is_reproduced(tmp_path: Path) -> None:
+    assert (
+        assert_runs_are_the_configs_arms(sweep_base(), [FLOOR_ARM], list(range(10)), LEVELS12_FLOOR, 600)
+        == 10
+    )
+    slug = parse_arm(FLOOR_ARM).slug
+    for seed in range(10):
+        assert_one_warm_start(
+            [LEVELS12_SEEDS / "aer" / f"seed{seed}", LEVELS12_FLOOR / slug / f"seed{seed}"], seed
+        )
+    kept = assert_seed_spread_reproduced(
+        [LEVELS12_SEEDS, LEVELS12_FLOOR],
+        ["aer", slug],
+        [],
+        LEVELS12_FLOOR / "floor_vs_defaults",
+        "seed-spread-floor-levels12",
+        tmp_path,
+    )
+    assert [len(arm["seeds"]) for arm in kept["arms"].values()] == [10, 10]
+
+
+def test_robustness_md_quotes_the_floors_paired_readings() -> None:
+    """docs/robustness.md's table of the floor against the defaults, task by task: each row the paired
+    difference (mean ± standard error) of its committed seed_spread reading, as that reading rounds it."""
+    readings = {
+        "level 2, seeds 0–9": SEEDS / "floor",
+        "level 2, seeds 11–19": SWEEP / "level2_twenty_floor" / "floor_vs_defaults",
+        "levels 1–2, seeds 0–9": LEVELS12_FLOOR / "floor_vs_defaults",
+    }
+    rows = quoted_table(ROOT / "docs" / "robustness.md", "floor-pairs-table")[2:]
+    assert len(rows) == len(readings)
+    for row, (task, folder) in zip(rows, readings.items(), strict=True):
+        paired = json.loads((folder / "seed_spread.json").read_text())["paired_difference"]
+        cells = [
+            f"{paired[key]['delta']:+.3f} ± {paired[key]['se']:.3f}" for key in ("in_band_share", "pass@1")
+        ]
+        assert row == f"| {task} | {len(paired['seeds'])} | {cells[0]} | {cells[1]} |"
+
+
 #: AER's allocations at a constant α = 0.01 (2026-12-05), ten seeds each: `threshold` (the fixed α = 0.01
 #: but for the allocation) on level 2, where it was found, and on levels 1-2, where it was not, each read
 #: against the fixed arm and against the defaults; the graded `linear` on level 2, read against the

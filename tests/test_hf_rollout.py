@@ -187,6 +187,15 @@ def test_bad_sampling_settings_fail_clearly(policy):
         engine.generate(_prompt_ids(tokenizer), 1, SamplingSettings(max_new_tokens=0))
     with pytest.raises(ValueError, match="at least one token"):
         engine.generate([[]], 1, SamplingSettings())
+    # checked here as vLLM checks them (transformers took top_p 0 and 1.5 without a word, and refused
+    # top_k -1, vLLM's "off"): one message, the same for every engine
+    for bad, match in [
+        ({"top_p": 0.0}, "top_p=0.0"),
+        ({"top_p": 1.5}, "top_p=1.5"),
+        ({"top_k": -1}, "top_k=-1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            engine.generate(_prompt_ids(tokenizer), 1, SamplingSettings(**bad))
 
 
 def test_stop_token_ids_reads_the_tokenizer_then_the_generation_config():

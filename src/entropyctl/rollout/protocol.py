@@ -45,6 +45,10 @@ def check_generate_args(engine: str, n: int, sampling: SamplingSettings) -> None
         raise ValueError(f"sampling.max_new_tokens={sampling.max_new_tokens}, expected >= 1")
     if sampling.temperature < 0:
         raise ValueError(f"sampling.temperature={sampling.temperature}, expected >= 0 (0 = greedy)")
+    if not 0 < sampling.top_p <= 1:
+        raise ValueError(f"sampling.top_p={sampling.top_p}, expected 0 < top_p <= 1 (1 = off)")
+    if sampling.top_k < 0:
+        raise ValueError(f"sampling.top_k={sampling.top_k}, expected >= 0 (0 = off; vLLM's and verl's -1)")
 
 
 def stop_token_ids(tokenizer: Any, model: Any = None) -> tuple[int, ...]:

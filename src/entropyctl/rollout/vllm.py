@@ -1,7 +1,8 @@
 """The vLLM rollout engine: a vLLM ``LLM`` colocated with the policy, kept on-policy by in-place weight sync.
 
-``VLLMEngine`` implements ``RolloutEngine`` (``rollout/protocol.py``). After every optimizer step the
-trainer calls ``sync_weights(policy)``; the engine then samples from exactly the policy's current weights:
+``VLLMEngine`` implements ``RolloutEngine`` (``rollout/protocol.py``). Before each RL step's rollouts (and
+before an evaluation) the trainer calls ``sync_weights(policy)`` — once per step, not after each of its
+optimizer steps; the engine then samples from exactly the policy's current weights:
 
 - The policy's ``state_dict`` (Hugging Face parameter names, i.e. checkpoint format) goes to the running
   engine's worker through ``LLM.collective_rpc("reload_weights", ...)``: vLLM's in-place reload restores
@@ -25,7 +26,7 @@ socket. Either way the sync function itself is pickled, which vLLM only allows w
 ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (set by the engine; the socket is local).
 ``in_process: true`` keeps the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the
 weights are then copied straight from the policy's tensors; the engine's start-up side effects on the process
-(torch RNG reseed, thread settings) are undone. Same call, same result; measured slower on 2 busy CPU cores.
+(the reseed of the torch, CUDA, ``random`` and NumPy generators, thread settings) are undone. Same call, same result; measured slower on 2 busy CPU cores.
 
 ``sync_weights`` is skipped when no parameter changed since the last sync (PyTorch's per-tensor version
 counters, which every in-place update such as ``optimizer.step()`` bumps), so a trainer may call it freely.
@@ -48,12 +49,14 @@ import hashlib
 import io
 import json
 import os
+import random
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -368,6 +371,21 @@ def _vllm_missing_error(err: ImportError) -> ImportError:
     )
 
 
+def _global_rng_states() -> tuple[Any, ...]:
+    """The global generators' states: torch's, CUDA's (None without CUDA), ``random``'s and NumPy's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.random.get_rng_state(), cuda, random.getstate(), np.random.get_state()
+
+
+def _restore_global_rng_states(states: tuple[Any, ...]) -> None:
+    cpu, cuda, python, numpy_state = states
+    torch.random.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+
+
 class VLLMEngine:
     """Samples completions with a vLLM ``LLM`` colocated with the policy (design.md §5).
 
@@ -378,7 +396,8 @@ class VLLMEngine:
     own EOS and generation-config defaults are disabled), ``temperature == 0`` is greedy.
 
     Build it with ``VLLMEngine.from_policy(model, tokenizer, config)`` (exports the policy, starts the engine,
-    syncs the weights) or from a model directory. Call ``sync_weights(policy)`` after every optimizer step.
+    syncs the weights) or from a model directory. Call ``sync_weights(policy)`` before sampling from weights
+    that changed (the trainer: before each step's rollouts).
     """
 
     def __init__(
@@ -416,9 +435,10 @@ class VLLMEngine:
             # The weight-sync function travels to the engine-core process by (cloud)pickle over vLLM's
             # local IPC socket; vLLM refuses pickled payloads unless this is set (in both processes).
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-        # In process, the engine's start-up reseeds the global torch RNG and replaces torch.set_num_threads
-        # with a no-op; neither may leak into the trainer that owns this process.
-        rng_state = torch.random.get_rng_state()
+        # In process, the engine's start-up reseeds the global generators (torch, CUDA, random, NumPy) and
+        # replaces torch.set_num_threads with a no-op; neither may leak into the trainer that owns this
+        # process.
+        rng_states = _global_rng_states()
         set_num_threads = torch.set_num_threads
         with _environment(env), _restored(torch, "set_num_threads", set_num_threads):
             try:
@@ -444,7 +464,7 @@ class VLLMEngine:
             started = time.perf_counter()
             self.llm = LLM(**kwargs)
             self.start_seconds = time.perf_counter() - started
-        torch.random.set_rng_state(rng_state)
+        _restore_global_rng_states(rng_states)
 
     @classmethod
     def from_policy(

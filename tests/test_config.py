@@ -24,6 +24,7 @@ from entropyctl.config import (
     UniformAllocation,
     apply_overrides,
     format_validation_error,
+    load_run_config,
     load_yaml,
     parse_controller_config,
     parse_run_config,
@@ -227,6 +228,36 @@ def test_the_first_release_flat_form_reads_as_it_did() -> None:
     # a flat key merges into a nested part (overrides on a nested config: --set controller.tau=0.3)
     merged = parse_controller_config({"name": "aer", "update": {"step": 0.2}, "tau": 0.3, "alpha_max": 0.5})
     assert merged.anchor.tau == 0.3 and merged.update == RelativeUpdate(step=0.2, alpha_max=0.5)
+
+
+def test_an_override_wins_over_either_spelling_and_one_config_may_not_hold_both(tmp_path: Path) -> None:
+    """A first-release base config (flat ``tau``, ``rho``) and a ``--set`` of the nested form: the
+    override wins (it was dropped for the flat value, invalid values unchecked); and the other way round,
+    in either order of the overrides; a config holding both spellings with two values is refused."""
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text("controller: {name: aer, tau: 0.5, rho: 0.5}\n")
+    config = load_run_config(
+        str(legacy), ["controller.anchor.tau=0.3", "controller.allocation.accuracy_threshold=0.9"]
+    )
+    assert config.controller.anchor.tau == 0.3 and config.controller.allocation.accuracy_threshold == 0.9
+    with pytest.raises(ConfigError, match=r"--set controller.anchor.tau=-5: must be > 0"):
+        load_run_config(str(legacy), ["controller.anchor.tau=-5"])
+    assert (
+        load_run_config(None, ["controller.tau=0.5", "controller.anchor.tau=0.3"]).controller.anchor.tau
+        == 0.3
+    )
+    assert (
+        load_run_config(None, ["controller.anchor.tau=0.3", "controller.tau=0.5"]).controller.anchor.tau
+        == 0.5
+    )
+    whole = load_run_config(str(legacy), ["controller.anchor={mode: initial, tau: 0.2}"]).controller
+    assert whole.anchor.tau == 0.2 and whole.allocation.accuracy_threshold == 0.5  # rho is another part's
+    both = tmp_path / "both.yaml"
+    both.write_text("controller: {name: aer, tau: 0.5, anchor: {tau: 0.3}}\n")
+    with pytest.raises(ConfigError, match=r"tau and anchor.tau are both given \(0.5 and 0.3\): keep one"):
+        load_run_config(str(both), [])
+    both.write_text("controller: {name: aer, tau: 0.3, anchor: {tau: 0.3}}\n")  # the same value: one option
+    assert load_run_config(str(both), []).controller.anchor.tau == 0.3
 
 
 def test_load_yaml_and_its_errors(tmp_path: Path) -> None:

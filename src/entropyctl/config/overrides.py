@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from entropyctl.controllers.parts import drop_other_spelling
 from entropyctl.validation import ConfigError
 
 __all__ = ["MAX_YAML_VALUES", "apply_overrides", "load_yaml"]
@@ -139,4 +140,6 @@ def apply_overrides(
         if value is not None and not isinstance(value, str) and text is not None and text(key):
             value = raw
         node[parts[-1]] = value
+        if parts[0] == "controller" and len(parts) > 1 and isinstance(result.get("controller"), dict):
+            drop_other_spelling(result["controller"], parts[1:])  # the override wins over either form
     return result

@@ -4,7 +4,7 @@ options that variant uses; and the reading of the first release's flat form into
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -341,6 +341,55 @@ def _fields_of(part: str, variant: str) -> tuple[str, ...]:
     return tuple(cls.model_fields) if cls is not None else ()
 
 
+def drop_other_spelling(controller: dict[str, Any], path: Sequence[str]) -> None:
+    """After an override has set ``path`` in a controller mapping, drop the other spelling of the same
+    option — the first release's flat ``tau`` against the nested ``anchor.tau`` (and a whole part
+    against its flat keys) — so that the override wins whichever form the config held."""
+    if len(path) == 1 and path[0] in _FLAT_KEYS:
+        part, inner = _FLAT_KEYS[path[0]]
+        nested = controller.get(part)
+        if isinstance(nested, dict):
+            nested.pop(inner, None)
+    elif len(path) == 1 and path[0] in PART_TAGS:
+        for key, (part, _) in _FLAT_KEYS.items():
+            if part == path[0]:
+                controller.pop(key, None)
+    elif len(path) == 2:
+        for key, spelled in _FLAT_KEYS.items():
+            if spelled == tuple(path):
+                controller.pop(key, None)
+
+
+def _flat_into_nested(
+    part: str, current: Any, flat: Mapping[str, tuple[str, Any]], errors: list[str]
+) -> dict[str, Any]:
+    """A nested ``part`` (or none) with the flat keys that belong to it merged in (``--set
+    controller.tau=0.3`` on a nested config); a key its variant does not take, or one spelled both ways
+    with two values in one config, is an error appended to ``errors``."""
+    tag = PART_TAGS[part]
+    merged = dict(current) if isinstance(current, Mapping) else {}
+    variant = merged.get(tag, PART_DEFAULTS[part])
+    fields = _fields_of(part, variant) if isinstance(variant, str) else ()
+    for inner, (key, value) in flat.items():
+        if value is None and inner not in fields:
+            continue
+        if inner in merged and merged[inner] != value:  # one config spelling it both ways
+            errors.append(
+                f"{key} and {part}.{inner} are both given ({value!r} and {merged[inner]!r}): keep "
+                f"one ({part}.{inner} is the current form)"
+            )
+            continue
+        if inner not in fields and fields:
+            options = ", ".join(f for f in fields if f != tag) or "no options"
+            errors.append(
+                f"{key}: the {part} {tag} {variant!r} does not use {key} (its options: {options}); "
+                f"set {part}.{tag} to one that does, e.g. {part}: {{{tag}: ..., {inner}: {value!r}}}"
+            )
+            continue
+        merged[inner] = value
+    return merged
+
+
 def migrate_flat(data: dict[str, Any], *, aer: bool) -> dict[str, Any]:
     """Read the flat form of the first release (``eta: 0.05``, ``update: sign``, ``tau: 0.4``,
     ``rho: 0.5``, ``dynamic: false``...) into the nested one, with exactly its old meaning:
@@ -399,21 +448,7 @@ def migrate_flat(data: dict[str, Any], *, aer: bool) -> dict[str, Any]:
                     )
             data[part] = merged
         elif flat:
-            merged = dict(current) if isinstance(current, Mapping) else {}
-            variant = merged.get(tag, PART_DEFAULTS[part])
-            fields = _fields_of(part, variant) if isinstance(variant, str) else ()
-            for inner, (key, value) in flat.items():
-                if value is None and inner not in fields:
-                    continue
-                if inner not in fields and fields:
-                    options = ", ".join(f for f in fields if f != tag) or "no options"
-                    errors.append(
-                        f"{key}: the {part} {tag} {variant!r} does not use {key} (its options: {options}); "
-                        f"set {part}.{tag} to one that does, e.g. {part}: {{{tag}: ..., {inner}: {value!r}}}"
-                    )
-                    continue
-                merged[inner] = value
-            data[part] = merged
+            data[part] = _flat_into_nested(part, current, flat, errors)
     if errors:
         raise ValueError("\n".join(errors))
     for part, tag in PART_TAGS.items():

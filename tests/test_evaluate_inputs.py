@@ -218,6 +218,22 @@ def test_data_file_scores_every_row_and_warns_when_it_is_the_runs_training_file(
         (["--temperature", "0"], "--temperature 0: greedy decoding gives equal samples"),
         (["--temperature", "1e-6"], "--temperature 1e-06: greedy decoding in vLLM and sampling in the HF"),
         (["--temperature", "0", "--n", "4", "--k", "1"], "add --n 1 --k 1"),
+        # greedy from the run config (valid there with one sample and pass@1), with more samples asked
+        (
+            [
+                "--set",
+                "eval.temperature=0",
+                "--set",
+                "eval.n_samples=1",
+                "--set",
+                "eval.ks=[1]",
+                "--k",
+                "1,4",
+            ],
+            "eval.temperature 0 of",
+        ),
+        # eval.ks as written, out of order: pass@8 was dropped from the table without a word
+        (["--set", "eval.ks=[8,1]", "--n", "4"], "pass@8 needs at least 8 samples per problem; --n is 4"),
         (["--by", "difficulty"], "--by: expected one of 'level', 'none'"),
         (["--json", "no-such-dir/eval.json"], "--json no-such-dir/eval.json: no directory 'no-such-dir'"),
         (["--data", "missing.jsonl"], "--data missing.jsonl: no such file"),

@@ -339,6 +339,25 @@ def test_malformed_run_files_are_one_error_naming_the_file(tmp_path: Path) -> No
             write_report(tmp_path / "study")
 
 
+def test_a_report_that_cannot_be_written_is_refused_before_anything_is(tmp_path: Path) -> None:
+    """A mistyped root was created (an empty folder left behind), an --out naming a file ended in a
+    FileExistsError traceback, and a window below 1 was written into the report."""
+    from entropyctl.experiments.aggregate import ReportError
+
+    with pytest.raises(ReportError, match="not a directory"):
+        write_report(tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+    run = tmp_path / "my-run"
+    write_flat_run(run, "aer", 0, 0.4, 0.4)
+    (tmp_path / "taken.json").write_text("{}")
+    with pytest.raises(ReportError, match=r"taken\.json: cannot write the report there"):
+        write_report(run, tmp_path / "taken.json")
+    for window in (0, -3):
+        with pytest.raises(ReportError, match=rf"window: must be ≥ 1 steps \(got {window}\)"):
+            write_report(run, window=window)
+    assert not (run / "report.md").exists()
+
+
 def test_before_rl_is_one_line_only_when_every_arm_shares_it(tmp_path: Path) -> None:
     """A folder of train runs scored on different held-out problems was reported with the first run's
     numbers as 'the shared warm-start checkpoint, same evaluation'."""

@@ -187,14 +187,24 @@ def _check_against_run(args: Any, target: Target, ks: list[int]) -> None:
     """The options checked against the run config, and the run's data files when its split is scored."""
     from entropyctl.config import ConfigError
 
-    if args.n is not None and ks[-1] > args.n:
+    top = max(ks)  # eval.ks as written: not necessarily in order
+    if args.n is not None and top > args.n:
         where = (
             f"--k {args.k}"
             if args.k is not None
             else f"eval.ks {ks} of {target.source} (set others with --k)"
         )
-        raise ConfigError(
-            f"{where}: pass@{ks[-1]} needs at least {ks[-1]} samples per problem; --n is {args.n}"
+        raise ConfigError(f"{where}: pass@{top} needs at least {top} samples per problem; --n is {args.n}")
+    n = args.n or max(target.config.eval.n_samples, top)
+    if (
+        args.temperature is None
+        and target.config.eval_sampling()["temperature"] == 0
+        and (n != 1 or ks != [1])
+    ):
+        raise ConfigError(  # --temperature 0 itself is checked before the run config is read
+            f"eval.temperature 0 of {target.source}: greedy decoding gives equal samples, so every pass@k "
+            f"would be pass@1 (here {n} samples, pass@{','.join(map(str, ks))}); add --n 1 --k 1, or "
+            "sample with --temperature above 0"
         )
     d = target.config.data
     if args.data not in RUN_SPLIT or d.source != "file":

@@ -75,8 +75,13 @@ def write_report(
     """
     root = Path(root)
     out = Path(out) if out is not None else root
-    out.mkdir(parents=True, exist_ok=True)
-    grouped = find_runs(root)
+    if window is not None and window < 1:
+        raise ReportError(f"window: must be ≥ 1 steps (got {window})")
+    grouped = find_runs(root)  # before anything is written: a mistyped root creates no folder
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # e.g. --out names a file
+        raise ReportError(f"{out}: cannot write the report there ({err.strerror or err})") from None
     arms = [summarize_arm(name, runs) for name, runs in grouped.items()]
     window = window if window is not None else _default_window(arms)
     files = plot_all(arms, out, window)

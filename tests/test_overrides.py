@@ -63,6 +63,19 @@ def test_integers_are_parsed_exactly() -> None:
     assert apply_overrides({}, ["a=-3", "b=1e-3", "c=2.5"]) == {"a": -3, "b": 1e-3, "c": 2.5}
 
 
+def test_a_float_without_a_dot_is_a_number_inside_lists_mappings_and_files(tmp_path: Path) -> None:
+    """YAML 1.1 read ``1e-3`` as a string except where an override held it alone: a plugin reward's
+    options (``{timeout: 5e0}``) got the text, and a resume saw ``'5e0'`` and ``5`` as a change."""
+    from entropyctl.config import load_yaml
+
+    out = apply_overrides({}, ["reward.options={timeout: 5e0, scale: [1e-3, +2E2]}", "x=1e-3", "y=e5"])
+    assert out["reward"]["options"] == {"timeout": 5.0, "scale": [0.001, 200.0]}
+    assert out["x"] == 0.001 and out["y"] == "e5"  # not a number: text as written
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 3e-4\nreward:\n  options: {timeout: 5e0}\n")
+    assert load_yaml(path) == {"optim": {"lr": 0.0003}, "reward": {"options": {"timeout": 5.0}}}
+
+
 def test_cli_prints_the_override_error_alone(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["train", "--set", "controller.tau=-1"]) == 2
     assert capsys.readouterr().err == "entropyctl train: error: --set controller.tau=-1: must be > 0\n"

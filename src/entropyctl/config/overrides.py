@@ -41,6 +41,15 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 (PyYAML) reads a float without a dot, ``1e-3`` or ``5e0``, as a string; YAML 1.2 and users
+# mean a number: anywhere in a file or a --set value (``[1e-3, 2]``, ``{timeout: 5e0}``), not only alone.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 #: At most this many values once every alias is expanded. A config has hundreds; the 547-byte
 #: "billion laughs" file expands to 10^9 (aliases share one object in memory, but writing or
 #: validating the config walks every expansion).
@@ -103,7 +112,7 @@ def _parse_scalar(text: str) -> Any:
         # int(text), not int(float(text)): 12345678901234567 stays exact.
         return int(text.strip()) if re.match(r"^[+-]?\d+$", text.strip()) else float(text)
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return yaml.load(text, Loader=_StrictLoader) if text.strip() else ""  # noqa: S506 - a SafeLoader
     except yaml.YAMLError:
         return text
 

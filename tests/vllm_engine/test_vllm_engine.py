@@ -263,3 +263,39 @@ def test_a_lora_policy_syncs_its_merged_weights(setup):
         assert (base - ours).abs().max() > 10 * ATOL  # the adapters changed what the engine samples from
     finally:
         engine.sync_weights(model, force=True)
+
+
+def test_an_in_process_engine_leaves_the_process_as_it_found_it(setup):
+    """``in_process: true`` starts vLLM's engine core in this process, and its start-up reseeds the global
+    generators and stubs ``torch.set_num_threads``: the engine undoes both (a review found only torch's
+    generator restored, ``random``'s and NumPy's left reseeded), and it decodes as the separate-process
+    engine does."""
+    import random
+
+    import numpy as np
+
+    model, tokenizer, engine = setup
+
+    def seed_all() -> None:
+        random.seed(123)
+        np.random.seed(123)
+        torch.manual_seed(123)
+
+    seed_all()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    seed_all()
+    threads = torch.get_num_threads()
+    config = VLLMConfig(export_dir=engine.config.export_dir, max_model_len=512, seed=0, in_process=True)
+    inside = VLLMEngine.from_policy(model, tokenizer, config)
+    try:
+        assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+        assert torch.get_num_threads() == threads
+        torch.set_num_threads(1)  # the real function again, not vLLM's no-op
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(threads)
+        prompts = [_prompt_ids(tokenizer, q) for q in QUESTIONS]
+        greedy = SamplingSettings(temperature=0.0, max_new_tokens=16)
+        ours, theirs = inside.generate(prompts, 1, greedy), engine.generate(prompts, 1, greedy)
+        assert torch.equal(ours.response_ids, theirs.response_ids)
+    finally:
+        inside.close()

@@ -179,6 +179,29 @@ def test_bad_checkpoint_is_one_line(
     assert err.startswith(f"entropyctl evaluate: error: {ckpt}: ") and expected in err
 
 
+def test_a_bad_resume_is_one_line_that_says_what_it_is_and_leaves_no_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's findings: a run directory given to --resume was "no such checkpoint file"; a file that
+    is no checkpoint printed torch's mmap advice cut mid-word; --resume auto with --overwrite resumed and
+    ignored --overwrite; and each refusal left the new --out holding a run.lock."""
+    run_dir, ckpt = _run_dir_with(tmp_path)
+    ckpt.write_bytes(b"garbage")
+    cases = [
+        (["--resume", str(run_dir)], f"a directory, not a checkpoint file; --resume auto --out {run_dir}"),
+        (["--resume", str(ckpt)], "truncated or corrupt checkpoint (not the zip archive torch.save writes)"),
+        (
+            ["--resume", "auto", "--overwrite"],
+            "one continues the run in --out, the other removes it; keep one",
+        ),
+    ]
+    for i, (argv, expected) in enumerate(cases):
+        out = tmp_path / f"new{i}"
+        status, err = _cli(["train", "--out", str(out), *argv, *_set(TINY)], capsys)
+        assert status == 2 and err.count("\n") == 1 and expected in err, err
+        assert "che)" not in err and not out.exists()
+
+
 def test_debug_keeps_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _, ckpt = _run_dir_with(tmp_path)
     ckpt.write_bytes(b"garbage")

@@ -105,8 +105,9 @@ def train_from_cli(
 
 
 def run(args: Any) -> int:
-    """`entropyctl train` (arguments parsed by the cli package). Exit status: 0 finished, 1 failed or refused,
-    128 + the signal number when stopped by SIGTERM (143) or SIGINT (130)."""
+    """`entropyctl train` (arguments parsed by the cli package). Exit status: 0 finished, 1 failed, 2 refused
+    (a config or run-directory error, one line: the cli package's handler), 128 + the signal number when
+    stopped by SIGTERM (143) or SIGINT (130)."""
     from entropyctl.trainer.run_dir import RunStopped, follow_parent
 
     if getattr(args, "print_config", False):

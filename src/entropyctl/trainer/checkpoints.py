@@ -43,7 +43,11 @@ def _refused_global(message: str) -> str | None:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     line = text.splitlines()[0].split(". ")[0] if text else ""
-    return f"{type(err).__name__}: {line[:120]}" if line else type(err).__name__
+    if "mmap can only be used" in line:  # torch's words for a file that is no zip archive, read with mmap
+        return "not the zip archive torch.save writes"
+    if len(line) > 120:
+        line = line[:120].rsplit(" ", 1)[0] + " …"
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
 def _corrupt(file: Path, err: BaseException) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 from entropyctl.config import RunConfig
 from entropyctl.trainer.run_dir import (
     FIXED_ON_RESUME,
+    LOCK_FILE,
     ResumeMismatchError,
     RunDirError,
     RunLock,
@@ -502,6 +503,11 @@ def _checkpoint_to_resume(resume: str | Path | None, ckpt_dir: Path) -> str | No
     if resume == "auto":
         last = ckpt_dir / "last.ckpt"
         return str(last) if last.exists() else None
+    if resume is not None and Path(resume).is_dir():  # a run directory, as evaluate and export take
+        raise RunDirError(
+            f"--resume {resume}: a directory, not a checkpoint file; --resume auto --out {resume} continues "
+            f"that run from {Path(resume) / 'checkpoints' / 'last.ckpt'}, or name a checkpoint file"
+        )
     if resume is not None and not Path(resume).is_file():
         raise RunDirError(f"--resume {resume}: no such checkpoint file")
     return None if resume is None else str(resume)
@@ -694,6 +700,10 @@ def run_training(
     controller state, a checksum of its parameters, and its local per-step statistics).
     """
     # before the run directory is written: a refused run leaves nothing
+    if resume == "auto" and overwrite:  # (another run's checkpoint --overwrite this one: that is a choice)
+        raise RunDirError(
+            "--resume auto and --overwrite: one continues the run in --out, the other removes it; keep one"
+        )
     check_accelerator(config)
     check_loggers(config)
     if config.trainer.strategy == "fsdp":
@@ -706,6 +716,7 @@ def run_training(
     rank0 = global_rank(config.trainer.devices) == 0
     if config.trainer.devices > 1:  # DDP children re-run the command line: they re-resolve the same directory
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir).acquire() if rank0 else None  # DDP children run under rank 0's lock
     stop = StopSignals(grace_s=config.trainer.stop_grace_s)
@@ -737,9 +748,21 @@ def run_training(
     finally:
         stop.restore()
         if lock is not None:
+            if created:  # refused before it wrote anything (a bad --resume, a changed fingerprint): no trace
+                _remove_if_only_the_lock(run_dir)
             lock.release()
         if rank0:
             os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _remove_if_only_the_lock(run_dir: Path) -> None:
+    """Remove a run directory this call created when nothing but its lock file is in it — while the lock is
+    still held, so a process that opened the file before is refused as in use, and one that creates it
+    afresh after leaves the directory non-empty (then it stays)."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            (run_dir / LOCK_FILE).unlink()
+            run_dir.rmdir()
 
 
 def _last_logged_row(path: Path) -> dict[str, float]:

@@ -17,6 +17,9 @@ from entropyctl.config import ConfigError, apply_overrides, load_run_config, sug
         (["controller.tau=-1"], "--set controller.tau=-1: must be > 0"),
         (["trainer.devcies=2"], "--set trainer.devcies=2: unknown field; did you mean trainer.devices?"),
         (["trainer.max_steps=5"], "--set trainer.max_steps=5: unknown field; did you mean trainer.steps?"),
+        # a review's findings: pydantic's union internals (data.levels.list[int] ...), a range for no k
+        (["data.levels=2"], "--set data.levels=2: a list of levels, e.g. [2]"),
+        (["eval.ks=[]"], "--set eval.ks=[]: at least one k, e.g. [1]"),
     ],
 )
 def test_override_errors_name_the_override(overrides: list[str], message: str) -> None:

@@ -111,6 +111,13 @@ class DataConfig(_Section):
     weights: list[float] | None = Field(
         None, description="synthetic, reasoning_gym: mixture weight per level (None: uniform)."
     )
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels_is_a_collection(cls, value: Any) -> Any:
+        if isinstance(value, int | float | str) and not isinstance(value, bool):  # pydantic's union errors
+            raise ValueError(f"a list of levels, e.g. [{value}] (got {value!r})")
+        return value
     seed: int = Field(0, description="Seed of the problem streams (training prompts and the held-out split).")
     path: str | None = Field(None, description="file: the training set (.jsonl / .parquet).")
     eval_path: str | list[str] | None = Field(
@@ -630,8 +637,10 @@ class EvalConfig(_Section):
 
     @model_validator(mode="after")
     def _check_ks(self, info: ValidationInfo) -> EvalConfig:
+        if not self.ks:
+            raise ValueError("ks: at least one k, e.g. [1] (got [])")
         bad = [k for k in self.ks if k < 1 or k > self.n_samples]
-        if bad or not self.ks:
+        if bad:
             raise ValueError(f"ks: each k must be in [1, eval.n_samples = {self.n_samples}] (got {self.ks})")
         if self.temperature is not None and 0 < self.temperature < GREEDY_BELOW:
             raise ValueError(

@@ -118,6 +118,7 @@ class DataConfig(_Section):
         if isinstance(value, int | float | str) and not isinstance(value, bool):  # pydantic's union errors
             raise ValueError(f"a list of levels, e.g. [{value}] (got {value!r})")
         return value
+
     seed: int = Field(0, description="Seed of the problem streams (training prompts and the held-out split).")
     path: str | None = Field(None, description="file: the training set (.jsonl / .parquet).")
     eval_path: str | list[str] | None = Field(

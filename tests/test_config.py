@@ -258,6 +258,13 @@ def test_an_override_wins_over_either_spelling_and_one_config_may_not_hold_both(
         load_run_config(str(both), [])
     both.write_text("controller: {name: aer, tau: 0.3, anchor: {tau: 0.3}}\n")  # the same value: one option
     assert load_run_config(str(both), []).controller.anchor.tau == 0.3
+    # a part given by name keeps the flat keys that configure it; a part given as a mapping drops only
+    # the flat keys of the options it names (a review of the first version: both dropped them all)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("controller: {name: aer, update: additive, eta: 0.1, alpha_max: 0.2, tau: 0.5}\n")
+    update = load_run_config(str(flat), ["controller.update=log"]).controller.update
+    assert update.rule == "log" and update.eta == 0.1 and update.alpha_max == 0.2
+    assert load_run_config(str(flat), ["controller.anchor={mode: initial}"]).controller.anchor.tau == 0.5
 
 
 def test_load_yaml_and_its_errors(tmp_path: Path) -> None:

@@ -469,7 +469,7 @@ def test_the_kl_in_the_reward_and_the_update_read_each_model_once(tmp_path: Path
     """With the KL in the reward, the KL in the loss and several updates a step, the update reuses the
     KL pass's log-probs of π_old and π_ref: one no-grad forward of each model per micro-batch a step
     (two, before), and the same run as with a second pass, to the bit — the pass reads the update's own
-    micro-batches, so the first update's ratio is exactly 1 as before (a pass over another cut of the
+    micro-batches, so π_old is what the update's own pass gave before (a pass over another cut of the
     rows differed by rounding, which in bf16 came near GSPO's clip range)."""
     from types import MethodType
 

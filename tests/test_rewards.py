@@ -798,6 +798,9 @@ def test_the_reviews_false_positives_and_negatives(completion: str, gold: str, s
         ("The answer is \\[ (3, -2) \\]", "(3,-2)", "correct"),
         ("The answer is \\( x \\in (1, 2] \\).", "(1,2]", "correct"),
         ("The answer is \\( 2 (x+1) \\).", "2x+2", "correct"),
+        # two spans are not one around the whole answer (a review of the first fix: '1\\), \\(2' scored 0)
+        ("The answer is \\(1\\), \\(2\\).", "1, 2", "correct"),
+        ("The answer is \\(1\\) and \\(2\\).", "1, 2", "correct"),
         # kept as they were
         ("\\boxed{0,\\!100}", "100", "wrong"),  # a leading zero group is no thousands group
         ("\\boxed{2\\frac{3}{2}}", "3.5", "wrong"),  # an improper fraction: no mixed number
@@ -808,6 +811,12 @@ def test_the_reviews_false_positives_and_negatives(completion: str, gold: str, s
 )
 def test_the_second_reviews_false_negatives(completion: str, gold: str, status: str) -> None:
     assert check_answer(completion, gold, timeout=10).status == status
+
+
+def test_a_latex_line_break_is_no_math_opener() -> None:
+    """``\\\\[2pt]`` (a line break with its spacing) is not ``\\[``: the clause still ends at its break."""
+    assert extract_answer("The answer is \\\\[2pt] 5. Then \\] x") == "\\\\[2pt] 5"
+    assert extract_answer("The answer is $1$ and $2$.") == "$1$ and $2$"  # two spans: both kept
 
 
 def test_a_gsm8k_gold_never_reads_thousands_after_a_leading_zero() -> None:

@@ -76,6 +76,31 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_not_offered_a_resume(t
         prepare_run_dir(run_dir, resume=False, overwrite=False, log=print)
 
 
+def test_a_lock_file_removed_between_its_open_and_its_lock_is_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused run removes the folder it created while holding its lock; a process that opened the lock
+    file just before got the lock on a file no longer at the path once it was released (two holders once
+    a third recreated it): acquire checks that its file is still the one at the path."""
+    import fcntl
+
+    from entropyctl.trainer.run_dir import RunLock, RunLockedError
+
+    real = fcntl.flock
+
+    def removed_meanwhile(fd: int, op: int) -> None:
+        (tmp_path / "run.lock").unlink()  # the other process unlinks it after our open, before our lock
+        real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", removed_meanwhile)
+    with pytest.raises(RunLockedError, match="was removing this directory as it was opened; run again"):
+        RunLock(tmp_path).acquire()
+    monkeypatch.setattr(fcntl, "flock", real)
+    lock = RunLock(tmp_path).acquire()  # the next try takes a file at the path
+    assert lock.held
+    lock.release()
+
+
 def test_another_runs_checkpoint_is_not_continued_into_a_directory_holding_a_run(tmp_path: Path) -> None:
     """--resume A/checkpoints/last.ckpt --out B, B holding a run of its own: the resume skipped the reuse
     check, and B's metrics.csv held B's first steps then A's continuation under A's config."""

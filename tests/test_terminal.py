@@ -133,6 +133,7 @@ def test_a_skipped_step_is_read_alike_from_a_logged_row_and_a_written_one() -> N
     # last mini-batch without a gradient) and still have put a bonus on other mini-batches' tokens
     assert not step_skipped({"grad_norm": 0.0, "skipped": 0.0}) and step_skipped({"skipped": "1.0"})
     assert step_skipped({"grad_norm": "0.0", "skipped": ""})  # a resumed run's older rows: grad_norm
+    assert step_skipped({"grad_norm": 0.0, "skipped": math.nan})  # the same rows, as read_metrics reads them
     assert coefficient_acted({"grad_norm": "0.0", "skipped": "0.0", "coef_mean": "0.5"}) == 0.5
 
 

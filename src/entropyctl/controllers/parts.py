@@ -343,16 +343,17 @@ def _fields_of(part: str, variant: str) -> tuple[str, ...]:
 
 def drop_other_spelling(controller: dict[str, Any], path: Sequence[str]) -> None:
     """After an override has set ``path`` in a controller mapping, drop the other spelling of the same
-    option — the first release's flat ``tau`` against the nested ``anchor.tau`` (and a whole part
-    against its flat keys) — so that the override wins whichever form the config held."""
+    option — the first release's flat ``tau`` against the nested ``anchor.tau``, and a whole part given
+    as a mapping against the flat keys of the options it names — so that the override wins whichever
+    form the config held. A part given by name (``update: log``) keeps the flat keys that configure it."""
     if len(path) == 1 and path[0] in _FLAT_KEYS:
         part, inner = _FLAT_KEYS[path[0]]
         nested = controller.get(part)
         if isinstance(nested, dict):
             nested.pop(inner, None)
-    elif len(path) == 1 and path[0] in PART_TAGS:
-        for key, (part, _) in _FLAT_KEYS.items():
-            if part == path[0]:
+    elif len(path) == 1 and path[0] in PART_TAGS and isinstance(controller.get(path[0]), dict):
+        for key, spelled in _FLAT_KEYS.items():  # a whole part: the options it names (not a rule's name)
+            if spelled[0] == path[0] and spelled[1] in controller[path[0]]:
                 controller.pop(key, None)
     elif len(path) == 2:
         for key, spelled in _FLAT_KEYS.items():

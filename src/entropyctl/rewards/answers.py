@@ -191,7 +191,7 @@ def _first_clause(value: str) -> str:
         if i < skip_to:
             continue
         opener = value[i : i + 2]
-        if not in_math and opener in ("\\(", "\\["):
+        if not in_math and opener in ("\\(", "\\[") and value[i - 1 : i] != "\\":  # not \\[2pt]
             end = value.find(_INLINE_MATH_CLOSE[opener], i + 2)
             if end != -1:  # a delimited span is math: no clause breaks inside it
                 skip_to = end + 2
@@ -214,11 +214,11 @@ def _clean(answer: str) -> str:
     answer = answer.strip()
     for _ in range(2):
         answer = answer.strip().rstrip(".").strip()
-        if answer.startswith("$") and answer.endswith("$") and len(answer) >= 2:
-            answer = answer.strip("$")
-        for opener in ("\\(", "\\["):  # \( ... \) and \[ ... \] around the whole answer
+        if answer.startswith("$") and answer.endswith("$") and "$" not in answer.strip("$"):
+            answer = answer.strip("$")  # one span around it all, not the ends of two ($1$ and $2$)
+        for opener in ("\\(", "\\["):  # \( ... \) and \[ ... \] around the whole answer, one span
             closer = _INLINE_MATH_CLOSE[opener]
-            if answer.startswith(opener) and answer.endswith(closer) and len(answer) >= 4:
+            if answer.startswith(opener) and answer.find(closer, 2) == len(answer) - 2 >= 2:
                 answer = answer[2:-2].strip()
         answer = answer.strip("*").strip().lstrip(":：").strip()  # "**Answer:** 18**", "**Final Answer**: 18"
     boxed = last_boxed(answer)

@@ -372,8 +372,9 @@ def _vllm_missing_error(err: ImportError) -> ImportError:
 
 
 def _global_rng_states() -> tuple[Any, ...]:
-    """The global generators' states: torch's, CUDA's (None without CUDA), ``random``'s and NumPy's."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    """The global generators' states: torch's, CUDA's (None before CUDA is initialised), ``random``'s and
+    NumPy's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # never starts CUDA
     return torch.random.get_rng_state(), cuda, random.getstate(), np.random.get_state()
 
 

@@ -716,7 +716,7 @@ def run_training(
     rank0 = global_rank(config.trainer.devices) == 0
     if config.trainer.devices > 1:  # DDP children re-run the command line: they re-resolve the same directory
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-    created = not run_dir.exists()
+    created = _first_missing(run_dir)  # the outermost folder this call creates (None: none)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir).acquire() if rank0 else None  # DDP children run under rank 0's lock
     stop = StopSignals(grace_s=config.trainer.stop_grace_s)
@@ -748,21 +748,37 @@ def run_training(
     finally:
         stop.restore()
         if lock is not None:
-            if created:  # refused before it wrote anything (a bad --resume, a changed fingerprint): no trace
-                _remove_if_only_the_lock(run_dir)
+            if created is not None:  # refused before it wrote anything (a bad --resume...): no trace
+                _remove_if_only_the_lock(run_dir, created)
             lock.release()
         if rank0:
             os.environ.pop(RUN_DIR_ENV, None)
 
 
-def _remove_if_only_the_lock(run_dir: Path) -> None:
-    """Remove a run directory this call created when nothing but its lock file is in it — while the lock is
-    still held, so a process that opened the file before is refused as in use, and one that creates it
-    afresh after leaves the directory non-empty (then it stays)."""
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (None: ``path`` exists)."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_if_only_the_lock(run_dir: Path, created: Path) -> None:
+    """Remove a run directory this call created (and the parents it created, up to ``created``) when
+    nothing but its lock file is in it — while the lock is still held: a process that opened the file
+    before is refused as in use (or, once it is unlinked, by :meth:`RunLock.acquire`'s check that its
+    file is still the one at the path), and one that creates it afresh leaves the folder non-empty (it
+    then stays)."""
     with contextlib.suppress(OSError):
-        if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
-            (run_dir / LOCK_FILE).unlink()
-            run_dir.rmdir()
+        if [p.name for p in run_dir.iterdir()] != [LOCK_FILE]:
+            return
+        (run_dir / LOCK_FILE).unlink()
+        for folder in [run_dir, *run_dir.parents]:
+            folder.rmdir()  # an OSError (not empty: someone else's) ends the walk
+            if folder == created:
+                break
 
 
 def _last_logged_row(path: Path) -> dict[str, float]:

@@ -224,6 +224,16 @@ class RunLock:
                 f"{self.path.parent}: another {self.user} is using this directory ({_holder_text(info)}); "
                 "wait for it to end or use another --out"
             ) from None
+        try:  # the file may have been unlinked since it was opened (a refused run removing its new folder)
+            current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            current = False
+        if not current:
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.path.parent}: another {self.user} was removing this directory as it was opened; "
+                "run again"
+            )
         previous = self._read_fd(fd)
         if previous:
             self.stale = previous  # a file left behind with nobody holding the lock: its process is gone
@@ -879,7 +889,7 @@ def step_skipped(row: Mapping[str, str | float]) -> bool:
     as logged): its ``skipped`` column; in a row without one (a run written before it), ``grad_norm``
     exactly 0 — which a step that trained can also log, when its last mini-batch had no gradient."""
     skipped = row.get("skipped", "")
-    if skipped != "":
+    if skipped != "" and not math.isnan(float(skipped)):  # "" / NaN: a row written before the column
         return float(skipped) == 1.0
     grad_norm = row.get("grad_norm", "")
     return grad_norm != "" and float(grad_norm) == 0.0

@@ -120,12 +120,7 @@ def normalize_answer_field(value: Any, field: str) -> str | None:
         return None
     if field.rsplit(".", 1)[-1] == "solution" and "####" not in value and last_boxed(value) is None:
         return None  # a worked solution without a marked final answer
-    if last_boxed(value) is None and _BOX_COMMAND.search(value):
-        return None  # only empty boxes (``\\boxed{}``): no answer, not the box's text as one
     return gold_answer(value) or None
-
-
-_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
 
 _LEVEL_NUMBER = re.compile(r"-?\d+")

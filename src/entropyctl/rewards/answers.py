@@ -311,19 +311,23 @@ def extract_answer(text: str, *, last_number: bool = True) -> str | None:
     return None
 
 
+#: a box command (``\\boxed``, ``\\fbox``) whatever follows it
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 #: a plain number written with thousands separators: ``1,000`` / ``-12,345.5``
 _THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")  # never after a leading 0
 
 
 def gold_answer(gold: str) -> str:
     """The one normaliser of a reference (gold) answer, for the verifier and the dataset loaders alike:
-    the last ``\\boxed{}`` if any, else the text after the last ``####`` (GSM8K; thousands separators
-    dropped: ``2,000`` → ``2000``), else the text itself; a trailing period, surrounding ``$`` and
-    markdown bold are dropped. ``""`` when nothing is left."""
+    the last ``\\boxed{}`` if any (``""`` when every box is empty or unclosed), else the text after the
+    last ``####`` (GSM8K; thousands separators dropped: ``2,000`` → ``2000``), else the text itself; a
+    trailing period, surrounding ``$`` and markdown bold are dropped. ``""`` when nothing is left."""
     gold = gold.replace("\x00", "").strip()
     boxed = last_boxed(gold)
     if boxed is not None:
         return boxed.strip()
+    if _BOX_COMMAND.search(gold):
+        return ""  # only empty or unclosed boxes (``\\boxed{}``): no answer, not the box's text as one
     if "####" in gold:
         answer = _clean(gold.rsplit("####", 1)[1])
         return answer.replace(",", "") if _THOUSANDS.fullmatch(answer) else answer

@@ -114,7 +114,7 @@ _SCIENTIFIC = re.compile(r"[+-]?\d+(?:\.\d+)?\*10\^\(?[+-]?\d+\)?")
 def _plain_arithmetic(text: str) -> str:
     """``text`` with LaTeX arithmetic written plainly (``12 \\times 7``, ``2^{3}``, ``\\;12+7``, a
     ``\\text{...}`` unit dropped), for the "unevaluated arithmetic" rule."""
-    text = _TEXT_GROUP.sub("", _plain_equation(text.replace("\\left", "").replace("\\right", "")))
+    text = _TEXT_GROUP.sub("", _plain_equation(_LEFT_RIGHT.sub("", text)))
     return text.replace("{", "(").replace("}", ")")
 
 

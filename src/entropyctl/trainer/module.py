@@ -20,7 +20,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -507,14 +507,13 @@ class _Cut:
 class _KLPass:
     """The KL in the reward's pass over a step's responses, before its first update: each response's
     Σ_t (log π_old − log π_ref) (``sums``, ``[P·G]`` float64 on the CPU), read over the update's own
-    ``cut``, and the per-token log-probs it read there, per micro-batch (``policy``: π_old; ``ref``:
-    π_ref), which the update reuses instead of a second forward of either model — the same forwards of
-    the same micro-batches, so the same numbers to the bit."""
+    mini-batches (``rows``) and micro-batches (``micro``: each with π_old's log-probs as ``old`` and
+    π_ref's as ``ref``), which the update reuses instead of re-padding the rows and a second forward of
+    either model — the same forwards of the same micro-batches, so the same numbers to the bit."""
 
     sums: Tensor
-    cut: _Cut
-    policy: list[list[Tensor]]
-    ref: list[list[Tensor]]
+    rows: list[Tensor]
+    micro: list[list[_Micro]]
 
 
 @dataclass
@@ -998,29 +997,33 @@ class RLVRModule(pl.LightningModule):
         old log-probs are the current ones), one micro-batch at a time — ``kl_pass``'s, when it read them."""
         cfg = self.config
         M = cfg.algorithm.mini_batches
-        cut = kl_pass.cut if kl_pass is not None else self._cut(comp, step, rank)
-        local_tokens = torch.stack(
-            [(comp.response_mask[r].sum(1).float() * planned.seq_mask[r]).sum() for r in cut.rows]
-        ).to(torch.float64)
-        local_seqs = torch.stack([(planned.seq_mask[r] > 0).sum() for r in cut.rows]).to(torch.float64)
-        counts = all_reduce_sum(torch.cat([local_tokens, local_seqs]), self._reducer()).cpu()
         need_old = signal and cfg.algorithm.updates_per_batch > 1  # else the ratio is 1: no old log-probs
-        micro: list[list[_Micro]] = []
-        for m, pieces in enumerate(cut.pieces):
-            parts = []
-            for c, piece in enumerate(pieces):
-                sub = _select_rows(comp, piece, self.pad_id).to(self.device)
-                old = ref = None
-                if need_old:
+        need_ref = cfg.algorithm.kl_coef > 0
+        if kl_pass is not None:  # its micro-batches, with the log-probs this update uses
+            rows = kl_pass.rows
+            micro = [
+                [replace(p, old=p.old if need_old else None, ref=p.ref if need_ref else None) for p in parts]
+                for parts in kl_pass.micro
+            ]
+        else:
+            cut = self._cut(comp, step, rank)
+            rows, micro = cut.rows, []
+            for pieces in cut.pieces:
+                parts = []
+                for piece in pieces:
+                    sub = _select_rows(comp, piece, self.pad_id).to(self.device)
                     old = (
-                        kl_pass.policy[m][c]
-                        if kl_pass is not None
-                        else self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
+                        self._logprob_no_grad(self._forward_tokens(self.policy, sub, grad=False))
+                        if need_old
+                        else None
                     )
-                if cfg.algorithm.kl_coef > 0:
-                    ref = kl_pass.ref[m][c] if kl_pass is not None else self._reference_logprob(sub)
-                parts.append(_Micro(piece, sub, old, ref))
-            micro.append(parts)
+                    parts.append(_Micro(piece, sub, old, self._reference_logprob(sub) if need_ref else None))
+                micro.append(parts)
+        local_tokens = torch.stack(
+            [(comp.response_mask[r].sum(1).float() * planned.seq_mask[r]).sum() for r in rows]
+        ).to(torch.float64)
+        local_seqs = torch.stack([(planned.seq_mask[r] > 0).sum() for r in rows]).to(torch.float64)
+        counts = all_reduce_sum(torch.cat([local_tokens, local_seqs]), self._reducer()).cpu()
         return _MiniBatches(micro, counts[:M], counts[M:])
 
     def _micro_pieces(self, comp: Completions, rows: Tensor) -> list[Tensor]:
@@ -1076,17 +1079,15 @@ class RLVRModule(pl.LightningModule):
         if self.config.algorithm.kl_reward_coef == 0:
             return None
         cut = self._cut(comp, step, rank)
-        known = _KLPass(torch.zeros(comp.response_ids.shape[0], dtype=torch.float64), cut, [], [])
+        known = _KLPass(torch.zeros(comp.response_ids.shape[0], dtype=torch.float64), cut.rows, [])
         for pieces in cut.pieces:
-            known.policy.append([])
-            known.ref.append([])
+            known.micro.append([])
             for rows in pieces:
                 sub = _select_rows(comp, rows, self.pad_id).to(self.device)
                 fwd = self._forward_tokens(self.policy, sub, grad=False)
                 policy, ref = self._logprob_no_grad(fwd), self._reference_logprob(sub)
                 assert ref is not None  # built whenever kl_reward_coef > 0
-                known.policy[-1].append(policy)
-                known.ref[-1].append(ref)
+                known.micro[-1].append(_Micro(rows, sub, policy, ref))
                 k1 = (policy.double() - ref.double()).cpu()
                 known.sums.index_add_(0, rows[fwd.seq_index.to("cpu")], k1)
         return known

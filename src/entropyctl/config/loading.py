@@ -255,7 +255,9 @@ FOREIGN_NAMES = {
     "kl_loss_coef": "algorithm.kl_coef",
     "kl_loss_type": "algorithm.kl_estimator (verl's low_var_kl and k3, both clamped, are our low_var_kl; our k3 is "
     "TRL's, unclamped; verl's kl, mse and abs are our k1, k2 and abs)",
-    "kl_ctrl": "algorithm.kl_reward_coef (kl_ctrl.kl_coef, a fixed coefficient; the adaptive kl_ctrl is not built)",
+    "kl_ctrl": "algorithm.kl_reward_coef (kl_ctrl.kl_coef); type adaptive: algorithm.kl_reward_target "
+    "(kl_ctrl.target_kl) and algorithm.kl_reward_horizon (kl_ctrl.horizon)",
+    "target_kl": "algorithm.kl_reward_target (with algorithm.kl_reward_coef above 0)",
     "use_kl_in_reward": "algorithm.kl_reward_coef (above 0; the loss term is algorithm.kl_coef)",
     "kl_penalty": "algorithm.kl_reward_coef (the KL in the reward is k1 here, verl's kl_penalty: kl; the loss "
     "term's estimator is algorithm.kl_estimator)",
@@ -324,6 +326,8 @@ FOREIGN_NAMES = {
     "init_kl_coef": "algorithm.kl_reward_coef (the nearest to OpenRLHF's KL in the reward, which adds its KL per "
     "token after the group normalisation, with returns to go: not the same update; with its --use_kl_loss, "
     "algorithm.kl_coef)",
+    "kl_target": "algorithm.kl_reward_target (the adaptive β_r of the KL in the reward)",
+    "kl_horizon": "algorithm.kl_reward_horizon",
     "max_epochs": "algorithm.ppo_epochs",
     "overlong_buffer_len": "rollout.overlong_buffer (with rollout.overlong: penalty)",
     "micro_train_batch_size": "algorithm.micro_batch_size",

@@ -467,6 +467,22 @@ class AlgorithmConfig(_Section):
         "in the accuracy the controller reads, dynamic sampling's all-equal test or skip_no_signal's. "
         "Independent of kl_coef (the loss term).",
     )
+    kl_reward_target: float | None = Field(
+        None,
+        gt=0,
+        description="An adaptive β_r (Ziegler et al. 2019; verl's kl_ctrl.type: adaptive with kl_ctrl.target_kl, "
+        "OpenRLHF's kl_target): after each step β_r ← β_r · (1 + clip(KL / target − 1, −0.2, 0.2) · N / "
+        "kl_reward_horizon), KL the step's mean over its responses of each response's per-token mean k1 "
+        "(metrics column kl_reward_token_mean), N the step's responses on all processes; kl_reward_coef is "
+        "β_r's start. null: β_r stays kl_reward_coef (verl's kl_ctrl.type: fixed).",
+    )
+    kl_reward_horizon: int = Field(
+        10000,
+        ge=1,
+        description="The adaptive β_r's horizon (kl_reward_target; verl's kl_ctrl.horizon, OpenRLHF's "
+        "kl_horizon): β_r moves by at most 20 % · N / horizon a step, N the step's responses. Read only "
+        "with kl_reward_target.",
+    )
     kl_estimator: Literal["k3", "low_var_kl", "k1", "k2", "abs"] = Field(
         "k3",
         description="The per-token KL estimate, r = ref − logp: k3 = exp(r) − r − 1, unbounded (TRL's); "
@@ -697,10 +713,33 @@ def _check_section_values(config: RunConfig) -> list[str]:
             problems.append(f"data.levels: unknown level(s) {unknown}; available levels: {known}")
         elif len(set(d.levels)) != len(d.levels):
             problems.append(f"data.levels: each level at most once (got {d.levels})")
+    problems += _check_kl_reward(config)
     problems += _check_data_options(d)
     problems += _check_reward(r)
     problems += _check_engine_options(config.rollout)
     return problems
+
+
+def _check_kl_reward(config: RunConfig) -> list[str]:
+    """The adaptive KL in the reward's settings that could not work: a start of 0 (β_r · anything stays
+    0) and a horizon so short that one step's factor 1 − 0.2 · N / horizon could reach 0 (N the step's
+    responses on one process here; the trainer checks the whole world's at its start)."""
+    a, rollout = config.algorithm, config.rollout
+    if a.kl_reward_target is None:
+        return []
+    if a.kl_reward_coef == 0:
+        return [
+            "algorithm.kl_reward_target: the adaptive β_r starts at algorithm.kl_reward_coef and scales it, so "
+            "from 0 it stays 0; set algorithm.kl_reward_coef above 0 (verl's kl_ctrl.kl_coef, e.g. 0.001)"
+        ]
+    responses = rollout.prompts_per_step * rollout.group_size
+    if responses >= 5 * a.kl_reward_horizon:
+        return [
+            f"algorithm.kl_reward_horizon: must exceed the step's responses / 5 ({responses} responses a "
+            "process: a step's factor 1 − 0.2 · responses / horizon would reach 0 or below; got "
+            f"{a.kl_reward_horizon})"
+        ]
+    return []
 
 
 def _check_engine_options(rollout: RolloutConfig) -> list[str]:
@@ -1016,6 +1055,8 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.dual_clip": None,
     "algorithm.kl_estimator": "k3",
     "algorithm.kl_reward_coef": 0.0,
+    "algorithm.kl_reward_target": None,
+    "algorithm.kl_reward_horizon": 10000,
     "eval.top_p": None,
     "rollout.overlong_penalty_factor": 1.0,
     "eval.top_k": None,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from entropyctl.trainer.phases import (
     StepResult,
     TokenForward,
     Updated,
+    adapted_kl_coef,
     local_sums,
     metrics_row,
     observe,
@@ -592,6 +593,7 @@ class RLVRModule(pl.LightningModule):
         #: this rank's own per-step numbers before any collective (checks of the multi-process path)
         self.local_history: list[dict[str, Any]] = []
         self._micro_cuts: list[dict[str, list[int]]] = []  # this step's (_micro_pieces_all: cut, run)
+        self.kl_reward_beta = float(config.algorithm.kl_reward_coef)  # the step's β_r (_adapt_kl_reward)
         self._reference: _Frozen | None = None
         #: a LoRA run's KL reference is its base model: the policy with its adapters off (no copy)
         a = config.algorithm
@@ -669,6 +671,7 @@ class RLVRModule(pl.LightningModule):
             "step": self.rlvr_step,
             "sampler": self.sampler.state_dict(),
             "eval_results": self.eval_results,
+            "kl_reward_coef": self.kl_reward_beta,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -680,6 +683,8 @@ class RLVRModule(pl.LightningModule):
         if "sampler" in state:
             self.sampler.load_state_dict(state["sampler"])
         self.eval_results = dict(state.get("eval_results", {}))
+        if self.config.algorithm.kl_reward_target is not None and "kl_reward_coef" in state:
+            self.kl_reward_beta = float(state["kl_reward_coef"])  # the adaptive β_r where it was
         self._resumed = True  # the optimizer's settings are the config's once Lightning restored it
 
     def _optim_settings_over(self) -> None:
@@ -709,6 +714,14 @@ class RLVRModule(pl.LightningModule):
             self._reference.module.to(device=self.device, dtype=dtype)
 
     def on_train_start(self) -> None:
+        a, r = self.config.algorithm, self.config.rollout
+        responses = r.prompts_per_step * r.group_size * self._world()[1]
+        if a.kl_reward_target is not None and responses >= 5 * a.kl_reward_horizon:
+            raise ValueError(
+                f"algorithm.kl_reward_horizon: must exceed a step's responses on all processes / 5 ({responses}: "
+                "a step's factor 1 − 0.2 · responses / horizon would reach 0 or below; got "
+                f"{a.kl_reward_horizon})"
+            )
         if self._resumed:
             self._optim_settings_over()
         rank, _ = self._world()
@@ -1289,6 +1302,7 @@ class RLVRModule(pl.LightningModule):
             self.config.reward.shaping_labels(),
         )
         # data.order: epochs: the passes over the training rows read by the end of this step (NaN: random)
+        row["kl_reward_coef"] = self.kl_reward_beta if self.config.algorithm.kl_reward_coef > 0 else math.nan
         row["data_epoch"] = self.sampler.epoch_of(
             step, self.config.rollout.prompts_per_step, self._world()[1]
         )
@@ -1349,7 +1363,7 @@ class RLVRModule(pl.LightningModule):
             baseline=cfg.algorithm.advantage_baseline,
             reduce=lambda t: all_reduce_sum(t, self._reducer()),
             shaping_weights=[s.weight for s in cfg.reward.shaping],
-            kl_reward_coef=cfg.algorithm.kl_reward_coef,
+            kl_reward_coef=self.kl_reward_beta,
         )
         planned = plan_groups(self.controller, scored, step, mask_overlong=cfg.rollout.overlong == "mask")
         t_update = time.perf_counter()
@@ -1359,6 +1373,7 @@ class RLVRModule(pl.LightningModule):
         reading = observe(self.controller, updated.stats, self._reducer(), step)
         self.rlvr_step = step
         row = self.log_step(step, collected, scored, updated, reading, timers)
+        self._adapt_kl_reward(row, collected.rewards.numel())
         every = cfg.trainer.completions_every
         if rank == 0 and self.completions_writer is not None and every and (step == 1 or step % every == 0):
             self.completions_writer.write(self.completion_rows(step, collected, scored))
@@ -1366,6 +1381,21 @@ class RLVRModule(pl.LightningModule):
         if cfg.eval.every and step % cfg.eval.every == 0 and (step < cfg.trainer.steps or not cfg.eval.after):
             self.eval_results[f"step_{step}"] = self.evaluate_heldout(f"step_{step}")
         return {"step": StepResult(step, collected, scored, planned, reading, row)}
+
+    def _adapt_kl_reward(self, row: Mapping[str, Any], local_responses: int) -> None:
+        """The adaptive β_r's step (``algorithm.kl_reward_target``) from the row's global reading: every
+        process reads the same row, so β_r stays the same on all of them."""
+        a = self.config.algorithm
+        if a.kl_reward_target is None:
+            return
+        responses = local_responses * self._world()[1]
+        self.kl_reward_beta = adapted_kl_coef(
+            self.kl_reward_beta,
+            float(row["kl_reward_token_mean"]),
+            a.kl_reward_target,
+            responses,
+            a.kl_reward_horizon,
+        )
 
     def completion_rows(self, step: int, collected: Collected, scored: Scored) -> list[dict[str, Any]]:
         """One ``completions.jsonl`` row per rollout of this rank's step (prompt-major)."""

@@ -268,6 +268,7 @@ LOCAL_SUMS = (
     "parse_error",
     "timeout",
     "kl_reward",
+    "kl_reward_token",
 )
 
 
@@ -293,6 +294,7 @@ def local_sums(
         float(reward_metrics.get("parse_error", 0)),
         float(reward_metrics.get("timeout", 0)),
         math.nan if collected.kl_sums is None else float(collected.kl_sums.sum()),
+        math.nan if collected.kl_sums is None else _token_mean_kl_sum(collected.kl_sums, scored.lengths),
     ]
     for level in levels:
         sel = scored.levels == level
@@ -300,6 +302,23 @@ def local_sums(
     if collected.shaping is not None:
         local += [float(v) for v in collected.shaping.double().sum((0, 1))]
     return local
+
+
+def _token_mean_kl_sum(kl_sums: Tensor, lengths: Tensor) -> float:
+    """Σ over responses of each one's per-token mean k1, Σ_t (log π_old − log π_ref) / its tokens (an empty
+    response's 0), the sum whose mean over the step's responses the adaptive β_r reads (verl's current_kl)."""
+    return float((kl_sums.double() / lengths.double().clamp(min=1).reshape(kl_sums.shape)).sum())
+
+
+def adapted_kl_coef(beta: float, kl: float, target: float, responses: float, horizon: int) -> float:
+    """β_r after one step of the adaptive KL controller (Ziegler et al. 2019, as verl's kl_ctrl.type
+    adaptive and OpenRLHF's kl_target run it): β_r · (1 + clip(kl / target − 1, −0.2, 0.2) · responses /
+    horizon), ``kl`` the step's mean per-token KL over its ``responses``. A reading that is not finite
+    leaves β_r as it is."""
+    if not math.isfinite(kl):
+        return beta
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return beta * (1.0 + error * responses / horizon)
 
 
 def _mismatch_means(g: Mapping[str, float]) -> dict[str, float]:
@@ -347,6 +366,8 @@ def metrics_row(
         "kl_loss": g["kl"],
         # algorithm.kl_reward_coef: the mean over responses of Σ_t (log π_old − log π_ref) (NaN when off)
         "kl_reward": g["kl_reward"] / n,
+        # the mean over responses of each one's per-token mean k1 (algorithm.kl_reward_target reads it)
+        "kl_reward_token_mean": g["kl_reward_token"] / n,
         # algorithm.rollout_correction: token means over the loss's tokens of every rank (NaN when off)
         **_mismatch_means(g),
         "grad_norm": updated.grad_norm,

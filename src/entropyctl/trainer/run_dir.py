@@ -742,6 +742,8 @@ def metric_columns(
         "entropy_loss",
         "kl_loss",
         "kl_reward",
+        "kl_reward_token_mean",
+        "kl_reward_coef",
         "sampler_kl",
         "sampler_logp_diff",
         "is_weight_mean",

@@ -282,6 +282,13 @@ def accumulate_param_grads(
         grad_b.add_(dz.sum(0))
 
 
+def fp16_autocast(device: torch.device) -> bool:
+    """Whether float16 autocast is on for ``device`` (``trainer.precision: 16-mixed``): a gradient taken in
+    a forward, before the loss scaler's factor reaches it, must then be taken outside autocast, or its
+    small entries underflow in float16."""
+    return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16
+
+
 def _cast(grad: Tensor | None, like: Tensor | None) -> Tensor | None:
     if grad is None or like is None:
         return grad

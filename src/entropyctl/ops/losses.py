@@ -62,6 +62,7 @@ forward, with no logits recomputed in backward.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,7 @@ from entropyctl.ops.entropy import (
     chunk_logits,
     chunk_stats,
     default_chunk_size,
+    fp16_autocast,
     fused_logprob_entropy,
 )
 from entropyctl.ops.token_selection import TokenAction
@@ -507,7 +509,11 @@ class _FusedPolicyLoss(torch.autograd.Function):
         logprob = torch.empty(n, dtype=cdtype, device=hidden.device)
         entropy = torch.empty(n, dtype=cdtype, device=hidden.device)
         need_h, need_w, need_b = need_grad
-        grad_h = torch.empty_like(hidden) if need_h else None
+        # under float16 autocast this gradient, taken before the loss scaler's factor, leaves autocast and
+        # is held in fp32: its ~1/N entries underflowed in fp16 (bf16 has fp32's range and stays as it is)
+        exact = fp16_autocast(hidden.device)
+        h_dtype = cdtype if exact else hidden.dtype
+        grad_h = torch.empty(hidden.shape, dtype=h_dtype, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=cdtype, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=cdtype, device=weight.device) if need_b else None
         any_grad = need_h or need_w or need_b
@@ -537,14 +543,17 @@ class _FusedPolicyLoss(torch.autograd.Function):
                     g_lp, g_H = _grads_of(lp, part, acts, N, bounds)  # type: ignore[arg-type]
                 skip_H = not bool(torch.any(g_H != 0))
                 dz = chunk_dlogits(p_log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
-                accumulate_param_grads(dz, h, weight, grad_h, grad_w, grad_b, start, end)
+                with torch.autocast(hidden.device.type, enabled=False) if exact else contextlib.nullcontext():
+                    h_in, w_in = (h.to(cdtype), weight.to(cdtype)) if exact else (h, weight)
+                    accumulate_param_grads(dz, h_in, w_in, grad_h, grad_w, grad_b, start, end)
                 del dz
             del z, p_log_p, p
         # Saved like activations, so autograd frees them after backward (unless retain_graph).
+        ctx.param_dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.save_for_backward(
             grad_h,
-            None if grad_w is None else grad_w.to(weight.dtype),
-            None if grad_b is None or bias is None else grad_b.to(bias.dtype),
+            None if grad_w is None else grad_w.to(cdtype if exact else weight.dtype),
+            None if grad_b is None or bias is None else grad_b.to(cdtype if exact else bias.dtype),
         )
         ctx.mark_non_differentiable(logprob, entropy)
         # The loss value itself comes from the reference formula on the per-token values (cheap,
@@ -559,7 +568,8 @@ class _FusedPolicyLoss(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = g_loss.reshape(())
-        out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
+        grads = zip((grad_h, grad_w, grad_b), ctx.param_dtypes, strict=True)
+        out = [None if g is None else (g * scale.to(g.dtype)).to(dtype) for g, dtype in grads]
         return (*out, None, None, None, None, None, None, None, None, None, None, None, None)
 
 

@@ -395,3 +395,13 @@ def test_a_chunk_keeps_no_chunk_by_vocab_buffer_into_the_next(monkeypatch: pytes
     with torch.no_grad():
         fused_logprob_entropy(hidden, weight, torch.randint(0, 9, (12,), generator=g), chunk_size=4)
     assert held_at_each_chunk == [0, 0, 0]
+
+
+def test_fused_path_refuses_targets_shaped_unlike_the_hidden_rows() -> None:
+    """hidden [2, 3, d] with targets [3, 2] held as many tokens, so the fused path paired each token with
+    another row's hidden state and returned [3, 2]; the reference refuses such a pair, and so does it."""
+    hidden, weight = torch.randn(2, 3, 4), torch.randn(7, 4)
+    with pytest.raises(ValueError, match="disagree"):
+        fused_logprob_entropy(hidden, weight, torch.zeros(3, 2, dtype=torch.long))
+    logprob, _ = fused_logprob_entropy(hidden, weight, torch.zeros(2, 3, dtype=torch.long))
+    assert logprob.shape == (2, 3)

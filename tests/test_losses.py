@@ -820,3 +820,22 @@ def test_fused_gradient_under_fp16_autocast_is_as_accurate_as_the_reference() ->
     assert error(fused_h, true_h) <= error(ref_h, true_h)
     assert error(fused_w, true_w) <= error(ref_w, true_w)
     assert int((fused_h == 0).sum()) == 0
+
+
+def test_the_reference_loss_takes_its_other_inputs_as_constants() -> None:
+    """policy_loss detaches the old and reference log-probs, advantages and coefficients, as the fused
+    path does: an old log-prob passed with logprob's graph (the first update's natural call) gave a ratio
+    ≡ 1 whose gradient cancelled to exactly 0."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 5, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 5, (6,), generator=gen)
+    lp, ent = token_logprob_entropy(logits, targets)
+    adv, mask = torch.randn(6, generator=gen), torch.ones(6)
+    attached = policy_loss(lp, ent, lp, adv, 0.0, mask, 0.2, 0.2, ref_logprob=lp, kl_coef=0.1)
+    (g_attached,) = torch.autograd.grad(attached.loss, logits, retain_graph=True)
+    detached = policy_loss(
+        lp, ent, lp.detach(), adv, 0.0, mask, 0.2, 0.2, ref_logprob=lp.detach(), kl_coef=0.1
+    )
+    (g_detached,) = torch.autograd.grad(detached.loss, logits)
+    assert float(g_detached.abs().max()) > 0.01
+    torch.testing.assert_close(g_attached, g_detached, rtol=0, atol=0)

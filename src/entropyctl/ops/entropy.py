@@ -323,6 +323,13 @@ def fused_logprob_entropy(
     """
     t = _check_temperature(temperature)
     lead = targets.shape
+    if hidden.shape[:-1] != lead and not (
+        hidden.dim() == 2 and targets.dim() == 1
+    ):  # [N, d] / [N]: _validate
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} and targets {tuple(lead)} disagree: "
+            "expected hidden [..., d] with targets [...]"
+        )
     hidden2 = hidden.reshape(-1, hidden.shape[-1]) if hidden.dim() != 2 else hidden
     targets1 = targets.reshape(-1)
     if chunk_size is None:

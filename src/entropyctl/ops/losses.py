@@ -305,6 +305,12 @@ def _clipped_surrogate(
     return surrogate if w is None else surrogate * w
 
 
+def _constants(old: Tensor, advantages: Tensor, ref: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The loss's inputs besides logprob and entropy, detached, as the fused path takes them (an old
+    log-prob still on logprob's graph made ρ ≡ 1 and the gradient exactly 0)."""
+    return old.detach(), advantages.detach(), None if ref is None else ref.detach()
+
+
 def policy_loss(
     logprob: Tensor,
     entropy: Tensor,
@@ -334,7 +340,8 @@ def policy_loss(
     n_tok = logprob.shape[0] if logprob.dim() == 1 else -1
     if logprob.dim() != 1:
         raise ValueError(f"logprob must be [N], got {tuple(logprob.shape)}")
-    coef_t = torch.as_tensor(coef, dtype=logprob.dtype, device=logprob.device)
+    coef_t = torch.as_tensor(coef, dtype=logprob.dtype, device=logprob.device).detach()
+    old_logprob, advantages, ref_logprob = _constants(old_logprob, advantages, ref_logprob)
     _check_token_tensors(
         n_tok,
         entropy=entropy,

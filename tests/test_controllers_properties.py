@@ -59,6 +59,13 @@ def update_configs(draw: st.DrawFn, rule: str | None = None) -> dict[str, Any]:
             linear=draw(st.sampled_from([0.0, 0.05]) | st.floats(0.0, 10.0)),
             linear_on=draw(st.sampled_from(["both", "climb", "low_climb"])),
         )
+        # options that shape another only with it (refused alone), conditional only below TREND_FAST
+        if update["climb_boost"] == 0.0:
+            update.update(climb_from=0.0, climb_after=0)
+        if update["linear"] == 0.0:
+            update["linear_on"] = "both"
+        if update["smoothing"] >= 0.95:
+            update["conditional"] = False
         if update["rearm_at_target"] and draw(st.booleans()):
             update["rearm_alpha"] = draw(st.floats(alpha_min, alpha_max))
     elif rule in ("additive", "log"):

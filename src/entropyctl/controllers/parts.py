@@ -60,6 +60,10 @@ class _Bounds(_Part):
         return self
 
 
+#: The weight of the 20-step average F_t of the readings (``hold_on_approach``, ``conditional``).
+TREND_FAST = 0.95
+
+
 class RelativeUpdate(_Bounds):
     """``relative`` (the default): a multiplicative step on the relative error of a smoothed reading,
 
@@ -193,6 +197,25 @@ class RelativeUpdate(_Bounds):
             "more gently: a strong-gain plant is not kicked above the band by a full α_0."
         ),
     )
+
+    @model_validator(mode="after")
+    def _check_companions(self) -> RelativeUpdate:
+        """Options that only shape another option are refused without it (they would do nothing)."""
+        alone = [
+            ("climb_from", self.climb_from != 0.0, "climb_boost above 0", self.climb_boost > 0.0),
+            ("climb_after", self.climb_after != 0, "climb_boost above 0", self.climb_boost > 0.0),
+            ("linear_on", self.linear_on != "both", "linear above 0", self.linear > 0.0),
+        ]
+        for name, given, needs, present in alone:
+            if given and not present:
+                raise ValueError(f"{name}: acts only with {needs} (set it, or drop {name})")
+        if self.conditional and self.smoothing >= TREND_FAST:
+            raise ValueError(
+                f"conditional: compares the smoothed reading (smoothing {self.smoothing}) with the 20-step "
+                f"average (weight {TREND_FAST}), so it needs smoothing below {TREND_FAST}: at {TREND_FAST} "
+                "the two are the same and it does nothing, above it the test is reversed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_rearm(self) -> RelativeUpdate:
@@ -380,6 +403,8 @@ def _flat_into_nested(
                 f"one ({part}.{inner} is the current form)"
             )
             continue
+        if inner not in fields and fields and value == _FLAT_DEFAULTS[key]:
+            continue  # the first release wrote every field: its default is no choice (as by name)
         if inner not in fields and fields:
             options = ", ".join(f for f in fields if f != tag) or "no options"
             errors.append(

@@ -12,6 +12,7 @@ names both owners (``module.Class`` of each).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pydantic_core import core_schema
 
 from entropyctl.controllers.base import EntropyController
 from entropyctl.controllers.config import ControllerConfig
-from entropyctl.controllers.parts import PART_VARIANTS
+from entropyctl.controllers.parts import PART_VARIANTS, drop_other_spelling
 from entropyctl.validation import ConfigError, format_validation_error
 
 __all__ = [
@@ -228,7 +229,9 @@ def create_controller(
         elif isinstance(config, str):
             base = {"name": config}
         else:
-            base = dict(config)
+            base = copy.deepcopy(dict(config))
+        for key in overrides:  # an override wins over the other spelling of its option, as --set's does
+            drop_other_spelling(base, key.split("."))
         config = {**base, **overrides}
     parsed = parse_controller_config(config)
     return get_controller_class(parsed.name)(parsed)

@@ -82,9 +82,11 @@ from entropyctl.controllers.base import (
 )
 from entropyctl.controllers.config import ControllerConfig, NonNegativeFloat, PositiveFloat
 from entropyctl.controllers.parts import (
+    TREND_FAST,
     Anchor,
     DynamicUpdate,
     InitialAnchor,
+    LogUpdate,
     NoUpdate,
     RelativeUpdate,
     _Bounds,
@@ -105,7 +107,6 @@ __all__ = [
 #: max(alpha_min, LOG_ALPHA_FLOOR). (The additive and sign rules keep updating from α = 0.)
 LOG_ALPHA_FLOOR = 1e-6
 #: The two averages that tell whether the entropy is still falling (``hold_on_approach``).
-TREND_FAST = 0.95
 TREND_SLOW = 0.99
 #: The first approach ends when F_t is within this fraction above H*.
 APPROACH_BAND = 0.2
@@ -156,6 +157,20 @@ class _AdaptiveConfig(ControllerConfig):
         if isinstance(update, _Bounds):
             return float(update.alpha_min), float(update.alpha_max)
         return float(self.alpha_0), float(self.alpha_0)
+
+    @property
+    def alpha_reading_bounds(self) -> tuple[float, float] | None:
+        """The bounds α can reach, for the α-at-a-bound readings (controllers.band): None where α does
+        not move; the ``log`` rule's floor is max(alpha_min, LOG_ALPHA_FLOOR)."""
+        update = self.update
+        if not isinstance(update, _Bounds):
+            return None
+        low = (
+            max(float(update.alpha_min), LOG_ALPHA_FLOOR)
+            if isinstance(update, LogUpdate)
+            else update.alpha_min
+        )
+        return float(low), float(update.alpha_max)
 
     @model_validator(mode="after")
     def _check_alpha_0(self) -> _AdaptiveConfig:
@@ -375,7 +390,7 @@ class TargetController(EntropyController):
             stepped = max(stepped, min(integral, float(self.config.alpha_0)))
         if update.conditional and self._moving_toward(error, smoothed):
             stepped = min(max(integral, low), high)  # the entropy is already on its way: I holds
-        if error < 0.0 and -error <= float(update.release_band):
+        if error < 0.0 and -relative_error(target, smoothed) <= float(update.release_band):  # unclipped
             stepped = max(stepped, integral)  # within the dead band above H*: not lowered
         self.integral = stepped
         self.alpha = relative_step(

@@ -58,6 +58,7 @@ from entropyctl.config import (
     parse_controller_config,
 )
 from entropyctl.config.loading import switch_variants
+from entropyctl.controllers.parts import drop_other_spelling
 from entropyctl.trainer.run_dir import PARENT_ENV, RunLock, existing_run_files, write_json_atomic
 from entropyctl.validation import first_repeated
 
@@ -275,6 +276,8 @@ def resolve_arm_config(base: Mapping[str, Any], arm: Arm, seed: int) -> dict[str
         if target in VARIANT_KEYS:
             drop_other_variant(config, target, value)
         _set_dotted(config, target, value, f"arm {arm.label!r}")
+        if target.startswith("controller.") and isinstance(config.get("controller"), dict):
+            drop_other_spelling(config["controller"], target.split(".")[1:])  # as --set: the arm's key wins
     config[SEED_KEY] = seed
     try:
         config["controller"] = parse_controller_config(config["controller"]).model_dump(mode="json")

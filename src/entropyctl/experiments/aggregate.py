@@ -446,7 +446,7 @@ def _alpha_bounds(run: RunRecord) -> tuple[float, float] | None:
         controller = parse_controller_config(run.config.get("controller"))
     except ConfigError:
         return None
-    bounds = getattr(controller, "alpha_bounds", None)
+    bounds = getattr(controller, "alpha_reading_bounds", None)
     return (float(bounds[0]), float(bounds[1])) if bounds is not None else None
 
 

@@ -1009,7 +1009,7 @@ class _Run:
             }
         )
         band = read_band_health(
-            self.run_dir / "metrics.csv", getattr(self.config.controller, "alpha_bounds", None)
+            self.run_dir / "metrics.csv", getattr(self.config.controller, "alpha_reading_bounds", None)
         )
         if band is not None:
             summary["band"] = band.as_dict()

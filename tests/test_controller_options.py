@@ -11,7 +11,7 @@ import pytest
 
 from entropyctl import EntropyReading, create_controller
 from entropyctl.config import AERConfig, ConfigError, load_yaml
-TREND_FAST = 0.95  # entropyctl.controllers.parts.TREND_FAST
+from entropyctl.controllers.parts import TREND_FAST
 from entropyctl.controllers.registry import parse_controller_config
 from entropyctl.controllers.target import LOG_ALPHA_FLOOR
 from entropyctl.experiments.ablate import parse_arm, resolve_arm_config

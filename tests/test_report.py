@@ -378,3 +378,23 @@ def test_before_rl_is_one_line_only_when_every_arm_shares_it(tmp_path: Path) -> 
     text = (tmp_path / "runs" / "report.md").read_text()
     assert "shared warm-start checkpoint" not in text
     assert "Before RL the arms' evaluations differ" in text and "`b` pass@1 = 0.125" in text
+
+
+def test_the_per_level_tables_give_each_arms_before_row_when_warm_starts_differ(tmp_path: Path) -> None:
+    """The per-level tables' 'before RL' row was the first arm's even when the arms' warm starts were
+    evaluated apart and differ (the summary line said so; the row did not)."""
+    for name in ("a", "b"):
+        write_fake_run(
+            tmp_path / "runs" / name, controller="aer", seed=0, entropy_curve=np.linspace(1, 0.5, 8),
+            alpha=None, pass1=0.5, pass8=0.9, h0=None,
+        )  # fmt: skip
+    write_report(tmp_path / "runs")
+    shared = (tmp_path / "runs" / "report.md").read_text()
+    assert "| before RL |" in shared and "before RL (`" not in shared
+    summary = json.loads((tmp_path / "runs" / "b" / "summary.json").read_text())
+    summary["before"]["by_level"]["1"]["pass@1"] = 0.0625
+    (tmp_path / "runs" / "b" / "summary.json").write_text(json.dumps(summary))
+    write_report(tmp_path / "runs")
+    text = (tmp_path / "runs" / "report.md").read_text()
+    assert "| before RL (`a`) | 0.500 |" in text and "| before RL (`b`) | 0.062 |" in text
+    assert "| before RL |" not in text

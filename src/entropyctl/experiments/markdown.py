@@ -174,11 +174,13 @@ def _md_per_group(
             ]
             for a in arms
         ]
-        before: dict[str, Any] = next(
-            (a.numbers[f"before_{field}"] for a in arms if a.numbers.get(f"before_{field}")), {}
-        )
-        if before:
-            rows.append(["before RL", *[_fmt(before.get(name, {}).get(key)) for name in names]])
+        befores = [(a.arm, a.numbers[f"before_{field}"]) for a in arms if a.numbers.get(f"before_{field}")]
+        if len({repr(before) for _, before in befores}) > 1:  # warm starts differ: each arm's own row
+            labelled = [(f"before RL (`{arm}`)", before) for arm, before in befores]
+        else:
+            labelled = [("before RL", before) for _, before in befores[:1]]
+        for label, before in labelled:
+            rows.append([label, *[_fmt(before.get(name, {}).get(key)) for name in names]])
         header = [f"level {name}" if field == "by_level" else f"`{name}`" for name in names]
         lines += [_table(["arm", *header], rows), ""]
     return lines

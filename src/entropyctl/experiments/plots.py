@@ -176,6 +176,8 @@ def _plot_pass_at_k(canvas: _Canvas) -> None:
     # 4. pass@k curves on the held-out split after training (and the shared warm start before).
     fig, ax = plt.subplots(figsize=(6, 4), dpi=80)
     plotted_before = False
+    # one dashed line when the arms share their warm start's evaluation; else each arm's, in its colour
+    shared = len({repr(a.numbers.get("before")) for a in arms if a.numbers.get("before")}) <= 1
     for i, arm in enumerate(arms):
         ks = sorted(
             int(key.split("@")[1]) for key, s in arm.numbers["after"].items() if s["mean"] is not None
@@ -195,12 +197,13 @@ def _plot_pass_at_k(canvas: _Canvas) -> None:
             capsize=2,
             linewidth=1.2,
         )
-        if not plotted_before:
+        if not (shared and plotted_before):
             before = [arm.numbers["before"].get(f"pass@{k}", {}).get("mean") for k in ks]
             if all(b is not None for b in before):
-                ax.plot(
-                    ks, before, color="black", linestyle="--", label="before RL (warm start)", linewidth=1
+                color, label = (
+                    ("black", "before RL (warm start)") if shared else (colors(i), f"{arm.arm}, before RL")
                 )
+                ax.plot(ks, before, color=color, linestyle="--", label=label, linewidth=1)
                 plotted_before = True
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k")

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from settling import BAND_TAU, finished_runs, logged_target  # noqa: E402
 
-from entropyctl.controllers.band import HALF_WIDTH, read_band  # noqa: E402
+from entropyctl.controllers.band import HALF_WIDTH, WINDOW, read_band  # noqa: E402
 from entropyctl.experiments.stats import mean_std  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def split_misses(
 ) -> dict[str, Any]:
     """The shares of the steps from the first in-band one that are in band, below it, above it within
     ``lookback`` steps of α ≥ ``acting``, and above it otherwise; all None when the band is never reached."""
-    band = read_band(entropy, target)
+    band = read_band(entropy, target, start=WINDOW - 1)  # full windows only, as band_health reads
     if band.first_in_band is None:
         return {"first_in_band": None, **dict.fromkeys(KINDS)}
     first = band.first_in_band

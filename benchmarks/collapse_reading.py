@@ -153,7 +153,8 @@ def read_run(run: Path, tau: float, settled_from: int = 1000) -> dict[str, Any]:
         "log10_alpha_std_settled": statistics.pstdev(late_alpha) if len(late_alpha) > 1 else math.nan,
         "largest_average_over_target_settled": burst / (tau * h0),
         "largest_accuracy_fall_settled": accuracy_fall,
-        "last_quarter_over_h0": statistics.fmean(entropy[-max(len(entropy) // 4, 1) :]) / h0,
+        # NaN-ignoring (a step without tokens logs NaN), as the report's reading
+        "last_quarter_over_h0": float(np.nanmean(entropy[-max(len(entropy) // 4, 1) :])) / h0,
         "evals": {name: {k: e[k] for k in ("pass@1", "pass@8") if k in e} for name, e in evals.items()},
     }
 

@@ -62,7 +62,7 @@ def read_run(run: Path) -> dict[str, Any]:
     after = range(below, len(alpha)) if below is not None else range(0)
     raised = sum(alpha[i] > alpha[i - 1] for i in after)
     last_quarter = entropy[3 * len(entropy) // 4 :]
-    band = read_band(np.asarray(entropy), target, start=BAND_WINDOW)
+    band = read_band(np.asarray(entropy), target, start=BAND_WINDOW - 1)  # the first full window
     return {
         "run": str(run),
         "seed": summary["seed"],

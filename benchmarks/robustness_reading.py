@@ -75,7 +75,9 @@ def read_run(run: Path, band_tau: float | None = None) -> dict[str, Any] | None:
     if not record.finished:
         return None
     after, before = record.summary.after or {}, record.summary.before or {}
-    last_quarter = float(np.mean(record.last_quarter("entropy"))) / record.h0()
+    # NaN-ignoring, as the report's reading: a step without tokens logs NaN (a NaN mean compared as neither
+    # collapse nor explosion)
+    last_quarter = float(np.nanmean(record.last_quarter("entropy"))) / record.h0()
     out: dict[str, Any] = {
         "run": f"{run.parent.name}/{run.name}",  # <arm slug>/seed<N>: the same wherever the runs lie
         "steps": len(record.steps),
@@ -89,7 +91,7 @@ def read_run(run: Path, band_tau: float | None = None) -> dict[str, Any] | None:
         "before_pass@1": before["pass@1"],
     }
     if record.config["controller"]["name"] == "aer":
-        band = read_band(record.metrics["entropy"], record.metrics["target_entropy"])
+        band = read_band(record.metrics["entropy"], record.metrics["target_entropy"], start=WINDOW - 1)
         out["first_in_band"] = None if band.first_in_band is None else band.first_in_band + 1
         out["in_band_share"] = band.in_band_share
         update = record.config["controller"]["update"]
@@ -106,7 +108,8 @@ def read_run(run: Path, band_tau: float | None = None) -> dict[str, Any] | None:
         out["alpha_bound_otherwise"] = float((at_bound & ~benign).mean())
         out["alpha_range"] = [float(alphas.min()), float(alphas.max())]
     elif band_tau is not None:
-        out["in_band_share"] = read_band(record.metrics["entropy"], band_tau * record.h0()).in_band_share
+        target = band_tau * record.h0()
+        out["in_band_share"] = read_band(record.metrics["entropy"], target, start=WINDOW - 1).in_band_share
         out["band_tau"] = band_tau
     return out
 

@@ -206,9 +206,10 @@ BAND_TAU = 0.4
 def logged_target(rows: list[dict[str, str]], entropy: np.ndarray) -> np.ndarray:
     """Each step's H* from a run's metrics rows; a fixed-α run logs none, and is read against
     BAND_TAU·H0 (its first reading), the target AER's defaults set on the same seed."""
-    target = np.array([float(r["target_entropy"]) for r in rows])
-    if not np.all(target > 0):
-        target = np.full_like(entropy, BAND_TAU * entropy[0])
+    target = np.array([float(r["target_entropy"] or "nan") for r in rows])
+    with np.errstate(invalid="ignore"):
+        if not np.any(np.isfinite(target) & (target > 0)):  # NaN before anchoring is still a target
+            target = np.full_like(entropy, BAND_TAU * entropy[0])
     return target
 
 
@@ -232,7 +233,7 @@ def read_run(run: Path, steps: int | None = None) -> dict[str, Any]:
     return {
         "run": str(run.relative_to(ROOT)),
         "steps": len(rows),
-        # 0-based step indices, as the band readings (collapse_reading, robustness_reading) give them
+        # 0-based step indices, as collapse_reading's band readings give them (robustness_reading's are 1-based)
         "first_in_band": band.first_in_band,
         "settles_at": step,
     }

@@ -79,7 +79,7 @@ def read_run(run: Path) -> dict[str, Any]:
         ),
         allocation=_allocation(config["controller"]),
         alpha_first_last=[float(rows[0]["alpha"]), float(rows[-1]["alpha"])],
-        first_in_band=read_band(entropy, reading["target_entropy"], start=BAND_WINDOW).first_in_band,
+        first_in_band=read_band(entropy, reading["target_entropy"], start=BAND_WINDOW - 1).first_in_band,
     )
     return reading
 

@@ -31,7 +31,7 @@ def _split(misses: Any, entropy: list[float], alpha: list[float], **kw: Any) -> 
 
 def test_a_run_on_target_is_all_in_band(misses: Any) -> None:
     out = _split(misses, [1.0] * 300, [1e-3] * 300)
-    assert out["first_in_band"] == 0 and out["in_band"] == 1.0
+    assert out["first_in_band"] == 49 and out["in_band"] == 1.0  # the first full 50-step window
     assert out["below"] == out["above_after_bonus"] == out["above_no_bonus"] == 0.0
 
 
@@ -43,18 +43,19 @@ def test_below_and_above_are_told_apart_by_the_alpha_before(misses: Any) -> None
     # counts "after a bonus", a later one "no bonus in reach"
     alpha = [1e-5] * 100 + [0.05] * 50 + [1e-5] * 350
     out = _split(misses, entropy, alpha)
-    assert out["first_in_band"] == 0
+    assert out["first_in_band"] == 49  # full windows only, as band_health reads
     shares = [out[k] for k in misses.KINDS]
     assert sum(shares) == pytest.approx(1.0, abs=1e-12)
     average = np.convolve(entropy, np.ones(50) / 50)[: len(entropy)]
     average[:49] = np.cumsum(entropy[:49]) / np.arange(1, 50)
     above = np.flatnonzero(average > 1.2)
     below = np.flatnonzero(average < 0.8)
-    assert out["below"] == pytest.approx(below.size / 500)
+    counted = 500 - 49  # the steps from the first in band
+    assert out["below"] == pytest.approx(below.size / counted)
     # the last step with α ≥ 0.01 is 149: above-band steps up to 349 are "after a bonus"
     after = above[above <= 149 + misses.LOOKBACK].size
-    assert out["above_after_bonus"] == pytest.approx(after / 500) and after > 0
-    assert out["above_no_bonus"] == pytest.approx((above.size - after) / 500) and above.size > after
+    assert out["above_after_bonus"] == pytest.approx(after / counted) and after > 0
+    assert out["above_no_bonus"] == pytest.approx((above.size - after) / counted) and above.size > after
 
 
 def test_the_lookback_and_the_acting_level_move_the_split(misses: Any) -> None:

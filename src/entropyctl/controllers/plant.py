@@ -24,7 +24,7 @@ reading alone), ``lag`` (the reading reports H_{t−lag}) and ``drift`` (the gai
 g_t = gain·exp(−drift·t): the same coefficient buys less entropy as training goes on).
 With the defaults (``h_init = 1``, ``h_max = 3``, ``decay = 0.1``, ``gain = 50``) a fixed
 α = 1e-4 collapses to ≈ 0.035 nats, α = 0.1 explodes to ≈ 2.5 nats, and the AER target
-0.4·H0 = 0.4 needs a token-weighted coefficient of ≈ 0.0027 (dH_eq/dc ≈ 110 nats per unit there).
+0.4·H0 = 0.4 needs a token-weighted coefficient of ≈ 0.0029 (dH_eq/dc ≈ 113 nats per unit there).
 The controllers' closed-loop tests cover ``gain`` in [25, 100] and ``decay`` in [0.05, 0.2] for
 every update rule (the additive rule at its η = 0.002: a larger loop gain η·dH_eq/dc, for instance
 η = 0.01 at gain 100, makes it ring or oscillate — the lag the real loop has too), and the default

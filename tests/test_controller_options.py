@@ -99,3 +99,11 @@ def test_a_first_release_config_takes_a_whole_nested_part_over_its_written_defau
         parse_controller_config(
             {**first_release, "tau": 0.3, "anchor": {"mode": "absolute", "target_entropy": 0.3}}
         )
+
+
+def test_combined_refuses_a_token_level_controller_as_its_prompt_part() -> None:
+    """combined takes the token action from `token` only: a clip_cov under `prompt` was accepted and
+    its token action silently dropped."""
+    with pytest.raises(ConfigError, match="acts per token"):
+        create_controller({"name": "combined", "prompt": {"name": "clip_cov"}})
+    assert create_controller({"name": "combined", "prompt": {"name": "fixed"}}).acts_per_token()

@@ -321,7 +321,14 @@ class CombinedConfig(ControllerConfig):
         part = parse_controller_config(value, prefix="")
         if part.name == "combined":
             raise ValueError("a combined controller cannot nest another 'combined'")
-        if info.field_name == "token" and not create_controller(part).acts_per_token():
+        acts = create_controller(part).acts_per_token()
+        if info.field_name == "prompt" and acts:  # its own token action would be dropped for `token`'s
+            raise ValueError(
+                f"controller {part.name!r} acts per token, and a combined controller takes the token "
+                "action from `token` only; put it under token, and a per-prompt controller (aer, target, "
+                "fixed, clip_higher) under prompt"
+            )
+        if info.field_name == "token" and not acts:
             raise ValueError(
                 f"controller {part.name!r} has no token action; use one of clip_cov, kl_cov, "
                 "high_entropy_tokens (or a plugin whose acts_per_token() is True)"

@@ -9,6 +9,11 @@ independent samples and once paired by seed (the seeds both arms ran).
 Each folder is an ``entropyctl ablate`` output; an arm is named by its slug (its folder). A run appears
 once: the same <arm>/seed<N> in two folders is an error. Writes seed_spread.json and seed_spread.md.
 
+"In band" is the share of the steps from the first in-band one; a run that never reaches the band
+counts as 0 here (it was in band on none of its steps), where ``band_misses.py`` and ``entropyctl
+report`` leave it out and count it apart ("n never in band"), so their means of the same runs can be
+higher (e.g. no bonus on levels 1–2, ten seeds: 0.460 here, 0.511 over the nine that reached it).
+
 ``--band-tau T``: an arm without a target of its own (fixed α) is read in band against T·H0, H0 its
 first entropy reading — the target AER's ``anchor: {mode: initial, tau: T, steps: 1}`` would have set
 on the same seed (the same warm start and first batch give the same first reading); its rows say so.

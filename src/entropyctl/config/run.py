@@ -483,6 +483,23 @@ class AlgorithmConfig(_Section):
         "kl_horizon): β_r moves by at most 20 % · N / horizon a step, N the step's responses. Read only "
         "with kl_reward_target.",
     )
+    ref_sync_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Every this many RL steps, after the step's update, the KL reference moves toward the "
+        "policy: π_ref ← (1 − m)·π_ref + m·π, m = ref_sync_mix (TRL's sync_ref_model with "
+        "ref_model_sync_steps, TR-DPO's soft update; m = 1 is the hard reference reset of prolonged RL). "
+        "Needs a KL (kl_coef or kl_reward_coef above 0); not with LoRA (its reference is the base model) "
+        "or FSDP. The moved reference is saved in the checkpoints. null: the reference stays the initial "
+        "policy.",
+    )
+    ref_sync_mix: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="m of ref_sync_steps: the policy's share in the new reference (TRL's "
+        "ref_model_mixup_alpha, 0.6; 1: a hard reset to the policy).",
+    )
     kl_estimator: Literal["k3", "low_var_kl", "k1", "k2", "abs"] = Field(
         "k3",
         description="The per-token KL estimate, r = ref − logp: k3 = exp(r) − r − 1, unbounded (TRL's); "
@@ -714,6 +731,7 @@ def _check_section_values(config: RunConfig) -> list[str]:
         elif len(set(d.levels)) != len(d.levels):
             problems.append(f"data.levels: each level at most once (got {d.levels})")
     problems += _check_kl_reward(config)
+    problems += _check_ref_sync(config)
     problems += _check_data_options(d)
     problems += _check_reward(r)
     problems += _check_engine_options(config.rollout)
@@ -739,6 +757,28 @@ def _check_kl_reward(config: RunConfig) -> list[str]:
             "process: a step's factor 1 − 0.2 · responses / horizon would reach 0 or below; got "
             f"{a.kl_reward_horizon})"
         ]
+    return []
+
+
+def _check_ref_sync(config: RunConfig) -> list[str]:
+    """``algorithm.ref_sync_steps`` where it could not act: no KL (no reference), a LoRA run (the
+    reference is the base model, the policy with its adapters off) or FSDP (the reference is a full
+    copy beside the sharded policy)."""
+    a = config.algorithm
+    if a.ref_sync_steps is None:
+        return []
+    if a.kl_coef == 0 and a.kl_reward_coef == 0:
+        return [
+            "algorithm.ref_sync_steps: moves the KL reference, and there is none: set algorithm.kl_coef or "
+            "algorithm.kl_reward_coef above 0, or drop ref_sync_steps"
+        ]
+    if config.model.lora is not None:
+        return [
+            "algorithm.ref_sync_steps: not with model.lora (the reference is the base model, the policy "
+            "with its adapters off: there is no copy to move)"
+        ]
+    if config.trainer.strategy == "fsdp":
+        return ["algorithm.ref_sync_steps: not built for trainer.strategy fsdp (the policy is sharded there)"]
     return []
 
 
@@ -1057,6 +1097,8 @@ ABSENT_MEANS: dict[str, Any] = {
     "algorithm.kl_reward_coef": 0.0,
     "algorithm.kl_reward_target": None,
     "algorithm.kl_reward_horizon": 10000,
+    "algorithm.ref_sync_steps": None,
+    "algorithm.ref_sync_mix": 0.6,
     "eval.top_p": None,
     "rollout.overlong_penalty_factor": 1.0,
     "eval.top_k": None,

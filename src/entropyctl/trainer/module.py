@@ -481,6 +481,19 @@ class _Frozen:
         self.module = module
 
 
+@torch.no_grad()
+def mix_into_reference(reference: torch.nn.Module, policy: torch.nn.Module, mix: float) -> None:
+    """π_ref ← (1 − mix)·π_ref + mix·π, parameter by parameter (``algorithm.ref_sync_steps``; TRL's
+    sync_ref_model). The two hold the same parameters by name: the reference is a deep copy."""
+    policy_params = dict(policy.named_parameters())
+    for name, ref in reference.named_parameters():
+        source = policy_params[name].detach().to(device=ref.device, dtype=ref.dtype)
+        if mix == 1.0:
+            ref.copy_(source)
+        else:
+            ref.mul_(1.0 - mix).add_(source, alpha=mix)
+
+
 # --------------------------------------------------------------------------------------------- the module
 
 
@@ -673,6 +686,8 @@ class RLVRModule(pl.LightningModule):
             "eval_results": self.eval_results,
             "kl_reward_coef": self.kl_reward_beta,
         }
+        if self.config.algorithm.ref_sync_steps is not None and self._reference is not None:
+            checkpoint["reference"] = self._reference.module.state_dict()  # moved by the syncs
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "entropy_controller" not in checkpoint:
@@ -683,6 +698,10 @@ class RLVRModule(pl.LightningModule):
         if "sampler" in state:
             self.sampler.load_state_dict(state["sampler"])
         self.eval_results = dict(state.get("eval_results", {}))
+        if (
+            "reference" in checkpoint and self._reference is not None
+        ):  # where algorithm.ref_sync_steps moved it
+            self._reference.module.load_state_dict(checkpoint["reference"])
         if self.config.algorithm.kl_reward_target is not None and "kl_reward_coef" in state:
             self.kl_reward_beta = float(state["kl_reward_coef"])  # the adaptive β_r where it was
         self._resumed = True  # the optimizer's settings are the config's once Lightning restored it
@@ -1370,6 +1389,9 @@ class RLVRModule(pl.LightningModule):
         signal = self.has_signal(planned) if cfg.algorithm.skip_no_signal else True
         updated = self.update(collected.completions, planned, step, rank, signal=signal, kl_pass=kl_pass)
         timers["update"] = time.perf_counter() - t_update
+        sync = cfg.algorithm.ref_sync_steps
+        if sync is not None and step % sync == 0 and self._reference is not None:
+            mix_into_reference(self._reference.module, self.policy, cfg.algorithm.ref_sync_mix)
         reading = observe(self.controller, updated.stats, self._reducer(), step)
         self.rlvr_step = step
         row = self.log_step(step, collected, scored, updated, reading, timers)

@@ -22,7 +22,14 @@ import torch
 import trl
 
 from entropyctl import ConfigError
-from entropyctl.integrations.trl import CONTROLLER_STATE_FILE, SUPPORTED_LOSS_TYPES, GRPOTrainer, entropy_term
+from entropyctl.integrations.trl import (
+    CONTROLLER_STATE_FILE,
+    SUPPORTED_LOSS_TYPES,
+    WEIGHTED_SUM,
+    GRPOTrainer,
+    _dataset_levels,
+    entropy_term,
+)
 
 SCRIPT = Path(__file__).parent / "mp_scripts" / "trl_worker.py"
 _spec = importlib.util.spec_from_file_location("trl_worker", SCRIPT)
@@ -403,3 +410,58 @@ def test_a_peft_model_trains_with_the_controller(tmp_path: Path) -> None:
             continue
         plain = name.replace("base_model.model.", "").replace(".base_layer.", ".")
         torch.testing.assert_close(param.detach(), base[plain], rtol=0, atol=0, msg=name)
+
+
+def test_several_rewards_need_the_one_that_decides_correctness(tmp_path: Path) -> None:
+    """With an accuracy and a format reward, the weighted sum >= 1 counted a well-formatted wrong answer
+    as correct (AER then withheld the bonus from the prompts the model fails): several reward functions
+    now need accuracy_reward, the name of one or WEIGHTED_SUM for the sum on purpose."""
+    common = dict(
+        model=tiny.build_model(),
+        reward_funcs=[tiny.prompt_reward, tiny.digit_reward],
+        args=tiny.tiny_config(str(tmp_path)),
+        train_dataset=tiny.build_dataset(),
+        processing_class=tiny.build_tokenizer(),
+    )
+    with pytest.raises(ValueError, match="2 reward functions.*accuracy_reward='prompt_reward'"):
+        GRPOTrainer(**common)  # type: ignore[arg-type]
+    summed = GRPOTrainer(**common, accuracy_reward=WEIGHTED_SUM)  # type: ignore[arg-type]
+    assert summed._accuracy_column is None
+    assert GRPOTrainer(**common, accuracy_reward="digit_reward")._accuracy_column == 1  # type: ignore[arg-type]
+
+
+def test_a_streamed_dataset_is_never_read_for_its_levels() -> None:
+    """An IterableDataset's level column is a stream: it was read to its end when the trainer was built
+    (an endless one never ended). Its per-level numbers are off, as the docs say."""
+    import datasets
+
+    pulled = []
+
+    def rows():  # type: ignore[no-untyped-def]
+        for i in range(1000):
+            pulled.append(i)
+            yield {"prompt": "1+1", "level": i % 3}
+
+    features = datasets.Features({"prompt": datasets.Value("string"), "level": datasets.Value("int64")})
+    stream = datasets.IterableDataset.from_generator(rows, features=features)
+    assert _dataset_levels(stream) == [] and pulled == []
+    assert _dataset_levels(datasets.Dataset.from_dict({"prompt": ["a", "b"], "level": [2, 1]})) == [1, 2]
+
+
+def test_the_controller_state_is_in_the_checkpoint_before_transformers_saves_it(tmp_path: Path) -> None:
+    """transformers' checkpoint save ends with the Hub push of the folder (push_to_hub, hub_strategy
+    checkpoint): the controller's file is written first, so the pushed folder holds it."""
+    seen: list[bool] = []
+
+    def spy(trainer: Any) -> None:
+        save_model = trainer.save_model
+
+        def recording(output_dir: str | None = None, _internal_call: bool = False) -> None:
+            if _internal_call and output_dir is not None:
+                seen.append((Path(output_dir) / CONTROLLER_STATE_FILE).exists())
+            save_model(output_dir, _internal_call=_internal_call)
+
+        trainer.save_model = recording
+
+    _train(GRPOTrainer, tmp_path, before=spy, max_steps=2, save_strategy="steps", save_steps=1)
+    assert seen == [True, True]

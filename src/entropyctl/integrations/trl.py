@@ -31,12 +31,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from entropyctl import EntropyController, EntropyReading, GroupOutcome, Plan, create_controller
 
-__all__ = ["CONTROLLER_STATE_FILE", "SUPPORTED_LOSS_TYPES", "GRPOTrainer", "entropy_term"]
+__all__ = ["CONTROLLER_STATE_FILE", "SUPPORTED_LOSS_TYPES", "WEIGHTED_SUM", "GRPOTrainer", "entropy_term"]
 
 #: TRL loss types whose policy term has (ε_low, ε_high) clip bounds the controller can own.
 SUPPORTED_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 #: the file, inside each ``checkpoint-N`` folder, that holds the controller's state.
 CONTROLLER_STATE_FILE = "entropyctl_controller.json"
+#: ``accuracy_reward`` for the weighted sum of all reward functions (what TRL's advantages use)
+WEIGHTED_SUM = "weighted_sum"
 
 # Per-completion columns added to TRL's batch dict; TRL shuffles and splits them with the rest.
 _GROUP = "entropyctl_group"  # index of the completion's prompt in the step's GroupOutcome
@@ -181,7 +183,13 @@ def _check_trl_args(args: Any, controller: EntropyController) -> None:
 
 
 def _dataset_levels(dataset: Any) -> list[Any]:
-    """Sorted distinct values of a ``level`` column (an in-memory ``datasets.Dataset``), else ``[]``."""
+    """Sorted distinct values of a ``level`` column (an in-memory ``datasets.Dataset``), else ``[]``: an
+    ``IterableDataset`` is never read here (its column would be a stream read to its end, an endless one
+    never, a Hub stream downloaded in full)."""
+    import datasets
+
+    if isinstance(dataset, datasets.IterableDataset):
+        return []
     names = getattr(dataset, "column_names", None)
     if not names or "level" not in names:
         return []
@@ -199,8 +207,10 @@ class GRPOTrainer(trl.GRPOTrainer):
         or an :class:`~entropyctl.EntropyController`.
     success_threshold: a completion counts as correct for the group accuracy when its reward is ``>=`` this
         (TRL's ``accuracy_reward`` gives 1.0 / 0.0, hence the default 1.0).
-    accuracy_reward: the name of the reward function whose value decides correctness; ``None`` uses the
-        weighted sum of all reward functions (what TRL's advantages use).
+    accuracy_reward: the name of the reward function whose value decides correctness; ``"weighted_sum"``
+        the weighted sum of all reward functions (what TRL's advantages use); ``None`` (the default): the
+        one reward function's value, and with several an error (a format reward beside the accuracy one
+        would count a well-formatted wrong answer as correct).
     Everything else is passed to ``trl.GRPOTrainer`` unchanged.
     """
 
@@ -235,9 +245,17 @@ class GRPOTrainer(trl.GRPOTrainer):
         self.last_reading: EntropyReading | None = None
 
     def _resolve_accuracy_reward(self, accuracy_reward: str | None) -> int | None:
-        if accuracy_reward is None:
-            return None
         names = list(self.reward_func_names)
+        if accuracy_reward is None and len(names) > 1:
+            raise ValueError(
+                f"GRPOTrainer: {len(names)} reward functions ({names}): name the one that decides whether a "
+                f"completion is correct, e.g. accuracy_reward={names[0]!r}, or accuracy_reward="
+                f"{WEIGHTED_SUM!r} to count the weighted sum >= success_threshold as correct (with a format "
+                "reward beside the accuracy one, a well-formatted wrong answer would count as correct and "
+                "AER would withhold the bonus from the prompts the model fails)"
+            )
+        if accuracy_reward is None or (accuracy_reward == WEIGHTED_SUM and WEIGHTED_SUM not in names):
+            return None
         if accuracy_reward not in names:
             raise ValueError(
                 f"GRPOTrainer: accuracy_reward={accuracy_reward!r} is not a reward function; got {names}"
@@ -412,14 +430,17 @@ class GRPOTrainer(trl.GRPOTrainer):
     # ---- checkpoints --------------------------------------------------------------------------------------
 
     def _save_checkpoint(self, model, trial):  # type: ignore[no-untyped-def]
-        super()._save_checkpoint(model, trial)
+        # written before transformers' own files: its save ends with the Hub push of the folder
+        # (push_to_hub with hub_strategy checkpoint), which must find the controller's state there
         if self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
+            os.makedirs(folder, exist_ok=True)
             payload = {"controller": self.controller.name, "state": self.controller.state_dict()}
             with open(os.path.join(folder, CONTROLLER_STATE_FILE), "w") as f:
                 json.dump(payload, f, indent=1)
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):  # type: ignore[no-untyped-def]
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -343,3 +346,41 @@ def test_an_odd_head_size_is_a_config_error_not_a_rotary_crash() -> None:
     with pytest.raises(ValidationError, match=r"hidden_size / heads = 3 must be even"):
         ModelConfig.model_validate({"tiny": {"hidden_size": 12, "heads": 4, "layers": 1}})
     ModelConfig.model_validate({"tiny": {"hidden_size": 16, "heads": 4, "layers": 1}})  # head size 4
+
+
+def test_pretrain_cli_measures_a_cached_entry_and_writes_it_readable(tmp_path, monkeypatch, capsys):
+    """An entry `entropyctl train` wrote holds no accuracy: `entropyctl pretrain` (default --eval 500)
+    printed none on that cache hit. And entries were mkdtemp's 0700, unreadable to another user sharing
+    ENTROPYCTL_CACHE (an export's fix, missing here)."""
+    monkeypatch.setenv("ENTROPYCTL_CACHE", str(tmp_path / "cache"))
+    settings = ["--set", "model.tiny.hidden_size=32", "--set", "model.tiny.layers=1"]
+    old_mask = os.umask(0o022)
+    try:
+        assert main(["pretrain", "--steps", "2", "--eval", "0", *settings]) == 0
+        first = json.loads(capsys.readouterr().out)
+        assert "greedy_accuracy" not in first
+        assert main(["pretrain", "--steps", "2", "--eval", "10", *settings]) == 0
+    finally:
+        os.umask(old_mask)
+    again = json.loads(capsys.readouterr().out)
+    assert again["path"] == first["path"] and set(again["greedy_accuracy"]) >= {"all"}
+    assert again["eval_problems"] == 10 and again["train_seconds"] == first["train_seconds"]  # not retrained
+    entry = Path(first["path"])
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o755
+    assert stat.S_IMODE((entry / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_pretrain_cli_warm_starts_on_a_configs_reasoning_gym_task(tmp_path, monkeypatch, capsys):
+    """`entropyctl pretrain --config <reasoning-gym config>` warm-started on the synthetic task (another
+    model, another cache entry than the one `entropyctl train` then looked for)."""
+    from entropyctl.config import load_run_config
+    from entropyctl.trainer.run import reasoning_gym_task
+
+    monkeypatch.setenv("ENTROPYCTL_CACHE", str(tmp_path / "cache"))
+    config_path = Path(__file__).resolve().parents[1] / "configs" / "rg_chain_sum.yaml"
+    settings = ["--set", "model.tiny.hidden_size=32", "--set", "model.tiny.layers=1"]
+    assert main(["pretrain", "--config", str(config_path), "--steps", "0", "--eval", "0", *settings]) == 0
+    made = json.loads(capsys.readouterr().out)
+    config = load_run_config(config_path, [s for s in settings if s != "--set"] + ["model.pretrain.steps=0"])
+    assert made["path"] == str(pretrain_module.cached_checkpoint(config.model, reasoning_gym_task(config)))
+    assert made.get("task") is not None

@@ -32,9 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_option(parser, "torch intra-op threads")
 
 
-def _model_section(args: argparse.Namespace) -> Any:
-    from entropyctl.models.config import ModelConfig
-
+def _document(args: argparse.Namespace) -> dict[str, Any]:
+    """The run config ``--config`` and ``--set`` give (empty: the embedded defaults' model section)."""
     document: dict[str, Any] = {}
     if args.config is not None:
         from entropyctl.config import load_yaml
@@ -44,8 +43,25 @@ def _model_section(args: argparse.Namespace) -> Any:
         from entropyctl.config import apply_overrides
 
         document = apply_overrides(document, list(args.overrides))
+    return document
+
+
+def _task(args: argparse.Namespace, document: dict[str, Any]) -> Any:
+    """The reasoning-gym task a config's ``data.source: reasoning_gym`` warm-starts on, as ``entropyctl
+    train`` builds it (its own characters and cache entry); None: the synthetic task."""
+    data = document.get("data") or {}
+    if not (isinstance(data, dict) and data.get("source") == "reasoning_gym"):
+        return None
+    from entropyctl.config import load_run_config
+    from entropyctl.trainer.run import reasoning_gym_task
+
+    return reasoning_gym_task(load_run_config(args.config, list(args.overrides or ())))
+
+
+def _model_section(args: argparse.Namespace, document: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
+    from entropyctl.models.config import ModelConfig
     from entropyctl.validation import ConfigError, format_validation_error
 
     section = document.get("model") or {}
@@ -86,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cfg = _model_section(args)
+    document = _document(args)
+    cfg = _model_section(args, document)
     out = None if args.out is None else Path(args.out).expanduser()
     if out is not None and out.exists() and not _earlier_copy(out):
         from entropyctl.config import ConfigError
@@ -100,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    directory = pretrain(cfg, force=args.force, evaluate=args.eval_problems, log=log)
+    task = _task(args, document)
+    directory = pretrain(cfg, force=args.force, evaluate=args.eval_problems, log=log, task=task)
     if out is not None:
         foreign = (
             sorted({p.name for p in out.iterdir()} - {p.name for p in directory.iterdir()})

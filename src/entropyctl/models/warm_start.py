@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from entropyctl.cache import default_cache_dir
+from entropyctl.cache import default_cache_dir, usual_permissions
 from entropyctl.models.config import ModelConfig
 from entropyctl.models.tiny import build_char_tokenizer, build_tiny_model
 from entropyctl.rollout.protocol import SamplingSettings
@@ -293,6 +293,7 @@ def write_atomically(directory: Path, write: Callable[[Path], object]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         write(tmp)
+        usual_permissions(tmp)  # not mkdtemp's 0700: a shared cache, a copy handed on
         if directory.exists():
             shutil.rmtree(directory)
         os.rename(tmp, directory)
@@ -328,10 +329,10 @@ def pretrain(
         raise ValueError(f"pretrain: model.kind is '{cfg.kind}'; only the 'tiny' model is warm-started here")
     directory = cached_checkpoint(cfg, task)
     if (directory / METADATA_FILE).is_file() and not force:
-        return directory
+        return _with_accuracy(directory, cfg, task, evaluate)
     with _exclusive(directory.parent / f"{directory.name}.lock"):
         if (directory / METADATA_FILE).is_file() and not force:
-            return directory  # another process finished it while we waited
+            return _with_accuracy(directory, cfg, task, evaluate)  # another process finished it meanwhile
         # Library and `entropyctl train` use: report progress (rank 0 only); `entropyctl pretrain` logs.
         reporter = None
         if log is None and progress and os.environ.get("LOCAL_RANK", "0") == "0" and cfg.pretrain.steps > 0:
@@ -341,17 +342,7 @@ def pretrain(
         if reporter is not None:
             reporter.finish()
         if evaluate > 0:
-            if task is None:
-                problems = _make_task(cfg, cfg.pretrain.seed).held_out(evaluate, seed=0)
-            else:
-                problems = task.held_out(evaluate)
-            eval_start = time.perf_counter()
-            longest = max((len(p.answer) for p in problems), default=0)
-            metadata["greedy_accuracy"] = greedy_accuracy(
-                model, tokenizer, problems, max_new_tokens=max(8, longest + 1)
-            )
-            metadata["eval_problems"] = evaluate
-            metadata["eval_seconds"] = round(time.perf_counter() - eval_start, 2)
+            metadata.update(_measured_accuracy(model, tokenizer, cfg, task, evaluate))
 
         def write(tmp: Path) -> None:
             model.save_pretrained(tmp)
@@ -361,6 +352,40 @@ def pretrain(
         write_atomically(directory, write)
         if log is not None:
             log(f"pretrain: wrote {directory}")
+    return directory
+
+
+def _measured_accuracy(
+    model: Any, tokenizer: Any, cfg: ModelConfig, task: Any, evaluate: int
+) -> dict[str, Any]:
+    """``greedy_accuracy`` per level on ``evaluate`` problems of the task's held-out split, with the
+    count and the seconds it took (``pretrain.json``'s fields)."""
+    if task is None:
+        problems = _make_task(cfg, cfg.pretrain.seed).held_out(evaluate, seed=0)
+    else:
+        problems = task.held_out(evaluate)
+    started = time.perf_counter()
+    longest = max((len(p.answer) for p in problems), default=0)
+    accuracy = greedy_accuracy(model, tokenizer, problems, max_new_tokens=max(8, longest + 1))
+    return {
+        "greedy_accuracy": accuracy,
+        "eval_problems": evaluate,
+        "eval_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _with_accuracy(directory: Path, cfg: ModelConfig, task: Any, evaluate: int) -> Path:
+    """A cached entry, measured on ``evaluate`` held-out problems when asked and not yet measured on as
+    many (an entry ``entropyctl train`` wrote holds none); ``pretrain.json`` is replaced atomically."""
+    path = directory / METADATA_FILE
+    metadata = json.loads(path.read_text())
+    if evaluate <= 0 or metadata.get("eval_problems") == evaluate:
+        return directory
+    model, tokenizer = load_pretrained(directory)
+    metadata.update(_measured_accuracy(model, tokenizer, cfg, task, evaluate))
+    staged = path.with_name(f".{METADATA_FILE}.tmp-{os.getpid()}")
+    staged.write_text(json.dumps(metadata, indent=2) + "\n")
+    os.replace(staged, path)
     return directory
 
 

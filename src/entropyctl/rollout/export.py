@@ -4,13 +4,14 @@ what ``entropyctl export`` hands to any other tool (``AutoModelForCausalLM.from_
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from entropyctl.cache import usual_permissions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -51,15 +52,6 @@ def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         key = key.replace(".base_layer.", ".")
         plain[key] = merged.get(key, tensor)
     return plain
-
-
-def _usual_permissions(directory: Path) -> None:
-    """The permissions a directory made with ``mkdir`` would have (the staging directory is ``mkdtemp``'s,
-    0700, and some files are written private): a vLLM server or another user reads the model."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for path in [directory, *directory.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def save_policy(
@@ -113,7 +105,7 @@ def save_policy(
             plain.generation_config = copy.deepcopy(model.generation_config)
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        _usual_permissions(staging)
+        usual_permissions(staging)
         try:
             staging.rename(target)
         except OSError:

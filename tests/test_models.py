@@ -384,3 +384,44 @@ def test_pretrain_cli_warm_starts_on_a_configs_reasoning_gym_task(tmp_path, monk
     config = load_run_config(config_path, [s for s in settings if s != "--set"] + ["model.pretrain.steps=0"])
     assert made["path"] == str(pretrain_module.cached_checkpoint(config.model, reasoning_gym_task(config)))
     assert made.get("task") is not None
+
+
+def test_the_fused_head_scales_a_biased_heads_bias_too() -> None:
+    """A scaled head (Granite's logits_scaling) with a bias: the fused path fed (h·s)·W + b where the
+    model computes (h·W + b)·s (1.9 apart in a review's check), though check_head passed the model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from entropyctl.models.forward import check_head, response_logits
+    from entropyctl.rollout.protocol import Completions
+
+    config = AutoConfig.for_model(
+        "granite", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, logits_scaling=4.0, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    head = torch.nn.Linear(32, 64, bias=True)
+    head.weight.data = model.lm_head.weight.data.clone()
+    torch.nn.init.normal_(head.bias, std=1.0)
+    model.lm_head = head
+    check_head(model)
+    assert supports_fused_head(model)
+    prompts = torch.tensor([[0, 5, 6], [7, 8, 9]])
+    completions = Completions(
+        prompts, (prompts != 0).long(), torch.tensor([[10, 11], [12, 13]]),
+        torch.ones(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.bool),
+    )  # fmt: skip
+    with torch.no_grad():
+        fused = response_hidden_states(model, completions)
+        rebuilt = fused.hidden @ fused.lm_head_weight.T + fused.lm_head_bias
+        torch.testing.assert_close(rebuilt, response_logits(model, completions).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_damaged_cache_entry_is_named_with_the_way_out(tmp_path):
+    """A truncated model.safetensors in the cache gave a bare SafetensorError, no path and no hint."""
+    cfg = _small_cfg(tmp_path, steps=2)
+    directory = pretrain(cfg)
+    weights = directory / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(RuntimeError, match=r"cached warm start .* cannot be loaded .* pretrain --force"):
+        load_policy(cfg)

@@ -193,8 +193,9 @@ def response_hidden_states(model: PreTrainedModel, completions: Completions) -> 
     predicting, keep = _backbone_hidden(model, completions)
     hidden = predicting[keep]
     scale = _logit_scale(model)
-    if scale != 1.0:
+    if scale != 1.0:  # (h·W + b)·s = (h·s)·W + b·s: a biased head's bias is scaled too
         hidden = hidden * scale
+        bias = None if bias is None else bias * scale
     targets = completions.response_ids.to(keep.device)[keep]
     seq_index = torch.arange(keep.shape[0], device=keep.device).unsqueeze(1).expand_as(keep)[keep]
     return ResponseHiddenStates(hidden, targets, seq_index, weight, bias)

@@ -78,11 +78,17 @@ def load_policy(
     dtype = _DTYPES[cfg.dtype]
     if cfg.kind == "tiny":
         directory = pretrain(cfg, task=task)
-        # The cache holds safetensors only (save_pretrained's default): never unpickle a planted .bin.
-        model = AutoModelForCausalLM.from_pretrained(
-            directory, local_files_only=True, dtype=dtype, use_safetensors=True
-        )
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        try:  # the cache holds safetensors only (save_pretrained's default): never unpickle a planted .bin
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, local_files_only=True, dtype=dtype, use_safetensors=True
+            )
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        except Exception as err:  # a damaged entry (a disk that filled, a copy cut short) is never repaired
+            raise RuntimeError(
+                f"the cached warm start {directory} cannot be loaded ({type(err).__name__}: {str(err)[:200]}); "
+                "delete that directory, or run `entropyctl pretrain --force` with the run's config, to build it "
+                "again"
+            ) from err
     elif cfg.kind == "hf":
         assert cfg.path is not None  # the config validator guarantees it
         directory = Path(cfg.path).expanduser()

@@ -698,10 +698,9 @@ class RLVRModule(pl.LightningModule):
         if "sampler" in state:
             self.sampler.load_state_dict(state["sampler"])
         self.eval_results = dict(state.get("eval_results", {}))
-        if (
-            "reference" in checkpoint and self._reference is not None
-        ):  # where algorithm.ref_sync_steps moved it
-            self._reference.module.load_state_dict(checkpoint["reference"])
+        moved = checkpoint.get("reference")  # the reference where algorithm.ref_sync_steps moved it
+        if moved is not None and self._reference is not None:
+            self._reference.module.load_state_dict(moved)
         if self.config.algorithm.kl_reward_target is not None and "kl_reward_coef" in state:
             self.kl_reward_beta = float(state["kl_reward_coef"])  # the adaptive β_r where it was
         self._resumed = True  # the optimizer's settings are the config's once Lightning restored it

@@ -288,3 +288,21 @@ def test_help_says_what_each_data_choice_scores(capsys: pytest.CaptureFixture[st
     assert "'run' (default): the run's own held-out split" in text
     assert "FILE: every row of a JSONL/Parquet file" in text and "the first N rows" in text
     assert "--threads" in text
+
+
+def test_a_runs_shaping_plugins_need_not_be_importable_to_evaluate_it(tmp_path: Path) -> None:
+    """evaluate scores with the verifier alone, yet it validated the whole reward section: a run trained
+    with a package.module:function shaping reward could not be evaluated where that module is absent."""
+    import yaml
+
+    from entropyctl.cli.evaluate import resolve_target
+    from entropyctl.config import load_run_config
+
+    written = load_run_config(None).model_dump(mode="json")
+    written["reward"]["shaping"] = [{"name": "no_such_package.rewards:has_number", "weight": 0.1}]
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(written))
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    target = resolve_target(str(run), [])
+    assert target.config.reward.shaping == [] and target.config.reward.name == written["reward"]["name"]

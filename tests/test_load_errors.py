@@ -461,3 +461,12 @@ def test_the_evaluations_sample_with_their_own_top_p_and_top_k(tmp_path: Path) -
     assert (same["top_p"], same["top_k"]) == (0.5, 3)
     note = load_run_config(None, ["rollout.overlong_buffer=2"]).inert_settings()
     assert any("rollout.overlong_buffer 2 has no effect" in line for line in note)
+
+
+@pytest.mark.parametrize("field", ["levels=[1]", "weights=[1.0]"])
+def test_synthetic_warm_start_levels_with_a_reasoning_gym_task_are_refused_at_load(field: str) -> None:
+    """They were refused only inside the warm start, after the run directory was written, with a
+    traceback (docs/tasks.md promised a refusal)."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "rg_chain_sum.yaml"
+    with pytest.raises(ConfigError, match=f"model.pretrain.{field.split('=')[0]}.* draws from data.levels"):
+        load_run_config(config, [f"model.pretrain.{field}"])

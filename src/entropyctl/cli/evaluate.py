@@ -179,7 +179,8 @@ def resolve_target(target: str, overrides: Sequence[str], *, scores: bool = True
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise FileNotFoundError(f"{ckpt}: no config.yaml in {run_dir} to rebuild the model from")
-    config = load_run_config(config_path, overrides, written=True, scores=scores)
+    # the verifier alone scores here: the shaping rewards' plugins need not be importable
+    config = load_run_config(config_path, overrides, written=True, scores=scores, shaping=False)
     return Target(config, ckpt, str(config_path))
 
 

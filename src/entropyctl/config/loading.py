@@ -42,6 +42,7 @@ def load_run_config(
     *,
     written: bool = False,
     scores: bool = True,
+    shaping: bool = True,
 ) -> RunConfig:
     """Read a run config (``None``: the embedded default), apply ``key=value`` overrides, validate.
 
@@ -51,7 +52,9 @@ def load_run_config(
     :data:`~entropyctl.config.run.ABSENT_MEANS` says (what that run ran with), not as today's defaults.
     ``scores=False``: for a command that scores nothing (``entropyctl export``), the file's reward section
     is not read (a ``package.module:function`` reward need not be importable here); the config's reward
-    is the built-in verifier of its data source.
+    is the built-in verifier of its data source. ``shaping=False``: for a command that scores with the
+    verifier alone (``entropyctl evaluate``), ``reward.shaping`` is not read (its plugins need not be
+    importable).
     """
     source = Path(path) if path is not None else default_config_path()
     data = load_yaml(source)
@@ -60,6 +63,8 @@ def load_run_config(
     if not scores:
         gym = isinstance(data.get("data"), Mapping) and data["data"].get("source") == "reasoning_gym"
         data = {**data, "reward": {"name": "reasoning_gym" if gym else "math"}}
+    elif not shaping and isinstance(data.get("reward"), Mapping):
+        data = {**data, "reward": {**data["reward"], "shaping": []}}
     overrides = list(overrides)
     switch_variants(data, overrides)
     base = data

@@ -730,6 +730,13 @@ def _check_section_values(config: RunConfig) -> list[str]:
             problems.append(f"data.levels: unknown level(s) {unknown}; available levels: {known}")
         elif len(set(d.levels)) != len(d.levels):
             problems.append(f"data.levels: each level at most once (got {d.levels})")
+    m = config.model
+    if d.source == "reasoning_gym" and m.kind == "tiny" and (m.pretrain.levels or m.pretrain.weights):
+        field = "levels" if m.pretrain.levels else "weights"
+        problems.append(
+            f"model.pretrain.{field}: chooses synthetic levels; with data.source reasoning_gym the tiny model's "
+            "warm start draws from data.levels and data.weights (remove model.pretrain.levels and weights)"
+        )
     problems += _check_kl_reward(config)
     problems += _check_ref_sync(config)
     problems += _check_data_options(d)

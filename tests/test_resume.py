@@ -172,6 +172,28 @@ def test_a_resume_never_splices_two_branches_of_a_run(tmp_path: Path) -> None:
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_first_branch_checkpoint_the_rows_reach_is_refused_too(tmp_path: Path) -> None:
+    """The first branch ran to step 4 (last.ckpt = step 4); the second continued from step 2 and was
+    killed after step 4, before its first save: the rows reach step 4, so `--resume auto` took the first
+    branch's last.ckpt — the second branch's rows 3-4, the first branch's weights. Each checkpoint now
+    records its run segment, and one written before a resume that saved nothing since is refused."""
+    from entropyctl.trainer.run_dir import RunDirError
+
+    run_dir = tmp_path / "run"
+    quiet = ["eval.before=false", "eval.after=false"]
+    run_training(tiny_config("trainer.steps=4", "trainer.checkpoint_every=2", *quiet), run_dir)
+    step2 = run_dir / "checkpoints" / "step-000002.ckpt"
+    longer = tiny_config("trainer.steps=8", "trainer.checkpoint_every=5", *quiet)
+    with pytest.raises(_Killed):
+        run_training(longer, run_dir, resume=str(step2), callbacks=[_KillAfter(4)])
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4]
+    with pytest.raises(RunDirError, match="written before this run was resumed from step 2") as err:
+        run_training(longer, run_dir, resume="auto")
+    assert str(err.value).endswith(f"--resume {step2}")
+    summary = run_training(longer, run_dir, resume=str(step2))  # the advice works: a whole run
+    assert summary["status"] == "finished" and [r["step"] for r in read_metrics(run_dir)] == list(range(1, 9))
+
+
 def test_the_refusal_names_a_checkpoint_of_the_rows_own_branch(tmp_path: Path) -> None:
     """The first branch ran to step 6 (checkpoints 2, 4, 6); the second, from step 2 with checkpoints every
     5 steps, crashed after step 4: step-000004.ckpt is still the first branch's. The refusal named it

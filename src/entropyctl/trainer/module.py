@@ -559,6 +559,9 @@ class RLVRModule(pl.LightningModule):
     eval_problems: the held-out split for pass@k; run_dir: where ``metrics.csv`` is written (None: nowhere).
     """
 
+    #: the run's segment its checkpoints record (0: the first; n: after the n-th resume; set by trainer.run)
+    segment: int = 0
+
     def __init__(
         self,
         config: RunConfig,
@@ -685,6 +688,7 @@ class RLVRModule(pl.LightningModule):
             "sampler": self.sampler.state_dict(),
             "eval_results": self.eval_results,
             "kl_reward_coef": self.kl_reward_beta,
+            "segment": self.segment,
         }
         if self.config.algorithm.ref_sync_steps is not None and self._reference is not None:
             checkpoint["reference"] = self._reference.module.state_dict()  # moved by the syncs

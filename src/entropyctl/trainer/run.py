@@ -532,6 +532,8 @@ def check_resume(
     record = {
         "checkpoint": ckpt_path,
         "step": int(checkpoint.get("rlvr", {}).get("step", 0)),
+        # the run segment that wrote it (None: a checkpoint from before segments were recorded)
+        "segment": checkpoint.get("rlvr", {}).get("segment"),
         "changes": changes,
         "changes_allowed": bool(changes and allow_changes),
     }
@@ -558,19 +560,22 @@ def check_resume(
     return record
 
 
-def check_rows_reach(run_dir: Path, ckpt_path: str, step: int) -> None:
+def check_rows_reach(run_dir: Path, ckpt_path: str, step: int, segment: int | None = None) -> None:
     """A resume continues from a checkpoint whose step the run's ``metrics.csv`` reaches. Rows that end
     before it mean the checkpoint is of another branch of the run — a continuation from an earlier step
     checkpoint stopped before its next save, and left the first branch's ``last.ckpt`` — and continuing
     would splice the two (the rows between missing, the weights of the other branch): a
     :class:`RunDirError` naming a step checkpoint of the rows' own branch. A directory without rows (a
-    continuation into a new ``--out``) is not checked."""
+    continuation into a new ``--out``) is not checked. ``segment``: the run segment that wrote the
+    checkpoint: where the rows do reach its step, :func:`check_branch_of` still refuses one of another
+    branch."""
     try:
         steps = read_metrics(run_dir / "metrics.csv").get("step")
     except (OSError, RunDirError):
         return
     logged = [float(x) for x in (steps if steps is not None else []) if math.isfinite(float(x))]
     if not logged or max(logged) >= step:
+        check_branch_of(run_dir, ckpt_path, step, segment)
         return
     last = int(max(logged))
     # a step checkpoint at or before the latest resume's step is of the rows' own branch (a later one may be
@@ -583,6 +588,29 @@ def check_rows_reach(run_dir: Path, ckpt_path: str, step: int) -> None:
         f"the checkpoint is of an earlier branch of this run (a continuation from an earlier step stopped "
         f"before its next checkpoint), and continuing from it would splice the two; continue this run's "
         f"rows with {advice}"
+    )
+
+
+def check_branch_of(run_dir: Path, ckpt_path: str, step: int, segment: int | None) -> None:
+    """A checkpoint written before a later resume of the run (its ``segment`` below the resumes
+    recorded) while that resume's segments, which saved nothing, started from an earlier step: its
+    weights are of the branch those segments abandoned, the rows after their start theirs, and
+    continuing would splice the two even where the rows reach the checkpoint's step (a continuation
+    from an earlier step checkpoint killed before its first save leaves the first branch's
+    ``last.ckpt``): a :class:`RunDirError` naming a step checkpoint of the rows' own branch."""
+    resumes = read_resumes(run_dir)
+    if segment is None or not 0 <= int(segment) < len(resumes):
+        return
+    branch_point = min(int(r.get("step", 0)) for r in resumes[int(segment) :])
+    if step <= branch_point:
+        return
+    reached = sorted((k, path) for k, path in step_checkpoints(run_dir / "checkpoints") if k <= branch_point)
+    advice = f"--resume {reached[-1][1]}" if reached else "--overwrite to start afresh"
+    raise RunDirError(
+        f"--resume {ckpt_path}: a checkpoint of step {step} written before this run was resumed from step "
+        f"{branch_point}, and that continuation saved nothing since: its rows from step {branch_point + 1} are "
+        f"of another branch than the checkpoint's weights, and continuing would splice the two; continue this "
+        f"run's rows with {advice}"
     )
 
 
@@ -736,7 +764,9 @@ def run_training(
                 resume_record = check_resume(
                     ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log
                 )
-                check_rows_reach(run_dir, ckpt_path, int(resume_record.get("step", 0)))
+                check_rows_reach(
+                    run_dir, ckpt_path, int(resume_record.get("step", 0)), resume_record.get("segment")
+                )
                 resume_record = {**resume_record, "earlier": record_resume(run_dir, resume_record)}
             (run_dir / "config.yaml").write_text(config.to_yaml())
             for line in config.inert_settings():
@@ -884,6 +914,8 @@ class _Run:
         t_warm = time.perf_counter()
         self.module = build_module(self.config, self.run_dir)
         self.module.run_fingerprint = self.fingerprint
+        # which segment of the run (0: the first, n: after its n-th resume) its checkpoints belong to
+        self.module.segment = len(read_resumes(self.run_dir))
         self.warm_start_s = time.perf_counter() - t_warm
         self.initial_weights = weights_digest(self.module.policy)
         if self.status is not None:

@@ -423,5 +423,5 @@ def test_a_damaged_cache_entry_is_named_with_the_way_out(tmp_path):
     directory = pretrain(cfg)
     weights = directory / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(RuntimeError, match=r"cached warm start .* cannot be loaded .* pretrain --force"):
+    with pytest.raises(OSError, match=r"cached warm start .* cannot be loaded .* pretrain --force"):
         load_policy(cfg)

@@ -211,3 +211,37 @@ def test_the_refusal_names_a_checkpoint_of_the_rows_own_branch(tmp_path: Path) -
     with pytest.raises(RunDirError, match="metrics.csv ends at step 4") as err:
         run_training(every5, run_dir, resume="auto")
     assert str(err.value).endswith(f"--resume {step2}")
+
+
+def test_a_resume_whose_model_source_changed_is_refused_when_it_rebuilds_the_kl_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a KL the frozen reference is rebuilt from the model source on a resume: a warm-start cache
+    whose weights changed (another machine's build) gave another reference silently (kl_loss at step 3
+    0.0029 against 0.00065 in a review's check). The checkpoint records the starting weights' digest."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from entropyctl.models import warm_start
+    from entropyctl.trainer.run_dir import ResumeMismatchError
+
+    config = tiny_config(
+        "trainer.steps=4", "trainer.checkpoint_every=2", "eval.before=false", "eval.after=false",
+        "algorithm.kl_coef=0.5",
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    with pytest.raises(_Killed):
+        run_training(config, run_dir, callbacks=[_KillAfter(3)])
+    entry = warm_start.cached_checkpoint(config.model)
+    moved = tmp_path / "cache" / entry.relative_to(warm_start.default_cache_dir())
+    shutil.copytree(entry, moved)
+    weights = load_file(moved / "model.safetensors")
+    name = next(k for k in weights if k.endswith("norm.weight"))
+    weights[name] = weights[name] + 0.05
+    save_file(weights, moved / "model.safetensors", metadata={"format": "pt"})
+    monkeypatch.setenv("ENTROPYCTL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ResumeMismatchError, match="KL reference, rebuilt from it, would be another one"):
+        run_training(config, run_dir, resume="auto")
+    summary = run_training(config, run_dir, resume="auto", allow_resume_changes=True)
+    assert summary["status"] == "finished"

@@ -84,7 +84,7 @@ def load_policy(
             )
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         except Exception as err:  # a damaged entry (a disk that filled, a copy cut short) is never repaired
-            raise RuntimeError(
+            raise OSError(
                 f"the cached warm start {directory} cannot be loaded ({type(err).__name__}: {str(err)[:200]}); "
                 "delete that directory, or run `entropyctl pretrain --force` with the run's config, to build it "
                 "again"

@@ -561,6 +561,8 @@ class RLVRModule(pl.LightningModule):
 
     #: the run's segment its checkpoints record (0: the first; n: after the n-th resume; set by trainer.run)
     segment: int = 0
+    #: the digest of the policy's weights as the run started (trainer.run.weights_digest; checkpoints record it)
+    initial_weights: str | None = None
 
     def __init__(
         self,
@@ -689,6 +691,7 @@ class RLVRModule(pl.LightningModule):
             "eval_results": self.eval_results,
             "kl_reward_coef": self.kl_reward_beta,
             "segment": self.segment,
+            "initial_weights": self.initial_weights,
         }
         if self.config.algorithm.ref_sync_steps is not None and self._reference is not None:
             checkpoint["reference"] = self._reference.module.state_dict()  # moved by the syncs
@@ -708,6 +711,11 @@ class RLVRModule(pl.LightningModule):
         if self.config.algorithm.kl_reward_target is not None and "kl_reward_coef" in state:
             self.kl_reward_beta = float(state["kl_reward_coef"])  # the adaptive β_r where it was
         self._resumed = True  # the optimizer's settings are the config's once Lightning restored it
+
+    @property
+    def has_reference_copy(self) -> bool:
+        """Whether the KL reference is a frozen copy of the initial policy (not a LoRA run's base model)."""
+        return self._reference is not None
 
     def _optim_settings_over(self) -> None:
         """A resumed run's optimizer and scheduler (restored from the checkpoint by then, under every

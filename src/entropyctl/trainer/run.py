@@ -534,6 +534,9 @@ def check_resume(
         "step": int(checkpoint.get("rlvr", {}).get("step", 0)),
         # the run segment that wrote it (None: a checkpoint from before segments were recorded)
         "segment": checkpoint.get("rlvr", {}).get("segment"),
+        # the policy's weights as the run started (its KL reference's, unless ref_sync_steps moved it)
+        "initial_weights": checkpoint.get("rlvr", {}).get("initial_weights"),
+        "allow_changes": allow_changes,
         "changes": changes,
         "changes_allowed": bool(changes and allow_changes),
     }
@@ -886,6 +889,31 @@ class _Run:
     def steps(self) -> int:
         return int(self.module.rlvr_step) if self.module is not None else 0
 
+    def _check_reference_source(self) -> None:
+        """A resumed run with a KL rebuilds its frozen reference from the model source (the warm-start
+        cache, ``model.path``): weights other than those the run started from (their digest in the
+        checkpoint) would be another reference, silently. Refused unless ``--allow-resume-changes``; not
+        checked where the checkpoint holds the reference (``algorithm.ref_sync_steps``) or no digest
+        (above DIGEST_MAX_PARAMETERS, or a checkpoint from before 2026-12-07)."""
+        record, module = self.resume_record, self.module
+        if record is None or module is None or not module.has_reference_copy:
+            return
+        saved = record.get("initial_weights")
+        if saved is None or self.initial_weights is None or saved == self.initial_weights:
+            return
+        if self.config.algorithm.ref_sync_steps is not None:
+            return
+        what = (
+            f"the run started from weights {saved} and the model source now gives {self.initial_weights}: the KL "
+            "reference, rebuilt from it, would be another one (the warm-start cache or model.path changed)"
+        )
+        if not record.get("allow_changes"):
+            raise ResumeMismatchError(
+                f"--resume {record.get('checkpoint')}: {what}; resume where the run's model source is (its "
+                "ENTROPYCTL_CACHE, its model.path), or pass --allow-resume-changes to go on with the new reference"
+            )
+        self.log(f"[entropyctl] resuming despite a new KL reference (--allow-resume-changes): {what}")
+
     def _evaluate_after_if_missing(self) -> None:
         """The evaluation after training of a run resumed at its last step (a finished run resumed again, or
         one stopped during that evaluation): Lightning then trains nothing and calls no train hooks, and the
@@ -918,6 +946,8 @@ class _Run:
         self.module.segment = len(read_resumes(self.run_dir))
         self.warm_start_s = time.perf_counter() - t_warm
         self.initial_weights = weights_digest(self.module.policy)
+        self.module.initial_weights = self.initial_weights
+        self._check_reference_source()
         if self.status is not None:
             n_params = sum(p.numel() for p in self.module.policy.parameters())
             self.log(

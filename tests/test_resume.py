@@ -245,3 +245,24 @@ def test_a_resume_whose_model_source_changed_is_refused_when_it_rebuilds_the_kl_
         run_training(config, run_dir, resume="auto")
     summary = run_training(config, run_dir, resume="auto", allow_resume_changes=True)
     assert summary["status"] == "finished"
+
+
+def test_a_resume_at_its_last_step_drops_the_rows_past_its_checkpoint(tmp_path: Path) -> None:
+    """Killed after step 5 of 6 (checkpoint of step 4), resumed with trainer.steps=4: Lightning trains
+    nothing then and skips the train start that trimmed the rows, so metrics.csv and completions.jsonl
+    kept step 5 and summary.json's final entropy was step 5's."""
+    run_dir = tmp_path / "run"
+    quiet = [
+        "eval.before=false",
+        "eval.after=false",
+        "trainer.checkpoint_every=2",
+        "trainer.completions_every=1",
+    ]
+    with pytest.raises(_Killed):
+        run_training(tiny_config("trainer.steps=6", *quiet), run_dir, callbacks=[_KillAfter(5)])
+    summary = run_training(tiny_config("trainer.steps=4", *quiet), run_dir, resume="auto")
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert summary["final_entropy"] == rows[-1]["entropy"]
+    logged = [json.loads(line)["step"] for line in (run_dir / "completions.jsonl").read_text().splitlines()]
+    assert max(logged) == 4

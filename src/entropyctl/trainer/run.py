@@ -861,6 +861,7 @@ class _Run:
     ) -> dict[str, Any]:
         try:
             self._build()
+            self._trim_rows_past_the_checkpoint()
             self._fit(ckpt_path, progress_bar, callbacks)
             self._evaluate_after_if_missing()
         except RunStopped as stopped:
@@ -888,6 +889,17 @@ class _Run:
     @property
     def steps(self) -> int:
         return int(self.module.rlvr_step) if self.module is not None else 0
+
+    def _trim_rows_past_the_checkpoint(self) -> None:
+        """A resume drops the rows past its checkpoint before the fit: the module does it at the train
+        start too, which Lightning skips when the checkpoint's step is already the run's last (a resume
+        with a shorter trainer.steps kept the later rows, and summary.json read its final entropy there)."""
+        record, module = self.resume_record, self.module
+        if record is None or module is None:
+            return
+        for writer in (module.metrics_writer, module.completions_writer):
+            if writer is not None:
+                writer.truncate_after(int(record.get("step", 0)))
 
     def _check_reference_source(self) -> None:
         """A resumed run with a KL rebuilds its frozen reference from the model source (the warm-start

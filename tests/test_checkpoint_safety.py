@@ -295,3 +295,16 @@ def test_the_trainer_writes_its_checkpoints_beside_them_and_renames(
     into = [(src.parent, dst.name) for src, dst in renamed if dst.suffix == ".ckpt"]
     assert into == [(ckpts, n) for n in ("step-000001.ckpt", "last.ckpt", "step-000002.ckpt", "last.ckpt")]
     assert not list(elsewhere.iterdir()) and not [p for p in ckpts.iterdir() if p.name.startswith(".")]
+
+
+def test_a_refused_run_into_a_new_time_stamped_directory_leaves_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --out the run directory is a new time-stamped one under output_dir; a refused resume left
+    it holding run.lock (the CLI's rmdir of an empty folder failed silently)."""
+    runs = tmp_path / "runs"
+    status, err = _cli(
+        ["train", "--resume", str(tmp_path / "missing.ckpt"), *_set([*TINY, f"output_dir={runs}"])], capsys
+    )
+    assert status == 2 and err.count("\n") == 1, err
+    assert list(runs.iterdir()) == []

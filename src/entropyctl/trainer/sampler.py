@@ -28,7 +28,7 @@ class PromptSampler:
     off the rows in a shuffled order, a fresh shuffle (seeded by ``seed`` and the epoch) each pass, every
     row once per epoch; step ``s`` of rank ``r`` of ``world`` takes positions ``((s − 1)·world + r)·count``
     onwards of that endless sequence, so ranks take disjoint positions and a resumed run reads the same
-rows (a step that straddles two epochs may hold a row of each pass twice, on one rank or two).
+    rows (a step that straddles two epochs may hold a row of each pass twice, on one rank or two).
     Refills (dynamic sampling's later attempts) are drawn at random.
     """
 

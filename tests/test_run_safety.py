@@ -672,3 +672,26 @@ def test_a_resume_record_after_a_line_a_crash_cut_short(tmp_path: Path) -> None:
         f.write('{"step": 3, "chan')  # a crash in the middle of a record
     assert [r["step"] for r in record_resume(tmp_path, {"step": 4})] == [2]
     assert [r["step"] for r in record_resume(tmp_path, {"step": 5})] == [2, 4]
+
+
+def test_a_stop_before_the_first_checkpoint_gives_advice_that_works(tmp_path: Path) -> None:
+    """Stopped before any checkpoint, the run said 'resume with --resume auto', which then finds no
+    last.ckpt and is refused; it now says what works, and a stop after a checkpoint still says resume."""
+    import lightning.pytorch as pl
+
+    from entropyctl.trainer.run_dir import RunStopped
+
+    class _StopAt(pl.Callback):
+        def __init__(self, step: int) -> None:
+            self.step = step
+
+        def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
+            if module.rlvr_step == self.step:
+                raise RunStopped(15)
+
+    for every, advice in ((5, "run it again with --overwrite"), (1, "resume with --resume auto")):
+        lines: list[str] = []
+        config = tiny_config("trainer.steps=3", f"trainer.checkpoint_every={every}", "eval.before=false")
+        with pytest.raises(RunStopped):
+            run_training(config, tmp_path / f"every{every}", callbacks=[_StopAt(2)], log=lines.append)
+        assert any("stopped by signal 15 after step 2" in line and advice in line for line in lines), lines

@@ -866,9 +866,13 @@ class _Run:
             self._evaluate_after_if_missing()
         except RunStopped as stopped:
             self._end("stopped", stopped)
-            self.log(
-                f"[entropyctl] stopped by signal {stopped.signum} after step {self.steps}; resume with --resume auto"
+            saved = (self.run_dir / "checkpoints" / "last.ckpt").is_file()
+            advice = (
+                "resume with --resume auto"
+                if saved
+                else "no checkpoint was written yet, so nothing to resume: run it again with --overwrite"
             )
+            self.log(f"[entropyctl] stopped by signal {stopped.signum} after step {self.steps}; {advice}")
             raise
         except BaseException as err:
             self._end("failed", err)

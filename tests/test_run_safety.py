@@ -695,3 +695,24 @@ def test_a_stop_before_the_first_checkpoint_gives_advice_that_works(tmp_path: Pa
         with pytest.raises(RunStopped):
             run_training(config, tmp_path / f"every{every}", callbacks=[_StopAt(2)], log=lines.append)
         assert any("stopped by signal 15 after step 2" in line and advice in line for line in lines), lines
+
+
+def test_a_write_a_kill_cut_short_is_removed_when_the_run_goes_on(tmp_path: Path) -> None:
+    """A SIGKILL during a checkpoint's write left checkpoints/.last.ckpt.<pid>.tmp for good (a model's
+    size each time: write_atomic removes it only when the error reaches the process). The next run of
+    the directory holds its lock, so every such file is stale and goes."""
+    config = tiny_config(
+        "trainer.steps=2", "trainer.checkpoint_every=1", "eval.before=false", "eval.after=false"
+    )
+    run_dir = tmp_path / "run"
+    run_training(config, run_dir)
+    stale = [run_dir / "checkpoints" / ".last.ckpt.999999.tmp", run_dir / ".summary.json.999999.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    keep = run_dir / "checkpoints" / "notes.tmp"  # not write_atomic's: left alone
+    keep.write_text("mine")
+    lines: list[str] = []
+    run_training(tiny_config("trainer.steps=3", "trainer.checkpoint_every=1", "eval.before=false",
+                             "eval.after=false"), run_dir, resume="auto", log=lines.append)  # fmt: skip
+    assert not any(path.exists() for path in stale) and keep.exists()
+    assert sum("an earlier process was killed in" in line for line in lines) == 2

@@ -68,6 +68,7 @@ __all__ = [
     "RunLock",
     "RunStatus",
     "prepare_run_dir",
+    "remove_stale_temp_files",
     "run_fingerprint",
     "config_fingerprint",
     "fingerprint_changes",
@@ -186,6 +187,23 @@ def write_atomic(path: str | Path, write: Callable[[Any], object]) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Remove the temp files :func:`write_atomic` left in ``run_dir`` and its ``checkpoints/`` when a
+    process was killed mid-write (SIGKILL: no handler ran; for a checkpoint, the model's size each
+    time). The caller holds the directory's :class:`RunLock`, so no writer of this run is alive. Returns
+    the files removed."""
+    pattern = re.compile(r"^\..+\.(\d+)\.tmp$")
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+            match = pattern.match(path.name)
+            if match and int(match.group(1)) != os.getpid() and path.is_file():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------ the lock

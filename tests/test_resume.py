@@ -266,3 +266,34 @@ def test_a_resume_at_its_last_step_drops_the_rows_past_its_checkpoint(tmp_path: 
     assert summary["final_entropy"] == rows[-1]["entropy"]
     logged = [json.loads(line)["step"] for line in (run_dir / "completions.jsonl").read_text().splitlines()]
     assert max(logged) == 4
+
+
+def test_a_resume_that_failed_before_training_is_no_branch_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume from step 2 that failed while the policy was built (a damaged cache, Ctrl-C in the warm
+    start) trained nothing and left the rows as they were, yet was recorded as a resume: the branch check
+    then refused the run's own last.ckpt (step 4). A resume is recorded once it has taken effect."""
+    from entropyctl.trainer import run as run_module
+
+    config = tiny_config(
+        "trainer.steps=4", "trainer.checkpoint_every=2", "eval.before=false", "eval.after=false"
+    )
+    run_dir = tmp_path / "run"
+    run_training(config, run_dir)
+    step2 = run_dir / "checkpoints" / "step-000002.ckpt"
+    original = run_module.build_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the cached warm start cannot be loaded")
+
+    monkeypatch.setattr(run_module, "build_module", broken)
+    with pytest.raises(OSError):
+        run_training(config, run_dir, resume=str(step2))
+    monkeypatch.setattr(run_module, "build_module", original)
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4]
+    longer = tiny_config(
+        "trainer.steps=5", "trainer.checkpoint_every=2", "eval.before=false", "eval.after=false"
+    )
+    summary = run_training(longer, run_dir, resume="auto")
+    assert summary["status"] == "finished" and [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5]

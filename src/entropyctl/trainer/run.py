@@ -773,7 +773,6 @@ def run_training(
                 check_rows_reach(
                     run_dir, ckpt_path, int(resume_record.get("step", 0)), resume_record.get("segment")
                 )
-                resume_record = {**resume_record, "earlier": record_resume(run_dir, resume_record)}
             (run_dir / "config.yaml").write_text(config.to_yaml())
             for line in config.inert_settings():
                 log(f"[entropyctl] note: {line}")
@@ -865,6 +864,7 @@ class _Run:
         try:
             self._build()
             self._trim_rows_past_the_checkpoint()
+            self._record_the_resume()
             self._fit(ckpt_path, progress_bar, callbacks)
             self._evaluate_after_if_missing()
         except RunStopped as stopped:
@@ -896,6 +896,17 @@ class _Run:
     @property
     def steps(self) -> int:
         return int(self.module.rlvr_step) if self.module is not None else 0
+
+    def _record_the_resume(self) -> None:
+        """Append the resume to the run's ``resumes.jsonl`` once it has taken effect (the policy built,
+        the rows past its checkpoint dropped): a resume that failed before, e.g. in the warm start, is no
+        branch point of the run (:func:`check_branch_of`). Its checkpoints belong to the segment it opens."""
+        record, module = self.resume_record, self.module
+        if record is None or module is None:
+            return
+        earlier = record_resume(self.run_dir, record)
+        self.resume_record = {**record, "earlier": earlier}
+        module.segment = len(earlier) + 1
 
     def _trim_rows_past_the_checkpoint(self) -> None:
         """A resume drops the rows past its checkpoint before the fit: the module does it at the train

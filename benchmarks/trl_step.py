@@ -159,7 +159,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "entropyctl_aer": {
         "trainer": TimedGRPOTrainer,
         "config": {},
-        "extra": {"controller": {"name": "aer", "alpha_0": 0.01}},
+        # the weighted sum decides correctness, as it did when the committed timings were taken (several
+        # reward functions need accuracy_reward since 2026-12-07)
+        "extra": {"controller": {"name": "aer", "alpha_0": 0.01}, "accuracy_reward": "weighted_sum"},
     },
 }
 

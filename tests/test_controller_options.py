@@ -77,6 +77,13 @@ def test_create_controller_overrides_win_over_the_other_spelling() -> None:
     kept = copy.deepcopy(nested)
     assert create_controller(nested, tau=0.5).config.anchor.tau == 0.5
     assert nested == kept  # the caller's mapping is left as it was
+    # a whole part over the first release's flat spelling of one of its options
+    whole = create_controller({"name": "aer", "tau": 0.5}, anchor={"mode": "initial", "tau": 0.3})
+    assert whole.config.anchor.tau == 0.3
+    bounds = create_controller(
+        {"name": "aer", "alpha_max": 0.5}, update={"rule": "relative", "alpha_max": 0.2}
+    )
+    assert bounds.config.update.alpha_max == 0.2
 
 
 def test_an_arms_flat_key_wins_over_a_nested_base_as_set_does() -> None:

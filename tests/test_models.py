@@ -350,7 +350,8 @@ def test_an_odd_head_size_is_a_config_error_not_a_rotary_crash() -> None:
 
 def test_pretrain_cli_measures_a_cached_entry_and_writes_it_readable(tmp_path, monkeypatch, capsys):
     """An entry `entropyctl train` wrote holds no accuracy: `entropyctl pretrain` (default --eval 500)
-    printed none on that cache hit. And entries were mkdtemp's 0700, unreadable to another user sharing
+    printed none on that cache hit; it measures and prints it now, leaving the entry as it is (it may be
+    another user's, read-only). And entries were mkdtemp's 0700, unreadable to another user sharing
     ENTROPYCTL_CACHE (an export's fix, missing here)."""
     monkeypatch.setenv("ENTROPYCTL_CACHE", str(tmp_path / "cache"))
     settings = ["--set", "model.tiny.hidden_size=32", "--set", "model.tiny.layers=1"]
@@ -366,6 +367,7 @@ def test_pretrain_cli_measures_a_cached_entry_and_writes_it_readable(tmp_path, m
     assert again["path"] == first["path"] and set(again["greedy_accuracy"]) >= {"all"}
     assert again["eval_problems"] == 10 and again["train_seconds"] == first["train_seconds"]  # not retrained
     entry = Path(first["path"])
+    assert "greedy_accuracy" not in json.loads((entry / "pretrain.json").read_text())  # printed, not written
     assert stat.S_IMODE(entry.stat().st_mode) == 0o755
     assert stat.S_IMODE((entry / "model.safetensors").stat().st_mode) == 0o644
 

@@ -465,3 +465,19 @@ def test_the_controller_state_is_in_the_checkpoint_before_transformers_saves_it(
 
     _train(GRPOTrainer, tmp_path, before=spy, max_steps=2, save_strategy="steps", save_steps=1)
     assert seen == [True, True]
+
+
+def test_the_trl_step_benchmark_runs_its_three_arms(tmp_path: Path) -> None:
+    """benchmarks/trl_step.py at its smallest: its entropyctl arm passes two reward functions and broke
+    when several needed accuracy_reward (it now names the weighted sum its timings were taken with)."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "trl_step.py"
+    out = tmp_path / "trl_step.json"
+    args = ["--rounds", "1", "--steps", "1", "--warmup", "0", "--hidden", "32", "--layers", "1"]
+    args += ["--prompts", "2", "--group", "2", "--out", str(out)]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "entropyctl_aer" in json.dumps(json.loads(out.read_text()))

@@ -134,6 +134,13 @@ def run(args: argparse.Namespace) -> int:
         write_atomically(out, lambda tmp: shutil.copytree(directory, tmp, dirs_exist_ok=True))
         directory = out
     metadata = json.loads((directory / METADATA_FILE).read_text())
+    if args.eval_problems > 0 and metadata.get("eval_problems") != args.eval_problems:
+        # a cached entry measured on another count, or none (`entropyctl train` writes it unmeasured):
+        # measured here and printed, the entry left as it is (it may be another user's, read-only)
+        from entropyctl.models.warm_start import load_pretrained, measured_accuracy
+
+        model, tokenizer = load_pretrained(directory)
+        metadata.update(measured_accuracy(model, tokenizer, cfg, task, args.eval_problems))
     metadata["path"] = str(directory)
     metadata["wall_seconds"] = round(time.perf_counter() - started, 2)
     print(json.dumps(metadata, indent=2))

@@ -230,9 +230,10 @@ def create_controller(
             base = {"name": config}
         else:
             base = copy.deepcopy(dict(config))
+        merged = {**base, **overrides}
         for key in overrides:  # an override wins over the other spelling of its option, as --set's does
-            drop_other_spelling(base, key.split("."))
-        config = {**base, **overrides}
+            drop_other_spelling(merged, key.split("."))
+        config = merged
     parsed = parse_controller_config(config)
     return get_controller_class(parsed.name)(parsed)
 

@@ -209,7 +209,7 @@ class GRPOTrainer(trl.GRPOTrainer):
         (TRL's ``accuracy_reward`` gives 1.0 / 0.0, hence the default 1.0).
     accuracy_reward: the name of the reward function whose value decides correctness; ``"weighted_sum"``
         the weighted sum of all reward functions (what TRL's advantages use); ``None`` (the default): the
-        one reward function's value, and with several an error (a format reward beside the accuracy one
+        one reward function's weighted value, and with several an error (a format reward beside the accuracy one
         would count a well-formatted wrong answer as correct).
     Everything else is passed to ``trl.GRPOTrainer`` unchanged.
     """

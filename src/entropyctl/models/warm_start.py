@@ -329,10 +329,10 @@ def pretrain(
         raise ValueError(f"pretrain: model.kind is '{cfg.kind}'; only the 'tiny' model is warm-started here")
     directory = cached_checkpoint(cfg, task)
     if (directory / METADATA_FILE).is_file() and not force:
-        return _with_accuracy(directory, cfg, task, evaluate)
+        return directory
     with _exclusive(directory.parent / f"{directory.name}.lock"):
         if (directory / METADATA_FILE).is_file() and not force:
-            return _with_accuracy(directory, cfg, task, evaluate)  # another process finished it meanwhile
+            return directory  # another process finished it while we waited
         # Library and `entropyctl train` use: report progress (rank 0 only); `entropyctl pretrain` logs.
         reporter = None
         if log is None and progress and os.environ.get("LOCAL_RANK", "0") == "0" and cfg.pretrain.steps > 0:
@@ -342,7 +342,7 @@ def pretrain(
         if reporter is not None:
             reporter.finish()
         if evaluate > 0:
-            metadata.update(_measured_accuracy(model, tokenizer, cfg, task, evaluate))
+            metadata.update(measured_accuracy(model, tokenizer, cfg, task, evaluate))
 
         def write(tmp: Path) -> None:
             model.save_pretrained(tmp)
@@ -355,7 +355,7 @@ def pretrain(
     return directory
 
 
-def _measured_accuracy(
+def measured_accuracy(
     model: Any, tokenizer: Any, cfg: ModelConfig, task: Any, evaluate: int
 ) -> dict[str, Any]:
     """``greedy_accuracy`` per level on ``evaluate`` problems of the task's held-out split, with the
@@ -372,21 +372,6 @@ def _measured_accuracy(
         "eval_problems": evaluate,
         "eval_seconds": round(time.perf_counter() - started, 2),
     }
-
-
-def _with_accuracy(directory: Path, cfg: ModelConfig, task: Any, evaluate: int) -> Path:
-    """A cached entry, measured on ``evaluate`` held-out problems when asked and not yet measured on as
-    many (an entry ``entropyctl train`` wrote holds none); ``pretrain.json`` is replaced atomically."""
-    path = directory / METADATA_FILE
-    metadata = json.loads(path.read_text())
-    if evaluate <= 0 or metadata.get("eval_problems") == evaluate:
-        return directory
-    model, tokenizer = load_pretrained(directory)
-    metadata.update(_measured_accuracy(model, tokenizer, cfg, task, evaluate))
-    staged = path.with_name(f".{METADATA_FILE}.tmp-{os.getpid()}")
-    staged.write_text(json.dumps(metadata, indent=2) + "\n")
-    os.replace(staged, path)
-    return directory
 
 
 def load_pretrained(directory: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

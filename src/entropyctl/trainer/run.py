@@ -585,14 +585,19 @@ def check_rows_reach(run_dir: Path, ckpt_path: str, step: int, segment: int | No
     # a step checkpoint at or before the latest resume's step is of the rows' own branch (a later one may be
     # the abandoned branch's, which the rows' branch did not overwrite)
     branch_point = min([last, *(int(r.get("step", last)) for r in read_resumes(run_dir)[-1:])])
-    reached = sorted((k, path) for k, path in step_checkpoints(run_dir / "checkpoints") if k <= branch_point)
-    advice = f"--resume {reached[-1][1]}" if reached else "--overwrite to start afresh"
     raise RunDirError(
         f"--resume {ckpt_path}: a checkpoint of step {step}, but {run_dir / 'metrics.csv'} ends at step {last} — "
         f"the checkpoint is of an earlier branch of this run (a continuation from an earlier step stopped "
         f"before its next checkpoint), and continuing from it would splice the two; continue this run's "
-        f"rows with {advice}"
+        f"rows with {_own_branch_advice(run_dir, branch_point)}"
     )
+
+
+def _own_branch_advice(run_dir: Path, branch_point: int) -> str:
+    """``--resume`` of the latest step checkpoint at or before ``branch_point`` (of the rows' own branch),
+    else ``--overwrite``."""
+    reached = sorted((k, path) for k, path in step_checkpoints(run_dir / "checkpoints") if k <= branch_point)
+    return f"--resume {reached[-1][1]}" if reached else "--overwrite to start afresh"
 
 
 def check_branch_of(run_dir: Path, ckpt_path: str, step: int, segment: int | None) -> None:
@@ -608,13 +613,11 @@ def check_branch_of(run_dir: Path, ckpt_path: str, step: int, segment: int | Non
     branch_point = min(int(r.get("step", 0)) for r in resumes[int(segment) :])
     if step <= branch_point:
         return
-    reached = sorted((k, path) for k, path in step_checkpoints(run_dir / "checkpoints") if k <= branch_point)
-    advice = f"--resume {reached[-1][1]}" if reached else "--overwrite to start afresh"
     raise RunDirError(
         f"--resume {ckpt_path}: a checkpoint of step {step} written before this run was resumed from step "
         f"{branch_point}, and that continuation saved nothing since: its rows from step {branch_point + 1} are "
         f"of another branch than the checkpoint's weights, and continuing would splice the two; continue this "
-        f"run's rows with {advice}"
+        f"run's rows with {_own_branch_advice(run_dir, branch_point)}"
     )
 
 

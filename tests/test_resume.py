@@ -172,6 +172,16 @@ def test_a_resume_never_splices_two_branches_of_a_run(tmp_path: Path) -> None:
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
+def _second_branch_killed(run_dir: Path, first: Any, second: Any, kill_after: int) -> Path:
+    """Run ``first`` to its end, continue from its step-2 checkpoint with ``second`` and kill that after
+    step ``kill_after`` (before its next save); returns the step-2 checkpoint."""
+    run_training(first, run_dir)
+    step2 = run_dir / "checkpoints" / "step-000002.ckpt"
+    with pytest.raises(_Killed):
+        run_training(second, run_dir, resume=str(step2), callbacks=[_KillAfter(kill_after)])
+    return step2
+
+
 def test_a_first_branch_checkpoint_the_rows_reach_is_refused_too(tmp_path: Path) -> None:
     """The first branch ran to step 4 (last.ckpt = step 4); the second continued from step 2 and was
     killed after step 4, before its first save: the rows reach step 4, so `--resume auto` took the first
@@ -181,11 +191,9 @@ def test_a_first_branch_checkpoint_the_rows_reach_is_refused_too(tmp_path: Path)
 
     run_dir = tmp_path / "run"
     quiet = ["eval.before=false", "eval.after=false"]
-    run_training(tiny_config("trainer.steps=4", "trainer.checkpoint_every=2", *quiet), run_dir)
-    step2 = run_dir / "checkpoints" / "step-000002.ckpt"
+    first = tiny_config("trainer.steps=4", "trainer.checkpoint_every=2", *quiet)
     longer = tiny_config("trainer.steps=8", "trainer.checkpoint_every=5", *quiet)
-    with pytest.raises(_Killed):
-        run_training(longer, run_dir, resume=str(step2), callbacks=[_KillAfter(4)])
+    step2 = _second_branch_killed(run_dir, first, longer, 4)
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4]
     with pytest.raises(RunDirError, match="written before this run was resumed from step 2") as err:
         run_training(longer, run_dir, resume="auto")
@@ -203,11 +211,10 @@ def test_the_refusal_names_a_checkpoint_of_the_rows_own_branch(tmp_path: Path) -
 
     run_dir = tmp_path / "run"
     quiet = ["eval.before=false", "eval.after=false"]
-    run_training(tiny_config("trainer.steps=6", "trainer.checkpoint_every=2", *quiet), run_dir)
-    step2 = run_dir / "checkpoints" / "step-000002.ckpt"
     every5 = tiny_config("trainer.steps=6", "trainer.checkpoint_every=5", *quiet)
-    with pytest.raises(_Killed):
-        run_training(every5, run_dir, resume=str(step2), callbacks=[_KillAfter(4)])
+    step2 = _second_branch_killed(
+        run_dir, tiny_config("trainer.steps=6", "trainer.checkpoint_every=2", *quiet), every5, 4
+    )
     with pytest.raises(RunDirError, match="metrics.csv ends at step 4") as err:
         run_training(every5, run_dir, resume="auto")
     assert str(err.value).endswith(f"--resume {step2}")

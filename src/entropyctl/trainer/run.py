@@ -767,8 +767,7 @@ def run_training(
             prepare_run_dir(
                 run_dir, resume=None if ckpt_path is None else Path(ckpt_path), overwrite=overwrite, log=log
             )
-            for stale in remove_stale_temp_files(run_dir):  # a write a kill cut short (under our lock)
-                log(f"[entropyctl] removed {stale}, a write that an earlier process was killed in")
+            remove_stale_temp_files(run_dir, log)  # writes a kill cut short (we hold the lock)
             if ckpt_path is not None:
                 resume_record = check_resume(
                     ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log

@@ -189,11 +189,11 @@ def write_atomic(path: str | Path, write: Callable[[Any], object]) -> None:
         raise
 
 
-def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+def remove_stale_temp_files(run_dir: Path, log: Callable[[str], None] | None = None) -> list[Path]:
     """Remove the temp files :func:`write_atomic` left in ``run_dir`` and its ``checkpoints/`` when a
     process was killed mid-write (SIGKILL: no handler ran; for a checkpoint, the model's size each
     time). The caller holds the directory's :class:`RunLock`, so no writer of this run is alive. Returns
-    the files removed."""
+    the files removed, each named to ``log``."""
     pattern = re.compile(r"^\..+\.(\d+)\.tmp$")
     removed = []
     for folder in (run_dir, run_dir / "checkpoints"):
@@ -203,6 +203,8 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
                 with contextlib.suppress(OSError):
                     path.unlink()
                     removed.append(path)
+                    if log is not None:
+                        log(f"[entropyctl] removed {path}, a write that an earlier process was killed in")
     return removed
 
 

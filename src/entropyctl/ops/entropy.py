@@ -323,9 +323,8 @@ def fused_logprob_entropy(
     """
     t = _check_temperature(temperature)
     lead = targets.shape
-    if hidden.shape[:-1] != lead and not (
-        hidden.dim() == 2 and targets.dim() == 1
-    ):  # [N, d] / [N]: _validate
+    flat_pair = hidden.dim() == 2 and targets.dim() == 1  # [N, d] with [N]: _validate checks it
+    if hidden.shape[:-1] != lead and not flat_pair:  # a flattened count would pair other rows' states
         raise ValueError(
             f"hidden {tuple(hidden.shape)} and targets {tuple(lead)} disagree: "
             "expected hidden [..., d] with targets [...]"

@@ -520,6 +520,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         # is held in fp32: its ~1/N entries underflowed in fp16 (bf16 has fp32's range and stays as it is)
         exact = fp16_autocast(hidden.device)
         h_dtype = cdtype if exact else hidden.dtype
+        w_exact = weight.to(cdtype) if exact else weight  # once, not per chunk (a no-op for fp32 weights)
         grad_h = torch.empty(hidden.shape, dtype=h_dtype, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=cdtype, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=cdtype, device=weight.device) if need_b else None
@@ -551,8 +552,8 @@ class _FusedPolicyLoss(torch.autograd.Function):
                 skip_H = not bool(torch.any(g_H != 0))
                 dz = chunk_dlogits(p_log_p, p, tgt, ent, g_lp, None if skip_H else g_H, temperature)
                 with torch.autocast(hidden.device.type, enabled=False) if exact else contextlib.nullcontext():
-                    h_in, w_in = (h.to(cdtype), weight.to(cdtype)) if exact else (h, weight)
-                    accumulate_param_grads(dz, h_in, w_in, grad_h, grad_w, grad_b, start, end)
+                    h_in = h.to(cdtype) if exact else h
+                    accumulate_param_grads(dz, h_in, w_exact, grad_h, grad_w, grad_b, start, end)
                 del dz
             del z, p_log_p, p
         # Saved like activations, so autograd frees them after backward (unless retain_graph).

@@ -96,14 +96,11 @@ def train_from_cli(
             overwrite=overwrite,
             allow_resume_changes=allow_resume_changes,
             progress_bar=progress_bar,
+            made_dir=made,
         )
     except BaseException:
-        if made:  # a run refused before it wrote leaves no directory behind (its lock file aside)
-            from entropyctl.trainer.run_dir import LOCK_FILE
-
+        if made:  # a run refused before it wrote leaves no empty directory behind
             with contextlib.suppress(OSError):
-                if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:  # a new directory: no one else's
-                    (run_dir / LOCK_FILE).unlink()
                 run_dir.rmdir()  # only when empty
         raise
 

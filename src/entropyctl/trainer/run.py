@@ -720,6 +720,7 @@ def run_training(
     progress_bar: bool | None = None,
     callbacks: Sequence[Any] = (),
     log: Any = print,
+    made_dir: bool = False,
 ) -> dict[str, Any]:
     """Train with ``config``, writing the run directory; returns the summary (also ``summary.json``).
 
@@ -732,7 +733,8 @@ def run_training(
     ``last.ckpt`` is written, the summary says ``"stopped"`` and :class:`RunStopped` is raised (its
     ``exit_code`` is 143 / 130). ``progress_bar``: overrides ``trainer.progress_bar``. ``callbacks``: extra
     Lightning callbacks. With several processes, every rank also writes ``ranks/rank<r>.json`` (its
-    controller state, a checksum of its parameters, and its local per-step statistics).
+    controller state, a checksum of its parameters, and its local per-step statistics). ``made_dir``:
+    ``run_dir`` is :func:`resolve_run_dir`'s new one, which a refused run removes as one it made.
     """
     # before the run directory is written: a refused run leaves nothing
     if resume == "auto" and overwrite:  # (another run's checkpoint --overwrite this one: that is a choice)
@@ -751,7 +753,7 @@ def run_training(
     rank0 = global_rank(config.trainer.devices) == 0
     if config.trainer.devices > 1:  # DDP children re-run the command line: they re-resolve the same directory
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-    created = _first_missing(run_dir)  # the outermost folder this call creates (None: none)
+    created = run_dir if made_dir else _first_missing(run_dir)  # the outermost folder this run made
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir).acquire() if rank0 else None  # DDP children run under rank 0's lock
     stop = StopSignals(grace_s=config.trainer.stop_grace_s)
@@ -769,12 +771,7 @@ def run_training(
             )
             remove_stale_temp_files(run_dir, log)  # writes a kill cut short (we hold the lock)
             if ckpt_path is not None:
-                resume_record = check_resume(
-                    ckpt_path, fingerprint, allow_changes=allow_resume_changes, log=log
-                )
-                check_rows_reach(
-                    run_dir, ckpt_path, int(resume_record.get("step", 0)), resume_record.get("segment")
-                )
+                resume_record = _checked_resume(run_dir, ckpt_path, fingerprint, allow_resume_changes, log)
             (run_dir / "config.yaml").write_text(config.to_yaml())
             for line in config.inert_settings():
                 log(f"[entropyctl] note: {line}")
@@ -790,6 +787,16 @@ def run_training(
             lock.release()
         if rank0:
             os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _checked_resume(
+    run_dir: Path, ckpt_path: str, fingerprint: dict[str, Any], allow_changes: bool, log: Any
+) -> dict[str, Any]:
+    """The resume's record once the checkpoint fits this run (:func:`check_resume`) and the run's rows
+    are of its branch (:func:`check_rows_reach`)."""
+    record = check_resume(ckpt_path, fingerprint, allow_changes=allow_changes, log=log)
+    check_rows_reach(run_dir, ckpt_path, int(record.get("step", 0)), record.get("segment"))
+    return record
 
 
 def _first_missing(path: Path) -> Path | None:

@@ -171,12 +171,18 @@ def write_json_atomic(path: Path, data: Mapping[str, Any] | list[Any]) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
 
 
+#: the name of :func:`write_atomic`'s hidden temp file beside ``name``, by the process ``pid`` writing it
+_TEMP_NAME = ".{name}.{pid}.tmp"
+#: those names, any process's (group 1: its pid), which :func:`remove_stale_temp_files` looks for
+_TEMP_PATTERN = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
 def write_atomic(path: str | Path, write: Callable[[Any], object]) -> None:
     """Write ``path`` whole or not at all: ``write`` fills a hidden temp file beside it (the same file
     system, so the rename is atomic), flushed to disk, then renamed over it. On any error (a full disk, a
     signal) the temp file is removed and the previous file, if any, stays as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(_TEMP_NAME.format(name=path.name, pid=os.getpid()))
     try:
         with tmp.open("wb") as f:
             write(f)
@@ -194,11 +200,10 @@ def remove_stale_temp_files(run_dir: Path, log: Callable[[str], None] | None = N
     process was killed mid-write (SIGKILL: no handler ran; for a checkpoint, the model's size each
     time). The caller holds the directory's :class:`RunLock`, so no writer of this run is alive. Returns
     the files removed, each named to ``log``."""
-    pattern = re.compile(r"^\..+\.(\d+)\.tmp$")
     removed = []
     for folder in (run_dir, run_dir / "checkpoints"):
         for path in folder.glob(".*.tmp") if folder.is_dir() else ():
-            match = pattern.match(path.name)
+            match = _TEMP_PATTERN.match(path.name)
             if match and int(match.group(1)) != os.getpid() and path.is_file():
                 with contextlib.suppress(OSError):
                     path.unlink()

@@ -757,14 +757,21 @@ def _check_kl_reward(config: RunConfig) -> list[str]:
             "algorithm.kl_reward_target: the adaptive β_r starts at algorithm.kl_reward_coef and scales it, so "
             "from 0 it stays 0; set algorithm.kl_reward_coef above 0 (verl's kl_ctrl.kl_coef, e.g. 0.001)"
         ]
-    responses = rollout.prompts_per_step * rollout.group_size
-    if responses >= 5 * a.kl_reward_horizon:
-        return [
-            f"algorithm.kl_reward_horizon: must exceed the step's responses / 5 ({responses} responses a "
-            "process: a step's factor 1 − 0.2 · responses / horizon would reach 0 or below; got "
-            f"{a.kl_reward_horizon})"
-        ]
-    return []
+    problem = kl_horizon_problem(a, rollout.prompts_per_step * rollout.group_size, "a process")
+    return [] if problem is None else [problem]
+
+
+def kl_horizon_problem(algorithm: AlgorithmConfig, responses: int, counted: str) -> str | None:
+    """Why ``algorithm.kl_reward_horizon`` cannot work with ``responses`` a step (``counted`` says over
+    what: one process at load, all of them at the train start): one step's factor 1 − 0.2 · responses /
+    horizon would reach 0; None when it can."""
+    if algorithm.kl_reward_target is None or responses < 5 * algorithm.kl_reward_horizon:
+        return None
+    return (
+        f"algorithm.kl_reward_horizon: must exceed the step's responses / 5 ({responses} responses on "
+        f"{counted}: a step's factor 1 − 0.2 · responses / horizon would reach 0 or below; got "
+        f"{algorithm.kl_reward_horizon})"
+    )
 
 
 def _check_ref_sync(config: RunConfig) -> list[str]:

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from entropyctl.config import RunConfig
+from entropyctl.config.run import kl_horizon_problem
 from entropyctl.controllers.base import (
     EntropyController,
     EntropyReading,
@@ -744,14 +745,11 @@ class RLVRModule(pl.LightningModule):
             self._reference.module.to(device=self.device, dtype=dtype)
 
     def on_train_start(self) -> None:
-        a, r = self.config.algorithm, self.config.rollout
+        r = self.config.rollout
         responses = r.prompts_per_step * r.group_size * self._world()[1]
-        if a.kl_reward_target is not None and responses >= 5 * a.kl_reward_horizon:
-            raise ValueError(
-                f"algorithm.kl_reward_horizon: must exceed a step's responses on all processes / 5 ({responses}: "
-                "a step's factor 1 − 0.2 · responses / horizon would reach 0 or below; got "
-                f"{a.kl_reward_horizon})"
-            )
+        problem = kl_horizon_problem(self.config.algorithm, responses, "all processes")
+        if problem is not None:
+            raise ValueError(problem)
         if self._resumed:
             self._optim_settings_over()
         rank, _ = self._world()
